@@ -1,0 +1,207 @@
+"""The app factory. ``create_app(settings)`` is the only way an app is made.
+
+Resources (Redis, the interaction-log writer, the upstream HTTP pool) are opened in
+the lifespan and reach handlers through :func:`state`; no module holds any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from . import store
+from .auth import KeyRing
+from .chat import ChatService
+from .config import Settings
+from .errors import GatewayError, InvalidRequest, NotFound, error_response
+from .ids import IdIssuer, load_or_create_secret
+from .interaction_log import InteractionLog
+from .metrics import Metrics
+from .routing import Router
+from .upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    metrics: Metrics
+    redis: aioredis.Redis
+    upstream: UpstreamClient
+    chat: ChatService
+    started: int
+
+
+def state(request: Request) -> GatewayState:
+    st: GatewayState = request.app.state.gateway
+    return st
+
+
+def request_id(request: Request) -> str:
+    rid = request.headers.get("x-request-id")
+    if not rid or not _REQUEST_ID.match(rid):
+        rid = uuid.uuid4().hex
+    request.state.request_id = rid
+    return rid
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keyring = KeyRing(settings.auth.api_keys)
+        if keyring.open:
+            log.warning("no API key configured: the gateway accepts every request (dev only)")
+        secret = (
+            settings.id_secret.get_secret_value().encode()
+            if settings.id_secret
+            else load_or_create_secret(settings.data_dir)
+        )
+        redis, embedded = await store.open_store(settings)
+        upstream = UpstreamClient(metrics)
+        await upstream.start()
+        ilog = InteractionLog(
+            redis,
+            metrics,
+            queue_size=settings.interaction_log.queue_size,
+            batch_size=settings.interaction_log.batch_size,
+            retention_s=settings.interaction_log.retention_days * 86400,
+        )
+        ilog.start()
+        chat = ChatService(
+            router=Router(settings),
+            upstream=upstream,
+            ids=IdIssuer(secret),
+            log=ilog,
+            metrics=metrics,
+            keyring=keyring,
+            max_body_bytes=settings.limits.max_body_bytes,
+        )
+        app.state.gateway = GatewayState(
+            settings, metrics, redis, upstream, chat, started=int(time.time())
+        )
+        try:
+            yield
+        finally:
+            await ilog.stop()
+            await upstream.close()
+            await redis.aclose()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        headers = dict(exc.headers or {})
+        headers.setdefault("x-request-id", getattr(request.state, "request_id", ""))
+        if exc.status == 401:
+            headers["www-authenticate"] = "Bearer"
+        return error_response(exc, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return error_response(InvalidRequest(f"{param}: {first['msg']}", param=param))
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            err: GatewayError = NotFound(f"No route for {request.method} {request.url.path}.")
+        else:
+            err = GatewayError(
+                str(exc.detail), status=exc.status_code, type="invalid_request_error"
+            )
+        return error_response(err, dict(exc.headers or {}))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await state(request).chat.handle(request, request_id(request))
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        st = state(request)
+        st.chat.keyring.authenticate(request.headers.get("authorization"))
+        data: list[dict[str, Any]] = [
+            {
+                "id": name,
+                "object": "model",
+                "created": st.started,
+                "owned_by": "flywheel",
+                "flywheel": {
+                    "kind": "experiment",
+                    "arms": [a.model_dump() for a in exp.arms],
+                    "fallback": exp.fallback,
+                },
+            }
+            for name, exp in st.settings.experiments.items()
+        ]
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": st.started,
+                "owned_by": "flywheel",
+                "flywheel": {"kind": "model", "upstream": m.upstream, "model": m.model},
+            }
+            for name, m in st.settings.models.items()
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        st = state(request)
+        ups = st.settings.upstreams
+        results = await asyncio.gather(
+            store.ping(st.redis),
+            *(st.upstream.probe(u.base_url, u.api_key.get_secret_value()) for u in ups.values()),
+        )
+        checks = {"redis": results[0] or "ok"}
+        checks.update({f"upstream:{n}": r or "ok" for n, r in zip(ups, results[1:], strict=True)})
+        ready = results[0] is None and any(r is None for r in results[1:])
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return Response(
+            orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used with several workers): config from the env."""
+    from .config import load_settings
+
+    return create_app(load_settings())

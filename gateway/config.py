@@ -1,0 +1,224 @@
+"""Configuration: one YAML file, ``${ENV}`` substitution, validated at start-up.
+
+The file is read once (path from ``--config`` or ``FLYWHEEL_CONFIG``); string values
+may use ``${NAME}`` (required) or ``${NAME:-default}``. Environment variables named
+``FLYWHEEL_<FIELD>`` (nested with ``__``) override top-level keys, e.g.
+``FLYWHEEL_REDIS_URL``. Every mistake is reported as one line that names its key
+path, e.g. ``experiments.support-bot.arms[1].model: unknown model 'v2'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class ApiKey(_Strict):
+    key: SecretStr
+    name: str
+    tenant: str | None = None  # defaults to the key's name
+
+
+class Auth(_Strict):
+    api_keys: list[ApiKey] = []
+    admin_keys: list[ApiKey] = []
+
+
+class Upstream(_Strict):
+    kind: Literal["vllm", "openai"]
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    api_key: SecretStr = SecretStr("")
+    timeout_s: float = Field(120.0, gt=0, description="total time for one upstream call")
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+
+class ModelVersion(_Strict):
+    upstream: str
+    model: str = Field(min_length=1, description="the model id the upstream serves")
+    adapter_path: str | None = None
+
+
+class Arm(_Strict):
+    model: str
+    weight: float = Field(1.0, ge=0)
+
+
+class Experiment(_Strict):
+    arms: list[Arm] = Field(min_length=1)
+    fallback: str | None = None
+
+
+class InteractionLog(_Strict):
+    queue_size: int = Field(10_000, ge=1, description="records buffered while Redis is slow")
+    batch_size: int = Field(256, ge=1)
+    retention_days: float = Field(30.0, gt=0)
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    listen: Listen = Listen()
+    redis_url: str | None = None
+    data_dir: Path = Path("./data")
+    id_secret: SecretStr | None = None
+    auth: Auth = Auth()
+    upstreams: dict[Name, Upstream] = {}
+    models: dict[Name, ModelVersion] = Field(default_factory=dict)
+    experiments: dict[Name, Experiment] = {}
+    interaction_log: InteractionLog = InteractionLog()
+    limits: Limits = Limits()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file: that is how a deployment injects secrets.
+        return env_settings, init_settings
+
+    @property
+    def auth_open(self) -> bool:
+        return not any(k.key.get_secret_value() for k in self.auth.api_keys)
+
+
+class ConfigError(Exception):
+    """A configuration mistake; ``str()`` is one line per problem, each with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:8001/v1"}},
+    "models": {"base": {"upstream": "local", "model": "base"}},
+    "experiments": {"default": {"arms": [{"model": "base", "weight": 1}], "fallback": "base"}},
+}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def format_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def substitute_env(value: Any, env: dict[str, str], path: tuple[int | str, ...] = ()) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed document."""
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, env, (*path, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(m: re.Match[str]) -> str:
+        name, has_default, default = m.group(1), m.group(2), m.group(3)
+        if name in env:
+            return env[name]
+        if has_default is not None:
+            return default or ""
+        raise ConfigError([f"{format_path(path)}: environment variable {name} is not set"])
+
+    return _ENV_REF.sub(repl, value)
+
+
+def _describe(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"])
+
+
+def _check_references(s: Settings) -> list[str]:
+    problems = []
+    for name, m in s.models.items():
+        up = s.upstreams.get(m.upstream)
+        if up is None:
+            problems.append(f"models.{name}.upstream: unknown upstream '{m.upstream}'")
+        elif m.adapter_path and up.kind != "vllm":
+            problems.append(
+                f"models.{name}.adapter_path: adapters need a vllm upstream, "
+                f"'{m.upstream}' is {up.kind}"
+            )
+    for name, exp in s.experiments.items():
+        if name in s.models:
+            problems.append(f"experiments.{name}: name is already used by a model")
+        for i, arm in enumerate(exp.arms):
+            if arm.model not in s.models:
+                problems.append(f"experiments.{name}.arms[{i}].model: unknown model '{arm.model}'")
+        if not any(arm.weight > 0 for arm in exp.arms):
+            problems.append(f"experiments.{name}.arms: at least one arm needs a weight > 0")
+        if exp.fallback is not None and exp.fallback not in s.models:
+            problems.append(f"experiments.{name}.fallback: unknown model '{exp.fallback}'")
+    if not s.models:
+        problems.append("models: at least one model is needed")
+    return problems
+
+
+def build_settings(data: dict[str, Any]) -> Settings:
+    """Validate an already-substituted document; raise ConfigError naming every key path."""
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"{format_path(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        ) from None
+    problems = _check_references(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Load the config file (or the built-in local default when there is none)."""
+    env = dict(os.environ) if env is None else env
+    path = path or env.get("FLYWHEEL_CONFIG") or None
+    if path is None:
+        return build_settings(DEFAULT_CONFIG)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping, not {type(doc).__name__}"])
+    return build_settings(substitute_env(doc, env))

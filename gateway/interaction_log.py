@@ -1,0 +1,112 @@
+"""The interaction log: a bounded queue drained by one background writer.
+
+Requests only ever call :meth:`InteractionLog.submit`, which never blocks and never
+touches Redis. The writer pipelines batches (``SET`` with expiry + ``XADD`` to the
+time-ordered stream). When Redis is unavailable it keeps its current batch and
+retries with backoff while the queue absorbs new records; once the queue is full,
+new records are dropped and counted in ``flywheel_log_dropped_total`` — never
+silently. Writing resumes by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import keys
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+class InteractionLog:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        metrics: Metrics,
+        *,
+        queue_size: int,
+        batch_size: int,
+        retention_s: float,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._retention_s = retention_s
+        self._task: asyncio.Task[None] | None = None
+        self._pending: list[Record] = []  # the batch being written (kept across retries)
+        self._redis_ok = True
+
+    def submit(self, record: Record) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self._metrics.log_dropped.inc()
+            log.warning("interaction log queue full: dropped record %s", record.get("id"))
+        self._metrics.log_queue_depth.set(self._queue.qsize())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="interaction-log-writer")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued (up to ``timeout_s``), then stop; count what is left."""
+        if self._task is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while (self._queue.qsize() or self._pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        lost = len(self._pending) + self._queue.qsize()
+        if lost:
+            self._metrics.log_dropped.inc(lost)
+            log.error("interaction log: %d records not written at shutdown", lost)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._pending:
+                self._pending.append(await self._queue.get())
+                while len(self._pending) < self._batch_size and not self._queue.empty():
+                    self._pending.append(self._queue.get_nowait())
+                self._metrics.log_queue_depth.set(self._queue.qsize())
+            try:
+                await self._write(self._pending)
+            except (RedisError, OSError) as exc:
+                self._metrics.log_write_errors.inc()
+                if self._redis_ok:
+                    log.error("interaction log: Redis unavailable (%s); buffering", exc)
+                self._redis_ok = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not self._redis_ok:
+                log.warning("interaction log: Redis is back; writing resumed")
+            self._redis_ok = True
+            backoff = 0.05
+            self._metrics.log_written.inc(len(self._pending))
+            self._pending = []
+
+    async def _write(self, batch: list[Record]) -> None:
+        ttl = int(self._retention_s)
+        oldest_ms = int((time.time() - self._retention_s) * 1000)
+        pipe = self._client.pipeline(transaction=False)
+        for rec in batch:
+            pipe.set(keys.interaction(rec["id"]), keys.encode(rec), ex=ttl)
+            pipe.xadd(
+                keys.INTERACTION_STREAM,
+                {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
+                minid=oldest_ms,
+                approximate=True,
+            )
+        await pipe.execute()

@@ -1,0 +1,1 @@
+"""Offline path: datasets, fine-tuning jobs, evaluation (see ARCHITECTURE)."""

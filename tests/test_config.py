@@ -1,0 +1,133 @@
+"""Configuration: a mistake stops start-up with one line naming the key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+
+GOOD = """
+listen: {host: 0.0.0.0, port: 8000}
+redis_url: ${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
+auth:
+  api_keys: [{key: "${TEST_API_KEY}", name: default}]
+upstreams:
+  local:  {kind: vllm,   base_url: http://127.0.0.1:8001/v1, api_key: "", timeout_s: 120}
+  openai: {kind: openai, base_url: https://api.openai.com/v1, api_key: "${OPENAI_API_KEY:-}"}
+models:
+  base:       {upstream: local, model: base}
+  support-v1: {upstream: local, model: support-v1, adapter_path: ./adapters/support-v1}
+  ft-mini:    {upstream: openai, model: "ft:gpt-4o-mini-2024-07-18:acme::abc123"}
+experiments:
+  support-bot:
+    arms: [{model: base, weight: 90}, {model: support-v1, weight: 10}]
+    fallback: base
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env={"TEST_API_KEY": "k" * 20, **(env or {})})
+    return info.value.problems
+
+
+def test_the_documented_example_loads_with_env_substitution(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD), env={"TEST_API_KEY": "sk-abc"})
+    assert s.redis_url == "redis://127.0.0.1:6379/0"  # the ${VAR:-default}
+    assert s.auth.api_keys[0].key.get_secret_value() == "sk-abc"
+    assert s.upstreams["openai"].api_key.get_secret_value() == ""
+    assert s.experiments["support-bot"].arms[1].weight == 10
+
+
+def test_no_config_gives_the_local_default() -> None:
+    s = load_settings(None, env={})
+    assert s.redis_url is None  # embedded Redis
+    assert s.upstreams["local"].base_url == "http://127.0.0.1:8001/v1"
+    assert [a.model for a in s.experiments["default"].arms] == ["base"]
+    assert s.auth_open
+
+
+def test_environment_overrides_a_top_level_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_REDIS_URL", "redis://elsewhere:6379/1")
+    s = load_settings(write(tmp_path, GOOD), env={"TEST_API_KEY": "x"})
+    assert s.redis_url == "redis://elsewhere:6379/1"
+
+
+def test_unknown_arm_model_names_the_key_path(tmp_path: Path) -> None:
+    bad = GOOD.replace("{model: support-v1, weight: 10}", "{model: v2, weight: 10}")
+    assert problems(tmp_path, bad) == ["experiments.support-bot.arms[1].model: unknown model 'v2'"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("weight: 10}", "weight: -1}"), "experiments.support-bot.arms[1].weight: Input should be"),
+        (("kind: vllm,", "kind: tgi,"), "upstreams.local.kind: Input should be 'vllm' or 'openai'"),
+        (("fallback: base", "fallback: nope"), "experiments.support-bot.fallback: unknown model 'nope'"),
+        (("upstream: local, model: base}", "upstream: gpu, model: base}"), "models.base.upstream: unknown upstream 'gpu'"),
+        (("listen: {host", "listen: {hots"), "listen.hots: unknown key"),
+        (("port: 8000", "port: eighty"), "listen.port: Input should be a valid integer"),
+        (("timeout_s: 120", "timeout_s: 0"), "upstreams.local.timeout_s: Input should be greater than 0"),
+        (("${TEST_API_KEY}", "${NOT_SET_ANYWHERE}"), "auth.api_keys[0].key: environment variable NOT_SET_ANYWHERE is not set"),
+    ],
+)  # fmt: skip
+def test_each_mistake_is_one_line_with_its_path(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    found = problems(tmp_path, GOOD.replace(*change))
+    assert len(found) == 1
+    assert found[0].startswith(expected), found
+
+
+def test_all_arms_at_zero_weight_is_refused(tmp_path: Path) -> None:
+    bad = GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0")
+    assert problems(tmp_path, bad) == [
+        "experiments.support-bot.arms: at least one arm needs a weight > 0"
+    ]
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
+    found = problems(tmp_path, "models:\n  base: {upstream: local\n  x: [")
+    assert found[0].startswith(f"{tmp_path / 'flywheel.yaml'}:")
+    assert "invalid YAML" in found[0]
+
+
+def test_a_broken_file_stops_serve_with_the_key_path(tmp_path: Path) -> None:
+    bad = GOOD.replace("{model: support-v1, weight: 10}", "{model: v2, weight: 10}")
+    path = write(tmp_path, bad)
+    for command in ("serve", "check-config"):
+        run = subprocess.run(
+            [sys.executable, "-m", "gateway", command, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"TEST_API_KEY": "sk-x", "PATH": "/usr/bin:/bin"},
+        )
+        assert run.returncode == 2
+        assert run.stderr.strip() == (
+            "gateway: config error: experiments.support-bot.arms[1].model: unknown model 'v2'"
+        )
+
+
+def test_check_config_accepts_the_example(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(write(tmp_path, GOOD))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TEST_API_KEY": "sk-x", "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("ok: 2 upstreams, 3 models, 1 experiments")
