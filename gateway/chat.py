@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .auth import KeyRing, Principal
 from .errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamUnavailable
@@ -34,6 +36,31 @@ from .upstream import UpstreamClient, retryable
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# Fields vLLM sends as null where OpenAI's schema allows only a value or no key at all.
+_NON_NULLABLE_MESSAGE = ("annotations", "function_call", "tool_calls")
+_NON_NULLABLE_USAGE = ("prompt_tokens_details", "completion_tokens_details")
+
+
+def conform(doc: dict[str, Any], key: str) -> None:
+    """Bring an upstream completion (``key="message"``) or chunk (``"delta"``) in line with
+    OpenAI's response schema, changing only what the schema forbids (see test_openai_schema).
+    """
+    for choice in doc.get("choices") or ():
+        message = choice.get(key)
+        if isinstance(message, dict):
+            for name in _NON_NULLABLE_MESSAGE:
+                if name in message and message[name] is None:
+                    del message[name]
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            logprobs.setdefault("refusal", None)
+    usage = doc.get("usage")
+    if isinstance(usage, dict):
+        for name in _NON_NULLABLE_USAGE:
+            if name in usage and usage[name] is None:
+                del usage[name]
 
 
 def status_class(status: int) -> str:
@@ -105,6 +132,8 @@ class Turn:
     ttft: float | None = None
     status: str = "ok"
     error: str | None = None
+    done: bool = False  # saw the upstream's [DONE]
+    relaying: bool = False  # the client's stream has started
 
     def record(self) -> dict[str, Any]:
         params = {k: v for k, v in self.doc.items() if k not in ("messages", "model")}
@@ -222,9 +251,9 @@ class ChatService:
                     if stream:
                         lines, first = await self._open_stream(turn)
                         finished_here = False
-                        return StreamingResponse(
+                        return RelayResponse(
                             self._relay(turn, lines, first),
-                            media_type="text/event-stream",
+                            abandon=partial(self._abandon, turn, lines),
                             headers={**turn.headers(), **SSE_HEADERS},
                         )
                     return await self._complete(turn)
@@ -266,6 +295,7 @@ class ChatService:
                 f"The upstream '{turn.target.upstream_name}' sent a malformed response."
             ) from None
         doc["id"], doc["model"] = turn.id, turn.target.name
+        conform(doc, "message")
         if choices and isinstance(choices[0], dict):
             turn.take_message(choices[0].get("message") or {})
             turn.finish_reason = choices[0].get("finish_reason")
@@ -302,13 +332,16 @@ class ChatService:
         try:
             async for line in self.upstream.lines(target, resp):
                 yield line
-        finally:
-            resp.close()  # stops the upstream generating when we stop reading
+        except BaseException:
+            resp.close()  # drop the connection: that stops the upstream generating
+            raise
+        resp.release()  # read to the end: the connection goes back to the pool
 
     def _rewrite(self, turn: Turn, line: bytes) -> bytes | None:
         """One upstream ``data:`` line → the bytes to send the client (None: send nothing)."""
         payload = line[5:].strip()
         if payload == b"[DONE]":
+            turn.done = True
             return b"data: [DONE]\n\n"
         try:
             chunk = orjson.loads(payload)
@@ -322,6 +355,7 @@ class ChatService:
             turn.status, turn.error = "error", str(err.get("message"))
             return None
         chunk["id"], chunk["model"] = turn.id, turn.target.name
+        conform(chunk, "delta")
         if turn.want_usage:
             if chunk.get("usage"):
                 turn.usage = chunk["usage"]
@@ -340,8 +374,9 @@ class ChatService:
 
     async def _relay(
         self, turn: Turn, lines: AsyncGenerator[bytes, None], first: bytes | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         status = 200
+        turn.relaying = True
         try:
             if first:
                 yield first
@@ -353,6 +388,8 @@ class ChatService:
                     yield out
                 elif turn.status == "error":
                     break
+            if turn.status == "ok" and not turn.done:
+                turn.status, turn.error = "error", "the upstream closed the stream early"
             if turn.status == "error":
                 status = 502
                 yield _sse_error(UpstreamUnavailable(f"Upstream stream failed: {turn.error}"))
@@ -368,6 +405,15 @@ class ChatService:
             self._finish(turn, status)
             self.metrics.in_flight.dec()
 
+    async def _abandon(self, turn: Turn, lines: AsyncGenerator[bytes, None]) -> None:
+        """The client left before its stream started: release the upstream, log, count."""
+        if turn.relaying:
+            return  # the relay cleaned up itself
+        await lines.aclose()
+        turn.status, turn.error = "cancelled", "client disconnected"
+        self._finish(turn, 499)
+        self.metrics.in_flight.dec()
+
     def _finish(self, turn: Turn, status: int) -> None:
         exp, arm = turn.experiment or "", turn.target.name
         label = "cancelled" if status == 499 else status_class(status)
@@ -382,6 +428,33 @@ class ChatService:
                 if isinstance(n, int):
                     m.tokens.labels(exp, arm, kind).inc(n)
         self.log.submit(turn.record())
+
+
+class RelayResponse(StreamingResponse):
+    """An SSE response that always ends its relay, however the client's request ends.
+
+    Starlette cancels a stream whose client disconnects; this makes sure the relay's
+    cleanup (close the upstream, log the interaction) runs then too, even when the
+    relay never started.
+    """
+
+    def __init__(
+        self,
+        relay: AsyncGenerator[bytes, None],
+        *,
+        abandon: Callable[[], Awaitable[None]],
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(relay, media_type="text/event-stream", headers=headers)
+        self._relay = relay
+        self._abandon = abandon
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._relay.aclose()  # runs the relay's own cleanup if it started
+            await self._abandon()  # cleans up if it never did
 
 
 def _sse_error(exc: GatewayError) -> bytes:

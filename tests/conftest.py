@@ -84,7 +84,7 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
             "gone": {"upstream": "dead", "model": "base"},
             **{
                 m: {"upstream": "faulty", "model": m}
-                for m in ("slow", "reset", "http500", "endless")
+                for m in ("slow", "reset", "http500", "endless", "cutoff")
             },
         },
         "experiments": {

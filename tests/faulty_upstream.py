@@ -6,6 +6,7 @@ one misbehaves in the way the requested ``model`` names:
 * ``slow``      — waits ``delay_s`` before answering (timeouts)
 * ``reset``     — closes the connection without an answer (502)
 * ``http500``   — answers HTTP 500 with an OpenAI-shaped error
+* ``cutoff``    — streams three chunks, then resets the connection (no ``[DONE]``)
 * ``endless``   — streams a chunk every 20 ms until the client goes away, and records
   when the connection was closed (cancellation reaches the upstream)
 """
@@ -50,9 +51,10 @@ class FaultyUpstream:
             return web.json_response(
                 {"error": {"message": "engine exploded", "type": "server_error"}}, status=500
             )
-        if mode == "endless":
+        if mode in ("endless", "cutoff"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
+            sent = 0
             try:
                 while True:
                     chunk = {
@@ -62,6 +64,11 @@ class FaultyUpstream:
                     }  # fmt: skip
                     await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                     self.chunks_sent += 1
+                    sent += 1
+                    if mode == "cutoff" and sent == 3:
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return resp
                     await asyncio.sleep(0.02)
             except (ConnectionResetError, asyncio.CancelledError):
                 self.stream_closed_at = time.monotonic()
@@ -89,3 +96,4 @@ class FaultyUpstream:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()

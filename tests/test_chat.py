@@ -58,13 +58,14 @@ def test_streaming_usage_when_asked(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-async def test_async_client_streams_and_completes(aclient: openai.AsyncOpenAI) -> None:
-    done = await aclient.chat.completions.create(model="default", messages=HELLO, max_tokens=4)
-    assert done.id.startswith("chatcmpl-")
-    stream = await aclient.chat.completions.create(
-        model="default", messages=HELLO, max_tokens=4, stream=True
-    )
-    deltas = [c async for c in stream]
+async def test_async_client_streams_and_completes(gateway: GatewayProcess) -> None:
+    async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=API_KEY) as aclient:
+        done = await aclient.chat.completions.create(model="default", messages=HELLO, max_tokens=4)
+        assert done.id.startswith("chatcmpl-")
+        stream = await aclient.chat.completions.create(
+            model="default", messages=HELLO, max_tokens=4, stream=True
+        )
+        deltas = [c async for c in stream]
     assert deltas and deltas[0].id.startswith("chatcmpl-")
 
 

@@ -124,3 +124,13 @@ def test_client_disconnect_cancels_the_upstream_stream(
     sent = faulty.chunks_sent
     time.sleep(0.2)
     assert faulty.chunks_sent == sent  # nothing generated after the cancel
+
+
+def test_upstream_failure_mid_stream_ends_with_an_sse_error(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="cutoff", messages=HELLO, stream=True)
+    got = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            got.append(chunk.choices[0].delta.content)
+    assert got == ["x", "x", "x"]  # what arrived before the reset was relayed
+    assert "unavailable" in info.value.message
