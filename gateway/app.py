@@ -25,9 +25,10 @@ from starlette.responses import Response
 
 from . import store
 from .auth import KeyRing
-from .chat import ChatService
+from .chat import ChatService, read_body
 from .config import Settings
 from .errors import GatewayError, InvalidRequest, NotFound, error_response
+from .feedback import FeedbackService, maintain
 from .ids import IdIssuer, load_or_create_secret
 from .interaction_log import InteractionLog
 from .metrics import Metrics
@@ -46,6 +47,7 @@ class GatewayState:
     redis: aioredis.Redis
     upstream: UpstreamClient
     chat: ChatService
+    feedback: FeedbackService
     started: int
 
 
@@ -95,12 +97,24 @@ def create_app(settings: Settings) -> FastAPI:
             keyring=keyring,
             max_body_bytes=settings.limits.max_body_bytes,
         )
+        feedback = FeedbackService(
+            redis=redis,
+            ids=chat.ids,
+            log=ilog,
+            metrics=metrics,
+            config=settings.feedback,
+            max_age_s=settings.interaction_log.retention_days * 86400,
+            fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
+            + settings.feedback.join_wait_s,
+        )
+        maintenance = asyncio.create_task(maintain(redis, settings.feedback))
         app.state.gateway = GatewayState(
-            settings, metrics, redis, upstream, chat, started=int(time.time())
+            settings, metrics, redis, upstream, chat, feedback, started=int(time.time())
         )
         try:
             yield
         finally:
+            maintenance.cancel()
             await ilog.stop()
             await upstream.close()
             await redis.aclose()
@@ -140,6 +154,26 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await state(request).chat.handle(request, request_id(request))
+
+    @app.post("/v1/feedback", status_code=201)
+    async def post_feedback(request: Request) -> Response:
+        request_id(request)
+        st = state(request)
+        principal = st.chat.keyring.authenticate(request.headers.get("authorization"))
+        body = await read_body(request, st.settings.limits.max_body_bytes)
+        result = await st.feedback.rate(body, principal)
+        return Response(orjson.dumps(result), status_code=201, media_type="application/json")
+
+    @app.get("/v1/feedback/{response_id}")
+    async def get_feedback(request: Request, response_id: str) -> Response:
+        request_id(request)
+        st = state(request)
+        principal = st.chat.keyring.authenticate(request.headers.get("authorization"))
+        data = await st.feedback.ratings(response_id, principal)
+        return Response(
+            orjson.dumps({"object": "list", "response_id": response_id, "data": data}),
+            media_type="application/json",
+        )
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import ConfigError, Settings, load_settings
 
 
-def _settings(path: str | None) -> Settings:
+def load_config_or_exit(path: str | None) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
@@ -65,7 +65,7 @@ def up(args: argparse.Namespace) -> None:
     """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both."""
     from .localstack import VLLMServer
 
-    settings = _settings(args.config)
+    settings = load_config_or_exit(args.config)
     model = args.model
     if model is None:
         from retrain.tiny_model import build_tiny_model
@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "check-config":
-        s = _settings(args.config)
+        s = load_config_or_exit(args.config)
         print(
             f"ok: {len(s.upstreams)} upstreams, {len(s.models)} models, "
             f"{len(s.experiments)} experiments"
         )
     elif args.command == "serve":
-        s = _settings(args.config)
+        s = load_config_or_exit(args.config)
         serve(
             s,
             host=args.host or s.listen.host,

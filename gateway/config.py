@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+# Names appear in Redis keys (``:``-separated) and metric labels: no ``:``.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
 
 
 class _Strict(BaseModel):
@@ -71,6 +72,23 @@ class InteractionLog(_Strict):
     retention_days: float = Field(30.0, gt=0)
 
 
+class Feedback(_Strict):
+    failure_threshold: float = Field(
+        0.5, ge=0, le=1, description="a rating whose score is below this is a failure"
+    )
+    max_comment_chars: int = Field(4000, ge=0)
+    max_correction_chars: int = Field(32_000, ge=0)
+    max_tags: int = Field(16, ge=0)
+    max_tag_chars: int = Field(64, ge=1)
+    join_wait_s: float = Field(
+        10.0, ge=0, description="how long a rating may wait for its interaction record"
+    )
+    retention_days: float = Field(365.0, gt=0, description="ratings and feedback events")
+    consumer_groups: list[str] = Field(
+        ["retrain"], description="groups whose unacknowledged events are never trimmed"
+    )
+
+
 class Limits(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
@@ -89,6 +107,7 @@ class Settings(BaseSettings):
     models: dict[Name, ModelVersion] = Field(default_factory=dict)
     experiments: dict[Name, Experiment] = {}
     interaction_log: InteractionLog = InteractionLog()
+    feedback: Feedback = Feedback()
     limits: Limits = Limits()
 
     @classmethod

@@ -1,9 +1,9 @@
-"""Response ids: unguessable, and signed so the gateway can tell an id it issued.
+"""Response ids: unguessable, time-stamped, and signed so the gateway knows its own.
 
-``chatcmpl-`` + base64url(16 random bytes + the first 8 bytes of an HMAC-SHA256 of
-them). Any replica that shares the secret can verify an id without Redis, which lets
-a rating that arrives before its interaction record is written be told apart from a
-made-up id.
+``chatcmpl-`` + base64url(6-byte issue time in ms + 12 random bytes + the first 8
+bytes of an HMAC-SHA256 of both). Any replica that shares the secret can verify an id
+and read its age without Redis: a rating that arrives before its interaction record
+is written can be told apart from a made-up or expired id.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 
 PREFIX = "chatcmpl-"
-_RAND = 16
-_SIG = 8
+_TS, _RAND, _SIG = 6, 12, 8
 
 
 class IdIssuer:
@@ -26,25 +26,30 @@ class IdIssuer:
             raise ValueError("the id secret needs at least 16 bytes")
         self._secret = secret
 
-    def _sign(self, rand: bytes) -> bytes:
-        return hmac.new(self._secret, rand, hashlib.sha256).digest()[:_SIG]
+    def _sign(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG]
 
-    def new(self) -> str:
-        rand = secrets.token_bytes(_RAND)
-        token = base64.urlsafe_b64encode(rand + self._sign(rand)).rstrip(b"=")
+    def new(self, now_ms: int | None = None) -> str:
+        ts = (int(time.time() * 1000) if now_ms is None else now_ms).to_bytes(_TS, "big")
+        body = ts + secrets.token_bytes(_RAND)
+        token = base64.urlsafe_b64encode(body + self._sign(body)).rstrip(b"=")
         return PREFIX + token.decode("ascii")
 
-    def issued(self, response_id: str) -> bool:
+    def issued_at(self, response_id: str) -> float | None:
+        """When this gateway issued the id (epoch seconds), or None if it is not ours."""
         if not response_id.startswith(PREFIX) or len(response_id) > 64:
-            return False
+            return None
         token = response_id[len(PREFIX) :]
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except ValueError:
-            return False
-        if len(raw) != _RAND + _SIG:
-            return False
-        return hmac.compare_digest(raw[_RAND:], self._sign(raw[:_RAND]))
+            return None
+        if len(raw) != _TS + _RAND + _SIG:
+            return None
+        body, sig = raw[: _TS + _RAND], raw[_TS + _RAND :]
+        if not hmac.compare_digest(sig, self._sign(body)):
+            return None
+        return int.from_bytes(body[:_TS], "big") / 1000
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:

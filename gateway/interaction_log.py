@@ -44,11 +44,17 @@ class InteractionLog:
         self._retention_s = retention_s
         self._task: asyncio.Task[None] | None = None
         self._pending: list[Record] = []  # the batch being written (kept across retries)
+        self._unwritten: dict[str, Record] = {}  # queued or pending, by response id
         self._redis_ok = True
+
+    def unwritten(self, response_id: str) -> Record | None:
+        """A record accepted but not yet in Redis (a rating may arrive that soon)."""
+        return self._unwritten.get(response_id)
 
     def submit(self, record: Record) -> None:
         try:
             self._queue.put_nowait(record)
+            self._unwritten[record["id"]] = record
         except asyncio.QueueFull:
             self._metrics.log_dropped.inc()
             log.warning("interaction log queue full: dropped record %s", record.get("id"))
@@ -95,6 +101,8 @@ class InteractionLog:
             self._redis_ok = True
             backoff = 0.05
             self._metrics.log_written.inc(len(self._pending))
+            for rec in self._pending:
+                self._unwritten.pop(rec["id"], None)
             self._pending = []
 
     async def _write(self, batch: list[Record]) -> None:

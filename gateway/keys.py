@@ -10,6 +10,15 @@ key                         type    content
                                     configured retention
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
                                     ``arm``), in time order, trimmed by retention
+``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
+                                    record per (response, rater)
+``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
+                                    read by consumer groups, trimmed by retention but
+                                    never past what a group has not acknowledged
+``fw:agg:{exp}:{arm}``      hash    ``count``, ``score_sum``, ``failures``,
+                                    ``corrections`` of the current ratings of one arm
+                                    (direct model requests use the experiment ``-``)
+``fw:agg:index``            set     ``{exp}\x00{arm}`` of every aggregate hash
 ==========================  ======  =================================================
 """
 
@@ -21,10 +30,25 @@ import orjson
 
 PREFIX = "fw:"
 INTERACTION_STREAM = PREFIX + "ix:stream"
+FEEDBACK_STREAM = PREFIX + "fb:stream"
+AGGREGATE_INDEX = PREFIX + "agg:index"
+NO_EXPERIMENT = "-"
 
 
 def interaction(response_id: str) -> str:
     return f"{PREFIX}ix:{response_id}"
+
+
+def feedback(response_id: str) -> str:
+    return f"{PREFIX}fb:{response_id}"
+
+
+def aggregate(experiment: str | None, arm: str) -> str:
+    return f"{PREFIX}agg:{experiment or NO_EXPERIMENT}:{arm}"
+
+
+def aggregate_member(experiment: str | None, arm: str) -> str:
+    return f"{experiment or NO_EXPERIMENT}\x00{arm}"
 
 
 def encode(doc: dict[str, Any]) -> bytes:

@@ -7,7 +7,14 @@ one process never share counters.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 
 # LLM latencies span from a cached 10 ms answer to a two-minute generation.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -70,6 +77,19 @@ class Metrics:
         )
         self.log_write_errors = Counter(
             "flywheel_log_write_errors", "Failed batch writes to Redis (retried)", registry=r
+        )
+
+        self.feedback = Counter(
+            "flywheel_feedback",
+            "Ratings received by experiment, arm and rating (up, down, 1-5)",
+            ["experiment", "arm", "rating"],
+            registry=r,
+        )
+        self.feedback_score = Summary(
+            "flywheel_feedback_score",
+            "Rating scores in [0, 1]; rate(_sum) / rate(_count) is the rolling mean per arm",
+            ["experiment", "arm"],
+            registry=r,
         )
 
     def render(self) -> bytes:

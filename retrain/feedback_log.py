@@ -1,0 +1,164 @@
+"""Reading what the gateway logged: the feedback stream and the interactions it rates.
+
+:class:`FeedbackConsumer` reads the feedback stream as a member of a consumer group,
+the way the retrain job must: events are acknowledged only after the caller has durably
+used them, so a run that crashes loses nothing (its unacknowledged events are claimed
+by the next run once idle for ``claim_idle_ms``) and a finished run never sees the
+same event again. :func:`export_feedback` reads without a group, for people.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from gateway import keys
+from gateway.config import Settings
+from gateway.store import start_embedded
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """The gateway's Redis: ``redis_url``, or the embedded server under ``data_dir``."""
+    url = settings.redis_url or start_embedded(settings.data_dir).url
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    stream_id: str
+    record: dict[str, Any]  # the feedback record as stored (see gateway/feedback.py)
+    replaced: bool
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event(stream_id: bytes | str, fields: dict[bytes, bytes]) -> FeedbackEvent:
+    return FeedbackEvent(
+        _text(stream_id), orjson.loads(fields[b"data"]), fields.get(b"replaced") == b"1"
+    )
+
+
+class FeedbackConsumer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        group: str = "retrain",
+        consumer: str | None = None,
+        claim_idle_ms: int = 60_000,
+    ) -> None:
+        self.client = client
+        self.group = group
+        self.consumer = consumer or f"retrain-{int(time.time() * 1000)}"
+        self.claim_idle_ms = claim_idle_ms
+        # Where the takeover of crashed runs' leftovers stands (None: done, only new events).
+        self._claim_cursor: str | bytes | None = "0-0"
+        try:
+            client.xgroup_create(keys.FEEDBACK_STREAM, group, id="0", mkstream=True)
+        except RedisError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, count: int = 500) -> list[FeedbackEvent]:
+        """Up to ``count`` events: first those a crashed run left unacknowledged, then new ones."""
+        out: list[FeedbackEvent] = []
+        while self._claim_cursor is not None and len(out) < count:
+            reply: Any = self.client.xautoclaim(
+                keys.FEEDBACK_STREAM,
+                self.group,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id=self._claim_cursor,
+                count=count - len(out),
+            )
+            self._claim_cursor, claimed = reply[0], reply[1]
+            out += [_event(sid, f) for sid, f in claimed if f]
+            if self._claim_cursor in (b"0-0", "0-0"):
+                self._claim_cursor = None
+        if len(out) < count:
+            fresh: Any = self.client.xreadgroup(
+                self.group, self.consumer, {keys.FEEDBACK_STREAM: ">"}, count=count - len(out)
+            )
+            for _, entries in fresh or []:
+                out += [_event(sid, f) for sid, f in entries]
+        return out
+
+    def read_all(self, batch: int = 500) -> list[FeedbackEvent]:
+        events: list[FeedbackEvent] = []
+        while chunk := self.read(batch):
+            events += chunk
+        return events
+
+    def ack(self, events: list[FeedbackEvent]) -> int:
+        if not events:
+            return 0
+        return int(
+            self.client.xack(keys.FEEDBACK_STREAM, self.group, *(e.stream_id for e in events))
+        )
+
+
+def interaction(client: redis.Redis, response_id: str) -> dict[str, Any] | None:
+    return keys.decode(client.get(keys.interaction(response_id)))
+
+
+def ratings(client: redis.Redis, response_id: str) -> list[dict[str, Any]]:
+    rows = [orjson.loads(v) for v in client.hgetall(keys.feedback(response_id)).values()]
+    return sorted(rows, key=lambda r: (r["created"], r["rater"]))
+
+
+def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iterator[str]:
+    """Response ids rated at or after ``since``, each once, in order of first rating."""
+    seen: set[str] = set()
+    start = f"{int(since.timestamp() * 1000)}-0"
+    while True:
+        entries: Any = client.xrange(keys.FEEDBACK_STREAM, min=start, count=batch)
+        for _, fields in entries:
+            rid = orjson.loads(fields[b"data"])["response_id"]
+            if rid not in seen:
+                seen.add(rid)
+                yield rid
+        if len(entries) < batch:
+            return
+        ms, seq = _text(entries[-1][0]).split("-")
+        start = f"{ms}-{int(seq) + 1}"
+
+
+def export_feedback(client: redis.Redis, since: datetime, out: Path) -> int:
+    """Write one JSON line per rated response: the interaction and its current ratings."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    n = 0
+    with open(tmp, "wb") as f:
+        for rid in rated_since(client, since):
+            row = {"response_id": rid, "interaction": interaction(client, rid),
+                   "ratings": ratings(client, rid)}  # fmt: skip
+            f.write(orjson.dumps(row) + b"\n")
+            n += 1
+    tmp.replace(out)
+    return n
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO date or date-time; naive values are taken as UTC."""
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
