@@ -25,7 +25,8 @@ from starlette.responses import Response
 
 from . import store
 from .auth import KeyRing
-from .chat import ChatService, read_body
+from .bodies import read_body
+from .chat import ChatService
 from .config import Settings
 from .errors import GatewayError, InvalidRequest, NotFound, error_response
 from .feedback import FeedbackService, maintain

@@ -27,7 +27,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .auth import KeyRing, Principal
-from .errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamUnavailable
+from .bodies import json_object, read_body
+from .errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from .ids import IdIssuer
 from .interaction_log import InteractionLog
 from .metrics import Metrics
@@ -67,27 +68,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """The fields routing needs, checked; everything else is the upstream's business."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    doc = json_object(body)
     model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")

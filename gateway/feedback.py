@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from . import keys
 from .auth import Principal
+from .bodies import json_object
 from .config import Feedback as FeedbackConfig
 from .errors import InvalidRequest, NotFound, StoreUnavailable
 from .ids import IdIssuer
@@ -98,12 +99,7 @@ def _text(doc: dict[str, Any], name: str, limit: int) -> str | None:
 
 
 def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+    doc = json_object(body)
     unknown = sorted(set(doc) - FIELDS)
     if unknown:
         raise InvalidRequest(f"Unknown field '{unknown[0]}'.", param=unknown[0])
