@@ -285,20 +285,10 @@ async def trim_feedback_stream(redis: aioredis.Redis, retention_s: float) -> str
     for g in groups:
         summary = await redis.xpending(keys.FEEDBACK_STREAM, g["name"])
         if summary["pending"]:
-            keep = _as_str(summary["min"])
+            keep = keys.text(summary["min"])
         else:
-            ms, seq = _as_str(g["last-delivered-id"]).split("-")
-            keep = f"{ms}-{int(seq) + 1}"
-        if _id_key(keep) < _id_key(minid):
+            keep = keys.stream_id_after(keys.text(g["last-delivered-id"]))
+        if keys.stream_id_order(keep) < keys.stream_id_order(minid):
             minid = keep
     await redis.xtrim(keys.FEEDBACK_STREAM, minid=minid, approximate=False)
     return minid
-
-
-def _as_str(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _id_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -61,3 +61,20 @@ def decode(raw: bytes | str | None) -> dict[str, Any] | None:
     doc = orjson.loads(raw)
     assert isinstance(doc, dict)
     return doc
+
+
+def text(value: bytes | str) -> str:
+    """A stream id or field as ``str`` (replies come as bytes unless decoding is on)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def stream_id_order(stream_id: str) -> tuple[int, int]:
+    """A stream id (``ms-seq``) as a sortable pair."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_id_after(stream_id: str) -> str:
+    """The smallest stream id greater than ``stream_id`` (an exclusive range start)."""
+    ms, seq = stream_id_order(stream_id)
+    return f"{ms}-{seq + 1}"

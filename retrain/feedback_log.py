@@ -48,13 +48,9 @@ class FeedbackEvent:
     replaced: bool
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _event(stream_id: bytes | str, fields: dict[bytes, bytes]) -> FeedbackEvent:
     return FeedbackEvent(
-        _text(stream_id), orjson.loads(fields[b"data"]), fields.get(b"replaced") == b"1"
+        keys.text(stream_id), orjson.loads(fields[b"data"]), fields.get(b"replaced") == b"1"
     )
 
 
@@ -139,8 +135,7 @@ def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iter
                 yield rid
         if len(entries) < batch:
             return
-        ms, seq = _text(entries[-1][0]).split("-")
-        start = f"{ms}-{int(seq) + 1}"
+        start = keys.stream_id_after(keys.text(entries[-1][0]))
 
 
 def export_feedback(client: redis.Redis, since: datetime, out: Path) -> int:
