@@ -24,16 +24,17 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from . import store
+from .admin import add_admin_routes
 from .auth import KeyRing
 from .bodies import read_body
 from .chat import ChatService
 from .config import Settings
+from .control import Control
 from .errors import GatewayError, InvalidRequest, NotFound, error_response
 from .feedback import FeedbackService, maintain
 from .ids import IdIssuer, load_or_create_secret
 from .interaction_log import InteractionLog
 from .metrics import Metrics
-from .routing import Router
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class GatewayState:
     metrics: Metrics
     redis: aioredis.Redis
     upstream: UpstreamClient
+    control: Control
     chat: ChatService
     feedback: FeedbackService
     started: int
@@ -70,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keyring = KeyRing(settings.auth.api_keys)
+        keyring = KeyRing(settings.auth.api_keys, settings.auth.admin_keys)
         if keyring.open:
             log.warning("no API key configured: the gateway accepts every request (dev only)")
         secret = (
@@ -79,8 +81,10 @@ def create_app(settings: Settings) -> FastAPI:
             else load_or_create_secret(settings.data_dir)
         )
         redis, embedded = await store.open_store(settings)
-        upstream = UpstreamClient(metrics)
+        upstream = UpstreamClient(metrics, settings.upstreams)
         await upstream.start()
+        control = Control(redis=redis, settings=settings, upstream=upstream, metrics=metrics)
+        await control.start()
         ilog = InteractionLog(
             redis,
             metrics,
@@ -90,13 +94,14 @@ def create_app(settings: Settings) -> FastAPI:
         )
         ilog.start()
         chat = ChatService(
-            router=Router(settings),
+            control=control,
             upstream=upstream,
             ids=IdIssuer(secret),
             log=ilog,
             metrics=metrics,
             keyring=keyring,
             max_body_bytes=settings.limits.max_body_bytes,
+            judge=settings.control.judge,
         )
         feedback = FeedbackService(
             redis=redis,
@@ -110,12 +115,14 @@ def create_app(settings: Settings) -> FastAPI:
         )
         maintenance = asyncio.create_task(maintain(redis, settings.feedback))
         app.state.gateway = GatewayState(
-            settings, metrics, redis, upstream, chat, feedback, started=int(time.time())
+            settings, metrics, redis, upstream, control, chat, feedback, started=int(time.time())
         )
         try:
             yield
         finally:
             maintenance.cancel()
+            await control.stop()
+            await chat.close()
             await ilog.stop()
             await upstream.close()
             await redis.aclose()
@@ -180,6 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def list_models(request: Request) -> Response:
         st = state(request)
         st.chat.keyring.authenticate(request.headers.get("authorization"))
+        router = st.control.router
         data: list[dict[str, Any]] = [
             {
                 "id": name,
@@ -192,17 +200,23 @@ def create_app(settings: Settings) -> FastAPI:
                     "fallback": exp.fallback,
                 },
             }
-            for name, exp in st.settings.experiments.items()
+            for name, exp in router.experiments.items()
         ]
         data += [
             {
-                "id": name,
+                "id": m["id"],
                 "object": "model",
                 "created": st.started,
                 "owned_by": "flywheel",
-                "flywheel": {"kind": "model", "upstream": m.upstream, "model": m.model},
+                "flywheel": {
+                    "kind": "model",
+                    "upstream": m["upstream"],
+                    "model": m["model"],
+                    "adapter": m["adapter_path"] is not None,
+                    "parent": m["parent"],
+                },
             }
-            for name, m in st.settings.models.items()
+            for m in st.control.models()
         ]
         return Response(
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"
@@ -215,10 +229,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
         st = state(request)
-        ups = st.settings.upstreams
+        ups = st.upstream.pools
         results = await asyncio.gather(
-            store.ping(st.redis),
-            *(st.upstream.probe(u.base_url, u.api_key.get_secret_value()) for u in ups.values()),
+            store.ping(st.redis), *(st.upstream.probe(pool) for pool in ups.values())
         )
         checks = {"redis": results[0] or "ok"}
         checks.update({f"upstream:{n}": r or "ok" for n, r in zip(ups, results[1:], strict=True)})
@@ -229,8 +242,13 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        for name, pool in state(request).upstream.pools.items():
+            for breaker_state, n in pool.states().items():
+                metrics.upstream_replicas.labels(name, breaker_state).set(n)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    add_admin_routes(app)
 
     return app
 

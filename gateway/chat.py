@@ -7,12 +7,23 @@ always has token counts — the extra usage chunk is taken out again before the 
 sees it. The response carries the gateway's own id from the first chunk on.
 
 A failure before the first byte reaches the client (refused, reset, timeout, 5xx,
-an empty or malformed first chunk) moves the request to the experiment's fallback
-model; after it, the client gets an SSE error event and the stream ends.
+an empty or malformed first chunk, an open circuit) moves the request to the
+experiment's fallback model; after it, the client gets an SSE error event and the
+stream ends — there is no retry after the first streamed byte.
+
+An admin key may force an arm with ``x-flywheel-arm`` (evaluation, tests). An
+experiment with a ``shadow`` model copies a share of its answered requests to it in
+the background: the shadow answer is logged (``shadow_of``: the served response's id)
+and never returned, and with ``control.judge`` set a judge model scores it against the
+served answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -20,7 +31,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -28,12 +38,15 @@ from starlette.types import Receive, Scope, Send
 
 from .auth import KeyRing, Principal
 from .bodies import json_object, read_body
-from .errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from .control import Control
+from .errors import GatewayError, InvalidRequest, PermissionDenied, UpstreamUnavailable
 from .ids import IdIssuer
 from .interaction_log import InteractionLog
 from .metrics import Metrics
-from .routing import Router, Target
-from .upstream import UpstreamClient, retryable
+from .routing import Route, Target
+from .upstream import Call, UpstreamClient, retryable
+
+log = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -107,6 +120,8 @@ class Turn:
     assigned: Target
     target: Target
     stream: bool
+    version: int = 0
+    forced: bool = False
     want_usage: bool = True
     answer: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -125,6 +140,8 @@ class Turn:
             "request_id": self.request_id,
             "created": int(time.time()),
             "experiment": self.experiment,
+            "experiment_version": self.version,
+            "forced": self.forced,
             "arm": self.target.name,
             "assigned_arm": self.assigned.name,
             "fallback": self.target is not self.assigned,
@@ -181,21 +198,32 @@ class ChatService:
     def __init__(
         self,
         *,
-        router: Router,
+        control: Control,
         upstream: UpstreamClient,
         ids: IdIssuer,
         log: InteractionLog,
         metrics: Metrics,
         keyring: KeyRing,
         max_body_bytes: int,
+        judge: str | None = None,
+        max_shadows: int = 64,
     ) -> None:
-        self.router = router
+        self.control = control
         self.upstream = upstream
         self.ids = ids
         self.log = log
         self.metrics = metrics
         self.keyring = keyring
         self.max_body_bytes = max_body_bytes
+        self.judge = judge
+        self.max_shadows = max_shadows
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Cancel shadow requests still running (they are best effort)."""
+        for task in list(self._shadows):
+            task.cancel()
+        await asyncio.gather(*self._shadows, return_exceptions=True)
 
     async def handle(self, request: Request, request_id: str) -> Response:
         t0 = time.perf_counter()
@@ -205,7 +233,12 @@ class ChatService:
             user_key = (
                 doc.get("user") or request.headers.get("x-flywheel-user") or secrets.token_hex(8)
             )
-            route = self.router.resolve(doc["model"], user_key)
+            force = request.headers.get("x-flywheel-arm")
+            if force is not None and not principal.admin:
+                raise PermissionDenied(
+                    "x-flywheel-arm (forcing an arm) needs an admin key.", param="x-flywheel-arm"
+                )
+            route = self.control.router.resolve(doc["model"], user_key, force)
         except GatewayError as exc:
             self.metrics.requests.labels("", "", status_class(exc.status)).inc()
             raise
@@ -221,6 +254,8 @@ class ChatService:
             assigned=route.primary,
             target=route.primary,
             stream=stream,
+            version=route.version,
+            forced=route.forced,
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
         )
@@ -235,11 +270,13 @@ class ChatService:
                         lines, first = await self._open_stream(turn)
                         finished_here = False
                         return RelayResponse(
-                            self._relay(turn, lines, first),
+                            self._relay(turn, lines, first, route),
                             abandon=partial(self._abandon, turn, lines),
                             headers={**turn.headers(), **SSE_HEADERS},
                         )
-                    return await self._complete(turn)
+                    response = await self._complete(turn)
+                    self._shadow(route, turn)
+                    return response
                 except GatewayError as exc:
                     self.upstream.failed(target, exc)
                     if retryable(exc) and i + 1 < len(candidates):
@@ -268,8 +305,8 @@ class ChatService:
         return orjson.dumps(out)
 
     async def _complete(self, turn: Turn) -> Response:
-        resp = await self.upstream.post(turn.target, self._payload(turn))
-        raw = await self.upstream.read(turn.target, resp)
+        call = await self.upstream.post(turn.target, self._payload(turn))
+        raw = await self.upstream.read(call)
         try:
             doc = orjson.loads(raw)
             choices = doc["choices"]
@@ -291,8 +328,8 @@ class ChatService:
 
         Returns the rest of the lines and the first line already rewritten for the client.
         """
-        resp = await self.upstream.post(turn.target, self._payload(turn))
-        lines = self._lines(turn.target, resp)
+        call = await self.upstream.post(turn.target, self._payload(turn))
+        lines = self._lines(call)
         try:
             async for line in lines:
                 if line.startswith(b"data:"):
@@ -305,20 +342,23 @@ class ChatService:
             raise UpstreamUnavailable(
                 f"The upstream '{turn.target.upstream_name}' closed the stream before any data."
             )
+        except GatewayError as exc:
+            self.upstream.end(call, exc)  # a broken first chunk counts against the replica
+            await lines.aclose()
+            raise
         except BaseException:
             await lines.aclose()
             raise
 
-    async def _lines(
-        self, target: Target, resp: aiohttp.ClientResponse
-    ) -> AsyncGenerator[bytes, None]:
+    async def _lines(self, call: Call) -> AsyncGenerator[bytes, None]:
+        assert call.resp is not None
         try:
-            async for line in self.upstream.lines(target, resp):
+            async for line in self.upstream.lines(call):
                 yield line
         except BaseException:
-            resp.close()  # drop the connection: that stops the upstream generating
+            call.resp.close()  # drop the connection: that stops the upstream generating
             raise
-        resp.release()  # read to the end: the connection goes back to the pool
+        call.resp.release()  # read to the end: the connection goes back to the pool
 
     def _rewrite(self, turn: Turn, line: bytes) -> bytes | None:
         """One upstream ``data:`` line → the bytes to send the client (None: send nothing)."""
@@ -356,7 +396,7 @@ class ChatService:
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def _relay(
-        self, turn: Turn, lines: AsyncGenerator[bytes, None], first: bytes | None
+        self, turn: Turn, lines: AsyncGenerator[bytes, None], first: bytes | None, route: Route
     ) -> AsyncGenerator[bytes, None]:
         status = 200
         turn.relaying = True
@@ -387,6 +427,7 @@ class ChatService:
             await lines.aclose()
             self._finish(turn, status)
             self.metrics.in_flight.dec()
+        self._shadow(route, turn)
 
     async def _abandon(self, turn: Turn, lines: AsyncGenerator[bytes, None]) -> None:
         """The client left before its stream started: release the upstream, log, count."""
@@ -411,6 +452,99 @@ class ChatService:
                 if isinstance(n, int):
                     m.tokens.labels(exp, arm, kind).inc(n)
         self.log.submit(turn.record())
+
+    # -- shadow ---------------------------------------------------------------------------
+
+    def _shadow(self, route: Route, turn: Turn) -> None:
+        """Maybe copy an answered request to the experiment's shadow model, in the background."""
+        shadow = route.shadow
+        if shadow is None or turn.forced or turn.status != "ok":
+            return
+        if random.random() >= route.shadow_share:
+            return
+        exp = turn.experiment or ""
+        if len(self._shadows) >= self.max_shadows:
+            self.metrics.shadow_requests.labels(exp, shadow.name, "skipped").inc()
+            return
+        task = asyncio.create_task(self._run_shadow(shadow, turn))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _run_shadow(self, shadow: Target, served: Turn) -> None:
+        doc = {k: v for k, v in served.doc.items() if k not in ("stream", "stream_options")}
+        turn = Turn(
+            id=self.ids.new(),
+            request_id=served.request_id,
+            t0=time.perf_counter(),
+            doc=doc,
+            principal=served.principal,
+            experiment=served.experiment,
+            assigned=shadow,
+            target=shadow,
+            stream=False,
+            version=served.version,
+        )
+        exp = served.experiment or ""
+        try:
+            call = await self.upstream.post(shadow, self._payload(turn))
+            body = orjson.loads(await self.upstream.read(call))
+            choice = body["choices"][0]
+            turn.take_message(choice.get("message") or {})
+            turn.finish_reason, turn.usage = choice.get("finish_reason"), body.get("usage")
+        except (GatewayError, orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            turn.status, turn.error = "error", getattr(exc, "message", repr(exc))
+        self.metrics.shadow_requests.labels(exp, shadow.name, turn.status).inc()
+        record = turn.record()
+        record["shadow_of"] = served.id
+        if turn.status == "ok" and self.judge:
+            record["judge_score"] = score = await self._judge(served, turn)
+            if score is not None:
+                self.metrics.shadow_score.labels(exp, shadow.name).observe(score)
+        self.log.submit(record)
+
+    async def _judge(self, served: Turn, shadow: Turn) -> float | None:
+        """The judge model's 1–5 verdict on the shadow answer vs the served one, as [0, 1]."""
+        try:
+            route = self.control.router.resolve(self.judge or "", "judge")
+        except GatewayError:
+            return None
+        question = "\n".join(
+            f"{m.get('role')}: {m.get('content')}"
+            for m in served.doc["messages"]
+            if isinstance(m.get("content"), str)
+        )
+        prompt = JUDGE_PROMPT.format(
+            conversation=question, a="".join(served.answer), b="".join(shadow.answer)
+        )
+        payload = {"model": route.primary.upstream_model, "temperature": 0, "max_tokens": 4,
+                   "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+        try:
+            call = await self.upstream.post(route.primary, orjson.dumps(payload))
+            body = orjson.loads(await self.upstream.read(call))
+            return judge_score(str(body["choices"][0]["message"]["content"]))
+        except (GatewayError, orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            log.warning("judge failed: %s", getattr(exc, "message", repr(exc)))
+            return None
+
+
+JUDGE_PROMPT = """You compare two answers to the same conversation.
+
+{conversation}
+
+Answer A:
+{a}
+
+Answer B:
+{b}
+
+How good is answer B compared with answer A? Reply with one digit from 1 to 5:
+1 much worse, 2 worse, 3 as good, 4 better, 5 much better."""
+
+
+def judge_score(reply: str) -> float | None:
+    """The first digit 1–5 of a judge's reply, as a score in [0, 1] (None: no verdict)."""
+    m = re.search(r"[1-5]", reply)
+    return None if m is None else (int(m.group()) - 1) / 4
 
 
 class RelayResponse(StreamingResponse):

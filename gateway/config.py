@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Names appear in Redis keys (``:``-separated) and metric labels: no ``:``.
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -42,18 +43,47 @@ class Auth(_Strict):
     admin_keys: list[ApiKey] = []
 
 
+Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+
+
+class Breaker(_Strict):
+    failures: int = Field(5, ge=1, description="consecutive failures that open a replica's circuit")
+    open_s: float = Field(10.0, gt=0, description="how long it stays open before one probe")
+
+
 class Upstream(_Strict):
     kind: Literal["vllm", "openai"]
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    base_url: Url | None = None
+    base_urls: list[Url] = Field(default_factory=list, description="several replicas")
+    dns_replicas: bool = Field(
+        False, description="every address the host name resolves to is a replica (headless)"
+    )
     api_key: SecretStr = SecretStr("")
     timeout_s: float = Field(120.0, gt=0, description="total time for one upstream call")
     connect_timeout_s: float = Field(5.0, gt=0)
+    breaker: Breaker = Breaker()
+
+    @model_validator(mode="after")
+    def _one_address(self) -> Upstream:
+        if (self.base_url is None) == (not self.base_urls):
+            raise ValueError("give exactly one of base_url and base_urls")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.base_url] if self.base_url else list(self.base_urls)
+
+
+class Price(_Strict):
+    prompt_per_1m: float = Field(0.0, ge=0, description="currency units per 1M prompt tokens")
+    completion_per_1m: float = Field(0.0, ge=0)
 
 
 class ModelVersion(_Strict):
     upstream: str
     model: str = Field(min_length=1, description="the model id the upstream serves")
     adapter_path: str | None = None
+    price: Price | None = None
 
 
 class Arm(_Strict):
@@ -61,9 +91,43 @@ class Arm(_Strict):
     weight: float = Field(1.0, ge=0)
 
 
+class Decision(_Strict):
+    """The rules that turn an experiment's report into promote / rollback / keep collecting."""
+
+    min_ratings: int = Field(100, ge=1, description="ratings each compared arm needs first")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the score test")
+    srm_alpha: float = Field(0.001, gt=0, lt=1, description="p below this: sample ratio mismatch")
+    max_error_rate_increase: float = Field(
+        0.02, ge=0, le=1, description="candidate error rate may exceed control's by this much"
+    )
+    max_p95_ratio: float = Field(1.5, ge=1, description="candidate p95 latency / control's")
+    min_requests: int = Field(50, ge=1, description="requests each arm needs for the guardrails")
+
+
+class Shadow(_Strict):
+    model: str
+    share: float = Field(0.1, ge=0, le=1, description="share of requests also sent to it")
+
+
 class Experiment(_Strict):
     arms: list[Arm] = Field(min_length=1)
     fallback: str | None = None
+    control: str | None = Field(None, description="the arm candidates are compared with")
+    shadow: Shadow | None = None
+    auto_promote: bool = False
+    decision: Decision = Decision()
+
+    @property
+    def control_arm(self) -> str:
+        return self.control or self.arms[0].model
+
+    def models(self) -> set[str]:
+        """Every model this experiment refers to."""
+        out = {a.model for a in self.arms}
+        out |= {m for m in (self.fallback, self.control) if m}
+        if self.shadow:
+            out.add(self.shadow.model)
+        return out
 
 
 class InteractionLog(_Strict):
@@ -89,6 +153,17 @@ class Feedback(_Strict):
     )
 
 
+class Control(_Strict):
+    refresh_s: float = Field(
+        0.25, gt=0, description="how often a replica checks Redis for experiment changes"
+    )
+    replica_refresh_s: float = Field(
+        5.0, gt=0, description="how often upstream replicas are listed and adapters loaded"
+    )
+    decide_s: float = Field(60.0, gt=0, description="how often auto_promote experiments decide")
+    judge: str | None = Field(None, description="model that scores shadow answers (optional)")
+
+
 class Limits(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
@@ -108,6 +183,7 @@ class Settings(BaseSettings):
     experiments: dict[Name, Experiment] = {}
     interaction_log: InteractionLog = InteractionLog()
     feedback: Feedback = Feedback()
+    control: Control = Control()
     limits: Limits = Limits()
 
     @classmethod
@@ -193,15 +269,32 @@ def _check_references(s: Settings) -> list[str]:
     for name, exp in s.experiments.items():
         if name in s.models:
             problems.append(f"experiments.{name}: name is already used by a model")
-        for i, arm in enumerate(exp.arms):
-            if arm.model not in s.models:
-                problems.append(f"experiments.{name}.arms[{i}].model: unknown model '{arm.model}'")
-        if not any(arm.weight > 0 for arm in exp.arms):
-            problems.append(f"experiments.{name}.arms: at least one arm needs a weight > 0")
-        if exp.fallback is not None and exp.fallback not in s.models:
-            problems.append(f"experiments.{name}.fallback: unknown model '{exp.fallback}'")
+        problems += [f"experiments.{name}.{p}" for p in experiment_problems(exp, set(s.models))]
+    if s.control.judge is not None and s.control.judge not in s.models:
+        problems.append(f"control.judge: unknown model '{s.control.judge}'")
     if not s.models:
         problems.append("models: at least one model is needed")
+    return problems
+
+
+def experiment_problems(exp: Experiment, models: set[str]) -> list[str]:
+    """What is wrong with an experiment, given the known model names (paths relative to it)."""
+    problems = []
+    seen: set[str] = set()
+    for i, arm in enumerate(exp.arms):
+        if arm.model not in models:
+            problems.append(f"arms[{i}].model: unknown model '{arm.model}'")
+        if arm.model in seen:
+            problems.append(f"arms[{i}].model: '{arm.model}' is already an arm")
+        seen.add(arm.model)
+    if not any(arm.weight > 0 for arm in exp.arms):
+        problems.append("arms: at least one arm needs a weight > 0")
+    if exp.fallback is not None and exp.fallback not in models:
+        problems.append(f"fallback: unknown model '{exp.fallback}'")
+    if exp.control is not None and exp.control not in seen:
+        problems.append(f"control: '{exp.control}' is not one of the arms")
+    if exp.shadow is not None and exp.shadow.model not in models:
+        problems.append(f"shadow.model: unknown model '{exp.shadow.model}'")
     return problems
 
 

@@ -8,9 +8,11 @@
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 not_found_error
+    ├── Conflict                      409 invalid_request_error (admin: state forbids it)
     ├── PayloadTooLarge               413 invalid_request_error
     ├── UpstreamError                 the upstream's own 4xx/5xx, passed through
     ├── UpstreamUnavailable           502 upstream_error (refused, reset, malformed)
+    │   └── NoReplicaAvailable        502 upstream_error (circuit open, adapter not loaded)
     ├── UpstreamTimeout               504 timeout_error
     └── StoreUnavailable              503 service_unavailable
 
@@ -88,6 +90,12 @@ class NotFound(GatewayError):
     type = "not_found_error"
 
 
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -104,6 +112,10 @@ class UpstreamUnavailable(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_unavailable"
+
+
+class NoReplicaAvailable(UpstreamUnavailable):
+    code = "no_replica_available"
 
 
 class UpstreamTimeout(GatewayError):

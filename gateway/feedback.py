@@ -44,7 +44,9 @@ FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "t
 
 # KEYS: feedback hash, aggregate hash, feedback stream, aggregate index
 # ARGV: rater, record JSON, score, failure (0/1), has correction (0/1),
-#       aggregate index member, ttl seconds
+#       aggregate index member, ttl seconds, thumbs (0/1)
+# The aggregate keeps count, score_sum, score_sq (for variances), thumbs (ratings that
+# were up/down: the report's test depends on it), failures and corrections.
 _STORE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local replaced = 0
@@ -53,12 +55,16 @@ if old then
   local o = cjson.decode(old)
   redis.call('HINCRBY', KEYS[2], 'count', -1)
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', -o['score'])
+  redis.call('HINCRBYFLOAT', KEYS[2], 'score_sq', -(o['score'] * o['score']))
+  if type(o['rating']) == 'string' then redis.call('HINCRBY', KEYS[2], 'thumbs', -1) end
   if o['failure'] == true then redis.call('HINCRBY', KEYS[2], 'failures', -1) end
   if o['has_correction'] == true then redis.call('HINCRBY', KEYS[2], 'corrections', -1) end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'count', 1)
 redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[3])
+redis.call('HINCRBYFLOAT', KEYS[2], 'score_sq', ARGV[3] * ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'thumbs', ARGV[8])
 redis.call('HINCRBY', KEYS[2], 'failures', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'corrections', ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
@@ -218,6 +224,7 @@ class FeedbackService:
                     int(stored["has_correction"]),
                     keys.aggregate_member(experiment, arm),
                     int(self.config.retention_days * 86400),
+                    int(isinstance(fb["rating"], str)),
                 ],
             )
         except (RedisError, OSError) as exc:

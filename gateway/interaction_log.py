@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, stats
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -117,4 +118,37 @@ class InteractionLog:
                 minid=oldest_ms,
                 approximate=True,
             )
+        for key, fields in arm_statistics(batch).items():
+            for name, n in fields.items():
+                pipe.hincrby(key, name, n)
         await pipe.execute()
+
+
+def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
+    """The per-arm counters a batch adds (``fw:req:*`` and ``fw:assign:*``, see keys.py).
+
+    Summed per batch, so a batch of 256 records costs a handful of HINCRBYs, not 256.
+    """
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for rec in batch:
+        if rec.get("shadow_of"):
+            continue  # a shadow answer is nobody's traffic
+        exp = rec.get("experiment")
+        c = out[keys.requests(exp, rec["arm"])]
+        c["requests"] += 1
+        if rec["status"] == "error":
+            c["errors"] += 1
+        elif rec["status"] == "cancelled":
+            c["cancelled"] += 1
+        if rec.get("fallback"):
+            out[keys.requests(exp, rec["assigned_arm"])]["failed_over"] += 1
+        usage = rec.get("usage") or {}
+        for kind in ("prompt_tokens", "completion_tokens"):
+            if isinstance(usage.get(kind), int):
+                c[kind] += usage[kind]
+        c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
+        if rec.get("ttft_ms") is not None:
+            c[f"ttft:{stats.bucket(rec['ttft_ms'])}"] += 1
+        if exp and not rec.get("forced"):
+            out[keys.assignments(exp, rec.get("experiment_version") or 0)][rec["assigned_arm"]] += 1
+    return out

@@ -15,10 +15,24 @@ key                         type    content
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
                                     read by consumer groups, trimmed by retention but
                                     never past what a group has not acknowledged
-``fw:agg:{exp}:{arm}``      hash    ``count``, ``score_sum``, ``failures``,
-                                    ``corrections`` of the current ratings of one arm
-                                    (direct model requests use the experiment ``-``)
+``fw:agg:{exp}:{arm}``      hash    ``count``, ``score_sum``, ``score_sq``, ``thumbs``,
+                                    ``failures``, ``corrections`` of the current
+                                    ratings of one arm (direct model requests use the
+                                    experiment ``-``)
 ``fw:agg:index``            set     ``{exp}\x00{arm}`` of every aggregate hash
+``fw:req:{exp}:{arm}``      hash    request statistics of one arm: ``requests``,
+                                    ``errors``, ``cancelled``, ``prompt_tokens``,
+                                    ``completion_tokens``, ``lat:{i}`` and ``ttft:{i}``
+                                    (log-scale latency histograms, see ``stats.py``)
+``fw:assign:{exp}:{ver}``   hash    arm → requests assigned by weight (not forced)
+                                    under version ``ver`` of the experiment (SRM test)
+``fw:ctl:version``          string  counter, bumped by every change of the live state
+``fw:ctl:experiments``      hash    name → live experiment state (JSON: ``version``,
+                                    ``spec``, ``previous``, ``updated_at/_by``)
+``fw:ctl:history:{exp}``    list    audit log of one experiment (JSON entries)
+``fw:ctl:models``           hash    name → model version registered at runtime
+``fw:ctl:models:history``   list    audit log of model registrations
+``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
 ==========================  ======  =================================================
 """
 
@@ -45,6 +59,28 @@ def feedback(response_id: str) -> str:
 
 def aggregate(experiment: str | None, arm: str) -> str:
     return f"{PREFIX}agg:{experiment or NO_EXPERIMENT}:{arm}"
+
+
+def requests(experiment: str | None, arm: str) -> str:
+    return f"{PREFIX}req:{experiment or NO_EXPERIMENT}:{arm}"
+
+
+def assignments(experiment: str, version: int) -> str:
+    return f"{PREFIX}assign:{experiment}:{version}"
+
+
+CONTROL_VERSION = PREFIX + "ctl:version"
+EXPERIMENTS = PREFIX + "ctl:experiments"
+MODELS = PREFIX + "ctl:models"
+MODELS_HISTORY = PREFIX + "ctl:models:history"
+
+
+def history(experiment: str) -> str:
+    return f"{PREFIX}ctl:history:{experiment}"
+
+
+def decision_lock(experiment: str) -> str:
+    return f"{PREFIX}ctl:lock:{experiment}"
 
 
 def aggregate_member(experiment: str | None, arm: str) -> str:

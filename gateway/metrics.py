@@ -92,5 +92,30 @@ class Metrics:
             registry=r,
         )
 
+        self.experiment_weight = Gauge(
+            "flywheel_experiment_weight",
+            "Intended share of each arm in [0, 1], from the live experiment state",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self.upstream_replicas = Gauge(
+            "flywheel_upstream_replicas",
+            "Replicas of each upstream by circuit-breaker state (closed, open, half_open)",
+            ["upstream", "state"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "flywheel_shadow_requests",
+            "Requests copied to an experiment's shadow model, by status (ok, error)",
+            ["experiment", "arm", "status"],
+            registry=r,
+        )
+        self.shadow_score = Summary(
+            "flywheel_shadow_score",
+            "Judge scores in [0, 1] of shadow answers against the served answer",
+            ["experiment", "arm"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 
 from .config import Experiment, ModelVersion, Settings, Upstream
-from .errors import UnknownModel
+from .errors import InvalidRequest, UnknownModel
 
 BUCKETS = 10_000
 
@@ -32,6 +32,7 @@ class Target:
     upstream_name: str
     upstream: Upstream
     upstream_model: str
+    adapter: bool = False  # a LoRA adapter: only replicas that list it may serve it
 
 
 class Assigner:
@@ -57,31 +58,72 @@ class Assigner:
 @dataclass(frozen=True, slots=True)
 class Route:
     experiment: str | None
+    version: int  # of the experiment's live state (0 for a direct model request)
     primary: Target
     fallback: Target | None
+    shadow: Target | None = None
+    shadow_share: float = 0.0
+    forced: bool = False
 
 
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    """An immutable routing table: replaced as a whole when the live state changes.
+
+    ``models`` and ``experiments`` are the config's merged with the live state in Redis
+    (``control.py``); ``versions`` are the experiments' live-state versions.
+    """
+
+    def __init__(
+        self,
+        upstreams: dict[str, Upstream],
+        models: dict[str, ModelVersion],
+        experiments: dict[str, Experiment],
+        versions: dict[str, int] | None = None,
+    ) -> None:
+        self.models = models
         self.targets = {
-            name: _target(name, m, settings.upstreams[m.upstream])
-            for name, m in settings.models.items()
+            name: _target(name, m, upstreams[m.upstream])
+            for name, m in models.items()
+            if m.upstream in upstreams
         }
-        self.experiments: dict[str, Experiment] = dict(settings.experiments)
+        self.experiments = experiments
+        self.versions = versions or {}
         self._assigners = {
-            name: Assigner(name, [(a.model, a.weight) for a in exp.arms])
-            for name, exp in settings.experiments.items()
+            name: Assigner(name, [(a.model, a.weight) for a in exp.arms if a.model in self.targets])
+            for name, exp in experiments.items()
+            if any(a.weight > 0 and a.model in self.targets for a in exp.arms)
         }
 
-    def resolve(self, model: str, user_key: str) -> Route:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Router:
+        return cls(settings.upstreams, dict(settings.models), dict(settings.experiments))
+
+    def resolve(self, model: str, user_key: str, force_arm: str | None = None) -> Route:
         assigner = self._assigners.get(model)
         if assigner is not None:
             exp = self.experiments[model]
-            primary = self.targets[assigner.arm_for(user_key)]
-            fallback = self.targets[exp.fallback] if exp.fallback else None
+            if force_arm is not None:
+                if force_arm not in {a.model for a in exp.arms} or force_arm not in self.targets:
+                    raise InvalidRequest(
+                        f"x-flywheel-arm: '{force_arm:.64}' is not an arm of experiment '{model}'.",
+                        param="x-flywheel-arm",
+                    )
+                primary = self.targets[force_arm]
+            else:
+                primary = self.targets[assigner.arm_for(user_key)]
+            fallback = self.targets.get(exp.fallback) if exp.fallback else None
             if fallback is primary:
                 fallback = None
-            return Route(model, primary, fallback)
+            shadow = self.targets.get(exp.shadow.model) if exp.shadow else None
+            return Route(
+                model,
+                self.versions.get(model, 0),
+                primary,
+                fallback,
+                shadow=shadow if shadow is not primary else None,
+                shadow_share=exp.shadow.share if exp.shadow else 0.0,
+                forced=force_arm is not None,
+            )
         target = self.targets.get(model)
         if target is None:
             shown = model if len(model) <= 64 else model[:64] + "…"
@@ -90,8 +132,19 @@ class Router:
                 "listed by GET /v1/models.",
                 param="model",
             )
-        return Route(None, target, None)
+        if force_arm is not None:
+            raise InvalidRequest(
+                "x-flywheel-arm applies only to experiments, not to a model name.",
+                param="x-flywheel-arm",
+            )
+        return Route(None, 0, target, None)
 
 
 def _target(name: str, m: ModelVersion, upstream: Upstream) -> Target:
-    return Target(name=name, upstream_name=m.upstream, upstream=upstream, upstream_model=m.model)
+    return Target(
+        name=name,
+        upstream_name=m.upstream,
+        upstream=upstream,
+        upstream_model=m.model,
+        adapter=m.adapter_path is not None,
+    )

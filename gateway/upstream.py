@@ -9,19 +9,33 @@ aiohttp exceptions are translated here and nowhere else:
 
 ``retryable`` tells the caller whether the experiment's fallback may try instead:
 every failure except an upstream 4xx, which is the request's own fault.
+
+Each call goes to one replica of its upstream (``replicas.py``) and is a :class:`Call`
+from :meth:`UpstreamClient.post` until :meth:`UpstreamClient.end`: that is what
+counts the replica's outstanding requests and feeds its circuit breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from .errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .config import Upstream
+from .errors import (
+    GatewayError,
+    NoReplicaAvailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from .metrics import Metrics
+from .replicas import NoReplica, Pool, Replica
 from .routing import Target
 
 
@@ -40,7 +54,7 @@ def _translate(exc: BaseException, target: Target) -> GatewayError:
     return UpstreamUnavailable(f"The {where} is unavailable: {type(exc).__name__}: {exc}".strip())
 
 
-def _error_from_body(status: int, raw: bytes, target: Target) -> UpstreamError:
+def _error_from_body(status: int, raw: bytes, upstream_name: str) -> UpstreamError:
     message, etype, param, code = "", None, None, None
     try:
         doc: Any = orjson.loads(raw)
@@ -55,7 +69,7 @@ def _error_from_body(status: int, raw: bytes, target: Target) -> UpstreamError:
         message = raw[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
     if status >= 500:
         return UpstreamError(
-            f"The upstream '{target.upstream_name}' failed with HTTP {status}: {message}",
+            f"The upstream '{upstream_name}' failed with HTTP {status}: {message}",
             status=502,
             type="upstream_error",
             code="upstream_error",
@@ -69,10 +83,26 @@ def _error_from_body(status: int, raw: bytes, target: Target) -> UpstreamError:
     )
 
 
+@dataclass(eq=False)
+class Call:
+    """One upstream request in flight on one replica."""
+
+    target: Target
+    replica: Replica
+    resp: aiohttp.ClientResponse | None = None
+    ended: bool = False
+
+
+def _auth(up: Upstream) -> dict[str, str]:
+    key = up.api_key.get_secret_value()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class UpstreamClient:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, upstreams: dict[str, Upstream]) -> None:
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self.pools = {name: Pool(name, up) for name, up in upstreams.items()}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
@@ -90,73 +120,166 @@ class UpstreamClient:
         return self._session
 
     def failed(self, target: Target, exc: GatewayError) -> None:
-        reason = (
-            "timeout"
-            if isinstance(exc, UpstreamTimeout)
-            else (
-                f"http_{exc.status // 100}xx" if isinstance(exc, UpstreamError) else "unavailable"
-            )
-        )
+        """Count a failed call in ``flywheel_upstream_errors_total`` by reason."""
+        if isinstance(exc, NoReplicaAvailable):
+            reason = "no_replica"
+        elif isinstance(exc, UpstreamTimeout):
+            reason = "timeout"
+        elif isinstance(exc, UpstreamError):
+            reason = f"http_{exc.status // 100}xx"
+        else:
+            reason = "unavailable"
         self._metrics.upstream_errors.labels(target.upstream_name, reason).inc()
 
-    async def post(self, target: Target, payload: bytes) -> aiohttp.ClientResponse:
-        """POST a chat completion; return the open response (status 2xx) or raise."""
+    def end(self, call: Call, exc: GatewayError | None) -> None:
+        """The call is over (once; later calls do nothing): free the slot, tell the breaker."""
+        if call.ended:
+            return
+        call.ended = True
+        call.replica.outstanding -= 1
+        if exc is not None and retryable(exc):
+            call.replica.breaker.failure(time.monotonic())
+        else:
+            call.replica.breaker.success()  # an answer, even a 4xx, means it is alive
+
+    async def post(self, target: Target, payload: bytes) -> Call:
+        """POST a chat completion to a replica; return the call (status 2xx) or raise."""
         up = target.upstream
-        headers = {"Content-Type": "application/json"}
-        if up.api_key.get_secret_value():
-            headers["Authorization"] = f"Bearer {up.api_key.get_secret_value()}"
+        try:
+            replica = self.pools[target.upstream_name].pick(target.upstream_model, target.adapter)
+        except NoReplica as exc:
+            raise NoReplicaAvailable(f"The upstream is not available: {exc}.") from None
+        replica.outstanding += 1
+        call = Call(target, replica)
         timeout = aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s)
         try:
-            resp = await self.session.post(
-                up.base_url.rstrip("/") + "/chat/completions",
-                data=payload,
-                headers=headers,
-                timeout=timeout,
-            )
-            if resp.status >= 400:
-                try:
-                    raw = await resp.read()
-                finally:
-                    resp.release()
-                raise _error_from_body(resp.status, raw, target)
-            return resp
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc, target) from exc
+            try:
+                resp = await self.session.post(
+                    replica.url + "/chat/completions",
+                    data=payload,
+                    headers={"Content-Type": "application/json", **_auth(up)},
+                    timeout=timeout,
+                )
+                if resp.status >= 400:
+                    try:
+                        raw = await resp.read()
+                    finally:
+                        resp.release()
+                    raise _error_from_body(resp.status, raw, target.upstream_name)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _translate(exc, target) from exc
+        except GatewayError as exc:
+            self.end(call, exc)
+            raise
+        except BaseException:
+            self.end(call, None)
+            raise
+        call.resp = resp
+        return call
 
-    async def read(self, target: Target, resp: aiohttp.ClientResponse) -> bytes:
+    async def read(self, call: Call) -> bytes:
+        assert call.resp is not None
+        failure: GatewayError | None = None
         try:
-            return await resp.read()
+            return await call.resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc, target) from exc
+            failure = _translate(exc, call.target)
+            raise failure from exc
         finally:
-            resp.release()
+            call.resp.release()
+            self.end(call, failure)
 
-    async def lines(self, target: Target, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def lines(self, call: Call) -> AsyncIterator[bytes]:
         """The response body split into lines (without ``\\n``/``\\r\\n``), as they arrive."""
+        assert call.resp is not None
         buf = b""
+        failure: GatewayError | None = None
         try:
             while True:
-                chunk = await resp.content.readany()
+                chunk = await call.resp.content.readany()
                 if not chunk:
                     break
                 buf += chunk
                 while (nl := buf.find(b"\n")) >= 0:
                     line, buf = buf[:nl], buf[nl + 1 :]
                     yield line.rstrip(b"\r")
+            if buf.strip():
+                yield buf.rstrip(b"\r")
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc, target) from exc
-        if buf.strip():
-            yield buf.rstrip(b"\r")
+            failure = _translate(exc, call.target)
+            raise failure from exc
+        finally:
+            self.end(call, failure)
 
-    async def probe(self, base_url: str, api_key: str, timeout_s: float = 2.0) -> str | None:
-        """None when ``GET {base_url}/models`` answers 200, else why not (for ``/readyz``)."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async def probe(self, pool: Pool, timeout_s: float = 2.0) -> str | None:
+        """None when some replica answers ``GET /models`` with 200, else why not (``/readyz``)."""
+        results = await asyncio.gather(
+            *(self._probe(r.url, pool.upstream, timeout_s) for r in pool.replicas)
+        )
+        if any(r is None for r in results):
+            return None
+        return "; ".join(f"{rep.url}: {r}" for rep, r in zip(pool.replicas, results, strict=True))
+
+    async def _probe(self, url: str, up: Upstream, timeout_s: float) -> str | None:
         try:
             async with self.session.get(
-                base_url.rstrip("/") + "/models",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                url + "/models", headers=_auth(up), timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
                 return None if resp.status == 200 else f"HTTP {resp.status}"
         except (TimeoutError, aiohttp.ClientError) as exc:
             return f"{type(exc).__name__}: {exc}".strip(": ")
+
+    # -- what vLLM replicas serve, and LoRA adapters -------------------------------------
+
+    async def list_models(self, pool: Pool, replica: Replica, timeout_s: float = 5.0) -> None:
+        """Refresh ``replica.models`` (and adapters' parents); None when it cannot be listed."""
+        try:
+            async with self.session.get(
+                replica.url + "/models",
+                headers=_auth(pool.upstream),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                doc = await resp.json(loads=orjson.loads) if resp.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            doc = None
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, list):
+            replica.models = None
+            return
+        entries = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        replica.models = frozenset(m["id"] for m in entries)
+        replica.parents = {m["id"]: str(m["parent"]) for m in entries if m.get("parent")}
+
+    async def load_adapter(
+        self, pool: Pool, replica: Replica, name: str, path: str
+    ) -> tuple[bool, str]:
+        """``POST /load_lora_adapter`` on one replica: (ok, message). Already loaded is ok."""
+        return await self._admin_post(
+            pool, replica, "/load_lora_adapter", {"lora_name": name, "lora_path": path}
+        )
+
+    async def unload_adapter(self, pool: Pool, replica: Replica, name: str) -> tuple[bool, str]:
+        return await self._admin_post(pool, replica, "/unload_lora_adapter", {"lora_name": name})
+
+    async def _admin_post(
+        self, pool: Pool, replica: Replica, path: str, body: dict[str, str]
+    ) -> tuple[bool, str]:
+        try:
+            async with self.session.post(
+                replica.url + path,
+                data=orjson.dumps(body),
+                headers={"Content-Type": "application/json", **_auth(pool.upstream)},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return False, f"{replica.url} is unavailable: {type(exc).__name__}: {exc}"
+        if status == 200:
+            return True, raw.decode("utf-8", "replace").strip()
+        message = _error_from_body(status, raw, pool.name).message
+        if "already" in message.lower() and path == "/load_lora_adapter":
+            return True, message  # another gateway replica loaded it first
+        if status == 404 and "not found" == message.lower().strip("."):
+            message += " (start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+        return False, f"{replica.url} answered HTTP {status}: {message}"

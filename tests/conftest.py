@@ -84,7 +84,13 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
         "upstreams": {
             "local": {"kind": "vllm", "base_url": vllm_url, "timeout_s": 60},
             "dead": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
-            "faulty": {"kind": "vllm", "base_url": faulty_url, "timeout_s": 1},
+            # Fault tests want each fault's own error, not an open circuit.
+            "faulty": {
+                "kind": "vllm",
+                "base_url": faulty_url,
+                "timeout_s": 1,
+                "breaker": {"failures": 1_000_000},
+            },
         },
         "models": {
             "base": {"upstream": "local", "model": "base"},

@@ -1,0 +1,100 @@
+"""The admin API (admin key): experiments as live state, runtime models, reports.
+
+::
+
+    GET    /admin/experiments                      every experiment's live state
+    GET    /admin/experiments/{name}               one
+    PUT    /admin/experiments/{name}               create or replace (arms, weights, ...)
+    POST   /admin/experiments/{name}/arms          add an arm {"model", "weight"}
+    POST   /admin/experiments/{name}/promote       {"model"}: it gets 100%, others 0
+    POST   /admin/experiments/{name}/rollback      back to the state before the last change
+    GET    /admin/experiments/{name}/history       audit log: who, when, before, after
+    GET    /admin/experiments/{name}/report        per-arm statistics and the decision
+    GET    /admin/models                           config and registered model versions
+    POST   /admin/models                           register {"name", "upstream", ...}
+    DELETE /admin/models/{name}                    unregister (and unload the adapter)
+
+The logic lives in :mod:`gateway.control`; this module only authenticates, reads
+bodies and renders JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from .bodies import json_object, read_body
+from .control import Control
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def add_admin_routes(app: FastAPI) -> None:
+    def admin(request: Request) -> tuple[Control, str]:
+        st = request.app.state.gateway
+        principal = st.chat.keyring.authenticate_admin(request.headers.get("authorization"))
+        return st.control, principal.name
+
+    async def body(request: Request) -> dict[str, Any]:
+        limit = request.app.state.gateway.settings.limits.max_body_bytes
+        return json_object(await read_body(request, limit))
+
+    @app.get("/admin/experiments")
+    async def list_experiments(request: Request) -> Response:
+        control, _ = admin(request)
+        return _json({"object": "list", "data": await control.states()})
+
+    @app.get("/admin/experiments/{name}")
+    async def get_experiment(request: Request, name: str) -> Response:
+        control, _ = admin(request)
+        return _json(await control.state(name))
+
+    @app.put("/admin/experiments/{name}")
+    async def put_experiment(request: Request, name: str) -> Response:
+        control, who = admin(request)
+        return _json(await control.put(name, await body(request), who))
+
+    @app.post("/admin/experiments/{name}/arms")
+    async def add_arm(request: Request, name: str) -> Response:
+        control, who = admin(request)
+        return _json(await control.add_arm(name, await body(request), who))
+
+    @app.post("/admin/experiments/{name}/promote")
+    async def promote(request: Request, name: str) -> Response:
+        control, who = admin(request)
+        return _json(await control.promote(name, await body(request), who))
+
+    @app.post("/admin/experiments/{name}/rollback")
+    async def rollback(request: Request, name: str) -> Response:
+        control, who = admin(request)
+        return _json(await control.rollback(name, who))
+
+    @app.get("/admin/experiments/{name}/history")
+    async def history(request: Request, name: str) -> Response:
+        control, _ = admin(request)
+        return _json({"object": "list", "experiment": name, "data": await control.history(name)})
+
+    @app.get("/admin/experiments/{name}/report")
+    async def report(request: Request, name: str) -> Response:
+        control, _ = admin(request)
+        return _json(await control.report(name))
+
+    @app.get("/admin/models")
+    async def list_models(request: Request) -> Response:
+        control, _ = admin(request)
+        return _json({"object": "list", "data": control.models()})
+
+    @app.post("/admin/models")
+    async def register_model(request: Request) -> Response:
+        control, who = admin(request)
+        return _json(await control.register(await body(request), who), status=201)
+
+    @app.delete("/admin/models/{name:path}")
+    async def remove_model(request: Request, name: str) -> Response:
+        control, who = admin(request)
+        return _json(await control.remove(name, who))

@@ -1,0 +1,237 @@
+"""The statistics behind the A/B report, in plain Python (no SciPy on the serving path).
+
+Every function here is checked against SciPy on the same data in ``tests/test_stats.py``.
+
+* scores: mean with a 95% interval from count, sum and sum of squares;
+* thumbs (scores 0/1): two-proportion z-test (pooled), the same p-value as a 2×2
+  chi-square test without continuity correction;
+* stars: Welch's t-test (unequal variances), Student-t p-value and interval;
+* sample ratio mismatch: chi-square goodness of fit of assignments to weights;
+* Bayesian: P(candidate's true score > control's) under Beta(1 + successes,
+  1 + failures) posteriors (scores in [0, 1] count as fractional successes);
+* latency: log-scale histograms (10% wide buckets) and their quantiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+def norm_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1, a - 1
+    c, d = 1.0, 1 - qab * x / qap
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1 + aa * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1 + aa * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1 - math.exp(log_front) * _betacf(b, a, 1 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * betainc(df / 2, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1 - tail
+
+
+def t_ppf(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t (bisection on :func:`t_sf`)."""
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if 1 - t_sf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def gammaincc(a: float, x: float) -> float:
+    """The regularized upper incomplete gamma function Q(a, x)."""
+    if x <= 0:
+        return 1.0
+    log_front = -x + a * math.log(x) - math.lgamma(a)
+    if x < a + 1:  # series for P, then Q = 1 - P
+        term = total = 1 / a
+        ap = a
+        for _ in range(10_000):
+            ap += 1
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 3e-16:
+                break
+        return 1 - total * math.exp(log_front)
+    tiny = 1e-300  # continued fraction for Q (Lentz)
+    b = x + 1 - a
+    c, d = 1 / tiny, 1 / b
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = b + an / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 3e-16:
+            break
+    return math.exp(log_front) * h
+
+
+def chi2_sf(x: float, k: int) -> float:
+    return gammaincc(k / 2, x / 2)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A set of scores summarised as count, sum and sum of squares."""
+
+    n: int
+    total: float
+    squares: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def variance(self) -> float:
+        """Sample variance (n - 1 in the denominator)."""
+        if self.n < 2:
+            return math.nan
+        return max(self.squares - self.n * self.mean**2, 0.0) / (self.n - 1)
+
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the mean (Student t)."""
+        if self.n < 2:
+            return (math.nan, math.nan)
+        half = t_ppf(0.975, self.n - 1) * math.sqrt(self.variance / self.n)
+        return (self.mean - half, self.mean + half)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    test: str
+    difference: float  # candidate mean - control mean
+    interval: tuple[float, float]  # 95% interval of the difference
+    statistic: float
+    p_value: float
+
+
+def two_proportion_z(control: Sample, candidate: Sample) -> Comparison:
+    """Thumbs: pooled two-sided z-test of candidate vs control success rates."""
+    p1, p2 = control.mean, candidate.mean
+    pooled = (control.total + candidate.total) / (control.n + candidate.n)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / control.n + 1 / candidate.n))
+    z = (p2 - p1) / se if se > 0 else 0.0
+    se_diff = math.sqrt(p1 * (1 - p1) / control.n + p2 * (1 - p2) / candidate.n)
+    half = 1.959963984540054 * se_diff
+    return Comparison("two-proportion z", p2 - p1, (p2 - p1 - half, p2 - p1 + half), z,
+                      2 * norm_sf(abs(z)))  # fmt: skip
+
+
+def welch_t(control: Sample, candidate: Sample) -> Comparison:
+    """Stars (or mixed): Welch's two-sided t-test of the mean scores."""
+    v1, v2 = control.variance / control.n, candidate.variance / candidate.n
+    diff = candidate.mean - control.mean
+    se = math.sqrt(v1 + v2)
+    if se == 0:
+        return Comparison("welch t", diff, (diff, diff), 0.0, 1.0 if diff == 0 else 0.0)
+    df = (v1 + v2) ** 2 / (v1**2 / (control.n - 1) + v2**2 / (candidate.n - 1))
+    t = diff / se
+    half = t_ppf(0.975, df) * se
+    return Comparison("welch t", diff, (diff - half, diff + half), t, 2 * t_sf(abs(t), df))
+
+
+def sample_ratio_mismatch(
+    observed: Sequence[float], weights: Sequence[float]
+) -> tuple[float, float]:
+    """Chi-square goodness of fit of assignment counts to weights: (chi2, p-value)."""
+    live = [(o, w) for o, w in zip(observed, weights, strict=True) if w > 0]
+    n, total_w = sum(o for o, _ in live), sum(w for _, w in live)
+    if n == 0 or len(live) < 2:
+        return (0.0, 1.0)
+    chi2 = sum((o - n * w / total_w) ** 2 / (n * w / total_w) for o, w in live)
+    stray = sum(o for o, w in zip(observed, weights, strict=True) if w <= 0)
+    if stray:  # traffic to a zero-weight arm: a mismatch whatever the rest says
+        return (math.inf, 0.0)
+    return (chi2, chi2_sf(chi2, len(live) - 1))
+
+
+def prob_better(control: Sample, candidate: Sample, points: int = 2001) -> float:
+    """P(candidate's true mean > control's) under independent Beta posteriors."""
+    a1, b1 = 1 + control.total, 1 + control.n - control.total
+    a2, b2 = 1 + candidate.total, 1 + candidate.n - candidate.total
+    mean2 = a2 / (a2 + b2)
+    sd2 = math.sqrt(a2 * b2 / ((a2 + b2) ** 2 * (a2 + b2 + 1)))
+    lo, hi = max(0.0, mean2 - 12 * sd2), min(1.0, mean2 + 12 * sd2)
+    step = (hi - lo) / (points - 1)
+    log_norm = math.lgamma(a2 + b2) - math.lgamma(a2) - math.lgamma(b2)
+    total = 0.0
+    for i in range(points):  # Simpson's rule over the candidate's posterior
+        x = lo + i * step
+        if x <= 0 or x >= 1:
+            continue
+        pdf = math.exp(log_norm + (a2 - 1) * math.log(x) + (b2 - 1) * math.log1p(-x))
+        weight = 1 if i in (0, points - 1) else (4 if i % 2 else 2)
+        total += weight * pdf * betainc(a1, b1, x)
+    return min(max(total * step / 3, 0.0), 1.0)
+
+
+# -- latency histograms ------------------------------------------------------------------
+
+RATIO = 1.1  # bucket i holds values in (RATIO**(i-1), RATIO**i] milliseconds
+
+
+def bucket(ms: float) -> int:
+    return 0 if ms <= 1 else math.ceil(math.log(ms) / math.log(RATIO) - 1e-9)
+
+
+def quantile(histogram: Mapping[int, float], q: float) -> float | None:
+    """The ``q`` quantile (upper bucket bound, so within 10% above the true value)."""
+    n = sum(histogram.values())
+    if n == 0:
+        return None
+    seen = 0.0
+    for i in sorted(histogram):
+        seen += histogram[i]
+        if seen >= q * n:
+            return round(RATIO**i, 3)
+    return round(RATIO ** max(histogram), 3)  # pragma: no cover - floating point guard
