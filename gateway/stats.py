@@ -184,14 +184,13 @@ def sample_ratio_mismatch(
     observed: Sequence[float], weights: Sequence[float]
 ) -> tuple[float, float]:
     """Chi-square goodness of fit of assignment counts to weights: (chi2, p-value)."""
+    if any(o > 0 and w <= 0 for o, w in zip(observed, weights, strict=True)):
+        return (math.inf, 0.0)  # traffic to a zero-weight arm: a mismatch, whatever else
     live = [(o, w) for o, w in zip(observed, weights, strict=True) if w > 0]
     n, total_w = sum(o for o, _ in live), sum(w for _, w in live)
     if n == 0 or len(live) < 2:
         return (0.0, 1.0)
     chi2 = sum((o - n * w / total_w) ** 2 / (n * w / total_w) for o, w in live)
-    stray = sum(o for o, w in zip(observed, weights, strict=True) if w <= 0)
-    if stray:  # traffic to a zero-weight arm: a mismatch whatever the rest says
-        return (math.inf, 0.0)
     return (chi2, chi2_sf(chi2, len(live) - 1))
 
 
