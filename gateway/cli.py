@@ -5,15 +5,20 @@
     gateway serve [--config FILE] [--host H] [--port P] [--workers N]
     gateway check-config [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
+    gateway report NAME [--config FILE] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from .config import ConfigError, Settings, load_settings
 
@@ -80,6 +85,94 @@ def up(args: argparse.Namespace) -> None:
         serve(settings, host=args.host, port=args.port, workers=1, config=args.config)
 
 
+async def experiment_report(settings: Settings, name: str) -> dict[str, Any]:
+    """The report of one experiment, read from the same Redis the gateway uses."""
+    from . import store
+    from .control import Control
+    from .metrics import Metrics
+    from .upstream import UpstreamClient
+
+    redis, embedded = await store.open_store(settings)
+    try:
+        metrics = Metrics()
+        control = Control(
+            redis=redis,
+            settings=settings,
+            upstream=UpstreamClient(metrics, settings.upstreams),
+            metrics=metrics,
+        )
+        await control.load()
+        return await control.report(name)
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(x: Any, fmt: str = "{:g}") -> str:
+        return "–" if x is None else fmt.format(x)
+
+    console = Console()
+    arms = Table(title=f"Experiment {doc['experiment']} (version {doc['version']}), "
+                 f"control: {doc['control']}")  # fmt: skip
+    for col in ("arm", "weight", "assigned", "requests", "error rate", "p50 / p95 ms",
+                "TTFT p50 ms", "ratings", "mean score (95% CI)", "failures", "corrections",
+                "cost / 1k req"):  # fmt: skip
+        arms.add_column(col, justify="left" if col == "arm" else "right")
+    for a in doc["arms"]:
+        r = a["ratings"]
+        ci = r["ci95"]
+        arms.add_row(
+            a["model"],
+            f"{a['intended_share']:.1%}",
+            str(a["assigned"]),
+            str(a["requests"]),
+            num(a["error_rate"], "{:.1%}"),
+            f"{num(a['latency_ms']['p50'])} / {num(a['latency_ms']['p95'])}",
+            num(a["ttft_ms"]["p50"]),
+            str(r["count"]),
+            f"{num(r['mean_score'], '{:.3f}')} ({num(ci[0], '{:.3f}')}–{num(ci[1], '{:.3f}')})",
+            num(r["failure_rate"], "{:.1%}"),
+            str(r["corrections"]),
+            num(a["cost_per_1k_requests"], "{:.4f}"),
+        )
+    console.print(arms)
+    srm = doc["srm"]
+    console.print(
+        f"Sample ratio (version {srm['version']}, {srm['assigned']} assignments): "
+        f"chi² = {num(srm['chi2'], '{:.2f}')}, p = {num(srm['p_value'], '{:.3g}')}"
+        + ("  [bold red]MISMATCH[/]" if srm["mismatch"] else "  ok")
+    )
+    if doc["comparisons"]:
+        cmp = Table(title="Candidates vs control")
+        for col in ("candidate", "test", "difference (95% CI)", "p-value", "P(better)",
+                    "guardrails", "verdict"):  # fmt: skip
+            cmp.add_column(col)
+        for c in doc["comparisons"]:
+            ci = c["ci95"]
+            cmp.add_row(
+                c["candidate"],
+                c["test"] or "–",
+                f"{num(c['difference'], '{:+.3f}')} "
+                f"({num(ci[0], '{:+.3f}')}…{num(ci[1], '{:+.3f}')})",
+                num(c["p_value"], "{:.3g}"),
+                num(c["prob_better"], "{:.1%}"),
+                "ok" if c["guardrails_ok"] else "[red]broken[/]",
+                c["verdict"],
+            )
+        console.print(cmp)
+    d = doc["decision"]
+    colour = {"promote": "green", "rollback": "red"}.get(d["action"], "yellow")
+    target = f" {d['model']}" if d["model"] else ""
+    console.print(f"Decision: [bold {colour}]{d['action']}{target}[/]")
+    for reason in d["reasons"]:
+        console.print(f"  - {reason}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--vllm-port", type=int, default=8001)
 
+    p = sub.add_parser("report", help="print an experiment's A/B report and decision")
+    p.add_argument("name", help="the experiment")
+    p.add_argument("--config", default=None, help=config_help)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     args = parser.parse_args(argv)
     if args.command == "check-config":
         s = load_config_or_exit(args.config)
@@ -119,4 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "up":
         up(args)
+    elif args.command == "report":
+        from .errors import GatewayError
+
+        s = load_config_or_exit(args.config)
+        try:
+            doc = asyncio.run(experiment_report(s, args.name))
+        except GatewayError as exc:
+            print(f"gateway report: {exc.message}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print_report(doc)
     return 0

@@ -22,6 +22,7 @@ from tests.services import GatewayProcess, RedisProcess
 
 API_KEY = "sk-test-0123456789abcdef"
 OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
+ADMIN_KEY = "sk-admin-0123456789abcdef"
 ID_SECRET = "test-id-secret-shared-by-replicas"
 
 
@@ -79,8 +80,10 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
             "api_keys": [
                 {"key": API_KEY, "name": "tests"},
                 {"key": OTHER_TENANT_KEY, "name": "intruder", "tenant": "other"},
-            ]
+            ],
+            "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
         },
+        "control": {"replica_refresh_s": 1},
         "upstreams": {
             "local": {"kind": "vllm", "base_url": vllm_url, "timeout_s": 60},
             "dead": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
@@ -91,6 +94,13 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
                 "timeout_s": 1,
                 "breaker": {"failures": 1_000_000},
             },
+            # The same fault server, as an upstream whose circuit opens after 3 failures.
+            "hanging": {
+                "kind": "vllm",
+                "base_url": faulty_url,
+                "timeout_s": 0.3,
+                "breaker": {"failures": 3, "open_s": 60},
+            },
         },
         "models": {
             "base": {"upstream": "local", "model": "base"},
@@ -100,6 +110,8 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
                 m: {"upstream": "faulty", "model": m}
                 for m in ("slow", "reset", "http500", "endless", "cutoff")
             },
+            **{m: {"upstream": "faulty", "model": m} for m in ("fixed-a", "fixed-b", "fixed-c")},
+            "hang": {"upstream": "hanging", "model": "slow"},
         },
         "experiments": {
             "default": {"arms": [{"model": "base"}]},

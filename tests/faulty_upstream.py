@@ -9,6 +9,9 @@ one misbehaves in the way the requested ``model`` names:
 * ``cutoff``    — streams three chunks, then resets the connection (no ``[DONE]``)
 * ``endless``   — streams a chunk every 20 ms until the client goes away, and records
   when the connection was closed (cancellation reaches the upstream)
+* ``fixed-*``   — answers at once, "answer from <model>" (streamed or not): the healthy
+  baseline beside the faults, and a fast upstream for tests that need many requests
+  through the routing (vLLM on CPU takes tens of milliseconds per answer)
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class FaultyUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         mode = body.get("model")
+        if isinstance(mode, str) and mode.startswith("fixed"):
+            return await self._fixed(request, mode, body.get("stream") is True)
         if mode == "slow":
             await asyncio.sleep(self.delay_s)
             return web.json_response({"error": {"message": "too late"}}, status=500)
@@ -74,6 +79,28 @@ class FaultyUpstream:
                 self.stream_closed_at = time.monotonic()
                 raise
         return web.json_response({"error": {"message": f"unknown mode {mode}"}}, status=404)
+
+    async def _fixed(self, request: web.Request, mode: str, stream: bool) -> web.StreamResponse:
+        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        if not stream:
+            return web.json_response({
+                "id": "up-1", "object": "chat.completion", "created": 0, "model": mode,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"answer from {mode}"}}],
+                "usage": usage,
+            })  # fmt: skip
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for delta, finish in (({"role": "assistant", "content": "answer "}, None),
+                              ({"content": f"from {mode}"}, "stop")):  # fmt: skip
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
+                     "choices": [choice]}  # fmt: skip
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        last = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
+                "choices": [], "usage": usage}  # fmt: skip
+        await resp.write(b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n")
+        return resp
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
