@@ -119,7 +119,7 @@ def print_report(doc: dict[str, Any]) -> None:
     console = Console()
     arms = Table(title=f"Experiment {doc['experiment']} (version {doc['version']}), "
                  f"control: {doc['control']}")  # fmt: skip
-    for col in ("arm", "weight", "assigned", "requests", "error rate", "p50 / p95 ms",
+    for col in ("arm", "intended", "assigned", "requests", "error rate", "p50 / p95 ms",
                 "TTFT p50 ms", "ratings", "mean score (95% CI)", "failures", "corrections",
                 "cost / 1k req"):  # fmt: skip
         arms.add_column(col, justify="left" if col == "arm" else "right")
@@ -132,8 +132,8 @@ def print_report(doc: dict[str, Any]) -> None:
             str(a["assigned"]),
             str(a["requests"]),
             num(a["error_rate"], "{:.1%}"),
-            f"{num(a['latency_ms']['p50'])} / {num(a['latency_ms']['p95'])}",
-            num(a["ttft_ms"]["p50"]),
+            f"{num(a['latency_ms']['p50'], '{:.1f}')} / {num(a['latency_ms']['p95'], '{:.1f}')}",
+            num(a["ttft_ms"]["p50"], "{:.1f}"),
             str(r["count"]),
             f"{num(r['mean_score'], '{:.3f}')} ({num(ci[0], '{:.3f}')}–{num(ci[1], '{:.3f}')})",
             num(r["failure_rate"], "{:.1%}"),

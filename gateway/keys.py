@@ -21,9 +21,10 @@ key                         type    content
                                     experiment ``-``)
 ``fw:agg:index``            set     ``{exp}\x00{arm}`` of every aggregate hash
 ``fw:req:{exp}:{arm}``      hash    request statistics of one arm: ``requests``,
-                                    ``errors``, ``cancelled``, ``prompt_tokens``,
-                                    ``completion_tokens``, ``lat:{i}`` and ``ttft:{i}``
-                                    (log-scale latency histograms, see ``stats.py``)
+                                    ``errors``, ``cancelled``, ``failed_over``,
+                                    ``prompt_tokens``, ``completion_tokens``,
+                                    ``lat:{i}``, ``ttft:{i}`` (log-scale latency
+                                    histograms in ms, see ``stats.py``)
 ``fw:assign:{exp}:{ver}``   hash    arm → requests assigned by weight (not forced)
                                     under version ``ver`` of the experiment (SRM test)
 ``fw:ctl:version``          string  counter, bumped by every change of the live state

@@ -147,7 +147,7 @@ def compare(control: dict[str, Any], candidate: dict[str, Any], exp: Experiment)
             difference=_round(test.difference),
             ci95=[_round(test.interval[0]), _round(test.interval[1])],
             statistic=_round(test.statistic),
-            p_value=_round(test.p_value, 6),
+            p_value=float(f"{test.p_value:.4g}"),
             prob_better=_round(stats.prob_better(a, b)),
         )
         significant = test.p_value < rules.alpha
@@ -225,7 +225,7 @@ def build(
         "version": version,
         "assigned": sum(a["assigned"] for a in arms),
         "chi2": _round(chi2),
-        "p_value": _round(p, 8),
+        "p_value": float(f"{p:.4g}"),
         "mismatch": p < exp.decision.srm_alpha,
     }
     by_model = {a["model"]: a for a in arms}

@@ -83,7 +83,7 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
             ],
             "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
         },
-        "control": {"replica_refresh_s": 1},
+        "control": {"replica_refresh_s": 1, "decide_s": 0.5},
         "upstreams": {
             "local": {"kind": "vllm", "base_url": vllm_url, "timeout_s": 60},
             "dead": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"},

@@ -32,6 +32,7 @@ class FaultyUpstream:
         self.delay_s = delay_s
         self.stream_closed_at: float | None = None
         self.chunks_sent = 0
+        self.requests = 0  # chat requests received
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -41,6 +42,7 @@ class FaultyUpstream:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
         body = await request.json()
         mode = body.get("model")
         if isinstance(mode, str) and mode.startswith("fixed"):

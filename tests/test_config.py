@@ -81,6 +81,11 @@ def test_unknown_arm_model_names_the_key_path(tmp_path: Path) -> None:
         (("port: 8000", "port: eighty"), "listen.port: Input should be a valid integer"),
         (("timeout_s: 120", "timeout_s: 0"), "upstreams.local.timeout_s: Input should be greater than 0"),
         (("${TEST_API_KEY}", "${NOT_SET_ANYWHERE}"), "auth.api_keys[0].key: environment variable NOT_SET_ANYWHERE is not set"),
+        (("base_url: http://127.0.0.1:8001/v1,", "base_urls: [http://10.0.0.1:8001/v1], base_url: http://127.0.0.1:8001/v1,"), "upstreams.local: Value error, give exactly one of base_url and base_urls"),
+        (("fallback: base", "fallback: base\n    shadow: {model: nope, share: 0.1}"), "experiments.support-bot.shadow.model: unknown model 'nope'"),
+        (("fallback: base", "fallback: base\n    control: ft-mini"), "experiments.support-bot.control: 'ft-mini' is not one of the arms"),
+        (("fallback: base", "fallback: base\n    decision: {alpha: 2}"), "experiments.support-bot.decision.alpha: Input should be less than 1"),
+        (("{model: base, weight: 90}", "{model: base, weight: 90}, {model: base, weight: 1}"), "experiments.support-bot.arms[1].model: 'base' is already an arm"),
     ],
 )  # fmt: skip
 def test_each_mistake_is_one_line_with_its_path(
@@ -89,6 +94,32 @@ def test_each_mistake_is_one_line_with_its_path(
     found = problems(tmp_path, GOOD.replace(*change))
     assert len(found) == 1
     assert found[0].startswith(expected), found
+
+
+def test_replicas_prices_and_experiment_rules_load(tmp_path: Path) -> None:
+    text = (
+        GOOD.replace(
+            "base_url: http://127.0.0.1:8001/v1,",
+            "base_urls: [http://10.0.0.1:8001/v1, http://10.0.0.2:8001/v1], breaker: {failures: 3},",
+        )
+        .replace(
+            "fallback: base",
+            "fallback: base\n    control: base\n    auto_promote: true\n"
+            "    decision: {min_ratings: 200}\n    shadow: {model: ft-mini, share: 0.05}",
+        )
+        .replace(
+            "model: base}", "model: base, price: {prompt_per_1m: 0.1, completion_per_1m: 0.4}}"
+        )
+    )
+    s = load_settings(write(tmp_path, text), env={"TEST_API_KEY": "x"})
+    assert s.upstreams["local"].urls == ["http://10.0.0.1:8001/v1", "http://10.0.0.2:8001/v1"]
+    assert s.upstreams["local"].breaker.failures == 3
+    exp = s.experiments["support-bot"]
+    assert exp.auto_promote and exp.decision.min_ratings == 200 and exp.decision.alpha == 0.05
+    assert exp.shadow is not None and exp.shadow.model == "ft-mini"
+    assert exp.models() == {"base", "support-v1", "ft-mini"}
+    price = s.models["base"].price
+    assert price is not None and price.completion_per_1m == 0.4
 
 
 def test_all_arms_at_zero_weight_is_refused(tmp_path: Path) -> None:

@@ -378,3 +378,34 @@ def test_the_report_on_real_traffic_and_ratings_says_promote(
         capture_output=True, text=True, timeout=60, env=gateway.env,
     )  # fmt: skip
     assert orjson.loads(as_json.stdout)["decision"] == rep["decision"]
+
+
+def test_auto_promote_applies_the_decision_and_records_it(gateway: GatewayProcess) -> None:
+    name = unique("auto")
+    spec = {**arms(fixed_a=50, fixed_b=50), "auto_promote": True,
+            "decision": {"min_ratings": 30}}  # fmt: skip
+    assert put(gateway, name, spec).status_code == 200
+    with httpx.Client() as c:
+        served = []
+        for i in range(160):
+            resp = chat(c, gateway, name, f"user-{i}")
+            served.append((resp.json()["id"], resp.headers["x-flywheel-arm"]))
+        for rid, arm in served:  # the candidate is liked, the control is not
+            rating = "up" if arm == "fixed-b" else "down"
+            resp = c.post(gateway.base_url + "/feedback", headers=CLIENT,
+                          json={"response_id": rid, "rating": rating})  # fmt: skip
+            assert resp.status_code == 201
+    url = f"{gateway.url}/admin/experiments/{name}"
+    deadline = time.monotonic() + 5
+    while httpx.get(url, headers=ADMIN).json()["version"] == 1:
+        assert time.monotonic() < deadline, "auto_promote did not act"
+        time.sleep(0.1)
+    state = httpx.get(url, headers=ADMIN).json()
+    assert [(a["model"], a["weight"]) for a in state["spec"]["arms"]] == [
+        ("fixed-a", 0),
+        ("fixed-b", 100),
+    ]
+    last = httpx.get(url + "/history", headers=ADMIN).json()["data"][-1]
+    assert last["by"] == "auto-decision" and last["action"].startswith("auto promote fixed-b")
+    time.sleep(1.5)  # later rounds see it applied and change nothing
+    assert httpx.get(url, headers=ADMIN).json()["version"] == 2
