@@ -123,6 +123,7 @@ class Control:
         self.router = Router.from_settings(settings)  # until the live state is loaded
         self.registered: dict[str, ModelVersion] = {}
         self.loaded_version: bytes | None = None
+        self._seeded = False
         self._change = redis.register_script(_CHANGE)
         self._model = redis.register_script(_MODEL)
         self._replicas_due = asyncio.Event()
@@ -135,7 +136,11 @@ class Control:
             await self.seed()
             await self.load()
         except (RedisError, OSError) as exc:
-            log.error("live routing state unavailable (%s): routing from the config file", exc)
+            log.error(
+                "live routing state unavailable (%s): routing by the config file until "
+                "Redis answers",
+                exc,
+            )
         self._tasks = [
             asyncio.create_task(self._follow(), name="control-follow"),
             asyncio.create_task(self._replicas(), name="control-replicas"),
@@ -158,6 +163,7 @@ class Control:
                 keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
                 args=[name, 0, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
             )
+        self._seeded = True
 
     async def load(self) -> None:
         """Read the live state and swap in a new router."""
@@ -195,6 +201,8 @@ class Control:
         while True:
             await asyncio.sleep(self.settings.control.refresh_s)
             try:
+                if not self._seeded:  # Redis was down at start-up
+                    await self.seed()
                 if await self.redis.get(keys.CONTROL_VERSION) != self.loaded_version:
                     await self.load()
                     self._replicas_due.set()  # a new adapter: list replicas now

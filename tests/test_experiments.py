@@ -409,3 +409,28 @@ def test_auto_promote_applies_the_decision_and_records_it(gateway: GatewayProces
     assert last["by"] == "auto-decision" and last["action"].startswith("auto promote fixed-b")
     time.sleep(1.5)  # later rounds see it applied and change nothing
     assert httpx.get(url, headers=ADMIN).json()["version"] == 2
+
+
+def test_with_redis_down_at_start_it_routes_by_the_config_then_seeds_redis(
+    vllm: VLLMServer, faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    later = RedisProcess(tmp_path / "redis")  # not started yet
+    gw = GatewayProcess(gateway_config(vllm.base_url, faulty.base_url, later.url),
+                        tmp_path / "gw").start()  # fmt: skip
+    try:
+        with httpx.Client() as c:
+            assert arm_of(c, gw, "broken-arm", "u1") == "base"  # by the config's experiment
+            later.start()
+            deadline = time.monotonic() + 10
+            while (
+                resp := c.get(f"{gw.url}/admin/experiments/ab", headers=ADMIN)
+            ).status_code != 200:  # noqa: E501
+                assert time.monotonic() < deadline, resp.text
+                time.sleep(0.1)
+            assert resp.json()["version"] == 1
+            history = c.get(f"{gw.url}/admin/experiments/ab/history", headers=ADMIN).json()
+            assert [h["action"] for h in history["data"]] == ["created from config"]
+            assert arm_of(c, gw, "broken-arm", "u1") == "base"
+    finally:
+        gw.stop()
+        later.stop()
