@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .config import ConfigError, Settings, load_settings
+from .config import DEFAULT_CONFIG, ConfigError, Settings, build_settings, load_settings
 
 
 def load_config_or_exit(path: str | None) -> Settings:
@@ -66,11 +68,23 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, config: str
             embedded.stop()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def up(args: argparse.Namespace) -> None:
     """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both."""
     from .localstack import VLLMServer
 
-    settings = load_config_or_exit(args.config)
+    if args.config or os.environ.get("FLYWHEEL_CONFIG"):
+        settings = load_config_or_exit(args.config)
+    else:  # the built-in default, with its upstream where this vLLM will listen
+        doc = copy.deepcopy(DEFAULT_CONFIG)
+        doc["upstreams"]["local"]["base_url"] = f"http://127.0.0.1:{args.vllm_port}/v1"
+        settings = build_settings(doc)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: make that an exit
+    # that unwinds (and so stops vLLM below), not an instant death that orphans it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     model = args.model
     if model is None:
         from retrain.tiny_model import build_tiny_model
