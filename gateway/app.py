@@ -113,7 +113,9 @@ def create_app(settings: Settings) -> FastAPI:
             fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
             + settings.feedback.join_wait_s,
         )
-        maintenance = asyncio.create_task(maintain(redis, settings.feedback))
+        maintenance = asyncio.create_task(
+            maintain(redis, settings.feedback, lambda: list(control.router.experiments))
+        )
         app.state.gateway = GatewayState(
             settings, metrics, redis, upstream, control, chat, feedback, started=int(time.time())
         )

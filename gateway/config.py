@@ -149,7 +149,8 @@ class Feedback(_Strict):
     )
     retention_days: float = Field(365.0, gt=0, description="ratings and feedback events")
     consumer_groups: list[str] = Field(
-        ["retrain"], description="groups whose unacknowledged events are never trimmed"
+        default_factory=list,
+        description="extra consumer groups (besides retrain.<experiment>) never trimmed past",
     )
 
 
@@ -162,6 +163,52 @@ class Control(_Strict):
     )
     decide_s: float = Field(60.0, gt=0, description="how often auto_promote experiments decide")
     judge: str | None = Field(None, description="model that scores shadow answers (optional)")
+
+
+class TrainingPrice(_Strict):
+    provider: Literal["local", "openai"]
+    model: str
+    per_1m_tokens: float = Field(ge=0, description="training price per 1M trained tokens")
+
+
+class Split(_Strict):
+    validation: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+class Retrain(_Strict):
+    """The dataset builder (``retrain build``): which ratings become which examples."""
+
+    dataset_dir: Path = Path("./data/datasets")
+    good_threshold: float = Field(
+        0.75, ge=0, le=1, description="a rating at or above this keeps the answer as served"
+    )
+    keep_good_share: float = Field(
+        0.5, ge=0, le=1, description="share of well-rated answers kept as examples"
+    )
+    min_examples: int = Field(50, ge=1, description="fewer supervised examples: no dataset")
+    max_tokens: int = Field(4096, ge=16, description="longer examples are dropped")
+    tokenizer: str | None = Field(
+        None, description="local model dir or HF name; none: tiktoken (OpenAI models)"
+    )
+    tiktoken_encoding: str = "o200k_base"
+    near_duplicate: float = Field(
+        0.85, gt=0, le=1, description="MinHash Jaccard similarity above which one is dropped"
+    )
+    redact: bool = Field(False, description="replace e-mail addresses and phone numbers")
+    max_tag_share: float = Field(
+        0.5, gt=0, le=1, description="at most this share of the examples per tag"
+    )
+    split: Split = Split()
+    epochs: int = Field(3, ge=1, description="for the cost estimate")
+    prices: list[TrainingPrice] = Field(default_factory=list)
+    cost_cap: float | None = Field(None, ge=0, description="estimated cost above this: stop")
+    teacher: str | None = Field(
+        None, description="model or experiment that answers failures without a correction"
+    )
+    gateway_url: str = Field("http://127.0.0.1:8000/v1", description="where the teacher is asked")
+    gateway_key: SecretStr = SecretStr("")
 
 
 class Limits(_Strict):
@@ -184,6 +231,7 @@ class Settings(BaseSettings):
     interaction_log: InteractionLog = InteractionLog()
     feedback: Feedback = Feedback()
     control: Control = Control()
+    retrain: Retrain = Retrain()
     limits: Limits = Limits()
 
     @classmethod

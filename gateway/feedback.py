@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -265,12 +266,22 @@ async def ensure_groups(redis: aioredis.Redis, groups: list[str]) -> None:
                 raise
 
 
-async def maintain(redis: aioredis.Redis, cfg: FeedbackConfig, every_s: float = 60.0) -> None:
-    """Background task: keep the consumer groups and trim the stream, while Redis answers."""
+async def maintain(
+    redis: aioredis.Redis,
+    cfg: FeedbackConfig,
+    experiments: Callable[[], Iterable[str]],
+    every_s: float = 60.0,
+) -> None:
+    """Background task: keep the consumer groups and trim the stream, while Redis answers.
+
+    Each experiment has its retrain group (``retrain.<experiment>``), created as soon as
+    the experiment is known, so no rating is trimmed before its dataset build has run.
+    """
     log = logging.getLogger(__name__)
     while True:
         try:
-            await ensure_groups(redis, cfg.consumer_groups)
+            groups = [keys.retrain_group(e) for e in experiments()] + cfg.consumer_groups
+            await ensure_groups(redis, groups)
             await trim_feedback_stream(redis, cfg.retention_days * 86400)
         except (RedisError, OSError) as exc:
             log.warning("feedback stream maintenance skipped: %s", exc)

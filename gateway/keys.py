@@ -34,6 +34,8 @@ key                         type    content
 ``fw:ctl:models``           hash    name → model version registered at runtime
 ``fw:ctl:models:history``   list    audit log of model registrations
 ``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
+``fw:review:{exp}``         hash    response id → failure awaiting a correction (JSON)
+``fw:build:lock:{exp}``     string  held while ``retrain build`` runs for an experiment
 ==========================  ======  =================================================
 """
 
@@ -82,6 +84,19 @@ def history(experiment: str) -> str:
 
 def decision_lock(experiment: str) -> str:
     return f"{PREFIX}ctl:lock:{experiment}"
+
+
+def retrain_group(experiment: str) -> str:
+    """The feedback stream's consumer group that ``retrain build`` uses for an experiment."""
+    return f"retrain.{experiment}"
+
+
+def review(experiment: str) -> str:
+    return f"{PREFIX}review:{experiment}"
+
+
+def build_lock(experiment: str) -> str:
+    return f"{PREFIX}build:lock:{experiment}"
 
 
 def aggregate_member(experiment: str | None, arm: str) -> str:

@@ -1,0 +1,282 @@
+"""Curation: clean, check, count and de-duplicate training examples.
+
+An :class:`Example` is one training line in OpenAI's format — supervised
+(``{"messages": [...]}``) or a preference pair (``{"input": {"messages": [...]},
+"preferred_output": [...], "non_preferred_output": [...]}``) — plus what the builder
+needs to place it: where it came from, its tags, the group (user or conversation) that
+keeps related examples in one split, and the feedback events behind it.
+
+Every check that drops an example names a reason; :class:`Curator` counts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+SFT, DPO = "sft", "dpo"
+
+# What OpenAI's data-validation recipe accepts in a chat fine-tuning line.
+ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
+MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_calls",
+                          "tool_call_id", "weight"})  # fmt: skip
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"(?<!\w)\+?\d[\d ().-]{7,}\d(?!\w)")
+_SPACES = re.compile(r"[ \t\f\v]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass
+class Example:
+    kind: str  # SFT or DPO
+    line: dict[str, Any]  # the JSONL line, in OpenAI's format
+    source: str  # correction, served, teacher, review, pair
+    group: str  # user or conversation: never split across train and test
+    tags: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # feedback stream ids behind it
+    response_id: str | None = None
+    tokens: int = 0
+    split: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Content hash of the normalised line: equal keys are exact duplicates."""
+        return hashlib.sha256(orjson.dumps(_folded(self.line))).hexdigest()[:24]
+
+    def text(self) -> str:
+        """All the text, for near-duplicate detection."""
+        return " ".join(_texts(self.line))
+
+    def to_row(self) -> dict[str, Any]:
+        """The line plus the builder's metadata (how versions carry examples forward)."""
+        return {"line": self.line, "kind": self.kind, "source": self.source,
+                "group": self.group, "tags": self.tags, "events": self.events,
+                "response_id": self.response_id, "tokens": self.tokens,
+                "split": self.split}  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Example:
+        return cls(**row)
+
+
+def _texts(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _texts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _texts(v)
+
+
+def _folded(value: Any) -> Any:
+    if isinstance(value, str):
+        return " ".join(value.lower().split())
+    if isinstance(value, dict):
+        return {k: _folded(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_folded(v) for v in value]
+    return value
+
+
+def normalise_text(text: str) -> str:
+    """Unix newlines, no trailing spaces, single spaces, at most one blank line."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def redact(text: str) -> str:
+    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """Apply ``fn`` to every message content string of a line."""
+    if isinstance(value, dict):
+        return {k: (fn(v) if k == "content" and isinstance(v, str) else map_strings(v, fn))
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    return value
+
+
+def format_errors(line: Any) -> list[str]:
+    """The problems OpenAI's data-validation recipe reports for one line (empty: valid)."""
+    if not isinstance(line, dict):
+        return ["data_type"]
+    if "input" in line:  # a preference pair
+        inp = line.get("input")
+        errors = _message_errors(inp.get("messages") if isinstance(inp, dict) else None)
+        errors = [e for e in errors if e != "example_missing_assistant_message"]
+        for name in ("preferred_output", "non_preferred_output"):
+            out = line.get(name)
+            if (not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict)
+                    or out[0].get("role") != "assistant"
+                    or not isinstance(out[0].get("content"), str)
+                    or not out[0]["content"]):  # fmt: skip
+                errors.append(f"invalid_{name}")
+        return errors
+    return _message_errors(line.get("messages"))
+
+
+def _message_errors(messages: Any) -> list[str]:
+    if not isinstance(messages, list) or not messages:
+        return ["missing_messages_list"]
+    errors: list[str] = []
+    for m in messages:
+        if not isinstance(m, dict):
+            errors.append("data_type")
+            continue
+        if "role" not in m or "content" not in m:
+            errors.append("message_missing_key")
+        if set(m) - MESSAGE_KEYS:
+            errors.append("message_unrecognized_key")
+        if m.get("role") not in ROLES:
+            errors.append("unrecognized_role")
+        content = m.get("content")
+        if (content is None and not m.get("tool_calls") and not m.get("function_call")) or (
+            content is not None and not isinstance(content, str)
+        ):
+            errors.append("missing_content")
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        errors.append("example_missing_assistant_message")
+    return sorted(set(errors))
+
+
+class TokenCounter:
+    """Tokens of one line: the local model's own chat template, or tiktoken.
+
+    tiktoken downloads its encodings on first use; where that cannot happen (offline),
+    counts fall back to a conservative estimate (characters / 3) and ``exact`` is False,
+    which the manifest records.
+    """
+
+    def __init__(self, tokenizer: str | None, encoding: str) -> None:
+        self.name = tokenizer or f"tiktoken:{encoding}"
+        self.exact = True
+        self._count: Callable[[list[dict[str, Any]]], int]
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+
+            def count_local(messages: list[dict[str, Any]]) -> int:
+                ids: Any = tok.apply_chat_template(_plain(messages), tokenize=True)
+                if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
+                    ids = ids["input_ids"]
+                return len(ids)
+
+            self._count = count_local
+            return
+        try:
+            import tiktoken
+
+            enc = tiktoken.get_encoding(encoding)
+
+            def count_tiktoken(messages: list[dict[str, Any]]) -> int:
+                # OpenAI's recipe: 3 tokens per message, 3 to prime the reply.
+                return 3 + sum(3 + len(enc.encode(m.get("content") or "")) for m in messages)
+
+            self._count = count_tiktoken
+        except Exception:  # noqa: BLE001 - offline: tiktoken cannot fetch its encoding
+            self.exact = False
+            self.name += " (estimated: offline)"
+            self._count = lambda ms: 3 + sum(4 + len(m.get("content") or "") // 3 for m in ms)
+
+    def __call__(self, example: Example) -> int:
+        line = example.line
+        if example.kind == DPO:
+            base = line["input"]["messages"]
+            return max(self._count(base + line["preferred_output"]),
+                       self._count(base + line["non_preferred_output"]))  # fmt: skip
+        return self._count(line["messages"])
+
+
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+
+
+@dataclass
+class Curator:
+    """Runs the checks in order; what survives is unique, valid and within limits."""
+
+    count_tokens: Callable[[Example], int]
+    max_tokens: int
+    near_duplicate: float
+    redact: bool = False
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def clean(self, examples: list[Example]) -> list[Example]:
+        out = []
+        for ex in examples:
+            fn = (lambda t: redact(normalise_text(t))) if self.redact else normalise_text
+            ex.line = map_strings(ex.line, fn)
+            errors = format_errors(ex.line)
+            if errors:
+                self.dropped[f"format:{errors[0]}"] += 1
+                continue
+            ex.tokens = self.count_tokens(ex)
+            if ex.tokens > self.max_tokens:
+                self.dropped["too_long"] += 1
+                continue
+            out.append(ex)
+        return out
+
+    def deduplicate(self, kept: list[Example], new: list[Example]) -> list[Example]:
+        """``new`` without exact or near duplicates of each other or of ``kept``."""
+        from datasketch import MinHash, MinHashLSH
+
+        seen = {ex.key for ex in kept}
+        lsh = MinHashLSH(threshold=self.near_duplicate, num_perm=64)
+        everything = kept + new
+        hashes = MinHash.bulk([_shingles(ex.text()) for ex in everything], num_perm=64)
+        for i, mh in enumerate(hashes[: len(kept)]):
+            lsh.insert(f"k{i}", mh)
+        out = []
+        for i, (ex, mh) in enumerate(zip(new, hashes[len(kept) :], strict=True)):
+            if ex.key in seen:
+                self.dropped["duplicate"] += 1
+                continue
+            if lsh.query(mh):
+                self.dropped["near_duplicate"] += 1
+                continue
+            seen.add(ex.key)
+            lsh.insert(f"n{i}", mh)
+            out.append(ex)
+        return out
+
+    def cap_tags(self, kept: list[Example], new: list[Example], share: float) -> list[Example]:
+        """At most ``share`` of all examples (and at least one) per first tag.
+
+        With a single tag there is no other topic to protect: nothing is capped.
+        """
+        tags = {ex.tags[0] for ex in kept + new if ex.tags}
+        if len(tags) < 2:
+            return new
+        total = len(kept) + len(new)
+        cap = max(1, int(share * total))
+        per_tag = Counter(ex.tags[0] for ex in kept if ex.tags)
+        out = []
+        for ex in new:
+            if ex.tags:
+                if per_tag[ex.tags[0]] >= cap:
+                    self.dropped["tag_cap"] += 1
+                    continue
+                per_tag[ex.tags[0]] += 1
+            out.append(ex)
+        return out
+
+
+def _shingles(text: str, n: int = 3) -> list[bytes]:
+    words = text.lower().split()
+    if len(words) <= n:
+        return [" ".join(words).encode()]
+    return [" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)]

@@ -1,0 +1,508 @@
+"""``retrain build``: new ratings → the next version of an experiment's training dataset.
+
+One build, in order:
+
+1. **Collect** the experiment's new rating events through its consumer group
+   (``retrain.<experiment>``) and join each with its interaction record. Events are
+   acknowledged only after the dataset that includes them is written, so a crash
+   loses nothing; a version's manifest lists its events, so a crash between writing and
+   acknowledging cannot put an event into two versions.
+2. **Turn them into examples** (latest rating per response and rater): a failure with a
+   correction → a supervised example (the conversation + the correction) and a
+   preference pair (correction over the served answer); a well-rated answer → a
+   supervised example as served (``keep_good_share`` of them); an up-rated and a
+   down-rated answer to the same conversation → a preference pair; a failure without a
+   correction → the review queue (``retrain review``), or with a ``teacher`` configured,
+   the teacher's answer through the gateway (``source: teacher``). Corrections written
+   in the review queue come back as ``source: review``.
+3. **Curate** (``curate.py``): normalise whitespace, optional redaction, OpenAI's format
+   checks, token counts and the length limit, exact and near-duplicate removal against
+   this and every earlier version, a cap per tag. Every drop is counted by reason.
+4. **Accumulate and split**: the previous version's examples plus the new ones. A
+   group (the user, else the conversation) lives in one split; groups already placed
+   keep their split, so a test example stays in test in every later version; new
+   groups are split deterministically (seeded), stratified by tag.
+5. **Check** the minimum size and the cost cap, then **write** ``DIR/<experiment>/<id>/``
+   atomically (temp dir + rename) and point ``DIR/<experiment>/latest`` at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from gateway import keys
+from gateway.config import Retrain, Settings
+
+from .curate import DPO, SFT, Curator, Example, TokenCounter
+from .feedback_log import FeedbackConsumer, FeedbackEvent
+
+# Exit codes a cron job can act on.
+OK, ERROR, USAGE, OVER_COST_CAP, BELOW_MINIMUM, BUSY = 0, 1, 2, 3, 4, 5
+
+CRASH_ENV = "FLYWHEEL_RETRAIN_CRASH_AT"  # fault injection for tests: a stage name
+
+
+def _crash_point(stage: str) -> None:
+    if os.environ.get(CRASH_ENV) == stage:
+        os._exit(137)  # as if killed: no cleanup, no acknowledgement
+
+
+@dataclass
+class BuildResult:
+    status: str  # written, dry-run, nothing-new, below-minimum, over-cost-cap
+    exit_code: int
+    message: str
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+
+@dataclass
+class Version:
+    """A written dataset version: its manifest and example rows."""
+
+    id: str
+    path: Path
+    manifest: dict[str, Any]
+    examples: list[Example]
+
+
+def latest_version(root: Path) -> Version | None:
+    pointer = root / "latest"
+    if not pointer.exists():
+        return None
+    vid = pointer.read_text().strip()
+    path = root / vid
+    manifest = orjson.loads((path / "manifest.json").read_bytes())
+    with open(path / "examples.jsonl", "rb") as f:
+        examples = [Example.from_row(orjson.loads(line)) for line in f if line.strip()]
+    return Version(vid, path, manifest, examples)
+
+
+def _hash_unit(*parts: str) -> float:
+    """A deterministic number in [0, 1) from strings."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _group(interaction: dict[str, Any]) -> str:
+    if interaction.get("user"):
+        return f"user:{interaction['user']}"
+    first: dict[str, Any] = next(
+        (m for m in interaction["messages"] if m.get("role") == "user"), {}
+    )
+    return "conv:" + hashlib.sha256(orjson.dumps(first.get("content"))).hexdigest()[:16]
+
+
+def _prompt_key(messages: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(orjson.dumps(messages)).hexdigest()
+
+
+def _sft(messages: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+    return {"messages": [*messages, {"role": "assistant", "content": answer}]}
+
+
+def _pair(messages: list[dict[str, Any]], good: str, bad: str) -> dict[str, Any]:
+    return {
+        "input": {"messages": messages},
+        "preferred_output": [{"role": "assistant", "content": good}],
+        "non_preferred_output": [{"role": "assistant", "content": bad}],
+    }
+
+
+@dataclass
+class Gathered:
+    examples: list[Example] = field(default_factory=list)
+    review: dict[str, dict[str, Any]] = field(default_factory=dict)  # response id → item
+    review_used: list[str] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    neutral: int = 0
+
+
+def examples_from(
+    events: list[FeedbackEvent],
+    interactions: dict[str, dict[str, Any] | None],
+    cfg: Retrain,
+    failure_threshold: float,
+    teacher: Callable[[list[dict[str, Any]]], str | None] | None = None,
+) -> Gathered:
+    """Step 2: rating events (with their interactions) → examples and review items."""
+    out = Gathered()
+    latest: dict[tuple[str, str], FeedbackEvent] = {}
+    for ev in events:  # stream order: a later rating by the same rater replaces
+        latest[(ev.record["response_id"], ev.record["rater"])] = ev
+    goods: dict[str, list[tuple[str, FeedbackEvent, dict[str, Any]]]] = defaultdict(list)
+    bads: dict[str, list[tuple[str, FeedbackEvent, dict[str, Any]]]] = defaultdict(list)
+    for ev in latest.values():
+        rec, rid = ev.record, ev.record["response_id"]
+        ix = interactions.get(rid)
+        if ix is None:
+            out.dropped["interaction_missing"] += 1
+            continue
+        messages, answer = ix["messages"], ix.get("answer") or ""
+        meta = {"group": _group(ix), "tags": list(rec.get("tags") or []),
+                "events": [ev.stream_id], "response_id": rid}  # fmt: skip
+        pkey = _prompt_key(messages)
+        if rec["score"] < failure_threshold:
+            if answer and ix.get("status") == "ok":
+                bads[pkey].append((answer, ev, meta))
+            if rec.get("correction"):
+                fix = rec["correction"]
+                out.examples.append(Example(SFT, _sft(messages, fix), "correction", **meta))
+                if answer:
+                    out.examples.append(Example(DPO, _pair(messages, fix, answer), "pair", **meta))
+                continue
+            taught = teacher(messages) if teacher else None
+            if taught:
+                out.examples.append(Example(SFT, _sft(messages, taught), "teacher", **meta))
+            else:
+                out.review[rid] = {"response_id": rid, "experiment": rec.get("experiment"),
+                                   "arm": rec.get("arm"), "messages": messages,
+                                   "answer": answer, "comment": rec.get("comment"),
+                                   "tags": meta["tags"], "group": meta["group"],
+                                   "correction": None}  # fmt: skip
+        elif rec["score"] >= cfg.good_threshold and answer and ix.get("status") == "ok":
+            goods[pkey].append((answer, ev, meta))
+            if _hash_unit("keep", rid) < cfg.keep_good_share:
+                out.examples.append(Example(SFT, _sft(messages, answer), "served", **meta))
+        else:
+            out.neutral += 1
+    for pkey, bad_list in bads.items():  # the same conversation answered well and badly
+        for (good, _, gmeta), (bad, _, bmeta) in zip(goods.get(pkey, []), bad_list, strict=False):
+            messages = interactions[gmeta["response_id"]]["messages"]  # type: ignore[index]
+            meta = {**bmeta, "events": gmeta["events"] + bmeta["events"]}
+            out.examples.append(Example(DPO, _pair(messages, good, bad), "pair", **meta))
+    return out
+
+
+def reviewed_examples(items: dict[str, dict[str, Any]]) -> tuple[list[Example], list[str]]:
+    """Review items that people corrected → examples (and their ids, to remove later)."""
+    examples, used = [], []
+    for rid, item in items.items():
+        fix = item.get("correction")
+        if not isinstance(fix, str) or not fix.strip():
+            continue
+        meta = {"group": item["group"], "tags": item.get("tags") or [], "events": [],
+                "response_id": rid}  # fmt: skip
+        examples.append(Example(SFT, _sft(item["messages"], fix), "review", **meta))
+        if item.get("answer"):
+            examples.append(Example(DPO, _pair(item["messages"], fix, item["answer"]), "review",
+                                    **meta))  # fmt: skip
+        used.append(rid)
+    return examples, used
+
+
+def assign_splits(kept: list[Example], new: list[Example], cfg: Retrain) -> None:
+    """Groups keep the split they have; new groups are split by tag stratum (seeded)."""
+    placed = {ex.group: ex.split for ex in kept}
+    fresh: dict[str, list[Example]] = defaultdict(list)
+    for ex in new:
+        if ex.group in placed:
+            ex.split = placed[ex.group]
+        else:
+            fresh[ex.group].append(ex)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for group, exs in fresh.items():
+        strata[exs[0].tags[0] if exs[0].tags else ""].append(group)
+    seed = str(cfg.split.seed)
+    test, validation = cfg.split.test, cfg.split.test + cfg.split.validation
+    for groups in strata.values():
+        # In seeded hash order, each group takes the split its middle example falls in.
+        groups.sort(key=lambda g: _hash_unit(seed, g))
+        total, before = sum(len(fresh[g]) for g in groups), 0
+        for g in groups:
+            middle = (before + len(fresh[g]) / 2) / total
+            split = "test" if middle < test else "validation" if middle < validation else "train"
+            before += len(fresh[g])
+            for ex in fresh[g]:
+                ex.split = split
+
+
+def _dataset_id(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for key, split in sorted((ex.key, ex.split or "") for ex in examples):
+        digest.update(f"{key}:{split}\n".encode())
+    return "ds-" + digest.hexdigest()[:12]
+
+
+def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
+    with open(path, "wb") as f:
+        for row in rows:
+            f.write(orjson.dumps(row) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[str, Any]) -> Path:
+    """All files into a temp dir, fsynced, renamed into place; then ``latest`` moves."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / vid
+    tmp = Path(tempfile.mkdtemp(prefix=f".{vid}-", dir=root))
+    sft = [ex for ex in examples if ex.kind == SFT]
+    for split in ("train", "validation", "test"):
+        _write_jsonl(tmp / f"{split}.jsonl", (ex.line for ex in sft if ex.split == split))
+    pairs = [ex for ex in examples if ex.kind == DPO and ex.split == "train"]
+    if pairs:
+        _write_jsonl(tmp / "preference.jsonl", (ex.line for ex in pairs))
+    _write_jsonl(tmp / "examples.jsonl", (ex.to_row() for ex in examples))
+    (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    os.rename(tmp, final)
+    pointer = root / "latest.tmp"
+    pointer.write_text(vid + "\n")
+    os.replace(pointer, root / "latest")
+    return final
+
+
+class BuildLock:
+    """One build per experiment at a time; a lock whose owner died on this host is taken."""
+
+    def __init__(self, client: redis.Redis, experiment: str, ttl_s: int = 3600) -> None:
+        self.client, self.key, self.ttl_s = client, keys.build_lock(experiment), ttl_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def acquire(self) -> str | None:
+        """None when acquired, else who holds it."""
+        if self.client.set(self.key, self.owner, nx=True, ex=self.ttl_s):
+            return None
+        holder = keys.text(self.client.get(self.key) or b"")
+        host, _, pid = holder.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            self.client.set(self.key, self.owner, ex=self.ttl_s)
+            return None
+        return holder
+
+    def release(self) -> None:
+        if keys.text(self.client.get(self.key) or b"") == self.owner:
+            self.client.delete(self.key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _teacher(settings: Settings) -> Callable[[list[dict[str, Any]]], str | None] | None:
+    cfg = settings.retrain
+    if not cfg.teacher:
+        return None
+    from openai import OpenAI, OpenAIError
+
+    client = OpenAI(base_url=cfg.gateway_url, api_key=cfg.gateway_key.get_secret_value() or "-",
+                    max_retries=2, timeout=120)  # fmt: skip
+
+    def ask(messages: list[dict[str, Any]]) -> str | None:
+        try:
+            reply = client.chat.completions.create(model=cfg.teacher or "", messages=messages)  # type: ignore[arg-type]
+        except OpenAIError:
+            return None
+        return reply.choices[0].message.content or None
+
+    return ask
+
+
+class Builder:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        experiment: str,
+        *,
+        out: Path | None = None,
+        since: datetime | None = None,
+        progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.cfg = settings.retrain
+        self.experiment = experiment
+        self.root = (out or self.cfg.dataset_dir) / experiment
+        self.since = since
+        self.progress = progress or (lambda _stage, _total: lambda _n: None)
+
+    def run(self, *, dry_run: bool = False) -> BuildResult:
+        lock = BuildLock(self.client, self.experiment)
+        holder = lock.acquire()
+        if holder is not None:
+            return BuildResult("busy", BUSY, f"another build of '{self.experiment}' is running "
+                               f"({holder})", {})  # fmt: skip
+        try:
+            return self._run(dry_run)
+        finally:
+            lock.release()
+
+    def _interactions(self, ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        out: dict[str, dict[str, Any] | None] = {}
+        step = self.progress("join interactions", len(ids))
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            for rid, raw in zip(chunk, self.client.mget([keys.interaction(i) for i in chunk]),
+                                strict=True):  # fmt: skip
+                out[rid] = keys.decode(raw)
+            step(len(chunk))
+        return out
+
+    def _run(self, dry_run: bool) -> BuildResult:
+        # 1. collect
+        consumer = FeedbackConsumer(self.client, group=keys.retrain_group(self.experiment),
+                                    consumer=f"build-{os.getpid()}", claim_idle_ms=0)  # fmt: skip
+        events = consumer.read_all()
+        parent = latest_version(self.root)
+        done_before = set(parent.manifest["feedback_events"]) if parent else set()
+        since_ms = int(self.since.timestamp() * 1000) if self.since else 0
+        mine = [
+            e for e in events
+            if e.record.get("experiment") == self.experiment
+            and keys.stream_id_order(e.stream_id)[0] >= since_ms
+            and e.stream_id not in done_before
+        ]  # fmt: skip
+        interactions = self._interactions(sorted({e.record["response_id"] for e in mine}))
+        _crash_point("after-collect")
+
+        # 2. examples
+        gathered = examples_from(mine, interactions, self.cfg,
+                                 self.settings.feedback.failure_threshold,
+                                 _teacher(self.settings))  # fmt: skip
+        raw_queue = self.client.hgetall(keys.review(self.experiment))
+        queued = {keys.text(k): orjson.loads(v) for k, v in raw_queue.items()}
+        reviewed, review_used = reviewed_examples(queued)
+        new = gathered.examples + reviewed
+
+        # 3. curate
+        counter = TokenCounter(self.cfg.tokenizer, self.cfg.tiktoken_encoding)
+        curator = Curator(counter, self.cfg.max_tokens, self.cfg.near_duplicate, self.cfg.redact)
+        curator.dropped.update(gathered.dropped)
+        kept = parent.examples if parent else []
+        step = self.progress("curate", len(new))
+        new = curator.clean(new)
+        step(len(new))
+        new = curator.deduplicate(kept, new)
+        new = curator.cap_tags(kept, new, self.cfg.max_tag_share)
+
+        # 4. accumulate and split
+        assign_splits(kept, new, self.cfg)
+        examples = kept + new
+        vid = _dataset_id(examples)
+        manifest = self._manifest(vid, parent, examples, new, curator, counter, mine, gathered,
+                                  review_used, len(events))  # fmt: skip
+
+        # 5. check, write, acknowledge
+        sft_count = sum(1 for ex in examples if ex.kind == SFT)
+        if not dry_run:
+            self._queue_for_review(gathered.review)
+        if sft_count < self.cfg.min_examples:
+            by_source = Counter(ex.source for ex in examples if ex.kind == SFT)
+            waiting = self.client.hlen(keys.review(self.experiment))
+            return BuildResult(
+                "below-minimum", BELOW_MINIMUM,
+                f"only {sft_count} supervised examples "
+                f"({', '.join(f'{n} {s}' for s, n in sorted(by_source.items())) or 'none'}); "
+                f"at least {self.cfg.min_examples} are needed. Collect more ratings with "
+                f"corrections or well-rated answers, or correct the {waiting} failures waiting "
+                f"in the review queue (retrain review export).",
+                manifest,
+            )  # fmt: skip
+        over = [c for c in manifest["cost_estimates"]
+                if self.cfg.cost_cap is not None and c["cost"] > self.cfg.cost_cap]  # fmt: skip
+        if over:
+            worst = max(over, key=lambda c: c["cost"])
+            return BuildResult(
+                "over-cost-cap", OVER_COST_CAP,
+                f"estimated training cost {worst['cost']:.2f} ({worst['provider']} "
+                f"{worst['model']}, {worst['epochs']} epochs) is over the cap "
+                f"{self.cfg.cost_cap:.2f} by {worst['cost'] - (self.cfg.cost_cap or 0):.2f}",
+                manifest,
+            )  # fmt: skip
+        if dry_run:
+            return BuildResult("dry-run", OK, "dry run: nothing written", manifest)
+        if not new and parent is not None and vid == parent.id:
+            consumer.ack(events)
+            self._forget_reviewed(review_used)
+            return BuildResult("nothing-new", OK, f"nothing new: {vid} stays the latest",
+                               manifest, parent.path)  # fmt: skip
+        path = write_version(self.root, vid, examples, manifest)
+        _crash_point("after-write")
+        self._forget_reviewed(review_used)
+        consumer.ack(events)
+        return BuildResult("written", OK, f"wrote {vid}", manifest, path)
+
+    def _queue_for_review(self, items: dict[str, dict[str, Any]]) -> None:
+        if items:
+            pipe = self.client.pipeline(transaction=False)
+            for rid, item in items.items():  # never overwrite an item someone corrected
+                pipe.hsetnx(keys.review(self.experiment), rid, orjson.dumps(item))
+            pipe.execute()
+
+    def _forget_reviewed(self, used: list[str]) -> None:
+        if used:
+            self.client.hdel(keys.review(self.experiment), *used)
+
+    def _manifest(
+        self,
+        vid: str,
+        parent: Version | None,
+        examples: list[Example],
+        new: list[Example],
+        curator: Curator,
+        counter: TokenCounter,
+        events: list[FeedbackEvent],
+        gathered: Gathered,
+        review_used: list[str],
+        events_read: int,
+    ) -> dict[str, Any]:
+        counts: Counter[str] = Counter()
+        tokens: Counter[str] = Counter()
+        by_source: dict[str, Counter[str]] = defaultdict(Counter)
+        for ex in examples:
+            name = "preference" if ex.kind == DPO else (ex.split or "train")
+            if ex.kind == DPO and ex.split != "train":
+                name = f"preference_{ex.split}"  # kept out of training: held-out groups
+            counts[name] += 1
+            tokens[name] += ex.tokens
+            by_source[name][ex.source] += 1
+        trained = tokens["train"] + tokens["preference"]
+        costs = [{"provider": p.provider, "model": p.model, "epochs": self.cfg.epochs,
+                  "tokens": trained * self.cfg.epochs,
+                  "cost": round(trained * self.cfg.epochs * p.per_1m_tokens / 1e6, 4)}
+                 for p in self.cfg.prices]  # fmt: skip
+        return {
+            "id": vid,
+            "experiment": self.experiment,
+            "parent": parent.id if parent else None,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "counts": dict(counts),
+            "new_examples": len(new),
+            "by_source": {k: dict(v) for k, v in by_source.items()},
+            "dropped": dict(curator.dropped),
+            "neutral_ratings": gathered.neutral,
+            "review_queue": {"added": len(gathered.review), "corrections_used": len(review_used)},
+            "tokens": dict(tokens),
+            "tokenizer": counter.name,
+            "tokens_exact": counter.exact,
+            "cost_estimates": costs,
+            "feedback_events": sorted({e.stream_id for e in events}, key=keys.stream_id_order),
+            "events_read": events_read,
+            "rules": {
+                "failure_threshold": self.settings.feedback.failure_threshold,
+                "good_threshold": self.cfg.good_threshold,
+                "keep_good_share": self.cfg.keep_good_share,
+                "max_tokens": self.cfg.max_tokens,
+                "near_duplicate": self.cfg.near_duplicate,
+                "split": self.cfg.split.model_dump(),
+            },  # fmt: skip
+        }

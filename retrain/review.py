@@ -1,0 +1,66 @@
+"""The review queue: failures without a correction, out to people and back.
+
+``retrain build`` queues each poorly rated answer that has no correction (and no
+teacher answered) in ``fw:review:<experiment>``. ``retrain review export`` writes them as
+JSON lines with ``"correction": null``; people fill in the corrections; ``retrain review
+import`` stores them, and the next build turns each corrected item into examples
+(``source: review``) and takes it off the queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from gateway import keys
+
+
+def export_review(client: redis.Redis, experiment: str, out: Path) -> int:
+    items = client.hgetall(keys.review(experiment))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for _, raw in sorted(items.items()):
+            f.write(orjson.dumps(orjson.loads(raw)) + b"\n")
+    tmp.replace(out)
+    return len(items)
+
+
+class ReviewError(Exception):
+    """A line of an import file that cannot be used; ``str()`` names the line."""
+
+
+def import_review(client: redis.Redis, experiment: str, path: Path) -> int:
+    """Store the corrections of a reviewed file; lines without one are left as they are.
+
+    The whole file is checked before anything is stored, so a bad line changes nothing.
+    """
+    updates: dict[str, bytes] = {}
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row: Any = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ReviewError(f"{path}:{n}: not JSON: {exc}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("response_id"), str):
+                raise ReviewError(f"{path}:{n}: each line needs a 'response_id'")
+            fix = row.get("correction")
+            if fix is None:
+                continue
+            if not isinstance(fix, str) or not fix.strip():
+                raise ReviewError(f"{path}:{n}: 'correction' must be a non-empty string or null")
+            raw = client.hget(keys.review(experiment), row["response_id"])
+            if raw is None:
+                raise ReviewError(f"{path}:{n}: {row['response_id']} is not in the review "
+                                  f"queue of '{experiment}'")  # fmt: skip
+            item = orjson.loads(raw)
+            item["correction"] = fix
+            updates[row["response_id"]] = orjson.dumps(item)
+    if updates:
+        client.hset(keys.review(experiment), mapping=updates)  # type: ignore[arg-type]
+    return len(updates)
