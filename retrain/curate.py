@@ -236,19 +236,22 @@ class Curator:
 
         seen = {ex.key for ex in kept}
         lsh = MinHashLSH(threshold=self.near_duplicate, num_perm=64)
-        everything = kept + new
-        hashes = MinHash.bulk([_shingles(ex.text()) for ex in everything], num_perm=64)
+        hashes = MinHash.bulk([_shingles(ex.text()) for ex in kept + new], num_perm=64)
+        by_key: dict[str, Any] = {}
         for i, mh in enumerate(hashes[: len(kept)]):
+            by_key[f"k{i}"] = mh
             lsh.insert(f"k{i}", mh)
         out = []
         for i, (ex, mh) in enumerate(zip(new, hashes[len(kept) :], strict=True)):
             if ex.key in seen:
                 self.dropped["duplicate"] += 1
                 continue
-            if lsh.query(mh):
+            # LSH gives candidates; the estimated similarity decides.
+            if any(mh.jaccard(by_key[c]) >= self.near_duplicate for c in lsh.query(mh)):
                 self.dropped["near_duplicate"] += 1
                 continue
             seen.add(ex.key)
+            by_key[f"n{i}"] = mh
             lsh.insert(f"n{i}", mh)
             out.append(ex)
         return out
