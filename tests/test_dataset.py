@@ -340,3 +340,18 @@ def test_dry_run_writes_nothing_and_the_cost_cap_stops_the_build(
 )  # fmt: skip
 def test_format_checks_follow_openais_recipe(line: dict[str, Any], error: str) -> None:
     assert error in format_errors(line)
+
+
+def test_a_teacher_answers_failures_that_have_no_correction(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    exp = new_experiment(gateway)
+    items = [{"prompt": "Do you ship to Norway?", "user": "u1", "rating": "down"}]
+    serve_and_rate(gateway, exp, items)
+    settings, _ = settings_for(gateway, tmp_path, teacher="fixed-b",
+                               gateway_url=gateway.base_url, gateway_key=API_KEY)  # fmt: skip
+    result = build(settings, exp)
+    assert result.exit_code == OK, result.message
+    assert lines(result.path / "train.jsonl") == [sft(items[0]["prompt"], "answer from fixed-b")]
+    assert result.manifest["by_source"]["train"] == {"teacher": 1}
+    assert result.manifest["review_queue"]["added"] == 0
