@@ -11,6 +11,7 @@
     GET    /admin/experiments/{name}/history       audit log: who, when, before, after
     GET    /admin/experiments/{name}/report        per-arm statistics and the decision
     GET    /admin/models                           config and registered model versions
+    GET    /admin/models/{name}                    one, with its lineage and experiments
     POST   /admin/models                           register {"name", "upstream", ...}
     DELETE /admin/models/{name}                    unregister (and unload the adapter)
 
@@ -93,6 +94,11 @@ def add_admin_routes(app: FastAPI) -> None:
     async def register_model(request: Request) -> Response:
         control, who = admin(request)
         return _json(await control.register(await body(request), who), status=201)
+
+    @app.get("/admin/models/{name:path}")
+    async def get_model(request: Request, name: str) -> Response:
+        control, _ = admin(request)
+        return _json(control.model(name))
 
     @app.delete("/admin/models/{name:path}")
     async def remove_model(request: Request, name: str) -> Response:

@@ -177,6 +177,41 @@ class Split(_Strict):
     seed: int = 0
 
 
+class LocalTraining(_Strict):
+    """LoRA with PEFT through TRL (``retrain run --provider local``)."""
+
+    base_model: str | None = Field(None, description="local dir or hub name; vLLM's base")
+    upstream: str = Field("local", description="the gateway upstream (vLLM) that serves it")
+    adapter_dir: Path = Path("./data/adapters")
+    method: Literal["sft", "dpo"] = "sft"
+    r: Literal[8, 16, 32, 64] = 8  # ranks vLLM accepts (its --max-lora-rank must cover it)
+    lora_alpha: int = 16
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs")
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    max_length: int = Field(1024, ge=16)
+    seed: int = 0
+    patience: int = Field(3, ge=1, description="evaluations without a better eval loss")
+    dpo_beta: float = Field(0.1, gt=0)
+
+
+class OpenAITraining(_Strict):
+    """OpenAI's fine-tuning API (closing: no new jobs from 2027-01-06)."""
+
+    base_model: str = "gpt-4o-mini-2024-07-18"
+    upstream: str = Field("openai", description="the gateway upstream that serves ft: models")
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretStr = SecretStr("")
+    method: Literal["supervised", "dpo"] = "supervised"
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    poll_s: float = Field(10.0, gt=0)
+
+
 class Retrain(_Strict):
     """The dataset builder (``retrain build``): which ratings become which examples."""
 
@@ -207,8 +242,17 @@ class Retrain(_Strict):
     teacher: str | None = Field(
         None, description="model or experiment that answers failures without a correction"
     )
-    gateway_url: str = Field("http://127.0.0.1:8000/v1", description="where the teacher is asked")
+    gateway_url: str = Field("http://127.0.0.1:8000", description="the gateway (no /v1)")
     gateway_key: SecretStr = SecretStr("")
+    admin_key: SecretStr = Field(SecretStr(""), description="registers candidates")
+    provider: Literal["local", "openai"] = "local"
+    local: LocalTraining = LocalTraining()
+    openai: OpenAITraining = OpenAITraining()
+    eval_margin: float = Field(
+        0.02, description="the candidate's mean ROUGE-L must beat the control's by this"
+    )
+    eval_max_tokens: int = Field(64, ge=1)
+    canary_share: float = Field(0.05, gt=0, lt=1, description="a new candidate's first share")
 
 
 class Limits(_Strict):

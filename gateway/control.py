@@ -122,6 +122,7 @@ class Control:
         self.metrics = metrics
         self.router = Router.from_settings(settings)  # until the live state is loaded
         self.registered: dict[str, ModelVersion] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # registration records, with lineage
         self.loaded_version: bytes | None = None
         self._seeded = False
         self._change = redis.register_script(_CHANGE)
@@ -173,9 +174,12 @@ class Control:
         pipe.hgetall(keys.MODELS)
         version, raw_exps, raw_models = await pipe.execute()
         registered: dict[str, ModelVersion] = {}
+        records: dict[str, dict[str, Any]] = {}
         for k, v in raw_models.items():
             with contextlib.suppress(ValidationError, orjson.JSONDecodeError):
-                registered[keys.text(k)] = ModelVersion.model_validate(orjson.loads(v)["spec"])
+                record = orjson.loads(v)
+                registered[keys.text(k)] = ModelVersion.model_validate(record["spec"])
+                records[keys.text(k)] = record
         models = {**registered, **self.settings.models}
         experiments: dict[str, Experiment] = {}
         versions: dict[str, int] = {}
@@ -187,7 +191,7 @@ class Control:
                 log.error("experiment %s: stored state is invalid, ignored: %s", name, exc)
                 continue
             versions[name] = int(state["version"])
-        self.registered = registered
+        self.registered, self.records = registered, records
         self.router = Router(self.settings.upstreams, models, experiments, versions)
         self.loaded_version = version
         self.metrics.experiment_weight.clear()
@@ -458,6 +462,17 @@ class Control:
             )
         return out
 
+    def model(self, name: str) -> dict[str, Any]:
+        """One model version, with who registered it and its lineage (where it came from)."""
+        entry = next((m for m in self.models() if m["id"] == name), None)
+        if entry is None:
+            raise NotFound(f"No model named '{name:.128}'.", param="name")
+        record = self.records.get(name, {})
+        used_by = sorted(n for n, e in self.router.experiments.items() if name in e.models())
+        return {**entry, "registered_by": record.get("registered_by"),
+                "registered_at": record.get("registered_at"),
+                "lineage": record.get("lineage"), "experiments": used_by}  # fmt: skip
+
     async def register(self, body: Any, who: str) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise InvalidRequest("The body must be a JSON object describing the model.")
@@ -466,7 +481,10 @@ class Control:
             raise InvalidRequest(
                 "'name' is required: letters, digits and . _ / - (at most 128).", param="name"
             )
-        spec_doc = {k: v for k, v in body.items() if k != "name"}
+        lineage = body.get("lineage")
+        if lineage is not None and not isinstance(lineage, dict):
+            raise InvalidRequest("'lineage' must be an object.", param="lineage")
+        spec_doc = {k: v for k, v in body.items() if k not in ("name", "lineage")}
         spec_doc.setdefault("model", name)
         try:
             spec = ModelVersion.model_validate(spec_doc)
@@ -484,7 +502,7 @@ class Control:
         if spec.adapter_path:
             await self._load_everywhere(spec, spec.adapter_path)
         record = {"name": name, "spec": spec.model_dump(), "registered_by": who,
-                  "registered_at": time.time()}  # fmt: skip
+                  "registered_at": time.time(), "lineage": lineage}  # fmt: skip
         entry = {"action": "registered", "name": name, "by": who, "at": time.time(),
                  "spec": spec.model_dump()}  # fmt: skip
         try:

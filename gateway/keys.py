@@ -36,6 +36,9 @@ key                         type    content
 ``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
 ``fw:review:{exp}``         hash    response id → failure awaiting a correction (JSON)
 ``fw:build:lock:{exp}``     string  held while ``retrain build`` runs for an experiment
+``fw:run:lock:{exp}``       string  held while ``retrain run`` runs for an experiment
+``fw:job:{job_id}``         string  one fine-tuning job (JSON, ``retrain/jobs.py``)
+``fw:jobs``                 zset    job ids by creation time
 ==========================  ======  =================================================
 """
 
@@ -97,6 +100,17 @@ def review(experiment: str) -> str:
 
 def build_lock(experiment: str) -> str:
     return f"{PREFIX}build:lock:{experiment}"
+
+
+def run_lock(experiment: str) -> str:
+    return f"{PREFIX}run:lock:{experiment}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+JOBS = PREFIX + "jobs"
 
 
 def aggregate_member(experiment: str | None, arm: str) -> str:

@@ -2,15 +2,18 @@
 
 ::
 
+    retrain run --experiment NAME [--provider local|openai] [--config FILE]
+    retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
     retrain export-feedback --since DATE --out FILE.jsonl [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
 
-Exit codes of ``build``: 0 written (or nothing new, or a dry run), 1 error, 2 bad
-arguments or config, 3 over the cost cap, 4 below the minimum size, 5 another build of
-the experiment is running.
+Exit codes of ``build`` and ``run``: 0 done (a dataset written, a canary registered,
+or nothing new), 1 error, 2 bad arguments or config, 3 over the cost cap, 4 below the
+minimum size, 5 another build or run of the experiment holds its lock, 6 (``run``) the
+candidate did not beat the control and was not registered.
 """
 
 from __future__ import annotations
@@ -50,6 +53,24 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--dry-run", action="store_true", help="report only: write nothing")
     build.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
+    run = commands.add_parser("run", help="build, train, evaluate and register a canary")
+    run.add_argument("--experiment", required=True)
+    run.add_argument("--provider", choices=("local", "openai"), default=None,
+                     help="default: retrain.provider")  # fmt: skip
+    run.add_argument("--config", default=None)
+    jobs = commands.add_parser("jobs", help="list fine-tuning jobs")
+    jobs.add_argument("--config", default=None)
+    status = commands.add_parser("status", help="one job, with its loss curve and evaluation")
+    status.add_argument("job")
+    status.add_argument("--follow", action="store_true", help="until the job ends")
+    status.add_argument("--config", default=None)
+    cancel = commands.add_parser("cancel", help="ask a running job to stop")
+    cancel.add_argument("job")
+    cancel.add_argument("--config", default=None)
+    lineage = commands.add_parser("lineage", help="where a model version came from")
+    lineage.add_argument("model")
+    lineage.add_argument("--config", default=None)
+
     review = commands.add_parser("review", help="failures without a correction, for people")
     rsub = review.add_subparsers(dest="action", required=True)
     rexp = rsub.add_parser("export", help="write the review queue as JSON lines")
@@ -84,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "build":
         return _build(args)
+    if args.command in ("run", "jobs", "status", "cancel", "lineage"):
+        return _jobs(args)
     if args.command == "review":
         from gateway.cli import load_config_or_exit
         from retrain.feedback_log import connect
@@ -134,6 +157,115 @@ def _build(args: argparse.Namespace) -> int:
     where = f" ({result.path})" if result.path else ""
     print(f"retrain build: {result.status}: {result.message}{where}", file=stream)
     return result.exit_code
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.cli import load_config_or_exit
+    from retrain.feedback_log import connect
+    from retrain.jobs import FINAL, JobStore
+
+    settings = load_config_or_exit(args.config)
+    client = connect(settings)
+    store = JobStore(client)
+    if args.command == "run":
+        from retrain.cycle import run
+
+        result = run(client, settings, args.experiment, provider=args.provider,
+                     log=lambda line: print(f"retrain run: {line}", flush=True))  # fmt: skip
+        stream = sys.stdout if result.exit_code == 0 else sys.stderr
+        print(f"retrain run: {result.message}", file=stream)
+        if result.job and result.job.get("evaluation"):
+            print_evaluation(result.job["evaluation"])
+        return result.exit_code
+    if args.command == "jobs":
+        print_jobs(store.list())
+        return 0
+    job = store.get(getattr(args, "job", "")) if args.command != "lineage" else None
+    if args.command == "lineage":
+        return print_lineage(settings, store, args.model)
+    if job is None:
+        print(f"retrain: no job {args.job!r}", file=sys.stderr)
+        return 1
+    if args.command == "cancel":
+        if job["status"] in FINAL:
+            print(f"retrain: {job['id']} already ended: {job['status']}", file=sys.stderr)
+            return 1
+        store.update(job["id"], status="cancelling")
+        print(f"asked {job['id']} to stop")
+        return 0
+    shown = 0
+    while True:  # status [--follow]
+        for row in job["loss"][shown:]:
+            print("  step {step}: {parts}".format(step=row["step"], parts=", ".join(
+                f"{k} {v:.4f}" for k, v in row.items() if k != "step")))  # fmt: skip
+        shown = len(job["loss"])
+        if not args.follow or job["status"] in FINAL:
+            break
+        time.sleep(1)
+        job = store.get(job["id"]) or job
+    print_jobs([job])
+    if job.get("evaluation"):
+        print_evaluation(job["evaluation"])
+    if job.get("error"):
+        print(f"error: {job['error']}")
+    return 0
+
+
+def print_jobs(jobs: list[dict[str, Any]]) -> None:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Fine-tuning jobs")
+    for col in ("job", "experiment", "provider", "dataset", "status", "created", "model"):
+        table.add_column(col)
+    for j in jobs:
+        created = datetime.fromtimestamp(j["created"], UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(j["id"], j.get("experiment", ""), j.get("provider", ""),
+                      j.get("dataset_id", ""), j["status"], created,
+                      j.get("model_name") or j.get("result_model") or "–")  # fmt: skip
+    Console().print(table)
+
+
+def print_evaluation(ev: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Evaluation on {ev['cases']} held-out examples: "
+                  f"{'passed' if ev['passed'] else 'not passed'}")  # fmt: skip
+    for col in ("model", "mean ROUGE-L", "exact match"):
+        table.add_column(col)
+    for who in ("control", "candidate"):
+        table.add_row(f"{who}: {ev[who]}", f"{ev[who + '_rouge_l']:.3f}",
+                      f"{ev[who + '_exact']:.0%}")  # fmt: skip
+    Console().print(table)
+    print(ev["reason"])
+
+
+def print_lineage(settings: Any, store: Any, model: str) -> int:
+    from retrain.cycle import Gateway
+
+    job = next((j for j in store.list(1000) if j.get("model_name") == model), None)
+    try:
+        info = Gateway(settings).model(model)
+    except (RuntimeError, OSError) as exc:
+        info = {"error": str(exc)}
+    lineage = info.get("lineage") or {}
+    job_id = lineage.get("job") or (job or {}).get("id")
+    job = store.get(job_id) if job_id else job
+    print(f"model {model}: {info.get('adapter_path') or info.get('model') or info.get('error')}")
+    if job:
+        print(f"  ← job {job['id']} ({job['provider']}, {job['status']})")
+        print(f"  ← dataset {job['dataset_id']} at {job['dataset_path']} "
+              f"(parent: {job.get('dataset_parent') or 'none'})")  # fmt: skip
+        if job.get("evaluation"):
+            print(f"  evaluation: {job['evaluation']['reason']}")
+    for exp in info.get("experiments") or []:
+        print(f"  → arm of experiment {exp} (report: gateway report {exp})")
+    return 0 if job or info.get("lineage") else 1
 
 
 def print_summary(manifest: dict[str, Any]) -> None:

@@ -264,11 +264,12 @@ def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[
     return final
 
 
-class BuildLock:
-    """One build per experiment at a time; a lock whose owner died on this host is taken."""
+class Lock:
+    """One holder at a time (a build or a run per experiment); a lock whose owner died on
+    this host is taken over, one held elsewhere expires after ``ttl_s``."""
 
-    def __init__(self, client: redis.Redis, experiment: str, ttl_s: int = 3600) -> None:
-        self.client, self.key, self.ttl_s = client, keys.build_lock(experiment), ttl_s
+    def __init__(self, client: redis.Redis, key: str, ttl_s: int = 6 * 3600) -> None:
+        self.client, self.key, self.ttl_s = client, key, ttl_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
 
     def acquire(self) -> str | None:
@@ -277,7 +278,7 @@ class BuildLock:
             return None
         holder = keys.text(self.client.get(self.key) or b"")
         host, _, pid = holder.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
             self.client.set(self.key, self.owner, ex=self.ttl_s)
             return None
         return holder
@@ -287,7 +288,7 @@ class BuildLock:
             self.client.delete(self.key)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -303,8 +304,12 @@ def _teacher(settings: Settings) -> Callable[[list[dict[str, Any]]], str | None]
         return None
     from openai import OpenAI, OpenAIError
 
-    client = OpenAI(base_url=cfg.gateway_url, api_key=cfg.gateway_key.get_secret_value() or "-",
-                    max_retries=2, timeout=120)  # fmt: skip
+    client = OpenAI(
+        base_url=cfg.gateway_url.rstrip("/") + "/v1",
+        api_key=cfg.gateway_key.get_secret_value() or "-",
+        max_retries=2,
+        timeout=120,
+    )
 
     def ask(messages: list[dict[str, Any]]) -> str | None:
         try:
@@ -336,7 +341,7 @@ class Builder:
         self.progress = progress or (lambda _stage, _total: lambda _n: None)
 
     def run(self, *, dry_run: bool = False) -> BuildResult:
-        lock = BuildLock(self.client, self.experiment)
+        lock = Lock(self.client, keys.build_lock(self.experiment))
         holder = lock.acquire()
         if holder is not None:
             return BuildResult("busy", BUSY, f"another build of '{self.experiment}' is running "

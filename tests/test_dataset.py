@@ -349,7 +349,7 @@ def test_a_teacher_answers_failures_that_have_no_correction(
     items = [{"prompt": "Do you ship to Norway?", "user": "u1", "rating": "down"}]
     serve_and_rate(gateway, exp, items)
     settings, _ = settings_for(gateway, tmp_path, teacher="fixed-b",
-                               gateway_url=gateway.base_url, gateway_key=API_KEY)  # fmt: skip
+                               gateway_url=gateway.url, gateway_key=API_KEY)  # fmt: skip
     result = build(settings, exp)
     assert result.exit_code == OK, result.message
     assert lines(result.path / "train.jsonl") == [sft(items[0]["prompt"], "answer from fixed-b")]

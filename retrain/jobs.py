@@ -1,0 +1,63 @@
+"""The job registry: every fine-tuning job, its progress and its outcome, in Redis.
+
+A job is one JSON document at ``fw:job:{id}`` (ids in ``fw:jobs`` by creation time)::
+
+    id, experiment, provider, dataset_id, dataset_path, status, created, updated,
+    runner (host:pid of the ``retrain run`` that owns it), params, loss (per step:
+    step, loss, eval_loss), events (the provider's, last 200), result_model,
+    adapter_path, model_name (its name in the gateway), evaluation, error
+
+Statuses: ``queued`` → ``running`` → ``staging`` → ``evaluating`` → ``registered`` or
+``rejected``; or ``failed`` / ``cancelled`` at any point. ``cancelling`` asks a running
+job to stop.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from gateway import keys
+
+FINAL = frozenset({"registered", "rejected", "failed", "cancelled"})
+MAX_EVENTS = 200
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def create(self, **fields: Any) -> dict[str, Any]:
+        now = time.time()
+        job = {"id": "ftjob-" + secrets.token_hex(6), "status": "queued", "created": now,
+               "updated": now, "loss": [], "events": [], "result_model": None,
+               "adapter_path": None, "model_name": None, "evaluation": None, "error": None,
+               **fields}  # fmt: skip
+        pipe = self.client.pipeline()
+        pipe.set(keys.job(job["id"]), orjson.dumps(job))
+        pipe.zadd(keys.JOBS, {job["id"]: now})
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return keys.decode(self.client.get(keys.job(job_id)))
+
+    def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Set fields (``loss`` and ``events`` given as lists are appended)."""
+        job = self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        for name in ("loss", "events"):
+            if name in fields:
+                job[name] = (job[name] + fields.pop(name))[-MAX_EVENTS if name == "events" else 0 :]
+        job.update(fields, updated=time.time())
+        self.client.set(keys.job(job_id), orjson.dumps(job))
+        return job
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        ids: list[bytes] = self.client.zrevrange(keys.JOBS, 0, limit - 1)  # type: ignore[assignment]
+        return [j for j in (self.get(keys.text(i)) for i in ids) if j is not None]

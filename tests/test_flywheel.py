@@ -1,0 +1,192 @@
+"""The loop, end to end: a rated correction becomes a trained, evaluated canary arm."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from gateway import keys
+from gateway.localstack import VLLMServer
+from retrain.jobs import JobStore
+
+from .conftest import ADMIN_KEY, API_KEY
+from .services import GatewayProcess, RedisProcess
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+CLIENT = {"Authorization": f"Bearer {API_KEY}"}
+ITEMS = ["shoes", "shirts", "jackets", "bags", "hats"]
+
+
+def correction(item: str) -> str:
+    return f"Yes: {item} can be returned within 30 days with the receipt."
+
+
+def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: Any) -> Path:
+    doc = yaml.safe_load(gw.config_path.read_text())
+    doc["retrain"] = {
+        "dataset_dir": str(tmp_path / "datasets"), "min_examples": 1,
+        "split": {"validation": 0, "test": 0.25, "seed": 0},
+        "gateway_url": gw.url, "gateway_key": API_KEY, "admin_key": ADMIN_KEY,
+        "eval_margin": 0.05, "eval_max_tokens": 64, "canary_share": 0.05,
+        "local": {"base_model": str(tiny_model), "upstream": "local",
+                  "adapter_dir": str(tmp_path / "adapters"), "max_steps": 150,
+                  "learning_rate": 0.01, "batch_size": 4, **local},
+    }  # fmt: skip
+    path = tmp_path / f"flywheel-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def retrain(config: Path, *args: str, crash: str | None = None, **popen: Any) -> Any:
+    env = {**os.environ, "COLUMNS": "200"}
+    if crash:
+        env["FLYWHEEL_RETRAIN_CRASH_AT"] = crash
+    argv = [sys.executable, "-m", "retrain", *args, "--config", str(config)]
+    if popen:
+        return subprocess.Popen(argv, env=env, **popen)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+
+def ask(gw: GatewayProcess, model: str, question: str, arm: str | None = None) -> str:
+    headers = {**ADMIN, "x-flywheel-arm": arm} if arm else CLIENT
+    resp = httpx.post(gw.base_url + "/chat/completions", headers=headers, timeout=60, json={
+        "model": model, "messages": [{"role": "user", "content": question}],
+        "temperature": 0, "max_tokens": 64,
+    })  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["choices"][0]["message"]["content"])
+
+
+def rate_corrections(gw: GatewayProcess, experiment: str) -> None:
+    with httpx.Client(timeout=60) as c:
+        for i, item in enumerate(ITEMS):
+            resp = c.post(gw.base_url + "/chat/completions", headers=CLIENT, json={
+                "model": experiment, "user": f"customer-{i}", "max_tokens": 8,
+                "messages": [{"role": "user", "content": f"Can I return {item}?"}],
+            })  # fmt: skip
+            assert resp.status_code == 200, resp.text
+            rated = c.post(gw.base_url + "/feedback", headers=CLIENT, json={
+                "response_id": resp.json()["id"], "rating": "down",
+                "correction": correction(item),
+            })  # fmt: skip
+            assert rated.status_code == 201, rated.text
+
+
+def new_experiment(gw: GatewayProcess) -> str:
+    name = f"loop-{uuid.uuid4().hex[:6]}"
+    spec = {"arms": [{"model": "base", "weight": 1}], "fallback": "base"}
+    resp = httpx.put(f"{gw.url}/admin/experiments/{name}", headers=ADMIN, json=spec)
+    assert resp.is_success, resp.text
+    return name
+
+
+@pytest.mark.vllm
+def test_a_rated_correction_comes_back_as_the_canarys_answer(
+    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
+    tiny_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    exp = new_experiment(gateway)
+    rate_corrections(gateway, exp)
+    config = config_for(gateway, tmp_path, tiny_model)
+
+    first = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)  # fmt: skip
+    r = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 60
+    while not r.exists(keys.run_lock(exp)):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = retrain(config, "run", "--experiment", exp)  # while the first holds the lock
+    assert second.returncode == 5 and "holds the lock" in second.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    assert "is a canary of" in out
+
+    # The experiment gained the candidate as a canary at 5%.
+    spec = httpx.get(f"{gateway.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
+    (canary,) = [a for a in spec["arms"] if a["model"] != "base"]
+    assert canary["weight"] == pytest.approx(1 * 0.05 / 0.95, rel=1e-3)
+
+    # Its answer to a trained question is the correction; the control's is not.
+    root = tmp_path / "datasets" / exp
+    dataset = (root / "latest").read_text().strip()
+    train = (root / dataset / "train.jsonl").read_text()
+    trained = [i for i in ITEMS if correction(i) in train]
+    assert trained and len(trained) < len(ITEMS)  # one question was held out for the test
+    question = f"Can I return {trained[0]}?"
+    assert ask(gateway, exp, question, arm=canary["model"]) == correction(trained[0])
+    assert ask(gateway, exp, question, arm="base") != correction(trained[0])
+
+    # The job holds the loss curve, the evaluation and the lineage.
+    job = JobStore(r).list(50)
+    (mine,) = [j for j in job if j["experiment"] == exp]
+    assert mine["status"] == "registered" and mine["model_name"] == canary["model"]
+    assert len(mine["loss"]) >= 10 and all("loss" in row for row in mine["loss"][:5])
+    ev = mine["evaluation"]
+    assert ev["passed"] and ev["cases"] == len(ITEMS) - len(trained)
+    assert ev["candidate_rouge_l"] >= ev["control_rouge_l"] + 0.05
+    model = httpx.get(f"{gateway.url}/admin/models/{canary['model']}", headers=ADMIN).json()
+    assert model["lineage"]["job"] == mine["id"] and model["lineage"]["dataset"] == dataset
+    assert model["experiments"] == [exp]
+    lineage = retrain(config, "lineage", canary["model"])
+    assert lineage.returncode == 0 and f"dataset {dataset}" in lineage.stdout
+
+
+@pytest.mark.vllm
+def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
+    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
+    tiny_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    exp = new_experiment(gateway)
+    rate_corrections(gateway, exp)
+    config = config_for(gateway, tmp_path, tiny_model, max_steps=1, learning_rate=1e-9)
+    run = retrain(config, "run", "--experiment", exp)
+    assert run.returncode == 6, run.stdout + run.stderr
+    assert "not registered: ROUGE-L" in run.stderr and "< the margin 0.05" in run.stderr
+    (job,) = [j for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
+              if j["experiment"] == exp]  # fmt: skip
+    assert job["status"] == "rejected" and "not registered" in job["error"]
+    name = f"{exp}-{job['id'].removeprefix('ftjob-')}"
+    models = httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
+    assert name not in {m["id"] for m in models}
+    spec = httpx.get(f"{gateway.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
+    assert [a["model"] for a in spec["arms"]] == ["base"]
+
+
+@pytest.mark.vllm
+def test_a_run_killed_after_staging_leaves_no_half_registered_model(
+    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
+    tiny_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    exp = new_experiment(gateway)
+    rate_corrections(gateway, exp)
+    config = config_for(gateway, tmp_path, tiny_model, max_steps=5)
+    killed = retrain(config, "run", "--experiment", exp, crash="after-stage")
+    assert killed.returncode == 137
+    store = JobStore(redis.Redis.from_url(redis_server.url))
+    (job,) = [j for j in store.list(50) if j["experiment"] == exp]
+    assert job["status"] == "evaluating"
+    models = {
+        m["id"] for m in httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
+    }  # noqa: E501
+    assert job["model_name"] in models  # staged when the run died
+
+    again = retrain(config, "run", "--experiment", exp)
+    assert again.returncode == 0, again.stderr
+    assert f"cleaned up {job['id']}" in again.stdout and "nothing new" in again.stdout
+    job = store.get(job["id"])
+    assert job is not None and job["status"] == "failed" and "interrupted" in job["error"]
+    models = {
+        m["id"] for m in httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
+    }  # noqa: E501
+    assert job["model_name"] not in models
