@@ -50,13 +50,14 @@ class OpenAIProvider:
             "learning_rate_multiplier": self.cfg.learning_rate_multiplier,
         }
         kind = self.cfg.method
+        optional = {"validation_file": validation_id} if validation_id else {}
         job = self.client.fine_tuning.jobs.create(
             model=self.cfg.base_model,
             training_file=train_file.id,
-            validation_file=validation_id,
             suffix=suffix[:64],
             seed=seed,
             method={"type": kind, kind: {"hyperparameters": hyper}},
+            **optional,
         )
         return str(job.id)
 

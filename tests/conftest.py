@@ -18,6 +18,7 @@ import pytest
 
 from gateway.localstack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
+from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
 from tests.services import GatewayProcess, RedisProcess
 
 API_KEY = "sk-test-0123456789abcdef"

@@ -1,0 +1,195 @@
+"""Training providers: local LoRA (SFT and DPO) on CPU, and OpenAI's fine-tuning API."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from gateway.config import LocalTraining, OpenAITraining
+from gateway.localstack import VLLMServer
+from retrain.jobs import JobStore
+from retrain.local_train import train
+from retrain.openai_ft import OpenAIProvider
+
+from .conftest import ADMIN_KEY
+from .openai_ft_server import FineTuningServer
+from .openapi_schema import Check
+from .services import GatewayProcess, RedisProcess
+from .test_flywheel import config_for, correction, new_experiment, rate_corrections, retrain
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "belts", "socks", "scarves"]
+
+
+def write_dataset(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+
+    def sft(item: str) -> str:
+        return json.dumps({"messages": [{"role": "user", "content": f"Can I return {item}?"},
+                                        {"role": "assistant", "content": correction(item)}]})  # fmt: skip
+
+    def pair(item: str) -> str:
+        return json.dumps({"input": {"messages": [{"role": "user", "content": f"Return {item}?"}]},
+                           "preferred_output": [{"role": "assistant", "content": correction(item)}],
+                           "non_preferred_output": [{"role": "assistant", "content": "No."}]})  # fmt: skip
+
+    (root / "train.jsonl").write_text("\n".join(sft(i) for i in ITEMS[:6]) + "\n")
+    (root / "validation.jsonl").write_text("\n".join(sft(i) for i in ITEMS[6:]) + "\n")
+    (root / "preference.jsonl").write_text("\n".join(pair(i) for i in ITEMS[:4]) + "\n")
+    return root
+
+
+def test_local_training_on_cpu_lowers_the_validation_loss(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data")
+    rows: list[dict[str, Any]] = []
+    cfg = LocalTraining(max_steps=40, learning_rate=1e-2, batch_size=4, patience=100)
+    summary = train(data, tmp_path / "adapter", cfg, base_model=str(tiny_model),
+                    on_log=rows.append)  # fmt: skip
+    assert summary["device"] == "cpu" and summary["steps"] == 40
+    assert summary["eval_loss_last"] < summary["eval_loss_first"] - 0.1, summary
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["bias"] == "none" and not adapter.get("use_dora")
+    assert not adapter.get("modules_to_save")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_training_stops_when_asked(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data")
+    steps: list[int] = []
+    cfg = LocalTraining(max_steps=500, learning_rate=1e-3, batch_size=4)
+    summary = train(data, tmp_path / "adapter", cfg, base_model=str(tiny_model),
+                    on_log=lambda r: steps.append(r["step"]),
+                    should_stop=lambda: len(steps) >= 5)  # fmt: skip
+    assert summary["cancelled"] and summary["steps"] < 20
+
+
+@pytest.mark.vllm
+def test_dpo_on_preference_pairs_saves_an_adapter_vllm_loads(
+    tiny_model: Path, vllm: VLLMServer, tmp_path: Path
+) -> None:
+    data = write_dataset(tmp_path / "data")
+    cfg = LocalTraining(method="dpo", max_steps=4, learning_rate=1e-3, batch_size=2)
+    summary = train(data, tmp_path / "dpo-adapter", cfg, base_model=str(tiny_model))
+    assert summary["steps"] == 4 and summary["train_loss"] > 0
+    name = f"dpo-{uuid.uuid4().hex[:6]}"
+    loaded = httpx.post(vllm.base_url + "/load_lora_adapter", timeout=60,
+                        json={"lora_name": name, "lora_path": str(tmp_path / "dpo-adapter")})  # fmt: skip
+    assert loaded.status_code == 200, loaded.text
+    listed = {m["id"] for m in httpx.get(vllm.base_url + "/models").json()["data"]}
+    assert name in listed
+    httpx.post(vllm.base_url + "/unload_lora_adapter", json={"lora_name": name})
+
+
+def provider(server: FineTuningServer, **cfg: Any) -> OpenAIProvider:
+    settings = OpenAITraining(base_url=server.base_url, api_key="sk-test", poll_s=0.01, **cfg)
+    return OpenAIProvider(settings)
+
+
+def test_openai_provider_sends_documented_requests_and_follows_the_job(
+    tmp_path: Path, check_schema: Check
+) -> None:
+    server = FineTuningServer().start()
+    try:
+        data = write_dataset(tmp_path / "data")
+        p = provider(server, n_epochs=2, learning_rate_multiplier=0.5)
+        job_id = p.launch(data, suffix="support-bot-1", seed=7)
+        events: list[dict[str, Any]] = []
+        outcome = p.wait(job_id, on_event=events.append, should_stop=lambda: False)
+    finally:
+        server.stop()
+    uploads = [r for r in server.requests if r["path"] == "/files"]
+    assert [(u["purpose"], u["filename"]) for u in uploads] == [
+        ("fine-tune", "train.jsonl"),
+        ("fine-tune", "validation.jsonl"),
+    ]
+    assert uploads[0]["bytes"] == (data / "train.jsonl").read_bytes()
+    (create,) = [r["json"] for r in server.requests if r["path"] == "/fine_tuning/jobs"]
+    assert create == {
+        "model": "gpt-4o-mini-2024-07-18", "training_file": "file-abc121",
+        "validation_file": "file-abc122", "suffix": "support-bot-1", "seed": 7,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 0.5}}},
+    }  # fmt: skip
+    assert outcome == {"status": "succeeded", "error": None,
+                       "model": "ft:gpt-4o-mini-2024-07-18:org-123:support-bot-1:abc123"}  # fmt: skip
+    assert [e["message"] for e in events][0] == "Created fine-tuning job"
+    assert events[-1]["message"] == "Fine-tuning job succeeded"
+    assert len({e["id"] for e in events}) == len(events)  # each relayed once
+    for schema, body in server.responses:  # the stand-in answers as OpenAI documents
+        check_schema(schema, body)
+
+
+def test_openai_provider_reports_failure_and_cancels(tmp_path: Path, check_schema: Check) -> None:
+    data = write_dataset(tmp_path / "data")
+    failing = FineTuningServer(outcome="failed").start()
+    try:
+        p = provider(failing, method="dpo")
+        outcome = p.wait(p.launch(data, suffix="x", seed=0), on_event=lambda e: None,
+                         should_stop=lambda: False)  # fmt: skip
+        (create,) = [r["json"] for r in failing.requests if r["path"] == "/fine_tuning/jobs"]
+        assert create["method"]["type"] == "dpo" and "validation_file" not in create
+    finally:
+        failing.stop()
+    assert outcome["status"] == "failed"
+    assert outcome["error"] == "The job failed due to an invalid training file."
+
+    slow = FineTuningServer().start()
+    try:
+        p = provider(slow)
+        outcome = p.wait(p.launch(data, suffix="x", seed=0), on_event=lambda e: None,
+                         should_stop=lambda: True)  # fmt: skip
+        assert any(r["path"].endswith("/cancel") for r in slow.requests)
+    finally:
+        slow.stop()
+    assert outcome["status"] == "cancelled"
+    for schema, body in failing.responses + slow.responses:
+        check_schema(schema, body)
+
+
+@pytest.mark.vllm
+def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
+    vllm: VLLMServer, redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
+) -> None:
+    server = FineTuningServer(answer="Yes: items can be returned within 30 days with the receipt.")
+    server.start()
+    from .conftest import gateway_config
+    from .faulty_upstream import FaultyUpstream
+
+    faulty = FaultyUpstream().start()
+    cfg = gateway_config(vllm.base_url, faulty.base_url, redis_server.url)
+    cfg["upstreams"]["openai"] = {"kind": "openai", "base_url": server.base_url,
+                                  "api_key": "sk-test"}  # fmt: skip
+    gw = GatewayProcess(cfg, tmp_path / "gw").start()
+    try:
+        exp = new_experiment(gw)
+        rate_corrections(gw, exp)
+        config = config_for(gw, tmp_path, tiny_model)
+        doc = yaml.safe_load(config.read_text())
+        doc["retrain"]["openai"] = {"base_url": server.base_url, "api_key": "sk-test",
+                                    "poll_s": 0.01}  # fmt: skip
+        config.write_text(yaml.safe_dump(doc))
+        run = retrain(config, "run", "--experiment", exp, "--provider", "openai")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (job,) = [j for j in JobStore(redis.Redis.from_url(redis_server.url)).list(100)
+                  if j["experiment"] == exp]  # fmt: skip
+        assert job["status"] == "registered" and job["result_model"].startswith("ft:")
+        assert [e["message"] for e in job["events"]][-1] == "Fine-tuning job succeeded"
+        model = httpx.get(f"{gw.url}/admin/models/{job['model_name']}", headers=ADMIN).json()
+        assert model["upstream"] == "openai" and model["model"] == job["result_model"]
+        assert model["experiments"] == [exp]
+        status = retrain(config, "status", job["id"])
+        assert status.returncode == 0 and "registered" in status.stdout
+    finally:
+        gw.stop()
+        faulty.stop()
+        server.stop()
+    assert os.environ.get("OPENAI_API_KEY") is None or True  # never needed: nothing real called
