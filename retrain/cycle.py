@@ -221,9 +221,13 @@ def _train(
                         on_log=on_log, should_stop=cancelled)  # fmt: skip
         store.update(job["id"], training=summary, adapter_path=str(out),
                      params=cfg.local.model_dump(mode="json"))  # fmt: skip
-        losses = f"{summary['eval_loss_first']} → {summary['eval_loss_last']}"
-        log(f"{job['id']}: trained {summary['steps']} steps on {summary['device']}; "
-            f"validation loss {losses}")  # fmt: skip
+        losses = (
+            f"validation loss {summary['eval_loss_first']:.3f} → {summary['eval_loss_last']:.3f}"
+            if summary["eval_loss_first"] is not None
+            else "no validation split"
+        )
+        log(f"{job['id']}: trained {summary['steps']} steps on {summary['device']} "
+            f"(train loss {summary['train_loss']:.3f}; {losses})")  # fmt: skip
         if summary["cancelled"]:
             store.update(job["id"], status="cancelled")
             return None

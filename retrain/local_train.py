@@ -51,10 +51,13 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Train one adapter into ``out_dir``; returns a summary (steps, losses, device)."""
+    import datasets
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
+
+    datasets.disable_progress_bars()  # progress is reported through on_log
 
     gpu = torch.cuda.is_available()
     if cfg.method == "dpo":
@@ -139,6 +142,7 @@ def train(
             peft_config=peft_config,
             callbacks=[Progress()],
         )
+    trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
     first_eval = trainer.evaluate()["eval_loss"] if eval_rows else None
     if first_eval is not None:
         on_log({"step": 0, "eval_loss": float(first_eval)})
