@@ -17,29 +17,23 @@ one misbehaves in the way the requested ``model`` names:
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import orjson
 from aiohttp import web
 
-from gateway.localstack import free_port
+from .background import BackgroundServer
 
 
-class FaultyUpstream:
+class FaultyUpstream(BackgroundServer):
+    handler_cancellation = True
+
     def __init__(self, delay_s: float = 5.0) -> None:
-        self.port = free_port()
+        super().__init__()
         self.delay_s = delay_s
         self.stream_closed_at: float | None = None
         self.chunks_sent = 0
         self.requests = 0  # chat requests received
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -107,22 +101,6 @@ class FaultyUpstream:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> FaultyUpstream:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()

@@ -12,21 +12,19 @@ the fine-tuned model with ``answer`` (for evaluations through the gateway).
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from typing import Any
 
 from aiohttp import web
 
-from gateway.localstack import free_port
+from .background import BackgroundServer
 
 STEPS = ("validating_files", "queued", "running")
 
 
-class FineTuningServer:
+class FineTuningServer(BackgroundServer):
     def __init__(self, *, outcome: str = "succeeded", answer: str = "") -> None:
-        self.port = free_port()
+        super().__init__()
         self.outcome = outcome
         self.answer = answer
         self.requests: list[dict[str, Any]] = []  # method, path, json or form fields
@@ -34,13 +32,6 @@ class FineTuningServer:
         self.jobs: dict[str, dict[str, Any]] = {}
         self._polls: dict[str, int] = {}
         self._suffix: dict[str, str] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def _reply(self, schema: str, body: dict[str, Any]) -> web.Response:
         self.responses.append((schema, body))
@@ -135,8 +126,7 @@ class FineTuningServer:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
-    async def _start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._files)
         app.router.add_post("/v1/fine_tuning/jobs", self._create)
         app.router.add_get("/v1/fine_tuning/jobs/{job_id}", self._retrieve)
@@ -144,18 +134,3 @@ class FineTuningServer:
         app.router.add_post("/v1/fine_tuning/jobs/{job_id}/cancel", self._cancel)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def start(self) -> FineTuningServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
