@@ -190,3 +190,31 @@ def test_a_run_killed_after_staging_leaves_no_half_registered_model(
         m["id"] for m in httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
     }  # noqa: E501
     assert job["model_name"] not in models
+
+
+@pytest.mark.vllm
+def test_retrain_cancel_stops_a_running_job_and_nothing_is_registered(
+    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
+    tiny_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    exp = new_experiment(gateway)
+    rate_corrections(gateway, exp)
+    config = config_for(gateway, tmp_path, tiny_model, max_steps=100_000)
+    running = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)  # fmt: skip
+    store = JobStore(redis.Redis.from_url(redis_server.url))
+    deadline = time.monotonic() + 120
+    while True:
+        mine = [j for j in store.list(50) if j["experiment"] == exp]
+        if mine and len(mine[0]["loss"]) >= 3:
+            break
+        assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+        time.sleep(0.1)
+    cancel = retrain(config, "cancel", mine[0]["id"])
+    assert cancel.returncode == 0 and "asked" in cancel.stdout
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 0 and "was cancelled" in out, out + err
+    job = store.get(mine[0]["id"])
+    assert job is not None and job["status"] == "cancelled" and len(job["loss"]) < 1000
+    models = httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
+    assert not any(m["id"].startswith(exp) for m in models)
