@@ -112,6 +112,7 @@ class GatewayProcess:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"gateway not healthy in {timeout}s:\n{tail(self.log_path)}")
 
     def stop(self) -> None:
@@ -120,7 +121,10 @@ class GatewayProcess:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
+                print(f"gateway {self.url} ignored SIGTERM for 15 s: killed\n"
+                      f"{tail(self.log_path)}", file=sys.stderr)  # fmt: skip
                 self.proc.kill()
+                self.proc.wait()
         self.proc = None
 
     def metric(self, name: str, **labels: str) -> float:
