@@ -37,14 +37,20 @@ def load_config_or_exit(path: str | None) -> Settings:
 def serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, serving_app
     from .store import start_embedded
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(
+            serving_app(create_app(settings)),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+        )
         return
     # Several workers share one Redis: the embedded one is started here, in the parent.
     embedded = None

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 SFT, DPO = "sft", "dpo"
+NUM_PERM = 128  # MinHash permutations: the similarity estimate's error is about 1/sqrt(128)
 
 # What OpenAI's data-validation recipe accepts in a chat fine-tuning line.
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
@@ -231,12 +232,33 @@ class Curator:
         return out
 
     def deduplicate(self, kept: list[Example], new: list[Example]) -> list[Example]:
-        """``new`` without exact or near duplicates of each other or of ``kept``."""
+        """``new`` without exact or near duplicates of each other or of ``kept``.
+
+        Supervised examples and preference pairs are compared only with their own kind: a
+        pair holds its supervised sibling's text and more, yet is not a copy of it.
+        """
+        survivors = {
+            id(ex)
+            for kind in (SFT, DPO)
+            for ex in self._deduplicate(
+                [e for e in kept if e.kind == kind], [e for e in new if e.kind == kind]
+            )
+        }
+        return [ex for ex in new if id(ex) in survivors]
+
+    def _deduplicate(self, kept: list[Example], new: list[Example]) -> list[Example]:
         from datasketch import MinHash, MinHashLSH
 
+        if not new:
+            return []
+
         seen = {ex.key for ex in kept}
-        lsh = MinHashLSH(threshold=self.near_duplicate, num_perm=64)
-        hashes = MinHash.bulk([_shingles(ex.text()) for ex in kept + new], num_perm=64)
+        # LSH only proposes candidates, and misses some near its threshold: propose
+        # generously (a lower threshold, false negatives weighted 9 to 1), then let the
+        # estimated similarity decide.
+        lsh = MinHashLSH(threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM,
+                         weights=(0.1, 0.9))  # fmt: skip
+        hashes = MinHash.bulk([_shingles(ex.text()) for ex in kept + new], num_perm=NUM_PERM)
         by_key: dict[str, Any] = {}
         for i, mh in enumerate(hashes[: len(kept)]):
             by_key[f"k{i}"] = mh
