@@ -1,0 +1,265 @@
+"""Turning results into Markdown tables and a list of targets met or missed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+Row = list[str]
+
+
+def table(header: Row, rows: list[Row]) -> str:
+    """A Markdown table, columns padded for reading in a terminal too."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Row) -> str:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec) + suffix
+
+
+def _get(d: dict[str, Any], *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def throughput_table(res: dict[str, Any]) -> str | None:
+    systems = res.get("systems", {})
+    conns = res["meta"]["options"]["connections"]
+    c, s = f"c{conns}", f"stream_c{conns}"
+    direct = systems.get("direct", {})
+    if "c1" not in direct:
+        return None
+    header = ["system", "p50 ms (1 conn)", "p99 ms (1 conn)", "p50 added", "p99 added",
+              f"req/s ({conns} conn)", f"p50 / p99 ms ({conns} conn)", "CPU µs/req",
+              f"stream req/s ({conns} conn)", "errors"]  # fmt: skip
+    rows = []
+    for name, e in systems.items():
+        if "c1" not in e:
+            rows.append([name, *(["–"] * 8), "skipped"])
+            continue
+        one, many, st = e["c1"], e[c], e[s]
+        errors = sum(one["errors"].values()) + sum(many["errors"].values())
+        stream_err = sum(st["errors"].values())
+        added = name != "direct"
+        rows.append([
+            name,
+            fmt(one["p50_ms"], ".3f"),
+            fmt(one["p99_ms"], ".3f"),
+            fmt(one["p50_ms"] - direct["c1"]["p50_ms"], "+.3f") if added else "–",
+            fmt(one["p99_ms"] - direct["c1"]["p99_ms"], "+.3f") if added else "–",
+            fmt(many["rps"], ",.0f"),
+            f"{fmt(many['p50_ms'])} / {fmt(many['p99_ms'])}",
+            fmt(many["cpu_us_per_req"], ".0f"),
+            fmt(st["rps"], ",.0f") + (" (all failed)" if stream_err >= st["requests"] else ""),
+            str(errors + stream_err) if errors + stream_err else "0",
+        ])  # fmt: skip
+    return table(header, rows)
+
+
+def ratios(res: dict[str, Any]) -> list[str]:
+    """Flywheel against the floor and each peer: req/s ratio and added-latency ratio."""
+    systems = res.get("systems", {})
+    conns = res["meta"]["options"]["connections"]
+    gw, direct = systems.get("gateway", {}), systems.get("direct", {})
+    if "c1" not in gw or "c1" not in direct:
+        return []
+    gw_added = gw["c1"]["p50_ms"] - direct["c1"]["p50_ms"]
+    out = []
+    for name, e in systems.items():
+        if name in ("gateway", "direct") or "c1" not in e:
+            continue
+        added = e["c1"]["p50_ms"] - direct["c1"]["p50_ms"]
+        theirs = e[f"c{conns}"]["rps"]
+        rps = fmt(gw[f"c{conns}"]["rps"] / theirs if theirs else None)
+        if name == "floor":
+            factor = fmt(gw_added / added if added > 0 else None, ".1f")
+            out.append(
+                f"gateway vs floor: {rps}× the floor's req/s at {conns} connections; "
+                f"p50 added {gw_added:.3f} ms vs {added:.3f} ms ({factor}× the floor's)"
+            )
+        else:
+            factor = fmt(added / gw_added if gw_added > 0 else None, ".1f")
+            out.append(
+                f"gateway vs {name}: {rps}× its req/s at {conns} connections; "
+                f"p50 added {gw_added:.3f} ms vs {added:.3f} ms ({factor}× less added)"
+            )
+    return out
+
+
+def streaming_table(res: dict[str, Any]) -> str | None:
+    systems = res.get("systems", {})
+    direct = _get(systems, "direct", "streaming")
+    if not direct:
+        return None
+    interval = res["meta"]["options"]["slow_interval_ms"]
+    header = ["system", "TTFT p50 ms", "TTFT p99 ms", "TTFT added (p50)",
+              f"chunks/stream ({interval:g} ms apart)", "gap median ms", "gap min ms",
+              "gap max ms", "errors"]  # fmt: skip
+    rows = []
+    for name, e in systems.items():
+        st = e.get("streaming")
+        if not st:
+            continue
+        added = name != "direct"
+        rows.append([
+            name,
+            fmt(st["ttft_p50_ms"], ".3f"),
+            fmt(st["ttft_p99_ms"], ".3f"),
+            fmt(st["ttft_p50_ms"] - direct["ttft_p50_ms"], "+.3f") if added else "–",
+            fmt(st["chunks_per_stream"], "g"),
+            fmt(st["gap_median_ms"], ".1f"),
+            fmt(st["gap_min_ms"], ".1f"),
+            fmt(st["gap_max_ms"], ".1f"),
+            str(st["errors"]),
+        ])  # fmt: skip
+    notes = [
+        f"{name}: {e['streaming']['errors']} failed streams, first: {e['streaming']['first_error']}"
+        for name, e in systems.items()
+        if e.get("streaming") and e["streaming"].get("first_error")
+    ]
+    return "\n\n".join([table(header, rows), *notes])
+
+
+def arms_table(res: dict[str, Any]) -> str | None:
+    arms = res.get("arms")
+    if not arms:
+        return None
+    rows = []
+    for n, a in arms.items():
+        if not isinstance(a, dict):
+            continue
+        runs = ", ".join(f"{x:,.0f}" for x in a["rps"])
+        p50 = ", ".join(f"{x:.2f}" for x in a["p50_ms"])
+        rows.append([
+            n,
+            runs,
+            f"{a['rps_median']:,.0f}",
+            p50,
+            fmt(a.get("cpu_us_per_req"), ".0f"),
+            fmt(a.get("redis_cpu_us_per_req"), ".0f"),
+            str(a["arms_hit"]),
+        ])  # fmt: skip
+    conns = res["meta"]["options"]["connections"]
+    header = ["arms", f"req/s ({conns} conn), each round", "median", "p50 ms",
+              "gateway CPU µs/req", "Redis CPU µs/req", "arms that got traffic"]  # fmt: skip
+    return table(header, rows) + (
+        f"\n\n100-arm / 2-arm: req/s {arms['ratio']:.3f}, "
+        f"gateway CPU per request {fmt(arms.get('cpu_ratio'), '.3f')}"
+    )
+
+
+def log_line(res: dict[str, Any]) -> str | None:
+    lg = res.get("log")
+    if not lg:
+        return None
+    return (
+        f"interaction-log writer: {lg['records']:,} records in {lg['seconds']} s = "
+        f"{lg['records_per_s']:,.0f} records/s into Redis (batch {lg['batch_size']}; "
+        f"{lg['written_in_redis']:,} in the stream, {lg['dropped']:g} dropped); "
+        f"submit() costs {lg['submit_us_per_record']} µs per record on the request path; "
+        f"CPU per record: writer process {lg['writer_cpu_us_per_record']} µs, "
+        f"Redis {fmt(lg.get('redis_cpu_us_per_record'), '.2f')} µs"
+    )
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #8's targets, each with the measured value and whether it is met."""
+    out: list[dict[str, Any]] = []
+    systems = res.get("systems", {})
+    opts = res["meta"]["options"]
+    gw, direct = systems.get("gateway", {}), systems.get("direct", {})
+
+    def add(name: str, goal: str, value: float | None, ok: bool | None, shown: str) -> None:
+        out.append({"target": name, "goal": goal, "measured": value, "shown": shown, "met": ok})
+
+    conns = opts["connections"]
+    if "c1" in gw and "c1" in direct:
+        rps = gw[f"c{conns}"]["rps"]
+        add(f"req/s at {conns} connections", "≥ 3,500", rps, rps >= 3500, f"{rps:,.0f}")
+        p50 = gw["c1"]["p50_ms"] - direct["c1"]["p50_ms"]
+        add("p50 added, 1 connection", "≤ 0.5 ms", p50, p50 <= 0.5, f"{p50:.3f} ms")
+        p99 = gw["c1"]["p99_ms"] - direct["c1"]["p99_ms"]
+        add("p99 added, 1 connection", "≤ 2 ms", p99, p99 <= 2.0, f"{p99:.3f} ms")
+    gs, ds = _get(gw, "streaming"), _get(direct, "streaming")
+    if gs and ds:
+        ttft = gs["ttft_p50_ms"] - ds["ttft_p50_ms"]
+        add("streaming TTFT added (p50)", "≤ 1 ms", ttft, ttft <= 1.0, f"{ttft:.3f} ms")
+        interval = opts["slow_interval_ms"]
+        med, lo = gs["gap_median_ms"], gs["gap_min_ms"]
+        ok = (not math.isnan(med)) and abs(med - interval) <= 0.1 * interval and lo >= interval / 2
+        add(
+            "chunks relayed as they arrive",
+            f"gaps ≈ {interval:g} ms",
+            med,
+            ok,
+            f"median {med} ms, min {lo} ms, max {gs['gap_max_ms']} ms",
+        )
+    arms = res.get("arms")
+    if arms and arms.get("cpu_ratio"):
+        cost, ratio = arms["cpu_ratio"], arms["ratio"]
+        add(
+            "100 arms vs 2 arms: CPU per request",
+            "within 5%",
+            cost,
+            cost <= 1.05,
+            f"{cost:.3f}× (req/s {ratio:.3f}×)",
+        )
+    lg = res.get("log")
+    if lg:
+        r = lg["records_per_s"]
+        add("interaction-log writer", "≥ 10,000 records/s", r, r >= 10_000, f"{r:,.0f}/s")
+    return out
+
+
+def targets_table(items: list[dict[str, Any]]) -> str:
+    rows = [[t["target"], t["goal"], t["shown"], "met" if t["met"] else "MISSED"] for t in items]
+    return table(["target (Flywheel, 1 worker)", "goal", "measured", ""], rows)
+
+
+def render(res: dict[str, Any]) -> str:
+    meta = res["meta"]
+    parts = [
+        f"Flywheel gateway benchmark — {meta['date']}, {meta['nproc']} CPUs ({meta['cpu']}), "
+        f"load average at start {meta['loadavg_start'][0]:.2f}, at end "
+        f"{meta.get('loadavg_end', [float('nan')])[0]:.2f}",
+    ]
+    if t := throughput_table(res):
+        o = meta["options"]
+        parts += [
+            f"Non-streaming, wrk, {o['duration_s']:g} s per run (added = minus direct)",
+            t,
+            "\n".join(ratios(res)),
+        ]
+    if t := streaming_table(res):
+        parts += ["Streaming (aiohttp client, one connection)", t]
+    if t := arms_table(res):
+        parts += ["A/B arms (Flywheel)", t]
+    if line := log_line(res):
+        parts.append(line)
+    # (The load at the end includes the benchmark's own processes; only the start tells.)
+    if meta["loadavg_start"][0] > 0.5 * (meta["nproc"] or 1):
+        parts.append(
+            "WARNING: the machine was busy before the start (load average above half its "
+            "CPUs): "
+            "latencies and req/s are skewed; CPU µs/req less so"
+        )
+    items = targets(res)
+    res["targets"] = items
+    if items:
+        parts += ["Targets (issue #8)", targets_table(items)]
+    return "\n\n".join(p for p in parts if p)
