@@ -226,11 +226,11 @@ def test_registering_an_adapter_loads_it_into_vllm_and_routes_to_it(
         headers={**ADMIN, "x-flywheel-arm": name},
     )
     assert answer.status_code == 200 and answer.json()["model"] == name
-    assert answer.json()["choices"][0]["message"]["content"]
+    assert answer.json()["usage"]["completion_tokens"] >= 1  # vLLM generated with the adapter
 
     # A vLLM replica that forgets the adapter (a restart) gets it loaded again.
     unload = httpx.post(vllm.base_url + "/unload_lora_adapter", json={"lora_name": name})
-    assert unload.status_code == 200 and name not in vllm_models(vllm)
+    assert unload.status_code == 200  # (the gateway may reload it at once: that is the point)
     deadline = time.monotonic() + 10
     while name not in vllm_models(vllm):
         assert time.monotonic() < deadline, "the gateway did not reload the adapter"
