@@ -74,6 +74,16 @@ def request_id(request: Request) -> str:
     return rid
 
 
+def gateway_error_response(exc: GatewayError, rid: str) -> Response:
+    """The error in OpenAI's shape, with its headers, the request id and, for 401, the
+    authentication scheme: for both the FastAPI handler and :func:`serving_app`."""
+    headers = dict(exc.headers or {})
+    headers.setdefault("x-request-id", rid)
+    if exc.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    return error_response(exc, headers)
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
 
@@ -150,11 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(GatewayError)
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        headers = dict(exc.headers or {})
-        headers.setdefault("x-request-id", getattr(request.state, "request_id", ""))
-        if exc.status == 401:
-            headers["www-authenticate"] = "Bearer"
-        return error_response(exc, headers)
+        return gateway_error_response(exc, getattr(request.state, "request_id", ""))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: Exception) -> Response:
@@ -285,11 +291,7 @@ def serving_app(app: FastAPI) -> ASGIApp:
         try:
             response = await state(request).chat.handle(request, rid)
         except GatewayError as exc:
-            headers = dict(exc.headers or {})
-            headers.setdefault("x-request-id", rid)
-            if exc.status == 401:
-                headers["www-authenticate"] = "Bearer"
-            response = error_response(exc, headers)
+            response = gateway_error_response(exc, rid)
         except Exception:
             log.exception("chat request %s failed", rid)
             response = error_response(

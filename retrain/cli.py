@@ -182,9 +182,9 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.command == "jobs":
         print_jobs(store.list())
         return 0
-    job = store.get(getattr(args, "job", "")) if args.command != "lineage" else None
     if args.command == "lineage":
         return print_lineage(settings, store, args.model)
+    job = store.get(args.job)
     if job is None:
         print(f"retrain: no job {args.job!r}", file=sys.stderr)
         return 1

@@ -26,16 +26,10 @@ from gateway import keys
 from gateway.config import Settings
 
 from . import evaluate
-from .dataset import BELOW_MINIMUM, BUSY, OK, Builder, Lock, alive
+from .dataset import BELOW_MINIMUM, BUSY, OK, Builder, Lock, alive, crash_point
 from .jobs import FINAL, JobStore
 
 FAILED, REJECTED = 1, 6
-CRASH_ENV = "FLYWHEEL_RETRAIN_CRASH_AT"
-
-
-def _crash_point(stage: str) -> None:
-    if os.environ.get(CRASH_ENV) == stage:
-        os._exit(137)
 
 
 @dataclass
@@ -163,7 +157,7 @@ def _run(
         store.update(job["id"], status="staging", model_name=name)  # before: so it is undone
         gateway.register(body)
         store.update(job["id"], status="evaluating")
-        _crash_point("after-stage")
+        crash_point("after-stage")
 
         state = gateway.experiment(experiment)
         spec = state["spec"]
@@ -215,7 +209,7 @@ def _train(
 
         def on_log(row: dict[str, Any]) -> None:
             store.update(job["id"], loss=[row])
-            _crash_point("training")
+            crash_point("training")
 
         summary = train(dataset, out, cfg.local, base_model=cfg.local.base_model,
                         on_log=on_log, should_stop=cancelled)  # fmt: skip

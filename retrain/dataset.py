@@ -54,7 +54,8 @@ OK, ERROR, USAGE, OVER_COST_CAP, BELOW_MINIMUM, BUSY = 0, 1, 2, 3, 4, 5
 CRASH_ENV = "FLYWHEEL_RETRAIN_CRASH_AT"  # fault injection for tests: a stage name
 
 
-def _crash_point(stage: str) -> None:
+def crash_point(stage: str) -> None:
+    """Die here, as if killed, when ``FLYWHEEL_RETRAIN_CRASH_AT`` names this stage."""
     if os.environ.get(CRASH_ENV) == stage:
         os._exit(137)  # as if killed: no cleanup, no acknowledgement
 
@@ -377,7 +378,7 @@ class Builder:
             and e.stream_id not in done_before
         ]  # fmt: skip
         interactions = self._interactions(sorted({e.record["response_id"] for e in mine}))
-        _crash_point("after-collect")
+        crash_point("after-collect")
 
         # 2. examples
         gathered = examples_from(mine, interactions, self.cfg,
@@ -441,7 +442,7 @@ class Builder:
             return BuildResult("nothing-new", OK, f"nothing new: {vid} stays the latest",
                                manifest, parent.path)  # fmt: skip
         path = write_version(self.root, vid, examples, manifest)
-        _crash_point("after-write")
+        crash_point("after-write")
         self._forget_reviewed(review_used)
         consumer.ack(events)
         return BuildResult("written", OK, f"wrote {vid}", manifest, path)
