@@ -180,7 +180,10 @@ def test_duplicates_near_duplicates_and_overlong_examples_are_dropped_with_reaso
         {"prompt": "Write it all", "user": "u5", "rating": "down",
          "correction": words(rng, 600)},
     ]  # fmt: skip
-    serve_and_rate(gateway, exp, items)
+    # The later of two near duplicates is the one dropped: rate the variant last, alone
+    # (serve_and_rate rates a batch concurrently, in no fixed order).
+    serve_and_rate(gateway, exp, items[:3] + items[4:])
+    serve_and_rate(gateway, exp, items[3:4])
     settings, _ = settings_for(gateway, tmp_path, tokenizer=str(tiny_model), max_tokens=300)
     result = build(settings, exp)
     assert result.exit_code == OK, result.message
