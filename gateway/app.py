@@ -41,7 +41,7 @@ from .errors import GatewayError, InvalidRequest, NotFound, error_response
 from .feedback import FeedbackService, maintain
 from .ids import IdIssuer, load_or_create_secret
 from .interaction_log import InteractionLog
-from .metrics import Metrics
+from .metrics import Metrics, ScrapeState, read_retrain
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
             await redis.aclose()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
+            metrics.close()
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
     app.state.metrics = metrics
@@ -264,10 +265,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:
-        for name, pool in state(request).upstream.pools.items():
-            for breaker_state, n in pool.states().items():
-                metrics.upstream_replicas.labels(name, breaker_state).set(n)
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        st = state(request)
+        scrape = ScrapeState(retrain=await read_retrain(st.redis))
+        for name, exp in st.control.router.experiments.items():
+            total = sum(a.weight for a in exp.arms) or 1.0
+            scrape.weights.update({(name, a.model): a.weight / total for a in exp.arms})
+        for name, pool in st.upstream.pools.items():
+            scrape.replicas.update({(name, s): n for s, n in pool.states().items()})
+        return Response(
+            metrics.render(scrape), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     add_admin_routes(app)
 

@@ -15,8 +15,10 @@ import asyncio
 import copy
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,31 @@ def load_config_or_exit(path: str | None) -> Settings:
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Several workers write their metrics to files that /metrics sums (prometheus-client's
+    # multiprocess mode): a directory emptied now, given to the workers in the environment.
+    metrics_dir, own_dir = os.environ.get(MULTIPROC_ENV), False
+    if workers > 1 and not metrics_dir:
+        metrics_dir, own_dir = tempfile.mkdtemp(prefix="flywheel-metrics-"), True
+    if metrics_dir:
+        os.environ[MULTIPROC_ENV] = str(prepare_multiprocess_dir(metrics_dir))
+    try:
+        _serve(settings, host=host, port=port, workers=workers, config=config)
+    finally:
+        if own_dir and metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
     import uvicorn
 
     from .app import create_app, serving_app
     from .store import start_embedded
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     if workers == 1:
         uvicorn.run(
             serving_app(create_app(settings)),

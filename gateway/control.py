@@ -194,11 +194,6 @@ class Control:
         self.registered, self.records = registered, records
         self.router = Router(self.settings.upstreams, models, experiments, versions)
         self.loaded_version = version
-        self.metrics.experiment_weight.clear()
-        for name, exp in experiments.items():
-            total = sum(a.weight for a in exp.arms) or 1.0
-            for a in exp.arms:
-                self.metrics.experiment_weight.labels(name, a.model).set(a.weight / total)
 
     async def _follow(self) -> None:
         failing = False

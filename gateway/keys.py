@@ -39,6 +39,10 @@ key                         type    content
 ``fw:run:lock:{exp}``       string  held while ``retrain run`` runs for an experiment
 ``fw:job:{job_id}``         string  one fine-tuning job (JSON, ``retrain/jobs.py``)
 ``fw:jobs``                 zset    job ids by creation time
+``fw:retrain:runs``         hash    experiment → its last ``retrain run`` (JSON:
+                                    ``started``, ``finished``, ``outcome``,
+                                    ``exit_code``, ``last_success``, ``job``,
+                                    ``dataset``, ``examples``), read by ``/metrics``
 ==========================  ======  =================================================
 """
 
@@ -111,6 +115,7 @@ def job(job_id: str) -> str:
 
 
 JOBS = PREFIX + "jobs"
+RETRAIN_RUNS = PREFIX + "retrain:runs"
 
 
 def aggregate_member(experiment: str | None, arm: str) -> str:

@@ -1,12 +1,37 @@
 """Every Prometheus metric the gateway exports, defined in one place.
 
-Labels are bounded sets (experiment, arm, upstream, status class, reason): never a
-user or a response id. Each app gets its own registry, so tests and several apps in
-one process never share counters.
+Names follow Prometheus conventions: base units (``_seconds``), counters exposed with
+``_total`` (prometheus-client appends it), and labels from bounded sets (experiment,
+arm, upstream, status class, reason, rating) — never a user or a response id.
+
+Three kinds of value:
+
+* **Per-process** counters, histograms, summaries and gauges, updated as requests are
+  served. Each app gets its own registry, so tests and several apps in one process never
+  share them. Under ``gateway serve --workers N`` they live in prometheus-client's
+  multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, wiped by :func:`prepare_multiprocess_dir`
+  before the workers start) and ``/metrics`` sums them over every worker, whichever one
+  answers the scrape; gauges say how in ``multiprocess_mode``.
+* **Live state**, read by the worker that answers the scrape (:class:`ScrapeState`):
+  experiment weights (the same on every worker), and circuit-breaker states per upstream.
+* **Retrain** (a batch job, not a server): what ``retrain run`` records in Redis
+  (``fw:retrain:runs``, the job registry and the run locks), read at scrape time by
+  :func:`read_retrain`, so no Pushgateway is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,14 +40,163 @@ from prometheus_client import (
     Summary,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from redis.exceptions import RedisError
+
+from . import keys
+
+log = logging.getLogger(__name__)
 
 # LLM latencies span from a cached 10 ms answer to a two-minute generation.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# What ``retrain run`` ends with (``retrain/cycle.py``), and a job's statuses
+# (``retrain/jobs.py``): the bounded label values of the retrain gauges.
+RETRAIN_OUTCOMES = (
+    "canary", "nothing_new", "below_minimum", "rejected", "cancelled", "over_cost_cap", "failed",
+)  # fmt: skip
+JOB_STATUSES = (
+    "queued", "running", "staging", "evaluating", "cancelling",
+    "registered", "rejected", "failed", "cancelled",
+)  # fmt: skip
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+def prepare_multiprocess_dir(path: str | Path) -> Path:
+    """Create ``path`` empty (files of an earlier run would be counted again)."""
+    p = Path(path)
+    if p.exists():
+        shutil.rmtree(p)
+    p.mkdir(parents=True)
+    return p
+
+
+@dataclass
+class ScrapeState:
+    """What ``/metrics`` reads at scrape time, beside the per-process metrics."""
+
+    weights: dict[tuple[str, str], float] = field(default_factory=dict)  # (exp, arm) → share
+    replicas: dict[tuple[str, str], int] = field(default_factory=dict)  # (upstream, state) → n
+    retrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # exp → run summary
+
+
+class _ScrapeCollector:
+    """Renders a :class:`ScrapeState` (a custom collector: never in multiprocess files)."""
+
+    def __init__(self) -> None:
+        self.state = ScrapeState()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names are not registered: the state changes at every scrape
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        weight = GaugeMetricFamily(
+            "flywheel_experiment_weight",
+            "Intended share of each arm in [0, 1], from the live experiment state",
+            labels=["experiment", "arm"],
+        )
+        for (exp, arm), share in sorted(s.weights.items()):
+            weight.add_metric([exp, arm], share)
+        yield weight
+        replicas = GaugeMetricFamily(
+            "flywheel_upstream_replicas",
+            "Replicas of each upstream by circuit-breaker state (closed, open, half_open), "
+            "as seen by the worker that answered the scrape",
+            labels=["upstream", "state"],
+        )
+        for (upstream, state), n in sorted(s.replicas.items()):
+            replicas.add_metric([upstream, state], n)
+        yield replicas
+        yield from _retrain_families(s.retrain)
+
+
+def _retrain_families(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    last = GaugeMetricFamily(
+        "flywheel_retrain_last_run_timestamp_seconds",
+        "When the last retrain run of the experiment finished (Unix time)",
+        labels=["experiment"],
+    )
+    success = GaugeMetricFamily(
+        "flywheel_retrain_last_success_timestamp_seconds",
+        "When a retrain run of the experiment last finished without error (Unix time)",
+        labels=["experiment"],
+    )
+    outcome = GaugeMetricFamily(
+        "flywheel_retrain_last_run_outcome",
+        "1 for the outcome of the experiment's last retrain run, 0 for the others",
+        labels=["experiment", "outcome"],
+    )
+    running = GaugeMetricFamily(
+        "flywheel_retrain_running",
+        "1 while a retrain run of the experiment holds its lock",
+        labels=["experiment"],
+    )
+    examples = GaugeMetricFamily(
+        "flywheel_retrain_dataset_examples",
+        "Examples per split of the dataset version the last retrain run trained on",
+        labels=["experiment", "split"],
+    )
+    job = GaugeMetricFamily(
+        "flywheel_retrain_job_status",
+        "1 for the current status of the experiment's latest fine-tuning job, 0 for the others",
+        labels=["experiment", "status"],
+    )
+    for exp, run in sorted(runs.items()):
+        if run.get("finished") is not None:
+            last.add_metric([exp], float(run["finished"]))
+            for name in RETRAIN_OUTCOMES:
+                outcome.add_metric([exp, name], 1.0 if run.get("outcome") == name else 0.0)
+        if run.get("last_success") is not None:
+            success.add_metric([exp], float(run["last_success"]))
+        running.add_metric([exp], 1.0 if run.get("running") else 0.0)
+        for split, n in sorted((run.get("examples") or {}).items()):
+            examples.add_metric([exp, str(split)], float(n))
+        if run.get("job_status") is not None:
+            for name in JOB_STATUSES:
+                job.add_metric([exp, name], 1.0 if run["job_status"] == name else 0.0)
+    yield from (last, success, outcome, running, examples, job)
+
+
+async def read_retrain(redis: aioredis.Redis, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Each experiment's last ``retrain run`` (``fw:retrain:runs``), whether one is running
+    now (its lock) and its latest job's status; empty when Redis does not answer."""
+    try:
+        return await asyncio.wait_for(_read_retrain(redis), timeout_s)
+    except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        log.debug("retrain metrics unavailable: %s", exc)
+        return {}
+
+
+async def _read_retrain(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
+    raw = await redis.hgetall(keys.RETRAIN_RUNS)
+    runs = {keys.text(k): orjson.loads(v) for k, v in raw.items()}
+    if not runs:
+        return {}
+    names = sorted(runs)
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(keys.run_lock(name))
+        pipe.get(keys.job(str(runs[name].get("job") or "-")))
+    replies = await pipe.execute()
+    for i, name in enumerate(names):
+        runs[name]["running"] = bool(replies[2 * i])
+        job = keys.decode(replies[2 * i + 1])
+        runs[name]["job_status"] = job.get("status") if job else None
+    return runs
+
 
 class Metrics:
     def __init__(self) -> None:
+        # prometheus-client picked its value storage when it was imported, from the same
+        # variable: set it before a worker starts (``gateway serve --workers N`` does).
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self.scrape = _ScrapeCollector()
+        r.register(self.scrape)
         self.requests = Counter(
             "flywheel_requests",
             "Chat completion requests by experiment, arm (the model that answered) and status",
@@ -40,6 +214,13 @@ class Metrics:
             "flywheel_time_to_first_token_seconds",
             "Time from request received to the first streamed content chunk",
             ["experiment", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "flywheel_upstream_request_duration_seconds",
+            "Time from sending a request upstream to its last byte (or its failure)",
+            ["upstream"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -62,7 +243,10 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "flywheel_requests_in_flight", "Chat completion requests being served", registry=r
+            "flywheel_requests_in_flight",
+            "Chat completion requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.log_written = Counter(
             "flywheel_log_written", "Interaction records written to Redis", registry=r
@@ -73,7 +257,10 @@ class Metrics:
             registry=r,
         )
         self.log_queue_depth = Gauge(
-            "flywheel_log_queue_depth", "Interaction records waiting to be written", registry=r
+            "flywheel_log_queue_depth",
+            "Interaction records waiting to be written",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.log_write_errors = Counter(
             "flywheel_log_write_errors", "Failed batch writes to Redis (retried)", registry=r
@@ -92,18 +279,6 @@ class Metrics:
             registry=r,
         )
 
-        self.experiment_weight = Gauge(
-            "flywheel_experiment_weight",
-            "Intended share of each arm in [0, 1], from the live experiment state",
-            ["experiment", "arm"],
-            registry=r,
-        )
-        self.upstream_replicas = Gauge(
-            "flywheel_upstream_replicas",
-            "Replicas of each upstream by circuit-breaker state (closed, open, half_open)",
-            ["upstream", "state"],
-            registry=r,
-        )
         self.shadow_requests = Counter(
             "flywheel_shadow_requests",
             "Requests copied to an experiment's shadow model, by status (ok, error)",
@@ -117,5 +292,19 @@ class Metrics:
             registry=r,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def close(self) -> None:
+        """The app stops: the "live" gauges forget this worker (its counters stay)."""
+        if self.multiprocess_dir:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def render(self, state: ScrapeState | None = None) -> bytes:
+        """The text exposition: every worker's metrics (multiprocess mode) or this
+        process's, and ``state`` read at scrape time."""
+        if state is not None:
+            self.scrape.state = state
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self.scrape)
+        return generate_latest(merged)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -91,6 +91,7 @@ class Call:
     replica: Replica
     resp: aiohttp.ClientResponse | None = None
     ended: bool = False
+    started: float = field(default_factory=time.perf_counter)
 
 
 def _auth(up: Upstream) -> dict[str, str]:
@@ -137,6 +138,9 @@ class UpstreamClient:
             return
         call.ended = True
         call.replica.outstanding -= 1
+        self._metrics.upstream_duration.labels(call.target.upstream_name).observe(
+            time.perf_counter() - call.started
+        )
         if exc is not None and retryable(exc):
             call.replica.breaker.failure(time.monotonic())
         else:

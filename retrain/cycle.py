@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,8 @@ from gateway import keys
 from gateway.config import Settings
 
 from . import evaluate
-from .dataset import BELOW_MINIMUM, BUSY, OK, Builder, Lock, alive, crash_point
-from .jobs import FINAL, JobStore
+from .dataset import BELOW_MINIMUM, BUSY, OK, OVER_COST_CAP, Builder, Lock, alive, crash_point
+from .jobs import FINAL, JobStore, record_run
 
 FAILED, REJECTED = 1, 6
 
@@ -120,9 +121,30 @@ def run(
     if holder is not None:
         return RunResult(BUSY, f"another run of '{experiment}' holds the lock ({holder})")
     try:
-        return _run(client, settings, experiment, provider or settings.retrain.provider, log)
+        record_run(client, experiment, started=time.time())
+        try:
+            result = _run(client, settings, experiment, provider or settings.retrain.provider, log)
+        except Exception:
+            record_run(client, experiment, finished=time.time(), outcome="failed",
+                       exit_code=FAILED)  # fmt: skip
+            raise
+        now = time.time()
+        record_run(client, experiment, finished=now, outcome=outcome(result),
+                   exit_code=result.exit_code)  # fmt: skip
+        if result.exit_code in (OK, BELOW_MINIMUM, REJECTED):  # ran as it should
+            record_run(client, experiment, last_success=now)
+        return result
     finally:
         lock.release()
+
+
+def outcome(result: RunResult) -> str:
+    """The run's end as ``flywheel_retrain_last_run_outcome`` names it."""
+    if result.exit_code == OK:
+        status = (result.job or {}).get("status")
+        return {"registered": "canary", "cancelled": "cancelled"}.get(str(status), "nothing_new")
+    return {BELOW_MINIMUM: "below_minimum", REJECTED: "rejected",
+            OVER_COST_CAP: "over_cost_cap"}.get(result.exit_code, "failed")  # fmt: skip
 
 
 def _run(
@@ -145,6 +167,8 @@ def _run(
     job = store.create(experiment=experiment, provider=provider, dataset_id=dataset_id,
                        dataset_path=str(built.path), dataset_parent=built.manifest["parent"],
                        runner=f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
+    record_run(client, experiment, job=job["id"], dataset=dataset_id,
+               examples=built.manifest["counts"])  # fmt: skip
     name = f"{experiment}-{job['id'].removeprefix('ftjob-')}"
     log(f"{job['id']}: training a {provider} candidate on {dataset_id}")
     try:

@@ -10,6 +10,9 @@ A job is one JSON document at ``fw:job:{id}`` (ids in ``fw:jobs`` by creation ti
 Statuses: ``queued`` → ``running`` → ``staging`` → ``evaluating`` → ``registered`` or
 ``rejected``; or ``failed`` / ``cancelled`` at any point. ``cancelling`` asks a running
 job to stop.
+
+Each experiment's last ``retrain run`` is summed up in ``fw:retrain:runs``
+(:func:`record_run`): the gateway's ``/metrics`` reads it (``flywheel_retrain_*``).
 """
 
 from __future__ import annotations
@@ -61,3 +64,14 @@ class JobStore:
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         ids: list[bytes] = self.client.zrevrange(keys.JOBS, 0, limit - 1)  # type: ignore[assignment]
         return [j for j in (self.get(keys.text(i)) for i in ids) if j is not None]
+
+
+def record_run(client: redis.Redis, experiment: str, **fields: Any) -> None:
+    """Merge ``fields`` into the summary of the experiment's last run (``fw:retrain:runs``).
+
+    Written only by the run that holds the experiment's run lock, so never concurrently.
+    """
+    raw: bytes | None = client.hget(keys.RETRAIN_RUNS, experiment)  # type: ignore[assignment]
+    doc = keys.decode(raw) or {}
+    doc.update(fields)
+    client.hset(keys.RETRAIN_RUNS, experiment, orjson.dumps(doc))

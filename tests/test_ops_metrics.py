@@ -1,0 +1,124 @@
+"""The metrics catalogue: summed over ``--workers N``, and retrain's state read from Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from .faulty_upstream import FaultyUpstream
+from .ops_gateway import EXPERIMENT, ServedGateway, chat, fixed_config, rate
+from .services import RedisProcess
+
+
+@pytest.fixture(scope="module")
+def ops_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    proc = RedisProcess(tmp_path_factory.mktemp("ops-redis"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def samples(gw: ServedGateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of one scrape, on a fresh connection (any worker may answer)."""
+    text = httpx.get(gw.url + "/metrics").text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+          **labels: str) -> float:  # fmt: skip
+    want = set(labels.items())
+    return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
+
+
+def test_metrics_count_the_requests_of_every_worker(
+    faulty: FaultyUpstream, ops_redis: RedisProcess, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_99999999.db").write_bytes(b"left by an earlier run")
+    gw = ServedGateway(
+        fixed_config(faulty.base_url, ops_redis.url, tmp_path),
+        tmp_path / "gw",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        workers=2,
+    ).start()
+    try:
+        n = 60
+        arms = [chat(gw, f"user-{i}", stream=i % 3 == 0)[1] for i in range(n)]
+        # Both workers served requests: each wrote its own file of counters.
+        pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(pids) == 2, sorted(metrics_dir.iterdir())
+        assert "99999999" not in pids  # the directory was emptied at start
+        for _ in range(8):  # whichever worker answers the scrape, the sums are the same
+            s = samples(gw)
+            assert total(s, "flywheel_requests_total", experiment=EXPERIMENT, status="2xx") == n
+            assert total(s, "flywheel_request_duration_seconds_count", experiment=EXPERIMENT) == n
+            assert total(s, "flywheel_upstream_request_duration_seconds_count",
+                         upstream="fixed") == n  # fmt: skip
+            assert total(s, "flywheel_tokens_total", kind="completion") == 3 * n
+            assert total(s, "flywheel_time_to_first_token_seconds_count") == (n + 2) // 3
+            assert total(s, "flywheel_requests_in_flight") == 0
+            assert total(s, "flywheel_experiment_weight", experiment=EXPERIMENT,
+                         arm="fixed-b") == 0.5  # fmt: skip
+            assert total(s, "flywheel_upstream_replicas", upstream="fixed", state="closed") == 1
+            for arm in ("fixed-a", "fixed-b"):
+                assert total(s, "flywheel_requests_total", arm=arm) == arms.count(arm) > 0
+    finally:
+        gw.stop()
+    assert not any(metrics_dir.glob("gauge_live*_*.db"))  # exited workers are forgotten
+
+
+def test_retrain_runs_are_exposed_from_redis(
+    faulty: FaultyUpstream, ops_redis: RedisProcess, tmp_path: Path
+) -> None:
+    """``retrain run`` records its outcome in Redis; any gateway replica exposes it."""
+    prices = [{"provider": "openai", "model": "gpt-4o-mini-2024-07-18", "per_1m_tokens": 3.0}]
+    config = fixed_config(faulty.base_url, ops_redis.url, tmp_path)
+    config["retrain"].update(prices=prices, cost_cap=1e-9)
+    gw = ServedGateway(config, tmp_path / "gw").start()
+    try:
+        for i in range(3):
+            rid, _ = chat(gw, f"r{i}")
+            rate(gw, rid, "up")
+
+        def retrain_run(experiment: str) -> int:
+            cfg = tmp_path / "retrain.yaml"
+            cfg.write_text(yaml.safe_dump(config))
+            return subprocess.run(
+                [sys.executable, "-m", "retrain", "run", "--experiment", experiment,
+                 "--config", str(cfg)],
+                capture_output=True, timeout=120,
+            ).returncode  # fmt: skip
+
+        t0 = time.time()
+        assert retrain_run(EXPERIMENT) == 3  # over the cost cap: a failure to alert on
+        assert retrain_run("ops-quiet") == 4  # no ratings: too few examples, as it should
+        s = samples(gw)
+    finally:
+        gw.stop()
+
+    def value(name: str, **labels: str) -> float:
+        return total(s, name, **labels)
+
+    assert value("flywheel_retrain_last_run_outcome", experiment=EXPERIMENT,
+                 outcome="over_cost_cap") == 1  # fmt: skip
+    assert value("flywheel_retrain_last_run_outcome", experiment=EXPERIMENT) == 1
+    assert value("flywheel_retrain_last_run_outcome", experiment="ops-quiet",
+                 outcome="below_minimum") == 1  # fmt: skip
+    assert t0 <= value("flywheel_retrain_last_run_timestamp_seconds", experiment=EXPERIMENT)
+    assert ("flywheel_retrain_last_success_timestamp_seconds",
+            frozenset({("experiment", EXPERIMENT)})) not in s  # fmt: skip
+    assert t0 <= value("flywheel_retrain_last_success_timestamp_seconds", experiment="ops-quiet")
+    assert value("flywheel_retrain_running") == 0
