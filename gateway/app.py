@@ -269,7 +269,10 @@ def create_app(settings: Settings) -> FastAPI:
         scrape = ScrapeState(retrain=await read_retrain(st.redis))
         for name, exp in st.control.router.experiments.items():
             total = sum(a.weight for a in exp.arms) or 1.0
-            scrape.weights.update({(name, a.model): a.weight / total for a in exp.arms})
+            scrape.controls[name] = exp.control_arm
+            for a in exp.arms:
+                scrape.weights[(name, a.model)] = a.weight / total
+                metrics.initialise_arm(name, a.model)
         for name, pool in st.upstream.pools.items():
             scrape.replicas.update({(name, s): n for s, n in pool.states().items()})
         return Response(

@@ -13,7 +13,8 @@ Three kinds of value:
   before the workers start) and ``/metrics`` sums them over every worker, whichever one
   answers the scrape; gauges say how in ``multiprocess_mode``.
 * **Live state**, read by the worker that answers the scrape (:class:`ScrapeState`):
-  experiment weights (the same on every worker), and circuit-breaker states per upstream.
+  experiment weights and control arms (the same on every worker), and circuit-breaker
+  states per upstream (that worker's).
 * **Retrain** (a batch job, not a server): what ``retrain run`` records in Redis
   (``fw:retrain:runs``, the job registry and the run locks), read at scrape time by
   :func:`read_retrain`, so no Pushgateway is needed.
@@ -79,6 +80,7 @@ class ScrapeState:
     """What ``/metrics`` reads at scrape time, beside the per-process metrics."""
 
     weights: dict[tuple[str, str], float] = field(default_factory=dict)  # (exp, arm) → share
+    controls: dict[str, str] = field(default_factory=dict)  # experiment → its control arm
     replicas: dict[tuple[str, str], int] = field(default_factory=dict)  # (upstream, state) → n
     retrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # exp → run summary
 
@@ -102,6 +104,14 @@ class _ScrapeCollector:
         for (exp, arm), share in sorted(s.weights.items()):
             weight.add_metric([exp, arm], share)
         yield weight
+        control = GaugeMetricFamily(
+            "flywheel_experiment_control",
+            "1 for the experiment's control arm (candidates are compared with it), 0 for others",
+            labels=["experiment", "arm"],
+        )
+        for exp, arm in sorted(s.weights):
+            control.add_metric([exp, arm], 1.0 if s.controls.get(exp) == arm else 0.0)
+        yield control
         replicas = GaugeMetricFamily(
             "flywheel_upstream_replicas",
             "Replicas of each upstream by circuit-breaker state (closed, open, half_open), "
@@ -291,6 +301,14 @@ class Metrics:
             ["experiment", "arm"],
             registry=r,
         )
+
+    def initialise_arm(self, experiment: str, arm: str) -> None:
+        """Create an arm's series at 0 before its first request, so that ``rate()`` and
+        ratios see them start (Prometheus's advice for known label values)."""
+        for status in ("2xx", "4xx", "5xx"):
+            self.requests.labels(experiment, arm, status)
+        self.request_duration.labels(experiment, arm)
+        self.feedback_score.labels(experiment, arm)
 
     def close(self) -> None:
         """The app stops: the "live" gauges forget this worker (its counters stay)."""

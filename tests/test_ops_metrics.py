@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -55,12 +56,18 @@ def test_metrics_count_the_requests_of_every_worker(
         workers=2,
     ).start()
     try:
-        n = 60
-        arms = [chat(gw, f"user-{i}", stream=i % 3 == 0)[1] for i in range(n)]
-        # Both workers served requests: each wrote its own file of counters.
-        pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
-        assert len(pids) == 2, sorted(metrics_dir.iterdir())
-        assert "99999999" not in pids  # the directory was emptied at start
+        arms: list[str] = []
+
+        def pids() -> set[str]:  # a worker writes its own file once it counts something
+            return {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+
+        with ThreadPoolExecutor(8) as pool:  # concurrent connections: both workers accept
+            while len(arms) < 60 or (len(pids()) < 2 and len(arms) < 2000):
+                batch = range(len(arms), len(arms) + 30)
+                arms += pool.map(lambda i: chat(gw, f"user-{i}", stream=i % 3 == 0)[1], batch)
+        n = len(arms)
+        assert len(pids()) == 2, sorted(metrics_dir.iterdir())
+        assert "99999999" not in pids()  # the directory was emptied at start
         for _ in range(8):  # whichever worker answers the scrape, the sums are the same
             s = samples(gw)
             assert total(s, "flywheel_requests_total", experiment=EXPERIMENT, status="2xx") == n
@@ -91,7 +98,7 @@ def test_retrain_runs_are_exposed_from_redis(
     try:
         for i in range(3):
             rid, _ = chat(gw, f"r{i}")
-            rate(gw, rid, "up")
+            rate(gw, rid, "down", correction=f"The right answer, number {i}.")
 
         def retrain_run(experiment: str) -> int:
             cfg = tmp_path / "retrain.yaml"

@@ -1,0 +1,189 @@
+"""A real Prometheus (Debian's package) scrapes a running gateway: the PromQL an operator
+writes — per-arm request rate, p95 latency, mean score per arm — gives the right answers,
+the chart's rules load and record, and every dashboard query runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from gateway.localstack import free_port, tail
+from gateway.metrics import LATENCY_BUCKETS
+
+from .faulty_upstream import FaultyUpstream
+from .ops_catalogue import ALERTS, dashboard_expressions
+from .ops_gateway import EXPERIMENT, ServedGateway, chat, fixed_config, rate
+from .services import RedisProcess
+
+PROMETHEUS = shutil.which("prometheus")
+SCORE = {"fixed-a": 2, "fixed-b": 4}  # stars: scores 0.25 and 0.75
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, target: str) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.config = workdir / "prometheus.yml"
+        rules = yaml.safe_load(ALERTS.read_text())
+        for group in rules["groups"]:
+            group["interval"] = "1s"  # as the scrapes: no waiting for the recording rules
+        (workdir / "alerts.yaml").write_text(yaml.safe_dump(rules))
+        self.config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["alerts.yaml"],
+            "scrape_configs": [{"job_name": "flywheel", "static_configs": [{"targets": [target]}]}],
+        }))  # fmt: skip
+        self.log = workdir / "prometheus.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Prometheus:
+        assert PROMETHEUS is not None
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={self.config}",
+                 f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited:\n{tail(self.log)}")
+            try:
+                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"prometheus not ready:\n{tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        resp = httpx.get(self.url + "/api/v1/query", params={"query": expr})
+        doc = resp.json()
+        assert doc["status"] == "success", (expr, doc)
+        result: list[dict[str, Any]] = doc["data"]["result"]
+        return result
+
+    def by(self, expr: str, label: str) -> dict[str, float]:
+        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr)}
+
+    def wait_for(
+        self, expr: str, label: str, want: set[str], timeout: float = 20
+    ) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.by(expr, label)
+            if want <= set(got) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServedGateway, Prometheus]]:
+    if PROMETHEUS is None:
+        reason = "prometheus is not installed (apt-get install prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the Prometheus tests", pytrace=False)
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("ops-prom")
+    redis = RedisProcess(tmp / "redis")
+    redis.start()
+    gw = ServedGateway(fixed_config(faulty.base_url, redis.url, tmp), tmp / "gw")
+    # Prometheus first: it takes a few seconds to start scraping, the gateway starts meanwhile.
+    prom = Prometheus(tmp, f"127.0.0.1:{gw.port}").start()
+    gw.start()
+    try:
+        yield gw, prom
+    finally:
+        prom.stop()
+        gw.stop()
+        redis.stop()
+
+
+def test_promql_answers_per_arm_rate_p95_and_mean_score(
+    stack: tuple[ServedGateway, Prometheus],
+) -> None:
+    gw, prom = stack
+    exp = f'experiment="{EXPERIMENT}"'
+    total = f"sum by (arm) (flywheel_requests_total{{{exp}}})"
+    # The gateway exposes each arm's series at 0 before its first request.
+    assert prom.wait_for(total, "arm", {"fixed-a", "fixed-b"}) == {"fixed-a": 0, "fixed-b": 0}
+    counts = {"fixed-a": 0, "fixed-b": 0}
+    slowest = 0.0
+    for i in range(120):  # over ~3 scrapes
+        t0 = time.perf_counter()
+        rid, arm = chat(gw, f"user-{i}", stream=i % 2 == 0)
+        slowest = max(slowest, time.perf_counter() - t0)
+        counts[arm] += 1
+        rate(gw, rid, SCORE[arm])
+        time.sleep(0.02)
+    assert min(counts.values()) > 0
+
+    deadline = time.monotonic() + 20
+    while prom.by(total, "arm") != {a: float(n) for a, n in counts.items()}:
+        assert time.monotonic() < deadline, (prom.by(total, "arm"), counts)
+        time.sleep(0.25)
+
+    rates = prom.by(f"sum by (arm) (rate(flywheel_requests_total{{{exp}}}[1m]))", "arm")
+    assert set(rates) == set(counts) and all(r > 0 for r in rates.values())
+    # Both arms' series started at 0 and are sampled at the same instants, so rate()
+    # extrapolates both alike: their ratio is the ratio of the requests each arm got.
+    assert rates["fixed-a"] / rates["fixed-b"] == pytest.approx(
+        counts["fixed-a"] / counts["fixed-b"], rel=1e-6
+    )
+
+    p95 = prom.by(
+        "histogram_quantile(0.95, sum by (arm, le) "
+        f"(rate(flywheel_request_duration_seconds_bucket{{{exp}}}[1m])))",
+        "arm",
+    )
+    assert set(p95) == set(counts)
+    # No request took the gateway longer than the slowest the client saw, so p95 lies at
+    # most at the upper bound of that one's bucket.
+    bound = min(b for b in LATENCY_BUCKETS if b >= slowest)
+    assert all(0 < v <= bound for v in p95.values()), (p95, slowest)
+
+    mean = prom.by(
+        f"sum by (arm) (rate(flywheel_feedback_score_sum{{{exp}}}[1m]))"
+        f" / sum by (arm) (rate(flywheel_feedback_score_count{{{exp}}}[1m]))",
+        "arm",
+    )
+    assert mean == pytest.approx({"fixed-a": 0.25, "fixed-b": 0.75})
+
+    # The chart's recording rules evaluate on the same data, as the alerts read them.
+    recorded = prom.wait_for(f"flywheel:arm_score:mean1h{{{exp}}}", "arm", set(counts))
+    assert recorded == pytest.approx({"fixed-a": 0.25, "fixed-b": 0.75})
+    control = prom.wait_for("flywheel:control_score:mean1h", "experiment", {EXPERIMENT})
+    assert control[EXPERIMENT] == pytest.approx(0.25)  # the control is the first arm
+    rules = httpx.get(prom.url + "/api/v1/rules").json()["data"]["groups"]
+    assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
+
+
+def test_every_dashboard_query_runs(stack: tuple[ServedGateway, Prometheus]) -> None:
+    _, prom = stack
+    for title, expr in dashboard_expressions().items():
+        if expr.startswith("label_values("):  # Grafana's own function: its metric is checked
+            expr = expr.removeprefix("label_values(").rsplit(",", 1)[0]
+        expr = (expr.replace("$__rate_interval", "1m").replace("$__interval", "15s")
+                .replace("$experiment", ".*").replace("$arm", ".*"))  # fmt: skip
+        assert isinstance(prom.query(expr), list), title
