@@ -77,6 +77,8 @@ def request_id(request: Request) -> str:
 def gateway_error_response(exc: GatewayError, rid: str) -> Response:
     """The error in OpenAI's shape, with its headers, the request id and, for 401, the
     authentication scheme: for both the FastAPI handler and :func:`serving_app`."""
+    if exc.status >= 500:  # ours or an upstream's failure: operators need the reason
+        log.warning("request %s failed with %d %s: %s", rid, exc.status, exc.code, exc.message)
     headers = dict(exc.headers or {})
     headers.setdefault("x-request-id", rid)
     if exc.status == 401:

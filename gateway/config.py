@@ -255,6 +255,15 @@ class Retrain(_Strict):
     canary_share: float = Field(0.05, gt=0, lt=1, description="a new candidate's first share")
 
 
+class RedisPool(_Strict):
+    max_connections: int = Field(
+        100, ge=1, description="connections per gateway process; more requests wait for one"
+    )
+    wait_s: float = Field(
+        5.0, gt=0, description="how long a request waits for a free connection before 503"
+    )
+
+
 class Limits(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
@@ -266,6 +275,7 @@ class Settings(BaseSettings):
 
     listen: Listen = Listen()
     redis_url: str | None = None
+    redis_pool: RedisPool = RedisPool()
     data_dir: Path = Path("./data")
     id_secret: SecretStr | None = None
     auth: Auth = Auth()

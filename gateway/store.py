@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .config import Settings
+from .config import RedisPool, Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,27 @@ def start_embedded(data_dir: Path) -> Embedded:
     return Embedded(server=server, url=f"unix://{server.socket_file}")
 
 
-def connect(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, **_CLIENT_OPTS)
+def connect(url: str, pool: RedisPool | None = None) -> aioredis.Redis:
+    """A client whose pool makes a burst wait for a free connection instead of failing.
+
+    redis-py's default pool refuses the 101st concurrent command outright ("Too many
+    connections"), which turned a burst of 200 ratings into a few 503s. A blocking pool
+    keeps the same bound on connections to Redis and queues the rest for ``wait_s``.
+    """
+    pool = pool or RedisPool()
+    return aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool.max_connections, timeout=pool.wait_s, **_CLIENT_OPTS
+        )
+    )
 
 
 async def open_store(settings: Settings) -> tuple[aioredis.Redis, Embedded | None]:
     """Connect to ``redis_url``, or start the embedded server when none is set."""
     if settings.redis_url:
-        return connect(settings.redis_url), None
+        return connect(settings.redis_url, settings.redis_pool), None
     embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
-    return connect(embedded.url), embedded
+    return connect(embedded.url, settings.redis_pool), embedded
 
 
 async def ping(client: aioredis.Redis) -> str | None:

@@ -85,6 +85,9 @@ def gateway_config(vllm_url: str, faulty_url: str, redis_url: str, **extra: Any)
             "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
         },
         "control": {"replica_refresh_s": 1, "decide_s": 0.5},
+        # Far fewer connections than the 200-rating burst of test_feedback: a burst must
+        # queue for a connection, never fail for want of one.
+        "redis_pool": {"max_connections": 16},
         "upstreams": {
             "local": {"kind": "vllm", "base_url": vllm_url, "timeout_s": 60},
             "dead": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
