@@ -11,8 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from retrain.jobs import JobStore, record_run
 
 from .faulty_upstream import FaultyUpstream
 from .ops_gateway import EXPERIMENT, ServedGateway, chat, fixed_config, rate
@@ -112,6 +115,12 @@ def test_retrain_runs_are_exposed_from_redis(
         t0 = time.time()
         assert retrain_run(EXPERIMENT) == 3  # over the cost cap: a failure to alert on
         assert retrain_run("ops-quiet") == 4  # no ratings: too few examples, as it should
+        # What a run that trains records once its dataset is built (retrain/cycle.py).
+        client = redis.Redis.from_url(ops_redis.url)
+        job = JobStore(client).create(experiment="ops-later", provider="local")
+        record_run(client, "ops-later", job=job["id"], examples={"train": 40, "test": 5})
+        JobStore(client).update(job["id"], status="evaluating")
+        client.close()
         s = samples(gw)
     finally:
         gw.stop()
@@ -129,3 +138,6 @@ def test_retrain_runs_are_exposed_from_redis(
             frozenset({("experiment", EXPERIMENT)})) not in s  # fmt: skip
     assert t0 <= value("flywheel_retrain_last_success_timestamp_seconds", experiment="ops-quiet")
     assert value("flywheel_retrain_running") == 0
+    assert value("flywheel_retrain_dataset_examples", experiment="ops-later", split="train") == 40
+    assert value("flywheel_retrain_job_status", experiment="ops-later", status="evaluating") == 1
+    assert value("flywheel_retrain_job_status", experiment="ops-later") == 1
