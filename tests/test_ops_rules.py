@@ -4,6 +4,7 @@ they read is one the gateway exports."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -56,3 +57,27 @@ def test_the_catalogue_follows_prometheus_naming() -> None:
             "flywheel_feedback_score_sum", "flywheel_retrain_last_run_timestamp_seconds",
             "flywheel_retrain_dataset_examples", "flywheel_retrain_job_status",
             "flywheel_experiment_weight", "flywheel_upstream_replicas"} <= set(names)  # fmt: skip
+
+
+def test_the_readme_documents_every_metric() -> None:
+    """The README's Metrics table and the registry list the same metrics."""
+    readme = (CHART.parent.parent / "README.md").read_text()
+    table = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name
+        for row in table.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`(flywheel_[a-z0-9_]+)`", row.split("|")[1])
+    }
+    exposed = set()
+    for name, kind in catalogue().items():
+        if kind == "counter" and name.endswith("_total"):
+            exposed.add(name)
+        elif kind in ("histogram", "summary") and name.endswith("_count"):
+            exposed.add(name.removesuffix("_count"))
+        elif kind == "gauge":
+            exposed.add(name)
+    assert documented == exposed, (
+        f"not in the README: {sorted(exposed - documented)}; "
+        f"not exported: {sorted(documented - exposed)}"
+    )
