@@ -16,7 +16,8 @@
     DELETE /admin/models/{name}                    unregister (and unload the adapter)
 
 The logic lives in :mod:`gateway.control`; this module only authenticates, reads
-bodies and renders JSON.
+bodies and renders JSON. Names may hold ``/`` (``team/support``): the routes with a
+suffix (``/arms``, ...) are matched before ``/admin/experiments/{name}``.
 """
 
 from __future__ import annotations
@@ -50,40 +51,40 @@ def add_admin_routes(app: FastAPI) -> None:
         control, _ = admin(request)
         return _json({"object": "list", "data": await control.states()})
 
-    @app.get("/admin/experiments/{name}")
-    async def get_experiment(request: Request, name: str) -> Response:
-        control, _ = admin(request)
-        return _json(await control.state(name))
-
-    @app.put("/admin/experiments/{name}")
-    async def put_experiment(request: Request, name: str) -> Response:
-        control, who = admin(request)
-        return _json(await control.put(name, await body(request), who))
-
-    @app.post("/admin/experiments/{name}/arms")
+    @app.post("/admin/experiments/{name:path}/arms")
     async def add_arm(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.add_arm(name, await body(request), who))
 
-    @app.post("/admin/experiments/{name}/promote")
+    @app.post("/admin/experiments/{name:path}/promote")
     async def promote(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.promote(name, await body(request), who))
 
-    @app.post("/admin/experiments/{name}/rollback")
+    @app.post("/admin/experiments/{name:path}/rollback")
     async def rollback(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.rollback(name, who))
 
-    @app.get("/admin/experiments/{name}/history")
+    @app.get("/admin/experiments/{name:path}/history")
     async def history(request: Request, name: str) -> Response:
         control, _ = admin(request)
         return _json({"object": "list", "experiment": name, "data": await control.history(name)})
 
-    @app.get("/admin/experiments/{name}/report")
+    @app.get("/admin/experiments/{name:path}/report")
     async def report(request: Request, name: str) -> Response:
         control, _ = admin(request)
         return _json(await control.report(name))
+
+    @app.get("/admin/experiments/{name:path}")
+    async def get_experiment(request: Request, name: str) -> Response:
+        control, _ = admin(request)
+        return _json(await control.state(name))
+
+    @app.put("/admin/experiments/{name:path}")
+    async def put_experiment(request: Request, name: str) -> Response:
+        control, who = admin(request)
+        return _json(await control.put(name, await body(request), who))
 
     @app.get("/admin/models")
     async def list_models(request: Request) -> Response:

@@ -42,6 +42,7 @@ from .feedback import FeedbackService, maintain
 from .ids import IdIssuer, load_or_create_secret
 from .interaction_log import InteractionLog
 from .metrics import Metrics, ScrapeState, read_retrain
+from .openapi import install as install_openapi
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,14 @@ def create_app(settings: Settings) -> FastAPI:
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
         return error_response(InvalidRequest(f"{param}: {first['msg']}", param=param))
 
+    @app.exception_handler(Exception)
+    async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+        rid = getattr(request.state, "request_id", "")
+        log.error("request %s failed", rid, exc_info=exc)
+        return error_response(
+            GatewayError("The gateway failed to handle the request."), {"x-request-id": rid}
+        )
+
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -282,6 +291,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     add_admin_routes(app)
+    install_openapi(app, settings)
 
     return app
 

@@ -37,18 +37,18 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .auth import KeyRing, Principal
-from .bodies import json_object, read_body
+from .bodies import read_body
 from .control import Control
-from .errors import GatewayError, InvalidRequest, PermissionDenied, UpstreamUnavailable
+from .errors import GatewayError, PermissionDenied, UpstreamUnavailable
 from .ids import IdIssuer
 from .interaction_log import InteractionLog
 from .metrics import Metrics
 from .routing import Route, Target
 from .upstream import Call, UpstreamClient, retryable
+from .validation import parse_chat_request
 
 log = logging.getLogger(__name__)
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -79,32 +79,6 @@ def conform(doc: dict[str, Any], key: str) -> None:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
-
-
-def parse_chat_request(body: bytes) -> dict[str, Any]:
-    """The fields routing needs, checked; everything else is the upstream's business."""
-    doc = json_object(body)
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
-    messages = doc.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            "'messages' is required and must be a non-empty array.", param="messages"
-        )
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
-        if m.get("role") not in ROLES:
-            raise InvalidRequest(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}.",
-                param=f"messages[{i}].role",
-            )
-    if not isinstance(doc.get("stream", False), bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    if not isinstance(doc.get("user", ""), str):
-        raise InvalidRequest("'user' must be a string.", param="user")
-    return doc
 
 
 @dataclass

@@ -88,7 +88,8 @@ class ModelVersion(_Strict):
 
 class Arm(_Strict):
     model: str
-    weight: float = Field(1.0, ge=0)
+    # Relative; bounded so that a sum of weights is always a finite number.
+    weight: float = Field(1.0, ge=0, le=1_000_000)
 
 
 class Decision(_Strict):

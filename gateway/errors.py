@@ -10,6 +10,7 @@
     ├── NotFound                      404 not_found_error
     ├── Conflict                      409 invalid_request_error (admin: state forbids it)
     ├── PayloadTooLarge               413 invalid_request_error
+    ├── UnsupportedMediaType          415 invalid_request_error (a body that is not JSON)
     ├── UpstreamError                 the upstream's own 4xx/5xx, passed through
     ├── UpstreamUnavailable           502 upstream_error (refused, reset, malformed)
     │   └── NoReplicaAvailable        502 upstream_error (circuit open, adapter not loaded)
@@ -100,6 +101,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class UpstreamError(GatewayError):

@@ -120,7 +120,9 @@ def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
     correction = _text(doc, "correction", cfg.max_correction_chars)
     if correction is not None and not correction.strip():
         raise InvalidRequest("'correction' must not be empty.", param="correction")
-    tags = doc.get("tags") or []
+    tags = doc.get("tags")
+    if tags is None:
+        tags = []
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise InvalidRequest("'tags' must be an array of non-empty strings.", param="tags")
     if len(tags) > cfg.max_tags or any(len(t) > cfg.max_tag_chars for t in tags):

@@ -1,0 +1,559 @@
+"""The gateway's OpenAPI description (``GET /openapi.json``), made truthful.
+
+The routes read their bodies raw (``bodies.py``) and the chat route is served outside
+FastAPI (``app.serving_app``), so FastAPI alone would describe no request body, no
+error and no key. :func:`install` replaces ``app.openapi`` with FastAPI's document
+completed from this module: each operation's request body, its responses (every error
+in OpenAI's shape, :data:`ERROR`), and bearer security.
+
+The schemas come from what the gateway enforces, never a copy kept by hand: the chat
+request from :data:`gateway.validation.PARAMS`, the admin bodies from the config's
+pydantic models, the rating limits from the running settings. ``tests/test_fuzz.py``
+fuzzes the gateway with this document (schemathesis) and checks every answer against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from .config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
+from .validation import CONTENT_REQUIRED, PARAMS
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+ERROR = {
+    "type": "object",
+    "description": "Every error, as OpenAI sends it (the openai SDK raises its exception).",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string", "minLength": 1},
+                "type": {"type": "string", "examples": ["invalid_request_error"]},
+                "param": {"type": ["string", "null"], "description": "the offending field"},
+                "code": {"type": ["string", "null"], "examples": ["model_not_found"]},
+            },
+        }
+    },
+}
+
+STATUS_TEXT = {
+    400: "Invalid request: `param` names the field",
+    401: "Missing or wrong API key",
+    403: "A client key where an admin key is needed",
+    404: "Not found",
+    409: "The current state forbids the change",
+    413: "Body over `limits.max_body_bytes`",
+    415: "Content-Type is not `application/json`",
+    429: "Rate limit or quota exceeded",
+    502: "The upstream failed (unreachable, reset, malformed, 5xx, every circuit open)",
+    503: "Redis (the store) is unavailable",
+    504: "The upstream did not answer in time",
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": STATUS_TEXT[s],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+        for s in statuses
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if description:
+        out["description"] = description
+    return out
+
+
+def _list(item: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": item},
+                       **extra},
+    }  # fmt: skip
+
+
+def chat_request_schema() -> dict[str, Any]:
+    content = {"anyOf": [{"type": "string"}, {"type": "array"}]}
+    message = {
+        "anyOf": [
+            {"type": "object", "required": ["role", "content"],
+             "properties": {"role": {"enum": sorted(CONTENT_REQUIRED)}, "content": content,
+                            "name": {"type": "string"}}},
+            {"type": "object", "required": ["role"],
+             "properties": {"role": {"const": "assistant"},
+                            "content": {"anyOf": [*content["anyOf"], {"type": "null"}]},
+                            "name": {"type": "string"}},
+             "description": "an assistant's content may be null or absent (tool calls)"},
+        ]
+    }  # fmt: skip
+    return {
+        "type": "object",
+        "description": (
+            "OpenAI's CreateChatCompletionRequest. The gateway checks the fields listed "
+            "here; any other field is forwarded to the upstream as sent, which judges it."
+        ),
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1,
+                      "description": "an experiment or a model (GET /v1/models)"},
+            "messages": {"type": "array", "minItems": 1, "items": message},
+            **{name: dict(p.schema) for name, p in PARAMS.items()},
+        },
+        "additionalProperties": True,
+    }  # fmt: skip
+
+
+CHAT_COMPLETION = {
+    "type": "object",
+    "description": "OpenAI's CreateChatCompletionResponse, with the gateway's id and model.",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^chatcmpl-"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string", "description": "the model that answered"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "message"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {"type": "object", "required": ["role"]},
+                    "finish_reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "usage": {
+            "type": "object",
+            "properties": {
+                k: {"type": "integer"}
+                for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+            },
+        },
+    },
+}
+
+
+CHAT_COMPLETION_CHUNK = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^chatcmpl-", "description": "the same in every chunk"},
+        "object": {"const": "chat.completion.chunk"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {"type": "object", "required": ["index", "delta"]}},
+    },
+}
+
+CHAT_COMPLETION_EVENT = {
+    "type": "object",
+    "description": "One server-sent event of a stream: a chunk, an error (the stream then "
+    "ends), or `[DONE]`.",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("Error")]},
+                },
+            ]
+        }
+    },
+}
+
+
+def feedback_request_schema(settings: Settings) -> dict[str, Any]:
+    fb = settings.feedback
+    text = {"type": ["string", "null"]}
+    return {
+        "type": "object",
+        "required": ["response_id", "rating"],
+        "properties": {
+            "response_id": {"type": "string", "minLength": 1,
+                            "description": "the `id` of a chat completion"},
+            "rating": {"anyOf": [{"enum": ["up", "down"]},
+                                 {"type": "integer", "minimum": 1, "maximum": 5}],
+                       "description": "thumbs, or 1 to 5 stars (score (n-1)/4)"},
+            "comment": {**text, "maxLength": fb.max_comment_chars},
+            "correction": {**text, "maxLength": fb.max_correction_chars, "pattern": r"\S",
+                           "description": "the answer the user wanted"},
+            "user": {**text, "maxLength": 256, "description": "the rater"},
+            "tags": {"type": ["array", "null"], "maxItems": fb.max_tags,
+                     "items": {"type": "string", "minLength": 1,
+                               "maxLength": fb.max_tag_chars}},
+        },
+        "additionalProperties": False,
+    }  # fmt: skip
+
+
+RATING = {
+    "type": "object",
+    "required": ["id", "object", "response_id", "rater", "rating", "score"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^fb-"},
+        "object": {"const": "feedback"},
+        "response_id": {"type": "string"},
+        "rater": {"type": "string"},
+        "rating": {"anyOf": [{"enum": ["up", "down"]}, {"type": "integer"}]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+FEEDBACK_CREATED = {
+    "type": "object",
+    "required": ["id", "object", "response_id", "rater", "score", "replaced"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^fb-"},
+        "object": {"const": "feedback"},
+        "response_id": {"type": "string"},
+        "rater": {"type": "string"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "replaced": {"type": "boolean", "description": "an earlier rating by this rater"},
+    },
+}
+
+MODEL_ENTRY = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by", "flywheel"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "flywheel": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": {"kind": {"enum": ["experiment", "model"]}},
+        },
+    },
+}
+
+
+def _state() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["object", "name", "version", "spec", "previous", "updated_by"],
+        "properties": {
+            "object": {"const": "experiment"},
+            "name": {"type": "string"},
+            "version": {"type": "integer", "minimum": 1},
+            "spec": _ref("Experiment"),
+            "previous": {"anyOf": [_ref("Experiment"), {"type": "null"}]},
+            "updated_at": {"type": "number"},
+            "updated_by": {"type": "string"},
+        },
+    }
+
+
+ADMIN_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "upstream", "model"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "source": {"enum": ["config", "registered"]},
+        "upstream": {"type": "string"},
+        "model": {"type": "string"},
+        "adapter_path": {"type": ["string", "null"]},
+    },
+}
+
+
+def register_schema() -> dict[str, Any]:
+    spec = ModelVersion.model_json_schema(ref_template=REF)
+    props = {k: v for k, v in spec["properties"].items()}
+    return {
+        "type": "object",
+        "description": "A model version to route to (`model` defaults to `name`).",
+        "required": ["name", "upstream"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN},
+            **props,
+            "lineage": {"type": ["object", "null"], "description": "where it came from"},
+        },
+        "additionalProperties": False,
+    }
+
+
+def _name_param(description: str) -> dict[str, Any]:
+    return {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+    }
+
+
+PUBLIC = (401, 403, 429)
+ADMIN = (401, 403, 503)
+BODY = (400, 413, 415)
+
+
+def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
+    """What each operation takes and answers, by (method, path)."""
+    exp_name = _name_param("an experiment")
+    experiment_body = _body(_ref("Experiment"), "the experiment's new spec")
+    return {
+        ("post", "/v1/chat/completions"): {
+            "summary": "Chat completion (OpenAI-compatible), routed by experiment",
+            "requestBody": _body(_ref("ChatCompletionRequest")),
+            "responses": {
+                "200": {
+                    "description": "The completion; with `stream: true`, server-sent events "
+                    "(`data: {chunk}` … `data: [DONE]`)",
+                    "content": {
+                        "application/json": {"schema": _ref("ChatCompletion")},
+                        "text/event-stream": {"schema": _ref("ChatCompletionEvent")},
+                    },
+                },
+                **_errors(400, *PUBLIC, 413, 415, 502, 503, 504),
+                "4XX": {
+                    "description": "The upstream's own 4xx, passed through with its message",
+                    "content": {"application/json": {"schema": _ref("Error")}},
+                },
+            },
+        },
+        ("post", "/v1/feedback"): {
+            "summary": "Rate a response",
+            "requestBody": _body(_ref("FeedbackRequest")),
+            "responses": {
+                "201": _json(_ref("FeedbackCreated"), "Stored (or replaced)"),
+                **_errors(*BODY, *PUBLIC, 404, 503),
+            },
+        },
+        ("get", "/v1/feedback/{response_id}"): {
+            "summary": "The current ratings of a response",
+            "responses": {
+                "200": _json(_list(_ref("Rating"), response_id={"type": "string"})),
+                **_errors(*PUBLIC, 404, 503),
+            },
+        },
+        ("get", "/v1/models"): {
+            "summary": "Experiments and models, in OpenAI's list shape",
+            "responses": {"200": _json(_list(_ref("Model"))), **_errors(*PUBLIC)},
+        },
+        ("get", "/healthz"): {
+            "summary": "The process is up",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"status": {"const": "ok"}}})
+            },
+        },
+        ("get", "/readyz"): {
+            "summary": "Redis and at least one upstream answer",
+            "security": [],
+            "responses": {
+                code: _json(
+                    {
+                        "type": "object",
+                        "required": ["status", "checks"],
+                        "properties": {
+                            "status": {"enum": ["ready", "not ready"]},
+                            "checks": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                        },
+                    },
+                    text,
+                )
+                for code, text in (("200", "Ready"), ("503", "Not ready: each check's reason"))
+            },
+        },
+        ("get", "/metrics"): {
+            "summary": "Prometheus metrics",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        },
+        ("get", "/admin/experiments"): {
+            "summary": "Every experiment's live state",
+            "responses": {"200": _json(_list(_ref("ExperimentState"))), **_errors(*ADMIN)},
+        },
+        ("get", "/admin/experiments/{name}"): {
+            "summary": "One experiment's live state",
+            "parameters": [exp_name],
+            "responses": {"200": _json(_ref("ExperimentState")), **_errors(*ADMIN, 404)},
+        },
+        ("put", "/admin/experiments/{name}"): {
+            "summary": "Create or replace an experiment",
+            "parameters": [exp_name],
+            "requestBody": experiment_body,
+            "responses": {"200": _json(_ref("ExperimentState")), **_errors(*BODY, *ADMIN, 409)},
+        },
+        ("post", "/admin/experiments/{name}/arms"): {
+            "summary": "Add an arm (e.g. a canary)",
+            "parameters": [exp_name],
+            "requestBody": _body(_ref("Arm")),
+            "responses": {
+                "200": _json(_ref("ExperimentState")),
+                **_errors(*BODY, *ADMIN, 404, 409),
+            },
+        },
+        ("post", "/admin/experiments/{name}/promote"): {
+            "summary": "Give one arm 100, the others 0",
+            "parameters": [exp_name],
+            "requestBody": _body(
+                {
+                    "type": "object",
+                    "required": ["model"],
+                    "properties": {"model": {"type": "string"}},
+                }
+            ),
+            "responses": {
+                "200": _json(_ref("ExperimentState")),
+                **_errors(*BODY, *ADMIN, 404, 409),
+            },
+        },
+        ("post", "/admin/experiments/{name}/rollback"): {
+            "summary": "Back to the state before the last change",
+            "parameters": [exp_name],
+            "responses": {"200": _json(_ref("ExperimentState")), **_errors(400, *ADMIN, 404, 409)},
+        },
+        ("get", "/admin/experiments/{name}/history"): {
+            "summary": "The audit log of an experiment",
+            "parameters": [exp_name],
+            "responses": {
+                "200": _json(
+                    _list(
+                        {"type": "object", "required": ["version", "action", "by"]},
+                        experiment={"type": "string"},
+                    )
+                ),
+                **_errors(*ADMIN, 404),
+            },
+        },
+        ("get", "/admin/experiments/{name}/report"): {
+            "summary": "Per-arm statistics, comparisons and the decision",
+            "parameters": [exp_name],
+            "responses": {
+                "200": _json({"type": "object", "required": ["decision"]}),
+                **_errors(*ADMIN, 404),
+            },
+        },
+        ("get", "/admin/models"): {
+            "summary": "Model versions (config and registered)",
+            "responses": {"200": _json(_list(_ref("AdminModel"))), **_errors(*ADMIN)},
+        },
+        ("post", "/admin/models"): {
+            "summary": "Register a model version (a LoRA adapter is loaded on every replica)",
+            "requestBody": _body(_ref("RegisterModel")),
+            "responses": {
+                "201": _json(_ref("AdminModel"), "Registered"),
+                **_errors(*BODY, *ADMIN, 409),
+            },
+        },
+        ("get", "/admin/models/{name}"): {
+            "summary": "One model version, with its lineage and experiments",
+            "parameters": [_name_param("a model")],
+            "responses": {"200": _json(_ref("AdminModel")), **_errors(*ADMIN, 404)},
+        },
+        ("delete", "/admin/models/{name}"): {
+            "summary": "Remove a registered model version (and unload its adapter)",
+            "parameters": [_name_param("a registered model")],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["id", "deleted"],
+                        "properties": {"deleted": {"const": True}},
+                    }
+                ),
+                **_errors(*ADMIN, 404, 409),
+            },
+        },
+    }
+
+
+def schemas(settings: Settings) -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(Experiment, "validation"), (Arm, "validation"), (ModelVersion, "validation")],
+        ref_template=REF,
+    )
+    return {
+        **defs["$defs"],
+        "Error": ERROR,
+        "ChatCompletionRequest": chat_request_schema(),
+        "ChatCompletion": CHAT_COMPLETION,
+        "ChatCompletionChunk": CHAT_COMPLETION_CHUNK,
+        "ChatCompletionEvent": CHAT_COMPLETION_EVENT,
+        "FeedbackRequest": feedback_request_schema(settings),
+        "FeedbackCreated": FEEDBACK_CREATED,
+        "Rating": RATING,
+        "Model": MODEL_ENTRY,
+        "ExperimentState": _state(),
+        "AdminModel": ADMIN_MODEL,
+        "RegisterModel": register_schema(),
+    }
+
+
+DESCRIPTION = """An OpenAI-compatible chat gateway with A/B experiments and ratings.
+
+Every error is OpenAI's `{"error": {"message", "type", "param", "code"}}`. Keys are sent as
+`Authorization: Bearer <key>`: client keys for `/v1`, admin keys for `/admin` (and `/v1`).
+With no key configured the gateway is open (local development)."""
+
+
+def describe(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    doc = get_openapi(
+        title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes
+    )
+    ops = operations(settings)
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            extra = ops.get((method, path))
+            if extra is None:
+                continue
+            params = {p["name"]: p for p in op.get("parameters", [])}
+            params.update({p["name"]: p for p in extra.get("parameters", [])})
+            op.update({k: v for k, v in extra.items() if k != "parameters"})
+            if params:
+                op["parameters"] = list(params.values())
+    doc["components"] = {
+        "schemas": schemas(settings),
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    }
+    doc["security"] = [{"bearer": []}]
+    return doc
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serve :func:`describe`'s document as ``/openapi.json`` (built once, on first use)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

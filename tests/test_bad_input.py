@@ -1,0 +1,507 @@
+"""Bad input, by hand: each is refused with a 4xx in OpenAI's error shape naming the problem,
+before any upstream call, and the gateway goes on serving.
+
+A real gateway in front of the instant ``fixed-*`` upstream, which counts the requests it
+gets: a refused request must not have reached it (the gateway refuses what OpenAI's schema
+rules out itself, rather than spending an upstream call to learn it). The cases that
+tests/test_errors.py and tests/test_feedback.py already cover are not repeated here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import ADMIN_KEY, API_KEY
+from .faulty_upstream import FaultyUpstream
+from .fixed_gateway import fixed_gateway
+from .services import GatewayProcess, RedisProcess
+from .test_errors import assert_openai_error
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+JSON = {"Content-Type": "application/json"}
+HELLO = [{"role": "user", "content": "hi"}]
+TEN_MB = 10 * 1024 * 1024
+BAD_INPUT_DB = 8
+
+
+@pytest.fixture(scope="module")
+def fixed(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, FaultyUpstream]]:
+    with fixed_gateway(redis_server, tmp_path_factory.mktemp("bad-input"), BAD_INPUT_DB) as pair:
+        yield pair
+
+
+@pytest.fixture
+def gw(fixed: tuple[GatewayProcess, FaultyUpstream]) -> Iterator[GatewayProcess]:
+    """The gateway; afterwards it still answers, and nothing refused reached the upstream."""
+    gateway, upstream = fixed
+    before = upstream.requests
+    yield gateway
+    assert upstream.requests == before, "a refused request reached the upstream"
+    ok = httpx.post(
+        gateway.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "default", "messages": HELLO},
+    )
+    assert ok.status_code == 200, ok.text
+    assert gateway.proc is not None and gateway.proc.poll() is None
+
+
+def chat(
+    gw: GatewayProcess, content: bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.post(
+        gw.base_url + "/chat/completions",
+        content=content,
+        headers={**AUTH, **JSON, **(headers or {})},
+        timeout=30,
+    )
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+# -- chat completions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"", "empty"),
+        (b"{", "not valid JSON"),
+        (b'{"model": "default", "messages": []} trailing', "not valid JSON"),
+        (b'{"model": "default", "temperature": NaN}', "not valid JSON"),
+        (b'{"model": "default", "seed": 1e999}', "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'"a string"', "JSON object"),
+        (b"null", "JSON object"),
+    ],
+    ids=["empty", "truncated", "trailing", "nan", "infinity", "array", "string", "null"],
+)
+def test_chat_body_that_is_not_a_json_object_is_400(
+    gw: GatewayProcess, body: bytes, says: str
+) -> None:
+    err = assert_openai_error(chat(gw, body), 400)
+    assert says in err["message"] and err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"model": "default", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "UTF-8"),
+        (b'{"model": "default\xc3", "messages": []}', "UTF-8"),
+        (b'{"model": "default", "messages": [{"role": "user", "content": "\\ud800"}]}',
+         "surrogate"),
+    ],
+    ids=["invalid-bytes", "truncated-sequence", "lone-surrogate"],
+)  # fmt: skip
+def test_invalid_utf8_is_400(gw: GatewayProcess, body: bytes, says: str) -> None:
+    err = assert_openai_error(chat(gw, body), 400)
+    assert says in err["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",  # curl -d without -H
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/json; charset=latin-1",
+    ],
+)
+def test_a_body_that_is_not_declared_json_is_415(gw: GatewayProcess, content_type: str) -> None:
+    body = b'{"model": "default", "messages": [{"role": "user", "content": "hi"}]}'
+    resp = chat(gw, body, {"Content-Type": content_type})
+    err = assert_openai_error(resp, 415, param="content-type")
+    assert err["code"] == "unsupported_media_type" and "application/json" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_content_types_are_accepted(
+    fixed: tuple[GatewayProcess, FaultyUpstream], content_type: str
+) -> None:
+    gateway, _ = fixed
+    body = b'{"model": "default", "messages": [{"role": "user", "content": "hi"}]}'
+    assert chat(gateway, body, {"Content-Type": content_type}).status_code == 200
+
+
+def test_no_content_type_is_read_as_json(fixed: tuple[GatewayProcess, FaultyUpstream]) -> None:
+    gateway, _ = fixed
+    resp = httpx.post(
+        gateway.base_url + "/chat/completions",
+        content=b'{"model": "default", "messages": [{"role": "user", "content": "hi"}]}',
+        headers=AUTH,
+    )
+    assert "content-type" not in resp.request.headers
+    assert resp.status_code == 200, resp.text
+
+
+def test_10_mb_body_is_413_declared_or_streamed(gw: GatewayProcess) -> None:
+    body = b'{"model": "default", "messages": [{"role": "user", "content": "' + b"x" * TEN_MB
+    body += b'"}]}'
+    err = assert_openai_error(chat(gw, body), 413)
+    assert err["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit holds while reading
+        for i in range(0, len(body), 1 << 20):
+            yield body[i : i + (1 << 20)]
+
+    resp = httpx.post(
+        gw.base_url + "/chat/completions", content=chunks(), headers={**AUTH, **JSON}, timeout=30
+    )
+    assert "content-length" not in resp.request.headers
+    assert_openai_error(resp, 413)
+
+
+@pytest.mark.parametrize("depth", [1_100, 100_000])
+def test_deeply_nested_json_is_400(gw: GatewayProcess, depth: int) -> None:
+    body = b'{"model": "default", "messages": ' + nested(depth) + b"}"
+    err = assert_openai_error(chat(gw, body), 400)
+    assert "depth limit" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ("hi", "messages"),
+        ({"role": "user", "content": "hi"}, "messages"),
+        (None, "messages"),
+        (42, "messages"),
+        ([], "messages"),
+        (["hi"], "messages[0]"),
+        ([[{"role": "user", "content": "hi"}]], "messages[0]"),
+        ([{"content": "hi"}], "messages[0].role"),
+        ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
+        ([{"role": "USER", "content": "hi"}], "messages[0].role"),
+        ([{"role": 1, "content": "hi"}], "messages[0].role"),
+        ([*HELLO, {"role": "narrator", "content": "hi"}], "messages[1].role"),
+        ([{"role": "user"}], "messages[0].content"),
+        ([{"role": "user", "content": None}], "messages[0].content"),
+        ([{"role": "user", "content": 42}], "messages[0].content"),
+        ([{"role": "system", "content": {"text": "hi"}}], "messages[0].content"),
+        ([{"role": "user", "content": "hi", "name": 7}], "messages[0].name"),
+    ],
+)
+def test_malformed_messages_are_400_naming_the_message(
+    gw: GatewayProcess, messages: Any, param: str
+) -> None:
+    resp = httpx.post(
+        gw.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "default", "messages": messages},
+    )
+    assert_openai_error(resp, 400, param=param)
+
+
+def test_an_assistant_message_may_omit_its_content(
+    fixed: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gateway, _ = fixed
+    messages = [*HELLO, {"role": "assistant", "content": None}, {"role": "user", "content": "?"}]
+    resp = httpx.post(
+        gateway.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "default", "messages": messages},
+    )
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", -1),
+        ("max_tokens", 0),
+        ("max_tokens", "16"),
+        ("max_tokens", 1.5),
+        ("max_tokens", True),
+        ("max_completion_tokens", -5),
+        ("n", 0),
+        ("n", 129),
+        ("temperature", -0.1),
+        ("temperature", 2.5),
+        ("temperature", "hot"),
+        ("top_p", 1.01),
+        ("presence_penalty", 3),
+        ("frequency_penalty", -2.5),
+        ("top_logprobs", 21),
+        ("logprobs", "yes"),
+        ("seed", "42"),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("stop", [1]),
+        ("stop", []),
+        ("stream", "yes"),
+        ("stream", 1),
+        ("stream_options", "usage"),
+        ("user", 42),
+        ("user", None),
+    ],
+)
+def test_out_of_range_parameters_are_400_naming_the_parameter(
+    gw: GatewayProcess, field: str, value: Any
+) -> None:
+    resp = httpx.post(
+        gw.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "default", "messages": HELLO, field: value},
+    )
+    err = assert_openai_error(resp, 400, param=field)
+    assert field in err["message"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_tokens": 16, "temperature": 0, "top_p": 1, "n": 1},
+        {"max_tokens": None, "temperature": None, "stream": None, "stop": None, "seed": None},
+        {"max_completion_tokens": 8, "presence_penalty": -2, "frequency_penalty": 2},
+        {"stop": "\n", "logprobs": True, "top_logprobs": 0, "seed": -1, "max_tokens": 16.0},
+        {"stop": ["a", "b", "c", "d"], "stream_options": None, "user": "u-1"},
+        {"tools": "not checked here: the upstream judges it", "x-vendor-field": 1},
+    ],
+)
+def test_valid_parameters_pass(
+    fixed: tuple[GatewayProcess, FaultyUpstream], params: dict[str, Any]
+) -> None:
+    gateway, _ = fixed
+    resp = httpx.post(
+        gateway.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "default", "messages": HELLO, **params},
+    )
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("model", ["", None, 42, ["default"], {"name": "default"}])
+def test_model_of_the_wrong_type_is_400(gw: GatewayProcess, model: Any) -> None:
+    resp = httpx.post(
+        gw.base_url + "/chat/completions", headers=AUTH, json={"model": model, "messages": HELLO}
+    )
+    assert_openai_error(resp, 400, param="model")
+
+
+def test_a_10_kb_model_name_is_400_and_not_echoed_whole(gw: GatewayProcess) -> None:
+    model = "m" * 10_240
+    resp = httpx.post(
+        gw.base_url + "/chat/completions", headers=AUTH, json={"model": model, "messages": HELLO}
+    )
+    err = assert_openai_error(resp, 400, param="model")
+    assert err["code"] == "model_not_found" and len(resp.content) < 1024
+
+
+def test_a_huge_field_value_is_not_echoed_in_the_error(gw: GatewayProcess) -> None:
+    resp = httpx.post(
+        gw.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "default", "messages": HELLO, "max_tokens": "9" * 100_000},
+    )
+    assert_openai_error(resp, 400, param="max_tokens")
+    assert len(resp.content) < 1024
+
+
+# -- ratings -------------------------------------------------------------------------------
+
+
+def feedback(gw: GatewayProcess, content: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(
+        gw.base_url + "/feedback",
+        content=content,
+        headers={**AUTH, **JSON, **headers},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"", 400, "empty"),
+        (b'{"response_id": "x", "rating": "up"', 400, "not valid JSON"),
+        (b'{"response_id": "\xff", "rating": "up"}', 400, "UTF-8"),
+        (b'["up"]', 400, "JSON object"),
+        (b'{"response_id": "x", "rating": ' + nested(100_000) + b"}", 400, "depth limit"),
+        (b'{"response_id": "x", "rating": "' + b"x" * TEN_MB + b'"}', 413, "exceeds"),
+    ],
+    ids=["empty", "truncated", "invalid-utf8", "array", "nested", "10-mb"],
+)
+def test_bad_feedback_bodies_are_refused(
+    gw: GatewayProcess, body: bytes, status: int, says: str
+) -> None:
+    err = assert_openai_error(feedback(gw, body), status)
+    assert says in err["message"]
+
+
+def test_feedback_that_is_not_json_is_415(gw: GatewayProcess) -> None:
+    resp = feedback(
+        gw, b"response_id=x&rating=up", **{"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert_openai_error(resp, 415, param="content-type")
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_id": 42}, "response_id"),
+        ({"response_id": ""}, "response_id"),
+        ({"tags": 0}, "tags"),
+        ({"tags": False}, "tags"),
+        ({"tags": {}}, "tags"),
+        ({"tags": [""]}, "tags"),
+        ({"tags": ["x" * 65]}, "tags"),
+        ({"comment": 42}, "comment"),
+        ({"user": ["u"]}, "user"),
+        ({"user": "u" * 257}, "user"),
+        ({"correction": False}, "correction"),
+        ({"rating": None}, "rating"),
+        ({"rating": "UP"}, "rating"),
+        ({"rating": [5]}, "rating"),
+    ],
+)
+def test_bad_feedback_fields_are_400_naming_the_field(
+    gw: GatewayProcess, fields: dict[str, Any], param: str
+) -> None:
+    body = {"response_id": "chatcmpl-x", "rating": "up", **fields}
+    resp = httpx.post(gw.base_url + "/feedback", headers=AUTH, json=body)
+    assert_openai_error(resp, 400, param=param)
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+def put(gw: GatewayProcess, name: str, content: bytes, **headers: str) -> httpx.Response:
+    return httpx.put(
+        f"{gw.url}/admin/experiments/{name}",
+        content=content,
+        headers={**ADMIN, **JSON, **headers},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"", 400, "empty"),
+        (b'{"arms": [', 400, "not valid JSON"),
+        (b'{"arms": [{"model": "fixed-\xff"}]}', 400, "UTF-8"),
+        (b'[{"model": "fixed-a"}]', 400, "JSON object"),
+        (b'{"arms": ' + nested(100_000) + b"}", 400, "depth limit"),
+        (b'{"arms": [{"model": "' + b"x" * TEN_MB + b'"}]}', 413, "exceeds"),
+    ],
+    ids=["empty", "truncated", "invalid-utf8", "array", "nested", "10-mb"],
+)
+def test_bad_admin_bodies_are_refused(
+    gw: GatewayProcess, body: bytes, status: int, says: str
+) -> None:
+    err = assert_openai_error(put(gw, "bad-bodies", body), status)
+    assert says in err["message"]
+    assert httpx.get(f"{gw.url}/admin/experiments/bad-bodies", headers=ADMIN).status_code == 404
+
+
+def test_admin_body_that_is_not_json_is_415(gw: GatewayProcess) -> None:
+    resp = put(gw, "form", b"arms=fixed-a", **{"Content-Type": "application/x-www-form-urlencoded"})
+    assert_openai_error(resp, 415, param="content-type")
+    resp = httpx.post(
+        f"{gw.url}/admin/models",
+        content=b"<model/>",
+        headers={**ADMIN, "Content-Type": "application/xml"},
+    )
+    assert_openai_error(resp, 415, param="content-type")
+
+
+@pytest.mark.parametrize(
+    ("spec", "param"),
+    [
+        ({"arms": "fixed-a"}, "arms"),
+        ({"arms": []}, "arms"),
+        ({"arms": [{"model": "fixed-a", "weight": "ninety"}]}, "arms[0].weight"),
+        ({"arms": [{"model": "fixed-a", "weight": 1e9}]}, "arms[0].weight"),
+        ({"arms": [{"model": "fixed-a", "weight": 1e6}, {"model": "fixed-b", "weight": 1e300}]},
+         "arms[1].weight"),
+        ({"arms": [{"model": 7}]}, "arms[0].model"),
+        ({"arms": [{"model": "fixed-a"}], "shadow": {"model": "fixed-b", "share": 2}},
+         "shadow.share"),
+        ({"arms": [{"model": "fixed-a"}], "decision": {"alpha": 1}}, "decision.alpha"),
+        ({"arms": [{"model": "fixed-a"}], "control": "fixed-b"}, "control"),
+    ],
+)  # fmt: skip
+def test_bad_experiment_specs_are_400_naming_the_key(
+    gw: GatewayProcess, spec: dict[str, Any], param: str
+) -> None:
+    resp = httpx.put(f"{gw.url}/admin/experiments/bad-spec", headers=ADMIN, json=spec)
+    assert_openai_error(resp, 400, param=param)
+
+
+def test_huge_weights_that_would_overflow_are_refused_and_routing_goes_on(
+    gw: GatewayProcess,
+) -> None:
+    """Two weights of 1e308 summed to infinity, and the routing table could not be built."""
+    spec = {"arms": [{"model": "fixed-a", "weight": 1e308}, {"model": "fixed-b", "weight": 1e308}]}
+    resp = httpx.put(f"{gw.url}/admin/experiments/overflow", headers=ADMIN, json=spec)
+    assert_openai_error(resp, 400, param="arms[0].weight")
+
+
+@pytest.mark.parametrize("name", ["-starts-with-dash", "has space", "colon:name", "x" * 129, "é"])
+def test_invalid_experiment_names_are_400(gw: GatewayProcess, name: str) -> None:
+    resp = httpx.put(
+        f"{gw.url}/admin/experiments/{name}", headers=ADMIN, json={"arms": [{"model": "fixed-a"}]}
+    )
+    assert_openai_error(resp, 400, param="name")
+
+
+def test_experiment_names_with_a_slash_are_managed_like_any_other(
+    fixed: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    """Names may hold ``/`` (the config allows ``team/support``): every admin route takes it."""
+    gateway, _ = fixed
+    url = f"{gateway.url}/admin/experiments/team/support"
+    spec = {"arms": [{"model": "fixed-a", "weight": 1}]}
+    assert httpx.put(url, headers=ADMIN, json=spec).status_code == 200
+    assert httpx.get(url, headers=ADMIN).json()["name"] == "team/support"
+    added = httpx.post(url + "/arms", headers=ADMIN, json={"model": "fixed-b", "weight": 1})
+    assert added.status_code == 200 and added.json()["name"] == "team/support"
+    assert httpx.post(url + "/promote", headers=ADMIN, json={"model": "fixed-b"}).status_code == 200
+    assert httpx.post(url + "/rollback", headers=ADMIN).status_code == 200
+    history = httpx.get(url + "/history", headers=ADMIN).json()
+    assert [e["version"] for e in history["data"]] == [1, 2, 3, 4]
+    assert httpx.get(url + "/report", headers=ADMIN).status_code == 200
+    resp = httpx.post(
+        gateway.base_url + "/chat/completions",
+        headers=AUTH,
+        json={"model": "team/support", "messages": HELLO},
+    )
+    assert resp.status_code == 200 and resp.headers["x-flywheel-experiment"] == "team/support"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/admin/experiments/default/arms", {"weight": 1}, "model"),
+        ("/admin/experiments/default/arms", {"model": "fixed-c", "weight": -1}, "arms[2].weight"),
+        ("/admin/experiments/default/promote", {"model": 5}, "model"),
+        ("/admin/experiments/default/promote", {"model": "fixed-c"}, "model"),
+        ("/admin/models", {"name": "m", "upstream": 5}, "upstream"),
+        ("/admin/models", {"name": "m", "upstream": "nowhere"}, "upstream"),
+        ("/admin/models", {"name": "no spaces", "upstream": "fixed"}, "name"),
+        ("/admin/models", {"name": "m", "upstream": "fixed", "lineage": "x"}, "lineage"),
+        ("/admin/models", {"name": "m", "upstream": "fixed", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_admin_posts_are_400_naming_the_field(
+    gw: GatewayProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    resp = httpx.post(gw.url + path, headers=ADMIN, json=body)
+    assert_openai_error(resp, 400, param=param)
+
+
+def test_wrong_method_and_unknown_path_are_openai_errors(gw: GatewayProcess) -> None:
+    err = assert_openai_error(httpx.get(gw.base_url + "/chat/completions", headers=AUTH), 405)
+    assert err["type"] == "invalid_request_error"
+    assert_openai_error(httpx.post(gw.base_url + "/nothing-here", headers=AUTH, json={}), 404)
