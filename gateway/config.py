@@ -386,18 +386,18 @@ def experiment_problems(exp: Experiment, models: set[str]) -> list[str]:
     seen: set[str] = set()
     for i, arm in enumerate(exp.arms):
         if arm.model not in models:
-            problems.append(f"arms[{i}].model: unknown model '{arm.model}'")
+            problems.append(f"arms[{i}].model: unknown model '{arm.model:.128}'")
         if arm.model in seen:
-            problems.append(f"arms[{i}].model: '{arm.model}' is already an arm")
+            problems.append(f"arms[{i}].model: '{arm.model:.128}' is already an arm")
         seen.add(arm.model)
     if not any(arm.weight > 0 for arm in exp.arms):
         problems.append("arms: at least one arm needs a weight > 0")
     if exp.fallback is not None and exp.fallback not in models:
-        problems.append(f"fallback: unknown model '{exp.fallback}'")
+        problems.append(f"fallback: unknown model '{exp.fallback:.128}'")
     if exp.control is not None and exp.control not in seen:
         problems.append(f"control: '{exp.control}' is not one of the arms")
     if exp.shadow is not None and exp.shadow.model not in models:
-        problems.append(f"shadow.model: unknown model '{exp.shadow.model}'")
+        problems.append(f"shadow.model: unknown model '{exp.shadow.model:.128}'")
     return problems
 
 

@@ -93,7 +93,7 @@ def _store_error(exc: Exception) -> StoreUnavailable:
 
 def _invalid(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     first = exc.errors()[0]
-    path = format_path(tuple(first["loc"]))
+    path = format_path(tuple(first["loc"]))[:256]  # a key of the body: bounded in the reply
     msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
     return InvalidRequest(f"{prefix}{path}: {msg}", param=f"{prefix}{path}".rstrip("."))
 

@@ -109,7 +109,7 @@ def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
     doc = json_object(body)
     unknown = sorted(set(doc) - FIELDS)
     if unknown:
-        raise InvalidRequest(f"Unknown field '{unknown[0]}'.", param=unknown[0])
+        raise InvalidRequest(f"Unknown field '{unknown[0]:.64}'.", param=unknown[0][:64])
     rid = doc.get("response_id")
     if not isinstance(rid, str) or not rid:
         raise InvalidRequest("'response_id' is required: the id of the rated response.",

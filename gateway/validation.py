@@ -146,6 +146,9 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             "'messages' is required and must be a non-empty array.", param="messages"
         )
     for i, m in enumerate(messages):
+        if type(m) is dict and type(m.get("content")) is str and m.get("role") in _ROLES:
+            if "name" not in m or type(m["name"]) is str:
+                continue  # the common case, checked in one line
         problem = _message_problem(i, m)
         if problem is not None:
             raise problem
