@@ -16,8 +16,8 @@
     DELETE /admin/models/{name}                    unregister (and unload the adapter)
 
 The logic lives in :mod:`gateway.control`; this module only authenticates, reads
-bodies and renders JSON. Names may hold ``/`` (``team/support``): the routes with a
-suffix (``/arms``, ...) are matched before ``/admin/experiments/{name}``.
+bodies and renders JSON. Names may hold ``/`` (``team/support``): see
+:class:`ExperimentName`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,30 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from .bodies import json_object, read_body
 from .control import Control
+
+
+class ExperimentName(Convertor[str]):
+    """A name that may hold ``/``, but does not end in a sub-resource: ``a/history`` is
+    experiment ``a``'s history, so ``PUT /admin/experiments/a/history`` is a 405, not an
+    experiment named ``a/history``."""
+
+    regex = r".+?" + "".join(
+        f"(?<!/{s})" for s in ("arms", "promote", "rollback", "history", "report")
+    )
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("experiment", ExperimentName())
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -51,37 +71,37 @@ def add_admin_routes(app: FastAPI) -> None:
         control, _ = admin(request)
         return _json({"object": "list", "data": await control.states()})
 
-    @app.post("/admin/experiments/{name:path}/arms")
+    @app.post("/admin/experiments/{name:experiment}/arms")
     async def add_arm(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.add_arm(name, await body(request), who))
 
-    @app.post("/admin/experiments/{name:path}/promote")
+    @app.post("/admin/experiments/{name:experiment}/promote")
     async def promote(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.promote(name, await body(request), who))
 
-    @app.post("/admin/experiments/{name:path}/rollback")
+    @app.post("/admin/experiments/{name:experiment}/rollback")
     async def rollback(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.rollback(name, who))
 
-    @app.get("/admin/experiments/{name:path}/history")
+    @app.get("/admin/experiments/{name:experiment}/history")
     async def history(request: Request, name: str) -> Response:
         control, _ = admin(request)
         return _json({"object": "list", "experiment": name, "data": await control.history(name)})
 
-    @app.get("/admin/experiments/{name:path}/report")
+    @app.get("/admin/experiments/{name:experiment}/report")
     async def report(request: Request, name: str) -> Response:
         control, _ = admin(request)
         return _json(await control.report(name))
 
-    @app.get("/admin/experiments/{name:path}")
+    @app.get("/admin/experiments/{name:experiment}")
     async def get_experiment(request: Request, name: str) -> Response:
         control, _ = admin(request)
         return _json(await control.state(name))
 
-    @app.put("/admin/experiments/{name:path}")
+    @app.put("/admin/experiments/{name:experiment}")
     async def put_experiment(request: Request, name: str) -> Response:
         control, who = admin(request)
         return _json(await control.put(name, await body(request), who))

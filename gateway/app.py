@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import store
@@ -85,6 +86,15 @@ def gateway_error_response(exc: GatewayError, rid: str) -> Response:
     if exc.status == 401:
         headers["www-authenticate"] = "Bearer"
     return error_response(exc, headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this request's path (for ``Allow`` with a 405)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -184,13 +194,19 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             err: GatewayError = NotFound(f"No route for {request.method} {request.url.path}.")
         else:
             err = GatewayError(
                 str(exc.detail), status=exc.status_code, type="invalid_request_error"
             )
-        return error_response(err, dict(exc.headers or {}))
+        if exc.status_code == 405:  # Starlette names only the first route's methods
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["allow"] = allowed_methods(request)
+            err.message = f"{request.method} is not allowed here: use {headers['allow']}."
+            err.code = "method_not_allowed"
+        return error_response(err, headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

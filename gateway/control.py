@@ -102,7 +102,9 @@ def parse_experiment(body: Any) -> Experiment:
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object describing the experiment.")
     try:
-        return Experiment.model_validate(body)
+        # strict: the API takes JSON types as they are ("90" or false is no weight); the
+        # config file stays lax, where ${ENV} substitution yields strings
+        return Experiment.model_validate(body, strict=True)
     except ValidationError as exc:
         raise _invalid(exc) from None
 
@@ -482,7 +484,7 @@ class Control:
         spec_doc = {k: v for k, v in body.items() if k not in ("name", "lineage")}
         spec_doc.setdefault("model", name)
         try:
-            spec = ModelVersion.model_validate(spec_doc)
+            spec = ModelVersion.model_validate(spec_doc, strict=True)
         except ValidationError as exc:
             raise _invalid(exc) from None
         pool = self.upstream.pools.get(spec.upstream)

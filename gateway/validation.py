@@ -108,13 +108,18 @@ PARAMS: dict[str, Param] = {
 CONTENT_REQUIRED = frozenset(ROLES) - {"assistant"}
 
 
+def _role(m: dict[str, Any]) -> str | None:
+    role = m.get("role")
+    return role if type(role) is str else None  # an object or array is no role (unhashable)
+
+
 def _message_problem(i: int, m: Any) -> InvalidRequest | None:
     if not isinstance(m, dict):
         return InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
-    role = m.get("role")
+    role = _role(m)
     if role not in _ROLES:
         return InvalidRequest(
-            f"messages[{i}].role must be one of {', '.join(ROLES)}, not {role!r:.40}.",
+            f"messages[{i}].role must be one of {', '.join(ROLES)}, not {_show(m.get('role'))}.",
             param=f"messages[{i}].role",
         )
     if "content" in m:
@@ -146,7 +151,12 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             "'messages' is required and must be a non-empty array.", param="messages"
         )
     for i, m in enumerate(messages):
-        if type(m) is dict and type(m.get("content")) is str and m.get("role") in _ROLES:
+        if (
+            type(m) is dict
+            and type(m.get("content")) is str
+            and type(role := m.get("role")) is str
+            and role in _ROLES
+        ):
             if "name" not in m or type(m["name"]) is str:
                 continue  # the common case, checked in one line
         problem = _message_problem(i, m)

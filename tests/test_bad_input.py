@@ -184,6 +184,8 @@ def test_deeply_nested_json_is_400(gw: GatewayProcess, depth: int) -> None:
         ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
         ([{"role": "USER", "content": "hi"}], "messages[0].role"),
         ([{"role": 1, "content": "hi"}], "messages[0].role"),
+        ([{"role": {}, "content": "hi"}], "messages[0].role"),  # unhashable: was a 500
+        ([{"role": ["user"], "content": None}], "messages[0].role"),
         ([*HELLO, {"role": "narrator", "content": "hi"}], "messages[1].role"),
         ([{"role": "user"}], "messages[0].content"),
         ([{"role": "user", "content": None}], "messages[0].content"),
@@ -438,6 +440,11 @@ def test_admin_body_that_is_not_json_is_415(gw: GatewayProcess) -> None:
         ({"arms": "fixed-a"}, "arms"),
         ({"arms": []}, "arms"),
         ({"arms": [{"model": "fixed-a", "weight": "ninety"}]}, "arms[0].weight"),
+        ({"arms": [{"model": "fixed-a", "weight": "90"}]}, "arms[0].weight"),  # no coercion
+        ({"arms": [{"model": "fixed-a", "weight": True}]}, "arms[0].weight"),
+        ({"arms": [{"model": "fixed-a"}], "auto_promote": "yes"}, "auto_promote"),
+        ({"arms": [{"model": "fixed-a"}], "decision": {"max_error_rate_increase": False}},
+         "decision.max_error_rate_increase"),
         ({"arms": [{"model": "fixed-a", "weight": 1e9}]}, "arms[0].weight"),
         ({"arms": [{"model": "fixed-a", "weight": 1e6}, {"model": "fixed-b", "weight": 1e300}]},
          "arms[1].weight"),
@@ -518,6 +525,27 @@ def test_bad_admin_posts_are_400_naming_the_field(
 
 
 def test_wrong_method_and_unknown_path_are_openai_errors(gw: GatewayProcess) -> None:
-    err = assert_openai_error(httpx.get(gw.base_url + "/chat/completions", headers=AUTH), 405)
-    assert err["type"] == "invalid_request_error"
+    resp = httpx.get(gw.base_url + "/chat/completions", headers=AUTH)
+    err = assert_openai_error(resp, 405)
+    assert err["type"] == "invalid_request_error" and resp.headers["allow"] == "POST"
     assert_openai_error(httpx.post(gw.base_url + "/nothing-here", headers=AUTH, json={}), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/admin/experiments/default", "GET, PUT"),  # every method of the path
+        ("PUT", "/admin/experiments/default/history", "GET"),  # not experiment 'default/history'
+        ("GET", "/admin/experiments/default/arms", "POST"),
+        ("PUT", "/admin/experiments/team/x/promote", "POST"),
+        ("DELETE", "/admin/models", "GET, POST"),
+        ("POST", "/admin/models/fixed-a", "DELETE, GET"),
+    ],
+)
+def test_an_unsupported_method_is_405_naming_the_allowed_ones(
+    gw: GatewayProcess, method: str, path: str, allow: str
+) -> None:
+    resp = httpx.request(method, gw.url + path, headers=ADMIN, json={"arms": [{"model": "x"}]})
+    err = assert_openai_error(resp, 405)
+    assert resp.headers["allow"] == allow and err["code"] == "method_not_allowed"
+    assert resp.headers.get_list("allow") == [allow]

@@ -242,6 +242,8 @@ def test_requests_within_openais_schema_are_accepted_unchanged(doc: dict[str, An
 def out_of_range(name: str) -> st.SearchStrategy[Any]:
     if name == "user":
         return st.sampled_from([None, 1, True, ["u"], {"id": "u"}])
+    if name == "stream_options":
+        return st.sampled_from([1, "usage", [], True])
     if name == "stop":
         return st.sampled_from([1, True, {"a": 1}, [], [1], ["a"] * 5, [None]])
     schema = PARAMS[name].schema
@@ -271,9 +273,17 @@ def test_a_parameter_outside_openais_schema_is_refused_naming_it(
     assert info.value.param == name and name in info.value.message
 
 
-@settings(PROPS, max_examples=300)
-@given(doc=json_values | st.dictionaries(st.sampled_from(["model", "messages", *PARAMS]),
-                                         json_values))  # fmt: skip
+message_like = st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls"]),
+                               json_values | st.sampled_from(ROLES))  # fmt: skip
+bodies = json_values | st.fixed_dictionaries(
+    {"model": plain_text | json_values,
+     "messages": st.lists(message_like | json_values, min_size=1, max_size=3) | json_values},
+    optional={name: json_values for name in PARAMS},
+)  # fmt: skip
+
+
+@settings(PROPS, max_examples=500)
+@given(doc=bodies)
 def test_any_json_body_is_accepted_or_refused_with_a_400(doc: Any) -> None:
     try:
         parse_chat_request(orjson.dumps(doc))
