@@ -63,14 +63,29 @@ STATUS_TEXT = {
 }
 
 
+def _header(description: str, required: bool = False) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": "string"}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         str(s): {
             "description": STATUS_TEXT[s],
             "content": {"application/json": {"schema": _ref("Error")}},
         }
         for s in statuses
     }
+    if "401" in out:
+        out["401"]["headers"] = {"www-authenticate": _header("`Bearer`", required=True)}
+    return out
+
+
+CHAT_HEADERS = {
+    "x-request-id": _header("the client's own (if valid), else a new one", required=True),
+    "x-flywheel-arm": _header("the model that answered", required=True),
+    "x-flywheel-experiment": _header("the experiment, when `model` named one"),
+    "x-flywheel-fallback-from": _header("the assigned arm, when the fallback answered"),
+}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -312,7 +327,7 @@ def _name_param(description: str) -> dict[str, Any]:
 
 
 PUBLIC = (401, 403, 429)
-ADMIN = (401, 403, 503)
+ADMIN = (401, 403, 429, 503)
 BODY = (400, 413, 415)
 
 
@@ -328,6 +343,7 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 "200": {
                     "description": "The completion; with `stream: true`, server-sent events "
                     "(`data: {chunk}` … `data: [DONE]`)",
+                    "headers": CHAT_HEADERS,
                     "content": {
                         "application/json": {"schema": _ref("ChatCompletion")},
                         "text/event-stream": {"schema": _ref("ChatCompletionEvent")},
