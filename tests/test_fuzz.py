@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -158,7 +159,7 @@ def test_no_operation_fails_or_breaks_its_schema(
     fuzz()
 
 
-def test_schemathesis_run_finds_nothing(fuzz_gateway: GatewayProcess) -> None:
+def test_schemathesis_run_finds_nothing(fuzz_gateway: GatewayProcess, tmp_path: Path) -> None:
     """The CLI, as a user runs it: its coverage phase (boundaries, every missing or wrongly
     typed field, unsupported methods) and its stateful phase add what the cases above miss;
     every check but positive_data_acceptance (a generated model or id does not exist)."""
@@ -169,6 +170,7 @@ def test_schemathesis_run_finds_nothing(fuzz_gateway: GatewayProcess) -> None:
          "--phases", "coverage,fuzzing,stateful", "--max-examples", "30",
          "--generation-deterministic", "--no-color"],
         capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,  # its crash cache (.schemathesis/) stays out of the repo and the next run
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
     assert " passed" in run.stdout and "failures" not in run.stdout.lower()
