@@ -23,6 +23,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.feedback import THUMBS, normalise, parse_feedback
 from gateway.routing import Assigner, Router
 from gateway.validation import PARAMS, ROLES, parse_chat_request
+from tests.openapi_schema import Check
 
 PROPS = settings(
     derandomize=True, deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow]
@@ -280,6 +281,36 @@ bodies = json_values | st.fixed_dictionaries(
      "messages": st.lists(message_like | json_values, min_size=1, max_size=3) | json_values},
     optional={name: json_values for name in PARAMS},
 )  # fmt: skip
+
+
+HELLO = [{"role": "user", "content": "hi"}]
+# OpenAI's schema contradicts itself on these: nullable in the request's own properties, a
+# plain integer in the ModelResponseProperties it is allOf'd with. The gateway follows the
+# request's own definition (null is accepted, as vLLM accepts it).
+NULL_CONTRADICTED = {"top_logprobs"}
+
+
+@settings(PROPS, max_examples=100)
+@given(data=st.data(), name=st.sampled_from(sorted(PARAMS)))
+def test_the_gateway_refuses_a_parameter_only_where_openais_schema_does(
+    check_schema: Check, data: st.DataObject, name: str
+) -> None:
+    """What the gateway accepts, OpenAI's CreateChatCompletionRequest accepts, and what it
+    refuses, that schema refuses — but for ``max_tokens`` below 1, which the schema leaves
+    open and OpenAI's API (and vLLM) refuse."""
+    ok = {"model": "m", "messages": HELLO, name: data.draw(valid_value(name))}
+    parse_chat_request(orjson.dumps(ok))
+    if not (ok[name] is None and name in NULL_CONTRADICTED):
+        check_schema("CreateChatCompletionRequest", ok)
+    bad = {**ok, name: data.draw(out_of_range(name))}
+    with pytest.raises(InvalidRequest):
+        parse_chat_request(orjson.dumps(bad))
+    value = bad[name]
+    below_one = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1
+    if name in ("max_tokens", "max_completion_tokens") and below_one and float(value).is_integer():
+        return
+    with pytest.raises(AssertionError, match="violated"):
+        check_schema("CreateChatCompletionRequest", bad)
 
 
 @settings(PROPS, max_examples=500)
