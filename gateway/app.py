@@ -88,6 +88,12 @@ def gateway_error_response(exc: GatewayError, rid: str) -> Response:
     return error_response(exc, headers)
 
 
+async def _count_tasks(metrics: Metrics, every_s: float = 1.0) -> None:
+    while True:
+        metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
+        await asyncio.sleep(every_s)
+
+
 def allowed_methods(request: Request) -> str:
     """Every method some route serves at this request's path (for ``Allow`` with a 405)."""
     methods: set[str] = set()
@@ -143,9 +149,12 @@ def create_app(settings: Settings) -> FastAPI:
             fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
             + settings.feedback.join_wait_s,
         )
-        maintenance = asyncio.create_task(
-            maintain(redis, settings.feedback, lambda: list(control.router.experiments))
-        )
+        maintenance = [
+            asyncio.create_task(
+                maintain(redis, settings.feedback, lambda: list(control.router.experiments))
+            ),
+            asyncio.create_task(_count_tasks(metrics)),
+        ]
         app.state.gateway = GatewayState(
             settings, metrics, redis, upstream, control, chat, feedback, started=int(time.time())
         )
@@ -158,7 +167,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            maintenance.cancel()
+            for task in maintenance:
+                task.cancel()
             await control.stop()
             await chat.close()
             await ilog.stop()

@@ -302,7 +302,7 @@ class ChatService:
 
         Returns the rest of the lines and the first line already rewritten for the client.
         """
-        call = await self.upstream.post(turn.target, self._payload(turn))
+        call = await self.upstream.post(turn.target, self._payload(turn), stream=True)
         lines = self._lines(call)
         try:
             async for line in lines:

@@ -60,7 +60,13 @@ class Upstream(_Strict):
     )
     api_key: SecretStr = SecretStr("")
     timeout_s: float = Field(120.0, gt=0, description="total time for one upstream call")
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0, description="time to open a connection")
+    first_byte_timeout_s: float = Field(
+        30.0, gt=0, description="streams: time until the first data chunk (fallback is possible)"
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="streams: longest silence between two chunks"
+    )
     breaker: Breaker = Breaker()
 
     @model_validator(mode="after")

@@ -258,6 +258,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.event_loop_tasks = Gauge(
+            "flywheel_event_loop_tasks",
+            "asyncio tasks alive (sampled every second); growth with flat traffic is a leak",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.log_written = Counter(
             "flywheel_log_written", "Interaction records written to Redis", registry=r
         )

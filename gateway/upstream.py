@@ -3,7 +3,10 @@
 aiohttp exceptions are translated here and nowhere else:
 
 * connection refused / reset / malformed response → :class:`UpstreamUnavailable` (502)
-* connect or total timeout → :class:`UpstreamTimeout` (504)
+* a timeout → :class:`UpstreamTimeout` (504), naming which one: ``connect_timeout_s``
+  (opening the connection), ``first_byte_timeout_s`` (a stream's headers and first data
+  line), ``idle_timeout_s`` (silence between a stream's chunks) or ``timeout_s`` (the
+  whole call)
 * an error status from the upstream → :class:`UpstreamError` with its message; a 4xx
   keeps its status, a 5xx becomes 502.
 
@@ -46,11 +49,14 @@ def retryable(exc: GatewayError) -> bool:
 
 
 def _translate(exc: BaseException, target: Target) -> GatewayError:
-    where = f"upstream '{target.upstream_name}'"
-    if isinstance(exc, asyncio.TimeoutError):
+    where, up = f"upstream '{target.upstream_name}'", target.upstream
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamTimeout(
-            f"The {where} did not answer within {target.upstream.timeout_s:g} s."
+            f"The {where} did not accept a connection within {up.connect_timeout_s:g} s "
+            "(connect_timeout_s)."
         )
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout(f"The {where} did not answer within {up.timeout_s:g} s (timeout_s).")
     return UpstreamUnavailable(f"The {where} is unavailable: {type(exc).__name__}: {exc}".strip())
 
 
@@ -91,6 +97,7 @@ class Call:
     replica: Replica
     resp: aiohttp.ClientResponse | None = None
     ended: bool = False
+    first_byte_by: float | None = None  # a stream's deadline (loop time) for its first data
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -146,8 +153,12 @@ class UpstreamClient:
         else:
             call.replica.breaker.success()  # an answer, even a 4xx, means it is alive
 
-    async def post(self, target: Target, payload: bytes) -> Call:
-        """POST a chat completion to a replica; return the call (status 2xx) or raise."""
+    async def post(self, target: Target, payload: bytes, stream: bool = False) -> Call:
+        """POST a chat completion to a replica; return the call (status 2xx) or raise.
+
+        A stream must send its headers and first data line within ``first_byte_timeout_s``
+        (the rest of that budget is :meth:`lines`' to enforce).
+        """
         up = target.upstream
         try:
             replica = self.pools[target.upstream_name].pick(target.upstream_model, target.adapter)
@@ -156,14 +167,18 @@ class UpstreamClient:
         replica.outstanding += 1
         call = Call(target, replica)
         timeout = aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s)
+        if stream:
+            call.first_byte_by = asyncio.get_running_loop().time() + up.first_byte_timeout_s
+        first_byte = asyncio.timeout_at(call.first_byte_by)
         try:
             try:
-                resp = await self.session.post(
-                    replica.url + "/chat/completions",
-                    data=payload,
-                    headers={"Content-Type": "application/json", **_auth(up)},
-                    timeout=timeout,
-                )
+                async with first_byte:
+                    resp = await self.session.post(
+                        replica.url + "/chat/completions",
+                        data=payload,
+                        headers={"Content-Type": "application/json", **_auth(up)},
+                        timeout=timeout,
+                    )
                 if resp.status >= 400:
                     try:
                         raw = await resp.read()
@@ -171,6 +186,8 @@ class UpstreamClient:
                         resp.release()
                     raise _error_from_body(resp.status, raw, target.upstream_name)
             except (TimeoutError, aiohttp.ClientError) as exc:
+                if first_byte.expired():
+                    raise self._silent(call, "first_byte") from exc
                 raise _translate(exc, target) from exc
         except GatewayError as exc:
             self.end(call, exc)
@@ -198,14 +215,31 @@ class UpstreamClient:
         assert call.resp is not None
         buf = b""
         failure: GatewayError | None = None
+        up, loop, content = call.target.upstream, asyncio.get_running_loop(), call.resp.content
+        first_by = call.first_byte_by  # None: not a stream, only timeout_s applies
+        idle = False  # a stream's first data line came: the idle timeout applies from now on
         try:
             while True:
-                chunk = await call.resp.content.readany()
+                if first_by is None:
+                    chunk = await content.readany()
+                else:
+                    deadline = loop.time() + up.idle_timeout_s if idle else first_by
+                    silence = asyncio.timeout_at(deadline)
+                    try:
+                        async with silence:
+                            chunk = await content.readany()
+                    except TimeoutError:
+                        if not silence.expired():
+                            raise  # aiohttp's own: connect or total
+                        failure = self._silent(call, "idle" if idle else "first_byte")
+                        raise failure from None
                 if not chunk:
                     break
                 buf += chunk
                 while (nl := buf.find(b"\n")) >= 0:
                     line, buf = buf[:nl], buf[nl + 1 :]
+                    if not idle and line.startswith(b"data:"):
+                        idle = True
                     yield line.rstrip(b"\r")
             if buf.strip():
                 yield buf.rstrip(b"\r")
@@ -214,6 +248,19 @@ class UpstreamClient:
             raise failure from exc
         finally:
             self.end(call, failure)
+
+    @staticmethod
+    def _silent(call: Call, which: str) -> UpstreamTimeout:
+        up, where = call.target.upstream, f"upstream '{call.target.upstream_name}'"
+        if which == "idle":
+            return UpstreamTimeout(
+                f"The {where} sent nothing for {up.idle_timeout_s:g} s mid-stream "
+                "(idle_timeout_s)."
+            )
+        return UpstreamTimeout(
+            f"The {where} sent no data within {up.first_byte_timeout_s:g} s "
+            "(first_byte_timeout_s)."
+        )
 
     async def probe(self, pool: Pool, timeout_s: float = 2.0) -> str | None:
         """None when some replica answers ``GET /models`` with 200, else why not (``/readyz``)."""

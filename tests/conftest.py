@@ -147,5 +147,6 @@ def gateway(
 
 
 @pytest.fixture
-def client(gateway: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0)
+def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0) as c:
+        yield c  # closed after the test: no pooled socket is left for the collector

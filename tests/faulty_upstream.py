@@ -9,6 +9,12 @@ one misbehaves in the way the requested ``model`` names:
 * ``cutoff``    — streams three chunks, then resets the connection (no ``[DONE]``)
 * ``endless``   — streams a chunk every 20 ms until the client goes away, and records
   when the connection was closed (cancellation reaches the upstream)
+* ``http503``   — answers HTTP 503 (overloaded)
+* ``silent``    — sends a stream's headers, then nothing (first-byte timeout)
+* ``stall``     — streams two chunks, then nothing (idle timeout)
+* ``garbage``   — a stream whose first data line is not JSON (malformed SSE)
+* ``garbage-later`` — two good chunks, then a line that is not JSON
+* ``trickle``   — a complete stream of 20 chunks, one every ``delay_s / 20`` (drain tests)
 * ``fixed-*``   — answers at once, "answer from <model>" (streamed or not): the healthy
   baseline beside the faults, and a fast upstream for tests that need many requests
   through the routing (vLLM on CPU takes tens of milliseconds per answer)
@@ -52,6 +58,12 @@ class FaultyUpstream(BackgroundServer):
             return web.json_response(
                 {"error": {"message": "engine exploded", "type": "server_error"}}, status=500
             )
+        if mode == "http503":
+            return web.json_response(
+                {"error": {"message": "server overloaded", "type": "server_error"}}, status=503
+            )
+        if mode in ("silent", "stall", "garbage", "garbage-later", "trickle"):
+            return await self._misbehave(request, mode)
         if mode in ("endless", "cutoff"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
@@ -96,6 +108,29 @@ class FaultyUpstream(BackgroundServer):
         last = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
                 "choices": [], "usage": usage}  # fmt: skip
         await resp.write(b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n")
+        return resp
+
+    async def _misbehave(self, request: web.Request, mode: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        good = {"stall": 2, "garbage-later": 2, "trickle": 20}.get(mode, 0)
+        for i in range(good):
+            delta = {"role": "assistant", "content": "x"} if i == 0 else {"content": "x"}
+            finish = "stop" if mode == "trickle" and i == good - 1 else None
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
+                     "choices": [choice]}  # fmt: skip
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            self.chunks_sent += 1
+            if mode == "trickle":
+                await asyncio.sleep(self.delay_s / 20)
+        if mode == "trickle":
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+        if mode in ("garbage", "garbage-later"):
+            await resp.write(b"data: {this is not json\n\n")
+            return resp
+        await asyncio.sleep(3600)  # silent, stall: until the gateway gives up and hangs up
         return resp
 
     async def _models(self, request: web.Request) -> web.Response:

@@ -127,9 +127,11 @@ def test_client_disconnect_cancels_the_upstream_stream(
 
 
 def test_upstream_failure_mid_stream_ends_with_an_sse_error(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model="cutoff", messages=HELLO, stream=True)
     got = []
-    with pytest.raises(openai.APIError) as info:
+    with (
+        client.chat.completions.create(model="cutoff", messages=HELLO, stream=True) as stream,
+        pytest.raises(openai.APIError) as info,
+    ):
         for chunk in stream:
             got.append(chunk.choices[0].delta.content)
     assert got == ["x", "x", "x"]  # what arrived before the reset was relayed
