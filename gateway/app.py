@@ -15,11 +15,14 @@ import asyncio
 import gc
 import logging
 import re
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -61,6 +64,7 @@ class GatewayState:
     chat: ChatService
     feedback: FeedbackService
     started: int
+    draining: bool = False
 
 
 def state(request: Request) -> GatewayState:
@@ -86,6 +90,32 @@ def gateway_error_response(exc: GatewayError, rid: str) -> Response:
     if exc.status == 401:
         headers["www-authenticate"] = "Bearer"
     return error_response(exc, headers)
+
+
+def _drain_on_sigterm(st: GatewayState, drain_s: float) -> None:
+    """SIGTERM: readiness goes false at once; the server keeps serving for ``drain_s``,
+    then uvicorn's own handler stops it (it stops accepting, lets in-flight requests
+    finish within ``shutdown.grace_s``, and the lifespan's exit flushes the log).
+
+    uvicorn installs its handler before the lifespan starts; this one wraps it. Outside
+    uvicorn's main thread (tests' in-process apps) there is no handler to wrap.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    stop = signal.getsignal(signal.SIGTERM)
+    if not callable(stop):
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if st.draining:  # a second SIGTERM: stop now
+            stop(signum, frame)
+            return
+        st.draining = True
+        log.info("SIGTERM: draining for %g s, then stopping", drain_s)
+        loop.call_soon_threadsafe(loop.call_later, drain_s, stop, signum, None)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 async def _count_tasks(metrics: Metrics, every_s: float = 1.0) -> None:
@@ -164,6 +194,7 @@ def create_app(settings: Settings) -> FastAPI:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 100)
+        _drain_on_sigterm(app.state.gateway, settings.shutdown.drain_s)
         try:
             yield
         finally:
@@ -288,6 +319,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
         st = state(request)
+        if st.draining:
+            body = {"status": "draining", "checks": {"shutdown": "SIGTERM received"}}
+            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
         ups = st.upstream.pools
         results = await asyncio.gather(
             store.ping(st.redis), *(st.upstream.probe(pool) for pool in ups.values())

@@ -69,6 +69,7 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int, config: st
             port=port,
             log_level="info",
             access_log=False,
+            timeout_graceful_shutdown=settings.shutdown.grace_s,
         )
         return
     # Several workers share one Redis: the embedded one is started here, in the parent.
@@ -87,6 +88,7 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int, config: st
             workers=workers,
             log_level="info",
             access_log=False,
+            timeout_graceful_shutdown=settings.shutdown.grace_s,
         )
     finally:
         if embedded is not None:

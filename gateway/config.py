@@ -271,6 +271,18 @@ class RedisPool(_Strict):
     )
 
 
+class Shutdown(_Strict):
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="after SIGTERM: /readyz says 'draining' and requests are still served "
+        "this long, so load balancers stop sending before the listener closes",
+    )
+    grace_s: int = Field(
+        30, ge=1, description="then: how long in-flight requests (streams) may take to finish"
+    )
+
+
 class Limits(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
@@ -294,6 +306,7 @@ class Settings(BaseSettings):
     control: Control = Control()
     retrain: Retrain = Retrain()
     limits: Limits = Limits()
+    shutdown: Shutdown = Shutdown()
 
     @classmethod
     def settings_customise_sources(

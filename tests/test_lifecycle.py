@@ -1,0 +1,97 @@
+"""SIGTERM drains: readiness goes false at once, in-flight streams finish, the log is flushed."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from gateway import keys
+from gateway.localstack import free_port
+from tests.conftest import API_KEY, gateway_config
+from tests.faulty_upstream import FaultyUpstream
+from tests.services import GatewayProcess, RedisProcess
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def trickle() -> Iterator[FaultyUpstream]:
+    up = FaultyUpstream(delay_s=3.0).start()  # "trickle": 20 chunks over 3 s
+    yield up
+    up.stop()
+
+
+def test_sigterm_drains_readiness_then_listener_then_streams_and_flushes_the_log(
+    trickle: FaultyUpstream, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    cfg = gateway_config(f"http://127.0.0.1:{free_port()}/v1", trickle.base_url, redis_server.url)
+    cfg["models"]["trickle"] = {"upstream": "faulty", "model": "trickle"}
+    cfg["upstreams"]["faulty"]["timeout_s"] = 30
+    cfg["shutdown"] = {"drain_s": 1.0, "grace_s": 10}
+    gw = GatewayProcess(cfg, tmp_path / "gw").start()
+    assert gw.proc is not None
+    events: list[bytes] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "trickle", "messages": HELLO, "stream": True}
+        with httpx.stream(
+            "POST", gw.base_url + "/chat/completions", json=body, headers=AUTH, timeout=30
+        ) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line[5:].strip().encode())
+                    first.set()
+
+    client = threading.Thread(target=stream)
+    try:
+        assert httpx.get(gw.url + "/readyz").json()["status"] != "draining"
+        client.start()
+        assert first.wait(10), "the stream did not start"
+        gw.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+
+        # At once: not ready, but still serving (load balancers are still catching up).
+        time.sleep(0.2)
+        ready = httpx.get(gw.url + "/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        answer = httpx.post(
+            gw.base_url + "/chat/completions",
+            json={"model": "fixed-a", "messages": HELLO},
+            headers=AUTH,
+        )
+        assert answer.status_code == 200
+
+        # After drain_s the listener is closed: new connections are refused.
+        time.sleep(max(0.0, 1.3 - (time.monotonic() - t0)))
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(gw.url + "/healthz", timeout=2)
+
+        # The stream in flight finishes whole; then the process exits.
+        client.join(15)
+        assert not client.is_alive()
+        assert events[-1] == b"[DONE]"
+        chunks = [orjson.loads(e) for e in events[:-1]]
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        text = "".join(d.get("content") or "" for d in deltas)
+        assert text == "x" * 20
+        gw.proc.wait(10)
+        assert gw.proc.returncode in (0, -signal.SIGTERM)
+    finally:
+        gw.stop()
+
+    # The stream's interaction record, logged when the stream ended, reached Redis.
+    r = redis.Redis.from_url(redis_server.url)
+    record = keys.decode(r.get(keys.interaction(chunks[0]["id"])))
+    assert record is not None
+    assert record["status"] == "ok"
+    assert record["answer"] == "x" * 20
