@@ -45,6 +45,7 @@ from .errors import GatewayError, InvalidRequest, NotFound, error_response
 from .feedback import FeedbackService, maintain
 from .ids import IdIssuer, load_or_create_secret
 from .interaction_log import InteractionLog
+from .limits import RateLimiter
 from .metrics import Metrics, ScrapeState, read_retrain
 from .openapi import install as install_openapi
 from .upstream import UpstreamClient
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
             queue_size=settings.interaction_log.queue_size,
             batch_size=settings.interaction_log.batch_size,
             retention_s=settings.interaction_log.retention_days * 86400,
+            redact=settings.interaction_log.redact,
         )
         ilog.start()
         chat = ChatService(
@@ -168,6 +170,7 @@ def create_app(settings: Settings) -> FastAPI:
             keyring=keyring,
             max_body_bytes=settings.limits.max_body_bytes,
             judge=settings.control.judge,
+            limiter=RateLimiter(redis, metrics),
         )
         feedback = FeedbackService(
             redis=redis,
@@ -202,6 +205,8 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
             await control.stop()
             await chat.close()
+            if chat.limiter:
+                await chat.limiter.close()
             await ilog.stop()
             await upstream.close()
             await redis.aclose()

@@ -24,6 +24,8 @@ class Principal:
     name: str
     tenant: str
     admin: bool = False
+    rpm: int | None = None  # rate limits (limits.py); None: unlimited
+    tpm: int | None = None
 
 
 ANONYMOUS = Principal(name="anonymous", tenant="default")
@@ -37,7 +39,9 @@ def _digest(key: str) -> bytes:
 class KeyRing:
     def __init__(self, keys: list[ApiKey], admin_keys: list[ApiKey] | None = None) -> None:
         self._by_digest = {
-            _digest(k.key.get_secret_value()): Principal(k.name, k.tenant or k.name, admin)
+            _digest(k.key.get_secret_value()): Principal(
+                k.name, k.tenant or k.name, admin, rpm=k.rpm, tpm=k.tpm
+            )
             for admin, ring in ((False, keys), (True, admin_keys or []))
             for k in ring
             if k.key.get_secret_value()

@@ -42,6 +42,7 @@ from .control import Control
 from .errors import GatewayError, PermissionDenied, UpstreamUnavailable
 from .ids import IdIssuer
 from .interaction_log import InteractionLog
+from .limits import RateLimiter
 from .metrics import Metrics
 from .routing import Route, Target
 from .upstream import Call, UpstreamClient, retryable
@@ -97,6 +98,7 @@ class Turn:
     version: int = 0
     forced: bool = False
     want_usage: bool = True
+    limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
     answer: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
@@ -139,6 +141,7 @@ class Turn:
 
     def headers(self) -> dict[str, str]:
         h = {"x-request-id": self.request_id, "x-flywheel-arm": self.target.name}
+        h.update(self.limit_headers)
         if self.experiment:
             h["x-flywheel-experiment"] = self.experiment
         if self.target is not self.assigned:
@@ -180,6 +183,7 @@ class ChatService:
         keyring: KeyRing,
         max_body_bytes: int,
         judge: str | None = None,
+        limiter: RateLimiter | None = None,
         max_shadows: int = 64,
     ) -> None:
         self.control = control
@@ -190,6 +194,7 @@ class ChatService:
         self.keyring = keyring
         self.max_body_bytes = max_body_bytes
         self.judge = judge
+        self.limiter = limiter
         self.max_shadows = max_shadows
         self._shadows: set[asyncio.Task[None]] = set()
 
@@ -213,6 +218,7 @@ class ChatService:
                     "x-flywheel-arm (forcing an arm) needs an admin key.", param="x-flywheel-arm"
                 )
             route = self.control.router.resolve(doc["model"], user_key, force)
+            limit_headers = await self.limiter.admit(principal) if self.limiter else {}
         except GatewayError as exc:
             self.metrics.requests.labels("", "", status_class(exc.status)).inc()
             raise
@@ -232,6 +238,7 @@ class ChatService:
             forced=route.forced,
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
+            limit_headers=limit_headers,
         )
         self.metrics.in_flight.inc()
         finished_here = True
@@ -421,10 +428,14 @@ class ChatService:
         if turn.ttft is not None:
             m.ttft.labels(exp, arm).observe(turn.ttft - turn.t0)
         if turn.usage:
+            spent = 0
             for kind in ("prompt", "completion"):
                 n = turn.usage.get(f"{kind}_tokens")
                 if isinstance(n, int):
                     m.tokens.labels(exp, arm, kind).inc(n)
+                    spent += n
+            if self.limiter:
+                self.limiter.charge(turn.principal, spent)
         self.log.submit(turn.record())
 
     # -- shadow ---------------------------------------------------------------------------

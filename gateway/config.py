@@ -36,6 +36,8 @@ class ApiKey(_Strict):
     key: SecretStr
     name: str
     tenant: str | None = None  # defaults to the key's name
+    rpm: int | None = Field(None, ge=1, description="requests per minute (all replicas)")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute (all replicas)")
 
 
 class Auth(_Strict):
@@ -141,6 +143,10 @@ class InteractionLog(_Strict):
     queue_size: int = Field(10_000, ge=1, description="records buffered while Redis is slow")
     batch_size: int = Field(256, ge=1)
     retention_days: float = Field(30.0, gt=0)
+    redact: bool = Field(
+        False, description="store messages and answers with e-mail addresses and phone numbers"
+        " replaced by [email] and [phone]"
+    )
 
 
 class Feedback(_Strict):

@@ -131,6 +131,12 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"  # OpenAI's: "requests" or "tokens", the limit that was reached
+    code = "rate_limit_exceeded"
+
+
 class StoreUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"

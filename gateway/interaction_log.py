@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from . import keys, stats
 from .metrics import Metrics
+from .redact import redact_all
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class InteractionLog:
         queue_size: int,
         batch_size: int,
         retention_s: float,
+        redact: bool = False,
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -47,12 +49,16 @@ class InteractionLog:
         self._pending: list[Record] = []  # the batch being written (kept across retries)
         self._unwritten: dict[str, Record] = {}  # queued or pending, by response id
         self._redis_ok = True
+        self._redact = redact
 
     def unwritten(self, response_id: str) -> Record | None:
         """A record accepted but not yet in Redis (a rating may arrive that soon)."""
         return self._unwritten.get(response_id)
 
     def submit(self, record: Record) -> None:
+        if self._redact:
+            for field in ("messages", "answer", "tool_calls"):
+                record[field] = redact_all(record.get(field))
         try:
             self._queue.put_nowait(record)
             self._unwritten[record["id"]] = record

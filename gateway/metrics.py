@@ -258,6 +258,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.rate_limited = Counter(
+            "flywheel_rate_limited",
+            "Requests refused with 429 by key name and limit (requests or tokens per minute)",
+            ["key", "limit"],
+            registry=r,
+        )
         self.event_loop_tasks = Gauge(
             "flywheel_event_loop_tasks",
             "asyncio tasks alive (sampled every second); growth with flat traffic is a leak",

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from gateway.redact import redact
+
 SFT, DPO = "sft", "dpo"
 NUM_PERM = 128  # MinHash permutations: the similarity estimate's error is about 1/sqrt(128)
 
@@ -28,8 +30,6 @@ ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_calls",
                           "tool_call_id", "weight"})  # fmt: skip
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<!\w)\+?\d[\d ().-]{7,}\d(?!\w)")
 _SPACES = re.compile(r"[ \t\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -93,10 +93,6 @@ def normalise_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
-
-
-def redact(text: str) -> str:
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
 
 
 def map_strings(value: Any, fn: Callable[[str], str]) -> Any:

@@ -1,0 +1,127 @@
+"""Per-key rate limits shared by replicas, keys never logged, redaction of stored text."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import redis
+
+from gateway import keys
+from gateway.localstack import free_port
+from tests.conftest import API_KEY, gateway_config
+from tests.faulty_upstream import FaultyUpstream
+from tests.services import GatewayProcess, RedisProcess
+
+RPM_KEY = "sk-rpm-limited-0123456789"
+TPM_KEY = "sk-tpm-limited-0123456789"
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    faulty: FaultyUpstream, redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two gateway replicas on one Redis, with two rate-limited keys and redaction on."""
+    cfg = gateway_config(f"http://127.0.0.1:{free_port()}/v1", faulty.base_url, redis_server.url)
+    cfg["auth"]["api_keys"] += [
+        {"key": RPM_KEY, "name": "rpm-limited", "rpm": 20},
+        {"key": TPM_KEY, "name": "tpm-limited", "tpm": 20},  # fixed-* answers cost 10 tokens
+    ]
+    cfg["interaction_log"] = {"redact": True}
+    base = tmp_path_factory.mktemp("security")
+    a = GatewayProcess(cfg, base / "a").start()
+    b = GatewayProcess(cfg, base / "b").start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def ask(gw: GatewayProcess, key: str) -> httpx.Response:
+    return httpx.post(
+        gw.base_url + "/chat/completions",
+        json={"model": "fixed-a", "messages": HELLO},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+def test_requests_per_minute_hold_across_replicas_and_refill(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, b = replicas
+    t0 = time.monotonic()
+    replies = [ask(a if i % 2 else b, RPM_KEY) for i in range(20)]  # the whole budget
+    assert [r.status_code for r in replies] == [200] * 20
+    assert int(replies[0].headers["x-ratelimit-limit-requests"]) == 20
+    assert int(replies[-1].headers["x-ratelimit-remaining-requests"]) <= 1
+    refused = ask(a, RPM_KEY)
+    assert time.monotonic() - t0 < 3, "too slow to test: a request refills every 3 s"
+    assert refused.status_code == 429
+    err = refused.json()["error"]
+    assert (err["type"], err["code"]) == ("requests", "rate_limit_exceeded")
+    assert "rpm-limited" in err["message"] and "requests per minute" in err["message"]
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 3
+    # The openai client sees OpenAI's own exception.
+    with (
+        openai.OpenAI(base_url=b.base_url, api_key=RPM_KEY, max_retries=0) as client,
+        pytest.raises(openai.RateLimitError),
+    ):
+        client.chat.completions.create(model="fixed-a", messages=HELLO)
+    # Other keys are not affected, and the key is admitted again once its bucket refills.
+    assert ask(b, API_KEY).status_code == 200
+    time.sleep(retry_after)
+    assert ask(b, RPM_KEY).status_code == 200
+
+
+def test_tokens_per_minute_are_charged_from_usage(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, b = replicas
+    assert ask(a, TPM_KEY).status_code == 200  # 10 tokens
+    assert ask(b, TPM_KEY).status_code == 200  # 20: the budget is spent, not overdrawn yet
+    time.sleep(0.2)  # tokens are charged just after the answer
+    refused = ask(a, TPM_KEY)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "tokens"
+    assert int(refused.headers["x-ratelimit-remaining-tokens"]) == 0
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_stored_interactions_are_redacted(
+    replicas: tuple[GatewayProcess, GatewayProcess], redis_server: RedisProcess
+) -> None:
+    a, _ = replicas
+    secret = "Mail jane.doe@example.com or call +44 20 7946 0958 about order 12."
+    reply = httpx.post(
+        a.base_url + "/chat/completions",
+        json={"model": "fixed-a", "messages": [{"role": "user", "content": secret}]},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ).json()
+    r = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 5
+    while (record := keys.decode(r.get(keys.interaction(reply["id"])))) is None:
+        assert time.monotonic() < deadline, "the interaction was not logged"
+        time.sleep(0.05)
+    stored = record["messages"][0]["content"]
+    assert stored == "Mail [email] or call [phone] about order 12."
+
+
+def test_api_keys_never_reach_the_logs_or_error_messages(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, _ = replicas
+    wrong = "sk-wrong-but-secret-9876543210"
+    refused = ask(a, wrong)
+    assert refused.status_code == 401
+    assert wrong not in refused.text
+    assert ask(a, RPM_KEY).status_code in (200, 429)
+    a.stop()  # flush its log file
+    a.start()
+    logged = Path(a.log_path).read_text()
+    for key in (wrong, API_KEY, RPM_KEY, TPM_KEY):
+        assert key not in logged
