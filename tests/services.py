@@ -33,8 +33,9 @@ def redis_binary() -> str:
 class RedisProcess:
     """A redis-server on a fixed port with AOF on, that tests may stop and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, appendfsync: str = "everysec") -> None:
         self.workdir = workdir
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ class RedisProcess:
                 "--bind", "127.0.0.1",
                 "--dir", str(self.workdir),
                 "--appendonly", "yes",
-                "--appendfsync", "everysec",
+                "--appendfsync", self.appendfsync,
                 "--save", "",
                 "--logfile", str(self.workdir / "redis.log"),
             ],
@@ -71,6 +72,13 @@ class RedisProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no final fsync."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
         self.proc = None
 
 

@@ -290,6 +290,39 @@ def test_ratings_survive_a_redis_restart(
         own.stop()
 
 
+def test_every_rating_acknowledged_before_a_kill_9_survives_with_aof_always(
+    vllm: VLLMServer, faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    own = RedisProcess(tmp_path / "redis", appendfsync="always")  # as the chart and embedded
+    own.start()
+    gw = GatewayProcess(gateway_config(vllm.base_url, faulty.base_url, own.url), tmp_path / "gw")
+    gw.start()
+    try:
+        with openai.OpenAI(base_url=gw.base_url, api_key=API_KEY, max_retries=0) as c:
+            ids = [answer(c) for _ in range(50)]
+
+        async def rate_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
+                return await asyncio.gather(
+                    *(
+                        http.post(gw.base_url + "/feedback", json={"response_id": r, "rating": 5})
+                        for r in ids
+                    )
+                )
+
+        replies = asyncio.run(rate_all())
+        own.kill()  # the instant the last 201 arrived: no shutdown, no final fsync
+        acknowledged = [r.json()["response_id"] for r in replies if r.status_code == 201]
+        assert len(acknowledged) == 50
+        own.start()  # replays the AOF
+        r = redis.Redis.from_url(own.url)
+        assert all(r.hlen(keys.feedback(rid)) == 1 for rid in acknowledged)
+        assert aggregate(own.url, "default", "base")["count"] == 50
+    finally:
+        gw.stop()
+        own.stop()
+
+
 def test_export_feedback_writes_interactions_with_their_ratings(
     client: openai.OpenAI, gateway: GatewayProcess, tmp_path: Path
 ) -> None:
