@@ -39,9 +39,9 @@ from .admin import add_admin_routes
 from .auth import KeyRing
 from .bodies import read_body
 from .chat import ChatService
-from .config import Settings
+from .config import Limits, Settings
 from .control import Control
-from .errors import GatewayError, InvalidRequest, NotFound, error_response
+from .errors import GatewayError, HeadersTooLarge, InvalidRequest, NotFound, error_response
 from .feedback import FeedbackService, maintain
 from .ids import IdIssuer, load_or_create_secret
 from .interaction_log import InteractionLog
@@ -216,6 +216,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
     app.state.metrics = metrics
+    app.state.limits = settings.limits
 
     @app.exception_handler(GatewayError)
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
@@ -364,7 +365,20 @@ def create_app(settings: Settings) -> FastAPI:
 def serving_app(app: FastAPI) -> ASGIApp:
     """``app`` with the chat route dispatched directly (see the module's docstring)."""
 
+    limits: Limits = app.state.limits
+
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            len(headers := scope["headers"]) > limits.max_headers
+            or sum(len(k) + len(v) for k, v in headers) > limits.max_header_bytes
+        ):
+            # uvicorn's httptools parser sets no limit of its own.
+            refused = HeadersTooLarge(
+                f"The request's headers exceed the limit of {limits.max_headers} fields or "
+                f"{limits.max_header_bytes} bytes (limits.max_headers, limits.max_header_bytes)."
+            )
+            await error_response(refused)(scope, receive, send)
+            return
         if (
             scope["type"] != "http"
             or scope["path"] != "/v1/chat/completions"

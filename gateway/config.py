@@ -291,6 +291,10 @@ class Shutdown(_Strict):
 
 class Limits(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="all request header names and values together"
+    )
+    max_headers: int = Field(100, ge=10, description="request header fields")
 
 
 class Settings(BaseSettings):

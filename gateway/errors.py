@@ -11,6 +11,8 @@
     ├── Conflict                      409 invalid_request_error (admin: state forbids it)
     ├── PayloadTooLarge               413 invalid_request_error
     ├── UnsupportedMediaType          415 invalid_request_error (a body that is not JSON)
+    ├── RateLimited                   429 requests | tokens, code rate_limit_exceeded
+    ├── HeadersTooLarge               431 invalid_request_error
     ├── UpstreamError                 the upstream's own 4xx/5xx, passed through
     ├── UpstreamUnavailable           502 upstream_error (refused, reset, malformed)
     │   └── NoReplicaAvailable        502 upstream_error (circuit open, adapter not loaded)
@@ -101,6 +103,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
 
 
 class UnsupportedMediaType(GatewayError):

@@ -125,3 +125,24 @@ def test_api_keys_never_reach_the_logs_or_error_messages(
     logged = Path(a.log_path).read_text()
     for key in (wrong, API_KEY, RPM_KEY, TPM_KEY):
         assert key not in logged
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-big": "a" * 40_000}, {f"x-h{i}": "v" for i in range(150)}],
+    ids=["40 KB header", "150 headers"],
+)
+def test_oversized_headers_are_a_431_and_the_gateway_serves_on(
+    replicas: tuple[GatewayProcess, GatewayProcess], headers: dict[str, str]
+) -> None:
+    a, _ = replicas
+    refused = httpx.post(
+        a.base_url + "/chat/completions",
+        json={"model": "fixed-a", "messages": HELLO},
+        headers={"Authorization": f"Bearer {API_KEY}", **headers},
+    )
+    assert refused.status_code == 431
+    err = refused.json()["error"]
+    assert err["code"] == "request_header_fields_too_large"
+    assert "limits.max_header_bytes" in err["message"]
+    assert ask(a, API_KEY).status_code == 200
