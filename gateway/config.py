@@ -141,7 +141,12 @@ class Experiment(_Strict):
 
 class InteractionLog(_Strict):
     queue_size: int = Field(10_000, ge=1, description="records buffered while Redis is slow")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(
+        2048,
+        ge=1,
+        description="most records per Redis round trip; the writer takes what is queued, so "
+        "batches are small unless it fell behind (then big ones let it catch up)",
+    )
     retention_days: float = Field(30.0, gt=0)
     redact: bool = Field(
         False, description="store messages and answers with e-mail addresses and phone numbers"
