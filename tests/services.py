@@ -145,3 +145,16 @@ class GatewayProcess:
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                     return float(s.value)
         return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def open_fds(pid: int) -> int:
+    """A process's open file descriptors, sockets included (Linux)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))

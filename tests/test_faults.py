@@ -8,11 +8,9 @@ test can tell which one fired and that it fired on time.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +20,7 @@ import pytest
 from gateway.localstack import free_port
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
-from tests.services import GatewayProcess, RedisProcess
+from tests.services import GatewayProcess, RedisProcess, open_fds, rss_mb
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
@@ -211,17 +209,6 @@ def test_the_circuit_opens_after_failures_and_closes_after_a_good_probe(
         client.chat.completions.create(model="fragile-ok", messages=HELLO)
 
 
-def _open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def _fail_many(base_url: str, n: int, concurrency: int = 48) -> dict[int, int]:
     """n requests that all fail, half of them streamed, spread over the kinds of failure.
 
@@ -251,15 +238,15 @@ def test_10000_failed_requests_leak_no_connections_tasks_or_memory(
     pid = gw.proc.pid
     asyncio.run(_fail_many(gw.base_url, 1_000))  # warm up pools, caches and the allocator
     time.sleep(0.5)
-    fds, rss, tasks = _open_fds(pid), _rss_mb(pid), gw.metric("flywheel_event_loop_tasks")
+    fds, rss, tasks = open_fds(pid), rss_mb(pid), gw.metric("flywheel_event_loop_tasks")
     statuses = asyncio.run(_fail_many(gw.base_url, 10_000))
     assert sum(statuses.values()) == 10_000
     assert set(statuses) <= {502, 503, 504}, statuses  # each failed cleanly, in OpenAI's shape
     time.sleep(1.5)  # keep-alive connections close; the task gauge is sampled every second
     # Keep-alive pools may hold up to one more idle connection per concurrent client than
     # after the warm-up; a leak would be one per failure (thousands).
-    assert _open_fds(pid) <= fds + 48, "file descriptors leaked"
+    assert open_fds(pid) <= fds + 48, "file descriptors leaked"
     assert gw.metric("flywheel_event_loop_tasks") <= tasks + 5, "asyncio tasks leaked"
-    assert _rss_mb(pid) < rss + 25, f"memory grew from {rss:.0f} MB to {_rss_mb(pid):.0f} MB"
+    assert rss_mb(pid) < rss + 25, f"memory grew from {rss:.0f} MB to {rss_mb(pid):.0f} MB"
     reply = client.chat.completions.create(model="t-fixed", messages=HELLO)
     assert reply.choices[0].message.content == "answer from fixed-a"

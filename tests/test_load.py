@@ -20,18 +20,11 @@ from gateway import keys
 from gateway.localstack import free_port
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
-from tests.services import GatewayProcess, RedisProcess
+from tests.services import GatewayProcess, RedisProcess, rss_mb
 
 CLIENTS = 500
 SOAK_S = float(os.environ.get("FLYWHEEL_SOAK_S", "10"))
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def stream_for(base_url: str, seconds: float) -> tuple[Counter[str], list[str]]:
