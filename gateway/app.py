@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -119,6 +119,18 @@ def _drain_on_sigterm(st: GatewayState, drain_s: float) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+async def _bounded(what: str, step: Awaitable[None], seconds: float) -> None:
+    t0 = time.monotonic()
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.error("shutdown: %s did not finish in %g s; going on", what, seconds)
+        return
+    if time.monotonic() - t0 > 0.5:
+        log.info("shutdown: %s took %.2f s", what, time.monotonic() - t0)
+
+
 async def _count_tasks(metrics: Metrics, every_s: float = 1.0) -> None:
     while True:
         metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
@@ -201,18 +213,22 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            # Each step is bounded, so the process exits within its grace period even if
+            # one hangs; the log says which did and how long each took.
+            t_stop = time.monotonic()
             for task in maintenance:
                 task.cancel()
-            await control.stop()
-            await chat.close()
+            await _bounded("control tasks", control.stop(), 3)
+            await _bounded("shadow requests", chat.close(), 3)
             if chat.limiter:
-                await chat.limiter.close()
-            await ilog.stop()
-            await upstream.close()
-            await redis.aclose()
+                await _bounded("rate-limit charges", chat.limiter.close(), 2)
+            await _bounded("interaction log flush", ilog.stop(), 6)  # flushes for up to 5 s
+            await _bounded("upstream connections", upstream.close(), 2)
+            await _bounded("Redis connections", redis.aclose(), 2)
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
             metrics.close()
+            log.info("shutdown: done in %.2f s", time.monotonic() - t_stop)
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
     app.state.metrics = metrics
