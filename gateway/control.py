@@ -153,9 +153,9 @@ class Control:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather, not a suppress(CancelledError) per task: that would also swallow a
+        # cancellation of stop() itself (the bounded shutdown in app.py relies on it).
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def seed(self) -> None:
         """Write each config experiment that Redis does not have yet (version 1)."""

@@ -11,7 +11,6 @@ silently. Writing resumes by itself when Redis is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -78,8 +77,7 @@ class InteractionLog:
         while (self._queue.qsize() or self._pending) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.gather(self._task, return_exceptions=True)  # stop() stays cancellable
         lost = len(self._pending) + self._queue.qsize()
         if lost:
             self._metrics.log_dropped.inc(lost)
