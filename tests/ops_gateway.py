@@ -1,17 +1,13 @@
-"""A fast gateway for the operations tests: only the instant ``fixed-*`` upstream models
-(no vLLM), an A/B experiment over two of them, and ``gateway serve --workers N``."""
+"""A fast gateway config for the operations tests: only the instant ``fixed-*`` upstream
+models (no vLLM) and an A/B experiment over two of them (served with
+``GatewayProcess(..., workers=N, ready_path="/readyz")``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-from gateway.localstack import tail
 
 from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
 from .services import GatewayProcess
@@ -43,34 +39,6 @@ def fixed_config(fixed_url: str, redis_url: str, tmp: Path, **extra: Any) -> dic
         "retrain": {"dataset_dir": str(tmp / "datasets"), "min_examples": 1},
         **extra,
     }
-
-
-class ServedGateway(GatewayProcess):
-    """``python -m gateway serve --workers N``, as an operator starts it."""
-
-    def __init__(self, *args: Any, workers: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.workers = workers
-
-    def start(self, timeout: float = 60) -> ServedGateway:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                 "--port", str(self.port), "--workers", str(self.workers)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited at start-up:\n{tail(self.log_path)}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gateway not ready in {timeout}s:\n{tail(self.log_path)}")
 
 
 def chat(

@@ -82,10 +82,37 @@ class RedisProcess:
         self.proc = None
 
 
-class GatewayProcess:
-    """``python -m gateway serve`` with a config written from a dict."""
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (True), the process exits or ``timeout`` passes
+    (RuntimeError with the log's tail, or False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited at start-up:\n{tail(log_path)}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
 
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None):
+
+class GatewayProcess:
+    """``python -m gateway serve`` with a config written from a dict.
+
+    ``start()`` returns once ``ready_path`` answers 200: ``/healthz`` (the process
+    serves), or ``/readyz`` (Redis and an upstream answer too).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        ready_path: str = "/healthz",
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.workdir = workdir
@@ -94,6 +121,8 @@ class GatewayProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "gateway.log"
         self.env = {**os.environ, **(env or {})}
+        self.workers = workers
+        self.ready_path = ready_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,18 +137,11 @@ class GatewayProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                 "--port", str(self.port)],
+                 "--port", str(self.port), "--workers", str(self.workers)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited at start-up:\n{tail(self.log_path)}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        if wait_ready(self.proc, self.url + self.ready_path, self.log_path, timeout):
+            return self
         self.stop()
         raise RuntimeError(f"gateway not healthy in {timeout}s:\n{tail(self.log_path)}")
 

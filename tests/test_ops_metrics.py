@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from retrain.jobs import JobStore, record_run
 
 from .faulty_upstream import FaultyUpstream
-from .ops_gateway import EXPERIMENT, ServedGateway, chat, fixed_config, rate
-from .services import RedisProcess
+from .ops_gateway import EXPERIMENT, chat, fixed_config, rate
+from .services import GatewayProcess, RedisProcess
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def ops_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess
     proc.stop()
 
 
-def samples(gw: ServedGateway) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def samples(gw: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of one scrape, on a fresh connection (any worker may answer)."""
     text = httpx.get(gw.url + "/metrics").text
     return {
@@ -52,12 +52,13 @@ def test_metrics_count_the_requests_of_every_worker(
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     (metrics_dir / "counter_99999999.db").write_bytes(b"left by an earlier run")
-    gw = ServedGateway(
+    gw = GatewayProcess(
         fixed_config(faulty.base_url, ops_redis.url, tmp_path),
         tmp_path / "gw",
         env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
         workers=2,
-    ).start()
+        ready_path="/readyz",
+    ).start(timeout=60)
     try:
         arms: list[str] = []
 
@@ -97,7 +98,7 @@ def test_retrain_runs_are_exposed_from_redis(
     prices = [{"provider": "openai", "model": "gpt-4o-mini-2024-07-18", "per_1m_tokens": 3.0}]
     config = fixed_config(faulty.base_url, ops_redis.url, tmp_path)
     config["retrain"].update(prices=prices, cost_cap=1e-9)
-    gw = ServedGateway(config, tmp_path / "gw").start()
+    gw = GatewayProcess(config, tmp_path / "gw", ready_path="/readyz").start(timeout=60)
     try:
         for i in range(3):
             rid, _ = chat(gw, f"r{i}")

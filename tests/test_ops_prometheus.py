@@ -21,8 +21,8 @@ from gateway.metrics import LATENCY_BUCKETS
 
 from .faulty_upstream import FaultyUpstream
 from .ops_catalogue import ALERTS, dashboard_expressions
-from .ops_gateway import EXPERIMENT, ServedGateway, chat, fixed_config, rate
-from .services import RedisProcess
+from .ops_gateway import EXPERIMENT, chat, fixed_config, rate
+from .services import GatewayProcess, RedisProcess, wait_ready
 
 PROMETHEUS = shutil.which("prometheus")
 SCORE = {"fixed-a": 2, "fixed-b": 4}  # stars: scores 0.25 and 0.75
@@ -58,16 +58,8 @@ class Prometheus:
                  f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited:\n{tail(self.log)}")
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.proc, self.url + "/-/ready", self.log, 30):
+            return self
         raise RuntimeError(f"prometheus not ready:\n{tail(self.log)}")
 
     def stop(self) -> None:
@@ -99,7 +91,7 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def stack(
     faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ServedGateway, Prometheus]]:
+) -> Iterator[tuple[GatewayProcess, Prometheus]]:
     if PROMETHEUS is None:
         reason = "prometheus is not installed (apt-get install prometheus)"
         if os.environ.get("CI"):
@@ -108,10 +100,11 @@ def stack(
     tmp = tmp_path_factory.mktemp("ops-prom")
     redis = RedisProcess(tmp / "redis")
     redis.start()
-    gw = ServedGateway(fixed_config(faulty.base_url, redis.url, tmp), tmp / "gw")
+    gw = GatewayProcess(fixed_config(faulty.base_url, redis.url, tmp), tmp / "gw",
+                        ready_path="/readyz")  # fmt: skip
     # Prometheus first: it takes a few seconds to start scraping, the gateway starts meanwhile.
     prom = Prometheus(tmp, f"127.0.0.1:{gw.port}").start()
-    gw.start()
+    gw.start(timeout=60)
     try:
         yield gw, prom
     finally:
@@ -121,7 +114,7 @@ def stack(
 
 
 def test_promql_answers_per_arm_rate_p95_and_mean_score(
-    stack: tuple[ServedGateway, Prometheus],
+    stack: tuple[GatewayProcess, Prometheus],
 ) -> None:
     gw, prom = stack
     exp = f'experiment="{EXPERIMENT}"'
@@ -179,7 +172,7 @@ def test_promql_answers_per_arm_rate_p95_and_mean_score(
     assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
 
 
-def test_every_dashboard_query_runs(stack: tuple[ServedGateway, Prometheus]) -> None:
+def test_every_dashboard_query_runs(stack: tuple[GatewayProcess, Prometheus]) -> None:
     _, prom = stack
     for title, expr in dashboard_expressions().items():
         if expr.startswith("label_values("):  # Grafana's own function: its metric is checked
