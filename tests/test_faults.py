@@ -89,7 +89,7 @@ def faults_config(faulty_url: str, redis_url: str, blackhole_url: str) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def gw(
+def gateway(
     faulty: FaultyUpstream,
     redis_server: RedisProcess,
     blackhole: str,
@@ -99,14 +99,8 @@ def gw(
         faults_config(faulty.base_url, redis_server.url, blackhole),
         tmp_path_factory.mktemp("faults"),
     ).start()
-    yield g
+    yield g  # this module's `gateway`: conftest's `client` fixture talks to it
     g.stop()
-
-
-@pytest.fixture
-def client(gw: GatewayProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gw.base_url, api_key=API_KEY, max_retries=0) as c:
-        yield c  # closed after the test: no pooled socket is left for the collector
 
 
 @pytest.mark.parametrize(
@@ -188,12 +182,12 @@ def test_a_fault_before_the_first_byte_falls_back(
 
 
 def test_the_circuit_opens_after_failures_and_closes_after_a_good_probe(
-    client: openai.OpenAI, gw: GatewayProcess, faulty: FaultyUpstream
+    client: openai.OpenAI, gateway: GatewayProcess, faulty: FaultyUpstream
 ) -> None:
     for _ in range(3):
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="fragile-500", messages=HELLO)
-    assert gw.metric("flywheel_upstream_replicas", upstream="fragile", state="open") == 1
+    assert gateway.metric("flywheel_upstream_replicas", upstream="fragile", state="open") == 1
     # Open: the healthy model on the same replica is refused at once, without a call.
     sent = faulty.requests
     with pytest.raises(openai.APIStatusError) as info:
@@ -204,7 +198,7 @@ def test_the_circuit_opens_after_failures_and_closes_after_a_good_probe(
     time.sleep(1.1)  # open_s: the next request is the probe, and it succeeds
     reply = client.chat.completions.create(model="fragile-ok", messages=HELLO)
     assert reply.choices[0].message.content == "answer from fixed-b"
-    assert gw.metric("flywheel_upstream_replicas", upstream="fragile", state="closed") == 1
+    assert gateway.metric("flywheel_upstream_replicas", upstream="fragile", state="closed") == 1
     for _ in range(3):
         client.chat.completions.create(model="fragile-ok", messages=HELLO)
 
@@ -232,21 +226,21 @@ async def _fail_many(base_url: str, n: int, concurrency: int = 48) -> dict[int, 
 
 
 def test_10000_failed_requests_leak_no_connections_tasks_or_memory(
-    client: openai.OpenAI, gw: GatewayProcess
+    client: openai.OpenAI, gateway: GatewayProcess
 ) -> None:
-    assert gw.proc is not None
-    pid = gw.proc.pid
-    asyncio.run(_fail_many(gw.base_url, 1_000))  # warm up pools, caches and the allocator
+    assert gateway.proc is not None
+    pid = gateway.proc.pid
+    asyncio.run(_fail_many(gateway.base_url, 1_000))  # warm up pools, caches and the allocator
     time.sleep(0.5)
-    fds, rss, tasks = open_fds(pid), rss_mb(pid), gw.metric("flywheel_event_loop_tasks")
-    statuses = asyncio.run(_fail_many(gw.base_url, 10_000))
+    fds, rss, tasks = open_fds(pid), rss_mb(pid), gateway.metric("flywheel_event_loop_tasks")
+    statuses = asyncio.run(_fail_many(gateway.base_url, 10_000))
     assert sum(statuses.values()) == 10_000
     assert set(statuses) <= {502, 503, 504}, statuses  # each failed cleanly, in OpenAI's shape
     time.sleep(1.5)  # keep-alive connections close; the task gauge is sampled every second
     # Keep-alive pools may hold up to one more idle connection per concurrent client than
     # after the warm-up; a leak would be one per failure (thousands).
     assert open_fds(pid) <= fds + 48, "file descriptors leaked"
-    assert gw.metric("flywheel_event_loop_tasks") <= tasks + 5, "asyncio tasks leaked"
+    assert gateway.metric("flywheel_event_loop_tasks") <= tasks + 5, "asyncio tasks leaked"
     assert rss_mb(pid) < rss + 25, f"memory grew from {rss:.0f} MB to {rss_mb(pid):.0f} MB"
     reply = client.chat.completions.create(model="t-fixed", messages=HELLO)
     assert reply.choices[0].message.content == "answer from fixed-a"

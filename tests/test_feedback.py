@@ -149,22 +149,27 @@ def test_rating_at_another_replica_waits_for_the_record(
         replica.stop()
 
 
+def rate_all_at_once(gw: GatewayProcess, ids: list[str], rating: int) -> list[httpx.Response]:
+    """One rating for each response, all sent concurrently."""
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(gw.base_url + "/feedback", json={"response_id": r, "rating": rating})
+                    for r in ids
+                )
+            )
+
+    return asyncio.run(burst())
+
+
 def test_200_concurrent_ratings_on_one_arm_are_all_counted(
     client: openai.OpenAI, gateway: GatewayProcess, redis_server: RedisProcess
 ) -> None:
     ids = [answer(client) for _ in range(200)]
     before = aggregate(redis_server.url, "default", "base")
-
-    async def rate_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
-            return await asyncio.gather(
-                *(
-                    http.post(gateway.base_url + "/feedback", json={"response_id": r, "rating": 2})
-                    for r in ids
-                )
-            )
-
-    replies = asyncio.run(rate_all())
+    replies = rate_all_at_once(gateway, ids, rating=2)
     assert [(r.status_code, r.text) for r in replies if r.status_code != 201] == []
     d = delta(aggregate(redis_server.url, "default", "base"), before)
     assert d == {"count": 200, "score_sum": 50.0, "failures": 200, "corrections": 0}
@@ -300,17 +305,7 @@ def test_every_rating_acknowledged_before_a_kill_9_survives_with_aof_always(
     try:
         with openai.OpenAI(base_url=gw.base_url, api_key=API_KEY, max_retries=0) as c:
             ids = [answer(c) for _ in range(50)]
-
-        async def rate_all() -> list[httpx.Response]:
-            async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
-                return await asyncio.gather(
-                    *(
-                        http.post(gw.base_url + "/feedback", json={"response_id": r, "rating": 5})
-                        for r in ids
-                    )
-                )
-
-        replies = asyncio.run(rate_all())
+        replies = rate_all_at_once(gw, ids, rating=5)
         own.kill()  # the instant the last 201 arrived: no shutdown, no final fsync
         acknowledged = [r.json()["response_id"] for r in replies if r.status_code == 201]
         assert len(acknowledged) == 50
