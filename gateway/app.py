@@ -93,6 +93,14 @@ def gateway_error_response(exc: GatewayError, rid: str) -> Response:
     return error_response(exc, headers)
 
 
+def internal_error_response(rid: str, exc: Exception) -> Response:
+    """A bug of ours: logged with its traceback, answered as a 500 in OpenAI's shape."""
+    log.error("request %s failed", rid, exc_info=exc)
+    return error_response(
+        GatewayError("The gateway failed to handle the request."), {"x-request-id": rid}
+    )
+
+
 def _drain_on_sigterm(st: GatewayState, drain_s: float) -> None:
     """SIGTERM: readiness goes false at once; the server keeps serving for ``drain_s``,
     then uvicorn's own handler stops it (it stops accepting, lets in-flight requests
@@ -180,9 +188,9 @@ def create_app(settings: Settings) -> FastAPI:
             log=ilog,
             metrics=metrics,
             keyring=keyring,
+            limiter=RateLimiter(redis, metrics),
             max_body_bytes=settings.limits.max_body_bytes,
             judge=settings.control.judge,
-            limiter=RateLimiter(redis, metrics),
         )
         feedback = FeedbackService(
             redis=redis,
@@ -220,8 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
             await _bounded("control tasks", control.stop(), 3)
             await _bounded("shadow requests", chat.close(), 3)
-            if chat.limiter:
-                await _bounded("rate-limit charges", chat.limiter.close(), 2)
+            await _bounded("rate-limit charges", chat.limiter.close(), 2)
             await _bounded("interaction log flush", ilog.stop(), 6)  # flushes for up to 5 s
             await _bounded("upstream connections", upstream.close(), 2)
             await _bounded("Redis connections", redis.aclose(), 2)
@@ -248,11 +255,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_unexpected_error(request: Request, exc: Exception) -> Response:
-        rid = getattr(request.state, "request_id", "")
-        log.error("request %s failed", rid, exc_info=exc)
-        return error_response(
-            GatewayError("The gateway failed to handle the request."), {"x-request-id": rid}
-        )
+        return internal_error_response(getattr(request.state, "request_id", ""), exc)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -409,11 +412,8 @@ def serving_app(app: FastAPI) -> ASGIApp:
             response = await state(request).chat.handle(request, rid)
         except GatewayError as exc:
             response = gateway_error_response(exc, rid)
-        except Exception:
-            log.exception("chat request %s failed", rid)
-            response = error_response(
-                GatewayError("The gateway failed to handle the request."), {"x-request-id": rid}
-            )
+        except Exception as exc:
+            response = internal_error_response(rid, exc)
         await response(scope, receive, send)
 
     return asgi

@@ -181,9 +181,9 @@ class ChatService:
         log: InteractionLog,
         metrics: Metrics,
         keyring: KeyRing,
+        limiter: RateLimiter,
         max_body_bytes: int,
         judge: str | None = None,
-        limiter: RateLimiter | None = None,
         max_shadows: int = 64,
     ) -> None:
         self.control = control
@@ -218,7 +218,7 @@ class ChatService:
                     "x-flywheel-arm (forcing an arm) needs an admin key.", param="x-flywheel-arm"
                 )
             route = self.control.router.resolve(doc["model"], user_key, force)
-            limit_headers = await self.limiter.admit(principal) if self.limiter else {}
+            limit_headers = await self.limiter.admit(principal)
         except GatewayError as exc:
             self.metrics.requests.labels("", "", status_class(exc.status)).inc()
             raise
@@ -434,8 +434,7 @@ class ChatService:
                 if isinstance(n, int):
                     m.tokens.labels(exp, arm, kind).inc(n)
                     spent += n
-            if self.limiter:
-                self.limiter.charge(turn.principal, spent)
+            self.limiter.charge(turn.principal, spent)
         self.log.submit(turn.record())
 
     # -- shadow ---------------------------------------------------------------------------
