@@ -130,6 +130,9 @@ class Control:
         self._change = redis.register_script(_CHANGE)
         self._model = redis.register_script(_MODEL)
         self._replicas_due = asyncio.Event()
+        # Held by a refresh pass and by a removal: a pass that began before a model was
+        # removed must not load its adapter back after the removal unloaded it.
+        self._adapters = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- start, stop, follow ------------------------------------------------------------
@@ -224,6 +227,10 @@ class Control:
 
     async def refresh_replicas(self) -> None:
         """Discover replicas, list what each vLLM replica serves, load missing adapters."""
+        async with self._adapters:
+            await self._refresh_replicas()
+
+    async def _refresh_replicas(self) -> None:
         adapters = {
             m.model: (m.upstream, m.adapter_path)
             for m in self.router.models.values()
@@ -557,20 +564,21 @@ class Control:
             )
         entry = {"action": "removed", "name": name, "by": who, "at": time.time(),
                  "spec": spec.model_dump()}  # fmt: skip
-        try:
-            await self._model(
-                keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
-                args=[name, "", orjson.dumps(entry), HISTORY_CAP],
-            )
-        except (RedisError, OSError) as exc:
-            raise _store_error(exc) from None
-        unloaded: list[str] = []
-        if spec.adapter_path:
-            pool = self.upstream.pools[spec.upstream]
-            for r in pool.replicas:
-                ok, msg = await self.upstream.unload_adapter(pool, r, spec.model)
-                unloaded.append(r.url if ok else f"{r.url}: {msg}")
-        await self._reload_quietly()
+        async with self._adapters:  # no refresh pass between the unload and the new router
+            try:
+                await self._model(
+                    keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
+                    args=[name, "", orjson.dumps(entry), HISTORY_CAP],
+                )
+            except (RedisError, OSError) as exc:
+                raise _store_error(exc) from None
+            unloaded: list[str] = []
+            if spec.adapter_path:
+                pool = self.upstream.pools[spec.upstream]
+                for r in pool.replicas:
+                    ok, msg = await self.upstream.unload_adapter(pool, r, spec.model)
+                    unloaded.append(r.url if ok else f"{r.url}: {msg}")
+            await self._reload_quietly()
         return {"id": name, "object": "model", "deleted": True, "unloaded": unloaded}
 
 
