@@ -246,7 +246,7 @@ def print_evaluation(ev: dict[str, Any]) -> None:
 
 
 def print_lineage(settings: Any, store: Any, model: str) -> int:
-    from retrain.cycle import Gateway
+    from retrain.gateway_client import Gateway
 
     job = next((j for j in store.list(1000) if j.get("model_name") == model), None)
     try:

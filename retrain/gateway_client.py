@@ -1,0 +1,61 @@
+"""The gateway's admin and chat APIs as the offline jobs use them (one client for all)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from gateway.config import Settings
+
+
+class Gateway:
+    """The gateway's admin and chat APIs, as the retrain job uses them."""
+
+    def __init__(self, settings: Settings) -> None:
+        cfg = settings.retrain
+        admin = cfg.admin_key.get_secret_value()
+        client = cfg.gateway_key.get_secret_value() or admin
+        self.http = httpx.Client(base_url=cfg.gateway_url.rstrip("/"), timeout=120)
+        self.admin = {"Authorization": f"Bearer {admin}"} if admin else {}
+        self.client = {"Authorization": f"Bearer {client}"} if client else {}
+        self.max_tokens = cfg.eval_max_tokens
+
+    def _check(self, resp: httpx.Response) -> dict[str, Any]:
+        if resp.is_error:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text[:300]
+            raise RuntimeError(f"gateway: {resp.request.method} {resp.request.url.path}: "
+                               f"HTTP {resp.status_code}: {message}")  # fmt: skip
+        doc: dict[str, Any] = resp.json()
+        return doc
+
+    def experiment(self, name: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/admin/experiments/{name}", headers=self.admin))
+
+    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post("/admin/models", json=body, headers=self.admin))
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/admin/models/{name}", headers=self.admin))
+
+    def unregister(self, name: str) -> None:
+        resp = self.http.delete(f"/admin/models/{name}", headers=self.admin)
+        if resp.status_code != 404:
+            self._check(resp)
+
+    def add_arm(self, experiment: str, model: str, weight: float) -> dict[str, Any]:
+        return self._check(self.http.post(f"/admin/experiments/{experiment}/arms",
+                                          json={"model": model, "weight": weight},
+                                          headers=self.admin))  # fmt: skip
+
+    def ask(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None) -> str:
+        """One greedy (temperature 0) answer of ``model``; ``max_tokens`` defaults to
+        ``retrain.eval_max_tokens``."""
+        doc = self._check(self.http.post("/v1/chat/completions", headers=self.client, json={
+            "model": model, "messages": messages, "temperature": 0,
+            "max_tokens": max_tokens or self.max_tokens,
+        }))  # fmt: skip
+        return str(doc["choices"][0]["message"].get("content") or "")
