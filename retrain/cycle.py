@@ -1,9 +1,19 @@
 """``retrain run``: one turn of the flywheel for an experiment.
 
-build the dataset → (skip if there is nothing new or too little) → train (``local``
+preflight (every check that needs no training: exit 2, nothing consumed) → build the
+dataset (new ratings become the next version; too few: exit 4) → pick the version to
+train: the latest, unless it was already trained to an outcome → train (``local``
 LoRA, or ``openai``) → stage the candidate in the gateway (registered, reachable only
 by its name, in no experiment) → evaluate it against the control on the held-out test
-split → add it as a canary arm at ``canary_share``, or unregister it and say why.
+split → add it as a canary arm at ``canary_share`` (outcome ``registered``), or
+unregister it and say why (outcome ``rejected``).
+
+**A failed turn is retried, not forgotten.** Ratings become dataset versions, and a
+version is done only when it was trained to an outcome (``fw:retrain:trained:{exp}``).
+Whatever else ends a run — a crash, ``kill -9``, a training error, the gateway down at
+registration — leaves the latest version untrained, and the next run trains it (a
+local training resumes from its last checkpoint). A rejected version is not trained
+again unchanged; its examples stay in the next version, which new ratings make.
 
 Safe from cron: a Redis lock per experiment (a second run exits with code 5); a job
 left unfinished by a run that died is marked failed and its staged model unregistered
@@ -13,24 +23,34 @@ recorded in the job (``retrain/jobs.py``).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
 from gateway import keys
 from gateway.config import Settings
 
-from . import evaluate
-from .dataset import BELOW_MINIMUM, BUSY, OK, OVER_COST_CAP, Builder, Lock, alive, crash_point
+from . import evaluate, preflight
+from .dataset import Builder, Lock, Version, alive, crash_point, latest_version
+from .exit_codes import ExitCode
 from .gateway_client import Gateway
-from .jobs import FINAL, JobStore, record_run
+from .jobs import FINAL, JobStore, dataset_outcome, record_outcome, record_run
 
-FAILED, REJECTED = 1, 6
+OK, FAILED, USAGE, REJECTED = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.REJECTED
+BELOW_MINIMUM, BUSY, OVER_COST_CAP = (
+    ExitCode.BELOW_MINIMUM,
+    ExitCode.BUSY,
+    ExitCode.OVER_COST_CAP,
+)
 
 
 @dataclass
@@ -66,14 +86,19 @@ def run(
     provider: str | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
+    provider = provider or settings.retrain.provider
     lock = Lock(client, keys.run_lock(experiment))
     holder = lock.acquire()
     if holder is not None:
         return RunResult(BUSY, f"another run of '{experiment}' holds the lock ({holder})")
     try:
+        problems, base_model = preflight.check(settings, experiment, provider)
+        if problems:
+            return RunResult(USAGE, "preflight: nothing was consumed; fix this first:\n"
+                             + "\n".join(f"  - {p}" for p in problems))  # fmt: skip
         record_run(client, experiment, started=time.time())
         try:
-            result = _run(client, settings, experiment, provider or settings.retrain.provider, log)
+            result = _run(client, settings, experiment, provider, base_model, log)
         except Exception:
             record_run(client, experiment, finished=time.time(), outcome="failed",
                        exit_code=FAILED)  # fmt: skip
@@ -93,41 +118,67 @@ def outcome(result: RunResult) -> str:
     if result.exit_code == OK:
         status = (result.job or {}).get("status")
         return {"registered": "canary", "cancelled": "cancelled"}.get(str(status), "nothing_new")
-    return {BELOW_MINIMUM: "below_minimum", REJECTED: "rejected",
-            OVER_COST_CAP: "over_cost_cap"}.get(result.exit_code, "failed")  # fmt: skip
+    ends: dict[int, str] = {
+        BELOW_MINIMUM: "below_minimum",
+        REJECTED: "rejected",
+        OVER_COST_CAP: "over_cost_cap",
+        ExitCode.COLLECT_MORE: "collect_more",
+    }
+    return ends.get(result.exit_code, "failed")
+
+
+def _to_train(
+    client: redis.Redis, settings: Settings, experiment: str, log: Callable[[str], None]
+) -> RunResult | Version:
+    """The dataset version this run trains, or why there is none."""
+    built = Builder(client, settings, experiment).run()
+    if built.status in ("below-minimum", "busy", "over-cost-cap") or built.exit_code != OK:
+        log(f"skip: {built.message}")
+        return RunResult(built.exit_code, f"skipped: {built.message}")
+    version = latest_version(settings.retrain.dataset_dir / experiment)
+    assert version is not None  # the build wrote one, or found one that is the latest
+    done = dataset_outcome(client, experiment, version.id)
+    if done is not None:
+        return RunResult(OK, f"nothing new: {version.id} was already trained "
+                         f"({done['outcome']}, {done.get('job')}); new ratings make the next "
+                         "version")  # fmt: skip
+    if built.status == "nothing-new":
+        log(f"{version.id} was never trained to an outcome: training it again")
+    missing = evaluate.missing_examples(version.path, settings.retrain)
+    if missing:
+        return RunResult(ExitCode.COLLECT_MORE, f"collect more: {version.id} has too few "
+                         f"held-out test examples to evaluate a candidate ({missing} more "
+                         "needed); nothing was trained, and the next run retries with "
+                         "the new ratings")  # fmt: skip
+    return version
 
 
 def _run(
     client: redis.Redis, settings: Settings, experiment: str, provider: str,
-    log: Callable[[str], None],
+    base_model: str | None, log: Callable[[str], None],
 ) -> RunResult:  # fmt: skip
     cfg = settings.retrain
     store, gateway = JobStore(client), Gateway(settings)
     for job_id in recover(store, gateway, experiment):
         log(f"cleaned up {job_id}: its run had died")
 
-    built = Builder(client, settings, experiment).run()
-    if built.status in ("nothing-new", "below-minimum") or built.exit_code != OK:
-        log(f"skip: {built.message}")
-        code = OK if built.status == "nothing-new" else built.exit_code
-        return RunResult(code if built.status != "below-minimum" else BELOW_MINIMUM,
-                         f"skipped: {built.message}")  # fmt: skip
-    assert built.path is not None
-    dataset_id = built.manifest["id"]
+    version = _to_train(client, settings, experiment, log)
+    if isinstance(version, RunResult):
+        return version
+    dataset_id, parent = version.id, version.manifest["parent"]
     job = store.create(experiment=experiment, provider=provider, dataset_id=dataset_id,
-                       dataset_path=str(built.path), dataset_parent=built.manifest["parent"],
+                       dataset_path=str(version.path), dataset_parent=parent,
                        runner=f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
     record_run(client, experiment, job=job["id"], dataset=dataset_id,
-               examples=built.manifest["counts"])  # fmt: skip
+               examples=version.manifest["counts"])  # fmt: skip
     name = f"{experiment}-{job['id'].removeprefix('ftjob-')}"
     log(f"{job['id']}: training a {provider} candidate on {dataset_id}")
     try:
-        body = _train(store, job, name, settings, provider, built.path, log)
+        body = _train(store, job, name, settings, provider, version.path, base_model, log)
         if body is None:
             return RunResult(OK, f"{job['id']} was cancelled", store.get(job["id"]))
         body["lineage"] = {"job": job["id"], "provider": provider, "dataset": dataset_id,
-                           "dataset_parent": built.manifest["parent"],
-                           "experiment": experiment}  # fmt: skip
+                           "dataset_parent": parent, "experiment": experiment}  # fmt: skip
         store.update(job["id"], status="staging", model_name=name)  # before: so it is undone
         gateway.register(body)
         store.update(job["id"], status="evaluating")
@@ -136,19 +187,23 @@ def _run(
         state = gateway.experiment(experiment)
         spec = state["spec"]
         control = spec.get("control") or spec["arms"][0]["model"]
-        result = evaluate.evaluate(evaluate.test_cases(built.path), gateway.ask, control, name,
+        result = evaluate.evaluate(evaluate.test_cases(version.path), gateway.ask, control, name,
                                    cfg.eval_margin)  # fmt: skip
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
             gateway.unregister(name)
             store.update(job["id"], status="rejected", evaluation=result, model_name=None,
                          error=f"not registered: {result['reason']}")  # fmt: skip
+            record_outcome(client, experiment, dataset_id, "rejected", job=job["id"])
+            _forget_checkpoints(store.get(job["id"]))
             return RunResult(REJECTED, f"{name} not registered: {result['reason']}",
                              store.get(job["id"]))  # fmt: skip
         others = sum(a["weight"] for a in spec["arms"])
         weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)
         gateway.add_arm(experiment, name, weight)
         job = store.update(job["id"], status="registered", evaluation=result)
+        record_outcome(client, experiment, dataset_id, "registered", job=job["id"], model=name)
+        _forget_checkpoints(job)
         return RunResult(OK, f"{name} is a canary of '{experiment}' at "
                          f"{cfg.canary_share:.0%} ({result['reason']})", job)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - recorded in the job, then reported
@@ -159,12 +214,28 @@ def _run(
             except RuntimeError as cleanup:
                 log(f"could not unregister {current['model_name']}: {cleanup}")
         store.update(job["id"], status="failed", error=f"{type(exc).__name__}: {exc}")
-        return RunResult(FAILED, f"{job['id']} failed: {exc}", store.get(job["id"]))
+        return RunResult(FAILED, f"{job['id']} failed: {exc}; {dataset_id} stays untrained "
+                         "and the next run retries it", store.get(job["id"]))  # fmt: skip
+
+
+def _forget_checkpoints(job: dict[str, Any] | None) -> None:
+    """The dataset reached an outcome: its training will not be resumed again."""
+    if job and job.get("checkpoints"):
+        shutil.rmtree(job["checkpoints"], ignore_errors=True)
+
+
+def checkpoint_dir(settings: Settings, dataset_id: str, base_model: str) -> Path:
+    """Where a local training of this dataset, model and settings keeps its checkpoints:
+    the same for every retry, so a retry resumes; different when anything changed."""
+    local = settings.retrain.local
+    params = local.model_dump(mode="json", exclude={"adapter_dir", "upstream"})
+    digest = hashlib.sha256(orjson.dumps([base_model, params], option=orjson.OPT_SORT_KEYS))
+    return local.adapter_dir / ".checkpoints" / f"{dataset_id}-{digest.hexdigest()[:10]}"
 
 
 def _train(
     store: JobStore, job: dict[str, Any], name: str, settings: Settings, provider: str,
-    dataset: Any, log: Callable[[str], None],
+    dataset: Any, base_model: str | None, log: Callable[[str], None],
 ) -> dict[str, Any] | None:  # fmt: skip
     """Train; the body that registers the result in the gateway (None: cancelled)."""
     cfg = settings.retrain
@@ -177,18 +248,27 @@ def _train(
     if provider == "local":
         from .local_train import train
 
-        if not cfg.local.base_model:
-            raise ValueError("retrain.local.base_model is not set: the model vLLM serves")
+        model = base_model or preflight.base_model(settings)
         out = (cfg.local.adapter_dir / name).resolve()
+        checkpoints = checkpoint_dir(settings, dataset.name, model)
+        store.update(job["id"], base_model=model, checkpoints=str(checkpoints),
+                     params=cfg.local.model_dump(mode="json"))  # fmt: skip
 
         def on_log(row: dict[str, Any]) -> None:
             store.update(job["id"], loss=[row])
             crash_point("training")
 
-        summary = train(dataset, out, cfg.local, base_model=cfg.local.base_model,
-                        on_log=on_log, should_stop=cancelled)  # fmt: skip
-        store.update(job["id"], training=summary, adapter_path=str(out),
-                     params=cfg.local.model_dump(mode="json"))  # fmt: skip
+        def on_checkpoint(step: int) -> None:
+            store.update(job["id"], checkpoint_step=step)
+            crash_point("checkpoint")
+
+        summary = train(dataset, out, cfg.local, base_model=model, checkpoint_dir=checkpoints,
+                        on_log=on_log, on_checkpoint=on_checkpoint,
+                        should_stop=cancelled)  # fmt: skip
+        store.update(job["id"], training=summary, adapter_path=str(out))
+        if summary["resumed_from_step"] is not None:
+            log(f"{job['id']}: resumed from the checkpoint at step "
+                f"{summary['resumed_from_step']} of an earlier try")  # fmt: skip
         losses = (
             f"validation loss {summary['eval_loss_first']:.3f} → {summary['eval_loss_last']:.3f}"
             if summary["eval_loss_first"] is not None

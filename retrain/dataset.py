@@ -46,10 +46,11 @@ from gateway import keys
 from gateway.config import Retrain, Settings
 
 from .curate import DPO, SFT, Curator, Example, TokenCounter
+from .exit_codes import ExitCode
 from .feedback_log import FeedbackConsumer, FeedbackEvent
 
-# Exit codes a cron job can act on.
-OK, ERROR, USAGE, OVER_COST_CAP, BELOW_MINIMUM, BUSY = 0, 1, 2, 3, 4, 5
+OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
+OVER_COST_CAP, BELOW_MINIMUM, BUSY = ExitCode.OVER_COST_CAP, ExitCode.BELOW_MINIMUM, ExitCode.BUSY
 
 CRASH_ENV = "FLYWHEEL_RETRAIN_CRASH_AT"  # fault injection for tests: a stage name
 

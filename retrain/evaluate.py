@@ -85,3 +85,8 @@ def evaluate(
         summary["reason"] = f"{scores} {verdict} the margin {margin:g}"
     summary["rows"] = rows
     return summary
+
+
+def missing_examples(dataset_path: Path, cfg: Any) -> int:
+    """How many more held-out test examples the gate needs (0: enough to evaluate)."""
+    return max(0, 1 - len(test_cases(dataset_path)))

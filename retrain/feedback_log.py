@@ -9,6 +9,7 @@ same event again. :func:`export_feedback` reads without a group, for people.
 
 from __future__ import annotations
 
+import atexit
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +31,16 @@ from gateway.store import start_embedded
 
 
 def connect(settings: Settings) -> redis.Redis:
-    """The gateway's Redis: ``redis_url``, or the embedded server under ``data_dir``."""
-    url = settings.redis_url or start_embedded(settings.data_dir).url
+    """The gateway's Redis: ``redis_url``, or the embedded server under ``data_dir``.
+
+    An embedded server this process had to start itself (no gateway running) is stopped
+    when the process exits; a kill stops it too (its parent-death signal).
+    """
+    url = settings.redis_url
+    if not url:
+        embedded = start_embedded(settings.data_dir)
+        atexit.register(embedded.stop)
+        url = embedded.url
     return redis.Redis.from_url(
         url,
         socket_timeout=10,

@@ -75,3 +75,17 @@ def record_run(client: redis.Redis, experiment: str, **fields: Any) -> None:
     doc = keys.decode(raw) or {}
     doc.update(fields)
     client.hset(keys.RETRAIN_RUNS, experiment, orjson.dumps(doc))
+
+
+def record_outcome(
+    client: redis.Redis, experiment: str, dataset_id: str, outcome: str, **fields: Any
+) -> None:
+    """Mark a dataset version as trained to an outcome (``registered`` or ``rejected``)."""
+    doc = {"outcome": outcome, "at": time.time(), **fields}
+    client.hset(keys.trained(experiment), dataset_id, orjson.dumps(doc))
+
+
+def dataset_outcome(client: redis.Redis, experiment: str, dataset_id: str) -> dict[str, Any] | None:
+    """What training a dataset version ended in; None: it has not been trained to an end."""
+    raw: bytes | None = client.hget(keys.trained(experiment), dataset_id)  # type: ignore[assignment]
+    return keys.decode(raw)

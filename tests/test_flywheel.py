@@ -170,7 +170,7 @@ def test_a_run_killed_after_staging_leaves_no_half_registered_model(
 ) -> None:  # fmt: skip
     exp = new_experiment(gateway)
     rate_corrections(gateway, exp)
-    config = config_for(gateway, tmp_path, tiny_model, max_steps=5)
+    config = config_for(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="after-stage")
     assert killed.returncode == 137
     store = JobStore(redis.Redis.from_url(redis_server.url))
@@ -181,15 +181,19 @@ def test_a_run_killed_after_staging_leaves_no_half_registered_model(
     }  # noqa: E501
     assert job["model_name"] in models  # staged when the run died
 
+    # The rerun cleans up, then trains the same dataset again (it never reached an outcome).
     again = retrain(config, "run", "--experiment", exp)
     assert again.returncode == 0, again.stderr
-    assert f"cleaned up {job['id']}" in again.stdout and "nothing new" in again.stdout
-    job = store.get(job["id"])
-    assert job is not None and job["status"] == "failed" and "interrupted" in job["error"]
+    assert f"cleaned up {job['id']}" in again.stdout and "is a canary of" in again.stdout
+    assert "never trained to an outcome" in again.stdout
+    dead = store.get(job["id"])
+    assert dead is not None and dead["status"] == "failed" and "interrupted" in dead["error"]
     models = {
         m["id"] for m in httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
     }  # noqa: E501
     assert job["model_name"] not in models
+    (retried,) = [j for j in store.list(50) if j["experiment"] == exp and j["id"] != job["id"]]
+    assert retried["status"] == "registered" and retried["dataset_id"] == job["dataset_id"]
 
 
 @pytest.mark.vllm

@@ -1,10 +1,9 @@
 """Our response bodies have the shapes OpenAI's own API description gives for them.
 
 Raw bodies from the real gateway (in front of real vLLM) are validated with ``jsonschema``
-against the schemas of OpenAI's OpenAPI description (openai/openai-openapi), which lies
-beside the repo at ``../shared/openai-openapi/openapi.yaml`` (``FLYWHEEL_OPENAI_OPENAPI``
-overrides the path). Missing, the tests are skipped, with the reason — except under CI
-(``CI`` set), where that fails the run.
+against the schemas of OpenAI's OpenAPI description (openai/openai-openapi), carried in
+``tests/data/openai-openapi`` with its license (``FLYWHEEL_OPENAI_OPENAPI`` names another
+copy).
 
 The schemas are used as published, with one OpenAPI translation: ``nullable: true``
 (OpenAPI 3.0) becomes "or null". The document says ``openapi: 3.1.0`` yet still carries
