@@ -9,11 +9,14 @@
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
     retrain export-feedback --since DATE --out FILE.jsonl [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
+    retrain tiny-adapter --model DIR --out DIR [--seed N]
 
-Exit codes of ``build`` and ``run``: 0 done (a dataset written, a canary registered,
-or nothing new), 1 error, 2 bad arguments or config, 3 over the cost cap, 4 below the
-minimum size, 5 another build or run of the experiment holds its lock, 6 (``run``) the
-candidate did not beat the control and was not registered.
+Exit codes of ``build`` and ``run`` (``retrain/exit_codes.py``): 0 done (a dataset
+written, a canary registered, or nothing new), 1 failed (a rerun retries: nothing was
+used up), 2 bad arguments or config, or a check before the run failed (nothing was
+consumed), 3 over the cost cap, 4 below the minimum size, 5 another build or run of the
+experiment holds its lock, 6 (``run``) the candidate did not pass the evaluation and was
+not registered, 7 (``run``) too few held-out examples to evaluate a candidate yet.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory")
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     tiny.add_argument("--force", action="store_true", help="rebuild even if already built")
+
+    adapter = commands.add_parser(
+        "tiny-adapter",
+        help="save an untrained LoRA adapter for a model (answers differently; for trying the "
+        "admin API and routing)",
+    )
+    adapter.add_argument("--model", type=Path, required=True, metavar="DIR", help="model dir")
+    adapter.add_argument("--out", type=Path, required=True, metavar="DIR", help="adapter dir")
+    adapter.add_argument("--seed", type=int, default=1, help="weight seed (default 1)")
 
     export = commands.add_parser(
         "export-feedback",
@@ -101,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         from retrain.tiny_model import build_tiny_model
 
         print(build_tiny_model(args.out, seed=args.seed, force=args.force))
+        return 0
+    if args.command == "tiny-adapter":
+        from gateway.localstack import make_test_adapter
+
+        print(make_test_adapter(args.model, args.out, seed=args.seed))
         return 0
     if args.command == "export-feedback":
         from gateway.cli import load_config_or_exit

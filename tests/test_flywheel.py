@@ -16,7 +16,7 @@ import redis
 import yaml
 
 from gateway import keys
-from gateway.localstack import VLLMServer
+from gateway.localstack import VLLMServer, free_port
 from retrain.jobs import JobStore
 
 from .conftest import ADMIN_KEY, API_KEY
@@ -161,6 +161,108 @@ def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     assert name not in {m["id"] for m in models}
     spec = httpx.get(f"{gateway.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
     assert [a["model"] for a in spec["arms"]] == ["base"]
+
+    # The rejected version is not trained again unchanged: that would loop.
+    again = retrain(config, "run", "--experiment", exp)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"was already trained (rejected, {job['id']})" in again.stdout
+
+
+def canary_of(gw: GatewayProcess, exp: str) -> str:
+    spec = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
+    (canary,) = [a["model"] for a in spec["arms"] if a["model"] != "base"]
+    return canary
+
+
+def answers_a_trained_correction(gw: GatewayProcess, exp: str, tmp_path: Path) -> bool:
+    root = tmp_path / "datasets" / exp
+    train = (root / (root / "latest").read_text().strip() / "train.jsonl").read_text()
+    item = next(i for i in ITEMS if correction(i) in train)
+    return ask(gw, exp, f"Can I return {item}?", arm=canary_of(gw, exp)) == correction(item)
+
+
+@pytest.mark.vllm
+def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next_run(
+    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
+    tiny_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    exp = new_experiment(gateway)
+    rate_corrections(gateway, exp)
+    config = config_for(gateway, tmp_path, tiny_model)
+    killed = retrain(config, "run", "--experiment", exp, crash="checkpoint")  # kill -9 there
+    assert killed.returncode == 137
+    store = JobStore(redis.Redis.from_url(redis_server.url))
+    (dead,) = [j for j in store.list(50) if j["experiment"] == exp]
+    assert dead["status"] == "running" and dead["checkpoint_step"] == 15  # 150 steps / 10
+
+    again = retrain(config, "run", "--experiment", exp)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from the checkpoint at step 15" in again.stdout
+    (job,) = [j for j in store.list(50) if j["experiment"] == exp and j["id"] != dead["id"]]
+    assert job["status"] == "registered" and job["dataset_id"] == dead["dataset_id"]
+    assert job["training"]["resumed_from_step"] == 15 and job["training"]["steps"] == 150
+    assert answers_a_trained_correction(gateway, exp, tmp_path)
+    assert not Path(job["checkpoints"]).exists()  # trained to an outcome: nothing to resume
+
+
+@pytest.mark.vllm
+def test_a_run_that_finds_the_gateway_down_at_registration_registers_on_the_next_run(
+    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
+    tiny_model: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    own = GatewayProcess(yaml.safe_load(gateway.config_path.read_text()), tmp_path / "gw").start()
+    try:
+        exp = new_experiment(own)
+        rate_corrections(own, exp)
+        config = config_for(own, tmp_path, tiny_model)
+        running = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)  # fmt: skip
+        store = JobStore(redis.Redis.from_url(redis_server.url))
+        deadline = time.monotonic() + 120
+        while not [j for j in store.list(50) if j["experiment"] == exp and j["loss"]]:
+            assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+            time.sleep(0.05)
+        own.stop()  # the gateway goes away while the candidate trains
+        out, err = running.communicate(timeout=300)
+        assert running.returncode == 1, out + err
+        assert "stays untrained and the next run retries it" in err
+
+        down = retrain(config, "run", "--experiment", exp)  # still down: preflight stops it
+        assert down.returncode == 2 and "does not answer" in down.stderr, down.stderr
+        own.start()
+        again = retrain(config, "run", "--experiment", exp)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "is a canary of" in again.stdout and "resumed from the checkpoint" in again.stdout
+        assert answers_a_trained_correction(own, exp, tmp_path)
+    finally:
+        own.stop()
+
+
+@pytest.mark.vllm
+def test_a_bad_config_consumes_nothing_and_the_fixed_config_trains_the_same_ratings(
+    gateway: GatewayProcess, vllm: VLLMServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    exp = new_experiment(gateway)
+    rate_corrections(gateway, exp)
+    dead_port = f"http://127.0.0.1:{free_port()}"
+    bad = config_for(gateway, tmp_path, tiny_model, base_model=str(tmp_path / "no-model"))
+    doc = yaml.safe_load(bad.read_text())
+    doc["retrain"]["gateway_url"] = dead_port
+    bad.write_text(yaml.safe_dump(doc))
+    refused = retrain(bad, "run", "--experiment", exp)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "nothing was consumed" in refused.stderr
+    assert f"the gateway at {dead_port} does not answer" in refused.stderr  # every problem,
+    assert "no-model is not a model directory" in refused.stderr  # one line each
+    assert not (tmp_path / "datasets" / exp).exists()
+
+    fixed = config_for(gateway, tmp_path, tiny_model, base_model=None)  # asked from vLLM
+    run = retrain(fixed, "run", "--experiment", exp)
+    assert run.returncode == 0, run.stdout + run.stderr
+    root = tmp_path / "datasets" / exp
+    train = (root / (root / "latest").read_text().strip() / "train.jsonl").read_text()
+    assert sum(correction(i) in train for i in ITEMS) >= 3  # the ratings rated before
+    assert answers_a_trained_correction(gateway, exp, tmp_path)
 
 
 @pytest.mark.vllm
