@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.config import ConfigError, load_settings
 
@@ -162,3 +163,52 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("ok: 2 upstreams, 3 models, 1 experiments")
+
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCTION_ENV = {
+    "FLYWHEEL_REDIS_URL": "redis://redis:6379/0", "FLYWHEEL_ID_SECRET": "an-id-secret-of-32-chars-or-more",
+    "FLYWHEEL_API_KEY": "sk-client-0123456789", "FLYWHEEL_ADMIN_KEY": "sk-admin-0123456789",
+    "OPENAI_API_KEY": "sk-openai-0123456789", "PATH": "/usr/bin:/bin",
+}  # fmt: skip
+
+
+def gateway_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60, env=env or {"PATH": "/usr/bin:/bin"})  # fmt: skip
+
+
+@pytest.mark.parametrize(("example", "env"), [("local", None), ("production", PRODUCTION_ENV)])
+def test_the_example_configs_pass_check_config(example: str, env: dict[str, str] | None) -> None:
+    run = gateway_cli("check-config", "--config", str(REPO / "examples" / f"{example}.yaml"),
+                      env=env)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("ok: ")
+
+
+def test_the_production_example_needs_its_secrets_from_the_environment() -> None:
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != "FLYWHEEL_ADMIN_KEY"}
+    run = gateway_cli("check-config", "--config", str(REPO / "examples" / "production.yaml"),
+                      env=env)  # fmt: skip
+    assert run.returncode == 2
+    assert "environment variable FLYWHEEL_ADMIN_KEY is not set" in run.stderr
+
+
+@pytest.mark.parametrize("source", [None, "production"])
+def test_config_show_prints_the_effective_config_that_check_config_accepts(
+    tmp_path: Path, source: str | None
+) -> None:
+    args = ["--config", str(REPO / "examples" / f"{source}.yaml")] if source else []
+    shown = gateway_cli("config", "show", *args, env=PRODUCTION_ENV if source else None)
+    assert shown.returncode == 0, shown.stderr
+    doc = yaml.safe_load(shown.stdout)
+    assert doc["interaction_log"]["batch_size"] == 2048  # a default, filled in
+    if source:
+        assert doc["auth"]["admin_keys"][0]["key"] == "**********"  # masked
+        assert "sk-admin" not in shown.stdout and "sk-openai" not in shown.stdout
+    else:
+        assert doc["retrain"]["min_examples"] == 10  # the quick-start stack's profile
+        assert doc["upstreams"]["local"]["max_lora_rank"] >= doc["retrain"]["local"]["r"]
+    path = tmp_path / "shown.yaml"
+    path.write_text(shown.stdout)
+    assert gateway_cli("check-config", "--config", str(path)).returncode == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import yaml
 from gateway.config import LocalTraining, OpenAITraining
 from gateway.localstack import VLLMServer
 from retrain.jobs import JobStore
-from retrain.local_train import train
+from retrain.local_train import plan, train
 from retrain.openai_ft import OpenAIProvider
 
 from .conftest import ADMIN_KEY
@@ -52,12 +51,15 @@ def test_local_training_on_cpu_lowers_the_validation_loss(tiny_model: Path, tmp_
     rows: list[dict[str, Any]] = []
     cfg = LocalTraining(max_steps=40, learning_rate=1e-2, batch_size=4, patience=100)
     summary = train(data, tmp_path / "adapter", cfg, base_model=str(tiny_model),
-                    on_log=rows.append)  # fmt: skip
+                    checkpoint_dir=tmp_path / "checkpoints", on_log=rows.append)  # fmt: skip
     assert summary["device"] == "cpu" and summary["steps"] == 40
     assert summary["eval_loss_last"] < summary["eval_loss_first"] - 0.1, summary
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
+    # Evaluated before training, then every 40 // 10 steps; each reported once.
+    assert [r["step"] for r in rows if "eval_loss" in r] == list(range(0, 41, 4))
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 8 and adapter["bias"] == "none" and not adapter.get("use_dora")
+    assert adapter["r"] == 16 and adapter["lora_alpha"] == 32
+    assert adapter["bias"] == "none" and not adapter.get("use_dora")
     assert not adapter.get("modules_to_save")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
 
@@ -67,9 +69,18 @@ def test_training_stops_when_asked(tiny_model: Path, tmp_path: Path) -> None:
     steps: list[int] = []
     cfg = LocalTraining(max_steps=500, learning_rate=1e-3, batch_size=4)
     summary = train(data, tmp_path / "adapter", cfg, base_model=str(tiny_model),
+                    checkpoint_dir=tmp_path / "checkpoints",
                     on_log=lambda r: steps.append(r["step"]),
                     should_stop=lambda: len(steps) >= 5)  # fmt: skip
     assert summary["cancelled"] and summary["steps"] < 20
+
+
+def test_the_plan_evaluates_a_set_number_of_times_whatever_the_dataset_size() -> None:
+    cfg = LocalTraining()  # 3 epochs, batch 4, 10 evaluations, 3% warm-up
+    assert plan(1000, cfg) == {"steps": 750, "warmup_steps": 22, "eval_steps": 75}
+    assert plan(6, cfg) == {"steps": 6, "warmup_steps": 0, "eval_steps": 1}
+    assert plan(6, LocalTraining(max_steps=300, warmup_ratio=0.1)) == {
+        "steps": 300, "warmup_steps": 30, "eval_steps": 30}  # fmt: skip
 
 
 @pytest.mark.vllm
@@ -78,7 +89,8 @@ def test_dpo_on_preference_pairs_saves_an_adapter_vllm_loads(
 ) -> None:
     data = write_dataset(tmp_path / "data")
     cfg = LocalTraining(method="dpo", max_steps=4, learning_rate=1e-3, batch_size=2)
-    summary = train(data, tmp_path / "dpo-adapter", cfg, base_model=str(tiny_model))
+    summary = train(data, tmp_path / "dpo-adapter", cfg, base_model=str(tiny_model),
+                    checkpoint_dir=tmp_path / "checkpoints")  # fmt: skip
     assert summary["steps"] == 4 and summary["train_loss"] > 0
     name = f"dpo-{uuid.uuid4().hex[:6]}"
     loaded = httpx.post(vllm.base_url + "/load_lora_adapter", timeout=60,
@@ -192,4 +204,3 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
         gw.stop()
         faulty.stop()
         server.stop()
-    assert os.environ.get("OPENAI_API_KEY") is None or True  # never needed: nothing real called

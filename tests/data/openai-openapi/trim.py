@@ -21,6 +21,11 @@ ROOTS = [
     "CreateChatCompletionStreamResponse",
     "ListModelsResponse",
     "ErrorResponse",
+    "OpenAIFile",
+    "FineTuningJob",
+    "ListFineTuningJobEventsResponse",
+    "ListFineTuningJobCheckpointsResponse",
+    "ListPaginatedFineTuningJobsResponse",
 ]
 PREFIX = "#/components/schemas/"
 
