@@ -28,21 +28,25 @@ class _Strict(BaseModel):
 
 
 class Listen(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="address `gateway serve` listens on (--host)")
+    port: int = Field(8000, ge=1, le=65535, description="port `gateway serve` listens on (--port)")
 
 
 class ApiKey(_Strict):
-    key: SecretStr
-    name: str
-    tenant: str | None = None  # defaults to the key's name
+    key: SecretStr = Field(description="the secret sent as 'Authorization: Bearer <key>'")
+    name: str = Field(description="who the key belongs to: logged, audited, the default rater")
+    tenant: str | None = Field(None, description="whose data it sees; default: the key's name")
     rpm: int | None = Field(None, ge=1, description="requests per minute (all replicas)")
     tpm: int | None = Field(None, ge=1, description="tokens per minute (all replicas)")
 
 
 class Auth(_Strict):
-    api_keys: list[ApiKey] = []
-    admin_keys: list[ApiKey] = []
+    api_keys: list[ApiKey] = Field(
+        [], description="client keys; none at all (and no admin key): the gateway is open (dev)"
+    )
+    admin_keys: list[ApiKey] = Field(
+        [], description="keys for the admin API and forced arms (x-flywheel-arm)"
+    )
 
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
@@ -54,13 +58,13 @@ class Breaker(_Strict):
 
 
 class Upstream(_Strict):
-    kind: Literal["vllm", "openai"]
-    base_url: Url | None = None
+    kind: Literal["vllm", "openai"] = Field(description="what speaks at the address")
+    base_url: Url | None = Field(None, description="one replica, ending in /v1")
     base_urls: list[Url] = Field(default_factory=list, description="several replicas")
     dns_replicas: bool = Field(
         False, description="every address the host name resolves to is a replica (headless)"
     )
-    api_key: SecretStr = SecretStr("")
+    api_key: SecretStr = Field(SecretStr(""), description="sent upstream as a bearer key")
     timeout_s: float = Field(120.0, gt=0, description="total time for one upstream call")
     connect_timeout_s: float = Field(5.0, gt=0, description="time to open a connection")
     first_byte_timeout_s: float = Field(
@@ -87,14 +91,16 @@ class Upstream(_Strict):
 
 class Price(_Strict):
     prompt_per_1m: float = Field(0.0, ge=0, description="currency units per 1M prompt tokens")
-    completion_per_1m: float = Field(0.0, ge=0)
+    completion_per_1m: float = Field(0.0, ge=0, description="per 1M completion tokens")
 
 
 class ModelVersion(_Strict):
-    upstream: str
+    upstream: str = Field(description="the upstream that serves it (a key of upstreams)")
     model: str = Field(min_length=1, description="the model id the upstream serves")
-    adapter_path: str | None = None
-    price: Price | None = None
+    adapter_path: str | None = Field(
+        None, description="a LoRA adapter dir that vLLM loads at runtime on every replica"
+    )
+    price: Price | None = Field(None, description="for the report's cost per 1k requests")
 
 
 class Arm(_Strict):
@@ -150,7 +156,7 @@ class InteractionLog(_Strict):
         description="most records per Redis round trip; the writer takes what is queued, so "
         "batches are small unless it fell behind (then big ones let it catch up)",
     )
-    retention_days: float = Field(30.0, gt=0)
+    retention_days: float = Field(30.0, gt=0, description="how long interactions are kept")
     redact: bool = Field(
         False, description="store messages and answers with e-mail addresses and phone numbers"
         " replaced by [email] and [phone]"
@@ -161,10 +167,10 @@ class Feedback(_Strict):
     failure_threshold: float = Field(
         0.5, ge=0, le=1, description="a rating whose score is below this is a failure"
     )
-    max_comment_chars: int = Field(4000, ge=0)
-    max_correction_chars: int = Field(32_000, ge=0)
-    max_tags: int = Field(16, ge=0)
-    max_tag_chars: int = Field(64, ge=1)
+    max_comment_chars: int = Field(4000, ge=0, description="longer comments are a 400")
+    max_correction_chars: int = Field(32_000, ge=0, description="longer corrections are a 400")
+    max_tags: int = Field(16, ge=0, description="more tags on one rating are a 400")
+    max_tag_chars: int = Field(64, ge=1, description="longer tags are a 400")
     join_wait_s: float = Field(
         10.0, ge=0, description="how long a rating may wait for its interaction record"
     )
@@ -187,15 +193,15 @@ class Control(_Strict):
 
 
 class TrainingPrice(_Strict):
-    provider: Literal["local", "openai"]
-    model: str
+    provider: Literal["local", "openai"] = Field(description="which provider trains")
+    model: str = Field(description="the base model trained")
     per_1m_tokens: float = Field(ge=0, description="training price per 1M trained tokens")
 
 
 class Split(_Strict):
-    validation: float = Field(0.1, ge=0, lt=1)
-    test: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    validation: float = Field(0.1, ge=0, lt=1, description="share of groups for validation")
+    test: float = Field(0.1, ge=0, lt=1, description="share of groups held out for evaluation")
+    seed: int = Field(0, description="seeds the split of new groups")
 
 
 class LocalTraining(_Strict):
@@ -237,15 +243,17 @@ class LocalTraining(_Strict):
 class OpenAITraining(_Strict):
     """OpenAI's fine-tuning API (closing: no new jobs from 2027-01-06)."""
 
-    base_model: str = "gpt-4o-mini-2024-07-18"
+    base_model: str = Field("gpt-4o-mini-2024-07-18", description="the model fine-tuned")
     upstream: str = Field("openai", description="the gateway upstream that serves ft: models")
-    base_url: str = "https://api.openai.com/v1"
-    api_key: SecretStr = SecretStr("")
-    method: Literal["supervised", "dpo"] = "supervised"
-    n_epochs: int | Literal["auto"] = "auto"
-    batch_size: int | Literal["auto"] = "auto"
-    learning_rate_multiplier: float | Literal["auto"] = "auto"
-    poll_s: float = Field(10.0, gt=0)
+    base_url: str = Field("https://api.openai.com/v1", description="OpenAI's API")
+    api_key: SecretStr = Field(SecretStr(""), description="e.g. ${OPENAI_API_KEY}")
+    method: Literal["supervised", "dpo"] = Field("supervised", description="the job's method")
+    n_epochs: int | Literal["auto"] = Field("auto", description="1–50, or auto")
+    batch_size: int | Literal["auto"] = Field("auto", description="1–256, or auto")
+    learning_rate_multiplier: float | Literal["auto"] = Field(
+        "auto", description="above 0, or auto"
+    )
+    poll_s: float = Field(10.0, gt=0, description="how often the job's status is read")
 
 
 class Retrain(_Strict):
@@ -313,7 +321,9 @@ class Shutdown(_Strict):
 
 
 class Limits(_Strict):
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="larger request bodies are a 413"
+    )
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="all request header names and values together"
     )
@@ -326,14 +336,26 @@ class Settings(BaseSettings):
     )
 
     listen: Listen = Listen()
-    redis_url: str | None = None
+    redis_url: str | None = Field(
+        None, description="redis://, rediss:// or unix:// URL; unset: an embedded Redis"
+    )
     redis_pool: RedisPool = RedisPool()
-    data_dir: Path = Path("./data")
-    id_secret: SecretStr | None = None
+    data_dir: Path = Field(
+        Path("./data"), description="embedded Redis, the id secret, the tiny model, logs"
+    )
+    id_secret: SecretStr | None = Field(
+        None, description="signs response ids; replicas share one (unset: data_dir/id_secret)"
+    )
     auth: Auth = Auth()
-    upstreams: dict[Name, Upstream] = {}
-    models: dict[Name, ModelVersion] = Field(default_factory=dict)
-    experiments: dict[Name, Experiment] = {}
+    upstreams: dict[Name, Upstream] = Field(
+        {}, description="model servers by name (vLLM or OpenAI)"
+    )
+    models: dict[Name, ModelVersion] = Field(
+        default_factory=dict, description="every routable model version (more at runtime)"
+    )
+    experiments: dict[Name, Experiment] = Field(
+        {}, description="what apps put in 'model'; the seed of the live state in Redis"
+    )
     interaction_log: InteractionLog = InteractionLog()
     feedback: Feedback = Feedback()
     control: Control = Control()

@@ -1,4 +1,8 @@
-"""The gateway's admin and chat APIs as the offline jobs use them (one client for all)."""
+"""The gateway's admin and chat APIs as the offline jobs use them (one client for all).
+
+Every failure — an error answer, or no answer at all (refused, reset, timed out) — is a
+:class:`GatewayUnavailable` naming the call: httpx's exceptions stop here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,22 @@ import httpx
 from gateway.config import Settings
 
 
+class GatewayUnavailable(RuntimeError):
+    """A call to the gateway failed (an error status, or no answer)."""
+
+
+class _Transport(httpx.HTTPTransport):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.TransportError as exc:
+            raise GatewayUnavailable(
+                f"gateway: {request.method} {request.url.path}: no answer from "
+                f"{request.url.scheme}://{request.url.netloc.decode()} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+
 class Gateway:
     """The gateway's admin and chat APIs, as the retrain job uses them."""
 
@@ -16,7 +36,9 @@ class Gateway:
         cfg = settings.retrain
         admin = cfg.admin_key.get_secret_value()
         client = cfg.gateway_key.get_secret_value() or admin
-        self.http = httpx.Client(base_url=cfg.gateway_url.rstrip("/"), timeout=120)
+        self.http = httpx.Client(
+            base_url=cfg.gateway_url.rstrip("/"), timeout=120, transport=_Transport()
+        )
         self.admin = {"Authorization": f"Bearer {admin}"} if admin else {}
         self.client = {"Authorization": f"Bearer {client}"} if client else {}
         self.max_tokens = cfg.eval_max_tokens
@@ -27,7 +49,7 @@ class Gateway:
                 message = resp.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = resp.text[:300]
-            raise RuntimeError(f"gateway: {resp.request.method} {resp.request.url.path}: "
+            raise GatewayUnavailable(f"gateway: {resp.request.method} {resp.request.url.path}: "
                                f"HTTP {resp.status_code}: {message}")  # fmt: skip
         doc: dict[str, Any] = resp.json()
         return doc

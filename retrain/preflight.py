@@ -81,13 +81,13 @@ def _model_problem(model: str) -> str | None:
 
 
 def _gateway_problems(settings: Settings, experiment: str) -> list[str]:
-    from .gateway_client import Gateway
+    from .gateway_client import Gateway, GatewayUnavailable
 
     cfg = settings.retrain
     gateway = Gateway(settings)
     try:
         resp = gateway.http.get(f"/admin/experiments/{experiment}", headers=gateway.admin)
-    except httpx.HTTPError as exc:
+    except GatewayUnavailable as exc:
         return [f"retrain.gateway_url: the gateway at {cfg.gateway_url} does not answer: {exc}"]
     finally:
         gateway.http.close()
