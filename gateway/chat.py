@@ -108,6 +108,9 @@ class Turn:
     error: str | None = None
     done: bool = False  # saw the upstream's [DONE]
     relaying: bool = False  # the client's stream has started
+    # A finishing chunk held back until the usage chunk we asked for (and remove) brings
+    # the system_fingerprint vLLM puts there instead: sent with the next line.
+    held: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         params = {k: v for k, v in self.doc.items() if k not in ("messages", "model")}
@@ -346,7 +349,7 @@ class ChatService:
         payload = line[5:].strip()
         if payload == b"[DONE]":
             turn.done = True
-            return b"data: [DONE]\n\n"
+            return _release(turn) + b"data: [DONE]\n\n"
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -367,14 +370,23 @@ class ChatService:
             usage = chunk.pop("usage", None)
             if usage:
                 turn.usage = usage
-            if not chunk.get("choices"):
-                return None
+            if not chunk.get("choices"):  # the usage chunk the client did not ask for
+                if turn.held is not None and chunk.get("system_fingerprint"):
+                    turn.held["system_fingerprint"] = chunk["system_fingerprint"]
+                return _release(turn) or None
+        finishing = False
         for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                finishing = True
             if choice.get("index", 0) == 0:
                 turn.take_delta(choice.get("delta") or {})
                 if choice.get("finish_reason"):
                     turn.finish_reason = choice["finish_reason"]
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        earlier = _release(turn)
+        if finishing and not turn.want_usage and not chunk.get("system_fingerprint"):
+            turn.held = chunk
+            return earlier or None
+        return earlier + b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def _relay(
         self, turn: Turn, lines: AsyncGenerator[bytes, None], first: bytes | None, route: Route
@@ -556,6 +568,12 @@ class RelayResponse(StreamingResponse):
         finally:
             await self._relay.aclose()  # runs the relay's own cleanup if it started
             await self._abandon()  # cleans up if it never did
+
+
+def _release(turn: Turn) -> bytes:
+    """The held-back finishing chunk as an SSE event (b"" when none is held)."""
+    held, turn.held = turn.held, None
+    return b"data: " + orjson.dumps(held) + b"\n\n" if held is not None else b""
 
 
 def _sse_error(exc: GatewayError) -> bytes:

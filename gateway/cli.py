@@ -114,7 +114,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def up(args: argparse.Namespace) -> None:
     """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both."""
-    from .localstack import VLLMServer
+    from localstack import VLLMServer
 
     if args.config or os.environ.get("FLYWHEEL_CONFIG"):
         settings = load_config_or_exit(args.config)
@@ -133,7 +133,7 @@ def up(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     model = args.model
     if model is None:
-        from retrain.tiny_model import build_tiny_model
+        from localstack.tiny_model import build_tiny_model
 
         model = str(build_tiny_model(settings.data_dir / "models" / "tiny"))
     rank = max((u.max_lora_rank or 0 for u in settings.upstreams.values()), default=0)

@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from .config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
-from .validation import CONTENT_REQUIRED, PARAMS
+from .validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 
 REF = "#/components/schemas/{model}"
 
@@ -113,8 +113,13 @@ def chat_request_schema() -> dict[str, Any]:
     message = {
         "anyOf": [
             {"type": "object", "required": ["role", "content"],
-             "properties": {"role": {"enum": sorted(CONTENT_REQUIRED)}, "content": content,
-                            "name": {"type": "string"}}},
+             "properties": {"role": {"enum": sorted(CONTENT_REQUIRED - NULL_CONTENT)},
+                            "content": content, "name": {"type": "string"}}},
+            {"type": "object", "required": ["role", "content"],
+             "properties": {"role": {"const": "function"},
+                            "content": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                            "name": {"type": "string"}},
+             "description": "a function's content may be null (OpenAI's function message)"},
             {"type": "object", "required": ["role"],
              "properties": {"role": {"const": "assistant"},
                             "content": {"anyOf": [*content["anyOf"], {"type": "null"}]},

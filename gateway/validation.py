@@ -106,6 +106,9 @@ PARAMS: dict[str, Param] = {
 
 # Roles whose message must carry ``content`` (an assistant's may carry tool calls instead).
 CONTENT_REQUIRED = frozenset(ROLES) - {"assistant"}
+# Roles whose ``content`` may be null: an assistant's (tool calls instead) and a
+# function's (OpenAI's ChatCompletionRequestFunctionMessage: a string or null).
+NULL_CONTENT = frozenset({"assistant", "function"})
 
 
 def _role(m: dict[str, Any]) -> str | None:
@@ -124,7 +127,7 @@ def _message_problem(i: int, m: Any) -> InvalidRequest | None:
         )
     if "content" in m:
         content = m["content"]
-        if not (isinstance(content, (str, list)) or (content is None and role == "assistant")):
+        if not (isinstance(content, (str, list)) or (content is None and role in NULL_CONTENT)):
             return InvalidRequest(
                 f"messages[{i}].content must be a string or an array of content parts.",
                 param=f"messages[{i}].content",

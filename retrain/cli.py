@@ -110,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.command == "tiny-model":
-        from retrain.tiny_model import build_tiny_model
+        from localstack.tiny_model import build_tiny_model
 
         print(build_tiny_model(args.out, seed=args.seed, force=args.force))
         return 0
     if args.command == "tiny-adapter":
-        from gateway.localstack import make_test_adapter
+        from localstack import make_test_adapter
 
         print(make_test_adapter(args.model, args.out, seed=args.seed))
         return 0

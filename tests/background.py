@@ -12,7 +12,7 @@ from typing import Self
 
 from aiohttp import web
 
-from gateway.localstack import free_port
+from localstack import free_port
 
 
 class BackgroundServer:

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.localstack import VLLMServer, free_port, make_test_adapter
+from localstack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
 from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
 from tests.services import GatewayProcess, RedisProcess
@@ -29,7 +29,7 @@ ID_SECRET = "test-id-secret-shared-by-replicas"
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from retrain.tiny_model import build_tiny_model
+    from localstack.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

@@ -205,11 +205,19 @@ def test_malformed_messages_are_400_naming_the_message(
     assert_openai_error(resp, 400, param=param)
 
 
-def test_an_assistant_message_may_omit_its_content(
-    fixed: tuple[GatewayProcess, FaultyUpstream],
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": None},
+        {"role": "assistant"},
+        {"role": "function", "name": "lookup", "content": None},  # OpenAI's schema allows it
+    ],
+)
+def test_an_assistant_or_function_message_may_have_null_content(
+    fixed: tuple[GatewayProcess, FaultyUpstream], message: dict[str, Any]
 ) -> None:
     gateway, _ = fixed
-    messages = [*HELLO, {"role": "assistant", "content": None}, {"role": "user", "content": "?"}]
+    messages = [*HELLO, message, {"role": "user", "content": "?"}]
     resp = httpx.post(
         gateway.base_url + "/chat/completions",
         headers=AUTH,

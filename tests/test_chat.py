@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from gateway.localstack import VLLMServer
+from localstack import VLLMServer
 
 from .conftest import API_KEY
 from .services import GatewayProcess
@@ -42,6 +42,20 @@ def test_streamed_text_equals_the_non_streamed_answer(client: openai.OpenAI) -> 
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
     assert all(c.usage is None for c in chunks)  # not asked for: not sent
+
+
+def test_a_stream_keeps_the_system_fingerprint_vllm_sends(
+    client: openai.OpenAI, vllm: VLLMServer
+) -> None:
+    """vLLM stamps its fingerprint on the finishing chunk, or on the usage chunk when usage
+    is asked for — which the gateway always asks for, then removes."""
+    args = {"model": "base", "messages": HELLO, "max_tokens": 8, "stream": True}
+    with openai.OpenAI(base_url=vllm.base_url, api_key="-") as direct:
+        fingerprints = {c.system_fingerprint for c in direct.chat.completions.create(**args)}
+    fingerprint = (fingerprints - {None}).pop()
+    chunks = list(client.chat.completions.create(**args))
+    assert chunks[-1].choices[0].finish_reason and chunks[-1].system_fingerprint == fingerprint
+    assert all(c.usage is None for c in chunks)
 
 
 def test_streaming_usage_when_asked(client: openai.OpenAI) -> None:

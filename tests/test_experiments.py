@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from gateway import keys
-from gateway.localstack import VLLMServer, make_test_adapter
+from localstack import VLLMServer, make_test_adapter
 
 from .conftest import ADMIN_KEY, API_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream

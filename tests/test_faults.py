@@ -17,7 +17,7 @@ import aiohttp
 import openai
 import pytest
 
-from gateway.localstack import free_port
+from localstack import free_port
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess, open_fds, rss_mb

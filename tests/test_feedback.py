@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from gateway import keys
-from gateway.localstack import VLLMServer
+from localstack import VLLMServer
 from retrain.feedback_log import FeedbackConsumer
 
 from .conftest import API_KEY, OTHER_TENANT_KEY, gateway_config

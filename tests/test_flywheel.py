@@ -16,7 +16,7 @@ import redis
 import yaml
 
 from gateway import keys
-from gateway.localstack import VLLMServer, free_port
+from localstack import VLLMServer, free_port
 from retrain.jobs import JobStore
 
 from .conftest import ADMIN_KEY, API_KEY

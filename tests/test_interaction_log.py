@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from gateway import keys
-from gateway.localstack import VLLMServer
+from localstack import VLLMServer
 
 from .conftest import API_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream

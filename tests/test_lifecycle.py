@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from gateway import keys
-from gateway.localstack import free_port
+from localstack import free_port
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess

@@ -13,7 +13,7 @@ import redis
 import yaml
 
 from gateway.config import LocalTraining, OpenAITraining
-from gateway.localstack import VLLMServer
+from localstack import VLLMServer
 from retrain.jobs import JobStore
 from retrain.local_train import plan, train
 from retrain.openai_ft import OpenAIProvider
