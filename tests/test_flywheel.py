@@ -143,6 +143,7 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
@@ -182,6 +183,7 @@ def answers_a_trained_correction(gw: GatewayProcess, exp: str, tmp_path: Path) -
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next_run(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
@@ -206,6 +208,7 @@ def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_run_that_finds_the_gateway_down_at_registration_registers_on_the_next_run(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
@@ -239,6 +242,7 @@ def test_a_run_that_finds_the_gateway_down_at_registration_registers_on_the_next
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_bad_config_consumes_nothing_and_the_fixed_config_trains_the_same_ratings(
     gateway: GatewayProcess, vllm: VLLMServer, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -266,6 +270,7 @@ def test_a_bad_config_consumes_nothing_and_the_fixed_config_trains_the_same_rati
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_run_killed_after_staging_leaves_no_half_registered_model(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
