@@ -136,14 +136,14 @@ def _run(
         state = gateway.experiment(experiment)
         spec = state["spec"]
         control = spec.get("control") or spec["arms"][0]["model"]
-        result = evaluate.evaluate(evaluate.test_cases(built.path), gateway.ask, control, name,
-                                   cfg.eval_margin)  # fmt: skip
+        result = evaluate.gate_dataset(built.path, gateway.ask, control, name, cfg.eval)
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
             gateway.unregister(name)
             store.update(job["id"], status="rejected", evaluation=result, model_name=None,
                          error=f"not registered: {result['reason']}")  # fmt: skip
-            return RunResult(REJECTED, f"{name} not registered: {result['reason']}",
+            return RunResult(evaluate.OUTCOME_CODES[result["outcome"]],
+                             f"{name} not registered: {result['reason']}",
                              store.get(job["id"]))  # fmt: skip
         others = sum(a["weight"] for a in spec["arms"])
         weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)
