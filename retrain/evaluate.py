@@ -254,8 +254,10 @@ def _summary(rows: list[dict[str, Any]], cfg: Eval, *, guard: bool) -> dict[str,
         json_ok = rates["candidate"] >= rates["control"] - cfg.json_tolerance
         summary.update(json_examples=len(json_rows), control_valid_json=rates["control"],
                        candidate_valid_json=rates["candidate"])  # fmt: skip
-        reason += (f"; valid JSON {rates['candidate']:.0%} vs control {rates['control']:.0%} "
-                   f"of {len(json_rows)}{'' if json_ok else ': worse than the tolerance'}")
+        reason += (
+            f"; valid JSON {rates['candidate']:.0%} vs control {rates['control']:.0%} "
+            f"of {len(json_rows)}{'' if json_ok else ': worse than the tolerance'}"
+        )
         ok = ok and json_ok
     summary.update(passed=ok, reason=reason)
     return summary
