@@ -332,9 +332,9 @@ def example_table(rows: list[dict[str, Any]], metric: str) -> Any:
     """Every example: prompt, expected, both answers, their scores, the judge's verdicts."""
     from rich.table import Table
 
-    table = Table(title="Per example", show_lines=True)
+    table = Table(title="Per example")
     for col in ("#", "source", "prompt", "expected", "control", "candidate", metric, "exact",
-                "judge"):  # fmt: skip
+                "judge (candidate first/control first)"):  # fmt: skip
         table.add_column(col, overflow="fold")
     for i, row in enumerate(rows, 1):
         ctl, cand = row["control"], row["candidate"]
@@ -343,8 +343,8 @@ def example_table(rows: list[dict[str, Any]], metric: str) -> Any:
             exact += f" (JSON {'✓' if ctl['valid_json'] else '✗'} → "
             exact += f"{'✓' if cand['valid_json'] else '✗'})"
         verdicts = row.get("judge")
-        judged = (f"{verdicts['verdict']} (cand. first: {verdicts['candidate_first']}; "
-                  f"ctrl. first: {verdicts['control_first']})" if verdicts else "–")  # fmt: skip
+        judged = (f"{verdicts['verdict']} ({verdicts['candidate_first']}/"
+                  f"{verdicts['control_first']})" if verdicts else "–")  # fmt: skip
         table.add_row(str(i), row["source"], _cut(row["prompt"]), _cut(row["expected"]),
                       _cut(ctl["answer"]), _cut(cand["answer"]),
                       f"{float(ctl[metric]):.3f} → {float(cand[metric]):.3f} "
