@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--candidate", required=True, metavar="MODEL", help="the model to judge")
     ev.add_argument("--control", required=True, metavar="MODEL", help="the model to beat")
     ev.add_argument("--dataset", type=Path, default=None, metavar="DIR",
-                    help="a dataset version: its test split is the main evidence")  # fmt: skip
+                    help="a dataset version, or an experiment's datasets (the latest): "
+                    "its test split is the main evidence")  # fmt: skip
     ev.add_argument("--golden", type=Path, default=None, metavar="FILE",
                     help="golden set, chat JSONL (default: retrain.eval.golden)")  # fmt: skip
     ev.add_argument("--judge", default=None, metavar="MODEL",
@@ -189,6 +190,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.judge:
         cfg = cfg.model_copy(update={"judge": args.judge})
     golden = args.golden or cfg.golden
+    if args.dataset is not None and (args.dataset / "latest").is_file():  # an experiment's root
+        args.dataset = args.dataset / (args.dataset / "latest").read_text().strip()
     if args.dataset is None and golden is None:
         print("retrain eval: nothing to evaluate on: give --dataset DIR or --golden FILE "
               "(or set retrain.eval.golden)", file=sys.stderr)  # fmt: skip

@@ -260,11 +260,16 @@ def test_retrain_eval_exits_0_when_passed_and_6_when_rejected(
     served: Served, tmp_path: Path,
 ) -> None:  # fmt: skip
     data = dataset(tmp_path, TEST)
+    (tmp_path / "root" / "ds-1").mkdir(parents=True)  # an experiment's datasets: the latest
+    dataset(tmp_path / "root" / "ds-1", TEST)
+    (tmp_path / "root" / "latest").write_text("ds-1\n")
     passed = retrain(served, "eval", "--candidate", "better", "--control", "control",
-                     "--dataset", str(data), "--out", str(tmp_path / "ev.json"))  # fmt: skip
+                     "--dataset", str(tmp_path / "root"),
+                     "--out", str(tmp_path / "ev.json"))  # fmt: skip
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "against control: passed" in passed.stdout
-    assert json.loads((tmp_path / "ev.json").read_text())["outcome"] == "passed"
+    written = json.loads((tmp_path / "ev.json").read_text())
+    assert written["outcome"] == "passed" and written["cases"] == len(TEST)
     (tmp_path / "golden").mkdir()
     golden = dataset(tmp_path / "golden", GOLDEN)
     rejected = retrain(served, "eval", "--candidate", "golden-breaker", "--control", "control",
