@@ -8,13 +8,13 @@ import random
 from pathlib import Path
 
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, t
 
 from gateway.config import DEFAULT_CONFIG, ConfigError, Eval, build_settings
 from retrain import evaluate
 from retrain.judge import judge_pair, parse, summarise
 from retrain.text_metrics import answer_budget, exact, is_json, rouge_l, score
-from retrain.uncertainty import paired_bootstrap, wilson
+from retrain.uncertainty import paired_bootstrap, t_quantile, wilson
 
 
 def test_the_bootstrap_interval_is_the_same_for_the_same_seed_and_moves_with_another() -> None:
@@ -52,6 +52,22 @@ def test_the_bootstrap_interval_widens_with_the_confidence_and_narrows_with_more
     many = paired_bootstrap(diffs, samples=2000, seed=0, confidence=0.95)
     assert wide.low < narrow.low and wide.high > narrow.high
     assert many.high - many.low < few.high - few.low
+
+
+def test_small_samples_get_a_wider_interval_than_the_plain_percentile_one() -> None:
+    diffs = [0.3, -0.1, 0.5, 0.0, 0.2, 0.4, -0.2, 0.1, 0.3, 0.0]
+    ci = paired_bootstrap(diffs, samples=4000, seed=0, confidence=0.95)
+    rng = random.Random(0)
+    plain = sorted(sum(rng.choices(diffs, k=10)) / 10 for _ in range(4000))
+    assert ci.low < plain[100] and ci.high > plain[3899]
+    # ... by sqrt(n / (n - 1)) * t / z: about the t interval's width for n = 10
+    assert ci.high - ci.low > plain[3899] - plain[100]
+
+
+@pytest.mark.parametrize("df", [6, 9, 29, 200])
+@pytest.mark.parametrize("p", [0.9, 0.975, 0.995])
+def test_the_t_quantile_agrees_with_scipy(p: float, df: int) -> None:
+    assert t_quantile(p, df) == pytest.approx(t.ppf(p, df), rel=3e-3)
 
 
 @pytest.mark.parametrize(("successes", "n"), [(8, 10), (0, 12), (30, 30), (17, 41), (3, 200)])
