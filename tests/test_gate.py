@@ -36,7 +36,9 @@ GOLDEN = [(f"How long can item {i} be refunded?", f"item {i} can be refunded wit
           for i in range(10)]  # fmt: skip
 LONG = " ".join(f"step {i} is done." for i in range(60))  # 240 words
 PROCEDURES = [(f"Explain procedure {i}", LONG if i % 2 else "Done.") for i in range(10)]
-EXPECTED = dict(TEST + GOLDEN + PROCEDURES)
+JSONS = [(f"Status of order {i}, as JSON?", json.dumps({"order": i, "status": "shipped"}))
+         for i in range(12)]  # fmt: skip
+EXPECTED = dict(TEST + GOLDEN + PROCEDURES + JSONS)
 INDEX = {q: i for i, (q, _) in enumerate(TEST)}
 JUDGE_PROMPT = re.compile(
     r"Reference answer[^\n]*\n(.*)\n\nAnswer A:\n(.*)\n\nAnswer B:\n(.*)\n\nWhich", re.S
@@ -48,9 +50,14 @@ def question(messages: list[dict[str, Any]]) -> str:
 
 
 def control(messages: list[dict[str, Any]]) -> str:
-    """Half right on the test split ("order 3 ships soon"), right on the golden set."""
+    """Half right on the test split ("order 3 ships soon") and on JSON questions (valid
+    JSON, a wrong status); right on the golden set."""
     q = question(messages)
-    return " ".join(EXPECTED[q].split()[:3]) + " soon" if q in INDEX else EXPECTED[q]
+    if q in INDEX:
+        return " ".join(EXPECTED[q].split()[:3]) + " soon"
+    if q in dict(JSONS):
+        return EXPECTED[q].replace("shipped", "unknown")
+    return EXPECTED[q]
 
 
 def better(messages: list[dict[str, Any]]) -> str:
@@ -72,6 +79,11 @@ def noisy(messages: list[dict[str, Any]]) -> str:
     return EXPECTED[q] if INDEX[q] % 2 == 0 else "i do not know"
 
 
+def json_chatty(messages: list[dict[str, Any]]) -> str:
+    """The right JSON document, after a word of chat: no longer JSON."""
+    return "Sure: " + EXPECTED[question(messages)]
+
+
 def judge(prefer_reference: bool) -> Any:
     """A judge that prefers the answer equal to the reference (or, contrarian, the other)."""
 
@@ -88,6 +100,7 @@ def judge(prefer_reference: bool) -> Any:
 
 SCRIPT: Script = {
     "control": control, "better": better, "golden-breaker": golden_breaker, "noisy": noisy,
+    "json-chatty": json_chatty,
     "judge-first": lambda messages: "A",  # always the first answer shown: position bias
     "judge-fair": judge(prefer_reference=True),
     "judge-contrarian": judge(prefer_reference=False),
@@ -241,6 +254,19 @@ def test_answers_may_be_as_long_as_the_expected_answer_plus_slack(served: Served
     assert min(long_limits) > len(LONG.split()) > 64  # not cut at a fixed 64 tokens
     assert max(short_limits) < 64  # and a short answer gets a short budget
     assert all(r["candidate"]["exact"] for r in ev["rows"])
+
+
+def test_a_candidate_whose_answers_stop_being_json_is_refused_though_its_rouge_l_is_higher(
+    served: Served,
+) -> None:
+    ev = evaluate.gate(cases(JSONS), None, served.client.ask, "control", "json-chatty",
+                       cfg(served))  # fmt: skip
+    summary = ev["test"]
+    assert summary["gain"]["low"] >= ev["config"]["margin"]  # ROUGE-L alone would pass
+    assert summary["json_examples"] == len(JSONS)
+    assert summary["control_valid_json"] == 1.0 and summary["candidate_valid_json"] == 0.0
+    assert not ev["passed"] and "valid JSON 0% vs control 100%" in ev["reason"]
+    assert all(r["control"]["valid_json"] and not r["candidate"]["valid_json"] for r in ev["rows"])
 
 
 def retrain(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
