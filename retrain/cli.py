@@ -320,38 +320,45 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
                       f"{judge['ties']} ties", f"{judge['inconsistent']} inconsistent",
                       "yes" if judge["passed"] else "NO")  # fmt: skip
     if rows and ev["rows"]:
-        console.print(example_table(ev["rows"], metric))
+        console.print(example_table(ev["rows"], metric, console.width))
     console.print(table)
     print(f"rule: {ev['rule']}")
     print(ev["reason"])
 
 
-def _cut(text: str, width: int = 48) -> str:
+def _cut(text: str, width: int) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def example_table(rows: list[dict[str, Any]], metric: str) -> Any:
-    """Every example: prompt, expected, both answers, their scores, the judge's verdicts."""
+def example_table(rows: list[dict[str, Any]], metric: str, width: int) -> Any:
+    """Every example, one line each: prompt, expected, both answers (cut to share what
+    ``width`` leaves), the scores, the judge's verdicts."""
     from rich.table import Table
 
-    table = Table(title="Per example")
-    for col in ("#", "source", "prompt", "expected", "control", "candidate", metric, "exact",
-                "judge (candidate first/control first)"):  # fmt: skip
-        table.add_column(col, overflow="fold")
+    cells = []
     for i, row in enumerate(rows, 1):
         ctl, cand = row["control"], row["candidate"]
-        exact = f"{'✓' if ctl['exact'] else '✗'} → {'✓' if cand['exact'] else '✗'}"
+        exact = f"{'✓' if ctl['exact'] else '✗'}→{'✓' if cand['exact'] else '✗'}"
         if "valid_json" in ctl:
-            exact += f" (JSON {'✓' if ctl['valid_json'] else '✗'} → "
-            exact += f"{'✓' if cand['valid_json'] else '✗'})"
+            exact += f" JSON {'✓' if ctl['valid_json'] else '✗'}→"
+            exact += "✓" if cand["valid_json"] else "✗"
         verdicts = row.get("judge")
         judged = (f"{verdicts['verdict']} ({verdicts['candidate_first']}/"
                   f"{verdicts['control_first']})" if verdicts else "–")  # fmt: skip
-        table.add_row(str(i), row["source"], _cut(row["prompt"]), _cut(row["expected"]),
-                      _cut(ctl["answer"]), _cut(cand["answer"]),
-                      f"{float(ctl[metric]):.3f} → {float(cand[metric]):.3f} "
-                      f"({row['gain']:+.3f})", exact, judged)  # fmt: skip
+        scores = f"{float(ctl[metric]):.3f}→{float(cand[metric]):.3f} ({row['gain']:+.3f})"
+        cells.append([str(i), row["source"], row["prompt"], row["expected"], ctl["answer"],
+                      cand["answer"], scores, exact, judged])  # fmt: skip
+    heads = ["#", "source", "prompt", "expected", "control", "candidate", metric, "exact", "judge"]
+    texts = (2, 3, 4, 5)
+    fixed = sum(max(len(heads[c]), *(len(r[c]) for r in cells)) + 3
+                for c in range(len(heads)) if c not in texts)  # fmt: skip
+    text_width = max(12, (width - fixed - 4) // len(texts) - 3)
+    table = Table(title="Per example (judge: verdict (candidate first/control first))")
+    for head in heads:
+        table.add_column(head, no_wrap=True)
+    for r in cells:
+        table.add_row(*(_cut(v, text_width) if c in texts else v for c, v in enumerate(r)))
     return table
 
 

@@ -46,7 +46,7 @@ from gateway.config import Eval
 
 from . import judge as judging
 from .text_metrics import answer_budget, score
-from .uncertainty import paired_bootstrap
+from .uncertainty import Interval, paired_bootstrap
 
 # Exit codes of ``retrain eval`` (``retrain run`` uses the same two for its gate).
 PASSED, REJECTED, COLLECT_MORE = 0, 6, 7
@@ -117,7 +117,10 @@ def rule_text(cfg: Eval, *, test: bool, golden: bool) -> str:
                      f"{cfg.margin:g}")  # fmt: skip
     if golden:
         parts.append(f"golden set: mean {metric} gain >= -{cfg.golden_tolerance:g}")
-    parts.append(f"JSON answers: valid-JSON rate gain >= -{cfg.json_tolerance:g}")
+    parts.append(
+        f"where answers are JSON: a valid-JSON rate at most {cfg.json_tolerance:g} "
+        "below the control's"
+    )
     if cfg.judge:
         bound = "upper bound >= 0.5" if cfg.judge_rule == "not-worse" else "lower bound > 0.5"
         parts.append(f"judge {cfg.judge} (both orders): win rate {conf} {bound}")
@@ -192,6 +195,8 @@ def gate_dataset(
     cases = test_cases(dataset_path) if dataset_path is not None else None
     path = golden_path or cfg.golden
     golden = read_cases(path) if path is not None else None
+    if path is not None and not golden:
+        raise ValueError(f"{path}: the golden set has no examples")
     return gate(cases, golden, ask, control, candidate, cfg)
 
 
@@ -229,12 +234,10 @@ def _summary(rows: list[dict[str, Any]], cfg: Eval, *, guard: bool) -> dict[str,
     for who in ("control", "candidate"):
         for name in ("rouge_l", "exact"):
             summary[f"{who}_{name}"] = _mean([float(r[who][name]) for r in rows])
-    if not rows:  # an empty golden file: nothing it can guard
-        summary.update(gain=None, passed=True, reason="golden set: empty")
-        return summary
-    gain = paired_bootstrap([float(r["gain"]) for r in rows], samples=cfg.bootstrap_samples,
+    boot = paired_bootstrap([float(r["gain"]) for r in rows], samples=cfg.bootstrap_samples,
                             seed=cfg.seed, confidence=cfg.confidence)  # fmt: skip
-    summary["gain"] = gain.as_dict()
+    summary["gain"] = boot.as_dict()
+    gain = Interval(**summary["gain"])  # the rounded numbers: what is shown is what is compared
     ctl, cand = summary[f"control_{cfg.metric}"], summary[f"candidate_{cfg.metric}"]
     interval = f"{conf} CI {gain.low:+.3f} to {gain.high:+.3f}"
     if guard:
