@@ -101,6 +101,18 @@ def missing_examples(dataset_path: Path, cfg: Eval) -> int:
     return max(0, cfg.min_examples - test_count(dataset_path))
 
 
+def golden_problem(cfg: Eval) -> str | None:
+    """What is wrong with the configured golden set (None: nothing, or none configured).
+    Call it before training, like :func:`missing_examples`."""
+    if cfg.golden is None:
+        return None
+    try:
+        cases = read_cases(cfg.golden)
+    except (OSError, ValueError) as exc:
+        return f"retrain.eval.golden: {exc}"
+    return None if cases else f"retrain.eval.golden: {cfg.golden}: no examples"
+
+
 def collect_more_reason(have: int, cfg: Eval) -> str:
     missing = max(0, cfg.min_examples - have)
     return (f"collect more: {have} held-out test examples, the gate needs at least "

@@ -156,6 +156,17 @@ def test_a_golden_line_that_is_not_a_chat_example_names_its_line(tmp_path: Path)
         evaluate.read_cases(path)
 
 
+def test_a_golden_set_that_cannot_be_used_is_found_before_training(tmp_path: Path) -> None:
+    assert evaluate.golden_problem(Eval()) is None  # none configured
+    missing = evaluate.golden_problem(Eval(golden=tmp_path / "nope.jsonl"))
+    assert missing is not None and missing.startswith("retrain.eval.golden:")
+    assert "nope.jsonl" in missing
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert "no examples" in str(evaluate.golden_problem(Eval(golden=tmp_path / "empty.jsonl")))
+    (tmp_path / "bad.jsonl").write_text("{}\n")
+    assert "bad.jsonl:1" in str(evaluate.golden_problem(Eval(golden=tmp_path / "bad.jsonl")))
+
+
 def test_the_old_eval_keys_still_work_and_both_spellings_are_refused() -> None:
     old = build_settings({**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05,
                                                         "eval_max_tokens": 64}})  # fmt: skip
