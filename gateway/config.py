@@ -256,6 +256,62 @@ class OpenAITraining(_Strict):
     poll_s: float = Field(10.0, gt=0, description="how often the job's status is read")
 
 
+class Eval(_Strict):
+    """The evaluation gate of ``retrain run`` and ``retrain eval`` (``retrain/evaluate.py``).
+
+    Three sources of evidence, all required to pass: the held-out test split (the
+    candidate's mean score gain over the control, as a paired bootstrap confidence
+    interval whose lower bound must reach ``margin``), an optional golden set (no worse
+    than the control beyond ``golden_tolerance``) and an optional LLM judge (pairwise,
+    both orders, a win rate with a Wilson interval).
+    """
+
+    margin: float = Field(
+        0.02,
+        description="the lower bound of the confidence interval of the candidate's mean "
+        "score gain over the control on the test split must reach this",
+    )
+    metric: Literal["rouge_l", "exact"] = Field(
+        "rouge_l", description="the per-example score the rules compare: ROUGE-L F1 or exact match"
+    )
+    # A percentile bootstrap needs a few dozen examples to approximate the sampling
+    # distribution of a mean (below that its intervals cover well under their nominal
+    # level), and with per-example ROUGE-L gains spread ~0.3 thirty examples already
+    # need a gain of ~0.1 to clear the interval: 30 is the least that gives a decision
+    # worth trusting. A 10% test split means ~300 supervised examples.
+    min_examples: int = Field(
+        30, ge=1, description="fewer test examples: no decision, 'collect more' (exit 7)"
+    )
+    golden: Path | None = Field(
+        None, description="JSONL golden set (OpenAI chat format, the last message the answer)"
+    )
+    golden_tolerance: float = Field(
+        0.02, ge=0, description="the candidate's mean golden score may trail the control's by this"
+    )
+    json_tolerance: float = Field(
+        0.0, ge=0, le=1,
+        description="where answers are JSON: the candidate's valid-JSON rate may trail by this",
+    )  # fmt: skip
+    judge: str | None = Field(
+        None, description="a model the gateway serves that compares the two answers (optional)"
+    )
+    judge_rule: Literal["not-worse", "better"] = Field(
+        "not-worse",
+        description="not-worse: the win rate's upper bound reaches 0.5; better: its lower "
+        "bound exceeds 0.5",
+    )
+    judge_max_tokens: int = Field(16, ge=1, description="the judge answers one word: A, B or TIE")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of every interval (two-sided)")
+    bootstrap_samples: int = Field(2000, ge=100, description="paired bootstrap resamples")
+    seed: int = Field(0, description="of the bootstrap: the same answers give the same interval")
+    max_tokens: int = Field(512, ge=1, description="an answer's longest allowed length, in tokens")
+    answer_factor: float = Field(
+        1.5, ge=1, description="answers may be this many times the expected answer's length"
+    )
+    answer_slack: int = Field(16, ge=0, description="... plus this many tokens")
+    concurrency: int = Field(4, ge=1, le=64, description="requests to the gateway at a time")
+
+
 class Retrain(_Strict):
     """The dataset builder (``retrain build``): which ratings become which examples."""
 
@@ -292,11 +348,26 @@ class Retrain(_Strict):
     provider: Literal["local", "openai"] = "local"
     local: LocalTraining = LocalTraining()
     openai: OpenAITraining = OpenAITraining()
-    eval_margin: float = Field(
-        0.02, description="the candidate's mean ROUGE-L must beat the control's by this"
-    )
-    eval_max_tokens: int = Field(64, ge=1)
+    eval: Eval = Field(Eval(), description="the evaluation gate")
     canary_share: float = Field(0.05, gt=0, lt=1, description="a new candidate's first share")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_eval_keys(cls, data: Any) -> Any:
+        """``eval_margin`` and ``eval_max_tokens`` still work: they are ``eval.margin``
+        and ``eval.max_tokens`` now (giving both spellings is a mistake)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in (("eval_margin", "margin"), ("eval_max_tokens", "max_tokens")):
+            if old in data:
+                section = data.get("eval")
+                section = dict(section) if isinstance(section, dict) else {}
+                if new in section:
+                    raise ValueError(f"retrain.{old} is retrain.eval.{new} now: give only that one")
+                section[new] = data.pop(old)
+                data["eval"] = section
+        return data
 
 
 class RedisPool(_Strict):
@@ -401,6 +472,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "experiments": {"default": {"arms": [{"model": "base", "weight": 1}], "fallback": "base"}},
     "retrain": {
         "min_examples": 10,
+        # A tutorial's dozen ratings hold out one test example; real configs keep 30.
+        "eval": {"min_examples": 1},
         "local": {"max_steps": 300, "learning_rate": 0.005, "warmup_ratio": 0.1, "patience": 10},
     },
 }

@@ -3,6 +3,8 @@
 ::
 
     retrain run --experiment NAME [--provider local|openai] [--config FILE]
+    retrain eval --candidate MODEL --control MODEL [--dataset DIR] [--golden FILE]
+                 [--judge MODEL] [--out FILE.json] [--config FILE]
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
@@ -15,8 +17,10 @@ Exit codes of ``build`` and ``run`` (``retrain/exit_codes.py``): 0 done (a datas
 written, a canary registered, or nothing new), 1 failed (a rerun retries: nothing was
 used up), 2 bad arguments or config, or a check before the run failed (nothing was
 consumed), 3 over the cost cap, 4 below the minimum size, 5 another build or run of the
-experiment holds its lock, 6 (``run``) the candidate did not pass the evaluation and was
-not registered, 7 (``run``) too few held-out examples to evaluate a candidate yet.
+experiment holds its lock, 6 (``run``) the candidate did not pass the evaluation gate
+and was not registered, 7 (``run``) too few held-out examples to evaluate a candidate
+yet (nothing was trained). ``eval`` (the gate alone, on any two models the gateway
+serves): 0 passed, 6 rejected, 7 collect more, 1 error, 2 nothing to evaluate on.
 """
 
 from __future__ import annotations
@@ -75,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--provider", choices=("local", "openai"), default=None,
                      help="default: retrain.provider")  # fmt: skip
     run.add_argument("--config", default=None)
+    ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
+    ev.add_argument("--candidate", required=True, metavar="MODEL", help="the model to judge")
+    ev.add_argument("--control", required=True, metavar="MODEL", help="the model to beat")
+    ev.add_argument("--dataset", type=Path, default=None, metavar="DIR",
+                    help="a dataset version, or an experiment's datasets (the latest): "
+                    "its test split is the main evidence")  # fmt: skip
+    ev.add_argument("--golden", type=Path, default=None, metavar="FILE",
+                    help="golden set, chat JSONL (default: retrain.eval.golden)")  # fmt: skip
+    ev.add_argument("--judge", default=None, metavar="MODEL",
+                    help="LLM judge (default: retrain.eval.judge)")  # fmt: skip
+    ev.add_argument("--out", type=Path, default=None, metavar="FILE",
+                    help="also write the full result as JSON")  # fmt: skip
+    ev.add_argument("--config", default=None)
     jobs = commands.add_parser("jobs", help="list fine-tuning jobs")
     jobs.add_argument("--config", default=None)
     status = commands.add_parser("status", help="one job, with its loss curve and evaluation")
@@ -133,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "build":
         return _build(args)
+    if args.command == "eval":
+        return _eval(args)
     if args.command in ("run", "jobs", "status", "cancel", "lineage"):
         return _jobs(args)
     if args.command == "review":
@@ -187,6 +206,39 @@ def _build(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.cli import load_config_or_exit
+    from retrain import evaluate
+    from retrain.gateway_client import Gateway
+
+    settings = load_config_or_exit(args.config)
+    cfg = settings.retrain.eval
+    if args.judge:
+        cfg = cfg.model_copy(update={"judge": args.judge})
+    golden = args.golden or cfg.golden
+    if args.dataset is not None and (args.dataset / "latest").is_file():  # an experiment's root
+        args.dataset = args.dataset / (args.dataset / "latest").read_text().strip()
+    if args.dataset is None and golden is None:
+        print("retrain eval: nothing to evaluate on: give --dataset DIR or --golden FILE "
+              "(or set retrain.eval.golden)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        result = evaluate.gate_dataset(args.dataset, Gateway(settings).ask, args.control,
+                                       args.candidate, cfg, golden)  # fmt: skip
+    except (ValueError, OSError) as exc:
+        print(f"retrain eval: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # the gateway refused a request
+        print(f"retrain eval: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print_evaluation(result)
+    return evaluate.OUTCOME_CODES[result["outcome"]]
+
+
 def _jobs(args: argparse.Namespace) -> int:
     import time
 
@@ -205,7 +257,7 @@ def _jobs(args: argparse.Namespace) -> int:
         stream = sys.stdout if result.exit_code == 0 else sys.stderr
         print(f"retrain run: {result.message}", file=stream)
         if result.job and result.job.get("evaluation"):
-            print_evaluation(result.job["evaluation"])
+            print_evaluation(result.job["evaluation"], rows=False)
         return result.exit_code
     if args.command == "jobs":
         print_jobs(store.list())
@@ -258,19 +310,84 @@ def print_jobs(jobs: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
-def print_evaluation(ev: dict[str, Any]) -> None:
+def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
+    """The gate's result: one line per source, the verdict, and (``rows``) one table
+    row per example."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Evaluation on {ev['cases']} held-out examples: "
-                  f"{'passed' if ev['passed'] else 'not passed'}")  # fmt: skip
-    for col in ("model", "mean ROUGE-L", "exact match"):
-        table.add_column(col)
-    for who in ("control", "candidate"):
-        table.add_row(f"{who}: {ev[who]}", f"{ev[who + '_rouge_l']:.3f}",
-                      f"{ev[who + '_exact']:.0%}")  # fmt: skip
-    Console().print(table)
+    console = Console()
+    if "outcome" not in ev:  # recorded before the gate had sources
+        print(ev["reason"])
+        return
+    metric = ev["config"]["metric"]
+    table = Table(title=f"Evaluation of {ev['candidate']} against {ev['control']}: "
+                  f"{ev['outcome']}")  # fmt: skip
+    for col in ("source", "examples", "control", "candidate", f"gain ({metric})",
+                "exact match", "valid JSON", "passed"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for source in ("test", "golden"):
+        s = ev.get(source)
+        if not s:
+            continue
+        gain = s.get("gain") or {}
+        valid = (f"{s['control_valid_json']:.0%} → {s['candidate_valid_json']:.0%}"
+                 if "json_examples" in s else "–")  # fmt: skip
+        table.add_row(source, str(s["n"]), f"{s['control_' + metric]:.3f}",
+                      f"{s['candidate_' + metric]:.3f}",
+                      f"{gain['estimate']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+                      if gain else "–",
+                      f"{s['control_exact']:.0%} → {s['candidate_exact']:.0%}", valid,
+                      "yes" if s["passed"] else "NO")  # fmt: skip
+    judge = ev.get("judge")
+    if judge:
+        rate = judge["win_rate"]
+        table.add_row(f"judge {judge['model']}", str(judge["n"]), f"{judge['losses']} wins",
+                      f"{judge['wins']} wins",
+                      f"win rate {rate['estimate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]",
+                      f"{judge['ties']} ties", f"{judge['inconsistent']} inconsistent",
+                      "yes" if judge["passed"] else "NO")  # fmt: skip
+    if rows and ev["rows"]:
+        console.print(example_table(ev["rows"], metric, console.width))
+    console.print(table)
+    print(f"rule: {ev['rule']}")
     print(ev["reason"])
+
+
+def _cut(text: str, width: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def example_table(rows: list[dict[str, Any]], metric: str, width: int) -> Any:
+    """Every example, one line each: prompt, expected, both answers (cut to share what
+    ``width`` leaves), the scores, the judge's verdicts."""
+    from rich.table import Table
+
+    cells = []
+    for i, row in enumerate(rows, 1):
+        ctl, cand = row["control"], row["candidate"]
+        exact = f"{'✓' if ctl['exact'] else '✗'}→{'✓' if cand['exact'] else '✗'}"
+        if "valid_json" in ctl:
+            exact += f" JSON {'✓' if ctl['valid_json'] else '✗'}→"
+            exact += "✓" if cand["valid_json"] else "✗"
+        verdicts = row.get("judge")
+        judged = (f"{verdicts['verdict']} ({verdicts['candidate_first']}/"
+                  f"{verdicts['control_first']})" if verdicts else "–")  # fmt: skip
+        scores = f"{float(ctl[metric]):.3f}→{float(cand[metric]):.3f} ({row['gain']:+.3f})"
+        cells.append([str(i), row["source"], row["prompt"], row["expected"], ctl["answer"],
+                      cand["answer"], scores, exact, judged])  # fmt: skip
+    heads = ["#", "source", "prompt", "expected", "control", "candidate", metric, "exact", "judge"]
+    texts = (2, 3, 4, 5)
+    fixed = sum(max(len(heads[c]), *(len(r[c]) for r in cells)) + 3
+                for c in range(len(heads)) if c not in texts)  # fmt: skip
+    text_width = max(12, (width - fixed - 4) // len(texts) - 3)
+    table = Table(title="Per example (judge: verdict (candidate first/control first))")
+    for head in heads:
+        table.add_column(head, no_wrap=True)
+    for r in cells:
+        table.add_row(*(_cut(v, text_width) if c in texts else v for c, v in enumerate(r)))
+    return table
 
 
 def print_lineage(settings: Any, store: Any, model: str) -> int:

@@ -144,12 +144,11 @@ def _to_train(
                          "version")  # fmt: skip
     if built.status == "nothing-new":
         log(f"{version.id} was never trained to an outcome: training it again")
-    missing = evaluate.missing_examples(version.path, settings.retrain)
-    if missing:
-        return RunResult(ExitCode.COLLECT_MORE, f"collect more: {version.id} has too few "
-                         f"held-out test examples to evaluate a candidate ({missing} more "
-                         "needed); nothing was trained, and the next run retries with "
-                         "the new ratings")  # fmt: skip
+    if evaluate.missing_examples(version.path, settings.retrain.eval):
+        have = evaluate.test_count(version.path)
+        return RunResult(ExitCode.COLLECT_MORE, f"{version.id}: "
+                         f"{evaluate.collect_more_reason(have, settings.retrain.eval)}; nothing "
+                         "was trained, and the next run retries with the new ratings")  # fmt: skip
     return version
 
 
@@ -187,16 +186,17 @@ def _run(
         state = gateway.experiment(experiment)
         spec = state["spec"]
         control = spec.get("control") or spec["arms"][0]["model"]
-        result = evaluate.evaluate(evaluate.test_cases(version.path), gateway.ask, control, name,
-                                   cfg.eval_margin)  # fmt: skip
+        result = evaluate.gate_dataset(version.path, gateway.ask, control, name, cfg.eval)
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
             gateway.unregister(name)
             store.update(job["id"], status="rejected", evaluation=result, model_name=None,
                          error=f"not registered: {result['reason']}")  # fmt: skip
-            record_outcome(client, experiment, dataset_id, "rejected", job=job["id"])
-            _forget_checkpoints(store.get(job["id"]))
-            return RunResult(REJECTED, f"{name} not registered: {result['reason']}",
+            code = evaluate.OUTCOME_CODES[result["outcome"]]
+            if code == REJECTED:  # judged: this version is done (collect-more is not)
+                record_outcome(client, experiment, dataset_id, "rejected", job=job["id"])
+                _forget_checkpoints(store.get(job["id"]))
+            return RunResult(code, f"{name} not registered: {result['reason']}",
                              store.get(job["id"]))  # fmt: skip
         others = sum(a["weight"] for a in spec["arms"])
         weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)

@@ -41,7 +41,7 @@ class Gateway:
         )
         self.admin = {"Authorization": f"Bearer {admin}"} if admin else {}
         self.client = {"Authorization": f"Bearer {client}"} if client else {}
-        self.max_tokens = cfg.eval_max_tokens
+        self.max_tokens = cfg.eval.max_tokens
 
     def _check(self, resp: httpx.Response) -> dict[str, Any]:
         if resp.is_error:
@@ -75,7 +75,7 @@ class Gateway:
 
     def ask(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None) -> str:
         """One greedy (temperature 0) answer of ``model``; ``max_tokens`` defaults to
-        ``retrain.eval_max_tokens``."""
+        ``retrain.eval.max_tokens``."""
         doc = self._check(self.http.post("/v1/chat/completions", headers=self.client, json={
             "model": model, "messages": messages, "temperature": 0,
             "max_tokens": max_tokens or self.max_tokens,

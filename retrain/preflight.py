@@ -130,6 +130,11 @@ def check(settings: Settings, experiment: str, provider: str) -> tuple[list[str]
             problems.append(f"retrain.local.adapter_dir: {local.adapter_dir}: not writable ({why})")
     elif not cfg.openai.api_key.get_secret_value():
         problems.append("retrain.openai.api_key: not set (e.g. api_key: ${OPENAI_API_KEY})")
+    from . import evaluate
+
+    golden = evaluate.golden_problem(cfg.eval)
+    if golden:
+        problems.append(golden)
     why = _writable(cfg.dataset_dir)
     if why:
         problems.append(f"retrain.dataset_dir: {cfg.dataset_dir} is not writable: {why}")

@@ -37,7 +37,7 @@ def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: An
         "dataset_dir": str(tmp_path / "datasets"), "min_examples": 1,
         "split": {"validation": 0, "test": 0.25, "seed": 0},
         "gateway_url": gw.url, "gateway_key": API_KEY, "admin_key": ADMIN_KEY,
-        "eval_margin": 0.05, "eval_max_tokens": 64, "canary_share": 0.05,
+        "eval": {"margin": 0.05, "min_examples": 1, "max_tokens": 64}, "canary_share": 0.05,
         "local": {"base_model": str(tiny_model), "upstream": "local",
                   "adapter_dir": str(tmp_path / "adapters"), "max_steps": 150,
                   "learning_rate": 0.01, "batch_size": 4, **local},
@@ -134,7 +134,7 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
     assert len(mine["loss"]) >= 10 and all("loss" in row for row in mine["loss"][:5])
     ev = mine["evaluation"]
     assert ev["passed"] and ev["cases"] == len(ITEMS) - len(trained)
-    assert ev["candidate_rouge_l"] >= ev["control_rouge_l"] + 0.05
+    assert ev["test"]["gain"]["low"] >= 0.05 and len(ev["rows"]) == ev["cases"]
     model = httpx.get(f"{gateway.url}/admin/models/{canary['model']}", headers=ADMIN).json()
     assert model["lineage"]["job"] == mine["id"] and model["lineage"]["dataset"] == dataset
     assert model["experiments"] == [exp]

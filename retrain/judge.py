@@ -1,0 +1,109 @@
+"""The gate's LLM judge: which of two answers is better, asked in both orders.
+
+A judge model (any model the gateway serves) sees the conversation, the reference
+answer and two answers labelled A and B, and replies with one word: ``A``, ``B`` or
+``TIE``. Judges favour a position (often the first), so every pair is judged twice,
+candidate first and control first. Per example:
+
+* **win**: the candidate is preferred in both orders; **loss**: the control is;
+* **tie**: anything else — a tie, or the two orders disagreeing (``inconsistent``: the
+  judge followed the position, not the answer), or a reply that is not one of the
+  three words (``invalid``, also counted as a tie).
+
+The win rate counts a tie as half a win: ``(wins + ties / 2) / n``, with a Wilson
+interval over the n examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .uncertainty import wilson
+
+SYSTEM = (
+    "You are an impartial judge. You compare two answers to the same conversation and "
+    "say which one is better: more correct, more helpful, closer to the reference answer. "
+    "The order in which the answers are shown does not matter."
+)
+TEMPLATE = """Conversation:
+{conversation}
+
+Reference answer (what a reviewer expected):
+{reference}
+
+Answer A:
+{a}
+
+Answer B:
+{b}
+
+Which answer is better? Reply with one word: A, B or TIE."""
+
+Ask = Callable[[str, list[dict[str, Any]], int], str]
+
+
+def _render(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content') or ''}" for m in messages)
+
+
+def prompt(messages: list[dict[str, Any]], reference: str, a: str, b: str) -> list[dict[str, Any]]:
+    """The judge's chat messages for answers ``a`` and ``b``."""
+    text = TEMPLATE.format(conversation=_render(messages), reference=reference, a=a, b=b)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def parse(reply: str) -> str:
+    """``A``, ``B``, ``TIE``, or ``invalid``: the reply's first word, punctuation aside."""
+    words = reply.strip().split()
+    first = words[0].strip("*.:,;!\"'()[]`").upper() if words else ""
+    return first if first in ("A", "B", "TIE") else "invalid"
+
+
+def judge_pair(
+    ask: Ask, judge: str, messages: list[dict[str, Any]], reference: str,
+    candidate: str, control: str, max_tokens: int,
+) -> dict[str, str]:  # fmt: skip
+    """Both orders' verdicts for one example, and the combined ``verdict``."""
+    first = parse(ask(judge, prompt(messages, reference, candidate, control), max_tokens))
+    second = parse(ask(judge, prompt(messages, reference, control, candidate), max_tokens))
+    # Each order's preference, by model rather than by position.
+    by_model = {"A": "candidate", "B": "control", "TIE": "tie", "invalid": "invalid"}
+    swapped = {"A": "control", "B": "candidate", "TIE": "tie", "invalid": "invalid"}
+    one, two = by_model[first], swapped[second]
+    if one == two == "candidate":
+        verdict = "win"
+    elif one == two == "control":
+        verdict = "loss"
+    else:
+        verdict = "tie"
+    return {"candidate_first": one, "control_first": two, "verdict": verdict}
+
+
+def summarise(verdicts: list[dict[str, str]], model: str, rule: str,
+              confidence: float) -> dict[str, Any]:  # fmt: skip
+    """Counts, the win rate with its interval, and whether ``rule`` is met."""
+    n = len(verdicts)
+    wins = sum(v["verdict"] == "win" for v in verdicts)
+    losses = sum(v["verdict"] == "loss" for v in verdicts)
+    ties = n - wins - losses
+    orders = [(v["candidate_first"], v["control_first"]) for v in verdicts]
+    inconsistent = sum(
+        a != b and "tie" not in (a, b) and "invalid" not in (a, b) for a, b in orders
+    )
+    invalid = sum((a == "invalid") + (b == "invalid") for a, b in orders)
+    rate = wilson(wins + ties / 2, n, confidence)
+    if rule == "better":
+        passed = n > 0 and rate.low > 0.5
+        need = f"its {confidence:.0%} lower bound must exceed 0.5"
+    else:
+        passed = rate.high >= 0.5
+        need = f"its {confidence:.0%} upper bound must reach 0.5"
+    verdict = "met" if passed else "not met"
+    reason = (f"judge {model}: win rate {rate.estimate:.3f} ({confidence:.0%} CI "
+              f"{rate.low:.3f} to {rate.high:.3f}; {wins} wins, {losses} losses, {ties} ties "
+              f"of {n}; {inconsistent} inconsistent): {need}: {verdict}")  # fmt: skip
+    return {"model": model, "n": n, "wins": wins, "losses": losses, "ties": ties,
+            "inconsistent": inconsistent, "invalid": invalid,
+            "win_rate": rate.as_dict(), "rule": rule, "passed": passed,
+            "reason": reason}  # fmt: skip

@@ -1,0 +1,56 @@
+"""An OpenAI-style upstream whose answers the test writes: a behaviour-injection tool.
+
+Not a stand-in for vLLM (normal serving is tested on the real vLLM server). Each model
+name maps to a function of the request's messages that returns the answer, so a test
+can make one model better than another on exactly the examples it chooses, or make a
+judge model answer scripted verdicts. An answer is cut at the request's ``max_tokens``,
+counting a word as a token, so a test sees the limit the caller sent. Every request
+body is kept in ``requests``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .background import BackgroundServer
+
+Script = dict[str, Callable[[list[dict[str, Any]]], str]]
+
+
+class ScriptedUpstream(BackgroundServer):
+    def __init__(self, script: Script) -> None:
+        super().__init__()
+        self.script = script
+        self.requests: list[dict[str, Any]] = []
+
+    def asked(self, model: str) -> list[dict[str, Any]]:
+        """The request bodies ``model`` received, in order."""
+        return [r for r in self.requests if r.get("model") == model]
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        answer_of = self.script.get(body.get("model"))
+        if answer_of is None:
+            return web.json_response({"error": {"message": "no such model"}}, status=404)
+        words = answer_of(body["messages"]).split(" ")
+        limit = body.get("max_tokens") or len(words)
+        text = " ".join(words[:limit])
+        return web.json_response({
+            "id": "scripted-1", "object": "chat.completion", "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "length" if len(words) > limit else "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": min(limit, len(words)),
+                      "total_tokens": 1 + min(limit, len(words))},
+        })  # fmt: skip
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)

@@ -1,0 +1,340 @@
+"""The evaluation gate through a real gateway: the candidate and control answers, and a
+judge's verdicts, come from a scripted upstream (``tests/scripted_upstream.py``), so each
+test decides exactly where a candidate is better or worse, and the gate has to see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from gateway.config import Eval, Settings, load_settings
+from retrain import evaluate
+from retrain.evaluate import Case
+from retrain.gateway_client import Gateway
+from retrain.jobs import JobStore
+
+from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
+from .scripted_upstream import Script, ScriptedUpstream
+from .services import GatewayProcess, RedisProcess
+
+EVAL_DB = 11  # the gate's jobs stay out of the other tests' database
+
+TEST = [(f"Where does order {i} ship from?",
+         f"order {i} ships from warehouse {i % 3} on day {i % 7}") for i in range(30)]  # fmt: skip
+GOLDEN = [(f"How long can item {i} be refunded?", f"item {i} can be refunded within 30 days")
+          for i in range(10)]  # fmt: skip
+LONG = " ".join(f"step {i} is done." for i in range(60))  # 240 words
+PROCEDURES = [(f"Explain procedure {i}", LONG if i % 2 else "Done.") for i in range(10)]
+JSONS = [(f"Status of order {i}, as JSON?", json.dumps({"order": i, "status": "shipped"}))
+         for i in range(12)]  # fmt: skip
+EXPECTED = dict(TEST + GOLDEN + PROCEDURES + JSONS)
+INDEX = {q: i for i, (q, _) in enumerate(TEST)}
+JUDGE_PROMPT = re.compile(
+    r"Reference answer[^\n]*\n(.*)\n\nAnswer A:\n(.*)\n\nAnswer B:\n(.*)\n\nWhich", re.S
+)
+
+
+def question(messages: list[dict[str, Any]]) -> str:
+    return str(messages[-1]["content"])
+
+
+def control(messages: list[dict[str, Any]]) -> str:
+    """Half right on the test split ("order 3 ships soon") and on JSON questions (valid
+    JSON, a wrong status); right on the golden set."""
+    q = question(messages)
+    if q in INDEX:
+        return " ".join(EXPECTED[q].split()[:3]) + " soon"
+    if q in dict(JSONS):
+        return EXPECTED[q].replace("shipped", "unknown")
+    return EXPECTED[q]
+
+
+def better(messages: list[dict[str, Any]]) -> str:
+    return EXPECTED[question(messages)]
+
+
+def golden_breaker(messages: list[dict[str, Any]]) -> str:
+    """Right on the test split; wrong on every golden example."""
+    q = question(messages)
+    return EXPECTED[q] if q in INDEX else "refunds are not possible"
+
+
+def noisy(messages: list[dict[str, Any]]) -> str:
+    """Right on every other test example, clueless on the rest: better on average, by
+    less than the spread."""
+    q = question(messages)
+    if q not in INDEX:
+        return EXPECTED[q]
+    return EXPECTED[q] if INDEX[q] % 2 == 0 else "i do not know"
+
+
+def json_chatty(messages: list[dict[str, Any]]) -> str:
+    """The right JSON document, after a word of chat: no longer JSON."""
+    return "Sure: " + EXPECTED[question(messages)]
+
+
+def judge(prefer_reference: bool) -> Any:
+    """A judge that prefers the answer equal to the reference (or, contrarian, the other)."""
+
+    def verdict(messages: list[dict[str, Any]]) -> str:
+        found = JUDGE_PROMPT.search(question(messages))
+        assert found, question(messages)
+        reference, a, b = found.groups()
+        if (a == reference) == (b == reference):
+            return "TIE"
+        return "A" if (a == reference) == prefer_reference else "B"
+
+    return verdict
+
+
+SCRIPT: Script = {
+    "control": control, "better": better, "golden-breaker": golden_breaker, "noisy": noisy,
+    "json-chatty": json_chatty,
+    "judge-first": lambda messages: "A",  # always the first answer shown: position bias
+    "judge-fair": judge(prefer_reference=True),
+    "judge-contrarian": judge(prefer_reference=False),
+}  # fmt: skip
+
+
+@dataclass
+class Served:
+    gateway: GatewayProcess
+    upstream: ScriptedUpstream
+    config: Path  # the gateway's config with a retrain section, as retrain reads it
+    settings: Settings
+    client: Gateway
+
+
+@pytest.fixture(scope="module")
+def served(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    redis.Redis(port=redis_server.port, db=EVAL_DB).flushdb()
+    upstream = ScriptedUpstream(SCRIPT).start()
+    workdir = tmp_path_factory.mktemp("gate")
+    config = {
+        "redis_url": redis_server.url.rsplit("/", 1)[0] + f"/{EVAL_DB}",
+        "id_secret": ID_SECRET,
+        "auth": {"api_keys": [{"key": API_KEY, "name": "tests"}],
+                 "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}]},
+        "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
+        "models": {m: {"upstream": "scripted", "model": m} for m in SCRIPT},
+        "experiments": {"default": {"arms": [{"model": "control"}]}},
+    }  # fmt: skip
+    gw = GatewayProcess(config, workdir)
+    try:
+        gw.start()
+        doc = yaml.safe_load(gw.config_path.read_text())
+        doc["retrain"] = {"gateway_url": gw.url, "gateway_key": API_KEY, "admin_key": ADMIN_KEY,
+                          "eval": {"min_examples": 10}}  # fmt: skip
+        path = workdir / "retrain.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        settings = load_settings(path)
+        client = Gateway(settings)
+        yield Served(gw, upstream, path, settings, client)
+        client.http.close()
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+def cases(pairs: list[tuple[str, str]]) -> list[Case]:
+    return [Case([{"role": "user", "content": q}], a) for q, a in pairs]
+
+
+def cfg(served: Served, **changes: Any) -> Eval:
+    return served.settings.retrain.eval.model_copy(update=changes)
+
+
+def run_gate(
+    served: Served, candidate: str, golden: bool = False, **changes: Any
+) -> dict[str, Any]:
+    return evaluate.gate(cases(TEST), cases(GOLDEN) if golden else None, served.client.ask,
+                         "control", candidate, cfg(served, **changes))  # fmt: skip
+
+
+def test_a_candidate_better_on_every_example_passes_with_its_interval_over_the_margin(
+    served: Served,
+) -> None:
+    ev = run_gate(served, "better", golden=True)
+    assert ev["outcome"] == "passed" and ev["passed"], ev["reason"]
+    gain = ev["test"]["gain"]
+    assert gain["low"] >= ev["config"]["margin"] and gain["low"] <= gain["estimate"]
+    assert ev["test"]["candidate_exact"] == 1.0 and ev["test"]["control_exact"] == 0.0
+    assert ev["golden"]["passed"] and ev["golden"]["gain"]["estimate"] == 0.0
+    assert len(ev["rows"]) == len(TEST) + len(GOLDEN)
+    json.dumps(ev)  # stored as the job's evaluation
+
+
+def test_the_gate_refuses_a_candidate_better_on_average_but_worse_on_the_golden_set(
+    served: Served,
+) -> None:
+    ev = run_gate(served, "golden-breaker", golden=True)
+    assert ev["test"]["passed"], ev["test"]["reason"]  # the test split alone would pass
+    pooled = [r["gain"] for r in ev["rows"]]
+    assert sum(pooled) / len(pooled) > 0  # better on average over every example, too
+    assert not ev["golden"]["passed"]
+    assert ev["golden"]["gain"]["estimate"] < -ev["config"]["golden_tolerance"]
+    assert ev["outcome"] == "rejected" and not ev["passed"]
+    assert ev["reason"].startswith("golden set:"), ev["reason"]  # what failed comes first
+    assert {r["source"] for r in ev["rows"] if r["gain"] < 0} == {"golden"}
+
+
+def test_the_gate_refuses_a_candidate_whose_bootstrap_lower_bound_is_below_the_margin(
+    served: Served,
+) -> None:
+    ev = run_gate(served, "noisy")
+    gain, margin = ev["test"]["gain"], ev["config"]["margin"]
+    assert gain["estimate"] >= margin, gain  # better on average, by more than the margin ...
+    assert gain["low"] < margin, gain  # ... but not surely so
+    assert ev["outcome"] == "rejected" and not ev["passed"]
+    assert "lower bound < the margin" in ev["reason"]
+    assert run_gate(served, "noisy") == ev  # seeded: the same answers, the same decision
+
+
+def test_the_judge_sees_both_orders_and_a_judge_that_follows_the_position_is_a_tie(
+    served: Served,
+) -> None:
+    before = len(served.upstream.asked("judge-first"))
+    ev = run_gate(served, "better", judge="judge-first")
+    prompts = [question(r["messages"]) for r in served.upstream.asked("judge-first")[before:]]
+    assert len(prompts) == 2 * len(TEST)
+    shown = [JUDGE_PROMPT.search(p) for p in prompts]
+    pairs = {(m.group(2), m.group(3)) for m in shown if m}
+    for _, expected in TEST:  # each pair was shown candidate first and control first
+        (ctl,) = {a for a, b in pairs if b == expected} | {b for a, b in pairs if a == expected}
+        assert (expected, ctl) in pairs and (ctl, expected) in pairs
+    judged = ev["judge"]
+    assert judged["inconsistent"] == len(TEST) and judged["wins"] == judged["losses"] == 0
+    assert judged["win_rate"]["estimate"] == 0.5
+    assert judged["passed"] and ev["passed"]  # not-worse: no evidence either way
+    assert not run_gate(served, "better", judge="judge-first", judge_rule="better")["passed"]
+
+
+def test_a_judge_that_prefers_the_candidate_in_both_orders_gives_a_win_rate_and_its_interval(
+    served: Served,
+) -> None:
+    ev = run_gate(served, "better", judge="judge-fair", judge_rule="better")
+    judged = ev["judge"]
+    assert judged["wins"] == len(TEST) and judged["inconsistent"] == 0
+    rate = judged["win_rate"]
+    assert rate["estimate"] == 1.0 and 0.5 < rate["low"] < 1.0 and rate["high"] == 1.0
+    assert ev["passed"], ev["reason"]
+    assert all(r["judge"]["verdict"] == "win" for r in ev["rows"])
+
+
+def test_a_judge_that_prefers_the_control_rejects_a_candidate_the_test_split_passes(
+    served: Served,
+) -> None:
+    ev = run_gate(served, "better", judge="judge-contrarian")
+    assert ev["test"]["passed"]
+    assert ev["judge"]["losses"] == len(TEST) and ev["judge"]["win_rate"]["high"] < 0.5
+    assert not ev["passed"] and ev["reason"].startswith("judge judge-contrarian")
+
+
+def test_answers_may_be_as_long_as_the_expected_answer_plus_slack(served: Served) -> None:
+    before = len(served.upstream.asked("better"))
+    ev = evaluate.gate(cases(PROCEDURES), None, served.client.ask, "control", "better",
+                       cfg(served))  # fmt: skip
+    sent = {question(r["messages"]): r["max_tokens"]
+            for r in served.upstream.asked("better")[before:]}  # fmt: skip
+    long_limits = [sent[q] for q, a in PROCEDURES if a == LONG]
+    short_limits = [sent[q] for q, a in PROCEDURES if a != LONG]
+    assert min(long_limits) > len(LONG.split()) > 64  # not cut at a fixed 64 tokens
+    assert max(short_limits) < 64  # and a short answer gets a short budget
+    assert all(r["candidate"]["exact"] for r in ev["rows"])
+
+
+def test_a_candidate_whose_answers_stop_being_json_is_refused_though_its_rouge_l_is_higher(
+    served: Served,
+) -> None:
+    ev = evaluate.gate(cases(JSONS), None, served.client.ask, "control", "json-chatty",
+                       cfg(served))  # fmt: skip
+    summary = ev["test"]
+    assert summary["gain"]["low"] >= ev["config"]["margin"]  # ROUGE-L alone would pass
+    assert summary["json_examples"] == len(JSONS)
+    assert summary["control_valid_json"] == 1.0 and summary["candidate_valid_json"] == 0.0
+    assert not ev["passed"] and "valid JSON 0% vs control 100%" in ev["reason"]
+    assert all(r["control"]["valid_json"] and not r["candidate"]["valid_json"] for r in ev["rows"])
+
+
+def retrain(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "240"}
+    return subprocess.run([sys.executable, "-m", "retrain", *args, "--config", str(served.config)],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def dataset(tmp_path: Path, pairs: list[tuple[str, str]]) -> Path:
+    lines = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+             for q, a in pairs]  # fmt: skip
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return tmp_path
+
+
+def test_retrain_eval_exits_0_when_passed_and_6_when_rejected(
+    served: Served, tmp_path: Path,
+) -> None:  # fmt: skip
+    data = dataset(tmp_path, TEST)
+    (tmp_path / "root" / "ds-1").mkdir(parents=True)  # an experiment's datasets: the latest
+    dataset(tmp_path / "root" / "ds-1", TEST)
+    (tmp_path / "root" / "latest").write_text("ds-1\n")
+    passed = retrain(served, "eval", "--candidate", "better", "--control", "control",
+                     "--dataset", str(tmp_path / "root"),
+                     "--out", str(tmp_path / "ev.json"))  # fmt: skip
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "against control: passed" in passed.stdout
+    written = json.loads((tmp_path / "ev.json").read_text())
+    assert written["outcome"] == "passed" and written["cases"] == len(TEST)
+    (tmp_path / "golden").mkdir()
+    golden = dataset(tmp_path / "golden", GOLDEN)
+    rejected = retrain(served, "eval", "--candidate", "golden-breaker", "--control", "control",
+                       "--dataset", str(data), "--golden", str(golden / "test.jsonl"))  # fmt: skip
+    assert rejected.returncode == 6, rejected.stdout + rejected.stderr
+    assert "golden set: ROUGE-L" in rejected.stdout and "< the tolerance" in rejected.stdout
+
+
+def test_retrain_eval_says_collect_more_with_exit_7_and_asks_no_model(
+    served: Served, tmp_path: Path,
+) -> None:  # fmt: skip
+    data = dataset(tmp_path, TEST[:4])
+    before = len(served.upstream.requests)
+    run = retrain(served, "eval", "--candidate", "better", "--control", "control",
+                  "--dataset", str(data))  # fmt: skip
+    assert run.returncode == 7, run.stdout + run.stderr
+    assert "collect more: 4 held-out test examples" in run.stdout and "6 missing" in run.stdout
+    assert len(served.upstream.requests) == before
+    assert evaluate.missing_examples(data, served.settings.retrain.eval) == 6
+
+
+def test_retrain_eval_without_a_dataset_or_a_golden_set_is_a_usage_error(served: Served) -> None:
+    run = retrain(served, "eval", "--candidate", "better", "--control", "control")
+    assert run.returncode == 2 and "nothing to evaluate on" in run.stderr
+
+
+def test_retrain_status_shows_every_example_with_answers_scores_and_verdicts(
+    served: Served, redis_server: RedisProcess,
+) -> None:  # fmt: skip
+    ev = run_gate(served, "noisy", judge="judge-fair")
+    store = JobStore(redis.Redis(port=redis_server.port, db=EVAL_DB))
+    job = store.create(experiment="gate", provider="local", dataset_id="ds-gate",
+                       dataset_path="-", status="rejected", evaluation=ev)  # fmt: skip
+    shown = retrain(served, "status", job["id"])
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "Per example" in out and f"against control: {ev['outcome']}" in out
+    assert "Where does order 1 ship from?" in out and "i do not know" in out
+    assert "order 1 ships soon" in out  # the control's answer
+    assert "win (candidate/candidate)" in out
+    assert "tie (tie/tie)" in out  # neither is the reference
+    assert "lower bound < the margin" in out and "rule: test split" in out
