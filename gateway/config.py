@@ -101,16 +101,51 @@ class Arm(_Strict):
 
 
 class Decision(_Strict):
-    """The rules that turn an experiment's report into promote / rollback / keep collecting."""
+    """The rules the decider applies to an experiment's report (``gateway/decider.py``).
 
-    min_ratings: int = Field(100, ge=1, description="ratings each compared arm needs first")
-    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the score test")
+    The unit is the user, and only data collected under the experiment's current version
+    counts. The score test is the mixture SPRT, valid however often it is looked at.
+    """
+
+    min_ratings: int = Field(
+        100, ge=2, description="rated users each compared arm needs under the current version"
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="level of the always-valid (mixture SPRT) score test"
+    )
+    mixture_sd: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="sd of the normal mixing prior over the difference in mean score: the "
+        "size of effect the test is most sensitive to (scores are in [0, 1])",
+    )
+    stages: list[float] = Field(
+        default_factory=lambda: [5.0, 20.0, 50.0, 100.0],
+        min_length=1,
+        description="traffic shares (%) a winner is moved through, each on its own evidence; "
+        "the last must be 100 (the promote)",
+    )
     srm_alpha: float = Field(0.001, gt=0, lt=1, description="p below this: sample ratio mismatch")
+    guardrail_alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="one-sided level of each guardrail's confidence bound"
+    )
     max_error_rate_increase: float = Field(
         0.02, ge=0, le=1, description="candidate error rate may exceed control's by this much"
     )
     max_p95_ratio: float = Field(1.5, ge=1, description="candidate p95 latency / control's")
+    max_cost_ratio: float | None = Field(
+        None, ge=1, description="candidate cost per request / control's (none: no cost guardrail)"
+    )
     min_requests: int = Field(50, ge=1, description="requests each arm needs for the guardrails")
+
+    @model_validator(mode="after")
+    def _stages_rise_to_100(self) -> Decision:
+        if any(b <= a for a, b in zip(self.stages, self.stages[1:], strict=False)):
+            raise ValueError("stages must rise")
+        if self.stages[-1] != 100 or self.stages[0] <= 0:
+            raise ValueError("stages must be shares in (0, 100] ending with 100")
+        return self
 
 
 class Shadow(_Strict):
