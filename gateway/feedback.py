@@ -8,6 +8,9 @@ not at all:
   rater replaces the first: the response says ``replaced``);
 * the arm's aggregate (count, score sum, failures, corrections) is corrected for the
   replaced rating, if any, and updated with the new one;
+* for experiment traffic assigned by weight, the rated user's scores under the version
+  and arm that served the response (``fw:uagg``), with the sums of per-user means that
+  the decider's test reads (its unit is the user);
 * a rating event (fields ``data``: the record, ``replaced``: 0 or 1) is appended to the
   feedback stream that the retrain job consumes; a replaced rating appears again, and
   the latest event per (response, rater) is the one that counts.
