@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import keys, report
-from .config import Settings
+from .config import Experiment, Settings
 from .decider import PROMOTE, RAMP, ROLLBACK
 from .errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from .experiments import DECIDER, Experiments, promoted, weighted
@@ -89,8 +89,8 @@ class Decisions:
             state = await self.experiments.state(name)
             if state["version"] != rep["version"]:
                 return None  # changed since the look: the next look decides
-            current = self.live.router.experiments.get(name)
-            if current is not None and edit(current) == current:
+            current = Experiment.model_validate(state["spec"])
+            if edit(current) == current:
                 return None  # already applied
             pin = rep.get("pin")
             why = "; ".join(decision["reasons"])
