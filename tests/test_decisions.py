@@ -107,19 +107,17 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
     state = admin(gw, "PUT", f"experiments/{name}", json={
         "arms": [{"model": "fixed-a", "weight": 95}, {"model": "fixed-b", "weight": 5}],
         "auto_promote": True, "decision": RULES})  # fmt: skip
-    seen = [weights(state)]
-    for _ in range(40):  # each round: new users, then one or more decision periods
+    for _ in range(40):  # each round: new users, then a few decision periods
         if state["spec"]["control"] == "fixed-b":
             break
         traffic(gw, name, 100, liked="fixed-b")
         time.sleep(3 * DECIDE_S)
-        latest = admin(gw, "GET", f"experiments/{name}")
-        if latest["version"] != state["version"]:
-            state = latest
-            seen.append(weights(state))
+        state = admin(gw, "GET", f"experiments/{name}")
+    assert state["spec"]["control"] == "fixed-b" and state["pin"] is None
+    seen = [{a["model"]: a["weight"] for a in h["after"]["arms"]}
+            for h in admin(gw, "GET", f"experiments/{name}/history")["data"]]  # fmt: skip
     assert seen == [{"fixed-a": 95, "fixed-b": 5}, {"fixed-a": 80, "fixed-b": 20},
                     {"fixed-a": 50, "fixed-b": 50}, {"fixed-a": 0, "fixed-b": 100}]  # fmt: skip
-    assert state["spec"]["control"] == "fixed-b" and state["pin"] is None
     history = admin(gw, "GET", f"experiments/{name}/history")["data"][1:]
     assert [h["by"] for h in history] == ["decider"] * 3
     assert history[0]["action"].startswith("auto ramp fixed-b to 20%: to 20% of traffic (stage 2")
@@ -177,8 +175,9 @@ def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_per
 
     before = looks()
     deadline = time.monotonic() + 30 * DECIDE_S
+    for _ in range(3):  # still liked, but too few users since the rollback to decide
+        traffic(gw, name, 10, liked="fixed-b")
     while looks() - before < 6 and time.monotonic() < deadline:
-        traffic(gw, name, 10, liked="fixed-b")  # still liked, but too few users to decide
         time.sleep(DECIDE_S)
     assert looks() - before >= 6  # the decider looked, at least 6 periods
     state = admin(gw, "GET", f"experiments/{name}")
@@ -288,3 +287,46 @@ def test_the_shadow_judge_sees_both_orders_so_position_bias_cancels(
     # and one that finds it a little worse in both places
     upstream.verdicts = {shadow_b: "2", served_b: "4"}
     assert judged(gw, upstream, redis_server.port, name) == 0.25
+
+
+def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating_moves_it(
+    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+) -> None:
+    gw, _ = decided
+    name = unique("units")
+    admin(gw, "PUT", f"experiments/{name}", json={"arms": [{"model": "fixed-a"}]})
+    with httpx.Client(timeout=10) as c:
+
+        def ask(user: str) -> str:
+            resp = c.post(gw.base_url + "/chat/completions",
+                          headers={**CLIENT, "x-flywheel-user": user},
+                          json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
+            rid: str = resp.json()["id"]  # fmt: skip
+            return rid
+
+        def rate(rid: str, rating: str | int) -> None:
+            resp = c.post(gw.base_url + "/feedback", headers=CLIENT,
+                          json={"response_id": rid, "rating": rating})  # fmt: skip
+            assert resp.status_code == 201, resp.text
+
+        heavy = [ask("heavy") for _ in range(3)]
+        for rid, rating in zip(heavy, ["up", "down", "up"], strict=True):
+            rate(rid, rating)
+        rate(ask("light"), 1)  # one star: score 0
+        r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
+        key = keys.user_scores(name, 1, "fixed-a")
+
+        def scores() -> dict[str, float]:
+            raw = r.hmget(key, "users", "ratings", "mean_sum", "mean_sq")
+            return dict(zip(("users", "ratings", "mean_sum", "mean_sq"),
+                            (float(x) for x in raw), strict=True))  # fmt: skip
+
+        # two users: means 2/3 and 0, over four ratings
+        assert scores() == pytest.approx({"users": 2, "ratings": 4, "mean_sum": 2 / 3,
+                                          "mean_sq": 4 / 9})  # fmt: skip
+        rate(heavy[1], "up")  # the same rater changes their mind: the user's mean is now 1
+        assert scores() == pytest.approx({"users": 2, "ratings": 4, "mean_sum": 1, "mean_sq": 1})
+        report = admin(gw, "GET", f"experiments/{name}/report")
+        assert report["arms"][0]["ratings"]["users"] == 2
+        assert report["arms"][0]["ratings"]["mean_score"] == 0.5
+        assert report["srm"]["assigned"] == 2  # users, not the four requests
