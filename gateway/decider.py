@@ -26,7 +26,8 @@ both arms at 60% thumbs-up, 50 looks every 40 users per arm from 100 to 2,060, Î
 Ï„ 0.05: **2.0% wrong actions** (1.1% promote, 0.9% rollback), against 28.9% for the
 z-test re-run at each look on the same design; a lift from 60% to 65% is promoted in
 **72%** of 1,000 experiments within the same 50 looks, and never rolled back. With
-heavy raters (each user 1 to ~30 ratings, a liking of their own) the A/A rate is 1.5%.
+heavy raters (each user 1 to ~30 ratings, a liking of their own) the A/A rate is 1.5%;
+at a 5% canary (19 control users per candidate user, 400 experiments) it is 2.0%.
 
 **Guardrails** roll a candidate back at any stage; each is a one-sided confidence
 bound at ``guardrail_alpha`` (0.001) once both arms have ``min_requests``, so noise does

@@ -125,6 +125,8 @@ class InteractionLog:
         for key, fields in arm_statistics(batch).items():
             for name, n in fields.items():
                 pipe.hincrby(key, name, n)
+            if keys.is_per_version(key):
+                pipe.expire(key, ttl)
         for key, units in arm_users(batch).items():
             pipe.sadd(key, *units)
             pipe.expire(key, ttl)

@@ -27,7 +27,8 @@ key                         type    content
                                     histograms in ms, see ``stats.py``)
 ``fw:vreq:{exp}:{ver}:{arm}`` hash  the same request statistics, of the requests
                                     served under version ``ver`` of the experiment
-                                    (the decider's guardrails and cost)
+                                    (the decider's guardrails and cost); expires
+                                    with the interaction records
 ``fw:users:{exp}:{ver}:{arm}`` set  units (hashed user keys) assigned to the arm by
                                     weight (not forced) under version ``ver`` (SRM)
 ``fw:uagg:{exp}:{ver}:{arm}`` hash  per-user scores of the arm under version ``ver``:
@@ -87,6 +88,11 @@ def requests(experiment: str | None, arm: str) -> str:
 
 def version_requests(experiment: str, version: int, arm: str) -> str:
     return f"{PREFIX}vreq:{experiment}:{version}:{arm}"
+
+
+def is_per_version(key: str) -> bool:
+    """A per-version counter (``fw:vreq:*``): it expires with the interactions it counts."""
+    return key.startswith(f"{PREFIX}vreq:")
 
 
 def version_users(experiment: str, version: int, arm: str) -> str:

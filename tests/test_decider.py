@@ -53,22 +53,27 @@ def heavy_users(rng: np.random.Generator, p: float, n: int) -> np.ndarray:
 
 def simulate(
     p_control: float, p_tuned: float, *, runs: int = 1000, seed: int = 1,
-    users: Any = thumbs_users,
+    users: Any = thumbs_users, control_per_tuned: int = 1,
 ) -> Counter[str]:  # fmt: skip
-    """Each run: 50 looks through the decider's own rules; the first action ends the run."""
-    exp = experiment()
+    """Each run: 50 looks through the decider's own rules; the first action ends the run.
+
+    ``control_per_tuned``: users of the control for each user of the candidate (19 for a
+    5% canary); the candidate has ``FIRST + STEP * look`` users at each look.
+    """
+    k = control_per_tuned
+    exp = experiment((100 * k / (k + 1), 100 / (k + 1)))
     rng = np.random.default_rng(seed)
     total = FIRST + STEP * (LOOKS - 1)
     outcomes: Counter[str] = Counter()
     for _ in range(runs):
-        a, b = users(rng, p_control, total), users(rng, p_tuned, total)
+        a, b = users(rng, p_control, total * k), users(rng, p_tuned, total)
         previous: dict[str, float] = {}
         action = KEEP
         for look in range(LOOKS):
             n = FIRST + STEP * look
-            comparisons, srm, decision = decider.evaluate(
-                exp, 1, [arm("control", 50, a[:n]), arm("tuned", 50, b[:n])], previous
-            )
+            arms = [arm("control", exp.arms[0].weight, a[: n * k]),
+                    arm("tuned", exp.arms[1].weight, b[:n])]  # fmt: skip
+            comparisons, srm, decision = decider.evaluate(exp, 1, arms, previous)
             previous.update({c["candidate"]: c["p_value"] for c in comparisons if c["ready"]})
             if decision["action"] != KEEP:
                 action = decision["action"]
@@ -100,6 +105,11 @@ def test_a_a_experiments_looked_at_50_times_act_wrongly_at_most_alpha() -> None:
     assert wrong <= ALPHA, outcomes
     # the same design with the fixed-level test re-run at each look acts far more often
     assert peeking_z_test(0.6) > 3 * ALPHA
+
+
+def test_a_a_at_a_five_percent_canary_stays_valid_though_the_arms_differ_in_size() -> None:
+    outcomes = simulate(0.6, 0.6, runs=400, seed=3, control_per_tuned=19)
+    assert (outcomes[RAMP] + outcomes[ROLLBACK]) / 400 <= ALPHA, outcomes
 
 
 def test_a_known_lift_is_found_with_reasonable_power_and_never_rolled_back() -> None:
