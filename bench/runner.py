@@ -242,7 +242,7 @@ class Bench:
         """How many arms Redis counted assignments for (every arm should get traffic)."""
         client = redis.Redis.from_url(self.redis.url(db))
         try:
-            return len(client.hgetall(keys.assignments("ab", 1)))
+            return len(client.keys(keys.version_users("ab", 1, "*")))
         finally:
             client.close()
 

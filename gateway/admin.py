@@ -15,7 +15,7 @@
     POST   /admin/models                           register {"name", "upstream", ...}
     DELETE /admin/models/{name}                    unregister (and unload the adapter)
 
-The logic lives in :mod:`gateway.control`; this module only authenticates, reads
+The logic lives in :mod:`gateway.control` and its modules; this module only authenticates, reads
 bodies and renders JSON. Names may hold ``/`` (``team/support``): see
 :class:`ExperimentName`.
 """
@@ -69,27 +69,28 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.get("/admin/experiments")
     async def list_experiments(request: Request) -> Response:
         control, _ = admin(request)
-        return _json({"object": "list", "data": await control.states()})
+        return _json({"object": "list", "data": await control.experiments.states()})
 
     @app.post("/admin/experiments/{name:experiment}/arms")
     async def add_arm(request: Request, name: str) -> Response:
         control, who = admin(request)
-        return _json(await control.add_arm(name, await body(request), who))
+        return _json(await control.experiments.add_arm(name, await body(request), who))
 
     @app.post("/admin/experiments/{name:experiment}/promote")
     async def promote(request: Request, name: str) -> Response:
         control, who = admin(request)
-        return _json(await control.promote(name, await body(request), who))
+        return _json(await control.experiments.promote(name, await body(request), who))
 
     @app.post("/admin/experiments/{name:experiment}/rollback")
     async def rollback(request: Request, name: str) -> Response:
         control, who = admin(request)
-        return _json(await control.rollback(name, who))
+        return _json(await control.experiments.rollback(name, who))
 
     @app.get("/admin/experiments/{name:experiment}/history")
     async def history(request: Request, name: str) -> Response:
         control, _ = admin(request)
-        return _json({"object": "list", "experiment": name, "data": await control.history(name)})
+        data = await control.experiments.history(name)
+        return _json({"object": "list", "experiment": name, "data": data})
 
     @app.get("/admin/experiments/{name:experiment}/report")
     async def report(request: Request, name: str) -> Response:
@@ -99,12 +100,12 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.get("/admin/experiments/{name:experiment}")
     async def get_experiment(request: Request, name: str) -> Response:
         control, _ = admin(request)
-        return _json(await control.state(name))
+        return _json(await control.experiments.state(name))
 
     @app.put("/admin/experiments/{name:experiment}")
     async def put_experiment(request: Request, name: str) -> Response:
         control, who = admin(request)
-        return _json(await control.put(name, await body(request), who))
+        return _json(await control.experiments.put(name, await body(request), who))
 
     @app.get("/admin/models")
     async def list_models(request: Request) -> Response:
@@ -114,14 +115,14 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.post("/admin/models")
     async def register_model(request: Request) -> Response:
         control, who = admin(request)
-        return _json(await control.register(await body(request), who), status=201)
+        return _json(await control.registry.register(await body(request), who), status=201)
 
     @app.get("/admin/models/{name:path}")
     async def get_model(request: Request, name: str) -> Response:
         control, _ = admin(request)
-        return _json(control.model(name))
+        return _json(control.registry.model(name))
 
     @app.delete("/admin/models/{name:path}")
     async def remove_model(request: Request, name: str) -> Response:
         control, who = admin(request)
-        return _json(await control.remove(name, who))
+        return _json(await control.registry.remove(name, who))

@@ -15,12 +15,13 @@ An admin key may force an arm with ``x-flywheel-arm`` (evaluation, tests). An
 experiment with a ``shadow`` model copies a share of its answered requests to it in
 the background: the shadow answer is logged (``shadow_of``: the served response's id)
 and never returned, and with ``control.judge`` set a judge model scores it against the
-served answer.
+served answer, asked with the two answers in both orders (position bias cancels).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import re
@@ -97,6 +98,7 @@ class Turn:
     stream: bool
     version: int = 0
     forced: bool = False
+    unit: str | None = None  # the hashed user key the arm was assigned to (the decider's unit)
     want_usage: bool = True
     limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
     answer: list[str] = field(default_factory=list)
@@ -121,6 +123,7 @@ class Turn:
             "experiment": self.experiment,
             "experiment_version": self.version,
             "forced": self.forced,
+            "unit": self.unit,
             "arm": self.target.name,
             "assigned_arm": self.assigned.name,
             "fallback": self.target is not self.assigned,
@@ -239,6 +242,7 @@ class ChatService:
             stream=stream,
             version=route.version,
             forced=route.forced,
+            unit=hashlib.sha256(user_key.encode()).hexdigest()[:16] if route.experiment else None,
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
             limit_headers=limit_headers,
@@ -441,11 +445,18 @@ class ChatService:
             m.ttft.labels(exp, arm).observe(turn.ttft - turn.t0)
         if turn.usage:
             spent = 0
+            price = turn.target.price
+            cost = 0.0
             for kind in ("prompt", "completion"):
                 n = turn.usage.get(f"{kind}_tokens")
                 if isinstance(n, int):
                     m.tokens.labels(exp, arm, kind).inc(n)
                     spent += n
+                    if price is not None:
+                        per_1m = price.completion_per_1m if kind[0] == "c" else price.prompt_per_1m
+                        cost += n * per_1m / 1e6
+            if price is not None:
+                m.cost.labels(exp, arm).inc(cost)
             self.limiter.charge(turn.principal, spent)
         self.log.submit(turn.record())
 
@@ -499,7 +510,12 @@ class ChatService:
         self.log.submit(record)
 
     async def _judge(self, served: Turn, shadow: Turn) -> float | None:
-        """The judge model's 1–5 verdict on the shadow answer vs the served one, as [0, 1]."""
+        """The judge's verdict on the shadow answer against the served one, in [0, 1].
+
+        Asked twice, with the answers in both orders, and averaged: a judge that favours
+        whichever answer comes second (or first) then scores a tie, 0.5, not a win.
+        None unless both verdicts came back.
+        """
         try:
             route = self.control.router.resolve(self.judge or "", "judge")
         except GatewayError:
@@ -509,13 +525,22 @@ class ChatService:
             for m in served.doc["messages"]
             if isinstance(m.get("content"), str)
         )
-        prompt = JUDGE_PROMPT.format(
-            conversation=question, a="".join(served.answer), b="".join(shadow.answer)
+        served_text, shadow_text = "".join(served.answer), "".join(shadow.answer)
+        second, first = await asyncio.gather(
+            self._verdict(route.primary, question, served_text, shadow_text),  # shadow is B
+            self._verdict(route.primary, question, shadow_text, served_text),  # shadow is A
         )
-        payload = {"model": route.primary.upstream_model, "temperature": 0, "max_tokens": 4,
+        if second is None or first is None:
+            return None
+        return (second + (1 - first)) / 2
+
+    async def _verdict(self, judge: Target, question: str, a: str, b: str) -> float | None:
+        """How good answer B is against answer A, in [0, 1] (None: no verdict)."""
+        prompt = JUDGE_PROMPT.format(conversation=question, a=a, b=b)
+        payload = {"model": judge.upstream_model, "temperature": 0, "max_tokens": 4,
                    "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
         try:
-            call = await self.upstream.post(route.primary, orjson.dumps(payload))
+            call = await self.upstream.post(judge, orjson.dumps(payload))
             body = orjson.loads(await self.upstream.read(call))
             return judge_score(str(body["choices"][0]["message"]["content"]))
         except (GatewayError, orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:

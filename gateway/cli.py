@@ -208,7 +208,7 @@ def print_report(doc: dict[str, Any]) -> None:
     console.print(arms)
     srm = doc["srm"]
     console.print(
-        f"Sample ratio (version {srm['version']}, {srm['assigned']} assignments): "
+        f"Sample ratio (version {srm['version']}, {srm['assigned']} users assigned): "
         f"chi² = {num(srm['chi2'], '{:.2f}')}, p = {num(srm['p_value'], '{:.3g}')}"
         + ("  [bold red]MISMATCH[/]" if srm["mismatch"] else "  ok")
     )

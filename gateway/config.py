@@ -104,35 +104,76 @@ class ModelVersion(_Strict):
 
 
 class Arm(_Strict):
-    model: str
+    model: str = Field(description="the model this arm routes to")
     # Relative; bounded so that a sum of weights is always a finite number.
-    weight: float = Field(1.0, ge=0, le=1_000_000)
+    weight: float = Field(
+        1.0, ge=0, le=1_000_000, description="relative share of users (95 and 5: 5% canary)"
+    )
 
 
 class Decision(_Strict):
-    """The rules that turn an experiment's report into promote / rollback / keep collecting."""
+    """The rules the decider applies to an experiment's report (``gateway/decider.py``).
 
-    min_ratings: int = Field(100, ge=1, description="ratings each compared arm needs first")
-    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the score test")
+    The unit is the user, and only data collected under the experiment's current version
+    counts. The score test is the mixture SPRT, valid however often it is looked at.
+    """
+
+    min_ratings: int = Field(
+        100, ge=2, description="rated users each compared arm needs under the current version"
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="level of the always-valid (mixture SPRT) score test"
+    )
+    mixture_sd: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="sd of the normal mixing prior over the difference in mean score: the "
+        "size of effect the test is most sensitive to (scores are in [0, 1])",
+    )
+    stages: list[float] = Field(
+        default_factory=lambda: [5.0, 20.0, 50.0, 100.0],
+        min_length=1,
+        description="traffic shares (%) a winner is moved through, each on its own evidence; "
+        "the last must be 100 (the promote)",
+    )
     srm_alpha: float = Field(0.001, gt=0, lt=1, description="p below this: sample ratio mismatch")
+    guardrail_alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="one-sided level of each guardrail's confidence bound"
+    )
     max_error_rate_increase: float = Field(
         0.02, ge=0, le=1, description="candidate error rate may exceed control's by this much"
     )
     max_p95_ratio: float = Field(1.5, ge=1, description="candidate p95 latency / control's")
+    max_cost_ratio: float | None = Field(
+        None, ge=1, description="candidate cost per request / control's (none: no cost guardrail)"
+    )
     min_requests: int = Field(50, ge=1, description="requests each arm needs for the guardrails")
+
+    @model_validator(mode="after")
+    def _stages_rise_to_100(self) -> Decision:
+        if any(b <= a for a, b in zip(self.stages, self.stages[1:], strict=False)):
+            raise ValueError("stages must rise")
+        if self.stages[-1] != 100 or self.stages[0] <= 0:
+            raise ValueError("stages must be shares in (0, 100] ending with 100")
+        return self
 
 
 class Shadow(_Strict):
-    model: str
+    model: str = Field(description="the candidate that answers copies of requests")
     share: float = Field(0.1, ge=0, le=1, description="share of requests also sent to it")
 
 
 class Experiment(_Strict):
-    arms: list[Arm] = Field(min_length=1)
-    fallback: str | None = None
+    arms: list[Arm] = Field(min_length=1, description="the models users are split between")
+    fallback: str | None = Field(
+        None, description="answers when the assigned arm fails before the first byte"
+    )
     control: str | None = Field(None, description="the arm candidates are compared with")
     shadow: Shadow | None = None
-    auto_promote: bool = False
+    auto_promote: bool = Field(
+        False, description="the decider applies the report's decision every control.decide_s"
+    )
     decision: Decision = Decision()
 
     @property
@@ -315,7 +356,9 @@ class Eval(_Strict):
 class Retrain(_Strict):
     """The dataset builder (``retrain build``): which ratings become which examples."""
 
-    dataset_dir: Path = Path("./data/datasets")
+    dataset_dir: Path = Field(
+        Path("./data/datasets"), description="dataset versions, one directory per experiment"
+    )
     good_threshold: float = Field(
         0.75, ge=0, le=1, description="a rating at or above this keeps the answer as served"
     )
@@ -327,7 +370,7 @@ class Retrain(_Strict):
     tokenizer: str | None = Field(
         None, description="local model dir or HF name; none: tiktoken (OpenAI models)"
     )
-    tiktoken_encoding: str = "o200k_base"
+    tiktoken_encoding: str = Field("o200k_base", description="tiktoken's encoding, no tokenizer")
     near_duplicate: float = Field(
         0.85, gt=0, le=1, description="MinHash Jaccard similarity above which one is dropped"
     )
@@ -337,15 +380,21 @@ class Retrain(_Strict):
     )
     split: Split = Split()
     epochs: int = Field(3, ge=1, description="for the cost estimate")
-    prices: list[TrainingPrice] = Field(default_factory=list)
+    prices: list[TrainingPrice] = Field(
+        default_factory=list, description="training prices, for the dataset's cost estimates"
+    )
     cost_cap: float | None = Field(None, ge=0, description="estimated cost above this: stop")
     teacher: str | None = Field(
         None, description="model or experiment that answers failures without a correction"
     )
     gateway_url: str = Field("http://127.0.0.1:8000", description="the gateway (no /v1)")
-    gateway_key: SecretStr = SecretStr("")
+    gateway_key: SecretStr = Field(
+        SecretStr(""), description="a client key for the evaluation's chat requests"
+    )
     admin_key: SecretStr = Field(SecretStr(""), description="registers candidates")
-    provider: Literal["local", "openai"] = "local"
+    provider: Literal["local", "openai"] = Field(
+        "local", description="who trains: local LoRA, or OpenAI's fine-tuning API"
+    )
     local: LocalTraining = LocalTraining()
     openai: OpenAITraining = OpenAITraining()
     eval: Eval = Field(Eval(), description="the evaluation gate")

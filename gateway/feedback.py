@@ -8,6 +8,9 @@ not at all:
   rater replaces the first: the response says ``replaced``);
 * the arm's aggregate (count, score sum, failures, corrections) is corrected for the
   replaced rating, if any, and updated with the new one;
+* for experiment traffic assigned by weight, the rated user's scores under the version
+  and arm that served the response (``fw:uagg``), with the sums of per-user means that
+  the decider's test reads (its unit is the user);
 * a rating event (fields ``data``: the record, ``replaced``: 0 or 1) is appended to the
   feedback stream that the retrain job consumes; a replaced rating appears again, and
   the latest event per (response, rater) is the one that counts.
@@ -43,17 +46,21 @@ from .metrics import Metrics
 THUMBS = {"down": 0.0, "up": 1.0}
 FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
 
-# KEYS: feedback hash, aggregate hash, feedback stream, aggregate index
+# KEYS: feedback hash, aggregate hash, feedback stream, aggregate index, user scores hash
 # ARGV: rater, record JSON, score, failure (0/1), has correction (0/1),
-#       aggregate index member, ttl seconds, thumbs (0/1)
+#       aggregate index member, ttl seconds, thumbs (0/1), user field ('' = not counted)
 # The aggregate keeps count, score_sum, score_sq (for variances), thumbs (ratings that
-# were up/down: the report's test depends on it), failures and corrections.
+# were up/down), failures and corrections. The user scores hash (the experiment version
+# and arm the rated response was served under) keeps each user's rating count and score
+# sum, and the sums of the per-user means and of their squares: the decider's sample is
+# one mean score per user.
 _STORE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local replaced = 0
+local o = nil
 if old then
   replaced = 1
-  local o = cjson.decode(old)
+  o = cjson.decode(old)
   redis.call('HINCRBY', KEYS[2], 'count', -1)
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', -o['score'])
   redis.call('HINCRBYFLOAT', KEYS[2], 'score_sq', -(o['score'] * o['score']))
@@ -70,6 +77,34 @@ redis.call('HINCRBY', KEYS[2], 'failures', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'corrections', ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
+local uf = ARGV[9]
+if uf ~= '' then
+  local cur = redis.call('HGET', KEYS[5], uf)
+  local c, s = 0, 0
+  if cur then
+    local sp = string.find(cur, ' ')
+    c = tonumber(string.sub(cur, 1, sp - 1))
+    s = tonumber(string.sub(cur, sp + 1))
+    local m = s / c
+    redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sum', -m)
+    redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sq', -(m * m))
+    if o then
+      c = c - 1
+      s = s - o['score']
+      redis.call('HINCRBY', KEYS[5], 'ratings', -1)
+    end
+  else
+    redis.call('HINCRBY', KEYS[5], 'users', 1)
+  end
+  c = c + 1
+  s = s + tonumber(ARGV[3])
+  local m = s / c
+  redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sum', m)
+  redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sq', m * m)
+  redis.call('HINCRBY', KEYS[5], 'ratings', 1)
+  redis.call('HSET', KEYS[5], uf, string.format('%d %.17g', c, s))
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
+end
 local id = redis.call('XADD', KEYS[3], '*', 'data', ARGV[2], 'replaced', replaced)
 return {replaced, id}
 """
@@ -194,6 +229,15 @@ class FeedbackService:
         record = await self.interaction(rid, principal)
         rater = fb["user"] or record.get("user") or f"key:{principal.name}"
         experiment, arm = record.get("experiment"), record["arm"]
+        # the decider's sample: randomised traffic of an experiment, by the assigned arm
+        # and the version it was served under (intention to treat: a fallback answer
+        # counts for the arm the user was assigned to)
+        unit = record.get("unit") if experiment and not record.get("forced") else None
+        scores_key = (
+            keys.user_scores(experiment, record.get("experiment_version") or 0,
+                             record.get("assigned_arm") or arm)
+            if experiment and unit else keys.aggregate(experiment, arm)
+        )  # fmt: skip
         stored = {
             "id": feedback_id(rid, rater),
             "object": "feedback",
@@ -218,6 +262,7 @@ class FeedbackService:
                     keys.aggregate(experiment, arm),
                     keys.FEEDBACK_STREAM,
                     keys.AGGREGATE_INDEX,
+                    scores_key,  # not written unless a user field is given
                 ],
                 args=[
                     rater,
@@ -228,6 +273,7 @@ class FeedbackService:
                     keys.aggregate_member(experiment, arm),
                     int(self.config.retention_days * 86400),
                     int(isinstance(fb["rating"], str)),
+                    f"u:{unit}" if unit else "",
                 ],
             )
         except (RedisError, OSError) as exc:

@@ -125,34 +125,60 @@ class InteractionLog:
         for key, fields in arm_statistics(batch).items():
             for name, n in fields.items():
                 pipe.hincrby(key, name, n)
+            if keys.is_per_version(key):
+                pipe.expire(key, ttl)
+        for key, units in arm_users(batch).items():
+            pipe.sadd(key, *units)
+            pipe.expire(key, ttl)
         await pipe.execute()
 
 
 def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
-    """The per-arm counters a batch adds (``fw:req:*`` and ``fw:assign:*``, see keys.py).
+    """The per-arm counters a batch adds (``fw:req:*`` and ``fw:vreq:*``, see keys.py).
 
     Summed per batch, so a batch of 256 records costs a handful of HINCRBYs, not 256.
+    Experiment traffic is counted twice: in total, and under the experiment version that
+    served it (what the decider reads).
     """
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for rec in batch:
         if rec.get("shadow_of"):
             continue  # a shadow answer is nobody's traffic
-        exp = rec.get("experiment")
-        c = out[keys.requests(exp, rec["arm"])]
-        c["requests"] += 1
-        if rec["status"] == "error":
-            c["errors"] += 1
-        elif rec["status"] == "cancelled":
-            c["cancelled"] += 1
+        for key in _arm_keys(rec, rec["arm"]):
+            c = out[key]
+            c["requests"] += 1
+            if rec["status"] == "error":
+                c["errors"] += 1
+            elif rec["status"] == "cancelled":
+                c["cancelled"] += 1
+            usage = rec.get("usage") or {}
+            for kind in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(kind), int):
+                    c[kind] += usage[kind]
+            c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
+            if rec.get("ttft_ms") is not None:
+                c[f"ttft:{stats.bucket(rec['ttft_ms'])}"] += 1
         if rec.get("fallback"):
-            out[keys.requests(exp, rec["assigned_arm"])]["failed_over"] += 1
-        usage = rec.get("usage") or {}
-        for kind in ("prompt_tokens", "completion_tokens"):
-            if isinstance(usage.get(kind), int):
-                c[kind] += usage[kind]
-        c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
-        if rec.get("ttft_ms") is not None:
-            c[f"ttft:{stats.bucket(rec['ttft_ms'])}"] += 1
-        if exp and not rec.get("forced"):
-            out[keys.assignments(exp, rec.get("experiment_version") or 0)][rec["assigned_arm"]] += 1
+            for key in _arm_keys(rec, rec["assigned_arm"]):
+                out[key]["failed_over"] += 1
+    return out
+
+
+def _arm_keys(rec: Record, arm: str) -> list[str]:
+    exp = rec.get("experiment")
+    if not exp:
+        return [keys.requests(exp, arm)]
+    version = rec.get("experiment_version") or 0
+    return [keys.requests(exp, arm), keys.version_requests(exp, version, arm)]
+
+
+def arm_users(batch: list[Record]) -> dict[str, set[str]]:
+    """The units (users) a batch assigned to each arm by weight (``fw:users:*``): the SRM
+    test counts users, not requests, so one heavy user cannot fake a mismatch."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for rec in batch:
+        exp = rec.get("experiment")
+        if exp and not rec.get("forced") and not rec.get("shadow_of") and rec.get("unit"):
+            version = rec.get("experiment_version") or 0
+            out[keys.version_users(exp, version, rec["assigned_arm"])].add(rec["unit"])
     return out

@@ -25,8 +25,17 @@ key                         type    content
                                     ``prompt_tokens``, ``completion_tokens``,
                                     ``lat:{i}``, ``ttft:{i}`` (log-scale latency
                                     histograms in ms, see ``stats.py``)
-``fw:assign:{exp}:{ver}``   hash    arm → requests assigned by weight (not forced)
-                                    under version ``ver`` of the experiment (SRM test)
+``fw:vreq:{exp}:{ver}:{arm}`` hash  the same request statistics, of the requests
+                                    served under version ``ver`` of the experiment
+                                    (the decider's guardrails and cost); expires
+                                    with the interaction records
+``fw:users:{exp}:{ver}:{arm}`` set  units (hashed user keys) assigned to the arm by
+                                    weight (not forced) under version ``ver`` (SRM)
+``fw:uagg:{exp}:{ver}:{arm}`` hash  per-user scores of the arm under version ``ver``:
+                                    ``u:{unit}`` → ``"count sum"`` of that user's
+                                    ratings, and ``users``, ``mean_sum``, ``mean_sq``
+                                    (sums of the per-user means), ``ratings``,
+                                    ``thumbs`` — the decider's unit is the user
 ``fw:ctl:version``          string  counter, bumped by every change of the live state
 ``fw:ctl:experiments``      hash    name → live experiment state (JSON: ``version``,
                                     ``spec``, ``previous``, ``updated_at/_by``)
@@ -34,6 +43,8 @@ key                         type    content
 ``fw:ctl:models``           hash    name → model version registered at runtime
 ``fw:ctl:models:history``   list    audit log of model registrations
 ``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
+``fw:ctl:seq:{exp}:{ver}``  hash    arm → running minimum of the always-valid p-value
+                                    over the decider's looks at version ``ver``
 ``fw:review:{exp}``         hash    response id → failure awaiting a correction (JSON)
 ``fw:build:lock:{exp}``     string  held while ``retrain build`` runs for an experiment
 ``fw:run:lock:{exp}``       string  held while ``retrain run`` runs for an experiment
@@ -79,8 +90,25 @@ def requests(experiment: str | None, arm: str) -> str:
     return f"{PREFIX}req:{experiment or NO_EXPERIMENT}:{arm}"
 
 
-def assignments(experiment: str, version: int) -> str:
-    return f"{PREFIX}assign:{experiment}:{version}"
+def version_requests(experiment: str, version: int, arm: str) -> str:
+    return f"{PREFIX}vreq:{experiment}:{version}:{arm}"
+
+
+def is_per_version(key: str) -> bool:
+    """A per-version counter (``fw:vreq:*``): it expires with the interactions it counts."""
+    return key.startswith(f"{PREFIX}vreq:")
+
+
+def version_users(experiment: str, version: int, arm: str) -> str:
+    return f"{PREFIX}users:{experiment}:{version}:{arm}"
+
+
+def user_scores(experiment: str, version: int, arm: str) -> str:
+    return f"{PREFIX}uagg:{experiment}:{version}:{arm}"
+
+
+def sequential(experiment: str, version: int) -> str:
+    return f"{PREFIX}ctl:seq:{experiment}:{version}"
 
 
 CONTROL_VERSION = PREFIX + "ctl:version"

@@ -253,6 +253,20 @@ class Metrics:
             ["experiment", "arm", "kind"],
             registry=r,
         )
+        self.cost = Counter(
+            "flywheel_cost",
+            "Spend in the price's currency (tokens at the model's price) by experiment and arm; "
+            "1000 * rate(cost) / rate(requests) is the cost per 1k requests",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "flywheel_decisions",
+            "The decider's looks at auto_promote experiments, by the action they led to "
+            "(promote, ramp, rollback, keep collecting)",
+            ["experiment", "action"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "flywheel_requests_in_flight",
             "Chat completion requests being served",

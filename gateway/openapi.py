@@ -287,8 +287,18 @@ def _state() -> dict[str, Any]:
             "previous": {"anyOf": [_ref("Experiment"), {"type": "null"}]},
             "updated_at": {"type": "number"},
             "updated_by": {"type": "string"},
+            "pin": {
+                "description": "set by a change of anyone but the decider: it then acts only "
+                "on evidence collected since",
+                "anyOf": [{"type": "null"}, {
+                    "type": "object",
+                    "required": ["by", "at", "version", "action"],
+                    "properties": {"by": {"type": "string"}, "at": {"type": "number"},
+                                   "version": {"type": "integer"}, "action": {"type": "string"}},
+                }],
+            },
         },
-    }
+    }  # fmt: skip
 
 
 ADMIN_MODEL = {

@@ -13,7 +13,7 @@ import bisect
 import hashlib
 from dataclasses import dataclass
 
-from .config import Experiment, ModelVersion, Settings, Upstream
+from .config import Experiment, ModelVersion, Price, Settings, Upstream
 from .errors import InvalidRequest, UnknownModel
 
 BUCKETS = 10_000
@@ -33,6 +33,7 @@ class Target:
     upstream: Upstream
     upstream_model: str
     adapter: bool = False  # a LoRA adapter: only replicas that list it may serve it
+    price: Price | None = None
 
 
 class Assigner:
@@ -147,4 +148,5 @@ def _target(name: str, m: ModelVersion, upstream: Upstream) -> Target:
         upstream=upstream,
         upstream_model=m.model,
         adapter=m.adapter_path is not None,
+        price=m.price,
     )

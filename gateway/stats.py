@@ -9,6 +9,12 @@ Every function here is checked against SciPy on the same data in ``tests/test_st
 * sample ratio mismatch: chi-square goodness of fit of assignments to weights;
 * Bayesian: P(candidate's true score > control's) under Beta(1 + successes,
   1 + failures) posteriors (scores in [0, 1] count as fractional successes);
+* sequential: the mixture SPRT (normal mixing prior over the difference in means) and
+  its always-valid p-value and confidence interval, valid however often one looks
+  (Johari, Pekelis, Walsh 2017, "Always valid inference"), in the two-sample form that
+  takes the difference's estimate and its variance, so the arms may differ in size;
+* guardrails: a lower confidence bound for a difference of rates, and distribution-free
+  bounds of a quantile from a histogram (order statistics);
 * latency: log-scale histograms (10% wide buckets) and their quantiles.
 """
 
@@ -21,6 +27,18 @@ from dataclasses import dataclass
 
 def norm_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def norm_isf(p: float) -> float:
+    """The z with ``P(Z > z) = p`` (bisection on :func:`norm_sf`)."""
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if norm_sf(mid) > p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -212,6 +230,91 @@ def prob_better(control: Sample, candidate: Sample, points: int = 2001) -> float
         weight = 1 if i in (0, points - 1) else (4 if i % 2 else 2)
         total += weight * pdf * betainc(a1, b1, x)
     return min(max(total * step / 3, 0.0), 1.0)
+
+
+# -- sequential testing -------------------------------------------------------------------
+
+
+def msprt_log_lr(difference: float, variance: float, tau2: float) -> float:
+    """log Λ: the mixture likelihood ratio of "difference ≠ 0" against "= 0".
+
+    ``difference`` estimates the true difference θ (candidate − control), normally with
+    ``variance`` (``s²_control/n_control + s²_candidate/n_candidate``); θ's mixing prior
+    under the alternative is N(0, ``tau2``). Λ = sqrt(v/(v+τ²)) · exp(τ²d² / (2v(v+τ²))).
+    With n per arm and per-pair variance V (v = V/n) this is the textbook
+    sqrt(V/(V+nτ²)) · exp(n²τ²d² / (2V(V+nτ²))).
+    """
+    if not variance > 0:
+        return 0.0  # no spread: no information (a constant score on both arms)
+    return 0.5 * math.log(variance / (variance + tau2)) + tau2 * difference**2 / (
+        2 * variance * (variance + tau2)
+    )
+
+
+def msprt_p(difference: float, variance: float, tau2: float) -> float:
+    """1/Λ at this look, capped at 1; the always-valid p-value is its running minimum."""
+    return min(1.0, math.exp(-msprt_log_lr(difference, variance, tau2)))
+
+
+def msprt_interval(
+    difference: float, variance: float, tau2: float, alpha: float
+) -> tuple[float, float]:
+    """The always-valid (1 − alpha) interval at this look: every θ with Λ(θ) < 1/alpha."""
+    if not variance > 0:
+        return (difference, difference)
+    half = math.sqrt(
+        variance * (variance + tau2) / tau2
+        * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance))
+    )  # fmt: skip
+    return (difference - half, difference + half)
+
+
+# -- guardrails ---------------------------------------------------------------------------
+
+
+def rate_increase_lower_bound(
+    control: tuple[int, int], candidate: tuple[int, int], alpha: float
+) -> float:
+    """One-sided (1 − alpha) lower bound of candidate rate − control rate.
+
+    Each argument is (events, trials). Agresti–Caffo: one event and one non-event added to
+    each arm, which keeps the bound sane for rates near 0 and small samples.
+    """
+    (x1, n1), (x2, n2) = control, candidate
+    p1, p2 = (x1 + 1) / (n1 + 2), (x2 + 1) / (n2 + 2)
+    se = math.sqrt(p1 * (1 - p1) / (n1 + 2) + p2 * (1 - p2) / (n2 + 2))
+    return p2 - p1 - norm_isf(alpha) * se
+
+
+def quantile_bounds(
+    histogram: Mapping[int, float], q: float, alpha: float
+) -> tuple[float | None, float | None]:
+    """One-sided (1 − alpha) lower and upper bounds of the ``q`` quantile.
+
+    Distribution-free: the number of observations below the true quantile is
+    Binomial(n, q), so the order statistics at ranks ``nq ∓ z·sqrt(nq(1−q))`` bound it
+    (normal approximation). The bounds are bucket bounds of the histogram.
+    """
+    n = sum(histogram.values())
+    if n == 0:
+        return (None, None)
+    spread = norm_isf(alpha) * math.sqrt(n * q * (1 - q))
+    lo_rank, hi_rank = n * q - spread, n * q + spread
+    lo = _value_at_rank(histogram, max(lo_rank, 1.0), lower=True)
+    hi = _value_at_rank(histogram, hi_rank, lower=False) if hi_rank <= n else None
+    return (lo, hi)  # hi None: too few observations to bound the quantile from above
+
+
+def _value_at_rank(histogram: Mapping[int, float], rank: float, *, lower: bool) -> float:
+    seen = 0.0
+    for i in sorted(histogram):
+        seen += histogram[i]
+        if seen >= rank:
+            # the rank-th observation lies in bucket i: (RATIO**(i-1), RATIO**i]
+            if lower:
+                return round(RATIO ** (i - 1), 3) if i > 0 else 0.0
+            return round(RATIO**i, 3)
+    return round(RATIO ** max(histogram), 3)
 
 
 # -- latency histograms ------------------------------------------------------------------

@@ -15,6 +15,10 @@ one misbehaves in the way the requested ``model`` names:
 * ``garbage``   — a stream whose first data line is not JSON (malformed SSE)
 * ``garbage-later`` — two good chunks, then a line that is not JSON
 * ``trickle``   — a complete stream of 20 chunks, one every ``delay_s / 20`` (drain tests)
+* ``fixed-slow*`` — a ``fixed-*`` answer after ``slow_fixed_s`` (a slow but healthy model:
+  latency guardrails)
+* ``judge-*``   — a judge that answers the verdicts it is scripted with (``verdicts``:
+  the first whose key is in the prompt wins) and records every prompt (``judged``)
 * ``fixed-*``   — answers at once, "answer from <model>" (streamed or not): the healthy
   baseline beside the faults, and a fast upstream for tests that need many requests
   through the routing (vLLM on CPU takes tens of milliseconds per answer)
@@ -40,11 +44,25 @@ class FaultyUpstream(BackgroundServer):
         self.stream_closed_at: float | None = None
         self.chunks_sent = 0
         self.requests = 0  # chat requests received
+        self.slow_fixed_s = 0.2
+        self.verdicts: dict[str, str] = {}  # judge-*: text in the prompt → the reply
+        self.judged: list[str] = []  # judge-*: every prompt received
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         body = await request.json()
         mode = body.get("model")
+        if isinstance(mode, str) and mode.startswith("fixed-slow"):
+            await asyncio.sleep(self.slow_fixed_s)
+        if isinstance(mode, str) and mode.startswith("judge"):
+            prompt = str(body["messages"][-1]["content"])
+            self.judged.append(prompt)
+            reply = next((v for k, v in self.verdicts.items() if k in prompt), "no verdict")
+            return web.json_response({
+                "id": "up-1", "object": "chat.completion", "created": 0, "model": mode,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": reply}}],
+            })  # fmt: skip
         if isinstance(mode, str) and mode.startswith("fixed"):
             return await self._fixed(request, mode, body.get("stream") is True)
         if mode == "slow":

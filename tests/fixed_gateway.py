@@ -22,7 +22,7 @@ from .services import GatewayProcess, RedisProcess
 FIXED = ("fixed-a", "fixed-b", "fixed-c")
 
 
-def fixed_config(upstream_url: str, redis_url: str) -> dict[str, Any]:
+def fixed_config(upstream_url: str, redis_url: str, **extra: Any) -> dict[str, Any]:
     return {
         "redis_url": redis_url,
         "id_secret": ID_SECRET,
@@ -38,17 +38,18 @@ def fixed_config(upstream_url: str, redis_url: str) -> dict[str, Any]:
                 "fallback": "fixed-c",
             },
         },
+        **extra,
     }
 
 
 @contextmanager
 def fixed_gateway(
-    redis_server: RedisProcess, workdir: Path, db: int
+    redis_server: RedisProcess, workdir: Path, db: int, **extra: Any
 ) -> Iterator[tuple[GatewayProcess, FaultyUpstream]]:
     redis.Redis(port=redis_server.port, db=db).flushdb()
     upstream = FaultyUpstream().start()
     url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-    gw = GatewayProcess(fixed_config(upstream.base_url, url), workdir)
+    gw = GatewayProcess(fixed_config(upstream.base_url, url, **extra), workdir)
     try:
         gw.start()
         yield gw, upstream

@@ -103,3 +103,52 @@ def test_latency_quantile_is_within_a_bucket_of_the_exact_one() -> None:
         exact = sorted(values)[int(q * len(values)) - 1]
         got = stats.quantile(hist, q)
         assert got is not None and exact <= got <= exact * stats.RATIO * 1.001
+
+
+@pytest.mark.parametrize(
+    ("n", "p", "d", "tau2"),
+    [(100, 0.6, 0.05, 0.0025), (2000, 0.6, 0.02, 0.01), (500, 0.3, -0.04, 0.0025)],
+)
+def test_mixture_sprt_matches_the_equal_arms_closed_form(
+    n: int, p: float, d: float, tau2: float
+) -> None:
+    """n per arm, per-pair variance V = 2p(1-p): Λ = sqrt(V/(V+nτ²))·exp(n²τ²d²/(2V(V+nτ²)))."""
+    v = 2 * p * (1 - p)
+    closed = math.sqrt(v / (v + n * tau2)) * math.exp(
+        n * n * tau2 * d * d / (2 * v * (v + n * tau2))
+    )
+    assert math.exp(stats.msprt_log_lr(d, v / n, tau2)) == pytest.approx(closed, rel=1e-12)
+    assert stats.msprt_p(d, v / n, tau2) == pytest.approx(min(1.0, 1 / closed), rel=1e-12)
+
+
+def test_the_always_valid_interval_ends_where_lambda_reaches_one_over_alpha() -> None:
+    d, v, tau2, alpha = 0.03, 0.0004, 0.0025, 0.05
+    lo, hi = stats.msprt_interval(d, v, tau2, alpha)
+    for end in (lo, hi):  # Λ of θ = end, i.e. of the difference d - end
+        assert math.exp(stats.msprt_log_lr(d - end, v, tau2)) == pytest.approx(1 / alpha)
+    assert lo < d < hi
+
+
+def test_quantile_bounds_cover_the_true_p95_at_their_level() -> None:
+    rng = random.Random(3)
+    true_p95 = math.exp(math.log(20) + 0.6 * sp.norm.ppf(0.95))
+    below = above = 0
+    for _ in range(400):
+        hist: dict[int, float] = {}
+        for _ in range(300):
+            b = stats.bucket(rng.lognormvariate(math.log(20), 0.6))
+            hist[b] = hist.get(b, 0) + 1
+        lo, hi = stats.quantile_bounds(hist, 0.95, 0.05)
+        assert lo is not None and hi is not None
+        below += lo > true_p95
+        above += hi < true_p95
+    assert below / 400 <= 0.05 and above / 400 <= 0.05
+
+
+def test_rate_increase_lower_bound_is_below_the_estimate_and_tightens_with_data() -> None:
+    small = stats.rate_increase_lower_bound((1, 50), (6, 50), 0.001)
+    large = stats.rate_increase_lower_bound((100, 5000), (600, 5000), 0.001)
+    assert small < 0.1 and large < 0.1 and small < large
+    assert large == pytest.approx(500 / 5002 - sp.norm.isf(0.001) * math.sqrt(
+        (101 / 5002) * (1 - 101 / 5002) / 5002 + (601 / 5002) * (1 - 601 / 5002) / 5002),
+        rel=1e-6)  # fmt: skip

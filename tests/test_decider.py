@@ -1,0 +1,225 @@
+"""The decider's rules on simulated data, in-process (no server): validity under
+continuous monitoring, power, the user as the unit, guardrails noise cannot trip, and
+the staged ramp.
+
+The simulations are seeded, so each measures the same numbers every run; the numbers
+are quoted in ``gateway/decider.py``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway import decider, stats
+from gateway.config import Experiment
+from gateway.decider import KEEP, PROMOTE, RAMP, ROLLBACK, ArmData
+
+ALPHA = 0.05
+LOOKS = 50  # one look per decide_s
+FIRST, STEP = 100, 40  # users per arm at the first look, and new users per arm between looks
+
+
+def experiment(weights: tuple[float, float] = (50, 50), **rules: Any) -> Experiment:
+    return Experiment.model_validate({
+        "arms": [{"model": "control", "weight": weights[0]},
+                 {"model": "tuned", "weight": weights[1]}],
+        "decision": {"alpha": ALPHA, **rules},
+    })  # fmt: skip
+
+
+def arm(model: str, weight: float, means: np.ndarray, **more: Any) -> ArmData:
+    sample = stats.Sample(len(means), float(means.sum()), float((means**2).sum()))
+    more.setdefault("assigned", len(means))
+    more.setdefault("requests", len(means))
+    return ArmData(model, weight, sample, **more)
+
+
+def thumbs_users(rng: np.random.Generator, p: float, n: int) -> np.ndarray:
+    """n users with one thumbs rating each."""
+    return rng.binomial(1, p, n).astype(float)
+
+
+def heavy_users(rng: np.random.Generator, p: float, n: int) -> np.ndarray:
+    """n users, each with a liking of their own (mean p) and 1 to ~30 ratings: the
+    per-user mean of their thumbs."""
+    liking = rng.beta(3 * p, 3 * (1 - p), n)
+    count = rng.geometric(1 / 6, n)
+    return rng.binomial(count, liking) / count
+
+
+def simulate(
+    p_control: float, p_tuned: float, *, runs: int = 1000, seed: int = 1,
+    users: Any = thumbs_users, control_per_tuned: int = 1,
+) -> Counter[str]:  # fmt: skip
+    """Each run: 50 looks through the decider's own rules; the first action ends the run.
+
+    ``control_per_tuned``: users of the control for each user of the candidate (19 for a
+    5% canary); the candidate has ``FIRST + STEP * look`` users at each look.
+    """
+    k = control_per_tuned
+    exp = experiment((100 * k / (k + 1), 100 / (k + 1)))
+    rng = np.random.default_rng(seed)
+    total = FIRST + STEP * (LOOKS - 1)
+    outcomes: Counter[str] = Counter()
+    for _ in range(runs):
+        a, b = users(rng, p_control, total * k), users(rng, p_tuned, total)
+        previous: dict[str, float] = {}
+        action = KEEP
+        for look in range(LOOKS):
+            n = FIRST + STEP * look
+            arms = [arm("control", exp.arms[0].weight, a[: n * k]),
+                    arm("tuned", exp.arms[1].weight, b[:n])]  # fmt: skip
+            comparisons, srm, decision = decider.evaluate(exp, 1, arms, previous)
+            previous.update({c["candidate"]: c["p_value"] for c in comparisons if c["ready"]})
+            if decision["action"] != KEEP:
+                action = decision["action"]
+                break
+        outcomes[action] += 1
+    return outcomes
+
+
+def peeking_z_test(p: float, runs: int = 1000, seed: int = 1) -> float:
+    """The old rule (a fixed-level z-test at every look) on the same A/A design."""
+    rng = np.random.default_rng(seed)
+    total = FIRST + STEP * (LOOKS - 1)
+    wrong = 0
+    for _ in range(runs):
+        a, b = thumbs_users(rng, p, total), thumbs_users(rng, p, total)
+        for look in range(LOOKS):
+            n = FIRST + STEP * look
+            sa = stats.Sample(n, float(a[:n].sum()), float(a[:n].sum()))
+            sb = stats.Sample(n, float(b[:n].sum()), float(b[:n].sum()))
+            if stats.two_proportion_z(sa, sb).p_value < ALPHA:
+                wrong += 1
+                break
+    return wrong / runs
+
+
+def test_a_a_experiments_looked_at_50_times_act_wrongly_at_most_alpha() -> None:
+    outcomes = simulate(0.6, 0.6)
+    wrong = (outcomes[PROMOTE] + outcomes[ROLLBACK]) / sum(outcomes.values())
+    assert wrong <= ALPHA, outcomes
+    # the same design with the fixed-level test re-run at each look acts far more often
+    assert peeking_z_test(0.6) > 3 * ALPHA
+
+
+def test_a_a_at_a_five_percent_canary_stays_valid_though_the_arms_differ_in_size() -> None:
+    outcomes = simulate(0.6, 0.6, runs=400, seed=3, control_per_tuned=19)
+    assert (outcomes[RAMP] + outcomes[ROLLBACK]) / 400 <= ALPHA, outcomes
+
+
+def test_a_known_lift_is_found_with_reasonable_power_and_never_rolled_back() -> None:
+    outcomes = simulate(0.6, 0.65)
+    assert outcomes[PROMOTE] / sum(outcomes.values()) >= 0.6, outcomes
+    assert outcomes[ROLLBACK] == 0
+
+
+def test_heavy_raters_count_once_so_a_a_stays_valid() -> None:
+    """Users who rate up to ~30 times with a liking of their own: per-user means keep the
+    A/A error at most alpha (per-rating counts would treat one user as many)."""
+    outcomes = simulate(0.6, 0.6, runs=400, seed=2, users=heavy_users)
+    assert (outcomes[PROMOTE] + outcomes[ROLLBACK]) / 400 <= ALPHA, outcomes
+
+
+def test_the_running_minimum_keeps_a_crossing_that_the_next_look_would_lose() -> None:
+    exp = experiment(min_ratings=100)
+    rng = np.random.default_rng(5)
+    a, b = thumbs_users(rng, 0.5, 400), thumbs_users(rng, 0.5, 400)
+    comparisons, _, decision = decider.evaluate(
+        exp, 1, [arm("control", 50, a), arm("tuned", 50, b)], {"tuned": 0.01}
+    )
+    assert comparisons[0]["p_now"] > ALPHA and comparisons[0]["p_value"] == 0.01
+    assert decision["action"] in (PROMOTE, ROLLBACK)
+    # too few users: the look does not count, and nothing is decided however big the gap
+    few = decider.evaluate(exp, 1, [arm("control", 50, np.zeros(30)),
+                                    arm("tuned", 50, np.ones(30))], {})  # fmt: skip
+    assert few[0][0]["ready"] is False and few[2]["action"] == KEEP
+    assert "needs 100 rated users per arm (has 30 and 30)" in few[2]["reasons"][0]
+
+
+def test_no_winner_moves_up_before_the_guardrails_could_judge_it() -> None:
+    exp = experiment()
+    a, b = np.tile([0.0, 1.0, 0.0, 0.0], 50), np.tile([1.0, 1.0, 0.0, 1.0], 50)
+    early = [arm("control", 50, a, requests=30), arm("tuned", 50, b, requests=30)]
+    comparisons, _, decision = decider.evaluate(exp, 1, early, {})
+    assert comparisons[0]["p_value"] < ALPHA and decision["action"] == KEEP
+    assert "the guardrails need 50 requests per arm (has 30 and 30)" in decision["reasons"][0]
+    _, _, decision = decider.evaluate(exp, 1, [arm("control", 50, a), arm("tuned", 50, b)], {})
+    assert decision["action"] == PROMOTE
+
+
+def latencies(rng: np.random.Generator, median_ms: float, n: int) -> dict[int, float]:
+    hist: Counter[int] = Counter(stats.bucket(x) for x in rng.lognormal(np.log(median_ms), 0.6, n))
+    return {k: float(v) for k, v in hist.items()}
+
+
+def test_latency_and_error_noise_never_trips_a_guardrail() -> None:
+    """200 looks at two arms with the same latency and error rate, 60 to 400 requests each."""
+    exp = experiment()
+    rng = np.random.default_rng(7)
+    users = np.full(10, 0.5)
+    for i in range(200):
+        n = 60 + 2 * i
+        control = arm("control", 50, users, requests=n, errors=int(rng.binomial(n, 0.02)),
+                      latency=latencies(rng, 5, n))  # fmt: skip
+        tuned = arm("tuned", 50, users, requests=n, errors=int(rng.binomial(n, 0.02)),
+                    latency=latencies(rng, 5, n))  # fmt: skip
+        assert decider.guardrails(control, tuned, exp.decision) == []
+
+
+def test_a_slow_or_failing_candidate_is_rolled_back_with_the_reason() -> None:
+    exp = experiment()
+    rng = np.random.default_rng(8)
+    users = np.full(200, 0.9)
+    control = arm("control", 50, np.full(200, 0.5), requests=300, latency=latencies(rng, 5, 300))
+    slow = arm("tuned", 50, users, requests=300, latency=latencies(rng, 50, 300))
+    _, _, decision = decider.evaluate(exp, 1, [control, slow], {})
+    assert decision["action"] == ROLLBACK and decision["weights"] == {"tuned": 0.0}
+    assert "p95 latency at least" in decision["reasons"][0]
+    failing = arm("tuned", 50, users, requests=300, errors=60, latency=latencies(rng, 5, 300))
+    _, _, decision = decider.evaluate(exp, 1, [control, failing], {})
+    assert decision["action"] == ROLLBACK and "error rate 20.0% vs control 0.0%" in \
+        decision["reasons"][0]  # fmt: skip
+
+
+def test_cost_guardrail_applies_only_when_configured() -> None:
+    control = arm("control", 50, np.full(200, 0.5), requests=100, cost_per_request=1e-4)
+    dear = arm("tuned", 50, np.full(200, 0.9), requests=100, cost_per_request=3e-4)
+    assert decider.guardrails(control, dear, experiment().decision) == []
+    (reason,) = decider.guardrails(control, dear, experiment(max_cost_ratio=2).decision)
+    assert reason.startswith("cost per 1k requests 0.3 vs control 0.1")
+
+
+@pytest.mark.parametrize(
+    ("weights", "action", "share", "new_weights"),
+    [
+        ((95, 5), RAMP, 20, {"tuned": 20, "control": 80}),
+        ((80, 20), RAMP, 50, {"tuned": 50, "control": 50}),
+        ((50, 50), PROMOTE, 100, None),
+    ],
+)
+def test_a_winner_moves_through_the_stages_one_step_per_decision(
+    weights: tuple[float, float], action: str, share: float, new_weights: dict[str, float] | None
+) -> None:
+    exp = experiment(weights)
+    a, b = np.full(300, 0.4), np.full(300, 0.6)
+    a[::2], b[::2] = 0.6, 0.8  # some spread
+    _, _, decision = decider.evaluate(
+        exp, 1, [arm("control", weights[0], a, assigned=100 * weights[0]),
+                 arm("tuned", weights[1], b, assigned=100 * weights[1])], {}
+    )  # fmt: skip
+    assert (decision["action"], decision["share"], decision["weights"]) == (
+        action, share, new_weights)  # fmt: skip
+
+
+def test_a_sample_ratio_mismatch_in_users_blocks_every_decision() -> None:
+    exp = experiment()
+    control = ArmData("control", 50, stats.Sample(300, 120, 120), assigned=560)
+    tuned = ArmData("tuned", 50, stats.Sample(300, 240, 240), assigned=440)
+    _, srm, decision = decider.evaluate(exp, 1, [control, tuned], {})
+    assert srm["mismatch"] is True and srm["unit"] == "users"
+    assert decision["action"] == KEEP and "sample ratio mismatch" in decision["reasons"][0]

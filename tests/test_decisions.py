@@ -1,0 +1,332 @@
+"""The decider on a real gateway: staged promotion, control following the promote,
+operators' pins, guardrails driven by the fixed upstream, the judge's two orders, cost.
+
+Every model answers from the fault server's instant ``fixed-*`` models (``fixed-slow``:
+the same answer 0.2 s later), so the latencies the guardrails see are the ones the test
+sets, not the machine's load. Ratings are scripted per user: the candidate's users like
+it 80% of the time, the control's 20%.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from gateway import keys
+
+from .conftest import ADMIN_KEY, API_KEY
+from .faulty_upstream import FaultyUpstream
+from .fixed_gateway import FIXED, fixed_gateway
+from .services import GatewayProcess, RedisProcess
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+CLIENT = {"Authorization": f"Bearer {API_KEY}"}
+DECISIONS_DB = 9
+DECIDE_S = 0.2
+PRICE = {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}
+# Effects in the tests are large (0.6 in mean score): a wide mixing prior, few users.
+RULES = {"min_ratings": 20, "mixture_sd": 0.3, "min_requests": 20}
+
+
+@pytest.fixture(scope="module")
+def decided(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, FaultyUpstream]]:
+    models: dict[str, Any] = {m: {"upstream": "fixed", "model": m} for m in FIXED}
+    models["fixed-a"]["price"] = PRICE
+    models["fixed-slow"] = {"upstream": "fixed", "model": "fixed-slow"}
+    models["judge"] = {"upstream": "fixed", "model": "judge-scripted"}
+    with fixed_gateway(
+        redis_server, tmp_path_factory.mktemp("decisions"), DECISIONS_DB,
+        models=models, control={"decide_s": DECIDE_S, "refresh_s": 0.1, "judge": "judge"},
+    ) as pair:  # fmt: skip
+        yield pair
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def admin(gw: GatewayProcess, method: str, path: str, **kw: Any) -> dict[str, Any]:
+    resp = httpx.request(method, f"{gw.url}/admin/{path}", headers=ADMIN, timeout=10, **kw)
+    assert resp.status_code < 300, resp.text
+    doc: dict[str, Any] = resp.json()
+    return doc
+
+
+def traffic(gw: GatewayProcess, name: str, users: int, liked: str | None = None) -> list[str]:
+    """``users`` new users send one request each and rate it (unless ``liked`` is None):
+    the users of ``liked`` say up 80% of the time, the others 20%. Returns their arms."""
+    batch = uuid.uuid4().hex[:6]
+    with httpx.Client(timeout=10) as c, ThreadPoolExecutor(8) as pool:
+
+        def one(i: int) -> str:
+            resp = c.post(gw.base_url + "/chat/completions", headers={**CLIENT,
+                          "x-flywheel-user": f"{batch}-{i}"},
+                          json={"model": name, "messages": [{"role": "user", "content": "hi"}],
+                                "max_tokens": 2})  # fmt: skip
+            assert resp.status_code == 200, resp.text
+            arm = resp.headers["x-flywheel-arm"]
+            if liked is not None:
+                up = (i % 5 != 0) if arm == liked else (i % 5 == 0)
+                fb = c.post(gw.base_url + "/feedback", headers=CLIENT,
+                            json={"response_id": resp.json()["id"],
+                                  "rating": "up" if up else "down"})  # fmt: skip
+                assert fb.status_code == 201, fb.text
+            return arm
+
+        return list(pool.map(one, range(users)))
+
+
+def weights(state: dict[str, Any]) -> dict[str, float]:
+    return {a["model"]: a["weight"] for a in state["spec"]["arms"]}
+
+
+def wait_for_version(
+    gw: GatewayProcess, name: str, above: int, timeout: float = 5
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (state := admin(gw, "GET", f"experiments/{name}"))["version"] <= above:
+        assert time.monotonic() < deadline, f"the decider did not act on {name}"
+        time.sleep(0.05)
+    return state
+
+
+def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control(
+    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+) -> None:
+    gw, _ = decided
+    name = unique("ramp")
+    state = admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a", "weight": 95}, {"model": "fixed-b", "weight": 5}],
+        "auto_promote": True, "decision": RULES})  # fmt: skip
+    for _ in range(40):  # each round: new users, then a few decision periods
+        if state["spec"]["control"] == "fixed-b":
+            break
+        traffic(gw, name, 100, liked="fixed-b")
+        time.sleep(3 * DECIDE_S)
+        state = admin(gw, "GET", f"experiments/{name}")
+    assert state["spec"]["control"] == "fixed-b" and state["pin"] is None
+    seen = [{a["model"]: a["weight"] for a in h["after"]["arms"]}
+            for h in admin(gw, "GET", f"experiments/{name}/history")["data"]]  # fmt: skip
+    assert seen == [{"fixed-a": 95, "fixed-b": 5}, {"fixed-a": 80, "fixed-b": 20},
+                    {"fixed-a": 50, "fixed-b": 50}, {"fixed-a": 0, "fixed-b": 100}]  # fmt: skip
+    history = admin(gw, "GET", f"experiments/{name}/history")["data"][1:]
+    assert [h["by"] for h in history] == ["decider"] * 3
+    assert history[0]["action"].startswith("auto ramp fixed-b to 20%: to 20% of traffic (stage 2")
+    assert history[1]["action"].startswith("auto ramp fixed-b to 50%")
+    assert history[2]["action"].startswith("auto promote fixed-b: score 0.")
+    # each stage decided on its own users: versions count only what they served
+    r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
+    for version in (2, 3):
+        users = int(r.hget(keys.user_scores(name, version, "fixed-b"), "users") or 0)
+        assert users >= RULES["min_ratings"]
+    # a promote is final: later looks change nothing
+    time.sleep(5 * DECIDE_S)
+    assert admin(gw, "GET", f"experiments/{name}")["version"] == state["version"]
+
+
+def test_auto_promote_applies_the_decision_and_records_it(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+    name = unique("auto")
+    admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+        "auto_promote": True, "decision": RULES})  # fmt: skip
+    traffic(gw, name, 100, liked="fixed-b")
+    state = wait_for_version(gw, name, 1)
+    assert weights(state) == {"fixed-a": 0, "fixed-b": 100}
+    last = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert last["by"] == "decider" and last["action"].startswith("auto promote fixed-b")
+    time.sleep(5 * DECIDE_S)  # later rounds see it applied and change nothing
+    assert admin(gw, "GET", f"experiments/{name}")["version"] == 2
+
+
+def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_periods(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+    name = unique("pinned")
+    admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+        "auto_promote": True, "decision": RULES})  # fmt: skip
+    traffic(gw, name, 100, liked="fixed-b")
+    promoted = wait_for_version(gw, name, 1)
+    assert weights(promoted) == {"fixed-a": 0, "fixed-b": 100}
+    assert promoted["updated_by"] == "decider" and promoted["spec"]["control"] == "fixed-b"
+
+    rolled = admin(gw, "POST", f"experiments/{name}/rollback")
+    assert weights(rolled) == {"fixed-a": 50, "fixed-b": 50}
+    assert rolled["pin"]["by"] == "ops" and rolled["pin"]["action"] == "rolled back"
+
+    def looks() -> float:
+        text = httpx.get(f"{gw.url}/metrics").text
+        prefix = f'flywheel_decisions_total{{action="keep collecting",experiment="{name}"}} '
+        line = next((x for x in text.splitlines() if x.startswith(prefix)), prefix + "0")
+        return float(line.rsplit(" ", 1)[1])
+
+    before = looks()
+    deadline = time.monotonic() + 30 * DECIDE_S
+    for _ in range(3):  # still liked, but too few users since the rollback to decide
+        traffic(gw, name, 10, liked="fixed-b")
+    while looks() - before < 6 and time.monotonic() < deadline:
+        time.sleep(DECIDE_S)
+    assert looks() - before >= 6  # the decider looked, at least 6 periods
+    state = admin(gw, "GET", f"experiments/{name}")
+    assert state["version"] == rolled["version"] and weights(state) == weights(rolled)
+    report = admin(gw, "GET", f"experiments/{name}/report")
+    assert report["pin"]["by"] == "ops"
+    assert report["decision"]["action"] == "keep collecting"
+    assert report["decision"]["reasons"][0].startswith(
+        f"pinned by ops at version {rolled['version']} (rolled back)")  # fmt: skip
+
+
+def test_a_slow_candidate_is_rolled_back_by_the_latency_guardrail_though_liked(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+    name = unique("slow")
+    admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-slow", "weight": 50}],
+        "auto_promote": True, "decision": RULES})  # fmt: skip
+    traffic(gw, name, 120, liked="fixed-slow")
+    state = wait_for_version(gw, name, 1)
+    assert weights(state) == {"fixed-a": 50, "fixed-slow": 0}
+    last = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert last["by"] == "decider"
+    assert last["action"].startswith("auto rollback fixed-slow: p95 latency at least")
+
+
+def test_equal_arms_are_left_alone_whatever_the_machine_load(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    """Both arms answer at once and are liked alike: no guardrail trips, nothing moves."""
+    gw, _ = decided
+    name = unique("equal")
+    admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+        "auto_promote": True, "decision": RULES})  # fmt: skip
+    for _ in range(3):
+        traffic(gw, name, 100, liked=None)
+        time.sleep(2 * DECIDE_S)
+    report = admin(gw, "GET", f"experiments/{name}/report")
+    assert report["version"] == 1 and report["comparisons"][0]["guardrails_ok"] is True
+    assert report["arms"][0]["requests"] + report["arms"][1]["requests"] == 300
+
+
+def test_cost_per_1k_requests_in_the_report_and_prometheus_with_an_inherited_price(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+    model = unique("fixed-b-tuned")
+    registered = admin(gw, "POST", "models", json={"name": model, "upstream": "fixed",
+                                                   "model": "fixed-b"})  # fmt: skip
+    assert registered["price"] == PRICE
+    assert admin(gw, "GET", f"models/{model}")["price_from"] == "fixed-a"
+    name = unique("cost")
+    admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a", "weight": 50}, {"model": model, "weight": 50}]})
+    traffic(gw, name, 40)
+    time.sleep(0.3)  # the log writer's batch
+    report = admin(gw, "GET", f"experiments/{name}/report")
+    # 7 prompt and 3 completion tokens per answer at 1 and 2 per 1M: 13e-6 per request
+    assert [a["cost_per_1k_requests"] for a in report["arms"]] == [0.013, 0.013]
+    text = httpx.get(f"{gw.url}/metrics").text
+    spent = [float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+             if x.startswith(f'flywheel_cost_total{{arm="{model}",experiment="{name}"}}')]
+    requests = sum(a["requests"] for a in report["arms"] if a["model"] == model)
+    assert spent and spent[0] * 1000 / requests == pytest.approx(0.013)
+    admin(gw, "PUT", f"experiments/{name}", json={"arms": [{"model": "fixed-a"}]})
+
+
+def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -> float | None:
+    """Serve one request of a shadowed experiment; the judge score of its shadow answer."""
+    upstream.judged.clear()
+    with httpx.Client(timeout=10) as c:
+        served = c.post(gw.base_url + "/chat/completions", headers=CLIENT,
+                        json={"model": name, "messages": [{"role": "user", "content": "hi"}]}
+                        ).json()["id"]  # fmt: skip
+    r = redis.Redis(port=port, db=DECISIONS_DB)
+    deadline = time.monotonic() + 5
+    while True:
+        assert time.monotonic() < deadline, "no judged shadow record"
+        for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=20):
+            rec = keys.decode(r.get(keys.interaction(fields[b"id"].decode())))
+            if rec and rec.get("shadow_of") == served:
+                score: float | None = rec.get("judge_score")
+                return score
+        time.sleep(0.05)
+
+
+def test_the_shadow_judge_sees_both_orders_so_position_bias_cancels(
+    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+) -> None:
+    gw, upstream = decided
+    name = unique("judged")
+    admin(gw, "PUT", f"experiments/{name}", json={
+        "arms": [{"model": "fixed-a"}], "shadow": {"model": "fixed-b", "share": 1.0}})
+    # a judge that always prefers the second answer: a tie, not a win for the shadow
+    upstream.verdicts = {"Answer B:": "5"}
+    assert judged(gw, upstream, redis_server.port, name) == 0.5
+    prompts = upstream.judged
+    assert len(prompts) == 2
+    assert {p.split("Answer A:\n")[1].split("\n")[0] for p in prompts} == {
+        "answer from fixed-a", "answer from fixed-b"}  # fmt: skip
+    # a judge that prefers the shadow's answer in either place
+    shadow_b, served_b = "Answer B:\nanswer from fixed-b", "Answer B:\nanswer from fixed-a"
+    upstream.verdicts = {shadow_b: "5", served_b: "1"}
+    assert judged(gw, upstream, redis_server.port, name) == 1.0
+    # and one that finds it a little worse in both places
+    upstream.verdicts = {shadow_b: "2", served_b: "4"}
+    assert judged(gw, upstream, redis_server.port, name) == 0.25
+
+
+def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating_moves_it(
+    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+) -> None:
+    gw, _ = decided
+    name = unique("units")
+    admin(gw, "PUT", f"experiments/{name}", json={"arms": [{"model": "fixed-a"}]})
+    with httpx.Client(timeout=10) as c:
+
+        def ask(user: str) -> str:
+            resp = c.post(gw.base_url + "/chat/completions",
+                          headers={**CLIENT, "x-flywheel-user": user},
+                          json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
+            rid: str = resp.json()["id"]  # fmt: skip
+            return rid
+
+        def rate(rid: str, rating: str | int) -> None:
+            resp = c.post(gw.base_url + "/feedback", headers=CLIENT,
+                          json={"response_id": rid, "rating": rating})  # fmt: skip
+            assert resp.status_code == 201, resp.text
+
+        heavy = [ask("heavy") for _ in range(3)]
+        for rid, rating in zip(heavy, ["up", "down", "up"], strict=True):
+            rate(rid, rating)
+        rate(ask("light"), 1)  # one star: score 0
+        r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
+        key = keys.user_scores(name, 1, "fixed-a")
+
+        def scores() -> dict[str, float]:
+            raw = r.hmget(key, "users", "ratings", "mean_sum", "mean_sq")
+            return dict(zip(("users", "ratings", "mean_sum", "mean_sq"),
+                            (float(x) for x in raw), strict=True))  # fmt: skip
+
+        # two users: means 2/3 and 0, over four ratings
+        assert scores() == pytest.approx({"users": 2, "ratings": 4, "mean_sum": 2 / 3,
+                                          "mean_sq": 4 / 9})  # fmt: skip
+        rate(heavy[1], "up")  # the same rater changes their mind: the user's mean is now 1
+        assert scores() == pytest.approx({"users": 2, "ratings": 4, "mean_sum": 1, "mean_sq": 1})
+        report = admin(gw, "GET", f"experiments/{name}/report")
+        assert report["arms"][0]["ratings"]["users"] == 2
+        assert report["arms"][0]["ratings"]["mean_score"] == 0.5
+        assert report["srm"]["assigned"] == 2  # users, not the four requests
