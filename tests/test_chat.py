@@ -125,7 +125,8 @@ def test_fallback_answers_when_the_arm_upstream_is_down(
     raw = client.chat.completions.with_raw_response.create(
         model="broken-arm", messages=HELLO, max_tokens=4
     )
-    assert raw.parse().choices[0].message.content
+    # The tiny model's sampled tokens may decode to nothing: that an answer came is the point.
+    assert raw.parse().choices[0].finish_reason in ("length", "stop")
     assert raw.headers["x-flywheel-arm"] == "base"
     assert raw.headers["x-flywheel-fallback-from"] == "gone"
     after = gateway.metric(

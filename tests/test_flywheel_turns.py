@@ -43,6 +43,7 @@ def simulated_ratings(gw: GatewayProcess, experiment: str, liked: str, users: in
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(900)  # two turns, each training the tiny model
 def test_turn_one_is_promoted_in_stages_and_turn_two_is_evaluated_against_it(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retrain.jobs import JobStore, record_run
 
+from .conftest import ADMIN_KEY
 from .faulty_upstream import FaultyUpstream
 from .ops_gateway import EXPERIMENT, chat, fixed_config, rate
 from .services import GatewayProcess, RedisProcess
@@ -97,7 +98,11 @@ def test_retrain_runs_are_exposed_from_redis(
     """``retrain run`` records its outcome in Redis; any gateway replica exposes it."""
     prices = [{"provider": "openai", "model": "gpt-4o-mini-2024-07-18", "per_1m_tokens": 3.0}]
     config = fixed_config(faulty.base_url, ops_redis.url, tmp_path)
-    config["retrain"].update(prices=prices, cost_cap=1e-9)
+    # The openai provider: its preflight needs a key and the gateway, not a model on disk.
+    config["retrain"].update(
+        prices=prices, cost_cap=1e-9, provider="openai", admin_key=ADMIN_KEY,
+        openai={"api_key": "sk-never-called"},
+    )  # fmt: skip
     gw = GatewayProcess(config, tmp_path / "gw", ready_path="/readyz").start(timeout=60)
     try:
         for i in range(3):
@@ -106,7 +111,8 @@ def test_retrain_runs_are_exposed_from_redis(
 
         def retrain_run(experiment: str) -> int:
             cfg = tmp_path / "retrain.yaml"
-            cfg.write_text(yaml.safe_dump(config))
+            retrain = {**config["retrain"], "gateway_url": gw.url}
+            cfg.write_text(yaml.safe_dump({**config, "retrain": retrain}))
             return subprocess.run(
                 [sys.executable, "-m", "retrain", "run", "--experiment", experiment,
                  "--config", str(cfg)],
