@@ -379,3 +379,43 @@ def test_keys_made_and_revoked_from_the_command_line_work_and_stop_on_the_runnin
     assert chat(a, new).status_code == 401
     audit = gateway_cli(a, "audit")
     assert "key.revoked" in audit and "cli:" in audit
+
+
+def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_only(
+    pair: tuple[GatewayProcess, GatewayProcess], tenants: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+
+    import yaml
+
+    a, _ = pair
+    rated = {}
+    for who, key in (("alpha", tenants["alpha"]), ("ops", ADMIN_KEY)):  # ops: every tenant
+        prompt = f"question asked by {who}"
+        r = httpx.post(a.base_url + "/chat/completions", headers=bearer(key),
+                       json={"model": "alpha-exp", "messages": [{"role": "user",
+                                                                 "content": prompt}]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        fb = {"response_id": r.json()["id"], "rating": "down", "correction": f"fixed for {who}"}
+        assert httpx.post(a.base_url + "/feedback", json=fb, headers=bearer(key)).status_code == 201
+        rated[who] = prompt
+    # beta cannot even call alpha's experiment, so it has nothing there to rate
+    assert chat(a, tenants["beta"], "alpha-exp").status_code == 400
+    doc = yaml.safe_load(a.config_path.read_text())
+    doc["retrain"] = {"dataset_dir": str(tmp_path / "datasets"), "min_examples": 1,
+                      "split": {"validation": 0, "test": 0}}  # fmt: skip
+    config = tmp_path / "retrain.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    run = subprocess.run(
+        [sys.executable, "-m", "retrain", "build", "--experiment", "alpha-exp",
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    root = tmp_path / "datasets" / "alpha-exp"
+    latest = root / (root / "latest").read_text().strip()
+    train = [json.loads(line) for line in (latest / "train.jsonl").read_text().splitlines()]
+    prompts = {row["messages"][0]["content"] for row in train}
+    assert prompts == {rated["alpha"]}
+    answers = {row["messages"][-1]["content"] for row in train}
+    assert answers == {"fixed for alpha"}
