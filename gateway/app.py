@@ -198,10 +198,12 @@ def create_app(settings: Settings) -> FastAPI:
                 metrics,
                 tenant_budgets=lambda: live.tenant_budgets,
                 fail_open=settings.auth.fail_open,
+                sync_s=settings.auth.spend_sync_s,
             ),
             max_body_bytes=settings.limits.max_body_bytes,
             judge=settings.control.judge,
         )
+        chat.spend.start()
         feedback = FeedbackService(
             redis=redis,
             ids=chat.ids,

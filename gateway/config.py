@@ -67,6 +67,13 @@ class Auth(_Strict):
         description="while Redis is unreachable, rate limits and budgets admit requests "
         "(serving matters more than metering); false: such requests are a 503",
     )
+    spend_sync_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="how often a replica adds its spend to Redis and reads the others' "
+        "(budgets see every replica's spend within about twice this)",
+    )
 
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
