@@ -426,3 +426,50 @@ def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_on
     assert prompts == {rated["alpha"]}
     answers = {row["messages"][-1]["content"] for row in train}
     assert answers == {"fixed for alpha"}
+
+
+def test_an_expired_key_is_refused(pair: tuple[GatewayProcess, GatewayProcess]) -> None:
+    a, _ = pair
+    made = create_key(a, name="short-lived", tenant="alpha", expires_at=time.time() + 1.5)
+    assert chat(a, made["key"]).status_code == 200
+    time.sleep(max(0.0, made["expires_at"] - time.time()) + 0.1)
+    r = chat(a, made["key"])
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+
+def test_with_fail_open_off_budgets_and_rate_limits_refuse_while_redis_is_down(
+    tmp_path: Path,
+) -> None:
+    """The default admits (serving over metering); ``auth.fail_open: false`` answers 503."""
+    from .faulty_upstream import FaultyUpstream
+    from .fixed_gateway import fixed_config
+
+    own = RedisProcess(tmp_path / "redis")
+    own.start()
+    upstream = FaultyUpstream().start()
+    cfg = fixed_config(upstream.base_url, own.url, models=PRICED)
+    closed_cfg = {**cfg, "auth": {**cfg["auth"], "fail_open": False}}
+    gws = [GatewayProcess(c, tmp_path / n) for c, n in ((cfg, "open"), (closed_cfg, "closed"))]
+    try:
+        for gw in gws:
+            gw.start()
+        budgeted = create_key(gws[0], name="b", budget={"limit": 1000, "period": "daily"})["key"]
+        limited = create_key(gws[0], name="r", rpm=1000)["key"]
+        time.sleep(0.6)
+        for gw in gws:
+            assert chat(gw, budgeted).status_code == 200
+            assert chat(gw, limited).status_code == 200
+        own.stop()
+        time.sleep(0.5)  # a sync fails: the replicas know Redis is gone
+        open_gw, closed_gw = gws
+        assert chat(open_gw, budgeted).status_code == 200
+        assert chat(open_gw, limited).status_code == 200
+        for key in (budgeted, limited):
+            r = chat(closed_gw, key)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "store_unavailable"
+    finally:
+        for gw in gws:
+            gw.stop()
+        upstream.stop()
+        own.stop()
