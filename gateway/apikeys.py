@@ -27,7 +27,7 @@ from . import keys
 from .auth import Principal, Role, digest
 from .config import NAME_PATTERN, Budget
 from .errors import Conflict, InvalidRequest, NotFound, PermissionDenied
-from .experiments import invalid
+from .experiments import invalid, valid_name
 from .live import LiveState, store_error
 
 AUDIT_CAP = 10_000
@@ -167,6 +167,8 @@ class ApiKeys:
         return {**public(record), "key": secret}
 
     async def tenant(self, tenant: str, by: Principal) -> dict[str, Any]:
+        if not valid_name(tenant):
+            raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
         if not by.all_tenants and tenant != by.tenant:
             raise NotFound(f"No tenant named '{tenant:.64}'.", param="tenant")
         try:
@@ -180,7 +182,7 @@ class ApiKeys:
         if not by.all_tenants:
             raise PermissionDenied("Only an admin of every tenant sets a tenant's budget.")
         try:
-            spec = TenantSpec.model_validate(body, strict=False)
+            spec = TenantSpec.model_validate(body, strict=True)
         except ValidationError as exc:
             raise invalid(exc) from None
         before = await self.tenant(tenant, by)
@@ -277,7 +279,7 @@ def _spec(body: Any) -> KeySpec:
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object describing the key.")
     try:
-        return KeySpec.model_validate(body)
+        return KeySpec.model_validate(body, strict=True)  # JSON types as they are
     except ValidationError as exc:
         raise invalid(exc) from None
 
