@@ -24,9 +24,10 @@
     PUT    /admin/tenants/{tenant}                 set it (an admin of every tenant)
     GET    /admin/audit                            who changed which key or tenant, when
 
-Tenancy: an admin key of one tenant sees and changes only that tenant's experiments,
-models and keys (others are a 404, as if absent) and what it creates belongs to its
-tenant; an admin of every tenant may create shared ones (no ``tenant``).
+Tenancy: an admin key of one tenant sees only that tenant's experiments, models and keys
+and the shared ones (others are a 404, as if absent), changes only its tenant's (shared
+ones are a 403), and what it creates belongs to its tenant; an admin of every tenant
+may create shared ones (no ``tenant``).
 
 The logic lives in :mod:`gateway.control` and its modules; this module only authenticates, reads
 bodies and renders JSON. Names may hold ``/`` (``team/support``): see
@@ -89,12 +90,18 @@ def add_admin_routes(app: FastAPI) -> None:
         by = st.chat.keyring.authenticate_admin(request.headers.get("authorization"))
         return st.control, by
 
-    def admin(request: Request, experiment: str | None = None) -> tuple[Control, str]:
+    def admin(
+        request: Request, experiment: str | None = None, change: bool = False
+    ) -> tuple[Control, str]:
         control, by = principal(request)
         if experiment is not None and not by.all_tenants:
             exp = control.router.experiments.get(experiment)
             if exp is None or not by.sees(exp.tenant):
                 raise NotFound(f"No experiment named '{experiment:.128}'.", param="name")
+            if change and exp.tenant != by.tenant:
+                raise PermissionDenied(
+                    f"'{experiment}' is shared: only an admin of every tenant changes it."
+                )
         return control, by.name
 
     async def body(request: Request) -> dict[str, Any]:
@@ -110,17 +117,17 @@ def add_admin_routes(app: FastAPI) -> None:
 
     @app.post("/admin/experiments/{name:experiment}/arms")
     async def add_arm(request: Request, name: str) -> Response:
-        control, who = admin(request, name)
+        control, who = admin(request, name, change=True)
         return _json(await control.experiments.add_arm(name, await body(request), who))
 
     @app.post("/admin/experiments/{name:experiment}/promote")
     async def promote(request: Request, name: str) -> Response:
-        control, who = admin(request, name)
+        control, who = admin(request, name, change=True)
         return _json(await control.experiments.promote(name, await body(request), who))
 
     @app.post("/admin/experiments/{name:experiment}/rollback")
     async def rollback(request: Request, name: str) -> Response:
-        control, who = admin(request, name)
+        control, who = admin(request, name, change=True)
         return _json(await control.experiments.rollback(name, who))
 
     @app.get("/admin/experiments/{name:experiment}/history")
@@ -143,7 +150,7 @@ def add_admin_routes(app: FastAPI) -> None:
     async def put_experiment(request: Request, name: str) -> Response:
         control, by = principal(request)
         if name in control.router.experiments:
-            admin(request, name)
+            admin(request, name, change=True)
         doc = _owned(await body(request), by)
         return _json(await control.experiments.put(name, doc, by.name))
 
@@ -153,11 +160,13 @@ def add_admin_routes(app: FastAPI) -> None:
         data = [m for m in control.models() if by.sees(m.get("tenant"))]
         return _json({"object": "list", "data": data})
 
-    def model_of(request: Request, name: str) -> tuple[Control, str]:
+    def model_of(request: Request, name: str, change: bool = False) -> tuple[Control, str]:
         control, by = principal(request)
         model = control.router.models.get(name)
         if model is not None and not by.sees(model.tenant):
             raise NotFound(f"No model named '{name:.128}'.", param="name")
+        if change and model is not None and not by.all_tenants and model.tenant != by.tenant:
+            raise PermissionDenied(f"'{name}' is shared: only an admin of every tenant removes it.")
         return control, by.name
 
     @app.post("/admin/models")
@@ -173,7 +182,7 @@ def add_admin_routes(app: FastAPI) -> None:
 
     @app.delete("/admin/models/{name:path}")
     async def remove_model(request: Request, name: str) -> Response:
-        control, who = model_of(request, name)
+        control, who = model_of(request, name, change=True)
         return _json(await control.registry.remove(name, who))
 
     @app.get("/admin/keys")

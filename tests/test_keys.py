@@ -473,3 +473,30 @@ def test_with_fail_open_off_budgets_and_rate_limits_refuse_while_redis_is_down(
             gw.stop()
         upstream.stop()
         own.stop()
+
+
+def test_a_tenant_admin_changes_no_shared_experiment_and_its_candidates_stay_its_own(
+    pair: tuple[GatewayProcess, GatewayProcess], tenants: dict[str, str]
+) -> None:
+    a, _ = pair
+    mine = bearer(tenants["alpha-admin"])
+    r = httpx.post(f"{a.url}/admin/experiments/default/promote", headers=mine,
+                   json={"model": "fixed-b"})  # fmt: skip
+    assert r.status_code == 403, r.text
+    r = httpx.put(f"{a.url}/admin/experiments/default", headers=mine,
+                  json={"arms": [{"model": "alpha-model"}]})  # fmt: skip
+    assert r.status_code == 403, r.text
+    assert httpx.delete(f"{a.url}/admin/models/fixed-c", headers=mine).status_code == 403
+    # its own experiment it does change
+    r = httpx.post(f"{a.url}/admin/experiments/alpha-exp/arms", headers=mine,
+                   json={"model": "fixed-c", "weight": 0})  # fmt: skip
+    assert r.status_code == 200, r.text
+    # a candidate registered for a tenant's experiment (as retrain run does, with an admin
+    # of every tenant) belongs to that tenant
+    r = httpx.post(a.url + "/admin/models", headers=ADMIN,
+                   json={"name": "alpha-exp-cand", "upstream": "fixed", "model": "fixed-a",
+                         "lineage": {"experiment": "alpha-exp", "job": "ftjob-1"}})  # fmt: skip
+    assert r.status_code == 201 and r.json()["tenant"] == "alpha", r.text
+    time.sleep(0.6)
+    assert "alpha-exp-cand" in ids(a.base_url + "/models", bearer(tenants["alpha"]))
+    assert "alpha-exp-cand" not in ids(a.base_url + "/models", bearer(tenants["beta"]))
