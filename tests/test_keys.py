@@ -426,6 +426,20 @@ def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_on
     assert prompts == {rated["alpha"]}
     answers = {row["messages"][-1]["content"] for row in train}
     assert answers == {"fixed for alpha"}
+    # and its ratings, exported for one tenant, are that tenant's only
+    for tenant in ("alpha", "beta"):
+        out = tmp_path / f"{tenant}.jsonl"
+        run = subprocess.run(
+            [sys.executable, "-m", "retrain", "export-feedback", "--since", "2020-01-01",
+             "--tenant", tenant, "--out", str(out), "--config", str(config)],
+            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert {r["interaction"]["tenant"] for r in rows} <= {tenant}
+        exported = {r["interaction"]["messages"][0]["content"] for r in rows}
+        assert (rated["alpha"] in exported) == (tenant == "alpha")
+        assert rated["ops"] not in exported
 
 
 def test_an_expired_key_is_refused(pair: tuple[GatewayProcess, GatewayProcess]) -> None:
