@@ -48,6 +48,7 @@ from .interaction_log import InteractionLog
 from .limits import RateLimiter
 from .metrics import Metrics, ScrapeState, read_retrain
 from .openapi import install as install_openapi
+from .spend import Spend
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -159,9 +160,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keyring = KeyRing(settings.auth.api_keys, settings.auth.admin_keys)
-        if keyring.open:
-            log.warning("no API key configured: the gateway accepts every request (dev only)")
         secret = (
             settings.id_secret.get_secret_value().encode()
             if settings.id_secret
@@ -172,6 +170,12 @@ def create_app(settings: Settings) -> FastAPI:
         await upstream.start()
         control = Control(redis=redis, settings=settings, upstream=upstream, metrics=metrics)
         await control.start()
+        live = control.live
+        keyring = KeyRing(
+            settings.auth.api_keys, settings.auth.admin_keys, runtime=lambda: live.principals
+        )
+        if keyring.open:
+            log.warning("no API key configured: the gateway accepts every request (dev only)")
         ilog = InteractionLog(
             redis,
             metrics,
@@ -188,10 +192,18 @@ def create_app(settings: Settings) -> FastAPI:
             log=ilog,
             metrics=metrics,
             keyring=keyring,
-            limiter=RateLimiter(redis, metrics),
+            limiter=RateLimiter(redis, metrics, fail_open=settings.auth.fail_open),
+            spend=Spend(
+                redis,
+                metrics,
+                tenant_budgets=lambda: live.tenant_budgets,
+                fail_open=settings.auth.fail_open,
+                sync_s=settings.auth.spend_sync_s,
+            ),
             max_body_bytes=settings.limits.max_body_bytes,
             judge=settings.control.judge,
         )
+        chat.spend.start()
         feedback = FeedbackService(
             redis=redis,
             ids=chat.ids,
@@ -229,6 +241,7 @@ def create_app(settings: Settings) -> FastAPI:
             await _bounded("control tasks", control.stop(), 3)
             await _bounded("shadow requests", chat.close(), 3)
             await _bounded("rate-limit charges", chat.limiter.close(), 2)
+            await _bounded("spend charges", chat.spend.close(), 2)
             await _bounded("interaction log flush", ilog.stop(), 6)  # flushes for up to 5 s
             await _bounded("upstream connections", upstream.close(), 2)
             await _bounded("Redis connections", redis.aclose(), 2)
@@ -300,8 +313,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
+        """What the key may call: its tenant's experiments and models and the shared ones."""
         st = state(request)
-        st.chat.keyring.authenticate(request.headers.get("authorization"))
+        who = st.chat.keyring.authenticate(request.headers.get("authorization"))
         router = st.control.router
         data: list[dict[str, Any]] = [
             {
@@ -316,6 +330,7 @@ def create_app(settings: Settings) -> FastAPI:
                 },
             }
             for name, exp in router.experiments.items()
+            if who.may_call(name, exp.tenant, True)
         ]
         data += [
             {
@@ -332,6 +347,7 @@ def create_app(settings: Settings) -> FastAPI:
                 },
             }
             for m in st.control.models()
+            if who.may_call(m["id"], m.get("tenant"), False)
         ]
         return Response(
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"

@@ -46,6 +46,7 @@ from .interaction_log import InteractionLog
 from .limits import RateLimiter
 from .metrics import Metrics
 from .routing import Route, Target
+from .spend import Spend, cost, estimate
 from .upstream import Call, UpstreamClient, retryable
 from .validation import parse_chat_request
 
@@ -188,6 +189,7 @@ class ChatService:
         metrics: Metrics,
         keyring: KeyRing,
         limiter: RateLimiter,
+        spend: Spend,
         max_body_bytes: int,
         judge: str | None = None,
         max_shadows: int = 64,
@@ -201,6 +203,7 @@ class ChatService:
         self.max_body_bytes = max_body_bytes
         self.judge = judge
         self.limiter = limiter
+        self.spend = spend
         self.max_shadows = max_shadows
         self._shadows: set[asyncio.Task[None]] = set()
 
@@ -214,7 +217,8 @@ class ChatService:
         t0 = time.perf_counter()
         try:
             principal = self.keyring.authenticate(request.headers.get("authorization"))
-            doc = parse_chat_request(await read_body(request, self.max_body_bytes))
+            body = await read_body(request, self.max_body_bytes)
+            doc = parse_chat_request(body)
             user_key = (
                 doc.get("user") or request.headers.get("x-flywheel-user") or secrets.token_hex(8)
             )
@@ -223,8 +227,11 @@ class ChatService:
                 raise PermissionDenied(
                     "x-flywheel-arm (forcing an arm) needs an admin key.", param="x-flywheel-arm"
                 )
-            route = self.control.router.resolve(doc["model"], user_key, force)
+            route = self.control.router.resolve(
+                doc["model"], user_key, force, None if principal.all_tenants else principal
+            )
             limit_headers = await self.limiter.admit(principal)
+            await self.spend.admit(principal, estimate(doc, len(body), route.primary.price))
         except GatewayError as exc:
             self.metrics.requests.labels("", "", status_class(exc.status)).inc()
             raise
@@ -446,17 +453,15 @@ class ChatService:
         if turn.usage:
             spent = 0
             price = turn.target.price
-            cost = 0.0
             for kind in ("prompt", "completion"):
                 n = turn.usage.get(f"{kind}_tokens")
                 if isinstance(n, int):
                     m.tokens.labels(exp, arm, kind).inc(n)
                     spent += n
-                    if price is not None:
-                        per_1m = price.completion_per_1m if kind[0] == "c" else price.prompt_per_1m
-                        cost += n * per_1m / 1e6
             if price is not None:
-                m.cost.labels(exp, arm).inc(cost)
+                amount = cost(turn.usage, price)
+                m.cost.labels(exp, arm).inc(amount)
+                self.spend.charge(turn.principal, arm, amount)
             self.limiter.charge(turn.principal, spent)
         self.log.submit(turn.record())
 

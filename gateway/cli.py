@@ -7,6 +7,7 @@
     gateway config show [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
     gateway report NAME [--config FILE] [--json]
+    gateway keys create|list|revoke|rotate|audit ...   (see gateway.keys_cli)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from . import keys_cli
 from .config import DEFAULT_CONFIG, ConfigError, Settings, build_settings, load_settings
 
 
@@ -268,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    keys_cli.add_parser(sub, config_help)
+
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keys_cli.main(load_config_or_exit(args.config), args)
     if args.command == "check-config":
         s = load_config_or_exit(args.config)
         print(

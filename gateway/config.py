@@ -32,12 +32,25 @@ class Listen(_Strict):
     port: int = Field(8000, ge=1, le=65535, description="port `gateway serve` listens on (--port)")
 
 
+class Budget(_Strict):
+    limit: float = Field(
+        gt=0, description="spend per period, in the prices' currency; over it: a 429"
+    )
+    period: Literal["daily", "monthly"] | Annotated[int, Field(ge=1)] = Field(
+        "monthly", description="daily or monthly (UTC calendar), or a number of seconds"
+    )
+    soft: float = Field(
+        0.8, ge=0, le=1, description="share of the limit at which the budget alert fires"
+    )
+
+
 class ApiKey(_Strict):
     key: SecretStr = Field(description="the secret sent as 'Authorization: Bearer <key>'")
     name: str = Field(description="who the key belongs to: logged, audited, the default rater")
     tenant: str | None = Field(None, description="whose data it sees; default: the key's name")
     rpm: int | None = Field(None, ge=1, description="requests per minute (all replicas)")
     tpm: int | None = Field(None, ge=1, description="tokens per minute (all replicas)")
+    budget: Budget | None = Field(None, description="the key's spend limit per period")
 
 
 class Auth(_Strict):
@@ -45,7 +58,21 @@ class Auth(_Strict):
         [], description="client keys; none at all (and no admin key): the gateway is open (dev)"
     )
     admin_keys: list[ApiKey] = Field(
-        [], description="keys for the admin API and forced arms (x-flywheel-arm)"
+        [],
+        description="bootstrap admin keys (every tenant): the admin API, forced arms "
+        "(x-flywheel-arm); more keys are made at runtime with `gateway keys create`",
+    )
+    fail_open: bool = Field(
+        True,
+        description="while Redis is unreachable, rate limits and budgets admit requests "
+        "(serving matters more than metering); false: such requests are a 503",
+    )
+    spend_sync_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="how often a replica adds its spend to Redis and reads the others' "
+        "(budgets see every replica's spend within about twice this)",
     )
 
 
@@ -100,7 +127,8 @@ class ModelVersion(_Strict):
     adapter_path: str | None = Field(
         None, description="a LoRA adapter dir that vLLM loads at runtime on every replica"
     )
-    price: Price | None = Field(None, description="for the report's cost per 1k requests")
+    price: Price | None = Field(None, description="spend, budgets and the report's cost")
+    tenant: str | None = Field(None, description="who may call it; unset: every tenant (shared)")
 
 
 class Arm(_Strict):
@@ -175,6 +203,7 @@ class Experiment(_Strict):
         False, description="the decider applies the report's decision every control.decide_s"
     )
     decision: Decision = Decision()
+    tenant: str | None = Field(None, description="who may call it; unset: every tenant (shared)")
 
     @property
     def control_arm(self) -> str:

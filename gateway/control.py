@@ -4,7 +4,8 @@
 * :mod:`gateway.experiments` — experiment changes: compare-and-set, audit, pins;
 * :mod:`gateway.registry` — model versions registered at runtime;
 * :mod:`gateway.adapters` — LoRA adapters loaded on every vLLM replica;
-* :mod:`gateway.decisions` — the report and the decider's automatic decisions.
+* :mod:`gateway.decisions` — the report and the decider's automatic decisions;
+* :mod:`gateway.apikeys` — runtime API keys, tenant budgets and their audit log.
 
 :class:`Control` wires them together, starts and stops their background tasks, and
 is what the app, the admin API and the CLI hold.
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .adapters import Adapters
+from .apikeys import ApiKeys
 from .config import Settings
 from .decisions import Decisions
 from .experiments import Experiments
@@ -46,6 +48,7 @@ class Control:
         self.adapters = Adapters(self.live, upstream)
         self.registry = Registry(redis, settings, upstream, self.live, self.adapters)
         self.decisions = Decisions(redis, settings, self.live, self.experiments, metrics)
+        self.keys = ApiKeys(redis, self.live)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property

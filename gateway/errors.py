@@ -12,6 +12,7 @@
     ├── PayloadTooLarge               413 invalid_request_error
     ├── UnsupportedMediaType          415 invalid_request_error (a body that is not JSON)
     ├── RateLimited                   429 requests | tokens, code rate_limit_exceeded
+    ├── QuotaExceeded                 429 insufficient_quota (a budget is spent)
     ├── HeadersTooLarge               431 invalid_request_error
     ├── UpstreamError                 the upstream's own 4xx/5xx, passed through
     ├── UpstreamUnavailable           502 upstream_error (refused, reset, malformed)
@@ -143,6 +144,14 @@ class RateLimited(GatewayError):
     status = 429
     type = "requests"  # OpenAI's: "requests" or "tokens", the limit that was reached
     code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(GatewayError):
+    """A key's or tenant's budget is spent for the period (OpenAI's answer to the same)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class StoreUnavailable(GatewayError):

@@ -42,6 +42,16 @@ key                         type    content
 ``fw:ctl:history:{exp}``    list    audit log of one experiment (JSON entries)
 ``fw:ctl:models``           hash    name → model version registered at runtime
 ``fw:ctl:models:history``   list    audit log of model registrations
+``fw:auth:keys``            hash    key id → runtime API key (JSON: name, tenant, role,
+                                    limits, budget, scope, expiry, SHA-256 ``digest``;
+                                    never the key itself), part of the live state
+``fw:auth:tenants``         hash    tenant → its policy (JSON: ``budget``)
+``fw:auth:audit``           list    audit log of key and tenant changes (JSON entries:
+                                    who, when, action, before, after)
+``fw:spend:{scope}:{id}:{period}``  string  spend (float) of a key (``k``) or tenant
+                                    (``t``) in one budget period; expires after it
+``fw:spend:day:{date}``     hash    ``k:{key}``, ``t:{tenant}``, ``m:{model}`` → that
+                                    UTC day's spend (float), kept 400 days
 ``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
 ``fw:ctl:seq:{exp}:{ver}``  hash    arm → running minimum of the always-valid p-value
                                     over the decider's looks at version ``ver``
@@ -115,6 +125,20 @@ CONTROL_VERSION = PREFIX + "ctl:version"
 EXPERIMENTS = PREFIX + "ctl:experiments"
 MODELS = PREFIX + "ctl:models"
 MODELS_HISTORY = PREFIX + "ctl:models:history"
+
+
+API_KEYS = PREFIX + "auth:keys"
+TENANTS = PREFIX + "auth:tenants"
+AUTH_AUDIT = PREFIX + "auth:audit"
+
+
+def spend(scope: str, account: str, period: str) -> str:
+    """Spend of a key (``scope`` ``k``) or tenant (``t``) in one budget period."""
+    return f"{PREFIX}spend:{scope}:{account}:{period}"
+
+
+def spend_day(date: str) -> str:
+    return f"{PREFIX}spend:day:{date}"
 
 
 def history(experiment: str) -> str:

@@ -7,7 +7,8 @@ the request bucket. Tokens are charged after the answer, from its
 usage: a request may overdraw the token bucket, and the next ones wait until it refills.
 
 Keys without limits cost nothing here. If Redis is unavailable, requests are admitted
-(serving matters more than metering) and the failure is logged once per outage.
+(serving matters more than metering; ``auth.fail_open: false`` refuses them with a 503
+instead) and the failure is logged once per outage.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .auth import Principal
-from .errors import RateLimited
+from .errors import RateLimited, StoreUnavailable
 from .keys import PREFIX
 from .metrics import Metrics
 
@@ -59,12 +60,13 @@ return {1, 0, math.floor(req - 1), math.floor(tok), 0}
 
 
 def _keys(p: Principal) -> list[str]:
-    return [f"{PREFIX}rl:{p.name}:req", f"{PREFIX}rl:{p.name}:tok"]
+    return [f"{PREFIX}rl:{p.account}:req", f"{PREFIX}rl:{p.account}:tok"]
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics) -> None:
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics, fail_open: bool = True) -> None:
         self._script = redis.register_script(_BUCKETS)
+        self._fail_open = fail_open
         self._metrics = metrics
         self._charges: set[asyncio.Task[None]] = set()
         self._redis_ok = True
@@ -83,8 +85,13 @@ class RateLimiter:
             self._redis_ok = True
         except (RedisError, OSError) as exc:
             if self._redis_ok:
-                log.warning("rate limits not enforced while Redis is unavailable: %s", exc)
+                log.warning("rate limits: Redis is unavailable (%s); %s", exc,
+                            "admitting" if self._fail_open else "refusing")  # fmt: skip
             self._redis_ok = False
+            if not self._fail_open:
+                raise StoreUnavailable(
+                    "Rate limits cannot be checked while the store (Redis) is unavailable."
+                ) from None
             return {}
         headers = {}
         if p.rpm:

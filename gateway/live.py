@@ -1,11 +1,12 @@
 """The live routing state of one replica: the router built from Redis, kept current.
 
-Experiments and registered models live in Redis, shared by every replica. Each replica
-polls ``fw:ctl:version`` every ``control.refresh_s`` and, when it moved, reloads the
-state and swaps in a new :class:`~gateway.routing.Router` — so a change reaches every
-replica within a second, with no restart. While Redis is unreachable a replica keeps
-routing with what it last loaded. The modules that change the state (experiments,
-registry) and the ones that read it (adapters, decider, chat) share one
+Experiments, registered models, runtime API keys and tenant policies live in Redis,
+shared by every replica. Each replica polls ``fw:ctl:version`` every
+``control.refresh_s`` and, when it moved, reloads the state and swaps in a new
+:class:`~gateway.routing.Router` — so a change (a revoked key too) reaches every replica
+within a second, with no restart. While Redis is unreachable a replica keeps routing
+with what it last loaded. The modules that change the state (experiments, registry,
+apikeys) and the ones that read it (adapters, decider, chat, auth) share one
 :class:`LiveState`.
 """
 
@@ -23,7 +24,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from . import keys
-from .config import Experiment, ModelVersion, Settings
+from .auth import Principal, runtime_principal
+from .config import Budget, Experiment, ModelVersion, Settings
 from .errors import StoreUnavailable
 from .routing import Router
 
@@ -41,6 +43,8 @@ class LiveState:
         self.router = Router.from_settings(settings)  # until the live state is loaded
         self.registered: dict[str, ModelVersion] = {}
         self.records: dict[str, dict[str, Any]] = {}  # registration records, with lineage
+        self.principals: dict[bytes, Principal] = {}  # runtime keys by digest (not revoked)
+        self.tenant_budgets: dict[str, Budget] = {}
         self.loaded_version: bytes | None = None
         self.seeded = False
         self.replicas_due = asyncio.Event()  # set when replicas should be listed now
@@ -51,7 +55,9 @@ class LiveState:
         pipe.get(keys.CONTROL_VERSION)
         pipe.hgetall(keys.EXPERIMENTS)
         pipe.hgetall(keys.MODELS)
-        version, raw_exps, raw_models = await pipe.execute()
+        pipe.hgetall(keys.API_KEYS)
+        pipe.hgetall(keys.TENANTS)
+        version, raw_exps, raw_models, raw_keys, raw_tenants = await pipe.execute()
         registered: dict[str, ModelVersion] = {}
         records: dict[str, dict[str, Any]] = {}
         for k, v in raw_models.items():
@@ -70,7 +76,21 @@ class LiveState:
                 log.error("experiment %s: stored state is invalid, ignored: %s", name, exc)
                 continue
             versions[name] = int(state["version"])
+        principals: dict[bytes, Principal] = {}
+        for v in raw_keys.values():
+            try:
+                record = orjson.loads(v)
+                if not record.get("revoked_at"):
+                    principals[bytes.fromhex(record["digest"])] = runtime_principal(record)
+            except (ValidationError, orjson.JSONDecodeError, KeyError, ValueError) as exc:
+                log.error("runtime API key: stored record is invalid, ignored: %s", exc)
+        budgets: dict[str, Budget] = {}
+        for k, v in raw_tenants.items():
+            with contextlib.suppress(ValidationError, orjson.JSONDecodeError, TypeError):
+                if budget := orjson.loads(v).get("budget"):
+                    budgets[keys.text(k)] = Budget.model_validate(budget)
         self.registered, self.records = registered, records
+        self.principals, self.tenant_budgets = principals, budgets
         self.router = Router(self.settings.upstreams, models, experiments, versions)
         self.loaded_version = version
 

@@ -260,6 +260,33 @@ class Metrics:
             ["experiment", "arm"],
             registry=r,
         )
+        self.spend = Counter(
+            "flywheel_spend",
+            "Spend in the price's currency by tenant, key and model (what budgets count)",
+            ["tenant", "key", "model"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "flywheel_budget_used_ratio",
+            "Share of a budget spent in its current period, by scope (key or tenant) and owner; "
+            "the alert fires at the budget's soft share",
+            ["scope", "owner"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.budget_soft = Gauge(
+            "flywheel_budget_soft_ratio",
+            "The budget's soft share (its alert threshold), by scope and owner",
+            ["scope", "owner"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.quota_refused = Counter(
+            "flywheel_quota_refused",
+            "Requests refused with 429 insufficient_quota, by scope and owner (key id or tenant)",
+            ["scope", "owner"],
+            registry=r,
+        )
         self.decisions = Counter(
             "flywheel_decisions",
             "The decider's looks at auto_promote experiments, by the action they led to "

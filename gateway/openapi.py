@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from .apikeys import KeySpec, TenantSpec
 from .config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
 from .validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 
@@ -331,6 +332,55 @@ def register_schema() -> dict[str, Any]:
     }
 
 
+API_KEY_ENTRY = {
+    "type": "object",
+    "description": "A runtime API key: never its secret, nor the secret's digest.",
+    "required": ["id", "object", "name", "role", "hint", "created_at", "created_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "api_key"},
+        "name": {"type": "string"},
+        "tenant": {"type": ["string", "null"], "description": "null: an admin of every tenant"},
+        "role": {"enum": ["client", "reviewer", "admin"]},
+        "hint": {"type": "string", "description": "the secret's last 4 characters"},
+        "revoked_at": {"type": ["number", "null"]},
+    },
+}
+NEW_API_KEY = {
+    "allOf": [API_KEY_ENTRY],
+    "required": ["key"],
+    "properties": {"key": {"type": "string", "description": "the secret, shown only now"}},
+}
+TENANT = {
+    "type": "object",
+    "required": ["object", "tenant", "budget"],
+    "properties": {"object": {"const": "tenant"}, "tenant": {"type": "string"},
+                   "budget": {"anyOf": [_ref("Budget"), {"type": "null"}]}},
+}  # fmt: skip
+AUDIT_ENTRY = {
+    "type": "object",
+    "required": ["at", "by", "action", "target", "before", "after"],
+    "properties": {"at": {"type": "number"}, "by": {"type": "string"},
+                   "action": {"type": "string"}, "target": {"type": "string"}},
+}  # fmt: skip
+
+
+def key_change_schema() -> dict[str, Any]:
+    """PATCH /admin/keys/{id}: any of a key's settings."""
+    spec = KeySpec.model_json_schema(ref_template=REF)
+    return {"type": "object", "properties": spec["properties"], "additionalProperties": False}
+
+
+def _key_param() -> dict[str, Any]:
+    return {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "the key's id (`key_...`)"}  # fmt: skip
+
+
+def _tenant_param() -> dict[str, Any]:
+    return {"name": "tenant", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": NAME_PATTERN}}  # fmt: skip
+
+
 def _name_param(description: str) -> dict[str, Any]:
     return {
         "name": "name",
@@ -524,12 +574,61 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 **_errors(*ADMIN, 404, 409),
             },
         },
+        ("get", "/admin/keys"): {
+            "summary": "Runtime API keys (an admin of one tenant: that tenant's)",
+            "responses": {"200": _json(_list(_ref("ApiKey"))), **_errors(*ADMIN)},
+        },
+        ("post", "/admin/keys"): {
+            "summary": "Make a key: its secret is in this answer only",
+            "requestBody": _body(_ref("KeySpec")),
+            "responses": {
+                "201": _json(_ref("NewApiKey"), "Made"),
+                **_errors(*BODY, *ADMIN),
+            },
+        },
+        ("get", "/admin/keys/{key_id}"): {
+            "summary": "One key",
+            "parameters": [_key_param()],
+            "responses": {"200": _json(_ref("ApiKey")), **_errors(*ADMIN, 404)},
+        },
+        ("patch", "/admin/keys/{key_id}"): {
+            "summary": "Change a key's settings",
+            "parameters": [_key_param()],
+            "requestBody": _body(_ref("KeyChange")),
+            "responses": {"200": _json(_ref("ApiKey")), **_errors(*BODY, *ADMIN, 404, 409)},
+        },
+        ("delete", "/admin/keys/{key_id}"): {
+            "summary": "Revoke a key: refused on every replica within a second",
+            "parameters": [_key_param()],
+            "responses": {"200": _json(_ref("ApiKey")), **_errors(*ADMIN, 404, 409)},
+        },
+        ("post", "/admin/keys/{key_id}/rotate"): {
+            "summary": "A new secret for the key; the old one stops now",
+            "parameters": [_key_param()],
+            "responses": {"200": _json(_ref("NewApiKey")), **_errors(*ADMIN, 404, 409)},
+        },
+        ("get", "/admin/tenants/{tenant}"): {
+            "summary": "A tenant's policy (its budget)",
+            "parameters": [_tenant_param()],
+            "responses": {"200": _json(_ref("Tenant")), **_errors(400, *ADMIN, 404)},
+        },
+        ("put", "/admin/tenants/{tenant}"): {
+            "summary": "Set a tenant's budget (an admin of every tenant)",
+            "parameters": [_tenant_param()],
+            "requestBody": _body(_ref("TenantSpec")),
+            "responses": {"200": _json(_ref("Tenant")), **_errors(*BODY, *ADMIN, 404)},
+        },
+        ("get", "/admin/audit"): {
+            "summary": "Who changed which key or tenant, when, before and after",
+            "responses": {"200": _json(_list(AUDIT_ENTRY)), **_errors(*ADMIN)},
+        },
     }
 
 
 def schemas(settings: Settings) -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(Experiment, "validation"), (Arm, "validation"), (ModelVersion, "validation")],
+        [(Experiment, "validation"), (Arm, "validation"), (ModelVersion, "validation"),
+         (KeySpec, "validation"), (TenantSpec, "validation")],  # fmt: skip
         ref_template=REF,
     )
     return {
@@ -546,6 +645,10 @@ def schemas(settings: Settings) -> dict[str, Any]:
         "ExperimentState": _state(),
         "AdminModel": ADMIN_MODEL,
         "RegisterModel": register_schema(),
+        "ApiKey": API_KEY_ENTRY,
+        "NewApiKey": NEW_API_KEY,
+        "KeyChange": key_change_schema(),
+        "Tenant": TENANT,
     }
 
 

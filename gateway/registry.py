@@ -127,6 +127,9 @@ class Registry:
         if spec.adapter_path and pool.upstream.kind != "vllm":
             raise InvalidRequest("adapter_path: adapters need a vllm upstream.",
                                  param="adapter_path")  # fmt: skip
+        exp = router.experiments.get((lineage or {}).get("experiment") or "")
+        if "tenant" not in body and exp is not None and exp.tenant is not None:
+            spec = spec.model_copy(update={"tenant": exp.tenant})  # a candidate is its tenant's
         price_from = None
         if spec.price is None and (base := self.base_price(spec.upstream)) is not None:
             price_from, price = base

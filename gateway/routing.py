@@ -13,6 +13,7 @@ import bisect
 import hashlib
 from dataclasses import dataclass
 
+from .auth import Principal
 from .config import Experiment, ModelVersion, Price, Settings, Upstream
 from .errors import InvalidRequest, UnknownModel
 
@@ -99,10 +100,21 @@ class Router:
     def from_settings(cls, settings: Settings) -> Router:
         return cls(settings.upstreams, dict(settings.models), dict(settings.experiments))
 
-    def resolve(self, model: str, user_key: str, force_arm: str | None = None) -> Route:
+    def resolve(
+        self,
+        model: str,
+        user_key: str,
+        force_arm: str | None = None,
+        caller: Principal | None = None,
+    ) -> Route:
+        """The route of a request for ``model``. With ``caller``, what that key may not
+        call (another tenant's, or outside its allowed list) is answered as unknown, so
+        that names do not leak."""
         assigner = self._assigners.get(model)
         if assigner is not None:
             exp = self.experiments[model]
+            if caller is not None and not caller.may_call(model, exp.tenant, True):
+                raise _unknown(model)
             if force_arm is not None:
                 if force_arm not in {a.model for a in exp.arms} or force_arm not in self.targets:
                     raise InvalidRequest(
@@ -126,19 +138,25 @@ class Router:
                 forced=force_arm is not None,
             )
         target = self.targets.get(model)
-        if target is None:
-            shown = model if len(model) <= 64 else model[:64] + "…"
-            raise UnknownModel(
-                f"The model '{shown}' does not exist: use one of the experiments or models "
-                "listed by GET /v1/models.",
-                param="model",
-            )
+        if target is None or (
+            caller is not None and not caller.may_call(model, self.models[model].tenant, False)
+        ):
+            raise _unknown(model)
         if force_arm is not None:
             raise InvalidRequest(
                 "x-flywheel-arm applies only to experiments, not to a model name.",
                 param="x-flywheel-arm",
             )
         return Route(None, 0, target, None)
+
+
+def _unknown(model: str) -> UnknownModel:
+    shown = model if len(model) <= 64 else model[:64] + "…"
+    return UnknownModel(
+        f"The model '{shown}' does not exist: use one of the experiments or models "
+        "listed by GET /v1/models.",
+        param="model",
+    )
 
 
 def _target(name: str, m: ModelVersion, upstream: Upstream) -> Target:

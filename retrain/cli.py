@@ -9,7 +9,7 @@
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
-    retrain export-feedback --since DATE --out FILE.jsonl [--config FILE]
+    retrain export-feedback --since DATE --out FILE.jsonl [--tenant T] [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
     retrain tiny-adapter --model DIR --out DIR [--seed N]
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--since", required=True, help="ISO date or date-time (UTC if naive)")
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL output")
+    export.add_argument("--tenant", default=None, help="only this tenant's responses")
     export.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
             return 2
-        n = export_feedback(connect(load_config_or_exit(args.config)), since, args.out)
+        n = export_feedback(
+            connect(load_config_or_exit(args.config)), since, args.out, tenant=args.tenant
+        )
         print(f"wrote {n} rated responses to {args.out}")
         return 0
     if args.command == "build":

@@ -6,7 +6,9 @@ One build, in order:
    (``retrain.<experiment>``) and join each with its interaction record. Events are
    acknowledged only after the dataset that includes them is written, so a crash
    loses nothing; a version's manifest lists its events, so a crash between writing and
-   acknowledging cannot put an event into two versions.
+   acknowledging cannot put an event into two versions. An experiment that belongs to a
+   tenant trains on that tenant's ratings only (an admin of every tenant may call it and
+   rate too: those ratings are acknowledged and left out); a shared one on everyone's.
 2. **Turn them into examples** (latest rating per response and rater): a failure with a
    correction → a supervised example (the conversation + the correction) and a
    preference pair (correction over the served answer); a well-rated answer → a
@@ -323,6 +325,16 @@ def _teacher(settings: Settings) -> Callable[[list[dict[str, Any]]], str | None]
     return ask
 
 
+def experiment_tenant(client: redis.Redis, settings: Settings, experiment: str) -> str | None:
+    """The tenant an experiment belongs to (None: shared), from the live state or the config."""
+    raw = client.hget(keys.EXPERIMENTS, experiment)
+    if raw is not None:
+        tenant = (orjson.loads(raw).get("spec") or {}).get("tenant")
+        return str(tenant) if tenant else None
+    spec = settings.experiments.get(experiment)
+    return spec.tenant if spec is not None else None
+
+
 class Builder:
     def __init__(
         self,
@@ -372,11 +384,13 @@ class Builder:
         parent = latest_version(self.root)
         done_before = set(parent.manifest["feedback_events"]) if parent else set()
         since_ms = int(self.since.timestamp() * 1000) if self.since else 0
+        tenant = experiment_tenant(self.client, self.settings, self.experiment)
         mine = [
             e for e in events
             if e.record.get("experiment") == self.experiment
             and keys.stream_id_order(e.stream_id)[0] >= since_ms
             and e.stream_id not in done_before
+            and (tenant is None or e.record.get("tenant") == tenant)
         ]  # fmt: skip
         interactions = self._interactions(sorted({e.record["response_id"] for e in mine}))
         crash_point("after-collect")

@@ -147,14 +147,20 @@ def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iter
         start = keys.stream_id_after(keys.text(entries[-1][0]))
 
 
-def export_feedback(client: redis.Redis, since: datetime, out: Path) -> int:
-    """Write one JSON line per rated response: the interaction and its current ratings."""
+def export_feedback(
+    client: redis.Redis, since: datetime, out: Path, tenant: str | None = None
+) -> int:
+    """Write one JSON line per rated response: the interaction and its current ratings
+    (with ``tenant``: only that tenant's responses)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
     with open(tmp, "wb") as f:
         for rid in rated_since(client, since):
-            row = {"response_id": rid, "interaction": interaction(client, rid),
+            ix = interaction(client, rid)
+            if tenant is not None and (ix or {}).get("tenant") != tenant:
+                continue
+            row = {"response_id": rid, "interaction": ix,
                    "ratings": ratings(client, rid)}  # fmt: skip
             f.write(orjson.dumps(row) + b"\n")
             n += 1

@@ -98,6 +98,15 @@ OPERATIONS = [
     ("POST", "/admin/models"),
     ("GET", "/admin/models/{name}"),
     ("DELETE", "/admin/models/{name}"),
+    ("GET", "/admin/keys"),
+    ("POST", "/admin/keys"),
+    ("GET", "/admin/keys/{key_id}"),
+    ("PATCH", "/admin/keys/{key_id}"),
+    ("DELETE", "/admin/keys/{key_id}"),
+    ("POST", "/admin/keys/{key_id}/rotate"),
+    ("GET", "/admin/tenants/{tenant}"),
+    ("PUT", "/admin/tenants/{tenant}"),
+    ("GET", "/admin/audit"),
 ]
 
 
@@ -211,4 +220,7 @@ def test_every_operation_is_described(fuzz_gateway: GatewayProcess) -> None:
         ("post", "/admin/experiments/{name}/arms"),
         ("post", "/admin/experiments/{name}/promote"),
         ("post", "/admin/models"),
+        ("post", "/admin/keys"),
+        ("patch", "/admin/keys/{key_id}"),
+        ("put", "/admin/tenants/{tenant}"),
     }
