@@ -9,13 +9,14 @@ permission or bad input is raised as the gateway's usual error.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
@@ -24,6 +25,7 @@ from ..bodies import read_bounded
 from ..errors import (
     AuthenticationFailed,
     Conflict,
+    GatewayError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -45,6 +47,27 @@ HEADERS = {
 
 class LoginNeeded(Exception):
     """No session: the page redirects to the login form."""
+
+
+class ConsoleRoute(APIRoute):
+    """A console route: for a browser (HTML accepted, no bearer header), an error the
+    route raises is shown as a page with the same status; scripts get the JSON error."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except GatewayError as exc:
+                if request.headers.get("authorization") or "text/html" not in request.headers.get(
+                    "accept", ""
+                ):
+                    raise
+                html = ENV.get_template("error.html").render(error=exc, user=None, path="")
+                return HTMLResponse(html, status_code=exc.status, headers=HEADERS)
+
+        return handler
 
 
 def _when(ts: float | None) -> str:
@@ -74,9 +97,12 @@ def environment() -> Environment:
     return env
 
 
+ENV = environment()
+
+
 def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
-    router = APIRouter(prefix="/ui", include_in_schema=False)
-    env = environment()
+    router = APIRouter(prefix="/ui", include_in_schema=False, route_class=ConsoleRoute)
+    env = ENV
 
     def bound(request: Request) -> Access:
         if not access.bound:  # the key ring and the id secret are opened by the lifespan
@@ -237,10 +263,13 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     # review queue -----------------------------------------------------------------------
 
-    async def queue(request: Request, user: User) -> list[dict[str, Any]]:
+    async def queue(request: Request, user: User, only: str = "") -> list[dict[str, Any]]:
+        """Failures awaiting a person (of one experiment, with ``only``), in the user's view."""
         st = request.app.state.gateway
         out = []
         for state in await st.control.experiments.states():
+            if only and state["name"] != only:
+                continue
             items = await review.items(st.redis, state["name"])
             for rid, item in items.items():
                 if not review.pending(item):
@@ -256,19 +285,20 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     @router.get("/review")
     async def review_list(request: Request) -> Response:
         user = current(request)
-        return render(request, user, "review_list.html", items=await queue(request, user))
+        only = request.query_params.get("experiment", "")
+        experiments = sorted(request.app.state.gateway.control.router.experiments)
+        return render(request, user, "review_list.html", items=await queue(request, user, only),
+                      only=only, experiments=experiments)  # fmt: skip
 
     @router.get("/review/next")
     async def review_next(request: Request) -> Response:
         user = current(request)
-        items = await queue(request, user)
+        only = request.query_params.get("experiment", "")
+        items = await queue(request, user, only)
         skip = set(request.query_params.getlist("skip"))
         rest = [i for i in items if i["response_id"] not in skip]
-        if not rest:
-            return render(request, user, "review_item.html", item=None, left=0, skip=[])
-        item = rest[0]
-        return render(request, user, "review_item.html", item=item, left=len(rest),
-                      skip=sorted(skip))  # fmt: skip
+        return render(request, user, "review_item.html", item=rest[0] if rest else None,
+                      left=len(rest), skip=sorted(skip), only=only)  # fmt: skip
 
     @router.post("/review/save")
     async def review_save(request: Request) -> Response:
@@ -280,6 +310,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         if rid not in allowed:
             raise NotFound(f"No failure '{rid:.80}' awaits review in '{exp:.128}'.", param="id")
         skip = [s for s in fields.get("skip", "").split(",") if s]
+        only = fields.get("only", "")
         if action == "save":
             try:
                 await review.correct(st.redis, exp, rid, fields.get("correction", ""), user.name)
@@ -291,8 +322,9 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             skip.append(rid)
         else:
             raise InvalidRequest("'action' must be save, dismiss or skip.", param="action")
-        return see_other("/ui/review/next" + (f"?{urlencode([('skip', s) for s in skip])}"
-                                                if skip else ""))  # fmt: skip
+        query = [("experiment", only)] if only else []
+        query += [("skip", s) for s in skip]
+        return see_other("/ui/review/next" + (f"?{urlencode(query)}" if query else ""))
 
     # interactions -----------------------------------------------------------------------
 

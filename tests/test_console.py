@@ -1,0 +1,304 @@
+"""The console in a real browser: Debian's chromium driven by Playwright (sync API).
+
+A gateway on the fixed upstream with real Redis; traffic and ratings go through the
+gateway, the review queue is filled by ``retrain build`` and read back by the next one.
+Effects are checked through the admin API, the review store and the dataset files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
+from .console_stack import (
+    ADMIN,
+    CHROMIUM,
+    REVIEWER_KEY,
+    TENANT_REVIEWER_KEY,
+    chat_and_rate,
+    chromium_available,
+    console_gateway,
+    new_experiment,
+    retrain_build,
+)
+from .services import GatewayProcess, RedisProcess
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, Path]]:
+    with console_gateway(redis_server, tmp_path_factory.mktemp("console"), db=11) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not chromium_available():
+        reason = f"no chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield pg
+    context.close()
+    # no script error, no asset refused by the CSP (a refused action's page: fine)
+    errors = [e for e in errors if not re.search(r"status of 40[139]", e)]
+    assert not errors, errors
+
+
+def log_in(page: Any, gw: GatewayProcess, key: str) -> None:
+    page.goto(gw.url + "/ui/login")
+    page.get_by_label("Admin or reviewer key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()
+
+
+def test_a_login_sets_an_httponly_strict_session_and_a_client_key_is_refused(
+    stack: tuple[GatewayProcess, Path], page: Any
+) -> None:
+    gw, _ = stack
+    page.goto(gw.url + "/ui/interactions")
+    assert page.url.endswith("/ui/login?next=/ui/interactions")
+    log_in(page, gw, API_KEY)
+    assert "client key" in page.get_by_role("alert").inner_text()
+    assert page.context.cookies() == []
+    page.get_by_label("Admin or reviewer key").fill("sk-not-a-key-at-all")
+    page.get_by_role("button", name="Log in").click()
+    assert "Incorrect API key" in page.get_by_role("alert").inner_text()
+
+    log_in(page, gw, ADMIN_KEY)
+    assert page.url == gw.url + "/ui/"
+    (cookie,) = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    assert ADMIN_KEY not in cookie["value"]
+    page.get_by_role("button", name="Log out").click()
+    assert page.url.endswith("/ui/login") and page.context.cookies() == []
+
+
+def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], page: Any) -> None:
+    gw, config = stack
+    exp = new_experiment(gw)
+    ids = chat_and_rate(gw, exp, 4, prefix="walk")
+    assert retrain_build(config, exp).returncode == 4  # below the minimum: queued for review
+    log_in(page, gw, ADMIN_KEY)
+
+    assert page.get_by_role("heading", name="Experiments").is_visible()
+    page.get_by_role("link", name=exp).click()
+    assert page.get_by_role("heading", name=f"Experiment {exp}").is_visible()
+    assert page.locator("svg.plot").count() == 5
+    assert page.get_by_role("img", name="mean rating (95% CI)").is_visible()
+    row = page.locator("tr", has_text="fixed-a").first
+    assert "4" in row.inner_text()  # the requests served
+
+    page.get_by_role("link", name="Interactions").click()
+    page.get_by_label("Experiment").select_option(exp)
+    page.get_by_role("button", name="Filter").click()
+    assert page.locator("tbody tr").count() == 4
+    page.locator("tbody tr a").first.click()
+    assert page.get_by_role("heading", name=re.compile("^Interaction")).is_visible()
+    assert "walk 3: where is my parcel?" in page.locator(".conversation").inner_text()
+    assert ids[-1] in page.url
+
+    page.get_by_role("link", name="Review").click()
+    assert page.get_by_role("heading", name=re.compile("^Review queue")).is_visible()
+    assert page.locator("tbody tr", has_text=exp).count() == 4
+    page.get_by_role("link", name="Datasets").click()
+    assert page.get_by_role("heading", name="Datasets", exact=True).is_visible()
+    page.get_by_role("link", name="Jobs & models").click()
+    assert page.get_by_role("heading", name="Model versions").is_visible()
+    assert page.locator("tr", has_text="fixed-a").count() >= 1
+
+
+def test_a_ramp_and_a_rollback_through_the_console_are_what_the_admin_api_shows(
+    stack: tuple[GatewayProcess, Path], page: Any
+) -> None:
+    gw, _ = stack
+    exp = new_experiment(gw)
+    log_in(page, gw, ADMIN_KEY)
+    page.goto(f"{gw.url}/ui/experiments/{exp}")
+    page.get_by_label("Arm").first.select_option("fixed-b")
+    page.get_by_label("Weight").fill("50")
+    page.get_by_role("button", name="Ramp…").click()
+
+    changed = page.locator("tr.changed")  # the confirmation shows what will change
+    assert changed.count() == 1 and changed.inner_text().split() == ["fixed-b", "10", "50"]
+    before = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert before["version"] == 1  # nothing changed before the confirmation
+    page.get_by_role("button", name="Apply ramp").click()
+
+    state = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {"fixed-a": 90,
+                                                                        "fixed-b": 50}
+    assert state["pin"]["by"] == "ops" and state["version"] == 2
+    history = httpx.get(f"{gw.url}/admin/experiments/{exp}/history", headers=ADMIN).json()
+    assert history["data"][-1]["action"] == "ramped fixed-b to 50"
+    assert history["data"][-1]["by"] == "ops"
+    assert "ramped fixed-b to 50" in page.locator("section", has_text="History").inner_text()
+
+    page.get_by_role("button", name="Roll back…").click()
+    page.get_by_role("button", name="Apply rollback").click()
+    state = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {"fixed-a": 90,
+                                                                        "fixed-b": 10}
+    assert state["version"] == 3
+    history = httpx.get(f"{gw.url}/admin/experiments/{exp}/history", headers=ADMIN).json()
+    assert [h["action"] for h in history["data"]][-1] == "rolled back"
+
+
+def test_a_confirmation_applies_only_to_the_version_it_showed(
+    stack: tuple[GatewayProcess, Path], page: Any
+) -> None:
+    gw, _ = stack
+    exp = new_experiment(gw)
+    log_in(page, gw, ADMIN_KEY)
+    page.goto(f"{gw.url}/ui/experiments/{exp}")
+    page.get_by_label("Arm").nth(1).select_option("fixed-b")
+    page.get_by_role("button", name="Promote…").click()
+    r = httpx.post(f"{gw.url}/admin/experiments/{exp}/promote", json={"model": "fixed-a"},
+                   headers=ADMIN)  # fmt: skip
+    assert r.is_success
+    with page.expect_response(lambda resp: "/ui/actions/apply" in resp.url) as info:
+        page.get_by_role("button", name="Apply promote").click()
+    assert info.value.status == 409
+    assert "changed since version 1" in page.get_by_role("alert").inner_text()
+    state = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert state["spec"]["control"] == "fixed-a"
+
+
+def session_of(gw: GatewayProcess, key: str) -> tuple[httpx.Client, str]:
+    c = httpx.Client(base_url=gw.url)
+    r = c.post("/ui/login", data={"key": key})
+    assert r.status_code == 303, r.text
+    page = c.get("/ui/review")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token is not None
+    return c, token.group(1)
+
+
+def test_a_form_without_its_csrf_token_changes_nothing(stack: tuple[GatewayProcess, Path]) -> None:
+    gw, _ = stack
+    exp = new_experiment(gw)
+    c, token = session_of(gw, ADMIN_KEY)
+    form = {"experiment": exp, "action": "ramp", "model": "fixed-b", "weight": "60",
+            "version": "1"}  # fmt: skip
+    for bad in ({}, {"csrf": "forged"}):
+        r = c.post("/ui/actions/apply", data={**form, **bad})
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    assert httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["version"] == 1
+    r = c.post("/ui/actions/apply", data={**form, "csrf": token})
+    assert r.status_code == 303
+    assert httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["version"] == 2
+    c.close()
+
+
+def test_a_reviewer_reads_and_reviews_but_cannot_change_experiments(
+    stack: tuple[GatewayProcess, Path],
+) -> None:
+    gw, _ = stack
+    exp = new_experiment(gw)
+    bearer = {"Authorization": f"Bearer {REVIEWER_KEY}"}
+    assert httpx.get(f"{gw.url}/ui/interactions", headers=bearer).status_code == 200
+    assert httpx.get(f"{gw.url}/ui/", headers=bearer).headers["location"] == "/ui/review"
+    for path in (f"/ui/experiments/{exp}", "/ui/datasets", "/ui/jobs"):
+        assert httpx.get(gw.url + path, headers=bearer).status_code == 403
+    form = {"experiment": exp, "action": "promote", "model": "fixed-b", "version": "1"}
+    r = httpx.post(f"{gw.url}/ui/actions/apply", data=form, headers=bearer)
+    assert r.status_code == 403
+    assert httpx.get(f"{gw.url}/admin/experiments", headers=bearer).status_code == 401
+    client = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(f"{gw.url}/ui/interactions", headers=client).status_code == 403
+    chat = {"model": exp, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{gw.base_url}/chat/completions", json=chat, headers=bearer)
+    assert r.status_code == 401  # a reviewer key is no client key
+
+
+def test_a_tenant_reviewer_sees_only_its_tenants_interactions_and_failures(
+    stack: tuple[GatewayProcess, Path],
+) -> None:
+    gw, config = stack
+    exp = new_experiment(gw)
+    ours = chat_and_rate(gw, exp, 2, key=OTHER_TENANT_KEY, prefix="other-tenant")
+    theirs = chat_and_rate(gw, exp, 2, key=API_KEY, prefix="tests-tenant")
+    assert retrain_build(config, exp).returncode == 4
+    bearer = {"Authorization": f"Bearer {TENANT_REVIEWER_KEY}"}
+    listing = httpx.get(f"{gw.url}/ui/interactions", params={"experiment": exp},
+                        headers=bearer).text  # fmt: skip
+    assert all(rid in listing for rid in ours) and not any(rid in listing for rid in theirs)
+    queue = httpx.get(f"{gw.url}/ui/review", headers=bearer).text
+    assert all(rid in queue for rid in ours) and not any(rid in queue for rid in theirs)
+    assert httpx.get(f"{gw.url}/ui/interactions/{theirs[0]}", headers=bearer).status_code == 404
+    assert httpx.get(f"{gw.url}/ui/interactions/{ours[0]}", headers=bearer).status_code == 200
+
+
+def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_next_build_uses_them(
+    stack: tuple[GatewayProcess, Path], page: Any
+) -> None:
+    gw, config = stack
+    exp = new_experiment(gw, "queue")
+    chat_and_rate(gw, exp, 50, prefix="failure")
+    first = retrain_build(config, exp)
+    assert first.returncode == 4, first.stdout + first.stderr  # nothing to train: all queued
+    log_in(page, gw, REVIEWER_KEY)
+    assert page.url.endswith("/ui/review")
+    page.get_by_label("Experiment").select_option(exp)
+    page.get_by_role("button", name="Show").click()
+    assert page.locator("tbody tr").count() == 50
+    page.get_by_role("link", name="Review one at a time").click()
+
+    fixes: dict[str, str] = {}
+    dismissed = skipped = None
+    for n in range(50):
+        prompt = page.locator(".msg.user pre").inner_text()
+        assert page.get_by_label("Correction: the answer the model should have given").evaluate(
+            "el => el === document.activeElement")  # the text box has the focus
+        with page.expect_navigation():
+            if n == 0:  # "not a failure": Esc leaves the text box, n dismisses
+                page.keyboard.press("Escape")
+                page.keyboard.press("n")
+                dismissed = prompt
+            elif n == 1:
+                page.keyboard.press("Escape")
+                page.keyboard.press("s")
+                skipped = prompt
+            else:
+                fixes[prompt] = f"Corrected answer {n}: it arrives on Monday."
+                page.keyboard.type(fixes[prompt])
+                page.keyboard.press("Control+Enter")
+    assert page.locator("#done").is_visible()
+    assert "skipped: 1" in page.locator("#done").inner_text()
+    assert len(fixes) == 48 and dismissed and skipped
+
+    second = retrain_build(config, exp)
+    assert second.returncode == 0, second.stdout + second.stderr
+    root = Path(gw.workdir) / "datasets" / exp
+    version = root / (root / "latest").read_text().strip()
+    train = [json.loads(line) for line in (version / "train.jsonl").read_text().splitlines()]
+    got = {ex["messages"][0]["content"]: ex["messages"][-1]["content"] for ex in train}
+    assert got == fixes  # exactly the corrections: not the dismissed, not the skipped one
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["by_source"]["train"] == {"review": 48}
+    queue = httpx.get(f"{gw.url}/ui/review", headers={"Authorization": f"Bearer {REVIEWER_KEY}"})
+    assert skipped.split(":")[0] in queue.text and dismissed.split(":")[0] + ":" not in queue.text
