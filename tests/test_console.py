@@ -110,8 +110,12 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     assert page.get_by_role("heading", name=f"Experiment {exp}").is_visible()
     assert page.locator("svg.plot").count() == 5
     assert page.get_by_role("img", name="mean rating (95% CI)").is_visible()
-    row = page.locator("tr", has_text="fixed-a").first
-    assert "4" in row.inner_text()  # the requests served
+    report = httpx.get(f"{gw.url}/admin/experiments/{exp}/report", headers=ADMIN).json()
+    table = page.locator("section", has_text="Report (version 1)").locator("tbody tr")
+    served = {table.nth(i).locator("td").nth(0).inner_text().split()[0]:
+              int(table.nth(i).locator("td").nth(2).inner_text()) for i in range(table.count())}
+    assert served == {a["model"]: a["requests"] for a in report["arms"]}  # the report's table
+    assert sum(served.values()) == 4
 
     page.get_by_role("link", name="Interactions").click()
     page.get_by_label("Experiment").select_option(exp)
