@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from .conftest import ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
 from .console_stack import (
@@ -306,3 +307,37 @@ def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_n
     assert manifest["by_source"]["train"] == {"review": 48}
     queue = httpx.get(f"{gw.url}/ui/review", headers={"Authorization": f"Bearer {REVIEWER_KEY}"})
     assert skipped.split(":")[0] in queue.text and dismissed.split(":")[0] + ":" not in queue.text
+    admin = httpx.Client(base_url=gw.url, headers=ADMIN)
+    listing = admin.get("/ui/datasets").text
+    assert version.name in listing and "review 48" in listing
+    download = admin.get(f"/ui/datasets/{exp}/{version.name}/train.jsonl")
+    assert download.status_code == 200
+    assert download.content == (version / "train.jsonl").read_bytes()
+    assert admin.get(f"/ui/datasets/{exp}/../{exp}/train.jsonl").status_code == 404
+    corrected = next(r["response_id"] for r in map(json.loads, (version / "examples.jsonl")
+                                                   .read_text().splitlines()))  # fmt: skip
+    detail = admin.get(f"/ui/interactions/{corrected}").text
+    assert f"{version.name}: sft (review, train)" in detail
+    admin.close()
+
+
+def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
+    stack: tuple[GatewayProcess, Path], redis_server: RedisProcess, page: Any
+) -> None:
+    from retrain.jobs import JobStore
+
+    gw, _ = stack
+    exp = new_experiment(gw, "lineage")
+    jobs = JobStore(redis.Redis(port=redis_server.port, db=11))
+    job = jobs.create(experiment=exp, provider="local", dataset_id="ds-0123456789ab",
+                      dataset_path="/data/ds", params={})  # fmt: skip
+    jobs.update(job["id"], status="registered", model_name="fixed-b",
+                loss=[{"step": s, "loss": 2.0 / s, "eval_loss": None} for s in range(1, 6)])
+    log_in(page, gw, ADMIN_KEY)
+    page.get_by_role("link", name="Jobs & models").click()
+    chain = page.get_by_role("list", name=f"lineage of {job['id']}")
+    assert chain.locator("li").all_inner_texts() == [
+        "dataset ds-0123456789ab", f"job {job['id']} (registered)", "model fixed-b",
+        f"arm {exp} @ 10", "serving"]  # fmt: skip
+    curve = page.locator("tr", has_text=job["id"]).locator("xpath=following-sibling::tr[1]")
+    assert curve.locator("svg.plot circle").count() == 5

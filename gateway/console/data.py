@@ -273,13 +273,13 @@ def lineage(
     models: list[dict[str, Any]], jobs: list[dict[str, Any]], states: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Dataset → job → model → experiment arm → outcome, for each job that made a model."""
-    arms = {a["model"]: (s["name"], a["weight"], s["spec"].get("control"))
+    arms = {(s["name"], a["model"]): (s["name"], a["weight"], s["spec"].get("control"))
             for s in states for a in s["spec"]["arms"]}  # fmt: skip
     registered = {m["id"] for m in models}
     out = []
     for j in jobs:
         model = j.get("model_name")
-        exp = arms.get(model) if model else None
+        exp = arms.get((j.get("experiment"), model)) if model else None
         out.append({
             "dataset": j.get("dataset_id"), "job": j["id"], "status": j.get("status"),
             "model": model if model in registered else None,
