@@ -43,7 +43,9 @@ def console_gateway(
     datasets = workdir / "datasets"
     retrain = {"dataset_dir": str(datasets), "min_examples": 1,
                "split": {"validation": 0, "test": 0}}  # fmt: skip
-    with fixed_gateway(redis_server, workdir, db, auth=console_auth(), retrain=retrain) as (gw, _):
+    console = {"page_size": 5}  # paging shows with a few interactions
+    with fixed_gateway(redis_server, workdir, db, auth=console_auth(), retrain=retrain,
+                       console=console) as (gw, _):  # fmt: skip
         yield gw, gw.config_path
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -122,6 +123,7 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     page.get_by_label("Experiment").select_option(exp)
     page.get_by_role("button", name="Filter").click()
     assert page.locator("tbody tr").count() == 4
+    assert page.get_by_role("link", name="Older →").count() == 0
     page.locator("tbody tr a").first.click()
     assert page.get_by_role("heading", name=re.compile("^Interaction")).is_visible()
     assert "walk 3: where is my parcel?" in page.locator(".conversation").inner_text()
@@ -341,3 +343,36 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
         f"arm {exp} @ 10", "serving"]  # fmt: skip
     curve = page.locator("tr", has_text=job["id"]).locator("xpath=following-sibling::tr[1]")
     assert curve.locator("svg.plot circle").count() == 5
+
+
+def listed(gw: GatewayProcess, query: dict[str, str]) -> tuple[list[str], str | None]:
+    """The response ids on one page of the list, and the query of the next page."""
+    r = httpx.get(f"{gw.url}/ui/interactions", params=query, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    ids = re.findall(r'href="/ui/interactions/([^"?]+)"', r.text)
+    more = re.search(r'href="/ui/interactions\?([^"]+)" rel="next"', r.text)
+    return ids, more.group(1).replace("&amp;", "&") if more else None
+
+
+def test_the_interaction_list_pages_newest_first_and_filters_by_rating_and_text(
+    stack: tuple[GatewayProcess, Path],
+) -> None:
+    gw, _ = stack
+    exp = new_experiment(gw, "paging")
+    down = chat_and_rate(gw, exp, 3, rating="down", prefix="broken")
+    up = chat_and_rate(gw, exp, 4, rating="up", prefix="fine")
+    unrated = chat_and_rate(gw, exp, 5, rating=None, prefix="quiet")
+    newest_first = list(reversed(down + up + unrated))
+
+    seen, query = [], {"experiment": exp}
+    for _ in range(5):
+        ids, more = listed(gw, query)
+        seen += ids
+        if more is None:
+            break
+        query = dict(parse_qsl(more))
+    assert seen == newest_first  # 5 + 5 + 2, in order, none twice, then no "Older"
+    assert listed(gw, {"experiment": exp, "rating": "down"})[0] == list(reversed(down))
+    assert listed(gw, {"experiment": exp, "rating": "none"})[0] == list(reversed(unrated))
+    assert listed(gw, {"experiment": exp, "q": "FINE 2"})[0] == [up[2]]
+    assert listed(gw, {"experiment": exp, "q": "nothing like this"})[0] == []

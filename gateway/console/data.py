@@ -19,7 +19,9 @@ from ..config import Experiment
 from ..control import Control
 from .access import User
 
-SCAN_LIMIT = 5_000  # stream entries a filtered page reads at most before it stops
+SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
+SCAN_BUDGET_S = 0.15  # ... and the time it spends reading them
+MAX_BATCH = 1000
 
 
 @dataclass
@@ -59,6 +61,12 @@ def _text(rec: dict[str, Any]) -> str:
     return "\n".join([*parts, rec.get("answer") or ""]).lower()
 
 
+def _rating_matches(f: Filters, mine: list[dict[str, Any]], threshold: float) -> bool:
+    if f.rating and _rating(mine, threshold) != f.rating:
+        return False
+    return not f.corrected or any(r.get("correction") for r in mine)
+
+
 def _rating(ratings: list[dict[str, Any]], threshold: float) -> str:
     if not ratings:
         return "none"
@@ -86,27 +94,27 @@ async def interactions(
 ) -> Page:
     """One page of the interaction stream, newest first, filtered.
 
-    Experiment, arm and time are read from the stream entry; the others from the record
-    and its ratings, fetched a batch at a time. A page reads at most ``SCAN_LIMIT``
-    entries, so a filter that matches little never scans the whole store at once: the
-    page says so and offers to continue.
+    Experiment, arm and time are read from the stream entries; tenant and text from the
+    records, fetched a batch at a time (text is looked for in the raw JSON before any
+    record is parsed); ratings only for the records that pass those. A page reads at most
+    ``SCAN_LIMIT`` entries and works at most ``SCAN_BUDGET_S``, so a filter that matches
+    little never scans the whole store at once: the page says so and offers to go on.
     """
     page = Page()
+    deadline = time.monotonic() + SCAN_BUDGET_S
     hi = "+" if before is None else f"({before}"
     if f.until and (ms := _day_ms(f.until, end=True)) is not None and before is None:
         hi = str(ms)
     lo = "-"
     if f.since and (ms := _day_ms(f.since)) is not None:
         lo = str(ms)
-    batch = max(size * 2, 100)
-    last = None
+    needle = f.q.lower().encode() if f.q and not set(f.q) & set('"\\') else None
+    last: str | None = None
+    batch = size + 1  # unfiltered, one read fills the page; filtered, reads grow
     while len(page.rows) < size:
         entries: list[Any] = (
             await redis.xrevrange(keys.INTERACTION_STREAM, hi, lo, count=batch) or []
         )
-        if not entries:
-            last = None
-            break
         page.scanned += len(entries)
         cand = []
         for sid, fields in entries:
@@ -116,35 +124,51 @@ async def interactions(
             if f.arm and fd.get("arm") != f.arm:
                 continue
             cand.append((keys.text(sid), fd["id"]))
-        recs = await redis.mget([keys.interaction(rid) for _, rid in cand]) if cand else []
-        found = [(sid, orjson.loads(raw)) for (sid, _), raw in zip(cand, recs, strict=True)
-                 if raw is not None]  # fmt: skip
-        rated = await ratings_of(redis, [r["id"] for _, r in found])
-        for (sid, rec), rs in zip(found, rated, strict=True):
+        by_rating = bool(f.rating or f.corrected)
+        rated_first: dict[str, list[dict[str, Any]]] = {}
+        if by_rating and cand:  # the ratings narrow most: read them before the records
+            ratings = await ratings_of(redis, [rid for _, rid in cand])
+            for (_, rid), rs in zip(cand, ratings, strict=True):
+                mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
+                if _rating_matches(f, mine, threshold):
+                    rated_first[rid] = mine
+            cand = [(sid, rid) for sid, rid in cand if rid in rated_first]
+        raws = await redis.mget([keys.interaction(rid) for _, rid in cand]) if cand else []
+        found = []
+        for (sid, _), raw in zip(cand, raws, strict=True):
+            if raw is None or (needle is not None and needle not in raw.lower()):
+                continue
+            rec = orjson.loads(raw)
             if user.tenant and rec.get("tenant") != user.tenant:
                 continue
             if f.tenant and rec.get("tenant") != f.tenant:
                 continue
-            mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
-            if f.rating and _rating(mine, threshold) != f.rating:
-                continue
-            if f.corrected and not any(r.get("correction") for r in mine):
-                continue
             if f.q and f.q.lower() not in _text(rec):
                 continue
+            found.append((sid, rec))
+        if by_rating:
+            rated = [rated_first[rec["id"]] for _, rec in found]
+        else:
+            rated = await ratings_of(redis, [r["id"] for _, r in found]) if found else []
+        full = False
+        for (sid, rec), rs in zip(found, rated, strict=True):
+            mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
             page.rows.append({**rec, "stream_id": sid, "ratings": mine,
                               "rating": _rating(mine, threshold)})  # fmt: skip
             last = sid
             if len(page.rows) == size:
+                full = True
                 break
-        else:
-            last = keys.text(entries[-1][0])
-        hi = f"({last}"
-        if page.scanned >= SCAN_LIMIT and len(page.rows) < size:
-            page.truncated = True
+        if full:
             break
-        if len(entries) < batch and len(page.rows) < size:
+        if len(entries) < batch:  # the start of the stream (or of the time range)
             last = None
+            break
+        batch = min(batch * 2, MAX_BATCH)
+        last = keys.text(entries[-1][0])
+        hi = f"({last}"
+        if page.scanned >= SCAN_LIMIT or time.monotonic() > deadline:
+            page.truncated = True
             break
     page.next_cursor = last
     return page
