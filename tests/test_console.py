@@ -78,6 +78,15 @@ def log_in(page: Any, gw: GatewayProcess, key: str) -> None:
     page.wait_for_load_state()
 
 
+def assert_labelled(page: Any) -> None:
+    """Every control a person fills in has a label (accessibility basics)."""
+    unlabelled = page.eval_on_selector_all(
+        "input:not([type=hidden]), select, textarea",
+        "els => els.filter(e => !e.labels || e.labels.length === 0).map(e => e.outerHTML)",
+    )
+    assert unlabelled == []
+
+
 def test_a_login_sets_an_httponly_strict_session_and_a_client_key_is_refused(
     stack: tuple[GatewayProcess, Path], page: Any
 ) -> None:
@@ -109,6 +118,7 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
 
     assert page.get_by_role("heading", name="Experiments").is_visible()
     page.get_by_role("link", name=exp).click()
+    assert_labelled(page)
     assert page.get_by_role("heading", name=f"Experiment {exp}").is_visible()
     assert page.locator("svg.plot").count() == 5
     assert page.get_by_role("img", name="mean rating (95% CI)").is_visible()
@@ -124,6 +134,7 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     page.get_by_role("button", name="Filter").click()
     assert page.locator("tbody tr").count() == 4
     assert page.get_by_role("link", name="Older →").count() == 0
+    assert_labelled(page)
     page.locator("tbody tr a").first.click()
     assert page.get_by_role("heading", name=re.compile("^Interaction")).is_visible()
     assert "walk 3: where is my parcel?" in page.locator(".conversation").inner_text()
@@ -132,6 +143,10 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     page.get_by_role("link", name="Review").click()
     assert page.get_by_role("heading", name=re.compile("^Review queue")).is_visible()
     assert page.locator("tbody tr", has_text=exp).count() == 4
+    assert_labelled(page)
+    page.get_by_role("link", name="Review one at a time").click()
+    assert page.get_by_role("heading", name=re.compile("^Review")).is_visible()
+    assert_labelled(page)
     page.get_by_role("link", name="Datasets").click()
     assert page.get_by_role("heading", name="Datasets", exact=True).is_visible()
     page.get_by_role("link", name="Jobs & models").click()
@@ -214,6 +229,9 @@ def test_a_form_without_its_csrf_token_changes_nothing(stack: tuple[GatewayProce
     for bad in ({}, {"csrf": "forged"}):
         r = c.post("/ui/actions/apply", data={**form, **bad})
         assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    r = c.post("/ui/actions/apply", data={**form, "csrf": token},
+               headers={"origin": "https://elsewhere.example"})  # fmt: skip
+    assert r.status_code == 403  # another site's page, even with the token
     assert httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["version"] == 1
     r = c.post("/ui/actions/apply", data={**form, "csrf": token})
     assert r.status_code == 303

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import orjson
 from fastapi import APIRouter, Request
@@ -130,6 +130,9 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     async def form(request: Request, user: User | None = None) -> dict[str, str]:
         """A posted form's fields (the CSRF token checked when a user is given)."""
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+            raise PermissionDenied("A console form must be posted from the console's own pages.")
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType(
