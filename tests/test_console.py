@@ -351,8 +351,13 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
     jobs = JobStore(redis.Redis(port=redis_server.port, db=11))
     job = jobs.create(experiment=exp, provider="local", dataset_id="ds-0123456789ab",
                       dataset_path="/data/ds", params={})  # fmt: skip
+    gate_row = {"source": "test", "prompt": "Where is my parcel?", "expected": "On its way.",
+                "control": {"answer": "No idea."}, "candidate": {"answer": "On its way."},
+                "gain": 0.8}  # fmt: skip
     jobs.update(job["id"], status="registered", model_name="fixed-b",
-                loss=[{"step": s, "loss": 2.0 / s, "eval_loss": None} for s in range(1, 6)])
+                loss=[{"step": s, "loss": 2.0 / s, "eval_loss": None} for s in range(1, 6)],
+                evaluation={"outcome": "passed", "reason": "test split: gain 0.8", "rows": [
+                    gate_row]})  # fmt: skip
     log_in(page, gw, ADMIN_KEY)
     page.get_by_role("link", name="Jobs & models").click()
     chain = page.get_by_role("list", name=f"lineage of {job['id']}")
@@ -361,6 +366,9 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
         f"arm {exp} @ 10", "serving"]  # fmt: skip
     curve = page.locator("tr", has_text=job["id"]).locator("xpath=following-sibling::tr[1]")
     assert curve.locator("svg.plot circle").count() == 5
+    curve.get_by_text("Gate: passed").click()
+    cells = curve.locator("table.gate tbody td").all_inner_texts()
+    assert cells == ["test", "Where is my parcel?", "On its way.", "No idea.", "On its way.", "0.8"]
 
 
 def listed(gw: GatewayProcess, query: dict[str, str]) -> tuple[list[str], str | None]:

@@ -75,7 +75,7 @@ def line_plot(title: str, series: list[Series], x_label: str = "version") -> str
             tip = f"{escape(s.name)}: {_fmt(y)} at {_fmt(x)}"
             body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}">'
                         f"<title>{tip}</title></circle>")  # fmt: skip
-        body.append(f'<text x="{W - PAD_R}" y="{14 + 12 * i}" text-anchor="end" class="l" '
+        body.append(f'<text x="{W - PAD_R}" y="{14 + 12 * i}" text-anchor="end" class="k" '
                     f'fill="{color}">{escape(s.name)}</text>')  # fmt: skip
     return _svg(title, body)
 
