@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -402,3 +404,37 @@ def test_the_interaction_list_pages_newest_first_and_filters_by_rating_and_text(
     assert listed(gw, {"experiment": exp, "rating": "none"})[0] == list(reversed(unrated))
     assert listed(gw, {"experiment": exp, "q": "FINE 2"})[0] == [up[2]]
     assert listed(gw, {"experiment": exp, "q": "nothing like this"})[0] == []
+
+
+def test_the_console_and_retrain_review_export_and_import_share_one_queue(
+    stack: tuple[GatewayProcess, Path], tmp_path: Path
+) -> None:
+    gw, config = stack
+    exp = new_experiment(gw, "shared")
+    ids = chat_and_rate(gw, exp, 3, prefix="shared")
+    assert retrain_build(config, exp).returncode == 4
+    bearer = {"Authorization": f"Bearer {REVIEWER_KEY}"}
+    r = httpx.post(f"{gw.url}/ui/review/save", headers=bearer,
+                   data={"experiment": exp, "id": ids[0], "action": "dismiss"})  # fmt: skip
+    assert r.status_code == 303
+
+    out = tmp_path / "queue.jsonl"
+    review = [sys.executable, "-m", "retrain", "review"]
+    run = subprocess.run([*review, "export", "--experiment", exp, "--out", str(out),
+                          "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["response_id"] for r in rows) == sorted(ids[1:])  # not the dismissed one
+    for row in rows:
+        row["correction"] = "Fixed by file." if row["response_id"] == ids[1] else None
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = subprocess.run([*review, "import", "--experiment", exp, str(out),
+                          "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+    queue = httpx.get(f"{gw.url}/ui/review", params={"experiment": exp}, headers=bearer).text
+    assert ids[2] in queue and ids[1] not in queue and ids[0] not in queue
+    bad = httpx.post(f"{gw.url}/ui/review/save", headers=bearer,
+                     data={"experiment": exp, "id": ids[2], "action": "save",
+                           "correction": "   "})  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "correction"
