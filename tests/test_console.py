@@ -438,3 +438,12 @@ def test_the_console_and_retrain_review_export_and_import_share_one_queue(
                      data={"experiment": exp, "id": ids[2], "action": "save",
                            "correction": "   "})  # fmt: skip
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "correction"
+
+    assert retrain_build(config, exp).returncode == 0  # the imported correction: version 1
+    r = httpx.post(f"{gw.url}/ui/review/save", headers=bearer,
+                   data={"experiment": exp, "id": ids[2], "action": "save",
+                         "correction": "Fixed in the console."})  # fmt: skip
+    assert r.status_code == 303
+    assert retrain_build(config, exp).returncode == 0  # and the console's: version 2
+    listing = httpx.get(f"{gw.url}/ui/datasets", headers=ADMIN).text
+    assert "against the parent: preference +1, train +1" in listing

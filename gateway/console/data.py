@@ -235,6 +235,12 @@ def datasets(dataset_dir: Path, experiments: list[str]) -> list[dict[str, Any]]:
                 doc = orjson.loads(m.read_bytes())
                 doc["path"] = str(d)
                 out.append(doc)
+    by_id = {d["id"]: d for d in out}
+    for d in out:  # the difference from the parent version, split by split
+        parent = by_id.get(d.get("parent") or "")
+        if parent is not None:
+            splits = sorted(set(d["counts"]) | set(parent["counts"]))
+            d["diff"] = {s: d["counts"].get(s, 0) - parent["counts"].get(s, 0) for s in splits}
     return sorted(out, key=lambda d: d.get("created", ""), reverse=True)
 
 
