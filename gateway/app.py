@@ -40,6 +40,7 @@ from .auth import KeyRing
 from .bodies import read_body
 from .chat import ChatService
 from .config import Limits, Settings
+from .console import add_console
 from .control import Control
 from .errors import GatewayError, HeadersTooLarge, InvalidRequest, NotFound, error_response
 from .feedback import FeedbackService, maintain
@@ -392,6 +393,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     add_admin_routes(app)
+    add_console(app, settings)
     install_openapi(app, settings)
 
     return app

@@ -37,6 +37,11 @@ def check_content_type(value: str | None) -> None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     check_content_type(request.headers.get("content-type"))
+    return await read_bounded(request, limit)
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The body, whatever its type, refused once it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")

@@ -74,6 +74,21 @@ class Auth(_Strict):
         description="how often a replica adds its spend to Redis and reads the others' "
         "(budgets see every replica's spend within about twice this)",
     )
+    reviewer_keys: list[ApiKey] = Field(
+        [],
+        description="console keys for the review queue and reading interactions (a tenant: "
+        "only that tenant's); no admin API, no chat",
+    )
+
+
+class Console(_Strict):
+    """The web console under ``/ui/`` (``docs/console.md``)."""
+
+    enabled: bool = Field(True, description="serve the console under /ui/")
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="how long a login lasts (signed cookie)"
+    )
+    page_size: int = Field(50, ge=5, le=500, description="interactions per page of the list")
 
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
@@ -496,6 +511,7 @@ class Settings(BaseSettings):
         None, description="signs response ids; replicas share one (unset: data_dir/id_secret)"
     )
     auth: Auth = Auth()
+    console: Console = Console()
     upstreams: dict[Name, Upstream] = Field(
         {}, description="model servers by name (vLLM or OpenAI)"
     )

@@ -26,6 +26,10 @@ class IdIssuer:
             raise ValueError("the id secret needs at least 16 bytes")
         self._secret = secret
 
+    def derive(self, purpose: str) -> bytes:
+        """A key of its own for another use of the secret (the console's session cookies)."""
+        return hmac.new(self._secret, b"derive:" + purpose.encode(), hashlib.sha256).digest()
+
     def _sign(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG]
 

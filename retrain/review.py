@@ -16,15 +16,18 @@ import orjson
 import redis
 
 from gateway import keys
+from gateway.review import BadCorrection, corrected
 
 
 def export_review(client: redis.Redis, experiment: str, out: Path) -> int:
-    items = client.hgetall(keys.review(experiment))
+    raw_items = client.hgetall(keys.review(experiment))
+    items = [orjson.loads(raw) for _, raw in sorted(raw_items.items())]
+    items = [i for i in items if not i.get("dismissed")]  # "not a failure" (the console)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
-        for _, raw in sorted(items.items()):
-            f.write(orjson.dumps(orjson.loads(raw)) + b"\n")
+        for item in items:
+            f.write(orjson.dumps(item) + b"\n")
     tmp.replace(out)
     return len(items)
 
@@ -52,14 +55,14 @@ def import_review(client: redis.Redis, experiment: str, path: Path) -> int:
             fix = row.get("correction")
             if fix is None:
                 continue
-            if not isinstance(fix, str) or not fix.strip():
-                raise ReviewError(f"{path}:{n}: 'correction' must be a non-empty string or null")
             raw = client.hget(keys.review(experiment), row["response_id"])
             if raw is None:
                 raise ReviewError(f"{path}:{n}: {row['response_id']} is not in the review "
                                   f"queue of '{experiment}'")  # fmt: skip
-            item = orjson.loads(raw)
-            item["correction"] = fix
+            try:
+                item = corrected(orjson.loads(raw), fix)
+            except BadCorrection as exc:
+                raise ReviewError(f"{path}:{n}: {exc}") from None
             updates[row["response_id"]] = orjson.dumps(item)
     if updates:
         client.hset(keys.review(experiment), mapping=updates)  # type: ignore[arg-type]

@@ -1,0 +1,321 @@
+"""What the console's pages show, read from Redis, the live state and dataset files.
+
+Reads only: every change goes through the admin API's code (:mod:`gateway.experiments`)
+or the review store (:mod:`gateway.review`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from .. import keys, report, store
+from ..config import Experiment
+from ..control import Control
+from .access import User
+
+SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
+SCAN_BUDGET_S = 0.15  # ... and the time it spends reading them
+MAX_BATCH = 1000
+
+
+@dataclass
+class Filters:
+    experiment: str = ""
+    arm: str = ""
+    rating: str = ""  # up, down, none, "" (any)
+    corrected: bool = False
+    tenant: str = ""
+    q: str = ""  # text in prompt or answer
+    since: str = ""  # YYYY-MM-DD (UTC)
+    until: str = ""
+
+    def query(self) -> dict[str, str]:
+        return {k: str(v) if not isinstance(v, bool) else "1"
+                for k, v in self.__dict__.items() if v}  # fmt: skip
+
+
+@dataclass
+class Page:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    next_cursor: str | None = None  # the stream id to continue before
+    scanned: int = 0
+    truncated: bool = False  # stopped at SCAN_LIMIT before the page was full
+
+
+def _day_ms(day: str, end: bool = False) -> int | None:
+    try:
+        t = time.mktime(time.strptime(day, "%Y-%m-%d")) - time.timezone
+    except ValueError:
+        return None
+    return int((t + (86400 if end else 0)) * 1000)
+
+
+def _text(rec: dict[str, Any]) -> str:
+    parts = [str(m.get("content") or "") for m in rec.get("messages") or []]
+    return "\n".join([*parts, rec.get("answer") or ""]).lower()
+
+
+def _rating_matches(f: Filters, mine: list[dict[str, Any]], threshold: float) -> bool:
+    if f.rating and _rating(mine, threshold) != f.rating:
+        return False
+    return not f.corrected or any(r.get("correction") for r in mine)
+
+
+def _rating(ratings: list[dict[str, Any]], threshold: float) -> str:
+    if not ratings:
+        return "none"
+    mean = sum(r["score"] for r in ratings) / len(ratings)
+    return "down" if mean < threshold else "up"
+
+
+async def ratings_of(redis: aioredis.Redis, ids: list[str]) -> list[list[dict[str, Any]]]:
+    pipe = redis.pipeline(transaction=False)
+    for rid in ids:
+        pipe.hgetall(keys.feedback(rid))
+    return [
+        sorted((orjson.loads(v) for v in raw.values()), key=lambda r: (r["created"], r["rater"]))
+        for raw in await pipe.execute()
+    ]
+
+
+async def interactions(
+    redis: aioredis.Redis,
+    user: User,
+    f: Filters,
+    before: str | None,
+    size: int,
+    threshold: float,
+) -> Page:
+    """One page of the interaction stream, newest first, filtered.
+
+    Experiment, arm and time are read from the stream entries; tenant and text from the
+    records, fetched a batch at a time (text is looked for in the raw JSON before any
+    record is parsed); ratings only for the records that pass those. A page reads at most
+    ``SCAN_LIMIT`` entries and works at most ``SCAN_BUDGET_S``, so a filter that matches
+    little never scans the whole store at once: the page says so and offers to go on.
+    """
+    page = Page()
+    deadline = time.monotonic() + SCAN_BUDGET_S
+    hi = "+" if before is None else f"({before}"
+    if f.until and (ms := _day_ms(f.until, end=True)) is not None and before is None:
+        hi = str(ms)
+    lo = "-"
+    if f.since and (ms := _day_ms(f.since)) is not None:
+        lo = str(ms)
+    needle = f.q.lower().encode() if f.q and not set(f.q) & set('"\\') else None
+    last: str | None = None
+    batch = size + 1  # unfiltered, one read fills the page; filtered, reads grow
+    while len(page.rows) < size:
+        entries: list[Any] = (
+            await redis.xrevrange(keys.INTERACTION_STREAM, hi, lo, count=batch) or []
+        )
+        page.scanned += len(entries)
+        cand = []
+        for sid, fields in entries:
+            fd = {keys.text(k): keys.text(v) for k, v in fields.items()}
+            if f.experiment and fd.get("experiment") != f.experiment:
+                continue
+            if f.arm and fd.get("arm") != f.arm:
+                continue
+            cand.append((keys.text(sid), fd["id"]))
+        by_rating = bool(f.rating or f.corrected)
+        rated_first: dict[str, list[dict[str, Any]]] = {}
+        if by_rating and cand:  # the ratings narrow most: read them before the records
+            ratings = await ratings_of(redis, [rid for _, rid in cand])
+            for (_, rid), rs in zip(cand, ratings, strict=True):
+                mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
+                if _rating_matches(f, mine, threshold):
+                    rated_first[rid] = mine
+            cand = [(sid, rid) for sid, rid in cand if rid in rated_first]
+        raws = await redis.mget([keys.interaction(rid) for _, rid in cand]) if cand else []
+        found = []
+        for (sid, _), raw in zip(cand, raws, strict=True):
+            if raw is None or (needle is not None and needle not in raw.lower()):
+                continue
+            rec = orjson.loads(raw)
+            if user.tenant and rec.get("tenant") != user.tenant:
+                continue
+            if f.tenant and rec.get("tenant") != f.tenant:
+                continue
+            if f.q and f.q.lower() not in _text(rec):
+                continue
+            found.append((sid, rec))
+        if by_rating:
+            rated = [rated_first[rec["id"]] for _, rec in found]
+        else:
+            rated = await ratings_of(redis, [r["id"] for _, r in found]) if found else []
+        full = False
+        for (sid, rec), rs in zip(found, rated, strict=True):
+            mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
+            page.rows.append({**rec, "stream_id": sid, "ratings": mine,
+                              "rating": _rating(mine, threshold)})  # fmt: skip
+            last = sid
+            if len(page.rows) == size:
+                full = True
+                break
+        if full:
+            break
+        if len(entries) < batch:  # the start of the stream (or of the time range)
+            last = None
+            break
+        batch = min(batch * 2, MAX_BATCH)
+        last = keys.text(entries[-1][0])
+        hi = f"({last}"
+        if page.scanned >= SCAN_LIMIT or time.monotonic() > deadline:
+            page.truncated = True
+            break
+    page.next_cursor = last
+    return page
+
+
+async def interaction(redis: aioredis.Redis, response_id: str) -> dict[str, Any] | None:
+    return keys.decode(await redis.get(keys.interaction(response_id)))
+
+
+async def overview(control: Control, redis: aioredis.Redis) -> list[dict[str, Any]]:
+    """Each experiment's state with its report (arms, shares, ratings, decision, pin)."""
+    out = []
+    for state in await control.experiments.states():
+        rep = await control.report(state["name"])
+        out.append({"state": state, "report": rep})
+    return out
+
+
+async def health(st: Any) -> dict[str, Any]:
+    redis_problem = await store.ping(st.redis)
+    upstreams = {name: pool.states() for name, pool in st.upstream.pools.items()}
+    dropped = st.metrics.log_dropped._value.get()
+    return {"redis": redis_problem or "ok", "upstreams": upstreams, "log_dropped": int(dropped)}
+
+
+async def versions(
+    redis: aioredis.Redis, name: str, history: list[dict[str, Any]], state: dict[str, Any],
+    control: Control,
+) -> list[dict[str, Any]]:
+    """The report's per-arm summary under each version still counted: the plots' points."""
+    models = control.router.models
+    points = []
+    for entry in history[-30:]:
+        v = int(entry["version"])
+        exp = Experiment.model_validate(entry["after"])
+        raw = await report.collect(redis, name, exp, v)
+        total = sum(a.weight for a in exp.arms)
+        arms: dict[str, dict[str, Any]] = {}
+        for arm in exp.arms:
+            price = models[arm.model].price if arm.model in models else None
+            counted = report.arm_data(arm.model, arm.weight, raw[arm.model], price)
+            arms[arm.model] = report.arm_summary(counted, total, raw[arm.model])
+        served = sum(s["requests"] for s in arms.values())
+        for s in arms.values():
+            s["traffic_share"] = s["requests"] / served if served else None
+        points.append({"version": v, "at": entry["at"], "arms": arms})
+    return points
+
+
+def dataset_root(dataset_dir: Path, experiment: str) -> Path:
+    return dataset_dir / experiment
+
+
+def datasets(dataset_dir: Path, experiments: list[str]) -> list[dict[str, Any]]:
+    """Each dataset version's manifest, newest first."""
+    out = []
+    for exp in experiments:
+        root = dataset_root(dataset_dir, exp)
+        if not root.is_dir():
+            continue
+        for d in root.iterdir():
+            m = d / "manifest.json"
+            if d.is_dir() and m.is_file():
+                doc = orjson.loads(m.read_bytes())
+                doc["path"] = str(d)
+                out.append(doc)
+    by_id = {d["id"]: d for d in out}
+    for d in out:  # the difference from the parent version, split by split
+        parent = by_id.get(d.get("parent") or "")
+        if parent is not None:
+            splits = sorted(set(d["counts"]) | set(parent["counts"]))
+            d["diff"] = {s: d["counts"].get(s, 0) - parent["counts"].get(s, 0) for s in splits}
+    return sorted(out, key=lambda d: d.get("created", ""), reverse=True)
+
+
+async def jobs(redis: aioredis.Redis, limit: int = 50) -> list[dict[str, Any]]:
+    ids: list[Any] = await redis.zrevrange(keys.JOBS, 0, limit - 1)
+    if not ids:
+        return []
+    raws = await redis.mget([keys.job(keys.text(i)) for i in ids])
+    return [orjson.loads(r) for r in raws if r is not None]
+
+
+async def job(redis: aioredis.Redis, job_id: str) -> dict[str, Any] | None:
+    return keys.decode(await redis.get(keys.job(job_id)))
+
+
+def _version_dir(dataset_dir: Path, experiment: str, vid: str) -> Path | None:
+    root = dataset_root(dataset_dir, experiment).resolve()
+    path = (root / vid).resolve()
+    if path.parent != root or not (path / "manifest.json").is_file():
+        return None
+    return path
+
+
+def dataset_file(dataset_dir: Path, experiment: str, vid: str, split: str) -> Path | None:
+    """A version's OpenAI JSONL file (``train``, ``validation``, ``test``, ``preference``)."""
+    if split not in ("train", "validation", "test", "preference"):
+        return None
+    path = _version_dir(dataset_dir, experiment, vid)
+    f = None if path is None else path / f"{split}.jsonl"
+    return f if f is not None and f.is_file() else None
+
+
+def examples_of(
+    dataset_dir: Path, experiment: str | None, response_id: str
+) -> list[dict[str, Any]]:
+    """The training examples an interaction became, in the experiment's latest version."""
+    if not experiment:
+        return []
+    root = dataset_root(dataset_dir, experiment)
+    pointer = root / "latest"
+    try:
+        vid = pointer.read_text().strip()
+    except OSError:
+        return []
+    path = _version_dir(dataset_dir, experiment, vid)
+    if path is None:
+        return []
+    needle = response_id.encode()
+    out = []
+    with open(path / "examples.jsonl", "rb") as f:
+        for line in f:
+            if needle in line:
+                row = orjson.loads(line)
+                if row.get("response_id") == response_id:
+                    out.append({**row, "version": vid})
+    return out
+
+
+def lineage(
+    models: list[dict[str, Any]], jobs: list[dict[str, Any]], states: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Dataset → job → model → experiment arm → outcome, for each job that made a model."""
+    arms = {(s["name"], a["model"]): (s["name"], a["weight"], s["spec"].get("control"))
+            for s in states for a in s["spec"]["arms"]}  # fmt: skip
+    registered = {m["id"] for m in models}
+    out = []
+    for j in jobs:
+        model = j.get("model_name")
+        exp = arms.get((j.get("experiment"), model)) if model else None
+        out.append({
+            "dataset": j.get("dataset_id"), "job": j["id"], "status": j.get("status"),
+            "model": model if model in registered else None,
+            "arm": f"{exp[0]} @ {exp[1]:g}" if exp else None,
+            "outcome": ("control" if exp and exp[2] == model else
+                        "serving" if exp and exp[1] > 0 else
+                        "idle" if exp else j.get("status")),
+        })  # fmt: skip
+    return out

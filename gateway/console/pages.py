@@ -1,0 +1,458 @@
+"""The console's routes under ``/ui/``: pages (GET) and forms (POST, CSRF-checked).
+
+Routes read through :mod:`.data` and change state only through the admin API's code
+(:class:`gateway.experiments.Experiments`) or the review store (:mod:`gateway.review`).
+A page asked for without a session redirects to the login form; a bad key, a missing
+permission or bad input is raised as the gateway's usual error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from .. import keys, review
+from ..bodies import read_bounded
+from ..errors import (
+    AuthenticationFailed,
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    UnsupportedMediaType,
+)
+from ..experiments import promoted, weighted
+from . import data, svg
+from .access import COOKIE, Access, User
+
+HERE = Path(__file__).parent
+HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "script-src 'self'; form-action 'self'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+class LoginNeeded(Exception):
+    """No session: the page redirects to the login form."""
+
+
+class ConsoleRoute(APIRoute):
+    """A console route: for a browser (HTML accepted, no bearer header), an error the
+    route raises is shown as a page with the same status; scripts get the JSON error."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except GatewayError as exc:
+                if request.headers.get("authorization") or "text/html" not in request.headers.get(
+                    "accept", ""
+                ):
+                    raise
+                html = ENV.get_template("error.html").render(error=exc, user=None, path="")
+                return HTMLResponse(html, status_code=exc.status, headers=HEADERS)
+
+        return handler
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["num"] = _num
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
+    env.filters["q"] = lambda v: quote(str(v), safe="")
+    return env
+
+
+ENV = environment()
+
+
+def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
+    router = APIRouter(prefix="/ui", include_in_schema=False, route_class=ConsoleRoute)
+    env = ENV
+
+    def bound(request: Request) -> Access:
+        if not access.bound:  # the key ring and the id secret are opened by the lifespan
+            st = request.app.state.gateway
+            access.bind(st.chat.keyring, st.chat.ids.derive("console-session"))
+        return access
+
+    def current(request: Request) -> User:
+        user = bound(request).user(
+            request.headers.get("authorization"), request.cookies.get(COOKIE)
+        )
+        if user is None:
+            raise LoginNeeded
+        return user
+
+    def admin_only(user: User) -> None:
+        if not user.admin:
+            raise PermissionDenied("This page needs an admin key; a reviewer key was given.")
+
+    def render(request: Request, user: User | None, name: str, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(
+            user=user, csrf=access.csrf_token(user) if user else "", path=request.url.path, **ctx
+        )
+        return HTMLResponse(html, headers=HEADERS)
+
+    async def form(request: Request, user: User | None = None) -> dict[str, str]:
+        """A posted form's fields (the CSRF token checked when a user is given)."""
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+            raise PermissionDenied("A console form must be posted from the console's own pages.")
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType(
+                "Console forms are sent as 'application/x-www-form-urlencoded'.",
+                param="content-type",
+            )
+        limit = request.app.state.gateway.settings.limits.max_body_bytes
+        raw = await read_bounded(request, limit)
+        fields = {k: v[-1] for k, v in parse_qs(raw.decode(errors="replace"),
+                                                keep_blank_values=True).items()}  # fmt: skip
+        if user is not None:
+            access.check_csrf(user, fields.get("csrf"))
+        return fields
+
+    def see_other(url: str) -> RedirectResponse:
+        return RedirectResponse(url, status_code=303, headers=HEADERS)
+
+    # login ----------------------------------------------------------------------------
+
+    @router.get("/login")
+    async def login_form(request: Request) -> Response:
+        bound(request)
+        return render(request, None, "login.html", error=None, next=_safe_next(request))
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        fields = await form(request)
+        key = fields.get("key", "")
+        nxt = _safe_next(request, fields.get("next", ""))
+        bound(request)
+        try:
+            if not key.strip():
+                raise AuthenticationFailed("Enter a key.")
+            user = access.by_key(key)
+        except (AuthenticationFailed, PermissionDenied) as exc:  # shown on the form
+            page = render(request, None, "login.html", error=exc.message, next=nxt)
+            page.status_code = exc.status
+            return page
+        response = see_other(nxt or ("/ui/" if user.admin else "/ui/review"))
+        response.set_cookie(
+            COOKIE, access.new_session(user), max_age=int(access.session_s), path="/ui",
+            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+        )  # fmt: skip
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        user = current(request)
+        await form(request, user)
+        response = see_other("/ui/login")
+        response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+        return response
+
+    # overview and experiments ---------------------------------------------------------
+
+    @router.get("/")
+    async def overview(request: Request) -> Response:
+        user = current(request)
+        if not user.admin:
+            return see_other("/ui/review")
+        st = request.app.state.gateway
+        rows = await data.overview(st.control, st.redis)
+        changes = []
+        for r in rows:
+            history = await st.control.experiments.history(r["state"]["name"])
+            changes += [{"experiment": r["state"]["name"], **h} for h in history[-5:]]
+        changes = sorted(changes, key=lambda h: h["at"], reverse=True)[:10]
+        return render(request, user, "overview.html", rows=rows, changes=changes,
+                      health=await data.health(st))  # fmt: skip
+
+    @router.get("/experiments/{name:path}")
+    async def experiment(request: Request, name: str) -> Response:
+        user = current(request)
+        admin_only(user)
+        st = request.app.state.gateway
+        state = await st.control.experiments.state(name)
+        rep = await st.control.report(name)
+        history = await st.control.experiments.history(name)
+        points = await data.versions(st.redis, name, history, state, st.control)
+        return render(request, user, "experiment.html", state=state, report=rep,
+                      history=list(reversed(history)), plots=_plots(points))  # fmt: skip
+
+    @router.post("/actions/confirm")
+    async def confirm(request: Request) -> Response:
+        user = current(request)
+        admin_only(user)
+        fields = await form(request, user)
+        st = request.app.state.gateway
+        name = fields.get("experiment", "")
+        state = await st.control.experiments.state(name)
+        action, model = fields.get("action", ""), fields.get("model", "")
+        before = state["spec"]
+        if action == "ramp":
+            weight = _weight(fields.get("weight"))
+            after = weighted({model: weight})(_spec(before)).model_dump()
+            if model not in {a["model"] for a in before["arms"]}:
+                raise InvalidRequest(f"'{model:.128}' is not an arm of '{name}'.", param="model")
+        elif action == "promote":
+            after = promoted(model)(_spec(before)).model_dump()
+        elif action == "rollback":
+            if state.get("previous") is None:
+                raise Conflict(f"Experiment '{name}' has no earlier state to roll back to.")
+            after = state["previous"]
+        else:
+            raise InvalidRequest("'action' must be ramp, promote or rollback.", param="action")
+        return render(request, user, "confirm.html", state=state, action=action, model=model,
+                      weight=fields.get("weight", ""), before=before, after=after)  # fmt: skip
+
+    @router.post("/actions/apply")
+    async def apply(request: Request) -> Response:
+        user = current(request)
+        admin_only(user)
+        fields = await form(request, user)
+        experiments = request.app.state.gateway.control.experiments
+        name, action, model = fields.get("experiment", ""), fields.get("action"), fields.get(
+            "model", "")  # fmt: skip
+        version = _int(fields.get("version"), "version")
+        who = user.name
+        if action == "ramp":
+            weight = _weight(fields.get("weight"))
+            await experiments.change(name, who, f"ramped {model:.128} to {weight:g}",
+                                     weighted({model: weight}), expect_version=version)  # fmt: skip
+        elif action == "promote":
+            await experiments.change(name, who, f"promoted {model:.128}", promoted(model),
+                                     expect_version=version)  # fmt: skip
+        elif action == "rollback":
+            await experiments.change(name, who, "rolled back", None, expect_version=version)
+        else:
+            raise InvalidRequest("'action' must be ramp, promote or rollback.", param="action")
+        return see_other(f"/ui/experiments/{quote(name)}")
+
+    # review queue -----------------------------------------------------------------------
+
+    async def queue(request: Request, user: User, only: str = "") -> list[dict[str, Any]]:
+        """Failures awaiting a person (of one experiment, with ``only``), in the user's view."""
+        st = request.app.state.gateway
+        out = []
+        for state in await st.control.experiments.states():
+            if only and state["name"] != only:
+                continue
+            items = await review.items(st.redis, state["name"])
+            for rid, item in items.items():
+                if not review.pending(item):
+                    continue
+                out.append({**item, "response_id": rid, "experiment": state["name"]})
+        if user.tenant:  # only failures of the reviewer's tenant
+            recs = await st.redis.mget([keys.interaction(i["response_id"]) for i in out]
+                                       ) if out else []  # fmt: skip
+            out = [i for i, r in zip(out, recs, strict=True)
+                   if r is not None and orjson.loads(r).get("tenant") == user.tenant]  # fmt: skip
+        return out
+
+    @router.get("/review")
+    async def review_list(request: Request) -> Response:
+        user = current(request)
+        only = request.query_params.get("experiment", "")
+        experiments = sorted(request.app.state.gateway.control.router.experiments)
+        return render(request, user, "review_list.html", items=await queue(request, user, only),
+                      only=only, experiments=experiments)  # fmt: skip
+
+    @router.get("/review/next")
+    async def review_next(request: Request) -> Response:
+        user = current(request)
+        only = request.query_params.get("experiment", "")
+        items = await queue(request, user, only)
+        skip = set(request.query_params.getlist("skip"))
+        rest = [i for i in items if i["response_id"] not in skip]
+        return render(request, user, "review_item.html", item=rest[0] if rest else None,
+                      left=len(rest), skip=sorted(skip), only=only)  # fmt: skip
+
+    @router.post("/review/save")
+    async def review_save(request: Request) -> Response:
+        user = current(request)
+        fields = await form(request, user)
+        st = request.app.state.gateway
+        exp, rid, action = fields.get("experiment", ""), fields.get("id", ""), fields.get("action")
+        allowed = {i["response_id"] for i in await queue(request, user) if i["experiment"] == exp}
+        if rid not in allowed:
+            raise NotFound(f"No failure '{rid:.80}' awaits review in '{exp:.128}'.", param="id")
+        skip = [s for s in fields.get("skip", "").split(",") if s]
+        only = fields.get("only", "")
+        if action == "save":
+            try:
+                await review.correct(st.redis, exp, rid, fields.get("correction", ""), user.name)
+            except review.BadCorrection as exc:
+                raise InvalidRequest(str(exc), param="correction") from None
+        elif action == "dismiss":
+            await review.dismiss(st.redis, exp, rid, user.name)
+        elif action == "skip":
+            skip.append(rid)
+        else:
+            raise InvalidRequest("'action' must be save, dismiss or skip.", param="action")
+        query = [("experiment", only)] if only else []
+        query += [("skip", s) for s in skip]
+        return see_other("/ui/review/next" + (f"?{urlencode(query)}" if query else ""))
+
+    # interactions -----------------------------------------------------------------------
+
+    @router.get("/interactions")
+    async def interactions(request: Request) -> Response:
+        user = current(request)
+        st = request.app.state.gateway
+        qp = request.query_params
+        f = data.Filters(
+            experiment=qp.get("experiment", ""), arm=qp.get("arm", ""),
+            rating=qp.get("rating", "") if qp.get("rating") in ("up", "down", "none") else "",
+            corrected=qp.get("corrected") == "1", tenant=qp.get("tenant", ""),
+            q=qp.get("q", "")[:200], since=qp.get("since", ""), until=qp.get("until", ""),
+        )  # fmt: skip
+        before = qp.get("before") or None
+        page = await data.interactions(st.redis, user, f, before, page_size,
+                                       st.settings.feedback.failure_threshold)  # fmt: skip
+        more = urlencode({**f.query(), "before": page.next_cursor}) if page.next_cursor else None
+        return render(request, user, "interactions.html", page=page, f=f, more=more,
+                      experiments=sorted(st.control.router.experiments))  # fmt: skip
+
+    @router.get("/interactions/{response_id}")
+    async def interaction(request: Request, response_id: str) -> Response:
+        user = current(request)
+        st = request.app.state.gateway
+        rec = await data.interaction(st.redis, response_id)
+        if rec is None or (user.tenant and rec.get("tenant") != user.tenant):
+            raise NotFound(f"No interaction '{response_id:.80}'.", param="response_id")
+        ratings = (await data.ratings_of(st.redis, [response_id]))[0]
+        if user.tenant:
+            ratings = [r for r in ratings if r.get("tenant") == user.tenant]
+        queued = await review.item(st.redis, rec.get("experiment") or "", response_id) \
+            if rec.get("experiment") else None  # fmt: skip
+        examples = data.examples_of(dataset_dir, rec.get("experiment"), response_id)
+        return render(request, user, "interaction.html", rec=rec, ratings=ratings,
+                      queued=queued, examples=examples)  # fmt: skip
+
+    # datasets and jobs --------------------------------------------------------------------
+
+    @router.get("/datasets")
+    async def datasets(request: Request) -> Response:
+        user = current(request)
+        admin_only(user)
+        st = request.app.state.gateway
+        versions = data.datasets(dataset_dir, sorted(st.control.router.experiments))
+        return render(request, user, "datasets.html", versions=versions)
+
+    @router.get("/datasets/{experiment}/{vid}/{split}.jsonl")
+    async def download(request: Request, experiment: str, vid: str, split: str) -> Response:
+        user = current(request)
+        admin_only(user)
+        path = data.dataset_file(dataset_dir, experiment, vid, split)
+        if path is None:
+            raise NotFound(f"No file {split}.jsonl in dataset version '{vid:.80}'.")
+        return FileResponse(path, media_type="application/jsonl", filename=f"{vid}-{split}.jsonl",
+                            headers={"cache-control": "no-store"})  # fmt: skip
+
+    @router.get("/jobs")
+    async def jobs(request: Request) -> Response:
+        user = current(request)
+        admin_only(user)
+        st = request.app.state.gateway
+        all_jobs = await data.jobs(st.redis)
+        plots = {j["id"]: svg.line_plot("loss", [
+            svg.Series("train", [(p["step"], p["loss"], None, None) for p in j.get("loss") or []
+                                 if p.get("loss") is not None]),
+            svg.Series("eval", [(p["step"], p["eval_loss"], None, None)
+                                for p in j.get("loss") or [] if p.get("eval_loss") is not None]),
+        ], x_label="step") for j in all_jobs[:10]}  # fmt: skip
+        return render(request, user, "jobs.html", jobs=all_jobs, plots=plots,
+                      models=st.control.models(),
+                      lineage=data.lineage(st.control.models(), all_jobs,
+                                           await st.control.experiments.states()))  # fmt: skip
+
+    return router
+
+
+def _safe_next(request: Request, value: str | None = None) -> str:
+    nxt = value if value is not None else request.query_params.get("next", "")
+    return nxt if nxt.startswith("/ui/") and not nxt.startswith("//") and "\\" not in nxt else ""
+
+
+def _spec(doc: dict[str, Any]) -> Any:
+    from ..config import Experiment
+
+    return Experiment.model_validate(doc)
+
+
+def _int(raw: str | None, param: str) -> int:
+    try:
+        return int(raw or "")
+    except ValueError:
+        raise InvalidRequest(f"'{param}' must be an integer.", param=param) from None
+
+
+def _weight(raw: str | None) -> float:
+    try:
+        w = float(raw or "")
+    except ValueError:
+        raise InvalidRequest("'weight' must be a number from 0 to 100.", param="weight") from None
+    if not 0 <= w <= 100:
+        raise InvalidRequest("'weight' must be a number from 0 to 100.", param="weight")
+    return w
+
+
+def _plots(points: list[dict[str, Any]]) -> list[str]:
+    arms = sorted({a for p in points for a in p["arms"]})
+
+    def series(get: Callable[[dict[str, Any]], Any], band: bool = False) -> list[svg.Series]:
+        out = []
+        for arm in arms:
+            s = svg.Series(arm)
+            for p in points:
+                a = p["arms"].get(arm)
+                if a is None or get(a) is None:
+                    continue
+                lo, hi = (a["ratings"]["ci95"] if band else (None, None))
+                s.points.append((p["version"], float(get(a)), lo, hi))
+            out.append(s)
+        return out
+
+    return [
+        svg.line_plot("mean rating (95% CI)", series(lambda a: a["ratings"]["mean_score"], True)),
+        svg.line_plot("traffic share", series(lambda a: a["traffic_share"])),
+        svg.line_plot("p95 latency (ms)", series(lambda a: a["latency_ms"]["p95"])),
+        svg.line_plot("error rate", series(lambda a: a["error_rate"])),
+        svg.line_plot("cost per 1k requests", series(lambda a: a["cost_per_1k_requests"])),
+    ]
