@@ -39,11 +39,23 @@ def load_config_or_exit(path: str | None) -> Settings:
         raise SystemExit(2) from None
 
 
+MASKED = "**masked-secret**"  # long enough for every secret's own validation
+
+
+def _masked(value: Any) -> Any:
+    """SecretStr values dump as '**********': one placeholder that check-config accepts."""
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return MASKED if value == "**********" else value
+
+
 def show_config(settings: Settings, source: str) -> str:
     """The effective config as YAML: every default filled in, secrets masked."""
     import yaml
 
-    doc = settings.model_dump(mode="json")  # SecretStr values dump as '**********'
+    doc = _masked(settings.model_dump(mode="json"))
     return (
         f"# Effective Flywheel config ({source}); every default is filled in and secrets\n"
         "# are masked. `gateway check-config --config FILE` accepts this file as it is.\n"

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Names appear in Redis keys (``:``-separated) and metric labels: no ``:``.
@@ -540,9 +548,12 @@ class Settings(BaseSettings):
         # The environment overrides the file: that is how a deployment injects secrets.
         return env_settings, init_settings
 
-    @property
-    def auth_open(self) -> bool:
-        return not any(k.key.get_secret_value() for k in self.auth.api_keys)
+    @field_validator("id_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("needs at least 16 bytes (e.g. `openssl rand -hex 32`)")
+        return value
 
 
 class ConfigError(Exception):

@@ -64,7 +64,6 @@ JOB_STATUSES = (
     "queued", "running", "staging", "evaluating", "cancelling",
     "registered", "rejected", "failed", "cancelled",
 )  # fmt: skip
-BREAKER_STATES = ("closed", "open", "half_open")
 
 
 def prepare_multiprocess_dir(path: str | Path) -> Path:

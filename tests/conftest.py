@@ -150,3 +150,12 @@ def gateway(
 def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=gateway.base_url, api_key=API_KEY, max_retries=0) as c:
         yield c  # closed after the test: no pooled socket is left for the collector
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the real vLLM server — directly or through a fixture that
+    does (``gateway``, ``client``, …) — carries the ``vllm`` marker, so
+    ``-m "not vllm"`` runs exactly the tests that start no model server."""
+    for item in items:
+        if "vllm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)

@@ -55,7 +55,14 @@ def test_no_config_gives_the_local_default() -> None:
     assert s.redis_url is None  # embedded Redis
     assert s.upstreams["local"].base_url == "http://127.0.0.1:8001/v1"
     assert [a.model for a in s.experiments["default"].arms] == ["base"]
-    assert s.auth_open
+    assert not s.auth.api_keys and not s.auth.admin_keys  # open: local development
+
+
+def test_a_short_id_secret_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "short.yaml"
+    path.write_text('id_secret: "short"\n')
+    with pytest.raises(ConfigError, match=r"^id_secret: .*at least 16 bytes"):
+        load_settings(path, env={})
 
 
 def test_environment_overrides_a_top_level_key(
@@ -204,7 +211,7 @@ def test_config_show_prints_the_effective_config_that_check_config_accepts(
     doc = yaml.safe_load(shown.stdout)
     assert doc["interaction_log"]["batch_size"] == 2048  # a default, filled in
     if source:
-        assert doc["auth"]["admin_keys"][0]["key"] == "**********"  # masked
+        assert doc["auth"]["admin_keys"][0]["key"] == doc["id_secret"] == "**masked-secret**"
         assert "sk-admin" not in shown.stdout and "sk-openai" not in shown.stdout
     else:
         assert doc["retrain"]["min_examples"] == 10  # the quick-start stack's profile
