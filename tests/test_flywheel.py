@@ -90,14 +90,22 @@ def new_experiment(gw: GatewayProcess) -> str:
     return name
 
 
+def rated_experiment(
+    gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: Any
+) -> tuple[str, Path]:
+    """A new experiment whose answers were rated down with corrections, and the retrain
+    config that trains on them."""
+    exp = new_experiment(gw)
+    rate_corrections(gw, exp)
+    return exp, config_for(gw, tmp_path, tiny_model, **local)
+
+
 @pytest.mark.vllm
 def test_a_rated_correction_comes_back_as_the_canarys_answer(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
-    exp = new_experiment(gateway)
-    rate_corrections(gateway, exp)
-    config = config_for(gateway, tmp_path, tiny_model)
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model)
 
     first = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -148,9 +156,7 @@ def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
-    exp = new_experiment(gateway)
-    rate_corrections(gateway, exp)
-    config = config_for(gateway, tmp_path, tiny_model, max_steps=1, learning_rate=1e-9)
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model, max_steps=1, learning_rate=1e-9)
     run = retrain(config, "run", "--experiment", exp)
     assert run.returncode == 6, run.stdout + run.stderr
     assert "not registered: ROUGE-L" in run.stderr and "< the margin 0.05" in run.stderr
@@ -188,9 +194,7 @@ def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
-    exp = new_experiment(gateway)
-    rate_corrections(gateway, exp)
-    config = config_for(gateway, tmp_path, tiny_model)
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="checkpoint")  # kill -9 there
     assert killed.returncode == 137
     store = JobStore(redis.Redis.from_url(redis_server.url))
@@ -215,9 +219,7 @@ def test_a_run_that_finds_the_gateway_down_at_registration_registers_on_the_next
 ) -> None:  # fmt: skip
     own = GatewayProcess(yaml.safe_load(gateway.config_path.read_text()), tmp_path / "gw").start()
     try:
-        exp = new_experiment(own)
-        rate_corrections(own, exp)
-        config = config_for(own, tmp_path, tiny_model)
+        exp, config = rated_experiment(own, tmp_path, tiny_model)
         running = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)  # fmt: skip
         store = JobStore(redis.Redis.from_url(redis_server.url))
@@ -275,9 +277,7 @@ def test_a_run_killed_after_staging_leaves_no_half_registered_model(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
-    exp = new_experiment(gateway)
-    rate_corrections(gateway, exp)
-    config = config_for(gateway, tmp_path, tiny_model)
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="after-stage")
     assert killed.returncode == 137
     store = JobStore(redis.Redis.from_url(redis_server.url))
@@ -308,9 +308,7 @@ def test_retrain_cancel_stops_a_running_job_and_nothing_is_registered(
     gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
     tiny_model: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
-    exp = new_experiment(gateway)
-    rate_corrections(gateway, exp)
-    config = config_for(gateway, tmp_path, tiny_model, max_steps=100_000)
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model, max_steps=100_000)
     running = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True)  # fmt: skip
     store = JobStore(redis.Redis.from_url(redis_server.url))
