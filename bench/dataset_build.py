@@ -1,4 +1,4 @@
-"""How long ``retrain build`` takes for 100,000 feedback events (issue #5: under a minute).
+"""How long ``retrain build`` takes for 100,000 feedback events (the target: under a minute).
 
     .venv/bin/python -m bench.dataset_build [--events 100000]
 

@@ -178,7 +178,7 @@ def log_line(res: dict[str, Any]) -> str | None:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue #8's targets, each with the measured value and whether it is met."""
+    """The gateway's performance targets, each with the measured value and whether it is met."""
     out: list[dict[str, Any]] = []
     systems = res.get("systems", {})
     opts = res["meta"]["options"]
@@ -261,5 +261,5 @@ def render(res: dict[str, Any]) -> str:
     items = targets(res)
     res["targets"] = items
     if items:
-        parts += ["Targets (issue #8)", targets_table(items)]
+        parts += ["Targets", targets_table(items)]
     return "\n\n".join(p for p in parts if p)
