@@ -309,28 +309,32 @@ class LocalTraining(_Strict):
     adapter_dir: Path = Field(
         Path("./data/adapters"), description="trained adapters (and their checkpoints)"
     )
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo"] = Field(
+        "sft", description="sft: the corrections as answers; dpo: preference pairs"
+    )
     r: Literal[8, 16, 32, 64] = Field(
         16, description="LoRA rank; the vLLM upstream's max_lora_rank must cover it"
     )
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    epochs: float = Field(3.0, gt=0)
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling (the update is alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA layers")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="layers that get an adapter (vLLM loads all-linear ones)"
+    )
+    epochs: float = Field(3.0, gt=0, description="passes over the training rows")
     max_steps: int | None = Field(None, ge=1, description="overrides epochs")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="the learning rate after warm-up"
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps warming up")
-    batch_size: int = Field(4, ge=1)
-    max_length: int = Field(1024, ge=16)
-    seed: int = 0
+    batch_size: int = Field(4, ge=1, description="rows per optimizer step")
+    max_length: int = Field(1024, ge=16, description="longer rows are truncated, in tokens")
+    seed: int = Field(0, description="seeds the adapter's initial weights and the data order")
     evaluations: int = Field(
         10, ge=1, description="validation evaluations (and checkpoints) over a training run"
     )
     patience: int = Field(3, ge=1, description="evaluations without a better eval loss")
-    dpo_beta: float = Field(0.1, gt=0)
+    dpo_beta: float = Field(0.1, gt=0, description="dpo: how far from the base it may move")
 
 
 class OpenAITraining(_Strict):

@@ -40,6 +40,11 @@ def test_the_readme_is_short_and_links_only_to_pages_that_exist() -> None:
         assert (REPO / "docs" / f"{page}.md").is_file()
 
 
+def test_every_key_of_the_settings_is_described() -> None:
+    undescribed = [path for path, _, _, description in rows(Settings) if not description]
+    assert not undescribed, f"settings without a description=: {undescribed}"
+
+
 def test_the_reference_lists_every_key_of_the_settings() -> None:
     keys = [path for path, *_ in rows(Settings)]
     assert "retrain.local.r" in keys and "upstreams.NAME.max_lora_rank" in keys
