@@ -40,7 +40,7 @@ from gateway import keys
 from gateway.config import Settings
 
 from . import evaluate, preflight
-from .dataset import Builder, Lock, Version, alive, crash_point, latest_version
+from .dataset import Builder, Lock, alive, crash_point
 from .exit_codes import ExitCode
 from .gateway_client import Gateway
 from .jobs import FINAL, JobStore, dataset_outcome, record_outcome, record_run
@@ -127,16 +127,30 @@ def outcome(result: RunResult) -> str:
     return ends.get(result.exit_code, "failed")
 
 
+@dataclass
+class Trainable:
+    """The dataset version a run trains: its directory and manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+
 def _to_train(
     client: redis.Redis, settings: Settings, experiment: str, log: Callable[[str], None]
-) -> RunResult | Version:
+) -> RunResult | Trainable:
     """The dataset version this run trains, or why there is none."""
     built = Builder(client, settings, experiment).run()
     if built.status in ("below-minimum", "busy", "over-cost-cap") or built.exit_code != OK:
         log(f"skip: {built.message}")
         return RunResult(built.exit_code, f"skipped: {built.message}")
-    version = latest_version(settings.retrain.dataset_dir / experiment)
-    assert version is not None  # the build wrote one, or found one that is the latest
+    assert built.path is not None  # the build wrote a version, or found the latest unchanged
+    # The manifest as written (not rebuilt: with nothing new, the build's own would name
+    # the version as its own parent); the examples are not read again.
+    version = Trainable(built.path, orjson.loads((built.path / "manifest.json").read_bytes()))
     done = dataset_outcome(client, experiment, version.id)
     if done is not None:
         return RunResult(OK, f"nothing new: {version.id} was already trained "
