@@ -41,8 +41,7 @@ async def fill(redis_url: str, n: int) -> None:
     """``n`` records through the gateway's own log writer (records, stream, counters)."""
     client = aioredis.Redis.from_url(redis_url)
     metrics = Metrics()
-    log = InteractionLog(client, metrics, queue_size=n, batch_size=256,
-                         retention_s=7 * 86400)  # fmt: skip
+    log = InteractionLog(client, metrics, queue_size=n, batch_size=256, retention_s=7 * 86400)
     log.start()
     for i, rec in enumerate(make_records(n)):
         log.submit(rec)
@@ -68,16 +67,36 @@ def rate(client: redis.Redis, every: int = 10) -> str:
     now = int(time.time())
     for i, rid in enumerate(ids[::every]):
         score = 0.0 if i % 3 == 0 else 1.0
-        record = {"id": f"fb-{i}", "object": "feedback", "response_id": rid, "rater": "bench",
-                  "rating": "down" if score == 0 else "up", "score": score,
-                  "failure": score < 0.5, "has_correction": False, "comment": None,
-                  "correction": None, "tags": [], "tenant": "bench", "experiment": "ab",
-                  "arm": "m0", "created": now}  # fmt: skip
+        record = {
+            "id": f"fb-{i}",
+            "object": "feedback",
+            "response_id": rid,
+            "rater": "bench",
+            "rating": "down" if score == 0 else "up",
+            "score": score,
+            "failure": score < 0.5,
+            "has_correction": False,
+            "comment": None,
+            "correction": None,
+            "tags": [],
+            "tenant": "bench",
+            "experiment": "ab",
+            "arm": "m0",
+            "created": now,
+        }
         pipe.hset(keys.feedback(rid), "bench", orjson.dumps(record))
         if i < 50 and score == 0:
-            item = {"response_id": rid, "experiment": "ab", "arm": "m0",
-                    "messages": [{"role": "user", "content": "hello"}], "answer": "Hello!",
-                    "comment": None, "tags": [], "group": "u0", "correction": None}  # fmt: skip
+            item = {
+                "response_id": rid,
+                "experiment": "ab",
+                "arm": "m0",
+                "messages": [{"role": "user", "content": "hello"}],
+                "answer": "Hello!",
+                "comment": None,
+                "tags": [],
+                "group": "u0",
+                "correction": None,
+            }
             pipe.hsetnx(keys.review("ab"), rid, orjson.dumps(item))
     pipe.execute()
     return ids[0]
@@ -91,15 +110,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisProcess(Path(tmp) / "redis")
         server.start()
-        gw = GatewayProcess({
-            "redis_url": server.url, "id_secret": ID_SECRET,
-            "auth": {"admin_keys": [{"key": ADMIN_KEY, "name": "bench"}]},
-            "upstreams": {"fixed": {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"m0": {"upstream": "fixed", "model": "m0"},
-                       "m1": {"upstream": "fixed", "model": "m1"}},
-            "experiments": {"ab": {"arms": [{"model": "m0", "weight": 50},
-                                            {"model": "m1", "weight": 50}]}},
-        }, Path(tmp) / "gw")  # fmt: skip
+        gw = GatewayProcess(
+            {
+                "redis_url": server.url,
+                "id_secret": ID_SECRET,
+                "auth": {"admin_keys": [{"key": ADMIN_KEY, "name": "bench"}]},
+                "upstreams": {"fixed": {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1"}},
+                "models": {
+                    "m0": {"upstream": "fixed", "model": "m0"},
+                    "m1": {"upstream": "fixed", "model": "m1"},
+                },
+                "experiments": {
+                    "ab": {"arms": [{"model": "m0", "weight": 50}, {"model": "m1", "weight": 50}]}
+                },
+            },
+            Path(tmp) / "gw",
+        )
         try:
             t0 = time.perf_counter()
             asyncio.run(fill(server.url, args.interactions))
@@ -120,8 +146,9 @@ def main() -> None:
                 "jobs & models": "/ui/jobs",
             }
             rows = []
-            with httpx.Client(base_url=gw.url, timeout=30,
-                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:  # fmt: skip
+            with httpx.Client(
+                base_url=gw.url, timeout=30, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ) as c:
                 for name, path in pages.items():
                     assert c.get(path).status_code == 200, path  # warm
                     times = []
@@ -130,8 +157,14 @@ def main() -> None:
                         r = c.get(path)
                         times.append((time.perf_counter() - s) * 1000)
                         assert r.status_code == 200, (path, r.status_code)
-                    rows.append([name, f"{statistics.median(times):.1f}", f"{max(times):.1f}",
-                                 "yes" if max(times) < 300 else "NO"])  # fmt: skip
+                    rows.append(
+                        [
+                            name,
+                            f"{statistics.median(times):.1f}",
+                            f"{max(times):.1f}",
+                            "yes" if max(times) < 300 else "NO",
+                        ]
+                    )
             print(table(["page", "median ms", "slowest ms", "< 300 ms"], rows))
         finally:
             gw.stop()

@@ -39,21 +39,38 @@ def fill(client: redis.Redis, experiment: str, n: int, seed: int = 0) -> None:
         rid = f"chatcmpl-bench-{i}"
         kind = rng.random()
         messages = [{"role": "user", "content": text(rng, 20)}]
-        interaction = {"id": rid, "experiment": experiment, "arm": "base", "user": f"u{i % 5000}",
-                       "messages": messages, "answer": text(rng, 30), "status": "ok",
-                       "tenant": "default"}  # fmt: skip
+        interaction = {
+            "id": rid,
+            "experiment": experiment,
+            "arm": "base",
+            "user": f"u{i % 5000}",
+            "messages": messages,
+            "answer": text(rng, 30),
+            "status": "ok",
+            "tenant": "default",
+        }
         score, correction = (0.0, text(rng, 30)) if kind < 0.4 else (1.0, None)
         if 0.7 <= kind < 0.9:
             score = 0.0
         elif kind >= 0.9:
             score = 0.5
         record: dict[str, Any] = {
-            "id": f"fb-{i}", "object": "feedback", "response_id": rid, "rater": f"u{i % 5000}",
-            "rating": "down" if score == 0 else ("up" if score == 1 else 3), "score": score,
-            "failure": score < 0.5, "has_correction": correction is not None, "comment": None,
-            "correction": correction, "tags": [f"topic-{i % 7}"], "tenant": "default",
-            "experiment": experiment, "arm": "base", "created": int(time.time()),
-        }  # fmt: skip
+            "id": f"fb-{i}",
+            "object": "feedback",
+            "response_id": rid,
+            "rater": f"u{i % 5000}",
+            "rating": "down" if score == 0 else ("up" if score == 1 else 3),
+            "score": score,
+            "failure": score < 0.5,
+            "has_correction": correction is not None,
+            "comment": None,
+            "correction": correction,
+            "tags": [f"topic-{i % 7}"],
+            "tenant": "default",
+            "experiment": experiment,
+            "arm": "base",
+            "created": int(time.time()),
+        }
         pipe.set(keys.interaction(rid), orjson.dumps(interaction))
         pipe.xadd(keys.FEEDBACK_STREAM, {"data": orjson.dumps(record), "replaced": 0})
         if i % 2000 == 1999:
@@ -73,12 +90,14 @@ def main() -> None:
             t0 = time.perf_counter()
             fill(client, "bench", args.events)
             filled = time.perf_counter() - t0
-            settings = build_settings({
-                "redis_url": server.url,
-                "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:1/v1"}},
-                "models": {"base": {"upstream": "local", "model": "base"}},
-                "retrain": {"dataset_dir": str(Path(tmp) / "datasets"), "keep_good_share": 1.0},
-            })  # fmt: skip
+            settings = build_settings(
+                {
+                    "redis_url": server.url,
+                    "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:1/v1"}},
+                    "models": {"base": {"upstream": "local", "model": "base"}},
+                    "retrain": {"dataset_dir": str(Path(tmp) / "datasets"), "keep_good_share": 1.0},
+                }
+            )
             stages: dict[str, float] = {}
             last = [time.perf_counter()]
 
@@ -95,8 +114,7 @@ def main() -> None:
             server.stop()
     m = result.manifest
     print(f"{args.events} events written to Redis in {filled:.1f} s (setup, not measured)")
-    print(f"retrain build: {result.status} in {took:.1f} s "
-          f"({args.events / took:,.0f} events/s)")  # fmt: skip
+    print(f"retrain build: {result.status} in {took:.1f} s ({args.events / took:,.0f} events/s)")
     print(f"  counts: {m['counts']}")
     print(f"  dropped: {m['dropped']}; review queue: +{m['review_queue']['added']}")
     print(f"  stage boundaries: {', '.join(f'{k} {v:.1f} s' for k, v in stages.items())}")

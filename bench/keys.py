@@ -60,10 +60,11 @@ async def acpu_us(fn: Callable[[], Any], n: int) -> float:
 def lookups(n: int) -> dict[str, float]:
     config = [ApiKey(key=f"sk-config-{i:04d}-0123456789", name=f"c{i}") for i in range(10)]  # type: ignore[arg-type]
     runtime = {
-        digest(f"fwk-runtime-{i:05d}-0123456789abcdef"): Principal(f"r{i}", f"t{i % 50}",
-                                                                   key_id=f"key_{i}")
+        digest(f"fwk-runtime-{i:05d}-0123456789abcdef"): Principal(
+            f"r{i}", f"t{i % 50}", key_id=f"key_{i}"
+        )
         for i in range(10_000)
-    }  # fmt: skip
+    }
     before = KeyRing(config)
     after = KeyRing(config, runtime=lambda: runtime)
     header = "Bearer fwk-runtime-04242-0123456789abcdef"
@@ -139,15 +140,24 @@ def main() -> None:
     for name, us in results.items():
         print(f"| {name} | {us:.2f} |")
     added = (
-        results["lookup_runtime_key"] - results["lookup_config_only_before"]
-        + results["route_with_tenancy"] - results["route_without_tenancy"]
-        + results["admit_key_and_tenant_budget"] + results["charge_key_and_tenant_budget"]
-    )  # fmt: skip
-    print(f"\nadded on the path of a budgeted request (lookup, tenancy, admit, charge): "
-          f"{added:.2f} µs; plus its share of a sync (rows above)")  # fmt: skip
-    free = results["admit_no_budget"] + results["lookup_runtime_key"] - results[
-        "lookup_config_only_before"] + results["route_with_tenancy"] - results[
-        "route_without_tenancy"]  # fmt: skip
+        results["lookup_runtime_key"]
+        - results["lookup_config_only_before"]
+        + results["route_with_tenancy"]
+        - results["route_without_tenancy"]
+        + results["admit_key_and_tenant_budget"]
+        + results["charge_key_and_tenant_budget"]
+    )
+    print(
+        f"\nadded on the path of a budgeted request (lookup, tenancy, admit, charge): "
+        f"{added:.2f} µs; plus its share of a sync (rows above)"
+    )
+    free = (
+        results["admit_no_budget"]
+        + results["lookup_runtime_key"]
+        - results["lookup_config_only_before"]
+        + results["route_with_tenancy"]
+        - results["route_without_tenancy"]
+    )
     print(f"added per request without a budget: {free:.2f} µs")
 
 

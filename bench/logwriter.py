@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from gateway import keys
 from gateway.auth import Principal
 from gateway.chat import Turn
-from gateway.config import InteractionLog as LogConfig
+from gateway.config import InteractionLogConfig as LogConfig
 from gateway.config import Upstream
 from gateway.ids import IdIssuer
 from gateway.interaction_log import InteractionLog

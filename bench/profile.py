@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("FastAPI / Starlette (routing, request, response)", ("fastapi/", "starlette/")),
     ("uvicorn (HTTP server protocol)", ("uvicorn/",)),
     ("asyncio / uvloop", ("asyncio/", "uvloop/")),
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -185,7 +185,20 @@ def _py_spy_argv(spy: str | None, pid: int, opts: ProfileOptions, out: Path) -> 
     assert spy is not None
     if os.geteuid() != 0:
         print("bench: py-spy needs ptrace permission (root or CAP_SYS_PTRACE)", file=sys.stderr)
-    argv = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(opts.duration_s) - 1)),
-            "--rate", "250", "--format", "raw", "--nolineno", "--output", str(out)]  # fmt: skip
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, int(opts.duration_s) - 1)),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--nolineno",
+        "--output",
+        str(out),
+    ]
     # Native stacks need the process paused for each sample (slower, but C time is named).
     return [*argv, "--native"] if opts.native else [*argv, "--nonblocking"]

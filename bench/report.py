@@ -44,9 +44,18 @@ def throughput_table(res: dict[str, Any]) -> str | None:
     direct = systems.get("direct", {})
     if "c1" not in direct:
         return None
-    header = ["system", "p50 ms (1 conn)", "p99 ms (1 conn)", "p50 added", "p99 added",
-              f"req/s ({conns} conn)", f"p50 / p99 ms ({conns} conn)", "CPU µs/req",
-              f"stream req/s ({conns} conn)", "errors"]  # fmt: skip
+    header = [
+        "system",
+        "p50 ms (1 conn)",
+        "p99 ms (1 conn)",
+        "p50 added",
+        "p99 added",
+        f"req/s ({conns} conn)",
+        f"p50 / p99 ms ({conns} conn)",
+        "CPU µs/req",
+        f"stream req/s ({conns} conn)",
+        "errors",
+    ]
     rows = []
     for name, e in systems.items():
         if "c1" not in e:
@@ -56,18 +65,20 @@ def throughput_table(res: dict[str, Any]) -> str | None:
         errors = sum(one["errors"].values()) + sum(many["errors"].values())
         stream_err = sum(st["errors"].values())
         added = name != "direct"
-        rows.append([
-            name,
-            fmt(one["p50_ms"], ".3f"),
-            fmt(one["p99_ms"], ".3f"),
-            fmt(one["p50_ms"] - direct["c1"]["p50_ms"], "+.3f") if added else "–",
-            fmt(one["p99_ms"] - direct["c1"]["p99_ms"], "+.3f") if added else "–",
-            fmt(many["rps"], ",.0f"),
-            f"{fmt(many['p50_ms'])} / {fmt(many['p99_ms'])}",
-            fmt(many["cpu_us_per_req"], ".0f"),
-            fmt(st["rps"], ",.0f") + (" (all failed)" if stream_err >= st["requests"] else ""),
-            str(errors + stream_err) if errors + stream_err else "0",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                fmt(one["p50_ms"], ".3f"),
+                fmt(one["p99_ms"], ".3f"),
+                fmt(one["p50_ms"] - direct["c1"]["p50_ms"], "+.3f") if added else "–",
+                fmt(one["p99_ms"] - direct["c1"]["p99_ms"], "+.3f") if added else "–",
+                fmt(many["rps"], ",.0f"),
+                f"{fmt(many['p50_ms'])} / {fmt(many['p99_ms'])}",
+                fmt(many["cpu_us_per_req"], ".0f"),
+                fmt(st["rps"], ",.0f") + (" (all failed)" if stream_err >= st["requests"] else ""),
+                str(errors + stream_err) if errors + stream_err else "0",
+            ]
+        )
     return table(header, rows)
 
 
@@ -107,26 +118,36 @@ def streaming_table(res: dict[str, Any]) -> str | None:
     if not direct:
         return None
     interval = res["meta"]["options"]["slow_interval_ms"]
-    header = ["system", "TTFT p50 ms", "TTFT p99 ms", "TTFT added (p50)",
-              f"chunks/stream ({interval:g} ms apart)", "gap median ms", "gap min ms",
-              "gap max ms", "errors"]  # fmt: skip
+    header = [
+        "system",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "TTFT added (p50)",
+        f"chunks/stream ({interval:g} ms apart)",
+        "gap median ms",
+        "gap min ms",
+        "gap max ms",
+        "errors",
+    ]
     rows = []
     for name, e in systems.items():
         st = e.get("streaming")
         if not st:
             continue
         added = name != "direct"
-        rows.append([
-            name,
-            fmt(st["ttft_p50_ms"], ".3f"),
-            fmt(st["ttft_p99_ms"], ".3f"),
-            fmt(st["ttft_p50_ms"] - direct["ttft_p50_ms"], "+.3f") if added else "–",
-            fmt(st["chunks_per_stream"], "g"),
-            fmt(st["gap_median_ms"], ".1f"),
-            fmt(st["gap_min_ms"], ".1f"),
-            fmt(st["gap_max_ms"], ".1f"),
-            str(st["errors"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                fmt(st["ttft_p50_ms"], ".3f"),
+                fmt(st["ttft_p99_ms"], ".3f"),
+                fmt(st["ttft_p50_ms"] - direct["ttft_p50_ms"], "+.3f") if added else "–",
+                fmt(st["chunks_per_stream"], "g"),
+                fmt(st["gap_median_ms"], ".1f"),
+                fmt(st["gap_min_ms"], ".1f"),
+                fmt(st["gap_max_ms"], ".1f"),
+                str(st["errors"]),
+            ]
+        )
     notes = [
         f"{name}: {e['streaming']['errors']} failed streams, first: {e['streaming']['first_error']}"
         for name, e in systems.items()
@@ -145,18 +166,27 @@ def arms_table(res: dict[str, Any]) -> str | None:
             continue
         runs = ", ".join(f"{x:,.0f}" for x in a["rps"])
         p50 = ", ".join(f"{x:.2f}" for x in a["p50_ms"])
-        rows.append([
-            n,
-            runs,
-            f"{a['rps_median']:,.0f}",
-            p50,
-            fmt(a.get("cpu_us_per_req"), ".0f"),
-            fmt(a.get("redis_cpu_us_per_req"), ".0f"),
-            str(a["arms_hit"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                n,
+                runs,
+                f"{a['rps_median']:,.0f}",
+                p50,
+                fmt(a.get("cpu_us_per_req"), ".0f"),
+                fmt(a.get("redis_cpu_us_per_req"), ".0f"),
+                str(a["arms_hit"]),
+            ]
+        )
     conns = res["meta"]["options"]["connections"]
-    header = ["arms", f"req/s ({conns} conn), each round", "median", "p50 ms",
-              "gateway CPU µs/req", "Redis CPU µs/req", "arms that got traffic"]  # fmt: skip
+    header = [
+        "arms",
+        f"req/s ({conns} conn), each round",
+        "median",
+        "p50 ms",
+        "gateway CPU µs/req",
+        "Redis CPU µs/req",
+        "arms that got traffic",
+    ]
     return table(header, rows) + (
         f"\n\n100-arm / 2-arm: req/s {arms['ratio']:.3f}, "
         f"gateway CPU per request {fmt(arms.get('cpu_ratio'), '.3f')}"

@@ -368,20 +368,29 @@ def render(results: dict[str, Any]) -> str:
     direct = results["direct_c1_p50_ms"]
     rows = []
     for name, v in variants.items():
-        rows.append([
-            name,
-            f"{v['rps']:,.0f}",
-            f"{v['rps'] / base['rps'] - 1:+.0%}",
-            f"{v['cpu_us_per_req']:.0f}",
-            fmt(v["gc_us_per_req"], ".0f"),
-            f"{v['c1_p50_ms'] - direct:+.3f}",
-            f"{v['c1_p99_ms']:.3f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{v['rps']:,.0f}",
+                f"{v['rps'] / base['rps'] - 1:+.0%}",
+                f"{v['cpu_us_per_req']:.0f}",
+                fmt(v["gc_us_per_req"], ".0f"),
+                f"{v['c1_p50_ms'] - direct:+.3f}",
+                f"{v['c1_p99_ms']:.3f}",
+            ]
+        )
         if results.get("stream"):
             rows[-1].append(f"{v['ttft_p50_ms'] - results['direct_ttft_p50_ms']:+.3f}")
     kind = "stream " if results.get("stream") else ""
-    header = ["variant", f"{kind}req/s (32 conn)", "vs baseline", "CPU µs/req", "GC µs/req",
-              "p50 added (1 conn)", "p99 ms (1 conn)"]  # fmt: skip
+    header = [
+        "variant",
+        f"{kind}req/s (32 conn)",
+        "vs baseline",
+        "CPU µs/req",
+        "GC µs/req",
+        "p50 added (1 conn)",
+        "p99 ms (1 conn)",
+    ]
     if results.get("stream"):
         header.append("TTFT added (p50)")
     return table(header, rows)

@@ -186,8 +186,13 @@ class ApiKeys:
         except ValidationError as exc:
             raise invalid(exc) from None
         before = await self.tenant(tenant, by)
-        after = {"object": "tenant", "tenant": tenant, **spec.model_dump(),
-                 "updated_at": time.time(), "updated_by": by.name}  # fmt: skip
+        after = {
+            "object": "tenant",
+            "tenant": tenant,
+            **spec.model_dump(),
+            "updated_at": time.time(),
+            "updated_by": by.name,
+        }
         entry = _entry("tenant.updated", by, tenant, tenant, before, after)
         try:
             pipe = self.redis.pipeline(transaction=True)
@@ -252,8 +257,9 @@ def _record(
     by: Principal,
 ) -> None:
     pipe.hset(keys.API_KEYS, key_id, orjson.dumps(after))
-    entry = _entry(action, by, key_id, after.get("tenant"),
-                   public(before) if before else None, public(after))  # fmt: skip
+    entry = _entry(
+        action, by, key_id, after.get("tenant"), public(before) if before else None, public(after)
+    )
     _append(pipe, entry)
     pipe.incr(keys.CONTROL_VERSION)
 
@@ -271,8 +277,16 @@ def _entry(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    return {"at": time.time(), "by": by.name, "by_tenant": by.tenant, "action": action,
-            "target": target, "tenant": tenant, "before": before, "after": after}  # fmt: skip
+    return {
+        "at": time.time(),
+        "by": by.name,
+        "by_tenant": by.tenant,
+        "action": action,
+        "target": target,
+        "tenant": tenant,
+        "before": before,
+        "after": after,
+    }
 
 
 def _spec(body: Any) -> KeySpec:

@@ -542,8 +542,12 @@ class ChatService:
     async def _verdict(self, judge: Target, question: str, a: str, b: str) -> float | None:
         """How good answer B is against answer A, in [0, 1] (None: no verdict)."""
         prompt = JUDGE_PROMPT.format(conversation=question, a=a, b=b)
-        payload = {"model": judge.upstream_model, "temperature": 0, "max_tokens": 4,
-                   "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+        payload = {
+            "model": judge.upstream_model,
+            "temperature": 0,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": prompt}],
+        }
         try:
             call = await self.upstream.post(judge, orjson.dumps(payload))
             body = orjson.loads(await self.upstream.read(call))

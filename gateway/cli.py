@@ -196,11 +196,24 @@ def print_report(doc: dict[str, Any]) -> None:
     # Piped output has no terminal width: do not squeeze it into rich's default 80 columns.
     # In a narrow terminal, cells wrap (fold) rather than being cut to "int…".
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    arms = Table(title=f"Experiment {doc['experiment']} (version {doc['version']}), "
-                 f"control: {doc['control']}")  # fmt: skip
-    for col in ("arm", "intended", "assigned", "requests", "error rate", "p50 / p95 ms",
-                "TTFT p50 ms", "ratings", "mean score (95% CI)", "failures", "corrections",
-                "cost / 1k req"):  # fmt: skip
+    arms = Table(
+        title=f"Experiment {doc['experiment']} (version {doc['version']}), "
+        f"control: {doc['control']}"
+    )
+    for col in (
+        "arm",
+        "intended",
+        "assigned",
+        "requests",
+        "error rate",
+        "p50 / p95 ms",
+        "TTFT p50 ms",
+        "ratings",
+        "mean score (95% CI)",
+        "failures",
+        "corrections",
+        "cost / 1k req",
+    ):
         arms.add_column(col, justify="left" if col == "arm" else "right", overflow="fold")
     for a in doc["arms"]:
         r = a["ratings"]
@@ -228,8 +241,15 @@ def print_report(doc: dict[str, Any]) -> None:
     )
     if doc["comparisons"]:
         cmp = Table(title="Candidates vs control")
-        for col in ("candidate", "test", "difference (95% CI)", "p-value", "P(better)",
-                    "guardrails", "verdict"):  # fmt: skip
+        for col in (
+            "candidate",
+            "test",
+            "difference (95% CI)",
+            "p-value",
+            "P(better)",
+            "guardrails",
+            "verdict",
+        ):
             cmp.add_column(col, overflow="fold")
         for c in doc["comparisons"]:
             ci = c["ci95"]

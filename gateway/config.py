@@ -102,7 +102,7 @@ class Console(_Strict):
 Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
 
 
-class Breaker(_Strict):
+class BreakerConfig(_Strict):
     failures: int = Field(5, ge=1, description="consecutive failures that open a replica's circuit")
     open_s: float = Field(10.0, gt=0, description="how long it stays open before one probe")
 
@@ -123,7 +123,7 @@ class Upstream(_Strict):
     idle_timeout_s: float = Field(
         30.0, gt=0, description="streams: longest silence between two chunks"
     )
-    breaker: Breaker = Breaker()
+    breaker: BreakerConfig = BreakerConfig()
     max_lora_rank: int | None = Field(
         None, ge=1, description="vllm: the server's --max-lora-rank (retrain checks its rank)"
     )
@@ -241,7 +241,7 @@ class Experiment(_Strict):
         return out
 
 
-class InteractionLog(_Strict):
+class InteractionLogConfig(_Strict):
     queue_size: int = Field(10_000, ge=1, description="records buffered while Redis is slow")
     batch_size: int = Field(
         2048,
@@ -251,12 +251,13 @@ class InteractionLog(_Strict):
     )
     retention_days: float = Field(30.0, gt=0, description="how long interactions are kept")
     redact: bool = Field(
-        False, description="store messages and answers with e-mail addresses and phone numbers"
-        " replaced by [email] and [phone]"
+        False,
+        description="store messages and answers with e-mail addresses and phone numbers"
+        " replaced by [email] and [phone]",
     )
 
 
-class Feedback(_Strict):
+class FeedbackConfig(_Strict):
     failure_threshold: float = Field(
         0.5, ge=0, le=1, description="a rating whose score is below this is a failure"
     )
@@ -274,7 +275,7 @@ class Feedback(_Strict):
     )
 
 
-class Control(_Strict):
+class ControlConfig(_Strict):
     refresh_s: float = Field(
         0.25, gt=0, description="how often a replica checks Redis for experiment changes"
     )
@@ -386,9 +387,11 @@ class Eval(_Strict):
         0.02, ge=0, description="the candidate's mean golden score may trail the control's by this"
     )
     json_tolerance: float = Field(
-        0.0, ge=0, le=1,
+        0.0,
+        ge=0,
+        le=1,
         description="where answers are JSON: the candidate's valid-JSON rate may trail by this",
-    )  # fmt: skip
+    )
     judge: str | None = Field(
         None, description="a model the gateway serves that compares the two answers (optional)"
     )
@@ -533,9 +536,9 @@ class Settings(BaseSettings):
     experiments: dict[Name, Experiment] = Field(
         {}, description="what apps put in 'model'; the seed of the live state in Redis"
     )
-    interaction_log: InteractionLog = InteractionLog()
-    feedback: Feedback = Feedback()
-    control: Control = Control()
+    interaction_log: InteractionLogConfig = InteractionLogConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    control: ControlConfig = ControlConfig()
     retrain: Retrain = Retrain()
     limits: Limits = Limits()
     shutdown: Shutdown = Shutdown()

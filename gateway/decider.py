@@ -100,8 +100,13 @@ def sequential(
     """
     a, b = control.users, candidate.users
     if a.n < 2 or b.n < 2:
-        return {"ready": False, "difference": None, "interval": [None, None],
-                "p_now": None, "p_value": previous_p}  # fmt: skip
+        return {
+            "ready": False,
+            "difference": None,
+            "interval": [None, None],
+            "p_now": None,
+            "p_value": previous_p,
+        }
     diff = b.mean - a.mean
     variance = a.variance / a.n + b.variance / b.n
     tau2 = rules.mixture_sd**2
@@ -109,8 +114,7 @@ def sequential(
     ready = a.n >= rules.min_ratings and b.n >= rules.min_ratings
     p = min(p_now, 1.0 if previous_p is None else previous_p) if ready else previous_p
     lo, hi = stats.msprt_interval(diff, variance, tau2, rules.alpha)
-    return {"ready": ready, "difference": diff, "interval": [lo, hi], "p_now": p_now,
-            "p_value": p}  # fmt: skip
+    return {"ready": ready, "difference": diff, "interval": [lo, hi], "p_now": p_now, "p_value": p}
 
 
 def guardrails(control: ArmData, candidate: ArmData, rules: Decision) -> list[str]:
@@ -174,27 +178,42 @@ def compare(
     elif a.n < rules.min_ratings or b.n < rules.min_ratings:
         reasons.append(f"needs {rules.min_ratings} rated users per arm (has {a.n} and {b.n})")
     elif min(control.attempts, candidate.attempts) < rules.min_requests:
-        reasons.append(f"the guardrails need {rules.min_requests} requests per arm (has "
-                       f"{control.attempts} and {candidate.attempts})")  # fmt: skip
+        reasons.append(
+            f"the guardrails need {rules.min_requests} requests per arm (has "
+            f"{control.attempts} and {candidate.attempts})"
+        )
     elif p is not None and p < rules.alpha and seq["difference"] > 0:
         verdict = PROMOTE
-        reasons.append(f"score {b.mean:.3f} vs {a.mean:.3f} over {b.n} and {a.n} users, "
-                       f"always-valid p = {p:.3g} < {rules.alpha:g}")  # fmt: skip
+        reasons.append(
+            f"score {b.mean:.3f} vs {a.mean:.3f} over {b.n} and {a.n} users, "
+            f"always-valid p = {p:.3g} < {rules.alpha:g}"
+        )
     elif p is not None and p < rules.alpha:
         verdict = ROLLBACK
-        reasons.append(f"score {b.mean:.3f} vs {a.mean:.3f} over {b.n} and {a.n} users is "
-                       f"worse, always-valid p = {p:.3g}")  # fmt: skip
+        reasons.append(
+            f"score {b.mean:.3f} vs {a.mean:.3f} over {b.n} and {a.n} users is "
+            f"worse, always-valid p = {p:.3g}"
+        )
     else:
-        reasons.append(f"no significant difference yet (always-valid p = {p:.3g})"
-                       if p is not None else "no significant difference yet")  # fmt: skip
+        reasons.append(
+            f"no significant difference yet (always-valid p = {p:.3g})"
+            if p is not None
+            else "no significant difference yet"
+        )
     out["verdict"], out["reasons"] = verdict, reasons
     return out
 
 
 def sample_ratio(arms: list[ArmData], version: int, alpha: float) -> dict[str, Any]:
     chi2, p = stats.sample_ratio_mismatch([a.assigned for a in arms], [a.weight for a in arms])
-    return {"version": version, "assigned": sum(a.assigned for a in arms), "unit": "users",
-            "chi2": _r(chi2), "p_value": float(f"{p:.4g}"), "mismatch": p < alpha}  # fmt: skip
+    return {
+        "version": version,
+        "assigned": sum(a.assigned for a in arms),
+        "unit": "users",
+        "chi2": _r(chi2),
+        "p_value": float(f"{p:.4g}"),
+        "mismatch": p < alpha,
+    }
 
 
 def share(exp: Experiment, model: str) -> float:
@@ -232,15 +251,26 @@ def decide(
     """
     none = {"weights": None, "share": None}
     if srm["mismatch"]:
-        return {"action": KEEP, "model": None, **none, "reasons": [
-            f"sample ratio mismatch (p = {srm['p_value']:.3g}): users assigned do not fit "
-            "the weights, so the results cannot be trusted; check the routing"]}  # fmt: skip
+        return {
+            "action": KEEP,
+            "model": None,
+            **none,
+            "reasons": [
+                f"sample ratio mismatch (p = {srm['p_value']:.3g}): users assigned do not fit "
+                "the weights, so the results cannot be trusted; check the routing"
+            ],
+        }
     rollback = [c for c in comparisons if c["verdict"] == ROLLBACK]
     live = {a.model for a in arms if a.weight > 0}
     for c in rollback:
         if c["candidate"] in live:
-            return {"action": ROLLBACK, "model": c["candidate"], "reasons": c["reasons"],
-                    "weights": {c["candidate"]: 0.0}, "share": 0.0}  # fmt: skip
+            return {
+                "action": ROLLBACK,
+                "model": c["candidate"],
+                "reasons": c["reasons"],
+                "weights": {c["candidate"]: 0.0},
+                "share": 0.0,
+            }
     better = [c for c in comparisons if c["verdict"] == PROMOTE]
     if better:
         means = {a.model: a.users.mean for a in arms}
@@ -248,14 +278,26 @@ def decide(
         model = best["candidate"]
         target = next_stage(exp, model)
         if target is not None and target < 100:
-            return {"action": RAMP, "model": model, "share": target,
-                    "weights": stage_weights(exp, model, target),
-                    "reasons": [f"to {target:g}% of traffic (stage "
-                                f"{exp.decision.stages.index(target) + 1} of "
-                                f"{len(exp.decision.stages)})", *best["reasons"]]}  # fmt: skip
+            return {
+                "action": RAMP,
+                "model": model,
+                "share": target,
+                "weights": stage_weights(exp, model, target),
+                "reasons": [
+                    f"to {target:g}% of traffic (stage "
+                    f"{exp.decision.stages.index(target) + 1} of "
+                    f"{len(exp.decision.stages)})",
+                    *best["reasons"],
+                ],
+            }
         if target is not None:
-            return {"action": PROMOTE, "model": model, "share": 100.0, "weights": None,
-                    "reasons": best["reasons"]}  # fmt: skip
+            return {
+                "action": PROMOTE,
+                "model": model,
+                "share": 100.0,
+                "weights": None,
+                "reasons": best["reasons"],
+            }
     reasons = [f"{c['candidate']}: {'; '.join(c['reasons'])}" for c in comparisons]
     return {"action": KEEP, "model": None, **none, "reasons": reasons or ["no candidate arm"]}
 

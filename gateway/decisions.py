@@ -82,8 +82,11 @@ class Decisions:
                 text = f"auto promote {model}"
             elif action in (RAMP, ROLLBACK):
                 edit = weighted(decision["weights"])
-                text = (f"auto ramp {model} to {decision['share']:g}%" if action == RAMP
-                        else f"auto rollback {model}")  # fmt: skip
+                text = (
+                    f"auto ramp {model} to {decision['share']:g}%"
+                    if action == RAMP
+                    else f"auto rollback {model}"
+                )
             else:
                 return None
             state = await self.experiments.state(name)
@@ -95,8 +98,10 @@ class Decisions:
             pin = rep.get("pin")
             why = "; ".join(decision["reasons"])
             if pin:
-                why += (f" (evidence collected since the pin by {pin['by']} at version "
-                        f"{pin['version']})")  # fmt: skip
+                why += (
+                    f" (evidence collected since the pin by {pin['by']} at version "
+                    f"{pin['version']})"
+                )
             return await self.experiments.change(
                 name, DECIDER, f"{text}: {why}", edit, expect_version=rep["version"]
             )
@@ -105,8 +110,11 @@ class Decisions:
 
     async def _record_look(self, name: str, rep: dict[str, Any]) -> None:
         """Keep each ready candidate's running minimum p for the version looked at."""
-        ready = {c["candidate"]: c["p_value"] for c in rep["comparisons"]
-                 if c["ready"] and c["p_value"] is not None}  # fmt: skip
+        ready = {
+            c["candidate"]: c["p_value"]
+            for c in rep["comparisons"]
+            if c["ready"] and c["p_value"] is not None
+        }
         if not ready:
             return
         key = keys.sequential(name, rep["version"])

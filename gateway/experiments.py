@@ -195,16 +195,18 @@ class Experiments:
                 raise InvalidRequest(problems[0], param=problems[0].split(":")[0])
             version = (cur["version"] if cur else 0) + 1
             action = action if cur else "created"
-            pin = None if who == DECIDER else {"by": who, "at": time.time(), "version": version,
-                                                "action": action}  # fmt: skip
+            pin = (
+                None
+                if who == DECIDER
+                else {"by": who, "at": time.time(), "version": version, "action": action}
+            )
             state = _state(name, version, after, previous, who, pin)
             entry = _entry(version, action, who, before, after)
             try:
                 found = await self._change(
                     keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
-                    args=[name, version - 1, orjson.dumps(state), orjson.dumps(entry),
-                          HISTORY_CAP],
-                )  # fmt: skip
+                    args=[name, version - 1, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
+                )
             except (RedisError, OSError) as exc:
                 raise store_error(exc) from None
             if found == -1:
@@ -265,10 +267,8 @@ def promoted(model: str) -> Edit:
     def edit(cur: Experiment | None) -> Experiment:
         assert cur is not None
         if model not in {a.model for a in cur.arms}:
-            raise InvalidRequest(f"'{model:.128}' is not an arm of this experiment.",
-                                 param="model")  # fmt: skip
-        arms = [{"model": a.model, "weight": 100.0 if a.model == model else 0.0}
-                for a in cur.arms]  # fmt: skip
+            raise InvalidRequest(f"'{model:.128}' is not an arm of this experiment.", param="model")
+        arms = [{"model": a.model, "weight": 100.0 if a.model == model else 0.0} for a in cur.arms]
         return Experiment.model_validate({**cur.model_dump(), "arms": arms, "control": model})
 
     return edit

@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from . import keys
 from .auth import Principal
 from .bodies import json_object
-from .config import Feedback as FeedbackConfig
+from .config import FeedbackConfig
 from .errors import InvalidRequest, NotFound, StoreUnavailable
 from .ids import IdIssuer
 from .interaction_log import InteractionLog
@@ -147,8 +147,9 @@ def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
         raise InvalidRequest(f"Unknown field '{unknown[0]:.64}'.", param=unknown[0][:64])
     rid = doc.get("response_id")
     if not isinstance(rid, str) or not rid:
-        raise InvalidRequest("'response_id' is required: the id of the rated response.",
-                             param="response_id")  # fmt: skip
+        raise InvalidRequest(
+            "'response_id' is required: the id of the rated response.", param="response_id"
+        )
     if "rating" not in doc:
         raise InvalidRequest("'rating' is required.", param="rating")
     score = normalise(doc["rating"])
@@ -234,10 +235,12 @@ class FeedbackService:
         # counts for the arm the user was assigned to)
         unit = record.get("unit") if experiment and not record.get("forced") else None
         scores_key = (
-            keys.user_scores(experiment, record.get("experiment_version") or 0,
-                             record.get("assigned_arm") or arm)
-            if experiment and unit else keys.aggregate(experiment, arm)
-        )  # fmt: skip
+            keys.user_scores(
+                experiment, record.get("experiment_version") or 0, record.get("assigned_arm") or arm
+            )
+            if experiment and unit
+            else keys.aggregate(experiment, arm)
+        )
         stored = {
             "id": feedback_id(rid, rater),
             "object": "feedback",

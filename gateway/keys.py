@@ -176,6 +176,7 @@ JOBS = PREFIX + "jobs"
 def trained(experiment: str) -> str:
     return f"{PREFIX}retrain:trained:{experiment}"
 
+
 RETRAIN_RUNS = PREFIX + "retrain:runs"
 
 

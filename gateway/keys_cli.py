@@ -46,8 +46,10 @@ def add_parser(sub: Any, config_help: str) -> None:
     create.add_argument("--experiments", default=None, help="comma-separated: only these")
     create.add_argument("--models", default=None, help="comma-separated: only these")
     create.add_argument("--expires-in", type=float, default=None, help="seconds from now")
-    for name, text in (("revoke", "revoke a key (at once, everywhere)"),
-                       ("rotate", "a new secret for a key; the old one stops")):  # fmt: skip
+    for name, text in (
+        ("revoke", "revoke a key (at once, everywhere)"),
+        ("rotate", "a new secret for a key; the old one stops"),
+    ):
         one = actions.add_parser(name, help=text)
         one.add_argument("key_id", help="the key's id (key_...)")
     actions.add_parser("list", help="every runtime key (never a secret)")
@@ -106,16 +108,22 @@ def show(action: str, doc: Any) -> str:
     if action == "revoke":
         return f"{doc['id']}  {doc['name']}: revoked"
     if action == "list":
-        return "\n".join(
-            f"{d['id']}  {d['name']:<20} tenant {d['tenant'] or '*':<12} {d['role']:<8} "
-            f"{d['hint']}  {'revoked' if d.get('revoked_at') else 'active'}"
-            for d in doc
-        ) or "no runtime keys"
-    return "\n".join(
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['at']))}  {e['by']:<16} "
-        f"{e['action']:<14} {e['target']}"
-        for e in doc
-    ) or "no changes"
+        return (
+            "\n".join(
+                f"{d['id']}  {d['name']:<20} tenant {d['tenant'] or '*':<12} {d['role']:<8} "
+                f"{d['hint']}  {'revoked' if d.get('revoked_at') else 'active'}"
+                for d in doc
+            )
+            or "no runtime keys"
+        )
+    return (
+        "\n".join(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['at']))}  {e['by']:<16} "
+            f"{e['action']:<14} {e['target']}"
+            for e in doc
+        )
+        or "no changes"
+    )
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:

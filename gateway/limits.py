@@ -85,8 +85,11 @@ class RateLimiter:
             self._redis_ok = True
         except (RedisError, OSError) as exc:
             if self._redis_ok:
-                log.warning("rate limits: Redis is unavailable (%s); %s", exc,
-                            "admitting" if self._fail_open else "refusing")  # fmt: skip
+                log.warning(
+                    "rate limits: Redis is unavailable (%s); %s",
+                    exc,
+                    "admitting" if self._fail_open else "refusing",
+                )
             self._redis_ok = False
             if not self._fail_open:
                 raise StoreUnavailable(

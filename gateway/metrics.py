@@ -57,13 +57,26 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What ``retrain run`` ends with (``retrain/cycle.py``), and a job's statuses
 # (``retrain/jobs.py``): the bounded label values of the retrain gauges.
 RETRAIN_OUTCOMES = (
-    "canary", "nothing_new", "below_minimum", "rejected", "cancelled", "over_cost_cap",
-    "collect_more", "failed",
-)  # fmt: skip
+    "canary",
+    "nothing_new",
+    "below_minimum",
+    "rejected",
+    "cancelled",
+    "over_cost_cap",
+    "collect_more",
+    "failed",
+)
 JOB_STATUSES = (
-    "queued", "running", "staging", "evaluating", "cancelling",
-    "registered", "rejected", "failed", "cancelled",
-)  # fmt: skip
+    "queued",
+    "running",
+    "staging",
+    "evaluating",
+    "cancelling",
+    "registered",
+    "rejected",
+    "failed",
+    "cancelled",
+)
 
 
 def prepare_multiprocess_dir(path: str | Path) -> Path:

@@ -104,30 +104,49 @@ def _list(item: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["object", "data"],
-        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": item},
-                       **extra},
-    }  # fmt: skip
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": item},
+            **extra,
+        },
+    }
 
 
 def chat_request_schema() -> dict[str, Any]:
     content = {"anyOf": [{"type": "string"}, {"type": "array"}]}
     message = {
         "anyOf": [
-            {"type": "object", "required": ["role", "content"],
-             "properties": {"role": {"enum": sorted(CONTENT_REQUIRED - NULL_CONTENT)},
-                            "content": content, "name": {"type": "string"}}},
-            {"type": "object", "required": ["role", "content"],
-             "properties": {"role": {"const": "function"},
-                            "content": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-                            "name": {"type": "string"}},
-             "description": "a function's content may be null (OpenAI's function message)"},
-            {"type": "object", "required": ["role"],
-             "properties": {"role": {"const": "assistant"},
-                            "content": {"anyOf": [*content["anyOf"], {"type": "null"}]},
-                            "name": {"type": "string"}},
-             "description": "an assistant's content may be null or absent (tool calls)"},
+            {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": sorted(CONTENT_REQUIRED - NULL_CONTENT)},
+                    "content": content,
+                    "name": {"type": "string"},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"const": "function"},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "name": {"type": "string"},
+                },
+                "description": "a function's content may be null (OpenAI's function message)",
+            },
+            {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"const": "assistant"},
+                    "content": {"anyOf": [*content["anyOf"], {"type": "null"}]},
+                    "name": {"type": "string"},
+                },
+                "description": "an assistant's content may be null or absent (tool calls)",
+            },
         ]
-    }  # fmt: skip
+    }
     return {
         "type": "object",
         "description": (
@@ -136,13 +155,16 @@ def chat_request_schema() -> dict[str, Any]:
         ),
         "required": ["model", "messages"],
         "properties": {
-            "model": {"type": "string", "minLength": 1,
-                      "description": "an experiment or a model (GET /v1/models)"},
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "an experiment or a model (GET /v1/models)",
+            },
             "messages": {"type": "array", "minItems": 1, "items": message},
             **{name: dict(p.schema) for name, p in PARAMS.items()},
         },
         "additionalProperties": True,
-    }  # fmt: skip
+    }
 
 
 CHAT_COMPLETION = {
@@ -216,21 +238,34 @@ def feedback_request_schema(settings: Settings) -> dict[str, Any]:
         "type": "object",
         "required": ["response_id", "rating"],
         "properties": {
-            "response_id": {"type": "string", "minLength": 1,
-                            "description": "the `id` of a chat completion"},
-            "rating": {"anyOf": [{"enum": ["up", "down"]},
-                                 {"type": "integer", "minimum": 1, "maximum": 5}],
-                       "description": "thumbs, or 1 to 5 stars (score (n-1)/4)"},
+            "response_id": {
+                "type": "string",
+                "minLength": 1,
+                "description": "the `id` of a chat completion",
+            },
+            "rating": {
+                "anyOf": [
+                    {"enum": ["up", "down"]},
+                    {"type": "integer", "minimum": 1, "maximum": 5},
+                ],
+                "description": "thumbs, or 1 to 5 stars (score (n-1)/4)",
+            },
             "comment": {**text, "maxLength": fb.max_comment_chars},
-            "correction": {**text, "maxLength": fb.max_correction_chars, "pattern": r"\S",
-                           "description": "the answer the user wanted"},
+            "correction": {
+                **text,
+                "maxLength": fb.max_correction_chars,
+                "pattern": r"\S",
+                "description": "the answer the user wanted",
+            },
             "user": {**text, "maxLength": 256, "description": "the rater"},
-            "tags": {"type": ["array", "null"], "maxItems": fb.max_tags,
-                     "items": {"type": "string", "minLength": 1,
-                               "maxLength": fb.max_tag_chars}},
+            "tags": {
+                "type": ["array", "null"],
+                "maxItems": fb.max_tags,
+                "items": {"type": "string", "minLength": 1, "maxLength": fb.max_tag_chars},
+            },
         },
         "additionalProperties": False,
-    }  # fmt: skip
+    }
 
 
 RATING = {
@@ -291,15 +326,22 @@ def _state() -> dict[str, Any]:
             "pin": {
                 "description": "set by a change of anyone but the decider: it then acts only "
                 "on evidence collected since",
-                "anyOf": [{"type": "null"}, {
-                    "type": "object",
-                    "required": ["by", "at", "version", "action"],
-                    "properties": {"by": {"type": "string"}, "at": {"type": "number"},
-                                   "version": {"type": "integer"}, "action": {"type": "string"}},
-                }],
+                "anyOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["by", "at", "version", "action"],
+                        "properties": {
+                            "by": {"type": "string"},
+                            "at": {"type": "number"},
+                            "version": {"type": "integer"},
+                            "action": {"type": "string"},
+                        },
+                    },
+                ],
             },
         },
-    }  # fmt: skip
+    }
 
 
 ADMIN_MODEL = {
@@ -354,15 +396,22 @@ NEW_API_KEY = {
 TENANT = {
     "type": "object",
     "required": ["object", "tenant", "budget"],
-    "properties": {"object": {"const": "tenant"}, "tenant": {"type": "string"},
-                   "budget": {"anyOf": [_ref("Budget"), {"type": "null"}]}},
-}  # fmt: skip
+    "properties": {
+        "object": {"const": "tenant"},
+        "tenant": {"type": "string"},
+        "budget": {"anyOf": [_ref("Budget"), {"type": "null"}]},
+    },
+}
 AUDIT_ENTRY = {
     "type": "object",
     "required": ["at", "by", "action", "target", "before", "after"],
-    "properties": {"at": {"type": "number"}, "by": {"type": "string"},
-                   "action": {"type": "string"}, "target": {"type": "string"}},
-}  # fmt: skip
+    "properties": {
+        "at": {"type": "number"},
+        "by": {"type": "string"},
+        "action": {"type": "string"},
+        "target": {"type": "string"},
+    },
+}
 
 
 def key_change_schema() -> dict[str, Any]:
@@ -372,13 +421,22 @@ def key_change_schema() -> dict[str, Any]:
 
 
 def _key_param() -> dict[str, Any]:
-    return {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"},
-            "description": "the key's id (`key_...`)"}  # fmt: skip
+    return {
+        "name": "key_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "the key's id (`key_...`)",
+    }
 
 
 def _tenant_param() -> dict[str, Any]:
-    return {"name": "tenant", "in": "path", "required": True,
-            "schema": {"type": "string", "pattern": NAME_PATTERN}}  # fmt: skip
+    return {
+        "name": "tenant",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+    }
 
 
 def _name_param(description: str) -> dict[str, Any]:
@@ -627,8 +685,13 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
 
 def schemas(settings: Settings) -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(Experiment, "validation"), (Arm, "validation"), (ModelVersion, "validation"),
-         (KeySpec, "validation"), (TenantSpec, "validation")],  # fmt: skip
+        [
+            (Experiment, "validation"),
+            (Arm, "validation"),
+            (ModelVersion, "validation"),
+            (KeySpec, "validation"),
+            (TenantSpec, "validation"),
+        ],
         ref_template=REF,
     )
     return {

@@ -63,11 +63,15 @@ class Registry:
     def models(self) -> list[dict[str, Any]]:
         out = []
         for name, m in self.live.router.models.items():
-            parents = {
-                r.parents[m.model]
-                for r in self.upstream.pools[m.upstream].replicas
-                if m.model in r.parents
-            } if m.upstream in self.upstream.pools else set()  # fmt: skip
+            parents = (
+                {
+                    r.parents[m.model]
+                    for r in self.upstream.pools[m.upstream].replicas
+                    if m.model in r.parents
+                }
+                if m.upstream in self.upstream.pools
+                else set()
+            )
             out.append(
                 {
                     "id": name,
@@ -85,13 +89,15 @@ class Registry:
         if entry is None:
             raise NotFound(f"No model named '{name:.128}'.", param="name")
         record = self.live.records.get(name, {})
-        used_by = sorted(
-            n for n, e in self.live.router.experiments.items() if name in e.models()
-        )
-        return {**entry, "registered_by": record.get("registered_by"),
-                "registered_at": record.get("registered_at"),
-                "price_from": record.get("price_from"),
-                "lineage": record.get("lineage"), "experiments": used_by}  # fmt: skip
+        used_by = sorted(n for n, e in self.live.router.experiments.items() if name in e.models())
+        return {
+            **entry,
+            "registered_by": record.get("registered_by"),
+            "registered_at": record.get("registered_at"),
+            "price_from": record.get("price_from"),
+            "lineage": record.get("lineage"),
+            "experiments": used_by,
+        }
 
     def base_price(self, upstream: str) -> tuple[str, Any] | None:
         """The price a new model on ``upstream`` inherits: (from which model, price)."""
@@ -119,14 +125,16 @@ class Registry:
             raise invalid(exc) from None
         pool = self.upstream.pools.get(spec.upstream)
         if pool is None:
-            raise InvalidRequest(f"upstream: unknown upstream '{spec.upstream:.128}'.",
-                                 param="upstream")  # fmt: skip
+            raise InvalidRequest(
+                f"upstream: unknown upstream '{spec.upstream:.128}'.", param="upstream"
+            )
         router = self.live.router
         if name in router.models or name in router.experiments:
             raise Conflict(f"'{name}' is already the name of a model or experiment.", param="name")
         if spec.adapter_path and pool.upstream.kind != "vllm":
-            raise InvalidRequest("adapter_path: adapters need a vllm upstream.",
-                                 param="adapter_path")  # fmt: skip
+            raise InvalidRequest(
+                "adapter_path: adapters need a vllm upstream.", param="adapter_path"
+            )
         exp = router.experiments.get((lineage or {}).get("experiment") or "")
         if "tenant" not in body and exp is not None and exp.tenant is not None:
             spec = spec.model_copy(update={"tenant": exp.tenant})  # a candidate is its tenant's
@@ -136,11 +144,21 @@ class Registry:
             spec = spec.model_copy(update={"price": price})
         if spec.adapter_path:
             await self.adapters.load_everywhere(spec, spec.adapter_path)
-        record = {"name": name, "spec": spec.model_dump(), "registered_by": who,
-                  "registered_at": time.time(), "lineage": lineage,
-                  "price_from": price_from}  # fmt: skip
-        entry = {"action": "registered", "name": name, "by": who, "at": time.time(),
-                 "spec": spec.model_dump()}  # fmt: skip
+        record = {
+            "name": name,
+            "spec": spec.model_dump(),
+            "registered_by": who,
+            "registered_at": time.time(),
+            "lineage": lineage,
+            "price_from": price_from,
+        }
+        entry = {
+            "action": "registered",
+            "name": name,
+            "by": who,
+            "at": time.time(),
+            "spec": spec.model_dump(),
+        }
         try:
             done = await self._model(
                 keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
@@ -155,8 +173,9 @@ class Registry:
 
     async def remove(self, name: str, who: str) -> dict[str, Any]:
         if name in self.settings.models:
-            raise Conflict(f"'{name}' is defined in the config file: remove it there.",
-                           param="name")  # fmt: skip
+            raise Conflict(
+                f"'{name}' is defined in the config file: remove it there.", param="name"
+            )
         spec = self.live.registered.get(name)
         if spec is None:
             await self.live.reload_quietly()
@@ -170,8 +189,13 @@ class Registry:
                 "of them first.",
                 param="name",
             )
-        entry = {"action": "removed", "name": name, "by": who, "at": time.time(),
-                 "spec": spec.model_dump()}  # fmt: skip
+        entry = {
+            "action": "removed",
+            "name": name,
+            "by": who,
+            "at": time.time(),
+            "spec": spec.model_dump(),
+        }
         async with self.adapters.lock:  # no refresh pass between the unload and the new router
             try:
                 await self._model(

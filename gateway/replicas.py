@@ -24,8 +24,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import Breaker as BreakerConfig
-from .config import Upstream
+from .config import BreakerConfig, Upstream
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

@@ -49,8 +49,7 @@ async def collect(
     pipe = redis.pipeline(transaction=False)
     for arm in arms:
         pipe.hgetall(keys.version_requests(name, version, arm))
-        pipe.hmget(keys.user_scores(name, version, arm), "users", "mean_sum", "mean_sq",
-                   "ratings")  # fmt: skip
+        pipe.hmget(keys.user_scores(name, version, arm), "users", "mean_sum", "mean_sq", "ratings")
         pipe.hgetall(keys.aggregate(name, arm))
         pipe.scard(keys.version_users(name, version, arm))
     replies = await pipe.execute()
@@ -59,11 +58,14 @@ async def collect(
         req, users, agg, assigned = replies[4 * i : 4 * i + 4]
         out[arm] = {
             "req": _numbers(req),
-            "users": {k: float(v) for k, v in zip(("users", "mean_sum", "mean_sq", "ratings"),
-                                                  users, strict=True) if v is not None},
+            "users": {
+                k: float(v)
+                for k, v in zip(("users", "mean_sum", "mean_sq", "ratings"), users, strict=True)
+                if v is not None
+            },
             "agg": _numbers(agg),
             "assigned": float(assigned),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -71,8 +73,10 @@ def cost_per_request(req: dict[str, float], price: Price | None) -> float | None
     requests = req.get("requests", 0)
     if price is None or not requests:
         return None
-    spent = (req.get("prompt_tokens", 0) * price.prompt_per_1m
-             + req.get("completion_tokens", 0) * price.completion_per_1m) / 1e6  # fmt: skip
+    spent = (
+        req.get("prompt_tokens", 0) * price.prompt_per_1m
+        + req.get("completion_tokens", 0) * price.completion_per_1m
+    ) / 1e6
     return spent / requests
 
 
@@ -83,8 +87,9 @@ def arm_data(
     return decider.ArmData(
         model=model,
         weight=weight,
-        users=stats.Sample(int(users.get("users", 0)), users.get("mean_sum", 0.0),
-                           users.get("mean_sq", 0.0)),  # fmt: skip
+        users=stats.Sample(
+            int(users.get("users", 0)), users.get("mean_sum", 0.0), users.get("mean_sq", 0.0)
+        ),
         ratings=int(users.get("ratings", 0)),
         assigned=int(raw["assigned"]),
         requests=int(req.get("requests", 0)),
@@ -110,12 +115,17 @@ def arm_summary(arm: decider.ArmData, total_weight: float, raw: dict[str, Any]) 
         "errors": arm.errors,
         "failed_over": arm.failed_over,
         "error_rate": _round((arm.errors + arm.failed_over) / arm.attempts)
-        if arm.attempts else None,
-        "latency_ms": {"p50": stats.quantile(arm.latency, 0.5),
-                       "p95": stats.quantile(arm.latency, 0.95)},
+        if arm.attempts
+        else None,
+        "latency_ms": {
+            "p50": stats.quantile(arm.latency, 0.5),
+            "p95": stats.quantile(arm.latency, 0.95),
+        },
         "ttft_ms": {"p50": stats.quantile(ttft, 0.5), "p95": stats.quantile(ttft, 0.95)},
-        "tokens": {"prompt": int(req.get("prompt_tokens", 0)),
-                   "completion": int(req.get("completion_tokens", 0))},
+        "tokens": {
+            "prompt": int(req.get("prompt_tokens", 0)),
+            "completion": int(req.get("completion_tokens", 0)),
+        },
         "cost_per_1k_requests": _round(None if cost is None else cost * 1000, 6),
         "ratings": {
             "users": arm.users.n,
@@ -125,10 +135,11 @@ def arm_summary(arm: decider.ArmData, total_weight: float, raw: dict[str, Any]) 
             "failure_rate": _round(agg.get("failures", 0) / ratings_all) if ratings_all else None,
             "corrections": int(agg.get("corrections", 0)),
         },
-        "all_versions": {"ratings": ratings_all,
-                         "mean_score": _round(agg.get("score_sum", 0) / ratings_all)
-                         if ratings_all else None},
-    }  # fmt: skip
+        "all_versions": {
+            "ratings": ratings_all,
+            "mean_score": _round(agg.get("score_sum", 0) / ratings_all) if ratings_all else None,
+        },
+    }
 
 
 def build(
@@ -147,10 +158,11 @@ def build(
     version = int(state["version"])
     total_weight = sum(a.weight for a in exp.arms)
     arms = [
-        arm_data(a.model, a.weight, raw[a.model],
-                 models[a.model].price if a.model in models else None)
+        arm_data(
+            a.model, a.weight, raw[a.model], models[a.model].price if a.model in models else None
+        )
         for a in exp.arms
-    ]  # fmt: skip
+    ]
     comparisons, srm, decision = decider.evaluate(exp, version, arms, previous_p or {})
     samples = {a.model: a.users for a in arms}
     for c in comparisons:  # shown, not used: the decision rests on the sequential test
@@ -158,8 +170,11 @@ def build(
         c["prob_better"] = _round(stats.prob_better(a, b)) if a.n >= 2 and b.n >= 2 else None
     pin = state.get("pin")
     if pin and decision["action"] == KEEP:
-        decision["reasons"].insert(0, f"pinned by {pin['by']} at version {pin['version']} "
-                                   f"({pin['action']}): only evidence collected since counts")
+        decision["reasons"].insert(
+            0,
+            f"pinned by {pin['by']} at version {pin['version']} "
+            f"({pin['action']}): only evidence collected since counts",
+        )
     return {
         "object": "experiment.report",
         "experiment": name,

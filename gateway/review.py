@@ -65,7 +65,7 @@ def pending(item: dict[str, Any]) -> bool:
 async def dismiss(
     redis: aioredis.Redis, experiment: str, response_id: str, who: str
 ) -> dict[str, Any] | None:
-    """"Not a failure": nothing is trained on it. None: it was not queued."""
+    """ "Not a failure": nothing is trained on it. None: it was not queued."""
     found = await item(redis, experiment, response_id)
     if found is None:
         return None

@@ -150,8 +150,9 @@ class Spend:
         """(scope, owner, budget, counter key) of each budget that applies to ``p``."""
         out = []
         if p.budget is not None:
-            out.append(("key", p.account, p.budget,
-                        keys.spend("k", p.account, period(p.budget, now)[0])))  # fmt: skip
+            out.append(
+                ("key", p.account, p.budget, keys.spend("k", p.account, period(p.budget, now)[0]))
+            )
         tb = self.tenant_budgets().get(p.tenant)
         if tb is not None:
             out.append(("tenant", p.tenant, tb, keys.spend("t", p.tenant, period(tb, now)[0])))
@@ -179,8 +180,11 @@ class Spend:
         checked = time.monotonic()
         for scope, owner, budget, counter in budgets:
             self._watched[counter] = (checked, scope, owner, budget)
-            used = (self._known[counter] + self._pending.get(counter, 0.0)
-                    + self._syncing.get(counter, 0.0))  # fmt: skip
+            used = (
+                self._known[counter]
+                + self._pending.get(counter, 0.0)
+                + self._syncing.get(counter, 0.0)
+            )
             if used >= budget.limit or used + expected > budget.limit:
                 self.metrics.quota_refused.labels(scope, owner).inc()
                 whose = f"key '{p.name}'" if scope == "key" else f"tenant '{owner}'"
@@ -192,8 +196,11 @@ class Spend:
 
     def _store_down(self, exc: Exception) -> None:
         if self._redis_ok:
-            log.warning("budgets: Redis is unavailable (%s); %s", exc,
-                        "admitting" if self.fail_open else "refusing")  # fmt: skip
+            log.warning(
+                "budgets: Redis is unavailable (%s); %s",
+                exc,
+                "admitting" if self.fail_open else "refusing",
+            )
         self._redis_ok = False
         if not self.fail_open:
             raise _unavailable()

@@ -181,8 +181,9 @@ def two_proportion_z(control: Sample, candidate: Sample) -> Comparison:
     z = (p2 - p1) / se if se > 0 else 0.0
     se_diff = math.sqrt(p1 * (1 - p1) / control.n + p2 * (1 - p2) / candidate.n)
     half = 1.959963984540054 * se_diff
-    return Comparison("two-proportion z", p2 - p1, (p2 - p1 - half, p2 - p1 + half), z,
-                      2 * norm_sf(abs(z)))  # fmt: skip
+    return Comparison(
+        "two-proportion z", p2 - p1, (p2 - p1 - half, p2 - p1 + half), z, 2 * norm_sf(abs(z))
+    )
 
 
 def welch_t(control: Sample, candidate: Sample) -> Comparison:
@@ -263,9 +264,11 @@ def msprt_interval(
     if not variance > 0:
         return (difference, difference)
     half = math.sqrt(
-        variance * (variance + tau2) / tau2
+        variance
+        * (variance + tau2)
+        / tau2
         * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance))
-    )  # fmt: skip
+    )
     return (difference - half, difference + half)
 
 

@@ -138,20 +138,28 @@ def start_embedded(data_dir: Path, startup_timeout: float = 10.0) -> Embedded:
         process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port", "0",
-                "--unixsocket", socket_path,
-                "--unixsocketperm", "700",
-                "--dir", str(redis_dir),
-                "--dbfilename", "flywheel.rdb",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--logfile", str(redis_dir / "redis.log"),
+                "--port",
+                "0",
+                "--unixsocket",
+                socket_path,
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(redis_dir),
+                "--dbfilename",
+                "flywheel.rdb",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--logfile",
+                str(redis_dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_set_parent_death_signal,  # noqa: PLW1509 - the child is Redis only
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + startup_timeout
         while not _answers(socket_path):
             if process.poll() is not None or time.monotonic() > deadline:

@@ -254,12 +254,10 @@ class UpstreamClient:
         up, where = call.target.upstream, f"upstream '{call.target.upstream_name}'"
         if which == "idle":
             return UpstreamTimeout(
-                f"The {where} sent nothing for {up.idle_timeout_s:g} s mid-stream "
-                "(idle_timeout_s)."
+                f"The {where} sent nothing for {up.idle_timeout_s:g} s mid-stream (idle_timeout_s)."
             )
         return UpstreamTimeout(
-            f"The {where} sent no data within {up.first_byte_timeout_s:g} s "
-            "(first_byte_timeout_s)."
+            f"The {where} sent no data within {up.first_byte_timeout_s:g} s (first_byte_timeout_s)."
         )
 
     async def probe(self, pool: Pool, timeout_s: float = 2.0) -> str | None:

@@ -52,9 +52,12 @@ def _int_param(lo: int | None = None, hi: int | None = None, nullable: bool = Tr
     if hi is not None:
         schema["maximum"] = hi
     bounds = (
-        f" from {lo} to {hi}" if lo is not None and hi is not None
-        else f" ≥ {lo}" if lo is not None else ""
-    )  # fmt: skip
+        f" from {lo} to {hi}"
+        if lo is not None and hi is not None
+        else f" ≥ {lo}"
+        if lo is not None
+        else ""
+    )
 
     def check(v: Any) -> bool:
         if v is None:
@@ -81,10 +84,16 @@ def _stop(v: Any) -> bool:
 
 
 PARAMS: dict[str, Param] = {
-    "stream": Param({"type": ["boolean", "null"]}, lambda v: v is None or isinstance(v, bool),
-                    "a boolean or null"),
-    "stream_options": Param({"type": ["object", "null"]},
-                            lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "stream": Param(
+        {"type": ["boolean", "null"]},
+        lambda v: v is None or isinstance(v, bool),
+        "a boolean or null",
+    ),
+    "stream_options": Param(
+        {"type": ["object", "null"]},
+        lambda v: v is None or isinstance(v, dict),
+        "an object or null",
+    ),
     "user": Param({"type": "string"}, lambda v: isinstance(v, str), "a string"),
     "max_tokens": _int_param(1),
     "max_completion_tokens": _int_param(1),
@@ -93,16 +102,24 @@ PARAMS: dict[str, Param] = {
     "top_p": _num_param(0, 1),
     "presence_penalty": _num_param(-2, 2),
     "frequency_penalty": _num_param(-2, 2),
-    "logprobs": Param({"type": ["boolean", "null"]}, lambda v: v is None or isinstance(v, bool),
-                      "a boolean or null"),
+    "logprobs": Param(
+        {"type": ["boolean", "null"]},
+        lambda v: v is None or isinstance(v, bool),
+        "a boolean or null",
+    ),
     "top_logprobs": _int_param(0, 20),
     "seed": _int_param(),
     "stop": Param(
-        {"anyOf": [{"type": ["string", "null"]},
-                   {"type": "array", "minItems": 1, "maxItems": 4, "items": {"type": "string"}}]},
-        _stop, "a string, an array of 1 to 4 strings, or null",
+        {
+            "anyOf": [
+                {"type": ["string", "null"]},
+                {"type": "array", "minItems": 1, "maxItems": 4, "items": {"type": "string"}},
+            ]
+        },
+        _stop,
+        "a string, an array of 1 to 4 strings, or null",
     ),
-}  # fmt: skip
+}
 
 # Roles whose message must carry ``content`` (an assistant's may carry tool calls instead).
 CONTENT_REQUIRED = frozenset(ROLES) - {"assistant"}

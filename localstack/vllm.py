@@ -72,17 +72,27 @@ def vllm_command(
     """
     cpu = is_cpu_build() if cpu is None else cpu
     cmd = [
-        sys.executable, "-m", VLLM_MODULE,
-        "--model", str(model),
-        "--served-model-name", served_model_name,
-        "--host", host,
-        "--port", str(port),
-        "--max-model-len", str(max_model_len),
+        sys.executable,
+        "-m",
+        VLLM_MODULE,
+        "--model",
+        str(model),
+        "--served-model-name",
+        served_model_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(max_model_len),
         "--enable-lora",
-        "--max-lora-rank", str(max_lora_rank),
-        "--max-loras", str(max_loras),
-        "--max-cpu-loras", str(max(max_cpu_loras, max_loras)),
-    ]  # fmt: skip
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--max-loras",
+        str(max_loras),
+        "--max-cpu-loras",
+        str(max(max_cpu_loras, max_loras)),
+    ]
     if cpu:
         # On CPU the "GPU" memory share is the share of RAM to reserve: the default
         # 0.9 fails start-up's memory check. float32 is what CPU kernels handle best.

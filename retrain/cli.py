@@ -36,8 +36,9 @@ from typing import Any
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="retrain", description=(__doc__ or "").replace("``", "").replace("\n::\n", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="retrain",
+        description=(__doc__ or "").replace("``", "").replace("\n::\n", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -70,28 +71,46 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
     build.add_argument("--experiment", required=True, help="whose ratings")
     build.add_argument("--since", default=None, help="skip (for good) ratings before this date")
-    build.add_argument("--out", type=Path, default=None, metavar="DIR",
-                       help="datasets root (default: retrain.dataset_dir)")  # fmt: skip
+    build.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="datasets root (default: retrain.dataset_dir)",
+    )
     build.add_argument("--dry-run", action="store_true", help="report only: write nothing")
     build.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     run = commands.add_parser("run", help="build, train, evaluate and register a canary")
     run.add_argument("--experiment", required=True)
-    run.add_argument("--provider", choices=("local", "openai"), default=None,
-                     help="default: retrain.provider")  # fmt: skip
+    run.add_argument(
+        "--provider", choices=("local", "openai"), default=None, help="default: retrain.provider"
+    )
     run.add_argument("--config", default=None)
     ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
     ev.add_argument("--candidate", required=True, metavar="MODEL", help="the model to judge")
     ev.add_argument("--control", required=True, metavar="MODEL", help="the model to beat")
-    ev.add_argument("--dataset", type=Path, default=None, metavar="DIR",
-                    help="a dataset version, or an experiment's datasets (the latest): "
-                    "its test split is the main evidence")  # fmt: skip
-    ev.add_argument("--golden", type=Path, default=None, metavar="FILE",
-                    help="golden set, chat JSONL (default: retrain.eval.golden)")  # fmt: skip
-    ev.add_argument("--judge", default=None, metavar="MODEL",
-                    help="LLM judge (default: retrain.eval.judge)")  # fmt: skip
-    ev.add_argument("--out", type=Path, default=None, metavar="FILE",
-                    help="also write the full result as JSON")  # fmt: skip
+    ev.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a dataset version, or an experiment's datasets (the latest): "
+        "its test split is the main evidence",
+    )
+    ev.add_argument(
+        "--golden",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="golden set, chat JSONL (default: retrain.eval.golden)",
+    )
+    ev.add_argument(
+        "--judge", default=None, metavar="MODEL", help="LLM judge (default: retrain.eval.judge)"
+    )
+    ev.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="also write the full result as JSON"
+    )
     ev.add_argument("--config", default=None)
     jobs = commands.add_parser("jobs", help="list fine-tuning jobs")
     jobs.add_argument("--config", default=None)
@@ -198,8 +217,14 @@ def _build(args: argparse.Namespace) -> int:
             task = bars.add_task(stage, total=total)
             return lambda n: bars.advance(task, n)
 
-        builder = Builder(connect(settings), settings, args.experiment, out=args.out,
-                          since=since, progress=progress)  # fmt: skip
+        builder = Builder(
+            connect(settings),
+            settings,
+            args.experiment,
+            out=args.out,
+            since=since,
+            progress=progress,
+        )
         result = builder.run(dry_run=args.dry_run)
     if result.manifest:
         print_summary(result.manifest)
@@ -224,12 +249,16 @@ def _eval(args: argparse.Namespace) -> int:
     if args.dataset is not None and (args.dataset / "latest").is_file():  # an experiment's root
         args.dataset = args.dataset / (args.dataset / "latest").read_text().strip()
     if args.dataset is None and golden is None:
-        print("retrain eval: nothing to evaluate on: give --dataset DIR or --golden FILE "
-              "(or set retrain.eval.golden)", file=sys.stderr)  # fmt: skip
+        print(
+            "retrain eval: nothing to evaluate on: give --dataset DIR or --golden FILE "
+            "(or set retrain.eval.golden)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        result = evaluate.gate_dataset(args.dataset, Gateway(settings).ask, args.control,
-                                       args.candidate, cfg, golden)  # fmt: skip
+        result = evaluate.gate_dataset(
+            args.dataset, Gateway(settings).ask, args.control, args.candidate, cfg, golden
+        )
     except (ValueError, OSError) as exc:
         print(f"retrain eval: {exc}", file=sys.stderr)
         return 2
@@ -255,8 +284,13 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.command == "run":
         from retrain.cycle import run
 
-        result = run(client, settings, args.experiment, provider=args.provider,
-                     log=lambda line: print(f"retrain run: {line}", flush=True))  # fmt: skip
+        result = run(
+            client,
+            settings,
+            args.experiment,
+            provider=args.provider,
+            log=lambda line: print(f"retrain run: {line}", flush=True),
+        )
         stream = sys.stdout if result.exit_code == 0 else sys.stderr
         print(f"retrain run: {result.message}", file=stream)
         if result.job and result.job.get("evaluation"):
@@ -281,8 +315,12 @@ def _jobs(args: argparse.Namespace) -> int:
     shown = 0
     while True:  # status [--follow]
         for row in job["loss"][shown:]:
-            print("  step {step}: {parts}".format(step=row["step"], parts=", ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k != "step")))  # fmt: skip
+            print(
+                "  step {step}: {parts}".format(
+                    step=row["step"],
+                    parts=", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "step"),
+                )
+            )
         shown = len(job["loss"])
         if not args.follow or job["status"] in FINAL:
             break
@@ -307,9 +345,15 @@ def print_jobs(jobs: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for j in jobs:
         created = datetime.fromtimestamp(j["created"], UTC).strftime("%Y-%m-%d %H:%M")
-        table.add_row(j["id"], j.get("experiment", ""), j.get("provider", ""),
-                      j.get("dataset_id", ""), j["status"], created,
-                      j.get("model_name") or j.get("result_model") or "–")  # fmt: skip
+        table.add_row(
+            j["id"],
+            j.get("experiment", ""),
+            j.get("provider", ""),
+            j.get("dataset_id", ""),
+            j["status"],
+            created,
+            j.get("model_name") or j.get("result_model") or "–",
+        )
     Console().print(table)
 
 
@@ -324,32 +368,51 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
         print(ev["reason"])
         return
     metric = ev["config"]["metric"]
-    table = Table(title=f"Evaluation of {ev['candidate']} against {ev['control']}: "
-                  f"{ev['outcome']}")  # fmt: skip
-    for col in ("source", "examples", "control", "candidate", f"gain ({metric})",
-                "exact match", "valid JSON", "passed"):  # fmt: skip
+    table = Table(title=f"Evaluation of {ev['candidate']} against {ev['control']}: {ev['outcome']}")
+    for col in (
+        "source",
+        "examples",
+        "control",
+        "candidate",
+        f"gain ({metric})",
+        "exact match",
+        "valid JSON",
+        "passed",
+    ):
         table.add_column(col, justify="left" if col == "source" else "right")
     for source in ("test", "golden"):
         s = ev.get(source)
         if not s:
             continue
         gain = s.get("gain") or {}
-        valid = (f"{s['control_valid_json']:.0%} → {s['candidate_valid_json']:.0%}"
-                 if "json_examples" in s else "–")  # fmt: skip
-        table.add_row(source, str(s["n"]), f"{s['control_' + metric]:.3f}",
-                      f"{s['candidate_' + metric]:.3f}",
-                      f"{gain['estimate']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]"
-                      if gain else "–",
-                      f"{s['control_exact']:.0%} → {s['candidate_exact']:.0%}", valid,
-                      "yes" if s["passed"] else "NO")  # fmt: skip
+        valid = (
+            f"{s['control_valid_json']:.0%} → {s['candidate_valid_json']:.0%}"
+            if "json_examples" in s
+            else "–"
+        )
+        table.add_row(
+            source,
+            str(s["n"]),
+            f"{s['control_' + metric]:.3f}",
+            f"{s['candidate_' + metric]:.3f}",
+            f"{gain['estimate']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]" if gain else "–",
+            f"{s['control_exact']:.0%} → {s['candidate_exact']:.0%}",
+            valid,
+            "yes" if s["passed"] else "NO",
+        )
     judge = ev.get("judge")
     if judge:
         rate = judge["win_rate"]
-        table.add_row(f"judge {judge['model']}", str(judge["n"]), f"{judge['losses']} wins",
-                      f"{judge['wins']} wins",
-                      f"win rate {rate['estimate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]",
-                      f"{judge['ties']} ties", f"{judge['inconsistent']} inconsistent",
-                      "yes" if judge["passed"] else "NO")  # fmt: skip
+        table.add_row(
+            f"judge {judge['model']}",
+            str(judge["n"]),
+            f"{judge['losses']} wins",
+            f"{judge['wins']} wins",
+            f"win rate {rate['estimate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]",
+            f"{judge['ties']} ties",
+            f"{judge['inconsistent']} inconsistent",
+            "yes" if judge["passed"] else "NO",
+        )
     if rows and ev["rows"]:
         console.print(example_table(ev["rows"], metric, console.width))
     console.print(table)
@@ -375,15 +438,32 @@ def example_table(rows: list[dict[str, Any]], metric: str, width: int) -> Any:
             exact += f" JSON {'✓' if ctl['valid_json'] else '✗'}→"
             exact += "✓" if cand["valid_json"] else "✗"
         verdicts = row.get("judge")
-        judged = (f"{verdicts['verdict']} ({verdicts['candidate_first']}/"
-                  f"{verdicts['control_first']})" if verdicts else "–")  # fmt: skip
+        judged = (
+            f"{verdicts['verdict']} ({verdicts['candidate_first']}/{verdicts['control_first']})"
+            if verdicts
+            else "–"
+        )
         scores = f"{float(ctl[metric]):.3f}→{float(cand[metric]):.3f} ({row['gain']:+.3f})"
-        cells.append([str(i), row["source"], row["prompt"], row["expected"], ctl["answer"],
-                      cand["answer"], scores, exact, judged])  # fmt: skip
+        cells.append(
+            [
+                str(i),
+                row["source"],
+                row["prompt"],
+                row["expected"],
+                ctl["answer"],
+                cand["answer"],
+                scores,
+                exact,
+                judged,
+            ]
+        )
     heads = ["#", "source", "prompt", "expected", "control", "candidate", metric, "exact", "judge"]
     texts = (2, 3, 4, 5)
-    fixed = sum(max(len(heads[c]), *(len(r[c]) for r in cells)) + 3
-                for c in range(len(heads)) if c not in texts)  # fmt: skip
+    fixed = sum(
+        max(len(heads[c]), *(len(r[c]) for r in cells)) + 3
+        for c in range(len(heads))
+        if c not in texts
+    )
     text_width = max(12, (width - fixed - 4) // len(texts) - 3)
     table = Table(title="Per example (judge: verdict (candidate first/control first))")
     for head in heads:
@@ -407,8 +487,10 @@ def print_lineage(settings: Any, store: Any, model: str) -> int:
     print(f"model {model}: {info.get('adapter_path') or info.get('model') or info.get('error')}")
     if job:
         print(f"  ← job {job['id']} ({job['provider']}, {job['status']})")
-        print(f"  ← dataset {job['dataset_id']} at {job['dataset_path']} "
-              f"(parent: {job.get('dataset_parent') or 'none'})")  # fmt: skip
+        print(
+            f"  ← dataset {job['dataset_id']} at {job['dataset_path']} "
+            f"(parent: {job.get('dataset_parent') or 'none'})"
+        )
         if job.get("evaluation"):
             print(f"  evaluation: {job['evaluation']['reason']}")
     for exp in info.get("experiments") or []:
@@ -420,22 +502,35 @@ def print_summary(manifest: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Dataset {manifest['id']} of {manifest['experiment']} "
-                  f"(parent: {manifest['parent'] or 'none'})")  # fmt: skip
+    table = Table(
+        title=f"Dataset {manifest['id']} of {manifest['experiment']} "
+        f"(parent: {manifest['parent'] or 'none'})"
+    )
     for col in ("file", "examples", "tokens", "by source"):
         table.add_column(col, justify="left" if col in ("file", "by source") else "right")
-    for name in ("train", "validation", "test", "preference", "preference_validation",
-                 "preference_test"):  # fmt: skip
+    for name in (
+        "train",
+        "validation",
+        "test",
+        "preference",
+        "preference_validation",
+        "preference_test",
+    ):
         if name in manifest["counts"]:
             sources = ", ".join(f"{k} {v}" for k, v in sorted(manifest["by_source"][name].items()))
-            table.add_row(name, str(manifest["counts"][name]), str(manifest["tokens"][name]),
-                          sources)  # fmt: skip
+            table.add_row(
+                name, str(manifest["counts"][name]), str(manifest["tokens"][name]), sources
+            )
     console = Console()
     console.print(table)
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(manifest["dropped"].items())) or "none"
-    console.print(f"new examples: {manifest['new_examples']}; dropped: {dropped}; "
-                  f"events: {len(manifest['feedback_events'])}; "
-                  f"review queue: +{manifest['review_queue']['added']}")  # fmt: skip
+    console.print(
+        f"new examples: {manifest['new_examples']}; dropped: {dropped}; "
+        f"events: {len(manifest['feedback_events'])}; "
+        f"review queue: +{manifest['review_queue']['added']}"
+    )
     for c in manifest["cost_estimates"]:
-        console.print(f"estimated cost: {c['provider']} {c['model']}, {c['epochs']} epochs, "
-                      f"{c['tokens']} tokens: {c['cost']:.4f}")  # fmt: skip
+        console.print(
+            f"estimated cost: {c['provider']} {c['model']}, {c['epochs']} epochs, "
+            f"{c['tokens']} tokens: {c['cost']:.4f}"
+        )

@@ -27,8 +27,9 @@ NUM_PERM = 128  # MinHash permutations: the similarity estimate's error is about
 
 # What OpenAI's data-validation recipe accepts in a chat fine-tuning line.
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
-MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "tool_calls",
-                          "tool_call_id", "weight"})  # fmt: skip
+MESSAGE_KEYS = frozenset(
+    {"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"}
+)
 
 _SPACES = re.compile(r"[ \t\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -57,10 +58,17 @@ class Example:
 
     def to_row(self) -> dict[str, Any]:
         """The line plus the builder's metadata (how versions carry examples forward)."""
-        return {"line": self.line, "kind": self.kind, "source": self.source,
-                "group": self.group, "tags": self.tags, "events": self.events,
-                "response_id": self.response_id, "tokens": self.tokens,
-                "split": self.split}  # fmt: skip
+        return {
+            "line": self.line,
+            "kind": self.kind,
+            "source": self.source,
+            "group": self.group,
+            "tags": self.tags,
+            "events": self.events,
+            "response_id": self.response_id,
+            "tokens": self.tokens,
+            "split": self.split,
+        }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Example:
@@ -98,8 +106,10 @@ def normalise_text(text: str) -> str:
 def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
     """Apply ``fn`` to every message content string of a line."""
     if isinstance(value, dict):
-        return {k: (fn(v) if k == "content" and isinstance(v, str) else map_strings(v, fn))
-                for k, v in value.items()}  # fmt: skip
+        return {
+            k: (fn(v) if k == "content" and isinstance(v, str) else map_strings(v, fn))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [map_strings(v, fn) for v in value]
     return value
@@ -115,10 +125,14 @@ def format_errors(line: Any) -> list[str]:
         errors = [e for e in errors if e != "example_missing_assistant_message"]
         for name in ("preferred_output", "non_preferred_output"):
             out = line.get(name)
-            if (not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict)
-                    or out[0].get("role") != "assistant"
-                    or not isinstance(out[0].get("content"), str)
-                    or not out[0]["content"]):  # fmt: skip
+            if (
+                not isinstance(out, list)
+                or len(out) != 1
+                or not isinstance(out[0], dict)
+                or out[0].get("role") != "assistant"
+                or not isinstance(out[0].get("content"), str)
+                or not out[0]["content"]
+            ):
                 errors.append(f"invalid_{name}")
         return errors
     return _message_errors(line.get("messages"))
@@ -192,8 +206,10 @@ class TokenCounter:
         line = example.line
         if example.kind == DPO:
             base = line["input"]["messages"]
-            return max(self._count(base + line["preferred_output"]),
-                       self._count(base + line["non_preferred_output"]))  # fmt: skip
+            return max(
+                self._count(base + line["preferred_output"]),
+                self._count(base + line["non_preferred_output"]),
+            )
         return self._count(line["messages"])
 
 
@@ -252,8 +268,9 @@ class Curator:
         # LSH only proposes candidates, and misses some near its threshold: propose
         # generously (a lower threshold, false negatives weighted 9 to 1), then let the
         # estimated similarity decide.
-        lsh = MinHashLSH(threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM,
-                         weights=(0.1, 0.9))  # fmt: skip
+        lsh = MinHashLSH(
+            threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM, weights=(0.1, 0.9)
+        )
         hashes = MinHash.bulk([_shingles(ex.text()) for ex in kept + new], num_perm=NUM_PERM)
         by_key: dict[str, Any] = {}
         for i, mh in enumerate(hashes[: len(kept)]):

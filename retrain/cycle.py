@@ -94,18 +94,21 @@ def run(
     try:
         problems, base_model = preflight.check(settings, experiment, provider)
         if problems:
-            return RunResult(USAGE, "preflight: nothing was consumed; fix this first:\n"
-                             + "\n".join(f"  - {p}" for p in problems))  # fmt: skip
+            return RunResult(
+                USAGE,
+                "preflight: nothing was consumed; fix this first:\n"
+                + "\n".join(f"  - {p}" for p in problems),
+            )
         record_run(client, experiment, started=time.time())
         try:
             result = _run(client, settings, experiment, provider, base_model, log)
         except Exception:
-            record_run(client, experiment, finished=time.time(), outcome="failed",
-                       exit_code=FAILED)  # fmt: skip
+            record_run(client, experiment, finished=time.time(), outcome="failed", exit_code=FAILED)
             raise
         now = time.time()
-        record_run(client, experiment, finished=now, outcome=outcome(result),
-                   exit_code=result.exit_code)  # fmt: skip
+        record_run(
+            client, experiment, finished=now, outcome=outcome(result), exit_code=result.exit_code
+        )
         if result.exit_code in (OK, BELOW_MINIMUM, REJECTED):  # ran as it should
             record_run(client, experiment, last_success=now)
         return result
@@ -153,23 +156,33 @@ def _to_train(
     version = Trainable(built.path, orjson.loads((built.path / "manifest.json").read_bytes()))
     done = dataset_outcome(client, experiment, version.id)
     if done is not None:
-        return RunResult(OK, f"nothing new: {version.id} was already trained "
-                         f"({done['outcome']}, {done.get('job')}); new ratings make the next "
-                         "version")  # fmt: skip
+        return RunResult(
+            OK,
+            f"nothing new: {version.id} was already trained "
+            f"({done['outcome']}, {done.get('job')}); new ratings make the next "
+            "version",
+        )
     if built.status == "nothing-new":
         log(f"{version.id} was never trained to an outcome: training it again")
     if evaluate.missing_examples(version.path, settings.retrain.eval):
         have = evaluate.test_count(version.path)
-        return RunResult(ExitCode.COLLECT_MORE, f"{version.id}: "
-                         f"{evaluate.collect_more_reason(have, settings.retrain.eval)}; nothing "
-                         "was trained, and the next run retries with the new ratings")  # fmt: skip
+        return RunResult(
+            ExitCode.COLLECT_MORE,
+            f"{version.id}: "
+            f"{evaluate.collect_more_reason(have, settings.retrain.eval)}; nothing "
+            "was trained, and the next run retries with the new ratings",
+        )
     return version
 
 
 def _run(
-    client: redis.Redis, settings: Settings, experiment: str, provider: str,
-    base_model: str | None, log: Callable[[str], None],
-) -> RunResult:  # fmt: skip
+    client: redis.Redis,
+    settings: Settings,
+    experiment: str,
+    provider: str,
+    base_model: str | None,
+    log: Callable[[str], None],
+) -> RunResult:
     cfg = settings.retrain
     store, gateway = JobStore(client), Gateway(settings)
     for job_id in recover(store, gateway, experiment):
@@ -179,19 +192,30 @@ def _run(
     if isinstance(version, RunResult):
         return version
     dataset_id, parent = version.id, version.manifest["parent"]
-    job = store.create(experiment=experiment, provider=provider, dataset_id=dataset_id,
-                       dataset_path=str(version.path), dataset_parent=parent,
-                       runner=f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
-    record_run(client, experiment, job=job["id"], dataset=dataset_id,
-               examples=version.manifest["counts"])  # fmt: skip
+    job = store.create(
+        experiment=experiment,
+        provider=provider,
+        dataset_id=dataset_id,
+        dataset_path=str(version.path),
+        dataset_parent=parent,
+        runner=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    record_run(
+        client, experiment, job=job["id"], dataset=dataset_id, examples=version.manifest["counts"]
+    )
     name = f"{experiment}-{job['id'].removeprefix('ftjob-')}"
     log(f"{job['id']}: training a {provider} candidate on {dataset_id}")
     try:
         body = _train(store, job, name, settings, provider, version.path, base_model, log)
         if body is None:
             return RunResult(OK, f"{job['id']} was cancelled", store.get(job["id"]))
-        body["lineage"] = {"job": job["id"], "provider": provider, "dataset": dataset_id,
-                           "dataset_parent": parent, "experiment": experiment}  # fmt: skip
+        body["lineage"] = {
+            "job": job["id"],
+            "provider": provider,
+            "dataset": dataset_id,
+            "dataset_parent": parent,
+            "experiment": experiment,
+        }
         store.update(job["id"], status="staging", model_name=name)  # before: so it is undone
         gateway.register(body)
         store.update(job["id"], status="evaluating")
@@ -204,22 +228,31 @@ def _run(
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
             gateway.unregister(name)
-            store.update(job["id"], status="rejected", evaluation=result, model_name=None,
-                         error=f"not registered: {result['reason']}")  # fmt: skip
+            store.update(
+                job["id"],
+                status="rejected",
+                evaluation=result,
+                model_name=None,
+                error=f"not registered: {result['reason']}",
+            )
             code = evaluate.OUTCOME_CODES[result["outcome"]]
             if code == REJECTED:  # judged: this version is done (collect-more is not)
                 record_outcome(client, experiment, dataset_id, "rejected", job=job["id"])
                 _forget_checkpoints(store.get(job["id"]))
-            return RunResult(code, f"{name} not registered: {result['reason']}",
-                             store.get(job["id"]))  # fmt: skip
+            return RunResult(
+                code, f"{name} not registered: {result['reason']}", store.get(job["id"])
+            )
         others = sum(a["weight"] for a in spec["arms"])
         weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)
         gateway.add_arm(experiment, name, weight)
         job = store.update(job["id"], status="registered", evaluation=result)
         record_outcome(client, experiment, dataset_id, "registered", job=job["id"], model=name)
         _forget_checkpoints(job)
-        return RunResult(OK, f"{name} is a canary of '{experiment}' at "
-                         f"{cfg.canary_share:.0%} ({result['reason']})", job)  # fmt: skip
+        return RunResult(
+            OK,
+            f"{name} is a canary of '{experiment}' at {cfg.canary_share:.0%} ({result['reason']})",
+            job,
+        )
     except Exception as exc:  # noqa: BLE001 - recorded in the job, then reported
         current = store.get(job["id"]) or {}
         if current.get("model_name"):
@@ -228,8 +261,11 @@ def _run(
             except RuntimeError as cleanup:
                 log(f"could not unregister {current['model_name']}: {cleanup}")
         store.update(job["id"], status="failed", error=f"{type(exc).__name__}: {exc}")
-        return RunResult(FAILED, f"{job['id']} failed: {exc}; {dataset_id} stays untrained "
-                         "and the next run retries it", store.get(job["id"]))  # fmt: skip
+        return RunResult(
+            FAILED,
+            f"{job['id']} failed: {exc}; {dataset_id} stays untrained and the next run retries it",
+            store.get(job["id"]),
+        )
 
 
 def _forget_checkpoints(job: dict[str, Any] | None) -> None:
@@ -248,9 +284,15 @@ def checkpoint_dir(settings: Settings, dataset_id: str, base_model: str) -> Path
 
 
 def _train(
-    store: JobStore, job: dict[str, Any], name: str, settings: Settings, provider: str,
-    dataset: Any, base_model: str | None, log: Callable[[str], None],
-) -> dict[str, Any] | None:  # fmt: skip
+    store: JobStore,
+    job: dict[str, Any],
+    name: str,
+    settings: Settings,
+    provider: str,
+    dataset: Any,
+    base_model: str | None,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
     """Train; the body that registers the result in the gateway (None: cancelled)."""
     cfg = settings.retrain
     store.update(job["id"], status="running")
@@ -265,8 +307,12 @@ def _train(
         model = base_model or preflight.base_model(settings)
         out = (cfg.local.adapter_dir / name).resolve()
         checkpoints = checkpoint_dir(settings, dataset.name, model)
-        store.update(job["id"], base_model=model, checkpoints=str(checkpoints),
-                     params=cfg.local.model_dump(mode="json"))  # fmt: skip
+        store.update(
+            job["id"],
+            base_model=model,
+            checkpoints=str(checkpoints),
+            params=cfg.local.model_dump(mode="json"),
+        )
 
         def on_log(row: dict[str, Any]) -> None:
             store.update(job["id"], loss=[row])
@@ -276,25 +322,40 @@ def _train(
             store.update(job["id"], checkpoint_step=step)
             crash_point("checkpoint")
 
-        summary = train(dataset, out, cfg.local, base_model=model, checkpoint_dir=checkpoints,
-                        on_log=on_log, on_checkpoint=on_checkpoint,
-                        should_stop=cancelled)  # fmt: skip
+        summary = train(
+            dataset,
+            out,
+            cfg.local,
+            base_model=model,
+            checkpoint_dir=checkpoints,
+            on_log=on_log,
+            on_checkpoint=on_checkpoint,
+            should_stop=cancelled,
+        )
         store.update(job["id"], training=summary, adapter_path=str(out))
         if summary["resumed_from_step"] is not None:
-            log(f"{job['id']}: resumed from the checkpoint at step "
-                f"{summary['resumed_from_step']} of an earlier try")  # fmt: skip
+            log(
+                f"{job['id']}: resumed from the checkpoint at step "
+                f"{summary['resumed_from_step']} of an earlier try"
+            )
         losses = (
             f"validation loss {summary['eval_loss_first']:.3f} → {summary['eval_loss_last']:.3f}"
             if summary["eval_loss_first"] is not None
             else "no validation split"
         )
-        log(f"{job['id']}: trained {summary['steps']} steps on {summary['device']} "
-            f"(train loss {summary['train_loss']:.3f}; {losses})")  # fmt: skip
+        log(
+            f"{job['id']}: trained {summary['steps']} steps on {summary['device']} "
+            f"(train loss {summary['train_loss']:.3f}; {losses})"
+        )
         if summary["cancelled"]:
             store.update(job["id"], status="cancelled")
             return None
-        return {"name": name, "upstream": cfg.local.upstream, "model": name,
-                "adapter_path": str(out)}  # fmt: skip
+        return {
+            "name": name,
+            "upstream": cfg.local.upstream,
+            "model": name,
+            "adapter_path": str(out),
+        }
 
     from .openai_ft import OpenAIProvider
 

@@ -155,8 +155,12 @@ def examples_from(
             out.dropped["interaction_missing"] += 1
             continue
         messages, answer = ix["messages"], ix.get("answer") or ""
-        meta = {"group": _group(ix), "tags": list(rec.get("tags") or []),
-                "events": [ev.stream_id], "response_id": rid}  # fmt: skip
+        meta = {
+            "group": _group(ix),
+            "tags": list(rec.get("tags") or []),
+            "events": [ev.stream_id],
+            "response_id": rid,
+        }
         pkey = _prompt_key(messages)
         if rec["score"] < failure_threshold:
             if answer and ix.get("status") == "ok":
@@ -171,11 +175,17 @@ def examples_from(
             if taught:
                 out.examples.append(Example(SFT, _sft(messages, taught), "teacher", **meta))
             else:
-                out.review[rid] = {"response_id": rid, "experiment": rec.get("experiment"),
-                                   "arm": rec.get("arm"), "messages": messages,
-                                   "answer": answer, "comment": rec.get("comment"),
-                                   "tags": meta["tags"], "group": meta["group"],
-                                   "correction": None}  # fmt: skip
+                out.review[rid] = {
+                    "response_id": rid,
+                    "experiment": rec.get("experiment"),
+                    "arm": rec.get("arm"),
+                    "messages": messages,
+                    "answer": answer,
+                    "comment": rec.get("comment"),
+                    "tags": meta["tags"],
+                    "group": meta["group"],
+                    "correction": None,
+                }
         elif rec["score"] >= cfg.good_threshold and answer and ix.get("status") == "ok":
             goods[pkey].append((answer, ev, meta))
             if _hash_unit("keep", rid) < cfg.keep_good_share:
@@ -197,12 +207,17 @@ def reviewed_examples(items: dict[str, dict[str, Any]]) -> tuple[list[Example], 
         fix = item.get("correction")
         if not isinstance(fix, str) or not fix.strip():
             continue
-        meta = {"group": item["group"], "tags": item.get("tags") or [], "events": [],
-                "response_id": rid}  # fmt: skip
+        meta = {
+            "group": item["group"],
+            "tags": item.get("tags") or [],
+            "events": [],
+            "response_id": rid,
+        }
         examples.append(Example(SFT, _sft(item["messages"], fix), "review", **meta))
         if item.get("answer"):
-            examples.append(Example(DPO, _pair(item["messages"], fix, item["answer"]), "review",
-                                    **meta))  # fmt: skip
+            examples.append(
+                Example(DPO, _pair(item["messages"], fix, item["answer"]), "review", **meta)
+            )
         used.append(rid)
     return examples, used
 
@@ -358,8 +373,9 @@ class Builder:
         lock = Lock(self.client, keys.build_lock(self.experiment))
         holder = lock.acquire()
         if holder is not None:
-            return BuildResult("busy", BUSY, f"another build of '{self.experiment}' is running "
-                               f"({holder})", {})  # fmt: skip
+            return BuildResult(
+                "busy", BUSY, f"another build of '{self.experiment}' is running ({holder})", {}
+            )
         try:
             return self._run(dry_run)
         finally:
@@ -370,35 +386,45 @@ class Builder:
         step = self.progress("join interactions", len(ids))
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            for rid, raw in zip(chunk, self.client.mget([keys.interaction(i) for i in chunk]),
-                                strict=True):  # fmt: skip
+            for rid, raw in zip(
+                chunk, self.client.mget([keys.interaction(i) for i in chunk]), strict=True
+            ):
                 out[rid] = keys.decode(raw)
             step(len(chunk))
         return out
 
     def _run(self, dry_run: bool) -> BuildResult:
         # 1. collect
-        consumer = FeedbackConsumer(self.client, group=keys.retrain_group(self.experiment),
-                                    consumer=f"build-{os.getpid()}", claim_idle_ms=0)  # fmt: skip
+        consumer = FeedbackConsumer(
+            self.client,
+            group=keys.retrain_group(self.experiment),
+            consumer=f"build-{os.getpid()}",
+            claim_idle_ms=0,
+        )
         events = consumer.read_all()
         parent = latest_version(self.root)
         done_before = set(parent.manifest["feedback_events"]) if parent else set()
         since_ms = int(self.since.timestamp() * 1000) if self.since else 0
         tenant = experiment_tenant(self.client, self.settings, self.experiment)
         mine = [
-            e for e in events
+            e
+            for e in events
             if e.record.get("experiment") == self.experiment
             and keys.stream_id_order(e.stream_id)[0] >= since_ms
             and e.stream_id not in done_before
             and (tenant is None or e.record.get("tenant") == tenant)
-        ]  # fmt: skip
+        ]
         interactions = self._interactions(sorted({e.record["response_id"] for e in mine}))
         crash_point("after-collect")
 
         # 2. examples
-        gathered = examples_from(mine, interactions, self.cfg,
-                                 self.settings.feedback.failure_threshold,
-                                 _teacher(self.settings))  # fmt: skip
+        gathered = examples_from(
+            mine,
+            interactions,
+            self.cfg,
+            self.settings.feedback.failure_threshold,
+            _teacher(self.settings),
+        )
         raw_queue = self.client.hgetall(keys.review(self.experiment))
         queued = {keys.text(k): orjson.loads(v) for k, v in raw_queue.items()}
         reviewed, review_used = reviewed_examples(queued)
@@ -419,8 +445,9 @@ class Builder:
         assign_splits(kept, new, self.cfg)
         examples = kept + new
         vid = _dataset_id(examples)
-        manifest = self._manifest(vid, parent, examples, new, curator, counter, mine, gathered,
-                                  review_used, len(events))  # fmt: skip
+        manifest = self._manifest(
+            vid, parent, examples, new, curator, counter, mine, gathered, review_used, len(events)
+        )
 
         # 5. check, write, acknowledge
         sft_count = sum(1 for ex in examples if ex.kind == SFT)
@@ -430,32 +457,38 @@ class Builder:
             by_source = Counter(ex.source for ex in examples if ex.kind == SFT)
             waiting = self.client.hlen(keys.review(self.experiment))
             return BuildResult(
-                "below-minimum", BELOW_MINIMUM,
+                "below-minimum",
+                BELOW_MINIMUM,
                 f"only {sft_count} supervised examples "
                 f"({', '.join(f'{n} {s}' for s, n in sorted(by_source.items())) or 'none'}); "
                 f"at least {self.cfg.min_examples} are needed. Collect more ratings with "
                 f"corrections or well-rated answers, or correct the {waiting} failures waiting "
                 f"in the review queue (retrain review export).",
                 manifest,
-            )  # fmt: skip
-        over = [c for c in manifest["cost_estimates"]
-                if self.cfg.cost_cap is not None and c["cost"] > self.cfg.cost_cap]  # fmt: skip
+            )
+        over = [
+            c
+            for c in manifest["cost_estimates"]
+            if self.cfg.cost_cap is not None and c["cost"] > self.cfg.cost_cap
+        ]
         if over:
             worst = max(over, key=lambda c: c["cost"])
             return BuildResult(
-                "over-cost-cap", OVER_COST_CAP,
+                "over-cost-cap",
+                OVER_COST_CAP,
                 f"estimated training cost {worst['cost']:.2f} ({worst['provider']} "
                 f"{worst['model']}, {worst['epochs']} epochs) is over the cap "
                 f"{self.cfg.cost_cap:.2f} by {worst['cost'] - (self.cfg.cost_cap or 0):.2f}",
                 manifest,
-            )  # fmt: skip
+            )
         if dry_run:
             return BuildResult("dry-run", OK, "dry run: nothing written", manifest)
         if not new and parent is not None and vid == parent.id:
             consumer.ack(events)
             self._forget_reviewed(review_used)
-            return BuildResult("nothing-new", OK, f"nothing new: {vid} stays the latest",
-                               manifest, parent.path)  # fmt: skip
+            return BuildResult(
+                "nothing-new", OK, f"nothing new: {vid} stays the latest", manifest, parent.path
+            )
         path = write_version(self.root, vid, examples, manifest)
         crash_point("after-write")
         self._forget_reviewed(review_used)
@@ -497,10 +530,16 @@ class Builder:
             tokens[name] += ex.tokens
             by_source[name][ex.source] += 1
         trained = tokens["train"] + tokens["preference"]
-        costs = [{"provider": p.provider, "model": p.model, "epochs": self.cfg.epochs,
-                  "tokens": trained * self.cfg.epochs,
-                  "cost": round(trained * self.cfg.epochs * p.per_1m_tokens / 1e6, 4)}
-                 for p in self.cfg.prices]  # fmt: skip
+        costs = [
+            {
+                "provider": p.provider,
+                "model": p.model,
+                "epochs": self.cfg.epochs,
+                "tokens": trained * self.cfg.epochs,
+                "cost": round(trained * self.cfg.epochs * p.per_1m_tokens / 1e6, 4),
+            }
+            for p in self.cfg.prices
+        ]
         return {
             "id": vid,
             "experiment": self.experiment,
@@ -525,5 +564,5 @@ class Builder:
                 "max_tokens": self.cfg.max_tokens,
                 "near_duplicate": self.cfg.near_duplicate,
                 "split": self.cfg.split.model_dump(),
-            },  # fmt: skip
+            },
         }

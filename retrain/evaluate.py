@@ -115,8 +115,10 @@ def golden_problem(cfg: Eval) -> str | None:
 
 def collect_more_reason(have: int, cfg: Eval) -> str:
     missing = max(0, cfg.min_examples - have)
-    return (f"collect more: {have} held-out test examples, the gate needs at least "
-            f"{cfg.min_examples} (retrain.eval.min_examples): {missing} missing")  # fmt: skip
+    return (
+        f"collect more: {have} held-out test examples, the gate needs at least "
+        f"{cfg.min_examples} (retrain.eval.min_examples): {missing} missing"
+    )
 
 
 def rule_text(cfg: Eval, *, test: bool, golden: bool) -> str:
@@ -124,9 +126,11 @@ def rule_text(cfg: Eval, *, test: bool, golden: bool) -> str:
     metric, conf = METRIC_NAMES[cfg.metric], f"{cfg.confidence:.0%}"
     parts = []
     if test:
-        parts.append(f"test split (at least {cfg.min_examples} examples): the {conf} "
-                     f"paired bootstrap lower bound of the mean {metric} gain >= "
-                     f"{cfg.margin:g}")  # fmt: skip
+        parts.append(
+            f"test split (at least {cfg.min_examples} examples): the {conf} "
+            f"paired bootstrap lower bound of the mean {metric} gain >= "
+            f"{cfg.margin:g}"
+        )
     if golden:
         parts.append(f"golden set: mean {metric} gain >= -{cfg.golden_tolerance:g}")
     parts.append(
@@ -156,17 +160,26 @@ def gate(
     if cases is None and not golden:
         raise ValueError("nothing to evaluate on: neither a test split nor a golden set")
     result: dict[str, Any] = {
-        "control": control, "candidate": candidate,
+        "control": control,
+        "candidate": candidate,
         "cases": len(cases) if cases is not None else 0,
         "golden_cases": len(golden or []),
         "rule": rule_text(cfg, test=cases is not None, golden=bool(golden)),
         "config": cfg.model_dump(mode="json"),
-        "missing": 0, "test": None, "golden": None, "judge": None, "rows": [],
-    }  # fmt: skip
+        "missing": 0,
+        "test": None,
+        "golden": None,
+        "judge": None,
+        "rows": [],
+    }
     if cases is not None and len(cases) < cfg.min_examples:
         result["missing"] = cfg.min_examples - len(cases)
-        return {**result, "outcome": "collect-more", "passed": False,
-                "reason": collect_more_reason(len(cases), cfg)}  # fmt: skip
+        return {
+            **result,
+            "outcome": "collect-more",
+            "passed": False,
+            "reason": collect_more_reason(len(cases), cfg),
+        }
 
     work = [("test", c) for c in cases or []] + [("golden", c) for c in golden or []]
 
@@ -190,8 +203,12 @@ def gate(
         reasons.append((result["judge"]["passed"], result["judge"]["reason"]))
     passed = all(ok for ok, _ in reasons)
     shown = [t for ok, t in reasons if not ok] + [t for ok, t in reasons if ok]  # failed first
-    return {**result, "outcome": "passed" if passed else "rejected", "passed": passed,
-            "reason": "; ".join(shown)}  # fmt: skip
+    return {
+        **result,
+        "outcome": "passed" if passed else "rejected",
+        "passed": passed,
+        "reason": "; ".join(shown),
+    }
 
 
 def gate_dataset(
@@ -217,20 +234,31 @@ def _prompt(messages: list[dict[str, Any]]) -> str:
     return content if isinstance(content, str) else json.dumps(content)
 
 
-def _example(source: str, case: Case, ask: Ask, control: str, candidate: str,
-             cfg: Eval) -> dict[str, Any]:  # fmt: skip
+def _example(
+    source: str, case: Case, ask: Ask, control: str, candidate: str, cfg: Eval
+) -> dict[str, Any]:
     budget = answer_budget(case.expected, cfg.answer_factor, cfg.answer_slack, cfg.max_tokens)
-    row: dict[str, Any] = {"source": source, "prompt": _prompt(case.messages),
-                           "expected": case.expected, "max_tokens": budget}  # fmt: skip
+    row: dict[str, Any] = {
+        "source": source,
+        "prompt": _prompt(case.messages),
+        "expected": case.expected,
+        "max_tokens": budget,
+    }
     answers = {}
     for who, model in (("control", control), ("candidate", candidate)):
         answers[who] = ask(model, case.messages, budget)
         row[who] = {"answer": answers[who], **score(answers[who], case.expected)}
     row["gain"] = round(float(row["candidate"][cfg.metric]) - float(row["control"][cfg.metric]), 4)
     if cfg.judge:
-        row["judge"] = judging.judge_pair(ask, cfg.judge, case.messages, case.expected,
-                                          answers["candidate"], answers["control"],
-                                          cfg.judge_max_tokens)  # fmt: skip
+        row["judge"] = judging.judge_pair(
+            ask,
+            cfg.judge,
+            case.messages,
+            case.expected,
+            answers["candidate"],
+            answers["control"],
+            cfg.judge_max_tokens,
+        )
     return row
 
 
@@ -246,29 +274,42 @@ def _summary(rows: list[dict[str, Any]], cfg: Eval, *, guard: bool) -> dict[str,
     for who in ("control", "candidate"):
         for name in ("rouge_l", "exact"):
             summary[f"{who}_{name}"] = _mean([float(r[who][name]) for r in rows])
-    boot = paired_bootstrap([float(r["gain"]) for r in rows], samples=cfg.bootstrap_samples,
-                            seed=cfg.seed, confidence=cfg.confidence)  # fmt: skip
+    boot = paired_bootstrap(
+        [float(r["gain"]) for r in rows],
+        samples=cfg.bootstrap_samples,
+        seed=cfg.seed,
+        confidence=cfg.confidence,
+    )
     summary["gain"] = boot.as_dict()
     gain = Interval(**summary["gain"])  # the rounded numbers: what is shown is what is compared
     ctl, cand = summary[f"control_{cfg.metric}"], summary[f"candidate_{cfg.metric}"]
     interval = f"{conf} CI {gain.low:+.3f} to {gain.high:+.3f}"
     if guard:
         ok = gain.estimate >= -cfg.golden_tolerance
-        reason = (f"golden set: {metric} {cand:.3f} vs control {ctl:.3f} on {len(rows)} "
-                  f"examples: gain {gain.estimate:+.3f} ({interval}) "
-                  f"{'>=' if ok else '<'} the tolerance -{cfg.golden_tolerance:g}")  # fmt: skip
+        reason = (
+            f"golden set: {metric} {cand:.3f} vs control {ctl:.3f} on {len(rows)} "
+            f"examples: gain {gain.estimate:+.3f} ({interval}) "
+            f"{'>=' if ok else '<'} the tolerance -{cfg.golden_tolerance:g}"
+        )
     else:
         ok = gain.low >= cfg.margin
-        reason = (f"{metric} {cand:.3f} vs control {ctl:.3f} on {len(rows)} test examples: "
-                  f"gain {gain.estimate:+.3f}, {interval}: lower bound "
-                  f"{'>=' if ok else '<'} the margin {cfg.margin:g}")  # fmt: skip
+        reason = (
+            f"{metric} {cand:.3f} vs control {ctl:.3f} on {len(rows)} test examples: "
+            f"gain {gain.estimate:+.3f}, {interval}: lower bound "
+            f"{'>=' if ok else '<'} the margin {cfg.margin:g}"
+        )
     json_rows = [r for r in rows if "valid_json" in r["control"]]
     if json_rows:
-        rates = {who: _mean([float(r[who]["valid_json"]) for r in json_rows])
-                 for who in ("control", "candidate")}  # fmt: skip
+        rates = {
+            who: _mean([float(r[who]["valid_json"]) for r in json_rows])
+            for who in ("control", "candidate")
+        }
         json_ok = rates["candidate"] >= rates["control"] - cfg.json_tolerance
-        summary.update(json_examples=len(json_rows), control_valid_json=rates["control"],
-                       candidate_valid_json=rates["candidate"])  # fmt: skip
+        summary.update(
+            json_examples=len(json_rows),
+            control_valid_json=rates["control"],
+            candidate_valid_json=rates["candidate"],
+        )
         reason += (
             f"; valid JSON {rates['candidate']:.0%} vs control {rates['control']:.0%} "
             f"of {len(json_rows)}{'' if json_ok else ': worse than the tolerance'}"

@@ -160,8 +160,7 @@ def export_feedback(
             ix = interaction(client, rid)
             if tenant is not None and (ix or {}).get("tenant") != tenant:
                 continue
-            row = {"response_id": rid, "interaction": ix,
-                   "ratings": ratings(client, rid)}  # fmt: skip
+            row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
             f.write(orjson.dumps(row) + b"\n")
             n += 1
     tmp.replace(out)

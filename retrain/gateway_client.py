@@ -49,8 +49,10 @@ class Gateway:
                 message = resp.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = resp.text[:300]
-            raise GatewayUnavailable(f"gateway: {resp.request.method} {resp.request.url.path}: "
-                               f"HTTP {resp.status_code}: {message}")  # fmt: skip
+            raise GatewayUnavailable(
+                f"gateway: {resp.request.method} {resp.request.url.path}: "
+                f"HTTP {resp.status_code}: {message}"
+            )
         doc: dict[str, Any] = resp.json()
         return doc
 
@@ -69,15 +71,27 @@ class Gateway:
             self._check(resp)
 
     def add_arm(self, experiment: str, model: str, weight: float) -> dict[str, Any]:
-        return self._check(self.http.post(f"/admin/experiments/{experiment}/arms",
-                                          json={"model": model, "weight": weight},
-                                          headers=self.admin))  # fmt: skip
+        return self._check(
+            self.http.post(
+                f"/admin/experiments/{experiment}/arms",
+                json={"model": model, "weight": weight},
+                headers=self.admin,
+            )
+        )
 
     def ask(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None) -> str:
         """One greedy (temperature 0) answer of ``model``; ``max_tokens`` defaults to
         ``retrain.eval.max_tokens``."""
-        doc = self._check(self.http.post("/v1/chat/completions", headers=self.client, json={
-            "model": model, "messages": messages, "temperature": 0,
-            "max_tokens": max_tokens or self.max_tokens,
-        }))  # fmt: skip
+        doc = self._check(
+            self.http.post(
+                "/v1/chat/completions",
+                headers=self.client,
+                json={
+                    "model": model,
+                    "messages": messages,
+                    "temperature": 0,
+                    "max_tokens": max_tokens or self.max_tokens,
+                },
+            )
+        )
         return str(doc["choices"][0]["message"].get("content") or "")

@@ -36,10 +36,20 @@ class JobStore:
 
     def create(self, **fields: Any) -> dict[str, Any]:
         now = time.time()
-        job = {"id": "ftjob-" + secrets.token_hex(6), "status": "queued", "created": now,
-               "updated": now, "loss": [], "events": [], "result_model": None,
-               "adapter_path": None, "model_name": None, "evaluation": None, "error": None,
-               **fields}  # fmt: skip
+        job = {
+            "id": "ftjob-" + secrets.token_hex(6),
+            "status": "queued",
+            "created": now,
+            "updated": now,
+            "loss": [],
+            "events": [],
+            "result_model": None,
+            "adapter_path": None,
+            "model_name": None,
+            "evaluation": None,
+            "error": None,
+            **fields,
+        }
         pipe = self.client.pipeline()
         pipe.set(keys.job(job["id"]), orjson.dumps(job))
         pipe.zadd(keys.JOBS, {job["id"]: now})

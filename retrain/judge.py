@@ -61,9 +61,14 @@ def parse(reply: str) -> str:
 
 
 def judge_pair(
-    ask: Ask, judge: str, messages: list[dict[str, Any]], reference: str,
-    candidate: str, control: str, max_tokens: int,
-) -> dict[str, str]:  # fmt: skip
+    ask: Ask,
+    judge: str,
+    messages: list[dict[str, Any]],
+    reference: str,
+    candidate: str,
+    control: str,
+    max_tokens: int,
+) -> dict[str, str]:
     """Both orders' verdicts for one example, and the combined ``verdict``."""
     first = parse(ask(judge, prompt(messages, reference, candidate, control), max_tokens))
     second = parse(ask(judge, prompt(messages, reference, control, candidate), max_tokens))
@@ -80,8 +85,9 @@ def judge_pair(
     return {"candidate_first": one, "control_first": two, "verdict": verdict}
 
 
-def summarise(verdicts: list[dict[str, str]], model: str, rule: str,
-              confidence: float) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    verdicts: list[dict[str, str]], model: str, rule: str, confidence: float
+) -> dict[str, Any]:
     """Counts, the win rate with its interval, and whether ``rule`` is met."""
     n = len(verdicts)
     wins = sum(v["verdict"] == "win" for v in verdicts)
@@ -100,10 +106,21 @@ def summarise(verdicts: list[dict[str, str]], model: str, rule: str,
         passed = rate.high >= 0.5
         need = f"its {confidence:.0%} upper bound must reach 0.5"
     verdict = "met" if passed else "not met"
-    reason = (f"judge {model}: win rate {rate.estimate:.3f} ({confidence:.0%} CI "
-              f"{rate.low:.3f} to {rate.high:.3f}; {wins} wins, {losses} losses, {ties} ties "
-              f"of {n}; {inconsistent} inconsistent): {need}: {verdict}")  # fmt: skip
-    return {"model": model, "n": n, "wins": wins, "losses": losses, "ties": ties,
-            "inconsistent": inconsistent, "invalid": invalid,
-            "win_rate": rate.as_dict(), "rule": rule, "passed": passed,
-            "reason": reason}  # fmt: skip
+    reason = (
+        f"judge {model}: win rate {rate.estimate:.3f} ({confidence:.0%} CI "
+        f"{rate.low:.3f} to {rate.high:.3f}; {wins} wins, {losses} losses, {ties} ties "
+        f"of {n}; {inconsistent} inconsistent): {need}: {verdict}"
+    )
+    return {
+        "model": model,
+        "n": n,
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "inconsistent": inconsistent,
+        "invalid": invalid,
+        "win_rate": rate.as_dict(),
+        "rule": rule,
+        "passed": passed,
+        "reason": reason,
+    }

@@ -35,13 +35,20 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def sft_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"prompt": line["messages"][:-1], "completion": line["messages"][-1:]}
-            for line in lines]  # fmt: skip
+    return [
+        {"prompt": line["messages"][:-1], "completion": line["messages"][-1:]} for line in lines
+    ]
 
 
 def dpo_rows(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"prompt": line["input"]["messages"], "chosen": line["preferred_output"],
-             "rejected": line["non_preferred_output"]} for line in lines]  # fmt: skip
+    return [
+        {
+            "prompt": line["input"]["messages"],
+            "chosen": line["preferred_output"],
+            "rejected": line["non_preferred_output"],
+        }
+        for line in lines
+    ]
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

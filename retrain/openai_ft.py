@@ -28,8 +28,9 @@ class OpenAIProvider:
         if client is None:
             from openai import OpenAI
 
-            client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key.get_secret_value() or None,
-                            max_retries=3)  # fmt: skip
+            client = OpenAI(
+                base_url=cfg.base_url, api_key=cfg.api_key.get_secret_value() or None, max_retries=3
+            )
         self.cfg = cfg
         self.client = client
 
@@ -68,8 +69,10 @@ class OpenAIProvider:
         """Events not seen yet, oldest first."""
         page = self.client.fine_tuning.jobs.list_events(job_id, limit=100)
         fresh = [e for e in page.data if e.id not in seen]
-        return [{"id": e.id, "created_at": e.created_at, "level": e.level, "message": e.message}
-                for e in reversed(fresh)]  # fmt: skip
+        return [
+            {"id": e.id, "created_at": e.created_at, "level": e.level, "message": e.message}
+            for e in reversed(fresh)
+        ]
 
     def cancel(self, job_id: str) -> None:
         self.client.fine_tuning.jobs.cancel(job_id)

@@ -57,8 +57,9 @@ def import_review(client: redis.Redis, experiment: str, path: Path) -> int:
                 continue
             raw = client.hget(keys.review(experiment), row["response_id"])
             if raw is None:
-                raise ReviewError(f"{path}:{n}: {row['response_id']} is not in the review "
-                                  f"queue of '{experiment}'")  # fmt: skip
+                raise ReviewError(
+                    f"{path}:{n}: {row['response_id']} is not in the review queue of '{experiment}'"
+                )
             try:
                 item = corrected(orjson.loads(raw), fix)
             except BadCorrection as exc:

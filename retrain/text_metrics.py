@@ -81,8 +81,10 @@ def answer_budget(expected: str, factor: float, slack: int, cap: int) -> int:
 def score(answer: str, expected: str) -> dict[str, Any]:
     """The scores of one answer: ``rouge_l``, ``exact`` and, where the expected answer
     is JSON, ``valid_json``."""
-    row: dict[str, Any] = {"rouge_l": round(rouge_l(answer, expected), 4),
-                           "exact": exact(answer, expected)}  # fmt: skip
+    row: dict[str, Any] = {
+        "rouge_l": round(rouge_l(answer, expected), 4),
+        "exact": exact(answer, expected),
+    }
     if is_json(expected):
         row["valid_json"] = is_json(answer)
     return row

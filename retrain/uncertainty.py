@@ -32,8 +32,11 @@ class Interval:
     high: float
 
     def as_dict(self, digits: int = 4) -> dict[str, float]:
-        return {"estimate": round(self.estimate, digits), "low": round(self.low, digits),
-                "high": round(self.high, digits)}  # fmt: skip
+        return {
+            "estimate": round(self.estimate, digits),
+            "low": round(self.low, digits),
+            "high": round(self.high, digits),
+        }
 
 
 def paired_bootstrap(
@@ -63,8 +66,12 @@ def t_quantile(p: float, df: int) -> float:
     0.3% of the exact value for levels up to 99.5%; below it is too small (at 4: 0.25%
     for 97.5%, 1.2% for 99.5%)."""
     z = NormalDist().inv_cdf(p)
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))  # fmt: skip
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def wilson(successes: float, n: int, confidence: float) -> Interval:

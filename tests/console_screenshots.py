@@ -58,10 +58,17 @@ def main() -> None:
                 exp = new_experiment(gw, "support")
                 for step, weight in enumerate((10, 30, 50)):
                     if step:
-                        r = httpx.put(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN, json={
-                            "arms": [{"model": "fixed-a", "weight": 100 - weight},
-                                     {"model": "fixed-b", "weight": weight}],
-                            "fallback": "fixed-c"})  # fmt: skip
+                        r = httpx.put(
+                            f"{gw.url}/admin/experiments/{exp}",
+                            headers=ADMIN,
+                            json={
+                                "arms": [
+                                    {"model": "fixed-a", "weight": 100 - weight},
+                                    {"model": "fixed-b", "weight": weight},
+                                ],
+                                "fallback": "fixed-c",
+                            },
+                        )
                         r.raise_for_status()
                     chat_and_rate(gw, exp, 12, rating="up", prefix=f"v{step} good")
                     chat_and_rate(gw, exp, 4, rating="down", prefix=f"v{step} bad")
@@ -69,15 +76,32 @@ def main() -> None:
                 rid = chat_and_rate(gw, exp, 1, rating="down", prefix="refund")[0]
                 retrain_build(config, exp)
                 jobs = JobStore(redis.Redis(port=server.port, db=0))
-                job = jobs.create(experiment=exp, provider="local", dataset_id="ds-5f1c0a2b9e7d",
-                                  dataset_path="datasets/ds-5f1c0a2b9e7d", params={})  # fmt: skip
-                jobs.update(job["id"], status="registered", model_name="fixed-b",
-                            loss=[{"step": s, "loss": 2.2 / (1 + 0.3 * s),
-                                   "eval_loss": 2.4 / (1 + 0.25 * s) if s % 5 == 0 else None}
-                                  for s in range(1, 31)],
-                            evaluation={"outcome": "passed", "passed": True,
-                                        "reason": "test split: mean gain 0.31 [0.12, 0.5]",
-                                        "rows": []})  # fmt: skip
+                job = jobs.create(
+                    experiment=exp,
+                    provider="local",
+                    dataset_id="ds-5f1c0a2b9e7d",
+                    dataset_path="datasets/ds-5f1c0a2b9e7d",
+                    params={},
+                )
+                jobs.update(
+                    job["id"],
+                    status="registered",
+                    model_name="fixed-b",
+                    loss=[
+                        {
+                            "step": s,
+                            "loss": 2.2 / (1 + 0.3 * s),
+                            "eval_loss": 2.4 / (1 + 0.25 * s) if s % 5 == 0 else None,
+                        }
+                        for s in range(1, 31)
+                    ],
+                    evaluation={
+                        "outcome": "passed",
+                        "passed": True,
+                        "reason": "test split: mean gain 0.31 [0.12, 0.5]",
+                        "rows": [],
+                    },
+                )
                 shoot(sync_playwright, gw.url, exp, rid or ids[0], args.out)
         finally:
             server.stop()

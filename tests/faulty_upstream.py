@@ -58,11 +58,21 @@ class FaultyUpstream(BackgroundServer):
             prompt = str(body["messages"][-1]["content"])
             self.judged.append(prompt)
             reply = next((v for k, v in self.verdicts.items() if k in prompt), "no verdict")
-            return web.json_response({
-                "id": "up-1", "object": "chat.completion", "created": 0, "model": mode,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": reply}}],
-            })  # fmt: skip
+            return web.json_response(
+                {
+                    "id": "up-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": mode,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": reply},
+                        }
+                    ],
+                }
+            )
         if isinstance(mode, str) and mode.startswith("fixed"):
             return await self._fixed(request, mode, body.get("stream") is True)
         if mode == "slow":
@@ -89,10 +99,12 @@ class FaultyUpstream(BackgroundServer):
             try:
                 while True:
                     chunk = {
-                        "id": "up-1", "object": "chat.completion.chunk", "created": 0,
+                        "id": "up-1",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
                         "model": mode,
                         "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}],
-                    }  # fmt: skip
+                    }
                     await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
                     self.chunks_sent += 1
                     sent += 1
@@ -109,22 +121,45 @@ class FaultyUpstream(BackgroundServer):
     async def _fixed(self, request: web.Request, mode: str, stream: bool) -> web.StreamResponse:
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         if not stream:
-            return web.json_response({
-                "id": "up-1", "object": "chat.completion", "created": 0, "model": mode,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": f"answer from {mode}"}}],
-                "usage": usage,
-            })  # fmt: skip
+            return web.json_response(
+                {
+                    "id": "up-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": mode,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": f"answer from {mode}"},
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for delta, finish in (({"role": "assistant", "content": "answer "}, None),
-                              ({"content": f"from {mode}"}, "stop")):  # fmt: skip
+        for delta, finish in (
+            ({"role": "assistant", "content": "answer "}, None),
+            ({"content": f"from {mode}"}, "stop"),
+        ):
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
-                     "choices": [choice]}  # fmt: skip
+            chunk = {
+                "id": "up-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": mode,
+                "choices": [choice],
+            }
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        last = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
-                "choices": [], "usage": usage}  # fmt: skip
+        last = {
+            "id": "up-1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": mode,
+            "choices": [],
+            "usage": usage,
+        }
         await resp.write(b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n")
         return resp
 
@@ -136,8 +171,13 @@ class FaultyUpstream(BackgroundServer):
             delta = {"role": "assistant", "content": "x"} if i == 0 else {"content": "x"}
             finish = "stop" if mode == "trickle" and i == good - 1 else None
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": mode,
-                     "choices": [choice]}  # fmt: skip
+            chunk = {
+                "id": "up-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": mode,
+                "choices": [choice],
+            }
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             self.chunks_sent += 1
             if mode == "trickle":

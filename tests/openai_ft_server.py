@@ -41,14 +41,28 @@ class FineTuningServer(BackgroundServer):
         form = await request.post()
         upload: Any = form["file"]
         content = upload.file.read()
-        self.requests.append({"method": "POST", "path": "/files", "purpose": form["purpose"],
-                              "filename": upload.filename, "bytes": content})  # fmt: skip
+        self.requests.append(
+            {
+                "method": "POST",
+                "path": "/files",
+                "purpose": form["purpose"],
+                "filename": upload.filename,
+                "bytes": content,
+            }
+        )
         n = sum(1 for r in self.requests if r["path"] == "/files")
-        return self._reply("OpenAIFile", {
-            "id": f"file-abc12{n}", "object": "file", "bytes": len(content),
-            "created_at": int(time.time()), "filename": upload.filename,
-            "purpose": "fine-tune", "status": "processed",
-        })  # fmt: skip
+        return self._reply(
+            "OpenAIFile",
+            {
+                "id": f"file-abc12{n}",
+                "object": "file",
+                "bytes": len(content),
+                "created_at": int(time.time()),
+                "filename": upload.filename,
+                "purpose": "fine-tune",
+                "status": "processed",
+            },
+        )
 
     def _job(self, job_id: str) -> dict[str, Any]:
         return self.jobs[job_id]
@@ -58,16 +72,26 @@ class FineTuningServer(BackgroundServer):
         self.requests.append({"method": "POST", "path": "/fine_tuning/jobs", "json": body})
         job_id = f"ftjob-abc{len(self.jobs) + 1}"
         self.jobs[job_id] = {
-            "object": "fine_tuning.job", "id": job_id, "model": body["model"],
-            "created_at": int(time.time()), "finished_at": None, "fine_tuned_model": None,
-            "organization_id": "org-123", "result_files": [], "status": "validating_files",
+            "object": "fine_tuning.job",
+            "id": job_id,
+            "model": body["model"],
+            "created_at": int(time.time()),
+            "finished_at": None,
+            "fine_tuned_model": None,
+            "organization_id": "org-123",
+            "result_files": [],
+            "status": "validating_files",
             "validation_file": body.get("validation_file"),
             "training_file": body["training_file"],
             "hyperparameters": body["method"][body["method"]["type"]]["hyperparameters"],
-            "trained_tokens": None, "error": None, "seed": body.get("seed", 0),
-            "estimated_finish": None, "integrations": [], "metadata": None,
+            "trained_tokens": None,
+            "error": None,
+            "seed": body.get("seed", 0),
+            "estimated_finish": None,
+            "integrations": [],
+            "metadata": None,
             "method": body.get("method"),
-        }  # fmt: skip
+        }
         self._polls[job_id] = 0
         self._suffix[job_id] = body.get("suffix") or "flywheel"
         return self._reply("FineTuningJob", self.jobs[job_id])
@@ -82,13 +106,22 @@ class FineTuningServer(BackgroundServer):
                 job["status"] = STEPS[step]
             elif self.outcome == "succeeded":
                 suffix = self._suffix[job["id"]][:40]
-                job.update(status="succeeded", finished_at=int(time.time()), trained_tokens=2048,
-                           fine_tuned_model=f"ft:{job['model']}:org-123:{suffix}:abc123")  # fmt: skip
+                job.update(
+                    status="succeeded",
+                    finished_at=int(time.time()),
+                    trained_tokens=2048,
+                    fine_tuned_model=f"ft:{job['model']}:org-123:{suffix}:abc123",
+                )
             else:
-                job.update(status="failed", finished_at=int(time.time()), error={
-                    "code": "invalid_training_file", "param": "training_file",
-                    "message": "The job failed due to an invalid training file.",
-                })  # fmt: skip
+                job.update(
+                    status="failed",
+                    finished_at=int(time.time()),
+                    error={
+                        "code": "invalid_training_file",
+                        "param": "training_file",
+                        "message": "The job failed due to an invalid training file.",
+                    },
+                )
         return self._reply("FineTuningJob", job)
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -101,12 +134,22 @@ class FineTuningServer(BackgroundServer):
         shown = messages[: min(self._polls[job["id"]] + 1, len(messages))]
         if job["status"] in ("succeeded", "failed", "cancelled"):
             shown.append(f"Fine-tuning job {job['status']}")
-        data = [{"object": "fine_tuning.job.event", "id": f"ftevent-{job['id']}-{i}",
-                 "created_at": job["created_at"] + i, "level": "info", "message": m,
-                 "data": {}, "type": "message"} for i, m in enumerate(shown)]  # fmt: skip
+        data = [
+            {
+                "object": "fine_tuning.job.event",
+                "id": f"ftevent-{job['id']}-{i}",
+                "created_at": job["created_at"] + i,
+                "level": "info",
+                "message": m,
+                "data": {},
+                "type": "message",
+            }
+            for i, m in enumerate(shown)
+        ]
         data.reverse()  # newest first, as the API lists them
-        return self._reply("ListFineTuningJobEventsResponse",
-                           {"object": "list", "data": data, "has_more": False})  # fmt: skip
+        return self._reply(
+            "ListFineTuningJobEventsResponse", {"object": "list", "data": data, "has_more": False}
+        )
 
     async def _cancel(self, request: web.Request) -> web.Response:
         job = self._job(request.match_info["job_id"])
@@ -116,12 +159,22 @@ class FineTuningServer(BackgroundServer):
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response({
-            "id": "chatcmpl-ft", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": self.answer, "refusal": None}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "id": "chatcmpl-ft",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": self.answer, "refusal": None},
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})

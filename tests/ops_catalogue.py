@@ -32,9 +32,16 @@ def catalogue() -> dict[str, str]:
         weights={("e", "a"): 1.0},
         controls={"e": "a"},
         replicas={("u", "closed"): 1},
-        retrain={"e": {"finished": 1.0, "last_success": 1.0, "outcome": "canary",
-                       "examples": {"train": 1}, "job_status": JOB_STATUSES[0]}},
-    )  # fmt: skip
+        retrain={
+            "e": {
+                "finished": 1.0,
+                "last_success": 1.0,
+                "outcome": "canary",
+                "examples": {"train": 1},
+                "job_status": JOB_STATUSES[0],
+            }
+        },
+    )
     out = {}
     for family in m.registry.collect():
         for suffix in _SUFFIXES[family.type]:

@@ -48,9 +48,13 @@ def chat(
     its response id and the arm that answered."""
     resp = HTTP.post(
         gw.base_url + "/chat/completions",
-        json={"model": model, "user": user, "stream": stream,
-              "messages": [{"role": "user", "content": "hi"}]},
-    )  # fmt: skip
+        json={
+            "model": model,
+            "user": user,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     resp.raise_for_status()
     arm = resp.headers["x-flywheel-arm"]
     if stream:

@@ -39,14 +39,26 @@ class ScriptedUpstream(BackgroundServer):
         words = answer_of(body["messages"]).split(" ")
         limit = body.get("max_tokens") or len(words)
         text = " ".join(words[:limit])
-        return web.json_response({
-            "id": "scripted-1", "object": "chat.completion", "created": 0,
-            "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "length" if len(words) > limit else "stop",
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": min(limit, len(words)),
-                      "total_tokens": 1 + min(limit, len(words))},
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "id": "scripted-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "length" if len(words) > limit else "stop",
+                        "message": {"role": "assistant", "content": text},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 1,
+                    "completion_tokens": min(limit, len(words)),
+                    "total_tokens": 1 + min(limit, len(words)),
+                },
+            }
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})

@@ -48,15 +48,22 @@ class RedisProcess:
         self.proc = subprocess.Popen(
             [
                 redis_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.workdir),
-                "--appendonly", "yes",
-                "--appendfsync", self.appendfsync,
-                "--save", "",
-                "--logfile", str(self.workdir / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--logfile",
+                str(self.workdir / "redis.log"),
             ],
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 10
         import redis
 
@@ -136,10 +143,22 @@ class GatewayProcess:
     def start(self, timeout: float = 30) -> GatewayProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                 "--port", str(self.port), "--workers", str(self.workers)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         if wait_ready(self.proc, self.url + self.ready_path, self.log_path, timeout):
             return self
         self.stop()
@@ -151,8 +170,10 @@ class GatewayProcess:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                print(f"gateway {self.url} ignored SIGTERM for 15 s: killed\n"
-                      f"{tail(self.log_path)}", file=sys.stderr)  # fmt: skip
+                print(
+                    f"gateway {self.url} ignored SIGTERM for 15 s: killed\n{tail(self.log_path)}",
+                    file=sys.stderr,
+                )
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None

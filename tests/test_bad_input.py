@@ -97,11 +97,13 @@ def test_chat_body_that_is_not_a_json_object_is_400(
     [
         (b'{"model": "default", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "UTF-8"),
         (b'{"model": "default\xc3", "messages": []}', "UTF-8"),
-        (b'{"model": "default", "messages": [{"role": "user", "content": "\\ud800"}]}',
-         "surrogate"),
+        (
+            b'{"model": "default", "messages": [{"role": "user", "content": "\\ud800"}]}',
+            "surrogate",
+        ),
     ],
     ids=["invalid-bytes", "truncated-sequence", "lone-surrogate"],
-)  # fmt: skip
+)
 def test_invalid_utf8_is_400(gw: GatewayProcess, body: bytes, says: str) -> None:
     err = assert_openai_error(chat(gw, body), 400)
     assert says in err["message"]
@@ -314,10 +316,18 @@ LONG = "k" * 100_000
 @pytest.mark.parametrize(
     ("path", "method", "body", "param"),
     [
-        ("/v1/chat/completions", "POST",
-         {"model": "default", "messages": HELLO, "max_tokens": LONG}, "max_tokens"),
-        ("/v1/chat/completions", "POST",
-         {"model": "default", "messages": [{"role": LONG, "content": "hi"}]}, "messages[0].role"),
+        (
+            "/v1/chat/completions",
+            "POST",
+            {"model": "default", "messages": HELLO, "max_tokens": LONG},
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            "POST",
+            {"model": "default", "messages": [{"role": LONG, "content": "hi"}]},
+            "messages[0].role",
+        ),
         ("/v1/feedback", "POST", {"response_id": "x", "rating": LONG}, "rating"),
         ("/v1/feedback", "POST", {"response_id": "x", "rating": "up", LONG: 1}, LONG[:64]),
         ("/admin/experiments/long", "PUT", {"arms": [{"model": LONG}]}, "arms[0].model"),
@@ -325,7 +335,7 @@ LONG = "k" * 100_000
         ("/admin/models", "POST", {"name": "m", "upstream": LONG}, "upstream"),
     ],
     ids=["chat-param", "chat-role", "rating", "feedback-key", "arm-model", "spec-key", "upstream"],
-)  # fmt: skip
+)
 def test_errors_quote_what_was_sent_only_in_part(
     gw: GatewayProcess, path: str, method: str, body: dict[str, Any], param: str | None
 ) -> None:
@@ -451,18 +461,24 @@ def test_admin_body_that_is_not_json_is_415(gw: GatewayProcess) -> None:
         ({"arms": [{"model": "fixed-a", "weight": "90"}]}, "arms[0].weight"),  # no coercion
         ({"arms": [{"model": "fixed-a", "weight": True}]}, "arms[0].weight"),
         ({"arms": [{"model": "fixed-a"}], "auto_promote": "yes"}, "auto_promote"),
-        ({"arms": [{"model": "fixed-a"}], "decision": {"max_error_rate_increase": False}},
-         "decision.max_error_rate_increase"),
+        (
+            {"arms": [{"model": "fixed-a"}], "decision": {"max_error_rate_increase": False}},
+            "decision.max_error_rate_increase",
+        ),
         ({"arms": [{"model": "fixed-a", "weight": 1e9}]}, "arms[0].weight"),
-        ({"arms": [{"model": "fixed-a", "weight": 1e6}, {"model": "fixed-b", "weight": 1e300}]},
-         "arms[1].weight"),
+        (
+            {"arms": [{"model": "fixed-a", "weight": 1e6}, {"model": "fixed-b", "weight": 1e300}]},
+            "arms[1].weight",
+        ),
         ({"arms": [{"model": 7}]}, "arms[0].model"),
-        ({"arms": [{"model": "fixed-a"}], "shadow": {"model": "fixed-b", "share": 2}},
-         "shadow.share"),
+        (
+            {"arms": [{"model": "fixed-a"}], "shadow": {"model": "fixed-b", "share": 2}},
+            "shadow.share",
+        ),
         ({"arms": [{"model": "fixed-a"}], "decision": {"alpha": 1}}, "decision.alpha"),
         ({"arms": [{"model": "fixed-a"}], "control": "fixed-b"}, "control"),
     ],
-)  # fmt: skip
+)
 def test_bad_experiment_specs_are_400_naming_the_key(
     gw: GatewayProcess, spec: dict[str, Any], param: str
 ) -> None:

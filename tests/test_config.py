@@ -83,19 +83,49 @@ def test_unknown_arm_model_names_the_key_path(tmp_path: Path) -> None:
     [
         (("weight: 10}", "weight: -1}"), "experiments.support-bot.arms[1].weight: Input should be"),
         (("kind: vllm,", "kind: tgi,"), "upstreams.local.kind: Input should be 'vllm' or 'openai'"),
-        (("fallback: base", "fallback: nope"), "experiments.support-bot.fallback: unknown model 'nope'"),
-        (("upstream: local, model: base}", "upstream: gpu, model: base}"), "models.base.upstream: unknown upstream 'gpu'"),
+        (
+            ("fallback: base", "fallback: nope"),
+            "experiments.support-bot.fallback: unknown model 'nope'",
+        ),
+        (
+            ("upstream: local, model: base}", "upstream: gpu, model: base}"),
+            "models.base.upstream: unknown upstream 'gpu'",
+        ),
         (("listen: {host", "listen: {hots"), "listen.hots: unknown key"),
         (("port: 8000", "port: eighty"), "listen.port: Input should be a valid integer"),
-        (("timeout_s: 120", "timeout_s: 0"), "upstreams.local.timeout_s: Input should be greater than 0"),
-        (("${TEST_API_KEY}", "${NOT_SET_ANYWHERE}"), "auth.api_keys[0].key: environment variable NOT_SET_ANYWHERE is not set"),
-        (("base_url: http://127.0.0.1:8001/v1,", "base_urls: [http://10.0.0.1:8001/v1], base_url: http://127.0.0.1:8001/v1,"), "upstreams.local: Value error, give exactly one of base_url and base_urls"),
-        (("fallback: base", "fallback: base\n    shadow: {model: nope, share: 0.1}"), "experiments.support-bot.shadow.model: unknown model 'nope'"),
-        (("fallback: base", "fallback: base\n    control: ft-mini"), "experiments.support-bot.control: 'ft-mini' is not one of the arms"),
-        (("fallback: base", "fallback: base\n    decision: {alpha: 2}"), "experiments.support-bot.decision.alpha: Input should be less than 1"),
-        (("{model: base, weight: 90}", "{model: base, weight: 90}, {model: base, weight: 1}"), "experiments.support-bot.arms[1].model: 'base' is already an arm"),
+        (
+            ("timeout_s: 120", "timeout_s: 0"),
+            "upstreams.local.timeout_s: Input should be greater than 0",
+        ),
+        (
+            ("${TEST_API_KEY}", "${NOT_SET_ANYWHERE}"),
+            "auth.api_keys[0].key: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            (
+                "base_url: http://127.0.0.1:8001/v1,",
+                "base_urls: [http://10.0.0.1:8001/v1], base_url: http://127.0.0.1:8001/v1,",
+            ),
+            "upstreams.local: Value error, give exactly one of base_url and base_urls",
+        ),
+        (
+            ("fallback: base", "fallback: base\n    shadow: {model: nope, share: 0.1}"),
+            "experiments.support-bot.shadow.model: unknown model 'nope'",
+        ),
+        (
+            ("fallback: base", "fallback: base\n    control: ft-mini"),
+            "experiments.support-bot.control: 'ft-mini' is not one of the arms",
+        ),
+        (
+            ("fallback: base", "fallback: base\n    decision: {alpha: 2}"),
+            "experiments.support-bot.decision.alpha: Input should be less than 1",
+        ),
+        (
+            ("{model: base, weight: 90}", "{model: base, weight: 90}, {model: base, weight: 1}"),
+            "experiments.support-bot.arms[1].model: 'base' is already an arm",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_mistake_is_one_line_with_its_path(
     tmp_path: Path, change: tuple[str, str], expected: str
 ) -> None:
@@ -174,29 +204,39 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_ENV = {
-    "FLYWHEEL_REDIS_URL": "redis://redis:6379/0", "FLYWHEEL_ID_SECRET": "an-id-secret-of-32-chars-or-more",
-    "FLYWHEEL_API_KEY": "sk-client-0123456789", "FLYWHEEL_ADMIN_KEY": "sk-admin-0123456789",
-    "OPENAI_API_KEY": "sk-openai-0123456789", "PATH": "/usr/bin:/bin",
-}  # fmt: skip
+    "FLYWHEEL_REDIS_URL": "redis://redis:6379/0",
+    "FLYWHEEL_ID_SECRET": "an-id-secret-of-32-chars-or-more",
+    "FLYWHEEL_API_KEY": "sk-client-0123456789",
+    "FLYWHEEL_ADMIN_KEY": "sk-admin-0123456789",
+    "OPENAI_API_KEY": "sk-openai-0123456789",
+    "PATH": "/usr/bin:/bin",
+}
 
 
 def gateway_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60, env=env or {"PATH": "/usr/bin:/bin"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env or {"PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.mark.parametrize(("example", "env"), [("local", None), ("production", PRODUCTION_ENV)])
 def test_the_example_configs_pass_check_config(example: str, env: dict[str, str] | None) -> None:
-    run = gateway_cli("check-config", "--config", str(REPO / "examples" / f"{example}.yaml"),
-                      env=env)  # fmt: skip
+    run = gateway_cli(
+        "check-config", "--config", str(REPO / "examples" / f"{example}.yaml"), env=env
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("ok: ")
 
 
 def test_the_production_example_needs_its_secrets_from_the_environment() -> None:
     env = {k: v for k, v in PRODUCTION_ENV.items() if k != "FLYWHEEL_ADMIN_KEY"}
-    run = gateway_cli("check-config", "--config", str(REPO / "examples" / "production.yaml"),
-                      env=env)  # fmt: skip
+    run = gateway_cli(
+        "check-config", "--config", str(REPO / "examples" / "production.yaml"), env=env
+    )
     assert run.returncode == 2
     assert "environment variable FLYWHEEL_ADMIN_KEY is not set" in run.stderr
 

@@ -126,8 +126,12 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     assert page.get_by_role("img", name="mean rating (95% CI)").is_visible()
     report = httpx.get(f"{gw.url}/admin/experiments/{exp}/report", headers=ADMIN).json()
     table = page.locator("section", has_text="Report (version 1)").locator("tbody tr")
-    served = {table.nth(i).locator("td").nth(0).inner_text().split()[0]:
-              int(table.nth(i).locator("td").nth(2).inner_text()) for i in range(table.count())}
+    served = {
+        table.nth(i).locator("td").nth(0).inner_text().split()[0]: int(
+            table.nth(i).locator("td").nth(2).inner_text()
+        )
+        for i in range(table.count())
+    }
     assert served == {a["model"]: a["requests"] for a in report["arms"]}  # the report's table
     assert sum(served.values()) == 4
 
@@ -174,8 +178,10 @@ def test_a_ramp_and_a_rollback_through_the_console_are_what_the_admin_api_shows(
     page.get_by_role("button", name="Apply ramp").click()
 
     state = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
-    assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {"fixed-a": 90,
-                                                                        "fixed-b": 50}
+    assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {
+        "fixed-a": 90,
+        "fixed-b": 50,
+    }
     assert state["pin"]["by"] == "ops" and state["version"] == 2
     history = httpx.get(f"{gw.url}/admin/experiments/{exp}/history", headers=ADMIN).json()
     assert history["data"][-1]["action"] == "ramped fixed-b to 50"
@@ -185,8 +191,10 @@ def test_a_ramp_and_a_rollback_through_the_console_are_what_the_admin_api_shows(
     page.get_by_role("button", name="Roll back…").click()
     page.get_by_role("button", name="Apply rollback").click()
     state = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
-    assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {"fixed-a": 90,
-                                                                        "fixed-b": 10}
+    assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {
+        "fixed-a": 90,
+        "fixed-b": 10,
+    }
     assert state["version"] == 3
     history = httpx.get(f"{gw.url}/admin/experiments/{exp}/history", headers=ADMIN).json()
     assert [h["action"] for h in history["data"]][-1] == "rolled back"
@@ -201,8 +209,9 @@ def test_a_confirmation_applies_only_to_the_version_it_showed(
     page.goto(f"{gw.url}/ui/experiments/{exp}")
     page.get_by_label("Arm").nth(1).select_option("fixed-b")
     page.get_by_role("button", name="Promote…").click()
-    r = httpx.post(f"{gw.url}/admin/experiments/{exp}/promote", json={"model": "fixed-a"},
-                   headers=ADMIN)  # fmt: skip
+    r = httpx.post(
+        f"{gw.url}/admin/experiments/{exp}/promote", json={"model": "fixed-a"}, headers=ADMIN
+    )
     assert r.is_success
     with page.expect_response(lambda resp: "/ui/actions/apply" in resp.url) as info:
         page.get_by_role("button", name="Apply promote").click()
@@ -226,13 +235,15 @@ def test_a_form_without_its_csrf_token_changes_nothing(stack: tuple[GatewayProce
     gw, _ = stack
     exp = new_experiment(gw)
     c, token = session_of(gw, ADMIN_KEY)
-    form = {"experiment": exp, "action": "ramp", "model": "fixed-b", "weight": "60",
-            "version": "1"}  # fmt: skip
+    form = {"experiment": exp, "action": "ramp", "model": "fixed-b", "weight": "60", "version": "1"}
     for bad in ({}, {"csrf": "forged"}):
         r = c.post("/ui/actions/apply", data={**form, **bad})
         assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
-    r = c.post("/ui/actions/apply", data={**form, "csrf": token},
-               headers={"origin": "https://elsewhere.example"})  # fmt: skip
+    r = c.post(
+        "/ui/actions/apply",
+        data={**form, "csrf": token},
+        headers={"origin": "https://elsewhere.example"},
+    )
     assert r.status_code == 403  # another site's page, even with the token
     assert httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["version"] == 1
     r = c.post("/ui/actions/apply", data={**form, "csrf": token})
@@ -271,8 +282,9 @@ def test_a_tenant_reviewer_sees_only_its_tenants_interactions_and_failures(
     theirs = chat_and_rate(gw, exp, 2, key=API_KEY, prefix="tests-tenant")
     assert retrain_build(config, exp).returncode == 4
     bearer = {"Authorization": f"Bearer {TENANT_REVIEWER_KEY}"}
-    listing = httpx.get(f"{gw.url}/ui/interactions", params={"experiment": exp},
-                        headers=bearer).text  # fmt: skip
+    listing = httpx.get(
+        f"{gw.url}/ui/interactions", params={"experiment": exp}, headers=bearer
+    ).text
     assert all(rid in listing for rid in ours) and not any(rid in listing for rid in theirs)
     queue = httpx.get(f"{gw.url}/ui/review", headers=bearer).text
     assert all(rid in queue for rid in ours) and not any(rid in queue for rid in theirs)
@@ -300,7 +312,8 @@ def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_n
     for n in range(50):
         prompt = page.locator(".msg.user pre").inner_text()
         assert page.get_by_label("Correction: the answer the model should have given").evaluate(
-            "el => el === document.activeElement")  # the text box has the focus
+            "el => el === document.activeElement"
+        )  # the text box has the focus
         with page.expect_navigation():
             if n == 0:  # "not a failure": Esc leaves the text box, n dismisses
                 page.keyboard.press("Escape")
@@ -336,8 +349,10 @@ def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_n
     assert download.status_code == 200
     assert download.content == (version / "train.jsonl").read_bytes()
     assert admin.get(f"/ui/datasets/{exp}/../{exp}/train.jsonl").status_code == 404
-    corrected = next(r["response_id"] for r in map(json.loads, (version / "examples.jsonl")
-                                                   .read_text().splitlines()))  # fmt: skip
+    corrected = next(
+        r["response_id"]
+        for r in map(json.loads, (version / "examples.jsonl").read_text().splitlines())
+    )
     detail = admin.get(f"/ui/interactions/{corrected}").text
     assert f"{version.name}: sft (review, train)" in detail
     admin.close()
@@ -351,21 +366,38 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
     gw, _ = stack
     exp = new_experiment(gw, "lineage")
     jobs = JobStore(redis.Redis(port=redis_server.port, db=11))
-    job = jobs.create(experiment=exp, provider="local", dataset_id="ds-0123456789ab",
-                      dataset_path="/data/ds", params={})  # fmt: skip
-    gate_row = {"source": "test", "prompt": "Where is my parcel?", "expected": "On its way.",
-                "control": {"answer": "No idea."}, "candidate": {"answer": "On its way."},
-                "gain": 0.8}  # fmt: skip
-    jobs.update(job["id"], status="registered", model_name="fixed-b",
-                loss=[{"step": s, "loss": 2.0 / s, "eval_loss": None} for s in range(1, 6)],
-                evaluation={"outcome": "passed", "reason": "test split: gain 0.8", "rows": [
-                    gate_row]})  # fmt: skip
+    job = jobs.create(
+        experiment=exp,
+        provider="local",
+        dataset_id="ds-0123456789ab",
+        dataset_path="/data/ds",
+        params={},
+    )
+    gate_row = {
+        "source": "test",
+        "prompt": "Where is my parcel?",
+        "expected": "On its way.",
+        "control": {"answer": "No idea."},
+        "candidate": {"answer": "On its way."},
+        "gain": 0.8,
+    }
+    jobs.update(
+        job["id"],
+        status="registered",
+        model_name="fixed-b",
+        loss=[{"step": s, "loss": 2.0 / s, "eval_loss": None} for s in range(1, 6)],
+        evaluation={"outcome": "passed", "reason": "test split: gain 0.8", "rows": [gate_row]},
+    )
     log_in(page, gw, ADMIN_KEY)
     page.get_by_role("link", name="Jobs & models").click()
     chain = page.get_by_role("list", name=f"lineage of {job['id']}")
     assert chain.locator("li").all_inner_texts() == [
-        "dataset ds-0123456789ab", f"job {job['id']} (registered)", "model fixed-b",
-        f"arm {exp} @ 10", "serving"]  # fmt: skip
+        "dataset ds-0123456789ab",
+        f"job {job['id']} (registered)",
+        "model fixed-b",
+        f"arm {exp} @ 10",
+        "serving",
+    ]
     curve = page.locator("tr", has_text=job["id"]).locator("xpath=following-sibling::tr[1]")
     assert curve.locator("svg.plot circle").count() == 5
     curve.get_by_text("Gate: passed").click()
@@ -414,35 +446,53 @@ def test_the_console_and_retrain_review_export_and_import_share_one_queue(
     ids = chat_and_rate(gw, exp, 3, prefix="shared")
     assert retrain_build(config, exp).returncode == 4
     bearer = {"Authorization": f"Bearer {REVIEWER_KEY}"}
-    r = httpx.post(f"{gw.url}/ui/review/save", headers=bearer,
-                   data={"experiment": exp, "id": ids[0], "action": "dismiss"})  # fmt: skip
+    r = httpx.post(
+        f"{gw.url}/ui/review/save",
+        headers=bearer,
+        data={"experiment": exp, "id": ids[0], "action": "dismiss"},
+    )
     assert r.status_code == 303
 
     out = tmp_path / "queue.jsonl"
     review = [sys.executable, "-m", "retrain", "review"]
-    run = subprocess.run([*review, "export", "--experiment", exp, "--out", str(out),
-                          "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [*review, "export", "--experiment", exp, "--out", str(out), "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["response_id"] for r in rows) == sorted(ids[1:])  # not the dismissed one
     for row in rows:
         row["correction"] = "Fixed by file." if row["response_id"] == ids[1] else None
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    run = subprocess.run([*review, "import", "--experiment", exp, str(out),
-                          "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [*review, "import", "--experiment", exp, str(out), "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
 
     queue = httpx.get(f"{gw.url}/ui/review", params={"experiment": exp}, headers=bearer).text
     assert ids[2] in queue and ids[1] not in queue and ids[0] not in queue
-    bad = httpx.post(f"{gw.url}/ui/review/save", headers=bearer,
-                     data={"experiment": exp, "id": ids[2], "action": "save",
-                           "correction": "   "})  # fmt: skip
+    bad = httpx.post(
+        f"{gw.url}/ui/review/save",
+        headers=bearer,
+        data={"experiment": exp, "id": ids[2], "action": "save", "correction": "   "},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "correction"
 
     assert retrain_build(config, exp).returncode == 0  # the imported correction: version 1
-    r = httpx.post(f"{gw.url}/ui/review/save", headers=bearer,
-                   data={"experiment": exp, "id": ids[2], "action": "save",
-                         "correction": "Fixed in the console."})  # fmt: skip
+    r = httpx.post(
+        f"{gw.url}/ui/review/save",
+        headers=bearer,
+        data={
+            "experiment": exp,
+            "id": ids[2],
+            "action": "save",
+            "correction": "Fixed in the console.",
+        },
+    )
     assert r.status_code == 303
     assert retrain_build(config, exp).returncode == 0  # and the console's: version 2
     listing = httpx.get(f"{gw.url}/ui/datasets", headers=ADMIN).text

@@ -72,8 +72,12 @@ def serve_and_rate(gw: GatewayProcess, experiment: str, items: list[dict[str, An
 def settings_for(gw: GatewayProcess, tmp_path: Path, **retrain: Any) -> tuple[Settings, Path]:
     """The gateway's own config plus a retrain section, written where the CLI can read it."""
     doc = yaml.safe_load(gw.config_path.read_text())
-    doc["retrain"] = {"dataset_dir": str(tmp_path / "datasets"), "min_examples": 1,
-                      "split": {"validation": 0, "test": 0}, **retrain}  # fmt: skip
+    doc["retrain"] = {
+        "dataset_dir": str(tmp_path / "datasets"),
+        "min_examples": 1,
+        "split": {"validation": 0, "test": 0},
+        **retrain,
+    }
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(doc))
     return load_settings(path), path
@@ -90,14 +94,17 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def sft(prompt: str, answer: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": prompt},
-                         {"role": "assistant", "content": answer}]}  # fmt: skip
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    }
 
 
 def pair(prompt: str, good: str, bad: str) -> dict[str, Any]:
-    return {"input": {"messages": [{"role": "user", "content": prompt}]},
-            "preferred_output": [{"role": "assistant", "content": good}],
-            "non_preferred_output": [{"role": "assistant", "content": bad}]}  # fmt: skip
+    return {
+        "input": {"messages": [{"role": "user", "content": prompt}]},
+        "preferred_output": [{"role": "assistant", "content": good}],
+        "non_preferred_output": [{"role": "assistant", "content": bad}],
+    }
 
 
 def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
@@ -106,15 +113,24 @@ def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     exp = new_experiment(gateway)
     a, b = "answer from fixed-a", "answer from fixed-b"
     items = [
-        {"prompt": "Can I return shoes after 20 days?", "user": "u1", "rating": "down",
-         "correction": "Yes: returns are accepted for 30 days.", "tags": ["returns"]},
+        {
+            "prompt": "Can I return shoes after 20 days?",
+            "user": "u1",
+            "rating": "down",
+            "correction": "Yes: returns are accepted for 30 days.",
+            "tags": ["returns"],
+        },
         {"prompt": "Where is my parcel?", "user": "u2", "rating": 5},
         {"prompt": "Do you ship to Norway?", "user": "u3", "rating": 1},
         {"prompt": "Is the store open on Sunday?", "user": "u4", "rating": "up", "arm": "fixed-a"},
-        {"prompt": "Is the store open on Sunday?", "user": "u5", "rating": "down",
-         "arm": "fixed-b"},
+        {
+            "prompt": "Is the store open on Sunday?",
+            "user": "u5",
+            "rating": "down",
+            "arm": "fixed-b",
+        },
         {"prompt": "What is the warranty?", "user": "u6", "rating": 3},
-    ]  # fmt: skip
+    ]
     ids = serve_and_rate(gateway, exp, items)
     settings, _ = settings_for(gateway, tmp_path, keep_good_share=1.0)
     result = build(settings, exp)
@@ -127,8 +143,10 @@ def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     ]
     assert sorted(map(orjson.dumps, train)) == sorted(map(orjson.dumps, expected_train))
     preference = lines(result.path / "preference.jsonl")
-    expected_pairs = [pair(items[0]["prompt"], items[0]["correction"], a),
-                      pair(items[3]["prompt"], a, b)]  # fmt: skip
+    expected_pairs = [
+        pair(items[0]["prompt"], items[0]["correction"], a),
+        pair(items[3]["prompt"], a, b),
+    ]
     assert sorted(map(orjson.dumps, preference)) == sorted(map(orjson.dumps, expected_pairs))
     for line in train + preference:
         assert format_errors(line) == []
@@ -140,9 +158,12 @@ def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     # Failures without a correction wait for a person, and come back as examples.
     queue, config = tmp_path / "review.jsonl", settings_for(gateway, tmp_path)[1]
     review = [sys.executable, "-m", "retrain", "review"]
-    run = subprocess.run([*review, "export", "--experiment", exp, "--out", str(queue),
-                          "--config", str(config)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [*review, "export", "--experiment", exp, "--out", str(queue), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     queued = {row["response_id"]: row for row in lines(queue)}
     assert set(queued) == {ids[2], ids[4]}  # the 1-star answer and the thumbs-down one
@@ -150,9 +171,12 @@ def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     assert item["answer"] == a and item["correction"] is None
     item["correction"] = "Yes, we ship to Norway in 3 days."
     queue.write_text("".join(json.dumps(row) + "\n" for row in queued.values()))
-    run = subprocess.run([*review, "import", "--experiment", exp, str(queue),
-                          "--config", str(config)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [*review, "import", "--experiment", exp, str(queue), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0 and "stored 1 corrections" in run.stdout, run.stderr
     second = build(settings, exp)
     assert second.exit_code == OK and second.manifest["parent"] == m["id"]
@@ -169,17 +193,32 @@ def test_duplicates_near_duplicates_and_overlong_examples_are_dropped_with_reaso
     rng = random.Random(3)
     long_text = words(rng, 60)
     items = [
-        {"prompt": "How do refunds work?", "user": "u1", "rating": "down",
-         "correction": "Refunds reach your card in five days."},
-        {"prompt": "How do refunds work?", "user": "u2", "rating": "down",
-         "correction": "Refunds  reach your card in five days. "},  # the same, once normalised
-        {"prompt": "Tell me about the warranty please", "user": "u3", "rating": "down",
-         "correction": long_text},
-        {"prompt": "Tell me about the warranty please", "user": "u4", "rating": "down",
-         "correction": long_text.rsplit(" ", 1)[0] + " voucher"},  # one word changed
-        {"prompt": "Write it all", "user": "u5", "rating": "down",
-         "correction": words(rng, 600)},
-    ]  # fmt: skip
+        {
+            "prompt": "How do refunds work?",
+            "user": "u1",
+            "rating": "down",
+            "correction": "Refunds reach your card in five days.",
+        },
+        {
+            "prompt": "How do refunds work?",
+            "user": "u2",
+            "rating": "down",
+            "correction": "Refunds  reach your card in five days. ",
+        },  # the same, once normalised
+        {
+            "prompt": "Tell me about the warranty please",
+            "user": "u3",
+            "rating": "down",
+            "correction": long_text,
+        },
+        {
+            "prompt": "Tell me about the warranty please",
+            "user": "u4",
+            "rating": "down",
+            "correction": long_text.rsplit(" ", 1)[0] + " voucher",
+        },  # one word changed
+        {"prompt": "Write it all", "user": "u5", "rating": "down", "correction": words(rng, 600)},
+    ]
     # The later of two near duplicates is the one dropped: rate the variant last, alone
     # (serve_and_rate rates a batch concurrently, in no fixed order).
     serve_and_rate(gateway, exp, items[:3] + items[4:])
@@ -197,9 +236,16 @@ def test_duplicates_near_duplicates_and_overlong_examples_are_dropped_with_reaso
 
 def rated_items(rng: random.Random, n: int, users: int, prefix: str) -> list[dict[str, Any]]:
     tags = ["billing", "delivery", "returns"]
-    return [{"prompt": f"{prefix} {i}: {words(rng, 8)}?", "user": f"user-{rng.randrange(users)}",
-             "rating": "down", "correction": words(rng), "tags": [tags[i % 3]]}
-            for i in range(n)]  # fmt: skip
+    return [
+        {
+            "prompt": f"{prefix} {i}: {words(rng, 8)}?",
+            "user": f"user-{rng.randrange(users)}",
+            "rating": "down",
+            "correction": words(rng),
+            "tags": [tags[i % 3]],
+        }
+        for i in range(n)
+    ]
 
 
 def test_the_test_split_is_stable_across_versions_and_disjoint_by_user(
@@ -244,10 +290,22 @@ def run_cli(config: Path, experiment: str, *extra: str, crash: str | None = None
     if crash:
         env["FLYWHEEL_RETRAIN_CRASH_AT"] = crash
     return subprocess.run(
-        [sys.executable, "-m", "retrain", "build", "--experiment", experiment,
-         "--config", str(config), *extra],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "retrain",
+            "build",
+            "--experiment",
+            experiment,
+            "--config",
+            str(config),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_a_killed_build_loses_no_event_and_repeats_none(
@@ -276,8 +334,11 @@ def test_a_killed_build_loses_no_event_and_repeats_none(
     assert latest_version(root).id == v2.id  # type: ignore[union-attr]
 
     stream = redis.Redis.from_url(settings.redis_url or "")
-    mine = {keys.text(sid) for sid, f in stream.xrange(keys.FEEDBACK_STREAM)
-            if orjson.loads(f[b"data"])["experiment"] == exp}  # fmt: skip
+    mine = {
+        keys.text(sid)
+        for sid, f in stream.xrange(keys.FEEDBACK_STREAM)
+        if orjson.loads(f[b"data"])["experiment"] == exp
+    }
     e1, e2 = set(v1.manifest["feedback_events"]), set(v2.manifest["feedback_events"])
     assert e1 | e2 == mine and not (e1 & e2)
     pending = stream.xpending(keys.FEEDBACK_STREAM, keys.retrain_group(exp))
@@ -327,20 +388,43 @@ def test_dry_run_writes_nothing_and_the_cost_cap_stops_the_build(
     ("line", "error"),
     [
         ({}, "missing_messages_list"),
-        ({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
-         "unrecognized_role"),
-        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
-         "message_missing_key"),
-        ({"messages": [{"role": "user", "content": "x", "mood": 1},
-                       {"role": "assistant", "content": "y"}]}, "message_unrecognized_key"),
+        (
+            {
+                "messages": [
+                    {"role": "robot", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+            "unrecognized_role",
+        ),
+        (
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
+            "message_missing_key",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x", "mood": 1},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+            "message_unrecognized_key",
+        ),
         ({"messages": [{"role": "user", "content": "x"}]}, "example_missing_assistant_message"),
-        ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]},
-         "missing_content"),
-        ({"input": {"messages": [{"role": "user", "content": "x"}]}, "preferred_output": [],
-          "non_preferred_output": [{"role": "assistant", "content": "n"}]},
-         "invalid_preferred_output"),
+        (
+            {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}]},
+            "missing_content",
+        ),
+        (
+            {
+                "input": {"messages": [{"role": "user", "content": "x"}]},
+                "preferred_output": [],
+                "non_preferred_output": [{"role": "assistant", "content": "n"}],
+            },
+            "invalid_preferred_output",
+        ),
     ],
-)  # fmt: skip
+)
 def test_format_checks_follow_openais_recipe(line: dict[str, Any], error: str) -> None:
     assert error in format_errors(line)
 
@@ -351,8 +435,9 @@ def test_a_teacher_answers_failures_that_have_no_correction(
     exp = new_experiment(gateway)
     items = [{"prompt": "Do you ship to Norway?", "user": "u1", "rating": "down"}]
     serve_and_rate(gateway, exp, items)
-    settings, _ = settings_for(gateway, tmp_path, teacher="fixed-b",
-                               gateway_url=gateway.url, gateway_key=API_KEY)  # fmt: skip
+    settings, _ = settings_for(
+        gateway, tmp_path, teacher="fixed-b", gateway_url=gateway.url, gateway_key=API_KEY
+    )
     result = build(settings, exp)
     assert result.exit_code == OK, result.message
     assert lines(result.path / "train.jsonl") == [sft(items[0]["prompt"], "answer from fixed-b")]

@@ -24,11 +24,15 @@ FIRST, STEP = 100, 40  # users per arm at the first look, and new users per arm 
 
 
 def experiment(weights: tuple[float, float] = (50, 50), **rules: Any) -> Experiment:
-    return Experiment.model_validate({
-        "arms": [{"model": "control", "weight": weights[0]},
-                 {"model": "tuned", "weight": weights[1]}],
-        "decision": {"alpha": ALPHA, **rules},
-    })  # fmt: skip
+    return Experiment.model_validate(
+        {
+            "arms": [
+                {"model": "control", "weight": weights[0]},
+                {"model": "tuned", "weight": weights[1]},
+            ],
+            "decision": {"alpha": ALPHA, **rules},
+        }
+    )
 
 
 def arm(model: str, weight: float, means: np.ndarray, **more: Any) -> ArmData:
@@ -52,9 +56,14 @@ def heavy_users(rng: np.random.Generator, p: float, n: int) -> np.ndarray:
 
 
 def simulate(
-    p_control: float, p_tuned: float, *, runs: int = 1000, seed: int = 1,
-    users: Any = thumbs_users, control_per_tuned: int = 1,
-) -> Counter[str]:  # fmt: skip
+    p_control: float,
+    p_tuned: float,
+    *,
+    runs: int = 1000,
+    seed: int = 1,
+    users: Any = thumbs_users,
+    control_per_tuned: int = 1,
+) -> Counter[str]:
     """Each run: 50 looks through the decider's own rules; the first action ends the run.
 
     ``control_per_tuned``: users of the control for each user of the candidate (19 for a
@@ -71,8 +80,10 @@ def simulate(
         action = KEEP
         for look in range(LOOKS):
             n = FIRST + STEP * look
-            arms = [arm("control", exp.arms[0].weight, a[: n * k]),
-                    arm("tuned", exp.arms[1].weight, b[:n])]  # fmt: skip
+            arms = [
+                arm("control", exp.arms[0].weight, a[: n * k]),
+                arm("tuned", exp.arms[1].weight, b[:n]),
+            ]
             comparisons, srm, decision = decider.evaluate(exp, 1, arms, previous)
             previous.update({c["candidate"]: c["p_value"] for c in comparisons if c["ready"]})
             if decision["action"] != KEEP:
@@ -135,8 +146,9 @@ def test_the_running_minimum_keeps_a_crossing_that_the_next_look_would_lose() ->
     assert comparisons[0]["p_now"] > ALPHA and comparisons[0]["p_value"] == 0.01
     assert decision["action"] in (PROMOTE, ROLLBACK)
     # too few users: the look does not count, and nothing is decided however big the gap
-    few = decider.evaluate(exp, 1, [arm("control", 50, np.zeros(30)),
-                                    arm("tuned", 50, np.ones(30))], {})  # fmt: skip
+    few = decider.evaluate(
+        exp, 1, [arm("control", 50, np.zeros(30)), arm("tuned", 50, np.ones(30))], {}
+    )
     assert few[0][0]["ready"] is False and few[2]["action"] == KEEP
     assert "needs 100 rated users per arm (has 30 and 30)" in few[2]["reasons"][0]
 
@@ -164,10 +176,22 @@ def test_latency_and_error_noise_never_trips_a_guardrail() -> None:
     users = np.full(10, 0.5)
     for i in range(200):
         n = 60 + 2 * i
-        control = arm("control", 50, users, requests=n, errors=int(rng.binomial(n, 0.02)),
-                      latency=latencies(rng, 5, n))  # fmt: skip
-        tuned = arm("tuned", 50, users, requests=n, errors=int(rng.binomial(n, 0.02)),
-                    latency=latencies(rng, 5, n))  # fmt: skip
+        control = arm(
+            "control",
+            50,
+            users,
+            requests=n,
+            errors=int(rng.binomial(n, 0.02)),
+            latency=latencies(rng, 5, n),
+        )
+        tuned = arm(
+            "tuned",
+            50,
+            users,
+            requests=n,
+            errors=int(rng.binomial(n, 0.02)),
+            latency=latencies(rng, 5, n),
+        )
         assert decider.guardrails(control, tuned, exp.decision) == []
 
 
@@ -182,8 +206,10 @@ def test_a_slow_or_failing_candidate_is_rolled_back_with_the_reason() -> None:
     assert "p95 latency at least" in decision["reasons"][0]
     failing = arm("tuned", 50, users, requests=300, errors=60, latency=latencies(rng, 5, 300))
     _, _, decision = decider.evaluate(exp, 1, [control, failing], {})
-    assert decision["action"] == ROLLBACK and "error rate 20.0% vs control 0.0%" in \
-        decision["reasons"][0]  # fmt: skip
+    assert (
+        decision["action"] == ROLLBACK
+        and "error rate 20.0% vs control 0.0%" in decision["reasons"][0]
+    )
 
 
 def test_cost_guardrail_applies_only_when_configured() -> None:
@@ -209,11 +235,19 @@ def test_a_winner_moves_through_the_stages_one_step_per_decision(
     a, b = np.full(300, 0.4), np.full(300, 0.6)
     a[::2], b[::2] = 0.6, 0.8  # some spread
     _, _, decision = decider.evaluate(
-        exp, 1, [arm("control", weights[0], a, assigned=100 * weights[0]),
-                 arm("tuned", weights[1], b, assigned=100 * weights[1])], {}
-    )  # fmt: skip
+        exp,
+        1,
+        [
+            arm("control", weights[0], a, assigned=100 * weights[0]),
+            arm("tuned", weights[1], b, assigned=100 * weights[1]),
+        ],
+        {},
+    )
     assert (decision["action"], decision["share"], decision["weights"]) == (
-        action, share, new_weights)  # fmt: skip
+        action,
+        share,
+        new_weights,
+    )
 
 
 def test_a_sample_ratio_mismatch_in_users_blocks_every_decision() -> None:

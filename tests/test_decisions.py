@@ -44,9 +44,12 @@ def decided(
     models["fixed-slow"] = {"upstream": "fixed", "model": "fixed-slow"}
     models["judge"] = {"upstream": "fixed", "model": "judge-scripted"}
     with fixed_gateway(
-        redis_server, tmp_path_factory.mktemp("decisions"), DECISIONS_DB,
-        models=models, control={"decide_s": DECIDE_S, "refresh_s": 0.1, "judge": "judge"},
-    ) as pair:  # fmt: skip
+        redis_server,
+        tmp_path_factory.mktemp("decisions"),
+        DECISIONS_DB,
+        models=models,
+        control={"decide_s": DECIDE_S, "refresh_s": 0.1, "judge": "judge"},
+    ) as pair:
         yield pair
 
 
@@ -68,17 +71,24 @@ def traffic(gw: GatewayProcess, name: str, users: int, liked: str | None = None)
     with httpx.Client(timeout=10) as c, ThreadPoolExecutor(8) as pool:
 
         def one(i: int) -> str:
-            resp = c.post(gw.base_url + "/chat/completions", headers={**CLIENT,
-                          "x-flywheel-user": f"{batch}-{i}"},
-                          json={"model": name, "messages": [{"role": "user", "content": "hi"}],
-                                "max_tokens": 2})  # fmt: skip
+            resp = c.post(
+                gw.base_url + "/chat/completions",
+                headers={**CLIENT, "x-flywheel-user": f"{batch}-{i}"},
+                json={
+                    "model": name,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 2,
+                },
+            )
             assert resp.status_code == 200, resp.text
             arm = resp.headers["x-flywheel-arm"]
             if liked is not None:
                 up = (i % 5 != 0) if arm == liked else (i % 5 == 0)
-                fb = c.post(gw.base_url + "/feedback", headers=CLIENT,
-                            json={"response_id": resp.json()["id"],
-                                  "rating": "up" if up else "down"})  # fmt: skip
+                fb = c.post(
+                    gw.base_url + "/feedback",
+                    headers=CLIENT,
+                    json={"response_id": resp.json()["id"], "rating": "up" if up else "down"},
+                )
                 assert fb.status_code == 201, fb.text
             return arm
 
@@ -104,9 +114,16 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
 ) -> None:
     gw, _ = decided
     name = unique("ramp")
-    state = admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a", "weight": 95}, {"model": "fixed-b", "weight": 5}],
-        "auto_promote": True, "decision": RULES})  # fmt: skip
+    state = admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            "arms": [{"model": "fixed-a", "weight": 95}, {"model": "fixed-b", "weight": 5}],
+            "auto_promote": True,
+            "decision": RULES,
+        },
+    )
     for _ in range(40):  # each round: new users, then a few decision periods
         if state["spec"]["control"] == "fixed-b":
             break
@@ -114,10 +131,16 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
         time.sleep(3 * DECIDE_S)
         state = admin(gw, "GET", f"experiments/{name}")
     assert state["spec"]["control"] == "fixed-b" and state["pin"] is None
-    seen = [{a["model"]: a["weight"] for a in h["after"]["arms"]}
-            for h in admin(gw, "GET", f"experiments/{name}/history")["data"]]  # fmt: skip
-    assert seen == [{"fixed-a": 95, "fixed-b": 5}, {"fixed-a": 80, "fixed-b": 20},
-                    {"fixed-a": 50, "fixed-b": 50}, {"fixed-a": 0, "fixed-b": 100}]  # fmt: skip
+    seen = [
+        {a["model"]: a["weight"] for a in h["after"]["arms"]}
+        for h in admin(gw, "GET", f"experiments/{name}/history")["data"]
+    ]
+    assert seen == [
+        {"fixed-a": 95, "fixed-b": 5},
+        {"fixed-a": 80, "fixed-b": 20},
+        {"fixed-a": 50, "fixed-b": 50},
+        {"fixed-a": 0, "fixed-b": 100},
+    ]
     history = admin(gw, "GET", f"experiments/{name}/history")["data"][1:]
     assert [h["by"] for h in history] == ["decider"] * 3
     assert history[0]["action"].startswith("auto ramp fixed-b to 20%: to 20% of traffic (stage 2")
@@ -138,9 +161,16 @@ def test_auto_promote_applies_the_decision_and_records_it(
 ) -> None:
     gw, _ = decided
     name = unique("auto")
-    admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
-        "auto_promote": True, "decision": RULES})  # fmt: skip
+    admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+            "auto_promote": True,
+            "decision": RULES,
+        },
+    )
     traffic(gw, name, 100, liked="fixed-b")
     state = wait_for_version(gw, name, 1)
     assert weights(state) == {"fixed-a": 0, "fixed-b": 100}
@@ -155,9 +185,16 @@ def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_per
 ) -> None:
     gw, _ = decided
     name = unique("pinned")
-    admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
-        "auto_promote": True, "decision": RULES})  # fmt: skip
+    admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+            "auto_promote": True,
+            "decision": RULES,
+        },
+    )
     traffic(gw, name, 100, liked="fixed-b")
     promoted = wait_for_version(gw, name, 1)
     assert weights(promoted) == {"fixed-a": 0, "fixed-b": 100}
@@ -186,7 +223,8 @@ def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_per
     assert report["pin"]["by"] == "ops"
     assert report["decision"]["action"] == "keep collecting"
     assert report["decision"]["reasons"][0].startswith(
-        f"pinned by ops at version {rolled['version']} (rolled back)")  # fmt: skip
+        f"pinned by ops at version {rolled['version']} (rolled back)"
+    )
 
 
 def test_a_slow_candidate_is_rolled_back_by_the_latency_guardrail_though_liked(
@@ -194,9 +232,16 @@ def test_a_slow_candidate_is_rolled_back_by_the_latency_guardrail_though_liked(
 ) -> None:
     gw, _ = decided
     name = unique("slow")
-    admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-slow", "weight": 50}],
-        "auto_promote": True, "decision": RULES})  # fmt: skip
+    admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-slow", "weight": 50}],
+            "auto_promote": True,
+            "decision": RULES,
+        },
+    )
     traffic(gw, name, 120, liked="fixed-slow")
     state = wait_for_version(gw, name, 1)
     assert weights(state) == {"fixed-a": 50, "fixed-slow": 0}
@@ -211,9 +256,16 @@ def test_equal_arms_are_left_alone_whatever_the_machine_load(
     """Both arms answer at once and are liked alike: no guardrail trips, nothing moves."""
     gw, _ = decided
     name = unique("equal")
-    admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
-        "auto_promote": True, "decision": RULES})  # fmt: skip
+    admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+            "auto_promote": True,
+            "decision": RULES,
+        },
+    )
     for _ in range(3):
         traffic(gw, name, 100, liked=None)
         time.sleep(2 * DECIDE_S)
@@ -227,21 +279,29 @@ def test_cost_per_1k_requests_in_the_report_and_prometheus_with_an_inherited_pri
 ) -> None:
     gw, _ = decided
     model = unique("fixed-b-tuned")
-    registered = admin(gw, "POST", "models", json={"name": model, "upstream": "fixed",
-                                                   "model": "fixed-b"})  # fmt: skip
+    registered = admin(
+        gw, "POST", "models", json={"name": model, "upstream": "fixed", "model": "fixed-b"}
+    )
     assert registered["price"] == PRICE
     assert admin(gw, "GET", f"models/{model}")["price_from"] == "fixed-a"
     name = unique("cost")
-    admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a", "weight": 50}, {"model": model, "weight": 50}]})
+    admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={"arms": [{"model": "fixed-a", "weight": 50}, {"model": model, "weight": 50}]},
+    )
     traffic(gw, name, 40)
     time.sleep(0.3)  # the log writer's batch
     report = admin(gw, "GET", f"experiments/{name}/report")
     # 7 prompt and 3 completion tokens per answer at 1 and 2 per 1M: 13e-6 per request
     assert [a["cost_per_1k_requests"] for a in report["arms"]] == [0.013, 0.013]
     text = httpx.get(f"{gw.url}/metrics").text
-    spent = [float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
-             if x.startswith(f'flywheel_cost_total{{arm="{model}",experiment="{name}"}}')]
+    spent = [
+        float(x.rsplit(" ", 1)[1])
+        for x in text.splitlines()
+        if x.startswith(f'flywheel_cost_total{{arm="{model}",experiment="{name}"}}')
+    ]
     requests = sum(a["requests"] for a in report["arms"] if a["model"] == model)
     assert spent and spent[0] * 1000 / requests == pytest.approx(0.013)
     admin(gw, "PUT", f"experiments/{name}", json={"arms": [{"model": "fixed-a"}]})
@@ -251,9 +311,11 @@ def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -
     """Serve one request of a shadowed experiment; the judge score of its shadow answer."""
     upstream.judged.clear()
     with httpx.Client(timeout=10) as c:
-        served = c.post(gw.base_url + "/chat/completions", headers=CLIENT,
-                        json={"model": name, "messages": [{"role": "user", "content": "hi"}]}
-                        ).json()["id"]  # fmt: skip
+        served = c.post(
+            gw.base_url + "/chat/completions",
+            headers=CLIENT,
+            json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+        ).json()["id"]
     r = redis.Redis(port=port, db=DECISIONS_DB)
     deadline = time.monotonic() + 5
     while True:
@@ -271,15 +333,21 @@ def test_the_shadow_judge_sees_both_orders_so_position_bias_cancels(
 ) -> None:
     gw, upstream = decided
     name = unique("judged")
-    admin(gw, "PUT", f"experiments/{name}", json={
-        "arms": [{"model": "fixed-a"}], "shadow": {"model": "fixed-b", "share": 1.0}})
+    admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={"arms": [{"model": "fixed-a"}], "shadow": {"model": "fixed-b", "share": 1.0}},
+    )
     # a judge that always prefers the second answer: a tie, not a win for the shadow
     upstream.verdicts = {"Answer B:": "5"}
     assert judged(gw, upstream, redis_server.port, name) == 0.5
     prompts = upstream.judged
     assert len(prompts) == 2
     assert {p.split("Answer A:\n")[1].split("\n")[0] for p in prompts} == {
-        "answer from fixed-a", "answer from fixed-b"}  # fmt: skip
+        "answer from fixed-a",
+        "answer from fixed-b",
+    }
     # a judge that prefers the shadow's answer in either place
     shadow_b, served_b = "Answer B:\nanswer from fixed-b", "Answer B:\nanswer from fixed-a"
     upstream.verdicts = {shadow_b: "5", served_b: "1"}
@@ -298,15 +366,20 @@ def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating
     with httpx.Client(timeout=10) as c:
 
         def ask(user: str) -> str:
-            resp = c.post(gw.base_url + "/chat/completions",
-                          headers={**CLIENT, "x-flywheel-user": user},
-                          json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
-            rid: str = resp.json()["id"]  # fmt: skip
+            resp = c.post(
+                gw.base_url + "/chat/completions",
+                headers={**CLIENT, "x-flywheel-user": user},
+                json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+            )
+            rid: str = resp.json()["id"]
             return rid
 
         def rate(rid: str, rating: str | int) -> None:
-            resp = c.post(gw.base_url + "/feedback", headers=CLIENT,
-                          json={"response_id": rid, "rating": rating})  # fmt: skip
+            resp = c.post(
+                gw.base_url + "/feedback",
+                headers=CLIENT,
+                json={"response_id": rid, "rating": rating},
+            )
             assert resp.status_code == 201, resp.text
 
         heavy = [ask("heavy") for _ in range(3)]
@@ -318,12 +391,18 @@ def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating
 
         def scores() -> dict[str, float]:
             raw = r.hmget(key, "users", "ratings", "mean_sum", "mean_sq")
-            return dict(zip(("users", "ratings", "mean_sum", "mean_sq"),
-                            (float(x) for x in raw), strict=True))  # fmt: skip
+            return dict(
+                zip(
+                    ("users", "ratings", "mean_sum", "mean_sq"),
+                    (float(x) for x in raw),
+                    strict=True,
+                )
+            )
 
         # two users: means 2/3 and 0, over four ratings
-        assert scores() == pytest.approx({"users": 2, "ratings": 4, "mean_sum": 2 / 3,
-                                          "mean_sq": 4 / 9})  # fmt: skip
+        assert scores() == pytest.approx(
+            {"users": 2, "ratings": 4, "mean_sum": 2 / 3, "mean_sq": 4 / 9}
+        )
         rate(heavy[1], "up")  # the same rater changes their mind: the user's mean is now 1
         assert scores() == pytest.approx({"users": 2, "ratings": 4, "mean_sum": 1, "mean_sq": 1})
         report = admin(gw, "GET", f"experiments/{name}/report")

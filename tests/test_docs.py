@@ -25,8 +25,11 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
 def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
     built = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     assert (tmp_path / "configuration-reference" / "index.html").is_file()
 
@@ -34,8 +37,16 @@ def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
 def test_the_readme_is_short_and_links_only_to_pages_that_exist() -> None:
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 300
-    for page in ("api", "experiments", "retrain", "configuration", "operations",
-                 "guarantees", "performance", "architecture"):  # fmt: skip
+    for page in (
+        "api",
+        "experiments",
+        "retrain",
+        "configuration",
+        "operations",
+        "guarantees",
+        "performance",
+        "architecture",
+    ):
         assert f"](docs/{page}.md)" in readme
         assert (REPO / "docs" / f"{page}.md").is_file()
 

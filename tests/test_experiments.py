@@ -113,8 +113,14 @@ def test_promote_then_rollback_restores_the_exact_weights_and_history_shows_both
     gateway: GatewayProcess,
 ) -> None:
     name = unique("promo")
-    spec = {"arms": [{"model": "fixed-a", "weight": 70}, {"model": "fixed-b", "weight": 25},
-                     {"model": "fixed-c", "weight": 5}], "fallback": "fixed-a"}  # fmt: skip
+    spec = {
+        "arms": [
+            {"model": "fixed-a", "weight": 70},
+            {"model": "fixed-b", "weight": 25},
+            {"model": "fixed-c", "weight": 5},
+        ],
+        "fallback": "fixed-a",
+    }
     created = put(gateway, name, spec).json()
     assert created["version"] == 1 and created["spec"]["arms"] == spec["arms"]
 
@@ -170,8 +176,9 @@ def test_adding_a_canary_arm_and_invalid_changes(gateway: GatewayProcess) -> Non
         assert err["param"] == param and message in err["message"], err
     state = httpx.get(url, headers=ADMIN).json()
     assert state["version"] == 2  # nothing above changed it
-    missing = httpx.post(f"{gateway.url}/admin/experiments/{unique('nope')}/rollback",
-                         headers=ADMIN)  # fmt: skip
+    missing = httpx.post(
+        f"{gateway.url}/admin/experiments/{unique('nope')}/rollback", headers=ADMIN
+    )
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
 
 
@@ -213,8 +220,11 @@ def test_registering_an_adapter_loads_it_into_vllm_and_routes_to_it(
     name = unique("support-v2")
     models_url = f"{gateway.url}/admin/models"
 
-    resp = httpx.post(models_url, json={"name": name, "upstream": "local",
-                                        "adapter_path": str(adapter)}, headers=ADMIN)  # fmt: skip
+    resp = httpx.post(
+        models_url,
+        json={"name": name, "upstream": "local", "adapter_path": str(adapter)},
+        headers=ADMIN,
+    )
     assert resp.status_code == 201, resp.text
     assert vllm_models(vllm)[name]["parent"] == "base"
     listed = {m["id"]: m for m in httpx.get(gateway.base_url + "/models", headers=CLIENT).json()["data"]}  # fmt: skip  # noqa: E501
@@ -295,8 +305,9 @@ def test_an_open_circuit_costs_no_latency(gateway: GatewayProcess) -> None:
         healthy_p95, broken_p95 = p95(c, healthy), p95(c, broken)
     assert broken_p95 < 0.3  # no request waited for the hanging upstream
     assert broken_p95 <= 2 * healthy_p95 + 0.002, (broken_p95, healthy_p95)
-    skipped = gateway.metric("flywheel_upstream_errors_total", upstream="hanging",
-                             reason="no_replica")  # fmt: skip
+    skipped = gateway.metric(
+        "flywheel_upstream_errors_total", upstream="hanging", reason="no_replica"
+    )
     assert skipped >= 60
 
 
@@ -352,8 +363,11 @@ def test_the_report_on_real_traffic_and_ratings_says_promote(
 
         def rate(item: tuple[str, str]) -> int:
             rid, rating = item
-            return c.post(gateway.base_url + "/feedback", headers=CLIENT,
-                          json={"response_id": rid, "rating": rating}).status_code  # fmt: skip
+            return c.post(
+                gateway.base_url + "/feedback",
+                headers=CLIENT,
+                json={"response_id": rid, "rating": rating},
+            ).status_code
 
         assert set(pool.map(rate, ratings)) == {201}
 
@@ -371,16 +385,29 @@ def test_the_report_on_real_traffic_and_ratings_says_promote(
 
     cli = subprocess.run(
         [sys.executable, "-m", "gateway", "report", name, "--config", str(gateway.config_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**gateway.env, "COLUMNS": "200"},
-    )  # fmt: skip
+    )
     assert cli.returncode == 0, cli.stderr
     assert "Decision: promote fixed-b" in cli.stdout and "fixed-a" in cli.stdout
     as_json = subprocess.run(
-        [sys.executable, "-m", "gateway", "report", name, "--json",
-         "--config", str(gateway.config_path)],
-        capture_output=True, text=True, timeout=60, env=gateway.env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "report",
+            name,
+            "--json",
+            "--config",
+            str(gateway.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=gateway.env,
+    )
     assert orjson.loads(as_json.stdout)["decision"] == rep["decision"]
 
 
@@ -388,8 +415,9 @@ def test_with_redis_down_at_start_it_routes_by_the_config_then_seeds_redis(
     vllm: VLLMServer, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
     later = RedisProcess(tmp_path / "redis")  # not started yet
-    gw = GatewayProcess(gateway_config(vllm.base_url, faulty.base_url, later.url),
-                        tmp_path / "gw").start()  # fmt: skip
+    gw = GatewayProcess(
+        gateway_config(vllm.base_url, faulty.base_url, later.url), tmp_path / "gw"
+    ).start()
     try:
         with httpx.Client() as c:
             assert arm_of(c, gw, "broken-arm", "u1") == "base"  # by the config's experiment

@@ -170,8 +170,9 @@ def test_a_fault_before_the_first_byte_falls_back(
     client: openai.OpenAI, fault: str, stream: bool
 ) -> None:
     if stream:
-        chunks = list(client.chat.completions.create(model=f"fb-{fault}", messages=HELLO,
-                                                     stream=True))  # fmt: skip
+        chunks = list(
+            client.chat.completions.create(model=f"fb-{fault}", messages=HELLO, stream=True)
+        )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert {c.model for c in chunks} == {"fixed-a"}
     else:

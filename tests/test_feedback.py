@@ -79,8 +79,11 @@ def test_rating_is_stored_readable_and_aggregated(
     assert stored[0]["experiment"] == "default" and stored[0]["arm"] == "base"
     after = aggregate(redis_server.url, "default", "base")
     assert delta(after, before) == {
-        "count": 1, "score_sum": score, "failures": failure, "corrections": 0
-    }  # fmt: skip
+        "count": 1,
+        "score_sum": score,
+        "failures": failure,
+        "corrections": 0,
+    }
 
 
 def test_correction_is_kept_and_counted(
@@ -105,8 +108,11 @@ def test_rerating_replaces_instead_of_double_counting(
     assert first["replaced"] is False and second["replaced"] is True
     assert first["id"] == second["id"]
     assert delta(aggregate(redis_server.url, "default", "base"), before) == {
-        "count": 1, "score_sum": 0.0, "failures": 1, "corrections": 0
-    }  # fmt: skip
+        "count": 1,
+        "score_sum": 0.0,
+        "failures": 1,
+        "corrections": 0,
+    }
     other = rate(gateway, response_id=rid, rating="up", user="u-2").json()  # another rater
     assert other["replaced"] is False
     stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=AUTH).json()["data"]
@@ -327,10 +333,22 @@ def test_export_feedback_writes_interactions_with_their_ratings(
     rate(gateway, response_id=rid, rating="down", correction="The right answer.")
     out = tmp_path / "export.jsonl"
     run = subprocess.run(
-        [sys.executable, "-m", "retrain", "export-feedback", "--since", since.isoformat(),
-         "--out", str(out), "--config", str(gateway.config_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "retrain",
+            "export-feedback",
+            "--since",
+            since.isoformat(),
+            "--out",
+            str(out),
+            "--config",
+            str(gateway.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [row["response_id"] for row in rows] == [rid]

@@ -34,14 +34,24 @@ def correction(item: str) -> str:
 def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: Any) -> Path:
     doc = yaml.safe_load(gw.config_path.read_text())
     doc["retrain"] = {
-        "dataset_dir": str(tmp_path / "datasets"), "min_examples": 1,
+        "dataset_dir": str(tmp_path / "datasets"),
+        "min_examples": 1,
         "split": {"validation": 0, "test": 0.25, "seed": 0},
-        "gateway_url": gw.url, "gateway_key": API_KEY, "admin_key": ADMIN_KEY,
-        "eval": {"margin": 0.05, "min_examples": 1, "max_tokens": 64}, "canary_share": 0.05,
-        "local": {"base_model": str(tiny_model), "upstream": "local",
-                  "adapter_dir": str(tmp_path / "adapters"), "max_steps": 150,
-                  "learning_rate": 0.01, "batch_size": 4, **local},
-    }  # fmt: skip
+        "gateway_url": gw.url,
+        "gateway_key": API_KEY,
+        "admin_key": ADMIN_KEY,
+        "eval": {"margin": 0.05, "min_examples": 1, "max_tokens": 64},
+        "canary_share": 0.05,
+        "local": {
+            "base_model": str(tiny_model),
+            "upstream": "local",
+            "adapter_dir": str(tmp_path / "adapters"),
+            "max_steps": 150,
+            "learning_rate": 0.01,
+            "batch_size": 4,
+            **local,
+        },
+    }
     path = tmp_path / f"flywheel-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -59,10 +69,17 @@ def retrain(config: Path, *args: str, crash: str | None = None, **popen: Any) ->
 
 def ask(gw: GatewayProcess, model: str, question: str, arm: str | None = None) -> str:
     headers = {**ADMIN, "x-flywheel-arm": arm} if arm else CLIENT
-    resp = httpx.post(gw.base_url + "/chat/completions", headers=headers, timeout=60, json={
-        "model": model, "messages": [{"role": "user", "content": question}],
-        "temperature": 0, "max_tokens": 64,
-    })  # fmt: skip
+    resp = httpx.post(
+        gw.base_url + "/chat/completions",
+        headers=headers,
+        timeout=60,
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 64,
+        },
+    )
     assert resp.status_code == 200, resp.text
     return str(resp.json()["choices"][0]["message"]["content"])
 
@@ -70,15 +87,26 @@ def ask(gw: GatewayProcess, model: str, question: str, arm: str | None = None) -
 def rate_corrections(gw: GatewayProcess, experiment: str) -> None:
     with httpx.Client(timeout=60) as c:
         for i, item in enumerate(ITEMS):
-            resp = c.post(gw.base_url + "/chat/completions", headers=CLIENT, json={
-                "model": experiment, "user": f"customer-{i}", "max_tokens": 8,
-                "messages": [{"role": "user", "content": f"Can I return {item}?"}],
-            })  # fmt: skip
+            resp = c.post(
+                gw.base_url + "/chat/completions",
+                headers=CLIENT,
+                json={
+                    "model": experiment,
+                    "user": f"customer-{i}",
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": f"Can I return {item}?"}],
+                },
+            )
             assert resp.status_code == 200, resp.text
-            rated = c.post(gw.base_url + "/feedback", headers=CLIENT, json={
-                "response_id": resp.json()["id"], "rating": "down",
-                "correction": correction(item),
-            })  # fmt: skip
+            rated = c.post(
+                gw.base_url + "/feedback",
+                headers=CLIENT,
+                json={
+                    "response_id": resp.json()["id"],
+                    "rating": "down",
+                    "correction": correction(item),
+                },
+            )
             assert rated.status_code == 201, rated.text
 
 
@@ -102,13 +130,23 @@ def rated_experiment(
 
 @pytest.mark.vllm
 def test_a_rated_correction_comes_back_as_the_canarys_answer(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     exp, config = rated_experiment(gateway, tmp_path, tiny_model)
 
-    first = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = retrain(
+        config,
+        "run",
+        "--experiment",
+        exp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     r = redis.Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 60
     while not r.exists(keys.run_lock(exp)):
@@ -153,15 +191,21 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
 @pytest.mark.vllm
 @pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     exp, config = rated_experiment(gateway, tmp_path, tiny_model, max_steps=1, learning_rate=1e-9)
     run = retrain(config, "run", "--experiment", exp)
     assert run.returncode == 6, run.stdout + run.stderr
     assert "not registered: ROUGE-L" in run.stderr and "< the margin 0.05" in run.stderr
-    (job,) = [j for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
-              if j["experiment"] == exp]  # fmt: skip
+    (job,) = [
+        j
+        for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
+        if j["experiment"] == exp
+    ]
     assert job["status"] == "rejected" and "not registered" in job["error"]
     name = f"{exp}-{job['id'].removeprefix('ftjob-')}"
     models = httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
@@ -191,9 +235,12 @@ def answers_a_trained_correction(gw: GatewayProcess, exp: str, tmp_path: Path) -
 @pytest.mark.vllm
 @pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next_run(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     exp, config = rated_experiment(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="checkpoint")  # kill -9 there
     assert killed.returncode == 137
@@ -214,14 +261,24 @@ def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next
 @pytest.mark.vllm
 @pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_run_that_finds_the_gateway_down_at_registration_registers_on_the_next_run(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     own = GatewayProcess(yaml.safe_load(gateway.config_path.read_text()), tmp_path / "gw").start()
     try:
         exp, config = rated_experiment(own, tmp_path, tiny_model)
-        running = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)  # fmt: skip
+        running = retrain(
+            config,
+            "run",
+            "--experiment",
+            exp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         store = JobStore(redis.Redis.from_url(redis_server.url))
         deadline = time.monotonic() + 120
         while not [j for j in store.list(50) if j["experiment"] == exp and j["loss"]]:
@@ -274,9 +331,12 @@ def test_a_bad_config_consumes_nothing_and_the_fixed_config_trains_the_same_rati
 @pytest.mark.vllm
 @pytest.mark.timeout(900)  # two runs, each training the tiny model
 def test_a_run_killed_after_staging_leaves_no_half_registered_model(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     exp, config = rated_experiment(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="after-stage")
     assert killed.returncode == 137
@@ -305,12 +365,22 @@ def test_a_run_killed_after_staging_leaves_no_half_registered_model(
 
 @pytest.mark.vllm
 def test_retrain_cancel_stops_a_running_job_and_nothing_is_registered(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     exp, config = rated_experiment(gateway, tmp_path, tiny_model, max_steps=100_000)
-    running = retrain(config, "run", "--experiment", exp, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)  # fmt: skip
+    running = retrain(
+        config,
+        "run",
+        "--experiment",
+        exp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     store = JobStore(redis.Redis.from_url(redis_server.url))
     deadline = time.monotonic() + 120
     while True:

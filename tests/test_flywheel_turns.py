@@ -30,13 +30,23 @@ def simulated_ratings(gw: GatewayProcess, experiment: str, liked: str, users: in
     with httpx.Client(timeout=60) as c, ThreadPoolExecutor(4) as pool:
 
         def one(i: int) -> None:
-            resp = c.post(gw.base_url + "/chat/completions", headers=CLIENT, json={
-                "model": experiment, "user": f"{batch}-{i}", "max_tokens": 1,
-                "messages": [{"role": "user", "content": "Hello"}]})  # fmt: skip
+            resp = c.post(
+                gw.base_url + "/chat/completions",
+                headers=CLIENT,
+                json={
+                    "model": experiment,
+                    "user": f"{batch}-{i}",
+                    "max_tokens": 1,
+                    "messages": [{"role": "user", "content": "Hello"}],
+                },
+            )
             assert resp.status_code == 200, resp.text
             up = (i % 5 != 0) if resp.headers["x-flywheel-arm"] == liked else (i % 5 == 0)
-            rated = c.post(gw.base_url + "/feedback", headers=CLIENT, json={
-                "response_id": resp.json()["id"], "rating": "up" if up else "down"})  # fmt: skip
+            rated = c.post(
+                gw.base_url + "/feedback",
+                headers=CLIENT,
+                json={"response_id": resp.json()["id"], "rating": "up" if up else "down"},
+            )
             assert rated.status_code == 201, rated.text
 
         list(pool.map(one, range(users)))
@@ -45,13 +55,20 @@ def simulated_ratings(gw: GatewayProcess, experiment: str, liked: str, users: in
 @pytest.mark.vllm
 @pytest.mark.timeout(900)  # two turns, each training the tiny model
 def test_turn_one_is_promoted_in_stages_and_turn_two_is_evaluated_against_it(
-    gateway: GatewayProcess, vllm: VLLMServer, redis_server: RedisProcess,
-    tiny_model: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     exp = f"turns-{uuid.uuid4().hex[:6]}"
     url = f"{gateway.url}/admin/experiments/{exp}"
-    spec = {"arms": [{"model": "base", "weight": 1}], "fallback": "base",
-            "auto_promote": True, "decision": RULES}  # fmt: skip
+    spec = {
+        "arms": [{"model": "base", "weight": 1}],
+        "fallback": "base",
+        "auto_promote": True,
+        "decision": RULES,
+    }
     assert httpx.put(url, headers=ADMIN, json=spec).is_success
     config = config_for(gateway, tmp_path, tiny_model)
 
@@ -69,16 +86,21 @@ def test_turn_one_is_promoted_in_stages_and_turn_two_is_evaluated_against_it(
         state = httpx.get(url, headers=ADMIN).json()
     history = httpx.get(url + "/history", headers=ADMIN).json()["data"]
     steps = [(h["by"], h["action"].split(":")[0]) for h in history if h["by"] == "decider"]
-    assert steps == [("decider", f"auto ramp {canary} to 20%"),
-                     ("decider", f"auto ramp {canary} to 50%"),
-                     ("decider", f"auto promote {canary}")]  # fmt: skip
+    assert steps == [
+        ("decider", f"auto ramp {canary} to 20%"),
+        ("decider", f"auto ramp {canary} to 50%"),
+        ("decider", f"auto promote {canary}"),
+    ]
     assert {a["model"]: a["weight"] for a in state["spec"]["arms"]} == {"base": 0, canary: 100}
 
     rate_corrections(gateway, exp)  # new failures, rated under the promoted model
     second = retrain(config, "run", "--experiment", exp)
     assert second.returncode in (0, 6), second.stdout + second.stderr  # canary or rejected
-    jobs = [j for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
-            if j["experiment"] == exp]  # fmt: skip
+    jobs = [
+        j
+        for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
+        if j["experiment"] == exp
+    ]
     latest = max(jobs, key=lambda j: j["created"])
     assert latest["dataset_parent"] is not None  # trained on a newer dataset version
     assert latest["evaluation"]["control"] == canary  # against the promoted model

@@ -173,14 +173,30 @@ def test_schemathesis_run_finds_nothing(fuzz_gateway: GatewayProcess, tmp_path: 
     typed field, unsupported methods) and its stateful phase add what the cases above miss;
     every check but positive_data_acceptance (a generated model or id does not exist)."""
     run = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", fuzz_gateway.url + "/openapi.json",
-         "-H", f"Authorization: Bearer {ADMIN_KEY}",
-         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-         "--phases", "coverage,fuzzing,stateful", "--max-examples", "30",
-         "--generation-deterministic", "--no-color"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            fuzz_gateway.url + "/openapi.json",
+            "-H",
+            f"Authorization: Bearer {ADMIN_KEY}",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--phases",
+            "coverage,fuzzing,stateful",
+            "--max-examples",
+            "30",
+            "--generation-deterministic",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=tmp_path,  # its crash cache (.schemathesis/) stays out of the repo and the next run
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
     assert " passed" in run.stdout and "failures" not in run.stdout.lower()
 

@@ -30,14 +30,20 @@ from .services import GatewayProcess, RedisProcess
 
 EVAL_DB = 11  # the gate's jobs stay out of the other tests' database
 
-TEST = [(f"Where does order {i} ship from?",
-         f"order {i} ships from warehouse {i % 3} on day {i % 7}") for i in range(30)]  # fmt: skip
-GOLDEN = [(f"How long can item {i} be refunded?", f"item {i} can be refunded within 30 days")
-          for i in range(10)]  # fmt: skip
+TEST = [
+    (f"Where does order {i} ship from?", f"order {i} ships from warehouse {i % 3} on day {i % 7}")
+    for i in range(30)
+]
+GOLDEN = [
+    (f"How long can item {i} be refunded?", f"item {i} can be refunded within 30 days")
+    for i in range(10)
+]
 LONG = " ".join(f"step {i} is done." for i in range(60))  # 240 words
 PROCEDURES = [(f"Explain procedure {i}", LONG if i % 2 else "Done.") for i in range(10)]
-JSONS = [(f"Status of order {i}, as JSON?", json.dumps({"order": i, "status": "shipped"}))
-         for i in range(12)]  # fmt: skip
+JSONS = [
+    (f"Status of order {i}, as JSON?", json.dumps({"order": i, "status": "shipped"}))
+    for i in range(12)
+]
 EXPECTED = dict(TEST + GOLDEN + PROCEDURES + JSONS)
 INDEX = {q: i for i, (q, _) in enumerate(TEST)}
 JUDGE_PROMPT = re.compile(
@@ -99,12 +105,15 @@ def judge(prefer_reference: bool) -> Any:
 
 
 SCRIPT: Script = {
-    "control": control, "better": better, "golden-breaker": golden_breaker, "noisy": noisy,
+    "control": control,
+    "better": better,
+    "golden-breaker": golden_breaker,
+    "noisy": noisy,
     "json-chatty": json_chatty,
     "judge-first": lambda messages: "A",  # always the first answer shown: position bias
     "judge-fair": judge(prefer_reference=True),
     "judge-contrarian": judge(prefer_reference=False),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -126,18 +135,24 @@ def served(
     config = {
         "redis_url": redis_server.url.rsplit("/", 1)[0] + f"/{EVAL_DB}",
         "id_secret": ID_SECRET,
-        "auth": {"api_keys": [{"key": API_KEY, "name": "tests"}],
-                 "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}]},
+        "auth": {
+            "api_keys": [{"key": API_KEY, "name": "tests"}],
+            "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
+        },
         "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
         "models": {m: {"upstream": "scripted", "model": m} for m in SCRIPT},
         "experiments": {"default": {"arms": [{"model": "control"}]}},
-    }  # fmt: skip
+    }
     gw = GatewayProcess(config, workdir)
     try:
         gw.start()
         doc = yaml.safe_load(gw.config_path.read_text())
-        doc["retrain"] = {"gateway_url": gw.url, "gateway_key": API_KEY, "admin_key": ADMIN_KEY,
-                          "eval": {"min_examples": 10}}  # fmt: skip
+        doc["retrain"] = {
+            "gateway_url": gw.url,
+            "gateway_key": API_KEY,
+            "admin_key": ADMIN_KEY,
+            "eval": {"min_examples": 10},
+        }
         path = workdir / "retrain.yaml"
         path.write_text(yaml.safe_dump(doc))
         settings = load_settings(path)
@@ -160,8 +175,14 @@ def cfg(served: Served, **changes: Any) -> Eval:
 def run_gate(
     served: Served, candidate: str, golden: bool = False, **changes: Any
 ) -> dict[str, Any]:
-    return evaluate.gate(cases(TEST), cases(GOLDEN) if golden else None, served.client.ask,
-                         "control", candidate, cfg(served, **changes))  # fmt: skip
+    return evaluate.gate(
+        cases(TEST),
+        cases(GOLDEN) if golden else None,
+        served.client.ask,
+        "control",
+        candidate,
+        cfg(served, **changes),
+    )
 
 
 def test_a_candidate_better_on_every_example_passes_with_its_interval_over_the_margin(
@@ -245,10 +266,10 @@ def test_a_judge_that_prefers_the_control_rejects_a_candidate_the_test_split_pas
 
 def test_answers_may_be_as_long_as_the_expected_answer_plus_slack(served: Served) -> None:
     before = len(served.upstream.asked("better"))
-    ev = evaluate.gate(cases(PROCEDURES), None, served.client.ask, "control", "better",
-                       cfg(served))  # fmt: skip
-    sent = {question(r["messages"]): r["max_tokens"]
-            for r in served.upstream.asked("better")[before:]}  # fmt: skip
+    ev = evaluate.gate(cases(PROCEDURES), None, served.client.ask, "control", "better", cfg(served))
+    sent = {
+        question(r["messages"]): r["max_tokens"] for r in served.upstream.asked("better")[before:]
+    }
     long_limits = [sent[q] for q, a in PROCEDURES if a == LONG]
     short_limits = [sent[q] for q, a in PROCEDURES if a != LONG]
     assert min(long_limits) > len(LONG.split()) > 64  # not cut at a fixed 64 tokens
@@ -259,8 +280,7 @@ def test_answers_may_be_as_long_as_the_expected_answer_plus_slack(served: Served
 def test_a_candidate_whose_answers_stop_being_json_is_refused_though_its_rouge_l_is_higher(
     served: Served,
 ) -> None:
-    ev = evaluate.gate(cases(JSONS), None, served.client.ask, "control", "json-chatty",
-                       cfg(served))  # fmt: skip
+    ev = evaluate.gate(cases(JSONS), None, served.client.ask, "control", "json-chatty", cfg(served))
     summary = ev["test"]
     assert summary["gain"]["low"] >= ev["config"]["margin"]  # ROUGE-L alone would pass
     assert summary["json_examples"] == len(JSONS)
@@ -271,46 +291,75 @@ def test_a_candidate_whose_answers_stop_being_json_is_refused_though_its_rouge_l
 
 def retrain(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "240"}
-    return subprocess.run([sys.executable, "-m", "retrain", *args, "--config", str(served.config)],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "retrain", *args, "--config", str(served.config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def dataset(tmp_path: Path, pairs: list[tuple[str, str]]) -> Path:
-    lines = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-             for q, a in pairs]  # fmt: skip
+    lines = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in pairs
+    ]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return tmp_path
 
 
 def test_retrain_eval_exits_0_when_passed_and_6_when_rejected(
-    served: Served, tmp_path: Path,
-) -> None:  # fmt: skip
+    served: Served,
+    tmp_path: Path,
+) -> None:
     data = dataset(tmp_path, TEST)
     (tmp_path / "root" / "ds-1").mkdir(parents=True)  # an experiment's datasets: the latest
     dataset(tmp_path / "root" / "ds-1", TEST)
     (tmp_path / "root" / "latest").write_text("ds-1\n")
-    passed = retrain(served, "eval", "--candidate", "better", "--control", "control",
-                     "--dataset", str(tmp_path / "root"),
-                     "--out", str(tmp_path / "ev.json"))  # fmt: skip
+    passed = retrain(
+        served,
+        "eval",
+        "--candidate",
+        "better",
+        "--control",
+        "control",
+        "--dataset",
+        str(tmp_path / "root"),
+        "--out",
+        str(tmp_path / "ev.json"),
+    )
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "against control: passed" in passed.stdout
     written = json.loads((tmp_path / "ev.json").read_text())
     assert written["outcome"] == "passed" and written["cases"] == len(TEST)
     (tmp_path / "golden").mkdir()
     golden = dataset(tmp_path / "golden", GOLDEN)
-    rejected = retrain(served, "eval", "--candidate", "golden-breaker", "--control", "control",
-                       "--dataset", str(data), "--golden", str(golden / "test.jsonl"))  # fmt: skip
+    rejected = retrain(
+        served,
+        "eval",
+        "--candidate",
+        "golden-breaker",
+        "--control",
+        "control",
+        "--dataset",
+        str(data),
+        "--golden",
+        str(golden / "test.jsonl"),
+    )
     assert rejected.returncode == 6, rejected.stdout + rejected.stderr
     assert "golden set: ROUGE-L" in rejected.stdout and "< the tolerance" in rejected.stdout
 
 
 def test_retrain_eval_says_collect_more_with_exit_7_and_asks_no_model(
-    served: Served, tmp_path: Path,
-) -> None:  # fmt: skip
+    served: Served,
+    tmp_path: Path,
+) -> None:
     data = dataset(tmp_path, TEST[:4])
     before = len(served.upstream.requests)
-    run = retrain(served, "eval", "--candidate", "better", "--control", "control",
-                  "--dataset", str(data))  # fmt: skip
+    run = retrain(
+        served, "eval", "--candidate", "better", "--control", "control", "--dataset", str(data)
+    )
     assert run.returncode == 7, run.stdout + run.stderr
     assert "collect more: 4 held-out test examples" in run.stdout and "6 missing" in run.stdout
     assert len(served.upstream.requests) == before
@@ -323,12 +372,19 @@ def test_retrain_eval_without_a_dataset_or_a_golden_set_is_a_usage_error(served:
 
 
 def test_retrain_status_shows_every_example_with_answers_scores_and_verdicts(
-    served: Served, redis_server: RedisProcess,
-) -> None:  # fmt: skip
+    served: Served,
+    redis_server: RedisProcess,
+) -> None:
     ev = run_gate(served, "noisy", judge="judge-fair")
     store = JobStore(redis.Redis(port=redis_server.port, db=EVAL_DB))
-    job = store.create(experiment="gate", provider="local", dataset_id="ds-gate",
-                       dataset_path="-", status="rejected", evaluation=ev)  # fmt: skip
+    job = store.create(
+        experiment="gate",
+        provider="local",
+        dataset_id="ds-gate",
+        dataset_path="-",
+        status="rejected",
+        evaluation=ev,
+    )
     shown = retrain(served, "status", job["id"])
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout

@@ -95,7 +95,10 @@ def test_json_answers_are_checked_for_validity_and_compared_as_documents() -> No
     expected = '{"status": "shipped", "days": 2}'
     assert is_json(expected) and not is_json("shipped") and not is_json('{"status": ')
     assert score('{"days":2,"status":"shipped"}', expected) == {
-        "rouge_l": 0.0, "exact": True, "valid_json": True}  # fmt: skip
+        "rouge_l": 0.0,
+        "exact": True,
+        "valid_json": True,
+    }
     assert score('{"status": "shipped"', expected)["valid_json"] is False
     assert "valid_json" not in score("anything", "plain text")
     assert is_json('```json\n{"a": 1}\n```')
@@ -110,10 +113,17 @@ def test_the_answer_budget_follows_the_expected_length_up_to_the_cap() -> None:
     assert answer_budget(sentence * 20, factor=1.5, slack=16, cap=512) == 512
 
 
-@pytest.mark.parametrize(("reply", "verdict"), [
-    ("A", "A"), ("b.", "B"), ("**TIE**", "TIE"), ("A\nbecause it is right", "A"),
-    ("Answer A", "invalid"), ("", "invalid"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("A", "A"),
+        ("b.", "B"),
+        ("**TIE**", "TIE"),
+        ("A\nbecause it is right", "A"),
+        ("Answer A", "invalid"),
+        ("", "invalid"),
+    ],
+)
 def test_the_judges_reply_is_read_from_its_first_word(reply: str, verdict: str) -> None:
     assert parse(reply) == verdict
 
@@ -125,8 +135,15 @@ def test_both_orders_decide_the_verdict_and_a_position_bias_cancels_out() -> Non
         asked.append(str(messages[-1]["content"]))
         return "A"
 
-    got = judge_pair(always_first, "j", [{"role": "user", "content": "q"}], "ref",
-                     "CANDIDATE-ANSWER", "CONTROL-ANSWER", 8)  # fmt: skip
+    got = judge_pair(
+        always_first,
+        "j",
+        [{"role": "user", "content": "q"}],
+        "ref",
+        "CANDIDATE-ANSWER",
+        "CONTROL-ANSWER",
+        8,
+    )
     assert got == {"candidate_first": "candidate", "control_first": "control", "verdict": "tie"}
     first, second = asked
     assert first.index("CANDIDATE-ANSWER") < first.index("CONTROL-ANSWER")
@@ -168,12 +185,14 @@ def test_a_golden_set_that_cannot_be_used_is_found_before_training(tmp_path: Pat
 
 
 def test_the_old_eval_keys_still_work_and_both_spellings_are_refused() -> None:
-    old = build_settings({**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05,
-                                                        "eval_max_tokens": 64}})  # fmt: skip
+    old = build_settings(
+        {**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05, "eval_max_tokens": 64}}
+    )
     assert old.retrain.eval.margin == 0.05 and old.retrain.eval.max_tokens == 64
     with pytest.raises(ConfigError, match=r"retrain\.eval_margin is retrain\.eval\.margin"):
-        build_settings({**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05,
-                                                      "eval": {"margin": 0.1}}})  # fmt: skip
+        build_settings(
+            {**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05, "eval": {"margin": 0.1}}}
+        )
     with pytest.raises(ConfigError, match=r"retrain\.eval\.confidence"):
         build_settings({**DEFAULT_CONFIG, "retrain": {"eval": {"confidence": 1.5}}})
 

@@ -41,8 +41,11 @@ def ids(url: str, headers: dict[str, str], field: str = "id") -> set[str]:
 
 
 def chat(gw: GatewayProcess, key: str, model: str = "fixed-a", **extra: Any) -> httpx.Response:
-    return httpx.post(gw.base_url + "/chat/completions", headers=bearer(key),
-                      json={"model": model, "messages": HELLO, **extra})  # fmt: skip
+    return httpx.post(
+        gw.base_url + "/chat/completions",
+        headers=bearer(key),
+        json={"model": model, "messages": HELLO, **extra},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +168,13 @@ def test_audit_records_who_changed_which_key_with_before_and_after(
 
 def test_bad_key_bodies_are_openai_shaped_400s(pair: tuple[GatewayProcess, GatewayProcess]) -> None:
     a, _ = pair
-    bad = ({}, {"name": "x", "role": "root"}, {"name": "x", "rpm": 0},
-           {"name": "x", "budget": {"limit": -1}}, {"name": "x", "colour": "red"})  # fmt: skip
+    bad = (
+        {},
+        {"name": "x", "role": "root"},
+        {"name": "x", "rpm": 0},
+        {"name": "x", "budget": {"limit": -1}},
+        {"name": "x", "colour": "red"},
+    )
     for body in bad:
         r = httpx.post(a.url + "/admin/keys", json=body, headers=ADMIN)
         assert r.status_code == 400, (body, r.text)
@@ -184,12 +192,17 @@ def tenants(pair: tuple[GatewayProcess, GatewayProcess]) -> dict[str, str]:
     a, _ = pair
     out = {}
     for t in ("alpha", "beta"):
-        r = httpx.post(a.url + "/admin/models", headers=ADMIN,
-                       json={"name": f"{t}-model", "upstream": "fixed", "model": "fixed-b",
-                             "tenant": t})  # fmt: skip
+        r = httpx.post(
+            a.url + "/admin/models",
+            headers=ADMIN,
+            json={"name": f"{t}-model", "upstream": "fixed", "model": "fixed-b", "tenant": t},
+        )
         assert r.status_code == 201, r.text
-        r = httpx.put(f"{a.url}/admin/experiments/{t}-exp", headers=ADMIN,
-                      json={"arms": [{"model": f"{t}-model"}], "tenant": t})  # fmt: skip
+        r = httpx.put(
+            f"{a.url}/admin/experiments/{t}-exp",
+            headers=ADMIN,
+            json={"arms": [{"model": f"{t}-model"}], "tenant": t},
+        )
         assert r.status_code == 200, r.text
         out[t] = create_key(a, name=f"{t}-app", tenant=t)["key"]
         out[f"{t}-admin"] = create_key(a, name=f"{t}-ops", tenant=t, role="admin")["key"]
@@ -230,8 +243,11 @@ def test_a_tenant_admin_sees_and_changes_only_its_tenant(
     for path in ("", "/history", "/report"):
         r = httpx.get(f"{a.url}/admin/experiments/{theirs}-exp{path}", headers=mine)
         assert r.status_code == 404, (path, r.text)
-    r = httpx.post(f"{a.url}/admin/experiments/{theirs}-exp/promote", headers=mine,
-                   json={"model": f"{theirs}-model"})  # fmt: skip
+    r = httpx.post(
+        f"{a.url}/admin/experiments/{theirs}-exp/promote",
+        headers=mine,
+        json={"model": f"{theirs}-model"},
+    )
     assert r.status_code == 404
     assert httpx.get(f"{a.url}/admin/models/{theirs}-model", headers=mine).status_code == 404
     assert httpx.delete(f"{a.url}/admin/models/{theirs}-model", headers=mine).status_code == 404
@@ -253,13 +269,19 @@ def test_a_tenant_reads_ratings_only_of_its_own_answers(
 ) -> None:
     a, _ = pair
     rid = chat(a, tenants["alpha"], "default").json()["id"]
-    r = httpx.post(a.base_url + "/feedback", headers=bearer(tenants["alpha"]),
-                   json={"response_id": rid, "rating": "up"})  # fmt: skip
+    r = httpx.post(
+        a.base_url + "/feedback",
+        headers=bearer(tenants["alpha"]),
+        json={"response_id": rid, "rating": "up"},
+    )
     assert r.status_code == 201, r.text
     theirs = httpx.get(f"{a.base_url}/feedback/{rid}", headers=bearer(tenants["beta"]))
     assert theirs.status_code == 404
-    r = httpx.post(a.base_url + "/feedback", headers=bearer(tenants["beta"]),
-                   json={"response_id": rid, "rating": "down"})  # fmt: skip
+    r = httpx.post(
+        a.base_url + "/feedback",
+        headers=bearer(tenants["beta"]),
+        json={"response_id": rid, "rating": "down"},
+    )
     assert r.status_code == 404
 
 
@@ -291,8 +313,7 @@ def test_a_budget_spent_by_real_usage_refuses_with_insufficient_quota_until_the_
 ) -> None:
     a, b = pair
     period = 5
-    made = create_key(a, name="budgeted", tenant="gamma",
-                      budget={"limit": 7, "period": period})  # fmt: skip
+    made = create_key(a, name="budgeted", tenant="gamma", budget={"limit": 7, "period": period})
     time.sleep(0.6)
     wait_for_period_start(period)
     answered = 0
@@ -329,8 +350,11 @@ def test_a_tenant_budget_counts_every_key_of_the_tenant_and_streams_are_charged_
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
     a, b = pair
-    r = httpx.put(a.url + "/admin/tenants/epsilon", headers=ADMIN,
-                  json={"budget": {"limit": 5, "period": "daily", "soft": 0.5}})  # fmt: skip
+    r = httpx.put(
+        a.url + "/admin/tenants/epsilon",
+        headers=ADMIN,
+        json={"budget": {"limit": 5, "period": "daily", "soft": 0.5}},
+    )
     assert r.status_code == 200, r.text
     one = create_key(a, name="eps-one", tenant="epsilon")["key"]
     two = create_key(a, name="eps-two", tenant="epsilon")["key"]
@@ -341,8 +365,10 @@ def test_a_tenant_budget_counts_every_key_of_the_tenant_and_streams_are_charged_
         assert s.status_code == 200
         assert "[DONE]" in "".join(s.iter_text())
     deadline = time.monotonic() + 2
-    while (a.metric("flywheel_budget_used_ratio", scope="tenant", owner="epsilon") == 0
-           and time.monotonic() < deadline):  # fmt: skip
+    while (
+        a.metric("flywheel_budget_used_ratio", scope="tenant", owner="epsilon") == 0
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert a.metric("flywheel_budget_used_ratio", scope="tenant", owner="epsilon") == 0.6
     assert a.metric("flywheel_spend_total", tenant="epsilon", model="fixed-a") == 3.0
@@ -360,8 +386,11 @@ def test_a_tenant_budget_counts_every_key_of_the_tenant_and_streams_are_charged_
 def gateway_cli(gw: GatewayProcess, *args: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "gateway", "keys", *args, "--config", str(gw.config_path)],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -372,8 +401,9 @@ def test_keys_made_and_revoked_from_the_command_line_work_and_stop_on_the_runnin
     import orjson
 
     a, _ = pair
-    made = orjson.loads(gateway_cli(a, "create", "cli-app", "--tenant", "alpha", "--rpm", "50",
-                                    "--json"))  # fmt: skip
+    made = orjson.loads(
+        gateway_cli(a, "create", "cli-app", "--tenant", "alpha", "--rpm", "50", "--json")
+    )
     time.sleep(0.6)
     assert chat(a, made["key"]).status_code == 200
     listed = gateway_cli(a, "list")
@@ -399,9 +429,11 @@ def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_on
     rated = {}
     for who, key in (("alpha", tenants["alpha"]), ("ops", ADMIN_KEY)):  # ops: every tenant
         prompt = f"question asked by {who}"
-        r = httpx.post(a.base_url + "/chat/completions", headers=bearer(key),
-                       json={"model": "alpha-exp", "messages": [{"role": "user",
-                                                                 "content": prompt}]})  # fmt: skip
+        r = httpx.post(
+            a.base_url + "/chat/completions",
+            headers=bearer(key),
+            json={"model": "alpha-exp", "messages": [{"role": "user", "content": prompt}]},
+        )
         assert r.status_code == 200, r.text
         fb = {"response_id": r.json()["id"], "rating": "down", "correction": f"fixed for {who}"}
         assert httpx.post(a.base_url + "/feedback", json=fb, headers=bearer(key)).status_code == 201
@@ -409,15 +441,29 @@ def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_on
     # beta cannot even call alpha's experiment, so it has nothing there to rate
     assert chat(a, tenants["beta"], "alpha-exp").status_code == 400
     doc = yaml.safe_load(a.config_path.read_text())
-    doc["retrain"] = {"dataset_dir": str(tmp_path / "datasets"), "min_examples": 1,
-                      "split": {"validation": 0, "test": 0}}  # fmt: skip
+    doc["retrain"] = {
+        "dataset_dir": str(tmp_path / "datasets"),
+        "min_examples": 1,
+        "split": {"validation": 0, "test": 0},
+    }
     config = tmp_path / "retrain.yaml"
     config.write_text(yaml.safe_dump(doc))
     run = subprocess.run(
-        [sys.executable, "-m", "retrain", "build", "--experiment", "alpha-exp",
-         "--config", str(config)],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "retrain",
+            "build",
+            "--experiment",
+            "alpha-exp",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     root = tmp_path / "datasets" / "alpha-exp"
     latest = root / (root / "latest").read_text().strip()
@@ -430,10 +476,25 @@ def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_on
     for tenant in ("alpha", "beta"):
         out = tmp_path / f"{tenant}.jsonl"
         run = subprocess.run(
-            [sys.executable, "-m", "retrain", "export-feedback", "--since", "2020-01-01",
-             "--tenant", tenant, "--out", str(out), "--config", str(config)],
-            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "retrain",
+                "export-feedback",
+                "--since",
+                "2020-01-01",
+                "--tenant",
+                tenant,
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).parent.parent,
+        )
         assert run.returncode == 0, run.stderr
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert {r["interaction"]["tenant"] for r in rows} <= {tenant}
@@ -494,22 +555,36 @@ def test_a_tenant_admin_changes_no_shared_experiment_and_its_candidates_stay_its
 ) -> None:
     a, _ = pair
     mine = bearer(tenants["alpha-admin"])
-    r = httpx.post(f"{a.url}/admin/experiments/default/promote", headers=mine,
-                   json={"model": "fixed-b"})  # fmt: skip
+    r = httpx.post(
+        f"{a.url}/admin/experiments/default/promote", headers=mine, json={"model": "fixed-b"}
+    )
     assert r.status_code == 403, r.text
-    r = httpx.put(f"{a.url}/admin/experiments/default", headers=mine,
-                  json={"arms": [{"model": "alpha-model"}]})  # fmt: skip
+    r = httpx.put(
+        f"{a.url}/admin/experiments/default",
+        headers=mine,
+        json={"arms": [{"model": "alpha-model"}]},
+    )
     assert r.status_code == 403, r.text
     assert httpx.delete(f"{a.url}/admin/models/fixed-c", headers=mine).status_code == 403
     # its own experiment it does change
-    r = httpx.post(f"{a.url}/admin/experiments/alpha-exp/arms", headers=mine,
-                   json={"model": "fixed-c", "weight": 0})  # fmt: skip
+    r = httpx.post(
+        f"{a.url}/admin/experiments/alpha-exp/arms",
+        headers=mine,
+        json={"model": "fixed-c", "weight": 0},
+    )
     assert r.status_code == 200, r.text
     # a candidate registered for a tenant's experiment (as retrain run does, with an admin
     # of every tenant) belongs to that tenant
-    r = httpx.post(a.url + "/admin/models", headers=ADMIN,
-                   json={"name": "alpha-exp-cand", "upstream": "fixed", "model": "fixed-a",
-                         "lineage": {"experiment": "alpha-exp", "job": "ftjob-1"}})  # fmt: skip
+    r = httpx.post(
+        a.url + "/admin/models",
+        headers=ADMIN,
+        json={
+            "name": "alpha-exp-cand",
+            "upstream": "fixed",
+            "model": "fixed-a",
+            "lineage": {"experiment": "alpha-exp", "job": "ftjob-1"},
+        },
+    )
     assert r.status_code == 201 and r.json()["tenant"] == "alpha", r.text
     time.sleep(0.6)
     assert "alpha-exp-cand" in ids(a.base_url + "/models", bearer(tenants["alpha"]))

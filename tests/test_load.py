@@ -41,8 +41,9 @@ async def stream_for(base_url: str, seconds: float) -> tuple[Counter[str], list[
         async def client() -> None:
             while time.monotonic() < stop:
                 try:
-                    async with http.post(base_url + "/chat/completions", data=body,
-                                         headers=headers) as resp:  # fmt: skip
+                    async with http.post(
+                        base_url + "/chat/completions", data=body, headers=headers
+                    ) as resp:
                         raw = await resp.read()
                 except aiohttp.ClientError as exc:
                     outcomes[f"client error: {type(exc).__name__}"] += 1
@@ -52,9 +53,12 @@ async def stream_for(base_url: str, seconds: float) -> tuple[Counter[str], list[
                     outcomes[f"HTTP {resp.status}: {raw[:200]!r}"] += 1
                     continue
                 text = b"".join(
-                    (orjson.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content", "")
-                    .encode() for e in events[:-1]
-                )  # fmt: skip
+                    (orjson.loads(e)["choices"] or [{}])[0]
+                    .get("delta", {})
+                    .get("content", "")
+                    .encode()
+                    for e in events[:-1]
+                )
                 outcomes["ok" if text == b"answer from fixed-a" else f"wrong: {text!r}"] += 1
                 ids.append(orjson.loads(events[0])["id"])
 

@@ -80,19 +80,35 @@ def embedded_pid(data_dir: Path) -> int:
 def serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     """``gateway serve`` with embedded Redis and no upstream to speak of, until healthy."""
     config = tmp_path / "flywheel.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "upstreams": {"local": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"}},
-        "models": {"base": {"upstream": "local", "model": "base"}},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "upstreams": {
+                    "local": {"kind": "vllm", "base_url": f"http://127.0.0.1:{free_port()}/v1"}
+                },
+                "models": {"base": {"upstream": "local", "model": "base"}},
+            }
+        )
+    )
     port = free_port()
     log = tmp_path / "gateway.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-             "--port", str(port), *args],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     assert wait_ready(proc, f"http://127.0.0.1:{port}/healthz", log, 60)
     return proc, f"http://127.0.0.1:{port}", config
 
@@ -141,8 +157,12 @@ def test_retrain_stops_the_embedded_redis_it_started_and_leaves_the_gateways(
     proc, url, config = serve(tmp_path)
     redis_pid = embedded_pid(tmp_path / "data")
     try:  # beside a running gateway: retrain uses its Redis and leaves it running
-        jobs = subprocess.run([sys.executable, "-m", "retrain", "jobs", "--config", str(config)],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        jobs = subprocess.run(
+            [sys.executable, "-m", "retrain", "jobs", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert jobs.returncode == 0, jobs.stderr
         assert alive(redis_pid)
         assert httpx.get(url + "/readyz").json()["checks"]["redis"] == "ok"
@@ -153,9 +173,20 @@ def test_retrain_stops_the_embedded_redis_it_started_and_leaves_the_gateways(
 
     # Alone, retrain starts the embedded Redis itself, and stops it when it is done.
     build = subprocess.Popen(
-        [sys.executable, "-m", "retrain", "build", "--experiment", "default", "--config",
-         str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "retrain",
+            "build",
+            "--experiment",
+            "default",
+            "--config",
+            str(config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = build.communicate(timeout=120)
     assert build.returncode == 4, out + err  # nothing rated yet: below the minimum
     assert not (tmp_path / "data" / "redis" / "server.json").exists()

@@ -79,9 +79,16 @@ def test_every_manifest_is_valid_kubernetes(which: str) -> None:
             assert doc["kind"] in ("ServiceMonitor", "PrometheusRule") and doc["spec"]
             continue
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    assert {"Deployment", "StatefulSet" if which == "default" else "Deployment", "CronJob",
-            "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "NetworkPolicy"} <= kinds  # fmt: skip
+    assert {
+        "Deployment",
+        "StatefulSet" if which == "default" else "Deployment",
+        "CronJob",
+        "Service",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
     if which == "production":
         assert {"Ingress", "ServiceMonitor", "PrometheusRule"} <= kinds
         assert "Secret" not in kinds and "StatefulSet" not in kinds  # existing Secret, Redis
@@ -120,8 +127,11 @@ def test_the_gateway_accepts_the_config_the_chart_renders(which: str, tmp_path: 
     env["FLYWHEEL_CONFIG"] = str(path)  # where the pod mounts it: /etc/flywheel
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     experiments = 3 if which == "production" else 1
     assert f"{experiments} experiments" in done.stdout, done.stdout
@@ -160,8 +170,9 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
         mounts = container(job)["volumeMounts"]
         assert shared == {m["mountPath"] for m in mounts if m["name"] == "shared"}
         assert container(job)["args"][:3] == ["retrain", "run", "--experiment"]
-    assert len(find(which, "CronJob")) == len(VALUES[which].get("retrain", {}).get(
-        "experiments", ["default"]))  # fmt: skip
+    assert len(find(which, "CronJob")) == len(
+        VALUES[which].get("retrain", {}).get("experiments", ["default"])
+    )
 
     if which == "default":
         redis = one(which, "StatefulSet", "-redis")
@@ -183,8 +194,11 @@ def test_rules_and_dashboard_ship_as_the_tested_files() -> None:
 
 
 def checkov_binary() -> str:
-    for candidate in (os.environ.get("CHECKOV"), str(REPO / ".venv-tools" / "bin" / "checkov"),
-                      shutil.which("checkov")):  # fmt: skip
+    for candidate in (
+        os.environ.get("CHECKOV"),
+        str(REPO / ".venv-tools" / "bin" / "checkov"),
+        shutil.which("checkov"),
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     reason = "checkov is not installed (.ci/run puts it in .venv-tools)"
@@ -203,10 +217,21 @@ def test_checkov_finds_no_unjustified_issue(tmp_path: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
     done = subprocess.run(
-        [checkov, "-d", str(tmp_path), "--framework", "kubernetes", "--compact",
-         "--skip-download", "-o", "json"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            checkov,
+            "-d",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "--compact",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(done.stdout)
     reports = report if isinstance(report, list) else [report]
     failed = [

@@ -10,10 +10,15 @@ def test_dashboard_is_valid_and_has_the_panels_operators_need() -> None:
     doc = dashboard()
     assert doc["uid"] and doc["title"] == "Flywheel"
     titles = {p["title"] for p in doc["panels"]}
-    assert {"Requests per second by arm", "Latency p50 / p95 by arm",
-            "Error ratio (5xx) by experiment", "Mean score by arm (1 h window)",
-            "Arm weights (canary share)", "Replicas by circuit state",
-            "Last retrain run"} <= titles  # fmt: skip
+    assert {
+        "Requests per second by arm",
+        "Latency p50 / p95 by arm",
+        "Error ratio (5xx) by experiment",
+        "Mean score by arm (1 h window)",
+        "Arm weights (canary share)",
+        "Replicas by circuit state",
+        "Last retrain run",
+    } <= titles
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids))
     for panel in doc["panels"]:

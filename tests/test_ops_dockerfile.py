@@ -45,8 +45,10 @@ def stages() -> dict[str, list[tuple[str, str]]]:
 def test_hadolint_passes() -> None:
     done = subprocess.run(
         [hadolint(), "--failure-threshold", "style", str(DOCKERFILE)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -41,8 +41,9 @@ def samples(gw: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], 
     }
 
 
-def total(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:  # fmt: skip
+def total(
+    scrape: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
 
@@ -77,13 +78,15 @@ def test_metrics_count_the_requests_of_every_worker(
             s = samples(gw)
             assert total(s, "flywheel_requests_total", experiment=EXPERIMENT, status="2xx") == n
             assert total(s, "flywheel_request_duration_seconds_count", experiment=EXPERIMENT) == n
-            assert total(s, "flywheel_upstream_request_duration_seconds_count",
-                         upstream="fixed") == n  # fmt: skip
+            assert (
+                total(s, "flywheel_upstream_request_duration_seconds_count", upstream="fixed") == n
+            )
             assert total(s, "flywheel_tokens_total", kind="completion") == 3 * n
             assert total(s, "flywheel_time_to_first_token_seconds_count") == (n + 2) // 3
             assert total(s, "flywheel_requests_in_flight") == 0
-            assert total(s, "flywheel_experiment_weight", experiment=EXPERIMENT,
-                         arm="fixed-b") == 0.5  # fmt: skip
+            assert (
+                total(s, "flywheel_experiment_weight", experiment=EXPERIMENT, arm="fixed-b") == 0.5
+            )
             assert total(s, "flywheel_upstream_replicas", upstream="fixed", state="closed") == 1
             for arm in ("fixed-a", "fixed-b"):
                 assert total(s, "flywheel_requests_total", arm=arm) == arms.count(arm) > 0
@@ -100,9 +103,12 @@ def test_retrain_runs_are_exposed_from_redis(
     config = fixed_config(faulty.base_url, ops_redis.url, tmp_path)
     # The openai provider: its preflight needs a key and the gateway, not a model on disk.
     config["retrain"].update(
-        prices=prices, cost_cap=1e-9, provider="openai", admin_key=ADMIN_KEY,
+        prices=prices,
+        cost_cap=1e-9,
+        provider="openai",
+        admin_key=ADMIN_KEY,
         openai={"api_key": "sk-never-called"},
-    )  # fmt: skip
+    )
     gw = GatewayProcess(config, tmp_path / "gw", ready_path="/readyz").start(timeout=60)
     try:
         for i in range(3):
@@ -114,10 +120,19 @@ def test_retrain_runs_are_exposed_from_redis(
             retrain = {**config["retrain"], "gateway_url": gw.url}
             cfg.write_text(yaml.safe_dump({**config, "retrain": retrain}))
             return subprocess.run(
-                [sys.executable, "-m", "retrain", "run", "--experiment", experiment,
-                 "--config", str(cfg)],
-                capture_output=True, timeout=120,
-            ).returncode  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "retrain",
+                    "run",
+                    "--experiment",
+                    experiment,
+                    "--config",
+                    str(cfg),
+                ],
+                capture_output=True,
+                timeout=120,
+            ).returncode
 
         t0 = time.time()
         assert retrain_run(EXPERIMENT) == 3  # over the cost cap: a failure to alert on
@@ -135,14 +150,20 @@ def test_retrain_runs_are_exposed_from_redis(
     def value(name: str, **labels: str) -> float:
         return total(s, name, **labels)
 
-    assert value("flywheel_retrain_last_run_outcome", experiment=EXPERIMENT,
-                 outcome="over_cost_cap") == 1  # fmt: skip
+    assert (
+        value("flywheel_retrain_last_run_outcome", experiment=EXPERIMENT, outcome="over_cost_cap")
+        == 1
+    )
     assert value("flywheel_retrain_last_run_outcome", experiment=EXPERIMENT) == 1
-    assert value("flywheel_retrain_last_run_outcome", experiment="ops-quiet",
-                 outcome="below_minimum") == 1  # fmt: skip
+    assert (
+        value("flywheel_retrain_last_run_outcome", experiment="ops-quiet", outcome="below_minimum")
+        == 1
+    )
     assert t0 <= value("flywheel_retrain_last_run_timestamp_seconds", experiment=EXPERIMENT)
-    assert ("flywheel_retrain_last_success_timestamp_seconds",
-            frozenset({("experiment", EXPERIMENT)})) not in s  # fmt: skip
+    assert (
+        "flywheel_retrain_last_success_timestamp_seconds",
+        frozenset({("experiment", EXPERIMENT)}),
+    ) not in s
     assert t0 <= value("flywheel_retrain_last_success_timestamp_seconds", experiment="ops-quiet")
     assert value("flywheel_retrain_running") == 0
     assert value("flywheel_retrain_dataset_examples", experiment="ops-later", split="train") == 40

@@ -37,11 +37,17 @@ class Prometheus:
         for group in rules["groups"]:
             group["interval"] = "1s"  # as the scrapes: no waiting for the recording rules
         (workdir / "alerts.yaml").write_text(yaml.safe_dump(rules))
-        self.config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["alerts.yaml"],
-            "scrape_configs": [{"job_name": "flywheel", "static_configs": [{"targets": [target]}]}],
-        }))  # fmt: skip
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": ["alerts.yaml"],
+                    "scrape_configs": [
+                        {"job_name": "flywheel", "static_configs": [{"targets": [target]}]}
+                    ],
+                }
+            )
+        )
         self.log = workdir / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -53,11 +59,17 @@ class Prometheus:
         assert PROMETHEUS is not None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={self.config}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-            )  # fmt: skip
+                [
+                    PROMETHEUS,
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
         if wait_ready(self.proc, self.url + "/-/ready", self.log, 30):
             return self
         raise RuntimeError(f"prometheus not ready:\n{tail(self.log)}")
@@ -100,8 +112,9 @@ def stack(
     tmp = tmp_path_factory.mktemp("ops-prom")
     redis = RedisProcess(tmp / "redis")
     redis.start()
-    gw = GatewayProcess(fixed_config(faulty.base_url, redis.url, tmp), tmp / "gw",
-                        ready_path="/readyz")  # fmt: skip
+    gw = GatewayProcess(
+        fixed_config(faulty.base_url, redis.url, tmp), tmp / "gw", ready_path="/readyz"
+    )
     # Prometheus first: it takes a few seconds to start scraping, the gateway starts meanwhile.
     prom = Prometheus(tmp, f"127.0.0.1:{gw.port}").start()
     gw.start(timeout=60)
@@ -177,6 +190,10 @@ def test_every_dashboard_query_runs(stack: tuple[GatewayProcess, Prometheus]) ->
     for title, expr in dashboard_expressions().items():
         if expr.startswith("label_values("):  # Grafana's own function: its metric is checked
             expr = expr.removeprefix("label_values(").rsplit(",", 1)[0]
-        expr = (expr.replace("$__rate_interval", "1m").replace("$__interval", "15s")
-                .replace("$experiment", ".*").replace("$arm", ".*"))  # fmt: skip
+        expr = (
+            expr.replace("$__rate_interval", "1m")
+            .replace("$__interval", "15s")
+            .replace("$experiment", ".*")
+            .replace("$arm", ".*")
+        )
         assert isinstance(prom.query(expr), list), title

@@ -38,9 +38,15 @@ def test_promtool_unit_tests_of_the_alerts_pass() -> None:
 def test_every_alert_names_metrics_of_the_catalogue() -> None:
     known = set(catalogue()) | recorded()
     alerts = alert_expressions()
-    assert {"FlywheelUpstreamDown", "FlywheelHighErrorRatio", "FlywheelHighLatencyP95",
-            "FlywheelCanaryScoreBelowControl", "FlywheelRetrainFailing", "FlywheelRetrainStale",
-            "FlywheelInteractionLogDropping"} <= set(alerts)  # fmt: skip
+    assert {
+        "FlywheelUpstreamDown",
+        "FlywheelHighErrorRatio",
+        "FlywheelHighLatencyP95",
+        "FlywheelCanaryScoreBelowControl",
+        "FlywheelRetrainFailing",
+        "FlywheelRetrainStale",
+        "FlywheelInteractionLogDropping",
+    } <= set(alerts)
     for name, expr in alerts.items():
         used = metric_names(expr)
         assert used, name
@@ -53,10 +59,16 @@ def test_the_catalogue_follows_prometheus_naming() -> None:
         assert name.startswith("flywheel_"), name
         if kind == "counter":
             assert name.endswith(("_total", "_created")), name
-    assert {"flywheel_requests_total", "flywheel_upstream_request_duration_seconds_bucket",
-            "flywheel_feedback_score_sum", "flywheel_retrain_last_run_timestamp_seconds",
-            "flywheel_retrain_dataset_examples", "flywheel_retrain_job_status",
-            "flywheel_experiment_weight", "flywheel_upstream_replicas"} <= set(names)  # fmt: skip
+    assert {
+        "flywheel_requests_total",
+        "flywheel_upstream_request_duration_seconds_bucket",
+        "flywheel_feedback_score_sum",
+        "flywheel_retrain_last_run_timestamp_seconds",
+        "flywheel_retrain_dataset_examples",
+        "flywheel_retrain_job_status",
+        "flywheel_experiment_weight",
+        "flywheel_upstream_replicas",
+    } <= set(names)
 
 
 def test_the_docs_document_every_metric() -> None:

@@ -27,10 +27,13 @@ def test_the_gateway_package_does_not_import_retrain_or_training_libraries() -> 
 
 
 def test_serving_loads_no_training_library() -> None:
-    probe = ("import sys, gateway.app, gateway.cli; "
-             "print(sorted({m.split('.')[0] for m in sys.modules} & "
-             "{'retrain', 'torch', 'peft', 'trl', 'transformers', 'vllm'}))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd=REPO, timeout=60)  # fmt: skip
+    probe = (
+        "import sys, gateway.app, gateway.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'retrain', 'torch', 'peft', 'trl', 'transformers', 'vllm'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -40,12 +40,16 @@ plain_text = st.text(
 weights = st.floats(0, 1_000_000, allow_nan=False)
 int64 = st.integers(-(2**63), 2**63 - 1)  # what JSON numbers orjson reads as integers
 json_values = st.recursive(
-    st.none() | st.booleans() | int64
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
-                                                                 max_size=4),
+    st.none()
+    | st.booleans()
+    | int64
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
 @st.composite
@@ -120,8 +124,16 @@ def _mutations(doc: dict[str, Any], draw: st.DrawFn) -> tuple[dict[str, Any], st
     """One mistake in a valid config, and the key path the error must name."""
     model = _first(doc["models"])
     up = _first(doc["upstreams"])
-    kinds = ["unknown_top", "unknown_nested", "bad_upstream_ref", "timeout", "port", "kind",
-             "no_models", "model_id"]  # fmt: skip
+    kinds = [
+        "unknown_top",
+        "unknown_nested",
+        "bad_upstream_ref",
+        "timeout",
+        "port",
+        "kind",
+        "no_models",
+        "model_id",
+    ]
     if doc["experiments"]:
         kinds += ["weight", "huge_weight", "arm_model", "fallback", "all_zero", "exp_name_clash"]
     kind = draw(st.sampled_from(kinds))
@@ -185,12 +197,17 @@ def test_a_mistake_is_refused_with_a_message_naming_its_key_path(data: st.DataOb
 
 
 @PROPS
-@given(name=st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True), default=plain_text,
-       value=plain_text)  # fmt: skip
+@given(
+    name=st.from_regex(r"[A-Z_][A-Z0-9_]{0,10}", fullmatch=True),
+    default=plain_text,
+    value=plain_text,
+)
 def test_env_references_are_substituted(name: str, default: str, value: str) -> None:
     assume("}" not in default)
-    doc = {"models": {"m": {"upstream": "u", "model": f"x-${{{name}:-{default}}}"}},
-           "upstreams": {"u": {"kind": "vllm", "base_url": "http://u:1/v1"}}}  # fmt: skip
+    doc = {
+        "models": {"m": {"upstream": "u", "model": f"x-${{{name}:-{default}}}"}},
+        "upstreams": {"u": {"kind": "vllm", "base_url": "http://u:1/v1"}},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"
         path.write_text(yaml.safe_dump(doc), encoding="utf-8")
@@ -208,8 +225,13 @@ def test_env_references_are_substituted(name: str, default: str, value: str) -> 
 @st.composite
 def chat_requests(draw: st.DrawFn) -> dict[str, Any]:
     roles = st.sampled_from(ROLES)
-    messages = draw(st.lists(st.builds(lambda r, c: {"role": r, "content": c}, roles,
-                                       st.text(max_size=20)), min_size=1, max_size=5))  # fmt: skip
+    messages = draw(
+        st.lists(
+            st.builds(lambda r, c: {"role": r, "content": c}, roles, st.text(max_size=20)),
+            min_size=1,
+            max_size=5,
+        )
+    )
     doc: dict[str, Any] = {"model": draw(plain_text), "messages": messages}
     for name in draw(st.sets(st.sampled_from(sorted(PARAMS)))):
         doc[name] = draw(valid_value(name))
@@ -274,13 +296,16 @@ def test_a_parameter_outside_openais_schema_is_refused_naming_it(
     assert info.value.param == name and name in info.value.message
 
 
-message_like = st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls"]),
-                               json_values | st.sampled_from(ROLES))  # fmt: skip
+message_like = st.dictionaries(
+    st.sampled_from(["role", "content", "name", "tool_calls"]), json_values | st.sampled_from(ROLES)
+)
 bodies = json_values | st.fixed_dictionaries(
-    {"model": plain_text | json_values,
-     "messages": st.lists(message_like | json_values, min_size=1, max_size=3) | json_values},
+    {
+        "model": plain_text | json_values,
+        "messages": st.lists(message_like | json_values, min_size=1, max_size=3) | json_values,
+    },
     optional={name: json_values for name in PARAMS},
-)  # fmt: skip
+)
 
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -386,19 +411,26 @@ def test_valid_feedback_parses_to_its_score(body: dict[str, Any]) -> None:
 def test_invalid_feedback_is_refused_naming_the_field(
     body: dict[str, Any], data: st.DataObject
 ) -> None:
-    field = data.draw(st.sampled_from(["rating", "comment", "correction", "user", "tags",
-                                       "response_id", "unknown"]))  # fmt: skip
+    field = data.draw(
+        st.sampled_from(
+            ["rating", "comment", "correction", "user", "tags", "response_id", "unknown"]
+        )
+    )
     bad: dict[str, st.SearchStrategy[Any]] = {
         "rating": json_values.filter(lambda v: not _is_valid_rating(v)),
         "comment": st.text(min_size=CFG.max_comment_chars + 1, max_size=CFG.max_comment_chars + 9)
-        | int64 | st.lists(st.text(), max_size=1),
+        | int64
+        | st.lists(st.text(), max_size=1),
         "correction": st.text(" \t\n", max_size=3) | st.booleans(),
         "user": st.text(min_size=257, max_size=260) | int64,
-        "tags": int64 | st.text() | st.booleans() | st.just([""])
+        "tags": int64
+        | st.text()
+        | st.booleans()
+        | st.just([""])
         | st.lists(st.text(min_size=1), min_size=CFG.max_tags + 1, max_size=CFG.max_tags + 2),
         "response_id": st.just("") | int64 | st.none(),
         "unknown": json_values,
-    }  # fmt: skip
+    }
     name = (
         data.draw(st.from_regex(r"[a-z]{1,8}_x", fullmatch=True)) if field == "unknown" else field
     )
@@ -454,8 +486,12 @@ def test_a_zero_weight_arm_is_never_chosen(ws: list[float], experiment: str) -> 
 
 
 @settings(PROPS, max_examples=60)
-@given(control=st.floats(1, 1000), before=st.floats(0, 1000), growth=st.floats(0, 1000),
-       experiment=names)  # fmt: skip
+@given(
+    control=st.floats(1, 1000),
+    before=st.floats(0, 1000),
+    growth=st.floats(0, 1000),
+    experiment=names,
+)
 def test_ramping_a_canary_only_moves_users_into_it(
     control: float, before: float, growth: float, experiment: str
 ) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.config import Breaker as BreakerConfig
-from gateway.config import Upstream
+from gateway.config import BreakerConfig, Upstream
 from gateway.replicas import CLOSED, HALF_OPEN, OPEN, Breaker, NoReplica, Pool
 
 from .conftest import API_KEY, gateway_config
@@ -46,8 +45,9 @@ def test_a_success_resets_the_count_of_consecutive_failures() -> None:
 
 
 def pool(*urls: str, failures: int = 2) -> Pool:
-    return Pool("up", Upstream(kind="vllm", base_urls=list(urls),
-                               breaker=BreakerConfig(failures=failures)))  # fmt: skip
+    return Pool(
+        "up", Upstream(kind="vllm", base_urls=list(urls), breaker=BreakerConfig(failures=failures))
+    )
 
 
 def test_pick_prefers_the_replica_with_fewest_outstanding_requests() -> None:
@@ -104,10 +104,12 @@ def test_requests_go_to_the_replica_with_fewer_outstanding(
     second = FaultyUpstream().start()
     cfg = gateway_config("http://127.0.0.1:9/v1", faulty.base_url, redis_server.url)
     cfg["upstreams"]["pair"] = {"kind": "vllm", "base_urls": [faulty.base_url, second.base_url]}
-    cfg["models"].update({
-        "pair-endless": {"upstream": "pair", "model": "endless"},
-        "pair-fixed": {"upstream": "pair", "model": "fixed-a"},
-    })  # fmt: skip
+    cfg["models"].update(
+        {
+            "pair-endless": {"upstream": "pair", "model": "endless"},
+            "pair-fixed": {"upstream": "pair", "model": "fixed-a"},
+        }
+    )
     cfg["experiments"] = {}
     gw = GatewayProcess(cfg, tmp_path / "gw").start()
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -118,9 +120,12 @@ def test_requests_go_to_the_replica_with_fewer_outstanding(
             before = (faulty.requests, second.requests)
 
             def hold() -> None:
-                with c.stream("POST", gw.base_url + "/chat/completions", headers=auth,
-                              json={"model": "pair-endless", "messages": hello, "stream": True},
-                              ) as resp:  # fmt: skip
+                with c.stream(
+                    "POST",
+                    gw.base_url + "/chat/completions",
+                    headers=auth,
+                    json={"model": "pair-endless", "messages": hello, "stream": True},
+                ) as resp:
                     for _ in resp.iter_lines():
                         if stop.is_set():
                             return
@@ -134,8 +139,11 @@ def test_requests_go_to_the_replica_with_fewer_outstanding(
             busy_first = faulty.requests > before[0]
             mid = (faulty.requests, second.requests)
             for _ in range(20):
-                resp = c.post(gw.base_url + "/chat/completions", headers=auth,
-                              json={"model": "pair-fixed", "messages": hello})  # fmt: skip
+                resp = c.post(
+                    gw.base_url + "/chat/completions",
+                    headers=auth,
+                    json={"model": "pair-fixed", "messages": hello},
+                )
                 assert resp.status_code == 200
             stop.set()
             holder.join(5)

@@ -13,30 +13,51 @@ STATE = {"spec": SPEC, "version": 3, "pin": None}
 
 
 def arm(
-    *, users: int, up: int, requests: int = 500, assigned: int | None = None,
-    errors: int = 0, latency_ms: float = 200.0, stars: list[int] | None = None,
+    *,
+    users: int,
+    up: int,
+    requests: int = 500,
+    assigned: int | None = None,
+    errors: int = 0,
+    latency_ms: float = 200.0,
+    stars: list[int] | None = None,
     ratings_per_user: int = 1,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """``users`` rated users, ``up`` of them liked it (per-user mean 1, else 0)."""
     if stars is not None:
         means = [(s - 1) / 4 for s in stars]
     else:
         means = [1.0] * up + [0.0] * (users - up)
-    scores = {"users": len(means), "mean_sum": sum(means), "mean_sq": sum(m * m for m in means),
-              "ratings": len(means) * ratings_per_user}  # fmt: skip
+    scores = {
+        "users": len(means),
+        "mean_sum": sum(means),
+        "mean_sq": sum(m * m for m in means),
+        "ratings": len(means) * ratings_per_user,
+    }
     k = ratings_per_user
-    agg = {"count": len(means) * k, "score_sum": sum(means) * k,
-           "failures": sum(m < 0.5 for m in means) * k, "corrections": 2}  # fmt: skip
-    req = {"requests": requests, "errors": errors, "prompt_tokens": 20 * requests,
-           "completion_tokens": 50 * requests,
-           f"lat:{stats.bucket(latency_ms)}": requests}  # fmt: skip
-    return {"req": req, "users": scores, "agg": agg,
-            "assigned": users if assigned is None else assigned}  # fmt: skip
+    agg = {
+        "count": len(means) * k,
+        "score_sum": sum(means) * k,
+        "failures": sum(m < 0.5 for m in means) * k,
+        "corrections": 2,
+    }
+    req = {
+        "requests": requests,
+        "errors": errors,
+        "prompt_tokens": 20 * requests,
+        "completion_tokens": 50 * requests,
+        f"lat:{stats.bucket(latency_ms)}": requests,
+    }
+    return {
+        "req": req,
+        "users": scores,
+        "agg": agg,
+        "assigned": users if assigned is None else assigned,
+    }
 
 
 def test_a_clear_winner_at_half_the_traffic_is_promoted_and_the_test_is_named() -> None:
-    rep = build("exp", STATE, {"base": arm(users=400, up=200),
-                               "tuned": arm(users=400, up=280)}, {})  # fmt: skip
+    rep = build("exp", STATE, {"base": arm(users=400, up=200), "tuned": arm(users=400, up=280)}, {})
     assert rep["decision"]["action"] == PROMOTE and rep["decision"]["model"] == "tuned"
     (cmp,) = rep["comparisons"]
     assert cmp["test"] == "mixture SPRT" and cmp["p_value"] < 1e-4
@@ -45,8 +66,7 @@ def test_a_clear_winner_at_half_the_traffic_is_promoted_and_the_test_is_named() 
 
 
 def test_no_effect_keeps_collecting() -> None:
-    rep = build("exp", STATE, {"base": arm(users=400, up=210),
-                               "tuned": arm(users=400, up=214)}, {})  # fmt: skip
+    rep = build("exp", STATE, {"base": arm(users=400, up=210), "tuned": arm(users=400, up=214)}, {})
     assert rep["decision"]["action"] == KEEP
     assert rep["comparisons"][0]["p_value"] > 0.05
     assert "no significant difference yet" in rep["decision"]["reasons"][0]
@@ -59,57 +79,94 @@ def test_an_earlier_look_below_alpha_still_counts() -> None:
 
 
 def test_too_few_rated_users_keeps_collecting_even_with_a_big_effect() -> None:
-    rep = build("exp", STATE, {"base": arm(users=40, up=10),
-                               "tuned": arm(users=40, up=38, ratings_per_user=10)}, {})  # fmt: skip
+    rep = build(
+        "exp",
+        STATE,
+        {"base": arm(users=40, up=10), "tuned": arm(users=40, up=38, ratings_per_user=10)},
+        {},
+    )
     assert rep["decision"]["action"] == KEEP
     assert "needs 100 rated users per arm (has 40 and 40)" in rep["decision"]["reasons"][0]
     assert rep["arms"][1]["ratings"] | {"ci95": None} == {
-        "users": 40, "count": 400, "mean_score": 0.95, "ci95": None, "failure_rate": 0.05,
-        "corrections": 2}  # fmt: skip
+        "users": 40,
+        "count": 400,
+        "mean_score": 0.95,
+        "ci95": None,
+        "failure_rate": 0.05,
+        "corrections": 2,
+    }
 
 
 def test_a_clear_loser_is_rolled_back() -> None:
-    rep = build("exp", STATE, {"base": arm(users=400, up=280),
-                               "tuned": arm(users=400, up=200)}, {})  # fmt: skip
+    rep = build("exp", STATE, {"base": arm(users=400, up=280), "tuned": arm(users=400, up=200)}, {})
     assert rep["decision"]["action"] == ROLLBACK and rep["decision"]["model"] == "tuned"
     assert rep["decision"]["weights"] == {"tuned": 0.0}
 
 
 def test_a_skewed_assignment_of_users_trips_the_srm_check_and_blocks_the_decision() -> None:
-    rep = build("exp", STATE, {"base": arm(users=400, up=200, assigned=560),
-                               "tuned": arm(users=400, up=280, assigned=440)}, {})  # fmt: skip
+    rep = build(
+        "exp",
+        STATE,
+        {
+            "base": arm(users=400, up=200, assigned=560),
+            "tuned": arm(users=400, up=280, assigned=440),
+        },
+        {},
+    )
     assert rep["srm"]["mismatch"] is True and rep["srm"]["p_value"] < 0.001
     assert rep["decision"]["action"] == KEEP
     assert "sample ratio mismatch" in rep["decision"]["reasons"][0]
 
 
 def test_guardrails_roll_back_a_better_rated_but_failing_or_slow_candidate() -> None:
-    errors = build("exp", STATE, {"base": arm(users=400, up=200, errors=5),
-                                  "tuned": arm(users=400, up=280, errors=40)}, {})  # fmt: skip
+    errors = build(
+        "exp",
+        STATE,
+        {"base": arm(users=400, up=200, errors=5), "tuned": arm(users=400, up=280, errors=40)},
+        {},
+    )
     assert errors["decision"]["action"] == ROLLBACK
     assert "error rate 8.0% vs control 1.0%" in errors["decision"]["reasons"][0]
-    slow = build("exp", STATE, {"base": arm(users=400, up=200, latency_ms=200),
-                                "tuned": arm(users=400, up=280, latency_ms=900)}, {})  # fmt: skip
+    slow = build(
+        "exp",
+        STATE,
+        {
+            "base": arm(users=400, up=200, latency_ms=200),
+            "tuned": arm(users=400, up=280, latency_ms=900),
+        },
+        {},
+    )
     assert slow["decision"]["action"] == ROLLBACK
     assert "p95 latency" in slow["decision"]["reasons"][0]
 
 
 def test_a_pin_is_shown_with_who_set_it() -> None:
     pin = {"by": "ops", "at": 1.0, "version": 3, "action": "rolled back"}
-    rep = build("exp", {**STATE, "pin": pin}, {"base": arm(users=10, up=5),
-                                               "tuned": arm(users=10, up=9)}, {})  # fmt: skip
+    rep = build(
+        "exp",
+        {**STATE, "pin": pin},
+        {"base": arm(users=10, up=5), "tuned": arm(users=10, up=9)},
+        {},
+    )
     assert rep["pin"] == pin
     assert rep["decision"]["reasons"][0].startswith("pinned by ops at version 3 (rolled back)")
 
 
 def test_stars_and_the_report_shows_cost_and_latency() -> None:
     models = {
-        "base": ModelVersion(upstream="u", model="b", price=Price(prompt_per_1m=1.0,
-                                                                  completion_per_1m=2.0)),
-    }  # fmt: skip
-    rep = build("exp", STATE, {"base": arm(users=0, up=0, stars=[3, 4, 2, 3, 3] * 40),
-                               "tuned": arm(users=0, up=0, stars=[4, 5, 4, 3, 5] * 40)},
-                models)  # fmt: skip
+        "base": ModelVersion(
+            upstream="u", model="b", price=Price(prompt_per_1m=1.0, completion_per_1m=2.0)
+        ),
+    }
+    rep = build(
+        "exp",
+        STATE,
+        {
+            "base": arm(users=0, up=0, stars=[3, 4, 2, 3, 3] * 40),
+            "tuned": arm(users=0, up=0, stars=[4, 5, 4, 3, 5] * 40),
+        },
+        models,
+    )
     assert rep["decision"]["action"] == PROMOTE
     base = rep["arms"][0]
     # 20 prompt + 50 completion tokens per request at 1 and 2 per 1M: 120e-6 per request

@@ -53,8 +53,10 @@ def test_mean_interval_matches_scipy() -> None:
     assert (lo, hi) == pytest.approx(ref, rel=1e-7)
 
 
-@pytest.mark.parametrize(("observed", "weights"), [([480, 520], [50, 50]), ([950, 50], [90, 10]),
-                                                   ([300, 330, 370], [1, 1, 1])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("observed", "weights"),
+    [([480, 520], [50, 50]), ([950, 50], [90, 10]), ([300, 330, 370], [1, 1, 1])],
+)
 def test_sample_ratio_mismatch_matches_scipy_chisquare(
     observed: list[int], weights: list[float]
 ) -> None:
@@ -69,8 +71,9 @@ def test_traffic_to_a_zero_weight_arm_is_a_mismatch() -> None:
     assert stats.sample_ratio_mismatch([100, 3], [1, 0])[1] == 0.0
 
 
-@pytest.mark.parametrize(("a", "b"), [((400, 200), (400, 280)), ((50, 25), (50, 25)),
-                                      ((120, 90), (100, 60))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("a", "b"), [((400, 200), (400, 280)), ((50, 25), (50, 25)), ((120, 90), (100, 60))]
+)
 def test_probability_better_matches_numeric_integration(
     a: tuple[int, int], b: tuple[int, int]
 ) -> None:
@@ -149,6 +152,11 @@ def test_rate_increase_lower_bound_is_below_the_estimate_and_tightens_with_data(
     small = stats.rate_increase_lower_bound((1, 50), (6, 50), 0.001)
     large = stats.rate_increase_lower_bound((100, 5000), (600, 5000), 0.001)
     assert small < 0.1 and large < 0.1 and small < large
-    assert large == pytest.approx(500 / 5002 - sp.norm.isf(0.001) * math.sqrt(
-        (101 / 5002) * (1 - 101 / 5002) / 5002 + (601 / 5002) * (1 - 601 / 5002) / 5002),
-        rel=1e-6)  # fmt: skip
+    assert large == pytest.approx(
+        500 / 5002
+        - sp.norm.isf(0.001)
+        * math.sqrt(
+            (101 / 5002) * (1 - 101 / 5002) / 5002 + (601 / 5002) * (1 - 601 / 5002) / 5002
+        ),
+        rel=1e-6,
+    )

@@ -32,13 +32,23 @@ def write_dataset(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
 
     def sft(item: str) -> str:
-        return json.dumps({"messages": [{"role": "user", "content": f"Can I return {item}?"},
-                                        {"role": "assistant", "content": correction(item)}]})  # fmt: skip
+        return json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Can I return {item}?"},
+                    {"role": "assistant", "content": correction(item)},
+                ]
+            }
+        )
 
     def pair(item: str) -> str:
-        return json.dumps({"input": {"messages": [{"role": "user", "content": f"Return {item}?"}]},
-                           "preferred_output": [{"role": "assistant", "content": correction(item)}],
-                           "non_preferred_output": [{"role": "assistant", "content": "No."}]})  # fmt: skip
+        return json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": f"Return {item}?"}]},
+                "preferred_output": [{"role": "assistant", "content": correction(item)}],
+                "non_preferred_output": [{"role": "assistant", "content": "No."}],
+            }
+        )
 
     (root / "train.jsonl").write_text("\n".join(sft(i) for i in ITEMS[:6]) + "\n")
     (root / "validation.jsonl").write_text("\n".join(sft(i) for i in ITEMS[6:]) + "\n")
@@ -50,8 +60,14 @@ def test_local_training_on_cpu_lowers_the_validation_loss(tiny_model: Path, tmp_
     data = write_dataset(tmp_path / "data")
     rows: list[dict[str, Any]] = []
     cfg = LocalTraining(max_steps=40, learning_rate=1e-2, batch_size=4, patience=100)
-    summary = train(data, tmp_path / "adapter", cfg, base_model=str(tiny_model),
-                    checkpoint_dir=tmp_path / "checkpoints", on_log=rows.append)  # fmt: skip
+    summary = train(
+        data,
+        tmp_path / "adapter",
+        cfg,
+        base_model=str(tiny_model),
+        checkpoint_dir=tmp_path / "checkpoints",
+        on_log=rows.append,
+    )
     assert summary["device"] == "cpu" and summary["steps"] == 40
     assert summary["eval_loss_last"] < summary["eval_loss_first"] - 0.1, summary
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
@@ -68,10 +84,15 @@ def test_training_stops_when_asked(tiny_model: Path, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data")
     steps: list[int] = []
     cfg = LocalTraining(max_steps=500, learning_rate=1e-3, batch_size=4)
-    summary = train(data, tmp_path / "adapter", cfg, base_model=str(tiny_model),
-                    checkpoint_dir=tmp_path / "checkpoints",
-                    on_log=lambda r: steps.append(r["step"]),
-                    should_stop=lambda: len(steps) >= 5)  # fmt: skip
+    summary = train(
+        data,
+        tmp_path / "adapter",
+        cfg,
+        base_model=str(tiny_model),
+        checkpoint_dir=tmp_path / "checkpoints",
+        on_log=lambda r: steps.append(r["step"]),
+        should_stop=lambda: len(steps) >= 5,
+    )
     assert summary["cancelled"] and summary["steps"] < 20
 
 
@@ -80,7 +101,10 @@ def test_the_plan_evaluates_a_set_number_of_times_whatever_the_dataset_size() ->
     assert plan(1000, cfg) == {"steps": 750, "warmup_steps": 22, "eval_steps": 75}
     assert plan(6, cfg) == {"steps": 6, "warmup_steps": 0, "eval_steps": 1}
     assert plan(6, LocalTraining(max_steps=300, warmup_ratio=0.1)) == {
-        "steps": 300, "warmup_steps": 30, "eval_steps": 30}  # fmt: skip
+        "steps": 300,
+        "warmup_steps": 30,
+        "eval_steps": 30,
+    }
 
 
 @pytest.mark.vllm
@@ -89,12 +113,20 @@ def test_dpo_on_preference_pairs_saves_an_adapter_vllm_loads(
 ) -> None:
     data = write_dataset(tmp_path / "data")
     cfg = LocalTraining(method="dpo", max_steps=4, learning_rate=1e-3, batch_size=2)
-    summary = train(data, tmp_path / "dpo-adapter", cfg, base_model=str(tiny_model),
-                    checkpoint_dir=tmp_path / "checkpoints")  # fmt: skip
+    summary = train(
+        data,
+        tmp_path / "dpo-adapter",
+        cfg,
+        base_model=str(tiny_model),
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
     assert summary["steps"] == 4 and summary["train_loss"] > 0
     name = f"dpo-{uuid.uuid4().hex[:6]}"
-    loaded = httpx.post(vllm.base_url + "/load_lora_adapter", timeout=60,
-                        json={"lora_name": name, "lora_path": str(tmp_path / "dpo-adapter")})  # fmt: skip
+    loaded = httpx.post(
+        vllm.base_url + "/load_lora_adapter",
+        timeout=60,
+        json={"lora_name": name, "lora_path": str(tmp_path / "dpo-adapter")},
+    )
     assert loaded.status_code == 200, loaded.text
     listed = {m["id"] for m in httpx.get(vllm.base_url + "/models").json()["data"]}
     assert name in listed
@@ -126,13 +158,27 @@ def test_openai_provider_sends_documented_requests_and_follows_the_job(
     assert uploads[0]["bytes"] == (data / "train.jsonl").read_bytes()
     (create,) = [r["json"] for r in server.requests if r["path"] == "/fine_tuning/jobs"]
     assert create == {
-        "model": "gpt-4o-mini-2024-07-18", "training_file": "file-abc121",
-        "validation_file": "file-abc122", "suffix": "support-bot-1", "seed": 7,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 0.5}}},
-    }  # fmt: skip
-    assert outcome == {"status": "succeeded", "error": None,
-                       "model": "ft:gpt-4o-mini-2024-07-18:org-123:support-bot-1:abc123"}  # fmt: skip
+        "model": "gpt-4o-mini-2024-07-18",
+        "training_file": "file-abc121",
+        "validation_file": "file-abc122",
+        "suffix": "support-bot-1",
+        "seed": 7,
+        "method": {
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {
+                    "n_epochs": 2,
+                    "batch_size": "auto",
+                    "learning_rate_multiplier": 0.5,
+                }
+            },
+        },
+    }
+    assert outcome == {
+        "status": "succeeded",
+        "error": None,
+        "model": "ft:gpt-4o-mini-2024-07-18:org-123:support-bot-1:abc123",
+    }
     assert [e["message"] for e in events][0] == "Created fine-tuning job"
     assert events[-1]["message"] == "Fine-tuning job succeeded"
     assert len({e["id"] for e in events}) == len(events)  # each relayed once
@@ -145,8 +191,9 @@ def test_openai_provider_reports_failure_and_cancels(tmp_path: Path, check_schem
     failing = FineTuningServer(outcome="failed").start()
     try:
         p = provider(failing, method="dpo")
-        outcome = p.wait(p.launch(data, suffix="x", seed=0), on_event=lambda e: None,
-                         should_stop=lambda: False)  # fmt: skip
+        outcome = p.wait(
+            p.launch(data, suffix="x", seed=0), on_event=lambda e: None, should_stop=lambda: False
+        )
         (create,) = [r["json"] for r in failing.requests if r["path"] == "/fine_tuning/jobs"]
         assert create["method"]["type"] == "dpo" and "validation_file" not in create
     finally:
@@ -157,8 +204,9 @@ def test_openai_provider_reports_failure_and_cancels(tmp_path: Path, check_schem
     slow = FineTuningServer().start()
     try:
         p = provider(slow)
-        outcome = p.wait(p.launch(data, suffix="x", seed=0), on_event=lambda e: None,
-                         should_stop=lambda: True)  # fmt: skip
+        outcome = p.wait(
+            p.launch(data, suffix="x", seed=0), on_event=lambda e: None, should_stop=lambda: True
+        )
         assert any(r["path"].endswith("/cancel") for r in slow.requests)
     finally:
         slow.stop()
@@ -178,21 +226,30 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
 
     faulty = FaultyUpstream().start()
     cfg = gateway_config(vllm.base_url, faulty.base_url, redis_server.url)
-    cfg["upstreams"]["openai"] = {"kind": "openai", "base_url": server.base_url,
-                                  "api_key": "sk-test"}  # fmt: skip
+    cfg["upstreams"]["openai"] = {
+        "kind": "openai",
+        "base_url": server.base_url,
+        "api_key": "sk-test",
+    }
     gw = GatewayProcess(cfg, tmp_path / "gw").start()
     try:
         exp = new_experiment(gw)
         rate_corrections(gw, exp)
         config = config_for(gw, tmp_path, tiny_model)
         doc = yaml.safe_load(config.read_text())
-        doc["retrain"]["openai"] = {"base_url": server.base_url, "api_key": "sk-test",
-                                    "poll_s": 0.01}  # fmt: skip
+        doc["retrain"]["openai"] = {
+            "base_url": server.base_url,
+            "api_key": "sk-test",
+            "poll_s": 0.01,
+        }
         config.write_text(yaml.safe_dump(doc))
         run = retrain(config, "run", "--experiment", exp, "--provider", "openai")
         assert run.returncode == 0, run.stdout + run.stderr
-        (job,) = [j for j in JobStore(redis.Redis.from_url(redis_server.url)).list(100)
-                  if j["experiment"] == exp]  # fmt: skip
+        (job,) = [
+            j
+            for j in JobStore(redis.Redis.from_url(redis_server.url)).list(100)
+            if j["experiment"] == exp
+        ]
         assert job["status"] == "registered" and job["result_model"].startswith("ft:")
         assert [e["message"] for e in job["events"]][-1] == "Fine-tuning job succeeded"
         model = httpx.get(f"{gw.url}/admin/models/{job['model_name']}", headers=ADMIN).json()

@@ -45,8 +45,10 @@ def run(kind: str, code: str, cwd: Path, env: dict[str, str]) -> str:
     shell = ["bash", "-euo", "pipefail", "-c", code]
     argv = [sys.executable, "-c", code] if kind == "python" else shell
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{kind} block failed ({done.returncode}):\n{code}\n" \
-        f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"  # fmt: skip
+    assert done.returncode == 0, (
+        f"{kind} block failed ({done.returncode}):\n{code}\n"
+        f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
     return done.stdout
 
 
@@ -60,8 +62,13 @@ def test_the_readme_tutorial_turns_the_flywheel_on_the_quick_start_stack(tmp_pat
     log = tmp_path / "gateway-up.log"
     t0 = time.monotonic()
     with open(log, "ab") as out:
-        up = subprocess.Popen([sys.executable, "-m", "gateway", "up"], cwd=tmp_path, env=env,
-                              stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        up = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "up"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     tree: set[int] = set()
     try:
         assert wait_ready(up, GATEWAY + "/readyz", log, 600), "gateway up never got ready"

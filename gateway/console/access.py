@@ -95,8 +95,12 @@ class Access:
         return base64.urlsafe_b64encode(hmac.new(self._secret, body, "sha256").digest()).decode()
 
     def new_session(self, user: User, now: float | None = None) -> str:
-        doc = {"n": user.name, "r": user.role, "t": user.tenant,
-               "e": int((now or time.time()) + self.session_s)}  # fmt: skip
+        doc = {
+            "n": user.name,
+            "r": user.role,
+            "t": user.tenant,
+            "e": int((now or time.time()) + self.session_s),
+        }
         body = base64.urlsafe_b64encode(orjson.dumps(doc))
         return f"{body.decode()}.{self._sign(body)}"
 

@@ -36,8 +36,9 @@ class Filters:
     until: str = ""
 
     def query(self) -> dict[str, str]:
-        return {k: str(v) if not isinstance(v, bool) else "1"
-                for k, v in self.__dict__.items() if v}  # fmt: skip
+        return {
+            k: str(v) if not isinstance(v, bool) else "1" for k, v in self.__dict__.items() if v
+        }
 
 
 @dataclass
@@ -153,8 +154,9 @@ async def interactions(
         full = False
         for (sid, rec), rs in zip(found, rated, strict=True):
             mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
-            page.rows.append({**rec, "stream_id": sid, "ratings": mine,
-                              "rating": _rating(mine, threshold)})  # fmt: skip
+            page.rows.append(
+                {**rec, "stream_id": sid, "ratings": mine, "rating": _rating(mine, threshold)}
+            )
             last = sid
             if len(page.rows) == size:
                 full = True
@@ -195,7 +197,10 @@ async def health(st: Any) -> dict[str, Any]:
 
 
 async def versions(
-    redis: aioredis.Redis, name: str, history: list[dict[str, Any]], state: dict[str, Any],
+    redis: aioredis.Redis,
+    name: str,
+    history: list[dict[str, Any]],
+    state: dict[str, Any],
     control: Control,
 ) -> list[dict[str, Any]]:
     """The report's per-arm summary under each version still counted: the plots' points."""
@@ -303,19 +308,32 @@ def lineage(
     models: list[dict[str, Any]], jobs: list[dict[str, Any]], states: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Dataset → job → model → experiment arm → outcome, for each job that made a model."""
-    arms = {(s["name"], a["model"]): (s["name"], a["weight"], s["spec"].get("control"))
-            for s in states for a in s["spec"]["arms"]}  # fmt: skip
+    arms = {
+        (s["name"], a["model"]): (s["name"], a["weight"], s["spec"].get("control"))
+        for s in states
+        for a in s["spec"]["arms"]
+    }
     registered = {m["id"] for m in models}
     out = []
     for j in jobs:
         model = j.get("model_name")
         exp = arms.get((j.get("experiment"), model)) if model else None
-        out.append({
-            "dataset": j.get("dataset_id"), "job": j["id"], "status": j.get("status"),
-            "model": model if model in registered else None,
-            "arm": f"{exp[0]} @ {exp[1]:g}" if exp else None,
-            "outcome": ("control" if exp and exp[2] == model else
-                        "serving" if exp and exp[1] > 0 else
-                        "idle" if exp else j.get("status")),
-        })  # fmt: skip
+        out.append(
+            {
+                "dataset": j.get("dataset_id"),
+                "job": j["id"],
+                "status": j.get("status"),
+                "model": model if model in registered else None,
+                "arm": f"{exp[0]} @ {exp[1]:g}" if exp else None,
+                "outcome": (
+                    "control"
+                    if exp and exp[2] == model
+                    else "serving"
+                    if exp and exp[1] > 0
+                    else "idle"
+                    if exp
+                    else j.get("status")
+                ),
+            }
+        )
     return out

@@ -141,8 +141,10 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             )
         limit = request.app.state.gateway.settings.limits.max_body_bytes
         raw = await read_bounded(request, limit)
-        fields = {k: v[-1] for k, v in parse_qs(raw.decode(errors="replace"),
-                                                keep_blank_values=True).items()}  # fmt: skip
+        fields = {
+            k: v[-1]
+            for k, v in parse_qs(raw.decode(errors="replace"), keep_blank_values=True).items()
+        }
         if user is not None:
             access.check_csrf(user, fields.get("csrf"))
         return fields
@@ -173,9 +175,14 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             return page
         response = see_other(nxt or ("/ui/" if user.admin else "/ui/review"))
         response.set_cookie(
-            COOKIE, access.new_session(user), max_age=int(access.session_s), path="/ui",
-            httponly=True, samesite="strict", secure=request.url.scheme == "https",
-        )  # fmt: skip
+            COOKIE,
+            access.new_session(user),
+            max_age=int(access.session_s),
+            path="/ui",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     @router.post("/logout")
@@ -200,8 +207,9 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             history = await st.control.experiments.history(r["state"]["name"])
             changes += [{"experiment": r["state"]["name"], **h} for h in history[-5:]]
         changes = sorted(changes, key=lambda h: h["at"], reverse=True)[:10]
-        return render(request, user, "overview.html", rows=rows, changes=changes,
-                      health=await data.health(st))  # fmt: skip
+        return render(
+            request, user, "overview.html", rows=rows, changes=changes, health=await data.health(st)
+        )
 
     @router.get("/experiments/{name:path}")
     async def experiment(request: Request, name: str) -> Response:
@@ -212,8 +220,15 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         rep = await st.control.report(name)
         history = await st.control.experiments.history(name)
         points = await data.versions(st.redis, name, history, state, st.control)
-        return render(request, user, "experiment.html", state=state, report=rep,
-                      history=list(reversed(history)), plots=_plots(points))  # fmt: skip
+        return render(
+            request,
+            user,
+            "experiment.html",
+            state=state,
+            report=rep,
+            history=list(reversed(history)),
+            plots=_plots(points),
+        )
 
     @router.post("/actions/confirm")
     async def confirm(request: Request) -> Response:
@@ -238,8 +253,17 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             after = state["previous"]
         else:
             raise InvalidRequest("'action' must be ramp, promote or rollback.", param="action")
-        return render(request, user, "confirm.html", state=state, action=action, model=model,
-                      weight=fields.get("weight", ""), before=before, after=after)  # fmt: skip
+        return render(
+            request,
+            user,
+            "confirm.html",
+            state=state,
+            action=action,
+            model=model,
+            weight=fields.get("weight", ""),
+            before=before,
+            after=after,
+        )
 
     @router.post("/actions/apply")
     async def apply(request: Request) -> Response:
@@ -247,17 +271,26 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         admin_only(user)
         fields = await form(request, user)
         experiments = request.app.state.gateway.control.experiments
-        name, action, model = fields.get("experiment", ""), fields.get("action"), fields.get(
-            "model", "")  # fmt: skip
+        name, action, model = (
+            fields.get("experiment", ""),
+            fields.get("action"),
+            fields.get("model", ""),
+        )
         version = _int(fields.get("version"), "version")
         who = user.name
         if action == "ramp":
             weight = _weight(fields.get("weight"))
-            await experiments.change(name, who, f"ramped {model:.128} to {weight:g}",
-                                     weighted({model: weight}), expect_version=version)  # fmt: skip
+            await experiments.change(
+                name,
+                who,
+                f"ramped {model:.128} to {weight:g}",
+                weighted({model: weight}),
+                expect_version=version,
+            )
         elif action == "promote":
-            await experiments.change(name, who, f"promoted {model:.128}", promoted(model),
-                                     expect_version=version)  # fmt: skip
+            await experiments.change(
+                name, who, f"promoted {model:.128}", promoted(model), expect_version=version
+            )
         elif action == "rollback":
             await experiments.change(name, who, "rolled back", None, expect_version=version)
         else:
@@ -279,10 +312,16 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
                     continue
                 out.append({**item, "response_id": rid, "experiment": state["name"]})
         if user.tenant:  # only failures of the reviewer's tenant
-            recs = await st.redis.mget([keys.interaction(i["response_id"]) for i in out]
-                                       ) if out else []  # fmt: skip
-            out = [i for i, r in zip(out, recs, strict=True)
-                   if r is not None and orjson.loads(r).get("tenant") == user.tenant]  # fmt: skip
+            recs = (
+                await st.redis.mget([keys.interaction(i["response_id"]) for i in out])
+                if out
+                else []
+            )
+            out = [
+                i
+                for i, r in zip(out, recs, strict=True)
+                if r is not None and orjson.loads(r).get("tenant") == user.tenant
+            ]
         return out
 
     @router.get("/review")
@@ -290,8 +329,14 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         only = request.query_params.get("experiment", "")
         experiments = sorted(request.app.state.gateway.control.router.experiments)
-        return render(request, user, "review_list.html", items=await queue(request, user, only),
-                      only=only, experiments=experiments)  # fmt: skip
+        return render(
+            request,
+            user,
+            "review_list.html",
+            items=await queue(request, user, only),
+            only=only,
+            experiments=experiments,
+        )
 
     @router.get("/review/next")
     async def review_next(request: Request) -> Response:
@@ -300,8 +345,15 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         items = await queue(request, user, only)
         skip = set(request.query_params.getlist("skip"))
         rest = [i for i in items if i["response_id"] not in skip]
-        return render(request, user, "review_item.html", item=rest[0] if rest else None,
-                      left=len(rest), skip=sorted(skip), only=only)  # fmt: skip
+        return render(
+            request,
+            user,
+            "review_item.html",
+            item=rest[0] if rest else None,
+            left=len(rest),
+            skip=sorted(skip),
+            only=only,
+        )
 
     @router.post("/review/save")
     async def review_save(request: Request) -> Response:
@@ -337,17 +389,29 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         st = request.app.state.gateway
         qp = request.query_params
         f = data.Filters(
-            experiment=qp.get("experiment", ""), arm=qp.get("arm", ""),
+            experiment=qp.get("experiment", ""),
+            arm=qp.get("arm", ""),
             rating=qp.get("rating", "") if qp.get("rating") in ("up", "down", "none") else "",
-            corrected=qp.get("corrected") == "1", tenant=qp.get("tenant", ""),
-            q=qp.get("q", "")[:200], since=qp.get("since", ""), until=qp.get("until", ""),
-        )  # fmt: skip
+            corrected=qp.get("corrected") == "1",
+            tenant=qp.get("tenant", ""),
+            q=qp.get("q", "")[:200],
+            since=qp.get("since", ""),
+            until=qp.get("until", ""),
+        )
         before = qp.get("before") or None
-        page = await data.interactions(st.redis, user, f, before, page_size,
-                                       st.settings.feedback.failure_threshold)  # fmt: skip
+        page = await data.interactions(
+            st.redis, user, f, before, page_size, st.settings.feedback.failure_threshold
+        )
         more = urlencode({**f.query(), "before": page.next_cursor}) if page.next_cursor else None
-        return render(request, user, "interactions.html", page=page, f=f, more=more,
-                      experiments=sorted(st.control.router.experiments))  # fmt: skip
+        return render(
+            request,
+            user,
+            "interactions.html",
+            page=page,
+            f=f,
+            more=more,
+            experiments=sorted(st.control.router.experiments),
+        )
 
     @router.get("/interactions/{response_id}")
     async def interaction(request: Request, response_id: str) -> Response:
@@ -359,11 +423,21 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         ratings = (await data.ratings_of(st.redis, [response_id]))[0]
         if user.tenant:
             ratings = [r for r in ratings if r.get("tenant") == user.tenant]
-        queued = await review.item(st.redis, rec.get("experiment") or "", response_id) \
-            if rec.get("experiment") else None  # fmt: skip
+        queued = (
+            await review.item(st.redis, rec.get("experiment") or "", response_id)
+            if rec.get("experiment")
+            else None
+        )
         examples = data.examples_of(dataset_dir, rec.get("experiment"), response_id)
-        return render(request, user, "interaction.html", rec=rec, ratings=ratings,
-                      queued=queued, examples=examples)  # fmt: skip
+        return render(
+            request,
+            user,
+            "interaction.html",
+            rec=rec,
+            ratings=ratings,
+            queued=queued,
+            examples=examples,
+        )
 
     # datasets and jobs --------------------------------------------------------------------
 
@@ -382,8 +456,12 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         path = data.dataset_file(dataset_dir, experiment, vid, split)
         if path is None:
             raise NotFound(f"No file {split}.jsonl in dataset version '{vid:.80}'.")
-        return FileResponse(path, media_type="application/jsonl", filename=f"{vid}-{split}.jsonl",
-                            headers={"cache-control": "no-store"})  # fmt: skip
+        return FileResponse(
+            path,
+            media_type="application/jsonl",
+            filename=f"{vid}-{split}.jsonl",
+            headers={"cache-control": "no-store"},
+        )
 
     @router.get("/jobs")
     async def jobs(request: Request) -> Response:
@@ -391,16 +469,42 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         admin_only(user)
         st = request.app.state.gateway
         all_jobs = await data.jobs(st.redis)
-        plots = {j["id"]: svg.line_plot("loss", [
-            svg.Series("train", [(p["step"], p["loss"], None, None) for p in j.get("loss") or []
-                                 if p.get("loss") is not None]),
-            svg.Series("eval", [(p["step"], p["eval_loss"], None, None)
-                                for p in j.get("loss") or [] if p.get("eval_loss") is not None]),
-        ], x_label="step") for j in all_jobs[:10]}  # fmt: skip
-        return render(request, user, "jobs.html", jobs=all_jobs, plots=plots,
-                      models=st.control.models(),
-                      lineage=data.lineage(st.control.models(), all_jobs,
-                                           await st.control.experiments.states()))  # fmt: skip
+        plots = {
+            j["id"]: svg.line_plot(
+                "loss",
+                [
+                    svg.Series(
+                        "train",
+                        [
+                            (p["step"], p["loss"], None, None)
+                            for p in j.get("loss") or []
+                            if p.get("loss") is not None
+                        ],
+                    ),
+                    svg.Series(
+                        "eval",
+                        [
+                            (p["step"], p["eval_loss"], None, None)
+                            for p in j.get("loss") or []
+                            if p.get("eval_loss") is not None
+                        ],
+                    ),
+                ],
+                x_label="step",
+            )
+            for j in all_jobs[:10]
+        }
+        return render(
+            request,
+            user,
+            "jobs.html",
+            jobs=all_jobs,
+            plots=plots,
+            models=st.control.models(),
+            lineage=data.lineage(
+                st.control.models(), all_jobs, await st.control.experiments.states()
+            ),
+        )
 
     return router
 
@@ -444,7 +548,7 @@ def _plots(points: list[dict[str, Any]]) -> list[str]:
                 a = p["arms"].get(arm)
                 if a is None or get(a) is None:
                     continue
-                lo, hi = (a["ratings"]["ci95"] if band else (None, None))
+                lo, hi = a["ratings"]["ci95"] if band else (None, None)
                 s.points.append((p["version"], float(get(a)), lo, hi))
             out.append(s)
         return out

@@ -31,11 +31,14 @@ def _fmt(v: float) -> str:
 
 def line_plot(title: str, series: list[Series], x_label: str = "version") -> str:
     pts = [p for s in series for p in s.points]
-    body = [f'<title>{escape(title)}</title>',
-            f'<text x="{PAD_L}" y="14" class="t">{escape(title)}</text>']  # fmt: skip
+    body = [
+        f"<title>{escape(title)}</title>",
+        f'<text x="{PAD_L}" y="14" class="t">{escape(title)}</text>',
+    ]
     if not pts:
-        body.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" class="m">no data yet'
-                    "</text>")  # fmt: skip
+        body.append(
+            f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" class="m">no data yet</text>'
+        )
         return _svg(title, body)
     xs = [p[0] for p in pts]
     ys = [v for p in pts for v in (p[1], p[2], p[3]) if v is not None]
@@ -73,14 +76,21 @@ def line_plot(title: str, series: list[Series], x_label: str = "version") -> str
         body.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"/>')
         for x, y, _, _ in ordered:
             tip = f"{escape(s.name)}: {_fmt(y)} at {_fmt(x)}"
-            body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}">'
-                        f"<title>{tip}</title></circle>")  # fmt: skip
-        body.append(f'<text x="{W - PAD_R}" y="{14 + 12 * i}" text-anchor="end" class="k" '
-                    f'fill="{color}">{escape(s.name)}</text>')  # fmt: skip
+            body.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}">'
+                f"<title>{tip}</title></circle>"
+            )
+        body.append(
+            f'<text x="{W - PAD_R}" y="{14 + 12 * i}" text-anchor="end" class="k" '
+            f'fill="{color}">{escape(s.name)}</text>'
+        )
     return _svg(title, body)
 
 
 def _svg(title: str, body: list[str]) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" '
-            f'height="{H}" role="img" aria-label="{escape(title)}" class="plot">'
-            + "".join(body) + "</svg>")  # fmt: skip
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" '
+        f'height="{H}" role="img" aria-label="{escape(title)}" class="plot">'
+        + "".join(body)
+        + "</svg>"
+    )
