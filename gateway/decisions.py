@@ -23,6 +23,7 @@ from .decider import PROMOTE, RAMP, ROLLBACK
 from .errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from .experiments import DECIDER, Experiments, promoted, weighted
 from .live import LiveState, store_error
+from .locks import AsyncLock
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ class Decisions:
 
     async def decide(self, name: str) -> dict[str, Any] | None:
         """One look: record it, apply the decision. The new state, or None: nothing done."""
-        lock = keys.decision_lock(name)
-        if not await self.redis.set(lock, "1", nx=True, ex=30):
+        lock = AsyncLock(self.redis, keys.decision_lock(name))
+        if not await lock.acquire():
             return None
         try:
             rep = await self.report(name)
@@ -106,7 +107,7 @@ class Decisions:
                 name, DECIDER, f"{text}: {why}", edit, expect_version=rep["version"]
             )
         finally:
-            await self.redis.delete(lock)
+            await lock.release()
 
     async def _record_look(self, name: str, rep: dict[str, Any]) -> None:
         """Keep each ready candidate's running minimum p for the version looked at."""

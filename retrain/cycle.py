@@ -38,10 +38,12 @@ import redis
 
 from gateway import keys
 from gateway.config import Settings
+from gateway.locks import Lock, alive
 
 from . import evaluate, preflight
-from .dataset import Builder, Lock, alive, crash_point
+from .dataset import Builder
 from .exit_codes import ExitCode
+from .faults import crash_point
 from .gateway_client import Gateway
 from .jobs import FINAL, JobStore, dataset_outcome, record_outcome, record_run
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -46,21 +45,15 @@ import redis
 
 from gateway import keys
 from gateway.config import Retrain, Settings
+from gateway.locks import Lock
 
 from .curate import DPO, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
+from .faults import crash_point
 from .feedback_log import FeedbackConsumer, FeedbackEvent
 
 OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
 OVER_COST_CAP, BELOW_MINIMUM, BUSY = ExitCode.OVER_COST_CAP, ExitCode.BELOW_MINIMUM, ExitCode.BUSY
-
-CRASH_ENV = "FLYWHEEL_RETRAIN_CRASH_AT"  # fault injection for tests: a stage name
-
-
-def crash_point(stage: str) -> None:
-    """Die here, as if killed, when ``FLYWHEEL_RETRAIN_CRASH_AT`` names this stage."""
-    if os.environ.get(CRASH_ENV) == stage:
-        os._exit(137)  # as if killed: no cleanup, no acknowledgement
 
 
 @dataclass
@@ -281,40 +274,6 @@ def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[
     pointer.write_text(vid + "\n")
     os.replace(pointer, root / "latest")
     return final
-
-
-class Lock:
-    """One holder at a time (a build or a run per experiment); a lock whose owner died on
-    this host is taken over, one held elsewhere expires after ``ttl_s``."""
-
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int = 6 * 3600) -> None:
-        self.client, self.key, self.ttl_s = client, key, ttl_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
-
-    def acquire(self) -> str | None:
-        """None when acquired, else who holds it."""
-        if self.client.set(self.key, self.owner, nx=True, ex=self.ttl_s):
-            return None
-        holder = keys.text(self.client.get(self.key) or b"")
-        host, _, pid = holder.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
-            self.client.set(self.key, self.owner, ex=self.ttl_s)
-            return None
-        return holder
-
-    def release(self) -> None:
-        if keys.text(self.client.get(self.key) or b"") == self.owner:
-            self.client.delete(self.key)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _teacher(settings: Settings) -> Callable[[list[dict[str, Any]]], str | None] | None:
