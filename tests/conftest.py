@@ -25,6 +25,9 @@ API_KEY = "sk-test-0123456789abcdef"
 OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
 ADMIN_KEY = "sk-admin-0123456789abcdef"
 ID_SECRET = "test-id-secret-shared-by-replicas"
+# Request headers of the two keys every test gateway knows.
+CLIENT = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="session")

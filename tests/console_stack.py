@@ -15,13 +15,12 @@ from typing import Any
 
 import httpx
 
-from .conftest import ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
+from .conftest import ADMIN, ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
 from .fixed_gateway import fixed_gateway
 from .services import GatewayProcess, RedisProcess
 
 REVIEWER_KEY = "sk-review-0123456789abcdef"
 TENANT_REVIEWER_KEY = "sk-review-other-0123456789"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CHROMIUM = os.environ.get("FLYWHEEL_CHROMIUM", "/usr/lib/chromium/chromium")
 
 

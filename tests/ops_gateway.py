@@ -4,41 +4,40 @@ models (no vLLM) and an A/B experiment over two of them (served with
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
+from . import fixed_gateway
+from .conftest import CLIENT
 from .services import GatewayProcess
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-# One client (making one per request costs ~50 ms of TLS set-up); "Connection: close" makes
-# each request a new connection, so the kernel may give it to any worker.
-HTTP = httpx.Client(timeout=30, headers={**AUTH, "Connection": "close"})
 EXPERIMENT = "ops-ab"
 
 
 def fixed_config(fixed_url: str, redis_url: str, tmp: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "redis_url": redis_url,
-        "id_secret": ID_SECRET,
-        "auth": {
-            "api_keys": [{"key": API_KEY, "name": "tests"}],
-            "admin_keys": [{"key": ADMIN_KEY, "name": "ops"}],
+    """The fixed gateway's config with an A/B experiment over two instant models."""
+    experiments = {
+        EXPERIMENT: {
+            "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+            "fallback": "fixed-a",
         },
-        "upstreams": {"fixed": {"kind": "vllm", "base_url": fixed_url}},
-        "models": {m: {"upstream": "fixed", "model": m} for m in ("fixed-a", "fixed-b")},
-        "experiments": {
-            EXPERIMENT: {
-                "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
-                "fallback": "fixed-a",
-            },
-            "ops-quiet": {"arms": [{"model": "fixed-a"}]},
-        },
-        "retrain": {"dataset_dir": str(tmp / "datasets"), "min_examples": 1},
-        **extra,
+        "ops-quiet": {"arms": [{"model": "fixed-a"}]},
     }
+    retrain = {"dataset_dir": str(tmp / "datasets"), "min_examples": 1}
+    return fixed_gateway.fixed_config(
+        fixed_url, redis_url, experiments=experiments, retrain=retrain, **extra
+    )
+
+
+@functools.cache
+def _http() -> httpx.Client:
+    """One client for the module's requests, made on first use (making one per request
+    costs ~50 ms of set-up); "Connection: close" makes each request a new connection, so
+    the kernel may give it to any worker."""
+    return httpx.Client(timeout=30, headers={**CLIENT, "Connection": "close"})
 
 
 def chat(
@@ -46,7 +45,7 @@ def chat(
 ) -> tuple[str, str]:
     """One chat completion on a fresh connection (so the kernel picks any worker):
     its response id and the arm that answered."""
-    resp = HTTP.post(
+    resp = _http().post(
         gw.base_url + "/chat/completions",
         json={
             "model": model,
@@ -64,5 +63,5 @@ def chat(
 
 def rate(gw: GatewayProcess, response_id: str, rating: str | int, **extra: Any) -> None:
     body = {"response_id": response_id, "rating": rating, **extra}
-    resp = HTTP.post(gw.base_url + "/feedback", json=body)
+    resp = _http().post(gw.base_url + "/feedback", json=body)
     assert resp.status_code == 201, resp.text

@@ -15,14 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import ADMIN_KEY, API_KEY
+from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import fixed_gateway
 from .services import GatewayProcess, RedisProcess
 from .test_errors import assert_openai_error
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 JSON = {"Content-Type": "application/json"}
 HELLO = [{"role": "user", "content": "hi"}]
 TEN_MB = 10 * 1024 * 1024
@@ -46,7 +44,7 @@ def gw(fixed: tuple[GatewayProcess, FaultyUpstream]) -> Iterator[GatewayProcess]
     assert upstream.requests == before, "a refused request reached the upstream"
     ok = httpx.post(
         gateway.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "default", "messages": HELLO},
     )
     assert ok.status_code == 200, ok.text
@@ -59,7 +57,7 @@ def chat(
     return httpx.post(
         gw.base_url + "/chat/completions",
         content=content,
-        headers={**AUTH, **JSON, **(headers or {})},
+        headers={**CLIENT, **JSON, **(headers or {})},
         timeout=30,
     )
 
@@ -142,7 +140,7 @@ def test_no_content_type_is_read_as_json(fixed: tuple[GatewayProcess, FaultyUpst
     resp = httpx.post(
         gateway.base_url + "/chat/completions",
         content=b'{"model": "default", "messages": [{"role": "user", "content": "hi"}]}',
-        headers=AUTH,
+        headers=CLIENT,
     )
     assert "content-type" not in resp.request.headers
     assert resp.status_code == 200, resp.text
@@ -159,7 +157,7 @@ def test_10_mb_body_is_413_declared_or_streamed(gw: GatewayProcess) -> None:
             yield body[i : i + (1 << 20)]
 
     resp = httpx.post(
-        gw.base_url + "/chat/completions", content=chunks(), headers={**AUTH, **JSON}, timeout=30
+        gw.base_url + "/chat/completions", content=chunks(), headers={**CLIENT, **JSON}, timeout=30
     )
     assert "content-length" not in resp.request.headers
     assert_openai_error(resp, 413)
@@ -201,7 +199,7 @@ def test_malformed_messages_are_400_naming_the_message(
 ) -> None:
     resp = httpx.post(
         gw.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "default", "messages": messages},
     )
     assert_openai_error(resp, 400, param=param)
@@ -222,7 +220,7 @@ def test_an_assistant_or_function_message_may_have_null_content(
     messages = [*HELLO, message, {"role": "user", "content": "?"}]
     resp = httpx.post(
         gateway.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "default", "messages": messages},
     )
     assert resp.status_code == 200, resp.text
@@ -263,7 +261,7 @@ def test_out_of_range_parameters_are_400_naming_the_parameter(
 ) -> None:
     resp = httpx.post(
         gw.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "default", "messages": HELLO, field: value},
     )
     err = assert_openai_error(resp, 400, param=field)
@@ -287,7 +285,7 @@ def test_valid_parameters_pass(
     gateway, _ = fixed
     resp = httpx.post(
         gateway.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "default", "messages": HELLO, **params},
     )
     assert resp.status_code == 200, resp.text
@@ -296,7 +294,7 @@ def test_valid_parameters_pass(
 @pytest.mark.parametrize("model", ["", None, 42, ["default"], {"name": "default"}])
 def test_model_of_the_wrong_type_is_400(gw: GatewayProcess, model: Any) -> None:
     resp = httpx.post(
-        gw.base_url + "/chat/completions", headers=AUTH, json={"model": model, "messages": HELLO}
+        gw.base_url + "/chat/completions", headers=CLIENT, json={"model": model, "messages": HELLO}
     )
     assert_openai_error(resp, 400, param="model")
 
@@ -304,7 +302,7 @@ def test_model_of_the_wrong_type_is_400(gw: GatewayProcess, model: Any) -> None:
 def test_a_10_kb_model_name_is_400_and_not_echoed_whole(gw: GatewayProcess) -> None:
     model = "m" * 10_240
     resp = httpx.post(
-        gw.base_url + "/chat/completions", headers=AUTH, json={"model": model, "messages": HELLO}
+        gw.base_url + "/chat/completions", headers=CLIENT, json={"model": model, "messages": HELLO}
     )
     err = assert_openai_error(resp, 400, param="model")
     assert err["code"] == "model_not_found" and len(resp.content) < 1024
@@ -351,7 +349,7 @@ def feedback(gw: GatewayProcess, content: bytes, **headers: str) -> httpx.Respon
     return httpx.post(
         gw.base_url + "/feedback",
         content=content,
-        headers={**AUTH, **JSON, **headers},
+        headers={**CLIENT, **JSON, **headers},
         timeout=30,
     )
 
@@ -405,7 +403,7 @@ def test_bad_feedback_fields_are_400_naming_the_field(
     gw: GatewayProcess, fields: dict[str, Any], param: str
 ) -> None:
     body = {"response_id": "chatcmpl-x", "rating": "up", **fields}
-    resp = httpx.post(gw.base_url + "/feedback", headers=AUTH, json=body)
+    resp = httpx.post(gw.base_url + "/feedback", headers=CLIENT, json=body)
     assert_openai_error(resp, 400, param=param)
 
 
@@ -521,7 +519,7 @@ def test_experiment_names_with_a_slash_are_managed_like_any_other(
     assert httpx.get(url + "/report", headers=ADMIN).status_code == 200
     resp = httpx.post(
         gateway.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "team/support", "messages": HELLO},
     )
     assert resp.status_code == 200 and resp.headers["x-flywheel-experiment"] == "team/support"
@@ -549,10 +547,10 @@ def test_bad_admin_posts_are_400_naming_the_field(
 
 
 def test_wrong_method_and_unknown_path_are_openai_errors(gw: GatewayProcess) -> None:
-    resp = httpx.get(gw.base_url + "/chat/completions", headers=AUTH)
+    resp = httpx.get(gw.base_url + "/chat/completions", headers=CLIENT)
     err = assert_openai_error(resp, 405)
     assert err["type"] == "invalid_request_error" and resp.headers["allow"] == "POST"
-    assert_openai_error(httpx.post(gw.base_url + "/nothing-here", headers=AUTH, json={}), 404)
+    assert_openai_error(httpx.post(gw.base_url + "/nothing-here", headers=CLIENT, json={}), 404)
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,9 @@ from retrain.curate import format_errors
 from retrain.dataset import BELOW_MINIMUM, OK, OVER_COST_CAP, Builder, latest_version
 from retrain.feedback_log import connect
 
-from .conftest import ADMIN_KEY, API_KEY
+from .conftest import ADMIN, API_KEY, CLIENT
 from .services import GatewayProcess, RedisProcess
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CLIENT = {"Authorization": f"Bearer {API_KEY}"}
 VOCAB = (
     "refund order parcel invoice courier warranty return label account password delivery "
     "address payment card discount voucher store opening hours size colour exchange damaged "

@@ -21,13 +21,11 @@ import redis
 
 from gateway import keys
 
-from .conftest import ADMIN_KEY, API_KEY
+from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import FIXED, fixed_gateway
 from .services import GatewayProcess, RedisProcess
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CLIENT = {"Authorization": f"Bearer {API_KEY}"}
 DECISIONS_DB = 9
 DECIDE_S = 0.2
 PRICE = {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}

@@ -9,12 +9,11 @@ import httpx
 import openai
 import pytest
 
-from .conftest import API_KEY
+from .conftest import CLIENT
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess
 
 HELLO = [{"role": "user", "content": "hi"}]
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def assert_openai_error(
@@ -42,7 +41,7 @@ def test_invalid_json_is_400(gateway: GatewayProcess) -> None:
     resp = httpx.post(
         gateway.base_url + "/chat/completions",
         content=b'{"model": "default", "messages": [',
-        headers={**AUTH, "Content-Type": "application/json"},
+        headers={**CLIENT, "Content-Type": "application/json"},
     )
     err = assert_openai_error(resp, 400)
     assert "not valid JSON" in err["message"]
@@ -109,7 +108,7 @@ def test_client_disconnect_cancels_the_upstream_stream(
     with httpx.stream(
         "POST",
         gateway.base_url + "/chat/completions",
-        headers=AUTH,
+        headers=CLIENT,
         json={"model": "endless", "messages": HELLO, "stream": True},
     ) as resp:
         assert resp.status_code == 200

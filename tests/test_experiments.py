@@ -22,12 +22,10 @@ import redis
 from gateway import keys
 from localstack import VLLMServer, make_test_adapter
 
-from .conftest import ADMIN_KEY, API_KEY, gateway_config
+from .conftest import ADMIN, CLIENT, gateway_config
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess, RedisProcess
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CLIENT = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
 
 

@@ -18,11 +18,10 @@ import openai
 import pytest
 
 from localstack import free_port
-from tests.conftest import API_KEY, gateway_config
+from tests.conftest import CLIENT, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess, open_fds, rss_mb
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
 TIMEOUTS = {"connect_timeout_s": 0.5, "first_byte_timeout_s": 0.6, "idle_timeout_s": 0.4}
 FAULTS = ("silent", "garbage", "http503", "reset", "http500", "slow")
@@ -212,7 +211,7 @@ async def _fail_many(base_url: str, n: int, concurrency: int = 48) -> dict[int, 
     models = ["gone", "t-http500", "t-reset", "t-garbage", "t-http503"]
     statuses: dict[int, int] = {}
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(headers=AUTH, connector=connector) as http:
+    async with aiohttp.ClientSession(headers=CLIENT, connector=connector) as http:
         queue = iter(range(n))
 
         async def worker() -> None:

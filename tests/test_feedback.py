@@ -22,12 +22,11 @@ from gateway import keys
 from localstack import VLLMServer
 from retrain.feedback_log import FeedbackConsumer
 
-from .conftest import API_KEY, OTHER_TENANT_KEY, gateway_config
+from .conftest import API_KEY, CLIENT, OTHER_TENANT_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess, RedisProcess
 
 HELLO = [{"role": "user", "content": "Can I return shoes after 20 days?"}]
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def rate(gw: GatewayProcess, key: str = API_KEY, **body: Any) -> httpx.Response:
@@ -72,7 +71,7 @@ def test_rating_is_stored_readable_and_aggregated(
     assert body["score"] == score and body["replaced"] is False
     assert body["rater"] == "u-rater"  # defaults to the rated request's user
 
-    stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=AUTH).json()["data"]
+    stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=CLIENT).json()["data"]
     assert len(stored) == 1
     assert stored[0]["rating"] == rating and stored[0]["score"] == score
     assert stored[0]["comment"] == "meh" and stored[0]["tags"] == ["policy"]
@@ -93,7 +92,7 @@ def test_correction_is_kept_and_counted(
     rid = answer(client)
     fix = "We offer 30-day returns on unworn shoes."
     assert rate(gateway, response_id=rid, rating="down", correction=fix).status_code == 201
-    stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=AUTH).json()["data"]
+    stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=CLIENT).json()["data"]
     assert stored[0]["correction"] == fix
     assert delta(aggregate(redis_server.url, "default", "base"), before)["corrections"] == 1
 
@@ -115,14 +114,14 @@ def test_rerating_replaces_instead_of_double_counting(
     }
     other = rate(gateway, response_id=rid, rating="up", user="u-2").json()  # another rater
     assert other["replaced"] is False
-    stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=AUTH).json()["data"]
+    stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=CLIENT).json()["data"]
     assert sorted((r["rater"], r["rating"]) for r in stored) == [("u-1", "down"), ("u-2", "up")]
 
 
 def test_ratings_sent_the_instant_a_stream_ends_are_all_joined(
     client: openai.OpenAI, gateway: GatewayProcess
 ) -> None:
-    with httpx.Client(headers=AUTH) as http:
+    with httpx.Client(headers=CLIENT) as http:
         for i in range(100):
             stream = client.chat.completions.create(
                 model="ab", messages=HELLO, max_tokens=2, stream=True, user=f"s-{i}"
@@ -159,7 +158,7 @@ def rate_all_at_once(gw: GatewayProcess, ids: list[str], rating: int) -> list[ht
     """One rating for each response, all sent concurrently."""
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(headers=AUTH, timeout=30) as http:
+        async with httpx.AsyncClient(headers=CLIENT, timeout=30) as http:
             return await asyncio.gather(
                 *(
                     http.post(gw.base_url + "/feedback", json={"response_id": r, "rating": rating})
@@ -290,7 +289,7 @@ def test_ratings_survive_a_redis_restart(
         own.stop()
         own.start()  # AOF replays everything it acknowledged
         for i, rid in enumerate(ids):
-            resp = httpx.get(gw.base_url + f"/feedback/{rid}", headers=AUTH)
+            resp = httpx.get(gw.base_url + f"/feedback/{rid}", headers=CLIENT)
             assert resp.status_code == 200, resp.text
             got = resp.json()["data"]
             assert [r["rating"] for r in got] == [1 + i % 5]

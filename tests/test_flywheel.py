@@ -19,11 +19,9 @@ from gateway import keys
 from localstack import VLLMServer, free_port
 from retrain.jobs import JobStore
 
-from .conftest import ADMIN_KEY, API_KEY
+from .conftest import ADMIN, ADMIN_KEY, API_KEY, CLIENT
 from .services import GatewayProcess, RedisProcess
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CLIENT = {"Authorization": f"Bearer {API_KEY}"}
 ITEMS = ["shoes", "shirts", "jackets", "bags", "hats"]
 
 

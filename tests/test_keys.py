@@ -14,13 +14,12 @@ import openai
 import pytest
 import redis
 
-from .conftest import ADMIN_KEY
+from .conftest import ADMIN, ADMIN_KEY
 from .fixed_gateway import FIXED, fixed_gateway
 from .services import GatewayProcess, RedisProcess
 
 KEYS_DB = 12  # the keys and experiments made here stay out of the other tests' database
 HELLO = [{"role": "user", "content": "hello"}]
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # fixed-* answers use 7 prompt and 3 completion tokens: 3.0 per answer at this price
 PRICED = {m: {"upstream": "fixed", "model": m, "price": {"completion_per_1m": 1e6}} for m in FIXED}
 

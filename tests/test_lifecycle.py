@@ -15,11 +15,10 @@ import redis
 
 from gateway import keys
 from localstack import free_port
-from tests.conftest import API_KEY, gateway_config
+from tests.conftest import CLIENT, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -45,7 +44,7 @@ def test_sigterm_drains_readiness_then_listener_then_streams_and_flushes_the_log
     def stream() -> None:
         body = {"model": "trickle", "messages": HELLO, "stream": True}
         with httpx.stream(
-            "POST", gw.base_url + "/chat/completions", json=body, headers=AUTH, timeout=30
+            "POST", gw.base_url + "/chat/completions", json=body, headers=CLIENT, timeout=30
         ) as resp:
             for line in resp.iter_lines():
                 if line.startswith("data:"):
@@ -67,7 +66,7 @@ def test_sigterm_drains_readiness_then_listener_then_streams_and_flushes_the_log
         answer = httpx.post(
             gw.base_url + "/chat/completions",
             json={"model": "fixed-a", "messages": HELLO},
-            headers=AUTH,
+            headers=CLIENT,
         )
         assert answer.status_code == 200
 

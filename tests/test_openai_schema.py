@@ -21,19 +21,18 @@ import httpx
 import openai
 import pytest
 
-from .conftest import API_KEY
+from .conftest import CLIENT
 from .openapi_schema import Check
 from .services import GatewayProcess
 
 HELLO = [{"role": "user", "content": "Where is my order?"}]
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def sse_chunks(gateway: GatewayProcess, **body: Any) -> list[Any]:
     """The JSON of every ``data:`` event of a streamed completion, up to ``[DONE]``."""
     request = {"model": "base", "messages": HELLO, "max_tokens": 8, "stream": True, **body}
     with httpx.stream(
-        "POST", gateway.base_url + "/chat/completions", json=request, headers=AUTH, timeout=60
+        "POST", gateway.base_url + "/chat/completions", json=request, headers=CLIENT, timeout=60
     ) as resp:
         assert resp.status_code == 200, resp.read()
         data = [line[5:].strip() for line in resp.iter_lines() if line.startswith("data:")]
@@ -85,7 +84,7 @@ def test_every_streamed_chunk_is_a_create_chat_completion_stream_response(
 
 
 def test_model_list_is_a_list_models_response(gateway: GatewayProcess, check_schema: Check) -> None:
-    resp = httpx.get(gateway.base_url + "/models", headers=AUTH)
+    resp = httpx.get(gateway.base_url + "/models", headers=CLIENT)
     assert resp.status_code == 200
     check_schema("ListModelsResponse", resp.json())
 
@@ -94,9 +93,9 @@ def test_model_list_is_a_list_models_response(gateway: GatewayProcess, check_sch
     ("status", "headers", "content"),
     [
         (401, {"Authorization": "Bearer sk-wrong"}, {"model": "base", "messages": HELLO}),
-        (400, AUTH, {"model": "no-such-model", "messages": HELLO}),
-        (400, AUTH, b'{"model": "default", "messages": ['),
-        (502, AUTH, {"model": "gone", "messages": HELLO}),
+        (400, CLIENT, {"model": "no-such-model", "messages": HELLO}),
+        (400, CLIENT, b'{"model": "default", "messages": ['),
+        (502, CLIENT, {"model": "gone", "messages": HELLO}),
     ],
     ids=["bad-key", "unknown-model", "invalid-json", "unreachable-upstream"],
 )

@@ -18,13 +18,12 @@ from retrain.jobs import JobStore
 from retrain.local_train import plan, train
 from retrain.openai_ft import OpenAIProvider
 
-from .conftest import ADMIN_KEY
+from .conftest import ADMIN
 from .openai_ft_server import FineTuningServer
 from .openapi_schema import Check
 from .services import GatewayProcess, RedisProcess
 from .test_flywheel import config_for, correction, new_experiment, rate_corrections, retrain
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "belts", "socks", "scarves"]
 
 
