@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from localstack import free_port
 from tests.conftest import CLIENT, gateway_config
 from tests.faulty_upstream import FaultyUpstream
+from tests.polling import eventually
 from tests.services import GatewayProcess, RedisProcess, open_fds, rss_mb
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -195,8 +197,16 @@ def test_the_circuit_opens_after_failures_and_closes_after_a_good_probe(
     assert info.value.status_code == 502
     assert "circuit of upstream 'fragile' is open" in info.value.message
     assert faulty.requests == sent
-    time.sleep(1.1)  # open_s: the next request is the probe, and it succeeds
-    reply = client.chat.completions.create(model="fragile-ok", messages=HELLO)
+
+    def probe() -> ChatCompletion | None:
+        """After open_s the next request is the probe; until then, refused without a call."""
+        try:
+            return client.chat.completions.create(model="fragile-ok", messages=HELLO)
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 502 and "is open" in exc.message
+            return None
+
+    reply = eventually(probe, "the circuit never let a probe through", every_s=0.1)
     assert reply.choices[0].message.content == "answer from fixed-b"
     assert gateway.metric("flywheel_upstream_replicas", upstream="fragile", state="closed") == 1
     for _ in range(3):
@@ -236,11 +246,13 @@ def test_10000_failed_requests_leak_no_connections_tasks_or_memory(
     statuses = asyncio.run(_fail_many(gateway.base_url, 10_000))
     assert sum(statuses.values()) == 10_000
     assert set(statuses) <= {502, 503, 504}, statuses  # each failed cleanly, in OpenAI's shape
-    time.sleep(1.5)  # keep-alive connections close; the task gauge is sampled every second
     # Keep-alive pools may hold up to one more idle connection per concurrent client than
-    # after the warm-up; a leak would be one per failure (thousands).
-    assert open_fds(pid) <= fds + 48, "file descriptors leaked"
-    assert gateway.metric("flywheel_event_loop_tasks") <= tasks + 5, "asyncio tasks leaked"
+    # after the warm-up; a leak would be one per failure (thousands). Keep-alive
+    # connections close and the task gauge is sampled every second: wait for both.
+    eventually(lambda: open_fds(pid) <= fds + 48, "file descriptors leaked")
+    eventually(
+        lambda: gateway.metric("flywheel_event_loop_tasks") <= tasks + 5, "asyncio tasks leaked"
+    )
     assert rss_mb(pid) < rss + 25, f"memory grew from {rss:.0f} MB to {rss_mb(pid):.0f} MB"
     reply = client.chat.completions.create(model="t-fixed", messages=HELLO)
     assert reply.choices[0].message.content == "answer from fixed-a"

@@ -83,7 +83,7 @@ def test_a_key_made_on_one_replica_works_on_another_and_its_revocation_reaches_i
     assert r.status_code == 200 and r.json()["revoked_at"]
     t0 = time.monotonic()
     while chat(b, secret).status_code == 200:
-        assert time.monotonic() - t0 < 1.0, "the revoked key still works on the other replica"
+        assert time.monotonic() - t0 < 10, "the revoked key still works on the other replica"
         time.sleep(0.02)
     refused = chat(b, secret)
     assert refused.status_code == 401
