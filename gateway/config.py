@@ -518,6 +518,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis://, rediss:// or unix:// URL; unset: an embedded Redis"
     )
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names one node of a Redis Cluster: connect with the cluster "
+        "client and hash-tag the shared keys into one slot (see the keys reference)",
+    )
     redis_pool: RedisPool = RedisPool()
     data_dir: Path = Field(
         Path("./data"), description="embedded Redis, the id secret, the tiny model, logs"
@@ -647,6 +652,11 @@ def _check_references(s: Settings) -> list[str]:
         problems.append(f"control.judge: unknown model '{s.control.judge}'")
     if not s.models:
         problems.append("models: at least one model is needed")
+    if s.redis_cluster and not (s.redis_url or "").startswith(("redis://", "rediss://")):
+        problems.append(
+            "redis_cluster: needs redis_url, a redis:// or rediss:// URL of one cluster node "
+            "(the embedded Redis is a single server)"
+        )
     return problems
 
 

@@ -68,7 +68,23 @@ key                         type    content
                                     ``started``, ``finished``, ``outcome``,
                                     ``exit_code``, ``last_success``, ``job``,
                                     ``dataset``, ``examples``), read by ``/metrics``
+``fw:rl:{key}:req|tok``     hash    a key's rate-limit buckets (``level``, ``ts``)
 ==========================  ======  =================================================
+
+**Names under Redis Cluster** (``redis_cluster: true``). Braces above mark a
+placeholder; on a cluster, braces in a name are a *hash tag* (only the part inside
+decides the slot). The small shared state — every key above except two — is then
+named ``{fw}:…`` instead of ``fw:…`` (``{fw}:ctl:version``, ``{fw}:fb:{response_id}``,
+``{fw}:fb:stream``, …): one tag, so one slot, so each Lua script and transaction over
+it stays atomic. What grows with traffic keeps its untagged name and spreads over every
+master: ``fw:ix:{response_id}`` (use :data:`SPREAD` for such keys, and never touch them
+in a script together with a shared key). A key's rate-limit buckets share a tag of
+their own, its id: ``fw:rl:{<id>}:req`` and ``fw:rl:{<id>}:tok``. Without a cluster the
+names are the ones in the table (an existing Redis keeps working unchanged).
+
+:func:`configure` chooses the names for the process (the store's ``connect`` calls it);
+read the names through this module at call time (``keys.FEEDBACK_STREAM``, never
+``from gateway.keys import FEEDBACK_STREAM``), since it rebinds them.
 """
 
 from __future__ import annotations
@@ -77,15 +93,57 @@ from typing import Any
 
 import orjson
 
-PREFIX = "fw:"
-INTERACTION_STREAM = PREFIX + "ix:stream"
-FEEDBACK_STREAM = PREFIX + "fb:stream"
-AGGREGATE_INDEX = PREFIX + "agg:index"
+PLAIN_PREFIX = "fw:"
+CLUSTER_PREFIX = "{fw}:"  # one hash tag: the shared state lives in one slot
+SPREAD = "fw:"  # keys that grow with traffic: never tagged, spread over a cluster
+PREFIX = PLAIN_PREFIX  # the shared state's prefix (configure() rebinds it)
+CLUSTER = False
 NO_EXPERIMENT = "-"
 
 
+def configure(cluster: bool) -> None:
+    """Name keys for a Redis Cluster (hash-tagged shared state) or for one Redis."""
+    global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
+    global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
+    global AUTH_AUDIT, JOBS, RETRAIN_RUNS
+    CLUSTER = cluster
+    PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
+    INTERACTION_STREAM = PREFIX + "ix:stream"
+    FEEDBACK_STREAM = PREFIX + "fb:stream"
+    AGGREGATE_INDEX = PREFIX + "agg:index"
+    CONTROL_VERSION = PREFIX + "ctl:version"
+    EXPERIMENTS = PREFIX + "ctl:experiments"
+    MODELS = PREFIX + "ctl:models"
+    MODELS_HISTORY = PREFIX + "ctl:models:history"
+    API_KEYS = PREFIX + "auth:keys"
+    TENANTS = PREFIX + "auth:tenants"
+    AUTH_AUDIT = PREFIX + "auth:audit"
+    JOBS = PREFIX + "jobs"
+    RETRAIN_RUNS = PREFIX + "retrain:runs"
+
+
+INTERACTION_STREAM: str
+FEEDBACK_STREAM: str
+AGGREGATE_INDEX: str
+CONTROL_VERSION: str
+EXPERIMENTS: str
+MODELS: str
+MODELS_HISTORY: str
+API_KEYS: str
+TENANTS: str
+AUTH_AUDIT: str
+JOBS: str
+RETRAIN_RUNS: str
+configure(cluster=False)
+
+
 def interaction(response_id: str) -> str:
-    return f"{PREFIX}ix:{response_id}"
+    return f"{SPREAD}ix:{response_id}"
+
+
+def rate_limit(account: str, bucket: str) -> str:
+    """A key's ``req`` or ``tok`` bucket; on a cluster both share the key's own tag."""
+    return f"{SPREAD}rl:{{{account}}}:{bucket}" if CLUSTER else f"{SPREAD}rl:{account}:{bucket}"
 
 
 def feedback(response_id: str) -> str:
@@ -106,7 +164,7 @@ def version_requests(experiment: str, version: int, arm: str) -> str:
 
 def is_per_version(key: str) -> bool:
     """A per-version counter (``fw:vreq:*``): it expires with the interactions it counts."""
-    return key.startswith(f"{PREFIX}vreq:")
+    return key.startswith((f"{PLAIN_PREFIX}vreq:", f"{CLUSTER_PREFIX}vreq:"))
 
 
 def version_users(experiment: str, version: int, arm: str) -> str:
@@ -119,17 +177,6 @@ def user_scores(experiment: str, version: int, arm: str) -> str:
 
 def sequential(experiment: str, version: int) -> str:
     return f"{PREFIX}ctl:seq:{experiment}:{version}"
-
-
-CONTROL_VERSION = PREFIX + "ctl:version"
-EXPERIMENTS = PREFIX + "ctl:experiments"
-MODELS = PREFIX + "ctl:models"
-MODELS_HISTORY = PREFIX + "ctl:models:history"
-
-
-API_KEYS = PREFIX + "auth:keys"
-TENANTS = PREFIX + "auth:tenants"
-AUTH_AUDIT = PREFIX + "auth:audit"
 
 
 def spend(scope: str, account: str, period: str) -> str:
@@ -170,14 +217,8 @@ def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
-JOBS = PREFIX + "jobs"
-
-
 def trained(experiment: str) -> str:
     return f"{PREFIX}retrain:trained:{experiment}"
-
-
-RETRAIN_RUNS = PREFIX + "retrain:runs"
 
 
 def aggregate_member(experiment: str | None, arm: str) -> str:

@@ -20,9 +20,9 @@ import math
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from . import keys
 from .auth import Principal
 from .errors import RateLimited, StoreUnavailable
-from .keys import PREFIX
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ return {1, 0, math.floor(req - 1), math.floor(tok), 0}
 
 
 def _keys(p: Principal) -> list[str]:
-    return [f"{PREFIX}rl:{p.account}:req", f"{PREFIX}rl:{p.account}:tok"]
+    return [keys.rate_limit(p.account, "req"), keys.rate_limit(p.account, "tok")]
 
 
 class RateLimiter:

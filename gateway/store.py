@@ -6,12 +6,18 @@ With no ``redis_url`` the gateway runs a real Redis server of its own (the
 fsyncs once per event-loop turn before replying), so a single-machine install keeps
 every acknowledged log record and rating across restarts, even a kill -9.
 
+With ``redis_cluster`` the URL names one node of a Redis Cluster: the client is
+``redis.asyncio.cluster.RedisCluster`` (it finds the other nodes and follows the
+slots), and the key names are hash-tagged so that every script and transaction stays
+within one slot (``keys.configure``).
+
 Redis exceptions are translated here into :class:`~gateway.errors.StoreUnavailable`
 for callers on a request path; the background writer handles them itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -22,17 +28,21 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import keys
 from .config import RedisPool, Settings
 
 log = logging.getLogger(__name__)
@@ -173,14 +183,20 @@ def start_embedded(data_dir: Path, startup_timeout: float = 10.0) -> Embedded:
     return Embedded(f"unix://{socket_path}", process, info)
 
 
-def connect(url: str, pool: RedisPool | None = None) -> aioredis.Redis:
+def connect(url: str, pool: RedisPool | None = None, cluster: bool = False) -> aioredis.Redis:
     """A client whose pool makes a burst wait for a free connection instead of failing.
 
     redis-py's default pool refuses the 101st concurrent command outright ("Too many
     connections"), which turned a burst of 200 ratings into a few 503s. A blocking pool
     keeps the same bound on connections to Redis and queues the rest for ``wait_s``.
+
+    With ``cluster`` it is a cluster client (typed as the single-server client: it
+    answers the same commands), with the same bound and the same waiting.
     """
     pool = pool or RedisPool()
+    keys.configure(cluster)
+    if cluster:
+        return cast(aioredis.Redis, _Cluster(url, pool))
     # from_pool: the client owns the pool, so aclose() also closes its connections.
     return aioredis.Redis.from_pool(
         aioredis.BlockingConnectionPool.from_url(
@@ -189,10 +205,50 @@ def connect(url: str, pool: RedisPool | None = None) -> aioredis.Redis:
     )
 
 
+class _Cluster(RedisCluster):
+    """``RedisCluster`` whose commands wait for one of ``max_connections`` permits.
+
+    The cluster client keeps a pool per node that raises ``MaxConnectionsError`` when
+    it is exhausted, where the single-server client waits: the shared state lives on one
+    node, so a burst of ratings would otherwise fail. Pipelines (the log writer's
+    batches, a few reads) take connections beside the permits: each node's pool allows
+    ``max_connections`` plus a margin for them.
+    """
+
+    def __init__(self, url: str, pool: RedisPool) -> None:
+        kwargs: dict[str, Any] = {**_CLIENT_OPTS, "max_connections": pool.max_connections + 16}
+        kwargs.update(parse_url(url))  # as RedisCluster.from_url does
+        if kwargs.pop("connection_class", None) is SSLConnection:
+            kwargs["ssl"] = True
+        super().__init__(**kwargs)
+        self._permits = asyncio.Semaphore(pool.max_connections)
+        self._wait_s = pool.wait_s
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.wait_for(self._permits.acquire(), self._wait_s)
+        except TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._permits.release()
+
+
+async def mget(client: aioredis.Redis, names: Sequence[str]) -> list[Any]:
+    """``MGET`` of keys in any slots: on a cluster, one ``MGET`` per slot (keys that
+    spread, such as the interaction records, are in many)."""
+    if not names:
+        return []
+    if isinstance(client, RedisCluster):
+        return list(await client.mget_nonatomic(list(names)))
+    return list(await client.mget(list(names)))
+
+
 async def open_store(settings: Settings) -> tuple[aioredis.Redis, Embedded | None]:
     """Connect to ``redis_url``, or start the embedded server when none is set."""
     if settings.redis_url:
-        return connect(settings.redis_url, settings.redis_pool), None
+        return connect(settings.redis_url, settings.redis_pool, settings.redis_cluster), None
     # Started from this (the main) thread: the parent-death signal follows the thread
     # that forks, and an executor thread may end before the process does.
     embedded = start_embedded(settings.data_dir)

@@ -50,7 +50,7 @@ from gateway.locks import Lock
 from .curate import DPO, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
 from .faults import crash_point
-from .feedback_log import FeedbackConsumer, FeedbackEvent
+from .feedback_log import FeedbackConsumer, FeedbackEvent, mget
 
 OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
 OVER_COST_CAP, BELOW_MINIMUM, BUSY = ExitCode.OVER_COST_CAP, ExitCode.BELOW_MINIMUM, ExitCode.BUSY
@@ -346,7 +346,7 @@ class Builder:
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             for rid, raw in zip(
-                chunk, self.client.mget([keys.interaction(i) for i in chunk]), strict=True
+                chunk, mget(self.client, [keys.interaction(i) for i in chunk]), strict=True
             ):
                 out[rid] = keys.decode(raw)
             step(len(chunk))

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import atexit
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,13 +42,27 @@ def connect(settings: Settings) -> redis.Redis:
         embedded = start_embedded(settings.data_dir)
         atexit.register(embedded.stop)
         url = embedded.url
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    opts: dict[str, Any] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    cluster = settings.redis_cluster and bool(settings.redis_url)
+    keys.configure(cluster)
+    if cluster:
+        # The cluster client answers the same commands (typed as the single-server one).
+        return cast(redis.Redis, RedisCluster.from_url(url, **opts))
+    return redis.Redis.from_url(url, **opts)
+
+
+def mget(client: redis.Redis, names: Sequence[str]) -> list[Any]:
+    """``MGET`` of keys in any slots: on a cluster, one ``MGET`` per slot."""
+    if not names:
+        return []
+    if isinstance(client, RedisCluster):
+        return list(client.mget_nonatomic(list(names)))
+    return list(cast(Any, client.mget(list(names))))
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,105 @@ def rss_mb(pid: int) -> float:
 def open_fds(pid: int) -> int:
     """A process's open file descriptors, sockets included (Linux)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class RedisClusterProcess:
+    """A real Redis Cluster of ``masters`` redis-servers (no replicas) on fresh ports.
+
+    Each node gets an explicit bus port (``port + 10000`` may be taken) and a fresh
+    directory; ``redis-cli --cluster create`` assigns the 16384 slots, and ``start()``
+    returns once every node reports ``cluster_state:ok``. ``stop()`` stops every node,
+    also after a failed start.
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.workdir = workdir
+        self.ports = [free_port() for _ in range(masters)]
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """One node: the cluster client discovers the others from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def start(self, timeout: float = 30) -> RedisClusterProcess:
+        import redis
+
+        server = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH")
+        try:
+            for port, bus in zip(self.ports, self.bus_ports, strict=True):
+                node_dir = self.workdir / str(port)
+                node_dir.mkdir(parents=True)
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            server,
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-port",
+                            str(bus),
+                            "--cluster-config-file",
+                            f"nodes-{port}.conf",
+                            "--cluster-node-timeout",
+                            "1000",
+                            "--appendonly",
+                            "yes",
+                            "--save",
+                            "",
+                            "--dir",
+                            str(node_dir),
+                            "--logfile",
+                            str(node_dir / "redis.log"),
+                        ],
+                    )
+                )
+            deadline = time.monotonic() + timeout
+            for port in self.ports:
+                while True:
+                    try:
+                        redis.Redis(port=port, socket_timeout=0.5).ping()
+                        break
+                    except redis.RedisError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"cluster node {port} did not start") from None
+                        time.sleep(0.05)
+            created = subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            if "All 16384 slots covered" not in created.stdout:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
+            for port in self.ports:
+                node = redis.Redis(port=port, socket_timeout=0.5)
+                while node.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"cluster node {port} never reported cluster_state:ok")
+                    time.sleep(0.1)
+                node.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []

@@ -134,7 +134,7 @@ async def interactions(
                 if _rating_matches(f, mine, threshold):
                     rated_first[rid] = mine
             cand = [(sid, rid) for sid, rid in cand if rid in rated_first]
-        raws = await redis.mget([keys.interaction(rid) for _, rid in cand]) if cand else []
+        raws = await store.mget(redis, [keys.interaction(rid) for _, rid in cand])
         found = []
         for (sid, _), raw in zip(cand, raws, strict=True):
             if raw is None or (needle is not None and needle not in raw.lower()):

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from .. import keys, review
+from .. import keys, review, store
 from ..bodies import read_bounded
 from ..errors import (
     AuthenticationFailed,
@@ -312,11 +312,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
                     continue
                 out.append({**item, "response_id": rid, "experiment": state["name"]})
         if user.tenant:  # only failures of the reviewer's tenant
-            recs = (
-                await st.redis.mget([keys.interaction(i["response_id"]) for i in out])
-                if out
-                else []
-            )
+            recs = await store.mget(st.redis, [keys.interaction(i["response_id"]) for i in out])
             out = [
                 i
                 for i, r in zip(out, recs, strict=True)

@@ -1,0 +1,263 @@
+"""A gateway on a real Redis Cluster of 3 masters (``redis_cluster: true``).
+
+The cluster is started by the tests (``redis-server --cluster-enabled yes`` ×3 and
+``redis-cli --cluster create``). What must hold there as on one Redis: chat is served
+and logged, ratings of one response by one rater stay exact under concurrency (the
+feedback script's keys share a slot), experiment changes are compare-and-set, and
+``retrain build`` reads the ratings back. And what the cluster is for: the interaction
+records spread over every master while the shared state stays in one slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+import yaml
+from redis.cluster import RedisCluster
+
+from gateway import keys
+from retrain.dataset import latest_version
+
+from .conftest import ADMIN_KEY, API_KEY
+from .faulty_upstream import FaultyUpstream
+from .fixed_gateway import fixed_config
+from .services import GatewayProcess, RedisClusterProcess
+from .test_dataset import lines, serve_and_rate, sft
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+    reason="a Redis Cluster needs redis-server and redis-cli (apt-get install redis-server)",
+)
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+CLIENT = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
+    cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_gateway(
+    redis_cluster: RedisClusterProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    upstream = FaultyUpstream().start()
+    config = fixed_config(
+        upstream.base_url,
+        redis_cluster.url,
+        redis_cluster=True,
+        # fewer connections than a burst of ratings: the burst waits, none is refused
+        redis_pool={"max_connections": 16},
+    )
+    config["auth"]["api_keys"] = [
+        {"key": API_KEY, "name": "tests", "rpm": 100_000, "budget": {"limit": 1_000_000}}
+    ]
+    config["models"]["fixed-a"]["price"] = {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}
+    gw = GatewayProcess(config, tmp_path_factory.mktemp("cluster-gateway"), ready_path="/readyz")
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+@pytest.fixture
+def cluster_keys() -> Iterator[None]:
+    """This test names keys as the gateway does on a cluster (then as before)."""
+    before = keys.CLUSTER
+    keys.configure(True)
+    yield
+    keys.configure(before)
+
+
+def client_of(cluster: RedisClusterProcess) -> RedisCluster:
+    return RedisCluster.from_url(cluster.url, decode_responses=True)
+
+
+def new_experiment(gw: GatewayProcess) -> str:
+    name = f"cl-{uuid.uuid4().hex[:8]}"
+    spec = {"arms": [{"model": "fixed-a", "weight": 1}, {"model": "fixed-b", "weight": 0}]}
+    r = httpx.put(f"{gw.url}/admin/experiments/{name}", json=spec, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return name
+
+
+def chat(gw: GatewayProcess, model: str, user: str = "u-1") -> str:
+    body = {"model": model, "user": user, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(gw.base_url + "/chat/completions", json=body, headers=CLIENT)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def keys_by_node(cluster: RedisClusterProcess) -> dict[int, list[str]]:
+    out = {}
+    for port in cluster.ports:
+        node = redis.Redis(port=port, decode_responses=True)
+        out[port] = list(node.scan_iter(count=1000))
+        node.close()
+    return out
+
+
+def test_chat_is_served_logged_and_records_spread_over_every_master(
+    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess, cluster_keys: None
+) -> None:
+    with openai.OpenAI(base_url=cluster_gateway.base_url, api_key=API_KEY, max_retries=0) as c:
+        messages: Any = [{"role": "user", "content": "Where is my parcel?"}]
+        answer = c.chat.completions.create(model="fixed-a", messages=messages)
+        assert answer.choices[0].message.content == "answer from fixed-a"
+        stream = c.chat.completions.create(model="fixed-a", messages=messages, stream=True)
+        streamed = "".join(
+            chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices
+        )
+        assert streamed == "answer from fixed-a"
+        raw = c.chat.completions.with_raw_response.create(model="default", messages=messages)
+        assert int(raw.headers["x-ratelimit-remaining-requests"]) < 100_000  # limits script
+    ids = [answer.id] + [chat(cluster_gateway, "default", f"u-{i}") for i in range(40)]
+
+    r = client_of(redis_cluster)
+    deadline = time.monotonic() + 10
+    while r.get(keys.interaction(ids[-1])) is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the log writer batches
+    records = r.mget_nonatomic([keys.interaction(i) for i in ids])
+    assert all(records), "every interaction is logged"
+    day_spend = r.hgetall(keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime())))
+    while not day_spend and time.monotonic() < deadline:
+        time.sleep(0.05)  # the spend sync runs every 0.1 s
+        day_spend = r.hgetall(keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime())))
+    assert float(day_spend["m:fixed-a"]) > 0
+    r.close()
+
+    by_node = keys_by_node(redis_cluster)
+    holding_records = [
+        p for p, names in by_node.items() if {keys.interaction(i) for i in ids} & set(names)
+    ]
+    assert len(holding_records) == 3, "41 records spread over the 3 masters"
+    shared = {p for p, names in by_node.items() if any(n.startswith("{fw}:") for n in names)}
+    assert len(shared) == 1, "the shared state is one slot, so one master"
+    assert not [n for names in by_node.values() for n in names if n.startswith("fw:ctl")]
+
+
+def test_concurrent_ratings_by_one_rater_keep_the_aggregates_exact(
+    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess, cluster_keys: None
+) -> None:
+    exp = new_experiment(cluster_gateway)
+    rid = chat(cluster_gateway, exp, user="rater-1")
+    ratings = [1 + i % 5 for i in range(60)]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=CLIENT, timeout=30) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        cluster_gateway.base_url + "/feedback",
+                        json={"response_id": rid, "rating": rating, "user": "rater-1"},
+                    )
+                    for rating in ratings
+                )
+            )
+
+    replies = asyncio.run(burst())
+    assert sorted(r.status_code for r in replies) == [201] * len(ratings)
+    assert sum(not r.json()["replaced"] for r in replies) == 1  # one first rating
+
+    stored = httpx.get(cluster_gateway.base_url + f"/feedback/{rid}", headers=CLIENT).json()
+    assert [r["rater"] for r in stored["data"]] == ["rater-1"]
+    score = (stored["data"][0]["rating"] - 1) / 4
+    r = client_of(redis_cluster)
+    agg = {k: float(v) for k, v in r.hgetall(keys.aggregate(exp, "fixed-a")).items()}
+    assert agg["count"] == 1
+    assert agg["score_sum"] == pytest.approx(score, abs=1e-9)
+    assert agg["score_sq"] == pytest.approx(score * score, abs=1e-9)
+    assert agg["failures"] == (1 if score <= 0.25 else 0)
+    users = {k: v for k, v in r.hgetall(keys.user_scores(exp, 1, "fixed-a")).items()}
+    assert (int(users["users"]), int(users["ratings"])) == (1, 1)
+    assert float(users["mean_sum"]) == pytest.approx(score, abs=1e-9)
+    events = [e for _, e in r.xrange(keys.FEEDBACK_STREAM) if rid in e["data"]]
+    assert len(events) == len(ratings)  # every rating event reaches the stream
+    r.close()
+
+
+def test_concurrent_experiment_changes_one_wins_the_other_conflicts(
+    cluster_gateway: GatewayProcess,
+) -> None:
+    exp = new_experiment(cluster_gateway)
+    url = f"{cluster_gateway.url}/admin/experiments/{exp}"
+    for _ in range(5):
+        version = httpx.get(url, headers=ADMIN).json()["version"]
+
+        def promote(model: str, version: int = version) -> httpx.Response:
+            form = {"experiment": exp, "action": "promote", "model": model, "version": version}
+            return httpx.post(f"{cluster_gateway.url}/ui/actions/apply", data=form, headers=ADMIN)
+
+        with ThreadPoolExecutor(2) as pool:
+            a, b = pool.map(promote, ["fixed-a", "fixed-b"])
+        assert sorted([a.status_code, b.status_code]) == [303, 409], (a.text, b.text)
+        loser = a if a.status_code == 409 else b
+        assert f"changed since version {version}" in loser.json()["error"]["message"]
+        state = httpx.get(url, headers=ADMIN).json()
+        assert state["version"] == version + 1  # exactly one change applied
+        winner = "fixed-a" if a.status_code == 303 else "fixed-b"
+        assert state["spec"]["control"] == winner
+    history = httpx.get(url + "/history", headers=ADMIN).json()["data"]
+    assert len(history) == 6  # created + one promotion per round
+
+
+def test_retrain_build_reads_the_ratings_from_the_cluster(
+    cluster_gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    exp = new_experiment(cluster_gateway)
+    correction = "Yes: returns are accepted for 30 days."
+    items = [
+        {"prompt": "Where is my parcel?", "user": "u1", "rating": 5},
+        {"prompt": "Can I return shoes?", "user": "u2", "rating": "down", "correction": correction},
+        {"prompt": "Do you ship to Norway?", "user": "u3", "rating": 3},
+    ]
+    serve_and_rate(cluster_gateway, exp, items)
+    doc = yaml.safe_load(cluster_gateway.config_path.read_text())
+    doc["retrain"] = {
+        "dataset_dir": str(tmp_path / "datasets"),
+        "min_examples": 1,
+        "keep_good_share": 1.0,
+        "split": {"validation": 0, "test": 0},
+    }
+    config = tmp_path / "retrain.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    run = subprocess.run(
+        [sys.executable, "-m", "retrain", "build", "--experiment", exp, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    version = latest_version(tmp_path / "datasets" / exp)
+    assert version is not None
+    train = sorted(lines(version.path / "train.jsonl"), key=str)
+    expected = [
+        sft("Where is my parcel?", "answer from fixed-a"),
+        sft("Can I return shoes?", correction),
+    ]
+    assert train == sorted(expected, key=str)
+    again = subprocess.run(
+        [sys.executable, "-m", "retrain", "build", "--experiment", exp, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0 and "nothing new" in again.stdout + again.stderr
