@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from helm_python.chart import Chart, lint
-from helm_python.errors import HelmValuesError
+from helm_python.errors import HelmRenderError, HelmValuesError
 
 from gateway.config import Settings
 
@@ -27,6 +27,12 @@ KUBE_VERSION = "1.30.0"
 VALUES = {
     "default": {},
     "production": yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text()),
+    "cluster": {
+        "redis": {
+            "enabled": False,
+            "external": {"url": "redis://redis-0.example:6379", "cluster": True},
+        }
+    },
 }
 REPO = CHART.parent.parent
 
@@ -179,6 +185,19 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
         assert "--appendonly" in container(redis)["args"]
         assert redis["spec"]["volumeClaimTemplates"]
         assert one(which, "Secret")["type"] == "Opaque"
+
+
+def test_a_redis_cluster_reaches_the_gateway_and_retrain_as_redis_cluster() -> None:
+    for workload in [one("cluster", "Deployment", "-gateway"), *find("cluster", "CronJob")]:
+        env = {v["name"]: v.get("value") for v in container(workload)["env"]}
+        assert env["FLYWHEEL_REDIS_CLUSTER"] == "true"
+        assert env["FLYWHEEL_REDIS_URL"] == "redis://redis-0.example:6379"
+    assert not find("cluster", "StatefulSet", "-redis")
+    for which in ("default", "production"):
+        env = {v["name"] for v in container(one(which, "Deployment", "-gateway"))["env"]}
+        assert "FLYWHEEL_REDIS_CLUSTER" not in env
+    with pytest.raises(HelmRenderError, match="redis.external.cluster needs redis.enabled: false"):
+        Chart.load(CHART).render({"redis": {"external": {"cluster": True}}}, name="fw")
 
 
 def test_rules_and_dashboard_ship_as_the_tested_files() -> None:

@@ -109,6 +109,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- else }}
   value: {{ required "redis.external.url (or redis.external.existingSecret) is needed when redis.enabled is false" .Values.redis.external.url | quote }}
 {{- end }}
+{{- if .Values.redis.external.cluster }}
+{{- if .Values.redis.enabled }}
+{{- fail "redis.external.cluster needs redis.enabled: false (the release's own Redis is one server)" }}
+{{- end }}
+- name: FLYWHEEL_REDIS_CLUSTER
+  value: "true"
+{{- end }}
 - name: FLYWHEEL_API_KEY
   valueFrom:
     secretKeyRef:
