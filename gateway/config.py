@@ -520,8 +520,8 @@ class Settings(BaseSettings):
     )
     redis_cluster: bool = Field(
         False,
-        description="redis_url names one node of a Redis Cluster: connect with the cluster "
-        "client and hash-tag the shared keys into one slot (see the keys reference)",
+        description="redis_url names one node of a Redis Cluster: the cluster client, the "
+        "shared state hash-tagged into one slot, interaction records spread over the masters",
     )
     redis_pool: RedisPool = RedisPool()
     data_dir: Path = Field(
