@@ -124,6 +124,17 @@ def test_unknown_arm_model_names_the_key_path(tmp_path: Path) -> None:
             ("{model: base, weight: 90}", "{model: base, weight: 90}, {model: base, weight: 1}"),
             "experiments.support-bot.arms[1].model: 'base' is already an arm",
         ),
+        (
+            ("redis_url: ${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}", "redis_cluster: true"),
+            "redis_cluster: needs redis_url, a redis:// or rediss:// URL of one cluster node",
+        ),
+        (
+            (
+                "redis_url: ${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}",
+                "redis_url: unix:///r.sock\nredis_cluster: true",
+            ),
+            "redis_cluster: needs redis_url",
+        ),
     ],
 )
 def test_each_mistake_is_one_line_with_its_path(
