@@ -8,6 +8,7 @@
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
     gateway report NAME [--config FILE] [--json]
     gateway keys create|list|revoke|rotate|audit ...   (see gateway.keys_cli)
+    gateway migrate-keys --from URL [--config FILE] [--replace]   (see gateway.migrate)
 """
 
 from __future__ import annotations
@@ -304,9 +305,20 @@ def main(argv: list[str] | None = None) -> int:
 
     keys_cli.add_parser(sub, config_help)
 
+    p = sub.add_parser(
+        "migrate-keys", help="copy a single Redis's keys to the config's Redis (a cluster)"
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="the old Redis")
+    p.add_argument("--config", default=None, help=config_help)
+    p.add_argument("--replace", action="store_true", help="overwrite keys the target has")
+
     args = parser.parse_args(argv)
     if args.command == "keys":
         return keys_cli.main(load_config_or_exit(args.config), args)
+    if args.command == "migrate-keys":
+        from .migrate import main as migrate_keys
+
+        return migrate_keys(load_config_or_exit(args.config), args.source, args.replace)
     if args.command == "check-config":
         s = load_config_or_exit(args.config)
         print(

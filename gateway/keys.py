@@ -137,6 +137,16 @@ RETRAIN_RUNS: str
 configure(cluster=False)
 
 
+def cluster_name(plain: str) -> str:
+    """A key's name on a cluster, from its name on one Redis (``gateway migrate-keys``)."""
+    if plain.startswith(f"{SPREAD}ix:") and plain != f"{PLAIN_PREFIX}ix:stream":
+        return plain
+    if plain.startswith(f"{SPREAD}rl:"):
+        account, _, bucket = plain.removeprefix(f"{SPREAD}rl:").rpartition(":")
+        return f"{SPREAD}rl:{{{account}}}:{bucket}"
+    return CLUSTER_PREFIX + plain.removeprefix(PLAIN_PREFIX)
+
+
 def interaction(response_id: str) -> str:
     return f"{SPREAD}ix:{response_id}"
 

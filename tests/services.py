@@ -203,6 +203,20 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def distinct_free_ports(n: int) -> list[int]:
+    """``n`` different ports that were free a moment ago (held together while chosen)."""
+    import socket
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 class RedisClusterProcess:
     """A real Redis Cluster of ``masters`` redis-servers (no replicas) on fresh ports.
 
@@ -214,8 +228,8 @@ class RedisClusterProcess:
 
     def __init__(self, workdir: Path, masters: int = 3) -> None:
         self.workdir = workdir
-        self.ports = [free_port() for _ in range(masters)]
-        self.bus_ports = [free_port() for _ in range(masters)]
+        ports = distinct_free_ports(2 * masters)
+        self.ports, self.bus_ports = ports[:masters], ports[masters:]
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property

@@ -28,6 +28,7 @@ import pytest
 import redis
 import yaml
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from gateway import keys
 from retrain.dataset import latest_version
@@ -35,7 +36,7 @@ from retrain.dataset import latest_version
 from .conftest import ADMIN_KEY, API_KEY
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import fixed_config
-from .services import GatewayProcess, RedisClusterProcess
+from .services import GatewayProcess, RedisClusterProcess, RedisProcess
 from .test_dataset import lines, serve_and_rate, sft
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -114,6 +115,27 @@ def keys_by_node(cluster: RedisClusterProcess) -> dict[int, list[str]]:
         out[port] = list(node.scan_iter(count=1000))
         node.close()
     return out
+
+
+def retrain_config(gw: GatewayProcess, tmp_path: Path, experiment: str) -> Path:
+    """The gateway's config plus a retrain section, for the ``retrain`` CLI."""
+    doc = yaml.safe_load(gw.config_path.read_text())
+    doc["retrain"] = {
+        "dataset_dir": str(tmp_path / "datasets"),
+        "min_examples": 1,
+        "keep_good_share": 1.0,
+        "split": {"validation": 0, "test": 0},
+    }
+    config = tmp_path / "retrain.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    return config
+
+
+def build_dataset(config: Path, experiment: str) -> subprocess.CompletedProcess[str]:
+    build = [sys.executable, "-m", "retrain", "build", "--experiment", experiment]
+    return subprocess.run(
+        [*build, "--config", str(config)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_chat_is_served_logged_and_records_spread_over_every_master(
@@ -231,21 +253,8 @@ def test_retrain_build_reads_the_ratings_from_the_cluster(
         {"prompt": "Do you ship to Norway?", "user": "u3", "rating": 3},
     ]
     serve_and_rate(cluster_gateway, exp, items)
-    doc = yaml.safe_load(cluster_gateway.config_path.read_text())
-    doc["retrain"] = {
-        "dataset_dir": str(tmp_path / "datasets"),
-        "min_examples": 1,
-        "keep_good_share": 1.0,
-        "split": {"validation": 0, "test": 0},
-    }
-    config = tmp_path / "retrain.yaml"
-    config.write_text(yaml.safe_dump(doc))
-    run = subprocess.run(
-        [sys.executable, "-m", "retrain", "build", "--experiment", exp, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    config = retrain_config(cluster_gateway, tmp_path, exp)
+    run = build_dataset(config, exp)
     assert run.returncode == 0, run.stdout + run.stderr
     version = latest_version(tmp_path / "datasets" / exp)
     assert version is not None
@@ -255,10 +264,139 @@ def test_retrain_build_reads_the_ratings_from_the_cluster(
         sft("Can I return shoes?", correction),
     ]
     assert train == sorted(expected, key=str)
-    again = subprocess.run(
-        [sys.executable, "-m", "retrain", "build", "--experiment", exp, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = build_dataset(config, exp)
     assert again.returncode == 0 and "nothing new" in again.stdout + again.stderr
+
+
+def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
+    tmp_path: Path, cluster_keys: None
+) -> None:
+    """A deployment on one Redis (today's names), stopped, copied with ``gateway
+    migrate-keys`` onto a fresh cluster: its experiment, ratings and the retrain job's
+    place in the feedback stream carry on there."""
+    single = RedisProcess(tmp_path / "single")
+    single.start()
+    fresh = RedisClusterProcess(tmp_path / "fresh-cluster")
+    upstream = FaultyUpstream().start()
+    try:
+        fresh.start()
+        old = GatewayProcess(fixed_config(upstream.base_url, single.url), tmp_path / "old")
+        old.start()
+        try:
+            exp = new_experiment(old)
+            items = [
+                {"prompt": "Where is my parcel?", "user": "u1", "rating": 5},
+                {"prompt": "Can I pay by card?", "user": "u2", "rating": 4},
+            ]
+            ids = serve_and_rate(old, exp, items)
+            r = httpx.post(
+                f"{old.url}/admin/experiments/{exp}/promote",
+                json={"model": "fixed-a"},
+                headers=ADMIN,
+            )
+            assert r.status_code == 200, r.text
+            config = retrain_config(old, tmp_path, exp)
+            first = build_dataset(config, exp)  # a first version, from the single Redis
+            assert first.returncode == 0, first.stdout + first.stderr
+        finally:
+            old.stop()
+        assert redis.Redis(port=single.port).exists("fw:ctl:experiments")  # today's names
+
+        doc = yaml.safe_load(config.read_text())
+        doc.update(redis_url=fresh.url, redis_cluster=True)
+        config.write_text(yaml.safe_dump(doc))
+        migrate = [sys.executable, "-m", "gateway", "migrate-keys", "--from", single.url]
+        run = subprocess.run(
+            [*migrate, "--config", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        assert "already on the target" in run.stdout and " 0 already" in run.stdout, run.stdout
+        again = subprocess.run(
+            [*migrate, "--config", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 0 and "copied 0 keys" in again.stdout, again.stdout
+
+        new = GatewayProcess(
+            fixed_config(upstream.base_url, fresh.url, redis_cluster=True), tmp_path / "new"
+        )
+        new.start()
+        try:
+            state = httpx.get(f"{new.url}/admin/experiments/{exp}", headers=ADMIN).json()
+            assert state["version"] == 2 and state["spec"]["control"] == "fixed-a"
+            stored = httpx.get(f"{new.base_url}/feedback/{ids[0]}", headers=CLIENT).json()
+            assert [(x["rater"], x["rating"]) for x in stored["data"]] == [("u1", 5)]
+            # the same rater again: replaced, not counted twice; another rater counts
+            for rid, user, replaced in [(ids[0], "u1", True), (ids[1], "u3", False)]:
+                body = {"response_id": rid, "rating": 5, "user": user}
+                rated = httpx.post(f"{new.base_url}/feedback", json=body, headers=CLIENT)
+                assert rated.status_code == 201 and rated.json()["replaced"] is replaced
+            r = client_of(fresh)
+            assert r.hget(keys.aggregate(exp, "fixed-a"), "count") == "3"
+            r.close()
+            # retrain build goes on from where its consumer group was: the two new
+            # ratings are the only events it reads (and they add no new example)
+            second = build_dataset(config, exp)
+            assert second.returncode == 0, second.stdout + second.stderr
+            assert "events: 2;" in second.stdout and "nothing new" in second.stdout
+        finally:
+            new.stop()
+    finally:
+        upstream.stop()
+        fresh.stop()
+        single.stop()
+
+
+CONSTANTS = (
+    "INTERACTION_STREAM",
+    "FEEDBACK_STREAM",
+    "AGGREGATE_INDEX",
+    "CONTROL_VERSION",
+    "EXPERIMENTS",
+    "MODELS",
+    "MODELS_HISTORY",
+    "API_KEYS",
+    "TENANTS",
+    "AUTH_AUDIT",
+    "JOBS",
+    "RETRAIN_RUNS",
+)
+
+
+def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_uses() -> None:
+    def every_name() -> list[str]:
+        return [
+            keys.interaction("chatcmpl-abc"),
+            keys.rate_limit("key_1", "req"),
+            keys.rate_limit("key_1", "tok"),
+            keys.feedback("chatcmpl-abc"),
+            keys.aggregate("exp", "arm"),
+            keys.requests(None, "arm"),
+            keys.version_requests("exp", 2, "arm"),
+            keys.version_users("exp", 2, "arm"),
+            keys.user_scores("exp", 2, "arm"),
+            keys.sequential("exp", 2),
+            keys.spend("k", "key_1", "2026-11"),
+            keys.spend_day("2026-11-30"),
+            keys.history("exp"),
+            keys.decision_lock("exp"),
+            keys.review("exp"),
+            keys.build_lock("exp"),
+            keys.run_lock("exp"),
+            keys.job("job_1"),
+            keys.trained("exp"),
+            *(getattr(keys, name) for name in CONSTANTS),
+        ]
+
+    before = keys.CLUSTER
+    try:
+        keys.configure(False)
+        plain = every_name()
+        keys.configure(True)
+        clustered = every_name()
+    finally:
+        keys.configure(before)
+    assert len(plain) == 31 and all(n.startswith("fw:") for n in plain)
+    assert [keys.cluster_name(n) for n in plain] == clustered
+    slot = {n: key_slot(n.encode()) for n in clustered}
+    assert len({slot[n] for n in clustered if n.startswith("{fw}:")}) == 1
+    assert slot["fw:rl:{key_1}:req"] == slot["fw:rl:{key_1}:tok"]
