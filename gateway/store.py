@@ -34,12 +34,12 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
@@ -231,8 +231,27 @@ class _Cluster(RedisCluster):
             raise RedisConnectionError("No connection available.") from None
         try:
             return await super().execute_command(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise _uncovered(exc) from exc
         finally:
             self._permits.release()
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py does
+
+
+class _ClusterPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except SlotNotCoveredError as exc:
+            raise _uncovered(exc) from exc
+
+
+def _uncovered(exc: SlotNotCoveredError) -> RedisConnectionError:
+    """A slot with no master for the moment (a failover): unavailable, as a dead server
+    is (callers handle ``RedisError``; this one is not)."""
+    return RedisConnectionError(f"Redis Cluster: {exc}")
 
 
 async def mget(client: aioredis.Redis, names: Sequence[str]) -> list[Any]:

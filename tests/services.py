@@ -218,19 +218,23 @@ def distinct_free_ports(n: int) -> list[int]:
 
 
 class RedisClusterProcess:
-    """A real Redis Cluster of ``masters`` redis-servers (no replicas) on fresh ports.
+    """A real Redis Cluster of ``masters`` redis-servers (and ``replicas`` per master) on
+    fresh ports.
 
     Each node gets an explicit bus port (``port + 10000`` may be taken) and a fresh
     directory; ``redis-cli --cluster create`` assigns the 16384 slots, and ``start()``
-    returns once every node reports ``cluster_state:ok``. ``stop()`` stops every node,
-    also after a failed start.
+    returns once every node reports ``cluster_state:ok`` (and every replica is in sync).
+    ``stop()`` stops every node, also after a failed start.
     """
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0) -> None:
         self.workdir = workdir
-        ports = distinct_free_ports(2 * masters)
-        self.ports, self.bus_ports = ports[:masters], ports[masters:]
+        self.replicas = replicas
+        n = masters * (1 + replicas)
+        ports = distinct_free_ports(2 * n)
+        self.ports, self.bus_ports = ports[:n], ports[n:]
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.by_port: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -268,6 +272,8 @@ class RedisClusterProcess:
                             "yes",
                             "--save",
                             "",
+                            "--repl-diskless-sync-delay",
+                            "0",
                             "--dir",
                             str(node_dir),
                             "--logfile",
@@ -287,7 +293,7 @@ class RedisClusterProcess:
                         time.sleep(0.05)
             created = subprocess.run(
                 [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
-                + ["--cluster-replicas", "0", "--cluster-yes"],
+                + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -296,15 +302,25 @@ class RedisClusterProcess:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
             for port in self.ports:
                 node = redis.Redis(port=port, socket_timeout=0.5)
-                while node.cluster("info").get("cluster_state") != "ok":
+                while node.cluster("info").get("cluster_state") != "ok" or (
+                    node.info("replication").get("role") == "slave"
+                    and node.info("replication").get("master_link_status") != "up"
+                ):
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"cluster node {port} never reported cluster_state:ok")
                     time.sleep(0.1)
                 node.close()
+            self.by_port = dict(zip(self.ports, self.procs, strict=True))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def kill(self, port: int) -> None:
+        """``kill -9`` one node."""
+        proc = self.by_port[port]
+        proc.kill()
+        proc.wait(10)
 
     def stop(self) -> None:
         for proc in self.procs:
