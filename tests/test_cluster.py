@@ -34,14 +34,12 @@ from redis.exceptions import MovedError
 from gateway import keys
 from retrain.dataset import latest_version
 
-from .conftest import ADMIN_KEY, API_KEY
+from .conftest import ADMIN, API_KEY, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import fixed_config
+from .polling import eventually
 from .services import GatewayProcess, RedisClusterProcess, RedisProcess
 from .test_dataset import lines, serve_and_rate, sft
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CLIENT = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="session")
@@ -169,15 +167,12 @@ def test_chat_is_served_logged_and_records_spread_over_every_master(
     ids = [answer.id] + [chat(cluster_gateway, "default", f"u-{i}") for i in range(40)]
 
     r = client_of(redis_cluster)
-    deadline = time.monotonic() + 10
-    while r.get(keys.interaction(ids[-1])) is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # the log writer batches
-    records = r.mget_nonatomic([keys.interaction(i) for i in ids])
-    assert all(records), "every interaction is logged"
-    day_spend = r.hgetall(keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime())))
-    while not day_spend and time.monotonic() < deadline:
-        time.sleep(0.05)  # the spend sync runs every 0.1 s
-        day_spend = r.hgetall(keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime())))
+    names = [keys.interaction(i) for i in ids]
+    eventually(  # the log writer batches
+        lambda: all(r.mget_nonatomic(names)), "every interaction is logged"
+    )
+    day = keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
+    day_spend = eventually(lambda: r.hgetall(day), "the spend sync (every 0.1 s) ran")
     assert float(day_spend["m:fixed-a"]) > 0
     r.close()
 
@@ -463,12 +458,12 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
         # sync cluster client, reading right after the failover, left a socket unclosed
         # (a ResourceWarning, which fails the run).
         live = [p for p in cluster.ports if p != shared_master]
-        wait = time.monotonic() + 30
-        missing = served
-        while missing and time.monotonic() < wait:
-            time.sleep(0.2)  # the log writer retries what it could not write
-            missing = [i for i in served if not on_any_node(live, "EXISTS", keys.interaction(i))]
-        assert not missing, f"{len(missing)} of {len(served)} interactions lost"
+        eventually(  # the log writer retries what it could not write
+            lambda: all(on_any_node(live, "EXISTS", keys.interaction(i)) for i in served),
+            f"none of the {len(served)} interactions served after the kill is lost",
+            timeout_s=30,
+            every_s=0.2,
+        )
         assert on_any_node(live, "HKEYS", keys.feedback(accepted)) == ["during"]
     finally:
         if gw is not None:
