@@ -2,7 +2,7 @@
 
 ::
 
-    retrain run --experiment NAME [--provider local|openai] [--config FILE]
+    retrain run --experiment NAME [--provider local|openai] [--processes N] [--config FILE]
     retrain eval --candidate MODEL --control MODEL [--dataset DIR] [--golden FILE]
                  [--judge MODEL] [--out FILE.json] [--config FILE]
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", required=True)
     run.add_argument(
         "--provider", choices=("local", "openai"), default=None, help="default: retrain.provider"
+    )
+    run.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local: train in N processes, one per GPU (default: retrain.local.processes)",
     )
     run.add_argument("--config", default=None)
     ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
@@ -282,7 +289,22 @@ def _jobs(args: argparse.Namespace) -> int:
     client = connect(settings)
     store = JobStore(client)
     if args.command == "run":
+        from pydantic import ValidationError
+
+        from gateway.config import LocalTraining
         from retrain.cycle import run
+
+        if args.processes is not None:
+            try:
+                local = LocalTraining.model_validate(
+                    {**settings.retrain.local.model_dump(), "processes": args.processes}
+                )
+            except ValidationError as exc:
+                why = "; ".join(str(e["msg"]) for e in exc.errors())
+                print(f"retrain run: --processes {args.processes}: {why}", file=sys.stderr)
+                return 2
+            retrain = settings.retrain.model_copy(update={"local": local})
+            settings = settings.model_copy(update={"retrain": retrain})
 
         result = run(
             client,

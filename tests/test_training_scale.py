@@ -1,0 +1,162 @@
+"""Training at scale on CPU: two processes (gloo) against one, and what is refused here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import LocalTraining
+from retrain.local_train import problems, train
+
+ORDERS = [1111, 2345, 5678, 9012, 3456, 7890, 4321, 8765, 5555, 6543]
+
+
+def order_dataset(root: Path) -> Path:
+    """Ten conversations of the same token length: 8 to train, 2 to validate."""
+
+    def row(n: int) -> str:
+        return json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Can I return order {n}?"},
+                    {"role": "assistant", "content": f"Yes: order {n} can be returned."},
+                ]
+            }
+        )
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.jsonl").write_text("\n".join(row(n) for n in ORDERS[:8]) + "\n")
+    (root / "validation.jsonl").write_text("\n".join(row(n) for n in ORDERS[8:]) + "\n")
+    return root
+
+
+def token_lengths(model: Path, data: Path) -> set[int]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    lines = (data / "train.jsonl").read_text().splitlines()
+    rows = [json.loads(line)["messages"] for line in lines]
+    return {len(tok.apply_chat_template(m, tokenize=True)["input_ids"]) for m in rows}
+
+
+def adapter_weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def training_processes(marker: Path) -> list[str]:
+    """Command lines of live processes that mention ``marker`` (a run's directory)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(marker) in cmd and int(pid) != os.getpid():
+            found.append(cmd)
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_train_the_same_adapter_as_one_with_the_same_rows_per_step(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    data = order_dataset(tmp_path / "data")
+    # Rows of one length: the per-process token averages equal the global one, so two
+    # processes of 2 rows each must follow one process of 4 rows step for step.
+    assert len(token_lengths(tiny_model, data)) == 1
+    runs: dict[int, list[dict[str, Any]]] = {}
+    summaries: dict[int, dict[str, Any]] = {}
+    for n in (1, 2):
+        rows: list[dict[str, Any]] = []
+        checkpoints: list[int] = []
+        cfg = LocalTraining(
+            max_steps=8, learning_rate=1e-2, batch_size=4, patience=100, processes=n
+        )
+        summaries[n] = train(
+            data,
+            tmp_path / f"adapter-{n}",
+            cfg,
+            base_model=str(tiny_model),
+            checkpoint_dir=tmp_path / "checkpoints" / f"run-{n}",
+            on_log=rows.append,
+            on_checkpoint=checkpoints.append,
+        )
+        runs[n] = rows
+        # Reported once each (rank 0 only), as they came: every step, every evaluation.
+        assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+        assert [r["step"] for r in rows if "eval_loss" in r] == list(range(0, 9))
+        assert checkpoints == list(range(1, 9))
+    assert summaries[1]["processes"] == 1 and summaries[2]["processes"] == 2
+    assert summaries[2]["steps"] == 8 and not summaries[2]["cancelled"]
+    for one, two in zip(runs[1], runs[2], strict=True):
+        assert one["step"] == two["step"]
+        for key in ("loss", "eval_loss"):
+            if key in one:
+                assert two[key] == pytest.approx(one[key], abs=1e-4), (key, one, two)
+    assert runs[2][-1]["eval_loss"] < runs[2][0]["eval_loss"] - 0.5  # it learned
+    w1, w2 = adapter_weights(tmp_path / "adapter-1"), adapter_weights(tmp_path / "adapter-2")
+    assert w1.keys() == w2.keys()
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+    # One adapter, in vLLM's layout; the launch's own files are gone, no rank is left.
+    assert sorted(p.name for p in (tmp_path / "adapter-2").iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["run-1", "run-2"]
+    assert training_processes(tmp_path) == []
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_stop_together_when_asked_and_leave_no_process(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    data = order_dataset(tmp_path / "data")
+    steps: list[int] = []
+    cfg = LocalTraining(max_steps=5000, learning_rate=1e-3, batch_size=4, processes=2)
+    summary = train(
+        data,
+        tmp_path / "adapter",
+        cfg,
+        base_model=str(tiny_model),
+        checkpoint_dir=tmp_path / "checkpoints" / "run",
+        on_log=lambda r: steps.append(r["step"]),
+        should_stop=lambda: len(steps) >= 5,
+    )
+    assert summary["cancelled"] and summary["processes"] == 2
+    assert summary["steps"] < 1000
+    assert training_processes(tmp_path) == []
+
+
+def test_sharding_and_qlora_are_refused_on_a_machine_without_gpus() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: nothing is refused")
+    (fsdp,) = problems(LocalTraining(processes=2, distributed="fsdp"))
+    assert "fsdp shards the model between GPUs and there is none here" in fsdp
+    assert "quietly run as DDP" in fsdp
+    assert problems(LocalTraining(processes=2, distributed="deepspeed"))
+    assert problems(LocalTraining(processes=2)) == []  # DDP over gloo works on CPU
+    (qlora,) = problems(LocalTraining(quantization="4bit"))
+    assert "4bit (QLoRA) needs a CUDA GPU and there is none here" in qlora
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        train(
+            Path("/nonexistent"),
+            Path("/nonexistent"),
+            LocalTraining(quantization="4bit"),
+            base_model="x",
+            checkpoint_dir=Path("/nonexistent"),
+        )
+
+
+def test_the_batch_must_split_evenly_between_processes() -> None:
+    with pytest.raises(ValidationError, match="does not split evenly between 3 processes"):
+        LocalTraining(batch_size=4, processes=3)
