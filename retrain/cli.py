@@ -9,6 +9,7 @@
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
+    retrain export MODEL --out DIR [--merged] [--base MODEL] [--config FILE]
     retrain export-feedback --since DATE --out FILE.jsonl [--tenant T] [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
     retrain tiny-adapter --model DIR --out DIR [--seed N]
@@ -67,6 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL output")
     export.add_argument("--tenant", default=None, help="only this tenant's responses")
     export.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
+
+    ship = commands.add_parser(
+        "export",
+        help="write a trained adapter, or with --merged the model with it merged in, to a "
+        "directory (to serve as a plain model, or to ship)",
+    )
+    ship.add_argument("model", help="a model name the gateway serves, or an adapter directory")
+    ship.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new directory")
+    ship.add_argument(
+        "--merged", action="store_true", help="merge the adapter into its base (merge_and_unload)"
+    )
+    ship.add_argument(
+        "--base",
+        default=None,
+        metavar="MODEL",
+        help="the base model (default: the one it was trained on)",
+    )
+    ship.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
     build.add_argument("--experiment", required=True, help="whose ratings")
@@ -177,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {n} rated responses to {args.out}")
         return 0
+    if args.command == "export":
+        return _export(args)
     if args.command == "build":
         return _build(args)
     if args.command == "eval":
@@ -201,6 +222,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stored {n} corrections; the next build uses them")
         return 0
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse guarantees one
+
+
+def _export(args: argparse.Namespace) -> int:
+    from retrain.export import ExportError, export
+
+    adapter, base = Path(args.model), args.base
+    if not adapter.is_dir():  # a model name: the gateway knows its adapter
+        from gateway.cli import load_config_or_exit
+        from retrain.feedback_log import connect
+        from retrain.gateway_client import Gateway, GatewayUnavailable
+        from retrain.jobs import JobStore
+
+        settings = load_config_or_exit(args.config)
+        try:
+            info = Gateway(settings).model(args.model)
+        except GatewayUnavailable as exc:
+            print(f"retrain export: {args.model}: {exc}", file=sys.stderr)
+            return 1
+        if not info.get("adapter_path"):
+            print(
+                f"retrain export: {args.model} is not served from an adapter "
+                f"(it is {info.get('model')} on {info.get('upstream')}): nothing to export",
+                file=sys.stderr,
+            )
+            return 2
+        adapter = Path(info["adapter_path"])
+        job_id = (info.get("lineage") or {}).get("job")
+        job = JobStore(connect(settings)).get(job_id) if job_id else None
+        base = base or (job or {}).get("base_model") or settings.retrain.local.base_model
+    try:
+        out = export(adapter, args.out, merged=args.merged, base=base)
+    except ExportError as exc:
+        print(f"retrain export: {exc}", file=sys.stderr)
+        return 2
+    what = "merged model (serve it as a plain model)" if args.merged else "adapter"
+    print(f"wrote the {what} of {args.model} to {out}")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -1,17 +1,34 @@
-"""Training at scale on CPU: two processes (gloo) against one, and what is refused here."""
+"""Training at scale on CPU: two processes (gloo) against one, a merged export served by
+vLLM as a plain model, and what this machine refuses (QLoRA, sharding)."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
+import redis
 from pydantic import ValidationError
 
 from gateway.config import LocalTraining
+from localstack import VLLMServer, make_test_adapter
+from retrain.jobs import JobStore
 from retrain.local_train import problems, train
+
+from .services import GatewayProcess, RedisProcess
+from .test_flywheel import (
+    ADMIN,
+    answers_a_trained_correction,
+    config_for,
+    rated_experiment,
+    retrain,
+)
 
 ORDERS = [1111, 2345, 5678, 9012, 3456, 7890, 4321, 8765, 5555, 6543]
 
@@ -160,3 +177,130 @@ def test_sharding_and_qlora_are_refused_on_a_machine_without_gpus() -> None:
 def test_the_batch_must_split_evenly_between_processes() -> None:
     with pytest.raises(ValidationError, match="does not split evenly between 3 processes"):
         LocalTraining(batch_size=4, processes=3)
+
+
+def no_gpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(600)
+def test_retrain_run_in_two_processes_registers_one_canary_that_learned(
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model)
+    run = retrain(config, "run", "--experiment", exp, "--processes", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "is a canary of" in run.stdout
+    (job,) = [
+        j
+        for j in JobStore(redis.Redis.from_url(redis_server.url)).list(200)
+        if j["experiment"] == exp
+    ]
+    assert job["status"] == "registered" and job["training"]["processes"] == 2
+    steps = [row["step"] for row in job["loss"] if "loss" in row]
+    assert steps == list(range(1, job["training"]["steps"] + 1))  # rank 0 alone reported
+    # One adapter written, one model registered, and it answers a trained correction.
+    adapters = [p for p in (tmp_path / "adapters").iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in adapters] == [job["model_name"]]
+    models = httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
+    assert [m["id"] for m in models if m["id"].startswith(exp)] == [job["model_name"]]
+    assert answers_a_trained_correction(gateway, exp, tmp_path)
+
+
+@pytest.mark.vllm
+def test_qlora_and_an_uneven_split_are_refused_before_anything_is_consumed(
+    gateway: GatewayProcess,
+    vllm: VLLMServer,
+    redis_server: RedisProcess,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    if not no_gpu():
+        pytest.skip("this machine has a GPU: QLoRA is not refused")
+    exp, config = rated_experiment(gateway, tmp_path, tiny_model, quantization="4bit")
+    refused = retrain(config, "run", "--experiment", exp)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "nothing was consumed" in refused.stderr
+    assert "retrain.local.quantization: 4bit (QLoRA) needs a CUDA GPU" in refused.stderr
+    uneven = retrain(
+        config_for(gateway, tmp_path, tiny_model), "run", "--experiment", exp, "--processes", "3"
+    )
+    assert uneven.returncode == 2
+    assert "batch_size 4 does not split evenly between 3 processes" in uneven.stderr
+    assert not (tmp_path / "datasets" / exp).exists()
+    jobs = JobStore(redis.Redis.from_url(redis_server.url)).list(200)
+    assert not [j for j in jobs if j["experiment"] == exp]
+
+
+def test_export_copies_an_adapter_and_refuses_a_used_directory(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    adapter = make_test_adapter(tiny_model, tmp_path / "adapter")
+    copied = retrain_cli("export", str(adapter), "--out", str(tmp_path / "copy"))
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "copy" / "adapter_config.json").is_file()
+    mode = (tmp_path / "copy" / "adapter_model.safetensors").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o644
+    again = retrain_cli("export", str(adapter), "--merged", "--out", str(tmp_path / "copy"))
+    assert again.returncode == 2 and "not empty" in again.stderr
+    assert not (tmp_path / "copy" / "config.json").exists()  # nothing merged into it
+
+
+def retrain_cli(*args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "retrain", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def chat(base_url: str, model: str, question: str) -> str:
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0) as client:
+        answer = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=24,
+        )
+    return answer.choices[0].message.content or ""
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(600)
+def test_a_merged_export_is_served_by_vllm_as_a_plain_model_and_answers_like_the_adapter(
+    gateway: GatewayProcess, vllm: VLLMServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    adapter = make_test_adapter(tiny_model, tmp_path / "adapter", seed=7)
+    name = f"export-{uuid.uuid4().hex[:6]}"
+    body = {"name": name, "upstream": "local", "model": name, "adapter_path": str(adapter)}
+    registered = httpx.post(f"{gateway.url}/admin/models", headers=ADMIN, json=body, timeout=60)
+    assert registered.is_success, registered.text
+    try:
+        config = config_for(gateway, tmp_path, tiny_model)
+        out = tmp_path / "merged"
+        exported = retrain_cli(
+            "export", name, "--merged", "--out", str(out), "--config", str(config)
+        )
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+        assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
+        for path in out.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        questions = [f"Can I return {item}?" for item in ("shoes", "hats", "a lamp")]
+        with VLLMServer(
+            out, log_path=tmp_path / "vllm-merged.log", served_model_name="merged"
+        ) as plain:
+            merged = [chat(plain.base_url, "merged", q) for q in questions]
+        with_adapter = [chat(vllm.base_url, name, q) for q in questions]
+        base = [chat(vllm.base_url, "base", q) for q in questions]
+        assert merged == with_adapter
+        assert with_adapter != base  # the adapter changes the answers: the merge carried it
+    finally:
+        httpx.delete(f"{gateway.url}/admin/models/{name}", headers=ADMIN, timeout=60)
