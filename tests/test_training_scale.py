@@ -304,3 +304,22 @@ def test_a_merged_export_is_served_by_vllm_as_a_plain_model_and_answers_like_the
         assert with_adapter != base  # the adapter changes the answers: the merge carried it
     finally:
         httpx.delete(f"{gateway.url}/admin/models/{name}", headers=ADMIN, timeout=60)
+
+
+def test_bench_train_measures_tokens_per_second_on_cpu(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    if not no_gpu():
+        pytest.skip("a GPU machine: run bench/train there with the model shape of the README")
+
+    out = tmp_path / "train-bench.json"
+    argv = [sys.executable, "-m", "bench", "train", "--small", "--batch", "2", "--seq", "64"]
+    argv += ["--steps", "2", "--warmup", "1", "--variants", "naive,liger", "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| naive |" in done.stdout and "tokens/s" in done.stdout
+    assert "liger: skipped" in done.stderr  # a GPU-only kernel is skipped, not faked
+    (naive,) = json.loads(out.read_text())["results"]
+    assert naive["variant"] == "naive" and naive["tokens_per_s"] > 0
+    assert naive["loss"] > 0 and naive["mfu"] is None  # no known peak for a CPU
