@@ -181,6 +181,22 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
         assert one(which, "Secret")["type"] == "Opaque"
 
 
+def test_a_retrain_job_with_several_gpus_trains_in_one_process_per_gpu() -> None:
+    for job in find("production", "CronJob"):  # gpus: 2
+        c = container(job)
+        assert c["args"][4:] == ["--processes", "2"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == 2
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+        volumes = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        (shm,) = [v for v in volumes if v["name"] == "dshm"]
+        assert shm["emptyDir"]["medium"] == "Memory"
+    for job in find("default", "CronJob"):  # gpus: 0, on CPU
+        c = container(job)
+        assert "--processes" not in c["args"] and "nvidia.com/gpu" not in c["resources"]["limits"]
+        assert all(m["name"] != "dshm" for m in c["volumeMounts"])
+
+
 def test_rules_and_dashboard_ship_as_the_tested_files() -> None:
     rule = one("production", "PrometheusRule")
     assert rule["spec"] == yaml.safe_load(ALERTS.read_text())
