@@ -9,6 +9,7 @@
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
+    retrain join-training [--launch-dir DIR]
     retrain export MODEL --out DIR [--merged] [--base MODEL] [--config FILE]
     retrain export-feedback --since DATE --out FILE.jsonl [--tenant T] [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
@@ -68,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL output")
     export.add_argument("--tenant", default=None, help="only this tenant's responses")
     export.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
+
+    joiner = commands.add_parser(
+        "join-training",
+        help="on another machine of a multi-node training (PyTorchJob worker): wait for the "
+        "first machine's retrain run to start training, and train with it",
+    )
+    joiner.add_argument(
+        "--launch-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the shared directory the first machine writes to (default: $FLYWHEEL_LAUNCH_DIR)",
+    )
 
     ship = commands.add_parser(
         "export",
@@ -196,6 +210,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {n} rated responses to {args.out}")
         return 0
+    if args.command == "join-training":
+        import os
+
+        from retrain.local_train import LAUNCH_DIR_ENV, join
+
+        launch_dir = args.launch_dir or os.environ.get(LAUNCH_DIR_ENV)
+        if not launch_dir:
+            print(f"retrain join-training: --launch-dir or ${LAUNCH_DIR_ENV}", file=sys.stderr)
+            return 2
+        try:
+            return join(Path(launch_dir))
+        except ValueError as exc:
+            print(f"retrain join-training: {exc}", file=sys.stderr)
+            return 2
     if args.command == "export":
         return _export(args)
     if args.command == "build":

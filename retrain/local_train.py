@@ -37,11 +37,13 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,7 @@ def train(
     refused = problems(cfg)
     if refused:
         raise ValueError("; ".join(refused))
-    if cfg.processes > 1:
+    if cfg.processes > 1 or Nodes.from_env() is not None:
         return launch(
             dataset_path,
             out_dir,
@@ -353,16 +355,51 @@ def train_here(
     }
 
 
-def launch_command(cfg: LocalTraining, spec: Path, *, gpu: bool) -> list[str]:
-    """``accelerate launch`` of :mod:`retrain.train_worker` in ``cfg.processes`` processes.
+LAUNCH_DIR_ENV = "FLYWHEEL_LAUNCH_DIR"
 
-    One machine; the rendezvous port is picked free (``--main_process_port 0``). On CPU it
+
+@dataclass
+class Nodes:
+    """Several machines, as a multi-node operator describes them to each pod (torchrun's
+    ``PET_*`` variables, which Kubeflow's PyTorchJob sets)."""
+
+    count: int
+    rank: int
+    master_addr: str
+    master_port: str
+
+    @classmethod
+    def from_env(cls) -> Nodes | None:
+        count = int((os.environ.get("PET_NNODES") or "1").split(":")[-1])
+        if count <= 1:
+            return None
+        return cls(
+            count=count,
+            rank=int(os.environ.get("PET_NODE_RANK", "0")),
+            master_addr=os.environ.get("PET_MASTER_ADDR") or os.environ["MASTER_ADDR"],
+            master_port=os.environ.get("PET_MASTER_PORT") or os.environ.get("MASTER_PORT", "23456"),
+        )
+
+
+def launch_command(
+    cfg: LocalTraining, spec: Path, *, gpu: bool, nodes: Nodes | None = None
+) -> list[str]:
+    """``accelerate launch`` of :mod:`retrain.train_worker` in ``cfg.processes`` processes
+    (per machine, with ``nodes``).
+
+    One machine: the rendezvous port is picked free (``--main_process_port 0``). On CPU it
     is DDP over gloo: ``--multi_gpu`` is what starts several processes there
     (``--cpu --num_processes N`` quietly starts one).
     """
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd += ["--num_processes", str(cfg.processes), "--num_machines", "1"]
-    cmd += ["--main_process_port", "0", "--dynamo_backend", "no"]
+    if nodes is None:
+        cmd += ["--num_processes", str(cfg.processes), "--num_machines", "1"]
+        cmd += ["--main_process_port", "0"]
+    else:
+        cmd += ["--num_processes", str(cfg.processes * nodes.count)]
+        cmd += ["--num_machines", str(nodes.count), "--machine_rank", str(nodes.rank)]
+        cmd += ["--main_process_ip", nodes.master_addr, "--main_process_port", nodes.master_port]
+    cmd += ["--dynamo_backend", "no"]
     if cfg.distributed == "fsdp":
         cmd += [
             "--use_fsdp",
@@ -410,24 +447,38 @@ def launch(
     way out (error, Ctrl-C, SIGTERM); if this process is killed outright, the ranks see
     that it is gone at their next step and stop.
     """
+    import shutil
+
     import torch
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="launch-", dir=checkpoint_dir.parent))
-    spec = run_dir / "spec.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "dataset": str(dataset_path),
-                "out": str(out_dir),
-                "cfg": cfg.model_dump(mode="json"),
-                "base_model": base_model,
-                "checkpoint_dir": str(checkpoint_dir),
-                "run_dir": str(run_dir),
-                "parent_pid": os.getpid(),
-            }
+    nodes = Nodes.from_env()
+    if nodes is None:
+        run_dir = Path(tempfile.mkdtemp(prefix="launch-", dir=checkpoint_dir.parent))
+    else:  # the other machines wait for the spec there (retrain join-training)
+        if not os.environ.get(LAUNCH_DIR_ENV):
+            raise ValueError(f"training on {nodes.count} machines needs {LAUNCH_DIR_ENV}")
+        run_dir = Path(os.environ[LAUNCH_DIR_ENV])
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+    world = cfg.processes * (nodes.count if nodes else 1)
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} does not split evenly between {world} processes"
         )
-    )
+    spec = run_dir / "spec.json"
+    doc = {
+        "dataset": str(dataset_path),
+        "out": str(out_dir),
+        "cfg": cfg.model_dump(mode="json"),
+        "base_model": base_model,
+        "checkpoint_dir": str(checkpoint_dir),
+        "run_dir": str(run_dir),
+        "parent_pid": os.getpid(),
+        "parent_host": socket.gethostname(),
+    }
+    (run_dir / "spec.tmp").write_text(json.dumps(doc))
+    (run_dir / "spec.tmp").rename(spec)  # whole, for a machine that waits for it
     gpu = torch.cuda.is_available()
     env = dict(os.environ)
     if not gpu:  # the ranks share the cores instead of each taking them all
@@ -457,7 +508,7 @@ def launch(
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                launch_command(cfg, spec, gpu=gpu),
+                launch_command(cfg, spec, gpu=gpu, nodes=nodes),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -481,9 +532,30 @@ def launch(
             )
         return summary
     finally:
-        import shutil
-
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def join(launch_dir: Path, *, poll_s: float = 1.0) -> int:
+    """One more machine of a multi-node training: wait for the spec the first machine
+    writes to ``launch_dir`` (a shared volume), then launch this machine's processes."""
+    import torch
+
+    nodes = Nodes.from_env()
+    if nodes is None:
+        raise ValueError("joining a training needs PET_NNODES above 1 (a multi-node operator)")
+    spec = launch_dir / "spec.json"
+    while not spec.exists():
+        time.sleep(poll_s)
+    cfg = LocalTraining.model_validate(json.loads(spec.read_text())["cfg"])
+    proc = subprocess.Popen(
+        launch_command(cfg, spec, gpu=torch.cuda.is_available(), nodes=nodes),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        return proc.wait()
+    finally:
+        _stop_group(proc)
 
 
 def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

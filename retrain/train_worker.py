@@ -4,13 +4,15 @@ Started by ``accelerate launch ... -m retrain.train_worker SPEC.json`` (see
 :func:`retrain.local_train.launch`): every rank trains; rank 0 alone appends its
 reports (loss rows, checkpoints, the final summary) to ``events.jsonl`` in the run
 directory and writes the adapter. A rank stops at its next step when the run directory
-holds a ``stop`` file or the process that launched the group is gone.
+holds a ``stop`` file or the process that launched the training is gone (as seen from
+its machine; with several machines the run directory is on a shared volume).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,11 @@ def main(argv: list[str]) -> int:
     events = run_dir / "events.jsonl"
     main_rank = int(os.environ.get("RANK", "0")) == 0
 
+    here = socket.gethostname() == spec["parent_host"]
+
+    def launcher_alive() -> bool:  # seen from its own machine only
+        return not here or _alive(spec["parent_pid"])
+
     def emit(kind: str, **fields: Any) -> None:
         if main_rank:
             with open(events, "a", encoding="utf-8") as f:
@@ -49,7 +56,7 @@ def main(argv: list[str]) -> int:
         checkpoint_dir=Path(spec["checkpoint_dir"]),
         on_log=lambda row: emit("log", row=row),
         on_checkpoint=lambda step: emit("checkpoint", step=step),
-        should_stop=lambda: (run_dir / "stop").exists() or not _alive(spec["parent_pid"]),
+        should_stop=lambda: (run_dir / "stop").exists() or not launcher_alive(),
     )
     emit("summary", summary=summary)
     return 0

@@ -132,6 +132,67 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_rows_per_step
 
 
 @pytest.mark.timeout(300)
+def test_two_machines_train_like_one_machine_with_both_processes(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two "machines" on this one, each with one process, as a multi-node operator
+    describes them (torchrun's PET_* variables); the second joins with
+    ``retrain join-training``. The result is the one-process training of the same rows."""
+    import subprocess
+    import sys
+
+    from localstack import free_port
+
+    data = order_dataset(tmp_path / "data")
+    launch_dir = tmp_path / "shared" / "launch"
+    nodes = {
+        "PET_NNODES": "2",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(free_port()),
+        "FLYWHEEL_LAUNCH_DIR": str(launch_dir),
+    }
+    second = subprocess.Popen(
+        [sys.executable, "-m", "retrain", "join-training"],
+        env={**os.environ, **nodes, "PET_NODE_RANK": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        cfg = LocalTraining(max_steps=4, learning_rate=1e-2, batch_size=4, patience=100)
+        one = train(
+            data,
+            tmp_path / "adapter-1",
+            cfg,
+            base_model=str(tiny_model),
+            checkpoint_dir=tmp_path / "checkpoints" / "one",
+        )
+        for name, value in {**nodes, "PET_NODE_RANK": "0"}.items():
+            monkeypatch.setenv(name, value)
+        rows: list[dict[str, Any]] = []
+        two = train(
+            data,
+            tmp_path / "adapter-2",
+            cfg,
+            base_model=str(tiny_model),
+            checkpoint_dir=tmp_path / "checkpoints" / "two",
+            on_log=rows.append,
+        )
+        out, _ = second.communicate(timeout=120)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    assert second.returncode == 0, out
+    assert one["processes"] == 1 and two["processes"] == 2 and two["steps"] == 4
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert two["eval_loss_last"] == pytest.approx(one["eval_loss_last"], abs=1e-4)
+    w1, w2 = adapter_weights(tmp_path / "adapter-1"), adapter_weights(tmp_path / "adapter-2")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+    assert not launch_dir.exists()  # the spec is gone: no later join trains it again
+
+
+@pytest.mark.timeout(300)
 def test_two_processes_stop_together_when_asked_and_leave_no_process(
     tiny_model: Path, tmp_path: Path
 ) -> None:
