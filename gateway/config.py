@@ -379,6 +379,9 @@ class OpenAITraining(_Strict):
     learning_rate_multiplier: float | Literal["auto"] = Field(
         "auto", description="above 0, or auto"
     )
+    beta: Annotated[float, Field(gt=0, le=2)] | Literal["auto"] = Field(
+        "auto", description="dpo: how far from the base it may move, in (0, 2], or auto"
+    )
     poll_s: float = Field(10.0, gt=0, description="how often the job's status is read")
 
 

@@ -4,7 +4,8 @@ Supervised (``sft``): each ``train.jsonl`` line becomes a conversational
 prompt–completion row (the conversation, then the assistant answer), so TRL's
 ``SFTTrainer`` computes the loss on the answer only. Preference (``dpo``): each
 ``preference.jsonl`` pair becomes ``prompt``/``chosen``/``rejected`` for
-``DPOTrainer`` (the reference model is the base with the adapter disabled).
+``DPOTrainer`` (the reference model is the base with the adapter disabled), with the
+held-out pairs of ``preference_validation.jsonl`` as its validation set.
 
 The adapter is written in the layout vLLM loads — ``adapter_config.json`` and
 ``adapter_model.safetensors``, ``bias="none"``, no ``modules_to_save``, no DoRA, a rank
@@ -224,7 +225,7 @@ def train_here(
     main = int(os.environ.get("RANK", "0")) == 0
     if cfg.method == "dpo":
         train_rows = dpo_rows(_jsonl(dataset_path / "preference.jsonl"))
-        eval_rows: list[dict[str, Any]] = []
+        eval_rows = dpo_rows(_jsonl(dataset_path / "preference_validation.jsonl"))
     else:
         train_rows = sft_rows(_jsonl(dataset_path / "train.jsonl"))
         eval_rows = sft_rows(_jsonl(dataset_path / "validation.jsonl"))
@@ -313,6 +314,7 @@ def train_here(
             model=model,
             args=DPOConfig(beta=cfg.dpo_beta, max_length=cfg.max_length, **common),
             train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
             peft_config=peft_config,
             callbacks=[Progress()],
         )

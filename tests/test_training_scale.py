@@ -384,3 +384,28 @@ def test_bench_train_measures_tokens_per_second_on_cpu(tmp_path: Path) -> None:
     (naive,) = json.loads(out.read_text())["results"]
     assert naive["variant"] == "naive" and naive["tokens_per_s"] > 0
     assert naive["loss"] > 0 and naive["mfu"] is None  # no known peak for a CPU
+
+
+def test_local_dpo_measures_its_validation_loss_on_held_out_pairs(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from .test_training import write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    pairs = (data / "preference.jsonl").read_text().splitlines()
+    (data / "preference.jsonl").write_text("\n".join(pairs[:2]) + "\n")
+    (data / "preference_validation.jsonl").write_text("\n".join(pairs[2:]) + "\n")
+    rows: list[dict[str, Any]] = []
+    cfg = LocalTraining(method="dpo", max_steps=4, learning_rate=1e-3, batch_size=2)
+    summary = train(
+        data,
+        tmp_path / "adapter",
+        cfg,
+        base_model=str(tiny_model),
+        checkpoint_dir=tmp_path / "checkpoints",
+        on_log=rows.append,
+    )
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2, 3, 4]
+    assert evals[0]["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: no preference yet
+    assert summary["eval_loss_last"] < summary["eval_loss_first"]
