@@ -355,6 +355,11 @@ class LocalTraining(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, slower"
     )
+    keep_failed_adapters: bool = Field(
+        False,
+        description="keep the adapter directories of rejected, failed and cancelled jobs "
+        "(false: removed once the job ends so; registered ones are always kept)",
+    )
 
     @model_validator(mode="after")
     def _batch_splits(self) -> LocalTraining:

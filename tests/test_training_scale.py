@@ -409,3 +409,85 @@ def test_local_dpo_measures_its_validation_loss_on_held_out_pairs(
     assert [r["step"] for r in evals] == [0, 1, 2, 3, 4]
     assert evals[0]["eval_loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: no preference yet
     assert summary["eval_loss_last"] < summary["eval_loss_first"]
+
+
+def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
+    redis_server: RedisProcess, tmp_path: Path, check_schema: Any
+) -> None:
+    """A run that died leaves a job unfinished; the next run's recovery cancels its OpenAI
+    job (else it runs on, billing for a result no one waits for) and removes the adapter
+    directory of a dead local job, unless told to keep it."""
+    import socket
+
+    import yaml
+
+    from gateway.config import load_settings
+    from retrain.cycle import recover
+    from retrain.gateway_client import Gateway
+    from retrain.openai_ft import OpenAIProvider
+
+    from .openai_ft_server import FineTuningServer
+    from .test_training import write_dataset
+
+    server = FineTuningServer().start()
+    try:
+
+        def settings(keep: bool) -> Any:
+            doc = {
+                "redis_url": redis_server.url,
+                "auth": {"api_keys": [{"key": "sk-test-0123456789abcdef", "name": "t"}]},
+                "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1"}},
+                "models": {"base": {"upstream": "local", "model": "base"}},
+                "retrain": {
+                    "gateway_url": "http://127.0.0.1:9",  # never asked: nothing was staged
+                    "openai": {"base_url": server.base_url, "api_key": "sk-test"},
+                    "local": {
+                        "adapter_dir": str(tmp_path / "adapters"),
+                        "keep_failed_adapters": keep,
+                    },
+                },
+            }
+            path = tmp_path / f"flywheel-{keep}.yaml"
+            path.write_text(yaml.safe_dump(doc))
+            return load_settings(path)
+
+        cfg = settings(keep=False)
+        remote = OpenAIProvider(cfg.retrain.openai)
+        remote_id = remote.launch(write_dataset(tmp_path / "data"), suffix="x", seed=0)
+        store = JobStore(redis.Redis.from_url(redis_server.url))
+        dead = f"{socket.gethostname()}:{2**22 + 12345}"  # above pid_max: no such process
+        exp = f"recover-{uuid.uuid4().hex[:6]}"
+        remote_job = store.create(
+            experiment=exp,
+            provider="openai",
+            status="running",
+            runner=dead,
+            provider_job=remote_id,
+        )
+        local_jobs = [
+            store.create(experiment=exp, provider="local", status="running", runner=dead)
+            for _ in range(2)
+        ]
+        dirs = [
+            tmp_path / "adapters" / f"{exp}-{j['id'].removeprefix('ftjob-')}" for j in local_jobs
+        ]
+        for d in dirs:
+            d.mkdir(parents=True)
+            (d / "adapter_config.json").write_text("{}")
+        # The first recovery keeps adapters (as configured); it finds every dead job.
+        first = recover(store, Gateway(cfg), exp, settings(keep=True))
+        assert sorted(first) == sorted([remote_job["id"], *(j["id"] for j in local_jobs)])
+        assert all(d.exists() for d in dirs)
+        for job in local_jobs:  # as if another run had died with them
+            store.update(job["id"], status="running")
+        recover(store, Gateway(cfg), exp, cfg)
+        assert not any(d.exists() for d in dirs)
+    finally:
+        server.stop()
+    cancels = [r for r in server.requests if r["path"].endswith("/cancel")]
+    assert [c["path"] for c in cancels] == [f"/fine_tuning/jobs/{remote_id}/cancel"]
+    job = store.get(remote_job["id"])
+    assert job is not None and job["status"] == "failed"
+    assert f"its OpenAI job {remote_id} was cancelled" in job["error"]
+    for schema, body in server.responses:
+        check_schema(schema, body)
