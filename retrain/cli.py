@@ -405,7 +405,10 @@ def _jobs(args: argparse.Namespace) -> int:
             print_evaluation(result.job["evaluation"], rows=False)
         return result.exit_code
     if args.command == "jobs":
-        print_jobs(store.list())
+        jobs = store.list()
+        print_jobs(jobs)
+        if settings.retrain.openai.api_key.get_secret_value():
+            print_remote_jobs(settings, store.list(1000))
         return 0
     if args.command == "lineage":
         return print_lineage(settings, store, args.model)
@@ -461,6 +464,41 @@ def print_jobs(jobs: list[dict[str, Any]]) -> None:
             j["status"],
             created,
             j.get("model_name") or j.get("result_model") or "–",
+        )
+    Console().print(table)
+
+
+def print_remote_jobs(settings: Any, tracked: list[dict[str, Any]]) -> None:
+    """OpenAI's own list of fine-tuning jobs, each with the job that tracks it (if any):
+    a job launched elsewhere, or left by a run that died, shows up here too."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from retrain.openai_ft import OpenAIProvider
+
+    try:
+        remote = OpenAIProvider(settings.retrain.openai).list_jobs()
+    except Exception as exc:  # noqa: BLE001 - the local list is printed; say why not this one
+        print(f"retrain jobs: OpenAI's jobs not listed: {exc}", file=sys.stderr)
+        return
+    by_remote: dict[str, str] = {}
+    for j in tracked:  # newest first: a retried job is shown with its latest tracker
+        if j.get("provider_job"):
+            by_remote.setdefault(str(j["provider_job"]), j["id"])
+    table = Table(title="OpenAI fine-tuning jobs")
+    for col in ("openai job", "status", "model", "result", "created", "tracked by"):
+        table.add_column(col)
+    for r in remote:
+        created = datetime.fromtimestamp(r["created_at"], UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            r["id"],
+            r["status"],
+            r["model"],
+            r["fine_tuned_model"] or "–",
+            created,
+            by_remote.get(r["id"], "not tracked"),
         )
     Console().print(table)
 

@@ -78,6 +78,20 @@ class OpenAIProvider:
             for e in reversed(fresh)
         ]
 
+    def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The organisation's latest fine-tuning jobs, newest first (any launcher's)."""
+        page = self.client.fine_tuning.jobs.list(limit=limit)
+        return [
+            {
+                "id": j.id,
+                "status": j.status,
+                "model": j.model,
+                "fine_tuned_model": j.fine_tuned_model,
+                "created_at": j.created_at,
+            }
+            for j in page.data
+        ]
+
     def cancel(self, job_id: str) -> None:
         self.client.fine_tuning.jobs.cancel(job_id)
 

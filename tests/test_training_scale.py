@@ -419,8 +419,6 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
     directory of a dead local job, unless told to keep it."""
     import socket
 
-    import yaml
-
     from gateway.config import load_settings
     from retrain.cycle import recover
     from retrain.gateway_client import Gateway
@@ -430,31 +428,18 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
     from .test_training import write_dataset
 
     server = FineTuningServer().start()
+    db = own_db(redis_server, 3)
     try:
 
         def settings(keep: bool) -> Any:
-            doc = {
-                "redis_url": redis_server.url,
-                "auth": {"api_keys": [{"key": "sk-test-0123456789abcdef", "name": "t"}]},
-                "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1"}},
-                "models": {"base": {"upstream": "local", "model": "base"}},
-                "retrain": {
-                    "gateway_url": "http://127.0.0.1:9",  # never asked: nothing was staged
-                    "openai": {"base_url": server.base_url, "api_key": "sk-test"},
-                    "local": {
-                        "adapter_dir": str(tmp_path / "adapters"),
-                        "keep_failed_adapters": keep,
-                    },
-                },
-            }
-            path = tmp_path / f"flywheel-{keep}.yaml"
-            path.write_text(yaml.safe_dump(doc))
+            local = {"adapter_dir": str(tmp_path / "adapters"), "keep_failed_adapters": keep}
+            path = openai_config(tmp_path, db, server.base_url, local=local)
             return load_settings(path)
 
         cfg = settings(keep=False)
         remote = OpenAIProvider(cfg.retrain.openai)
         remote_id = remote.launch(write_dataset(tmp_path / "data"), suffix="x", seed=0)
-        store = JobStore(redis.Redis.from_url(redis_server.url))
+        store = JobStore(redis.Redis.from_url(db))
         dead = f"{socket.gethostname()}:{2**22 + 12345}"  # above pid_max: no such process
         exp = f"recover-{uuid.uuid4().hex[:6]}"
         remote_job = store.create(
@@ -489,5 +474,72 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
     job = store.get(remote_job["id"])
     assert job is not None and job["status"] == "failed"
     assert f"its OpenAI job {remote_id} was cancelled" in job["error"]
+    for schema, body in server.responses:
+        check_schema(schema, body)
+
+
+def own_db(redis_server: RedisProcess, db: int) -> str:
+    """A Redis database of this test's own (the stand-in's job ids repeat between tests)."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def openai_config(tmp_path: Path, redis_url: str, openai_url: str, **retrain: Any) -> Path:
+    """A config whose retrain.openai is the stand-in server (the gateway is never asked)."""
+    import yaml
+
+    doc = {
+        "redis_url": redis_url,
+        "auth": {"api_keys": [{"key": "sk-test-0123456789abcdef", "name": "t"}]},
+        "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"base": {"upstream": "local", "model": "base"}},
+        "retrain": {
+            "gateway_url": "http://127.0.0.1:9",
+            "openai": {"base_url": openai_url, "api_key": "sk-test"},
+            **retrain,
+        },
+    }
+    path = tmp_path / f"flywheel-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_retrain_jobs_lists_openais_jobs_with_the_job_that_tracks_each(
+    redis_server: RedisProcess, tmp_path: Path, check_schema: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from gateway.config import load_settings
+    from retrain.openai_ft import OpenAIProvider
+
+    from .openai_ft_server import FineTuningServer
+    from .test_training import write_dataset
+
+    server = FineTuningServer().start()
+    try:
+        db = own_db(redis_server, 4)
+        config = openai_config(tmp_path, db, server.base_url)
+        remote = OpenAIProvider(load_settings(config).retrain.openai)
+        data = write_dataset(tmp_path / "data")
+        ours, theirs = (remote.launch(data, suffix=s, seed=0) for s in ("ours", "theirs"))
+        store = JobStore(redis.Redis.from_url(db))
+        job = store.create(experiment="e", provider="openai", provider_job=ours)
+        listed = subprocess.run(
+            [sys.executable, "-m", "retrain", "jobs", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "250"},
+        )
+    finally:
+        server.stop()
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    (mine,) = [line for line in lines if ours in line]
+    (other,) = [line for line in lines if theirs in line]
+    assert job["id"] in mine and "not tracked" in other
+    assert any(r["path"] == "/fine_tuning/jobs" and r["method"] == "GET" for r in server.requests)
     for schema, body in server.responses:
         check_schema(schema, body)
