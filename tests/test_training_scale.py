@@ -30,6 +30,8 @@ from .test_flywheel import (
     retrain,
 )
 
+RECOVERY_DB = 3  # the stand-in OpenAI's job ids repeat: these tests' jobs stay apart
+REMOTE_JOBS_DB = 4
 ORDERS = [1111, 2345, 5678, 9012, 3456, 7890, 4321, 8765, 5555, 6543]
 
 
@@ -428,7 +430,7 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
     from .test_training import write_dataset
 
     server = FineTuningServer().start()
-    db = own_db(redis_server, 3)
+    db = own_db(redis_server, RECOVERY_DB)
     try:
 
         def settings(keep: bool) -> Any:
@@ -519,7 +521,7 @@ def test_retrain_jobs_lists_openais_jobs_with_the_job_that_tracks_each(
 
     server = FineTuningServer().start()
     try:
-        db = own_db(redis_server, 4)
+        db = own_db(redis_server, REMOTE_JOBS_DB)
         config = openai_config(tmp_path, db, server.base_url)
         remote = OpenAIProvider(load_settings(config).retrain.openai)
         data = write_dataset(tmp_path / "data")
