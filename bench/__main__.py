@@ -7,6 +7,7 @@
     python -m bench profile [--tool auto|py-spy|cprofile] [--system gateway|floor] [--native]
                             [--stream] [--arms N] [--duration S] [--out DIR]
     python -m bench whatif [--duration S] [--arms N] [--stream] [VARIANT ...]
+    python -m bench train [--small] [--batch B] [--seq S] [--variants ...] [shape options]
 
 Run from the repository root with the project's venv (``.venv/bin/python -m bench run``).
 """
@@ -118,6 +119,11 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["train"]:  # its own options: LoRA training throughput
+        from .train import main as train_main
+
+        return train_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 

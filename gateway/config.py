@@ -336,6 +336,39 @@ class LocalTraining(_Strict):
     )
     patience: int = Field(3, ge=1, description="evaluations without a better eval loss")
     dpo_beta: float = Field(0.1, gt=0, description="dpo: how far from the base it may move")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="training processes (one per GPU; on CPU, gloo): above 1, launched with "
+        "Accelerate; batch_size stays the rows per optimizer step, split between them",
+    )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="with processes above 1: ddp copies the model to every GPU; fsdp or "
+        "deepspeed (ZeRO-3) shard it, for models that do not fit one GPU (GPUs only)",
+    )
+    quantization: Literal["none", "4bit"] = Field(
+        "none",
+        description="4bit: QLoRA (bitsandbytes NF4, double quantization, bf16 compute; "
+        "needs CUDA and bitsandbytes)",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower"
+    )
+    keep_failed_adapters: bool = Field(
+        False,
+        description="keep the adapter directories of rejected, failed and cancelled jobs "
+        "(false: removed once the job ends so; registered ones are always kept)",
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> LocalTraining:
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split evenly between "
+                f"{self.processes} processes (rows per optimizer step, summed over them)"
+            )
+        return self
 
 
 class OpenAITraining(_Strict):
@@ -350,6 +383,9 @@ class OpenAITraining(_Strict):
     batch_size: int | Literal["auto"] = Field("auto", description="1–256, or auto")
     learning_rate_multiplier: float | Literal["auto"] = Field(
         "auto", description="above 0, or auto"
+    )
+    beta: Annotated[float, Field(gt=0, le=2)] | Literal["auto"] = Field(
+        "auto", description="dpo: how far from the base it may move, in (0, 2], or auto"
     )
     poll_s: float = Field(10.0, gt=0, description="how often the job's status is read")
 

@@ -2,13 +2,15 @@
 
 ::
 
-    retrain run --experiment NAME [--provider local|openai] [--config FILE]
+    retrain run --experiment NAME [--provider local|openai] [--processes N] [--config FILE]
     retrain eval --candidate MODEL --control MODEL [--dataset DIR] [--golden FILE]
                  [--judge MODEL] [--out FILE.json] [--config FILE]
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
+    retrain join-training [--launch-dir DIR]
+    retrain export MODEL --out DIR [--merged] [--base MODEL] [--config FILE]
     retrain export-feedback --since DATE --out FILE.jsonl [--tenant T] [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
     retrain tiny-adapter --model DIR --out DIR [--seed N]
@@ -68,6 +70,37 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--tenant", default=None, help="only this tenant's responses")
     export.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
+    joiner = commands.add_parser(
+        "join-training",
+        help="on another machine of a multi-node training (PyTorchJob worker): wait for the "
+        "first machine's retrain run to start training, and train with it",
+    )
+    joiner.add_argument(
+        "--launch-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the shared directory the first machine writes to (default: $FLYWHEEL_LAUNCH_DIR)",
+    )
+
+    ship = commands.add_parser(
+        "export",
+        help="write a trained adapter, or with --merged the model with it merged in, to a "
+        "directory (to serve as a plain model, or to ship)",
+    )
+    ship.add_argument("model", help="a model name the gateway serves, or an adapter directory")
+    ship.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new directory")
+    ship.add_argument(
+        "--merged", action="store_true", help="merge the adapter into its base (merge_and_unload)"
+    )
+    ship.add_argument(
+        "--base",
+        default=None,
+        metavar="MODEL",
+        help="the base model (default: the one it was trained on)",
+    )
+    ship.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
+
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
     build.add_argument("--experiment", required=True, help="whose ratings")
     build.add_argument("--since", default=None, help="skip (for good) ratings before this date")
@@ -85,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--experiment", required=True)
     run.add_argument(
         "--provider", choices=("local", "openai"), default=None, help="default: retrain.provider"
+    )
+    run.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local: train in N processes, one per GPU (default: retrain.local.processes)",
     )
     run.add_argument("--config", default=None)
     ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
@@ -170,6 +210,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {n} rated responses to {args.out}")
         return 0
+    if args.command == "join-training":
+        import os
+
+        from retrain.local_train import LAUNCH_DIR_ENV, join
+
+        launch_dir = args.launch_dir or os.environ.get(LAUNCH_DIR_ENV)
+        if not launch_dir:
+            print(f"retrain join-training: --launch-dir or ${LAUNCH_DIR_ENV}", file=sys.stderr)
+            return 2
+        try:
+            return join(Path(launch_dir))
+        except ValueError as exc:
+            print(f"retrain join-training: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "export":
+        return _export(args)
     if args.command == "build":
         return _build(args)
     if args.command == "eval":
@@ -194,6 +250,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stored {n} corrections; the next build uses them")
         return 0
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse guarantees one
+
+
+def _export(args: argparse.Namespace) -> int:
+    from retrain.export import ExportError, export
+
+    adapter, base = Path(args.model), args.base
+    if not adapter.is_dir():  # a model name: the gateway knows its adapter
+        from gateway.cli import load_config_or_exit
+        from retrain.feedback_log import connect
+        from retrain.gateway_client import Gateway, GatewayUnavailable
+        from retrain.jobs import JobStore
+
+        settings = load_config_or_exit(args.config)
+        try:
+            info = Gateway(settings).model(args.model)
+        except GatewayUnavailable as exc:
+            print(f"retrain export: {args.model}: {exc}", file=sys.stderr)
+            return 1
+        if not info.get("adapter_path"):
+            print(
+                f"retrain export: {args.model} is not served from an adapter "
+                f"(it is {info.get('model')} on {info.get('upstream')}): nothing to export",
+                file=sys.stderr,
+            )
+            return 2
+        adapter = Path(info["adapter_path"])
+        job_id = (info.get("lineage") or {}).get("job")
+        job = JobStore(connect(settings)).get(job_id) if job_id else None
+        base = base or (job or {}).get("base_model") or settings.retrain.local.base_model
+    try:
+        out = export(adapter, args.out, merged=args.merged, base=base)
+    except ExportError as exc:
+        print(f"retrain export: {exc}", file=sys.stderr)
+        return 2
+    what = "merged model (serve it as a plain model)" if args.merged else "adapter"
+    print(f"wrote the {what} of {args.model} to {out}")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -282,7 +375,22 @@ def _jobs(args: argparse.Namespace) -> int:
     client = connect(settings)
     store = JobStore(client)
     if args.command == "run":
+        from pydantic import ValidationError
+
+        from gateway.config import LocalTraining
         from retrain.cycle import run
+
+        if args.processes is not None:
+            try:
+                local = LocalTraining.model_validate(
+                    {**settings.retrain.local.model_dump(), "processes": args.processes}
+                )
+            except ValidationError as exc:
+                why = "; ".join(str(e["msg"]) for e in exc.errors())
+                print(f"retrain run: --processes {args.processes}: {why}", file=sys.stderr)
+                return 2
+            retrain = settings.retrain.model_copy(update={"local": local})
+            settings = settings.model_copy(update={"retrain": retrain})
 
         result = run(
             client,
@@ -297,7 +405,10 @@ def _jobs(args: argparse.Namespace) -> int:
             print_evaluation(result.job["evaluation"], rows=False)
         return result.exit_code
     if args.command == "jobs":
-        print_jobs(store.list())
+        jobs = store.list()
+        print_jobs(jobs)
+        if settings.retrain.openai.api_key.get_secret_value():
+            print_remote_jobs(settings, store.list(1000))
         return 0
     if args.command == "lineage":
         return print_lineage(settings, store, args.model)
@@ -353,6 +464,41 @@ def print_jobs(jobs: list[dict[str, Any]]) -> None:
             j["status"],
             created,
             j.get("model_name") or j.get("result_model") or "–",
+        )
+    Console().print(table)
+
+
+def print_remote_jobs(settings: Any, tracked: list[dict[str, Any]]) -> None:
+    """OpenAI's own list of fine-tuning jobs, each with the job that tracks it (if any):
+    a job launched elsewhere, or left by a run that died, shows up here too."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from retrain.openai_ft import OpenAIProvider
+
+    try:
+        remote = OpenAIProvider(settings.retrain.openai).list_jobs()
+    except Exception as exc:  # noqa: BLE001 - the local list is printed; say why not this one
+        print(f"retrain jobs: OpenAI's jobs not listed: {exc}", file=sys.stderr)
+        return
+    by_remote: dict[str, str] = {}
+    for j in tracked:  # newest first: a retried job is shown with its latest tracker
+        if j.get("provider_job"):
+            by_remote.setdefault(str(j["provider_job"]), j["id"])
+    table = Table(title="OpenAI fine-tuning jobs")
+    for col in ("openai job", "status", "model", "result", "created", "tracked by"):
+        table.add_column(col)
+    for r in remote:
+        created = datetime.fromtimestamp(r["created_at"], UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            r["id"],
+            r["status"],
+            r["model"],
+            r["fine_tuned_model"] or "–",
+            created,
+            by_remote.get(r["id"], "not tracked"),
         )
     Console().print(table)
 

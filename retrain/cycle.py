@@ -62,8 +62,45 @@ class RunResult:
     job: dict[str, Any] | None = None
 
 
-def recover(store: JobStore, gateway: Gateway, experiment: str) -> list[str]:
-    """Fail the unfinished jobs of runs that died; unregister their staged models."""
+def adapter_dir_of(settings: Settings, job: dict[str, Any]) -> Path:
+    """Where a local job writes its adapter: named after the job, never reused."""
+    name = f"{job['experiment']}-{job['id'].removeprefix('ftjob-')}"
+    return (settings.retrain.local.adapter_dir / name).resolve()
+
+
+def drop_adapter(settings: Settings, job: dict[str, Any]) -> None:
+    """Remove the adapter of a job that ended rejected, failed or cancelled, unless
+    ``retrain.local.keep_failed_adapters``; only ever a directory of ``adapter_dir``."""
+    local = settings.retrain.local
+    if job.get("provider") != "local" or local.keep_failed_adapters:
+        return
+    path = adapter_dir_of(settings, job)
+    if path.parent == local.adapter_dir.resolve():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_remote(settings: Settings, remote_id: str) -> str:
+    """Cancel the OpenAI job of a run that died (it would go on running and billing for a
+    result no run waits for); what was done, for the job's error."""
+    from .openai_ft import FINAL as REMOTE_FINAL
+    from .openai_ft import OpenAIProvider
+
+    try:
+        remote = OpenAIProvider(settings.retrain.openai)
+        status = str(remote.status(remote_id).status)
+        if status in REMOTE_FINAL:
+            return f"its OpenAI job {remote_id} had already ended ({status})"
+        remote.cancel(remote_id)
+    except Exception as exc:  # noqa: BLE001 - reported in the job
+        return f"its OpenAI job {remote_id} could not be cancelled ({exc}): cancel it at OpenAI"
+    return f"its OpenAI job {remote_id} was cancelled"
+
+
+def recover(
+    store: JobStore, gateway: Gateway, experiment: str, settings: Settings | None = None
+) -> list[str]:
+    """Fail the unfinished jobs of runs that died; unregister their staged models (and,
+    with ``settings``, remove their adapters)."""
     cleaned = []
     host = socket.gethostname()
     for job in store.list(200):
@@ -75,7 +112,11 @@ def recover(store: JobStore, gateway: Gateway, experiment: str) -> list[str]:
         if job.get("model_name") and job["status"] in ("staging", "evaluating"):
             gateway.unregister(job["model_name"])  # staged, never a canary: take it back
         why = f"interrupted while {job['status']}: the run that owned it died"
+        if settings is not None and job.get("provider") == "openai" and job.get("provider_job"):
+            why += "; " + stop_remote(settings, str(job["provider_job"]))
         store.update(job["id"], status="failed", error=why)
+        if settings is not None:
+            drop_adapter(settings, job)
         cleaned.append(job["id"])
     return cleaned
 
@@ -187,7 +228,7 @@ def _run(
 ) -> RunResult:
     cfg = settings.retrain
     store, gateway = JobStore(client), Gateway(settings)
-    for job_id in recover(store, gateway, experiment):
+    for job_id in recover(store, gateway, experiment, settings):
         log(f"cleaned up {job_id}: its run had died")
 
     version = _to_train(client, settings, experiment, log)
@@ -230,6 +271,7 @@ def _run(
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
             gateway.unregister(name)
+            drop_adapter(settings, job)
             store.update(
                 job["id"],
                 status="rejected",
@@ -263,6 +305,7 @@ def _run(
             except RuntimeError as cleanup:
                 log(f"could not unregister {current['model_name']}: {cleanup}")
         store.update(job["id"], status="failed", error=f"{type(exc).__name__}: {exc}")
+        drop_adapter(settings, job)
         return RunResult(
             FAILED,
             f"{job['id']} failed: {exc}; {dataset_id} stays untrained and the next run retries it",
@@ -280,7 +323,9 @@ def checkpoint_dir(settings: Settings, dataset_id: str, base_model: str) -> Path
     """Where a local training of this dataset, model and settings keeps its checkpoints:
     the same for every retry, so a retry resumes; different when anything changed."""
     local = settings.retrain.local
-    params = local.model_dump(mode="json", exclude={"adapter_dir", "upstream"})
+    params = local.model_dump(
+        mode="json", exclude={"adapter_dir", "upstream", "keep_failed_adapters"}
+    )
     digest = hashlib.sha256(orjson.dumps([base_model, params], option=orjson.OPT_SORT_KEYS))
     return local.adapter_dir / ".checkpoints" / f"{dataset_id}-{digest.hexdigest()[:10]}"
 
@@ -307,7 +352,7 @@ def _train(
         from .local_train import train
 
         model = base_model or preflight.base_model(settings)
-        out = (cfg.local.adapter_dir / name).resolve()
+        out = adapter_dir_of(settings, job)
         checkpoints = checkpoint_dir(settings, dataset.name, model)
         store.update(
             job["id"],
@@ -351,6 +396,7 @@ def _train(
         )
         if summary["cancelled"]:
             store.update(job["id"], status="cancelled")
+            drop_adapter(settings, job)
             return None
         return {
             "name": name,

@@ -267,6 +267,9 @@ def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[
     pairs = [ex for ex in examples if ex.kind == DPO and ex.split == "train"]
     if pairs:
         _write_jsonl(tmp / "preference.jsonl", (ex.line for ex in pairs))
+    held = [ex for ex in examples if ex.kind == DPO and ex.split == "validation"]
+    if held:  # DPO's validation loss (local) and validation_file (OpenAI)
+        _write_jsonl(tmp / "preference_validation.jsonl", (ex.line for ex in held))
     _write_jsonl(tmp / "examples.jsonl", (ex.to_row() for ex in examples))
     (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     os.rename(tmp, final)

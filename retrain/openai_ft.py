@@ -6,7 +6,8 @@ jobs** (inference on existing ``ft:`` models goes on until their base model reti
 This provider stays correct and tested for those who still can; ``local`` is the default.
 
 ``launch`` uploads the train (and validation) file with ``purpose="fine-tune"`` and
-creates the job with ``method`` (``supervised`` or ``dpo``) and its hyperparameters;
+creates the job with ``method`` (``supervised`` or ``dpo``, with ``beta`` and the held-out
+pairs as its validation file) and its hyperparameters;
 ``wait`` polls with backoff, relays new events, and ends on ``succeeded`` (the result is
 the ``ft:`` model id), ``failed`` (with OpenAI's error) or ``cancelled``.
 """
@@ -36,7 +37,8 @@ class OpenAIProvider:
 
     def launch(self, dataset_path: Path, *, suffix: str, seed: int) -> str:
         if self.cfg.method == "dpo":
-            train, validation = dataset_path / "preference.jsonl", None
+            train = dataset_path / "preference.jsonl"
+            validation = dataset_path / "preference_validation.jsonl"
         else:
             train, validation = dataset_path / "train.jsonl", dataset_path / "validation.jsonl"
         with open(train, "rb") as f:
@@ -51,6 +53,8 @@ class OpenAIProvider:
             "learning_rate_multiplier": self.cfg.learning_rate_multiplier,
         }
         kind = self.cfg.method
+        if kind == "dpo":
+            hyper["beta"] = self.cfg.beta
         optional = {"validation_file": validation_id} if validation_id else {}
         job = self.client.fine_tuning.jobs.create(
             model=self.cfg.base_model,
@@ -72,6 +76,20 @@ class OpenAIProvider:
         return [
             {"id": e.id, "created_at": e.created_at, "level": e.level, "message": e.message}
             for e in reversed(fresh)
+        ]
+
+    def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The organisation's latest fine-tuning jobs, newest first (any launcher's)."""
+        page = self.client.fine_tuning.jobs.list(limit=limit)
+        return [
+            {
+                "id": j.id,
+                "status": j.status,
+                "model": j.model,
+                "fine_tuned_model": j.fine_tuned_model,
+                "created_at": j.created_at,
+            }
+            for j in page.data
         ]
 
     def cancel(self, job_id: str) -> None:

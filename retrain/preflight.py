@@ -9,7 +9,9 @@ rating, built no dataset and started no job. What is checked:
 - ``local``: the base model is known (``retrain.local.base_model``, or asked from the
   vLLM upstream, which lists the path it serves as the model's ``root``) and readable;
   the adapter directory is writable; the upstream is a vLLM one whose ``max_lora_rank``
-  (when the config states it) covers ``retrain.local.r``;
+  (when the config states it) covers ``retrain.local.r``; this machine can train as
+  configured (QLoRA needs CUDA and bitsandbytes, FSDP/DeepSpeed need GPUs, no more
+  processes than GPUs);
 - ``openai``: an API key is set;
 - the dataset directory is writable.
 """
@@ -128,6 +130,9 @@ def check(settings: Settings, experiment: str, provider: str) -> tuple[list[str]
         why = _writable(local.adapter_dir)
         if why:
             problems.append(f"retrain.local.adapter_dir: {local.adapter_dir}: not writable ({why})")
+        from .local_train import problems as training_problems
+
+        problems.extend(training_problems(local))
     elif not cfg.openai.api_key.get_secret_value():
         problems.append("retrain.openai.api_key: not set (e.g. api_key: ${OPENAI_API_KEY})")
     from . import evaluate

@@ -176,12 +176,20 @@ class FineTuningServer(BackgroundServer):
             }
         )
 
+    async def _list(self, request: web.Request) -> web.Response:
+        self.requests.append({"method": "GET", "path": "/fine_tuning/jobs"})
+        limit = int(request.query.get("limit", "20"))
+        newest = sorted(self.jobs.values(), key=lambda j: j["created_at"], reverse=True)
+        body = {"object": "list", "data": newest[:limit], "has_more": len(newest) > limit}
+        return self._reply("ListPaginatedFineTuningJobsResponse", body)
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._files)
         app.router.add_post("/v1/fine_tuning/jobs", self._create)
+        app.router.add_get("/v1/fine_tuning/jobs", self._list)
         app.router.add_get("/v1/fine_tuning/jobs/{job_id}", self._retrieve)
         app.router.add_get("/v1/fine_tuning/jobs/{job_id}/events", self._events)
         app.router.add_post("/v1/fine_tuning/jobs/{job_id}/cancel", self._cancel)

@@ -208,6 +208,7 @@ def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     name = f"{exp}-{job['id'].removeprefix('ftjob-')}"
     models = httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
     assert name not in {m["id"] for m in models}
+    assert not (tmp_path / "adapters" / name).exists()  # retrain.local.keep_failed_adapters
     spec = httpx.get(f"{gateway.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
     assert [a["model"] for a in spec["arms"]] == ["base"]
 
@@ -395,3 +396,4 @@ def test_retrain_cancel_stops_a_running_job_and_nothing_is_registered(
     assert job is not None and job["status"] == "cancelled" and len(job["loss"]) < 1000
     models = httpx.get(f"{gateway.url}/admin/models", headers=ADMIN).json()["data"]
     assert not any(m["id"].startswith(exp) for m in models)
+    assert not any(p.name.startswith(exp) for p in (tmp_path / "adapters").iterdir())

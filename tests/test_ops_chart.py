@@ -200,6 +200,71 @@ def test_a_redis_cluster_reaches_the_gateway_and_retrain_as_redis_cluster() -> N
         Chart.load(CHART).render({"redis": {"external": {"cluster": True}}}, name="fw")
 
 
+def test_a_retrain_job_with_several_gpus_trains_in_one_process_per_gpu() -> None:
+    for job in find("production", "CronJob"):  # gpus: 2
+        c = container(job)
+        assert c["args"][4:] == ["--processes", "2"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == 2
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+        volumes = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        (shm,) = [v for v in volumes if v["name"] == "dshm"]
+        assert shm["emptyDir"]["medium"] == "Memory"
+    for job in find("default", "CronJob"):  # gpus: 0, on CPU
+        c = container(job)
+        assert "--processes" not in c["args"] and "nvidia.com/gpu" not in c["resources"]["limits"]
+        assert all(m["name"] != "dshm" for m in c["volumeMounts"])
+
+
+def test_multi_node_training_is_an_optional_pytorchjob_of_valid_pods() -> None:
+    assert not [d for d in rendered("production") if d["kind"] == "PyTorchJob"]  # off by default
+    values = {
+        **VALUES["production"],
+        "retrain": {
+            **VALUES["production"]["retrain"],
+            "pytorchJob": {"enabled": True, "experiment": "support-bot", "nodes": 3},
+        },
+    }
+    out = Chart.load(CHART).render(values, name="fw", namespace="ml")
+    docs = [d for p, t in out.items() if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
+    (job,) = [d for d in docs if d["kind"] == "PyTorchJob"]
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["metadata"]["namespace"] == "ml"
+    assert job["spec"]["nprocPerNode"] == "8"
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
+    launch_dirs = set()
+    for role, replica in replicas.items():
+        # Each pod, checked against the Kubernetes schema as a Job's pod template.
+        as_job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": f"check-{role.lower()}", "namespace": "ml"},
+            "spec": {"template": replica["template"]},
+        }
+        kubernetes_validate.validate(as_job, KUBE_VERSION, strict=True)
+        (c,) = replica["template"]["spec"]["containers"]
+        assert c["name"] == "pytorch" and c["ports"][0]["name"] == "pytorchjob-port"
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        launch_dirs.add(env["FLYWHEEL_LAUNCH_DIR"])
+        if role == "Master":
+            assert c["args"] == [
+                "retrain",
+                "run",
+                "--experiment",
+                "support-bot",
+                "--processes",
+                "8",
+            ]
+        else:
+            assert c["args"] == ["retrain", "join-training"]
+    (launch_dir,) = launch_dirs  # the Master writes where the Workers wait
+    assert launch_dir.startswith("/shared/adapters/")
+    with pytest.raises(HelmValuesError, match="schema"):
+        Chart.load(CHART).render({"retrain": {"pytorchJob": {"nodes": 1}}}, name="fw")
+
+
 def test_rules_and_dashboard_ship_as_the_tested_files() -> None:
     rule = one("production", "PrometheusRule")
     assert rule["spec"] == yaml.safe_load(ALERTS.read_text())

@@ -187,14 +187,22 @@ def test_openai_provider_sends_documented_requests_and_follows_the_job(
 
 def test_openai_provider_reports_failure_and_cancels(tmp_path: Path, check_schema: Check) -> None:
     data = write_dataset(tmp_path / "data")
+    held_out = (data / "preference.jsonl").read_text().splitlines()[:1]
+    (data / "preference_validation.jsonl").write_text("\n".join(held_out) + "\n")
     failing = FineTuningServer(outcome="failed").start()
     try:
-        p = provider(failing, method="dpo")
+        p = provider(failing, method="dpo", beta=0.25)
         outcome = p.wait(
             p.launch(data, suffix="x", seed=0), on_event=lambda e: None, should_stop=lambda: False
         )
         (create,) = [r["json"] for r in failing.requests if r["path"] == "/fine_tuning/jobs"]
-        assert create["method"]["type"] == "dpo" and "validation_file" not in create
+        assert create["method"]["type"] == "dpo" and create["validation_file"]
+        assert create["method"]["dpo"]["hyperparameters"]["beta"] == 0.25
+        uploads = [r for r in failing.requests if r["path"] == "/files"]
+        assert [u["filename"] for u in uploads] == [
+            "preference.jsonl",
+            "preference_validation.jsonl",
+        ]
     finally:
         failing.stop()
     assert outcome["status"] == "failed"
