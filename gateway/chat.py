@@ -267,6 +267,7 @@ class ChatService:
                         return RelayResponse(
                             self._relay(turn, batches, first, route),
                             abandon=partial(self._abandon, turn, batches),
+                            done=lambda: turn.done,
                             headers={**turn.headers(), **SSE_HEADERS},
                         )
                     response = await self._complete(turn)
@@ -592,7 +593,9 @@ class RelayResponse(Response):
     Starlette's ``StreamingResponse`` runs every response in an anyio task group to hear
     a disconnect (a fifth of a streamed request's CPU in ``bench/``); here one plain task
     waits for it and cancels the relay, whose cleanup (close the upstream, log the
-    interaction) then runs — also when the relay never started.
+    interaction) then runs — also when the relay never started. The write that carries
+    ``[DONE]`` (``done()`` is true after it) also ends the response; the relay then
+    finishes reading the upstream without the client waiting for it.
     """
 
     media_type = "text/event-stream"
@@ -602,6 +605,7 @@ class RelayResponse(Response):
         relay: AsyncGenerator[bytes, None],
         *,
         abandon: Callable[[], Awaitable[None]],
+        done: Callable[[], bool],
         headers: dict[str, str],
     ) -> None:
         self.status_code = 200
@@ -609,25 +613,33 @@ class RelayResponse(Response):
         self.init_headers(headers)
         self._relay = relay
         self._abandon = abandon
+        self._done = done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        gone = False
+        gone = complete = False
 
         async def watch() -> None:
             nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone = True
-            task.cancel()
+            if not complete:  # (once complete, the server reports a disconnect anyway)
+                gone = True
+                task.cancel()
 
         watcher = asyncio.create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for data in self._relay:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not complete:
+                    complete = self._done()
+                    await send(
+                        {"type": "http.response.body", "body": data, "more_body": not complete}
+                    )
+            if not complete:
+                complete = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone:
                 raise
