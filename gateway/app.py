@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,7 +78,7 @@ def state(request: Request) -> GatewayState:
 def request_id(request: Request) -> str:
     rid = request.headers.get("x-request-id")
     if not rid or not _REQUEST_ID.match(rid):
-        rid = uuid.uuid4().hex
+        rid = os.urandom(16).hex()
     request.state.request_id = rid
     return rid
 

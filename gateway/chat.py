@@ -84,6 +84,26 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+class _ArmMetrics:
+    """The metric series of one (experiment, arm), looked up once instead of per request
+    (``labels()`` takes a lock and builds a key every call)."""
+
+    def __init__(self, metrics: Metrics, experiment: str, arm: str) -> None:
+        self._metrics, self._labels = metrics, (experiment, arm)
+        self._requests: dict[str, Any] = {}
+        self.duration = metrics.request_duration.labels(experiment, arm)
+        self.ttft = metrics.ttft.labels(experiment, arm)
+        self.prompt_tokens = metrics.tokens.labels(experiment, arm, "prompt")
+        self.completion_tokens = metrics.tokens.labels(experiment, arm, "completion")
+        self.cost = metrics.cost.labels(experiment, arm)
+
+    def request(self, status: str) -> Any:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = self._metrics.requests.labels(*self._labels, status)
+        return child
+
+
 @dataclass
 class Turn:
     """One request being served: what the interaction record and metrics are made of."""
@@ -206,6 +226,7 @@ class ChatService:
         self.spend = spend
         self.max_shadows = max_shadows
         self._shadows: set[asyncio.Task[None]] = set()
+        self._arm_metrics: dict[tuple[str, str], _ArmMetrics] = {}
 
     async def close(self) -> None:
         """Cancel shadow requests still running (they are best effort)."""
@@ -454,22 +475,27 @@ class ChatService:
     def _finish(self, turn: Turn, status: int) -> None:
         exp, arm = turn.experiment or "", turn.target.name
         label = "cancelled" if status == 499 else status_class(status)
-        m = self.metrics
-        m.requests.labels(exp, arm, label).inc()
-        m.request_duration.labels(exp, arm).observe(time.perf_counter() - turn.t0)
+        am = self._arm_metrics.get((exp, arm))
+        if am is None:
+            am = self._arm_metrics[(exp, arm)] = _ArmMetrics(self.metrics, exp, arm)
+        am.request(label).inc()
+        am.duration.observe(time.perf_counter() - turn.t0)
         if turn.ttft is not None:
-            m.ttft.labels(exp, arm).observe(turn.ttft - turn.t0)
+            am.ttft.observe(turn.ttft - turn.t0)
         if turn.usage:
             spent = 0
             price = turn.target.price
-            for kind in ("prompt", "completion"):
+            for kind, tokens in (
+                ("prompt", am.prompt_tokens),
+                ("completion", am.completion_tokens),
+            ):
                 n = turn.usage.get(f"{kind}_tokens")
                 if isinstance(n, int):
-                    m.tokens.labels(exp, arm, kind).inc(n)
+                    tokens.inc(n)
                     spent += n
             if price is not None:
                 amount = cost(turn.usage, price)
-                m.cost.labels(exp, arm).inc(amount)
+                am.cost.inc(amount)
                 self.spend.charge(turn.principal, arm, amount)
             self.limiter.charge(turn.principal, spent)
         self.log.submit(turn.record())

@@ -111,6 +111,14 @@ class UpstreamClient:
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
         self.pools = {name: Pool(name, up) for name, up in upstreams.items()}
+        # What every chat call to an upstream sends the same: built once, not per request.
+        self._call_opts = {
+            name: (
+                aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s),
+                {"Content-Type": "application/json", **_auth(up)},
+            )
+            for name, up in upstreams.items()
+        }
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
@@ -166,7 +174,7 @@ class UpstreamClient:
             raise NoReplicaAvailable(f"The upstream is not available: {exc}.") from None
         replica.outstanding += 1
         call = Call(target, replica)
-        timeout = aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s)
+        timeout, headers = self._call_opts[target.upstream_name]
         if stream:
             call.first_byte_by = asyncio.get_running_loop().time() + up.first_byte_timeout_s
         first_byte = asyncio.timeout_at(call.first_byte_by)
@@ -176,7 +184,7 @@ class UpstreamClient:
                     resp = await self.session.post(
                         replica.url + "/chat/completions",
                         data=payload,
-                        headers={"Content-Type": "application/json", **_auth(up)},
+                        headers=headers,
                         timeout=timeout,
                     )
                 if resp.status >= 400:
