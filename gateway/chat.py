@@ -654,7 +654,9 @@ class RelayResponse(Response):
                 gone = True
                 task.cancel()
 
-        watcher = asyncio.create_task(watch())
+        # A stream that came whole with its first read (``[DONE]`` included) has nothing
+        # left to wait for: no watcher then.
+        watcher = None if self._done() else asyncio.create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for data in self._relay:
@@ -671,7 +673,8 @@ class RelayResponse(Response):
                 raise
             task.uncancel()  # the client left: this response is over, not the server
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await self._relay.aclose()  # runs the relay's own cleanup if it started
             await self._abandon()  # cleans up if it never did
 
