@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, Feedback, build_settings, load_settings
+from gateway.config import ConfigError, FeedbackConfig, build_settings, load_settings
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.feedback import THUMBS, normalise, parse_feedback
 from gateway.routing import Assigner, Router
@@ -380,7 +380,7 @@ def test_any_other_rating_is_refused_naming_rating(rating: Any) -> None:
     assert info.value.param == "rating"
 
 
-CFG = Feedback()
+CFG = FeedbackConfig()
 
 
 @st.composite
