@@ -48,6 +48,7 @@ def options(args: argparse.Namespace, stamp: str) -> Options:
     if args.duration is not None:
         opts.duration_s = args.duration
     opts.connections = args.connections
+    opts.workers = args.workers
     return opts
 
 
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="~3 s runs, fewer samples (~1.5 min)")
     p.add_argument("--duration", type=float, default=None, help="seconds per wrk run (10)")
     p.add_argument("--connections", type=int, default=32, help="the loaded runs' connections")
+    p.add_argument("--workers", type=int, default=1, help="gateway serve --workers N (1)")
     p.add_argument(
         "--peers",
         type=parse_peers,

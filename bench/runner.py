@@ -46,6 +46,7 @@ class Options:
     arms: tuple[int, int] = (2, 100)
     arms_rounds: int = 2
     log_records: int = 50_000
+    workers: int = 1  # gateway serve --workers N (the throughput and streaming modes)
     work_dir: Path = Path("/tmp/flywheel-bench")
 
 
@@ -97,7 +98,8 @@ class Bench:
         if name == "floor":
             sysm = S.start_floor(self.procs, self.upstream)
         elif name == "gateway":
-            sysm = S.start_gateway(self.procs, self.upstream, self.redis.url(0), work)
+            extra = ["--workers", str(self.opts.workers)] if self.opts.workers > 1 else None
+            sysm = S.start_gateway(self.procs, self.upstream, self.redis.url(0), work, extra=extra)
         elif name == "litellm":
             sysm = S.start_litellm(self.procs, self.upstream, work)
         elif name == "portkey":

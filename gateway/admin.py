@@ -87,7 +87,7 @@ def _owned(doc: Any, by: Principal) -> Any:
 def add_admin_routes(app: FastAPI) -> None:
     def principal(request: Request) -> tuple[Control, Principal]:
         st = request.app.state.gateway
-        by = st.chat.keyring.authenticate_admin(request.headers.get("authorization"))
+        by = st.keyring.authenticate_admin(request.headers.get("authorization"))
         return st.control, by
 
     def admin(

@@ -25,17 +25,20 @@ class IdIssuer:
         if len(secret) < 16:
             raise ValueError("the id secret needs at least 16 bytes")
         self._secret = secret
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)  # keyed once; copied per id
 
     def derive(self, purpose: str) -> bytes:
         """A key of its own for another use of the secret (the console's session cookies)."""
         return hmac.new(self._secret, b"derive:" + purpose.encode(), hashlib.sha256).digest()
 
     def _sign(self, body: bytes) -> bytes:
-        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_SIG]
+        mac = self._mac.copy()
+        mac.update(body)
+        return mac.digest()[:_SIG]
 
     def new(self, now_ms: int | None = None) -> str:
         ts = (int(time.time() * 1000) if now_ms is None else now_ms).to_bytes(_TS, "big")
-        body = ts + secrets.token_bytes(_RAND)
+        body = ts + os.urandom(_RAND)
         token = base64.urlsafe_b64encode(body + self._sign(body)).rstrip(b"=")
         return PREFIX + token.decode("ascii")
 

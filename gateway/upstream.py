@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,14 @@ class UpstreamClient:
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
         self.pools = {name: Pool(name, up) for name, up in upstreams.items()}
+        # What every chat call to an upstream sends the same: built once, not per request.
+        self._call_opts = {
+            name: (
+                aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s),
+                {"Content-Type": "application/json", **_auth(up)},
+            )
+            for name, up in upstreams.items()
+        }
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
@@ -166,7 +174,7 @@ class UpstreamClient:
             raise NoReplicaAvailable(f"The upstream is not available: {exc}.") from None
         replica.outstanding += 1
         call = Call(target, replica)
-        timeout = aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s)
+        timeout, headers = self._call_opts[target.upstream_name]
         if stream:
             call.first_byte_by = asyncio.get_running_loop().time() + up.first_byte_timeout_s
         first_byte = asyncio.timeout_at(call.first_byte_by)
@@ -176,7 +184,7 @@ class UpstreamClient:
                     resp = await self.session.post(
                         replica.url + "/chat/completions",
                         data=payload,
-                        headers={"Content-Type": "application/json", **_auth(up)},
+                        headers=headers,
                         timeout=timeout,
                     )
                 if resp.status >= 400:
@@ -210,12 +218,20 @@ class UpstreamClient:
             call.resp.release()
             self.end(call, failure)
 
-    async def lines(self, call: Call) -> AsyncIterator[bytes]:
-        """The response body split into lines (without ``\\n``/``\\r\\n``), as they arrive."""
-        assert call.resp is not None
+    async def batches(self, call: Call) -> AsyncGenerator[list[bytes], None]:
+        """The response body's complete lines (without ``\\n``/``\\r\\n``; blank ones left
+        out), a list per read: what arrived together is relayed together, with one write to
+        the client instead of one per line, and nothing waits for more bytes than it has.
+
+        The generator owns the connection: read to the end, it goes back to the pool; left
+        early (an error, the client gone, ``aclose``), it is closed, which stops the upstream
+        generating.
+        """
+        resp = call.resp
+        assert resp is not None
         buf = b""
         failure: GatewayError | None = None
-        up, loop, content = call.target.upstream, asyncio.get_running_loop(), call.resp.content
+        up, loop, content = call.target.upstream, asyncio.get_running_loop(), resp.content
         first_by = call.first_byte_by  # None: not a stream, only timeout_s applies
         idle = False  # a stream's first data line came: the idle timeout applies from now on
         try:
@@ -235,19 +251,29 @@ class UpstreamClient:
                         raise failure from None
                 if not chunk:
                     break
-                buf += chunk
-                while (nl := buf.find(b"\n")) >= 0:
-                    line, buf = buf[:nl], buf[nl + 1 :]
-                    if not idle and line.startswith(b"data:"):
-                        idle = True
-                    yield line.rstrip(b"\r")
+                if b"\n" not in chunk:
+                    buf += chunk
+                    continue
+                parts = (buf + chunk if buf else chunk).split(b"\n")
+                buf = parts.pop()
+                lines = [p.rstrip(b"\r") for p in parts if p and p != b"\r"]
+                if not lines:
+                    continue
+                if not idle and any(p.startswith(b"data:") for p in lines):
+                    idle = True
+                yield lines
             if buf.strip():
-                yield buf.rstrip(b"\r")
+                yield [buf.rstrip(b"\r")]
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = _translate(exc, call.target)
+            resp.close()
             raise failure from exc
+        except BaseException:
+            resp.close()  # drop the connection: that stops the upstream generating
+            raise
         finally:
             self.end(call, failure)
+        resp.release()  # read to the end: the connection goes back to the pool
 
     @staticmethod
     def _silent(call: Call, which: str) -> UpstreamTimeout:

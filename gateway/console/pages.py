@@ -107,7 +107,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     def bound(request: Request) -> Access:
         if not access.bound:  # the key ring and the id secret are opened by the lifespan
             st = request.app.state.gateway
-            access.bind(st.chat.keyring, st.chat.ids.derive("console-session"))
+            access.bind(st.keyring, st.chat.ids.derive("console-session"))
         return access
 
     def current(request: Request) -> User:
