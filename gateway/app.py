@@ -183,6 +183,7 @@ def create_app(settings: Settings) -> FastAPI:
             queue_size=settings.interaction_log.queue_size,
             batch_size=settings.interaction_log.batch_size,
             retention_s=settings.interaction_log.retention_days * 86400,
+            hot_s=settings.interaction_log.hot_s,
             redact=settings.interaction_log.redact,
         )
         ilog.start()

@@ -42,6 +42,7 @@ from .errors import InvalidRequest, NotFound, StoreUnavailable
 from .ids import IdIssuer
 from .interaction_log import InteractionLog
 from .metrics import Metrics
+from .records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, decode_feedback, unpack
 
 THUMBS = {"down": 0.0, "up": 1.0}
 FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
@@ -198,7 +199,7 @@ class FeedbackService:
         self.fresh_s = fresh_s  # an id this young may still be on its way to Redis
         self._store = redis.register_script(_STORE)
 
-    async def interaction(self, response_id: str, principal: Principal) -> dict[str, Any]:
+    async def interaction(self, response_id: str, principal: Principal) -> InteractionRecord:
         """The rated interaction, or NotFound for an id that is unknown, expired or not yours."""
         missing = NotFound(
             f"No response with id '{response_id:.80}': unknown or expired.", param="response_id"
@@ -213,7 +214,7 @@ class FeedbackService:
             record = self.log.unwritten(response_id)
             if record is None:
                 try:
-                    record = keys.decode(await self.redis.get(keys.interaction(response_id)))
+                    record = unpack(await self.redis.get(keys.interaction(response_id)))
                 except (RedisError, OSError) as exc:
                     raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
             if record is not None:
@@ -241,7 +242,8 @@ class FeedbackService:
             if experiment and unit
             else keys.aggregate(experiment, arm)
         )
-        stored = {
+        stored: FeedbackEvent = {
+            "v": SCHEMA_VERSION,
             "id": feedback_id(rid, rater),
             "object": "feedback",
             "response_id": rid,
@@ -293,14 +295,14 @@ class FeedbackService:
             "replaced": bool(replaced),
         }
 
-    async def ratings(self, response_id: str, principal: Principal) -> list[dict[str, Any]]:
+    async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
         if self.ids.issued_at(response_id) is None:
             raise NotFound(f"No response with id '{response_id:.80}'.", param="response_id")
         try:
             raw = await self.redis.hgetall(keys.feedback(response_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
-        out = [orjson.loads(v) for v in raw.values()]
+        out = [decode_feedback(v) for v in raw.values()]
         out = [r for r in out if r.get("tenant") == principal.tenant]
         if not out:
             await self.interaction(response_id, principal)  # 404 unless it exists and is yours

@@ -2,7 +2,9 @@
 
 Requests only ever call :meth:`InteractionLog.submit`, which never blocks and never
 touches Redis. The writer pipelines batches (``SET`` with expiry + ``XADD`` to the
-time-ordered stream). When Redis is unavailable it keeps its current batch and
+time-ordered stream). Records are kept for ``hot_s`` only, compactly encoded
+(``records.pack``); the archiver (``archive.py``) copies them to Parquet before that.
+When Redis is unavailable it keeps its current batch and
 retries with backoff while the queue absorbs new records; once the queue is full,
 new records are dropped and counted in ``flywheel_log_dropped_total`` — never
 silently. Writing resumes by itself when Redis is back.
@@ -14,18 +16,18 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import keys, stats
 from .metrics import Metrics
+from .records import InteractionRecord, pack
 from .redact import redact_all
 
 log = logging.getLogger(__name__)
 
-Record = dict[str, Any]
+Record = InteractionRecord
 
 
 class InteractionLog:
@@ -37,6 +39,7 @@ class InteractionLog:
         queue_size: int,
         batch_size: int,
         retention_s: float,
+        hot_s: float | None = None,
         redact: bool = False,
     ) -> None:
         self._client = client
@@ -44,6 +47,7 @@ class InteractionLog:
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._retention_s = retention_s
+        self._hot_s = min(hot_s or retention_s, retention_s)
         self._task: asyncio.Task[None] | None = None
         self._pending: list[Record] = []  # the batch being written (kept across retries)
         self._unwritten: dict[str, Record] = {}  # queued or pending, by response id
@@ -56,7 +60,7 @@ class InteractionLog:
 
     def submit(self, record: Record) -> None:
         if self._redact:
-            for field in ("messages", "answer", "tool_calls"):
+            for field in ("messages", "answer", "tool_calls", "choices"):
                 record[field] = redact_all(record.get(field))
         try:
             self._queue.put_nowait(record)
@@ -111,11 +115,11 @@ class InteractionLog:
             self._pending = []
 
     async def _write(self, batch: list[Record]) -> None:
-        ttl = int(self._retention_s)
-        oldest_ms = int((time.time() - self._retention_s) * 1000)
+        ttl, hot = int(self._retention_s), max(1, int(self._hot_s))
+        oldest_ms = int((time.time() - self._hot_s) * 1000)
         pipe = self._client.pipeline(transaction=False)
         for rec in batch:
-            pipe.set(keys.interaction(rec["id"]), keys.encode(rec), ex=ttl)
+            pipe.set(keys.interaction(rec["id"]), pack(rec), ex=hot)
             pipe.xadd(
                 keys.INTERACTION_STREAM,
                 {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
@@ -156,8 +160,8 @@ def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
                 if isinstance(usage.get(kind), int):
                     c[kind] += usage[kind]
             c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
-            if rec.get("ttft_ms") is not None:
-                c[f"ttft:{stats.bucket(rec['ttft_ms'])}"] += 1
+            if (ttft := rec.get("ttft_ms")) is not None:
+                c[f"ttft:{stats.bucket(ttft)}"] += 1
         if rec.get("fallback"):
             for key in _arm_keys(rec, rec["assigned_arm"]):
                 out[key]["failed_over"] += 1
@@ -178,7 +182,8 @@ def arm_users(batch: list[Record]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     for rec in batch:
         exp = rec.get("experiment")
-        if exp and not rec.get("forced") and not rec.get("shadow_of") and rec.get("unit"):
+        unit = rec.get("unit")
+        if exp and not rec.get("forced") and not rec.get("shadow_of") and unit:
             version = rec.get("experiment_version") or 0
-            out[keys.version_users(exp, version, rec["assigned_arm"])].add(rec["unit"])
+            out[keys.version_users(exp, version, rec["assigned_arm"])].add(unit)
     return out

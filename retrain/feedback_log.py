@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from gateway import keys
 from gateway.config import Settings
+from gateway.records import FeedbackEvent, InteractionRecord, decode_feedback, unpack
 from gateway.store import start_embedded
 
 
@@ -51,15 +52,17 @@ def connect(settings: Settings) -> redis.Redis:
 
 
 @dataclass(frozen=True)
-class FeedbackEvent:
+class RatingEvent:
+    """One entry of the feedback stream: the rating as stored, and whether it replaced one."""
+
     stream_id: str
-    record: dict[str, Any]  # the feedback record as stored (see gateway/feedback.py)
+    record: FeedbackEvent
     replaced: bool
 
 
-def _event(stream_id: bytes | str, fields: dict[bytes, bytes]) -> FeedbackEvent:
-    return FeedbackEvent(
-        keys.text(stream_id), orjson.loads(fields[b"data"]), fields.get(b"replaced") == b"1"
+def _event(stream_id: bytes | str, fields: dict[bytes, bytes]) -> RatingEvent:
+    return RatingEvent(
+        keys.text(stream_id), decode_feedback(fields[b"data"]), fields.get(b"replaced") == b"1"
     )
 
 
@@ -84,9 +87,9 @@ class FeedbackConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, count: int = 500) -> list[FeedbackEvent]:
+    def read(self, count: int = 500) -> list[RatingEvent]:
         """Up to ``count`` events: first those a crashed run left unacknowledged, then new ones."""
-        out: list[FeedbackEvent] = []
+        out: list[RatingEvent] = []
         while self._claim_cursor is not None and len(out) < count:
             reply: Any = self.client.xautoclaim(
                 keys.FEEDBACK_STREAM,
@@ -108,13 +111,13 @@ class FeedbackConsumer:
                 out += [_event(sid, f) for sid, f in entries]
         return out
 
-    def read_all(self, batch: int = 500) -> list[FeedbackEvent]:
-        events: list[FeedbackEvent] = []
+    def read_all(self, batch: int = 500) -> list[RatingEvent]:
+        events: list[RatingEvent] = []
         while chunk := self.read(batch):
             events += chunk
         return events
 
-    def ack(self, events: list[FeedbackEvent]) -> int:
+    def ack(self, events: list[RatingEvent]) -> int:
         if not events:
             return 0
         return int(
@@ -122,12 +125,12 @@ class FeedbackConsumer:
         )
 
 
-def interaction(client: redis.Redis, response_id: str) -> dict[str, Any] | None:
-    return keys.decode(client.get(keys.interaction(response_id)))
+def interaction(client: redis.Redis, response_id: str) -> InteractionRecord | None:
+    return unpack(client.get(keys.interaction(response_id)))
 
 
-def ratings(client: redis.Redis, response_id: str) -> list[dict[str, Any]]:
-    rows = [orjson.loads(v) for v in client.hgetall(keys.feedback(response_id)).values()]
+def ratings(client: redis.Redis, response_id: str) -> list[FeedbackEvent]:
+    rows = [decode_feedback(v) for v in client.hgetall(keys.feedback(response_id)).values()]
     return sorted(rows, key=lambda r: (r["created"], r["rater"]))
 
 
@@ -158,7 +161,7 @@ def export_feedback(
     with open(tmp, "wb") as f:
         for rid in rated_since(client, since):
             ix = interaction(client, rid)
-            if tenant is not None and (ix or {}).get("tenant") != tenant:
+            if tenant is not None and (ix["tenant"] if ix else None) != tenant:
                 continue
             row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
             f.write(orjson.dumps(row) + b"\n")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from gateway import keys
+from gateway import keys, records
 
 from .conftest import ADMIN_KEY, API_KEY
 from .faulty_upstream import FaultyUpstream
@@ -321,7 +321,7 @@ def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -
     while True:
         assert time.monotonic() < deadline, "no judged shadow record"
         for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=20):
-            rec = keys.decode(r.get(keys.interaction(fields[b"id"].decode())))
+            rec = records.unpack(r.get(keys.interaction(fields[b"id"].decode())))
             if rec and rec.get("shadow_of") == served:
                 score: float | None = rec.get("judge_score")
                 return score
