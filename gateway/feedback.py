@@ -40,9 +40,9 @@ from .bodies import json_object
 from .config import FeedbackConfig
 from .errors import InvalidRequest, NotFound, StoreUnavailable
 from .ids import IdIssuer
-from .interaction_log import InteractionLog
+from .interaction_log import InteractionLog, load
 from .metrics import Metrics
-from .records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, decode_feedback, unpack
+from .records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, decode_feedback
 
 THUMBS = {"down": 0.0, "up": 1.0}
 FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
@@ -214,7 +214,7 @@ class FeedbackService:
             record = self.log.unwritten(response_id)
             if record is None:
                 try:
-                    record = unpack(await self.redis.get(keys.interaction(response_id)))
+                    record = (await load(self.redis, [response_id]))[0]
                 except (RedisError, OSError) as exc:
                     raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
             if record is not None:

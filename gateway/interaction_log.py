@@ -22,7 +22,8 @@ from redis.exceptions import RedisError
 
 from . import keys, stats
 from .metrics import Metrics
-from .records import InteractionRecord, pack
+from .records import InteractionRecord, block_candidates, pack, resolve_all, unpack
+from .records import refs as _refs
 from .redact import redact_all
 
 log = logging.getLogger(__name__)
@@ -114,18 +115,42 @@ class InteractionLog:
                 self._unwritten.pop(rec["id"], None)
             self._pending = []
 
+    async def _known_blocks(self, batch: list[Record], hot: int) -> set[str]:
+        """Which earlier turns of the batch's conversations are blocks in Redis already (one
+        round trip per batch, none for single-turn traffic). A block about to expire counts
+        as unknown, so a reference never outlives what it names."""
+        wanted = sorted({h for rec in batch for h in block_candidates(rec)})
+        if not wanted:
+            return set()
+        pipe = self._client.pipeline(transaction=False)
+        for h in wanted:
+            pipe.ttl(keys.block(h))
+        ttls = await pipe.execute()
+        return {h for h, ttl in zip(wanted, ttls, strict=True) if ttl > min(60, hot // 2)}
+
     async def _write(self, batch: list[Record]) -> None:
         ttl, hot = int(self._retention_s), max(1, int(self._hot_s))
         oldest_ms = int((time.time() - self._hot_s) * 1000)
         pipe = self._client.pipeline(transaction=False)
+        known = await self._known_blocks(batch, hot)
+        blocks: dict[str, bytes] = {}
+        refreshed: set[str] = set()
         for rec in batch:
-            pipe.set(keys.interaction(rec["id"]), pack(rec), ex=hot)
+            packed = pack(rec, known)
+            blocks.update(packed.blocks)
+            known.update(packed.blocks)  # a later turn in the same batch refers to it
+            refreshed.update(packed.refreshed)
+            pipe.set(keys.interaction(rec["id"]), packed.record, ex=hot)
             pipe.xadd(
                 keys.INTERACTION_STREAM,
                 {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
                 minid=oldest_ms,
                 approximate=True,
             )
+        for h, block in blocks.items():  # (re)set: its expiry moves on with each use
+            pipe.set(keys.block(h), block, ex=hot)
+        for h in refreshed - blocks.keys():
+            pipe.expire(keys.block(h), hot)
         for key, fields in arm_statistics(batch).items():
             for name, n in fields.items():
                 pipe.hincrby(key, name, n)
@@ -187,3 +212,15 @@ def arm_users(batch: list[Record]) -> dict[str, set[str]]:
             version = rec.get("experiment_version") or 0
             out[keys.version_users(exp, version, rec["assigned_arm"])].add(unit)
     return out
+
+
+async def load(client: aioredis.Redis, ids: list[str]) -> list[Record | None]:
+    """Interaction records by response id (None: unknown or past the hot window), their
+    message blocks put back: two round trips for any number of ids."""
+    if not ids:
+        return []
+    raws = await client.mget([keys.interaction(i) for i in ids])
+    recs = [unpack(raw) for raw in raws]
+    wanted = sorted({h for r in recs if r is not None for h in _refs(r)})
+    blocks = await client.mget([keys.block(h) for h in wanted]) if wanted else []
+    return resolve_all(recs, lambda _: blocks)

@@ -6,10 +6,15 @@ JSON documents unless noted.
 ==========================  ======  =================================================
 key                         type    content
 ==========================  ======  =================================================
-``fw:ix:{response_id}``     string  one interaction record (JSON), expires after the
-                                    configured retention
+``fw:ix:{response_id}``     string  one interaction record (``records.pack``:
+                                    compact, long messages as block hashes), expires
+                                    after ``interaction_log.hot_s``
+``fw:blk:{hash}``           string  one message (zlib JSON) by content hash, shared by
+                                    every record that refers to it; its expiry moves
+                                    on with each, so it outlives them all
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
-                                    ``arm``), in time order, trimmed by retention
+                                    ``arm``), in time order, trimmed to ``hot_s``; read
+                                    by the archiver's consumer group (``archive``)
 ``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
                                     record per (response, rater)
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
@@ -86,6 +91,10 @@ NO_EXPERIMENT = "-"
 
 def interaction(response_id: str) -> str:
     return f"{PREFIX}ix:{response_id}"
+
+
+def block(content_hash: str) -> str:
+    return f"{PREFIX}blk:{content_hash}"
 
 
 def feedback(response_id: str) -> str:

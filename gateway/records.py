@@ -14,15 +14,22 @@ same definitions: scalars become typed columns, nested values (messages, tools, 
 JSON text that any engine can parse.
 
 In Redis an interaction is kept compactly (:func:`pack`): the values in the definition's
-field order (no field names), zlib-compressed. :func:`unpack` also reads the plain JSON
-that earlier versions stored, so an upgrade needs no migration.
+field order (no field names), zlib-compressed. Long messages (and a long answer, as the
+assistant message it becomes in the conversation's next request) are stored once, as
+blocks named by their content hash: the app's system prompt, and every earlier turn of a
+conversation, are not stored again with each request. A packed record refers to them as
+``{"$b": hash}`` until :func:`resolve` puts them back. :func:`unpack` also reads the plain
+JSON that earlier versions stored, so an upgrade needs no migration.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import types
 import typing
 import zlib
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
 
 import orjson
@@ -171,12 +178,121 @@ def feedback_event(doc: dict[str, Any]) -> FeedbackEvent:
 # -- compact encoding (Redis) -----------------------------------------------------------
 
 _PACKED = b"\x00"  # first byte of a packed record; plain JSON starts with '{'
+BLOCK_MIN_BYTES = 200  # a shorter system prompt stays in the record: a key costs ~100 bytes
+REF = "$b"  # {"$b": hash}: one message stored as a block
+EXCHANGE = "$x"  # {"$x": hash}: the messages of one earlier turn stored as a block
+_MESSAGES = INTERACTION_FIELDS.index("messages")
 
 
-def pack(rec: InteractionRecord) -> bytes:
-    """An interaction as stored in Redis: its values in field order, zlib-compressed."""
-    values = [rec.get(name) for name in INTERACTION_FIELDS]
-    return _PACKED + zlib.compress(orjson.dumps(values), 6)
+def block_hash(encoded: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(encoded).digest()[:12]).decode()
+
+
+def exchanges(messages: list[dict[str, Any]]) -> tuple[int, list[tuple[int, int]], int]:
+    """A conversation's parts: the leading system/developer messages (``[0, s)``), the
+    earlier turns (each ``[i, j)``: what came in, up to the assistant's answer), and the
+    start of this request's new input."""
+    s = 0
+    while s < len(messages) and messages[s].get("role") in ("system", "developer"):
+        s += 1
+    turns, begin = [], s
+    for i in range(s, len(messages)):
+        if messages[i].get("role") == "assistant":
+            turns.append((begin, i + 1))
+            begin = i + 1
+    return s, turns, begin
+
+
+@dataclass
+class Packed:
+    """A record packed for Redis: its bytes and the blocks it needs written (hash → bytes)."""
+
+    record: bytes
+    blocks: dict[str, bytes]
+    refreshed: list[str]  # blocks it refers to that exist already: their expiry moves on
+
+
+def block_candidates(rec: InteractionRecord) -> list[str]:
+    """The earlier turns' block hashes of a record: the writer asks Redis which exist."""
+    messages = rec["messages"]
+    _, turns, _ = exchanges(messages)
+    return [block_hash(orjson.dumps(messages[i:j])) for i, j in turns[:-1]]
+
+
+def pack(rec: InteractionRecord, known: set[str] | frozenset[str] = frozenset()) -> Packed:
+    """An interaction as stored in Redis: its values in field order (no names), compressed.
+
+    Stored once, as blocks named by content hash: a long system prompt (every request of
+    an app carries it), and the earlier turns of a conversation: a turn already in Redis
+    (``known``: written by an earlier request of the conversation) is referred to; the last
+    earlier turn is written as a new block when every turn before it is known (the next
+    request will carry it again). A request whose history never came through the gateway
+    keeps that history in its own record: blocks nobody else will use would cost more.
+    """
+    values: list[Any] = [rec.get(name) for name in INTERACTION_FIELDS]
+    messages = rec["messages"]
+    s, turns, _ = exchanges(messages)
+    blocks: dict[str, bytes] = {}
+    refreshed: list[str] = []
+    out: list[Any] = []
+    for m in messages[:s]:
+        encoded = orjson.dumps(m)
+        if len(encoded) < BLOCK_MIN_BYTES:
+            out.append(m)
+            continue
+        h = block_hash(encoded)
+        blocks[h] = zlib.compress(encoded, 6)
+        out.append({REF: h})
+    chained = True  # every earlier turn so far is a known block
+    for n, (i, j) in enumerate(turns):
+        encoded = orjson.dumps(messages[i:j])
+        h = block_hash(encoded)
+        if h in known:
+            refreshed.append(h)
+            out.append({EXCHANGE: h})
+        elif n == len(turns) - 1 and chained:
+            blocks[h] = zlib.compress(encoded, 6)
+            out.append({EXCHANGE: h})
+        else:
+            chained = False
+            out.extend(messages[i:j])
+    out.extend(messages[turns[-1][1] if turns else s :])
+    values[_MESSAGES] = out
+    return Packed(_PACKED + zlib.compress(orjson.dumps(values), 6), blocks, refreshed)
+
+
+def refs(rec: InteractionRecord) -> list[str]:
+    """The block hashes a just-unpacked record refers to."""
+    return [
+        m.get(REF) or m[EXCHANGE]
+        for m in rec["messages"]
+        if isinstance(m, dict) and (REF in m or EXCHANGE in m)
+    ]
+
+
+def resolve_all(
+    recs: list[InteractionRecord | None], fetch: typing.Callable[[list[str]], list[Any]]
+) -> list[InteractionRecord | None]:
+    """Resolve many records with one ``fetch`` of every block they need (hash → bytes)."""
+    wanted = sorted({h for r in recs if r is not None for h in refs(r)})
+    got = dict(zip(wanted, fetch(wanted), strict=True)) if wanted else {}
+    return [None if r is None else resolve(r, got) for r in recs]
+
+
+def resolve(rec: InteractionRecord, blocks: dict[str, bytes | None]) -> InteractionRecord:
+    """Put a record's blocks back (a block that is gone leaves its reference)."""
+    out: list[Any] = []
+    for m in rec["messages"]:
+        h = m.get(REF) or m.get(EXCHANGE) if isinstance(m, dict) else None
+        raw = blocks.get(h) if h else None
+        if raw is None:
+            out.append(m)
+        elif REF in m:
+            out.append(orjson.loads(zlib.decompress(raw)))
+        else:
+            out.extend(orjson.loads(zlib.decompress(raw)))
+    rec["messages"] = out
+    return rec
 
 
 def unpack(raw: bytes | str | None) -> InteractionRecord | None:

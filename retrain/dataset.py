@@ -46,11 +46,11 @@ import redis
 
 from gateway import keys
 from gateway.config import Retrain, Settings
-from gateway.records import InteractionRecord, text_of, unpack
+from gateway.records import InteractionRecord, text_of
 
 from .curate import DPO, MESSAGE_KEYS, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
-from .feedback_log import FeedbackConsumer, RatingEvent
+from .feedback_log import FeedbackConsumer, RatingEvent, load
 
 OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
 OVER_COST_CAP, BELOW_MINIMUM, BUSY = ExitCode.OVER_COST_CAP, ExitCode.BELOW_MINIMUM, ExitCode.BUSY
@@ -458,10 +458,8 @@ class Builder:
         step = self.progress("join interactions", len(ids))
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            for rid, raw in zip(
-                chunk, self.client.mget([keys.interaction(i) for i in chunk]), strict=True
-            ):
-                out[rid] = unpack(raw)
+            for rid, rec in zip(chunk, load(self.client, chunk), strict=True):
+                out[rid] = rec
             step(len(chunk))
         return out
 

@@ -27,7 +27,13 @@ from redis.retry import Retry
 
 from gateway import keys
 from gateway.config import Settings
-from gateway.records import FeedbackEvent, InteractionRecord, decode_feedback, unpack
+from gateway.records import (
+    FeedbackEvent,
+    InteractionRecord,
+    decode_feedback,
+    resolve_all,
+    unpack,
+)
 from gateway.store import start_embedded
 
 
@@ -126,7 +132,20 @@ class FeedbackConsumer:
 
 
 def interaction(client: redis.Redis, response_id: str) -> InteractionRecord | None:
-    return unpack(client.get(keys.interaction(response_id)))
+    return load(client, [response_id])[0]
+
+
+def load(client: redis.Redis, ids: list[str]) -> list[InteractionRecord | None]:
+    """Interaction records by response id (None: unknown or past the hot window), their
+    message blocks put back: two round trips for any number of ids."""
+    if not ids:
+        return []
+    recs = [unpack(raw) for raw in client.mget([keys.interaction(i) for i in ids])]
+
+    def fetch(hashes: list[str]) -> list[Any]:
+        return list(client.mget([keys.block(h) for h in hashes]))
+
+    return resolve_all(recs, fetch)
 
 
 def ratings(client: redis.Redis, response_id: str) -> list[FeedbackEvent]:

@@ -12,8 +12,9 @@ import openai
 import pytest
 import redis
 
-from gateway import keys, records
+from gateway import keys
 from localstack import VLLMServer
+from retrain import feedback_log
 
 from .conftest import API_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream
@@ -26,7 +27,7 @@ def wait_for_record(url: str, response_id: str, timeout: float = 5.0) -> dict[st
     r = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        doc = records.unpack(r.get(keys.interaction(response_id)))
+        doc = feedback_log.interaction(r, response_id)
         if doc is not None:
             return doc
         time.sleep(0.02)

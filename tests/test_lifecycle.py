@@ -13,8 +13,8 @@ import orjson
 import pytest
 import redis
 
-from gateway import keys, records
 from localstack import free_port
+from retrain import feedback_log
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess
@@ -91,7 +91,7 @@ def test_sigterm_drains_readiness_then_listener_then_streams_and_flushes_the_log
 
     # The stream's interaction record, logged when the stream ended, reached Redis.
     r = redis.Redis.from_url(redis_server.url)
-    record = records.unpack(r.get(keys.interaction(chunks[0]["id"])))
+    record = feedback_log.interaction(r, chunks[0]["id"])
     assert record is not None
     assert record["status"] == "ok"
     assert record["answer"] == "x" * 20

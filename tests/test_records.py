@@ -18,6 +18,7 @@ import redis
 
 from gateway import keys, records
 from gateway.config import Retrain
+from retrain import feedback_log
 from retrain.curate import DPO, SFT, Curator, TokenCounter, format_errors
 from retrain.dataset import examples_from
 from retrain.feedback_log import RatingEvent
@@ -87,7 +88,7 @@ def served(
 def stored(r: redis.Redis, response_id: str) -> records.InteractionRecord:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        rec = records.unpack(r.get(keys.interaction(response_id)))
+        rec = feedback_log.interaction(r, response_id)
         if rec is not None:
             return rec
         time.sleep(0.02)
@@ -250,3 +251,31 @@ def test_every_rated_or_corrected_turn_of_a_conversation_trains_and_only_those()
     dpo = next(ex.line for ex in kept if ex.kind == DPO)
     assert format_errors(dpo) == []
     assert all("weight" not in m for m in dpo["input"]["messages"])
+
+
+def test_a_conversation_stores_its_system_prompt_and_earlier_turns_once(served: Served) -> None:
+    system = {"role": "system", "content": "You are the shop's helper. " * 12}
+    messages: list[dict[str, Any]] = [system]
+    ids = []
+    questions = ("Can I return shoes I bought last week?", "Is the label free?", "And boots?")
+    for question in questions:
+        messages = [*messages, {"role": "user", "content": question}]
+        reply = served.client.chat.completions.create(
+            model="helper",
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=200,
+            extra_headers={"x-flywheel-user": "blocks"},
+        )
+        ids.append(reply.id)
+        stored(served.redis, reply.id)
+        messages = [*messages, {"role": "assistant", "content": reply.choices[0].message.content}]
+    first, _, third = (feedback_log.interaction(served.redis, i) for i in ids)
+    assert first is not None and third is not None
+    assert third["messages"] == messages[:-1]  # whole again, blocks put back
+    assert first["messages"] == messages[:2]
+    packed = [records.unpack(served.redis.get(keys.interaction(i))) for i in ids]
+    refs = [records.refs(p) for p in packed if p is not None]
+    assert len(refs[0]) == 1 and refs[0][0] in refs[1]  # the system prompt: one block
+    assert len(refs[1]) == 2 and set(refs[1]) < set(refs[2])  # turn 1: one block, reused
+    assert len(refs[2]) == 3  # the system prompt and two earlier turns, each stored once
+    assert all(served.redis.exists(keys.block(h)) for h in refs[2])

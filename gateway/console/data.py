@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from .. import keys, report, store
 from ..config import Experiment
 from ..control import Control
-from ..records import FeedbackEvent, InteractionRecord, decode_feedback, text_of, unpack
+from ..interaction_log import load
+from ..records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
 from .access import User
 
 SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
@@ -134,10 +135,9 @@ async def interactions(
                 if _rating_matches(f, mine, threshold):
                     rated_first[rid] = mine
             cand = [(sid, rid) for sid, rid in cand if rid in rated_first]
-        raws = await redis.mget([keys.interaction(rid) for _, rid in cand]) if cand else []
+        recs = await load(redis, [rid for _, rid in cand])
         found = []
-        for (sid, _), raw in zip(cand, raws, strict=True):
-            rec = unpack(raw)
+        for (sid, _), rec in zip(cand, recs, strict=True):
             if rec is None:
                 continue
             if user.tenant and rec.get("tenant") != user.tenant:
@@ -177,7 +177,7 @@ async def interactions(
 
 
 async def interaction(redis: aioredis.Redis, response_id: str) -> InteractionRecord | None:
-    return unpack(await redis.get(keys.interaction(response_id)))
+    return (await load(redis, [response_id]))[0]
 
 
 async def overview(control: Control, redis: aioredis.Redis) -> list[dict[str, Any]]:
