@@ -12,6 +12,7 @@ in ``bench/``). Everything else goes to FastAPI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import re
@@ -34,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import store
+from . import keys, store
 from .admin import add_admin_routes
 from .auth import KeyRing
 from .bodies import read_body
@@ -141,6 +142,35 @@ async def _bounded(what: str, step: Awaitable[None], seconds: float) -> None:
         log.info("shutdown: %s took %.2f s", what, time.monotonic() - t0)
 
 
+async def _archive_loop(settings: Settings, url: str) -> None:
+    """Background task: archive what Redis holds, when this process holds the archive lock
+    (one archiver among all replicas and workers). Each pass runs in a thread."""
+    import redis as sync_redis
+
+    from .archive import Archive, Archiver, default_url
+
+    cfg = settings.archive
+    client = sync_redis.Redis.from_url(url, socket_timeout=60, socket_connect_timeout=5)
+    archiver: Archiver | None = None
+    try:
+        while True:
+            try:
+                if archiver is None:
+                    archive = await asyncio.to_thread(
+                        Archive, default_url(settings.data_dir, cfg.url)
+                    )
+                    archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
+                await asyncio.to_thread(archiver.run_once)
+            except Exception as exc:  # noqa: BLE001 - the next pass retries
+                log.warning("archive pass failed: %s", exc)
+            await asyncio.sleep(cfg.every_s)
+    finally:
+        if archiver is not None:
+            with contextlib.suppress(Exception):
+                archiver.release()
+        client.close()
+
+
 async def _count_tasks(metrics: Metrics, every_s: float = 1.0) -> None:
     while True:
         metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
@@ -216,12 +246,21 @@ def create_app(settings: Settings) -> FastAPI:
             fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
             + settings.feedback.join_wait_s,
         )
+        archiving = settings.archive.enabled
         maintenance = [
             asyncio.create_task(
-                maintain(redis, settings.feedback, lambda: list(control.router.experiments))
+                maintain(
+                    redis,
+                    settings.feedback,
+                    lambda: list(control.router.experiments),
+                    extra_groups=[keys.ARCHIVE_GROUP] if archiving else [],
+                )
             ),
             asyncio.create_task(_count_tasks(metrics)),
         ]
+        if archiving:
+            url = embedded.url if embedded is not None else settings.redis_url or ""
+            maintenance.append(asyncio.create_task(_archive_loop(settings, url)))
         app.state.gateway = GatewayState(
             settings, metrics, redis, upstream, control, chat, feedback, started=int(time.time())
         )

@@ -324,6 +324,7 @@ async def maintain(
     cfg: FeedbackConfig,
     experiments: Callable[[], Iterable[str]],
     every_s: float = 60.0,
+    extra_groups: list[str] | None = None,
 ) -> None:
     """Background task: keep the consumer groups and trim the stream, while Redis answers.
 
@@ -334,6 +335,7 @@ async def maintain(
     while True:
         try:
             groups = [keys.retrain_group(e) for e in experiments()] + cfg.consumer_groups
+            groups += extra_groups or []
             await ensure_groups(redis, groups)
             await trim_feedback_stream(redis, cfg.retention_days * 86400)
         except (RedisError, OSError) as exc:

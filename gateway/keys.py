@@ -15,6 +15,9 @@ key                         type    content
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
                                     ``arm``), in time order, trimmed to ``hot_s``; read
                                     by the archiver's consumer group (``archive``)
+``fw:archive:lock``         string  held by the one archiver running (``archive.py``),
+                                    renewed each pass; consumer group ``archive`` on
+                                    both streams is where it stands
 ``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
                                     record per (response, rater)
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
@@ -86,6 +89,8 @@ PREFIX = "fw:"
 INTERACTION_STREAM = PREFIX + "ix:stream"
 FEEDBACK_STREAM = PREFIX + "fb:stream"
 AGGREGATE_INDEX = PREFIX + "agg:index"
+ARCHIVE_LOCK = PREFIX + "archive:lock"
+ARCHIVE_GROUP = "archive"  # the archiver's consumer group on both streams
 NO_EXPERIMENT = "-"
 
 

@@ -26,13 +26,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway import keys
+from gateway.archive import load_sync
 from gateway.config import Settings
 from gateway.records import (
     FeedbackEvent,
     InteractionRecord,
     decode_feedback,
-    resolve_all,
-    unpack,
 )
 from gateway.store import start_embedded
 
@@ -137,15 +136,8 @@ def interaction(client: redis.Redis, response_id: str) -> InteractionRecord | No
 
 def load(client: redis.Redis, ids: list[str]) -> list[InteractionRecord | None]:
     """Interaction records by response id (None: unknown or past the hot window), their
-    message blocks put back: two round trips for any number of ids."""
-    if not ids:
-        return []
-    recs = [unpack(raw) for raw in client.mget([keys.interaction(i) for i in ids])]
-
-    def fetch(hashes: list[str]) -> list[Any]:
-        return list(client.mget([keys.block(h) for h in hashes]))
-
-    return resolve_all(recs, fetch)
+    message blocks put back."""
+    return load_sync(client, ids)
 
 
 def ratings(client: redis.Redis, response_id: str) -> list[FeedbackEvent]:
