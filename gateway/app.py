@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import keys, store
 from .admin import add_admin_routes
+from .archive import default_url
 from .auth import KeyRing
 from .bodies import read_body
 from .chat import ChatService
@@ -147,7 +148,7 @@ async def _archive_loop(settings: Settings, url: str) -> None:
     (one archiver among all replicas and workers). Each pass runs in a thread."""
     import redis as sync_redis
 
-    from .archive import Archive, Archiver, default_url
+    from .archive import Archive, Archiver
 
     cfg = settings.archive
     client = sync_redis.Redis.from_url(url, socket_timeout=60, socket_connect_timeout=5)
@@ -243,6 +244,8 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             config=settings.feedback,
             max_age_s=settings.interaction_log.retention_days * 86400,
+            hot_s=settings.interaction_log.hot_s,
+            archive_url=default_url(settings.data_dir, settings.archive.url),
             fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
             + settings.feedback.join_wait_s,
         )

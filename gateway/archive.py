@@ -60,6 +60,8 @@ from .records import (
     InteractionRecord,
     column_kinds,
     decode_feedback,
+    from_row,
+    interaction,
     resolve_all,
     to_row,
     unpack,
@@ -197,6 +199,35 @@ class Archive:
         """The committed files of one kind, as paths or URLs (what readers should read)."""
         paths = [self.path(f["path"]) for f in self.manifest()["files"] if f["kind"] == kind]
         return paths if self.local else [self.fs.unstrip_protocol(p) for p in paths]
+
+
+def find_interactions(
+    archive: Archive, ids: list[str], days: set[str] | None = None
+) -> dict[str, InteractionRecord]:
+    """Archived interactions by response id (only the ``days`` partitions, when given)."""
+    if not ids:
+        return {}
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    files = [
+        archive.path(f["path"])
+        for f in archive.manifest()["files"]
+        if f["kind"] == INTERACTIONS
+        and (days is None or f["path"].split("/")[1].removeprefix("date=") in days)
+    ]
+    if not files:
+        return {}
+    fs = None if archive.local else PyFileSystem(FSSpecHandler(archive.fs))
+    data = pads.dataset(files, schema=arrow_schema(INTERACTIONS), format="parquet", filesystem=fs)
+    table = data.to_table(filter=pc.field("id").isin(sorted(set(ids))))
+    out: dict[str, InteractionRecord] = {}
+    for row in table.to_pylist():  # later copies (there are none) would win
+        doc = from_row(row, COLUMNS[INTERACTIONS])
+        doc.pop("stream_id", None)
+        out[doc["id"]] = interaction(doc)
+    return out
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,9 @@ not at all:
   feedback stream that the retrain job consumes; a replaced rating appears again, and
   the latest event per (response, rater) is the one that counts.
 
-A rating may arrive before its interaction record reaches Redis (the instant a stream
+A rating may come after the interaction left Redis (``interaction_log.hot_s``): it is
+then joined to the archived record (``archive.py``), read from that day's Parquet files.
+A rating may also arrive before its interaction record reaches Redis (the instant a stream
 ends). Response ids are signed and time-stamped (``ids.py``), so the gateway knows an id
 it issued: it looks in the log writer's unwritten records, then in Redis, and for a
 recent id waits up to ``feedback.join_wait_s`` for the record to land.
@@ -189,6 +191,8 @@ class FeedbackService:
         config: FeedbackConfig,
         max_age_s: float,
         fresh_s: float,
+        hot_s: float | None = None,
+        archive_url: str | None = None,
     ) -> None:
         self.redis = redis
         self.ids = ids
@@ -197,7 +201,20 @@ class FeedbackService:
         self.config = config
         self.max_age_s = max_age_s  # interaction retention: older ids have expired
         self.fresh_s = fresh_s  # an id this young may still be on its way to Redis
+        self.hot_s = hot_s if hot_s is not None else max_age_s
+        self.archive_url = archive_url
+        self._archive: Any = None
         self._store = redis.register_script(_STORE)
+
+    def _archived(self, response_id: str, issued: float) -> InteractionRecord | None:
+        """An interaction past the hot window, from the archive (run in a thread)."""
+        from .archive import Archive, find_interactions
+
+        if self._archive is None:
+            assert self.archive_url is not None
+            self._archive = Archive(self.archive_url)
+        days = {time.strftime("%Y-%m-%d", time.gmtime(issued + d)) for d in (0, 86400)}
+        return find_interactions(self._archive, [response_id], days).get(response_id)
 
     async def interaction(self, response_id: str, principal: Principal) -> InteractionRecord:
         """The rated interaction, or NotFound for an id that is unknown, expired or not yours."""
@@ -217,6 +234,16 @@ class FeedbackService:
                     record = (await load(self.redis, [response_id]))[0]
                 except (RedisError, OSError) as exc:
                     raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
+            if (
+                record is None
+                and self.archive_url
+                and time.monotonic() >= deadline
+                and time.time() - issued > self.hot_s - 120  # it may have left Redis
+            ):
+                try:
+                    record = await asyncio.to_thread(self._archived, response_id, issued)
+                except (OSError, ValueError) as exc:
+                    raise StoreUnavailable(f"The archive is unavailable: {exc}") from None
             if record is not None:
                 if record.get("tenant") != principal.tenant:
                     raise missing

@@ -3,7 +3,8 @@
 One build, in order:
 
 1. **Collect** the experiment's new rating events through its consumer group
-   (``retrain.<experiment>``) and join each with its interaction record. Events are
+   (``retrain.<experiment>``) and join each with its interaction record: from Redis, or
+   for one past ``interaction_log.hot_s``, from the archive (``gateway/archive.py``). Events are
    acknowledged only after the dataset that includes them is written, so a crash
    loses nothing; a version's manifest lists its events, so a crash between writing and
    acknowledging cannot put an event into two versions. An experiment that belongs to a
@@ -45,6 +46,7 @@ import orjson
 import redis
 
 from gateway import keys
+from gateway.archive import Archive, default_url, find_interactions
 from gateway.config import Retrain, Settings
 from gateway.records import InteractionRecord, text_of
 
@@ -461,6 +463,10 @@ class Builder:
             for rid, rec in zip(chunk, load(self.client, chunk), strict=True):
                 out[rid] = rec
             step(len(chunk))
+        gone = [rid for rid, rec in out.items() if rec is None]
+        if gone:  # past the hot window: from the archive
+            archive = Archive(default_url(self.settings.data_dir, self.settings.archive.url))
+            out.update(find_interactions(archive, gone))
         return out
 
     def _run(self, dry_run: bool) -> BuildResult:

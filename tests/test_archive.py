@@ -26,6 +26,9 @@ import yaml
 
 from gateway import keys
 from gateway.archive import CRASH_ENV, MANIFEST
+from gateway.config import load_settings
+from retrain.dataset import Builder
+from retrain.feedback_log import connect
 
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess, RedisProcess
@@ -232,5 +235,63 @@ def test_the_gateway_archives_by_itself(
                     break
             time.sleep(0.2)
         assert sorted(r[0] for r in found) == sorted(ids)
+    finally:
+        gw.stop()
+
+
+LATE_DB = 15  # a gateway whose hot window is two seconds
+
+
+def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
+    redis_server: RedisProcess, tmp_path: Path, served: Served
+) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{LATE_DB}"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    config = yaml.safe_load(served.config.read_text())
+    config.update(
+        redis_url=url,
+        experiments={"late": {"arms": [{"model": "helper"}]}},
+        interaction_log={"hot_s": 2},
+        archive={"url": str(tmp_path / "archive"), "every_s": 0.2},
+    )
+    gw = GatewayProcess(config, tmp_path / "gw")
+    try:
+        gw.start()
+        messages = [{"role": "user", "content": "How long do refunds take?"}]
+        with httpx.Client(base_url=gw.url, timeout=30) as c:
+            reply = c.post(
+                "/v1/chat/completions",
+                json={"model": "late", "messages": messages, "user": "late-user"},
+                headers=CLIENT,
+            )
+            assert reply.status_code == 200, reply.text
+            rid = reply.json()["id"]
+            deadline = time.monotonic() + 30
+            while r.exists(keys.interaction(rid)) or not (tmp_path / "archive" / MANIFEST).exists():
+                assert time.monotonic() < deadline, "the record did not leave Redis"
+                time.sleep(0.2)
+            fix = "Refunds reach your card within five working days."
+            rated = c.post(
+                "/v1/feedback",
+                json={"response_id": rid, "rating": "down", "correction": fix},
+                headers=CLIENT,
+            )
+            assert rated.status_code == 201, rated.text
+        doc = yaml.safe_load(gw.config_path.read_text())
+        doc["retrain"] = {
+            "dataset_dir": str(tmp_path / "datasets"),
+            "min_examples": 1,
+            "split": {"validation": 0, "test": 0},
+        }
+        path = tmp_path / "retrain.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        settings = load_settings(path)
+        result = Builder(connect(settings), settings, "late").run()
+        assert result.status == "written", result.message
+        train = [
+            orjson.loads(line) for line in (result.path / "train.jsonl").read_text().splitlines()
+        ]
+        assert train == [{"messages": [*messages, {"role": "assistant", "content": fix}]}]
     finally:
         gw.stop()
