@@ -7,7 +7,12 @@ different words in every request) the way the gateway does — records made by
 before and after. "before" writes the same records the way earlier versions did (plain
 JSON kept for the whole retention, stream trimmed by retention), so both numbers come
 from this machine. Then the archiver copies them to Parquet (``archive.py``) and the
-bench reports the archive's bytes per interaction and the archiver's records/s.
+bench reports the archive's bytes per interaction and the archiver's records/s (one
+pass: read from Redis, blocks put back, Parquet written, manifest, acknowledged).
+
+Three workloads: 4-turn conversations of one app (every request logged: the 4th is the
+1.7 KB request), only the 4th requests (their history never came through the gateway:
+nothing to share but the system prompt), and 20-turn conversations.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 
 from gateway import keys
+from gateway.archive import Archive, Archiver
 from gateway.auth import Principal
 from gateway.chat import Turn
 from gateway.config import InteractionLogConfig, Upstream
@@ -39,8 +46,10 @@ from .systems import ID_SECRET, start_redis
 
 
 def _corpus() -> list[str]:
-    """English prose to cut messages from (Python's own documentation, shipped with it):
-    it compresses like real chat text, where a small made-up vocabulary would flatter."""
+    """The words of English prose (Python's own documentation, shipped with it), with their
+    frequencies: messages are drawn from it word by word, so each is new text that
+    compresses like chat text (a little worse: no phrases repeat), and a Parquet file of
+    thousands of them finds no copied passages to fold."""
     from pydoc_data.topics import topics
 
     return " ".join(" ".join(t.split()) for t in topics.values()).split(" ")
@@ -50,12 +59,10 @@ WORDS = _corpus()
 
 
 def _text(rng: random.Random, chars: int) -> str:
-    start = rng.randrange(len(WORDS) - chars)
     out: list[str] = []
     n = 0
-    for w in WORDS[start:]:
-        if n >= chars:
-            break
+    while n < chars:
+        w = WORDS[rng.randrange(len(WORDS))]
         out.append(w)
         n += len(w) + 1
     return " ".join(out)[:chars]
@@ -160,7 +167,27 @@ async def redis_bytes(url: str, recs: list[InteractionRecord]) -> dict[str, floa
                 await log._write(recs[i : i + 500])
         out[name] = (await _used(client) - base) / len(recs)
     await client.aclose()
+    out.update(await asyncio.to_thread(archive_bytes, url, len(recs)))
     return out
+
+
+def archive_bytes(url: str, n: int) -> dict[str, float]:
+    """Archive what Redis holds now (the records as written "now"): bytes and records/s."""
+    import pyarrow.parquet  # noqa: F401 - imported once by a running archiver: not timed
+
+    root = Path(tempfile.mkdtemp(prefix="flywheel-bench-archive-"))
+    client = redis.Redis.from_url(url)
+    try:
+        archiver = Archiver(client, Archive(str(root)), batch=50_000)
+        t0 = time.perf_counter()
+        result = archiver.run_once()
+        seconds = time.perf_counter() - t0
+        assert result.written["interactions"] == n, result
+        size = sum(p.stat().st_size for p in root.glob("interactions/**/*.parquet"))
+        return {"archive": size / n, "archive_per_s": n / seconds}
+    finally:
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -183,10 +210,13 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.n} interactions per workload; the 4th request of a conversation: {size:,} B\n")
-    print("| workload | Redis B/interaction before | now | now/before |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| workload | Redis B/interaction before | now | now/before | archive B | archived/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
-        print(f"| {name} | {r['before']:,.0f} | {r['now']:,.0f} | {r['now'] / r['before']:.2f} |")
+        print(
+            f"| {name} | {r['before']:,.0f} | {r['now']:,.0f} | {r['now'] / r['before']:.2f} "
+            f"| {r['archive']:,.0f} | {r['archive_per_s']:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

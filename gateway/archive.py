@@ -376,7 +376,8 @@ class Archiver:
         schema = arrow_schema(kind)
         for part, part_rows in sorted(by_part.items()):
             rel = f"{kind}/{part}/part-{first}.parquet"
-            table = pa.Table.from_pylist(part_rows, schema=schema)
+            columns = {name: [row[name] for row in part_rows] for name in schema.names}
+            table = pa.Table.from_pydict(columns, schema=schema)
             size = self.archive.write_parquet(rel, table)
             written.append(
                 {
@@ -431,7 +432,8 @@ def load_sync(client: redis.Redis, ids: list[str]) -> list[InteractionRecord | N
     recs: list[InteractionRecord | None] = []
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
-        recs += [unpack(raw) for raw in client.mget([keys.interaction(i) for i in chunk])]
+        raws = client.mget([keys.interaction(i) for i in chunk])
+        recs += [unpack(raw, rid) for raw, rid in zip(raws, chunk, strict=True)]
 
     def fetch(hashes: list[str]) -> list[Any]:
         out: list[Any] = []

@@ -220,7 +220,7 @@ async def load(client: aioredis.Redis, ids: list[str]) -> list[Record | None]:
     if not ids:
         return []
     raws = await client.mget([keys.interaction(i) for i in ids])
-    recs = [unpack(raw) for raw in raws]
+    recs = [unpack(raw, rid) for raw, rid in zip(raws, ids, strict=True)]
     wanted = sorted({h for r in recs if r is not None for h in _refs(r)})
     blocks = await client.mget([keys.block(h) for h in wanted]) if wanted else []
     return resolve_all(recs, lambda _: blocks)

@@ -182,6 +182,7 @@ BLOCK_MIN_BYTES = 200  # a shorter system prompt stays in the record: a key cost
 REF = "$b"  # {"$b": hash}: one message stored as a block
 EXCHANGE = "$x"  # {"$x": hash}: the messages of one earlier turn stored as a block
 _MESSAGES = INTERACTION_FIELDS.index("messages")
+_ID = INTERACTION_FIELDS.index("id")
 
 
 def block_hash(encoded: bytes) -> str:
@@ -258,7 +259,8 @@ def pack(rec: InteractionRecord, known: set[str] | frozenset[str] = frozenset())
             out.extend(messages[i:j])
     out.extend(messages[turns[-1][1] if turns else s :])
     values[_MESSAGES] = out
-    return Packed(_PACKED + zlib.compress(orjson.dumps(values), 6), blocks, refreshed)
+    values[_ID] = None  # the key names it: unpack(raw, response_id) puts it back
+    return Packed(_PACKED + zlib.compress(orjson.dumps(values), 9), blocks, refreshed)
 
 
 def refs(rec: InteractionRecord) -> list[str]:
@@ -276,27 +278,37 @@ def resolve_all(
     """Resolve many records with one ``fetch`` of every block they need (hash → bytes)."""
     wanted = sorted({h for r in recs if r is not None for h in refs(r)})
     got = dict(zip(wanted, fetch(wanted), strict=True)) if wanted else {}
-    return [None if r is None else resolve(r, got) for r in recs]
+    parsed: dict[str, Any] = {}  # each block decoded once, however many records share it
+    return [None if r is None else resolve(r, got, parsed) for r in recs]
 
 
-def resolve(rec: InteractionRecord, blocks: dict[str, bytes | None]) -> InteractionRecord:
-    """Put a record's blocks back (a block that is gone leaves its reference)."""
+def resolve(
+    rec: InteractionRecord,
+    blocks: dict[str, bytes | None],
+    parsed: dict[str, Any] | None = None,
+) -> InteractionRecord:
+    """Put a record's blocks back (a block that is gone leaves its reference). Records
+    resolved with one ``parsed`` cache share the decoded messages: treat them as read-only."""
+    parsed = {} if parsed is None else parsed
     out: list[Any] = []
     for m in rec["messages"]:
         h = m.get(REF) or m.get(EXCHANGE) if isinstance(m, dict) else None
-        raw = blocks.get(h) if h else None
-        if raw is None:
+        if h and h not in parsed and blocks.get(h) is not None:
+            parsed[h] = orjson.loads(zlib.decompress(blocks[h]))  # type: ignore[arg-type]
+        block = parsed.get(h) if h else None
+        if block is None:
             out.append(m)
         elif REF in m:
-            out.append(orjson.loads(zlib.decompress(raw)))
+            out.append(block)
         else:
-            out.extend(orjson.loads(zlib.decompress(raw)))
+            out.extend(block)
     rec["messages"] = out
     return rec
 
 
-def unpack(raw: bytes | str | None) -> InteractionRecord | None:
-    """A stored interaction (packed, or the plain JSON of earlier versions)."""
+def unpack(raw: bytes | str | None, response_id: str | None = None) -> InteractionRecord | None:
+    """A stored interaction (packed, or the plain JSON of earlier versions); a packed one
+    leaves its id to its key: give ``response_id`` to have it back."""
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -309,6 +321,8 @@ def unpack(raw: bytes | str | None) -> InteractionRecord | None:
     version = values[0]
     if version != SCHEMA_VERSION:  # pragma: no cover - no older packed version exists yet
         raise ValueError(f"unknown packed interaction version {version}")
+    if values[_ID] is None:
+        values[_ID] = response_id
     return typing.cast(InteractionRecord, dict(zip(INTERACTION_FIELDS, values, strict=True)))
 
 

@@ -175,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
             return 2
-        n = export_feedback(
-            connect(load_config_or_exit(args.config)), since, args.out, tenant=args.tenant
-        )
+        from gateway.archive import Archive, default_url
+
+        settings = load_config_or_exit(args.config)
+        archive = Archive(default_url(settings.data_dir, settings.archive.url))
+        n = export_feedback(connect(settings), since, args.out, tenant=args.tenant, archive=archive)
         print(f"wrote {n} rated responses to {args.out}")
         return 0
     if args.command == "archive":

@@ -10,6 +10,7 @@ same event again. :func:`export_feedback` reads without a group, for people.
 from __future__ import annotations
 
 import atexit
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway import keys
-from gateway.archive import load_sync
+from gateway.archive import Archive, find_interactions, load_sync
 from gateway.config import Settings
 from gateway.records import (
     FeedbackEvent,
@@ -162,21 +163,32 @@ def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iter
 
 
 def export_feedback(
-    client: redis.Redis, since: datetime, out: Path, tenant: str | None = None
+    client: redis.Redis,
+    since: datetime,
+    out: Path,
+    tenant: str | None = None,
+    archive: Archive | None = None,
 ) -> int:
     """Write one JSON line per rated response: the interaction and its current ratings
-    (with ``tenant``: only that tenant's responses)."""
+    (with ``tenant``: only that tenant's responses). An interaction past the hot window
+    comes from the ``archive``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
+    rated = rated_since(client, since)
     with open(tmp, "wb") as f:
-        for rid in rated_since(client, since):
-            ix = interaction(client, rid)
-            if tenant is not None and (ix["tenant"] if ix else None) != tenant:
-                continue
-            row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
-            f.write(orjson.dumps(row) + b"\n")
-            n += 1
+        while chunk := list(itertools.islice(rated, 1000)):
+            found = dict(zip(chunk, load(client, chunk), strict=True))
+            gone = [rid for rid, ix in found.items() if ix is None]
+            if gone and archive is not None:
+                found.update(find_interactions(archive, gone))
+            for rid in chunk:
+                ix = found[rid]
+                if tenant is not None and (ix["tenant"] if ix else None) != tenant:
+                    continue
+                row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
+                f.write(orjson.dumps(row) + b"\n")
+                n += 1
     tmp.replace(out)
     return n
 

@@ -293,5 +293,17 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
             orjson.loads(line) for line in (result.path / "train.jsonl").read_text().splitlines()
         ]
         assert train == [{"messages": [*messages, {"role": "assistant", "content": fix}]}]
+        out = tmp_path / "export.jsonl"
+        exported = subprocess.run(
+            [sys.executable, "-m", "retrain", "export-feedback", "--since", "2000-01-01"]
+            + ["--out", str(out), "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert exported.returncode == 0, exported.stderr
+        (line,) = [orjson.loads(x) for x in out.read_text().splitlines()]
+        assert line["response_id"] == rid and line["interaction"]["messages"] == messages
+        assert [r["correction"] for r in line["ratings"]] == [fix]
     finally:
         gw.stop()
