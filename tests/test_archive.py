@@ -307,3 +307,15 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
         assert [r["correction"] for r in line["ratings"]] == [fix]
     finally:
         gw.stop()
+
+
+def test_the_documented_duckdb_query_reads_the_archive(served: Served) -> None:
+    ids = serve(served, 2)
+    assert archive(served).returncode == 0
+    page = (Path(__file__).resolve().parents[1] / "docs" / "archive.md").read_text()
+    sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
+    rows = query(sql.replace("ARCHIVE", str(served.archive)))
+    assert ("shop", "helper") in {(r[0], r[1]) for r in rows}
+    shop = next(r for r in rows if r[0] == "shop")
+    rated = query(f"SELECT count(*) FROM {glob(served, 'feedback')} WHERE exp = 'shop'")[0][0]
+    assert shop[2] == rated >= len(ids) and shop[3] == 1.0
