@@ -58,6 +58,7 @@ from . import keys
 from .records import (
     FeedbackEvent,
     InteractionRecord,
+    arrow_type,
     column_kinds,
     decode_feedback,
     from_row,
@@ -120,14 +121,7 @@ COLUMNS = _columns()
 def arrow_schema(kind: str) -> Any:
     import pyarrow as pa
 
-    types_ = {
-        "bool": pa.bool_(),
-        "int64": pa.int64(),
-        "float64": pa.float64(),
-        "string": pa.string(),
-        "json": pa.string(),
-    }
-    return pa.schema([(n, types_[k]) for n, k in COLUMNS[kind].items()])
+    return pa.schema([(n, arrow_type(k)) for n, k in COLUMNS[kind].items()])
 
 
 class Archive:

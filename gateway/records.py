@@ -9,7 +9,7 @@
 Every record carries ``v``, the schema version it was written with. Readers go through
 :func:`interaction` / :func:`feedback_event`, which bring older records up to the current
 version (records written before versions existed are version 1), so no reader ever sees
-an old shape. The archive's columnar schema (:func:`arrow_schema`) is derived from the
+an old shape. The archive's columnar schema (:func:`column_kinds`) is derived from the
 same definitions: scalars become typed columns, nested values (messages, tools, usage…)
 JSON text that any engine can parse.
 
@@ -374,18 +374,17 @@ def column_kinds(definition: type) -> dict[str, str]:
     return out
 
 
-def arrow_schema(definition: type) -> Any:
-    """The archive's Parquet schema of a record definition (pyarrow, imported on use)."""
+def arrow_type(kind: str) -> Any:
+    """The pyarrow type of a column kind (pyarrow imported on use)."""
     import pyarrow as pa
 
-    types_ = {
+    return {
         "bool": pa.bool_(),
         "int64": pa.int64(),
         "float64": pa.float64(),
         "string": pa.string(),
         JSON_COLUMN: pa.string(),
-    }
-    return pa.schema([(n, types_[k]) for n, k in column_kinds(definition).items()])
+    }[kind]
 
 
 def to_row(rec: Any, kinds: dict[str, str]) -> dict[str, Any]:
