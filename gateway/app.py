@@ -161,7 +161,7 @@ async def _archive_loop(settings: Settings, url: str) -> None:
                         Archive, default_url(settings.data_dir, cfg.url)
                     )
                     archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
-                await asyncio.to_thread(archiver.run_once)
+                await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
             except Exception as exc:  # noqa: BLE001 - the next pass retries
                 log.warning("archive pass failed: %s", exc)
             await asyncio.sleep(cfg.every_s)

@@ -273,6 +273,7 @@ class Archiver:
         self._hold = client.register_script(_HOLD)
         self._release = client.register_script(_RELEASE)
         self._groups_ready = False
+        self._cleaned = False
 
     def hold(self) -> str | None:
         """Take or renew the lock: None when ours, else who holds it. A lock whose holder
@@ -298,8 +299,12 @@ class Archiver:
                     raise
         self._groups_ready = True
 
-    def run_once(self, until_empty: bool = True) -> PassResult:
-        """One pass: each stream drained (``until_empty``) or one batch of each."""
+    def run_once(self, until_empty: bool = True, max_wait_s: float = 0.0) -> PassResult:
+        """One pass: each stream drained (``until_empty``) or one batch of each.
+
+        With ``max_wait_s``, a stream is left for a later pass while fewer than ``batch``
+        entries wait and the oldest has waited less than that: files stay few and large.
+        """
         result = PassResult()
         holder = self.hold()
         if holder is not None:
@@ -308,8 +313,12 @@ class Archiver:
         if not self._groups_ready:
             self.ensure_groups()
         manifest = self.archive.manifest()
-        self.archive.clean(manifest)
+        if not self._cleaned or self._interrupted():
+            self.archive.clean(manifest)  # files of a pass that died before committing
+            self._cleaned = True
         for kind in (INTERACTIONS, FEEDBACK):
+            if max_wait_s and not self._due(STREAMS[kind], max_wait_s):
+                continue
             while True:
                 n = self._batch(kind, manifest, result)
                 if n == 0 or not until_empty:
@@ -317,6 +326,32 @@ class Archiver:
                 if self.hold() is not None:  # lost the lock (a long stall): stop here
                     return result
         return result
+
+    def _interrupted(self) -> bool:
+        """An earlier pass read entries and did not acknowledge them (it died)."""
+        return any(
+            self.client.xpending(stream, keys.ARCHIVE_GROUP)["pending"]
+            for stream in STREAMS.values()
+        )
+
+    def _due(self, stream: str, max_wait_s: float) -> bool:
+        """Enough entries wait for a full file, or the oldest has waited ``max_wait_s``."""
+        if self.client.xpending(stream, keys.ARCHIVE_GROUP)["pending"]:
+            return True
+        group = next(
+            g
+            for g in self.client.xinfo_groups(stream)
+            if keys.text(g["name"]) == keys.ARCHIVE_GROUP
+        )
+        lag = group.get("lag")
+        if lag is not None and lag >= self.batch:
+            return True
+        after = keys.stream_id_after(keys.text(group["last-delivered-id"]))
+        first: Any = self.client.xrange(stream, min=after, count=1)
+        if not first:
+            return False
+        waited_ms = time.time() * 1000 - keys.stream_id_order(keys.text(first[0][0]))[0]
+        return waited_ms >= max_wait_s * 1000 or (lag is None and len(first) >= self.batch)
 
     def _read(self, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
         """Unacknowledged entries first (an earlier pass died), then new ones."""

@@ -284,7 +284,14 @@ class ArchiveConfig(_Strict):
         "gs://…); unset: data_dir/archive",
     )
     every_s: float = Field(
-        10.0, gt=0, description="how often the gateway's archiver drains the streams"
+        10.0, gt=0, description="how often the gateway's archiver looks at the streams"
+    )
+    max_wait_s: float = Field(
+        600.0,
+        ge=0,
+        description="the gateway's archiver writes when 'batch' entries wait or the oldest "
+        "has waited this long (few, large files); 'retrain archive' always drains. Keep it "
+        "well below interaction_log.hot_s",
     )
     batch: int = Field(
         50_000, ge=1, description="most records in one Parquet file (one read from the stream)"

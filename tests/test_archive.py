@@ -25,7 +25,7 @@ import redis
 import yaml
 
 from gateway import keys
-from gateway.archive import CRASH_ENV, MANIFEST
+from gateway.archive import CRASH_ENV, MANIFEST, Archive, Archiver
 from gateway.config import load_settings
 from retrain.dataset import Builder
 from retrain.feedback_log import connect
@@ -217,7 +217,7 @@ def test_the_gateway_archives_by_itself(
     redis_server: RedisProcess, tmp_path: Path, served: Served
 ) -> None:
     config = yaml.safe_load(served.config.read_text())
-    config["archive"] = {"url": str(tmp_path / "gw-archive"), "every_s": 0.2}
+    config["archive"] = {"url": str(tmp_path / "gw-archive"), "every_s": 0.2, "max_wait_s": 0}
     gw = GatewayProcess(config, tmp_path / "gw", workers=2)
     try:
         gw.start()
@@ -253,7 +253,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
         redis_url=url,
         experiments={"late": {"arms": [{"model": "helper"}]}},
         interaction_log={"hot_s": 2},
-        archive={"url": str(tmp_path / "archive"), "every_s": 0.2},
+        archive={"url": str(tmp_path / "archive"), "every_s": 0.2, "max_wait_s": 0},
     )
     gw = GatewayProcess(config, tmp_path / "gw")
     try:
@@ -319,3 +319,21 @@ def test_the_documented_duckdb_query_reads_the_archive(served: Served) -> None:
     shop = next(r for r in rows if r[0] == "shop")
     rated = query(f"SELECT count(*) FROM {glob(served, 'feedback')} WHERE exp = 'shop'")[0][0]
     assert shop[2] == rated >= len(ids) and shop[3] == 1.0
+
+
+def test_the_gateway_archiver_waits_for_a_full_file_or_max_wait(
+    served: Served, tmp_path: Path
+) -> None:
+    archive(served)  # start from a drained stream
+    ids = serve(served, 3, rate=False)
+    root = tmp_path / "waiting"
+    archiver = Archiver(served.redis, Archive(str(root)), batch=10)
+    try:
+        waiting = archiver.run_once(max_wait_s=3600)  # 3 of 10, and just arrived: wait
+        assert waiting.written == {"interactions": 0, "feedback": 0}
+        assert not list(root.glob("interactions/*/*/*.parquet"))
+        archiver.batch = 3  # now a full file waits
+        full = archiver.run_once(max_wait_s=3600)
+        assert full.written["interactions"] == len(ids)
+    finally:
+        archiver.release()
