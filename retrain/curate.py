@@ -61,7 +61,8 @@ class Example:
         if isinstance(messages, list) and any(
             m.get("weight") == 0 for m in messages if isinstance(m, dict)
         ):
-            last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+            users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+            last = users[-1] if users else 0
             return " ".join(_texts(messages[last:]))
         return " ".join(_texts(self.line))
 
