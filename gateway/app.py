@@ -20,6 +20,7 @@ tests) refuses what ``gateway serve`` refuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -36,8 +37,9 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import store
+from . import keys, store
 from .admin import add_admin_routes
+from .archive import default_url
 from .auth import KeyRing
 from .chat import ChatService
 from .config import Limits, Settings
@@ -146,6 +148,34 @@ async def _bounded(what: str, step: Callable[[], Awaitable[None]], seconds: floa
         log.info("shutdown: %s took %.2f s", what, time.monotonic() - t0)
 
 
+async def _archive_loop(settings: Settings, url: str) -> None:
+    """Background task: archive what Redis holds, when this process holds the archive lock
+    (one archiver among all replicas and workers). Each pass runs in a thread."""
+    from .archive import Archive, Archiver
+
+    cfg = settings.archive
+    cluster = settings.redis_cluster and bool(settings.redis_url)
+    client = store.connect_sync(url, cluster=cluster, socket_timeout=60)
+    archiver: Archiver | None = None
+    try:
+        while True:
+            try:
+                if archiver is None:
+                    archive = await asyncio.to_thread(
+                        Archive, default_url(settings.data_dir, cfg.url)
+                    )
+                    archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
+                await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
+            except Exception as exc:  # noqa: BLE001 - the next pass retries
+                log.warning("archive pass failed: %s", exc)
+            await asyncio.sleep(cfg.every_s)
+    finally:
+        if archiver is not None:
+            with contextlib.suppress(Exception):
+                archiver.release()
+        client.close()
+
+
 async def _count_tasks(metrics: Metrics, every_s: float = 1.0) -> None:
     while True:
         metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
@@ -199,6 +229,7 @@ def create_app(settings: Settings) -> FastAPI:
                 queue_size=settings.interaction_log.queue_size,
                 batch_size=settings.interaction_log.batch_size,
                 retention_s=settings.interaction_log.retention_days * 86400,
+                hot_s=settings.interaction_log.hot_s,
                 redact=settings.interaction_log.redact,
             )
             ilog.start()
@@ -243,15 +274,26 @@ def create_app(settings: Settings) -> FastAPI:
                 metrics=metrics,
                 config=settings.feedback,
                 max_age_s=settings.interaction_log.retention_days * 86400,
+                hot_s=settings.interaction_log.hot_s,
+                archive_url=default_url(settings.data_dir, settings.archive.url),
                 fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
                 + settings.feedback.join_wait_s,
             )
+            archiving = settings.archive.enabled
             maintenance = [
                 asyncio.create_task(
-                    maintain(redis, settings.feedback, lambda: list(control.router.experiments))
+                    maintain(
+                        redis,
+                        settings.feedback,
+                        lambda: list(control.router.experiments),
+                        extra_groups=[keys.ARCHIVE_GROUP] if archiving else [],
+                    )
                 ),
                 asyncio.create_task(_count_tasks(metrics)),
             ]
+            if archiving:
+                url = embedded.url if embedded is not None else settings.redis_url or ""
+                maintenance.append(asyncio.create_task(_archive_loop(settings, url)))
             for task in maintenance:
                 stack.callback(task.cancel)
             app.state.gateway = GatewayState(

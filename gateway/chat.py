@@ -45,6 +45,7 @@ from .ids import IdIssuer
 from .interaction_log import InteractionLog
 from .limits import RateLimiter
 from .metrics import Metrics
+from .records import SCHEMA_VERSION, Choice, InteractionRecord
 from .routing import Route, Target
 from .spend import Spend, cost, estimate
 from .upstream import UpstreamClient, retryable
@@ -104,6 +105,46 @@ class _ArmMetrics:
         return child
 
 
+def _merge_tool_calls(slots: dict[int, dict[str, Any]], calls: list[dict[str, Any]]) -> None:
+    """Streamed tool-call deltas → whole calls (arguments arrive in pieces)."""
+    for call in calls:
+        slot = slots.setdefault(
+            call.get("index", 0), {"id": None, "type": "function", "function": {}}
+        )
+        slot["id"] = call.get("id") or slot["id"]
+        fn, part = slot["function"], call.get("function") or {}
+        if part.get("name"):
+            fn["name"] = part["name"]
+        fn["arguments"] = fn.get("arguments", "") + (part.get("arguments") or "")
+
+
+@dataclass
+class MoreChoice:
+    """A choice past the first (``n > 1``): kept in the record, not in the metrics."""
+
+    answer: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    def choice(self, index: int) -> Choice:
+        return {
+            "index": index,
+            "answer": "".join(self.answer),
+            "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            "finish_reason": self.finish_reason,
+        }
+
+    def take(self, part: dict[str, Any], finish_reason: str | None, delta: bool) -> None:
+        if isinstance(content := part.get("content"), str) and content:
+            self.answer.append(content)
+        calls = part.get("tool_calls") or []
+        if delta:
+            _merge_tool_calls(self.tool_calls, calls)
+        else:
+            self.tool_calls.update(enumerate(calls))
+        self.finish_reason = finish_reason or self.finish_reason
+
+
 @dataclass
 class Turn:
     """One request being served: what the interaction record and metrics are made of."""
@@ -120,11 +161,13 @@ class Turn:
     version: int = 0
     forced: bool = False
     unit: str | None = None  # the hashed user key the arm was assigned to (the decider's unit)
+    user: str | None = None  # the x-flywheel-user header (the body's ``user`` comes first)
     want_usage: bool = True
     limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
     answer: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
+    more: dict[int, MoreChoice] = field(default_factory=dict)  # choices 1… (n > 1)
     usage: dict[str, Any] | None = None
     ttft: float | None = None
     status: str = "ok"
@@ -135,9 +178,11 @@ class Turn:
     # the system_fingerprint vLLM puts there instead: sent with the next line.
     held: dict[str, Any] | None = None
 
-    def record(self) -> dict[str, Any]:
-        params = {k: v for k, v in self.doc.items() if k not in ("messages", "model")}
+    def record(self) -> InteractionRecord:
+        params = {k: v for k, v in self.doc.items() if k not in ("messages", "model", "tools")}
+        tools = self.doc.get("tools")
         return {
+            "v": SCHEMA_VERSION,
             "id": self.id,
             "request_id": self.request_id,
             "created": int(time.time()),
@@ -150,20 +195,24 @@ class Turn:
             "fallback": self.target is not self.assigned,
             "upstream": self.target.upstream_name,
             "upstream_model": self.target.upstream_model,
-            "user": self.doc.get("user"),
+            "user": self.doc.get("user") or self.user,
             "key_name": self.principal.name,
             "tenant": self.principal.tenant,
             "stream": self.stream,
             "messages": self.doc["messages"],
+            "tools": tools if isinstance(tools, list) else None,
             "params": params,
             "answer": "".join(self.answer),
             "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            "choices": [c.choice(i) for i, c in sorted(self.more.items())] or None,
             "finish_reason": self.finish_reason,
             "usage": self.usage,
             "latency_ms": round((time.perf_counter() - self.t0) * 1000, 3),
             "ttft_ms": None if self.ttft is None else round((self.ttft - self.t0) * 1000, 3),
             "status": self.status,
             "error": self.error,
+            "shadow_of": None,
+            "judge_score": None,
         }
 
     def headers(self) -> dict[str, str]:
@@ -185,15 +234,7 @@ class Turn:
         content = delta.get("content")
         if content:
             self.answer.append(content)
-        for call in delta.get("tool_calls") or []:
-            slot = self.tool_calls.setdefault(
-                call.get("index", 0), {"id": None, "type": "function", "function": {}}
-            )
-            slot["id"] = call.get("id") or slot["id"]
-            fn, part = slot["function"], call.get("function") or {}
-            if part.get("name"):
-                fn["name"] = part["name"]
-            fn["arguments"] = fn.get("arguments", "") + (part.get("arguments") or "")
+        _merge_tool_calls(self.tool_calls, delta.get("tool_calls") or [])
         if self.ttft is None and (content or delta.get("tool_calls")):
             self.ttft = time.perf_counter()
 
@@ -271,6 +312,7 @@ class ChatService:
             version=route.version,
             forced=route.forced,
             unit=hashlib.sha256(user_key.encode()).hexdigest()[:16] if route.experiment else None,
+            user=request.headers.get("x-flywheel-user"),
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
             limit_headers=limit_headers,
@@ -336,6 +378,10 @@ class ChatService:
         if choices and isinstance(choices[0], dict):
             turn.take_message(choices[0].get("message") or {})
             turn.finish_reason = choices[0].get("finish_reason")
+            for choice in choices[1:]:
+                if isinstance(choice, dict) and isinstance(choice.get("index"), int):
+                    more = turn.more.setdefault(choice["index"], MoreChoice())
+                    more.take(choice.get("message") or {}, choice.get("finish_reason"), False)
         turn.usage = doc.get("usage")
         self._finish(turn, 200)
         return Response(orjson.dumps(doc), media_type="application/json", headers=turn.headers())
@@ -416,10 +462,14 @@ class ChatService:
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
                 finishing = True
-            if choice.get("index", 0) == 0:
+            index = choice.get("index", 0)
+            if index == 0:
                 turn.take_delta(choice.get("delta") or {})
                 if choice.get("finish_reason"):
                     turn.finish_reason = choice["finish_reason"]
+            elif isinstance(index, int):
+                more = turn.more.setdefault(index, MoreChoice())
+                more.take(choice.get("delta") or {}, choice.get("finish_reason"), True)
         earlier = _release(turn)
         if finishing and not turn.want_usage and not chunk.get("system_fingerprint"):
             turn.held = chunk
@@ -530,6 +580,7 @@ class ChatService:
             target=shadow,
             stream=False,
             version=served.version,
+            user=served.user,
         )
         exp = served.experiment or ""
         try:

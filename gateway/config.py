@@ -249,11 +249,58 @@ class InteractionLogConfig(_Strict):
         description="most records per Redis round trip; the writer takes what is queued, so "
         "batches are small unless it fell behind (then big ones let it catch up)",
     )
-    retention_days: float = Field(30.0, gt=0, description="how long interactions are kept")
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="how long a late rating may still join its interaction (through the "
+        "archive once the record left Redis), and how long the per-version request "
+        "statistics are kept",
+    )
+    hot_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="how long a whole interaction record stays in Redis (compactly "
+        "encoded); then only the archive has it. One day: ratings from an app come within "
+        "minutes and people reviewing logs mostly rate by the next day, so nearly every "
+        "rating joins in Redis, while Redis memory is bounded by one day of traffic; "
+        "later ratings still join through the archive",
+    )
     redact: bool = Field(
         False,
         description="store messages and answers with e-mail addresses and phone numbers"
         " replaced by [email] and [phone]",
+    )
+
+
+class ArchiveConfig(_Strict):
+    enabled: bool = Field(
+        True,
+        description="run the archiver in the gateway (one replica and worker at a time, "
+        "elected by a Redis lock); off: run 'retrain archive' instead, e.g. as a CronJob",
+    )
+    url: str | None = Field(
+        None,
+        description="where the Parquet files go: a directory or any fsspec URL (s3://, "
+        "gs://…); unset: data_dir/archive",
+    )
+    every_s: float = Field(
+        10.0, gt=0, description="how often the gateway's archiver looks at the streams"
+    )
+    max_wait_s: float = Field(
+        600.0,
+        ge=0,
+        description="the gateway's archiver writes when 'batch' entries wait or the oldest "
+        "has waited this long (few, large files); 'retrain archive' always drains. Keep it "
+        "well below interaction_log.hot_s",
+    )
+    batch: int = Field(
+        50_000, ge=1, description="most records in one Parquet file (one read from the stream)"
+    )
+    lock_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="the archiver's lock lapses this long after its holder stops renewing "
+        "it; another replica then takes over",
     )
 
 
@@ -578,6 +625,7 @@ class Settings(BaseSettings):
         {}, description="what apps put in 'model'; the seed of the live state in Redis"
     )
     interaction_log: InteractionLogConfig = InteractionLogConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     control: ControlConfig = ControlConfig()
     retrain: Retrain = Retrain()

@@ -15,7 +15,9 @@ not at all:
   feedback stream that the retrain job consumes; a replaced rating appears again, and
   the latest event per (response, rater) is the one that counts.
 
-A rating may arrive before its interaction record reaches Redis (the instant a stream
+A rating may come after the interaction left Redis (``interaction_log.hot_s``): it is
+then joined to the archived record (``archive.py``), read from that day's Parquet files.
+A rating may also arrive before its interaction record reaches Redis (the instant a stream
 ends). Response ids are signed and time-stamped (``ids.py``), so the gateway knows an id
 it issued: it looks in the log writer's unwritten records, then in Redis, and for a
 recent id waits up to ``feedback.join_wait_s`` for the record to land.
@@ -40,8 +42,9 @@ from .bodies import json_object
 from .config import FeedbackConfig
 from .errors import InvalidRequest, NotFound, StoreUnavailable
 from .ids import IdIssuer
-from .interaction_log import InteractionLog
+from .interaction_log import InteractionLog, load
 from .metrics import Metrics
+from .records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, decode_feedback
 
 THUMBS = {"down": 0.0, "up": 1.0}
 FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
@@ -188,6 +191,8 @@ class FeedbackService:
         config: FeedbackConfig,
         max_age_s: float,
         fresh_s: float,
+        hot_s: float | None = None,
+        archive_url: str | None = None,
     ) -> None:
         self.redis = redis
         self.ids = ids
@@ -196,9 +201,22 @@ class FeedbackService:
         self.config = config
         self.max_age_s = max_age_s  # interaction retention: older ids have expired
         self.fresh_s = fresh_s  # an id this young may still be on its way to Redis
+        self.hot_s = hot_s if hot_s is not None else max_age_s
+        self.archive_url = archive_url
+        self._archive: Any = None
         self._store = redis.register_script(_STORE)
 
-    async def interaction(self, response_id: str, principal: Principal) -> dict[str, Any]:
+    def _archived(self, response_id: str, issued: float) -> InteractionRecord | None:
+        """An interaction past the hot window, from the archive (run in a thread)."""
+        from .archive import Archive, find_interactions
+
+        if self._archive is None:
+            assert self.archive_url is not None
+            self._archive = Archive(self.archive_url)
+        days = {time.strftime("%Y-%m-%d", time.gmtime(issued + d)) for d in (0, 86400)}
+        return find_interactions(self._archive, [response_id], days).get(response_id)
+
+    async def interaction(self, response_id: str, principal: Principal) -> InteractionRecord:
         """The rated interaction, or NotFound for an id that is unknown, expired or not yours."""
         missing = NotFound(
             f"No response with id '{response_id:.80}': unknown or expired.", param="response_id"
@@ -213,9 +231,19 @@ class FeedbackService:
             record = self.log.unwritten(response_id)
             if record is None:
                 try:
-                    record = keys.decode(await self.redis.get(keys.interaction(response_id)))
+                    record = (await load(self.redis, [response_id]))[0]
                 except (RedisError, OSError) as exc:
                     raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
+            if (
+                record is None
+                and self.archive_url
+                and time.monotonic() >= deadline
+                and time.time() - issued > self.hot_s - 120  # it may have left Redis
+            ):
+                try:
+                    record = await asyncio.to_thread(self._archived, response_id, issued)
+                except (OSError, ValueError) as exc:
+                    raise StoreUnavailable(f"The archive is unavailable: {exc}") from None
             if record is not None:
                 if record.get("tenant") != principal.tenant:
                     raise missing
@@ -241,7 +269,8 @@ class FeedbackService:
             if experiment and unit
             else keys.aggregate(experiment, arm)
         )
-        stored = {
+        stored: FeedbackEvent = {
+            "v": SCHEMA_VERSION,
             "id": feedback_id(rid, rater),
             "object": "feedback",
             "response_id": rid,
@@ -293,14 +322,14 @@ class FeedbackService:
             "replaced": bool(replaced),
         }
 
-    async def ratings(self, response_id: str, principal: Principal) -> list[dict[str, Any]]:
+    async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
         if self.ids.issued_at(response_id) is None:
             raise NotFound(f"No response with id '{response_id:.80}'.", param="response_id")
         try:
             raw = await self.redis.hgetall(keys.feedback(response_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
-        out = [orjson.loads(v) for v in raw.values()]
+        out = [decode_feedback(v) for v in raw.values()]
         out = [r for r in out if r.get("tenant") == principal.tenant]
         if not out:
             await self.interaction(response_id, principal)  # 404 unless it exists and is yours
@@ -322,6 +351,7 @@ async def maintain(
     cfg: FeedbackConfig,
     experiments: Callable[[], Iterable[str]],
     every_s: float = 60.0,
+    extra_groups: list[str] | None = None,
 ) -> None:
     """Background task: keep the consumer groups and trim the stream, while Redis answers.
 
@@ -332,6 +362,7 @@ async def maintain(
     while True:
         try:
             groups = [keys.retrain_group(e) for e in experiments()] + cfg.consumer_groups
+            groups += extra_groups or []
             await ensure_groups(redis, groups)
             await trim_feedback_stream(redis, cfg.retention_days * 86400)
         except (RedisError, OSError) as exc:

@@ -2,7 +2,9 @@
 
 Requests only ever call :meth:`InteractionLog.submit`, which never blocks and never
 touches Redis. The writer pipelines batches (``SET`` with expiry + ``XADD`` to the
-time-ordered stream). When Redis is unavailable it keeps its current batch and
+time-ordered stream). Records are kept for ``hot_s`` only, compactly encoded
+(``records.pack``); the archiver (``archive.py``) copies them to Parquet before that.
+When Redis is unavailable it keeps its current batch and
 retries with backoff while the queue absorbs new records; once the queue is full,
 new records are dropped and counted in ``flywheel_log_dropped_total`` — never
 silently. Writing resumes by itself when Redis is back.
@@ -14,18 +16,19 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import keys, stats
+from . import keys, stats, store
 from .metrics import Metrics
+from .records import InteractionRecord, Packed, block_candidates, pack, resolve_all, unpack
+from .records import refs as _refs
 from .redact import redact_all
 
 log = logging.getLogger(__name__)
 
-Record = dict[str, Any]
+Record = InteractionRecord
 
 
 class InteractionLog:
@@ -37,6 +40,7 @@ class InteractionLog:
         queue_size: int,
         batch_size: int,
         retention_s: float,
+        hot_s: float | None = None,
         redact: bool = False,
     ) -> None:
         self._client = client
@@ -44,6 +48,7 @@ class InteractionLog:
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._retention_s = retention_s
+        self._hot_s = min(hot_s or retention_s, retention_s)
         self._task: asyncio.Task[None] | None = None
         self._pending: list[Record] = []  # the batch being written (kept across retries)
         self._unwritten: dict[str, Record] = {}  # queued or pending, by response id
@@ -56,7 +61,7 @@ class InteractionLog:
 
     def submit(self, record: Record) -> None:
         if self._redact:
-            for field in ("messages", "answer", "tool_calls"):
+            for field in ("messages", "answer", "tool_calls", "choices"):
                 record[field] = redact_all(record.get(field))
         try:
             self._queue.put_nowait(record)
@@ -110,18 +115,43 @@ class InteractionLog:
                 self._unwritten.pop(rec["id"], None)
             self._pending = []
 
-    async def _write(self, batch: list[Record]) -> None:
-        ttl = int(self._retention_s)
-        oldest_ms = int((time.time() - self._retention_s) * 1000)
+    async def _known_blocks(self, batch: list[Record], hot: int) -> set[str]:
+        """Which earlier turns of the batch's conversations are blocks in Redis already (one
+        round trip per batch, none for single-turn traffic). A block about to expire counts
+        as unknown, so a reference never outlives what it names."""
+        wanted = sorted({h for rec in batch for h in block_candidates(rec)})
+        if not wanted:
+            return set()
         pipe = self._client.pipeline(transaction=False)
-        for rec in batch:
-            pipe.set(keys.interaction(rec["id"]), keys.encode(rec), ex=ttl)
+        for h in wanted:
+            pipe.ttl(keys.block(h))
+        ttls = await pipe.execute()
+        return {h for h, ttl in zip(wanted, ttls, strict=True) if ttl > min(60, hot // 2)}
+
+    async def _write(self, batch: list[Record]) -> None:
+        ttl, hot = int(self._retention_s), max(1, int(self._hot_s))
+        oldest_ms = int((time.time() - self._hot_s) * 1000)
+        pipe = self._client.pipeline(transaction=False)
+        known = await self._known_blocks(batch, hot)
+        # Compressing is most of a record's cost (~20-90 µs): off the event loop (zlib
+        # releases the GIL), so requests are not held up behind a big batch.
+        packs = await asyncio.to_thread(_pack_all, batch, known)
+        blocks: dict[str, bytes] = {}
+        refreshed: set[str] = set()
+        for rec, packed in zip(batch, packs, strict=True):
+            blocks.update(packed.blocks)
+            refreshed.update(packed.refreshed)
+            pipe.set(keys.interaction(rec["id"]), packed.record, ex=hot)
             pipe.xadd(
                 keys.INTERACTION_STREAM,
                 {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
                 minid=oldest_ms,
                 approximate=True,
             )
+        for h, block in blocks.items():  # (re)set: its expiry moves on with each use
+            pipe.set(keys.block(h), block, ex=hot)
+        for h in refreshed - blocks.keys():
+            pipe.expire(keys.block(h), hot)
         for key, fields in arm_statistics(batch).items():
             for name, n in fields.items():
                 pipe.hincrby(key, name, n)
@@ -131,6 +161,15 @@ class InteractionLog:
             pipe.sadd(key, *units)
             pipe.expire(key, ttl)
         await pipe.execute()
+
+
+def _pack_all(batch: list[Record], known: set[str]) -> list[Packed]:
+    out = []
+    for rec in batch:
+        packed = pack(rec, known)
+        known.update(packed.blocks)  # a later turn in the same batch refers to it
+        out.append(packed)
+    return out
 
 
 def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
@@ -156,8 +195,8 @@ def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
                 if isinstance(usage.get(kind), int):
                     c[kind] += usage[kind]
             c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
-            if rec.get("ttft_ms") is not None:
-                c[f"ttft:{stats.bucket(rec['ttft_ms'])}"] += 1
+            if (ttft := rec.get("ttft_ms")) is not None:
+                c[f"ttft:{stats.bucket(ttft)}"] += 1
         if rec.get("fallback"):
             for key in _arm_keys(rec, rec["assigned_arm"]):
                 out[key]["failed_over"] += 1
@@ -178,7 +217,20 @@ def arm_users(batch: list[Record]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     for rec in batch:
         exp = rec.get("experiment")
-        if exp and not rec.get("forced") and not rec.get("shadow_of") and rec.get("unit"):
+        unit = rec.get("unit")
+        if exp and not rec.get("forced") and not rec.get("shadow_of") and unit:
             version = rec.get("experiment_version") or 0
-            out[keys.version_users(exp, version, rec["assigned_arm"])].add(rec["unit"])
+            out[keys.version_users(exp, version, rec["assigned_arm"])].add(unit)
     return out
+
+
+async def load(client: aioredis.Redis, ids: list[str]) -> list[Record | None]:
+    """Interaction records by response id (None: unknown or past the hot window), their
+    message blocks put back: two round trips for any number of ids."""
+    if not ids:
+        return []
+    raws = await store.mget(client, [keys.interaction(i) for i in ids])
+    recs = [unpack(raw, rid) for raw, rid in zip(raws, ids, strict=True)]
+    wanted = sorted({h for r in recs if r is not None for h in _refs(r)})
+    blocks = await store.mget(client, [keys.block(h) for h in wanted]) if wanted else []
+    return resolve_all(recs, lambda _: blocks)

@@ -6,10 +6,18 @@ JSON documents unless noted.
 ==========================  ======  =================================================
 key                         type    content
 ==========================  ======  =================================================
-``fw:ix:{response_id}``     string  one interaction record (JSON), expires after the
-                                    configured retention
+``fw:ix:{response_id}``     string  one interaction record (``records.pack``:
+                                    compact, long messages as block hashes), expires
+                                    after ``interaction_log.hot_s``
+``fw:blk:{hash}``           string  one message (zlib JSON) by content hash, shared by
+                                    every record that refers to it; its expiry moves
+                                    on with each, so it outlives them all
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
-                                    ``arm``), in time order, trimmed by retention
+                                    ``arm``), in time order, trimmed to ``hot_s``; read
+                                    by the archiver's consumer group (``archive``)
+``fw:archive:lock``         string  held by the one archiver running (``archive.py``),
+                                    renewed each pass; consumer group ``archive`` on
+                                    both streams is where it stands
 ``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
                                     record per (response, rater)
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
@@ -98,6 +106,7 @@ CLUSTER_PREFIX = "{fw}:"  # one hash tag: the shared state lives in one slot
 SPREAD = "fw:"  # keys that grow with traffic: never tagged, spread over a cluster
 PREFIX = PLAIN_PREFIX  # the shared state's prefix (configure() rebinds it)
 CLUSTER = False
+ARCHIVE_GROUP = "archive"  # the archiver's consumer group on both streams
 NO_EXPERIMENT = "-"
 
 
@@ -105,7 +114,7 @@ def configure(cluster: bool) -> None:
     """Name keys for a Redis Cluster (hash-tagged shared state) or for one Redis."""
     global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
     global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
-    global AUTH_AUDIT, JOBS, RETRAIN_RUNS
+    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK
     CLUSTER = cluster
     PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
     INTERACTION_STREAM = PREFIX + "ix:stream"
@@ -120,6 +129,7 @@ def configure(cluster: bool) -> None:
     AUTH_AUDIT = PREFIX + "auth:audit"
     JOBS = PREFIX + "jobs"
     RETRAIN_RUNS = PREFIX + "retrain:runs"
+    ARCHIVE_LOCK = PREFIX + "archive:lock"
 
 
 INTERACTION_STREAM: str
@@ -134,12 +144,15 @@ TENANTS: str
 AUTH_AUDIT: str
 JOBS: str
 RETRAIN_RUNS: str
+ARCHIVE_LOCK: str
 configure(cluster=False)
 
 
 def cluster_name(plain: str) -> str:
     """A key's name on a cluster, from its name on one Redis (``gateway migrate-keys``)."""
     if plain.startswith(f"{SPREAD}ix:") and plain != f"{PLAIN_PREFIX}ix:stream":
+        return plain
+    if plain.startswith(f"{SPREAD}blk:"):
         return plain
     if plain.startswith(f"{SPREAD}rl:"):
         account, _, bucket = plain.removeprefix(f"{SPREAD}rl:").rpartition(":")
@@ -154,6 +167,11 @@ def interaction(response_id: str) -> str:
 def rate_limit(account: str, bucket: str) -> str:
     """A key's ``req`` or ``tok`` bucket; on a cluster both share the key's own tag."""
     return f"{SPREAD}rl:{{{account}}}:{bucket}" if CLUSTER else f"{SPREAD}rl:{account}:{bucket}"
+
+
+def block(content_hash: str) -> str:
+    """A message block shared by the interactions that carry it (grows with traffic)."""
+    return f"{SPREAD}blk:{content_hash}"
 
 
 def feedback(response_id: str) -> str:

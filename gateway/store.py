@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -41,6 +43,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
 
 from . import keys
 from .config import RedisPool, Settings
@@ -262,6 +265,31 @@ async def mget(client: aioredis.Redis, names: Sequence[str]) -> list[Any]:
     if isinstance(client, RedisCluster):
         return list(await client.mget_nonatomic(list(names)))
     return list(await client.mget(list(names)))
+
+
+def connect_sync(url: str, cluster: bool = False, socket_timeout: float = 10) -> redis.Redis:
+    """A sync client (``retrain``, the archiver's thread); a cluster client when
+    ``cluster``, with the keys named for it."""
+    opts: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5,
+        "retry": SyncRetry(ExponentialBackoff(cap=1.0, base=0.1), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    keys.configure(cluster)
+    if cluster:
+        # The cluster client answers the same commands (typed as the single-server one).
+        return cast(redis.Redis, redis.cluster.RedisCluster.from_url(url, **opts))
+    return redis.Redis.from_url(url, **opts)
+
+
+def mget_sync(client: redis.Redis, names: Sequence[str]) -> list[Any]:
+    """:func:`mget` for a sync client (``retrain``, the archiver's thread)."""
+    if not names:
+        return []
+    if isinstance(client, redis.cluster.RedisCluster):
+        return list(client.mget_nonatomic(list(names)))
+    return list(cast(Any, client.mget(list(names))))
 
 
 async def open_store(settings: Settings) -> tuple[aioredis.Redis, Embedded | None]:

@@ -7,6 +7,7 @@
                  [--judge MODEL] [--out FILE.json] [--config FILE]
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
+    retrain archive [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
     retrain join-training [--launch-dir DIR]
@@ -21,7 +22,8 @@ used up), 2 bad arguments or config, or a check before the run failed (nothing w
 consumed), 3 over the cost cap, 4 below the minimum size, 5 another build or run of the
 experiment holds its lock, 6 (``run``) the candidate did not pass the evaluation gate
 and was not registered, 7 (``run``) too few held-out examples to evaluate a candidate
-yet (nothing was trained). ``eval`` (the gate alone, on any two models the gateway
+yet (nothing was trained). ``archive``: 0 done, 5 another archiver holds the lock.
+``eval`` (the gate alone, on any two models the gateway
 serves): 0 passed, 6 rejected, 7 collect more, 1 error, 2 nothing to evaluate on.
 """
 
@@ -100,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the base model (default: the one it was trained on)",
     )
     ship.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
+
+    archive = commands.add_parser(
+        "archive",
+        help="copy interactions and ratings from Redis to the Parquet archive (archive.url)",
+    )
+    archive.add_argument(
+        "--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)"
+    )
 
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
     build.add_argument("--experiment", required=True, help="whose ratings")
@@ -205,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
             return 2
-        n = export_feedback(
-            connect(load_config_or_exit(args.config)), since, args.out, tenant=args.tenant
-        )
+        from gateway.archive import Archive, default_url
+
+        settings = load_config_or_exit(args.config)
+        archive = Archive(default_url(settings.data_dir, settings.archive.url))
+        n = export_feedback(connect(settings), since, args.out, tenant=args.tenant, archive=archive)
         print(f"wrote {n} rated responses to {args.out}")
         return 0
     if args.command == "join-training":
@@ -226,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "export":
         return _export(args)
+
+    if args.command == "archive":
+        return _archive(args)
     if args.command == "build":
         return _build(args)
     if args.command == "eval":
@@ -286,6 +301,35 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     what = "merged model (serve it as a plain model)" if args.merged else "adapter"
     print(f"wrote the {what} of {args.model} to {out}")
+    return 0
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from gateway.archive import Archive, Archiver, default_url
+    from gateway.cli import load_config_or_exit
+    from retrain.exit_codes import ExitCode
+    from retrain.feedback_log import connect
+
+    settings = load_config_or_exit(args.config)
+    cfg = settings.archive
+    archiver = Archiver(
+        connect(settings),
+        Archive(default_url(settings.data_dir, cfg.url)),
+        batch=cfg.batch,
+        lock_ttl_s=cfg.lock_ttl_s,
+    )
+    try:
+        result = archiver.run_once()
+    finally:
+        archiver.release()
+    if result.held_by:
+        print(f"retrain: another archiver is running ({result.held_by})", file=sys.stderr)
+        return int(ExitCode.BUSY)
+    print(
+        f"archived {result.written['interactions']} interactions and "
+        f"{result.written['feedback']} ratings in {result.files} files"
+        + (f"; {result.expired} had left Redis unarchived" if result.expired else "")
+    )
     return 0
 
 

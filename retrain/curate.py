@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from gateway.records import text_of
 from gateway.redact import redact
 
 SFT, DPO = "sft", "dpo"
@@ -53,7 +54,16 @@ class Example:
         return hashlib.sha256(orjson.dumps(_folded(self.line))).hexdigest()[:24]
 
     def text(self) -> str:
-        """All the text, for near-duplicate detection."""
+        """The text for near-duplicate detection: all of it, except that a later turn of a
+        conversation (earlier answers at weight 0) is compared from its last question on —
+        the shared history would make every turn look like a copy of the one before."""
+        messages = self.line.get("messages")
+        if isinstance(messages, list) and any(
+            m.get("weight") == 0 for m in messages if isinstance(m, dict)
+        ):
+            users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+            last = users[-1] if users else 0
+            return " ".join(_texts(messages[last:]))
         return " ".join(_texts(self.line))
 
     def to_row(self) -> dict[str, Any]:
@@ -153,10 +163,13 @@ def _message_errors(messages: Any) -> list[str]:
         if m.get("role") not in ROLES:
             errors.append("unrecognized_role")
         content = m.get("content")
+        parts_ok = isinstance(content, list) and m.get("role") == "user" and bool(content)
         if (content is None and not m.get("tool_calls") and not m.get("function_call")) or (
-            content is not None and not isinstance(content, str)
+            content is not None and not isinstance(content, str) and not parts_ok
         ):
             errors.append("missing_content")
+        if "weight" in m and (m.get("role") != "assistant" or m["weight"] not in (0, 1)):
+            errors.append("invalid_weight")
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         errors.append("example_missing_assistant_message")
     return sorted(set(errors))
@@ -194,13 +207,13 @@ class TokenCounter:
 
             def count_tiktoken(messages: list[dict[str, Any]]) -> int:
                 # OpenAI's recipe: 3 tokens per message, 3 to prime the reply.
-                return 3 + sum(3 + len(enc.encode(m.get("content") or "")) for m in messages)
+                return 3 + sum(3 + len(enc.encode(_message_text(m))) for m in messages)
 
             self._count = count_tiktoken
         except Exception:  # noqa: BLE001 - offline: tiktoken cannot fetch its encoding
             self.exact = False
             self.name += " (estimated: offline)"
-            self._count = lambda ms: 3 + sum(4 + len(m.get("content") or "") // 3 for m in ms)
+            self._count = lambda ms: 3 + sum(4 + len(_message_text(m)) // 3 for m in ms)
 
     def __call__(self, example: Example) -> int:
         line = example.line
@@ -214,7 +227,14 @@ class TokenCounter:
 
 
 def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    return [{"role": m["role"], "content": _message_text(m)} for m in messages]
+
+
+def _message_text(m: dict[str, Any]) -> str:
+    """What a message's tokens are counted on: its text and its tool calls' arguments."""
+    calls = m.get("tool_calls") or []
+    extra = [str((c.get("function") or {}).get("arguments") or "") for c in calls]
+    return " ".join([text_of(m.get("content")), *extra]).strip()
 
 
 @dataclass

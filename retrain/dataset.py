@@ -3,7 +3,8 @@
 One build, in order:
 
 1. **Collect** the experiment's new rating events through its consumer group
-   (``retrain.<experiment>``) and join each with its interaction record. Events are
+   (``retrain.<experiment>``) and join each with its interaction record: from Redis, or
+   for one past ``interaction_log.hot_s``, from the archive (``gateway/archive.py``). Events are
    acknowledged only after the dataset that includes them is written, so a crash
    loses nothing; a version's manifest lists its events, so a crash between writing and
    acknowledging cannot put an event into two versions. An experiment that belongs to a
@@ -44,13 +45,15 @@ import orjson
 import redis
 
 from gateway import keys
+from gateway.archive import Archive, default_url, find_interactions
 from gateway.config import Retrain, Settings
 from gateway.locks import Lock
+from gateway.records import InteractionRecord, text_of
 
-from .curate import DPO, SFT, Curator, Example, TokenCounter
+from .curate import DPO, MESSAGE_KEYS, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
 from .faults import crash_point
-from .feedback_log import FeedbackConsumer, FeedbackEvent, mget
+from .feedback_log import FeedbackConsumer, RatingEvent, load
 
 OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
 OVER_COST_CAP, BELOW_MINIMUM, BUSY = ExitCode.OVER_COST_CAP, ExitCode.BELOW_MINIMUM, ExitCode.BUSY
@@ -93,7 +96,7 @@ def _hash_unit(*parts: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _group(interaction: dict[str, Any]) -> str:
+def _group(interaction: InteractionRecord) -> str:
     if interaction.get("user"):
         return f"user:{interaction['user']}"
     first: dict[str, Any] = next(
@@ -106,15 +109,80 @@ def _prompt_key(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(orjson.dumps(messages)).hexdigest()
 
 
-def _sft(messages: list[dict[str, Any]], answer: str) -> dict[str, Any]:
-    return {"messages": [*messages, {"role": "assistant", "content": answer}]}
+def _sft(
+    messages: list[dict[str, Any]],
+    answer: str | dict[str, Any],
+    tools: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A supervised line: the conversation, then the answer to train on (text or a whole
+    assistant message with tool calls); earlier assistant turns are context (weight 0)."""
+    reply = {"role": "assistant", "content": answer} if isinstance(answer, str) else answer
+    line: dict[str, Any] = {"messages": [*training_messages(messages), reply]}
+    if tools:
+        line["tools"] = tools
+    return line
 
 
-def _pair(messages: list[dict[str, Any]], good: str, bad: str) -> dict[str, Any]:
+def _pair(
+    messages: list[dict[str, Any]], good: str, bad: str, tools: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    inp: dict[str, Any] = {"messages": training_messages(messages, weights=False)}
+    if tools:
+        inp["tools"] = tools
     return {
-        "input": {"messages": messages},
+        "input": inp,
         "preferred_output": [{"role": "assistant", "content": good}],
         "non_preferred_output": [{"role": "assistant", "content": bad}],
+    }
+
+
+def training_messages(messages: list[dict[str, Any]], weights: bool = True) -> list[dict[str, Any]]:
+    """The client's messages in OpenAI's chat fine-tuning format.
+
+    ``developer`` becomes ``system`` (what the format names it); a content-part array of
+    text only becomes its text (other parts, e.g. images, stay as parts); tool calls and
+    tool results stay; earlier assistant turns get ``weight: 0`` so a line trains only
+    on the answer that was rated (each rated turn of a conversation is its own line).
+    """
+    out = []
+    for m in messages:
+        msg = {k: v for k, v in m.items() if k in MESSAGE_KEYS}
+        if msg.get("role") == "developer":
+            msg["role"] = "system"
+        content = msg.get("content")
+        if isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" for p in content
+        ):
+            msg["content"] = text_of(content)
+        if msg.get("role") == "assistant":
+            if weights:
+                msg["weight"] = 0
+            else:
+                msg.pop("weight", None)
+        out.append(msg)
+    return out
+
+
+def _served(ix: InteractionRecord) -> str | dict[str, Any]:
+    """The served answer as the assistant message to train on (with its tool calls)."""
+    answer = ix.get("answer") or ""
+    calls = ix.get("tool_calls")
+    if not calls:
+        return answer
+    return {
+        "role": "assistant",
+        "content": answer or None,
+        "tool_calls": [
+            {
+                "id": c.get("id") or f"call_{i}",
+                "type": "function",
+                "function": {
+                    "name": (c.get("function") or {}).get("name"),
+                    "arguments": (c.get("function") or {}).get("arguments") or "",
+                },
+            }
+            for i, c in enumerate(calls)
+        ],
     }
 
 
@@ -128,27 +196,28 @@ class Gathered:
 
 
 def examples_from(
-    events: list[FeedbackEvent],
-    interactions: dict[str, dict[str, Any] | None],
+    events: list[RatingEvent],
+    interactions: dict[str, InteractionRecord | None],
     cfg: Retrain,
     failure_threshold: float,
     teacher: Callable[[list[dict[str, Any]]], str | None] | None = None,
 ) -> Gathered:
     """Step 2: rating events (with their interactions) → examples and review items."""
     out = Gathered()
-    latest: dict[tuple[str, str], FeedbackEvent] = {}
+    latest: dict[tuple[str, str], RatingEvent] = {}
     for ev in events:  # stream order: a later rating by the same rater replaces
         latest[(ev.record["response_id"], ev.record["rater"])] = ev
-    goods: dict[str, list[tuple[str, FeedbackEvent, dict[str, Any]]]] = defaultdict(list)
-    bads: dict[str, list[tuple[str, FeedbackEvent, dict[str, Any]]]] = defaultdict(list)
+    goods: dict[str, list[tuple[str, RatingEvent, dict[str, Any]]]] = defaultdict(list)
+    bads: dict[str, list[tuple[str, RatingEvent, dict[str, Any]]]] = defaultdict(list)
     for ev in latest.values():
         rec, rid = ev.record, ev.record["response_id"]
         ix = interactions.get(rid)
         if ix is None:
             out.dropped["interaction_missing"] += 1
             continue
-        messages, answer = ix["messages"], ix.get("answer") or ""
-        meta = {
+        messages, answer, tools = ix["messages"], ix.get("answer") or "", ix.get("tools")
+        served = _served(ix)
+        meta: dict[str, Any] = {
             "group": _group(ix),
             "tags": list(rec.get("tags") or []),
             "events": [ev.stream_id],
@@ -158,38 +227,42 @@ def examples_from(
         if rec["score"] < failure_threshold:
             if answer and ix.get("status") == "ok":
                 bads[pkey].append((answer, ev, meta))
-            if rec.get("correction"):
-                fix = rec["correction"]
-                out.examples.append(Example(SFT, _sft(messages, fix), "correction", **meta))
+            if fix := rec.get("correction"):
+                out.examples.append(Example(SFT, _sft(messages, fix, tools), "correction", **meta))
                 if answer:
-                    out.examples.append(Example(DPO, _pair(messages, fix, answer), "pair", **meta))
+                    pair = _pair(messages, fix, answer, tools)
+                    out.examples.append(Example(DPO, pair, "pair", **meta))
                 continue
             taught = teacher(messages) if teacher else None
             if taught:
-                out.examples.append(Example(SFT, _sft(messages, taught), "teacher", **meta))
+                out.examples.append(Example(SFT, _sft(messages, taught, tools), "teacher", **meta))
             else:
                 out.review[rid] = {
                     "response_id": rid,
                     "experiment": rec.get("experiment"),
                     "arm": rec.get("arm"),
                     "messages": messages,
+                    "tools": tools,
                     "answer": answer,
                     "comment": rec.get("comment"),
                     "tags": meta["tags"],
                     "group": meta["group"],
                     "correction": None,
                 }
-        elif rec["score"] >= cfg.good_threshold and answer and ix.get("status") == "ok":
-            goods[pkey].append((answer, ev, meta))
+        elif rec["score"] >= cfg.good_threshold and served and ix.get("status") == "ok":
+            if answer:
+                goods[pkey].append((answer, ev, meta))
             if _hash_unit("keep", rid) < cfg.keep_good_share:
-                out.examples.append(Example(SFT, _sft(messages, answer), "served", **meta))
+                out.examples.append(Example(SFT, _sft(messages, served, tools), "served", **meta))
         else:
             out.neutral += 1
     for pkey, bad_list in bads.items():  # the same conversation answered well and badly
         for (good, _, gmeta), (bad, _, bmeta) in zip(goods.get(pkey, []), bad_list, strict=False):
-            messages = interactions[gmeta["response_id"]]["messages"]  # type: ignore[index]
+            gix = interactions[gmeta["response_id"]]
+            assert gix is not None
             meta = {**bmeta, "events": gmeta["events"] + bmeta["events"]}
-            out.examples.append(Example(DPO, _pair(messages, good, bad), "pair", **meta))
+            pair = _pair(gix["messages"], good, bad, gix.get("tools"))
+            out.examples.append(Example(DPO, pair, "pair", **meta))
     return out
 
 
@@ -206,10 +279,11 @@ def reviewed_examples(items: dict[str, dict[str, Any]]) -> tuple[list[Example], 
             "events": [],
             "response_id": rid,
         }
-        examples.append(Example(SFT, _sft(item["messages"], fix), "review", **meta))
+        tools = item.get("tools")
+        examples.append(Example(SFT, _sft(item["messages"], fix, tools), "review", **meta))
         if item.get("answer"):
             examples.append(
-                Example(DPO, _pair(item["messages"], fix, item["answer"]), "review", **meta)
+                Example(DPO, _pair(item["messages"], fix, item["answer"], tools), "review", **meta)
             )
         used.append(rid)
     return examples, used
@@ -343,16 +417,18 @@ class Builder:
         finally:
             lock.release()
 
-    def _interactions(self, ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        out: dict[str, dict[str, Any] | None] = {}
+    def _interactions(self, ids: list[str]) -> dict[str, InteractionRecord | None]:
+        out: dict[str, InteractionRecord | None] = {}
         step = self.progress("join interactions", len(ids))
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            for rid, raw in zip(
-                chunk, mget(self.client, [keys.interaction(i) for i in chunk]), strict=True
-            ):
-                out[rid] = keys.decode(raw)
+            for rid, rec in zip(chunk, load(self.client, chunk), strict=True):
+                out[rid] = rec
             step(len(chunk))
+        gone = [rid for rid, rec in out.items() if rec is None]
+        if gone:  # past the hot window: from the archive
+            archive = Archive(default_url(self.settings.data_dir, self.settings.archive.url))
+            out.update(find_interactions(archive, gone))
         return out
 
     def _run(self, dry_run: bool) -> BuildResult:
@@ -476,7 +552,7 @@ class Builder:
         new: list[Example],
         curator: Curator,
         counter: TokenCounter,
-        events: list[FeedbackEvent],
+        events: list[RatingEvent],
         gathered: Gathered,
         review_used: list[str],
         events_read: int,

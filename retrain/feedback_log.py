@@ -10,25 +10,27 @@ same event again. :func:`export_feedback` reads without a group, for people.
 from __future__ import annotations
 
 import atexit
+import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from gateway import keys
+from gateway.archive import Archive, find_interactions, load_sync
 from gateway.config import Settings
-from gateway.store import start_embedded
+from gateway.records import (
+    FeedbackEvent,
+    InteractionRecord,
+    decode_feedback,
+)
+from gateway.store import connect_sync, start_embedded
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -42,39 +44,21 @@ def connect(settings: Settings) -> redis.Redis:
         embedded = start_embedded(settings.data_dir)
         atexit.register(embedded.stop)
         url = embedded.url
-    opts: dict[str, Any] = {
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=3),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-    cluster = settings.redis_cluster and bool(settings.redis_url)
-    keys.configure(cluster)
-    if cluster:
-        # The cluster client answers the same commands (typed as the single-server one).
-        return cast(redis.Redis, RedisCluster.from_url(url, **opts))
-    return redis.Redis.from_url(url, **opts)
-
-
-def mget(client: redis.Redis, names: Sequence[str]) -> list[Any]:
-    """``MGET`` of keys in any slots: on a cluster, one ``MGET`` per slot."""
-    if not names:
-        return []
-    if isinstance(client, RedisCluster):
-        return list(client.mget_nonatomic(list(names)))
-    return list(cast(Any, client.mget(list(names))))
+    return connect_sync(url, cluster=settings.redis_cluster and bool(settings.redis_url))
 
 
 @dataclass(frozen=True)
-class FeedbackEvent:
+class RatingEvent:
+    """One entry of the feedback stream: the rating as stored, and whether it replaced one."""
+
     stream_id: str
-    record: dict[str, Any]  # the feedback record as stored (see gateway/feedback.py)
+    record: FeedbackEvent
     replaced: bool
 
 
-def _event(stream_id: bytes | str, fields: dict[bytes, bytes]) -> FeedbackEvent:
-    return FeedbackEvent(
-        keys.text(stream_id), orjson.loads(fields[b"data"]), fields.get(b"replaced") == b"1"
+def _event(stream_id: bytes | str, fields: dict[bytes, bytes]) -> RatingEvent:
+    return RatingEvent(
+        keys.text(stream_id), decode_feedback(fields[b"data"]), fields.get(b"replaced") == b"1"
     )
 
 
@@ -99,9 +83,9 @@ class FeedbackConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, count: int = 500) -> list[FeedbackEvent]:
+    def read(self, count: int = 500) -> list[RatingEvent]:
         """Up to ``count`` events: first those a crashed run left unacknowledged, then new ones."""
-        out: list[FeedbackEvent] = []
+        out: list[RatingEvent] = []
         while self._claim_cursor is not None and len(out) < count:
             reply: Any = self.client.xautoclaim(
                 keys.FEEDBACK_STREAM,
@@ -123,13 +107,13 @@ class FeedbackConsumer:
                 out += [_event(sid, f) for sid, f in entries]
         return out
 
-    def read_all(self, batch: int = 500) -> list[FeedbackEvent]:
-        events: list[FeedbackEvent] = []
+    def read_all(self, batch: int = 500) -> list[RatingEvent]:
+        events: list[RatingEvent] = []
         while chunk := self.read(batch):
             events += chunk
         return events
 
-    def ack(self, events: list[FeedbackEvent]) -> int:
+    def ack(self, events: list[RatingEvent]) -> int:
         if not events:
             return 0
         return int(
@@ -137,12 +121,18 @@ class FeedbackConsumer:
         )
 
 
-def interaction(client: redis.Redis, response_id: str) -> dict[str, Any] | None:
-    return keys.decode(client.get(keys.interaction(response_id)))
+def interaction(client: redis.Redis, response_id: str) -> InteractionRecord | None:
+    return load(client, [response_id])[0]
 
 
-def ratings(client: redis.Redis, response_id: str) -> list[dict[str, Any]]:
-    rows = [orjson.loads(v) for v in client.hgetall(keys.feedback(response_id)).values()]
+def load(client: redis.Redis, ids: list[str]) -> list[InteractionRecord | None]:
+    """Interaction records by response id (None: unknown or past the hot window), their
+    message blocks put back."""
+    return load_sync(client, ids)
+
+
+def ratings(client: redis.Redis, response_id: str) -> list[FeedbackEvent]:
+    rows = [decode_feedback(v) for v in client.hgetall(keys.feedback(response_id)).values()]
     return sorted(rows, key=lambda r: (r["created"], r["rater"]))
 
 
@@ -163,21 +153,32 @@ def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iter
 
 
 def export_feedback(
-    client: redis.Redis, since: datetime, out: Path, tenant: str | None = None
+    client: redis.Redis,
+    since: datetime,
+    out: Path,
+    tenant: str | None = None,
+    archive: Archive | None = None,
 ) -> int:
     """Write one JSON line per rated response: the interaction and its current ratings
-    (with ``tenant``: only that tenant's responses)."""
+    (with ``tenant``: only that tenant's responses). An interaction past the hot window
+    comes from the ``archive``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
+    rated = rated_since(client, since)
     with open(tmp, "wb") as f:
-        for rid in rated_since(client, since):
-            ix = interaction(client, rid)
-            if tenant is not None and (ix or {}).get("tenant") != tenant:
-                continue
-            row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
-            f.write(orjson.dumps(row) + b"\n")
-            n += 1
+        while chunk := list(itertools.islice(rated, 1000)):
+            found = dict(zip(chunk, load(client, chunk), strict=True))
+            gone = [rid for rid, ix in found.items() if ix is None]
+            if gone and archive is not None:
+                found.update(find_interactions(archive, gone))
+            for rid in chunk:
+                ix = found[rid]
+                if tenant is not None and (ix["tenant"] if ix else None) != tenant:
+                    continue
+                row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
+                f.write(orjson.dumps(row) + b"\n")
+                n += 1
     tmp.replace(out)
     return n
 

@@ -1,8 +1,9 @@
 """The job registry: every fine-tuning job, its progress and its outcome, in Redis.
 
-A job is one JSON document at ``fw:job:{id}`` (ids in ``fw:jobs`` by creation time)::
+A job is one JSON document at ``fw:job:{id}`` (ids in ``fw:jobs`` by creation time;
+``JobRecord`` in ``gateway/records.py``)::
 
-    id, experiment, provider, dataset_id, dataset_path, status, created, updated,
+    v, id, experiment, provider, dataset_id, dataset_path, status, created, updated,
     runner (host:pid of the ``retrain run`` that owns it), params, loss (per step:
     step, loss, eval_loss), events (the provider's, last 200), result_model,
     adapter_path, model_name (its name in the gateway), evaluation, error
@@ -25,6 +26,7 @@ import orjson
 import redis
 
 from gateway import keys
+from gateway.records import SCHEMA_VERSION
 
 FINAL = frozenset({"registered", "rejected", "failed", "cancelled"})
 MAX_EVENTS = 200
@@ -37,6 +39,7 @@ class JobStore:
     def create(self, **fields: Any) -> dict[str, Any]:
         now = time.time()
         job = {
+            "v": SCHEMA_VERSION,
             "id": "ftjob-" + secrets.token_hex(6),
             "status": "queued",
             "created": now,
@@ -83,7 +86,7 @@ def record_run(client: redis.Redis, experiment: str, **fields: Any) -> None:
     """
     raw: bytes | None = client.hget(keys.RETRAIN_RUNS, experiment)  # type: ignore[assignment]
     doc = keys.decode(raw) or {}
-    doc.update(fields)
+    doc.update(fields, v=SCHEMA_VERSION)
     client.hset(keys.RETRAIN_RUNS, experiment, orjson.dumps(doc))
 
 

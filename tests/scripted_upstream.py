@@ -4,8 +4,10 @@ Not a stand-in for vLLM (normal serving is tested on the real vLLM server). Each
 name maps to a function of the request's messages that returns the answer, so a test
 can make one model better than another on exactly the examples it chooses, or make a
 judge model answer scripted verdicts. An answer is cut at the request's ``max_tokens``,
-counting a word as a token, so a test sees the limit the caller sent. Every request
-body is kept in ``requests``.
+counting a word as a token, so a test sees the limit the caller sent. A function may
+also return a whole assistant message (a dict: ``content`` and ``tool_calls``), sent as
+it is. With ``n`` > 1, choice ``i`` (from 1) is the answer followed by `` #i``. Every
+request body is kept in ``requests``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from aiohttp import web
 
 from .background import BackgroundServer
 
-Script = dict[str, Callable[[list[dict[str, Any]]], str]]
+Script = dict[str, Callable[[list[dict[str, Any]]], Any]]
 
 
 class ScriptedUpstream(BackgroundServer):
@@ -36,22 +38,32 @@ class ScriptedUpstream(BackgroundServer):
         answer_of = self.script.get(body.get("model"))
         if answer_of is None:
             return web.json_response({"error": {"message": "no such model"}}, status=404)
-        words = answer_of(body["messages"]).split(" ")
-        limit = body.get("max_tokens") or len(words)
-        text = " ".join(words[:limit])
+        answer = answer_of(body["messages"])
+        if isinstance(answer, dict):
+            message = {"role": "assistant", "content": None, **answer}
+            finish = "tool_calls" if message.get("tool_calls") else "stop"
+            words = (message["content"] or "").split(" ")
+            limit = len(words)
+            choices = [{"index": 0, "finish_reason": finish, "message": message}]
+        else:
+            words = answer.split(" ")
+            limit = body.get("max_tokens") or len(words)
+            text = " ".join(words[:limit])
+            choices = [
+                {
+                    "index": i,
+                    "finish_reason": "length" if len(words) > limit else "stop",
+                    "message": {"role": "assistant", "content": text + (f" #{i}" if i else "")},
+                }
+                for i in range(body.get("n") or 1)
+            ]
         return web.json_response(
             {
                 "id": "scripted-1",
                 "object": "chat.completion",
                 "created": 0,
                 "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "length" if len(words) > limit else "stop",
-                        "message": {"role": "assistant", "content": text},
-                    }
-                ],
+                "choices": choices,
                 "usage": {
                     "prompt_tokens": 1,
                     "completion_tokens": min(limit, len(words)),

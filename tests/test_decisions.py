@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from gateway import keys
+from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
@@ -319,7 +320,7 @@ def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -
     while True:
         assert time.monotonic() < deadline, "no judged shadow record"
         for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=20):
-            rec = keys.decode(r.get(keys.interaction(fields[b"id"].decode())))
+            rec = feedback_log.interaction(r, fields[b"id"].decode())
             if rec and rec.get("shadow_of") == served:
                 score: float | None = rec.get("judge_score")
                 return score

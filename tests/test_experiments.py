@@ -21,6 +21,7 @@ import redis
 
 from gateway import keys
 from localstack import VLLMServer, make_test_adapter
+from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT, gateway_config
 from .faulty_upstream import FaultyUpstream
@@ -325,7 +326,7 @@ def test_shadow_answers_are_logged_and_never_returned(
     while shadow is None:
         assert time.monotonic() < deadline, "no shadow record was logged"
         for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=50):
-            rec = keys.decode(r.get(keys.interaction(fields[b"id"].decode())))
+            rec = feedback_log.interaction(r, fields[b"id"].decode())
             if rec and rec.get("shadow_of") == served:
                 shadow = rec
         time.sleep(0.05)

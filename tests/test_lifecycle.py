@@ -13,8 +13,8 @@ import orjson
 import pytest
 import redis
 
-from gateway import keys
 from localstack import free_port
+from retrain import feedback_log
 from tests.conftest import CLIENT, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.polling import eventually
@@ -101,7 +101,7 @@ def test_sigterm_drains_readiness_then_listener_then_streams_and_flushes_the_log
 
     # The stream's interaction record, logged when the stream ended, reached Redis.
     r = redis.Redis.from_url(redis_server.url)
-    record = keys.decode(r.get(keys.interaction(chunks[0]["id"])))
+    record = feedback_log.interaction(r, chunks[0]["id"])
     assert record is not None
     assert record["status"] == "ok"
     assert record["answer"] == "x" * 20

@@ -171,14 +171,21 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in vllm["env"]
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] >= 1
     shared = {m["mountPath"] for m in vllm["volumeMounts"] if m["name"] == "shared"}
+    archive_jobs = VALUES[which].get("archive", {}).get("cronJob", {}).get("enabled", False)
     for job in find(which, "CronJob"):
         assert job["spec"]["concurrencyPolicy"] == "Forbid"
         mounts = container(job)["volumeMounts"]
         assert shared == {m["mountPath"] for m in mounts if m["name"] == "shared"}
-        assert container(job)["args"][:3] == ["retrain", "run", "--experiment"]
+        if job["metadata"]["name"].endswith("-archive"):
+            assert container(job)["args"] == ["retrain", "archive"]
+        else:
+            assert container(job)["args"][:3] == ["retrain", "run", "--experiment"]
     assert len(find(which, "CronJob")) == len(
         VALUES[which].get("retrain", {}).get("experiments", ["default"])
-    )
+    ) + int(archive_jobs)
+    # the archive (on the shared volume by default) is written and read by the gateway
+    gw_mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert gw_mounts.get("shared") in shared
 
     if which == "default":
         redis = one(which, "StatefulSet", "-redis")

@@ -11,8 +11,8 @@ import openai
 import pytest
 import redis
 
-from gateway import keys
 from localstack import free_port
+from retrain import feedback_log
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.polling import eventually
@@ -105,7 +105,7 @@ def test_stored_interactions_are_redacted(
     ).json()
     r = redis.Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 5
-    while (record := keys.decode(r.get(keys.interaction(reply["id"])))) is None:
+    while (record := feedback_log.interaction(r, reply["id"])) is None:
         assert time.monotonic() < deadline, "the interaction was not logged"
         time.sleep(0.05)
     stored = record["messages"][0]["content"]

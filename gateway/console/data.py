@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from .. import keys, report, store
 from ..config import Experiment
 from ..control import Control
+from ..interaction_log import load
+from ..records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
 from .access import User
 
 SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
@@ -57,30 +59,30 @@ def _day_ms(day: str, end: bool = False) -> int | None:
     return int((t + (86400 if end else 0)) * 1000)
 
 
-def _text(rec: dict[str, Any]) -> str:
-    parts = [str(m.get("content") or "") for m in rec.get("messages") or []]
+def _text(rec: InteractionRecord) -> str:
+    parts = [text_of(m.get("content")) for m in rec.get("messages") or []]
     return "\n".join([*parts, rec.get("answer") or ""]).lower()
 
 
-def _rating_matches(f: Filters, mine: list[dict[str, Any]], threshold: float) -> bool:
+def _rating_matches(f: Filters, mine: list[FeedbackEvent], threshold: float) -> bool:
     if f.rating and _rating(mine, threshold) != f.rating:
         return False
     return not f.corrected or any(r.get("correction") for r in mine)
 
 
-def _rating(ratings: list[dict[str, Any]], threshold: float) -> str:
+def _rating(ratings: list[FeedbackEvent], threshold: float) -> str:
     if not ratings:
         return "none"
     mean = sum(r["score"] for r in ratings) / len(ratings)
     return "down" if mean < threshold else "up"
 
 
-async def ratings_of(redis: aioredis.Redis, ids: list[str]) -> list[list[dict[str, Any]]]:
+async def ratings_of(redis: aioredis.Redis, ids: list[str]) -> list[list[FeedbackEvent]]:
     pipe = redis.pipeline(transaction=False)
     for rid in ids:
         pipe.hgetall(keys.feedback(rid))
     return [
-        sorted((orjson.loads(v) for v in raw.values()), key=lambda r: (r["created"], r["rater"]))
+        sorted((decode_feedback(v) for v in raw.values()), key=lambda r: (r["created"], r["rater"]))
         for raw in await pipe.execute()
     ]
 
@@ -96,10 +98,10 @@ async def interactions(
     """One page of the interaction stream, newest first, filtered.
 
     Experiment, arm and time are read from the stream entries; tenant and text from the
-    records, fetched a batch at a time (text is looked for in the raw JSON before any
-    record is parsed); ratings only for the records that pass those. A page reads at most
-    ``SCAN_LIMIT`` entries and works at most ``SCAN_BUDGET_S``, so a filter that matches
-    little never scans the whole store at once: the page says so and offers to go on.
+    records, fetched a batch at a time; ratings only for the records that pass those. A
+    page reads at most ``SCAN_LIMIT`` entries and works at most ``SCAN_BUDGET_S``, so a
+    filter that matches little never scans the whole store at once: the page says so and
+    offers to go on.
     """
     page = Page()
     deadline = time.monotonic() + SCAN_BUDGET_S
@@ -109,7 +111,6 @@ async def interactions(
     lo = "-"
     if f.since and (ms := _day_ms(f.since)) is not None:
         lo = str(ms)
-    needle = f.q.lower().encode() if f.q and not set(f.q) & set('"\\') else None
     last: str | None = None
     batch = size + 1  # unfiltered, one read fills the page; filtered, reads grow
     while len(page.rows) < size:
@@ -126,7 +127,7 @@ async def interactions(
                 continue
             cand.append((keys.text(sid), fd["id"]))
         by_rating = bool(f.rating or f.corrected)
-        rated_first: dict[str, list[dict[str, Any]]] = {}
+        rated_first: dict[str, list[FeedbackEvent]] = {}
         if by_rating and cand:  # the ratings narrow most: read them before the records
             ratings = await ratings_of(redis, [rid for _, rid in cand])
             for (_, rid), rs in zip(cand, ratings, strict=True):
@@ -134,12 +135,11 @@ async def interactions(
                 if _rating_matches(f, mine, threshold):
                     rated_first[rid] = mine
             cand = [(sid, rid) for sid, rid in cand if rid in rated_first]
-        raws = await store.mget(redis, [keys.interaction(rid) for _, rid in cand])
+        recs = await load(redis, [rid for _, rid in cand])
         found = []
-        for (sid, _), raw in zip(cand, raws, strict=True):
-            if raw is None or (needle is not None and needle not in raw.lower()):
+        for (sid, _), rec in zip(cand, recs, strict=True):
+            if rec is None:
                 continue
-            rec = orjson.loads(raw)
             if user.tenant and rec.get("tenant") != user.tenant:
                 continue
             if f.tenant and rec.get("tenant") != f.tenant:
@@ -176,8 +176,8 @@ async def interactions(
     return page
 
 
-async def interaction(redis: aioredis.Redis, response_id: str) -> dict[str, Any] | None:
-    return keys.decode(await redis.get(keys.interaction(response_id)))
+async def interaction(redis: aioredis.Redis, response_id: str) -> InteractionRecord | None:
+    return (await load(redis, [response_id]))[0]
 
 
 async def overview(control: Control, redis: aioredis.Redis) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..experiments import promoted, weighted
+from ..records import unpack
 from . import data, svg
 from .access import COOKIE, Access, User
 
@@ -316,7 +317,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             out = [
                 i
                 for i, r in zip(out, recs, strict=True)
-                if r is not None and orjson.loads(r).get("tenant") == user.tenant
+                if (rec := unpack(r)) is not None and rec["tenant"] == user.tenant
             ]
         return out
 

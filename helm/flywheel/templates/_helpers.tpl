@@ -81,6 +81,9 @@ app.kubernetes.io/component: {{ .component }}
   "auth" (dict
     "api_keys" (list (dict "key" "${FLYWHEEL_API_KEY}" "name" .Values.auth.apiKeyName "tenant" .Values.auth.apiKeyTenant))
     "admin_keys" (list (dict "key" "${FLYWHEEL_ADMIN_KEY}" "name" .Values.auth.adminKeyName)))
+  "archive" (dict
+    "enabled" .Values.archive.inGateway
+    "url" (default (printf "%s/archive" $shared) .Values.archive.url))
   "retrain" (dict
     "dataset_dir" (printf "%s/datasets" $shared)
     "gateway_url" (include "flywheel.gatewayUrl" .)

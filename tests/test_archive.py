@@ -1,0 +1,339 @@
+"""The archive: interactions and ratings copied from Redis to Parquet, exactly once.
+
+A real gateway (scripted upstream, real Redis) serves and takes ratings; ``retrain
+archive`` (a real process) copies them; DuckDB reads the files. Killed at each step of a
+pass, the archiver loses nothing and duplicates nothing on the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import orjson
+import pytest
+import redis
+import yaml
+
+from gateway import keys
+from gateway.archive import CRASH_ENV, MANIFEST, Archive, Archiver
+from gateway.config import load_settings
+from retrain.dataset import Builder
+from retrain.feedback_log import connect
+
+from .scripted_upstream import ScriptedUpstream
+from .services import GatewayProcess, RedisProcess
+
+ARCHIVE_DB = 14  # this module's streams stay out of the other tests' database
+API_KEY = "sk-archive-0123456789"
+ADMIN_KEY = "sk-archive-admin-0123456789"
+CLIENT = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@dataclass
+class Served:
+    gateway: GatewayProcess
+    redis: redis.Redis
+    config: Path
+    archive: Path
+
+
+@pytest.fixture(scope="module")
+def served(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{ARCHIVE_DB}"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    upstream = ScriptedUpstream({"helper": lambda ms: "We accept returns for thirty days"})
+    upstream.start()
+    work = tmp_path_factory.mktemp("archive")
+    config = {
+        "redis_url": url,
+        "id_secret": "archive-secret-0123456789",
+        "auth": {
+            "api_keys": [{"key": API_KEY, "name": "tests"}],
+            "admin_keys": [{"key": ADMIN_KEY, "name": "ops"}],
+        },
+        "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
+        "models": {"helper": {"upstream": "scripted", "model": "helper"}},
+        "experiments": {"shop": {"arms": [{"model": "helper"}]}},
+        "archive": {"enabled": False, "url": str(work / "archive")},
+    }
+    gw = GatewayProcess(config, work)
+    try:
+        gw.start()
+        yield Served(gw, r, gw.config_path, work / "archive")
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+def serve(served: Served, n: int, model: str = "shop", rate: bool = True) -> list[str]:
+    """``n`` requests (each with its own question), each rated up: their response ids."""
+    ids = []
+    with httpx.Client(base_url=served.gateway.url, timeout=30) as c:
+        for i in range(n):
+            tag = uuid.uuid4().hex[:8]
+            body = {
+                "model": model,
+                "messages": [
+                    {"role": "system", "content": "You help a shoe shop. " * 12},
+                    {"role": "user", "content": f"Question {tag}: can I return shoes?"},
+                ],
+                "user": f"user-{i}",
+            }
+            reply = c.post("/v1/chat/completions", json=body, headers=CLIENT)
+            assert reply.status_code == 200, reply.text
+            rid = reply.json()["id"]
+            ids.append(rid)
+            if rate:
+                fb = {"response_id": rid, "rating": "up", "comment": tag}
+                rated = c.post("/v1/feedback", json=fb, headers=CLIENT)
+                assert rated.status_code == 201, rated.text
+    deadline = time.monotonic() + 5
+    while served.redis.exists(*[keys.interaction(i) for i in ids]) < len(ids):
+        assert time.monotonic() < deadline, "the interaction log did not write in time"
+        time.sleep(0.02)
+    return ids
+
+
+def archive(served: Served, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLYWHEEL_CONFIG": str(served.config)}
+    env.pop(CRASH_ENV, None)
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    return subprocess.run(
+        [sys.executable, "-m", "retrain", "archive"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def manifest(served: Served) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads((served.archive / MANIFEST).read_bytes())
+    return doc
+
+
+def committed(served: Served, kind: str) -> list[str]:
+    return [str(served.archive / f["path"]) for f in manifest(served)["files"] if f["kind"] == kind]
+
+
+def query(sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect() as db:
+        return db.execute(sql).fetchall()
+
+
+def glob(served: Served, kind: str) -> str:
+    return f"read_parquet('{served.archive}/{kind}/*/*/*.parquet', hive_partitioning=true)"
+
+
+def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experiment(
+    served: Served,
+) -> None:
+    ids = serve(served, 4)
+    direct = serve(served, 1, model="helper", rate=False)
+    done = archive(served)
+    assert done.returncode == 0, done.stderr
+    assert "archived" in done.stdout
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    shop = served.archive / "interactions" / f"date={today}" / "exp=shop"
+    assert (
+        list(shop.glob("*.parquet"))
+        and (served.archive / "interactions" / f"date={today}" / "exp=-").exists()
+    )
+    rows = query(
+        f"SELECT id, experiment, messages, user, date, exp FROM {glob(served, 'interactions')} "
+        f"WHERE id IN ({', '.join(repr(i) for i in ids + direct)})"
+    )
+    assert sorted(r[0] for r in rows) == sorted(ids + direct)
+    by_id = {r[0]: r for r in rows}
+    sent = orjson.loads(by_id[ids[0]][2])
+    assert sent[0]["content"] == "You help a shoe shop. " * 12  # whole again, not a block
+    assert by_id[ids[0]][1] == "shop" and by_id[direct[0]][1] is None
+    assert by_id[ids[0]][5] == "shop" and by_id[direct[0]][5] == "-"
+    assert by_id[ids[0]][3] == "user-0" and str(by_id[ids[0]][4]) == today
+    ratings = query(
+        f"SELECT response_id, score, rater FROM {glob(served, 'feedback')} "
+        f"WHERE response_id IN ({', '.join(repr(i) for i in ids)})"
+    )
+    assert sorted(r[0] for r in ratings) == sorted(ids)
+    assert {r[1] for r in ratings} == {1.0}
+    # everything read was acknowledged: a second pass has nothing to do
+    again = archive(served)
+    assert again.returncode == 0 and "archived 0 interactions and 0 ratings" in again.stdout
+
+
+@pytest.mark.parametrize("step", ["after-read", "after-file", "after-manifest", "after-ack"])
+def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
+    served: Served, step: str
+) -> None:
+    archive(served)  # start from a drained stream
+    ids = serve(served, 3)
+    crashed = archive(served, crash_at=step)
+    assert crashed.returncode == 137, crashed.stderr
+    done = archive(served)
+    assert done.returncode == 0, done.stderr
+    wanted = ", ".join(repr(i) for i in ids)
+    for kind, column in (("interactions", "id"), ("feedback", "response_id")):
+        files = committed(served, kind)
+        listed = ", ".join(repr(f) for f in files)
+        in_manifest = query(
+            f"SELECT {column}, count(*) FROM read_parquet([{listed}]) "
+            f"WHERE {column} IN ({wanted}) GROUP BY 1"
+        )
+        assert sorted(in_manifest) == sorted((i, 1) for i in ids), (kind, step)
+        on_disk = query(
+            f"SELECT {column}, count(*) FROM {glob(served, kind)} "
+            f"WHERE {column} IN ({wanted}) GROUP BY 1"
+        )
+        assert sorted(on_disk) == sorted((i, 1) for i in ids), (kind, step)
+    for stream in (keys.INTERACTION_STREAM, keys.FEEDBACK_STREAM):
+        assert served.redis.xpending(stream, keys.ARCHIVE_GROUP)["pending"] == 0
+
+
+def test_one_archiver_at_a_time(served: Served) -> None:
+    served.redis.set(keys.ARCHIVE_LOCK, "elsewhere:1:abc", px=60_000)
+    try:
+        busy = archive(served)
+        assert busy.returncode == 5 and "elsewhere:1:abc" in busy.stderr
+    finally:
+        served.redis.delete(keys.ARCHIVE_LOCK)
+
+
+def test_the_gateway_archives_by_itself(
+    redis_server: RedisProcess, tmp_path: Path, served: Served
+) -> None:
+    config = yaml.safe_load(served.config.read_text())
+    config["archive"] = {"url": str(tmp_path / "gw-archive"), "every_s": 0.2, "max_wait_s": 0}
+    gw = GatewayProcess(config, tmp_path / "gw", workers=2)
+    try:
+        gw.start()
+        ids = serve(Served(gw, served.redis, gw.config_path, tmp_path / "gw-archive"), 2)
+        deadline = time.monotonic() + 30
+        found: list[tuple[Any, ...]] = []
+        pattern = f"'{tmp_path}/gw-archive/interactions/*/*/*.parquet'"
+        while time.monotonic() < deadline:
+            if list((tmp_path / "gw-archive").glob("interactions/*/*/*.parquet")):
+                found = query(
+                    f"SELECT id FROM read_parquet({pattern}) "
+                    f"WHERE id IN ({', '.join(repr(i) for i in ids)})"
+                )
+                if len(found) == len(ids):
+                    break
+            time.sleep(0.2)
+        assert sorted(r[0] for r in found) == sorted(ids)
+    finally:
+        gw.stop()
+
+
+LATE_DB = 15  # a gateway whose hot window is two seconds
+
+
+def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
+    redis_server: RedisProcess, tmp_path: Path, served: Served
+) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{LATE_DB}"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    config = yaml.safe_load(served.config.read_text())
+    config.update(
+        redis_url=url,
+        experiments={"late": {"arms": [{"model": "helper"}]}},
+        interaction_log={"hot_s": 2},
+        archive={"url": str(tmp_path / "archive"), "every_s": 0.2, "max_wait_s": 0},
+    )
+    gw = GatewayProcess(config, tmp_path / "gw")
+    try:
+        gw.start()
+        messages = [{"role": "user", "content": "How long do refunds take?"}]
+        with httpx.Client(base_url=gw.url, timeout=30) as c:
+            reply = c.post(
+                "/v1/chat/completions",
+                json={"model": "late", "messages": messages, "user": "late-user"},
+                headers=CLIENT,
+            )
+            assert reply.status_code == 200, reply.text
+            rid = reply.json()["id"]
+            deadline = time.monotonic() + 30
+            while r.exists(keys.interaction(rid)) or not (tmp_path / "archive" / MANIFEST).exists():
+                assert time.monotonic() < deadline, "the record did not leave Redis"
+                time.sleep(0.2)
+            fix = "Refunds reach your card within five working days."
+            rated = c.post(
+                "/v1/feedback",
+                json={"response_id": rid, "rating": "down", "correction": fix},
+                headers=CLIENT,
+            )
+            assert rated.status_code == 201, rated.text
+        doc = yaml.safe_load(gw.config_path.read_text())
+        doc["retrain"] = {
+            "dataset_dir": str(tmp_path / "datasets"),
+            "min_examples": 1,
+            "split": {"validation": 0, "test": 0},
+        }
+        path = tmp_path / "retrain.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        settings = load_settings(path)
+        result = Builder(connect(settings), settings, "late").run()
+        assert result.status == "written", result.message
+        train = [
+            orjson.loads(line) for line in (result.path / "train.jsonl").read_text().splitlines()
+        ]
+        assert train == [{"messages": [*messages, {"role": "assistant", "content": fix}]}]
+        out = tmp_path / "export.jsonl"
+        exported = subprocess.run(
+            [sys.executable, "-m", "retrain", "export-feedback", "--since", "2000-01-01"]
+            + ["--out", str(out), "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert exported.returncode == 0, exported.stderr
+        (line,) = [orjson.loads(x) for x in out.read_text().splitlines()]
+        assert line["response_id"] == rid and line["interaction"]["messages"] == messages
+        assert [r["correction"] for r in line["ratings"]] == [fix]
+    finally:
+        gw.stop()
+
+
+def test_the_documented_duckdb_query_reads_the_archive(served: Served) -> None:
+    ids = serve(served, 2)
+    assert archive(served).returncode == 0
+    page = (Path(__file__).resolve().parents[1] / "docs" / "archive.md").read_text()
+    sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
+    rows = query(sql.replace("ARCHIVE", str(served.archive)))
+    assert ("shop", "helper") in {(r[0], r[1]) for r in rows}
+    shop = next(r for r in rows if r[0] == "shop")
+    rated = query(f"SELECT count(*) FROM {glob(served, 'feedback')} WHERE exp = 'shop'")[0][0]
+    assert shop[2] == rated >= len(ids) and shop[3] == 1.0
+
+
+def test_the_gateway_archiver_waits_for_a_full_file_or_max_wait(
+    served: Served, tmp_path: Path
+) -> None:
+    archive(served)  # start from a drained stream
+    ids = serve(served, 3, rate=False)
+    root = tmp_path / "waiting"
+    archiver = Archiver(served.redis, Archive(str(root)), batch=10)
+    try:
+        waiting = archiver.run_once(max_wait_s=3600)  # 3 of 10, and just arrived: wait
+        assert waiting.written == {"interactions": 0, "feedback": 0}
+        assert not list(root.glob("interactions/*/*/*.parquet"))
+        archiver.batch = 3  # now a full file waits
+        full = archiver.run_once(max_wait_s=3600)
+        assert full.written["interactions"] == len(ids)
+    finally:
+        archiver.release()
