@@ -213,9 +213,9 @@ class _Cluster(RedisCluster):
 
     The cluster client keeps a pool per node that raises ``MaxConnectionsError`` when
     it is exhausted, where the single-server client waits: the shared state lives on one
-    node, so a burst of ratings would otherwise fail. Pipelines (the log writer's
-    batches, a few reads) take connections beside the permits: each node's pool allows
-    ``max_connections`` plus a margin for them.
+    node, so a burst of ratings would otherwise fail. A pipeline (the log writer's
+    batches, ``mget_nonatomic``) takes one permit too, and at most one connection per
+    node: no node's pool is ever asked for more than ``max_connections``.
     """
 
     def __init__(self, url: str, pool: RedisPool) -> None:
@@ -227,11 +227,14 @@ class _Cluster(RedisCluster):
         self._permits = asyncio.Semaphore(pool.max_connections)
         self._wait_s = pool.wait_s
 
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+    async def permit(self) -> None:
         try:
             await asyncio.wait_for(self._permits.acquire(), self._wait_s)
         except TimeoutError:
             raise RedisConnectionError("No connection available.") from None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.permit()
         try:
             return await super().execute_command(*args, **kwargs)
         except SlotNotCoveredError as exc:
@@ -245,10 +248,14 @@ class _Cluster(RedisCluster):
 
 class _ClusterPipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        client = cast(_Cluster, self.cluster_client)
+        await client.permit()
         try:
             return await super().execute(raise_on_error, allow_redirections)
         except SlotNotCoveredError as exc:
             raise _uncovered(exc) from exc
+        finally:
+            client._permits.release()
 
 
 def _uncovered(exc: SlotNotCoveredError) -> RedisConnectionError:
