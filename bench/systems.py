@@ -191,9 +191,6 @@ def start_gateway(
 
 
 def _peer_root() -> Path:
-    root = Path("/work")
-    if root.is_dir() and os.access(root, os.W_OK):
-        return root
     return Path.home() / ".cache" / "flywheel-bench"
 
 
