@@ -23,12 +23,12 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError, WatchError
 
-from . import keys
+from . import keys, store
 from .auth import Principal, Role, digest
 from .config import NAME_PATTERN, Budget
 from .errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from .experiments import invalid, valid_name
-from .live import LiveState, store_error
+from .live import LiveState
 
 AUDIT_CAP = 10_000
 SECRET_PREFIX = "fwk-"
@@ -77,10 +77,8 @@ class ApiKeys:
     # -- reading ----------------------------------------------------------------------
 
     async def _records(self) -> dict[str, dict[str, Any]]:
-        try:
+        with store.translated():
             raw = await self.redis.hgetall(keys.API_KEYS)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         return {keys.text(k): orjson.loads(v) for k, v in raw.items()}
 
     async def all(self, by: Principal) -> list[dict[str, Any]]:
@@ -95,10 +93,8 @@ class ApiKeys:
         return public(await self._one(key_id, by))
 
     async def _one(self, key_id: str, by: Principal) -> dict[str, Any]:
-        try:
+        with store.translated():
             raw = await self.redis.hget(keys.API_KEYS, key_id)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         record = orjson.loads(raw) if raw is not None else None
         if record is None or not _manages(by, record):
             raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
@@ -106,10 +102,8 @@ class ApiKeys:
         return doc
 
     async def audit(self, by: Principal, limit: int = 1000) -> list[dict[str, Any]]:
-        try:
+        with store.translated():
             raw = await self.redis.lrange(keys.AUTH_AUDIT, -limit, -1)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         entries = [orjson.loads(v) for v in raw]
         return [e for e in entries if _manages(by, e)]
 
@@ -171,10 +165,8 @@ class ApiKeys:
             raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
         if not by.all_tenants and tenant != by.tenant:
             raise NotFound(f"No tenant named '{tenant:.64}'.", param="tenant")
-        try:
+        with store.translated():
             raw = await self.redis.hget(keys.TENANTS, tenant)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         doc: dict[str, Any] = orjson.loads(raw) if raw else {"tenant": tenant, "budget": None}
         return {"object": "tenant", **doc}
 
@@ -194,13 +186,11 @@ class ApiKeys:
             "updated_by": by.name,
         }
         entry = _entry("tenant.updated", by, tenant, tenant, before, after)
-        try:
+        with store.translated():
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(keys.TENANTS, tenant, orjson.dumps(after))
             _append(pipe, entry)
             await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         await self.live.reload_quietly()
         return after
 
@@ -226,7 +216,7 @@ class ApiKeys:
             except WatchError:
                 continue
             except (RedisError, OSError) as exc:
-                raise store_error(exc) from None
+                raise store.unavailable(exc) from None
             await self.live.reload_quietly()
             return after
         raise Conflict(f"Key '{key_id}' is being changed by others; try again.")
@@ -239,12 +229,10 @@ class ApiKeys:
         action: str,
         by: Principal,
     ) -> None:
-        try:
+        with store.translated():
             pipe = self.redis.pipeline(transaction=True)
             _record(pipe, key_id, before, after, action, by)
             await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         await self.live.reload_quietly()
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import keys, report
+from . import keys, report, store
 from .config import Experiment, Settings
 from .decider import PROMOTE, RAMP, ROLLBACK
 from .errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from .experiments import DECIDER, Experiments, promoted, weighted
-from .live import LiveState, store_error
+from .live import LiveState
 from .locks import AsyncLock
 from .metrics import Metrics
 
@@ -48,10 +48,8 @@ class Decisions:
 
     async def report(self, name: str) -> dict[str, Any]:
         state = await self.experiments.state(name)
-        try:
+        with store.translated():
             return await report.report(self.redis, name, state, self.live.router.models)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
 
     async def run(self) -> None:
         """Background task: decide every ``auto_promote`` experiment each period."""

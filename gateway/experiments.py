@@ -27,12 +27,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, store
 from .config import NAME_PATTERN, Experiment, Settings, experiment_problems, format_path
 from .errors import Conflict, InvalidRequest, NotFound
-from .live import LiveState, store_error
+from .live import LiveState
 
 HISTORY_CAP = 1000
 DECIDER = "decider"  # who the decider's changes are by: they set no pin
@@ -97,17 +96,13 @@ class Experiments:
         self.live.seeded = True
 
     async def states(self) -> list[dict[str, Any]]:
-        try:
+        with store.translated():
             raw = await self.redis.hgetall(keys.EXPERIMENTS)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         return [orjson.loads(v) for _, v in sorted(raw.items())]
 
     async def state(self, name: str) -> dict[str, Any]:
-        try:
+        with store.translated():
             raw = await self.redis.hget(keys.EXPERIMENTS, name)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         if raw is None:
             raise NotFound(f"No experiment named '{name:.128}'.", param="name")
         doc: dict[str, Any] = orjson.loads(raw)
@@ -115,10 +110,8 @@ class Experiments:
 
     async def history(self, name: str) -> list[dict[str, Any]]:
         await self.state(name)
-        try:
+        with store.translated():
             raw = await self.redis.lrange(keys.history(name), 0, -1)
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         return [orjson.loads(v) for v in raw]
 
     async def put(self, name: str, body: Any, who: str) -> dict[str, Any]:
@@ -169,13 +162,11 @@ class Experiments:
         if not valid_name(name):
             raise InvalidRequest(f"'{name:.128}' is not a valid experiment name.", param="name")
         for _ in range(10):
-            try:
+            with store.translated():
                 raw = await self.redis.hget(keys.EXPERIMENTS, name)
                 models = set(self.settings.models) | {
                     keys.text(k) for k in await self.redis.hkeys(keys.MODELS)
                 }
-            except (RedisError, OSError) as exc:
-                raise store_error(exc) from None
             cur = orjson.loads(raw) if raw is not None else None
             if cur is None and not create:
                 raise NotFound(f"No experiment named '{name:.128}'.", param="name")
@@ -202,13 +193,11 @@ class Experiments:
             )
             state = _state(name, version, after, previous, who, pin)
             entry = _entry(version, action, who, before, after)
-            try:
+            with store.translated():
                 found = await self._change(
                     keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
                     args=[name, version - 1, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
                 )
-            except (RedisError, OSError) as exc:
-                raise store_error(exc) from None
             if found == -1:
                 await self.live.reload_quietly()
                 return state

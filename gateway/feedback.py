@@ -36,7 +36,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, store
 from .auth import Principal
 from .bodies import json_object
 from .config import FeedbackConfig
@@ -230,10 +230,8 @@ class FeedbackService:
         while True:
             record = self.log.unwritten(response_id)
             if record is None:
-                try:
+                with store.translated("The feedback store"):
                     record = (await load(self.redis, [response_id]))[0]
-                except (RedisError, OSError) as exc:
-                    raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
             if (
                 record is None
                 and self.archive_url
@@ -287,7 +285,7 @@ class FeedbackService:
             "arm": arm,
             "created": int(time.time()),
         }
-        try:
+        with store.translated("The feedback store"):
             replaced, _ = await self._store(
                 keys=[
                     keys.feedback(rid),
@@ -308,8 +306,6 @@ class FeedbackService:
                     f"u:{unit}" if unit else "",
                 ],
             )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
         exp_label = experiment or ""
         self.metrics.feedback.labels(exp_label, arm, str(fb["rating"])).inc()
         self.metrics.feedback_score.labels(exp_label, arm).observe(fb["score"])
@@ -325,10 +321,8 @@ class FeedbackService:
     async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
         if self.ids.issued_at(response_id) is None:
             raise NotFound(f"No response with id '{response_id:.80}'.", param="response_id")
-        try:
+        with store.translated("The feedback store"):
             raw = await self.redis.hgetall(keys.feedback(response_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"The feedback store is unavailable: {exc}") from None
         out = [decode_feedback(v) for v in raw.values()]
         out = [r for r in out if r.get("tenant") == principal.tenant]
         if not out:

@@ -26,14 +26,9 @@ from redis.exceptions import RedisError
 from . import keys
 from .auth import Principal, runtime_principal
 from .config import Budget, Experiment, ModelVersion, Settings
-from .errors import StoreUnavailable
 from .routing import Router
 
 log = logging.getLogger(__name__)
-
-
-def store_error(exc: Exception) -> StoreUnavailable:
-    return StoreUnavailable(f"The control store (Redis) is unavailable: {exc}")
 
 
 class LiveState:

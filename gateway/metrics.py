@@ -46,6 +46,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from redis.exceptions import RedisError
 
 from . import keys
+from .records import JobStatus, RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +55,9 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60,
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# What ``retrain run`` ends with (``retrain/cycle.py``), and a job's statuses
-# (``retrain/jobs.py``): the bounded label values of the retrain gauges.
-RETRAIN_OUTCOMES = (
-    "canary",
-    "nothing_new",
-    "below_minimum",
-    "rejected",
-    "cancelled",
-    "over_cost_cap",
-    "collect_more",
-    "failed",
-)
-JOB_STATUSES = (
-    "queued",
-    "running",
-    "staging",
-    "evaluating",
-    "cancelling",
-    "registered",
-    "rejected",
-    "failed",
-    "cancelled",
-)
+# The bounded label values of the retrain gauges.
+RETRAIN_OUTCOMES = tuple(RunOutcome)
+JOB_STATUSES = tuple(JobStatus)
 
 
 def prepare_multiprocess_dir(path: str | Path) -> Path:
@@ -179,8 +160,8 @@ def _retrain_families(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         for split, n in sorted((run.get("examples") or {}).items()):
             examples.add_metric([exp, str(split)], float(n))
         if run.get("job_status") is not None:
-            for name in JOB_STATUSES:
-                job.add_metric([exp, name], 1.0 if run["job_status"] == name else 0.0)
+            for status in JOB_STATUSES:
+                job.add_metric([exp, status], 1.0 if run["job_status"] == status else 0.0)
     yield from (last, success, outcome, running, examples, job)
 
 

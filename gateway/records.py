@@ -30,6 +30,7 @@ import types
 import typing
 import zlib
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_type_hints
 
 import orjson
@@ -101,6 +102,38 @@ class FeedbackEvent(TypedDict):
     experiment: str | None
     arm: str
     created: int
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status (``retrain/jobs.py``), a label of the retrain gauges."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    STAGING = "staging"
+    EVALUATING = "evaluating"
+    CANCELLING = "cancelling"
+    REGISTERED = "registered"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_JOB_STATUSES = frozenset(
+    {JobStatus.REGISTERED, JobStatus.REJECTED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+class RunOutcome(StrEnum):
+    """How a ``retrain run`` ended (``retrain/cycle.py``), a label of the retrain gauges."""
+
+    CANARY = "canary"
+    NOTHING_NEW = "nothing_new"
+    BELOW_MINIMUM = "below_minimum"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    OVER_COST_CAP = "over_cost_cap"
+    COLLECT_MORE = "collect_more"
+    FAILED = "failed"
 
 
 class JobRecord(TypedDict, total=False):

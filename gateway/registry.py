@@ -15,14 +15,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from . import keys
+from . import keys, store
 from .adapters import Adapters
 from .config import ModelVersion, Settings
 from .errors import Conflict, InvalidRequest, NotFound
 from .experiments import HISTORY_CAP, invalid, valid_name
-from .live import LiveState, store_error
+from .live import LiveState
 from .upstream import UpstreamClient
 
 # KEYS: models hash, models history, version counter
@@ -159,13 +158,11 @@ class Registry:
             "at": time.time(),
             "spec": spec.model_dump(),
         }
-        try:
+        with store.translated():
             done = await self._model(
                 keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
                 args=[name, orjson.dumps(record), orjson.dumps(entry), HISTORY_CAP],
             )
-        except (RedisError, OSError) as exc:
-            raise store_error(exc) from None
         if not done:
             raise Conflict(f"'{name}' is already registered.", param="name")
         await self.live.reload_quietly()
@@ -197,13 +194,11 @@ class Registry:
             "spec": spec.model_dump(),
         }
         async with self.adapters.lock:  # no refresh pass between the unload and the new router
-            try:
+            with store.translated():
                 await self._model(
                     keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
                     args=[name, "", orjson.dumps(entry), HISTORY_CAP],
                 )
-            except (RedisError, OSError) as exc:
-                raise store_error(exc) from None
             unloaded = await self.adapters.unload_everywhere(spec) if spec.adapter_path else []
             await self.live.reload_quietly()
         return {"id": name, "object": "model", "deleted": True, "unloaded": unloaded}

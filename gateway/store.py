@@ -28,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,6 +47,7 @@ from redis.retry import Retry as SyncRetry
 
 from . import keys
 from .config import RedisPool, Settings
+from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,22 @@ def _uncovered(exc: SlotNotCoveredError) -> RedisConnectionError:
     """A slot with no master for the moment (a failover): unavailable, as a dead server
     is (callers handle ``RedisError``; this one is not)."""
     return RedisConnectionError(f"Redis Cluster: {exc}")
+
+
+def unavailable(exc: BaseException, what: str = "The control store") -> StoreUnavailable:
+    """A Redis failure as the client sees it: 503 ``store_unavailable``, naming the store."""
+    return StoreUnavailable(f"{what} (Redis) is unavailable: {exc}")
+
+
+@contextlib.contextmanager
+def translated(what: str = "The control store") -> Iterator[None]:
+    """Redis failures inside the block (an error reply, a lost connection, no free
+    connection in time) become :func:`unavailable`: the one place they are translated
+    for a request; the background tasks that ride out an outage catch them themselves."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise unavailable(exc, what) from None
 
 
 async def mget(client: aioredis.Redis, names: Sequence[str]) -> list[Any]:

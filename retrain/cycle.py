@@ -39,6 +39,7 @@ import redis
 from gateway import keys
 from gateway.config import Settings
 from gateway.locks import Lock, alive
+from gateway.records import JobStatus, RunOutcome
 
 from . import evaluate, preflight
 from .dataset import Builder
@@ -159,18 +160,20 @@ def run(
         lock.release()
 
 
-def outcome(result: RunResult) -> str:
+def outcome(result: RunResult) -> RunOutcome:
     """The run's end as ``flywheel_retrain_last_run_outcome`` names it."""
     if result.exit_code == OK:
         status = (result.job or {}).get("status")
-        return {"registered": "canary", "cancelled": "cancelled"}.get(str(status), "nothing_new")
-    ends: dict[int, str] = {
-        BELOW_MINIMUM: "below_minimum",
-        REJECTED: "rejected",
-        OVER_COST_CAP: "over_cost_cap",
-        ExitCode.COLLECT_MORE: "collect_more",
+        if status == JobStatus.REGISTERED:
+            return RunOutcome.CANARY
+        return RunOutcome.CANCELLED if status == JobStatus.CANCELLED else RunOutcome.NOTHING_NEW
+    ends: dict[int, RunOutcome] = {
+        BELOW_MINIMUM: RunOutcome.BELOW_MINIMUM,
+        REJECTED: RunOutcome.REJECTED,
+        OVER_COST_CAP: RunOutcome.OVER_COST_CAP,
+        ExitCode.COLLECT_MORE: RunOutcome.COLLECT_MORE,
     }
-    return ends.get(result.exit_code, "failed")
+    return ends.get(result.exit_code, RunOutcome.FAILED)
 
 
 @dataclass

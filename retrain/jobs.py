@@ -26,9 +26,9 @@ import orjson
 import redis
 
 from gateway import keys
-from gateway.records import SCHEMA_VERSION
+from gateway.records import FINAL_JOB_STATUSES, SCHEMA_VERSION
 
-FINAL = frozenset({"registered", "rejected", "failed", "cancelled"})
+FINAL = FINAL_JOB_STATUSES
 MAX_EVENTS = 200
 
 
