@@ -55,6 +55,7 @@ import redis
 from fsspec.implementations.local import LocalFileSystem
 
 from . import keys, store
+from .locks import alive
 from .records import (
     FeedbackEvent,
     InteractionRecord,
@@ -224,16 +225,6 @@ def find_interactions(
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -282,7 +273,7 @@ class Archiver:
             return None
         holder = keys.text(self.client.get(keys.ARCHIVE_LOCK) or b"?")
         host, pid = (holder.split(":") + ["", ""])[:2]
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
             if self._hold(keys=[keys.ARCHIVE_LOCK], args=[self.owner, self.lock_ttl_ms, holder]):
                 return None
         return holder

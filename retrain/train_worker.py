@@ -18,18 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import LocalTraining
+from gateway.locks import alive
 
 from .local_train import train_here
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str]) -> int:
@@ -40,8 +31,8 @@ def main(argv: list[str]) -> int:
 
     here = socket.gethostname() == spec["parent_host"]
 
-    def launcher_alive() -> bool:  # seen from its own machine only
-        return not here or _alive(spec["parent_pid"])
+    def launcheralive() -> bool:  # seen from its own machine only
+        return not here or alive(spec["parent_pid"])
 
     def emit(kind: str, **fields: Any) -> None:
         if main_rank:
@@ -56,7 +47,7 @@ def main(argv: list[str]) -> int:
         checkpoint_dir=Path(spec["checkpoint_dir"]),
         on_log=lambda row: emit("log", row=row),
         on_checkpoint=lambda step: emit("checkpoint", step=step),
-        should_stop=lambda: (run_dir / "stop").exists() or not launcher_alive(),
+        should_stop=lambda: (run_dir / "stop").exists() or not launcheralive(),
     )
     emit("summary", summary=summary)
     return 0
