@@ -22,6 +22,7 @@ import redis
 
 from gateway import keys
 from gateway.config import build_settings
+from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from tests.services import RedisProcess
 
@@ -96,7 +97,8 @@ def main() -> None:
                     "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:1/v1"}},
                     "models": {"base": {"upstream": "local", "model": "base"}},
                     "retrain": {"dataset_dir": str(Path(tmp) / "datasets"), "keep_good_share": 1.0},
-                }
+                },
+                RetrainSettings,
             )
             stages: dict[str, float] = {}
             last = [time.perf_counter()]

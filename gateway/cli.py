@@ -52,14 +52,17 @@ def _masked(value: Any) -> Any:
     return MASKED if value == "**********" else value
 
 
-def show_config(settings: Settings, source: str) -> str:
-    """The effective config as YAML: every default filled in, secrets masked."""
+def show_config(settings: Settings, source: str, command: str = "gateway") -> str:
+    """The effective config as YAML: every default filled in, secrets masked.
+
+    The gateway fills in the defaults of its own sections; ``retrain config show`` those
+    of the ``retrain`` section too (the retrain package owns its schema)."""
     import yaml
 
     doc = _masked(settings.model_dump(mode="json"))
     return (
         f"# Effective Flywheel config ({source}); every default is filled in and secrets\n"
-        "# are masked. `gateway check-config --config FILE` accepts this file as it is.\n"
+        f"# are masked. `{command} check-config --config FILE` accepts this file as it is.\n"
         + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     )
 
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         s = load_config_or_exit(args.config)
         print(
             f"ok: {len(s.upstreams)} upstreams, {len(s.models)} models, "
-            f"{len(s.experiments)} experiments"
+            f"{len(s.experiments)} experiments (the retrain section: `retrain check-config`)"
         )
     elif args.command == "config":
         s = load_config_or_exit(args.config)

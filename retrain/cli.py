@@ -13,6 +13,8 @@
     retrain join-training [--launch-dir DIR]
     retrain export MODEL --out DIR [--merged] [--base MODEL] [--config FILE]
     retrain export-feedback --since DATE --out FILE.jsonl [--tenant T] [--config FILE]
+    retrain check-config [--config FILE]
+    retrain config show [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
     retrain tiny-adapter --model DIR --out DIR [--seed N]
 
@@ -45,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser(
+        "check-config", help="validate the whole config file, the retrain section included"
+    )
+    check.add_argument("--config", default=None, help="config file (default: $FLYWHEEL_CONFIG)")
+    show = commands.add_parser("config", help="show the effective config")
+    show.add_argument("action", choices=["show"], help="show: print it as YAML (secrets masked)")
+    show.add_argument("--config", default=None, help="config file (default: $FLYWHEEL_CONFIG)")
 
     tiny = commands.add_parser(
         "tiny-model",
@@ -196,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.command in ("check-config", "config"):
+        return _config(args)
     if args.command == "tiny-model":
         from localstack.tiny_model import build_tiny_model
 
@@ -207,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(make_test_adapter(args.model, args.out, seed=args.seed))
         return 0
     if args.command == "export-feedback":
-        from gateway.cli import load_config_or_exit
+        from retrain.config import load as load_config
         from retrain.feedback_log import connect, export_feedback, parse_since
 
         try:
@@ -217,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from gateway.archive import Archive, default_url
 
-        settings = load_config_or_exit(args.config)
+        settings = load_config(args.config)
         archive = Archive(default_url(settings.data_dir, settings.archive.url))
         n = export_feedback(connect(settings), since, args.out, tenant=args.tenant, archive=archive)
         print(f"wrote {n} rated responses to {args.out}")
@@ -248,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "jobs", "status", "cancel", "lineage"):
         return _jobs(args)
     if args.command == "review":
-        from gateway.cli import load_config_or_exit
+        from retrain.config import load as load_config
         from retrain.feedback_log import connect
         from retrain.review import ReviewError, export_review, import_review
 
-        client = connect(load_config_or_exit(args.config))
+        client = connect(load_config(args.config))
         if args.action == "export":
             n = export_review(client, args.experiment, args.out)
             print(f"wrote {n} failures awaiting a correction to {args.out}")
@@ -272,12 +284,12 @@ def _export(args: argparse.Namespace) -> int:
 
     adapter, base = Path(args.model), args.base
     if not adapter.is_dir():  # a model name: the gateway knows its adapter
-        from gateway.cli import load_config_or_exit
+        from retrain.config import load as load_config
         from retrain.feedback_log import connect
         from retrain.gateway_client import Gateway, GatewayUnavailable
         from retrain.jobs import JobStore
 
-        settings = load_config_or_exit(args.config)
+        settings = load_config(args.config)
         try:
             info = Gateway(settings).model(args.model)
         except GatewayUnavailable as exc:
@@ -306,11 +318,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _archive(args: argparse.Namespace) -> int:
     from gateway.archive import Archive, Archiver, default_url
-    from gateway.cli import load_config_or_exit
+    from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
 
-    settings = load_config_or_exit(args.config)
+    settings = load_config(args.config)
     cfg = settings.archive
     archiver = Archiver(
         connect(settings),
@@ -337,7 +349,7 @@ def _build(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from gateway.cli import load_config_or_exit
+    from retrain.config import load as load_config
     from retrain.dataset import USAGE, Builder
     from retrain.feedback_log import connect, parse_since
 
@@ -346,7 +358,7 @@ def _build(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
         return USAGE
-    settings = load_config_or_exit(args.config)
+    settings = load_config(args.config)
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bars:
 
@@ -374,11 +386,11 @@ def _build(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.cli import load_config_or_exit
     from retrain import evaluate
+    from retrain.config import load as load_config
     from retrain.gateway_client import Gateway
 
-    settings = load_config_or_exit(args.config)
+    settings = load_config(args.config)
     cfg = settings.retrain.eval
     if args.judge:
         cfg = cfg.model_copy(update={"judge": args.judge})
@@ -408,20 +420,38 @@ def _eval(args: argparse.Namespace) -> int:
     return evaluate.OUTCOME_CODES[result["outcome"]]
 
 
+def _config(args: argparse.Namespace) -> int:
+    import os
+
+    from gateway.cli import show_config
+    from retrain.config import load as load_config
+
+    settings = load_config(args.config)
+    if args.command == "check-config":
+        print(
+            f"ok: {len(settings.upstreams)} upstreams, {len(settings.models)} models, "
+            f"{len(settings.experiments)} experiments; the retrain section too"
+        )
+    else:
+        source = args.config or os.environ.get("FLYWHEEL_CONFIG") or "the built-in default"
+        print(show_config(settings, source, "retrain"), end="")
+    return 0
+
+
 def _jobs(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.cli import load_config_or_exit
+    from retrain.config import load as load_config
     from retrain.feedback_log import connect
     from retrain.jobs import FINAL, JobStore
 
-    settings = load_config_or_exit(args.config)
+    settings = load_config(args.config)
     client = connect(settings)
     store = JobStore(client)
     if args.command == "run":
         from pydantic import ValidationError
 
-        from gateway.config import LocalTraining
+        from retrain.config import LocalTraining
         from retrain.cycle import run
 
         if args.processes is not None:

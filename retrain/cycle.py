@@ -37,11 +37,11 @@ import orjson
 import redis
 
 from gateway import keys
-from gateway.config import Settings
 from gateway.locks import Lock, alive
 from gateway.records import JobStatus, RunOutcome
 
 from . import evaluate, preflight
+from .config import RetrainSettings
 from .dataset import Builder
 from .exit_codes import ExitCode
 from .faults import crash_point
@@ -63,13 +63,13 @@ class RunResult:
     job: dict[str, Any] | None = None
 
 
-def adapter_dir_of(settings: Settings, job: dict[str, Any]) -> Path:
+def adapter_dir_of(settings: RetrainSettings, job: dict[str, Any]) -> Path:
     """Where a local job writes its adapter: named after the job, never reused."""
     name = f"{job['experiment']}-{job['id'].removeprefix('ftjob-')}"
     return (settings.retrain.local.adapter_dir / name).resolve()
 
 
-def drop_adapter(settings: Settings, job: dict[str, Any]) -> None:
+def drop_adapter(settings: RetrainSettings, job: dict[str, Any]) -> None:
     """Remove the adapter of a job that ended rejected, failed or cancelled, unless
     ``retrain.local.keep_failed_adapters``; only ever a directory of ``adapter_dir``."""
     local = settings.retrain.local
@@ -80,7 +80,7 @@ def drop_adapter(settings: Settings, job: dict[str, Any]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def stop_remote(settings: Settings, remote_id: str) -> str:
+def stop_remote(settings: RetrainSettings, remote_id: str) -> str:
     """Cancel the OpenAI job of a run that died (it would go on running and billing for a
     result no run waits for); what was done, for the job's error."""
     from .openai_ft import FINAL as REMOTE_FINAL
@@ -98,7 +98,7 @@ def stop_remote(settings: Settings, remote_id: str) -> str:
 
 
 def recover(
-    store: JobStore, gateway: Gateway, experiment: str, settings: Settings | None = None
+    store: JobStore, gateway: Gateway, experiment: str, settings: RetrainSettings | None = None
 ) -> list[str]:
     """Fail the unfinished jobs of runs that died; unregister their staged models (and,
     with ``settings``, remove their adapters)."""
@@ -124,7 +124,7 @@ def recover(
 
 def run(
     client: redis.Redis,
-    settings: Settings,
+    settings: RetrainSettings,
     experiment: str,
     *,
     provider: str | None = None,
@@ -189,7 +189,7 @@ class Trainable:
 
 
 def _to_train(
-    client: redis.Redis, settings: Settings, experiment: str, log: Callable[[str], None]
+    client: redis.Redis, settings: RetrainSettings, experiment: str, log: Callable[[str], None]
 ) -> RunResult | Trainable:
     """The dataset version this run trains, or why there is none."""
     built = Builder(client, settings, experiment).run()
@@ -223,7 +223,7 @@ def _to_train(
 
 def _run(
     client: redis.Redis,
-    settings: Settings,
+    settings: RetrainSettings,
     experiment: str,
     provider: str,
     base_model: str | None,
@@ -322,7 +322,7 @@ def _forget_checkpoints(job: dict[str, Any] | None) -> None:
         shutil.rmtree(job["checkpoints"], ignore_errors=True)
 
 
-def checkpoint_dir(settings: Settings, dataset_id: str, base_model: str) -> Path:
+def checkpoint_dir(settings: RetrainSettings, dataset_id: str, base_model: str) -> Path:
     """Where a local training of this dataset, model and settings keeps its checkpoints:
     the same for every retry, so a retry resumes; different when anything changed."""
     local = settings.retrain.local
@@ -337,7 +337,7 @@ def _train(
     store: JobStore,
     job: dict[str, Any],
     name: str,
-    settings: Settings,
+    settings: RetrainSettings,
     provider: str,
     dataset: Any,
     base_model: str | None,

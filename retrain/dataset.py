@@ -46,10 +46,10 @@ import redis
 
 from gateway import keys
 from gateway.archive import Archive, default_url, find_interactions
-from gateway.config import Retrain, Settings
 from gateway.locks import Lock
 from gateway.records import InteractionRecord, text_of
 
+from .config import RetrainConfig, RetrainSettings
 from .curate import DPO, MESSAGE_KEYS, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
 from .faults import crash_point
@@ -198,7 +198,7 @@ class Gathered:
 def examples_from(
     events: list[RatingEvent],
     interactions: dict[str, InteractionRecord | None],
-    cfg: Retrain,
+    cfg: RetrainConfig,
     failure_threshold: float,
     teacher: Callable[[list[dict[str, Any]]], str | None] | None = None,
 ) -> Gathered:
@@ -289,7 +289,7 @@ def reviewed_examples(items: dict[str, dict[str, Any]]) -> tuple[list[Example], 
     return examples, used
 
 
-def assign_splits(kept: list[Example], new: list[Example], cfg: Retrain) -> None:
+def assign_splits(kept: list[Example], new: list[Example], cfg: RetrainConfig) -> None:
     """Groups keep the split they have; new groups are split by tag stratum (seeded)."""
     placed = {ex.group: ex.split for ex in kept}
     fresh: dict[str, list[Example]] = defaultdict(list)
@@ -353,7 +353,7 @@ def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[
     return final
 
 
-def _teacher(settings: Settings) -> Callable[[list[dict[str, Any]]], str | None] | None:
+def _teacher(settings: RetrainSettings) -> Callable[[list[dict[str, Any]]], str | None] | None:
     cfg = settings.retrain
     if not cfg.teacher:
         return None
@@ -376,7 +376,9 @@ def _teacher(settings: Settings) -> Callable[[list[dict[str, Any]]], str | None]
     return ask
 
 
-def experiment_tenant(client: redis.Redis, settings: Settings, experiment: str) -> str | None:
+def experiment_tenant(
+    client: redis.Redis, settings: RetrainSettings, experiment: str
+) -> str | None:
     """The tenant an experiment belongs to (None: shared), from the live state or the config."""
     raw = client.hget(keys.EXPERIMENTS, experiment)
     if raw is not None:
@@ -390,7 +392,7 @@ class Builder:
     def __init__(
         self,
         client: redis.Redis,
-        settings: Settings,
+        settings: RetrainSettings,
         experiment: str,
         *,
         out: Path | None = None,

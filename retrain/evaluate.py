@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Eval
-
 from . import judge as judging
+from .config import Eval
 from .text_metrics import answer_budget, score
 from .uncertainty import Interval, paired_bootstrap
 

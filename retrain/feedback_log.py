@@ -24,7 +24,6 @@ from redis.exceptions import RedisError
 
 from gateway import keys
 from gateway.archive import Archive, find_interactions, load_sync
-from gateway.config import Settings
 from gateway.records import (
     FeedbackEvent,
     InteractionRecord,
@@ -32,8 +31,10 @@ from gateway.records import (
 )
 from gateway.store import connect_sync, start_embedded
 
+from .config import RetrainSettings
 
-def connect(settings: Settings) -> redis.Redis:
+
+def connect(settings: RetrainSettings) -> redis.Redis:
     """The gateway's Redis: ``redis_url``, or the embedded server under ``data_dir``.
 
     An embedded server this process had to start itself (no gateway running) is stopped

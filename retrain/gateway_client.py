@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from gateway.config import Settings
+from .config import RetrainSettings
 
 
 class GatewayUnavailable(RuntimeError):
@@ -32,7 +32,7 @@ class _Transport(httpx.HTTPTransport):
 class Gateway:
     """The gateway's admin and chat APIs, as the retrain job uses them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RetrainSettings) -> None:
         cfg = settings.retrain
         admin = cfg.admin_key.get_secret_value()
         client = cfg.gateway_key.get_secret_value() or admin

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import LocalTraining
+from .config import LocalTraining
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

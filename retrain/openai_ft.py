@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config import OpenAITraining
+from .config import OpenAITraining
 
 FINAL = ("succeeded", "failed", "cancelled")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from gateway.config import Settings
+from .config import RetrainSettings
 
 
 def _writable(path: Path) -> str | None:
@@ -38,7 +38,7 @@ def _writable(path: Path) -> str | None:
     return None
 
 
-def upstream_base_model(settings: Settings) -> str:
+def upstream_base_model(settings: RetrainSettings) -> str:
     """The model the local provider's vLLM upstream serves, as vLLM names its root."""
     name = settings.retrain.local.upstream
     up = settings.upstreams.get(name)
@@ -67,7 +67,7 @@ def upstream_base_model(settings: Settings) -> str:
     return bases[0]
 
 
-def base_model(settings: Settings) -> str:
+def base_model(settings: RetrainSettings) -> str:
     """``retrain.local.base_model``, else what the vLLM upstream serves."""
     return settings.retrain.local.base_model or upstream_base_model(settings)
 
@@ -82,7 +82,7 @@ def _model_problem(model: str) -> str | None:
     return None  # a hub name: loaded from the local cache or the hub when training
 
 
-def _gateway_problems(settings: Settings, experiment: str) -> list[str]:
+def _gateway_problems(settings: RetrainSettings, experiment: str) -> list[str]:
     from .gateway_client import Gateway, GatewayUnavailable
 
     cfg = settings.retrain
@@ -105,7 +105,9 @@ def _gateway_problems(settings: Settings, experiment: str) -> list[str]:
     return []
 
 
-def check(settings: Settings, experiment: str, provider: str) -> tuple[list[str], str | None]:
+def check(
+    settings: RetrainSettings, experiment: str, provider: str
+) -> tuple[list[str], str | None]:
     """Every problem found (empty: go ahead), and the base model a local run trains."""
     cfg = settings.retrain
     problems = _gateway_problems(settings, experiment)

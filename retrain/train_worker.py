@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import LocalTraining
 from gateway.locks import alive
 
+from .config import LocalTraining
 from .local_train import train_here
 
 

@@ -27,6 +27,7 @@ import yaml
 from gateway import keys
 from gateway.archive import CRASH_ENV, MANIFEST, Archive, Archiver
 from gateway.config import load_settings
+from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.feedback_log import connect
 
@@ -286,7 +287,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
         }
         path = tmp_path / "retrain.yaml"
         path.write_text(yaml.safe_dump(doc))
-        settings = load_settings(path)
+        settings = load_settings(path, schema=RetrainSettings)
         result = Builder(connect(settings), settings, "late").run()
         assert result.status == "written", result.message
         train = [

@@ -224,9 +224,11 @@ PRODUCTION_ENV = {
 }
 
 
-def gateway_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def gateway_cli(
+    *args: str, env: dict[str, str] | None = None, command: str = "gateway"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", command, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -234,13 +236,42 @@ def gateway_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
+@pytest.mark.parametrize("command", ["gateway", "retrain"])
 @pytest.mark.parametrize(("example", "env"), [("local", None), ("production", PRODUCTION_ENV)])
-def test_the_example_configs_pass_check_config(example: str, env: dict[str, str] | None) -> None:
-    run = gateway_cli(
-        "check-config", "--config", str(REPO / "examples" / f"{example}.yaml"), env=env
-    )
+def test_the_example_configs_pass_check_config(
+    example: str, env: dict[str, str] | None, command: str
+) -> None:
+    path = str(REPO / "examples" / f"{example}.yaml")
+    run = gateway_cli("check-config", "--config", path, env=env, command=command)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("ok: ")
+
+
+def test_each_package_checks_its_own_sections_of_the_one_file(tmp_path: Path) -> None:
+    """The retrain section's schema is the retrain package's: a mistake there is reported
+    by ``retrain check-config`` (and every retrain command) by key path; the gateway,
+    which reads only ``retrain.dataset_dir``, starts with it."""
+    doc = yaml.safe_load((REPO / "examples" / "local.yaml").read_text())
+    doc["retrain"]["local"]["r"] = 12
+    doc["retrain"]["min_exampels"] = 3
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    for command in ("check-config", "build"):
+        args = ["--experiment", "default"] if command == "build" else []
+        run = gateway_cli(command, "--config", str(path), *args, command="retrain")
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert run.stderr.splitlines() == [
+            "retrain: config error: retrain.local.r: Input should be 8, 16, 32 or 64",
+            "retrain: config error: retrain.min_exampels: unknown key",
+        ]
+    gateway = gateway_cli("check-config", "--config", str(path))
+    assert gateway.returncode == 0, gateway.stderr
+    assert "the retrain section: `retrain check-config`" in gateway.stdout
+    doc["retrain"] = {"dataset_dir": ["not", "a", "path"]}
+    path.write_text(yaml.safe_dump(doc))
+    gateway = gateway_cli("check-config", "--config", str(path))
+    assert gateway.returncode == 2
+    assert "retrain.dataset_dir: Input is not a valid path" in gateway.stderr
 
 
 def test_the_production_example_needs_its_secrets_from_the_environment() -> None:
@@ -257,7 +288,8 @@ def test_config_show_prints_the_effective_config_that_check_config_accepts(
     tmp_path: Path, source: str | None
 ) -> None:
     args = ["--config", str(REPO / "examples" / f"{source}.yaml")] if source else []
-    shown = gateway_cli("config", "show", *args, env=PRODUCTION_ENV if source else None)
+    env = PRODUCTION_ENV if source else None
+    shown = gateway_cli("config", "show", *args, env=env, command="retrain")
     assert shown.returncode == 0, shown.stderr
     doc = yaml.safe_load(shown.stdout)
     assert doc["interaction_log"]["batch_size"] == 2048  # a default, filled in
@@ -267,6 +299,11 @@ def test_config_show_prints_the_effective_config_that_check_config_accepts(
     else:
         assert doc["retrain"]["min_examples"] == 10  # the quick-start stack's profile
         assert doc["upstreams"]["local"]["max_lora_rank"] >= doc["retrain"]["local"]["r"]
+    assert doc["retrain"]["local"]["lora_alpha"] == 32  # the retrain section's defaults too
     path = tmp_path / "shown.yaml"
     path.write_text(shown.stdout)
-    assert gateway_cli("check-config", "--config", str(path)).returncode == 0
+    for command in ("gateway", "retrain"):
+        assert gateway_cli("check-config", "--config", str(path), command=command).returncode == 0
+    gateway_only = gateway_cli("config", "show", *args, env=env)
+    assert gateway_only.returncode == 0, gateway_only.stderr
+    assert yaml.safe_load(gateway_only.stdout)["interaction_log"] == doc["interaction_log"]

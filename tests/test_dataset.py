@@ -19,7 +19,8 @@ import redis
 import yaml
 
 from gateway import keys
-from gateway.config import Settings, load_settings
+from gateway.config import load_settings
+from retrain.config import RetrainSettings
 from retrain.curate import format_errors
 from retrain.dataset import BELOW_MINIMUM, OK, OVER_COST_CAP, Builder, latest_version
 from retrain.feedback_log import connect
@@ -67,7 +68,9 @@ def serve_and_rate(gw: GatewayProcess, experiment: str, items: list[dict[str, An
         return list(pool.map(one, items))
 
 
-def settings_for(gw: GatewayProcess, tmp_path: Path, **retrain: Any) -> tuple[Settings, Path]:
+def settings_for(
+    gw: GatewayProcess, tmp_path: Path, **retrain: Any
+) -> tuple[RetrainSettings, Path]:
     """The gateway's own config plus a retrain section, written where the CLI can read it."""
     doc = yaml.safe_load(gw.config_path.read_text())
     doc["retrain"] = {
@@ -78,10 +81,10 @@ def settings_for(gw: GatewayProcess, tmp_path: Path, **retrain: Any) -> tuple[Se
     }
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return load_settings(path), path
+    return load_settings(path, schema=RetrainSettings), path
 
 
-def build(settings: Settings, experiment: str, **kwargs: Any) -> Any:
+def build(settings: RetrainSettings, experiment: str, **kwargs: Any) -> Any:
     return Builder(connect(settings), settings, experiment).run(**kwargs)
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.config import Settings
-from gateway.config_reference import render, rows
+from retrain.config import RetrainSettings
+from retrain.config_reference import render, rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
     page = (REPO / "docs" / "configuration-reference.md").read_text()
     assert page == render(), (
         "docs/configuration-reference.md is stale: run "
-        "`python -m gateway.config_reference > docs/configuration-reference.md`"
+        "`python -m retrain.config_reference > docs/configuration-reference.md`"
     )
     assert "| `interaction_log.batch_size` | int | `2048` |" in page  # a default, from code
 
@@ -52,11 +52,11 @@ def test_the_readme_is_short_and_links_only_to_pages_that_exist() -> None:
 
 
 def test_every_key_of_the_settings_is_described() -> None:
-    undescribed = [path for path, _, _, description in rows(Settings) if not description]
+    undescribed = [path for path, _, _, description in rows(RetrainSettings) if not description]
     assert not undescribed, f"settings without a description=: {undescribed}"
 
 
 def test_the_reference_lists_every_key_of_the_settings() -> None:
-    keys = [path for path, *_ in rows(Settings)]
+    keys = [path for path, *_ in rows(RetrainSettings)]
     assert "retrain.local.r" in keys and "upstreams.NAME.max_lora_rank" in keys
     assert len(keys) == len(set(keys))

@@ -18,8 +18,9 @@ import pytest
 import redis
 import yaml
 
-from gateway.config import Eval, Settings, load_settings
+from gateway.config import load_settings
 from retrain import evaluate
+from retrain.config import Eval, RetrainSettings
 from retrain.evaluate import Case
 from retrain.gateway_client import Gateway
 from retrain.jobs import JobStore
@@ -121,7 +122,7 @@ class Served:
     gateway: GatewayProcess
     upstream: ScriptedUpstream
     config: Path  # the gateway's config with a retrain section, as retrain reads it
-    settings: Settings
+    settings: RetrainSettings
     client: Gateway
 
 
@@ -155,7 +156,7 @@ def served(
         }
         path = workdir / "retrain.yaml"
         path.write_text(yaml.safe_dump(doc))
-        settings = load_settings(path)
+        settings = load_settings(path, schema=RetrainSettings)
         client = Gateway(settings)
         yield Served(gw, upstream, path, settings, client)
         client.http.close()

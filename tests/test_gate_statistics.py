@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest, t
 
-from gateway.config import DEFAULT_CONFIG, ConfigError, Eval, build_settings
+from gateway.config import DEFAULT_CONFIG, ConfigError, build_settings
 from retrain import evaluate
+from retrain.config import Eval, RetrainSettings
 from retrain.judge import judge_pair, parse, summarise
 from retrain.text_metrics import answer_budget, exact, is_json, rouge_l, score
 from retrain.uncertainty import paired_bootstrap, t_quantile, wilson
@@ -186,15 +187,19 @@ def test_a_golden_set_that_cannot_be_used_is_found_before_training(tmp_path: Pat
 
 def test_the_old_eval_keys_still_work_and_both_spellings_are_refused() -> None:
     old = build_settings(
-        {**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05, "eval_max_tokens": 64}}
+        {**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05, "eval_max_tokens": 64}},
+        RetrainSettings,
     )
     assert old.retrain.eval.margin == 0.05 and old.retrain.eval.max_tokens == 64
     with pytest.raises(ConfigError, match=r"retrain\.eval_margin is retrain\.eval\.margin"):
         build_settings(
-            {**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05, "eval": {"margin": 0.1}}}
+            {**DEFAULT_CONFIG, "retrain": {"eval_margin": 0.05, "eval": {"margin": 0.1}}},
+            RetrainSettings,
         )
     with pytest.raises(ConfigError, match=r"retrain\.eval\.confidence"):
-        build_settings({**DEFAULT_CONFIG, "retrain": {"eval": {"confidence": 1.5}}})
+        build_settings(
+            {**DEFAULT_CONFIG, "retrain": {"eval": {"confidence": 1.5}}}, RetrainSettings
+        )
 
 
 def test_every_eval_setting_is_described() -> None:

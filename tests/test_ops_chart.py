@@ -128,7 +128,8 @@ def test_the_schema_knows_every_top_level_key_of_the_gateway_config() -> None:
 
 @pytest.mark.parametrize("which", VALUES)
 def test_the_gateway_accepts_the_config_the_chart_renders(which: str, tmp_path: Path) -> None:
-    """``gateway check-config`` with the ConfigMap's file and the pod's environment."""
+    """``gateway check-config`` and ``retrain check-config`` with the ConfigMap's file and
+    the pod's environment."""
     config = one(which, "ConfigMap", "-config")["data"]["flywheel.yaml"]
     path = tmp_path / "flywheel.yaml"
     path.write_text(config)
@@ -136,16 +137,17 @@ def test_the_gateway_accepts_the_config_the_chart_renders(which: str, tmp_path: 
     for var in container(one(which, "Deployment", "-gateway"))["env"]:
         env[var["name"]] = var.get("value", f"secret-of-{var['name'].lower()}-0123456789")
     env["FLYWHEEL_CONFIG"] = str(path)  # where the pod mounts it: /etc/flywheel
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
     experiments = 3 if which == "production" else 1
-    assert f"{experiments} experiments" in done.stdout, done.stdout
+    for command in ("gateway", "retrain"):  # the retrain CronJobs read the same file
+        done = subprocess.run(
+            [sys.executable, "-m", command, "check-config"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"{experiments} experiments" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("which", VALUES)

@@ -37,3 +37,16 @@ def test_serving_loads_no_training_library() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_each_package_owns_the_schema_of_its_config_sections() -> None:
+    """One config file; the gateway's schema knows of the retrain section only the key it
+    reads (the console lists dataset versions), the retrain package owns the rest."""
+    from gateway.config import RetrainSection, Settings
+    from retrain.config import RetrainConfig, RetrainSettings
+
+    assert set(RetrainSection.model_fields) == {"dataset_dir"}
+    assert set(RetrainConfig.model_fields) > {"dataset_dir", "local", "openai", "eval"}
+    assert set(RetrainSettings.model_fields) == set(Settings.model_fields)
+    gateway_config = (REPO / "gateway" / "config.py").read_text()
+    assert "class LocalTraining" not in gateway_config and "class Eval" not in gateway_config

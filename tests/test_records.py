@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from gateway import keys, records
-from gateway.config import Retrain
 from retrain import feedback_log
+from retrain.config import RetrainConfig
 from retrain.curate import DPO, SFT, Curator, TokenCounter, format_errors
 from retrain.dataset import examples_from
 from retrain.feedback_log import RatingEvent
@@ -191,7 +191,7 @@ def _interaction(rid: str, messages: list[dict[str, Any]], **more: Any) -> Any:
 
 
 def _curated(events: list[RatingEvent], interactions: dict[str, Any]) -> list[Any]:
-    cfg = Retrain(keep_good_share=1.0)
+    cfg = RetrainConfig(keep_good_share=1.0)
     gathered = examples_from(events, interactions, cfg, 0.5)
     curator = Curator(TokenCounter(None, "o200k_base"), 100_000, 0.8)
     kept = curator.deduplicate([], curator.clean(gathered.examples))

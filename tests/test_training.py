@@ -12,8 +12,8 @@ import pytest
 import redis
 import yaml
 
-from gateway.config import LocalTraining, OpenAITraining
 from localstack import VLLMServer
+from retrain.config import LocalTraining, OpenAITraining
 from retrain.jobs import JobStore
 from retrain.local_train import plan, train
 from retrain.openai_ft import OpenAIProvider

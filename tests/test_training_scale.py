@@ -16,8 +16,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from gateway.config import LocalTraining
 from localstack import VLLMServer, make_test_adapter
+from retrain.config import LocalTraining, RetrainSettings
 from retrain.jobs import JobStore
 from retrain.local_train import problems, train
 
@@ -436,7 +436,7 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
         def settings(keep: bool) -> Any:
             local = {"adapter_dir": str(tmp_path / "adapters"), "keep_failed_adapters": keep}
             path = openai_config(tmp_path, db, server.base_url, local=local)
-            return load_settings(path)
+            return load_settings(path, schema=RetrainSettings)
 
         cfg = settings(keep=False)
         remote = OpenAIProvider(cfg.retrain.openai)
@@ -523,7 +523,7 @@ def test_retrain_jobs_lists_openais_jobs_with_the_job_that_tracks_each(
     try:
         db = own_db(redis_server, REMOTE_JOBS_DB)
         config = openai_config(tmp_path, db, server.base_url)
-        remote = OpenAIProvider(load_settings(config).retrain.openai)
+        remote = OpenAIProvider(load_settings(config, schema=RetrainSettings).retrain.openai)
         data = write_dataset(tmp_path / "data")
         ours, theirs = (remote.launch(data, suffix=s, seed=0) for s in ("ours", "theirs"))
         store = JobStore(redis.Redis.from_url(db))

@@ -1,8 +1,10 @@
 """The configuration reference page, generated from the settings models.
 
-``python -m gateway.config_reference > docs/configuration-reference.md`` writes it;
+``python -m retrain.config_reference > docs/configuration-reference.md`` writes it;
 ``tests/test_docs.py`` fails when the page and the models disagree, so it cannot drift.
-Every key is listed with its type, its default and its description.
+Every key is listed with its type, its default and its description. It lives in the
+retrain package because that is the one that sees the whole file: the gateway's sections
+(``gateway/config.py``) and the ``retrain`` section (``retrain/config.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import DEFAULT_CONFIG, Settings
+from gateway.config import DEFAULT_CONFIG
+
+from .config import RetrainSettings
 
 
 def _type(annotation: Any) -> str:
@@ -98,8 +102,11 @@ def render() -> str:
         "# Configuration reference",
         "",
         "Every key of the config file, with its type and default. Generated from the",
-        "settings models by `python -m gateway.config_reference`; a test fails when this",
-        "page is stale. `gateway config show [--config FILE]` prints the effective config.",
+        "settings models by `python -m retrain.config_reference`; a test fails when this",
+        "page is stale. The `retrain` section's schema belongs to the retrain package (the",
+        "gateway reads only `retrain.dataset_dir`); the rest is the gateway's.",
+        "`gateway check-config` validates the gateway's sections, `retrain check-config` the",
+        "whole file; `gateway config show` and `retrain config show` print the effective config.",
         "",
         "With no config file (the quick-start stack, `gateway up`), these are set too:",
         "",
@@ -108,7 +115,7 @@ def render() -> str:
         "| key | type | default | description |",
         "| --- | --- | --- | --- |",
     ]
-    for path, kind, default, description in rows(Settings):
+    for path, kind, default, description in rows(RetrainSettings):
         text = " ".join(description.split()).replace("|", "\\|")
         out.append(f"| `{path}` | {kind} | {default} | {text} |")
     return "\n".join(out) + "\n"
