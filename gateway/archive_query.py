@@ -47,6 +47,18 @@ def day_of(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
+def _day_start_ms(day: str) -> int:
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _next_day(day: str) -> str:
+    return day_of(_day_start_ms(day) + 86_400_000)
+
+
+def _previous_day(day: str) -> str:
+    return day_of(_day_start_ms(day) - 86_400_000)
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -72,6 +84,7 @@ class ArchiveReader:
         self.archive = archive
         self._manifest: tuple[Any, dict[str, Any]] | None = None
         self._lock = threading.Lock()
+        self._db: Any = None
 
     # -- files -------------------------------------------------------------------------
 
@@ -108,32 +121,25 @@ class ArchiveReader:
         """The committed files of ``kind`` in the days ``first_day``..``last_day``
         (inclusive, ``YYYY-MM-DD``; None: open) and of one ``experiment`` (``-``: direct
         model requests; None: all)."""
-        exp = None if experiment is None else _safe(experiment)
-        out = []
-        for f in self.manifest()["files"]:
-            if f["kind"] != kind:
-                continue
-            parts = f["path"].split("/")
-            day = parts[1].removeprefix("date=")
-            if first_day is not None and day < first_day:
-                continue
-            if last_day is not None and day > last_day:
-                continue
-            if exp is not None and parts[2].removeprefix("exp=") != exp:
-                continue
-            out.append(self.archive.path(f["path"]))
-        if not self.archive.local:
-            out = [self.archive.fs.unstrip_protocol(p) for p in out]
-        return out
+        return [
+            path
+            for path, day in self._dated(kind, experiment)
+            if (first_day is None or day >= first_day) and (last_day is None or day <= last_day)
+        ]
 
     def _connect(self) -> Any:
+        """A cursor of this reader's DuckDB database (opening one costs ~0.1 s; a cursor
+        is its own connection to it, for one thread)."""
         import duckdb
 
-        db = duckdb.connect()
-        db.execute("SET threads TO 2")
-        if not self.archive.local:  # s3://, gs://…: through the archive's fsspec filesystem
-            db.register_filesystem(self.archive.fs)
-        return db
+        with self._lock:
+            if self._db is None:
+                db = duckdb.connect()
+                db.execute("SET threads TO 2")
+                if not self.archive.local:  # s3://, gs://…: the archive's fsspec filesystem
+                    db.register_filesystem(self.archive.fs)
+                self._db = db
+            return self._db.cursor()
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         import duckdb
@@ -164,24 +170,36 @@ class ArchiveReader:
         arm: str = "",
         tenants: tuple[str, ...] = (),
         q: str = "",
-    ) -> list[Found]:
+        budget_s: float | None = None,
+    ) -> tuple[list[Found], str | None]:
         """Up to ``limit`` interactions logged before the stream id ``before`` (None:
-        the newest), at or after ``since_ms`` and before ``until_ms``, newest first.
+        the newest), at or after ``since_ms`` and before ``until_ms``, newest first; and,
+        when ``budget_s`` ran out before ``limit`` were found, the cursor to go on from
+        (None: nothing older matches).
 
+        Read a day at a time, newest first, so a page reads about one day's files: the
+        rows whose stream id falls on day D are in the partitions of D and D-1 (the
+        partition is the day the request came, the stream id when it was logged).
         ``tenants``: each one must match (a tenant user's own, and the filter's). ``q``
         narrows to rows whose raw text contains it; the caller checks the text as the
         Redis path does (a JSON escape could make this wider, never narrower)."""
-        hi_ms = None if before is None else stream_id(before)[0]
+        hi_ms = None if before is None else stream_id(before)[0] + 1
         if until_ms is not None:
             hi_ms = until_ms if hi_ms is None else min(hi_ms, until_ms)
-        files = self.files(
-            INTERACTIONS,
-            None if since_ms is None else day_of(since_ms),
-            None if hi_ms is None else day_of(hi_ms),
-            experiment or None,
-        )
-        if not files:
-            return []
+        by_day: dict[str, list[str]] = {}
+        for path, day in self._dated(INTERACTIONS, experiment or None):
+            by_day.setdefault(day, []).append(path)
+        first = None if since_ms is None else day_of(since_ms)
+        last = None if hi_ms is None else day_of(hi_ms - 1)
+        newest = self.manifest()["streams"].get(INTERACTIONS, {}).get("last_id")
+        if newest is not None:  # nothing was logged on a later day
+            newest_day = day_of(stream_id(newest)[0])
+            last = newest_day if last is None else min(last, newest_day)
+        windows = sorted({w for d in by_day for w in (d, _next_day(d))}, reverse=True)
+        windows = [
+            w for w in windows if (first is None or w >= first) and (last is None or w <= last)
+        ]
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         where: list[str] = []
         params: list[Any] = []
         if before is not None:
@@ -208,17 +226,40 @@ class ArchiveReader:
             escaped = orjson.dumps(needle).decode()[1:-1]  # as it reads inside JSON text
             where.append("(contains(lower(answer), ?) OR contains(lower(messages), ?))")
             params += [needle, escaped]
-        sql = (
-            f"SELECT * FROM {self._source(files)} "
-            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
-            f"ORDER BY {_MS} DESC, {_SEQ} DESC LIMIT {int(limit)}"
-        )
         kinds = COLUMNS[INTERACTIONS]
+        out: list[Found] = []
+        for i, w in enumerate(windows):
+            files = by_day.get(w, []) + by_day.get(_previous_day(w), [])
+            start = _day_start_ms(w)
+            sql = (
+                f"SELECT * FROM {self._source(files)} WHERE {_MS} >= ? AND {_MS} < ? "
+                f"{''.join(' AND ' + c for c in where)} "
+                f"ORDER BY {_MS} DESC, {_SEQ} DESC LIMIT {int(limit - len(out))}"
+            )
+            for row in self._rows(sql, [start, start + 86_400_000, *params]):
+                doc = from_row(row, kinds)
+                sid = doc.pop("stream_id")
+                out.append(Found(sid, interaction(doc)))
+            if len(out) >= limit:
+                return out, None
+            if deadline is not None and time.monotonic() > deadline and i + 1 < len(windows):
+                return out, f"{start}-0"  # everything from this day on is read
+        return out, None
+
+    def _dated(self, kind: str, experiment: str | None) -> list[tuple[str, str]]:
+        """The committed files of ``kind`` (of one experiment) with their day."""
+        exp = None if experiment is None else _safe(experiment)
         out = []
-        for row in self._rows(sql, params):
-            doc = from_row(row, kinds)
-            sid = doc.pop("stream_id")
-            out.append(Found(sid, interaction(doc)))
+        for f in self.manifest()["files"]:
+            if f["kind"] != kind:
+                continue
+            parts = f["path"].split("/")
+            if exp is not None and parts[2].removeprefix("exp=") != exp:
+                continue
+            path = self.archive.path(f["path"])
+            if not self.archive.local:
+                path = self.archive.fs.unstrip_protocol(path)
+            out.append((path, parts[1].removeprefix("date=")))
         return out
 
     def ratings(
@@ -251,31 +292,105 @@ class ArchiveReader:
 
     def report(self, experiment: str, since_s: float, until_s: float) -> dict[str, Any]:
         """Per-arm statistics of ``experiment``'s interactions logged in
-        [``since_s``, ``until_s``), from the archive only (see :func:`window_report`)."""
+        [``since_s``, ``until_s``), from the archive only (see :func:`window_report`).
+
+        One pass over the window's interaction files (the columns it needs) into a temp
+        table, one over the feedback files from its first day on; the rest is small."""
+        import duckdb
+
         first_day = day_of(int(since_s * 1000))
         last_day = day_of(int(until_s * 1000) - 1)
         ix_files = self.files(INTERACTIONS, first_day, last_day, experiment)
         fb_files = self.files(FEEDBACK, first_day, None, experiment)
-        requests: dict[str, dict[str, Any]] = {}
-        rated: dict[str, dict[str, Any]] = {}
-        users: dict[str, dict[str, Any]] = {}
+        out: dict[str, dict[str, dict[str, Any]]] = {"requests": {}, "rated": {}, "users": {}}
         if not ix_files:
-            return {"requests": requests, "rated": rated, "users": users}
-        ix = (
-            f"SELECT * FROM {self._source(ix_files)} WHERE experiment = ? "
-            f"AND created >= ? AND created < ? AND shadow_of IS NULL"
-        )
-        params: list[Any] = [experiment, since_s, until_s]
-        for row in self._rows(
-            f"""
-            SELECT arm, count(*) AS n, count(*) FILTER (WHERE status = 'error') AS errors,
-                   quantile_cont(latency_ms, 0.5) AS p50, quantile_cont(latency_ms, 0.95) AS p95,
-                   sum(TRY_CAST(json_extract(usage, '$.prompt_tokens') AS BIGINT)) AS prompt,
-                   sum(TRY_CAST(json_extract(usage, '$.completion_tokens') AS BIGINT)) AS compl
-            FROM ({ix}) GROUP BY arm
-            """,
-            params,
-        ):
+            return out
+        steps = [
+            (
+                "ix",
+                f"""
+                CREATE TEMP TABLE ix AS
+                SELECT id, arm, assigned_arm, unit, coalesce(forced, false) AS forced,
+                       status, latency_ms, coalesce(fallback, false) AS fallback,
+                       TRY_CAST(json_extract(usage, '$.prompt_tokens') AS BIGINT) AS prompt,
+                       TRY_CAST(json_extract(usage, '$.completion_tokens') AS BIGINT) AS compl
+                FROM {self._source(ix_files)}
+                WHERE experiment = ? AND created >= ? AND created < ? AND shadow_of IS NULL
+                """,
+                [experiment, since_s, until_s],
+            ),
+            (
+                "requests",
+                """
+                SELECT arm, count(*) AS n, count(*) FILTER (WHERE status = 'error') AS errors,
+                       quantile_cont(latency_ms, 0.5) AS p50,
+                       quantile_cont(latency_ms, 0.95) AS p95,
+                       sum(prompt) AS prompt, sum(compl) AS compl
+                FROM ix GROUP BY arm
+                """,
+                [],
+            ),
+            (
+                "failed_over",
+                "SELECT assigned_arm AS arm, count(*) AS n FROM ix WHERE fallback GROUP BY 1",
+                [],
+            ),
+        ]
+        if fb_files:
+            steps += [
+                (
+                    "fb",
+                    f"""
+                    CREATE TEMP TABLE fb AS
+                    SELECT i.arm, i.assigned_arm, i.unit, i.forced, f.score, f.failure,
+                           f.has_correction
+                    FROM (
+                        SELECT response_id, score, failure, has_correction
+                        FROM {self._source(fb_files)}
+                        WHERE response_id IN (SELECT id FROM ix)
+                        QUALIFY row_number() OVER (PARTITION BY response_id, rater
+                                                   ORDER BY {_MS} DESC, {_SEQ} DESC) = 1
+                    ) f JOIN ix i ON i.id = f.response_id
+                    """,
+                    [],
+                ),
+                (
+                    "rated",
+                    """
+                    SELECT arm, count(*) AS n, count(*) FILTER (WHERE failure) AS failures,
+                           count(*) FILTER (WHERE has_correction) AS corrections
+                    FROM fb GROUP BY arm
+                    """,
+                    [],
+                ),
+                (
+                    "users",
+                    """
+                    SELECT arm, count(*) AS users, sum(m) AS total, sum(m * m) AS squares,
+                           sum(n) AS ratings
+                    FROM (
+                        SELECT assigned_arm AS arm, unit, avg(score) AS m, count(*) AS n
+                        FROM fb WHERE unit IS NOT NULL AND NOT forced
+                        GROUP BY assigned_arm, unit
+                    ) GROUP BY arm
+                    """,
+                    [],
+                ),
+            ]
+        results: dict[str, list[dict[str, Any]]] = {}
+        try:
+            with self._connect() as db:
+                for name, sql, params in steps:
+                    cursor = db.execute(sql, params)
+                    if cursor.description:
+                        names = [d[0] for d in cursor.description]
+                        results[name] = [
+                            dict(zip(names, v, strict=True)) for v in cursor.fetchall()
+                        ]
+        except duckdb.Error as exc:
+            raise ArchiveError(f"reading the archive failed: {exc}") from None
+        requests = out["requests"]
+        for row in results.get("requests", []):
             requests[row["arm"]] = {
                 **_no_requests(),
                 "requests": row["n"],
@@ -283,48 +398,17 @@ class ArchiveReader:
                 "latency_ms": {"p50": _r(row["p50"], 1), "p95": _r(row["p95"], 1)},
                 "tokens": {"prompt": int(row["prompt"] or 0), "completion": int(row["compl"] or 0)},
             }
-        for row in self._rows(
-            f"SELECT assigned_arm, count(*) AS n FROM ({ix}) WHERE fallback GROUP BY 1", params
-        ):
-            requests.setdefault(row["assigned_arm"], _no_requests())["failed_over"] = row["n"]
-        if not fb_files:
-            return {"requests": requests, "rated": rated, "users": users}
-        latest = (
-            f"SELECT response_id, rater, score, failure, has_correction "
-            f"FROM {self._source(fb_files)} QUALIFY row_number() OVER "
-            f"(PARTITION BY response_id, rater ORDER BY {_MS} DESC, {_SEQ} DESC) = 1"
-        )
-        joined = (
-            f"SELECT i.arm, i.assigned_arm, i.unit, i.forced, f.score, f.failure, "
-            f"f.has_correction FROM ({latest}) f JOIN ({ix}) i ON i.id = f.response_id"
-        )
-        for row in self._rows(
-            f"""
-            SELECT arm, count(*) AS n, count(*) FILTER (WHERE failure) AS failures,
-                   count(*) FILTER (WHERE has_correction) AS corrections
-            FROM ({joined}) GROUP BY arm
-            """,
-            params,
-        ):
-            rated[row["arm"]] = {
+        for row in results.get("failed_over", []):
+            requests.setdefault(row["arm"], _no_requests())["failed_over"] = row["n"]
+        for row in results.get("rated", []):
+            out["rated"][row["arm"]] = {
                 "count": row["n"],
                 "failures": row["failures"],
                 "corrections": row["corrections"],
             }
-        for row in self._rows(
-            f"""
-            SELECT arm, count(*) AS users, sum(m) AS total, sum(m * m) AS squares,
-                   sum(n) AS ratings
-            FROM (
-                SELECT assigned_arm AS arm, unit, avg(score) AS m, count(*) AS n
-                FROM ({joined}) WHERE unit IS NOT NULL AND NOT coalesce(forced, false)
-                GROUP BY assigned_arm, unit
-            ) GROUP BY arm
-            """,
-            params,
-        ):
-            users[row["arm"]] = row
-        return {"requests": requests, "rated": rated, "users": users}
+        for row in results.get("users", []):
+            out["users"][row["arm"]] = row
+        return out
 
 
 def _no_requests() -> dict[str, Any]:

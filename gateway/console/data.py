@@ -103,13 +103,15 @@ def _merge(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
 
 
 async def ratings_merged(
-    redis: aioredis.Redis, archive: ArchiveReader, recs: list[InteractionRecord]
+    redis: aioredis.Redis, archive: ArchiveReader | None, recs: list[InteractionRecord]
 ) -> list[list[FeedbackEvent]]:
     """The current ratings of archived interactions: the archive's (latest per rater)
     and those only Redis has so far."""
     if not recs:
         return []
     ids = [r["id"] for r in recs]
+    if archive is None:
+        return await ratings_of(redis, ids)
     first = min(day_of(int(r["created"]) * 1000) for r in recs)
     archived = await asyncio.to_thread(archive.ratings, ids, first)
     hot = await ratings_of(redis, ids)
@@ -260,7 +262,7 @@ async def _from_archive(
     batch = size + 1
     cursor = before
     while True:
-        got = await asyncio.to_thread(
+        got, resume = await asyncio.to_thread(
             archive.interactions,
             before=cursor,
             since_ms=since_ms,
@@ -270,6 +272,7 @@ async def _from_archive(
             arm=f.arm,
             tenants=tenants,
             q=f.q,
+            budget_s=max(0.0, deadline - time.monotonic()),
         )
         page.scanned += len(got)
         found = [g for g in got if not f.q or f.q.lower() in _text(g.record)]
@@ -290,6 +293,9 @@ async def _from_archive(
             page.archived += 1
             if len(page.rows) == size:
                 return g.stream_id
+        if resume is not None:  # the time ran out between two days
+            page.truncated = True
+            return resume
         if len(got) < batch:
             return None
         cursor = got[-1].stream_id

@@ -9,6 +9,7 @@ permission or bad input is raised as the gateway's usual error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -39,6 +40,7 @@ from . import data, svg
 from .access import COOKIE, Access, User
 
 HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
 HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
     "script-src 'self'; form-action 'self'; frame-ancestors 'none'",
@@ -152,9 +154,16 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             access.check_csrf(user, fields.get("csrf"))
         return fields
 
-    def archive_of(request: Request) -> archive_query.ArchiveReader:
+    def archive_of(request: Request) -> archive_query.ArchiveReader | None:
+        """The archive's reader; None where it cannot be opened (the pages then show what
+        Redis holds)."""
         settings = request.app.state.gateway.settings
-        return archive_query.reader(default_url(settings.data_dir, settings.archive.url))
+        url = default_url(settings.data_dir, settings.archive.url)
+        try:
+            return archive_query.reader(url)
+        except (OSError, ValueError) as exc:
+            log.warning("console: the archive at %s cannot be opened: %s", url, exc)
+            return None
 
     def see_other(url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303, headers=HEADERS)
