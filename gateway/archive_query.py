@@ -183,7 +183,10 @@ class ArchiveReader:
         ``tenants``: each one must match (a tenant user's own, and the filter's). ``q``
         narrows to rows whose raw text contains it; the caller checks the text as the
         Redis path does (a JSON escape could make this wider, never narrower)."""
-        hi_ms = None if before is None else stream_id(before)[0] + 1
+        hi_ms = None  # rows before it, in ms (exclusive)
+        if before is not None:
+            ms, seq = stream_id(before)
+            hi_ms = ms + 1 if seq else ms
         if until_ms is not None:
             hi_ms = until_ms if hi_ms is None else min(hi_ms, until_ms)
         by_day: dict[str, list[str]] = {}

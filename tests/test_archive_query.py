@@ -245,3 +245,56 @@ def test_the_report_over_a_window_counts_what_was_sent_from_the_archive(stack: S
     window = page.text.split('id="h-window"', 1)[1].split("</section>", 1)[0]
     cells = re.findall(r"<td>([^<]*)</td>", window)
     assert cells[:2] == ["fixed-a", "6"] and "0.5" in window
+
+
+def test_paging_a_day_at_a_time_shows_every_row_once_across_days_and_budgets(
+    tmp_path: Path,
+) -> None:
+    """Rows of three days (one logged just after midnight for a request of the day
+    before: in the earlier day's partition), read with no time budget at all: each call
+    reads one day and says where to go on; together they list every row once, newest
+    first."""
+    import pyarrow as pa
+
+    from bench.storage import conversations
+    from gateway.archive import COLUMNS, INTERACTIONS, arrow_schema
+    from gateway.archive_query import ArchiveReader
+    from gateway.records import to_row
+
+    day0 = 1_764_460_800  # 2026-11-30 00:00 UTC
+    times = [day0 + 3600, day0 + 7200, day0 + 86_399.9, day0 + 86_400 + 60, day0 + 2 * 86_400 + 5]
+    logged = [t + 0.3 for t in times]  # the stream id: when the record was logged
+    archive = Archive(str(tmp_path / "archive"))
+    files = []
+    sids = []
+    for i, (rec, t, at) in enumerate(zip(conversations(5, 1), times, logged, strict=True)):
+        sid = f"{int(at * 1000)}-0"
+        sids.append(sid)
+        row = to_row(
+            {**rec, "id": f"r{i}", "experiment": "ab", "created": int(t), "stream_id": sid},
+            COLUMNS[INTERACTIONS],
+        )
+        day = time.strftime("%Y-%m-%d", time.gmtime(int(t)))
+        rel = f"interactions/date={day}/exp=ab/part-{sid}.parquet"
+        schema = arrow_schema(INTERACTIONS)
+        archive.write_parquet(rel, pa.Table.from_pylist([row], schema=schema))
+        files.append({"path": rel, "kind": INTERACTIONS, "rows": 1})
+    archive.write_manifest(
+        {"format": 1, "streams": {INTERACTIONS: {"last_id": sids[-1]}}, "files": files}
+    )
+    reader = ArchiveReader(archive)
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        got, resume = reader.interactions(
+            before=cursor, since_ms=None, until_ms=None, limit=10, budget_s=0
+        )
+        seen += [g.record["id"] for g in got]
+        if resume is None:
+            break
+        cursor = resume
+    assert seen == ["r4", "r3", "r2", "r1", "r0"]  # r2 (day 1's partition) logged on day 2
+    everything, resume = reader.interactions(before=None, since_ms=None, until_ms=None, limit=2)
+    assert [g.record["id"] for g in everything] == ["r4", "r3"] and resume is None
+    after, _ = reader.interactions(before=sids[3], since_ms=None, until_ms=None, limit=2)
+    assert [g.record["id"] for g in after] == ["r2", "r1"]
