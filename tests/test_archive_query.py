@@ -158,6 +158,11 @@ def test_the_console_lists_and_searches_interactions_past_the_hot_window(stack: 
     pages = listing(stack, REVIEWER, experiment=exp)
     assert flat(pages) == newest_first  # each row once, paged across the boundary
     assert [len(p) for p in pages] == [5, 5, 2]
+    first = httpx.get(
+        f"{stack.gw.url}/ui/interactions", params={"experiment": exp}, headers=REVIEWER
+    )
+    # hot[0] (its record gone, its stream entry not yet) and theirs[0]; hot[1:] from Redis
+    assert "2 of these are past the hot window" in first.text
 
     downs = flat(listing(stack, REVIEWER, experiment=exp, rating="down"))
     assert downs == [old[2], old[1]]  # old[2]'s rating from the archive's feedback files

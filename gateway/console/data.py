@@ -211,6 +211,7 @@ async def interactions(
             page.rows.append(
                 {**rec, "stream_id": sid, "ratings": mine, "rating": _rating(mine, threshold)}
             )
+            page.archived += rec["id"] in gone
             last = sid
             if len(page.rows) == size:
                 full = True
