@@ -9,7 +9,9 @@
     POST   /admin/experiments/{name}/promote       {"model"}: it gets 100%, others 0
     POST   /admin/experiments/{name}/rollback      back to the state before the last change
     GET    /admin/experiments/{name}/history       audit log: who, when, before, after
-    GET    /admin/experiments/{name}/report        per-arm statistics and the decision
+    GET    /admin/experiments/{name}/report        per-arm statistics and the decision;
+           ?since=YYYY-MM-DD[&until=YYYY-MM-DD]    per-arm statistics over those days, from
+                                                   the archive (archive_query.window_report)
     GET    /admin/models                           config and registered model versions
     GET    /admin/models/{name}                    one, with its lineage and experiments
     POST   /admin/models                           register {"name", "upstream", ...}
@@ -43,6 +45,8 @@ from fastapi import FastAPI, Request
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
+from . import archive_query, store
+from .archive import default_url
 from .auth import Principal
 from .bodies import json_object, read_body
 from .control import Control
@@ -139,7 +143,15 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.get("/admin/experiments/{name:experiment}/report")
     async def report(request: Request, name: str) -> Response:
         control, _ = admin(request, name)
-        return _json(await control.report(name))
+        since, until = request.query_params.get("since"), request.query_params.get("until")
+        if since is None and until is None:
+            return _json(await control.report(name))
+        state = await control.experiments.state(name)
+        settings = request.app.state.gateway.settings
+        url = default_url(settings.data_dir, settings.archive.url)
+        arms = [a["model"] for a in state["spec"]["arms"]]
+        with store.translated("The archive"):
+            return _json(await archive_query.windowed(url, name, arms, since, until))
 
     @app.get("/admin/experiments/{name:experiment}")
     async def get_experiment(request: Request, name: str) -> Response:

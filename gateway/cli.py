@@ -6,7 +6,7 @@
     gateway check-config [--config FILE]
     gateway config show [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
-    gateway report NAME [--config FILE] [--json]
+    gateway report NAME [--config FILE] [--json] [--since YYYY-MM-DD [--until YYYY-MM-DD]]
     gateway keys create|list|revoke|rotate|audit ...   (see gateway.keys_cli)
     gateway migrate-keys --from URL [--config FILE] [--replace]   (see gateway.migrate)
 """
@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,11 @@ def up(args: argparse.Namespace) -> None:
         serve(settings, host=args.host, port=args.port, workers=1, config=args.config)
 
 
-async def experiment_report(settings: Settings, name: str) -> dict[str, Any]:
-    """The report of one experiment, read from the same Redis the gateway uses."""
+async def experiment_report(
+    settings: Settings, name: str, since: str | None = None, until: str | None = None
+) -> dict[str, Any]:
+    """The report of one experiment, read from the same Redis the gateway uses; with a
+    window (``since``), over those days from the archive."""
     from . import store
     from .control import Control
     from .metrics import Metrics
@@ -183,11 +187,73 @@ async def experiment_report(settings: Settings, name: str) -> dict[str, Any]:
             metrics=metrics,
         )
         await control.load()
-        return await control.report(name)
+        if since is None and until is None:
+            return await control.report(name)
+        from . import archive_query
+        from .archive import default_url
+
+        state = await control.experiments.state(name)
+        arms = [a["model"] for a in state["spec"]["arms"]]
+        url = default_url(settings.data_dir, settings.archive.url)
+        with store.translated("The archive"):
+            return await archive_query.windowed(url, name, arms, since, until)
     finally:
         await redis.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+def print_window_report(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(x: Any, fmt: str = "{:g}") -> str:
+        return "–" if x is None else fmt.format(x)
+
+    def day(ts: float | None) -> str:
+        return "–" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    arms = Table(
+        title=f"Experiment {doc['experiment']}, {doc['since']} to {doc['until']} (from the archive)"
+    )
+    for col in (
+        "arm",
+        "requests",
+        "error rate",
+        "p50 / p95 ms",
+        "prompt / completion tokens",
+        "rated users",
+        "ratings",
+        "mean score (95% CI)",
+        "failures",
+        "corrections",
+    ):
+        arms.add_column(col, justify="left" if col == "arm" else "right", overflow="fold")
+    for a in doc["arms"]:
+        r, ci = a["ratings"], a["ratings"]["ci95"]
+        arms.add_row(
+            a["model"],
+            str(a["requests"]),
+            num(a["error_rate"], "{:.1%}"),
+            f"{num(a['latency_ms']['p50'], '{:.1f}')} / {num(a['latency_ms']['p95'], '{:.1f}')}",
+            f"{a['tokens']['prompt']} / {a['tokens']['completion']}",
+            str(r["users"]),
+            str(r["all"]),
+            f"{num(r['mean_score'], '{:.3f}')} ({num(ci[0], '{:.3f}')}–{num(ci[1], '{:.3f}')})",
+            num(r["failure_rate"], "{:.1%}"),
+            str(r["corrections"]),
+        )
+    console.print(arms)
+    covers = doc["archive"]["covers"]
+    if covers is None:
+        console.print("The archive holds nothing yet: every number is zero.")
+    else:
+        console.print(
+            f"The archive covers {day(covers[0])} to {day(covers[1])} UTC of this window "
+            f"(archived up to {day(doc['archive']['archived_until'])}); interactions and "
+            "ratings not archived yet are not included."
+        )
 
 
 def print_report(doc: dict[str, Any]) -> None:
@@ -305,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="the experiment")
     p.add_argument("--config", default=None, help=config_help)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--since",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="report over the days from this one (UTC), from the archive",
+    )
+    p.add_argument(
+        "--until", default=None, metavar="YYYY-MM-DD", help="... to this one (default: today)"
+    )
 
     keys_cli.add_parser(sub, config_help)
 
@@ -348,12 +423,14 @@ def main(argv: list[str] | None = None) -> int:
 
         s = load_config_or_exit(args.config)
         try:
-            doc = asyncio.run(experiment_report(s, args.name))
+            doc = asyncio.run(experiment_report(s, args.name, args.since, args.until))
         except GatewayError as exc:
             print(f"gateway report: {exc.message}", file=sys.stderr)
             return 1
         if args.json:
             print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        elif doc["object"] == "experiment.window_report":
+            print_window_report(doc)
         else:
             print_report(doc)
     return 0

@@ -594,11 +594,29 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             },
         },
         ("get", "/admin/experiments/{name}/report"): {
-            "summary": "Per-arm statistics, comparisons and the decision",
-            "parameters": [exp_name],
+            "summary": "Per-arm statistics, comparisons and the decision; with 'since', "
+            "per-arm statistics over those days from the archive",
+            "parameters": [
+                exp_name,
+                *(
+                    {
+                        "name": q,
+                        "in": "query",
+                        "required": False,
+                        "description": f"{what} day of a window (UTC), read from the archive",
+                        "schema": {"type": "string", "format": "date"},
+                    }
+                    for q, what in (("since", "the first"), ("until", "the last"))
+                ),
+            ],
             "responses": {
-                "200": _json({"type": "object", "required": ["decision"]}),
-                **_errors(*ADMIN, 404),
+                "200": _json(
+                    {
+                        "type": "object",
+                        "anyOf": [{"required": ["decision"]}, {"required": ["archive", "arms"]}],
+                    }
+                ),
+                **_errors(400, *ADMIN, 404),
             },
         },
         ("get", "/admin/models"): {

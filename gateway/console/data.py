@@ -1,4 +1,5 @@
-"""What the console's pages show, read from Redis, the live state and dataset files.
+"""What the console's pages show, read from Redis, the archive, the live state and
+dataset files.
 
 Reads only: every change goes through the admin API's code (:mod:`gateway.experiments`)
 or the review store (:mod:`gateway.review`).
@@ -6,6 +7,7 @@ or the review store (:mod:`gateway.review`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from .. import keys, report, store
+from ..archive import find_interactions
+from ..archive_query import ArchiveReader, day_of, days_around, stream_id
 from ..config import Experiment
 from ..control import Control
 from ..interaction_log import load
@@ -24,6 +28,7 @@ from .access import User
 SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
 SCAN_BUDGET_S = 0.15  # ... and the time it spends reading them
 MAX_BATCH = 1000
+ARCHIVE_BUDGET_S = 2.0  # the time a page spends reading the archive (DuckDB, in a thread)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Page:
     next_cursor: str | None = None  # the stream id to continue before
     scanned: int = 0
     truncated: bool = False  # stopped at SCAN_LIMIT before the page was full
+    archived: int = 0  # rows of this page read from the archive (past the hot window)
 
 
 def _day_ms(day: str, end: bool = False) -> int | None:
@@ -87,6 +93,43 @@ async def ratings_of(redis: aioredis.Redis, ids: list[str]) -> list[list[Feedbac
     ]
 
 
+def _merge(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
+    """Ratings by rater, later sources winning (the archive's, then Redis's: current)."""
+    by_rater: dict[str, FeedbackEvent] = {}
+    for ratings in sources:
+        for r in ratings:
+            by_rater[r["rater"]] = r
+    return sorted(by_rater.values(), key=lambda r: (r["created"], r["rater"]))
+
+
+async def ratings_merged(
+    redis: aioredis.Redis, archive: ArchiveReader | None, recs: list[InteractionRecord]
+) -> list[list[FeedbackEvent]]:
+    """The current ratings of archived interactions: the archive's (latest per rater)
+    and those only Redis has so far."""
+    if not recs:
+        return []
+    ids = [r["id"] for r in recs]
+    if archive is None:
+        return await ratings_of(redis, ids)
+    first = min(day_of(int(r["created"]) * 1000) for r in recs)
+    archived = await asyncio.to_thread(archive.ratings, ids, first)
+    hot = await ratings_of(redis, ids)
+    return [_merge(archived.get(i, []), h) for i, h in zip(ids, hot, strict=True)]
+
+
+async def _gone(
+    archive: ArchiveReader | None, cand: list[tuple[str, str]]
+) -> dict[str, InteractionRecord]:
+    """Records of stream entries whose record left Redis (the stream is trimmed a
+    little after the records expire): from the archive."""
+    if archive is None or not cand:
+        return {}
+    days = set().union(*(days_around(stream_id(sid)[0] / 1000) for sid, _ in cand))
+    ids = [rid for _, rid in cand]
+    return await asyncio.to_thread(find_interactions, archive.archive, ids, days)
+
+
 async def interactions(
     redis: aioredis.Redis,
     user: User,
@@ -94,14 +137,21 @@ async def interactions(
     before: str | None,
     size: int,
     threshold: float,
+    archive: ArchiveReader | None = None,
 ) -> Page:
-    """One page of the interaction stream, newest first, filtered.
+    """One page of the interactions, newest first, filtered: from the interaction
+    stream while Redis holds them, then (with an ``archive``) from the archive.
 
     Experiment, arm and time are read from the stream entries; tenant and text from the
     records, fetched a batch at a time; ratings only for the records that pass those. A
     page reads at most ``SCAN_LIMIT`` entries and works at most ``SCAN_BUDGET_S``, so a
     filter that matches little never scans the whole store at once: the page says so and
     offers to go on.
+
+    The cursor is an interaction-stream id, which the archive keeps (``stream_id``):
+    what the stream still holds (its oldest entry and later) comes from Redis, what is
+    older from the archive, so a row archived and still hot appears once, and paging
+    goes on across the boundary.
     """
     page = Page()
     deadline = time.monotonic() + SCAN_BUDGET_S
@@ -136,6 +186,10 @@ async def interactions(
                     rated_first[rid] = mine
             cand = [(sid, rid) for sid, rid in cand if rid in rated_first]
         recs = await load(redis, [rid for _, rid in cand])
+        gone = await _gone(archive, [c for c, r in zip(cand, recs, strict=True) if r is None])
+        recs = [
+            r if r is not None else gone.get(rid) for (_, rid), r in zip(cand, recs, strict=True)
+        ]
         found = []
         for (sid, _), rec in zip(cand, recs, strict=True):
             if rec is None:
@@ -157,6 +211,7 @@ async def interactions(
             page.rows.append(
                 {**rec, "stream_id": sid, "ratings": mine, "rating": _rating(mine, threshold)}
             )
+            page.archived += rec["id"] in gone
             last = sid
             if len(page.rows) == size:
                 full = True
@@ -165,6 +220,19 @@ async def interactions(
             break
         if len(entries) < batch:  # the start of the stream (or of the time range)
             last = None
+            if archive is not None:  # older ones: from the archive
+                oldest: Any = await redis.xrange(keys.INTERACTION_STREAM, count=1)
+                bound = keys.text(oldest[0][0]) if oldest else None
+                if hi not in ("+", "-") and hi.startswith("("):
+                    cursor = hi[1:]
+                    bound = (
+                        cursor if bound is None or stream_id(cursor) < stream_id(bound) else bound
+                    )
+                until_ms = _day_ms(f.until, end=True) if f.until else None
+                since_ms = _day_ms(f.since) if f.since else None
+                last = await _from_archive(
+                    redis, archive, user, f, bound, since_ms, until_ms, size, threshold, page
+                )
             break
         batch = min(batch * 2, MAX_BATCH)
         last = keys.text(entries[-1][0])
@@ -176,8 +244,83 @@ async def interactions(
     return page
 
 
-async def interaction(redis: aioredis.Redis, response_id: str) -> InteractionRecord | None:
-    return (await load(redis, [response_id]))[0]
+async def _from_archive(
+    redis: aioredis.Redis,
+    archive: ArchiveReader,
+    user: User,
+    f: Filters,
+    before: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    size: int,
+    threshold: float,
+    page: Page,
+) -> str | None:
+    """Fill ``page`` from the archive with interactions before the stream id ``before``;
+    the cursor to go on from (None: nothing older)."""
+    deadline = time.monotonic() + ARCHIVE_BUDGET_S
+    tenants = tuple(t for t in (user.tenant, f.tenant) if t)
+    batch = size + 1
+    cursor = before
+    while True:
+        got, resume = await asyncio.to_thread(
+            archive.interactions,
+            before=cursor,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            limit=batch,
+            experiment=f.experiment,
+            arm=f.arm,
+            tenants=tenants,
+            q=f.q,
+            budget_s=max(0.0, deadline - time.monotonic()),
+        )
+        page.scanned += len(got)
+        found = [g for g in got if not f.q or f.q.lower() in _text(g.record)]
+        rated = await ratings_merged(redis, archive, [g.record for g in found])
+        for g, rs in zip(found, rated, strict=True):
+            mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
+            if not _rating_matches(f, mine, threshold):
+                continue
+            page.rows.append(
+                {
+                    **g.record,
+                    "stream_id": g.stream_id,
+                    "ratings": mine,
+                    "rating": _rating(mine, threshold),
+                    "archived": True,
+                }
+            )
+            page.archived += 1
+            if len(page.rows) == size:
+                return g.stream_id
+        if resume is not None:  # the time ran out between two days
+            page.truncated = True
+            return resume
+        if len(got) < batch:
+            return None
+        cursor = got[-1].stream_id
+        batch = min(batch * 2, MAX_BATCH)
+        if page.scanned >= SCAN_LIMIT or time.monotonic() > deadline:
+            page.truncated = True
+            return cursor
+
+
+async def interaction(
+    redis: aioredis.Redis,
+    response_id: str,
+    archive: ArchiveReader | None = None,
+    issued: float | None = None,
+) -> InteractionRecord | None:
+    """One interaction: from Redis, else (past the hot window) from the archive's
+    partitions of the day it was ``issued``."""
+    rec = (await load(redis, [response_id]))[0]
+    if rec is None and archive is not None and issued is not None:
+        found = await asyncio.to_thread(
+            find_interactions, archive.archive, [response_id], days_around(issued)
+        )
+        rec = found.get(response_id)
+    return rec
 
 
 async def overview(control: Control, redis: aioredis.Redis) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ permission or bad input is raised as the gateway's usual error.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -20,7 +22,8 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from .. import keys, review, store
+from .. import archive_query, keys, review, store
+from ..archive import default_url
 from ..bodies import read_bounded
 from ..errors import (
     AuthenticationFailed,
@@ -37,6 +40,7 @@ from . import data, svg
 from .access import COOKIE, Access, User
 
 HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
 HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
     "script-src 'self'; form-action 'self'; frame-ancestors 'none'",
@@ -150,6 +154,17 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             access.check_csrf(user, fields.get("csrf"))
         return fields
 
+    def archive_of(request: Request) -> archive_query.ArchiveReader | None:
+        """The archive's reader; None where it cannot be opened (the pages then show what
+        Redis holds)."""
+        settings = request.app.state.gateway.settings
+        url = default_url(settings.data_dir, settings.archive.url)
+        try:
+            return archive_query.reader(url)
+        except (OSError, ValueError) as exc:
+            log.warning("console: the archive at %s cannot be opened: %s", url, exc)
+            return None
+
     def see_other(url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303, headers=HEADERS)
 
@@ -221,6 +236,14 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         rep = await st.control.report(name)
         history = await st.control.experiments.history(name)
         points = await data.versions(st.redis, name, history, state, st.control)
+        since, until = request.query_params.get("since"), request.query_params.get("until")
+        window = None
+        if since or until:  # the report over those days, from the archive
+            settings = st.settings
+            url = default_url(settings.data_dir, settings.archive.url)
+            arms = [a["model"] for a in state["spec"]["arms"]]
+            with store.translated("The archive"):
+                window = await archive_query.windowed(url, name, arms, since, until or None)
         return render(
             request,
             user,
@@ -229,6 +252,9 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             report=rep,
             history=list(reversed(history)),
             plots=_plots(points),
+            window=window,
+            since=since or "",
+            until=until or "",
         )
 
     @router.post("/actions/confirm")
@@ -396,9 +422,17 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             until=qp.get("until", ""),
         )
         before = qp.get("before") or None
-        page = await data.interactions(
-            st.redis, user, f, before, page_size, st.settings.feedback.failure_threshold
-        )
+        archive = await asyncio.to_thread(archive_of, request)
+        with store.translated("The archive"):
+            page = await data.interactions(
+                st.redis,
+                user,
+                f,
+                before,
+                page_size,
+                st.settings.feedback.failure_threshold,
+                archive,
+            )
         more = urlencode({**f.query(), "before": page.next_cursor}) if page.next_cursor else None
         return render(
             request,
@@ -414,10 +448,12 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def interaction(request: Request, response_id: str) -> Response:
         user = current(request)
         st = request.app.state.gateway
-        rec = await data.interaction(st.redis, response_id)
+        archive = await asyncio.to_thread(archive_of, request)
+        issued = st.chat.ids.issued_at(response_id)
+        rec = await data.interaction(st.redis, response_id, archive, issued)
         if rec is None or (user.tenant and rec.get("tenant") != user.tenant):
             raise NotFound(f"No interaction '{response_id:.80}'.", param="response_id")
-        ratings = (await data.ratings_of(st.redis, [response_id]))[0]
+        ratings = (await data.ratings_merged(st.redis, archive, [rec]))[0]
         if user.tenant:
             ratings = [r for r in ratings if r.get("tenant") == user.tenant]
         queued = (
