@@ -23,6 +23,7 @@
     GET    /admin/tenants/{tenant}                 a tenant's policy (budget)
     PUT    /admin/tenants/{tenant}                 set it (an admin of every tenant)
     GET    /admin/audit                            who changed which key or tenant, when
+    DELETE /admin/users/{user}[?tenant=T]          forget a user (:mod:`gateway.forget`)
 
 Tenancy: an admin key of one tenant sees only that tenant's experiments, models and keys
 and the shared ones (others are a 404, as if absent), changes only its tenant's (shared
@@ -47,6 +48,7 @@ from .auth import Principal
 from .bodies import json_object, read_body
 from .control import Control
 from .errors import NotFound, PermissionDenied
+from .forget import forget_user
 
 
 class ExperimentName(Convertor[str]):
@@ -229,3 +231,9 @@ def add_admin_routes(app: FastAPI) -> None:
     async def audit(request: Request) -> Response:
         control, by = principal(request)
         return _json({"object": "list", "data": await control.keys.audit(by)})
+
+    @app.delete("/admin/users/{user:path}")
+    async def forget(request: Request, user: str) -> Response:
+        _, by = principal(request)
+        tenant = request.query_params.get("tenant")
+        return _json(await forget_user(request.app.state.gateway, user, tenant, by))

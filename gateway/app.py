@@ -291,8 +291,8 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
                 asyncio.create_task(_count_tasks(metrics)),
             ]
+            url = embedded.url if embedded is not None else settings.redis_url or ""
             if archiving:
-                url = embedded.url if embedded is not None else settings.redis_url or ""
                 maintenance.append(asyncio.create_task(_archive_loop(settings, url)))
             for task in maintenance:
                 stack.callback(task.cancel)
@@ -306,6 +306,7 @@ def create_app(settings: Settings) -> FastAPI:
                 chat,
                 feedback,
                 started=int(time.time()),
+                redis_url=url,
             )
             try:
                 yield

@@ -12,6 +12,10 @@ key                         type    content
 ``fw:blk:{hash}``           string  one message (zlib JSON) by content hash, shared by
                                     every record that refers to it; its expiry moves
                                     on with each, so it outlives them all
+``fw:forget:pending``       hash    ``{tenant}\x00{user}`` → a forgotten user whose
+                                    dataset versions are not rewritten yet (JSON:
+                                    ``user``, ``tenant``, ``by``, ``at``, the response
+                                    ids and rating stream ids to remove), ``forget.py``
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
                                     ``arm``), in time order, trimmed to ``hot_s``; read
                                     by the archiver's consumer group (``archive``)
@@ -114,7 +118,7 @@ def configure(cluster: bool) -> None:
     """Name keys for a Redis Cluster (hash-tagged shared state) or for one Redis."""
     global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
     global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
-    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK
+    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK, FORGET_PENDING
     CLUSTER = cluster
     PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
     INTERACTION_STREAM = PREFIX + "ix:stream"
@@ -130,6 +134,7 @@ def configure(cluster: bool) -> None:
     JOBS = PREFIX + "jobs"
     RETRAIN_RUNS = PREFIX + "retrain:runs"
     ARCHIVE_LOCK = PREFIX + "archive:lock"
+    FORGET_PENDING = PREFIX + "forget:pending"
 
 
 INTERACTION_STREAM: str
@@ -145,6 +150,7 @@ AUTH_AUDIT: str
 JOBS: str
 RETRAIN_RUNS: str
 ARCHIVE_LOCK: str
+FORGET_PENDING: str
 configure(cluster=False)
 
 
