@@ -8,6 +8,7 @@ one user each, and the others' data stays whole.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -139,10 +140,18 @@ def world(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) 
         # more of each, hot only (not archived), in a second version
         a3, _ = chat(w, "alice", [SYSTEM, {"role": "user", "content": f"alice-secret {words()}"}])
         b3, _ = chat(w, "bob", [SYSTEM, {"role": "user", "content": f"bob asks {words()}"}])
-        wait_written(w, a3, b3)
+        a4, _ = chat(w, "alice", [SYSTEM, {"role": "user", "content": f"alice-secret {words()}"}])
+        wait_written(w, a3, b3, a4)
         rate(w, a3, f"alice-secret fix {words()}")
         rate(w, b3, f"bob fix {words()}")
+        r = httpx.post(  # a failure without a correction: the build queues it for review
+            w.gateway.base_url + "/feedback",
+            json={"response_id": a4, "rating": "down"},
+            headers=CLIENT,
+        )
+        assert r.status_code == 201, r.text
         build(w)
+        assert w.redis.hexists(keys.review("default"), a4)
         yield w
 
 
@@ -231,9 +240,10 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     r = httpx.delete(world.gateway.url + "/admin/users/alice", headers=ADMIN)
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
-    # 3 records; alice's 3 ratings and hers of bob's answer; 2 archived rows and 3 ratings
-    assert removed["redis"]["interactions"] == 3 and removed["redis"]["ratings"] == 4
-    assert removed["redis"]["rating_events"] == 4 and removed["redis"]["blocks"] == 1
+    # 4 records; her 4 ratings and hers of bob's answer; 2 archived rows and 3 ratings
+    assert removed["redis"]["interactions"] == 4 and removed["redis"]["ratings"] == 5
+    assert removed["redis"]["rating_events"] == 5 and removed["redis"]["blocks"] == 1
+    assert removed["redis"]["review_items"] == 1 and removed["redis"]["user_stats"] == 2
     assert removed["archive"] == {"interactions": 2, "ratings": 3, "files_rewritten": 2}
     assert removed["datasets"] == {"pending": True}
 
@@ -250,6 +260,15 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     assert {e["rater"] for e in ratings} == {"bob", "carol"}
     assert not world.redis.exists(keys.block(turn))
     assert world.redis.exists(keys.block(system))  # bob's and carol's records use it
+    assert world.redis.hkeys(keys.review("default")) == []
+    # her unit leaves the SRM sets and the per-user scores (whose sums follow); bob's stays
+    units = {u: hashlib.sha256(u.encode()).hexdigest()[:16] for u in ("alice", "bob")}
+    members = set().union(*(world.redis.smembers(k) for k in world.redis.scan_iter("fw:users:*")))
+    assert units["alice"].encode() not in members and units["bob"].encode() in members
+    scores = [world.redis.hgetall(k) for k in world.redis.scan_iter("fw:uagg:*")]
+    fields = set().union(*scores)
+    assert f"u:{units['alice']}".encode() not in fields and f"u:{units['bob']}".encode() in fields
+    assert sum(int(h.get(b"users", 0)) for h in scores) == 2  # bob and carol
 
     # the archive: no row of hers, every other row as it was, and a new pass adds none
     again = retrain(world, "archive")
