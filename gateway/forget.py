@@ -27,7 +27,9 @@ archive pass runs meanwhile, and two forgets never overlap):
 5. **audits** the run (``GET /admin/audit``, action ``user.forgotten``: who, when,
    which user and tenant, the counts removed per place).
 
-Running it twice is harmless: the second run finds nothing and removes nothing.
+Running it twice is harmless: the second run finds nothing and removes nothing. The
+crash tests kill it at each step (``FLYWHEEL_ARCHIVE_CRASH_AT``: ``forget-after-plan``,
+``forget-after-redis``, ``forget-after-files``, ``forget-after-manifest``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import redis
 from redis.exceptions import RedisError
 
 from . import keys, store
-from .archive import FEEDBACK, INTERACTIONS, Archive, Archiver, default_url
+from .archive import FEEDBACK, INTERACTIONS, Archive, Archiver, crash_point, default_url
 from .auth import Principal
 from .errors import Conflict, InvalidRequest, PermissionDenied, StoreUnavailable
 from .experiments import valid_name
@@ -157,7 +159,7 @@ def audit(client: redis.Redis, by: str, by_tenant: str | None, plan: Plan, count
         "before": None,
         "after": {"removed": counts},
     }
-    pipe = client.pipeline(transaction=True)
+    pipe = client.pipeline(transaction=False)  # one key; on a cluster too
     pipe.rpush(keys.AUTH_AUDIT, orjson.dumps(entry))
     pipe.ltrim(keys.AUTH_AUDIT, -AUDIT_CAP, -1)
     pipe.execute()
@@ -189,7 +191,7 @@ class Forgetter:
         Conflict when the archive lock stays held by a running pass for ``lock_wait_s``.
         """
         user = valid_user(user)
-        holder = Archiver(self.client, self.archive, lock_ttl_s=self.lock_ttl_s)
+        holder = self._holder = Archiver(self.client, self.archive, lock_ttl_s=self.lock_ttl_s)
         deadline = time.monotonic() + self.lock_wait_s
         while (held_by := holder.hold()) is not None:
             if time.monotonic() >= deadline:
@@ -203,12 +205,23 @@ class Forgetter:
             found = self._find(plan)
             field_ = pending_field(user, tenant)
             self.client.hset(keys.FORGET_PENDING, field_, orjson.dumps(plan.doc(by)))
+            crash_point("forget-after-plan")
             counts: dict[str, Any] = {"redis": self._forget_redis(plan, found)}
-            holder.hold()  # renew: the archive may take a while
-            counts["archive"] = self._forget_archive(plan, holder)
+            crash_point("forget-after-redis")
+            self._renew()
+            counts["archive"] = self._forget_archive(plan)
         finally:
             holder.release()
         return plan, counts
+
+    def _renew(self) -> None:
+        """Keep the archive lock through a long run; one lost (a stall past its ttl, and
+        an archiver took it) stops the run before it commits anything to the archive."""
+        if (holder := self._holder.hold()) is not None:
+            raise Conflict(
+                f"The archive lock passed to {holder} during the run; run it again to finish.",
+                param="user",
+            )
 
     # -- finding -----------------------------------------------------------------------
 
@@ -249,6 +262,7 @@ class Forgetter:
             if len(entries) < CHUNK:
                 break
             cursor = keys.stream_id_after(keys.text(entries[-1][0]))
+            self._renew()
         return found
 
     def _find_redis_interactions(self, plan: Plan, found: _Found) -> None:
@@ -277,15 +291,19 @@ class Forgetter:
             if len(entries) < CHUNK:
                 break
             cursor = keys.stream_id_after(keys.text(entries[-1][0]))
+            self._renew()
 
     def _archived(self, kind: str, columns: list[str]) -> Iterable[list[dict[str, Any]]]:
+        for f in self.archive.manifest()["files"]:
+            if f["kind"] == kind:
+                yield self._read(f["path"], columns).to_pylist()
+                self._renew()
+
+    def _read(self, path: str, columns: list[str] | None = None) -> Any:
         import pyarrow.parquet as pq
 
-        for f in self.archive.manifest()["files"]:
-            if f["kind"] != kind:
-                continue
-            with self.archive.fs.open(self.archive.path(f["path"]), "rb") as fh:
-                yield pq.read_table(fh, columns=columns).to_pylist()
+        with self.archive.fs.open(self.archive.path(path), "rb") as fh:
+            return pq.read_table(fh, columns=columns)
 
     # -- Redis -------------------------------------------------------------------------
 
@@ -360,49 +378,56 @@ class Forgetter:
 
     # -- archive -----------------------------------------------------------------------
 
-    def _forget_archive(self, plan: Plan, holder: Archiver) -> dict[str, int]:
-        counts = {"interactions": 0, "ratings": 0, "files_rewritten": 0}
+    def _forget_archive(self, plan: Plan) -> dict[str, int]:
+        """Each committed file with rows of the user written again without them; one
+        manifest replace commits them all, then the old files go."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
+        counts = {"interactions": 0, "ratings": 0, "files_rewritten": 0}
         archive = self.archive
         manifest = archive.manifest()
         ids = pa.array(sorted(plan.response_ids), pa.string())
         events = pa.array(sorted(plan.events), pa.string())
-        kept, retired = [], []
-        for f in manifest["files"]:
-            with archive.fs.open(archive.path(f["path"]), "rb") as fh:
-                table = pq.read_table(fh)
-            if f["kind"] == INTERACTIONS:
-                mine = pc.is_in(table["id"], value_set=ids)
+
+        def theirs(kind: str, table: Any) -> Any:
+            if kind == INTERACTIONS:
                 owned = pc.equal(table["user"], plan.user)
                 if plan.tenant is not None:
                     owned = pc.and_(owned, pc.equal(table["tenant"], plan.tenant))
-                mine = pc.or_(mine, pc.fill_null(owned, False))
+                mine = pc.or_(pc.is_in(table["id"], value_set=ids), pc.fill_null(owned, False))
             else:
                 mine = pc.or_(
                     pc.is_in(table["stream_id"], value_set=events),
                     pc.is_in(table["response_id"], value_set=ids),
                 )
-            mine = pc.fill_null(mine, False)
-            n = pc.sum(mine).as_py() or 0
-            if not n:
+            return pc.fill_null(mine, False)
+
+        narrow = {INTERACTIONS: ["id", "user", "tenant"], FEEDBACK: ["stream_id", "response_id"]}
+        kept, retired = [], []
+        for f in manifest["files"]:
+            kind = f["kind"]
+            n = pc.sum(theirs(kind, self._read(f["path"], narrow[kind]))).as_py() or 0
+            if not n:  # most files: only the few columns that decide were read
                 kept.append(f)
                 continue
-            counts["interactions" if f["kind"] == INTERACTIONS else "ratings"] += n
+            table = self._read(f["path"])
+            rest = table.filter(pc.invert(theirs(kind, table)))
+            counts["interactions" if kind == INTERACTIONS else "ratings"] += n
             counts["files_rewritten"] += 1
             retired.append(f["path"])
-            rest = table.filter(pc.invert(mine))
             if rest.num_rows:
-                stem = f["path"].rsplit("/", 1)
-                base = stem[1].split(".", 1)[0]  # part-<first stream id>
-                path = f"{stem[0]}/{base}.{uuid.uuid4().hex[:8]}.parquet"
+                folder, name = f["path"].rsplit("/", 1)
+                base = name.split(".", 1)[0]  # part-<first stream id>
+                path = f"{folder}/{base}.{uuid.uuid4().hex[:8]}.parquet"
                 size = archive.write_parquet(path, rest)
                 kept.append({**f, "path": path, "rows": rest.num_rows, "bytes": size})
-            holder.hold()
+            self._renew()
         if retired:
+            crash_point("forget-after-files")
+            self._renew()
             archive.write_manifest({**manifest, "files": kept})
+            crash_point("forget-after-manifest")
             for path in retired:
                 archive.fs.rm(archive.path(path))
         return counts

@@ -48,6 +48,7 @@ from gateway.locks import Lock
 
 from .curate import Example
 from .dataset import dataset_id, experiment_tenant, latest_version, tally, write_version
+from .faults import crash_point
 
 FORGOTTEN_PREFIX = ".forgotten-"
 
@@ -129,6 +130,7 @@ def forget_in_experiment(root: Path, removal: Removal, by_group: bool) -> dict[s
         if remaining:
             keep = _successor(root, latest.manifest, remaining, removal, counts["examples"])
             counts["successors"] = 1
+            crash_point("forget-after-successor")
         else:
             (root / "latest").unlink()
     for path in affected:

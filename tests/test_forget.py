@@ -26,9 +26,11 @@ import redis
 import yaml
 
 from gateway import keys
+from gateway.archive import CRASH_ENV as ARCHIVE_CRASH_ENV
 from gateway.config import Settings, load_settings
 from gateway.records import block_hash, unpack
 from retrain.dataset import Builder
+from retrain.faults import CRASH_ENV as RETRAIN_CRASH_ENV
 from retrain.feedback_log import connect
 
 from .conftest import ADMIN, CLIENT
@@ -44,6 +46,7 @@ VOCAB = (
     "missing late tracking number email phone support manager"
 ).split()
 RNG = random.Random(17)
+CLEAN_ENV = ("FLYWHEEL_CONFIG", ARCHIVE_CRASH_ENV, RETRAIN_CRASH_ENV)
 
 
 def words(n: int = 14) -> str:
@@ -79,10 +82,13 @@ def rate(w: World, rid: str, correction: str, rater: str | None = None) -> None:
     assert r.status_code == 201, r.text
 
 
-def retrain(w: World, *args: str) -> subprocess.CompletedProcess[str]:
+def retrain(
+    w: World, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     return subprocess.run(
         [sys.executable, "-m", "retrain", *args, "--config", str(w.config)],
-        env={k: v for k, v in os.environ.items() if k != "FLYWHEEL_CONFIG"},
+        env={**base, **(env or {})},
         capture_output=True,
         text=True,
         timeout=180,
@@ -335,3 +341,41 @@ def test_retrain_forget_removes_a_user_everywhere_and_a_second_run_finds_nothing
     assert all(n == 0 for place in second.values() for n in place.values())
     audit = httpx.get(world.gateway.url + "/admin/audit", headers=ADMIN).json()["data"]
     assert [e["by"].startswith("cli:") for e in audit if e["target"] == "carol"] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("env", "step"),
+    [
+        (ARCHIVE_CRASH_ENV, "forget-after-plan"),
+        (ARCHIVE_CRASH_ENV, "forget-after-redis"),
+        (ARCHIVE_CRASH_ENV, "forget-after-files"),
+        (ARCHIVE_CRASH_ENV, "forget-after-manifest"),
+        (RETRAIN_CRASH_ENV, "forget-after-successor"),
+    ],
+)
+def test_a_forget_killed_at_any_step_is_finished_by_running_it_again(
+    world: World, env: str, step: str
+) -> None:
+    user = f"dave-{step}"
+    rid, _ = chat(world, user, [SYSTEM, {"role": "user", "content": f"{user} {words()}"}])
+    wait_written(world, rid)
+    rate(world, rid, f"{user} fix {words()}")
+    assert retrain(world, "archive").returncode == 0
+    build(world)
+    assert user in dataset_text(world)
+    count = f"SELECT count(*) FROM {{interactions}} WHERE user = '{user}'"
+    assert archived(world, count) == [(1,)]
+
+    crashed = retrain(world, "forget", "--user", user, env={env: step})
+    assert crashed.returncode == 137, crashed.stderr
+    done = retrain(world, "forget", "--user", user)
+    assert done.returncode == 0, done.stderr
+    assert user not in hot_users(world)
+    assert not world.redis.exists(keys.feedback(rid))
+    assert archived(world, count) == [(0,)]  # every file on disk, committed or not
+    assert not archived(world, f"SELECT * FROM {{feedback}} WHERE response_id = '{rid}'")
+    assert user not in dataset_text(world)
+    assert not world.redis.hlen(keys.FORGET_PENDING)
+    train = (world.datasets / "default" / latest(world) / "train.jsonl").read_text()
+    assert train.count("bob fix") == 3  # b4 too is archived by now
+    assert archived(world, "SELECT count(*) FROM {interactions} WHERE user = 'bob'") == [(4,)]
