@@ -105,6 +105,7 @@ class Plan:
     response_ids: set[str] = field(default_factory=set)
     events: set[str] = field(default_factory=set)  # rating stream ids (feedback)
     units: set[tuple[str, int, str, str]] = field(default_factory=set)  # exp, ver, arm, unit
+    blocks: set[str] = field(default_factory=set)  # blocks the user's hot records refer to
 
     def owns(self, row: dict[str, Any]) -> bool:
         """An interaction record (or row) of the user."""
@@ -134,6 +135,8 @@ class Plan:
             "at": time.time(),
             "response_ids": sorted(self.response_ids),
             "events": sorted(self.events, key=keys.stream_id_order),
+            "units": sorted(self.units),
+            "blocks": sorted(self.blocks),
         }
 
 
@@ -232,6 +235,8 @@ class Forgetter:
             earlier = orjson.loads(raw)
             plan.response_ids.update(earlier.get("response_ids") or [])
             plan.events.update(earlier.get("events") or [])
+            plan.units.update(tuple(u) for u in earlier.get("units") or [])
+            plan.blocks.update(earlier.get("blocks") or [])
         return plan
 
     def _find(self, plan: Plan) -> _Found:
@@ -285,7 +290,7 @@ class Forgetter:
                     plan.note_unit(row)
                     found.records.append(rid)
                     found.ix_entries.append(sid)
-                    found.blocks.update(refs(rec))
+                    plan.blocks.update(refs(rec))
                 else:
                     found.shared_blocks.update(refs(rec))
             if len(entries) < CHUNK:
@@ -318,7 +323,7 @@ class Forgetter:
         counts["interactions"] = self._delete([keys.interaction(r) for r in found.records])
         for start in range(0, len(found.ix_entries), CHUNK):
             c.xdel(keys.INTERACTION_STREAM, *found.ix_entries[start : start + CHUNK])
-        own = sorted(found.blocks - found.shared_blocks)
+        own = sorted(plan.blocks - found.shared_blocks)
         counts["blocks"] = self._delete([keys.block(h) for h in own])
         # ratings: the whole hash of one of the user's interactions, else the user's field
         hashes = [keys.feedback(rid) for rid in sorted(plan.response_ids)]
@@ -452,7 +457,6 @@ _FB_COLUMNS = ["stream_id", "response_id", "rater", "tenant"]
 class _Found:
     records: list[str] = field(default_factory=list)  # response ids of hot records
     ix_entries: list[str] = field(default_factory=list)  # their interaction stream ids
-    blocks: set[str] = field(default_factory=set)  # blocks the user's records refer to
     shared_blocks: set[str] = field(default_factory=set)  # blocks others refer to
     rating_entries: list[str] = field(default_factory=list)  # feedback stream ids
     rated: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))

@@ -15,7 +15,8 @@ key                         type    content
 ``fw:forget:pending``       hash    ``{tenant}\x00{user}`` → a forgotten user whose
                                     dataset versions are not rewritten yet (JSON:
                                     ``user``, ``tenant``, ``by``, ``at``, the response
-                                    ids and rating stream ids to remove), ``forget.py``
+                                    ids, rating stream ids, units and block hashes
+                                    found; no content), ``forget.py``
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
                                     ``arm``), in time order, trimmed to ``hot_s``; read
                                     by the archiver's consumer group (``archive``)
