@@ -34,7 +34,8 @@ the directory is right except for the moment of such a crash.
 
 Only one archiver runs at a time: it holds ``fw:archive:lock`` (renewed each pass, it
 lapses ``lock_ttl_s`` after its holder dies), so every gateway replica and worker may run
-one, and ``retrain archive`` may run beside them.
+one, and ``retrain archive`` may run beside them. While ``fw:archive:pause`` is set (a forget
+wants the lock, ``forget.py``), a pass releases the lock and does nothing.
 """
 
 from __future__ import annotations
@@ -297,6 +298,11 @@ class Archiver:
         entries wait and the oldest has waited less than that: files stay few and large.
         """
         result = PassResult()
+        paused = self.client.get(keys.ARCHIVE_PAUSE)
+        if paused is not None:  # a forget waits for the lock: hand it over
+            self.release()
+            result.held_by = keys.text(paused)
+            return result
         holder = self.hold()
         if holder is not None:
             result.held_by = holder

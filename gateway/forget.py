@@ -4,6 +4,8 @@
 :meth:`Forgetter.run`, which, holding the archiver's lock (``fw:archive:lock``: no
 archive pass runs meanwhile, and two forgets never overlap):
 
+0. asks the archivers to hand the lock over (``fw:archive:pause``: a pass that finds it
+   set releases the lock and does nothing; it lapses by itself if the forget dies);
 1. **finds** what is the user's: their interaction records (``user``, within the
    tenant when one is given) in Redis (the interaction stream names every hot record)
    and in the archive; the ratings they gave (``rater``) and the ratings of their
@@ -196,12 +198,15 @@ class Forgetter:
         user = valid_user(user)
         holder = self._holder = Archiver(self.client, self.archive, lock_ttl_s=self.lock_ttl_s)
         deadline = time.monotonic() + self.lock_wait_s
+        self._pause()  # the archivers hand the lock over at their next pass
         while (held_by := holder.hold()) is not None:
             if time.monotonic() >= deadline:
+                self.client.delete(keys.ARCHIVE_PAUSE)
                 raise Conflict(
                     f"The archiver ({held_by}) holds the archive lock; try again later.",
                     param="user",
                 )
+            self._pause()
             time.sleep(0.2)
         try:
             plan = self._plan(user, tenant)
@@ -215,11 +220,19 @@ class Forgetter:
             counts["archive"] = self._forget_archive(plan)
         finally:
             holder.release()
+            self.client.delete(keys.ARCHIVE_PAUSE)
         return plan, counts
+
+    def _pause(self) -> None:
+        """Ask the archivers to pause (for ``lock_ttl_s``, renewed as the run goes on, so
+        a forget that dies lets them go on by themselves)."""
+        ttl_ms = int(self.lock_ttl_s * 1000)
+        self.client.set(keys.ARCHIVE_PAUSE, self._holder.owner, px=ttl_ms)
 
     def _renew(self) -> None:
         """Keep the archive lock through a long run; one lost (a stall past its ttl, and
         an archiver took it) stops the run before it commits anything to the archive."""
+        self._pause()
         if (holder := self._holder.hold()) is not None:
             raise Conflict(
                 f"The archive lock passed to {holder} during the run; run it again to finish.",

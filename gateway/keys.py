@@ -23,6 +23,8 @@ key                         type    content
 ``fw:archive:lock``         string  held by the one archiver running (``archive.py``),
                                     renewed each pass; consumer group ``archive`` on
                                     both streams is where it stands
+``fw:archive:pause``        string  set while a forget (``forget.py``) wants or holds
+                                    the archive lock: archivers release it and pause
 ``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
                                     record per (response, rater)
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
@@ -119,7 +121,7 @@ def configure(cluster: bool) -> None:
     """Name keys for a Redis Cluster (hash-tagged shared state) or for one Redis."""
     global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
     global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
-    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK, FORGET_PENDING
+    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK, ARCHIVE_PAUSE, FORGET_PENDING
     CLUSTER = cluster
     PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
     INTERACTION_STREAM = PREFIX + "ix:stream"
@@ -135,6 +137,7 @@ def configure(cluster: bool) -> None:
     JOBS = PREFIX + "jobs"
     RETRAIN_RUNS = PREFIX + "retrain:runs"
     ARCHIVE_LOCK = PREFIX + "archive:lock"
+    ARCHIVE_PAUSE = PREFIX + "archive:pause"
     FORGET_PENDING = PREFIX + "forget:pending"
 
 
@@ -151,6 +154,7 @@ AUTH_AUDIT: str
 JOBS: str
 RETRAIN_RUNS: str
 ARCHIVE_LOCK: str
+ARCHIVE_PAUSE: str
 FORGET_PENDING: str
 configure(cluster=False)
 
