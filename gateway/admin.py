@@ -70,6 +70,22 @@ class ExperimentName(Convertor[str]):
 register_url_convertor("experiment", ExperimentName())
 
 
+class UserId(Convertor[str]):
+    """Any user id, ``/`` and line breaks included: what is wrong with one is a 400 that
+    says so (:func:`gateway.forget.valid_user`), never a 404."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("user_id", UserId())
+
+
 def _json(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
 
@@ -232,7 +248,7 @@ def add_admin_routes(app: FastAPI) -> None:
         control, by = principal(request)
         return _json({"object": "list", "data": await control.keys.audit(by)})
 
-    @app.delete("/admin/users/{user:path}")
+    @app.delete("/admin/users/{user:user_id}")
     async def forget(request: Request, user: str) -> Response:
         _, by = principal(request)
         tenant = request.query_params.get("tenant")
