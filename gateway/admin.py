@@ -25,6 +25,7 @@
     GET    /admin/tenants/{tenant}                 a tenant's policy (budget)
     PUT    /admin/tenants/{tenant}                 set it (an admin of every tenant)
     GET    /admin/audit                            who changed which key or tenant, when
+    DELETE /admin/users/{user}[?tenant=T]          forget a user (:mod:`gateway.forget`)
 
 Tenancy: an admin key of one tenant sees only that tenant's experiments, models and keys
 and the shared ones (others are a 404, as if absent), changes only its tenant's (shared
@@ -51,6 +52,7 @@ from .auth import Principal
 from .bodies import json_object, read_body
 from .control import Control
 from .errors import NotFound, PermissionDenied
+from .forget import forget_user
 
 
 class ExperimentName(Convertor[str]):
@@ -70,6 +72,22 @@ class ExperimentName(Convertor[str]):
 
 
 register_url_convertor("experiment", ExperimentName())
+
+
+class UserId(Convertor[str]):
+    """Any user id, ``/`` and line breaks included: what is wrong with one is a 400 that
+    says so (:func:`gateway.forget.valid_user`), never a 404."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("user_id", UserId())
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -241,3 +259,9 @@ def add_admin_routes(app: FastAPI) -> None:
     async def audit(request: Request) -> Response:
         control, by = principal(request)
         return _json({"object": "list", "data": await control.keys.audit(by)})
+
+    @app.delete("/admin/users/{user:user_id}")
+    async def forget(request: Request, user: str) -> Response:
+        _, by = principal(request)
+        tenant = request.query_params.get("tenant")
+        return _json(await forget_user(request.app.state.gateway, user, tenant, by))

@@ -166,6 +166,9 @@ async def _archive_loop(settings: Settings, url: str) -> None:
                     )
                     archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
                 await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
+                # free between passes: any replica may take the next one, and a forget
+                # (gateway/forget.py) need not wait for this one to hand the lock over
+                await asyncio.to_thread(archiver.release)
             except Exception as exc:  # noqa: BLE001 - the next pass retries
                 log.warning("archive pass failed: %s", exc)
             await asyncio.sleep(cfg.every_s)
@@ -291,8 +294,8 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
                 asyncio.create_task(_count_tasks(metrics)),
             ]
+            url = embedded.url if embedded is not None else settings.redis_url or ""
             if archiving:
-                url = embedded.url if embedded is not None else settings.redis_url or ""
                 maintenance.append(asyncio.create_task(_archive_loop(settings, url)))
             for task in maintenance:
                 stack.callback(task.cancel)
@@ -306,6 +309,7 @@ def create_app(settings: Settings) -> FastAPI:
                 chat,
                 feedback,
                 started=int(time.time()),
+                redis_url=url,
             )
             try:
                 yield

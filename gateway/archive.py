@@ -32,9 +32,11 @@ next pass deletes it (its rows are still unacknowledged in Redis and are written
 Readers that want exactly the committed rows read the manifest's file list; a glob over
 the directory is right except for the moment of such a crash.
 
-Only one archiver runs at a time: it holds ``fw:archive:lock`` (renewed each pass, it
-lapses ``lock_ttl_s`` after its holder dies), so every gateway replica and worker may run
-one, and ``retrain archive`` may run beside them.
+Only one archiver runs at a time: it holds ``fw:archive:lock`` (renewed as a pass goes
+on, free between the gateway's passes, it lapses ``lock_ttl_s`` after its holder dies),
+so every gateway replica and worker may run one, and ``retrain archive`` may run beside
+them. While ``fw:archive:pause`` is set (a forget wants the lock, ``forget.py``), a pass
+releases the lock and does nothing.
 """
 
 from __future__ import annotations
@@ -297,6 +299,11 @@ class Archiver:
         entries wait and the oldest has waited less than that: files stay few and large.
         """
         result = PassResult()
+        paused = self.client.get(keys.ARCHIVE_PAUSE)
+        if paused is not None:  # a forget waits for the lock: hand it over
+            self.release()
+            result.held_by = keys.text(paused)
+            return result
         holder = self.hold()
         if holder is not None:
             result.held_by = holder

@@ -12,12 +12,19 @@ key                         type    content
 ``fw:blk:{hash}``           string  one message (zlib JSON) by content hash, shared by
                                     every record that refers to it; its expiry moves
                                     on with each, so it outlives them all
+``fw:forget:pending``       hash    ``{tenant}\x00{user}`` → a forgotten user whose
+                                    dataset versions are not rewritten yet (JSON:
+                                    ``user``, ``tenant``, ``by``, ``at``, the response
+                                    ids, rating stream ids, units and block hashes
+                                    found; no content), ``forget.py``
 ``fw:ix:stream``            stream  one entry per interaction (``id``, ``experiment``,
                                     ``arm``), in time order, trimmed to ``hot_s``; read
                                     by the archiver's consumer group (``archive``)
 ``fw:archive:lock``         string  held by the one archiver running (``archive.py``),
                                     renewed each pass; consumer group ``archive`` on
                                     both streams is where it stands
+``fw:archive:pause``        string  set while a forget (``forget.py``) wants or holds
+                                    the archive lock: archivers release it and pause
 ``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
                                     record per (response, rater)
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
@@ -114,7 +121,7 @@ def configure(cluster: bool) -> None:
     """Name keys for a Redis Cluster (hash-tagged shared state) or for one Redis."""
     global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
     global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
-    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK
+    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK, ARCHIVE_PAUSE, FORGET_PENDING
     CLUSTER = cluster
     PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
     INTERACTION_STREAM = PREFIX + "ix:stream"
@@ -130,6 +137,8 @@ def configure(cluster: bool) -> None:
     JOBS = PREFIX + "jobs"
     RETRAIN_RUNS = PREFIX + "retrain:runs"
     ARCHIVE_LOCK = PREFIX + "archive:lock"
+    ARCHIVE_PAUSE = PREFIX + "archive:pause"
+    FORGET_PENDING = PREFIX + "forget:pending"
 
 
 INTERACTION_STREAM: str
@@ -145,6 +154,8 @@ AUTH_AUDIT: str
 JOBS: str
 RETRAIN_RUNS: str
 ARCHIVE_LOCK: str
+ARCHIVE_PAUSE: str
+FORGET_PENDING: str
 configure(cluster=False)
 
 

@@ -454,6 +454,22 @@ ADMIN = (401, 403, 429, 503)
 BODY = (400, 413, 415)
 
 
+FORGOTTEN = {
+    "type": "object",
+    "required": ["object", "user", "tenant", "removed"],
+    "properties": {
+        "object": {"const": "user.forgotten"},
+        "user": {"type": "string"},
+        "tenant": {"type": ["string", "null"]},
+        "removed": {
+            "type": "object",
+            "required": ["redis", "archive", "datasets"],
+            "description": "counts removed per place; datasets: pending (retrain rewrites them)",
+        },
+    },
+}
+
+
 def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     """What each operation takes and answers, by (method, path)."""
     exp_name = _name_param("an experiment")
@@ -697,6 +713,27 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("get", "/admin/audit"): {
             "summary": "Who changed which key or tenant, when, before and after",
             "responses": {"200": _json(_list(AUDIT_ENTRY)), **_errors(*ADMIN)},
+        },
+        ("delete", "/admin/users/{user}"): {
+            "summary": "Forget a user: their interactions, ratings and archive rows, audited",
+            "parameters": [
+                {
+                    "name": "user",
+                    "in": "path",
+                    "required": True,
+                    "description": "the user id (the requests' user or x-flywheel-user)",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                },
+                {
+                    "name": "tenant",
+                    "in": "query",
+                    "required": False,
+                    "description": "only that tenant's user (default: the key's tenant; "
+                    "an admin of every tenant: every tenant)",
+                    "schema": {"type": "string", "pattern": NAME_PATTERN},
+                },
+            ],
+            "responses": {"200": _json(FORGOTTEN), **_errors(400, *ADMIN, 409)},
         },
     }
 

@@ -28,6 +28,7 @@ class GatewayState:
     feedback: FeedbackService
     started: int
     draining: bool = False
+    redis_url: str = ""  # where the sync clients (archiver, forget) connect
 
 
 def state(request: Request) -> GatewayState:

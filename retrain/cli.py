@@ -8,6 +8,8 @@
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain archive [--config FILE]
+    retrain forget --user U [--tenant T] [--config FILE]
+    retrain forget --pending [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
     retrain review import --experiment NAME FILE.jsonl [--config FILE]
     retrain join-training [--launch-dir DIR]
@@ -25,6 +27,8 @@ consumed), 3 over the cost cap, 4 below the minimum size, 5 another build or run
 experiment holds its lock, 6 (``run``) the candidate did not pass the evaluation gate
 and was not registered, 7 (``run``) too few held-out examples to evaluate a candidate
 yet (nothing was trained). ``archive``: 0 done, 5 another archiver holds the lock.
+``forget``: 0 done, 2 an empty or invalid user id, 5 the archiver or a build holds its
+lock (a rerun finishes the work).
 ``eval`` (the gate alone, on any two models the gateway
 serves): 0 passed, 6 rejected, 7 collect more, 1 error, 2 nothing to evaluate on.
 """
@@ -120,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument(
         "--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)"
     )
+
+    forget = commands.add_parser(
+        "forget",
+        help="remove a user's interactions, ratings, archive rows and dataset examples",
+    )
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", default=None, help="the user id (the requests' user)")
+    who.add_argument(
+        "--pending",
+        action="store_true",
+        help="rewrite the datasets of users forgotten through DELETE /admin/users/{user}",
+    )
+    forget.add_argument("--tenant", default=None, help="only that tenant's user (default: all)")
+    forget.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
     build.add_argument("--experiment", required=True, help="whose ratings")
@@ -255,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         return _archive(args)
     if args.command == "build":
         return _build(args)
+    if args.command == "forget":
+        return _forget(args)
     if args.command == "eval":
         return _eval(args)
     if args.command in ("run", "jobs", "status", "cancel", "lineage"):
@@ -342,6 +362,32 @@ def _archive(args: argparse.Namespace) -> int:
         f"{result.written['feedback']} ratings in {result.files} files"
         + (f"; {result.expired} had left Redis unarchived" if result.expired else "")
     )
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    import orjson
+
+    from gateway.cli import load_config_or_exit
+    from gateway.errors import Conflict, InvalidRequest
+    from retrain.exit_codes import ExitCode
+    from retrain.feedback_log import connect
+    from retrain.forget import Busy, forget_pending, forget_user
+
+    settings = load_config_or_exit(args.config)
+    client = connect(settings)
+    try:
+        if args.pending:
+            done: object = forget_pending(client, settings)
+        else:
+            done = forget_user(client, settings, args.user, args.tenant)
+    except InvalidRequest as exc:
+        print(f"retrain forget: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except (Conflict, Busy) as exc:
+        print(f"retrain forget: {exc}; run it again to finish", file=sys.stderr)
+        return int(ExitCode.BUSY)
+    print(orjson.dumps(done, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 

@@ -315,7 +315,24 @@ def assign_splits(kept: list[Example], new: list[Example], cfg: RetrainConfig) -
                 ex.split = split
 
 
-def _dataset_id(examples: list[Example]) -> str:
+def tally(
+    examples: list[Example],
+) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
+    """A version's example counts, tokens and sources per file (the manifest's)."""
+    counts: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    by_source: dict[str, Counter[str]] = defaultdict(Counter)
+    for ex in examples:
+        name = "preference" if ex.kind == DPO else (ex.split or "train")
+        if ex.kind == DPO and ex.split != "train":
+            name = f"preference_{ex.split}"  # kept out of training: held-out groups
+        counts[name] += 1
+        tokens[name] += ex.tokens
+        by_source[name][ex.source] += 1
+    return dict(counts), dict(tokens), {k: dict(v) for k, v in by_source.items()}
+
+
+def dataset_id(examples: list[Example]) -> str:
     digest = hashlib.sha256()
     for key, split in sorted((ex.key, ex.split or "") for ex in examples):
         digest.update(f"{key}:{split}\n".encode())
@@ -403,7 +420,8 @@ class Builder:
         self.settings = settings
         self.cfg = settings.retrain
         self.experiment = experiment
-        self.root = (out or self.cfg.dataset_dir) / experiment
+        self.base = out or self.cfg.dataset_dir
+        self.root = self.base / experiment
         self.since = since
         self.progress = progress or (lambda _stage, _total: lambda _n: None)
 
@@ -415,6 +433,10 @@ class Builder:
                 "busy", BUSY, f"another build of '{self.experiment}' is running ({holder})", {}
             )
         try:
+            if not dry_run:
+                from .forget import apply_pending
+
+                apply_pending(self.client, self.settings, self.base, self.experiment)
             return self._run(dry_run)
         finally:
             lock.release()
@@ -484,7 +506,7 @@ class Builder:
         # 4. accumulate and split
         assign_splits(kept, new, self.cfg)
         examples = kept + new
-        vid = _dataset_id(examples)
+        vid = dataset_id(examples)
         manifest = self._manifest(
             vid, parent, examples, new, curator, counter, mine, gathered, review_used, len(events)
         )
@@ -559,17 +581,8 @@ class Builder:
         review_used: list[str],
         events_read: int,
     ) -> dict[str, Any]:
-        counts: Counter[str] = Counter()
-        tokens: Counter[str] = Counter()
-        by_source: dict[str, Counter[str]] = defaultdict(Counter)
-        for ex in examples:
-            name = "preference" if ex.kind == DPO else (ex.split or "train")
-            if ex.kind == DPO and ex.split != "train":
-                name = f"preference_{ex.split}"  # kept out of training: held-out groups
-            counts[name] += 1
-            tokens[name] += ex.tokens
-            by_source[name][ex.source] += 1
-        trained = tokens["train"] + tokens["preference"]
+        counts, tokens, by_source = tally(examples)
+        trained = tokens.get("train", 0) + tokens.get("preference", 0)
         costs = [
             {
                 "provider": p.provider,
@@ -585,13 +598,13 @@ class Builder:
             "experiment": self.experiment,
             "parent": parent.id if parent else None,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "counts": dict(counts),
+            "counts": counts,
             "new_examples": len(new),
-            "by_source": {k: dict(v) for k, v in by_source.items()},
+            "by_source": by_source,
             "dropped": dict(curator.dropped),
             "neutral_ratings": gathered.neutral,
             "review_queue": {"added": len(gathered.review), "corrections_used": len(review_used)},
-            "tokens": dict(tokens),
+            "tokens": tokens,
             "tokenizer": counter.name,
             "tokens_exact": counter.exact,
             "cost_estimates": costs,

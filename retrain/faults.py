@@ -2,7 +2,8 @@
 process die at that stage as if killed (no cleanup, no acknowledgement).
 
 Stages: ``after-collect`` and ``after-write`` (``retrain build``), ``after-stage``,
-``training`` and ``checkpoint`` (``retrain run``).
+``training`` and ``checkpoint`` (``retrain run``), ``forget-after-successor``
+(``retrain forget``: a successor version written, the old ones not yet removed).
 """
 
 from __future__ import annotations

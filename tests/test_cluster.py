@@ -277,6 +277,50 @@ def test_retrain_build_reads_the_ratings_from_the_cluster(
     assert again.returncode == 0 and "nothing new" in again.stdout + again.stderr
 
 
+def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_examples(
+    cluster_gateway: GatewayProcess,
+    redis_cluster: RedisClusterProcess,
+    cluster_keys: None,
+    tmp_path: Path,
+) -> None:
+    exp = new_experiment(cluster_gateway)
+    items = [
+        {
+            "prompt": "Where is my parcel?",
+            "user": "leaving",
+            "rating": "down",
+            "correction": "Here.",
+        },
+        {"prompt": "Can I return shoes?", "user": "staying", "rating": 5},
+    ]
+    gone, kept = serve_and_rate(cluster_gateway, exp, items)
+    config = retrain_config(cluster_gateway, tmp_path, exp)
+    assert build_dataset(config, exp).returncode == 0
+    # the gateway runs its archiver: a pass in progress ends before the forget starts
+    r = httpx.delete(cluster_gateway.url + "/admin/users/leaving", headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text
+    removed = r.json()["removed"]["redis"]
+    assert removed["interactions"] == 1 and removed["ratings"] == 1
+    c = client_of(redis_cluster)
+    assert not c.exists(keys.interaction(gone), keys.feedback(gone))
+    assert c.exists(keys.interaction(kept), keys.feedback(kept)) == 2
+    assert c.hlen(keys.FORGET_PENDING) == 1
+    pending = subprocess.run(
+        [sys.executable, "-m", "retrain", "forget", "--pending", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pending.returncode == 0, pending.stderr
+    assert c.hlen(keys.FORGET_PENDING) == 0
+    c.close()
+    version = latest_version(tmp_path / "datasets" / exp)
+    assert version is not None
+    assert lines(version.path / "train.jsonl") == [
+        sft("Can I return shoes?", "answer from fixed-a")
+    ]
+
+
 def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
     tmp_path: Path, cluster_keys: None
 ) -> None:

@@ -107,6 +107,7 @@ OPERATIONS = [
     ("GET", "/admin/tenants/{tenant}"),
     ("PUT", "/admin/tenants/{tenant}"),
     ("GET", "/admin/audit"),
+    ("DELETE", "/admin/users/{user}"),
 ]
 
 
