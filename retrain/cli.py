@@ -368,13 +368,13 @@ def _archive(args: argparse.Namespace) -> int:
 def _forget(args: argparse.Namespace) -> int:
     import orjson
 
-    from gateway.cli import load_config_or_exit
     from gateway.errors import Conflict, InvalidRequest
+    from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
     from retrain.forget import Busy, forget_pending, forget_user
 
-    settings = load_config_or_exit(args.config)
+    settings = load_config(args.config)
     client = connect(settings)
     try:
         if args.pending:

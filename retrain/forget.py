@@ -43,9 +43,9 @@ import redis
 from gateway import forget, keys
 from gateway.archive import Archive, default_url
 from gateway.auth import Principal
-from gateway.config import Settings
 from gateway.locks import Lock
 
+from .config import RetrainSettings
 from .curate import Example
 from .dataset import dataset_id, experiment_tenant, latest_version, tally, write_version
 from .faults import crash_point
@@ -181,7 +181,7 @@ def _successor(
 
 def forget_datasets(
     client: redis.Redis,
-    settings: Settings,
+    settings: RetrainSettings,
     removal: Removal,
     *,
     root: Path | None = None,
@@ -223,7 +223,7 @@ def _experiments(base: Path) -> list[str]:
 
 
 def forget_user(
-    client: redis.Redis, settings: Settings, user: str, tenant: str | None
+    client: redis.Redis, settings: RetrainSettings, user: str, tenant: str | None
 ) -> dict[str, Any]:
     """``retrain forget --user``: Redis, the archive, then the datasets; audited."""
     by = f"cli:{getpass.getuser()}"
@@ -240,7 +240,7 @@ def forget_user(
     return {"object": "user.forgotten", "user": user, "tenant": tenant, "removed": counts}
 
 
-def forget_pending(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+def forget_pending(client: redis.Redis, settings: RetrainSettings) -> list[dict[str, Any]]:
     """``retrain forget --pending``: the datasets of users the admin API forgot."""
     by = f"cli:{getpass.getuser()}"
     out = []
@@ -254,7 +254,9 @@ def forget_pending(client: redis.Redis, settings: Settings) -> list[dict[str, An
     return out
 
 
-def apply_pending(client: redis.Redis, settings: Settings, base: Path, experiment: str) -> int:
+def apply_pending(
+    client: redis.Redis, settings: RetrainSettings, base: Path, experiment: str
+) -> int:
     """Before a build (its lock held): users forgotten through the admin API leave this
     experiment's versions (audited, as by ``retrain:build``), so the build carries none
     of their examples forward. The entries stay for ``retrain forget --pending``, which

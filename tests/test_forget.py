@@ -27,8 +27,9 @@ import yaml
 
 from gateway import keys
 from gateway.archive import CRASH_ENV as ARCHIVE_CRASH_ENV
-from gateway.config import Settings, load_settings
+from gateway.config import load_settings
 from gateway.records import block_hash, unpack
+from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.faults import CRASH_ENV as RETRAIN_CRASH_ENV
 from retrain.feedback_log import connect
@@ -57,7 +58,7 @@ def words(n: int = 14) -> str:
 class World:
     gateway: GatewayProcess
     redis: redis.Redis
-    settings: Settings
+    settings: RetrainSettings
     config: Path  # the gateway's config plus a retrain section
     archive: Path
     datasets: Path
@@ -122,8 +123,8 @@ def world(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) 
         config = work / "retrain.yaml"
         config.write_text(yaml.safe_dump(doc))
         url = redis_server.url.rsplit("/", 1)[0] + f"/{FORGET_DB}"
-        w = World(gw, redis.Redis.from_url(url), load_settings(config), config, archive,
-                  work / "datasets")  # fmt: skip
+        settings = load_settings(config, schema=RetrainSettings)
+        w = World(gw, redis.Redis.from_url(url), settings, config, archive, work / "datasets")
         # alice: a two-turn conversation (its first turn becomes a block), and a rating
         # of one of bob's answers; bob and carol: one answer each, rated by themselves
         q1 = {"role": "user", "content": f"alice-secret one {words()}"}
