@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -176,7 +176,7 @@ class InteractionLog:
         packs: list[Packed],
         blocks: dict[str, bytes],
         refreshed: set[str],
-        statistics: dict[str, Counter[str]],
+        statistics: dict[str, dict[str, int]],
         users: dict[str, set[str]],
         ttl: int,
         hot: int,
@@ -263,43 +263,55 @@ async def _pack_all(batch: list[Record], known: set[str]) -> list[Packed]:
     return out
 
 
-def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
+def arm_statistics(batch: list[Record]) -> dict[str, dict[str, int]]:
     """The per-arm counters a batch adds (``fw:req:*`` and ``fw:vreq:*``, see keys.py).
 
     Summed per batch, so a batch of 256 records costs a handful of HINCRBYs, not 256.
     Experiment traffic is counted twice: in total, and under the experiment version that
-    served it (what the decider reads).
+    served it (what the decider reads). Summed once per (experiment, version, arm) and
+    named at the end: a record costs a few dict updates.
     """
-    out: dict[str, Counter[str]] = defaultdict(Counter)
+    groups: dict[tuple[str | None, int, str], dict[str, int]] = {}
     for rec in batch:
         if rec.get("shadow_of"):
             continue  # a shadow answer is nobody's traffic
-        for key in _arm_keys(rec, rec["arm"]):
-            c = out[key]
-            c["requests"] += 1
-            if rec["status"] == "error":
-                c["errors"] += 1
-            elif rec["status"] == "cancelled":
-                c["cancelled"] += 1
-            usage = rec.get("usage") or {}
-            for kind in ("prompt_tokens", "completion_tokens"):
-                if isinstance(usage.get(kind), int):
-                    c[kind] += usage[kind]
-            c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
-            if (ttft := rec.get("ttft_ms")) is not None:
-                c[f"ttft:{stats.bucket(ttft)}"] += 1
+        exp, version = rec.get("experiment"), rec.get("experiment_version") or 0
+        c = groups.get((exp, version, rec["arm"]))
+        if c is None:
+            c = groups[(exp, version, rec["arm"])] = {}
+        c["requests"] = c.get("requests", 0) + 1
+        status = rec["status"]
+        if status == "error" or status == "cancelled":
+            name = "errors" if status == "error" else "cancelled"
+            c[name] = c.get(name, 0) + 1
+        usage = rec.get("usage") or {}
+        for kind in ("prompt_tokens", "completion_tokens"):
+            n = usage.get(kind)
+            if isinstance(n, int):
+                c[kind] = c.get(kind, 0) + n
+        name = f"lat:{stats.bucket(rec['latency_ms'])}"
+        c[name] = c.get(name, 0) + 1
+        if (ttft := rec.get("ttft_ms")) is not None:
+            name = f"ttft:{stats.bucket(ttft)}"
+            c[name] = c.get(name, 0) + 1
         if rec.get("fallback"):
-            for key in _arm_keys(rec, rec["assigned_arm"]):
-                out[key]["failed_over"] += 1
+            c = groups.get((exp, version, rec["assigned_arm"]))
+            if c is None:
+                c = groups[(exp, version, rec["assigned_arm"])] = {}
+            c["failed_over"] = c.get("failed_over", 0) + 1
+    out: dict[str, dict[str, int]] = {}
+    for (exp, version, arm), fields in groups.items():
+        names = [keys.requests(exp, arm)]
+        if exp:
+            names.append(keys.version_requests(exp, version, arm))
+        for key in names:
+            total = out.get(key)
+            if total is None:
+                out[key] = dict(fields)
+            else:  # (a record without a version and one of version 0 name the same key)
+                for name, n in fields.items():
+                    total[name] = total.get(name, 0) + n
     return out
-
-
-def _arm_keys(rec: Record, arm: str) -> list[str]:
-    exp = rec.get("experiment")
-    if not exp:
-        return [keys.requests(exp, arm)]
-    version = rec.get("experiment_version") or 0
-    return [keys.requests(exp, arm), keys.version_requests(exp, version, arm)]
 
 
 def arm_users(batch: list[Record]) -> dict[str, set[str]]:
