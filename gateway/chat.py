@@ -66,15 +66,24 @@ def conform(doc: dict[str, Any], key: str) -> None:
     OpenAI's response schema, changing only what the schema forbids (see test_openai_schema).
     """
     for choice in doc.get("choices") or ():
-        message = choice.get(key)
-        if isinstance(message, dict):
-            for name in _NON_NULLABLE_MESSAGE:
-                if name in message and message[name] is None:
-                    del message[name]
-        logprobs = choice.get("logprobs")
-        if isinstance(logprobs, dict):
-            logprobs.setdefault("refusal", None)
-    usage = doc.get("usage")
+        conform_choice(choice, key)
+    conform_usage(doc.get("usage"))
+
+
+def conform_choice(choice: dict[str, Any], key: str) -> None:
+    """:func:`conform` for one choice."""
+    message = choice.get(key)
+    if isinstance(message, dict):
+        for name in _NON_NULLABLE_MESSAGE:
+            if name in message and message[name] is None:
+                del message[name]
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        logprobs.setdefault("refusal", None)
+
+
+def conform_usage(usage: Any) -> None:
+    """:func:`conform` for a usage object."""
     if isinstance(usage, dict):
         for name in _NON_NULLABLE_USAGE:
             if name in usage and usage[name] is None:
@@ -234,8 +243,10 @@ class Turn:
         content = delta.get("content")
         if content:
             self.answer.append(content)
-        _merge_tool_calls(self.tool_calls, delta.get("tool_calls") or [])
-        if self.ttft is None and (content or delta.get("tool_calls")):
+        calls = delta.get("tool_calls")
+        if calls:
+            _merge_tool_calls(self.tool_calls, calls)
+        if self.ttft is None and (content or calls):
             self.ttft = time.perf_counter()
 
 
@@ -446,31 +457,36 @@ class ChatService:
             turn.status, turn.error = "error", str(err.get("message"))
             return None
         chunk["id"], chunk["model"] = turn.id, turn.target.name
-        conform(chunk, "delta")
-        if turn.want_usage:
-            if chunk.get("usage"):
-                turn.usage = chunk["usage"]
-        else:
-            usage = chunk.pop("usage", None)
-            if usage:
-                turn.usage = usage
-            if not chunk.get("choices"):  # the usage chunk the client did not ask for
-                if turn.held is not None and chunk.get("system_fingerprint"):
-                    turn.held["system_fingerprint"] = chunk["system_fingerprint"]
-                return _release(turn) or None
+        # conform(chunk, "delta"), with its loop over the choices merged into the one below
+        choices = chunk.get("choices")
+        if "usage" in chunk:
+            conform_usage(chunk["usage"])
+            if turn.want_usage:
+                if chunk["usage"]:
+                    turn.usage = chunk["usage"]
+            else:
+                usage = chunk.pop("usage")
+                if usage:
+                    turn.usage = usage
+        if not choices and not turn.want_usage:  # the usage chunk the client did not ask for
+            if turn.held is not None and chunk.get("system_fingerprint"):
+                turn.held["system_fingerprint"] = chunk["system_fingerprint"]
+            return _release(turn) or None
         finishing = False
-        for choice in chunk.get("choices") or ():
-            if choice.get("finish_reason"):
+        for choice in choices or ():
+            conform_choice(choice, "delta")
+            finish_reason = choice.get("finish_reason")
+            if finish_reason:
                 finishing = True
             index = choice.get("index", 0)
             if index == 0:
                 turn.take_delta(choice.get("delta") or {})
-                if choice.get("finish_reason"):
-                    turn.finish_reason = choice["finish_reason"]
+                if finish_reason:
+                    turn.finish_reason = finish_reason
             elif isinstance(index, int):
                 more = turn.more.setdefault(index, MoreChoice())
-                more.take(choice.get("delta") or {}, choice.get("finish_reason"), True)
-        earlier = _release(turn)
+                more.take(choice.get("delta") or {}, finish_reason, True)
+        earlier = _release(turn) if turn.held is not None else b""
         if finishing and not turn.want_usage and not chunk.get("system_fingerprint"):
             turn.held = chunk
             return earlier or None

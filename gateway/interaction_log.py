@@ -1,8 +1,9 @@
 """The interaction log: a bounded queue drained by one background writer.
 
 Requests only ever call :meth:`InteractionLog.submit`, which never blocks and never
-touches Redis. The writer pipelines batches (``SET`` with expiry + ``XADD`` to the
-time-ordered stream). Records are kept for ``hot_s`` only, compactly encoded
+touches Redis. The writer writes batches (``SET`` with expiry + ``XADD`` to the
+time-ordered stream, and the per-arm counters): on one Redis as a single ``EVALSHA``
+per batch, on a cluster as a pipeline. Records are kept for ``hot_s`` only, compactly encoded
 (``records.pack``); the archiver (``archive.py``) copies them to Parquet before that.
 When Redis is unavailable it keeps its current batch and
 retries with backoff while the queue absorbs new records; once the queue is full,
@@ -15,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from . import keys, stats, store
@@ -54,6 +57,7 @@ class InteractionLog:
         self._unwritten: dict[str, Record] = {}  # queued or pending, by response id
         self._redis_ok = True
         self._redact = redact
+        self._script: AsyncScript | None = None
 
     def unwritten(self, response_id: str) -> Record | None:
         """A record accepted but not yet in Redis (a rating may arrive that soon)."""
@@ -131,16 +135,56 @@ class InteractionLog:
     async def _write(self, batch: list[Record]) -> None:
         ttl, hot = int(self._retention_s), max(1, int(self._hot_s))
         oldest_ms = int((time.time() - self._hot_s) * 1000)
-        pipe = self._client.pipeline(transaction=False)
         known = await self._known_blocks(batch, hot)
-        # Compressing is most of a record's cost (~20-90 µs): off the event loop (zlib
-        # releases the GIL), so requests are not held up behind a big batch.
-        packs = await asyncio.to_thread(_pack_all, batch, known)
+        packs = await _pack_all(batch, known)
         blocks: dict[str, bytes] = {}
         refreshed: set[str] = set()
-        for rec, packed in zip(batch, packs, strict=True):
+        for packed in packs:
             blocks.update(packed.blocks)
             refreshed.update(packed.refreshed)
+        refreshed.difference_update(blocks)
+        statistics = arm_statistics(batch)
+        users = arm_users(batch)
+        if keys.CLUSTER:  # records and blocks spread over the masters: no one script
+            await self._pipelined(batch, packs, blocks, refreshed, statistics, users, ttl, hot)
+            return
+        # One Redis: the whole batch is one EVALSHA, every command runs inside Redis
+        # (bench/FINDINGS.md: a command each cost the writer more than the record).
+        args: list[Any] = [hot, ttl, oldest_ms, len(batch), len(blocks), len(refreshed)]
+        n_fields = sum(len(fields) for fields in statistics.values())
+        per_version = [key for key in statistics if keys.is_per_version(key)]
+        args += [n_fields, len(per_version), len(users)]
+        for rec, packed in zip(batch, packs, strict=True):
+            args += (keys.interaction(rec["id"]), packed.record, rec["id"])
+            args += (rec["experiment"] or "", rec["arm"])
+        for h, block in blocks.items():
+            args += (keys.block(h), block)
+        args += [keys.block(h) for h in refreshed]
+        for key, fields in statistics.items():
+            for name, n in fields.items():
+                args += (key, name, n)
+        args += per_version
+        for key, units in users.items():
+            args += (key, len(units), *units)
+        if self._script is None:
+            self._script = self._client.register_script(WRITE_BATCH)
+        await self._script(keys=[keys.INTERACTION_STREAM], args=args)
+
+    async def _pipelined(
+        self,
+        batch: list[Record],
+        packs: list[Packed],
+        blocks: dict[str, bytes],
+        refreshed: set[str],
+        statistics: dict[str, dict[str, int]],
+        users: dict[str, set[str]],
+        ttl: int,
+        hot: int,
+    ) -> None:
+        """The batch as one pipeline of single-key commands (what a cluster can route)."""
+        oldest_ms = int((time.time() - self._hot_s) * 1000)
+        pipe = self._client.pipeline(transaction=False)
+        for rec, packed in zip(batch, packs, strict=True):
             pipe.set(keys.interaction(rec["id"]), packed.record, ex=hot)
             pipe.xadd(
                 keys.INTERACTION_STREAM,
@@ -150,65 +194,124 @@ class InteractionLog:
             )
         for h, block in blocks.items():  # (re)set: its expiry moves on with each use
             pipe.set(keys.block(h), block, ex=hot)
-        for h in refreshed - blocks.keys():
+        for h in refreshed:
             pipe.expire(keys.block(h), hot)
-        for key, fields in arm_statistics(batch).items():
+        for key, fields in statistics.items():
             for name, n in fields.items():
                 pipe.hincrby(key, name, n)
             if keys.is_per_version(key):
                 pipe.expire(key, ttl)
-        for key, units in arm_users(batch).items():
+        for key, units in users.items():
             pipe.sadd(key, *units)
             pipe.expire(key, ttl)
         await pipe.execute()
 
 
-def _pack_all(batch: list[Record], known: set[str]) -> list[Packed]:
+# The batch write on one Redis. ARGV: hot (records' and blocks' expiry), ttl (counters'),
+# the stream's MINID, then the counts of records, blocks, refreshed blocks, counter
+# increments, per-version counters and user sets, then each group in that order:
+# (key, packed, id, experiment, arm), (key, block), key, (key, field, n), key,
+# (key, number of units, units…). Blocks are (re)set: a block's expiry moves on with each
+# use, so it outlives every record that refers to it.
+WRITE_BATCH = """
+local hot, ttl, minid = ARGV[1], ARGV[2], ARGV[3]
+local i = 10
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', hot)
+  redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*',
+             'id', ARGV[i + 2], 'experiment', ARGV[i + 3], 'arm', ARGV[i + 4])
+  i = i + 5
+end
+for _ = 1, tonumber(ARGV[5]) do
+  redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', hot)
+  i = i + 2
+end
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('EXPIRE', ARGV[i], hot)
+  i = i + 1
+end
+for _ = 1, tonumber(ARGV[7]) do
+  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+for _ = 1, tonumber(ARGV[8]) do
+  redis.call('EXPIRE', ARGV[i], ttl)
+  i = i + 1
+end
+for _ = 1, tonumber(ARGV[9]) do
+  local n = tonumber(ARGV[i + 1])
+  redis.call('SADD', ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+  redis.call('EXPIRE', ARGV[i], ttl)
+  i = i + 2 + n
+end
+return 0
+"""
+
+PACK_SLICE = 16  # records packed between two turns of the event loop
+
+
+async def _pack_all(batch: list[Record], known: set[str]) -> list[Packed]:
+    """Pack a batch on the event loop, giving it back every few records: a small record
+    costs less to pack than a hand-over to a thread (bench/FINDINGS.md)."""
     out = []
-    for rec in batch:
+    for n, rec in enumerate(batch, 1):
         packed = pack(rec, known)
         known.update(packed.blocks)  # a later turn in the same batch refers to it
         out.append(packed)
+        if n % PACK_SLICE == 0 and n < len(batch):
+            await asyncio.sleep(0)
     return out
 
 
-def arm_statistics(batch: list[Record]) -> dict[str, Counter[str]]:
+def arm_statistics(batch: list[Record]) -> dict[str, dict[str, int]]:
     """The per-arm counters a batch adds (``fw:req:*`` and ``fw:vreq:*``, see keys.py).
 
     Summed per batch, so a batch of 256 records costs a handful of HINCRBYs, not 256.
     Experiment traffic is counted twice: in total, and under the experiment version that
-    served it (what the decider reads).
+    served it (what the decider reads). Summed once per (experiment, version, arm) and
+    named at the end: a record costs a few dict updates.
     """
-    out: dict[str, Counter[str]] = defaultdict(Counter)
+    groups: dict[tuple[str | None, int, str], dict[str, int]] = {}
     for rec in batch:
         if rec.get("shadow_of"):
             continue  # a shadow answer is nobody's traffic
-        for key in _arm_keys(rec, rec["arm"]):
-            c = out[key]
-            c["requests"] += 1
-            if rec["status"] == "error":
-                c["errors"] += 1
-            elif rec["status"] == "cancelled":
-                c["cancelled"] += 1
-            usage = rec.get("usage") or {}
-            for kind in ("prompt_tokens", "completion_tokens"):
-                if isinstance(usage.get(kind), int):
-                    c[kind] += usage[kind]
-            c[f"lat:{stats.bucket(rec['latency_ms'])}"] += 1
-            if (ttft := rec.get("ttft_ms")) is not None:
-                c[f"ttft:{stats.bucket(ttft)}"] += 1
+        exp, version = rec.get("experiment"), rec.get("experiment_version") or 0
+        c = groups.get((exp, version, rec["arm"]))
+        if c is None:
+            c = groups[(exp, version, rec["arm"])] = {}
+        c["requests"] = c.get("requests", 0) + 1
+        status = rec["status"]
+        if status == "error" or status == "cancelled":
+            name = "errors" if status == "error" else "cancelled"
+            c[name] = c.get(name, 0) + 1
+        usage = rec.get("usage") or {}
+        for kind in ("prompt_tokens", "completion_tokens"):
+            n = usage.get(kind)
+            if isinstance(n, int):
+                c[kind] = c.get(kind, 0) + n
+        name = f"lat:{stats.bucket(rec['latency_ms'])}"
+        c[name] = c.get(name, 0) + 1
+        if (ttft := rec.get("ttft_ms")) is not None:
+            name = f"ttft:{stats.bucket(ttft)}"
+            c[name] = c.get(name, 0) + 1
         if rec.get("fallback"):
-            for key in _arm_keys(rec, rec["assigned_arm"]):
-                out[key]["failed_over"] += 1
+            c = groups.get((exp, version, rec["assigned_arm"]))
+            if c is None:
+                c = groups[(exp, version, rec["assigned_arm"])] = {}
+            c["failed_over"] = c.get("failed_over", 0) + 1
+    out: dict[str, dict[str, int]] = {}
+    for (exp, version, arm), fields in groups.items():
+        names = [keys.requests(exp, arm)]
+        if exp:
+            names.append(keys.version_requests(exp, version, arm))
+        for key in names:
+            total = out.get(key)
+            if total is None:
+                out[key] = dict(fields)
+            else:  # (a record without a version and one of version 0 name the same key)
+                for name, n in fields.items():
+                    total[name] = total.get(name, 0) + n
     return out
-
-
-def _arm_keys(rec: Record, arm: str) -> list[str]:
-    exp = rec.get("experiment")
-    if not exp:
-        return [keys.requests(exp, arm)]
-    version = rec.get("experiment_version") or 0
-    return [keys.requests(exp, arm), keys.version_requests(exp, version, arm)]
 
 
 def arm_users(batch: list[Record]) -> dict[str, set[str]]:

@@ -14,7 +14,8 @@ same definitions: scalars become typed columns, nested values (messages, tools, 
 JSON text that any engine can parse.
 
 In Redis an interaction is kept compactly (:func:`pack`): the values in the definition's
-field order (no field names), zlib-compressed. Long messages (and a long answer, as the
+field order (no field names), zlib-compressed (below :data:`COMPRESS_MIN_BYTES`, in a
+zlib stream without compression). Long messages (and a long answer, as the
 assistant message it becomes in the conversation's next request) are stored once, as
 blocks named by their content hash: the app's system prompt, and every earlier turn of a
 conversation, are not stored again with each request. A packed record refers to them as
@@ -293,7 +294,20 @@ def pack(rec: InteractionRecord, known: set[str] | frozenset[str] = frozenset())
     out.extend(messages[turns[-1][1] if turns else s :])
     values[_MESSAGES] = out
     values[_ID] = None  # the key names it: unpack(raw, response_id) puts it back
-    return Packed(_PACKED + zlib.compress(orjson.dumps(values), 9), blocks, refreshed)
+    return Packed(_PACKED + _deflate(orjson.dumps(values)), blocks, refreshed)
+
+
+COMPRESS_MIN_BYTES = 512
+"""A packed record shorter than this is stored without compression (a zlib stream of
+"stored" blocks, which every reader decompresses alike): compressing a few hundred bytes
+costs ~160k instructions, mostly zlib's fixed per-call work, and saves ~100 bytes."""
+
+
+def _deflate(encoded: bytes) -> bytes:
+    if len(encoded) >= COMPRESS_MIN_BYTES:
+        return zlib.compress(encoded, 9)
+    stored = zlib.compressobj(0, zlib.DEFLATED, 9, 1)  # small window and state: cheap
+    return stored.compress(encoded) + stored.flush()
 
 
 def refs(rec: InteractionRecord) -> list[str]:
