@@ -412,6 +412,18 @@ class Archiver:
         return out
 
     def _batch(self, kind: str, manifest: dict[str, Any], result: PassResult) -> int:
+        # The cyclic garbage collector waits while a batch is read and made a table: that
+        # allocates hundreds of thousands of containers that all live until the table is
+        # built, and would be traversed again and again (a fifth of a pass's CPU).
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._write_batch(kind, manifest, result)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _write_batch(self, kind: str, manifest: dict[str, Any], result: PassResult) -> int:
         stream = STREAMS[kind]
         entries = self._read(stream)
         if not entries:
@@ -461,20 +473,7 @@ class Archiver:
         self, kind: str, entries: list[tuple[str, dict[bytes, bytes]]], result: PassResult
     ) -> tuple[Any, list[str]]:
         """The entries' rows as an Arrow table (built column by column), and each row's
-        partition. The cyclic garbage collector waits meanwhile: a batch allocates
-        hundreds of thousands of containers that live until the table is built, and would
-        otherwise be traversed again and again (a fifth of a pass's CPU)."""
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return self._build(kind, entries, result)
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _build(
-        self, kind: str, entries: list[tuple[str, dict[bytes, bytes]]], result: PassResult
-    ) -> tuple[Any, list[str]]:
+        partition."""
         if kind == FEEDBACK:
             docs: list[dict[str, Any]] = []
             for sid, fields in entries:
