@@ -1,17 +1,27 @@
 """How long ``retrain build`` takes for 100,000 feedback events (the target: under a minute).
 
     .venv/bin/python -m bench.dataset_build [--events 100000]
+    .venv/bin/python -m bench.dataset_build --archived 1000000 [--events 100000]
 
 Starts its own ``redis-server``, fills it with interactions and rating events shaped
 exactly as the gateway writes them (40% failures with a correction, 30% well rated,
 20% failures without one, 10% neutral; every text distinct), then runs the real
 builder and prints the time of each stage and in all.
+
+With ``--archived N``, the interactions are past the hot window: an archive of ``N``
+interactions (``bench/archive_join.py``: 1.7 KB conversations, files of 50,000 in 10 daily
+partitions) and only the ``--events`` ratings of random ones among them in Redis. The
+builder of ``retrain build`` then runs in a process of its own, and the bench prints
+its wall time, stages and peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,10 +89,127 @@ def fill(client: redis.Redis, experiment: str, n: int, seed: int = 0) -> None:
     pipe.execute()
 
 
+def rating(i: int, rid: str, experiment: str, rng: random.Random) -> dict[str, Any]:
+    """A rating event as ``POST /v1/feedback`` streams it (the mix in this module's doc)."""
+    kind = rng.random()
+    score, correction = (0.0, text(rng, 30)) if kind < 0.4 else (1.0, None)
+    if 0.7 <= kind < 0.9:
+        score = 0.0
+    elif kind >= 0.9:
+        score = 0.5
+    return {
+        "v": 2,
+        "id": f"fb-{i}",
+        "object": "feedback",
+        "response_id": rid,
+        "rater": f"u{i % 5000}",
+        "rating": "down" if score == 0 else ("up" if score == 1 else 3),
+        "score": score,
+        "failure": score < 0.5,
+        "has_correction": correction is not None,
+        "comment": None,
+        "correction": correction,
+        "tags": [f"topic-{i % 7}"],
+        "tenant": None,
+        "experiment": experiment,
+        "arm": "m0",
+        "created": int(time.time()),
+    }
+
+
+def archived(rows: int, events: int, profile: str | None = None) -> None:
+    """``retrain build`` with every rated interaction in the archive, none in Redis."""
+    from .archive_join import build_archive
+
+    rated = random.Random(5).sample(range(rows), events)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        ids = build_archive(str(work / "archive"), rows, fresh=set(rated))
+        built = time.perf_counter() - t0
+        server = RedisProcess(work / "redis")
+        server.start()
+        try:
+            client = redis.Redis.from_url(server.url)
+            rng = random.Random(0)
+            pipe = client.pipeline(transaction=False)
+            for i, row in enumerate(rated):
+                record = rating(i, ids[row], "ab", rng)
+                pipe.xadd(keys.FEEDBACK_STREAM, {"data": orjson.dumps(record), "replaced": 0})
+                if i % 2000 == 1999:
+                    pipe.execute()
+            pipe.execute()
+            client.close()
+            del ids
+            config = {
+                "redis_url": server.url,
+                "upstreams": {"local": {"kind": "vllm", "base_url": "http://127.0.0.1:1/v1"}},
+                "models": {"base": {"upstream": "local", "model": "base"}},
+                "archive": {"url": str(work / "archive")},
+                "retrain": {"dataset_dir": str(work / "datasets"), "keep_good_share": 1.0},
+            }
+            (work / "flywheel.yaml").write_bytes(orjson.dumps(config))
+            argv = [sys.executable, "-m", "bench.peak", str(work / "peak")]
+            # --profile: the same build under cProfile (slower: its time is not the bench's)
+            argv += ["cProfile", "-o", profile, "-m"] if profile else []
+            argv += ["bench.dataset_build", "--build", str(work / "flywheel.yaml")]
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, text=True)
+            took = time.perf_counter() - t0
+            peak = int((work / "peak").read_text())
+        finally:
+            server.stop()
+    assert done.returncode == 0, done.stderr
+    print(f"archive of {rows:,} interactions written in {built:.1f} s (setup, not measured)")
+    print(
+        f"retrain build, {events:,} ratings of archived interactions: {took:.1f} s, "
+        f"peak RSS {peak / 1024:,.0f} MiB; load average {load:.1f} at the start"
+    )
+    print(done.stdout.strip())
+
+
+def build_only(config: str) -> None:
+    """The child's part: the real builder (``retrain build``'s), its stages timed."""
+    from gateway.config import load_settings
+    from retrain.feedback_log import connect
+
+    from .peak import peak_kib
+
+    settings = load_settings(config)
+    t0 = last = time.perf_counter()
+    stages: list[str] = []
+
+    def progress(stage: str, total: int) -> Any:
+        nonlocal last
+        now = time.perf_counter()
+        stages.append(f"{now - last:.1f} s, then (peak RSS {peak_kib() / 1024:,.0f} MiB) {stage}")
+        last = now
+        return lambda _n: None
+
+    result = Builder(connect(settings), settings, "ab", progress=progress).run()
+    stages.append(f"{time.perf_counter() - last:.1f} s")
+    assert result.exit_code == 0, result.message
+    m = result.manifest
+    print(f"retrain build: {result.status} in {time.perf_counter() - t0:.1f} s")
+    print(f"  stages: read the ratings {', '.join(stages)}")
+    print(f"  counts: {m['counts']}")
+    print(f"  dropped: {m['dropped']}; review queue: +{m['review_queue']['added']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--archived", type=int, default=0, metavar="N", help="see above")
+    parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the build")
+    parser.add_argument("--build", default=None, help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args()
+    if args.build:
+        build_only(args.build)
+        return
+    if args.archived:
+        archived(args.archived, args.events, args.profile)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisProcess(Path(tmp) / "redis")
         server.start()

@@ -364,13 +364,51 @@ def unpack(raw: bytes | str | None, response_id: str | None = None) -> Interacti
         doc = orjson.loads(raw)
         assert isinstance(doc, dict)
         return interaction(doc)
-    values = orjson.loads(zlib.decompress(raw[1:]))
+    values = _packed_values(raw, response_id)
+    return typing.cast(InteractionRecord, dict(zip(INTERACTION_FIELDS, values, strict=True)))
+
+
+def unpack_values(raw: bytes | str | None, response_id: str | None = None) -> list[Any] | None:
+    """A stored interaction's values in field order (:data:`INTERACTION_FIELDS`), its
+    blocks still referred to (:func:`messages_json` puts them back): what the archive
+    makes its columns from, without building a record per interaction."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if raw[:1] != _PACKED:
+        rec = unpack(raw)
+        assert rec is not None
+        return [rec.get(name) for name in INTERACTION_FIELDS]
+    return _packed_values(raw, response_id)
+
+
+def _packed_values(raw: bytes, response_id: str | None) -> list[Any]:
+    values: list[Any] = orjson.loads(zlib.decompress(raw[1:]))
     version = values[0]
     if version != SCHEMA_VERSION:  # pragma: no cover - no older packed version exists yet
         raise ValueError(f"unknown packed interaction version {version}")
     if values[_ID] is None:
         values[_ID] = response_id
-    return typing.cast(InteractionRecord, dict(zip(INTERACTION_FIELDS, values, strict=True)))
+    return values
+
+
+def messages_json(messages: list[Any], blocks: typing.Mapping[str, bytes | None]) -> bytes:
+    """The JSON text of a record's messages with its blocks put back (``blocks``: hash →
+    the block's JSON, decompressed; a block that is gone leaves its reference), byte for
+    byte what ``orjson.dumps`` of the resolved messages writes — without decoding the
+    blocks or encoding their messages again."""
+    parts: list[bytes] = []
+    for m in messages:
+        h = m.get(REF) or m.get(EXCHANGE) if isinstance(m, dict) else None
+        block = blocks.get(h) if h else None
+        if block is None:
+            parts.append(orjson.dumps(m))
+        elif REF in m:
+            parts.append(block)
+        elif len(block) > 2:  # an exchange: a JSON array of messages, spliced in
+            parts.append(block[1:-1])
+    return b"[" + b",".join(parts) + b"]"
 
 
 def text_of(content: Any) -> str:

@@ -47,11 +47,18 @@ class Example:
     response_id: str | None = None
     tokens: int = 0
     split: str | None = None
+    _key: tuple[dict[str, Any], str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def key(self) -> str:
-        """Content hash of the normalised line: equal keys are exact duplicates."""
-        return hashlib.sha256(orjson.dumps(_folded(self.line))).hexdigest()[:24]
+        """Content hash of the normalised line: equal keys are exact duplicates. Computed
+        once for each line (curation replaces a line, never changes one in place)."""
+        if self._key is None or self._key[0] is not self.line:
+            key = hashlib.sha256(orjson.dumps(_folded(self.line))).hexdigest()[:24]
+            self._key = (self.line, key)
+        return self._key[1]
 
     def text(self) -> str:
         """The text for near-duplicate detection: all of it, except that a later turn of a
@@ -291,7 +298,8 @@ class Curator:
         lsh = MinHashLSH(
             threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM, weights=(0.1, 0.9)
         )
-        hashes = MinHash.bulk([_shingles(ex.text()) for ex in kept + new], num_perm=NUM_PERM)
+        # (shingled one example at a time: all the shingles at once take gigabytes)
+        hashes = MinHash.bulk((_shingles(ex.text()) for ex in kept + new), num_perm=NUM_PERM)
         by_key: dict[str, Any] = {}
         for i, mh in enumerate(hashes[: len(kept)]):
             by_key[f"k{i}"] = mh

@@ -487,6 +487,7 @@ class Builder:
             self.settings.feedback.failure_threshold,
             _teacher(self.settings),
         )
+        del interactions  # the examples hold what they need: the rest may go before curation
         raw_queue = self.client.hgetall(keys.review(self.experiment))
         queued = {keys.text(k): orjson.loads(v) for k, v in raw_queue.items()}
         reviewed, review_used = reviewed_examples(queued)

@@ -133,7 +133,11 @@ def load(client: redis.Redis, ids: list[str]) -> list[InteractionRecord | None]:
 
 
 def ratings(client: redis.Redis, response_id: str) -> list[FeedbackEvent]:
-    rows = [decode_feedback(v) for v in client.hgetall(keys.feedback(response_id)).values()]
+    return _ratings(client.hgetall(keys.feedback(response_id)))
+
+
+def _ratings(stored: dict[Any, Any]) -> list[FeedbackEvent]:
+    rows = [decode_feedback(v) for v in stored.values()]
     return sorted(rows, key=lambda r: (r["created"], r["rater"]))
 
 
@@ -159,25 +163,29 @@ def export_feedback(
     out: Path,
     tenant: str | None = None,
     archive: Archive | None = None,
+    chunk_size: int = 50_000,
 ) -> int:
     """Write one JSON line per rated response: the interaction and its current ratings
     (with ``tenant``: only that tenant's responses). An interaction past the hot window
-    comes from the ``archive``."""
+    comes from the ``archive``: one query for each ``chunk`` of rated responses."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
     rated = rated_since(client, since)
     with open(tmp, "wb") as f:
-        while chunk := list(itertools.islice(rated, 1000)):
+        while chunk := list(itertools.islice(rated, chunk_size)):
             found = dict(zip(chunk, load(client, chunk), strict=True))
             gone = [rid for rid, ix in found.items() if ix is None]
             if gone and archive is not None:
                 found.update(find_interactions(archive, gone))
+            pipe = client.pipeline(transaction=False)
             for rid in chunk:
+                pipe.hgetall(keys.feedback(rid))
+            for rid, stored in zip(chunk, pipe.execute(), strict=True):
                 ix = found[rid]
                 if tenant is not None and (ix["tenant"] if ix else None) != tenant:
                     continue
-                row = {"response_id": rid, "interaction": ix, "ratings": ratings(client, rid)}
+                row = {"response_id": rid, "interaction": ix, "ratings": _ratings(stored)}
                 f.write(orjson.dumps(row) + b"\n")
                 n += 1
     tmp.replace(out)

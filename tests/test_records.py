@@ -7,6 +7,7 @@ and a real Redis; the dataset builder's steps run on the records the gateway sto
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -279,3 +280,32 @@ def test_a_conversation_stores_its_system_prompt_and_earlier_turns_once(served: 
     assert len(refs[1]) == 2 and set(refs[1]) < set(refs[2])  # turn 1: one block, reused
     assert len(refs[2]) == 3  # the system prompt and two earlier turns, each stored once
     assert all(served.redis.exists(keys.block(h)) for h in refs[2])
+
+
+def test_the_archive_writes_messages_byte_for_byte_as_sent_blocks_put_back() -> None:
+    system = {"role": "system", "content": "You help a shoe shop. " * 20}
+    call = {"id": "call_1", "type": "function", "function": {"name": "track", "arguments": "{}"}}
+    turn1 = [
+        {"role": "user", "content": [{"type": "text", "text": "Où est ma commande ?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    turn2 = [{"role": "tool", "tool_call_id": "call_1", "content": "shipped, 1.5 days"}]
+    turn2 += [{"role": "assistant", "content": "It ships in 1.5 days \u2014 tomorrow."}]
+    messages = [system, *turn1, *turn2, {"role": "user", "content": "Thanks!"}]
+    first = records.pack(_interaction("r0", [system, *turn1]))
+    packed = records.pack(_interaction("r1", messages), set(first.blocks))
+    blocks = {**first.blocks, **packed.blocks}
+    assert len(blocks) == 3  # the system prompt and both earlier turns are blocks
+    values = records.unpack_values(packed.record, "r1")
+    assert values is not None and values[records.INTERACTION_FIELDS.index("id")] == "r1"
+    stored = values[records.INTERACTION_FIELDS.index("messages")]
+    plain = {h: zlib.decompress(b) for h, b in blocks.items()}
+    assert records.messages_json(stored, plain) == orjson.dumps(messages)
+    # a block that left Redis leaves its reference, as reading the record does
+    gone = next(h for h in blocks if h not in first.blocks)
+    partial = {h: b for h, b in plain.items() if h != gone}
+    rec = records.unpack(packed.record, "r1")
+    assert rec is not None
+    resolved = records.resolve(rec, {h: blocks[h] for h in partial})
+    assert orjson.loads(records.messages_json(stored, partial)) == resolved["messages"]
+    assert {records.EXCHANGE: gone} in resolved["messages"]

@@ -1,0 +1,181 @@
+"""The archiver's throughput: records/s from Redis to Parquet in one pass.
+
+    .venv/bin/python -m bench.archiver [-n 50000] [--rated 0.1] [--passes 3] [--profile FILE]
+
+Starts its own ``redis-server`` (no persistence) and writes ``-n`` interactions the way the
+gateway does — records made by ``Turn.record()`` for 4-turn conversations of one app
+(``bench/storage.py``'s workload: a system prompt, earlier turns stored once as blocks),
+written by ``InteractionLog`` in batches of 500 — and a rating for ``--rated`` of them on
+the feedback stream. Then it times ``Archiver.run_once`` (the default batch of 50,000)
+``--passes`` times, each into a new archive with the consumer group rewound: read both
+streams through the group, put the blocks back, write Parquet (zstd), the manifest,
+acknowledge. It prints records/s (and interactions/s) and the CPU per record of this
+process and of Redis, and checks that every record reached the archive. ``--profile
+FILE`` writes a cProfile of the first pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import redis
+import redis.asyncio as aioredis
+
+from gateway import keys
+from gateway.archive import Archive, Archiver, PassResult
+from gateway.config import InteractionLogConfig
+from gateway.interaction_log import InteractionLog
+from gateway.metrics import Metrics
+from gateway.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, encode_feedback
+
+from .procs import Processes
+from .storage import conversations
+from .systems import start_redis
+
+
+def rating(rec: InteractionRecord, i: int, rng: random.Random) -> FeedbackEvent:
+    """A rating of ``rec`` as ``POST /v1/feedback`` stores it."""
+    up = rng.random() < 0.6
+    return {
+        "v": SCHEMA_VERSION,
+        "id": f"fb-{i:012d}",
+        "object": "feedback",
+        "response_id": rec["id"],
+        "rater": rec["user"] or "anonymous",
+        "rating": "up" if up else "down",
+        "score": 1.0 if up else 0.0,
+        "failure": not up,
+        "has_correction": False,
+        "comment": None if up else "the answer missed the point",
+        "correction": None,
+        "tags": ["bench"],
+        "tenant": None,
+        "experiment": rec["experiment"],
+        "arm": rec["arm"],
+        "created": rec["created"],
+    }
+
+
+async def fill(url: str, recs: list[InteractionRecord], rated: float) -> int:
+    """Write ``recs`` as the interaction log does, and ratings for a share of them."""
+    client = aioredis.Redis.from_url(url)
+    cfg = InteractionLogConfig()
+    log = InteractionLog(
+        client,
+        Metrics(),
+        queue_size=len(recs),
+        batch_size=500,
+        retention_s=cfg.retention_days * 86400,
+        hot_s=cfg.hot_s,
+    )
+    rng = random.Random(3)
+    n = 0
+    for start in range(0, len(recs), 500):
+        batch = recs[start : start + 500]
+        await log._write(batch)
+        pipe = client.pipeline(transaction=False)
+        for rec in batch:
+            if rng.random() < rated:
+                data = encode_feedback(rating(rec, n, rng))
+                pipe.xadd(keys.FEEDBACK_STREAM, {"data": data, "replaced": "0"})
+                n += 1
+        await pipe.execute()
+    await client.aclose()
+    return n
+
+
+def one_pass(
+    client: redis.Redis, root: Path, args: argparse.Namespace, first: bool
+) -> tuple[PassResult, dict[str, int], int, float, float, float, float]:
+    """One timed pass into a new archive at ``root``, after the group is rewound to the
+    streams' start (what the previous pass acknowledged is read again)."""
+    archive = Archive(str(root))
+    archiver = Archiver(client, archive, batch=args.batch)
+    archiver.ensure_groups()  # as a running archiver has: not timed
+    for stream in (keys.INTERACTION_STREAM, keys.FEEDBACK_STREAM):
+        client.xgroup_setid(stream, keys.ARCHIVE_GROUP, id="0")
+    profiler = cProfile.Profile() if args.profile and first else None
+    load = os.getloadavg()[0]
+    redis0 = redis_cpu(client)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
+    result = archiver.run_once()
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    served = redis_cpu(client) - redis0
+    archiver.release()
+    stored = {
+        kind: sum(pq.read_metadata(p).num_rows for p in archive.files(kind))
+        for kind in ("interactions", "feedback")
+    }
+    size = sum(os.path.getsize(p) for p in archive.files("interactions"))
+    shutil.rmtree(root, ignore_errors=True)
+    return result, stored, size, seconds, cpu, served, load
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    """The Redis server's CPU seconds so far (``INFO cpu``)."""
+    info: Any = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def warm_up() -> None:
+    """What a running archiver has done once already (pyarrow's first table imports
+    pandas): not timed."""
+    import pyarrow as pa
+
+    pa.Table.from_pydict({"a": [1]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.archiver", description=__doc__)
+    parser.add_argument("-n", type=int, default=50_000, help="interactions")
+    parser.add_argument("--rated", type=float, default=0.1, help="share of them rated")
+    parser.add_argument("--batch", type=int, default=50_000, help="the archiver's batch")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes over the same data")
+    parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the pass")
+    args = parser.parse_args()
+    recs = conversations(args.n, 4)
+    warm_up()
+    work = Path(tempfile.mkdtemp(prefix="flywheel-bench-archiver-"))
+    try:
+        with Processes(work / "logs") as procs:
+            server = start_redis(procs)
+            t0 = time.perf_counter()
+            ratings = asyncio.run(fill(server.url(), recs, args.rated))
+            filled = time.perf_counter() - t0
+            client = redis.Redis.from_url(server.url())
+            passes = [
+                one_pass(client, work / f"archive-{k}", args, k == 0) for k in range(args.passes)
+            ]
+            client.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total = args.n + ratings
+    print(f"{args.n:,} interactions and {ratings:,} ratings written to Redis in {filled:.1f} s")
+    for k, (result, stored, size, seconds, cpu, served, load) in enumerate(passes):
+        assert result.written == {"interactions": args.n, "feedback": ratings}, result
+        assert stored == result.written, stored
+        print(
+            f"pass {k + 1}: {total:,} records in {seconds:.2f} s = {total / seconds:,.0f} "
+            f"records/s ({args.n / seconds:,.0f} interactions/s); CPU per record: this "
+            f"process {cpu / total * 1e6:.0f} µs, Redis {served / total * 1e6:.0f} µs; "
+            f"{result.files} files, {size / args.n:,.0f} B/interaction; load average {load:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
