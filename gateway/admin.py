@@ -51,7 +51,7 @@ from .archive import default_url
 from .auth import Principal
 from .bodies import json_object, read_body
 from .control import Control
-from .errors import NotFound, PermissionDenied
+from .errors import InvalidRequest, NotFound, PermissionDenied
 from .forget import forget_user
 
 
@@ -263,5 +263,12 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.delete("/admin/users/{user:user_id}")
     async def forget(request: Request, user: str) -> Response:
         _, by = principal(request)
+        # Destructive: a misspelt ``?tenant=`` must not widen a forget to every tenant.
+        unknown = sorted(set(request.query_params) - {"tenant"})
+        if unknown:
+            raise InvalidRequest(
+                f"unknown query parameter '{unknown[0]:.64}': only 'tenant' is accepted",
+                param=unknown[0][:64],
+            )
         tenant = request.query_params.get("tenant")
         return _json(await forget_user(request.app.state.gateway, user, tenant, by))

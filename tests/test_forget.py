@@ -207,6 +207,11 @@ def test_bad_user_ids_are_openai_shaped_400s_and_an_unknown_user_is_zero_counts(
         assert "user id" in error["message"]
     r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=CLIENT)
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    # a misspelt tenant would widen the forget to every tenant: refused, nothing removed
+    before = hot_users(world)["bob"]
+    r = httpx.delete(world.gateway.url + "/admin/users/bob?tenat=tests", headers=ADMIN)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tenat", r.text
+    assert hot_users(world)["bob"] == before
     r = httpx.delete(world.gateway.url + "/admin/users/nobody-at-all", headers=ADMIN)
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
