@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -298,8 +299,11 @@ class Curator:
         lsh = MinHashLSH(
             threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM, weights=(0.1, 0.9)
         )
-        # (shingled one example at a time: all the shingles at once take gigabytes)
-        hashes = MinHash.bulk((_shingles(ex.text()) for ex in kept + new), num_perm=NUM_PERM)
+        # (shingled one example at a time: all the shingles at once take gigabytes; the
+        # shingles arrive hashed, so MinHash's own hash function is the identity)
+        hashes = MinHash.bulk(
+            (_shingle_hashes(ex.text()) for ex in kept + new), num_perm=NUM_PERM, hashfunc=int
+        )
         by_key: dict[str, Any] = {}
         for i, mh in enumerate(hashes[: len(kept)]):
             by_key[f"k{i}"] = mh
@@ -341,8 +345,25 @@ class Curator:
         return out
 
 
-def _shingles(text: str, n: int = 3) -> list[bytes]:
+def _shingle_hashes(text: str, n: int = 3) -> list[int]:
+    """32-bit hashes of the text's ``n``-word shingles (lower-cased).
+
+    Each word is hashed once (CRC-32, in C) and a shingle's hash is a polynomial of its
+    words' hashes, computed for all shingles at once: a Python-level hash call per shingle
+    (datasketch's SHA-1 default) was most of a large build's near-duplicate detection.
+    MinHash's random permutations are applied on top, so a simple hash is enough here.
+    """
+    import numpy as np
+
     words = text.lower().split()
     if len(words) <= n:
-        return [" ".join(words).encode()]
-    return [" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)]
+        return [zlib.crc32(" ".join(words).encode())]
+    w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
+    h = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    for k in range(n):  # h = w[i]·P^(n-1) + … + w[i+n-1] (mod 2^64), then 32 bits of it
+        h = h * np.uint64(_SHINGLE_PRIME) + w[k : len(words) - n + 1 + k]
+    hashes: list[int] = ((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).tolist()
+    return hashes
+
+
+_SHINGLE_PRIME = 1_000_003
