@@ -176,7 +176,7 @@ def build_only(config: str) -> None:
 
     from .peak import peak_kib
 
-    settings = load_settings(config)
+    settings = load_settings(config, schema=RetrainSettings)
     t0 = last = time.perf_counter()
     stages: list[str] = []
 
