@@ -33,13 +33,10 @@ import redis.asyncio as aioredis
 
 from gateway import keys
 from gateway.archive import Archive, Archiver, PassResult
-from gateway.config import InteractionLogConfig
-from gateway.interaction_log import InteractionLog
-from gateway.metrics import Metrics
 from gateway.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, encode_feedback
 
 from .procs import Processes
-from .storage import conversations
+from .storage import conversations, interaction_log
 from .systems import start_redis
 
 
@@ -69,15 +66,7 @@ def rating(rec: InteractionRecord, i: int, rng: random.Random) -> FeedbackEvent:
 async def fill(url: str, recs: list[InteractionRecord], rated: float) -> int:
     """Write ``recs`` as the interaction log does, and ratings for a share of them."""
     client = aioredis.Redis.from_url(url)
-    cfg = InteractionLogConfig()
-    log = InteractionLog(
-        client,
-        Metrics(),
-        queue_size=len(recs),
-        batch_size=500,
-        retention_s=cfg.retention_days * 86400,
-        hot_s=cfg.hot_s,
-    )
+    log = interaction_log(client, len(recs))
     rng = random.Random(3)
     n = 0
     for start in range(0, len(recs), 500):

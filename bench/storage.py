@@ -143,6 +143,20 @@ async def legacy_write(client: aioredis.Redis, batch: list[InteractionRecord]) -
     await pipe.execute()
 
 
+def interaction_log(client: aioredis.Redis, records: int) -> InteractionLog:
+    """The interaction log as the gateway runs it (default retention and hot window),
+    with room for ``records`` and batches of 500."""
+    cfg = InteractionLogConfig()
+    return InteractionLog(
+        client,
+        Metrics(),
+        queue_size=records,
+        batch_size=500,
+        retention_s=cfg.retention_days * 86400,
+        hot_s=cfg.hot_s,
+    )
+
+
 async def redis_bytes(url: str, recs: list[InteractionRecord]) -> dict[str, float]:
     """Redis's ``used_memory`` per record, written as before and as now."""
     client = aioredis.Redis.from_url(url)
@@ -154,15 +168,7 @@ async def redis_bytes(url: str, recs: list[InteractionRecord]) -> dict[str, floa
             for i in range(0, len(recs), 500):
                 await legacy_write(client, recs[i : i + 500])
         else:
-            cfg = InteractionLogConfig()
-            log = InteractionLog(
-                client,
-                Metrics(),
-                queue_size=len(recs),
-                batch_size=500,
-                retention_s=cfg.retention_days * 86400,
-                hot_s=cfg.hot_s,
-            )
+            log = interaction_log(client, len(recs))
             for i in range(0, len(recs), 500):
                 await log._write(recs[i : i + 500])
         out[name] = (await _used(client) - base) / len(recs)

@@ -29,16 +29,11 @@ from typing import Any
 import orjson
 
 from . import keys_cli
-from .config import DEFAULT_CONFIG, ConfigError, Settings, build_settings, load_settings
+from .config import DEFAULT_CONFIG, Settings, build_settings, load_or_exit
 
 
 def load_config_or_exit(path: str | None) -> Settings:
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"gateway: config error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_or_exit(path, Settings, "gateway")
 
 
 MASKED = "**masked-secret**"  # long enough for every secret's own validation

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -568,6 +569,17 @@ def build_settings(data: dict[str, Any], schema: type[S] = Settings) -> S:  # ty
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def load_or_exit(path: str | None, schema: type[S], command: str) -> S:
+    """The config file for a command line (``gateway``, ``retrain``): on a mistake, one
+    line per problem on stderr and exit status 2."""
+    try:
+        return load_settings(path, schema=schema)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"{command}: config error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_settings(

@@ -8,13 +8,12 @@ it is reported by key path like any other (``retrain check-config``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from gateway.config import ConfigError, RetrainSection, Settings, load_settings
+from gateway.config import RetrainSection, Settings, load_or_exit
 
 
 class _Strict(BaseModel):
@@ -257,9 +256,4 @@ class RetrainSettings(Settings):
 
 def load(path: str | None) -> RetrainSettings:
     """The config file for a ``retrain`` command; exit 2 with one line per mistake."""
-    try:
-        return load_settings(path, schema=RetrainSettings)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"retrain: config error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_or_exit(path, RetrainSettings, "retrain")
