@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from gateway.records import text_of
@@ -35,6 +36,7 @@ MESSAGE_KEYS = frozenset(
 
 _SPACES = re.compile(r"[ \t\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_ODD_SPACE = re.compile(r"[^\S \n]")  # whitespace other than a space or a newline
 
 
 @dataclass
@@ -105,20 +107,39 @@ def _texts(value: Any) -> Iterable[str]:
 
 
 def _folded(value: Any) -> Any:
+    """The value with every string lower-cased and its whitespace runs made one space,
+    dict keys sorted. (Strings are folded where they are met, not in a call of their own:
+    a line holds a few dozen of them, and this runs for every example of every build.)"""
+    if isinstance(value, dict):
+        return {
+            k: " ".join(v.lower().split()) if type(v) is str else _folded(v)
+            for k, v in sorted(value.items())
+        }
+    if isinstance(value, list):
+        return [" ".join(v.lower().split()) if type(v) is str else _folded(v) for v in value]
     if isinstance(value, str):
         return " ".join(value.lower().split())
-    if isinstance(value, dict):
-        return {k: _folded(v) for k, v in sorted(value.items())}
-    if isinstance(value, list):
-        return [_folded(v) for v in value]
     return value
 
 
 def normalise_text(text: str) -> str:
     """Unix newlines, no trailing spaces, single spaces, at most one blank line."""
+    if _is_normal(text):  # most text already is: a few scans instead of a rewrite
+        return text
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _is_normal(text: str) -> bool:
+    """Whether normalise_text would return ``text`` as it is."""
+    if text[:1].isspace() or text[-1:].isspace() or "  " in text:
+        return False
+    if "\n" in text and (" \n" in text or "\n " in text or "\n\n\n" in text):
+        return False
+    if text.isascii():  # (scans for single characters are quicker than one for a class)
+        return not any(c in text for c in "\r\t\f\v\x1c\x1d\x1e\x1f")
+    return _ODD_SPACE.search(text) is None  # e.g. a no-break space at the end of a line
 
 
 def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
@@ -295,31 +316,30 @@ class Curator:
         seen = {ex.key for ex in kept}
         # LSH only proposes candidates, and misses some near its threshold: propose
         # generously (a lower threshold, false negatives weighted 9 to 1), then let the
-        # estimated similarity decide.
+        # estimated similarity decide. datasketch chooses the bands for that threshold.
         lsh = MinHashLSH(
             threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM, weights=(0.1, 0.9)
         )
         # (shingled one example at a time: all the shingles at once take gigabytes; the
         # shingles arrive hashed, so MinHash's own hash function is the identity)
-        hashes = MinHash.bulk(
-            (_shingle_hashes(ex.text()) for ex in kept + new), num_perm=NUM_PERM, hashfunc=int
-        )
-        by_key: dict[str, Any] = {}
-        for i, mh in enumerate(hashes[: len(kept)]):
-            by_key[f"k{i}"] = mh
-            lsh.insert(f"k{i}", mh)
+        signatures = np.empty((len(kept) + len(new), NUM_PERM), dtype=np.uint64)
+        texts = (_shingle_hashes(ex.text()) for ex in kept + new)
+        for i, mh in enumerate(MinHash.generator(texts, num_perm=NUM_PERM, hashfunc=int)):
+            signatures[i] = mh.hashvalues
+        index = _BandIndex(signatures, lsh.b, lsh.r)
+        for i in range(len(kept)):
+            index.add(i)
         out = []
-        for i, (ex, mh) in enumerate(zip(new, hashes[len(kept) :], strict=True)):
+        for i, ex in enumerate(new, start=len(kept)):
             if ex.key in seen:
                 self.dropped["duplicate"] += 1
                 continue
             # LSH gives candidates; the estimated similarity decides.
-            if any(mh.jaccard(by_key[c]) >= self.near_duplicate for c in lsh.query(mh)):
+            if index.most_similar(i) >= self.near_duplicate:
                 self.dropped["near_duplicate"] += 1
                 continue
             seen.add(ex.key)
-            by_key[f"n{i}"] = mh
-            lsh.insert(f"n{i}", mh)
+            index.add(i)
             out.append(ex)
         return out
 
@@ -353,12 +373,12 @@ def _shingle_hashes(text: str, n: int = 3) -> list[int]:
     (datasketch's SHA-1 default) was most of a large build's near-duplicate detection.
     MinHash's random permutations are applied on top, so a simple hash is enough here.
     """
-    import numpy as np
-
     words = text.lower().split()
     if len(words) <= n:
         return [zlib.crc32(" ".join(words).encode())]
-    w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
+    # (encoded all at once, each word's bytes split back out: no Python call per word)
+    encoded = "\n".join(words).encode().split(b"\n")
+    w = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(words))
     h = np.zeros(len(words) - n + 1, dtype=np.uint64)
     for k in range(n):  # h = w[i]·P^(n-1) + … + w[i+n-1] (mod 2^64), then 32 bits of it
         h = h * np.uint64(_SHINGLE_PRIME) + w[k : len(words) - n + 1 + k]
@@ -367,3 +387,53 @@ def _shingle_hashes(text: str, n: int = 3) -> list[int]:
 
 
 _SHINGLE_PRIME = 1_000_003
+
+
+class _BandIndex:
+    """Locality-sensitive hashing over MinHash signatures, the rows of ``signatures``.
+
+    A signature is cut into ``bands`` bands of ``rows`` values; rows that agree on a whole
+    band are candidates, and their estimated Jaccard similarity (the share of equal
+    values, as ``MinHash.jaccard``) decides. This is the banding of datasketch's
+    ``MinHashLSH`` with the work done in bulk: every band's key is computed at once, and
+    only keys that more than one row has are ever kept in a table. In a build of 100,000
+    mostly distinct examples almost none are, and an example's check is then one look at
+    a boolean.
+    """
+
+    def __init__(self, signatures: Any, bands: int, rows: int) -> None:
+        self.signatures = signatures
+        n = len(signatures)
+        # A band's key: its values weighted and summed (mod 2^64), the weights odd and
+        # different for each band. Rows with the same key almost always agree on the band;
+        # where two that do not collide, that is only one more candidate to compare.
+        weights = np.random.RandomState(NUM_PERM).randint(
+            1, 2**62, size=(bands, rows), dtype=np.uint64
+        ) * np.uint64(2) + np.uint64(1)
+        cut = signatures[:, : bands * rows].reshape(n, bands, rows)
+        with np.errstate(over="ignore"):
+            self.keys = (cut * weights).sum(axis=2, dtype=np.uint64)
+        _, inverse, counts = np.unique(self.keys, return_inverse=True, return_counts=True)
+        self.shared = counts[inverse.reshape(n, bands)] > 1  # (rows, bands)
+        any_shared: Any = self.shared.any(axis=1)
+        self.any_shared: list[bool] = any_shared.tolist()
+        self.table: dict[int, list[int]] = {}
+
+    def _keys(self, i: int) -> list[int]:
+        keys: list[int] = self.keys[i][self.shared[i]].tolist()
+        return keys
+
+    def add(self, i: int) -> None:
+        if self.any_shared[i]:
+            for key in self._keys(i):
+                self.table.setdefault(key, []).append(i)
+
+    def most_similar(self, i: int) -> float:
+        """The highest estimated similarity of row ``i`` to a candidate added before, or 0."""
+        if not self.any_shared[i]:
+            return 0.0
+        candidates = {c for key in self._keys(i) if key in self.table for c in self.table[key]}
+        if not candidates:
+            return 0.0
+        same = self.signatures[sorted(candidates)] == self.signatures[i]
+        return float(same.mean(axis=1).max())

@@ -23,6 +23,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.feedback import THUMBS, normalise, parse_feedback
 from gateway.routing import Assigner, Router
 from gateway.validation import PARAMS, ROLES, parse_chat_request
+from retrain.curate import normalise_text
 from tests.openapi_schema import Check
 
 PROPS = settings(
@@ -518,3 +519,21 @@ def test_ramping_one_of_three_or_more_arms_only_moves_users_into_it(
     canary = f"arm-{len(ws) - 1}"
     for u in USERS[:2000]:
         assert small.arm_for(u) == large.arm_for(u) or large.arm_for(u) == canary
+
+
+# -- curation ------------------------------------------------------------------------------
+
+# Every character Python counts as whitespace, and a few that are not.
+SPACES = [c for c in map(chr, range(0x3001)) if c.isspace()]
+spaced_text = st.text(st.sampled_from([*SPACES, "a", "b", "é"]), max_size=16)
+
+
+@settings(PROPS, max_examples=1000)
+@given(text=spaced_text)
+def test_normalised_text_keeps_its_words_and_only_single_spaces_and_newlines(text: str) -> None:
+    out = normalise_text(text)
+    assert out.split() == text.split()
+    assert out == out.strip() and "  " not in out and "\n\n\n" not in out
+    assert not any(c in out for c in "\r\t\f\v")
+    assert all(line == line.strip() for line in out.split("\n"))
+    assert normalise_text(out) == out
