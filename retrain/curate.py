@@ -11,11 +11,12 @@ Every check that drops an example names a reason; :class:`Curator` counts them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,22 +60,8 @@ class Example:
         """Content hash of the normalised line: equal keys are exact duplicates. Computed
         once for each line (curation replaces a line, never changes one in place)."""
         if self._key is None or self._key[0] is not self.line:
-            key = hashlib.sha256(orjson.dumps(_folded(self.line))).hexdigest()[:24]
-            self._key = (self.line, key)
+            self._key = (self.line, content_key(self.line))
         return self._key[1]
-
-    def text(self) -> str:
-        """The text for near-duplicate detection: all of it, except that a later turn of a
-        conversation (earlier answers at weight 0) is compared from its last question on —
-        the shared history would make every turn look like a copy of the one before."""
-        messages = self.line.get("messages")
-        if isinstance(messages, list) and any(
-            m.get("weight") == 0 for m in messages if isinstance(m, dict)
-        ):
-            users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-            last = users[-1] if users else 0
-            return " ".join(_texts(messages[last:]))
-        return " ".join(_texts(self.line))
 
     def to_row(self) -> dict[str, Any]:
         """The line plus the builder's metadata (how versions carry examples forward)."""
@@ -95,15 +82,55 @@ class Example:
         return cls(**row)
 
 
-def _texts(value: Any) -> Iterable[str]:
+def content_key(line: dict[str, Any]) -> str:
+    """A hash of the line with its strings lower-cased and their whitespace made single
+    spaces: equal keys are exact duplicates."""
+    return hashlib.sha256(orjson.dumps(_folded(line))).hexdigest()[:24]
+
+
+def near_text(line: dict[str, Any]) -> str:
+    """The text for near-duplicate detection: all of it, except that a later turn of a
+    conversation (earlier answers at weight 0) is compared from its last question on —
+    the shared history would make every turn look like a copy of the one before."""
+    messages = line.get("messages")
+    if isinstance(messages, list) and any(
+        m.get("weight") == 0 for m in messages if isinstance(m, dict)
+    ):
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        last = users[-1] if users else 0
+        return " ".join(_texts(messages[last:]))
+    return " ".join(_texts(line))
+
+
+def signature_of(text: str) -> Any:
+    """The MinHash signature of the text's 3-word shingles (a numpy array)."""
+    minhash = _minhash()
+    minhash.clear()
+    minhash.update_batch(_shingle_hashes(text))
+    return minhash.hashvalues
+
+
+@functools.cache
+def _minhash() -> Any:
+    """One MinHash per process, cleared for each text: making one is most of the cost for
+    a short text. The shingles arrive hashed, so its own hash function is the identity."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=NUM_PERM, hashfunc=int)
+
+
+def _texts(value: Any, out: list[str] | None = None) -> list[str]:
+    """Every string in ``value``, depth first, appended to ``out``."""
+    out = [] if out is None else out
     if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _texts(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _texts(v)
+        out.append(value)
+    elif isinstance(value, dict | list):
+        for v in value.values() if isinstance(value, dict) else value:
+            if isinstance(v, str):
+                out.append(v)
+            else:
+                _texts(v, out)
+    return out
 
 
 def _folded(value: Any) -> Any:
@@ -146,11 +173,11 @@ def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
     """Apply ``fn`` to every message content string of a line."""
     if isinstance(value, dict):
         return {
-            k: (fn(v) if k == "content" and isinstance(v, str) else map_strings(v, fn))
+            k: (fn(v) if k == "content" else v) if isinstance(v, str) else map_strings(v, fn)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [map_strings(v, fn) for v in value]
+        return [v if isinstance(v, str) else map_strings(v, fn) for v in value]
     return value
 
 
@@ -308,7 +335,7 @@ class Curator:
         return [ex for ex in new if id(ex) in survivors]
 
     def _deduplicate(self, kept: list[Example], new: list[Example]) -> list[Example]:
-        from datasketch import MinHash, MinHashLSH
+        from datasketch import MinHashLSH
 
         if not new:
             return []
@@ -320,12 +347,10 @@ class Curator:
         lsh = MinHashLSH(
             threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM, weights=(0.1, 0.9)
         )
-        # (shingled one example at a time: all the shingles at once take gigabytes; the
-        # shingles arrive hashed, so MinHash's own hash function is the identity)
+        # (signed one example at a time: all the shingles at once take gigabytes)
         signatures = np.empty((len(kept) + len(new), NUM_PERM), dtype=np.uint64)
-        texts = (_shingle_hashes(ex.text()) for ex in kept + new)
-        for i, mh in enumerate(MinHash.generator(texts, num_perm=NUM_PERM, hashfunc=int)):
-            signatures[i] = mh.hashvalues
+        for i, ex in enumerate(kept + new):
+            signatures[i] = signature_of(near_text(ex.line))
         index = _BandIndex(signatures, lsh.b, lsh.r)
         for i in range(len(kept)):
             index.add(i)
