@@ -415,23 +415,24 @@ _SHINGLE_PRIME = 1_000_003
 
 
 class _BandIndex:
-    """Locality-sensitive hashing over MinHash signatures, the rows of ``signatures``.
+    """Locality-sensitive hashing over MinHash signatures (one per example, the rows of
+    ``signatures``; an example is known by its row number).
 
-    A signature is cut into ``bands`` bands of ``rows`` values; rows that agree on a whole
-    band are candidates, and their estimated Jaccard similarity (the share of equal
-    values, as ``MinHash.jaccard``) decides. This is the banding of datasketch's
-    ``MinHashLSH`` with the work done in bulk: every band's key is computed at once, and
-    only keys that more than one row has are ever kept in a table. In a build of 100,000
-    mostly distinct examples almost none are, and an example's check is then one look at
-    a boolean.
+    A signature is cut into ``bands`` bands of ``rows`` values (datasketch's b and r);
+    signatures that agree on a whole band are candidates, and their estimated Jaccard
+    similarity (the share of equal values, as ``MinHash.jaccard``) decides. This is the
+    banding of datasketch's ``MinHashLSH`` with the work done in bulk: every band's key is
+    computed at once, and only keys that more than one signature has are ever kept in a
+    table. In a build of 100,000 mostly distinct examples almost none are, and an
+    example's check is then one look at a boolean.
     """
 
     def __init__(self, signatures: Any, bands: int, rows: int) -> None:
         self.signatures = signatures
         n = len(signatures)
         # A band's key: its values weighted and summed (mod 2^64), the weights odd and
-        # different for each band. Rows with the same key almost always agree on the band;
-        # where two that do not collide, that is only one more candidate to compare.
+        # different for each band. Signatures with the same key almost always agree on the
+        # band; where two that do not agree collide, that is one more candidate to compare.
         weights = np.random.RandomState(NUM_PERM).randint(
             1, 2**62, size=(bands, rows), dtype=np.uint64
         ) * np.uint64(2) + np.uint64(1)
@@ -439,7 +440,7 @@ class _BandIndex:
         with np.errstate(over="ignore"):
             self.keys = (cut * weights).sum(axis=2, dtype=np.uint64)
         _, inverse, counts = np.unique(self.keys, return_inverse=True, return_counts=True)
-        self.shared = counts[inverse.reshape(n, bands)] > 1  # (rows, bands)
+        self.shared = counts[inverse.reshape(n, bands)] > 1  # a flag per example and band
         any_shared: Any = self.shared.any(axis=1)
         self.any_shared: list[bool] = any_shared.tolist()
         self.table: dict[int, list[int]] = {}
