@@ -114,6 +114,7 @@ def test_every_manifest_is_valid_kubernetes(which: str) -> None:
         {"config": {"experiment": {}}},  # the gateway's own top-level key is experiments
         {"gateway": {"workers": "two"}},
         {"retrain": {"experiments": ["bad name"]}},
+        {"forget": {"cronJob": {"schedul": "0 * * * *"}}},
     ],
 )
 def test_a_typo_in_values_is_refused(values: dict[str, Any]) -> None:
@@ -179,17 +180,21 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] >= 1
     shared = {m["mountPath"] for m in vllm["volumeMounts"] if m["name"] == "shared"}
     archive_jobs = VALUES[which].get("archive", {}).get("cronJob", {}).get("enabled", False)
+    upkeep = {"-archive": ["retrain", "archive"], "-forget": ["retrain", "forget", "--pending"]}
     for job in find(which, "CronJob"):
         assert job["spec"]["concurrencyPolicy"] == "Forbid"
         mounts = container(job)["volumeMounts"]
         assert shared == {m["mountPath"] for m in mounts if m["name"] == "shared"}
-        if job["metadata"]["name"].endswith("-archive"):
-            assert container(job)["args"] == ["retrain", "archive"]
+        suffix = "-" + job["metadata"]["name"].rsplit("-", 1)[-1]
+        if suffix in upkeep:
+            assert container(job)["args"] == upkeep[suffix]
         else:
             assert container(job)["args"][:3] == ["retrain", "run", "--experiment"]
+    # the datasets of forgotten users are rewritten on a schedule unless turned off
+    assert len(find(which, "CronJob", "-forget")) == 1
     assert len(find(which, "CronJob")) == len(
         VALUES[which].get("retrain", {}).get("experiments", ["default"])
-    ) + int(archive_jobs)
+    ) + int(archive_jobs) + 1
     # the archive (on the shared volume by default) is written and read by the gateway
     gw_mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert gw_mounts.get("shared") in shared
