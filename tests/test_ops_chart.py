@@ -192,9 +192,12 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
             assert container(job)["args"][:3] == ["retrain", "run", "--experiment"]
     # the datasets of forgotten users are rewritten on a schedule unless turned off
     assert len(find(which, "CronJob", "-forget")) == 1
-    assert len(find(which, "CronJob")) == len(
-        VALUES[which].get("retrain", {}).get("experiments", ["default"])
-    ) + int(archive_jobs) + 1
+    assert (
+        len(find(which, "CronJob"))
+        == len(VALUES[which].get("retrain", {}).get("experiments", ["default"]))
+        + int(archive_jobs)
+        + 1
+    )
     # the archive (on the shared volume by default) is written and read by the gateway
     gw_mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert gw_mounts.get("shared") in shared
