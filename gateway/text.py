@@ -45,7 +45,16 @@ _TOKEN = regex.compile(
 
 # The languages :func:`language` chooses among (Lingua's names). Flywheel's users write
 # these; a text in another language is guessed as the nearest of them or not at all.
-LANGUAGES = ("ENGLISH", "THAI", "VIETNAMESE", "CHINESE", "JAPANESE", "KOREAN", "INDONESIAN", "MALAY")
+LANGUAGES = (
+    "ENGLISH",
+    "THAI",
+    "VIETNAMESE",
+    "CHINESE",
+    "JAPANESE",
+    "KOREAN",
+    "INDONESIAN",
+    "MALAY",
+)
 
 
 def nfc(text: str) -> str:
@@ -108,9 +117,7 @@ def _detector() -> Any:
 
     chosen = [getattr(Language, name) for name in LANGUAGES]
     return (
-        LanguageDetectorBuilder.from_languages(*chosen)
-        .with_minimum_relative_distance(0.1)
-        .build()
+        LanguageDetectorBuilder.from_languages(*chosen).with_minimum_relative_distance(0.1).build()
     )
 
 
