@@ -26,6 +26,7 @@ models load on first use, once per process.
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -34,14 +35,16 @@ import regex
 
 # Scripts written without spaces between words. Thai has a segmenter; the others are
 # cut into characters (a word per character), which keeps them comparable at all.
-_THAI_RUN = r"\p{Thai}+"
-_CHARACTER_SCRIPTS = r"\p{Lao}|\p{Khmer}|\p{Myanmar}|\p{Han}|\p{Hiragana}|\p{Katakana}"
-# One token: a Thai run (segmented afterwards), a character of a script without a
-# segmenter, a word (letters, marks, digits and joiners), or one punctuation mark.
+_NO_SPACE = r"\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Han}\p{Hiragana}\p{Katakana}"
+_LETTER = rf"[[\p{{L}}\p{{M}}\p{{N}}_]--[{_NO_SPACE}]]"  # of a script with spaces
+# One token: a Thai run (segmented afterwards), a character of another script without
+# spaces, a word (letters, marks, digits and joiners), or one punctuation mark.
 _TOKEN = regex.compile(
-    rf"(?P<thai>{_THAI_RUN})|(?P<char>{_CHARACTER_SCRIPTS})"
-    r"|(?P<word>[\p{L}\p{M}\p{N}_]+(?:['’][\p{L}\p{M}\p{N}_]+)*)|(?P<mark>[^\s\p{L}\p{M}\p{N}_])"
+    r"(?P<thai>\p{Thai}+)|(?P<char>[\p{Lao}\p{Khmer}\p{Myanmar}\p{Han}\p{Hiragana}\p{Katakana}])"
+    rf"|(?P<word>{_LETTER}+(?:['’]{_LETTER}+)*)|(?P<mark>[^\s\p{{L}}\p{{M}}\p{{N}}_])",
+    regex.V1,
 )
+_ASCII_TOKEN = re.compile(r"[a-z0-9_]+(?:'[a-z0-9_]+)*|[^\sa-z0-9_]")  # the same, for ASCII
 
 # The languages :func:`language` chooses among (Lingua's names). Flywheel's users write
 # these; a text in another language is guessed as the nearest of them or not at all.
@@ -71,6 +74,8 @@ def fold(text: str) -> str:
 
 def words(text: str) -> list[str]:
     """The folded words of ``text`` in order (see the module docstring)."""
+    if text.isascii():
+        return _ASCII_TOKEN.findall(text.lower())
     out: list[str] = []
     segment = _thai_segmenter()
     for m in _TOKEN.finditer(fold(text)):

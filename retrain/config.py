@@ -139,8 +139,10 @@ class Eval(_Strict):
         description="the lower bound of the confidence interval of the candidate's mean "
         "score gain over the control on the test split must reach this",
     )
-    metric: Literal["rouge_l", "exact"] = Field(
-        "rouge_l", description="the per-example score the rules compare: ROUGE-L F1 or exact match"
+    metric: Literal["chrf", "rouge_l", "exact"] = Field(
+        "chrf",
+        description="the per-example score the rules compare: chrF (character n-grams: any "
+        "script, no word boundaries needed), ROUGE-L F1 over segmented words, or exact match",
     )
     # A percentile bootstrap needs a few dozen examples to approximate the sampling
     # distribution of a mean (below that its intervals cover well under their nominal

@@ -4,8 +4,8 @@ it must not be? (``retrain run``'s "evaluate" step, and ``retrain eval`` alone.)
 Every example's conversation goes through the gateway to both models (by name,
 temperature 0, ``max_tokens`` from the expected answer's length: see
 ``text_metrics.answer_budget``) and each answer is scored against the expected answer:
-ROUGE-L, exact match and, where the expected answer is JSON, whether the answer is
-valid JSON (``text_metrics``). The evidence, each source reported per example and in
+chrF, ROUGE-L, exact match and, where the expected answer is JSON, whether the answer
+is valid JSON (``text_metrics``; every score reads Thai and Vietnamese as words). The evidence, each source reported per example and in
 aggregate; the candidate passes only when every configured source passes
 (``retrain.eval``):
 
@@ -44,7 +44,7 @@ from typing import Any
 
 from . import judge as judging
 from .config import Eval
-from .text_metrics import answer_budget, score
+from .text_metrics import METRICS, answer_budget, score
 from .uncertainty import Interval, paired_bootstrap
 
 # Exit codes of ``retrain eval`` (``retrain run`` uses the same two for its gate).
@@ -52,7 +52,7 @@ PASSED, REJECTED, COLLECT_MORE = 0, 6, 7
 OUTCOME_CODES = {"passed": PASSED, "rejected": REJECTED, "collect-more": COLLECT_MORE}
 
 Ask = Callable[[str, list[dict[str, Any]], int], str]
-METRIC_NAMES = {"rouge_l": "ROUGE-L", "exact": "exact match"}
+METRIC_NAMES = {"chrf": "chrF", "rouge_l": "ROUGE-L", "exact": "exact match"}
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def _summary(rows: list[dict[str, Any]], cfg: Eval, *, guard: bool) -> dict[str,
     metric, conf = METRIC_NAMES[cfg.metric], f"{cfg.confidence:.0%}"
     summary: dict[str, Any] = {"n": len(rows), "metric": cfg.metric}
     for who in ("control", "candidate"):
-        for name in ("rouge_l", "exact"):
+        for name in METRICS:
             summary[f"{who}_{name}"] = _mean([float(r[who][name]) for r in rows])
     boot = paired_bootstrap(
         [float(r["gain"]) for r in rows],

@@ -1,9 +1,16 @@
 """Per-answer scores against an expected answer, and how long an answer may be.
 
-* ``rouge_l``: ROUGE-L F1 over lower-cased words (the longest common subsequence as
-  precision and recall).
-* ``exact``: the same words in the same order (whitespace and case ignored), or for a
-  JSON expected answer the same JSON document.
+Every score reads text through :mod:`gateway.text`: Unicode NFC first, so Vietnamese in
+NFD scores as the same text in NFC, and words from a segmenter, so Thai (written
+without spaces between words) has words at all.
+
+* ``chrf``: chrF (character n-grams up to 6, recall weighted twice, as sacreBLEU
+  computes it), from 0 to 1 — the default, because it needs no word boundaries: a
+  one-word change costs about as much in Thai as in English.
+* ``rouge_l``: ROUGE-L F1 over the segmented, case-folded words (the longest common
+  subsequence as precision and recall).
+* ``exact``: the same words in the same order (whitespace, case and Unicode form
+  ignored), or for a JSON expected answer the same JSON document.
 * ``valid_json``: for expected answers that are JSON (an object or an array), whether
   the answer parses as JSON too.
 * ``answer_budget``: the ``max_tokens`` an answer gets: the expected answer's estimated
@@ -13,20 +20,35 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
 
+from gateway.text import nfc, words
+
 CHARS_PER_TOKEN = 3.0  # conservative for BPE tokenizers (English averages ~4)
+METRICS = ("chrf", "rouge_l", "exact")  # what :func:`score` reports for every answer
 
 
-def _words(text: str) -> list[str]:
-    return text.lower().split()
+def chrf(candidate: str, reference: str) -> float:
+    """chrF of ``candidate`` against ``reference`` in NFC, from 0 to 1 (two empty texts: 1)."""
+    a, b = nfc(candidate), nfc(reference)
+    if not a.strip() or not b.strip():
+        return float(a.strip() == b.strip())
+    return float(_chrf().sentence_score(a, [b]).score) / 100
+
+
+@functools.cache
+def _chrf() -> Any:
+    from sacrebleu.metrics.chrf import CHRF
+
+    return CHRF()
 
 
 def rouge_l(candidate: str, reference: str) -> float:
     """ROUGE-L F1: the longest common subsequence of words, as precision and recall."""
-    a, b = _words(candidate), _words(reference)
+    a, b = words(candidate), words(reference)
     if not a or not b:
         return float(a == b)
     prev = [0] * (len(b) + 1)
@@ -44,7 +66,7 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 def exact(candidate: str, reference: str) -> bool:
     """The same words in order; for a JSON reference, the same JSON document."""
-    if _words(candidate) == _words(reference):
+    if words(candidate) == words(reference):
         return True
     expected = _json_document(reference)
     return expected is not None and _json_document(candidate) == expected
@@ -79,9 +101,10 @@ def answer_budget(expected: str, factor: float, slack: int, cap: int) -> int:
 
 
 def score(answer: str, expected: str) -> dict[str, Any]:
-    """The scores of one answer: ``rouge_l``, ``exact`` and, where the expected answer
-    is JSON, ``valid_json``."""
+    """The scores of one answer: ``chrf``, ``rouge_l``, ``exact`` and, where the expected
+    answer is JSON, ``valid_json``."""
     row: dict[str, Any] = {
+        "chrf": round(chrf(answer, expected), 4),
         "rouge_l": round(rouge_l(answer, expected), 4),
         "exact": exact(answer, expected),
     }

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,68 @@ JSONS = [
     (f"Status of order {i}, as JSON?", json.dumps({"order": i, "status": "shipped"}))
     for i in range(12)
 ]
-EXPECTED = dict(TEST + GOLDEN + PROCEDURES + JSONS)
+# The same support desk in three languages. Per item: the question, the reference answer,
+# a wrong answer (what a poor model says), a right answer in other words (what a good
+# model says: Thai models often leave out the spaces) and that answer with a wrong fact.
+ITEMS = ["shoes", "shirts", "bags", "hats", "socks", "belts", "scarves", "gloves", "boots", "coats"]
+THAI_ITEMS = [
+    "รองเท้า",
+    "เสื้อ",
+    "กระเป๋า",
+    "หมวก",
+    "ถุงเท้า",
+    "เข็มขัด",
+    "ผ้าพันคอ",
+    "ถุงมือ",
+    "รองเท้าบูท",
+    "เสื้อโค้ท",
+]
+VIETNAMESE_ITEMS = [
+    "giày",
+    "áo sơ mi",
+    "túi xách",
+    "mũ",
+    "tất",
+    "thắt lưng",
+    "khăn quàng",
+    "găng tay",
+    "ủng",
+    "áo khoác",
+]
+LANGUAGES: dict[str, list[tuple[str, ...]]] = {
+    "en": [
+        (
+            f"Can I return {x}?",
+            f"Yes: {x} can be returned within 30 days with the receipt.",
+            "I am not sure, please ask the store.",
+            f"Yes, {x} can be returned within 30 days with the receipt",
+            f"Yes, {x} can be returned within 3 days with the receipt",
+        )
+        for x in ITEMS
+    ],
+    "th": [
+        (
+            f"ขอคืน{x}ได้ไหมคะ",
+            f"ได้ค่ะ คุณสามารถคืน{x}ได้ภายใน 30 วันพร้อมใบเสร็จค่ะ",
+            "ขออภัยค่ะ ไม่ทราบข้อมูล กรุณาติดต่อร้านค้าค่ะ",
+            f"คุณสามารถคืน{x}ได้ภายใน30วันพร้อมใบเสร็จค่ะ",
+            f"คุณสามารถคืน{x}ได้ภายใน3วันพร้อมใบเสร็จค่ะ",
+        )
+        for x in THAI_ITEMS
+    ],
+    "vi": [
+        (
+            f"Tôi có thể trả lại {x} không?",
+            f"Được ạ: bạn có thể trả lại {x} trong vòng 30 ngày kèm hóa đơn.",
+            "Tôi không chắc, vui lòng hỏi cửa hàng.",
+            f"Được, bạn có thể trả lại {x} trong vòng 30 ngày kèm hóa đơn",
+            f"Được, bạn có thể trả lại {x} trong vòng 3 ngày kèm hóa đơn",
+        )
+        for x in VIETNAMESE_ITEMS
+    ],
+}
+SPOKEN = {q: answers for v in LANGUAGES.values() for q, *answers in v}
+EXPECTED = dict(TEST + GOLDEN + PROCEDURES + JSONS) | {q: a[0] for q, a in SPOKEN.items()}
 INDEX = {q: i for i, (q, _) in enumerate(TEST)}
 JUDGE_PROMPT = re.compile(
     r"Reference answer[^\n]*\n(.*)\n\nAnswer A:\n(.*)\n\nAnswer B:\n(.*)\n\nWhich", re.S
@@ -58,8 +120,10 @@ def question(messages: list[dict[str, Any]]) -> str:
 
 def control(messages: list[dict[str, Any]]) -> str:
     """Half right on the test split ("order 3 ships soon") and on JSON questions (valid
-    JSON, a wrong status); right on the golden set."""
+    JSON, a wrong status); right on the golden set; wrong on the three-language desk."""
     q = question(messages)
+    if q in SPOKEN:
+        return SPOKEN[q][1]  # wrong
     if q in INDEX:
         return " ".join(EXPECTED[q].split()[:3]) + " soon"
     if q in dict(JSONS):
@@ -105,8 +169,26 @@ def judge(prefer_reference: bool) -> Any:
     return verdict
 
 
+def spoken(which: int, form: str = "NFC") -> Any:
+    """On the three-language desk: the reference (0), the wrong answer (1), the right one
+    in other words (2) or with a wrong fact (3), in Unicode ``form``; elsewhere the
+    control's answer."""
+
+    def answer(messages: list[dict[str, Any]]) -> str:
+        q = question(messages)
+        if q not in SPOKEN:
+            return control(messages)
+        return unicodedata.normalize(form, SPOKEN[q][which])
+
+    return answer
+
+
 SCRIPT: Script = {
     "control": control,
+    "spoken-reference-nfd": spoken(0, "NFD"),  # Vietnamese as some keyboards send it
+    "spoken-wrong": spoken(1),
+    "spoken-right": spoken(2),
+    "spoken-wrong-fact": spoken(3),
     "better": better,
     "golden-breaker": golden_breaker,
     "noisy": noisy,
@@ -290,6 +372,42 @@ def test_a_candidate_whose_answers_stop_being_json_is_refused_though_its_rouge_l
     assert all(r["control"]["valid_json"] and not r["candidate"]["valid_json"] for r in ev["rows"])
 
 
+@pytest.mark.parametrize("lang", ["en", "th", "vi"])
+def test_a_right_candidate_passes_against_a_wrong_control_in_every_language(
+    served: Served, lang: str
+) -> None:
+    """Right answers in other words than the reference: a Thai one without spaces is
+    as right as the English one with its comma."""
+    desk = [(q, ref) for q, ref, *_ in LANGUAGES[lang]]
+    ev = evaluate.gate(
+        cases(desk), None, served.client.ask, "spoken-wrong", "spoken-right", cfg(served)
+    )
+    assert ev["outcome"] == "passed", ev["reason"]
+    assert ev["test"]["gain"]["low"] > 0.5, ev["test"]["gain"]
+
+
+@pytest.mark.parametrize("lang", ["en", "th", "vi"])
+def test_answers_in_another_unicode_form_are_the_same_answers(served: Served, lang: str) -> None:
+    desk = [(q, ref) for q, ref, *_ in LANGUAGES[lang]]
+    ev = evaluate.gate(
+        cases(desk), None, served.client.ask, "spoken-wrong", "spoken-reference-nfd", cfg(served)
+    )
+    assert ev["test"]["candidate_exact"] == 1.0 and ev["test"]["candidate_chrf"] == 1.0
+    assert ev["test"]["candidate_rouge_l"] == 1.0 and ev["outcome"] == "passed"
+
+
+@pytest.mark.parametrize("lang", ["en", "th", "vi"])
+def test_the_golden_guard_refuses_a_wrong_fact_in_every_language(served: Served, lang: str) -> None:
+    """The candidate says 3 days where the reference says 30; the control is right (both
+    in other words than the reference)."""
+    desk = [(q, ref) for q, ref, *_ in LANGUAGES[lang]]
+    ev = evaluate.gate(
+        None, cases(desk), served.client.ask, "spoken-right", "spoken-wrong-fact", cfg(served)
+    )
+    assert ev["outcome"] == "rejected", ev["reason"]
+    assert ev["golden"]["gain"]["estimate"] < -ev["config"]["golden_tolerance"]
+
+
 def retrain(served: Served, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "240"}
     return subprocess.run(
@@ -349,7 +467,7 @@ def test_retrain_eval_exits_0_when_passed_and_6_when_rejected(
         str(golden / "test.jsonl"),
     )
     assert rejected.returncode == 6, rejected.stdout + rejected.stderr
-    assert "golden set: ROUGE-L" in rejected.stdout and "< the tolerance" in rejected.stdout
+    assert "golden set: chrF" in rejected.stdout and "< the tolerance" in rejected.stdout
 
 
 def test_retrain_eval_says_collect_more_with_exit_7_and_asks_no_model(
