@@ -5,8 +5,9 @@ Every example's conversation goes through the gateway to both models (by name,
 temperature 0, ``max_tokens`` from the expected answer's length: see
 ``text_metrics.answer_budget``) and each answer is scored against the expected answer:
 chrF, ROUGE-L, exact match and, where the expected answer is JSON, whether the answer
-is valid JSON (``text_metrics``; every score reads Thai and Vietnamese as words). The evidence, each source reported per example and in
-aggregate; the candidate passes only when every configured source passes
+is valid JSON (``text_metrics``: every score reads Thai and Vietnamese too). The
+evidence, each source reported per example and in aggregate; the candidate passes only
+when every configured source passes
 (``retrain.eval``):
 
 1. **test split** (the dataset's held-out ``test.jsonl``): the mean gain of the
