@@ -30,6 +30,7 @@ import orjson
 from . import stats
 from .archive import COLUMNS, FEEDBACK, INTERACTIONS, Archive, _safe
 from .records import FeedbackEvent, InteractionRecord, feedback_event, from_row, interaction
+from .text import nfc
 
 StreamId = tuple[int, int]  # (ms, seq) of an interaction-stream id
 
@@ -225,9 +226,13 @@ class ArchiveReader:
             where.append("tenant = ?")
             params.append(tenant)
         if q:
-            needle = q.lower()
+            # NFC on both sides: text typed in one Unicode form finds it stored in another
+            needle = nfc(q).lower()
             escaped = orjson.dumps(needle).decode()[1:-1]  # as it reads inside JSON text
-            where.append("(contains(lower(answer), ?) OR contains(lower(messages), ?))")
+            where.append(
+                "(contains(lower(nfc_normalize(answer)), ?)"
+                " OR contains(lower(nfc_normalize(messages)), ?))"
+            )
             params += [needle, escaped]
         kinds = COLUMNS[INTERACTIONS]
         out: list[Found] = []

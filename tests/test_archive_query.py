@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,27 @@ def listing(stack: Stack, headers: dict[str, str], **params: str) -> list[list[s
 
 def flat(pages: list[list[str]]) -> list[str]:
     return [rid for page in pages for rid in page]
+
+
+def test_the_console_search_finds_thai_and_vietnamese_typed_in_either_unicode_form(
+    stack: Stack,
+) -> None:
+    exp = experiment(stack, "search-languages", [{"model": "fixed-a"}])
+    vietnamese = unicodedata.normalize("NFD", "Tôi để quên chiếc ô ở cửa hàng")  # as sent
+    ids = chat(stack, exp, ["Where did I leave my UMBRELLA?", "ฉันลืมร่มไว้ที่ร้านค่ะ", vietnamese])
+    searches = [
+        ("umbrella", ids[0]),
+        ("ลืมร่ม", ids[1]),  # Thai: a word inside a run without spaces
+        ("chiếc ô", ids[2]),  # typed in NFC, stored in NFD
+        (unicodedata.normalize("NFD", "CHIẾC Ô"), ids[2]),
+    ]
+    for q, want in searches:  # in Redis
+        assert flat(listing(stack, REVIEWER, experiment=exp, q=q)) == [want], q
+    stack.archive_now()
+    leave_redis(stack, ids)
+    for q, want in searches:  # in the archive
+        assert flat(listing(stack, REVIEWER, experiment=exp, q=q)) == [want], q
+    assert flat(listing(stack, REVIEWER, experiment=exp, q="chiec o")) == []  # no diacritics
 
 
 def test_the_console_lists_and_searches_interactions_past_the_hot_window(stack: Stack) -> None:

@@ -23,6 +23,7 @@ from ..config import Experiment
 from ..control import Control
 from ..interaction_log import load
 from ..records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
+from ..text import nfc
 from .access import User
 
 SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
@@ -67,7 +68,7 @@ def _day_ms(day: str, end: bool = False) -> int | None:
 
 def _text(rec: InteractionRecord) -> str:
     parts = [text_of(m.get("content")) for m in rec.get("messages") or []]
-    return "\n".join([*parts, rec.get("answer") or ""]).lower()
+    return nfc("\n".join([*parts, rec.get("answer") or ""])).lower()
 
 
 def _rating_matches(f: Filters, mine: list[FeedbackEvent], threshold: float) -> bool:
@@ -198,7 +199,7 @@ async def interactions(
                 continue
             if f.tenant and rec.get("tenant") != f.tenant:
                 continue
-            if f.q and f.q.lower() not in _text(rec):
+            if f.q and nfc(f.q).lower() not in _text(rec):
                 continue
             found.append((sid, rec))
         if by_rating:
@@ -276,7 +277,7 @@ async def _from_archive(
             budget_s=max(0.0, deadline - time.monotonic()),
         )
         page.scanned += len(got)
-        found = [g for g in got if not f.q or f.q.lower() in _text(g.record)]
+        found = [g for g in got if not f.q or nfc(f.q).lower() in _text(g.record)]
         rated = await ratings_merged(redis, archive, [g.record for g in found])
         for g, rs in zip(found, rated, strict=True):
             mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
