@@ -86,7 +86,13 @@ _DISTINCT = {"stream_id", "id", "request_id", "messages", "answer", "tool_calls"
 INTERACTIONS, FEEDBACK = "interactions", "feedback"
 MANIFEST = "manifest.json"
 CRASH_ENV = "FLYWHEEL_ARCHIVE_CRASH_AT"  # fault injection for tests: a step name
-STREAMS = {INTERACTIONS: keys.INTERACTION_STREAM, FEEDBACK: keys.FEEDBACK_STREAM}
+
+
+def streams() -> dict[str, str]:
+    """The stream each kind is archived from, named at call time: on a Redis Cluster the
+    names carry a hash tag that is set at start-up, after this module is imported."""
+    return {INTERACTIONS: keys.INTERACTION_STREAM, FEEDBACK: keys.FEEDBACK_STREAM}
+
 
 # Renew the lock while it is ours; take it when free (or from ARGV[3], a dead holder).
 _HOLD = """
@@ -326,7 +332,7 @@ class Archiver:
         self._release(keys=[keys.ARCHIVE_LOCK], args=[self.owner])
 
     def ensure_groups(self) -> None:
-        for stream in STREAMS.values():
+        for stream in streams().values():
             try:
                 self.client.xgroup_create(stream, keys.ARCHIVE_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
@@ -357,7 +363,7 @@ class Archiver:
             self.archive.clean(manifest)  # files of a pass that died before committing
             self._cleaned = True
         for kind in (INTERACTIONS, FEEDBACK):
-            if max_wait_s and not self._due(STREAMS[kind], max_wait_s):
+            if max_wait_s and not self._due(streams()[kind], max_wait_s):
                 continue
             while True:
                 n = self._batch(kind, manifest, result)
@@ -371,7 +377,7 @@ class Archiver:
         """An earlier pass read entries and did not acknowledge them (it died)."""
         return any(
             self.client.xpending(stream, keys.ARCHIVE_GROUP)["pending"]
-            for stream in STREAMS.values()
+            for stream in streams().values()
         )
 
     def _due(self, stream: str, max_wait_s: float) -> bool:
@@ -431,7 +437,7 @@ class Archiver:
                 gc.enable()
 
     def _write_batch(self, kind: str, manifest: dict[str, Any], result: PassResult) -> int:
-        stream = STREAMS[kind]
+        stream = streams()[kind]
         entries = self._read(stream)
         if not entries:
             return 0
