@@ -17,15 +17,21 @@ the question (``language``, :func:`languages`), over a sample — each arm's mos
 :data:`LANGUAGE_SAMPLE` answered interactions of the current version still in Redis
 (the hot window, ``interaction_log.hot_s``), found among the newest
 :data:`LANGUAGE_SCAN` entries of the interaction stream. The languages are guessed
-(``gateway.text.language``) when a report is asked for, in a worker thread; the
-decider's own looks and chat completions never guess a language.
+(``gateway.text.language``) when a report is asked for, in a process of their own
+(:func:`_guesser`): the language models take about a second to load and hold Python's
+GIL while they work, so the gateway process never loads them — chat completions are
+not held up by a report, and the decider's own looks never guess a language.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -277,13 +283,24 @@ async def languages(
         if len(entries) < _SCAN_BATCH:
             break
 
-    def count() -> dict[str, dict[str, Any]]:
-        return {
-            arm: {
-                **language_share([(q, a) for q, a, _ in got]),
-                "since": min((t for _, _, t in got), default=None),
-            }
-            for arm, got in found.items()
-        }
+    pairs = {arm: [(q, a) for q, a, _ in got] for arm, got in found.items()}
+    loop = asyncio.get_running_loop()
+    try:
+        counted = await loop.run_in_executor(_guesser(), _shares, pairs)
+    except BrokenProcessPool:  # the worker died (killed, out of memory): a new one
+        _guesser.cache_clear()
+        counted = await loop.run_in_executor(_guesser(), _shares, pairs)
+    for arm, got in found.items():
+        counted[arm]["since"] = min((t for _, _, t in got), default=None)
+    return counted
 
-    return await asyncio.to_thread(count)
+
+def _shares(pairs: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, Any]]:
+    return {arm: language_share(p) for arm, p in pairs.items()}
+
+
+@functools.cache
+def _guesser() -> ProcessPoolExecutor:
+    """One worker process that guesses languages, started at the first report (spawned:
+    a fork of a process with threads and an event loop is unsafe) and kept."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
