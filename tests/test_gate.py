@@ -564,3 +564,23 @@ def test_the_judge_sees_thai_and_vietnamese_whole_in_nfc_and_is_told_the_languag
     assert len(by_question) == len(picked)
     # Decomposed, the candidate's answer is still the reference: the judge saw it so.
     assert ev["judge"]["wins"] == len(picked), ev["judge"]
+
+
+def test_retrain_eval_refuses_a_thai_candidate_answering_in_english_and_shows_the_shares(
+    served: Served, tmp_path: Path
+) -> None:
+    data = dataset(tmp_path, [(q, a) for q, a, _, _ in LANG["th"]])
+    run = retrain(
+        served,
+        "eval",
+        "--candidate",
+        "other-language",
+        "--control",
+        "control",
+        "--dataset",
+        str(data),
+    )
+    assert run.returncode == 6, run.stdout + run.stderr
+    (row,) = [line for line in run.stdout.splitlines() if line.startswith("│ test")]
+    assert "100% → 0%" in row  # the same-language column: control → candidate
+    assert "answers in the question's language 0% vs control 100% of 10" in run.stdout
