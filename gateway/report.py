@@ -268,9 +268,9 @@ async def languages(
         ids = []
         for _, fields in entries:
             fd = {keys.text(k): keys.text(v) for k, v in fields.items()}
-            arm = fd.get("arm")
-            if fd.get("experiment") == name and arm in found:
-                ids.append(fd["id"])
+            got = found.get(fd.get("arm") or "")
+            if fd.get("experiment") == name and got is not None and len(got) < LANGUAGE_SAMPLE:
+                ids.append(fd["id"])  # (an arm whose sample is full reads no more records)
         for rec in await load(redis, ids):
             if rec is None or rec.get("experiment_version") != version:
                 continue
