@@ -251,6 +251,13 @@ def print_window_report(doc: dict[str, Any]) -> None:
         )
 
 
+def same_language(lang: dict[str, Any] | None) -> str:
+    """An arm's share of answers in the question's language, and of how many."""
+    if not lang or lang["share"] is None:
+        return "–"
+    return f"{lang['share']:.1%} of {lang['known']}"
+
+
 def print_report(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -278,6 +285,7 @@ def print_report(doc: dict[str, Any]) -> None:
         "failures",
         "corrections",
         "cost / 1k req",
+        "same language",
     ):
         arms.add_column(col, justify="left" if col == "arm" else "right", overflow="fold")
     for a in doc["arms"]:
@@ -296,8 +304,15 @@ def print_report(doc: dict[str, Any]) -> None:
             num(r["failure_rate"], "{:.1%}"),
             str(r["corrections"]),
             num(a["cost_per_1k_requests"], "{:.4f}"),
+            same_language(a.get("language")),
         )
     console.print(arms)
+    from .report import LANGUAGE_SAMPLE
+
+    console.print(
+        "same language: the share of answers in the language of the question, over each "
+        f"arm's latest {LANGUAGE_SAMPLE} answers of this version still in Redis"
+    )
     srm = doc["srm"]
     console.print(
         f"Sample ratio (version {srm['version']}, {srm['assigned']} users assigned): "

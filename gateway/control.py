@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from . import report, store
 from .adapters import Adapters
 from .apikeys import ApiKeys
 from .config import Settings
@@ -81,8 +82,17 @@ class Control:
     async def load(self) -> None:
         await self.live.load()
 
-    async def report(self, name: str) -> dict[str, Any]:
-        return await self.decisions.report(name)
+    async def report(self, name: str, languages: bool = True) -> dict[str, Any]:
+        """The experiment's A/B report; with ``languages``, each arm's share of answers
+        in the language of the question too (a sample, guessed now: see ``report.py``)."""
+        rep = await self.decisions.report(name)
+        if languages:
+            arms = [a["model"] for a in rep["arms"]]
+            with store.translated():
+                shares = await report.languages(self.decisions.redis, name, arms, rep["version"])
+            for arm in rep["arms"]:
+                arm["language"] = shares[arm["model"]]
+        return rep
 
     def models(self) -> list[dict[str, Any]]:
         return self.registry.models()

@@ -81,6 +81,29 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return out
 
 
+ARM_LANGUAGE = {
+    "type": "object",
+    "description": "The arm's share of answers written in the language of the question, "
+    "over a sample: the arm's latest 200 answered interactions of the experiment's current "
+    "version still in Redis (the hot window), found among the newest 5000 interactions. "
+    "Only answers whose question's and own language can be told count.",
+    "required": ["sample", "known", "same", "share", "since"],
+    "properties": {
+        "sample": {"type": "integer", "minimum": 0, "description": "interactions read"},
+        "known": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "of those, where both languages could be told",
+        },
+        "same": {"type": "integer", "minimum": 0, "description": "of those, in one language"},
+        "share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "since": {
+            "type": ["integer", "null"],
+            "description": "unix time of the oldest interaction in the sample",
+        },
+    },
+}
+
 CHAT_HEADERS = {
     "x-request-id": _header("the client's own (if valid), else a new one", required=True),
     "x-flywheel-arm": _header("the model that answered", required=True),
@@ -629,7 +652,22 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 "200": _json(
                     {
                         "type": "object",
-                        "anyOf": [{"required": ["decision"]}, {"required": ["archive", "arms"]}],
+                        "anyOf": [
+                            {
+                                "required": ["decision", "arms"],
+                                "properties": {
+                                    "arms": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["model", "language"],
+                                            "properties": {"language": _ref("ArmLanguage")},
+                                        },
+                                    }
+                                },
+                            },
+                            {"required": ["archive", "arms"]},
+                        ],
                     }
                 ),
                 **_errors(400, *ADMIN, 404),
@@ -767,6 +805,7 @@ def schemas(settings: Settings) -> dict[str, Any]:
         "NewApiKey": NEW_API_KEY,
         "KeyChange": key_change_schema(),
         "Tenant": TENANT,
+        "ArmLanguage": ARM_LANGUAGE,
     }
 
 

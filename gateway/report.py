@@ -11,21 +11,40 @@ one.
 
 The data comes from counters kept in Redis as requests and ratings are stored
 (``keys.py``), so a report costs a few HGETALLs however much traffic there was.
+
+One number is not a counter: per arm, the share of answers written in the language of
+the question (``language``, :func:`languages`), over a sample — each arm's most recent
+:data:`LANGUAGE_SAMPLE` answered interactions of the current version still in Redis
+(the hot window, ``interaction_log.hot_s``), found among the newest
+:data:`LANGUAGE_SCAN` entries of the interaction stream. The languages are guessed
+(``gateway.text.language``) when a report is asked for, in a process of their own
+(:func:`_guesser`): the language models take about a second to load and hold Python's
+GIL while they work, so the gateway process never loads them — chat completions are
+not held up by a report, and the decider's own looks never guess a language.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import decider, keys, stats
+from . import decider, keys, stats, text
 from .config import Experiment, ModelVersion, Price
 from .decider import KEEP, PROMOTE, RAMP, ROLLBACK
 
-__all__ = ["KEEP", "PROMOTE", "RAMP", "ROLLBACK", "build", "collect", "report"]
+__all__ = ["KEEP", "PROMOTE", "RAMP", "ROLLBACK", "build", "collect", "languages", "report"]
+
+LANGUAGE_SAMPLE = 200  # answers per arm the language share is computed over, at most
+LANGUAGE_SCAN = 5000  # newest interaction stream entries read to find them, at most
+_SCAN_BATCH = 500
 
 
 def _numbers(raw: dict[Any, Any]) -> dict[str, float]:
@@ -202,3 +221,86 @@ async def report(
     stored = await redis.hgetall(keys.sequential(name, version))
     previous = {keys.text(k): float(v) for k, v in stored.items()}
     return build(name, state, raw, models, previous)
+
+
+def _question(messages: Any) -> str:
+    """The text of the last user message."""
+    from .records import text_of
+
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return text_of(m.get("content"))
+    return ""
+
+
+def language_share(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """How many of the (question, answer) ``pairs`` are answered in the question's
+    language: ``sample`` pairs, ``known`` where both languages can be told (only those
+    count), ``same`` of those in one language, ``share`` = same / known (None: none
+    known)."""
+    told = [text.same_language(q, a) for q, a in pairs]
+    known = sum(t is not None for t in told)
+    same = sum(t is True for t in told)
+    return {
+        "sample": len(pairs),
+        "known": known,
+        "same": same,
+        "share": _round(same / known) if known else None,
+    }
+
+
+async def languages(
+    redis: aioredis.Redis, name: str, arms: list[str], version: int
+) -> dict[str, dict[str, Any]]:
+    """Per arm, :func:`language_share` of its most recent answered interactions under
+    ``version`` (see the module docstring for the sample), with ``since``: the time of
+    the oldest interaction in the sample (None: no sample)."""
+    from .interaction_log import load
+
+    found: dict[str, list[tuple[str, str, int]]] = {arm: [] for arm in arms}
+    hi, scanned = "+", 0
+    while scanned < LANGUAGE_SCAN and any(len(v) < LANGUAGE_SAMPLE for v in found.values()):
+        entries: Any = await redis.xrevrange(keys.INTERACTION_STREAM, hi, "-", count=_SCAN_BATCH)
+        if not entries:
+            break
+        scanned += len(entries)
+        hi = f"({keys.text(entries[-1][0])}"
+        ids = []
+        for _, fields in entries:
+            fd = {keys.text(k): keys.text(v) for k, v in fields.items()}
+            got = found.get(fd.get("arm") or "")
+            if fd.get("experiment") == name and got is not None and len(got) < LANGUAGE_SAMPLE:
+                ids.append(fd["id"])  # (an arm whose sample is full reads no more records)
+        for rec in await load(redis, ids):
+            if rec is None or rec.get("experiment_version") != version:
+                continue
+            if rec.get("status") != "ok" or rec.get("shadow_of"):
+                continue
+            got = found.get(rec["arm"])
+            if got is not None and len(got) < LANGUAGE_SAMPLE:
+                answer = rec.get("answer") or ""
+                got.append((_question(rec.get("messages")), answer, int(rec.get("created") or 0)))
+        if len(entries) < _SCAN_BATCH:
+            break
+
+    pairs = {arm: [(q, a) for q, a, _ in got] for arm, got in found.items()}
+    loop = asyncio.get_running_loop()
+    try:
+        counted = await loop.run_in_executor(_guesser(), _shares, pairs)
+    except BrokenProcessPool:  # the worker died (killed, out of memory): a new one
+        _guesser.cache_clear()
+        counted = await loop.run_in_executor(_guesser(), _shares, pairs)
+    for arm, got in found.items():
+        counted[arm]["since"] = min((t for _, _, t in got), default=None)
+    return counted
+
+
+def _shares(pairs: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, Any]]:
+    return {arm: language_share(p) for arm, p in pairs.items()}
+
+
+@functools.cache
+def _guesser() -> ProcessPoolExecutor:
+    """One worker process that guesses languages, started at the first report (spawned:
+    a fork of a process with threads and an event loop is unsafe) and kept."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))

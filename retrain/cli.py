@@ -643,6 +643,7 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
         f"gain ({metric})",
         "exact match",
         "valid JSON",
+        "same language",
         "passed",
     ):
         table.add_column(col, justify="left" if col == "source" else "right")
@@ -656,6 +657,11 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
             if "json_examples" in s
             else "–"
         )
+        same = (
+            f"{s['control_same_language']:.0%} → {s['candidate_same_language']:.0%}"
+            if "control_same_language" in s
+            else "–"
+        )
         table.add_row(
             source,
             str(s["n"]),
@@ -664,6 +670,7 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
             f"{gain['estimate']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]" if gain else "–",
             f"{s['control_exact']:.0%} → {s['candidate_exact']:.0%}",
             valid,
+            same,
             "yes" if s["passed"] else "NO",
         )
     judge = ev.get("judge")
@@ -677,6 +684,7 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
             f"win rate {rate['estimate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}]",
             f"{judge['ties']} ties",
             f"{judge['inconsistent']} inconsistent",
+            "",
             "yes" if judge["passed"] else "NO",
         )
     if rows and ev["rows"]:

@@ -164,6 +164,17 @@ class Eval(_Strict):
         le=1,
         description="where answers are JSON: the candidate's valid-JSON rate may trail by this",
     )
+    # A Thai fine-tune that starts answering in English is a common regression, and
+    # ROUGE-L against a reference may not see all of it. Ten points: a few answers out of
+    # thirty, more than the language guess gets wrong on whole sentences.
+    language_tolerance: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="the candidate's share of answers in the language of the question may "
+        "trail the control's by this (questions or answers whose language cannot be told "
+        "do not count)",
+    )
     judge: str | None = Field(
         None, description="a model the gateway serves that compares the two answers (optional)"
     )

@@ -26,6 +26,13 @@ when every configured source passes
 Where expected answers are JSON, a source also fails when the candidate's valid-JSON
 rate trails the control's by more than ``json_tolerance``.
 
+Language guardrail: per model, the share of answers written in the language of the
+question (``gateway.text.language`` of the last user message and of the answer; an
+example where either cannot be told does not count for that model). A source fails
+when the candidate's share trails the control's by more than ``language_tolerance``: a
+Thai fine-tune that starts answering in English is refused. Each row has its
+``language`` (the question's and each answer's).
+
 The result (:func:`gate`) is one JSON-serialisable dict, stored as the job's
 ``evaluation``: ``outcome`` (``passed``, ``rejected`` or ``collect-more``), ``passed``,
 ``reason``, ``rule`` (the combined rule in words), ``missing``, ``config``, one summary
@@ -42,6 +49,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.text import language
 
 from . import judge as judging
 from .config import Eval
@@ -137,6 +146,10 @@ def rule_text(cfg: Eval, *, test: bool, golden: bool) -> str:
         f"where answers are JSON: a valid-JSON rate at most {cfg.json_tolerance:g} "
         "below the control's"
     )
+    parts.append(
+        "a share of answers in the language of the question at most "
+        f"{cfg.language_tolerance:g} below the control's"
+    )
     if cfg.judge:
         bound = "upper bound >= 0.5" if cfg.judge_rule == "not-worse" else "lower bound > 0.5"
         parts.append(f"judge {cfg.judge} (both orders): win rate {conf} {bound}")
@@ -231,7 +244,7 @@ def gate_dataset(
 
 def _prompt(messages: list[dict[str, Any]]) -> str:
     content = messages[-1].get("content") if messages else ""
-    return content if isinstance(content, str) else json.dumps(content)
+    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
 
 
 def _example(
@@ -249,6 +262,7 @@ def _example(
         answers[who] = ask(model, case.messages, budget)
         row[who] = {"answer": answers[who], **score(answers[who], case.expected)}
     row["gain"] = round(float(row["candidate"][cfg.metric]) - float(row["control"][cfg.metric]), 4)
+    row["language"] = _languages(case.messages, answers)
     if cfg.judge:
         row["judge"] = judging.judge_pair(
             ask,
@@ -315,5 +329,51 @@ def _summary(rows: list[dict[str, Any]], cfg: Eval, *, guard: bool) -> dict[str,
             f"of {len(json_rows)}{'' if json_ok else ': worse than the tolerance'}"
         )
         ok = ok and json_ok
+    same = _same_language(rows, cfg)
+    if same is not None:
+        summary.update(same[0])
+        reason += same[1]
+        ok = ok and same[2]
     summary.update(passed=ok, reason=reason)
     return summary
+
+
+def _languages(messages: list[dict[str, Any]], answers: dict[str, str]) -> dict[str, str | None]:
+    """The language of the question (the last user message) and of each answer."""
+    return {
+        "question": judging.question_language(messages),
+        **{who: language(answer) for who, answer in answers.items()},
+    }
+
+
+def _same_language(
+    rows: list[dict[str, Any]], cfg: Eval
+) -> tuple[dict[str, Any], str, bool] | None:
+    """The language guardrail over ``rows``: the summary's fields, the reason's words,
+    and whether it holds (None: no row where the languages can be told)."""
+    shares: dict[str, float] = {}
+    counted: dict[str, int] = {}
+    for who in ("control", "candidate"):
+        known = [
+            r["language"][who] == r["language"]["question"]
+            for r in rows
+            if r["language"]["question"] is not None and r["language"][who] is not None
+        ]
+        counted[who] = len(known)
+        if known:
+            shares[who] = _mean([float(k) for k in known])
+    if len(shares) < 2:
+        return None
+    drop = round(shares["control"] - shares["candidate"], 4)
+    ok = drop <= cfg.language_tolerance
+    fields = {
+        "language_examples": {"control": counted["control"], "candidate": counted["candidate"]},
+        "control_same_language": shares["control"],
+        "candidate_same_language": shares["candidate"],
+    }
+    reason = (
+        f"; answers in the question's language {shares['candidate']:.0%} vs control "
+        f"{shares['control']:.0%} of {counted['candidate']}"
+        f"{'' if ok else f': more than {cfg.language_tolerance:g} below the control'}"
+    )
+    return fields, reason, ok

@@ -12,6 +12,14 @@ candidate first and control first. Per example:
 
 The win rate counts a tie as half a win: ``(wins + ties / 2) / n``, with a Wilson
 interval over the n examples.
+
+The judge judges in the conversation's language: the instructions are English, but
+they tell it that the answers should be in the language of the user's question and
+that an answer in another language is worse, and name that language when it can be
+told (``gateway.text.language`` of the last user message). Every text reaches the judge
+whole and as it was written, in NFC: the conversation (text parts of multi-part
+messages as text), the reference and both answers, never escaped (no ``\\uXXXX``) and
+never cut (``judge_max_tokens`` limits only the judge's one-word reply).
 """
 
 from __future__ import annotations
@@ -19,14 +27,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.text import language, nfc
+
 from .uncertainty import wilson
 
 SYSTEM = (
     "You are an impartial judge. You compare two answers to the same conversation and "
     "say which one is better: more correct, more helpful, closer to the reference answer. "
-    "The order in which the answers are shown does not matter."
+    "The order in which the answers are shown does not matter. "
+    "Judge in the conversation's language: a good answer is written in the language of "
+    "the user's question, and an answer in another language is worse, however correct."
 )
-TEMPLATE = """Conversation:
+# The names of the languages gateway.text.language tells apart.
+LANGUAGE_NAMES = {
+    "en": "English",
+    "th": "Thai",
+    "vi": "Vietnamese",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "id": "Indonesian",
+    "ms": "Malay",
+}
+TEMPLATE = """{language}Conversation:
 {conversation}
 
 Reference answer (what a reviewer expected):
@@ -43,13 +66,51 @@ Which answer is better? Reply with one word: A, B or TIE."""
 Ask = Callable[[str, list[dict[str, Any]], int], str]
 
 
+def content_text(content: Any) -> str:
+    """A message's content as text: a string as it is, the text parts of a multi-part
+    content joined by newlines (other parts, such as images, left out)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(p.get("text") or "")
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
 def _render(messages: list[dict[str, Any]]) -> str:
-    return "\n".join(f"{m.get('role', 'user')}: {m.get('content') or ''}" for m in messages)
+    return "\n".join(
+        f"{m.get('role', 'user')}: {nfc(content_text(m.get('content')))}" for m in messages
+    )
 
 
-def prompt(messages: list[dict[str, Any]], reference: str, a: str, b: str) -> list[dict[str, Any]]:
-    """The judge's chat messages for answers ``a`` and ``b``."""
-    text = TEMPLATE.format(conversation=_render(messages), reference=reference, a=a, b=b)
+def question_language(messages: list[dict[str, Any]]) -> str | None:
+    """The language of the last user message (None: it cannot be told)."""
+    asked = [m for m in messages if m.get("role", "user") == "user"]
+    return language(content_text(asked[-1].get("content"))) if asked else None
+
+
+def prompt(
+    messages: list[dict[str, Any]], reference: str, a: str, b: str, lang: str | None = None
+) -> list[dict[str, Any]]:
+    """The judge's chat messages for answers ``a`` and ``b``; ``lang``: the language of
+    the user's question (an ISO 639-1 code), named to the judge when known."""
+    name = LANGUAGE_NAMES.get(lang or "")
+    said = (
+        f"The user writes in {name}: a good answer is in {name}; an answer in another "
+        "language is worse.\n\n"
+        if name
+        else ""
+    )
+    text = TEMPLATE.format(
+        language=said,
+        conversation=_render(messages),
+        reference=nfc(reference),
+        a=nfc(a),
+        b=nfc(b),
+    )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
@@ -70,8 +131,9 @@ def judge_pair(
     max_tokens: int,
 ) -> dict[str, str]:
     """Both orders' verdicts for one example, and the combined ``verdict``."""
-    first = parse(ask(judge, prompt(messages, reference, candidate, control), max_tokens))
-    second = parse(ask(judge, prompt(messages, reference, control, candidate), max_tokens))
+    lang = question_language(messages)
+    first = parse(ask(judge, prompt(messages, reference, candidate, control, lang), max_tokens))
+    second = parse(ask(judge, prompt(messages, reference, control, candidate, lang), max_tokens))
     # Each order's preference, by model rather than by position.
     by_model = {"A": "candidate", "B": "control", "TIE": "tie", "invalid": "invalid"}
     swapped = {"A": "control", "B": "candidate", "TIE": "tie", "invalid": "invalid"}

@@ -107,15 +107,59 @@ LANGUAGES: dict[str, list[tuple[str, ...]]] = {
     ],
 }
 SPOKEN = {q: answers for v in LANGUAGES.values() for q, *answers in v}
-EXPECTED = dict(TEST + GOLDEN + PROCEDURES + JSONS) | {q: a[0] for q, a in SPOKEN.items()}
+# Per language: (question, the expected answer, a weaker answer in the same language, an
+# answer in another language).
+LANG = {
+    "th": [
+        (
+            f"คำสั่งซื้อหมายเลข {i} จะถูกส่งจากคลังสินค้าไหนคะ",
+            f"คำสั่งซื้อหมายเลข {i} จะจัดส่งจากคลังสินค้าที่กรุงเทพฯ ภายในสามวันค่ะ",
+            f"คำสั่งซื้อหมายเลข {i} จะจัดส่งเร็วๆ นี้ค่ะ",
+            f"Order {i} ships from the Bangkok warehouse within three days.",
+        )
+        for i in range(10)
+    ],
+    "vi": [
+        (
+            f"Đơn hàng số {i} được gửi từ kho nào vậy?",
+            f"Đơn hàng số {i} được gửi từ kho Hà Nội trong vòng ba ngày.",
+            f"Đơn hàng số {i} sẽ được gửi sớm.",
+            f"Order {i} ships from the Hanoi warehouse within three days.",
+        )
+        for i in range(10)
+    ],
+    "en": [
+        (
+            f"Which warehouse does parcel {i} leave from?",
+            f"Parcel {i} leaves the Singapore warehouse within two days.",
+            f"Parcel {i} leaves soon.",
+            f"Bưu kiện {i} rời kho Singapore trong vòng hai ngày.",
+        )
+        for i in range(10)
+    ],
+}
+LANG_ANSWERS = {q: (weaker, other) for rows in LANG.values() for q, _, weaker, other in rows}
+EXPECTED = (
+    dict(TEST + GOLDEN + PROCEDURES + JSONS)
+    | {q: a[0] for q, a in SPOKEN.items()}
+    | {q: a for rows in LANG.values() for q, a, _, _ in rows}
+)
 INDEX = {q: i for i, (q, _) in enumerate(TEST)}
 JUDGE_PROMPT = re.compile(
     r"Reference answer[^\n]*\n(.*)\n\nAnswer A:\n(.*)\n\nAnswer B:\n(.*)\n\nWhich", re.S
 )
 
 
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def question(messages: list[dict[str, Any]]) -> str:
-    return str(messages[-1]["content"])
+    return nfc(str(messages[-1]["content"]))
 
 
 def control(messages: list[dict[str, Any]]) -> str:
@@ -128,6 +172,8 @@ def control(messages: list[dict[str, Any]]) -> str:
         return " ".join(EXPECTED[q].split()[:3]) + " soon"
     if q in dict(JSONS):
         return EXPECTED[q].replace("shipped", "unknown")
+    if q in LANG_ANSWERS:  # in the question's language, less complete
+        return LANG_ANSWERS[q][0]
     return EXPECTED[q]
 
 
@@ -153,6 +199,17 @@ def noisy(messages: list[dict[str, Any]]) -> str:
 def json_chatty(messages: list[dict[str, Any]]) -> str:
     """The right JSON document, after a word of chat: no longer JSON."""
     return "Sure: " + EXPECTED[question(messages)]
+
+
+def other_language(messages: list[dict[str, Any]]) -> str:
+    """The right facts, in another language than the question's (Thai asked, English
+    answered)."""
+    return LANG_ANSWERS[question(messages)][1]
+
+
+def digits_only(messages: list[dict[str, Any]]) -> str:
+    """Just the order number: no language can be told."""
+    return "".join(ch for ch in question(messages) if ch.isdigit())
 
 
 def judge(prefer_reference: bool) -> Any:
@@ -193,6 +250,9 @@ SCRIPT: Script = {
     "golden-breaker": golden_breaker,
     "noisy": noisy,
     "json-chatty": json_chatty,
+    "other-language": other_language,
+    "digits-only": digits_only,
+    "better-nfd": lambda messages: nfd(better(messages)),  # the right answer, decomposed
     "judge-first": lambda messages: "A",  # always the first answer shown: position bias
     "judge-fair": judge(prefer_reference=True),
     "judge-contrarian": judge(prefer_reference=False),
@@ -513,3 +573,133 @@ def test_retrain_status_shows_every_example_with_answers_scores_and_verdicts(
     assert "win (candidate/candidate)" in out
     assert "tie (tie/tie)" in out  # neither is the reference
     assert "lower bound < the margin" in out and "rule: test split" in out
+
+
+def lang_cases(lang: str) -> list[Case]:
+    return cases([(q, a) for q, a, _, _ in LANG[lang]])
+
+
+@pytest.mark.parametrize("lang", ["th", "vi", "en"])
+def test_a_candidate_answering_in_another_language_than_the_question_is_refused(
+    served: Served, lang: str
+) -> None:
+    """A Thai fine-tune that starts answering in English (and the same for Vietnamese,
+    and English answered in Vietnamese), while the control answers in the question's
+    language."""
+    ev = evaluate.gate(
+        lang_cases(lang), None, served.client.ask, "control", "other-language", cfg(served)
+    )
+    summary = ev["test"]
+    assert summary["control_same_language"] == 1.0 and summary["candidate_same_language"] == 0.0
+    assert summary["language_examples"] == {"control": 10, "candidate": 10}
+    assert not ev["passed"] and not summary["passed"]
+    assert (
+        "answers in the question's language 0% vs control 100% of 10: "
+        "more than 0.1 below the control" in ev["reason"]
+    )
+    other = "en" if lang != "en" else "vi"
+    assert {(r["language"]["question"], r["language"]["control"]) for r in ev["rows"]} == {
+        (lang, lang)
+    }
+    assert {r["language"]["candidate"] for r in ev["rows"]} == {other}
+    assert "in the language of the question at most 0.1 below the control's" in ev["rule"]
+
+
+@pytest.mark.parametrize("lang", ["th", "vi", "en"])
+def test_a_candidate_answering_in_the_question_language_passes_the_language_rule(
+    served: Served, lang: str
+) -> None:
+    ev = evaluate.gate(lang_cases(lang), None, served.client.ask, "control", "better", cfg(served))
+    summary = ev["test"]
+    assert summary["control_same_language"] == summary["candidate_same_language"] == 1.0
+    assert ev["passed"], ev["reason"]
+    assert "answers in the question's language 100% vs control 100% of 10" in ev["reason"]
+
+
+def test_the_language_tolerance_is_a_setting_and_answers_of_no_language_do_not_count(
+    served: Served,
+) -> None:
+    mixed = lang_cases("th")[:5] + lang_cases("vi")[:5]
+    tolerant = evaluate.gate(
+        mixed,
+        None,
+        served.client.ask,
+        "control",
+        "other-language",
+        cfg(served, language_tolerance=1),
+    )
+    assert tolerant["test"]["candidate_same_language"] == 0.0
+    assert "below the control" not in tolerant["reason"]  # the rule held; ROUGE-L did not
+    unknown = evaluate.gate(mixed, None, served.client.ask, "control", "digits-only", cfg(served))
+    assert {r["language"]["candidate"] for r in unknown["rows"]} == {None}
+    assert "candidate_same_language" not in unknown["test"]  # nothing to compare
+    assert "question's language" not in unknown["reason"]
+
+
+def test_the_judge_sees_thai_and_vietnamese_whole_in_nfc_and_is_told_the_language(
+    served: Served,
+) -> None:
+    """Written in NFD (decomposed Vietnamese), in a conversation with a system message and
+    a multi-part message; the candidate answers in NFD too. The judge's prompt holds the
+    conversation, the reference and both answers in NFC, whole and unescaped."""
+    picked = LANG["th"][:3] + LANG["vi"][:3]
+    conversation = [
+        {"role": "system", "content": nfd("Bạn là trợ lý của cửa hàng. ตอบอย่างสุภาพ")},
+        {"role": "user", "content": [{"type": "text", "text": nfd("Xin chào, tôi là Hương.")}]},
+        {"role": "assistant", "content": nfd("Chào chị Hương, tôi giúp gì được ạ?")},
+    ]
+    examples = [
+        Case([*conversation, {"role": "user", "content": nfd(q)}], nfd(a)) for q, a, _, _ in picked
+    ]
+    before = len(served.upstream.asked("judge-fair"))
+    cap = 16
+    ev = evaluate.gate(
+        examples,
+        None,
+        served.client.ask,
+        "control",
+        "better-nfd",
+        cfg(served, min_examples=1, judge="judge-fair", judge_max_tokens=cap),
+    )
+    asked = served.upstream.asked("judge-fair")[before:]
+    assert len(asked) == 2 * len(picked)
+    by_question: dict[str, list[dict[str, Any]]] = {}
+    for body in asked:
+        assert body["max_tokens"] == cap  # the judge's one-word reply, not the answer budget
+        system, user = body["messages"]
+        assert "the language of the user's question" in system["content"]
+        prompt = user["content"]
+        assert unicodedata.is_normalized("NFC", prompt) and "\\u" not in prompt
+        asked_q = next(q for q, _, _, _ in picked if f"user: {q}\n" in prompt)
+        by_question.setdefault(asked_q, []).append(body)
+        _, reference, weaker, _ = next(row for row in picked if row[0] == asked_q)
+        assert prompt.count(reference) == 2  # the reference, and the candidate's answer
+        assert weaker in prompt  # the control's answer
+        assert "system: Bạn là trợ lý của cửa hàng. ตอบอย่างสุภาพ\n" in prompt
+        assert "user: Xin chào, tôi là Hương.\n" in prompt
+        assert "assistant: Chào chị Hương, tôi giúp gì được ạ?\n" in prompt
+        name = "Thai" if asked_q in dict((q, a) for q, a, _, _ in LANG["th"]) else "Vietnamese"
+        assert prompt.startswith(f"The user writes in {name}: a good answer is in {name}")
+    assert len(by_question) == len(picked)
+    # Decomposed, the candidate's answer is still the reference: the judge saw it so.
+    assert ev["judge"]["wins"] == len(picked), ev["judge"]
+
+
+def test_retrain_eval_refuses_a_thai_candidate_answering_in_english_and_shows_the_shares(
+    served: Served, tmp_path: Path
+) -> None:
+    data = dataset(tmp_path, [(q, a) for q, a, _, _ in LANG["th"]])
+    run = retrain(
+        served,
+        "eval",
+        "--candidate",
+        "other-language",
+        "--control",
+        "control",
+        "--dataset",
+        str(data),
+    )
+    assert run.returncode == 6, run.stdout + run.stderr
+    (row,) = [line for line in run.stdout.splitlines() if line.startswith("│ test")]
+    assert "100% → 0%" in row  # the same-language column: control → candidate
+    assert "answers in the question's language 0% vs control 100% of 10" in run.stdout

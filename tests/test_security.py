@@ -93,11 +93,25 @@ def test_tokens_per_minute_are_charged_from_usage(
     assert int(refused.headers["retry-after"]) >= 1
 
 
+@pytest.mark.parametrize(
+    ("secret", "stored"),
+    [
+        (
+            "Mail jane.doe@example.com or call +44 20 7946 0958 about order 12.",
+            "Mail [email] or call [phone] about order 12.",
+        ),
+        ("โทร081-234-5678ค่ะ อีเมลsomchai@example.comนะคะ", "โทร[phone]ค่ะ อีเมล[email]นะคะ"),
+        ("Anh gọi0912345678 hoặc gửi nguyễn.văn@công-ty.vn", "Anh gọi[phone] hoặc gửi [email]"),
+    ],
+    ids=["en", "th", "vi"],
+)
 def test_stored_interactions_are_redacted(
-    replicas: tuple[GatewayProcess, GatewayProcess], redis_server: RedisProcess
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    redis_server: RedisProcess,
+    secret: str,
+    stored: str,
 ) -> None:
     a, _ = replicas
-    secret = "Mail jane.doe@example.com or call +44 20 7946 0958 about order 12."
     reply = httpx.post(
         a.base_url + "/chat/completions",
         json={"model": "fixed-a", "messages": [{"role": "user", "content": secret}]},
@@ -108,8 +122,7 @@ def test_stored_interactions_are_redacted(
     while (record := feedback_log.interaction(r, reply["id"])) is None:
         assert time.monotonic() < deadline, "the interaction was not logged"
         time.sleep(0.05)
-    stored = record["messages"][0]["content"]
-    assert stored == "Mail [email] or call [phone] about order 12."
+    assert record["messages"][0]["content"] == stored
 
 
 def test_api_keys_never_reach_the_logs_or_error_messages(

@@ -328,7 +328,7 @@ async def overview(control: Control, redis: aioredis.Redis) -> list[dict[str, An
     """Each experiment's state with its report (arms, shares, ratings, decision, pin)."""
     out = []
     for state in await control.experiments.states():
-        rep = await control.report(state["name"])
+        rep = await control.report(state["name"], languages=False)
         out.append({"state": state, "report": rep})
     return out
 

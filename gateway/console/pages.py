@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..experiments import promoted, weighted
 from ..records import unpack
+from ..report import LANGUAGE_SAMPLE
 from . import data, svg
 from .access import COOKIE, Access, User
 
@@ -255,6 +256,8 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             window=window,
             since=since or "",
             until=until or "",
+            language_sample=LANGUAGE_SAMPLE,
+            hot_hours=st.settings.interaction_log.hot_s / 3600,
         )
 
     @router.post("/actions/confirm")
