@@ -28,7 +28,6 @@ dataset example with a counter.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,17 +126,30 @@ class VLLMTokenize(Counter):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=root, headers=headers, timeout=timeout)
         self.model = model
+        self._texts: dict[str, int] = {}
         self.name = f"vllm:{model} ({root}/tokenize)"
-        self.text("probe")  # fails here, not at the first real count, when it cannot count
+        try:
+            self.text("probe")  # fails here, not at the first real count, when it cannot
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __del__(self) -> None:  # a counter is used until its last count: then let go
+        self._http.close()
 
     def _count(self, body: dict[str, Any]) -> int:
         resp = self._http.post("/tokenize", json={"model": self.model, **body})
-        resp.raise_for_status()
+        if resp.is_error:
+            raise RuntimeError(f"POST {resp.request.url}: HTTP {resp.status_code}")
         return int(resp.json()["count"])
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - a counter lives as long as its use
     def text(self, text: str) -> int:
-        return self._count({"prompt": text, "add_special_tokens": False})
+        if text not in self._texts:  # (answers repeat: one request each)
+            self._texts[text] = self._count({"prompt": text, "add_special_tokens": False})
+        return self._texts[text]
 
     def messages(self, messages: Messages) -> int:
         return self._count({"messages": plain(messages), "add_generation_prompt": False})
@@ -207,7 +219,7 @@ def first(*makers: Callable[[], Counter]) -> Counter:
         try:
             return make()
         except Exception as exc:  # noqa: BLE001 - the reasons are named in the estimate
-            why.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+            why.append(" ".join(str(exc).split())[:160] or type(exc).__name__)
     return Estimate("; ".join(why) or "no tokenizer")
 
 
