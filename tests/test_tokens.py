@@ -15,13 +15,17 @@ from tokenizers import Tokenizer
 
 from gateway.config import load_settings
 from localstack import VLLMServer, free_port
-from retrain import tokens
+from retrain import evaluate, tokens
 from retrain.config import RetrainSettings, TrainingPrice
 from retrain.curate import SFT, Example, TokenCounter
 from retrain.dataset import price_counter
+from retrain.evaluate import Case
+from retrain.gateway_client import Gateway
 from retrain.text_metrics import answer_budget
 
+from .conftest import ADMIN_KEY, API_KEY
 from .multilingual import ANSWERS, THAI, pairs
+from .services import GatewayProcess
 
 # The refund answer (177 characters in each language), counted by the encodings.
 O200K = {"th": 66, "vi": 48, "en": 39}
@@ -157,3 +161,34 @@ def test_the_budget_of_the_tiny_model_fits_the_expected_answer(tiny_model: Path)
         budget = answer_budget(ANSWERS[language], 1.5, 16, 512, own.text)
         assert budget == min(512, math.ceil(n * 1.5) + 16)
         assert budget >= n or n > 512
+
+
+def test_the_gate_counts_models_vllm_serves_with_the_servers_tokenizer(
+    gateway: GatewayProcess, tiny_model: Path, tmp_path: Path
+) -> None:
+    """``base`` against ``support-v1`` (an adapter on it), both on the real vLLM: each
+    expected answer is counted by vLLM's /tokenize, as the tiny model's tokenizer does."""
+    doc = yaml.safe_load(gateway.config_path.read_text())
+    doc["retrain"] = {"gateway_url": gateway.url, "gateway_key": API_KEY, "admin_key": ADMIN_KEY}
+    path = tmp_path / "retrain.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cfg = load_settings(path, schema=RetrainSettings)
+    client = Gateway(cfg)
+    try:
+        counter = tokens.for_models(cfg, client.model, ["base", "support-v1"])
+        assert counter.name.startswith("vllm:base (") and "vllm:support-v1 (" in counter.name
+        own = tokens.local(str(tiny_model))
+        cases = [
+            Case([{"role": "user", "content": q}], a)
+            for language in LANGUAGES
+            for q, a in pairs(language, 2)
+        ]
+        gate_cfg = cfg.retrain.eval.model_copy(update={"min_examples": len(cases)})
+        ev = evaluate.gate(cases, None, client.ask, "base", "support-v1", gate_cfg, counter)
+    finally:
+        client.http.close()
+    assert ev["tokenizer"] == counter.name and ev["tokens_exact"]
+    for row in ev["rows"]:
+        n = own.text(row["expected"])
+        assert row["expected_tokens"] == n
+        assert row["max_tokens"] == min(gate_cfg.max_tokens, math.ceil(n * 1.5) + 16)
