@@ -30,8 +30,8 @@ The result (:func:`gate`) is one JSON-serialisable dict, stored as the job's
 ``reason``, ``rule`` (the combined rule in words), ``missing``, ``config``,
 ``tokenizer`` and ``tokens_exact`` (what counted the answer budgets), one summary
 per source (``test``, ``golden``, ``judge``; None when not used) and ``rows`` (one per
-example: source, prompt, expected, its tokens, max_tokens, each model's answer and scores, the gain,
-the judge's verdicts).
+example: source, prompt, expected, max_tokens, each model's answer and scores, the gain,
+the judge's verdicts, and ``expected_tokens``: what the budget was counted on).
 """
 
 from __future__ import annotations

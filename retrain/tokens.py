@@ -28,6 +28,7 @@ dataset example with a counter.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,10 +90,12 @@ class OpenAIEncoding(Counter):
         from bpe_openai import get_encoding
 
         self._enc = get_encoding(encoding)
+        self._lock = threading.Lock()  # the gate counts from several threads
         self.name = f"openai:{encoding}"
 
     def text(self, text: str) -> int:
-        return len(self._enc.encode_ordinary(text))
+        with self._lock:
+            return len(self._enc.encode_ordinary(text))
 
     def messages(self, messages: Messages) -> int:
         # OpenAI's recipe: 3 tokens per message, 3 to prime the reply.
@@ -106,13 +109,16 @@ class HuggingFace(Counter):
         from transformers import AutoTokenizer
 
         self._tok: Any = AutoTokenizer.from_pretrained(model, local_files_only=local_only)
+        self._lock = threading.Lock()  # a fast tokenizer is not to be shared by threads
         self.name = model
 
     def text(self, text: str) -> int:
-        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            return len(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def messages(self, messages: Messages) -> int:
-        ids: Any = self._tok.apply_chat_template(plain(messages), tokenize=True)
+        with self._lock:
+            ids: Any = self._tok.apply_chat_template(plain(messages), tokenize=True)
         if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
             ids = ids["input_ids"]
         return len(ids)
@@ -232,16 +238,19 @@ def for_base_model(settings: RetrainSettings, model: str | None) -> Counter:
         makers.append(lambda: local(model))
     if up is not None and up.kind == "vllm":
         key = up.api_key.get_secret_value()
-        if model:
-            makers.append(lambda: served(up.urls[0], model, key))
-        makers.append(lambda: served(up.urls[0], _served_base(settings), key))
+        makers.append(lambda: served(up.urls[0], served_base(up.urls[0], key), key))
     return first(*makers)
 
 
-def _served_base(settings: RetrainSettings) -> str:
-    from .preflight import upstream_base_model
-
-    return upstream_base_model(settings)
+def served_base(base_url: str, api_key: str = "") -> str:
+    """The name a vLLM server serves its base model by (its only model without a parent)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    resp = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=10)
+    resp.raise_for_status()
+    bases = [str(m["id"]) for m in resp.json()["data"] if not m.get("parent")]
+    if len(bases) != 1:
+        raise ValueError(f"{base_url}/models: {len(bases)} base models, not one")
+    return bases[0]
 
 
 def for_served_model(settings: RetrainSettings, info: dict[str, Any]) -> Counter:
@@ -287,7 +296,7 @@ def for_training(settings: RetrainSettings, provider: str | None = None) -> Coun
     known here)."""
     cfg = settings.retrain
     if cfg.tokenizer:
-        return local(cfg.tokenizer)
+        return HuggingFace(cfg.tokenizer)  # as configured: fetched from the hub if need be
     if (provider or cfg.provider) == "openai":
         return openai(cfg.openai.base_model, cfg.tiktoken_encoding)
     return for_base_model(settings, cfg.local.base_model)
@@ -300,7 +309,7 @@ class TokenCounter:
     def __init__(self, counter: Counter | str | None = None, encoding: str = "o200k_base"):
         """``counter``; or a local tokenizer's name (a str); or None: ``encoding``."""
         if isinstance(counter, str):
-            counter = local(counter)
+            counter = HuggingFace(counter)
         self.counter = counter or openai("", encoding)
         self.name = self.counter.name
         self.exact = self.counter.exact
