@@ -26,6 +26,7 @@ from retrain.text_metrics import answer_budget
 from .conftest import ADMIN_KEY, API_KEY
 from .multilingual import ANSWERS, THAI, pairs
 from .services import GatewayProcess
+from .test_dataset import build, new_experiment, serve_and_rate, settings_for
 
 # The refund answer (177 characters in each language), counted by the encodings.
 O200K = {"th": 66, "vi": 48, "en": 39}
@@ -191,3 +192,29 @@ def test_the_gate_counts_models_vllm_serves_with_the_servers_tokenizer(
         n = own.text(row["expected"])
         assert row["expected_tokens"] == n
         assert row["max_tokens"] == min(gate_cfg.max_tokens, math.ceil(n * 1.5) + 16)
+
+
+def test_a_build_counts_with_the_served_model_and_prices_each_model_in_its_own_tokens(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    """No tokenizer and no base model configured: the build counts with the model the
+    local vLLM upstream serves; an OpenAI price is counted in that model's encoding."""
+    exp = new_experiment(gateway)
+    items = [
+        {"prompt": q, "user": f"th-{i}", "rating": "down", "correction": a}
+        for i, (q, a) in enumerate(pairs("th", 6))
+    ]
+    serve_and_rate(gateway, exp, items)
+    prices = [
+        {"provider": "openai", "model": "gpt-4o-mini-2024-07-18", "per_1m_tokens": 3.0},
+        {"provider": "local", "model": "tiny", "per_1m_tokens": 0.5},
+    ]
+    cfg, _ = settings_for(gateway, tmp_path, prices=prices)
+    manifest = build(cfg, exp, dry_run=True).manifest
+    assert manifest["tokenizer"].startswith("vllm:base (") and manifest["tokens_exact"]
+    hosted, local = manifest["cost_estimates"]
+    assert local["tokenizer"] == manifest["tokenizer"]
+    trained = manifest["tokens"].get("train", 0) + manifest["tokens"].get("preference", 0)
+    assert local["tokens"] == 3 * trained > 0
+    assert hosted["tokenizer"] == "openai:o200k_base"
+    assert 0 < 3 * hosted["tokens"] < local["tokens"]  # Thai: words in o200k, bytes here
