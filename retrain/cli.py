@@ -432,7 +432,7 @@ def _build(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from retrain import evaluate
+    from retrain import evaluate, tokens
     from retrain.config import load as load_config
     from retrain.gateway_client import Gateway
 
@@ -451,8 +451,11 @@ def _eval(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        gateway = Gateway(settings)
+        models = [args.control, args.candidate]
+        counter = tokens.for_models(settings, gateway.model, models)
         result = evaluate.gate_dataset(
-            args.dataset, Gateway(settings).ask, args.control, args.candidate, cfg, golden
+            args.dataset, gateway.ask, args.control, args.candidate, cfg, golden, counter
         )
     except (ValueError, OSError) as exc:
         print(f"retrain eval: {exc}", file=sys.stderr)
@@ -691,6 +694,8 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
         console.print(example_table(ev["rows"], metric, console.width))
     console.print(table)
     print(f"rule: {ev['rule']}")
+    if ev.get("tokenizer"):
+        print(f"answer budgets (max_tokens) counted by: {ev['tokenizer']}")
     print(ev["reason"])
 
 

@@ -210,9 +210,15 @@ class RetrainConfig(RetrainSection):
     min_examples: int = Field(50, ge=1, description="fewer supervised examples: no dataset")
     max_tokens: int = Field(4096, ge=16, description="longer examples are dropped")
     tokenizer: str | None = Field(
-        None, description="local model dir or HF name; none: tiktoken (OpenAI models)"
+        None,
+        description="local model dir or HF name whose tokenizer counts the examples; none: "
+        "the trained model's own (local: the base model's tokenizer, else its vLLM server's "
+        "/tokenize; openai: the base model's encoding)",
     )
-    tiktoken_encoding: str = Field("o200k_base", description="tiktoken's encoding, no tokenizer")
+    tiktoken_encoding: Literal["o200k_base", "cl100k_base"] = Field(
+        "o200k_base",
+        description="openai: the encoding of a base model whose encoding is not known here",
+    )
     near_duplicate: float = Field(
         0.85, gt=0, le=1, description="MinHash Jaccard similarity above which one is dropped"
     )

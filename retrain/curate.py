@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.records import text_of
 from gateway.redact import redact
+
+from .tokens import TokenCounter as TokenCounter  # counts an example's tokens
 
 SFT, DPO = "sft", "dpo"
 NUM_PERM = 128  # MinHash permutations: the similarity estimate's error is about 1/sqrt(128)
@@ -229,68 +230,6 @@ def _message_errors(messages: Any) -> list[str]:
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         errors.append("example_missing_assistant_message")
     return sorted(set(errors))
-
-
-class TokenCounter:
-    """Tokens of one line: the local model's own chat template, or tiktoken.
-
-    tiktoken downloads its encodings on first use; where that cannot happen (offline),
-    counts fall back to a conservative estimate (characters / 3) and ``exact`` is False,
-    which the manifest records.
-    """
-
-    def __init__(self, tokenizer: str | None, encoding: str) -> None:
-        self.name = tokenizer or f"tiktoken:{encoding}"
-        self.exact = True
-        self._count: Callable[[list[dict[str, Any]]], int]
-        if tokenizer:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(tokenizer)
-
-            def count_local(messages: list[dict[str, Any]]) -> int:
-                ids: Any = tok.apply_chat_template(_plain(messages), tokenize=True)
-                if hasattr(ids, "keys"):  # a BatchEncoding in newer transformers
-                    ids = ids["input_ids"]
-                return len(ids)
-
-            self._count = count_local
-            return
-        try:
-            import tiktoken
-
-            enc = tiktoken.get_encoding(encoding)
-
-            def count_tiktoken(messages: list[dict[str, Any]]) -> int:
-                # OpenAI's recipe: 3 tokens per message, 3 to prime the reply.
-                return 3 + sum(3 + len(enc.encode(_message_text(m))) for m in messages)
-
-            self._count = count_tiktoken
-        except Exception:  # noqa: BLE001 - offline: tiktoken cannot fetch its encoding
-            self.exact = False
-            self.name += " (estimated: offline)"
-            self._count = lambda ms: 3 + sum(4 + len(_message_text(m)) // 3 for m in ms)
-
-    def __call__(self, example: Example) -> int:
-        line = example.line
-        if example.kind == DPO:
-            base = line["input"]["messages"]
-            return max(
-                self._count(base + line["preferred_output"]),
-                self._count(base + line["non_preferred_output"]),
-            )
-        return self._count(line["messages"])
-
-
-def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"role": m["role"], "content": _message_text(m)} for m in messages]
-
-
-def _message_text(m: dict[str, Any]) -> str:
-    """What a message's tokens are counted on: its text and its tool calls' arguments."""
-    calls = m.get("tool_calls") or []
-    extra = [str((c.get("function") or {}).get("arguments") or "") for c in calls]
-    return " ".join([text_of(m.get("content")), *extra]).strip()
 
 
 @dataclass

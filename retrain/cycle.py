@@ -40,7 +40,7 @@ from gateway import keys
 from gateway.locks import Lock, alive
 from gateway.records import JobStatus, RunOutcome
 
-from . import evaluate, preflight
+from . import evaluate, preflight, tokens
 from .config import RetrainSettings
 from .dataset import Builder
 from .exit_codes import ExitCode
@@ -270,7 +270,16 @@ def _run(
         state = gateway.experiment(experiment)
         spec = state["spec"]
         control = spec.get("control") or spec["arms"][0]["model"]
-        result = evaluate.gate_dataset(version.path, gateway.ask, control, name, cfg.eval)
+        trained = (
+            tokens.for_base_model(settings, base_model)
+            if provider == "local"
+            else tokens.openai(cfg.openai.base_model, cfg.tiktoken_encoding)
+        )
+        counter = tokens.for_models(settings, gateway.model, [control, name], {name: trained})
+        log(f"{job['id']}: answer budgets counted by {counter.name}")
+        result = evaluate.gate_dataset(
+            version.path, gateway.ask, control, name, cfg.eval, tokens=counter
+        )
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
             gateway.unregister(name)

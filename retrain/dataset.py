@@ -49,7 +49,8 @@ from gateway.archive import Archive, default_url, find_interactions
 from gateway.locks import Lock
 from gateway.records import InteractionRecord, text_of
 
-from .config import RetrainConfig, RetrainSettings
+from . import tokens
+from .config import RetrainConfig, RetrainSettings, TrainingPrice
 from .curate import DPO, MESSAGE_KEYS, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
 from .faults import crash_point
@@ -332,6 +333,25 @@ def tally(
     return dict(counts), dict(tokens), {k: dict(v) for k, v in by_source.items()}
 
 
+def trained_on(ex: Example) -> bool:
+    """Whether training reads the example (the train split and the train pairs)."""
+    return (ex.split or "train") == "train" if ex.kind != DPO else ex.split == "train"
+
+
+def price_counter(
+    settings: RetrainSettings, price: TrainingPrice, counter: TokenCounter
+) -> TokenCounter:
+    """What a training price's tokens are counted with: the priced model's tokenizer
+    (``counter``, the build's own, where that is the same one)."""
+    if price.provider == "openai":
+        priced = tokens.openai(price.model)
+    elif settings.retrain.provider == "local":
+        return counter  # the build counts with the local base model's tokenizer already
+    else:
+        priced = tokens.first(lambda: tokens.local(price.model))
+    return counter if priced.name == counter.name else TokenCounter(priced)
+
+
 def dataset_id(examples: list[Example]) -> str:
     digest = hashlib.sha256()
     for key, split in sorted((ex.key, ex.split or "") for ex in examples):
@@ -494,10 +514,13 @@ class Builder:
         new = gathered.examples + reviewed
 
         # 3. curate
-        counter = TokenCounter(self.cfg.tokenizer, self.cfg.tiktoken_encoding)
+        counter = TokenCounter(tokens.for_training(self.settings))
         curator = Curator(counter, self.cfg.max_tokens, self.cfg.near_duplicate, self.cfg.redact)
         curator.dropped.update(gathered.dropped)
         kept = parent.examples if parent else []
+        if parent is not None and parent.manifest.get("tokenizer") != counter.name:
+            for ex in kept:  # counted by another tokenizer: one version, one tokenizer
+                ex.tokens = counter(ex)
         step = self.progress("curate", len(new))
         new = curator.clean(new)
         step(len(new))
@@ -582,18 +605,23 @@ class Builder:
         review_used: list[str],
         events_read: int,
     ) -> dict[str, Any]:
-        counts, tokens, by_source = tally(examples)
-        trained = tokens.get("train", 0) + tokens.get("preference", 0)
-        costs = [
-            {
-                "provider": p.provider,
-                "model": p.model,
-                "epochs": self.cfg.epochs,
-                "tokens": trained * self.cfg.epochs,
-                "cost": round(trained * self.cfg.epochs * p.per_1m_tokens / 1e6, 4),
-            }
-            for p in self.cfg.prices
-        ]
+        counts, per_file, by_source = tally(examples)
+        costs = []
+        for p in self.cfg.prices:
+            priced = price_counter(self.settings, p, counter)
+            trained = sum(
+                ex.tokens if priced is counter else priced(ex) for ex in examples if trained_on(ex)
+            )
+            costs.append(
+                {
+                    "provider": p.provider,
+                    "model": p.model,
+                    "epochs": self.cfg.epochs,
+                    "tokens": trained * self.cfg.epochs,
+                    "tokenizer": priced.name,
+                    "cost": round(trained * self.cfg.epochs * p.per_1m_tokens / 1e6, 4),
+                }
+            )
         return {
             "id": vid,
             "experiment": self.experiment,
@@ -605,7 +633,7 @@ class Builder:
             "dropped": dict(curator.dropped),
             "neutral_ratings": gathered.neutral,
             "review_queue": {"added": len(gathered.review), "corrections_used": len(review_used)},
-            "tokens": tokens,
+            "tokens": per_file,
             "tokenizer": counter.name,
             "tokens_exact": counter.exact,
             "cost_estimates": costs,

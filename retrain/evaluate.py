@@ -2,7 +2,7 @@
 it must not be? (``retrain run``'s "evaluate" step, and ``retrain eval`` alone.)
 
 Every example's conversation goes through the gateway to both models (by name,
-temperature 0, ``max_tokens`` from the expected answer's length: see
+temperature 0, ``max_tokens`` from the expected answer's tokens as the models count them, see
 ``text_metrics.answer_budget``) and each answer is scored against the expected answer:
 chrF, ROUGE-L, exact match and, where the expected answer is JSON, whether the answer
 is valid JSON (``text_metrics``: every score reads Thai and Vietnamese too). The
@@ -35,10 +35,11 @@ Thai fine-tune that starts answering in English is refused. Each row has its
 
 The result (:func:`gate`) is one JSON-serialisable dict, stored as the job's
 ``evaluation``: ``outcome`` (``passed``, ``rejected`` or ``collect-more``), ``passed``,
-``reason``, ``rule`` (the combined rule in words), ``missing``, ``config``, one summary
+``reason``, ``rule`` (the combined rule in words), ``missing``, ``config``,
+``tokenizer`` and ``tokens_exact`` (what counted the answer budgets), one summary
 per source (``test``, ``golden``, ``judge``; None when not used) and ``rows`` (one per
 example: source, prompt, expected, max_tokens, each model's answer and scores, the gain,
-the judge's verdicts).
+the judge's verdicts, and ``expected_tokens``: what the budget was counted on).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from typing import Any
 from gateway.text import language
 
 from . import judge as judging
+from . import tokens as tokenizers
 from .config import Eval
 from .text_metrics import METRICS, answer_budget, score
 from .uncertainty import Interval, paired_bootstrap
@@ -163,13 +165,17 @@ def gate(
     control: str,
     candidate: str,
     cfg: Eval,
+    tokens: tokenizers.Counter | None = None,
 ) -> dict[str, Any]:
     """Decide whether ``candidate`` may replace ``control`` (see the module docstring).
 
     ``cases``: the test split (None: not a source, e.g. ``retrain eval`` without a
     dataset); ``golden``: the golden set (None: none); ``ask(model, messages,
-    max_tokens)`` returns one greedy answer through the gateway.
+    max_tokens)`` returns one greedy answer through the gateway; ``tokens`` counts the
+    expected answers for their budgets (the models' tokenizer: ``tokens.for_models``;
+    None: the estimate, named as such in the result).
     """
+    counter = tokens or tokenizers.estimate("no tokenizer given for the compared models")
     if cases is None and not golden:
         raise ValueError("nothing to evaluate on: neither a test split nor a golden set")
     result: dict[str, Any] = {
@@ -179,6 +185,8 @@ def gate(
         "golden_cases": len(golden or []),
         "rule": rule_text(cfg, test=cases is not None, golden=bool(golden)),
         "config": cfg.model_dump(mode="json"),
+        "tokenizer": counter.name,
+        "tokens_exact": counter.exact,
         "missing": 0,
         "test": None,
         "golden": None,
@@ -197,7 +205,7 @@ def gate(
     work = [("test", c) for c in cases or []] + [("golden", c) for c in golden or []]
 
     def one(item: tuple[str, Case]) -> dict[str, Any]:
-        return _example(item[0], item[1], ask, control, candidate, cfg)
+        return _example(item[0], item[1], ask, control, candidate, cfg, counter)
 
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
         rows = list(pool.map(one, work))
@@ -231,6 +239,7 @@ def gate_dataset(
     candidate: str,
     cfg: Eval,
     golden_path: Path | None = None,
+    tokens: tokenizers.Counter | None = None,
 ) -> dict[str, Any]:
     """:func:`gate` on a dataset version's test split and the golden set
     (``golden_path``, else ``cfg.golden``)."""
@@ -239,7 +248,7 @@ def gate_dataset(
     golden = read_cases(path) if path is not None else None
     if path is not None and not golden:
         raise ValueError(f"{path}: the golden set has no examples")
-    return gate(cases, golden, ask, control, candidate, cfg)
+    return gate(cases, golden, ask, control, candidate, cfg, tokens)
 
 
 def _prompt(messages: list[dict[str, Any]]) -> str:
@@ -248,13 +257,27 @@ def _prompt(messages: list[dict[str, Any]]) -> str:
 
 
 def _example(
-    source: str, case: Case, ask: Ask, control: str, candidate: str, cfg: Eval
+    source: str,
+    case: Case,
+    ask: Ask,
+    control: str,
+    candidate: str,
+    cfg: Eval,
+    tokens: tokenizers.Counter,
 ) -> dict[str, Any]:
-    budget = answer_budget(case.expected, cfg.answer_factor, cfg.answer_slack, cfg.max_tokens)
+    expected_tokens = tokens.text(case.expected)
+    budget = answer_budget(
+        case.expected,
+        cfg.answer_factor,
+        cfg.answer_slack,
+        cfg.max_tokens,
+        lambda _: expected_tokens,
+    )
     row: dict[str, Any] = {
         "source": source,
         "prompt": _prompt(case.messages),
         "expected": case.expected,
+        "expected_tokens": expected_tokens,
         "max_tokens": budget,
     }
     answers = {}

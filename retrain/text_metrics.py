@@ -13,9 +13,10 @@ without spaces between words) has words at all.
   ignored), or for a JSON expected answer the same JSON document.
 * ``valid_json``: for expected answers that are JSON (an object or an array), whether
   the answer parses as JSON too.
-* ``answer_budget``: the ``max_tokens`` an answer gets: the expected answer's estimated
-  tokens times a factor plus a slack, capped — so a long expected answer is not cut
-  short and a short one does not let a rambling model run on.
+* ``answer_budget``: the ``max_tokens`` an answer gets: the expected answer's tokens
+  (counted by the compared models' tokenizer) times a factor plus a slack, capped — so
+  a long expected answer is not cut short and a short one does not let a rambling model
+  run on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from gateway.text import nfc, words
@@ -95,9 +97,16 @@ def estimate_tokens(text: str) -> int:
     return max(math.ceil(len(text) / CHARS_PER_TOKEN), len(text.split()))
 
 
-def answer_budget(expected: str, factor: float, slack: int, cap: int) -> int:
-    """``max_tokens`` for an answer expected to look like ``expected``."""
-    return max(1, min(cap, math.ceil(estimate_tokens(expected) * factor) + slack))
+def answer_budget(
+    expected: str,
+    factor: float,
+    slack: int,
+    cap: int,
+    count: Callable[[str], int] = estimate_tokens,
+) -> int:
+    """``max_tokens`` for an answer expected to look like ``expected``, whose tokens
+    ``count`` counts (the compared models' tokenizer: ``retrain.tokens``)."""
+    return max(1, min(cap, math.ceil(count(expected) * factor) + slack))
 
 
 def score(answer: str, expected: str) -> dict[str, Any]:

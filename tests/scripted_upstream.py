@@ -4,7 +4,10 @@ Not a stand-in for vLLM (normal serving is tested on the real vLLM server). Each
 name maps to a function of the request's messages that returns the answer, so a test
 can make one model better than another on exactly the examples it chooses, or make a
 judge model answer scripted verdicts. An answer is cut at the request's ``max_tokens``,
-counting a word as a token, so a test sees the limit the caller sent. A function may
+counting a word as a token, so a test sees the limit the caller sent; or, given
+``encodings`` (a model name's prefix → a tokenizer with ``encode`` and ``decode``, e.g.
+an OpenAI encoding), in that tokenizer's tokens, as a hosted model would cut it. Each
+answer's ``(model, finish_reason)`` is kept in ``finishes``. A function may
 also return a whole assistant message (a dict: ``content`` and ``tool_calls``), sent as
 it is. With ``n`` > 1, choice ``i`` (from 1) is the answer followed by `` #i``. Every
 request body is kept in ``requests``.
@@ -23,10 +26,15 @@ Script = dict[str, Callable[[list[dict[str, Any]]], Any]]
 
 
 class ScriptedUpstream(BackgroundServer):
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, encodings: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.script = script
+        self.encodings = encodings or {}
         self.requests: list[dict[str, Any]] = []
+        self.finishes: list[tuple[str, str]] = []
+
+    def _encoding(self, model: str) -> Any:
+        return next((e for p, e in self.encodings.items() if model.startswith(p)), None)
 
     def asked(self, model: str) -> list[dict[str, Any]]:
         """The request bodies ``model`` received, in order."""
@@ -39,24 +47,27 @@ class ScriptedUpstream(BackgroundServer):
         if answer_of is None:
             return web.json_response({"error": {"message": "no such model"}}, status=404)
         answer = answer_of(body["messages"])
+        pieces: list[Any]  # words, or the encoding's tokens
         if isinstance(answer, dict):
             message = {"role": "assistant", "content": None, **answer}
             finish = "tool_calls" if message.get("tool_calls") else "stop"
-            words = (message["content"] or "").split(" ")
-            limit = len(words)
+            pieces = (message["content"] or "").split(" ")
+            limit = len(pieces)
             choices = [{"index": 0, "finish_reason": finish, "message": message}]
         else:
-            words = answer.split(" ")
-            limit = body.get("max_tokens") or len(words)
-            text = " ".join(words[:limit])
+            enc = self._encoding(body["model"])
+            pieces = enc.encode(answer) if enc is not None else answer.split(" ")
+            limit = body.get("max_tokens") or len(pieces)
+            text = enc.decode(pieces[:limit]) if enc is not None else " ".join(pieces[:limit])
             choices = [
                 {
                     "index": i,
-                    "finish_reason": "length" if len(words) > limit else "stop",
+                    "finish_reason": "length" if len(pieces) > limit else "stop",
                     "message": {"role": "assistant", "content": text + (f" #{i}" if i else "")},
                 }
                 for i in range(body.get("n") or 1)
             ]
+        self.finishes.append((body["model"], str(choices[0]["finish_reason"])))
         return web.json_response(
             {
                 "id": "scripted-1",
@@ -66,8 +77,8 @@ class ScriptedUpstream(BackgroundServer):
                 "choices": choices,
                 "usage": {
                     "prompt_tokens": 1,
-                    "completion_tokens": min(limit, len(words)),
-                    "total_tokens": 1 + min(limit, len(words)),
+                    "completion_tokens": min(limit, len(pieces)),
+                    "total_tokens": 1 + min(limit, len(pieces)),
                 },
             }
         )
