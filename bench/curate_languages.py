@@ -11,7 +11,8 @@ Prints, with the builder's own functions and default thresholds:
   and of two;
 * a Vietnamese example typed in NFD (letters and combining marks) against NFC: their
   similarity, whether their content keys and written text are equal;
-* how many of 10 distinct pairs are kept when all share a long system prompt;
+* how many of 10 distinct pairs are kept when all share a long system prompt (random
+  words of the English answers), the pairs whole and cut to their first sentence;
 * of 150 near-identical Thai pairs from two users each (two words of the answer
   changed), how many land in different splits, and in train and test; and of those at
   least ``split_together`` similar.
@@ -72,11 +73,11 @@ def curator(**kwargs: Any) -> Curator:
     return Curator(TokenCounter(None, "o200k_base"), 100_000, 0.85, **kwargs)
 
 
-def kept_with_system_prompt(length: int) -> int:
+def kept_with_system_prompt(length: int, short: bool) -> int:
     vocabulary = sorted({w for _, a in PAIRS["en"] for w in a.split()})
     system = " ".join(random.Random(length).choices(vocabulary, k=length))
     new = [
-        Example(SFT, line(q, a, system), "served", f"user:{i}")
+        Example(SFT, line(q, a.split(". ")[0] if short else a, system), "served", f"user:{i}")
         for i, (q, a) in enumerate(PAIRS["en"])
     ]
     return len(curator().deduplicate([], new))
@@ -138,8 +139,11 @@ def main() -> None:
         f"same written text: {cleaned[0].line == cleaned[1].line}"
     )
     for length in (252, 504):
-        kept = kept_with_system_prompt(length)
-        print(f"10 distinct pairs, a {length}-word system prompt: {kept} kept")
+        whole, short = kept_with_system_prompt(length, False), kept_with_system_prompt(length, True)
+        print(
+            f"10 distinct pairs, a {length}-word system prompt: {whole} kept "
+            f"({short} of them cut to their first sentence)"
+        )
     counts = ", ".join(f"{k} {v}" for k, v in straddling().items())
     print(f"150 near-identical Thai pairs from two users: {counts}")
 
