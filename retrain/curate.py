@@ -389,8 +389,7 @@ class Curator:
         both = kept + new
         signatures = np.empty((len(both), NUM_PERM), dtype=np.uint64)
         for i, ex in enumerate(both):
-            parts = [_cached_word_hashes(t, cache) for t in near_texts(ex.line)]
-            signatures[i] = _signature(_shingles(parts))
+            signatures[i] = _signature(_shingles(_text_word_hashes(near_texts(ex.line), cache)))
         index = _BandIndex(signatures, lsh.b, lsh.r)
         for i in range(len(kept)):
             index.add(i)
@@ -438,8 +437,7 @@ def _shingle_hashes(text: str | list[str], n: int = 3) -> list[int]:
     other), over its words as :func:`gateway.text.words` reads them: folded, Thai
     segmented, punctuation apart. Splitting on spaces made a Thai paragraph one "word",
     so a one-word change shared no shingle at all."""
-    texts = [text] if isinstance(text, str) else text
-    return _shingles([_word_hashes(t) for t in texts], n)
+    return _shingles(_text_word_hashes([text] if isinstance(text, str) else text, {}), n)
 
 
 def _word_hashes(text: str) -> Any:
@@ -458,15 +456,28 @@ def _word_hashes(text: str) -> Any:
     return np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(found))
 
 
-def _cached_word_hashes(text: str, cache: dict[str, Any]) -> Any:
-    """:func:`_word_hashes`, remembered for text outside ASCII: segmenting Thai costs
-    ten times splitting English, and a preference pair repeats its sibling's texts."""
-    if text.isascii():
-        return _word_hashes(text)
-    found = cache.get(text)
-    if found is None:
-        found = cache[text] = _word_hashes(text)
-    return found
+def _text_word_hashes(texts: list[str], cache: dict[str, Any]) -> list[Any]:
+    """The word hashes of strings one after another (arrays, to concatenate).
+
+    Consecutive ASCII strings are read as one (a space between them: the same words)
+    and hashed in one call. Other text is remembered in ``cache``: segmenting Thai costs
+    ten times splitting English, and a preference pair repeats its sibling's texts.
+    """
+    parts, plain = [], []
+    for text in texts:
+        if text.isascii():
+            plain.append(text)
+            continue
+        if plain:
+            parts.append(_word_hashes(" ".join(plain)))
+            plain = []
+        found = cache.get(text)
+        if found is None:
+            found = cache[text] = _word_hashes(text)
+        parts.append(found)
+    if plain:
+        parts.append(_word_hashes(" ".join(plain)))
+    return parts
 
 
 def _shingles(parts: list[Any], n: int = 3) -> list[int]:
