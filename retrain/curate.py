@@ -163,14 +163,19 @@ def _folded(value: Any) -> Any:
     example of every build.)"""
     if isinstance(value, dict):
         return {
-            k: " ".join(fold(v).split()) if type(v) is str else _folded(v)
+            k: " ".join(_fold(v).split()) if type(v) is str else _folded(v)
             for k, v in sorted(value.items())
         }
     if isinstance(value, list):
-        return [" ".join(fold(v).split()) if type(v) is str else _folded(v) for v in value]
+        return [" ".join(_fold(v).split()) if type(v) is str else _folded(v) for v in value]
     if isinstance(value, str):
         return " ".join(fold(value).split())
     return value
+
+
+def _fold(text: str) -> str:
+    """:func:`gateway.text.fold`, with ASCII text (most of it) lower-cased in place."""
+    return text.lower() if text.isascii() else fold(text)
 
 
 def normalise_text(text: str) -> str:
