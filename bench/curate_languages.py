@@ -141,8 +141,8 @@ def main() -> None:
     for length in (252, 504):
         whole, short = kept_with_system_prompt(length, False), kept_with_system_prompt(length, True)
         print(
-            f"10 distinct pairs, a {length}-word system prompt: {whole} kept "
-            f"({short} of them cut to their first sentence)"
+            f"10 distinct pairs, a {length}-word system prompt: {whole} kept; "
+            f"cut to their first sentence: {short} kept"
         )
     counts = ", ".join(f"{k} {v}" for k, v in straddling().items())
     print(f"150 near-identical Thai pairs from two users: {counts}")
