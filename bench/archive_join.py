@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -43,11 +44,17 @@ ENGINES = ("duckdb", "pyarrow")
 
 
 def build_archive(
-    root: str, rows: int, fresh: set[int] | None = None, days: int = 10, per_file: int = 50_000
+    root: str,
+    rows: int,
+    fresh: set[int] | None = None,
+    days: int = 10,
+    per_file: int = 50_000,
+    text: Callable[[int, random.Random, int], str] | None = None,
 ) -> list[str]:
     """Write ``rows`` interactions as the archiver would; returns their ids. A row whose
     number is in ``fresh`` gets a question and answer of its own (its conversation is new
-    text); the others repeat a file's worth of conversations, one per file."""
+    text: ``text(row, rng, characters)``, English-like words by default); the others
+    repeat a file's worth of conversations, one per file."""
     import pyarrow as pa
 
     fresh = fresh or set()
@@ -70,10 +77,11 @@ def build_archive(
         if mine:
             changed["messages"], changed["answer"] = messages[:count], columns["answer"][:count]
             for i in mine:
+                write = text or (lambda _row, rng, chars: _text(rng, chars))
                 history = template[i]["messages"][:-1]
-                question = {"role": "user", "content": _text(rng, 130)}
+                question = {"role": "user", "content": write(n + i, rng, 130)}
                 changed["messages"][i] = orjson.dumps([*history, question])
-                changed["answer"][i] = _text(rng, 200)
+                changed["answer"][i] = write(n + i, rng, 200)
         for name, values in changed.items():
             part = part.set_column(names.index(name), name, pa.array(values, pa.string()))
         rel = f"interactions/date={day}/exp=ab/part-{n + 1}-0.parquet"

@@ -1,12 +1,17 @@
 """How long ``retrain build`` takes for 100,000 feedback events (the target: under a minute).
 
-    .venv/bin/python -m bench.dataset_build [--events 100000]
+    .venv/bin/python -m bench.dataset_build [--events 100000] [--workload mixed|english]
     .venv/bin/python -m bench.dataset_build --archived 1000000 [--events 100000]
 
 Starts its own ``redis-server``, fills it with interactions and rating events shaped
 exactly as the gateway writes them (40% failures with a correction, 30% well rated,
 20% failures without one, 10% neutral; every text distinct), then runs the real
 builder and prints the time of each stage and in all.
+
+The workload ``mixed`` (the default) writes 30% of the rated conversations' questions,
+answers and corrections in Thai (dictionary words, no spaces but between phrases) and
+10% in Vietnamese (syllables of real support-desk text), the rest in English-like words;
+``english`` writes them all in English-like words (what this bench measured before).
 
 With ``--archived N``, the interactions are past the hot window: an archive of ``N``
 interactions (``bench/archive_join.py``: 1.7 KB conversations, files of 50,000 in 10 daily
@@ -18,6 +23,8 @@ its wall time, stages and peak RSS.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import os
 import random
 import resource
@@ -38,30 +45,81 @@ from retrain.dataset import Builder
 from tests.services import RedisProcess
 
 WORDS = [f"w{i}" for i in range(20_000)]
+WORKLOADS = {"mixed": (("th", 0.3), ("vi", 0.1)), "english": ()}  # shares not English
 
 
 def text(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def fill(client: redis.Redis, experiment: str, n: int, seed: int = 0) -> None:
+def language(key: int, workload: str) -> str:
+    """The language of a rated conversation (by its number: the same for its question,
+    answer and correction)."""
+    u = int.from_bytes(hashlib.sha256(str(key).encode()).digest()[:8], "big") / 2**64
+    for lang, share in WORKLOADS[workload]:
+        if u < share:
+            return lang
+        u -= share
+    return "en"
+
+
+def words_in(lang: str, rng: random.Random, n: int) -> str:
+    """About ``n`` words' worth of text (English: ``n`` words as this bench always wrote)."""
+    if lang == "en":
+        return text(rng, n)
+    return written(lang, rng, n * 6)
+
+
+def written(lang: str, rng: random.Random, chars: int) -> str:
+    """At most ``chars`` characters of random words of ``lang``: Thai dictionary words
+    with a space after every four to eight (as Thai writers end a phrase), Vietnamese
+    syllables."""
+    vocabulary = _vocabulary(lang)
+    out: list[str] = []
+    size, phrase = 0, rng.randint(4, 8)
+    while size < chars:
+        word = rng.choice(vocabulary)
+        if lang == "vi" or (phrase := phrase - 1) == 0:
+            phrase = rng.randint(4, 8)
+            word += " "
+        out.append(word)
+        size += len(word)
+    return "".join(out)[:chars].strip()
+
+
+@functools.cache
+def _vocabulary(lang: str) -> list[str]:
+    if lang == "th":
+        from importlib.resources import files
+
+        listed = (files("pythainlp") / "corpus" / "words_th.txt").read_text().split("\n")
+        return sorted({w.strip() for w in listed if w.strip() and " " not in w.strip()})
+    from tests.support_desk import PAIRS
+
+    return sorted({w.strip(".,?").lower() for q, a in PAIRS[lang] for w in f"{q} {a}".split()})
+
+
+def fill(
+    client: redis.Redis, experiment: str, n: int, seed: int = 0, workload: str = "mixed"
+) -> None:
     rng = random.Random(seed)
     pipe = client.pipeline(transaction=False)
     for i in range(n):
         rid = f"chatcmpl-bench-{i}"
         kind = rng.random()
-        messages = [{"role": "user", "content": text(rng, 20)}]
+        lang = language(i, workload)
+        messages = [{"role": "user", "content": words_in(lang, rng, 20)}]
         interaction = {
             "id": rid,
             "experiment": experiment,
             "arm": "base",
             "user": f"u{i % 5000}",
             "messages": messages,
-            "answer": text(rng, 30),
+            "answer": words_in(lang, rng, 30),
             "status": "ok",
             "tenant": "default",
         }
-        score, correction = (0.0, text(rng, 30)) if kind < 0.4 else (1.0, None)
+        score, correction = (0.0, words_in(lang, rng, 30)) if kind < 0.4 else (1.0, None)
         if 0.7 <= kind < 0.9:
             score = 0.0
         elif kind >= 0.9:
@@ -90,10 +148,12 @@ def fill(client: redis.Redis, experiment: str, n: int, seed: int = 0) -> None:
     pipe.execute()
 
 
-def rating(i: int, rid: str, experiment: str, rng: random.Random) -> dict[str, Any]:
+def rating(
+    i: int, rid: str, experiment: str, rng: random.Random, lang: str = "en"
+) -> dict[str, Any]:
     """A rating event as ``POST /v1/feedback`` streams it (the mix in this module's doc)."""
     kind = rng.random()
-    score, correction = (0.0, text(rng, 30)) if kind < 0.4 else (1.0, None)
+    score, correction = (0.0, words_in(lang, rng, 30)) if kind < 0.4 else (1.0, None)
     if 0.7 <= kind < 0.9:
         score = 0.0
     elif kind >= 0.9:
@@ -118,15 +178,19 @@ def rating(i: int, rid: str, experiment: str, rng: random.Random) -> dict[str, A
     }
 
 
-def archived(rows: int, events: int, profile: str | None = None) -> None:
+def archived(rows: int, events: int, profile: str | None = None, workload: str = "mixed") -> None:
     """``retrain build`` with every rated interaction in the archive, none in Redis."""
-    from .archive_join import build_archive
+    from .archive_join import _text, build_archive
+
+    def conversation(row: int, rng: random.Random, chars: int) -> str:
+        lang = language(row, workload)
+        return _text(rng, chars) if lang == "en" else written(lang, rng, chars)
 
     rated = random.Random(5).sample(range(rows), events)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        ids = build_archive(str(work / "archive"), rows, fresh=set(rated))
+        ids = build_archive(str(work / "archive"), rows, fresh=set(rated), text=conversation)
         built = time.perf_counter() - t0
         server = RedisProcess(work / "redis")
         server.start()
@@ -135,7 +199,7 @@ def archived(rows: int, events: int, profile: str | None = None) -> None:
             rng = random.Random(0)
             pipe = client.pipeline(transaction=False)
             for i, row in enumerate(rated):
-                record = rating(i, ids[row], "ab", rng)
+                record = rating(i, ids[row], "ab", rng, language(row, workload))
                 pipe.xadd(keys.FEEDBACK_STREAM, {"data": orjson.dumps(record), "replaced": 0})
                 if i % 2000 == 1999:
                     pipe.execute()
@@ -163,6 +227,8 @@ def archived(rows: int, events: int, profile: str | None = None) -> None:
             server.stop()
     assert done.returncode == 0, done.stderr
     print(f"archive of {rows:,} interactions written in {built:.1f} s (setup, not measured)")
+    shares = ", ".join(f"{share:.0%} {lang}" for lang, share in WORKLOADS[workload])
+    print(f"workload {workload}{f' ({shares}, the rest English)' if shares else ''}")
     print(
         f"retrain build, {events:,} ratings of archived interactions: {took:.1f} s "
         f"(its CPU {cpu:.1f} s), peak RSS {peak / 1024:,.0f} MiB; "
@@ -211,13 +277,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--archived", type=int, default=0, metavar="N", help="see above")
     parser.add_argument("--profile", default=None, metavar="FILE", help="cProfile the build")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed", help="see above")
     parser.add_argument("--build", default=None, help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args()
     if args.build:
         build_only(args.build)
         return
     if args.archived:
-        archived(args.archived, args.events, args.profile)
+        archived(args.archived, args.events, args.profile, args.workload)
         return
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisProcess(Path(tmp) / "redis")
@@ -225,7 +292,7 @@ def main() -> None:
         try:
             client = redis.Redis.from_url(server.url)
             t0 = time.perf_counter()
-            fill(client, "bench", args.events)
+            fill(client, "bench", args.events, workload=args.workload)
             filled = time.perf_counter() - t0
             settings = build_settings(
                 {

@@ -222,6 +222,13 @@ class RetrainConfig(RetrainSection):
     near_duplicate: float = Field(
         0.85, gt=0, le=1, description="MinHash Jaccard similarity above which one is dropped"
     )
+    split_together: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="MinHash Jaccard similarity at or above which examples of different users "
+        "go to one split",
+    )
     redact: bool = Field(False, description="replace e-mail addresses and phone numbers")
     max_tag_share: float = Field(
         0.5, gt=0, le=1, description="at most this share of the examples per tag"

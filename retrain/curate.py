@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 import orjson
 
 from gateway.redact import redact
+from gateway.text import fold, nfc, words
 
 from .tokens import TokenCounter as TokenCounter  # counts an example's tokens
 
@@ -84,30 +86,51 @@ class Example:
 
 
 def content_key(line: dict[str, Any]) -> str:
-    """A hash of the line with its strings lower-cased and their whitespace made single
-    spaces: equal keys are exact duplicates."""
+    """A hash of the line with its strings folded (NFC, case-folded: Vietnamese typed
+    with combining marks is the same text as with precomposed letters) and their
+    whitespace made single spaces: equal keys are exact duplicates."""
     return hashlib.sha256(orjson.dumps(_folded(line))).hexdigest()[:24]
 
 
 def near_text(line: dict[str, Any]) -> str:
-    """The text for near-duplicate detection: all of it, except that a later turn of a
-    conversation (earlier answers at weight 0) is compared from its last question on —
-    the shared history would make every turn look like a copy of the one before."""
+    """The text for near-duplicate detection (:func:`near_texts`, joined)."""
+    return " ".join(near_texts(line))
+
+
+def near_texts(line: dict[str, Any]) -> list[str]:
+    """The strings compared for near-duplicate detection: all of the line's but its
+    system messages, and a later turn of a conversation (earlier answers at weight 0)
+    from its last question on.
+
+    An app sends one system prompt with every request: hundreds of shared words would
+    make distinct questions and answers look like copies of each other. A shared history
+    would make every turn look like a copy of the one before.
+    """
     messages = line.get("messages")
-    if isinstance(messages, list) and any(
-        m.get("weight") == 0 for m in messages if isinstance(m, dict)
-    ):
-        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-        last = users[-1] if users else 0
-        return " ".join(_texts(messages[last:]))
-    return " ".join(_texts(line))
+    if isinstance(messages, list):
+        if any(m.get("weight") == 0 for m in messages if isinstance(m, dict)):
+            users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+            return _texts(_unprompted(messages[users[-1] if users else 0 :]))
+        line = {**line, "messages": _unprompted(messages)}
+    inp = line.get("input")
+    if isinstance(inp, dict) and isinstance(inp.get("messages"), list):
+        line = {**line, "input": {**inp, "messages": _unprompted(inp["messages"])}}
+    return _texts(line)
 
 
-def signature_of(text: str) -> Any:
+def _unprompted(messages: list[Any]) -> list[Any]:
+    return [m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")]
+
+
+def signature_of(text: str | list[str]) -> Any:
     """The MinHash signature of the text's 3-word shingles (a numpy array)."""
+    return _signature(_shingle_hashes(text))
+
+
+def _signature(hashes: list[int]) -> Any:
     minhash = _minhash()
     minhash.clear()
-    minhash.update_batch(_shingle_hashes(text))
+    minhash.update_batch(hashes)
     return minhash.hashvalues
 
 
@@ -135,26 +158,33 @@ def _texts(value: Any, out: list[str] | None = None) -> list[str]:
 
 
 def _folded(value: Any) -> Any:
-    """The value with every string lower-cased and its whitespace runs made one space,
-    dict keys sorted. (Strings are folded where they are met, not in a call of their own:
-    a line holds a few dozen of them, and this runs for every example of every build.)"""
+    """The value with every string folded (:func:`gateway.text.fold`) and its whitespace
+    runs made one space, dict keys sorted. (Strings are folded where they are met, not in
+    a call of their own: a line holds a few dozen of them, and this runs for every
+    example of every build.)"""
     if isinstance(value, dict):
         return {
-            k: " ".join(v.lower().split()) if type(v) is str else _folded(v)
+            k: " ".join(_fold(v).split()) if type(v) is str else _folded(v)
             for k, v in sorted(value.items())
         }
     if isinstance(value, list):
-        return [" ".join(v.lower().split()) if type(v) is str else _folded(v) for v in value]
+        return [" ".join(_fold(v).split()) if type(v) is str else _folded(v) for v in value]
     if isinstance(value, str):
-        return " ".join(value.lower().split())
+        return " ".join(fold(value).split())
     return value
 
 
+def _fold(text: str) -> str:
+    """:func:`gateway.text.fold`, with ASCII text (most of it) lower-cased in place."""
+    return text.lower() if text.isascii() else fold(text)
+
+
 def normalise_text(text: str) -> str:
-    """Unix newlines, no trailing spaces, single spaces, at most one blank line."""
+    """NFC (one form for the same letters: Vietnamese arrives both ways; diacritics are
+    kept), Unix newlines, no trailing spaces, single spaces, at most one blank line."""
     if _is_normal(text):  # most text already is: a few scans instead of a rewrite
         return text
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = nfc(text).replace("\r\n", "\n").replace("\r", "\n")
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
@@ -167,7 +197,8 @@ def _is_normal(text: str) -> bool:
         return False
     if text.isascii():  # (scans for single characters are quicker than one for a class)
         return not any(c in text for c in "\r\t\f\v\x1c\x1d\x1e\x1f")
-    return _ODD_SPACE.search(text) is None  # e.g. a no-break space at the end of a line
+    # e.g. a no-break space at the end of a line, or a letter and its combining marks
+    return _ODD_SPACE.search(text) is None and unicodedata.is_normalized("NFC", text)
 
 
 def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
@@ -240,7 +271,18 @@ class Curator:
     max_tokens: int
     near_duplicate: float
     redact: bool = False
+    # Examples at least this similar share a split, whoever wrote them (see ``links``).
+    split_together: float = 0.7
     dropped: Counter[str] = field(default_factory=Counter)
+    # Pairs (a new example kept, a kept or new example) at least ``split_together``
+    # similar: the builder puts their groups in one split (``dataset.assign_splits``).
+    links: list[tuple[Example, Example]] = field(default_factory=list)
+
+    @property
+    def candidate_threshold(self) -> float:
+        """The similarity the band index is tuned to propose candidates from: below both
+        thresholds, as LSH misses some pairs near its own."""
+        return max(0.5, min(self.near_duplicate, self.split_together + 0.15) - 0.25)
 
     def clean(self, examples: list[Example]) -> list[Example]:
         out = []
@@ -264,16 +306,19 @@ class Curator:
         Supervised examples and preference pairs are compared only with their own kind: a
         pair holds its supervised sibling's text and more, yet is not a copy of it.
         """
+        cache: dict[str, Any] = {}  # a string's word hashes: a pair shares its sibling's
         survivors = {
             id(ex)
             for kind in (SFT, DPO)
             for ex in self._deduplicate(
-                [e for e in kept if e.kind == kind], [e for e in new if e.kind == kind]
+                [e for e in kept if e.kind == kind], [e for e in new if e.kind == kind], cache
             )
         }
         return [ex for ex in new if id(ex) in survivors]
 
-    def _deduplicate(self, kept: list[Example], new: list[Example]) -> list[Example]:
+    def _deduplicate(
+        self, kept: list[Example], new: list[Example], cache: dict[str, Any]
+    ) -> list[Example]:
         from datasketch import MinHashLSH
 
         if not new:
@@ -283,13 +328,12 @@ class Curator:
         # LSH only proposes candidates, and misses some near its threshold: propose
         # generously (a lower threshold, false negatives weighted 9 to 1), then let the
         # estimated similarity decide. datasketch chooses the bands for that threshold.
-        lsh = MinHashLSH(
-            threshold=max(0.5, self.near_duplicate - 0.25), num_perm=NUM_PERM, weights=(0.1, 0.9)
-        )
+        lsh = MinHashLSH(threshold=self.candidate_threshold, num_perm=NUM_PERM, weights=(0.1, 0.9))
         # (signed one example at a time: all the shingles at once take gigabytes)
-        signatures = np.empty((len(kept) + len(new), NUM_PERM), dtype=np.uint64)
-        for i, ex in enumerate(kept + new):
-            signatures[i] = signature_of(near_text(ex.line))
+        both = kept + new
+        signatures = np.empty((len(both), NUM_PERM), dtype=np.uint64)
+        for i, ex in enumerate(both):
+            signatures[i] = _signature(_shingles(_text_word_hashes(near_texts(ex.line), cache)))
         index = _BandIndex(signatures, lsh.b, lsh.r)
         for i in range(len(kept)):
             index.add(i)
@@ -299,9 +343,12 @@ class Curator:
                 self.dropped["duplicate"] += 1
                 continue
             # LSH gives candidates; the estimated similarity decides.
-            if index.most_similar(i) >= self.near_duplicate:
-                self.dropped["near_duplicate"] += 1
-                continue
+            rows, similarity = index.similar(i)
+            if similarity.size:
+                if similarity.max() >= self.near_duplicate:
+                    self.dropped["near_duplicate"] += 1
+                    continue
+                self.links += [(ex, both[r]) for r in rows[similarity >= self.split_together]]
             seen.add(ex.key)
             index.add(i)
             out.append(ex)
@@ -329,28 +376,68 @@ class Curator:
         return out
 
 
-def _shingle_hashes(text: str, n: int = 3) -> list[int]:
-    """32-bit hashes of the text's ``n``-word shingles (lower-cased).
+def _shingle_hashes(text: str | list[str], n: int = 3) -> list[int]:
+    """32-bit hashes of the ``n``-word shingles of a text (or of strings one after the
+    other), over its words as :func:`gateway.text.words` reads them: folded, Thai
+    segmented, punctuation apart. Splitting on spaces made a Thai paragraph one "word",
+    so a one-word change shared no shingle at all."""
+    return _shingles(_text_word_hashes([text] if isinstance(text, str) else text, {}), n)
 
-    Each word is hashed once (CRC-32, in C) and a shingle's hash is a polynomial of its
-    words' hashes, computed for all shingles at once: a Python-level hash call per shingle
-    (datasketch's SHA-1 default) was most of a large build's near-duplicate detection.
-    MinHash's random permutations are applied on top, so a simple hash is enough here.
+
+def _word_hashes(text: str) -> Any:
+    """The CRC-32 of each word of the text (a numpy array).
+
+    Each word is hashed once (in C) and a shingle's hash is a polynomial of its words'
+    hashes, computed for all shingles at once (:func:`_shingles`): a Python-level hash
+    call per shingle (datasketch's SHA-1 default) was most of a large build's
+    near-duplicate detection. MinHash's random permutations are applied on top, so a
+    simple hash is enough here.
     """
-    words = text.lower().split()
-    if len(words) <= n:
-        return [zlib.crc32(" ".join(words).encode())]
-    # (encoded all at once, each word's bytes split back out: no Python call per word)
-    encoded = "\n".join(words).encode().split(b"\n")
-    w = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(words))
-    h = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    found = words(text)
+    # (encoded all at once, each word's bytes split back out: no Python call per word;
+    # a word never holds a newline)
+    encoded = "\n".join(found).encode().split(b"\n") if found else []
+    return np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(found))
+
+
+def _text_word_hashes(texts: list[str], cache: dict[str, Any]) -> list[Any]:
+    """The word hashes of strings one after another (arrays, to concatenate).
+
+    Consecutive ASCII strings are read as one (a space between them: the same words)
+    and hashed in one call. Other text is remembered in ``cache``: segmenting Thai costs
+    ten times splitting English, and a preference pair repeats its sibling's texts.
+    """
+    parts, plain = [], []
+    for text in texts:
+        if text.isascii():
+            plain.append(text)
+            continue
+        if plain:
+            parts.append(_word_hashes(" ".join(plain)))
+            plain = []
+        found = cache.get(text)
+        if found is None:
+            found = cache[text] = _word_hashes(text)
+        parts.append(found)
+    if plain:
+        parts.append(_word_hashes(" ".join(plain)))
+    return parts
+
+
+def _shingles(parts: list[Any], n: int = 3) -> list[int]:
+    """The shingle hashes of word hashes (arrays, one text after another)."""
+    w = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    n = max(1, min(n, len(w)))  # a text of fewer words is one shingle of them all
+    count = max(1, len(w) - n + 1)
+    h = np.zeros(count, dtype=np.uint64)
     for k in range(n):  # h = w[i]·P^(n-1) + … + w[i+n-1] (mod 2^64), then 32 bits of it
-        h = h * np.uint64(_SHINGLE_PRIME) + w[k : len(words) - n + 1 + k]
+        h = h * np.uint64(_SHINGLE_PRIME) + w[k : count + k]
     hashes: list[int] = ((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).tolist()
     return hashes
 
 
 _SHINGLE_PRIME = 1_000_003
+_NONE = (np.zeros(0, dtype=np.int64), np.zeros(0))  # no candidates
 
 
 class _BandIndex:
@@ -393,12 +480,13 @@ class _BandIndex:
             for key in self._keys(i):
                 self.table.setdefault(key, []).append(i)
 
-    def most_similar(self, i: int) -> float:
-        """The highest estimated similarity of row ``i`` to a candidate added before, or 0."""
+    def similar(self, i: int) -> tuple[Any, Any]:
+        """The candidates added before row ``i`` and their estimated similarity to it
+        (two numpy arrays, empty when there are none)."""
         if not self.any_shared[i]:
-            return 0.0
+            return _NONE
         candidates = {c for key in self._keys(i) if key in self.table for c in self.table[key]}
         if not candidates:
-            return 0.0
-        same = self.signatures[sorted(candidates)] == self.signatures[i]
-        return float(same.mean(axis=1).max())
+            return _NONE
+        rows = np.array(sorted(candidates), dtype=np.int64)
+        return rows, (self.signatures[rows] == self.signatures[i]).mean(axis=1)

@@ -23,8 +23,9 @@ One build, in order:
    this and every earlier version, a cap per tag. Every drop is counted by reason.
 4. **Accumulate and split**: the previous version's examples plus the new ones. A
    group (the user, else the conversation) lives in one split; groups already placed
-   keep their split, so a test example stays in test in every later version; new
-   groups are split deterministically (seeded), stratified by tag.
+   keep their split, so a test example stays in test in every later version; groups
+   with near-identical examples (``split_together``) are placed as one; new groups are
+   split deterministically (seeded), stratified by tag.
 5. **Check** the minimum size and the cost cap, then **write** ``DIR/<experiment>/<id>/``
    atomically (temp dir + rename) and point ``DIR/<experiment>/latest`` at it.
 """
@@ -35,7 +36,7 @@ import hashlib
 import os
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,15 +291,41 @@ def reviewed_examples(items: dict[str, dict[str, Any]]) -> tuple[list[Example], 
     return examples, used
 
 
-def assign_splits(kept: list[Example], new: list[Example], cfg: RetrainConfig) -> None:
-    """Groups keep the split they have; new groups are split by tag stratum (seeded)."""
-    placed = {ex.group: ex.split for ex in kept}
+def assign_splits(
+    kept: list[Example],
+    new: list[Example],
+    cfg: RetrainConfig,
+    links: Sequence[tuple[Example, Example]] = (),
+) -> None:
+    """Groups keep the split they have; new groups are split by tag stratum (seeded).
+
+    ``links`` are pairs of near-identical examples (``Curator.links``): two users who
+    sent the same question and got the same answer would otherwise put one copy in
+    train and the other in test, and the test would measure recall. Linked groups are
+    one group here (union-find): a new group linked to placed ones takes their split
+    (test before validation before train: a test answer in training leaks, a training
+    answer in test only costs an example); linked new groups are split as one.
+    """
+    present = {id(ex) for ex in kept} | {id(ex) for ex in new}
+    joined = _Groups()
+    for a, b in links:
+        if id(a) in present and id(b) in present:
+            joined.union(a.group, b.group)
+    placed = {ex.group: ex.split or "train" for ex in kept}
+    by_root: dict[str, str] = {}
+    for group, split in placed.items():
+        root = joined.find(group)
+        if root not in by_root or _HELD_OUT[split] > _HELD_OUT[by_root[root]]:
+            by_root[root] = split
     fresh: dict[str, list[Example]] = defaultdict(list)
     for ex in new:
+        root = joined.find(ex.group)
         if ex.group in placed:
             ex.split = placed[ex.group]
+        elif root in by_root:
+            ex.split = by_root[root]
         else:
-            fresh[ex.group].append(ex)
+            fresh[root].append(ex)
     strata: dict[str, list[str]] = defaultdict(list)
     for group, exs in fresh.items():
         strata[exs[0].tags[0] if exs[0].tags else ""].append(group)
@@ -314,6 +341,28 @@ def assign_splits(kept: list[Example], new: list[Example], cfg: RetrainConfig) -
             before += len(fresh[g])
             for ex in fresh[g]:
                 ex.split = split
+
+
+_HELD_OUT = {"train": 0, "validation": 1, "test": 2}  # which split a linked group joins
+
+
+class _Groups:
+    """Union-find over group names; a set's root is its least name (deterministic)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, group: str) -> str:
+        parent = self.parent
+        while (up := parent.get(group, group)) != group:
+            parent[group] = parent.get(up, up)  # path halving
+            group = up
+        return group
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def tally(
@@ -515,7 +564,13 @@ class Builder:
 
         # 3. curate
         counter = TokenCounter(tokens.for_training(self.settings))
-        curator = Curator(counter, self.cfg.max_tokens, self.cfg.near_duplicate, self.cfg.redact)
+        curator = Curator(
+            counter,
+            self.cfg.max_tokens,
+            self.cfg.near_duplicate,
+            self.cfg.redact,
+            split_together=self.cfg.split_together,
+        )
         curator.dropped.update(gathered.dropped)
         kept = parent.examples if parent else []
         if parent is not None and parent.manifest.get("tokenizer") != counter.name:
@@ -528,7 +583,7 @@ class Builder:
         new = curator.cap_tags(kept, new, self.cfg.max_tag_share)
 
         # 4. accumulate and split
-        assign_splits(kept, new, self.cfg)
+        assign_splits(kept, new, self.cfg, curator.links)
         examples = kept + new
         vid = dataset_id(examples)
         manifest = self._manifest(
@@ -645,6 +700,7 @@ class Builder:
                 "keep_good_share": self.cfg.keep_good_share,
                 "max_tokens": self.cfg.max_tokens,
                 "near_duplicate": self.cfg.near_duplicate,
+                "split_together": self.cfg.split_together,
                 "split": self.cfg.split.model_dump(),
             },
         }
