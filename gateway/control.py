@@ -50,6 +50,7 @@ class Control:
         self.registry = Registry(redis, settings, upstream, self.live, self.adapters)
         self.decisions = Decisions(redis, settings, self.live, self.experiments, metrics)
         self.keys = ApiKeys(redis, self.live)
+        self.languages = report.LanguageGuesser()  # started by the first report
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -78,6 +79,7 @@ class Control:
         # gather, not a suppress(CancelledError) per task: that would also swallow a
         # cancellation of stop() itself (the bounded shutdown in app.py relies on it).
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.languages.close)
 
     async def load(self) -> None:
         await self.live.load()
@@ -89,7 +91,9 @@ class Control:
         if languages:
             arms = [a["model"] for a in rep["arms"]]
             with store.translated():
-                shares = await report.languages(self.decisions.redis, name, arms, rep["version"])
+                shares = await report.languages(
+                    self.decisions.redis, self.languages, name, arms, rep["version"]
+                )
             for arm in rep["arms"]:
                 arm["language"] = shares[arm["model"]]
         return rep

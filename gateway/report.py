@@ -18,7 +18,7 @@ the question (``language``, :func:`languages`), over a sample — each arm's mos
 (the hot window, ``interaction_log.hot_s``), found among the newest
 :data:`LANGUAGE_SCAN` entries of the interaction stream. The languages are guessed
 (``gateway.text.language``) when a report is asked for, in a process of their own
-(:func:`_guesser`): the language models take about a second to load and hold Python's
+(:class:`LanguageGuesser`): the language models take about a second to load and hold Python's
 GIL while they work, so the gateway process never loads them — chat completions are
 not held up by a report, and the decider's own looks never guess a language.
 """
@@ -26,7 +26,6 @@ not held up by a report, and the decider's own looks never guess a language.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import multiprocessing
 import time
@@ -250,7 +249,7 @@ def language_share(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 async def languages(
-    redis: aioredis.Redis, name: str, arms: list[str], version: int
+    redis: aioredis.Redis, guesser: LanguageGuesser, name: str, arms: list[str], version: int
 ) -> dict[str, dict[str, Any]]:
     """Per arm, :func:`language_share` of its most recent answered interactions under
     ``version`` (see the module docstring for the sample), with ``since``: the time of
@@ -284,12 +283,7 @@ async def languages(
             break
 
     pairs = {arm: [(q, a) for q, a, _ in got] for arm, got in found.items()}
-    loop = asyncio.get_running_loop()
-    try:
-        counted = await loop.run_in_executor(_guesser(), _shares, pairs)
-    except BrokenProcessPool:  # the worker died (killed, out of memory): a new one
-        _guesser.cache_clear()
-        counted = await loop.run_in_executor(_guesser(), _shares, pairs)
+    counted = await guesser.shares(pairs)
     for arm, got in found.items():
         counted[arm]["since"] = min((t for _, _, t in got), default=None)
     return counted
@@ -299,8 +293,30 @@ def _shares(pairs: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, Any]
     return {arm: language_share(p) for arm, p in pairs.items()}
 
 
-@functools.cache
-def _guesser() -> ProcessPoolExecutor:
+class LanguageGuesser:
     """One worker process that guesses languages, started at the first report (spawned:
-    a fork of a process with threads and an event loop is unsafe) and kept."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    a fork of a process with threads and an event loop is unsafe), kept for the next,
+    and stopped with the gateway (:meth:`close`, from the lifespan's exit stack)."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def shares(self, pairs: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, Any]]:
+        """:func:`language_share` of each arm's pairs, computed in the worker."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._started(), _shares, pairs)
+        except BrokenProcessPool:  # the worker died (killed, out of memory): a new one
+            self.close()
+            return await loop.run_in_executor(self._started(), _shares, pairs)
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker (a guess in progress is abandoned)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

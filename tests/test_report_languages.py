@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, ID_SECRET
+from .polling import eventually
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess, RedisProcess
 
@@ -63,7 +65,19 @@ def gateway_languages(
 ) -> Iterator[GatewayProcess]:
     redis.Redis(port=redis_server.port, db=LANGUAGES_DB).flushdb()
     upstream = ScriptedUpstream(SCRIPT).start()
-    config = {
+    gw = GatewayProcess(
+        languages_config(redis_server, upstream), tmp_path_factory.mktemp("languages")
+    )
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+def languages_config(redis_server: RedisProcess, upstream: ScriptedUpstream) -> dict[str, Any]:
+    return {
         "redis_url": redis_server.url.rsplit("/", 1)[0] + f"/{LANGUAGES_DB}",
         "id_secret": ID_SECRET,
         "auth": {
@@ -74,13 +88,6 @@ def gateway_languages(
         "models": {m: {"upstream": "scripted", "model": m} for m in SCRIPT},
         "experiments": {"default": {"arms": [{"model": "local-speaker"}]}},
     }
-    gw = GatewayProcess(config, tmp_path_factory.mktemp("languages"))
-    try:
-        gw.start()
-        yield gw
-    finally:
-        gw.stop()
-        upstream.stop()
 
 
 def new_experiment(gw: GatewayProcess, weights: tuple[int, int] = (50, 50)) -> str:
@@ -263,3 +270,50 @@ def test_the_gateway_process_never_loads_the_language_guesser(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["1.0", "False"]  # the default arm answers in the language
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited and not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_the_language_guesser_stops_with_the_gateway(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    upstream = ScriptedUpstream(SCRIPT).start()
+    gw = GatewayProcess(
+        languages_config(redis_server, upstream), tmp_path_factory.mktemp("guesser")
+    )
+    try:
+        gw.start()
+        assert gw.proc is not None
+        pid, before = gw.proc.pid, children(gw.proc.pid)
+        name = new_experiment(gw)
+        chat(gw, name, rounds=1)
+        report_when(gw, name, sample=len(QUESTIONS))
+        guessers = children(pid) - before
+        assert guessers, "the report's guesses ran in no process of their own"
+        gw.stop()  # SIGTERM
+        eventually(lambda: not any(running(p) for p in guessers), "the guesser stopped", 5)
+    finally:
+        gw.stop()
+        upstream.stop()
