@@ -237,3 +237,65 @@ REPLACEMENTS: dict[str, list[str]] = {
     "th": ["พรุ่งนี้", "ผู้จัดการ", "ใบเสร็จ", "รวดเร็ว", "โทรศัพท์", "ตู้เย็น"],
     "vi": ["sớm", "muộn", "nhanh", "mới", "lớn", "xanh"],
 }
+
+# Returns at the same support desk in three languages. Per item: the question, the
+# reference answer, a wrong answer (what a poor model says), a right answer in other words
+# (what a good model says: Thai models often leave out the spaces) and that answer with a
+# wrong fact (3 days for 30). The gate's tests and ``bench/languages.py`` use them.
+ITEMS = ["shoes", "shirts", "bags", "hats", "socks", "belts", "scarves", "gloves", "boots", "coats"]
+THAI_ITEMS = [
+    "รองเท้า",
+    "เสื้อ",
+    "กระเป๋า",
+    "หมวก",
+    "ถุงเท้า",
+    "เข็มขัด",
+    "ผ้าพันคอ",
+    "ถุงมือ",
+    "รองเท้าบูท",
+    "เสื้อโค้ท",
+]
+VIETNAMESE_ITEMS = [
+    "giày",
+    "áo sơ mi",
+    "túi xách",
+    "mũ",
+    "tất",
+    "thắt lưng",
+    "khăn quàng",
+    "găng tay",
+    "ủng",
+    "áo khoác",
+]
+RETURNS: dict[str, list[tuple[str, str, str, str, str]]] = {
+    "en": [
+        (
+            f"Can I return {x}?",
+            f"Yes: {x} can be returned within 30 days with the receipt.",
+            "I am not sure, please ask the store.",
+            f"Yes, {x} can be returned within 30 days with the receipt",
+            f"Yes, {x} can be returned within 3 days with the receipt",
+        )
+        for x in ITEMS
+    ],
+    "th": [
+        (
+            f"ขอคืน{x}ได้ไหมคะ",
+            f"ได้ค่ะ คุณสามารถคืน{x}ได้ภายใน 30 วันพร้อมใบเสร็จค่ะ",
+            "ขออภัยค่ะ ไม่ทราบข้อมูล กรุณาติดต่อร้านค้าค่ะ",
+            f"คุณสามารถคืน{x}ได้ภายใน30วันพร้อมใบเสร็จค่ะ",
+            f"คุณสามารถคืน{x}ได้ภายใน3วันพร้อมใบเสร็จค่ะ",
+        )
+        for x in THAI_ITEMS
+    ],
+    "vi": [
+        (
+            f"Tôi có thể trả lại {x} không?",
+            f"Được ạ: bạn có thể trả lại {x} trong vòng 30 ngày kèm hóa đơn.",
+            "Tôi không chắc, vui lòng hỏi cửa hàng.",
+            f"Được, bạn có thể trả lại {x} trong vòng 30 ngày kèm hóa đơn",
+            f"Được, bạn có thể trả lại {x} trong vòng 3 ngày kèm hóa đơn",
+        )
+        for x in VIETNAMESE_ITEMS
+    ],
+}
