@@ -29,8 +29,8 @@ BLOCK = re.compile(r"<!-- tutorial:(python|shell) -->\n```(?:python|sh)\n(.*?)``
 GATEWAY = "http://127.0.0.1:8000"
 
 
-def tutorial_blocks() -> list[tuple[str, str]]:
-    blocks = [(kind, code) for kind, code in BLOCK.findall(README.read_text())]
+def tutorial_blocks(page: Path = README) -> list[tuple[str, str]]:
+    blocks = [(kind, code) for kind, code in BLOCK.findall(page.read_text())]
     assert [k for k, _ in blocks] == ["python", "shell", "python", "shell"], blocks
     bindir = str(Path(sys.executable).parent) + "/"
     return [(kind, code.replace(".venv/bin/", bindir)) for kind, code in blocks]
