@@ -34,11 +34,12 @@ IM_END = "<|im_end|>"
 PAD = "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
 
-# GPT-2's split into words, except that combining marks belong to the word they are in:
-# Thai vowel and tone marks (and Vietnamese diacritics written in NFD) are marks, and
-# GPT-2's pattern would cut a Thai word at each of them.
-WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}\p{N}]+|\s+(?!\S)|\s+"
-VOCAB_SIZE = 1024  # a ceiling: the corpus below fills 838 of it
+# GPT-2's split into words, except that combining marks belong to the word they are in
+# (Thai vowel and tone marks, and Vietnamese diacritics written in NFD, are marks, and
+# GPT-2's pattern would cut a Thai word at each of them), and that every digit is a token
+# of its own, so that numbers of as many digits cost as many tokens.
+WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+|\s+(?!\S)|\s+"
+VOCAB_SIZE = 1024  # a ceiling: the corpus below fills 832 of it
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
