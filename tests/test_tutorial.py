@@ -98,6 +98,7 @@ def test_the_readme_tutorial_turns_the_flywheel_on_the_quick_start_stack(tmp_pat
         assert f"promoted {canary}" in decided  # the history
         times["loop"] = time.monotonic() - t0 - times["gateway up"]
         print("tutorial timings (s):", {k: round(v, 1) for k, v in times.items()})
+        print(trained)
         print(answers)
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C
