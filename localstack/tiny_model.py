@@ -1,8 +1,14 @@
 """A tiny random-weight Llama with a ChatML tokenizer, built offline and deterministically.
 
-The model is noise until a LoRA is trained on it, but it is small (about 1.4 MB), builds
+The model is noise until a LoRA is trained on it, but it is small (about 1.7 MB), builds
 in seconds without network access and is served by vLLM on CPU: enough to exercise the
 whole serve → rate → retrain → serve loop for real in tests.
+
+Its byte-level BPE tokenizer is trained on English, Thai and Vietnamese support-desk text
+(NFC), so that all three cost a sensible number of tokens (measured on sentences outside
+the corpus: about 0.6 tokens per character in English, 0.5 in Thai and Vietnamese; a
+tokenizer trained on English alone spends about 3 per Thai character, one per UTF-8 byte,
+and the tiny model cannot learn a Thai answer in the built-in training steps).
 
 Same seed → byte-identical files. The build happens in a temporary directory beside
 ``out_dir`` and is renamed into place; a finished build is marked by ``flywheel-tiny.json``.
@@ -15,17 +21,25 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MARKER = "flywheel-tiny.json"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 PAD = "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
+
+# GPT-2's split into words, except that combining marks belong to the word they are in
+# (Thai vowel and tone marks, and Vietnamese diacritics written in NFD, are marks, and
+# GPT-2's pattern would cut a Thai word at each of them), and that every digit is a token
+# of its own, so that numbers of as many digits cost as many tokens.
+WORDS = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+|\s+(?!\S)|\s+"
+VOCAB_SIZE = 1024  # a ceiling: the corpus below fills 832 of it
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -34,7 +48,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-CORPUS = [
+ENGLISH = [
     "Hello! How can I help you today?",
     "My order has not arrived yet. Where is my package?",
     "I am sorry for the delay. Could you share your order number, please?",
@@ -49,6 +63,61 @@ CORPUS = [
     'user assistant system tool: {"name": "lookup_order", "arguments": {}}',
     "0123456789 .,;:!?'\"()[]{}<>/\\-_+=*&%$#@ \n\t",
 ]
+# Thai and Vietnamese support-desk text, so that the tokenizer learns their letters and
+# common syllables: without it a Thai character costs about 3 tokens (its UTF-8 bytes)
+# and the tiny model cannot learn a Thai answer in the built-in training steps.
+THAI = [
+    "สวัสดีค่ะ มีอะไรให้ช่วยไหมคะ",
+    "สวัสดีครับ วันนี้ให้เราช่วยอะไรได้บ้างครับ",
+    "คำสั่งซื้อของฉันยังไม่มาถึงเลย พัสดุอยู่ที่ไหนคะ",
+    "ขออภัยในความล่าช้าค่ะ รบกวนแจ้งหมายเลขคำสั่งซื้อด้วยนะคะ",
+    "คุณสามารถเปลี่ยนรหัสผ่านได้ที่หน้าการตั้งค่าบัญชีค่ะ",
+    "เราคืนเงินเต็มจำนวนให้แล้ว เงินจะเข้าบัญชีภายใน 5 วันทำการค่ะ",
+    "ขอบคุณที่ติดต่อฝ่ายบริการลูกค้าค่ะ มีอะไรให้ช่วยอีกไหมคะ",
+    "ใบแจ้งหนี้ของการสมัครสมาชิกถูกส่งไปที่อีเมลของคุณแล้วครับ",
+    "หากต้องการยกเลิกแพ็กเกจ ให้เปิดหน้าการชำระเงินแล้วเลือกยกเลิกการสมัครสมาชิก",
+    "กรุณาปิดแอปแล้วลองใหม่อีกครั้ง หากยังมีปัญหา โปรดติดต่อเรา",
+    "ทีมบริการลูกค้าพร้อมให้บริการวันจันทร์ถึงวันศุกร์ เวลา 9.00 ถึง 17.00 น.",
+    "สินค้าที่ยังไม่ได้ใช้สามารถคืนได้ภายใน 30 วันพร้อมใบเสร็จค่ะ",
+    "กรุณาเก็บใบเสร็จไว้เป็นหลักฐานการซื้อนะคะ",
+    "รองเท้า เสื้อเชิ้ต เสื้อแจ็กเก็ต กระเป๋า หมวก ถุงเท้า และเข็มขัด อยู่ในหมวดแฟชั่นค่ะ",
+    "ผ้าพันคอ ถุงมือ นาฬิกา รองเท้าบูท และเสื้อโค้ท ลดราคาถึงสิ้นเดือนนี้ครับ",
+    "ขอเปลี่ยนไซซ์ได้ไหมคะ ได้ค่ะ เปลี่ยนได้ฟรีหนึ่งครั้งค่ะ",
+    "ถ้าสินค้าชำรุด เราจะส่งชิ้นใหม่ให้ทันทีค่ะ",
+    "ค่าจัดส่งฟรีเมื่อสั่งซื้อครบ 500 บาทครับ",
+    "คุณจะได้รับเงินคืนผ่านบัตรเครดิตใบเดิมที่ใช้ชำระเงินค่ะ",
+    "ขอโทษด้วยครับ ระบบกำลังปิดปรับปรุงชั่วคราว",
+    "ติดตามสถานะพัสดุได้จากลิงก์ในอีเมลยืนยันคำสั่งซื้อค่ะ",
+    "ได้ครับ เราจะตรวจสอบให้และแจ้งกลับภายในวันนี้ครับ",
+    "ถ้าต้องการคืนสินค้า กรุณากรอกแบบฟอร์มคืนสินค้าในหน้าคำสั่งซื้อของฉันค่ะ",
+    "ไม่ได้ค่ะ สินค้าลดราคาคืนไม่ได้ แต่เปลี่ยนไซซ์ได้ค่ะ",
+    "ชำระเงินปลายทางได้ไหมครับ ได้ครับ เรามีบริการเก็บเงินปลายทาง",
+    "ขอใบกำกับภาษีได้ไหมคะ ได้ค่ะ กรุณาแจ้งชื่อและเลขประจำตัวผู้เสียภาษีค่ะ",
+]
+VIETNAMESE = [
+    "Xin chào! Tôi có thể giúp gì cho bạn hôm nay?",
+    "Đơn hàng của tôi vẫn chưa đến. Gói hàng của tôi đang ở đâu?",
+    "Xin lỗi vì sự chậm trễ. Bạn vui lòng cho biết mã đơn hàng được không?",
+    "Bạn có thể đặt lại mật khẩu trong trang cài đặt tài khoản.",
+    "Chúng tôi đã hoàn tiền đầy đủ; tiền sẽ về tài khoản trong vòng năm ngày làm việc.",
+    "Cảm ơn bạn đã liên hệ bộ phận chăm sóc khách hàng. Bạn cần hỗ trợ thêm gì không?",
+    "Hóa đơn gói đăng ký đã được gửi đến địa chỉ email của bạn.",
+    "Để hủy gói, hãy mở mục Thanh toán và chọn Hủy đăng ký.",
+    "Vui lòng khởi động lại ứng dụng và thử lại. Nếu vẫn gặp sự cố, hãy liên hệ với chúng tôi.",
+    "Đội hỗ trợ làm việc từ thứ Hai đến thứ Sáu, từ 9 giờ sáng đến 5 giờ chiều.",
+    "Sản phẩm chưa sử dụng có thể được trả lại trong vòng 30 ngày kèm hóa đơn.",
+    "Giày, áo sơ mi, áo khoác, túi xách, mũ, tất và thắt lưng đang được giảm giá.",
+    "Khăn quàng, găng tay, đồng hồ, giày bốt và áo choàng được miễn phí vận chuyển.",
+    "Tôi có thể đổi cỡ không? Có, bạn được đổi miễn phí một lần.",
+    "Nếu sản phẩm bị lỗi, chúng tôi sẽ gửi sản phẩm mới cho bạn ngay.",
+    "Miễn phí giao hàng cho đơn từ 500.000 đồng.",
+    "Bạn sẽ nhận lại tiền qua thẻ tín dụng đã dùng để thanh toán.",
+    "Bạn có thể theo dõi đơn hàng bằng đường liên kết trong email xác nhận.",
+    "Vâng, chúng tôi sẽ kiểm tra và phản hồi cho bạn trong hôm nay.",
+    "Không, hàng giảm giá không được trả lại, nhưng có thể đổi cỡ.",
+    "Tôi có thể thanh toán khi nhận hàng không? Có, chúng tôi hỗ trợ thanh toán khi nhận hàng.",
+]
+CORPUS = [unicodedata.normalize("NFC", line) for line in ENGLISH + THAI + VIETNAMESE]
 
 
 def build_tiny_model(out_dir: Path, *, seed: int = 0, force: bool = False) -> Path:
@@ -93,14 +162,27 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _train_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(WORDS), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=1024,
+        vocab_size=VOCAB_SIZE,
         min_frequency=2,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

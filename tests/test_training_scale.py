@@ -122,7 +122,10 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_rows_per_step
     assert runs[2][-1]["eval_loss"] < runs[2][0]["eval_loss"] - 0.5  # it learned
     w1, w2 = adapter_weights(tmp_path / "adapter-1"), adapter_weights(tmp_path / "adapter-2")
     assert w1.keys() == w2.keys()
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+    # The same up to float32 summation order (two half-batch means averaged vs one mean),
+    # which Adam's normalised steps carry into the weights: measured 3e-6 to 2e-5 with
+    # weights up to 0.12, depending on the tiny model's build.
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
     # One adapter, in vLLM's layout; the launch's own files are gone, no rank is left.
     assert sorted(p.name for p in (tmp_path / "adapter-2").iterdir()) == [
         "README.md",

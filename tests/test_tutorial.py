@@ -29,8 +29,8 @@ BLOCK = re.compile(r"<!-- tutorial:(python|shell) -->\n```(?:python|sh)\n(.*?)``
 GATEWAY = "http://127.0.0.1:8000"
 
 
-def tutorial_blocks() -> list[tuple[str, str]]:
-    blocks = [(kind, code) for kind, code in BLOCK.findall(README.read_text())]
+def tutorial_blocks(page: Path = README) -> list[tuple[str, str]]:
+    blocks = [(kind, code) for kind, code in BLOCK.findall(page.read_text())]
     assert [k for k, _ in blocks] == ["python", "shell", "python", "shell"], blocks
     bindir = str(Path(sys.executable).parent) + "/"
     return [(kind, code.replace(".venv/bin/", bindir)) for kind, code in blocks]
@@ -98,6 +98,7 @@ def test_the_readme_tutorial_turns_the_flywheel_on_the_quick_start_stack(tmp_pat
         assert f"promoted {canary}" in decided  # the history
         times["loop"] = time.monotonic() - t0 - times["gateway up"]
         print("tutorial timings (s):", {k: round(v, 1) for k, v in times.items()})
+        print(trained)
         print(answers)
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C
