@@ -198,7 +198,7 @@ def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     exp, config = rated_experiment(gateway, tmp_path, tiny_model, max_steps=1, learning_rate=1e-9)
     run = retrain(config, "run", "--experiment", exp)
     assert run.returncode == 6, run.stdout + run.stderr
-    assert "not registered: ROUGE-L" in run.stderr and "< the margin 0.05" in run.stderr
+    assert "not registered: chrF" in run.stderr and "< the margin 0.05" in run.stderr
     (job,) = [
         j
         for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
