@@ -4,6 +4,7 @@ OpenAI encodings offline, a local model's tokenizer and chat template, a vLLM se
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from gateway.config import load_settings
 from localstack import VLLMServer, free_port
 from retrain import evaluate, tokens
 from retrain.config import RetrainSettings, TrainingPrice
-from retrain.curate import SFT, Example, TokenCounter
-from retrain.dataset import price_counter
+from retrain.curate import DPO, SFT, Example, TokenCounter
+from retrain.dataset import latest_version, price_counter
 from retrain.evaluate import Case
 from retrain.gateway_client import Gateway
 from retrain.text_metrics import answer_budget
@@ -131,7 +132,9 @@ def test_a_training_price_is_counted_in_the_priced_models_tokens(
     assert priced.name == "openai:o200k_base"
     assert price_counter(cfg, own, build) is build
     thai = example(*pairs("th", 1)[0])
-    assert build(thai) > 3 * priced(thai)  # bytes for the tiny model, words for o200k
+    assert priced(thai) == TokenCounter(tokens.openai("gpt-4o-mini"))(thai)
+    assert build(thai) == TokenCounter(tokens.local(str(tiny_model)))(thai)
+    assert priced(thai) != build(thai)  # two tokenizers, two counts
 
 
 LANGUAGES = ["th", "vi", "en"]
@@ -210,11 +213,21 @@ def test_a_build_counts_with_the_served_model_and_prices_each_model_in_its_own_t
         {"provider": "local", "model": "tiny", "per_1m_tokens": 0.5},
     ]
     cfg, _ = settings_for(gateway, tmp_path, prices=prices)
-    manifest = build(cfg, exp, dry_run=True).manifest
+    manifest = build(cfg, exp).manifest
     assert manifest["tokenizer"].startswith("vllm:base (") and manifest["tokens_exact"]
     hosted, local = manifest["cost_estimates"]
     assert local["tokenizer"] == manifest["tokenizer"]
     trained = manifest["tokens"].get("train", 0) + manifest["tokens"].get("preference", 0)
-    assert local["tokens"] == 3 * trained > 0
+    assert local["tokens"] == 3 * trained > 0  # 3 epochs
     assert hosted["tokenizer"] == "openai:o200k_base"
-    assert 0 < 3 * hosted["tokens"] < local["tokens"]  # Thai: words in o200k, bytes here
+    version = latest_version(cfg.retrain.dataset_dir / exp)
+    assert version is not None
+    o200k = TokenCounter(tokens.openai("gpt-4o-mini"))
+    written = [
+        Example(kind=kind, line=line, source="correction", group="-")
+        for name, kind in (("train.jsonl", SFT), ("preference.jsonl", DPO))
+        if (version.path / name).exists()
+        for line in map(json.loads, (version.path / name).read_text().splitlines())
+    ]
+    assert written and hosted["tokens"] == 3 * sum(map(o200k, written))
+    assert hosted["tokens"] != local["tokens"]
