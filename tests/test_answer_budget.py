@@ -15,25 +15,20 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import yaml
 from bpe_openai import get_encoding
 
-from gateway.config import load_settings
 from retrain import evaluate, tokens
-from retrain.config import RetrainSettings
 from retrain.evaluate import Case
-from retrain.gateway_client import Gateway
 
-from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
+from .gate_stack import Served, served_gate
 from .multilingual import pairs
 from .scripted_upstream import Script, ScriptedUpstream
-from .services import GatewayProcess, RedisProcess
+from .services import RedisProcess
 
 BUDGET_DB = 5  # this module's models stay out of the other tests' database
 CL100K, O200K = get_encoding("cl100k_base"), get_encoding("o200k_base")
@@ -70,14 +65,6 @@ SCRIPT: Script = {
 }
 
 
-@dataclass
-class Served:
-    upstream: ScriptedUpstream
-    config: Path
-    settings: RetrainSettings
-    client: Gateway
-
-
 @pytest.fixture(scope="module")
 def served(
     redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
@@ -85,43 +72,21 @@ def served(
     redis.Redis(port=redis_server.port, db=BUDGET_DB).flushdb()
     encodings = {"gpt-3.5": CL100K, "ft:gpt-3.5": CL100K, "gpt-4.1": O200K, "ft:gpt-4.1": O200K}
     upstream = ScriptedUpstream(SCRIPT, encodings).start()
-    workdir = tmp_path_factory.mktemp("budget")
-    config = {
-        "redis_url": redis_server.url.rsplit("/", 1)[0] + f"/{BUDGET_DB}",
-        "id_secret": ID_SECRET,
-        "auth": {
-            "api_keys": [{"key": API_KEY, "name": "tests"}],
-            "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
-        },
-        "upstreams": {
+    with served_gate(
+        upstream,
+        redis_server.url.rsplit("/", 1)[0] + f"/{BUDGET_DB}",
+        tmp_path_factory.mktemp("budget"),
+        upstreams={
             "openai": {"kind": "openai", "base_url": upstream.base_url},
             "self-hosted": {"kind": "vllm", "base_url": upstream.base_url},
         },
-        "models": {
+        models={
             name: {"upstream": "self-hosted" if name == model else "openai", "model": model}
             for name, model in NAMES.items()
         },
-        "experiments": {"default": {"arms": [{"model": "gpt35"}]}},
-    }
-    gw = GatewayProcess(config, workdir)
-    try:
-        gw.start()
-        doc = yaml.safe_load(gw.config_path.read_text())
-        doc["retrain"] = {
-            "gateway_url": gw.url,
-            "gateway_key": API_KEY,
-            "admin_key": ADMIN_KEY,
-            "eval": {"min_examples": 10},
-        }
-        path = workdir / "retrain.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        settings = load_settings(path, schema=RetrainSettings)
-        client = Gateway(settings)
-        yield Served(upstream, path, settings, client)
-        client.http.close()
-    finally:
-        gw.stop()
-        upstream.stop()
+        default_model="gpt35",
+    ) as served:
+        yield served
 
 
 def gate(served: Served, language: str, control: str, candidate: str) -> dict[str, Any]:

@@ -11,24 +11,20 @@ import subprocess
 import sys
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import yaml
 
-from gateway.config import load_settings
 from retrain import evaluate
-from retrain.config import Eval, RetrainSettings
+from retrain.config import Eval
 from retrain.evaluate import Case
-from retrain.gateway_client import Gateway
 from retrain.jobs import JobStore
 
-from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
+from .gate_stack import Served, served_gate
 from .scripted_upstream import Script, ScriptedUpstream
-from .services import GatewayProcess, RedisProcess
+from .services import RedisProcess
 from .support_desk import RETURNS as LANGUAGES
 
 EVAL_DB = 11  # the gate's jobs stay out of the other tests' database
@@ -200,52 +196,21 @@ SCRIPT: Script = {
 }
 
 
-@dataclass
-class Served:
-    gateway: GatewayProcess
-    upstream: ScriptedUpstream
-    config: Path  # the gateway's config with a retrain section, as retrain reads it
-    settings: RetrainSettings
-    client: Gateway
-
-
 @pytest.fixture(scope="module")
 def served(
     redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     redis.Redis(port=redis_server.port, db=EVAL_DB).flushdb()
     upstream = ScriptedUpstream(SCRIPT).start()
-    workdir = tmp_path_factory.mktemp("gate")
-    config = {
-        "redis_url": redis_server.url.rsplit("/", 1)[0] + f"/{EVAL_DB}",
-        "id_secret": ID_SECRET,
-        "auth": {
-            "api_keys": [{"key": API_KEY, "name": "tests"}],
-            "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
-        },
-        "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
-        "models": {m: {"upstream": "scripted", "model": m} for m in SCRIPT},
-        "experiments": {"default": {"arms": [{"model": "control"}]}},
-    }
-    gw = GatewayProcess(config, workdir)
-    try:
-        gw.start()
-        doc = yaml.safe_load(gw.config_path.read_text())
-        doc["retrain"] = {
-            "gateway_url": gw.url,
-            "gateway_key": API_KEY,
-            "admin_key": ADMIN_KEY,
-            "eval": {"min_examples": 10},
-        }
-        path = workdir / "retrain.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        settings = load_settings(path, schema=RetrainSettings)
-        client = Gateway(settings)
-        yield Served(gw, upstream, path, settings, client)
-        client.http.close()
-    finally:
-        gw.stop()
-        upstream.stop()
+    with served_gate(
+        upstream,
+        redis_server.url.rsplit("/", 1)[0] + f"/{EVAL_DB}",
+        tmp_path_factory.mktemp("gate"),
+        upstreams={"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
+        models={m: {"upstream": "scripted", "model": m} for m in SCRIPT},
+        default_model="control",
+    ) as served:
+        yield served
 
 
 def cases(pairs: list[tuple[str, str]]) -> list[Case]:
