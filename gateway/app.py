@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from types import FrameType
 
 from fastapi import FastAPI, Request
@@ -268,6 +269,7 @@ def create_app(settings: Settings) -> FastAPI:
                 judge=settings.control.judge,
             )
             bounded("shadow requests", chat.close, 3)
+            bounded("language guesser", partial(asyncio.to_thread, control.languages.close), 3)
             await control.start()
             bounded("control tasks", control.stop, 3)
             feedback = FeedbackService(

@@ -79,7 +79,6 @@ class Control:
         # gather, not a suppress(CancelledError) per task: that would also swallow a
         # cancellation of stop() itself (the bounded shutdown in app.py relies on it).
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.to_thread(self.languages.close)
 
     async def load(self) -> None:
         await self.live.load()

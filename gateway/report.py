@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from . import decider, keys, stats, text
 from .config import Experiment, ModelVersion, Price
 from .decider import KEEP, PROMOTE, RAMP, ROLLBACK
+from .store import set_parent_death_signal
 
 __all__ = ["KEEP", "PROMOTE", "RAMP", "ROLLBACK", "build", "collect", "languages", "report"]
 
@@ -296,7 +297,8 @@ def _shares(pairs: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, Any]
 class LanguageGuesser:
     """One worker process that guesses languages, started at the first report (spawned:
     a fork of a process with threads and an event loop is unsafe), kept for the next,
-    and stopped with the gateway (:meth:`close`, from the lifespan's exit stack)."""
+    and stopped with the gateway (:meth:`close`, a step of the lifespan's shutdown); a
+    gateway killed outright takes it along (a parent-death signal)."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
@@ -312,7 +314,11 @@ class LanguageGuesser:
 
     def _started(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=set_parent_death_signal,  # a gateway killed takes it along
+            )
         return self._pool
 
     def close(self) -> None:

@@ -112,7 +112,9 @@ def redis_server_binary() -> str:
     return str(bundled) if bundled.exists() else "redis-server"
 
 
-def _set_parent_death_signal() -> None:  # runs in the child, between fork and exec
+def set_parent_death_signal() -> None:
+    """Ask the kernel to send this process SIGTERM when its parent dies (Linux; elsewhere
+    nothing). Runs in a child: between fork and exec, or first thing in a worker."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -172,7 +174,7 @@ def start_embedded(data_dir: Path, startup_timeout: float = 10.0) -> Embedded:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_set_parent_death_signal,  # noqa: PLW1509 - the child is Redis only
+            preexec_fn=set_parent_death_signal,  # noqa: PLW1509 - the child is Redis only
         )
         deadline = time.monotonic() + startup_timeout
         while not _answers(socket_path):

@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +17,9 @@ import pytest
 import redis
 
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, ID_SECRET
-from .polling import eventually
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess, RedisProcess
+from .test_local_stack import assert_all_gone, descendants
 
 LANGUAGES_DB = 5  # this module's interactions stay out of the other tests' database
 
@@ -272,32 +271,10 @@ def test_the_gateway_process_never_loads_the_language_guesser(
     assert run.stdout.split() == ["1.0", "False"]  # the default arm answers in the language
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, exited and not yet reaped, is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid``."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry))
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_the_language_guesser_stops_with_the_gateway(
-    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory, how: str
 ) -> None:
     upstream = ScriptedUpstream(SCRIPT).start()
     gw = GatewayProcess(
@@ -306,14 +283,18 @@ def test_the_language_guesser_stops_with_the_gateway(
     try:
         gw.start()
         assert gw.proc is not None
-        pid, before = gw.proc.pid, children(gw.proc.pid)
+        pid, before = gw.proc.pid, descendants(gw.proc.pid)
         name = new_experiment(gw)
         chat(gw, name, rounds=1)
         report_when(gw, name, sample=len(QUESTIONS))
-        guessers = children(pid) - before
+        guessers = descendants(pid) - before
         assert guessers, "the report's guesses ran in no process of their own"
-        gw.stop()  # SIGTERM
-        eventually(lambda: not any(running(p) for p in guessers), "the guesser stopped", 5)
+        if how == "sigterm":
+            gw.stop()
+        else:
+            gw.proc.kill()  # no shutdown: the guesser has a parent-death signal
+            gw.proc.wait(10)
+        assert_all_gone(guessers)
     finally:
         gw.stop()
         upstream.stop()
