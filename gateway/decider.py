@@ -12,7 +12,12 @@ The always-valid p-value is the running minimum of 1/Λ over the looks; the deci
 acts when it falls below ``decision.alpha``, in the direction of d. The running
 minimum is kept in Redis per experiment version (``fw:ctl:seq:{exp}:{ver}``), updated
 at every look of the decider once both arms have ``min_ratings`` users (a look the
-report makes on request reads it but does not move it).
+report makes on request reads it but does not move it). Each arm's variance has a
+floor, its users' scores with two pseudo-users added, one at 0 and one at 1
+(:func:`gateway.stats.floored_variance`): arms where every user rated alike are still
+evidence (118 users all down against 122 all up is decided at the first counted look),
+and the floor only ever raises a variance (the A/A numbers below are unchanged by it).
+The always-valid interval is kept within [-1, 1], where a difference of scores lies.
 
 **The unit is the user**: the sample of an arm is one mean score per user (each
 user's ratings averaged), so a heavy rater counts once, and the sample sizes, the
@@ -108,7 +113,7 @@ def sequential(
             "p_value": previous_p,
         }
     diff = b.mean - a.mean
-    variance = a.variance / a.n + b.variance / b.n
+    variance = stats.floored_variance(a) / a.n + stats.floored_variance(b) / b.n
     tau2 = rules.mixture_sd**2
     p_now = stats.msprt_p(diff, variance, tau2)
     ready = a.n >= rules.min_ratings and b.n >= rules.min_ratings

@@ -156,12 +156,13 @@ class Sample:
             return math.nan
         return max(self.squares - self.n * self.mean**2, 0.0) / (self.n - 1)
 
-    def interval(self) -> tuple[float, float]:
-        """95% interval of the mean (Student t)."""
+    def interval(self, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+        """95% interval of the mean (Student t), within ``bounds`` (scores are in [0, 1]:
+        a mean cannot be outside, however wide a few users make the interval)."""
         if self.n < 2:
             return (math.nan, math.nan)
         half = t_ppf(0.975, self.n - 1) * math.sqrt(self.variance / self.n)
-        return (self.mean - half, self.mean + half)
+        return (max(bounds[0], self.mean - half), min(bounds[1], self.mean + half))
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,20 @@ def prob_better(control: Sample, candidate: Sample, points: int = 2001) -> float
 # -- sequential testing -------------------------------------------------------------------
 
 
+def floored_variance(sample: Sample) -> float:
+    """The sample variance of scores in [0, 1], or, where larger, the variance of the same
+    sample with two pseudo-users added, one at 0 and one at 1 (a pseudo-count prior).
+
+    Identical scores have no spread, and a test that reads "no spread" as "no
+    information" never decides 118 users who all rated the control down against 122 who
+    all rated the candidate up. With the prior the spread is never 0, it shrinks as
+    users come in (about ``m(1-m)/n`` for a mean ``m``), and since it only ever raises the
+    variance the test stays as conservative as before wherever the data has spread.
+    """
+    prior = Sample(sample.n + 2, sample.total + 1, sample.squares + 1).variance
+    return prior if not sample.variance > prior else sample.variance
+
+
 def msprt_log_lr(difference: float, variance: float, tau2: float) -> float:
     """log Λ: the mixture likelihood ratio of "difference ≠ 0" against "= 0".
 
@@ -258,9 +273,10 @@ def msprt_p(difference: float, variance: float, tau2: float) -> float:
 
 
 def msprt_interval(
-    difference: float, variance: float, tau2: float, alpha: float
+    difference: float, variance: float, tau2: float, alpha: float, bound: float = 1.0
 ) -> tuple[float, float]:
-    """The always-valid (1 − alpha) interval at this look: every θ with Λ(θ) < 1/alpha."""
+    """The always-valid (1 − alpha) interval at this look: every θ with Λ(θ) < 1/alpha,
+    within ``[-bound, bound]`` (a difference of means of scores in [0, 1] lies in [-1, 1])."""
     if not variance > 0:
         return (difference, difference)
     half = math.sqrt(
@@ -269,7 +285,7 @@ def msprt_interval(
         / tau2
         * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance))
     )
-    return (difference - half, difference + half)
+    return (max(-bound, difference - half), min(bound, difference + half))
 
 
 # -- guardrails ---------------------------------------------------------------------------

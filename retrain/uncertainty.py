@@ -40,9 +40,15 @@ class Interval:
 
 
 def paired_bootstrap(
-    differences: Sequence[float], *, samples: int, seed: int, confidence: float
+    differences: Sequence[float],
+    *,
+    samples: int,
+    seed: int,
+    confidence: float,
+    bounds: tuple[float, float] = (-1.0, 1.0),
 ) -> Interval:
-    """The mean of ``differences`` with its two-sided percentile bootstrap interval."""
+    """The mean of ``differences`` with its two-sided percentile bootstrap interval, within
+    ``bounds`` (a difference of two scores in [0, 1] lies in [-1, 1])."""
     n = len(differences)
     if n == 0:
         raise ValueError("a bootstrap needs at least one difference")
@@ -57,7 +63,11 @@ def paired_bootstrap(
     if n > 1:
         z = NormalDist().inv_cdf(1 - tail)
         widen = math.sqrt(n / (n - 1)) * t_quantile(1 - tail, n - 1) / z
-    return Interval(mean, mean - (mean - low) * widen, mean + (high - mean) * widen)
+    return Interval(
+        mean,
+        max(bounds[0], mean - (mean - low) * widen),
+        min(bounds[1], mean + (high - mean) * widen),
+    )
 
 
 def t_quantile(p: float, df: int) -> float:

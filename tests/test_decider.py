@@ -257,3 +257,42 @@ def test_a_sample_ratio_mismatch_in_users_blocks_every_decision() -> None:
     _, srm, decision = decider.evaluate(exp, 1, [control, tuned], {})
     assert srm["mismatch"] is True and srm["unit"] == "users"
     assert decision["action"] == KEEP and "sample ratio mismatch" in decision["reasons"][0]
+
+
+def decide_once(control: np.ndarray, tuned: np.ndarray) -> dict[str, Any]:
+    """One look of the decider at two arms of 50/50 with these per-user means."""
+    exp = experiment()
+    arms = [arm("control", 50, control), arm("tuned", 50, tuned)]
+    comparisons, _, decision = decider.evaluate(exp, 1, arms, {})
+    return {**comparisons[0], "action": decision["action"]}
+
+
+def test_perfectly_separated_arms_are_decided() -> None:
+    """Every user of the control rated it down, every user of the candidate up: no
+    spread within either arm, all the evidence there is between them."""
+    won = decide_once(np.zeros(118), np.ones(122))
+    assert won["p_value"] < ALPHA and won["action"] in (PROMOTE, RAMP), won
+    lost = decide_once(np.ones(118), np.zeros(122))
+    assert lost["p_value"] < ALPHA and lost["action"] == ROLLBACK, lost
+
+
+def test_identical_arms_without_spread_are_left_alone() -> None:
+    for score in (0.0, 0.75, 1.0):  # all down, all 4 stars, all up
+        same = decide_once(np.full(200, score), np.full(200, score))
+        assert same["p_value"] == 1.0 and same["action"] == KEEP, same
+
+
+def test_one_user_an_arm_decides_nothing() -> None:
+    one = decide_once(np.zeros(1), np.ones(1))
+    assert not one["ready"] and one["action"] == KEEP, one
+
+
+@pytest.mark.parametrize(
+    ("control", "tuned"),
+    [(np.zeros(3), np.ones(3)), (np.array([0.0, 1.0, 0.5]), np.array([1.0, 1.0, 0.0]))],
+)
+def test_the_always_valid_interval_stays_within_the_scores_range(
+    control: np.ndarray, tuned: np.ndarray
+) -> None:
+    lo, hi = decide_once(control, tuned)["ci95"]
+    assert -1.0 <= lo <= hi <= 1.0

@@ -203,3 +203,12 @@ def test_the_old_eval_keys_still_work_and_both_spellings_are_refused() -> None:
 def test_every_eval_setting_is_described() -> None:
     missing = [name for name, field in Eval.model_fields.items() if not field.description]
     assert missing == []
+
+
+def test_a_gain_interval_of_a_few_examples_stays_within_the_metrics_range() -> None:
+    """Two examples and the t-widening make the raw interval wider than any gain can be:
+    what is shown and compared stays within [-1, 1]."""
+    ci = paired_bootstrap([0.9, 0.2], samples=2000, seed=0, confidence=0.95)
+    assert -1.0 <= ci.low <= ci.estimate <= ci.high <= 1.0
+    assert ci.high == 1.0  # clipped, not shifted: the estimate is the same
+    assert ci.estimate == pytest.approx(0.55)

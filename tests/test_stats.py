@@ -160,3 +160,10 @@ def test_rate_increase_lower_bound_is_below_the_estimate_and_tightens_with_data(
         ),
         rel=1e-6,
     )
+
+
+def test_the_interval_of_a_mean_score_stays_within_the_scores_range() -> None:
+    """Three users (1, 1 and 0.5): the t interval of their mean would end above 1."""
+    sample = stats.Sample(3, 2.5, 2.25)
+    lo, hi = sample.interval()
+    assert 0.0 <= lo < sample.mean < hi == 1.0
