@@ -411,16 +411,26 @@ def messages_json(messages: list[Any], blocks: typing.Mapping[str, bytes | None]
     return b"[" + b",".join(parts) + b"]"
 
 
-def text_of(content: Any) -> str:
-    """A message's text: its ``content`` string, or the text parts of a content-part array."""
+def text_of(content: Any, sep: str = "") -> str:
+    """A message's text: its ``content`` string, or the text parts of a content-part array
+    joined by ``sep`` (other parts, such as images, left out)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
+        return sep.join(
             p["text"]
             for p in content
             if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
         )
+    return ""
+
+
+def last_user_text(messages: Any, sep: str = "") -> str:
+    """The text of the last user message ("" when there is none; a message without a
+    role is the user's), its parts joined by ``sep``."""
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role", "user") == "user":
+            return text_of(m.get("content"), sep)
     return ""
 
 

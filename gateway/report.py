@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from . import decider, keys, stats, text
 from .config import Experiment, ModelVersion, Price
 from .decider import KEEP, PROMOTE, RAMP, ROLLBACK
+from .records import last_user_text
 from .store import set_parent_death_signal
 
 __all__ = ["KEEP", "PROMOTE", "RAMP", "ROLLBACK", "build", "collect", "languages", "report"]
@@ -223,16 +224,6 @@ async def report(
     return build(name, state, raw, models, previous)
 
 
-def _question(messages: Any) -> str:
-    """The text of the last user message."""
-    from .records import text_of
-
-    for m in reversed(messages if isinstance(messages, list) else []):
-        if isinstance(m, dict) and m.get("role") == "user":
-            return text_of(m.get("content"))
-    return ""
-
-
 def language_share(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """How many of the (question, answer) ``pairs`` are answered in the question's
     language: ``sample`` pairs, ``known`` where both languages can be told (only those
@@ -279,7 +270,9 @@ async def languages(
             got = found.get(rec["arm"])
             if got is not None and len(got) < LANGUAGE_SAMPLE:
                 answer = rec.get("answer") or ""
-                got.append((_question(rec.get("messages")), answer, int(rec.get("created") or 0)))
+                got.append(
+                    (last_user_text(rec.get("messages")), answer, int(rec.get("created") or 0))
+                )
         if len(entries) < _SCAN_BATCH:
             break
 

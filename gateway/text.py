@@ -50,18 +50,19 @@ _THAI = regex.compile(r"\p{Thai}")
 # Tokens are found in one C call (findall), not a Python step per token (7× slower).
 _ASCII_TOKEN = re.compile(r"[a-z0-9_]+(?:'[a-z0-9_]+)*|[^ \t\n\v\f\ra-z0-9_]")
 
-# The languages :func:`language` chooses among (Lingua's names). Flywheel's users write
-# these; a text in another language is guessed as the nearest of them or not at all.
-LANGUAGES = (
-    "ENGLISH",
-    "THAI",
-    "VIETNAMESE",
-    "CHINESE",
-    "JAPANESE",
-    "KOREAN",
-    "INDONESIAN",
-    "MALAY",
-)
+# The languages :func:`language` chooses among, by ISO 639-1 code, with their English
+# names (Lingua's, in capitals). Flywheel's users write these; a text in another
+# language is guessed as the nearest of them or not at all.
+LANGUAGES = {
+    "en": "English",
+    "th": "Thai",
+    "vi": "Vietnamese",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "id": "Indonesian",
+    "ms": "Malay",
+}
 
 
 def nfc(text: str) -> str:
@@ -128,7 +129,7 @@ def language(text: str) -> str | None:
 def _detector() -> Any:
     from lingua import Language, LanguageDetectorBuilder
 
-    chosen = [getattr(Language, name) for name in LANGUAGES]
+    chosen = [getattr(Language, name.upper()) for name in LANGUAGES.values()]
     return (
         LanguageDetectorBuilder.from_languages(*chosen).with_minimum_relative_distance(0.1).build()
     )

@@ -170,7 +170,7 @@ def _folded(value: Any) -> Any:
     if isinstance(value, list):
         return [" ".join(_fold(v).split()) if type(v) is str else _folded(v) for v in value]
     if isinstance(value, str):
-        return " ".join(fold(value).split())
+        return " ".join(_fold(value).split())
     return value
 
 

@@ -295,6 +295,7 @@ def _example(
             answers["candidate"],
             answers["control"],
             cfg.judge_max_tokens,
+            lang=row["language"]["question"],
         )
     return row
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.text import language, nfc
+from gateway.records import last_user_text, text_of
+from gateway.text import LANGUAGES, language, nfc
 
 from .uncertainty import wilson
 
@@ -38,17 +39,7 @@ SYSTEM = (
     "Judge in the conversation's language: a good answer is written in the language of "
     "the user's question, and an answer in another language is worse, however correct."
 )
-# The names of the languages gateway.text.language tells apart.
-LANGUAGE_NAMES = {
-    "en": "English",
-    "th": "Thai",
-    "vi": "Vietnamese",
-    "zh": "Chinese",
-    "ja": "Japanese",
-    "ko": "Korean",
-    "id": "Indonesian",
-    "ms": "Malay",
-}
+PARTS = "\n"  # between the text parts of a multi-part message, as the judge reads it
 TEMPLATE = """{language}Conversation:
 {conversation}
 
@@ -66,30 +57,15 @@ Which answer is better? Reply with one word: A, B or TIE."""
 Ask = Callable[[str, list[dict[str, Any]], int], str]
 
 
-def content_text(content: Any) -> str:
-    """A message's content as text: a string as it is, the text parts of a multi-part
-    content joined by newlines (other parts, such as images, left out)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(p.get("text") or "")
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
 def _render(messages: list[dict[str, Any]]) -> str:
     return "\n".join(
-        f"{m.get('role', 'user')}: {nfc(content_text(m.get('content')))}" for m in messages
+        f"{m.get('role', 'user')}: {nfc(text_of(m.get('content'), PARTS))}" for m in messages
     )
 
 
 def question_language(messages: list[dict[str, Any]]) -> str | None:
     """The language of the last user message (None: it cannot be told)."""
-    asked = [m for m in messages if m.get("role", "user") == "user"]
-    return language(content_text(asked[-1].get("content"))) if asked else None
+    return language(last_user_text(messages, PARTS))
 
 
 def prompt(
@@ -97,7 +73,7 @@ def prompt(
 ) -> list[dict[str, Any]]:
     """The judge's chat messages for answers ``a`` and ``b``; ``lang``: the language of
     the user's question (an ISO 639-1 code), named to the judge when known."""
-    name = LANGUAGE_NAMES.get(lang or "")
+    name = LANGUAGES.get(lang or "")
     said = (
         f"The user writes in {name}: a good answer is in {name}; an answer in another "
         "language is worse.\n\n"
@@ -129,9 +105,11 @@ def judge_pair(
     candidate: str,
     control: str,
     max_tokens: int,
+    *,
+    lang: str | None,
 ) -> dict[str, str]:
-    """Both orders' verdicts for one example, and the combined ``verdict``."""
-    lang = question_language(messages)
+    """Both orders' verdicts for one example, and the combined ``verdict``; ``lang``: the
+    language of the user's question (:func:`question_language`), named to the judge."""
     first = parse(ask(judge, prompt(messages, reference, candidate, control, lang), max_tokens))
     second = parse(ask(judge, prompt(messages, reference, control, candidate, lang), max_tokens))
     # Each order's preference, by model rather than by position.

@@ -142,6 +142,7 @@ def test_both_orders_decide_the_verdict_and_a_position_bias_cancels_out() -> Non
         "CANDIDATE-ANSWER",
         "CONTROL-ANSWER",
         8,
+        lang=None,
     )
     assert got == {"candidate_first": "candidate", "control_first": "control", "verdict": "tie"}
     first, second = asked
