@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md dev ./
 COPY gateway ./gateway
 COPY retrain ./retrain
-COPY localstack ./localstack
+COPY flywheel_stack ./flywheel_stack
 
 # -- build stages: ./dev install, into /opt/flywheel, a copy rather than an editable link
 FROM source AS build-gateway

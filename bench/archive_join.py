@@ -6,7 +6,7 @@ each request a 1.7 KB conversation) into a temporary directory, then joins ``--r
 random response ids to it, once with each engine, each in a process of its own (so each
 peak RSS is its own), and prints the time and peak RSS of each:
 
-* ``duckdb`` — ``gateway.archive.find_interactions``, what Flywheel runs: one DuckDB query
+* ``duckdb`` — ``gateway.ops.archive.find_interactions``, what Flywheel runs: one DuckDB query
   over the committed files, the ids joined as a table;
 * ``pyarrow`` — the same join as a ``pyarrow.dataset`` scan with an ``isin`` filter (what
   Flywheel ran before).
@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import orjson
 
-from gateway.archive import (
+from gateway.core.records import InteractionRecord
+from gateway.ops.archive import (
     COLUMNS,
     INTERACTIONS,
     Archive,
@@ -35,7 +36,6 @@ from gateway.archive import (
     find_interactions,
     records_of,
 )
-from gateway.records import InteractionRecord
 
 from .peak import peak_kib
 from .storage import _text, conversations

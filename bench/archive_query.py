@@ -4,7 +4,7 @@
 ``--rows`` interactions of the experiment ``ab`` (``--days`` daily partitions, the
 archiver's schema and settings, each request a 1.7 KB conversation, two tenants) and a
 rating for every tenth of them, into a temporary directory; then times, with
-:class:`gateway.archive_query.ArchiveReader` (what a console page runs past the hot
+:class:`gateway.ops.archive_query.ArchiveReader` (what a console page runs past the hot
 window, besides its few Redis reads):
 
 * the newest page (6 rows: a page of 5 and one to know there is more), and a page from a
@@ -29,9 +29,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.archive import COLUMNS, FEEDBACK, INTERACTIONS, Archive, arrow_schema
-from gateway.archive_query import ArchiveReader, window_report
-from gateway.records import to_row
+from gateway.core.records import to_row
+from gateway.ops.archive import COLUMNS, FEEDBACK, INTERACTIONS, Archive, arrow_schema
+from gateway.ops.archive_query import ArchiveReader, window_report
 
 from .storage import conversations
 

@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 import redis
 import redis.asyncio as aioredis
 
-from gateway import keys
-from gateway.archive import Archive, Archiver, PassResult
-from gateway.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, encode_feedback
+from gateway.core import keys
+from gateway.core.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, encode_feedback
+from gateway.ops.archive import Archive, Archiver, PassResult
 
 from .procs import Processes
 from .storage import conversations, interaction_log

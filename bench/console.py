@@ -25,9 +25,9 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from gateway import keys
-from gateway.interaction_log import InteractionLog
-from gateway.metrics import Metrics
+from gateway.core import keys
+from gateway.serving.interaction_log import InteractionLog
+from gateway.serving.metrics import Metrics
 from tests.services import GatewayProcess, RedisProcess
 
 from .logwriter import make_records

@@ -25,7 +25,7 @@ import statistics
 import unicodedata
 from typing import Any
 
-from gateway.text import nfc, words
+from gateway.core.text import nfc, words
 from retrain.config import RetrainConfig
 from retrain.curate import SFT, Curator, Example, TokenCounter, near_text, signature_of
 from retrain.dataset import assign_splits

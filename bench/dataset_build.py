@@ -38,8 +38,8 @@ from typing import Any
 import orjson
 import redis
 
-from gateway import keys
-from gateway.config import build_settings
+from gateway.core import keys
+from gateway.core.config import build_settings
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from tests.services import RedisProcess
@@ -246,7 +246,7 @@ def _children_cpu() -> float:
 
 def build_only(config: str) -> None:
     """The child's part: the real builder (``retrain build``'s), its stages timed."""
-    from gateway.config import load_settings
+    from gateway.core.config import load_settings
     from retrain.feedback_log import connect
 
     from .peak import peak_kib

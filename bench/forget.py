@@ -4,7 +4,7 @@
 ``redis-server``, writes ``--hot`` interactions into it as the interaction log does (4-turn
 conversations of one app, 1.7 KB requests; 10% of them rated), writes an archive of
 ``--rows`` interactions (20 files of 50,000 rows, the archiver's schema and settings), the
-rows spread over ``--users`` users, and times :meth:`gateway.forget.Forgetter.run` for one
+rows spread over ``--users`` users, and times :meth:`gateway.ops.forget.Forgetter.run` for one
 user: it reads every hot record and the deciding columns of every archive file, and
 rewrites the files that hold the user's rows. Prints the time, what it removed, and this
 process's peak RSS. Every process it starts is stopped at the end.
@@ -23,13 +23,13 @@ from pathlib import Path
 import orjson
 import redis
 
-from gateway import keys
-from gateway.archive import COLUMNS, INTERACTIONS, Archive, arrow_schema
-from gateway.config import InteractionLogConfig
-from gateway.forget import Forgetter
-from gateway.interaction_log import InteractionLog
-from gateway.metrics import Metrics
-from gateway.records import to_row
+from gateway.core import keys
+from gateway.core.config import InteractionLogConfig
+from gateway.core.records import to_row
+from gateway.ops.archive import COLUMNS, INTERACTIONS, Archive, arrow_schema
+from gateway.ops.forget import Forgetter
+from gateway.serving.interaction_log import InteractionLog
+from gateway.serving.metrics import Metrics
 
 from .procs import Processes
 from .storage import conversations

@@ -33,11 +33,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.auth import KeyRing, Principal, digest
-from gateway.config import ApiKey, Budget, Experiment, ModelVersion, Price, Upstream
-from gateway.metrics import Metrics
-from gateway.routing import Router
-from gateway.spend import Spend
+from gateway.control.routing import Router
+from gateway.core.auth import KeyRing, Principal, digest
+from gateway.core.config import ApiKey, Budget, Experiment, ModelVersion, Price, Upstream
+from gateway.serving.metrics import Metrics
+from gateway.serving.spend import Spend
 
 from .procs import Processes
 from .systems import start_redis

@@ -24,7 +24,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from gateway.redact import redact
+from gateway.core.redact import redact
 from retrain import evaluate
 from retrain.config import Eval
 from retrain.text_metrics import answer_budget, chrf, rouge_l
@@ -107,7 +107,7 @@ def tokens() -> list[str]:
     from bpe_openai import get_encoding
     from tokenizers import Tokenizer
 
-    from localstack.tiny_model import build_tiny_model
+    from flywheel_stack.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Tokenizer.from_file(str(build_tiny_model(Path(tmp) / "tiny") / "tokenizer.json"))

@@ -1,6 +1,6 @@
 """The interaction-log writer's throughput: records/s that reach a real Redis.
 
-Drives :class:`gateway.interaction_log.InteractionLog` directly, as the gateway does:
+Drives :class:`gateway.serving.interaction_log.InteractionLog` directly, as the gateway does:
 records made by ``Turn.record()`` (the gateway's own shape, a unique signed id each) are
 submitted from the event loop in slices (yielding between slices, as request handlers
 would) while the background writer drains the queue into Redis. The clock runs from the
@@ -17,15 +17,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway import keys
-from gateway.auth import Principal
-from gateway.chat import Turn
-from gateway.config import InteractionLogConfig as LogConfig
-from gateway.config import Upstream
-from gateway.ids import IdIssuer
-from gateway.interaction_log import InteractionLog
-from gateway.metrics import Metrics
-from gateway.routing import Target
+from gateway.control.routing import Target
+from gateway.core import keys
+from gateway.core.auth import Principal
+from gateway.core.config import InteractionLogConfig as LogConfig
+from gateway.core.config import Upstream
+from gateway.core.ids import IdIssuer
+from gateway.serving.chat import Turn
+from gateway.serving.interaction_log import InteractionLog
+from gateway.serving.metrics import Metrics
 
 from .procs import group_cpu_seconds
 from .systems import ID_SECRET

@@ -32,15 +32,15 @@ from .wrk import lua_script, run_wrk
 
 # Layers of a request, by the file a frame is in (first match wins for self time).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("gateway: chat handler (chat.py)", ("gateway/chat.py",)),
-    ("gateway: upstream client", ("gateway/upstream.py", "gateway/replicas.py")),
-    ("gateway: interaction log writer", ("gateway/interaction_log.py",)),
-    ("gateway: ids (HMAC)", ("gateway/ids.py",)),
-    ("gateway: routing (sha256 bucket)", ("gateway/routing.py",)),
-    ("gateway: auth", ("gateway/auth.py",)),
-    ("gateway: body/parse", ("gateway/bodies.py",)),
+    ("gateway: chat handler (chat.py)", ("gateway/serving/chat.py",)),
+    ("gateway: upstream client", ("gateway/serving/upstream.py", "gateway/serving/replicas.py")),
+    ("gateway: interaction log writer", ("gateway/serving/interaction_log.py",)),
+    ("gateway: ids (HMAC)", ("gateway/core/ids.py",)),
+    ("gateway: routing (sha256 bucket)", ("gateway/control/routing.py",)),
+    ("gateway: auth", ("gateway/core/auth.py",)),
+    ("gateway: body/parse", ("gateway/serving/bodies.py",)),
     ("gateway: app.py (endpoint, request id)", ("gateway/app.py",)),
-    ("gateway: control (Redis poll)", ("gateway/control.py",)),
+    ("gateway: control (Redis poll)", ("gateway/control/control.py",)),
     ("prometheus_client (metrics)", ("prometheus_client/",)),
     ("redis-py (writer pipeline)", ("redis/",)),
     ("aiohttp client", ("aiohttp/", "yarl/", "multidict/")),

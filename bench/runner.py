@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from gateway import keys
+from gateway.core import keys
 
 from . import systems as S
 from .logwriter import run_log

@@ -30,16 +30,16 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from gateway import keys
-from gateway.archive import Archive, Archiver
-from gateway.auth import Principal
-from gateway.chat import Turn
-from gateway.config import InteractionLogConfig, Upstream
-from gateway.ids import IdIssuer
-from gateway.interaction_log import InteractionLog
-from gateway.metrics import Metrics
-from gateway.records import InteractionRecord
-from gateway.routing import Target
+from gateway.control.routing import Target
+from gateway.core import keys
+from gateway.core.auth import Principal
+from gateway.core.config import InteractionLogConfig, Upstream
+from gateway.core.ids import IdIssuer
+from gateway.core.records import InteractionRecord
+from gateway.ops.archive import Archive, Archiver
+from gateway.serving.chat import Turn
+from gateway.serving.interaction_log import InteractionLog
+from gateway.serving.metrics import Metrics
 
 from .procs import Processes
 from .systems import ID_SECRET, start_redis

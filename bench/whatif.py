@@ -120,8 +120,8 @@ def disable_metrics() -> None:
 
 def patch_writer_lua() -> None:
     """``InteractionLog._write`` as one Lua call per batch."""
-    from gateway import keys
-    from gateway.interaction_log import InteractionLog, arm_statistics
+    from gateway.core import keys
+    from gateway.serving.interaction_log import InteractionLog, arm_statistics
 
     async def _write(self: Any, batch: list[dict[str, Any]]) -> None:
         script = self.__dict__.get("_bench_lua")
@@ -147,8 +147,8 @@ def patch_stats_interval(interval_s: float = 1.0) -> None:
     """
     from collections import Counter, defaultdict
 
-    from gateway import keys
-    from gateway.interaction_log import InteractionLog, arm_statistics
+    from gateway.core import keys
+    from gateway.serving.interaction_log import InteractionLog, arm_statistics
 
     async def _write(self: Any, batch: list[dict[str, Any]]) -> None:
         ttl = int(self._retention_s)
@@ -179,7 +179,7 @@ def patch_stats_interval(interval_s: float = 1.0) -> None:
 
 def patch_writer_linger(linger_s: float = 0.005) -> None:
     """The writer waits ``linger_s`` after a batch's first record before draining the queue."""
-    from gateway.interaction_log import InteractionLog
+    from gateway.serving.interaction_log import InteractionLog
 
     start = InteractionLog.start
 
@@ -199,7 +199,7 @@ def patch_writer_linger(linger_s: float = 0.005) -> None:
 
 def patch_relay_direct() -> None:
     """``RelayResponse`` without Starlette's per-response anyio task group."""
-    from gateway.chat import RelayResponse
+    from gateway.serving.chat import RelayResponse
 
     async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
         relay_task = asyncio.current_task()
@@ -245,8 +245,8 @@ def serve(config: str, port: int, patches: list[str], gc_stats: Path | None) -> 
     import uvicorn
 
     from gateway.app import create_app, serving_app
-    from gateway.config import load_settings
-    from gateway.interaction_log import InteractionLog
+    from gateway.core.config import load_settings
+    from gateway.serving.interaction_log import InteractionLog
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -4,8 +4,8 @@ Resources (Redis, the interaction-log writer, the upstream HTTP pool) are opened
 the lifespan, on one exit stack: shutdown closes them in the reverse order, each step
 bounded in time, and a failure at start-up closes what was already open before the
 error ends the process. Handlers reach them through :func:`gateway.state.state`; no
-module holds any. The routes are in :mod:`gateway.routes` (public) and
-:mod:`gateway.admin`.
+module holds any. The routes are in :mod:`gateway.serving.routes` (public) and
+:mod:`gateway.admin.admin`.
 
 :func:`serving_app` is what ``gateway serve`` runs: the app, with
 ``POST /v1/chat/completions`` — every request's path — dispatched straight to the chat
@@ -38,25 +38,31 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import keys, store
-from .admin import add_admin_routes
-from .archive import default_url
-from .auth import KeyRing
-from .chat import ChatService
-from .config import Limits, Settings
-from .console import add_console
-from .control import Control
-from .errors import GatewayError, HeadersTooLarge, InvalidRequest, NotFound, error_response
-from .feedback import FeedbackService, maintain
-from .ids import IdIssuer, load_or_create_secret
-from .interaction_log import InteractionLog
-from .limits import RateLimiter
-from .metrics import Metrics
-from .openapi import install as install_openapi
-from .routes import add_public_routes, request_id
-from .spend import Spend
-from .state import GatewayState, state
-from .upstream import UpstreamClient
+from gateway.admin.admin import add_admin_routes
+from gateway.console import add_console
+from gateway.control.control import Control
+from gateway.core import keys, store
+from gateway.core.auth import KeyRing
+from gateway.core.config import Limits, Settings
+from gateway.core.errors import (
+    GatewayError,
+    HeadersTooLarge,
+    InvalidRequest,
+    NotFound,
+    error_response,
+)
+from gateway.core.ids import IdIssuer, load_or_create_secret
+from gateway.openapi import install as install_openapi
+from gateway.ops.archive import default_url
+from gateway.serving.chat import ChatService
+from gateway.serving.feedback import FeedbackService, maintain
+from gateway.serving.interaction_log import InteractionLog
+from gateway.serving.limits import RateLimiter
+from gateway.serving.metrics import Metrics
+from gateway.serving.routes import add_public_routes, request_id
+from gateway.serving.spend import Spend
+from gateway.serving.upstream import UpstreamClient
+from gateway.state import GatewayState, state
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,7 @@ async def _bounded(what: str, step: Callable[[], Awaitable[None]], seconds: floa
 async def _archive_loop(settings: Settings, url: str) -> None:
     """Background task: archive what Redis holds, when this process holds the archive lock
     (one archiver among all replicas and workers). Each pass runs in a thread."""
-    from .archive import Archive, Archiver
+    from gateway.ops.archive import Archive, Archiver
 
     cfg = settings.archive
     cluster = settings.redis_cluster and bool(settings.redis_url)
@@ -168,7 +174,7 @@ async def _archive_loop(settings: Settings, url: str) -> None:
                     archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
                 await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
                 # free between passes: any replica may take the next one, and a forget
-                # (gateway/forget.py) need not wait for this one to hand the lock over
+                # (gateway/ops/forget.py) need not wait for this one to hand the lock over
                 await asyncio.to_thread(archiver.release)
             except Exception as exc:  # noqa: BLE001 - the next pass retries
                 log.warning("archive pass failed: %s", exc)
@@ -414,6 +420,6 @@ def _on_started(send: Send, app: FastAPI) -> Send:
 
 def app_from_env() -> ASGIApp:
     """Factory for ``uvicorn --factory`` (used with several workers): config from the env."""
-    from .config import load_settings
+    from gateway.core.config import load_settings
 
     return serving_app(create_app(load_settings()))

@@ -7,8 +7,8 @@
     gateway config show [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
     gateway report NAME [--config FILE] [--json] [--since YYYY-MM-DD [--until YYYY-MM-DD]]
-    gateway keys create|list|revoke|rotate|audit ...   (see gateway.keys_cli)
-    gateway migrate-keys --from URL [--config FILE] [--replace]   (see gateway.migrate)
+    gateway keys create|list|revoke|rotate|audit ...   (see gateway.admin.keys_cli)
+    gateway migrate-keys --from URL [--config FILE] [--replace]   (see gateway.ops.migrate)
 """
 
 from __future__ import annotations
@@ -28,43 +28,16 @@ from typing import Any
 
 import orjson
 
-from . import keys_cli
-from .config import DEFAULT_CONFIG, Settings, build_settings, load_or_exit
+from gateway.admin import keys_cli
+from gateway.core.config import DEFAULT_CONFIG, Settings, build_settings, load_or_exit, show_config
 
 
 def load_config_or_exit(path: str | None) -> Settings:
     return load_or_exit(path, Settings, "gateway")
 
 
-MASKED = "**masked-secret**"  # long enough for every secret's own validation
-
-
-def _masked(value: Any) -> Any:
-    """SecretStr values dump as '**********': one placeholder that check-config accepts."""
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    return MASKED if value == "**********" else value
-
-
-def show_config(settings: Settings, source: str, command: str = "gateway") -> str:
-    """The effective config as YAML: every default filled in, secrets masked.
-
-    The gateway fills in the defaults of its own sections; ``retrain config show`` those
-    of the ``retrain`` section too (the retrain package owns its schema)."""
-    import yaml
-
-    doc = _masked(settings.model_dump(mode="json"))
-    return (
-        f"# Effective Flywheel config ({source}); every default is filled in and secrets\n"
-        f"# are masked. `{command} check-config --config FILE` accepts this file as it is.\n"
-        + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    )
-
-
 def serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
-    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+    from gateway.serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -86,8 +59,8 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, config: str
 def _serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
     import uvicorn
 
-    from .app import create_app, serving_app
-    from .store import start_embedded
+    from gateway.app import create_app, serving_app
+    from gateway.core.store import start_embedded
 
     if workers == 1:
         uvicorn.run(
@@ -128,7 +101,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def up(args: argparse.Namespace) -> None:
     """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both."""
-    from localstack import VLLMServer
+    from flywheel_stack import VLLMServer
 
     if args.config or os.environ.get("FLYWHEEL_CONFIG"):
         settings = load_config_or_exit(args.config)
@@ -147,7 +120,7 @@ def up(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     model = args.model
     if model is None:
-        from localstack.tiny_model import build_tiny_model
+        from flywheel_stack.tiny_model import build_tiny_model
 
         model = str(build_tiny_model(settings.data_dir / "models" / "tiny"))
     rank = max((u.max_lora_rank or 0 for u in settings.upstreams.values()), default=0)
@@ -167,10 +140,10 @@ async def experiment_report(
 ) -> dict[str, Any]:
     """The report of one experiment, read from the same Redis the gateway uses; with a
     window (``since``), over those days from the archive."""
-    from . import store
-    from .control import Control
-    from .metrics import Metrics
-    from .upstream import UpstreamClient
+    from gateway.control.control import Control
+    from gateway.core import store
+    from gateway.serving.metrics import Metrics
+    from gateway.serving.upstream import UpstreamClient
 
     redis, embedded = await store.open_store(settings)
     try:
@@ -184,8 +157,8 @@ async def experiment_report(
         await control.load()
         if since is None and until is None:
             return await control.report(name)
-        from . import archive_query
-        from .archive import default_url
+        from gateway.ops import archive_query
+        from gateway.ops.archive import default_url
 
         state = await control.experiments.state(name)
         arms = [a["model"] for a in state["spec"]["arms"]]
@@ -307,7 +280,7 @@ def print_report(doc: dict[str, Any]) -> None:
             same_language(a.get("language")),
         )
     console.print(arms)
-    from .report import LANGUAGE_SAMPLE
+    from gateway.control.report import LANGUAGE_SAMPLE
 
     console.print(
         "same language: the share of answers in the language of the question, over each "
@@ -404,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return keys_cli.main(load_config_or_exit(args.config), args)
     if args.command == "migrate-keys":
-        from .migrate import main as migrate_keys
+        from gateway.ops.migrate import main as migrate_keys
 
         return migrate_keys(load_config_or_exit(args.config), args.source, args.replace)
     if args.command == "check-config":
@@ -429,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "up":
         up(args)
     elif args.command == "report":
-        from .errors import GatewayError
+        from gateway.core.errors import GatewayError
 
         s = load_config_or_exit(args.config)
         try:

@@ -7,7 +7,7 @@ completed from this module: each operation's request body, its responses (every 
 in OpenAI's shape, :data:`ERROR`), and bearer security.
 
 The schemas come from what the gateway enforces, never a copy kept by hand: the chat
-request from :data:`gateway.validation.PARAMS`, the admin bodies from the config's
+request from :data:`gateway.serving.validation.PARAMS`, the admin bodies from the config's
 pydantic models, the rating limits from the running settings. ``tests/test_fuzz.py``
 fuzzes the gateway with this document (schemathesis) and checks every answer against it.
 """
@@ -20,9 +20,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from .apikeys import KeySpec, TenantSpec
-from .config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
-from .validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
+from gateway.admin.apikeys import KeySpec, TenantSpec
+from gateway.core.config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
+from gateway.serving.validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 
 REF = "#/components/schemas/{model}"
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from .auth import KeyRing
-from .chat import ChatService
-from .config import Settings
-from .control import Control
-from .feedback import FeedbackService
-from .metrics import Metrics
-from .upstream import UpstreamClient
+from gateway.control.control import Control
+from gateway.core.auth import KeyRing
+from gateway.core.config import Settings
+from gateway.serving.chat import ChatService
+from gateway.serving.feedback import FeedbackService
+from gateway.serving.metrics import Metrics
+from gateway.serving.upstream import UpstreamClient
 
 
 @dataclass

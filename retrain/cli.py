@@ -227,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("check-config", "config"):
         return _config(args)
     if args.command == "tiny-model":
-        from localstack.tiny_model import build_tiny_model
+        from flywheel_stack.tiny_model import build_tiny_model
 
         print(build_tiny_model(args.out, seed=args.seed, force=args.force))
         return 0
     if args.command == "tiny-adapter":
-        from localstack import make_test_adapter
+        from flywheel_stack import make_test_adapter
 
         print(make_test_adapter(args.model, args.out, seed=args.seed))
         return 0
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
             return 2
-        from gateway.archive import Archive, default_url
+        from gateway.ops.archive import Archive, default_url
 
         settings = load_config(args.config)
         archive = Archive(default_url(settings.data_dir, settings.archive.url))
@@ -337,7 +337,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _archive(args: argparse.Namespace) -> int:
-    from gateway.archive import Archive, Archiver, default_url
+    from gateway.ops.archive import Archive, Archiver, default_url
     from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
@@ -368,7 +368,7 @@ def _archive(args: argparse.Namespace) -> int:
 def _forget(args: argparse.Namespace) -> int:
     import orjson
 
-    from gateway.errors import Conflict, InvalidRequest
+    from gateway.core.errors import Conflict, InvalidRequest
     from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
@@ -472,7 +472,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     import os
 
-    from gateway.cli import show_config
+    from gateway.core.config import show_config
     from retrain.config import load as load_config
 
     settings = load_config(args.config)

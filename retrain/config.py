@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from gateway.config import RetrainSection, Settings, load_or_exit
+from gateway.core.config import RetrainSection, Settings, load_or_exit
 
 
 class _Strict(BaseModel):
@@ -198,7 +198,7 @@ class Eval(_Strict):
 class RetrainConfig(RetrainSection):
     """The ``retrain`` section: the dataset builder (``retrain build``, which ratings become
     which examples), training, the evaluation gate and the canary. ``dataset_dir`` comes
-    from the part the gateway reads too (:class:`gateway.config.RetrainSection`)."""
+    from the part the gateway reads too (:class:`gateway.core.config.RetrainSection`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     good_threshold: float = Field(

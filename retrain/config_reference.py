@@ -4,7 +4,7 @@
 ``tests/test_docs.py`` fails when the page and the models disagree, so it cannot drift.
 Every key is listed with its type, its default and its description. It lives in the
 retrain package because that is the one that sees the whole file: the gateway's sections
-(``gateway/config.py``) and the ``retrain`` section (``retrain/config.py``).
+(``gateway/core/config.py``) and the ``retrain`` section (``retrain/config.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from gateway.config import DEFAULT_CONFIG
+from gateway.core.config import DEFAULT_CONFIG
 
 from .config import RetrainSettings
 

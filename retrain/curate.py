@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.redact import redact
-from gateway.text import fold, nfc, words
+from gateway.core.redact import redact
+from gateway.core.text import fold, nfc, words
 
 from .tokens import TokenCounter as TokenCounter  # counts an example's tokens
 
@@ -158,7 +158,7 @@ def _texts(value: Any, out: list[str] | None = None) -> list[str]:
 
 
 def _folded(value: Any) -> Any:
-    """The value with every string folded (:func:`gateway.text.fold`) and its whitespace
+    """The value with every string folded (:func:`gateway.core.text.fold`) and its whitespace
     runs made one space, dict keys sorted. (Strings are folded where they are met, not in
     a call of their own: a line holds a few dozen of them, and this runs for every
     example of every build.)"""
@@ -175,7 +175,7 @@ def _folded(value: Any) -> Any:
 
 
 def _fold(text: str) -> str:
-    """:func:`gateway.text.fold`, with ASCII text (most of it) lower-cased in place."""
+    """:func:`gateway.core.text.fold`, with ASCII text (most of it) lower-cased in place."""
     return text.lower() if text.isascii() else fold(text)
 
 
@@ -378,7 +378,7 @@ class Curator:
 
 def _shingle_hashes(text: str | list[str], n: int = 3) -> list[int]:
     """32-bit hashes of the ``n``-word shingles of a text (or of strings one after the
-    other), over its words as :func:`gateway.text.words` reads them: folded, Thai
+    other), over its words as :func:`gateway.core.text.words` reads them: folded, Thai
     segmented, punctuation apart. Splitting on spaces made a Thai paragraph one "word",
     so a one-word change shared no shingle at all."""
     return _shingles(_text_word_hashes([text] if isinstance(text, str) else text, {}), n)

@@ -36,9 +36,9 @@ from typing import Any
 import orjson
 import redis
 
-from gateway import keys
-from gateway.locks import Lock, alive
-from gateway.records import JobStatus, RunOutcome
+from gateway.core import keys
+from gateway.core.locks import Lock, alive
+from gateway.core.records import JobStatus, RunOutcome
 
 from . import evaluate, preflight, tokens
 from .config import RetrainSettings

@@ -4,7 +4,7 @@ One build, in order:
 
 1. **Collect** the experiment's new rating events through its consumer group
    (``retrain.<experiment>``) and join each with its interaction record: from Redis, or
-   for one past ``interaction_log.hot_s``, from the archive (``gateway/archive.py``). Events are
+   for one past ``interaction_log.hot_s``, from the archive (``gateway/ops/archive.py``). Events are
    acknowledged only after the dataset that includes them is written, so a crash
    loses nothing; a version's manifest lists its events, so a crash between writing and
    acknowledging cannot put an event into two versions. An experiment that belongs to a
@@ -45,10 +45,10 @@ from typing import Any
 import orjson
 import redis
 
-from gateway import keys
-from gateway.archive import Archive, default_url, find_interactions
-from gateway.locks import Lock
-from gateway.records import InteractionRecord, text_of
+from gateway.core import keys
+from gateway.core.locks import Lock
+from gateway.core.records import InteractionRecord, text_of
+from gateway.ops.archive import Archive, default_url, find_interactions
 
 from . import tokens
 from .config import RetrainConfig, RetrainSettings, TrainingPrice

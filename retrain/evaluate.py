@@ -27,7 +27,7 @@ Where expected answers are JSON, a source also fails when the candidate's valid-
 rate trails the control's by more than ``json_tolerance``.
 
 Language guardrail: per model, the share of answers written in the language of the
-question (``gateway.text.language`` of the last user message and of the answer; an
+question (``gateway.core.text.language`` of the last user message and of the answer; an
 example where either cannot be told does not count for that model). A source fails
 when the candidate's share trails the control's by more than ``language_tolerance``: a
 Thai fine-tune that starts answering in English is refused. Each row has its
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.text import language
+from gateway.core.text import language
 
 from . import judge as judging
 from . import tokens as tokenizers

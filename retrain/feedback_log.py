@@ -22,14 +22,10 @@ import orjson
 import redis
 from redis.exceptions import RedisError
 
-from gateway import keys
-from gateway.archive import Archive, find_interactions, load_sync
-from gateway.records import (
-    FeedbackEvent,
-    InteractionRecord,
-    decode_feedback,
-)
-from gateway.store import connect_sync, start_embedded
+from gateway.core import keys
+from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback
+from gateway.core.store import connect_sync, start_embedded
+from gateway.ops.archive import Archive, find_interactions, load_sync
 
 from .config import RetrainSettings
 

@@ -1,6 +1,6 @@
 """``retrain forget``: a user's data out of Redis, the archive and every dataset version.
 
-Redis and the archive are the gateway's work (:mod:`gateway.forget`, shared with
+Redis and the archive are the gateway's work (:mod:`gateway.ops.forget`, shared with
 ``DELETE /admin/users/{user}``); this module adds the dataset versions, which only the
 retrain side sees (``retrain.dataset_dir``).
 
@@ -18,7 +18,7 @@ its build lock (no build runs meanwhile):
 
 An example is the user's when its response id is one of the user's interactions, when
 one of its rating events is a rating the user gave or a rating of the user's
-interactions (the ids :mod:`gateway.forget` found and kept in ``fw:forget:pending``), or
+interactions (the ids :mod:`gateway.ops.forget` found and kept in ``fw:forget:pending``), or
 when its group is the user (``user:<id>``) in an experiment of the forgotten user's
 tenant (in a shared experiment, the same id may be another tenant's user: ids decide).
 
@@ -40,10 +40,11 @@ from typing import Any
 import orjson
 import redis
 
-from gateway import forget, keys
-from gateway.archive import Archive, default_url
-from gateway.auth import Principal
-from gateway.locks import Lock
+from gateway.core import keys
+from gateway.core.auth import Principal
+from gateway.core.locks import Lock
+from gateway.ops import forget
+from gateway.ops.archive import Archive, default_url
 
 from .config import RetrainSettings
 from .curate import Example

@@ -1,7 +1,7 @@
 """The job registry: every fine-tuning job, its progress and its outcome, in Redis.
 
 A job is one JSON document at ``fw:job:{id}`` (ids in ``fw:jobs`` by creation time;
-``JobRecord`` in ``gateway/records.py``)::
+``JobRecord`` in ``gateway/core/records.py``)::
 
     v, id, experiment, provider, dataset_id, dataset_path, status, created, updated,
     runner (host:pid of the ``retrain run`` that owns it), params, loss (per step:
@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 import redis
 
-from gateway import keys
-from gateway.records import FINAL_JOB_STATUSES, SCHEMA_VERSION
+from gateway.core import keys
+from gateway.core.records import FINAL_JOB_STATUSES, SCHEMA_VERSION
 
 FINAL = FINAL_JOB_STATUSES
 MAX_EVENTS = 200

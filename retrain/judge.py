@@ -16,7 +16,7 @@ interval over the n examples.
 The judge judges in the conversation's language: the instructions are English, but
 they tell it that the answers should be in the language of the user's question and
 that an answer in another language is worse, and name that language when it can be
-told (``gateway.text.language`` of the last user message). Every text reaches the judge
+told (``gateway.core.text.language`` of the last user message). Every text reaches the judge
 whole and as it was written, in NFC: the conversation (text parts of multi-part
 messages as text), the reference and both answers, never escaped (no ``\\uXXXX``) and
 never cut (``judge_max_tokens`` limits only the judge's one-word reply).
@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.records import last_user_text, text_of
-from gateway.text import LANGUAGES, language, nfc
+from gateway.core.records import last_user_text, text_of
+from gateway.core.text import LANGUAGES, language, nfc
 
 from .uncertainty import wilson
 

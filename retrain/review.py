@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import redis
 
-from gateway import keys
-from gateway.review import BadCorrection, corrected
+from gateway.core import keys
+from gateway.core.review import BadCorrection, corrected
 
 
 def export_review(client: redis.Redis, experiment: str, out: Path) -> int:

@@ -1,6 +1,6 @@
 """Per-answer scores against an expected answer, and how long an answer may be.
 
-Every score reads text through :mod:`gateway.text`: Unicode NFC first, so Vietnamese in
+Every score reads text through :mod:`gateway.core.text`: Unicode NFC first, so Vietnamese in
 NFD scores as the same text in NFC, and words from a segmenter, so Thai (written
 without spaces between words) has words at all.
 
@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from gateway.text import nfc, words
+from gateway.core.text import nfc, words
 
 CHARS_PER_TOKEN = 3.0  # conservative for BPE tokenizers (English averages ~4)
 METRICS = ("chrf", "rouge_l", "exact")  # what :func:`score` reports for every answer

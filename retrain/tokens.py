@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from gateway.records import text_of
+from gateway.core.records import text_of
 
 from .text_metrics import estimate_tokens
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.locks import alive
+from gateway.core.locks import alive
 
 from .config import LocalTraining
 from .local_train import train_here

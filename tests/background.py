@@ -12,7 +12,7 @@ from typing import Self
 
 from aiohttp import web
 
-from localstack import free_port
+from flywheel_stack import free_port
 
 
 class BackgroundServer:

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from localstack import VLLMServer, free_port, make_test_adapter
+from flywheel_stack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
 from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
 from tests.services import GatewayProcess, RedisProcess
@@ -32,7 +32,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from localstack.tiny_model import build_tiny_model
+    from flywheel_stack.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

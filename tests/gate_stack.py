@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config import load_settings
+from gateway.core.config import load_settings
 from retrain.config import RetrainSettings
 from retrain.gateway_client import Gateway
 

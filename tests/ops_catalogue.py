@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from gateway.metrics import JOB_STATUSES, Metrics, ScrapeState
+from gateway.serving.metrics import JOB_STATUSES, Metrics, ScrapeState
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "flywheel"
 ALERTS = CHART / "files" / "alerts.yaml"

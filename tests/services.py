@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from localstack import free_port, tail
+from flywheel_stack import free_port, tail
 
 
 def redis_binary() -> str:

@@ -14,10 +14,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from gateway import keys
+from flywheel_stack import free_port
 from gateway.app import create_app
-from gateway.config import build_settings
-from localstack import free_port
+from gateway.core import keys
+from gateway.core.config import build_settings
 from tests.conftest import API_KEY, ID_SECRET
 from tests.services import GatewayProcess, RedisProcess
 

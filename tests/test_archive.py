@@ -24,9 +24,9 @@ import pytest
 import redis
 import yaml
 
-from gateway import keys
-from gateway.archive import CRASH_ENV, MANIFEST, Archive, Archiver
-from gateway.config import load_settings
+from gateway.core import keys
+from gateway.core.config import load_settings
+from gateway.ops.archive import CRASH_ENV, MANIFEST, Archive, Archiver
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.feedback_log import connect

@@ -26,8 +26,8 @@ import orjson
 import pytest
 import redis
 
-from gateway import keys, stats
-from gateway.archive import Archive, Archiver
+from gateway.core import keys, stats
+from gateway.ops.archive import Archive, Archiver
 
 from .conftest import ADMIN, API_KEY, OTHER_TENANT_KEY
 from .console_stack import REVIEWER_KEY, TENANT_REVIEWER_KEY, console_auth
@@ -284,9 +284,9 @@ def test_paging_a_day_at_a_time_shows_every_row_once_across_days_and_budgets(
     import pyarrow as pa
 
     from bench.storage import conversations
-    from gateway.archive import COLUMNS, INTERACTIONS, arrow_schema
-    from gateway.archive_query import ArchiveReader
-    from gateway.records import to_row
+    from gateway.core.records import to_row
+    from gateway.ops.archive import COLUMNS, INTERACTIONS, arrow_schema
+    from gateway.ops.archive_query import ArchiveReader
 
     day0 = 1_764_460_800  # 2026-11-30 00:00 UTC
     times = [day0 + 3600, day0 + 7200, day0 + 86_399.9, day0 + 86_400 + 60, day0 + 2 * 86_400 + 5]

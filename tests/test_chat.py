@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from localstack import VLLMServer
+from flywheel_stack import VLLMServer
 
 from .conftest import API_KEY
 from .services import GatewayProcess

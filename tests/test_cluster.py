@@ -31,7 +31,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from gateway import keys
+from gateway.core import keys
 from retrain.dataset import latest_version
 
 from .conftest import ADMIN, API_KEY, CLIENT
@@ -281,8 +281,8 @@ def archived_ids(config: Path, kind: str, column: str) -> set[str]:
     """The ``column`` values of every committed archive file of ``kind``."""
     import duckdb
 
-    from gateway.archive import Archive, default_url
-    from gateway.config import load_settings
+    from gateway.core.config import load_settings
+    from gateway.ops.archive import Archive, default_url
 
     settings = load_settings(config)
     files = Archive(default_url(settings.data_dir, settings.archive.url)).files(kind)

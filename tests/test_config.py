@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import ConfigError, load_settings
+from gateway.core.config import ConfigError, load_settings
 
 GOOD = """
 listen: {host: 0.0.0.0, port: 8000}

@@ -13,7 +13,7 @@ from datasketch import MinHash, MinHashLSH
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.text import words
+from gateway.core.text import words
 from retrain.config import RetrainConfig
 from retrain.curate import (
     NUM_PERM,

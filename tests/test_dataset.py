@@ -18,8 +18,8 @@ import pytest
 import redis
 import yaml
 
-from gateway import keys
-from gateway.config import load_settings
+from gateway.core import keys
+from gateway.core.config import load_settings
 from retrain.config import RetrainSettings
 from retrain.curate import format_errors
 from retrain.dataset import BELOW_MINIMUM, OK, OVER_COST_CAP, Builder, latest_version

@@ -3,7 +3,7 @@ continuous monitoring, power, the user as the unit, guardrails noise cannot trip
 the staged ramp.
 
 The simulations are seeded, so each measures the same numbers every run; the numbers
-are quoted in ``gateway/decider.py``.
+are quoted in ``gateway/control/decider.py``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway import decider, stats
-from gateway.config import Experiment
-from gateway.decider import KEEP, PROMOTE, RAMP, ROLLBACK, ArmData
+from gateway.control import decider
+from gateway.control.decider import KEEP, PROMOTE, RAMP, ROLLBACK, ArmData
+from gateway.core import stats
+from gateway.core.config import Experiment
 
 ALPHA = 0.05
 LOOKS = 50  # one look per decide_s

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from gateway import keys
+from gateway.core import keys
 from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT

@@ -19,8 +19,8 @@ import orjson
 import pytest
 import redis
 
-from gateway import keys
-from localstack import VLLMServer, make_test_adapter
+from flywheel_stack import VLLMServer, make_test_adapter
+from gateway.core import keys
 from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT, gateway_config

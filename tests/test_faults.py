@@ -18,7 +18,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from localstack import free_port
+from flywheel_stack import free_port
 from tests.conftest import CLIENT, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.polling import eventually

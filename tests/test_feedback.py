@@ -18,8 +18,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway import keys
-from localstack import VLLMServer
+from flywheel_stack import VLLMServer
+from gateway.core import keys
 from retrain.feedback_log import FeedbackConsumer
 
 from .conftest import API_KEY, CLIENT, OTHER_TENANT_KEY, gateway_config
@@ -364,7 +364,7 @@ def test_feedback_needs_an_api_key(gateway: GatewayProcess) -> None:
 def test_stream_is_trimmed_by_retention_but_never_past_an_unacknowledged_event(
     tmp_path: Path,
 ) -> None:
-    from gateway.feedback import trim_feedback_stream
+    from gateway.serving.feedback import trim_feedback_stream
 
     own = RedisProcess(tmp_path / "redis")
     own.start()

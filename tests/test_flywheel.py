@@ -15,8 +15,8 @@ import pytest
 import redis
 import yaml
 
-from gateway import keys
-from localstack import VLLMServer, free_port
+from flywheel_stack import VLLMServer, free_port
+from gateway.core import keys
 from retrain.jobs import JobStore
 
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, CLIENT

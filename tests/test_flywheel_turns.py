@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from localstack import VLLMServer
+from flywheel_stack import VLLMServer
 from retrain.jobs import JobStore
 
 from .services import GatewayProcess, RedisProcess

@@ -25,10 +25,10 @@ import pytest
 import redis
 import yaml
 
-from gateway import keys
-from gateway.archive import CRASH_ENV as ARCHIVE_CRASH_ENV
-from gateway.config import load_settings
-from gateway.records import block_hash, unpack
+from gateway.core import keys
+from gateway.core.config import load_settings
+from gateway.core.records import block_hash, unpack
+from gateway.ops.archive import CRASH_ENV as ARCHIVE_CRASH_ENV
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.faults import CRASH_ENV as RETRAIN_CRASH_ENV

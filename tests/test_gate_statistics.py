@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest, t
 
-from gateway.config import DEFAULT_CONFIG, ConfigError, build_settings
+from gateway.core.config import DEFAULT_CONFIG, ConfigError, build_settings
 from retrain import evaluate
 from retrain.config import Eval, RetrainSettings
 from retrain.judge import judge_pair, parse, summarise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.ids import IdIssuer
+from gateway.core.ids import IdIssuer
 
 
 def test_ids_are_unique_and_verify_with_their_issue_time() -> None:

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import build_settings
+from gateway.core.config import build_settings
 
 from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream

@@ -12,8 +12,8 @@ import openai
 import pytest
 import redis
 
-from gateway import keys
-from localstack import VLLMServer
+from flywheel_stack import VLLMServer
+from gateway.core import keys
 from retrain import feedback_log
 
 from .conftest import API_KEY, gateway_config

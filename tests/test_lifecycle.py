@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from localstack import free_port
+from flywheel_stack import free_port
 from retrain import feedback_log
 from tests.conftest import CLIENT, gateway_config
 from tests.faulty_upstream import FaultyUpstream

@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 import redis
 
-from gateway import keys
-from localstack import free_port
+from flywheel_stack import free_port
+from gateway.core import keys
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream
 from tests.services import GatewayProcess, RedisProcess, rss_mb

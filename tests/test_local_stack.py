@@ -15,7 +15,7 @@ import orjson
 import pytest
 import yaml
 
-from localstack import free_port
+from flywheel_stack import free_port
 
 from .services import wait_ready
 

@@ -12,8 +12,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway import keys
-from gateway.locks import AsyncLock, Lock
+from gateway.core import keys
+from gateway.core.locks import AsyncLock, Lock
 
 from .services import RedisProcess
 

@@ -19,7 +19,7 @@ import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmRenderError, HelmValuesError
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 
 from .ops_catalogue import ALERTS, CHART, DASHBOARD
 

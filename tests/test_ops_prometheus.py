@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway.metrics import LATENCY_BUCKETS
-from localstack import free_port, tail
+from flywheel_stack import free_port, tail
+from gateway.serving.metrics import LATENCY_BUCKETS
 
 from .faulty_upstream import FaultyUpstream
 from .ops_catalogue import ALERTS, dashboard_expressions

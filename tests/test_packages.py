@@ -42,7 +42,7 @@ def test_serving_loads_no_training_library() -> None:
 def test_each_package_owns_the_schema_of_its_config_sections() -> None:
     """One config file; the gateway's schema knows of the retrain section only the key it
     reads (the console lists dataset versions), the retrain package owns the rest."""
-    from gateway.config import RetrainSection, Settings
+    from gateway.core.config import RetrainSection, Settings
     from retrain.config import RetrainConfig, RetrainSettings
 
     assert set(RetrainSection.model_fields) == {"dataset_dir"}

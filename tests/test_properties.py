@@ -18,11 +18,11 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, FeedbackConfig, build_settings, load_settings
-from gateway.errors import GatewayError, InvalidRequest
-from gateway.feedback import THUMBS, normalise, parse_feedback
-from gateway.routing import Assigner, Router
-from gateway.validation import PARAMS, ROLES, parse_chat_request
+from gateway.control.routing import Assigner, Router
+from gateway.core.config import ConfigError, FeedbackConfig, build_settings, load_settings
+from gateway.core.errors import GatewayError, InvalidRequest
+from gateway.serving.feedback import THUMBS, normalise, parse_feedback
+from gateway.serving.validation import PARAMS, ROLES, parse_chat_request
 from retrain.curate import normalise_text
 from tests.openapi_schema import Check
 

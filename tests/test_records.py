@@ -17,7 +17,7 @@ import orjson
 import pytest
 import redis
 
-from gateway import keys, records
+from gateway.core import keys, records
 from retrain import feedback_log
 from retrain.config import RetrainConfig
 from retrain.curate import DPO, SFT, Curator, TokenCounter, format_errors

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from gateway.redact import redact, redact_all
+from gateway.core.redact import redact, redact_all
 
 
 def nfd(text: str) -> str:

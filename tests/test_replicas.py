@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.config import BreakerConfig, Upstream
-from gateway.replicas import CLOSED, HALF_OPEN, OPEN, Breaker, NoReplica, Pool
+from gateway.core.config import BreakerConfig, Upstream
+from gateway.serving.replicas import CLOSED, HALF_OPEN, OPEN, Breaker, NoReplica, Pool
 
 from .conftest import API_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream

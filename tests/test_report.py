@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import stats
-from gateway.config import ModelVersion, Price
-from gateway.report import KEEP, PROMOTE, ROLLBACK, build
+from gateway.control.report import KEEP, PROMOTE, ROLLBACK, build
+from gateway.core import stats
+from gateway.core.config import ModelVersion, Price
 
 SPEC = {"arms": [{"model": "base", "weight": 50}, {"model": "tuned", "weight": 50}]}
 STATE = {"spec": SPEC, "version": 3, "pin": None}

@@ -226,7 +226,7 @@ import sys
 import time
 from fastapi.testclient import TestClient
 from gateway.app import create_app
-from gateway.config import load_settings
+from gateway.core.config import load_settings
 
 with TestClient(create_app(load_settings(sys.argv[1]))) as c:
     for q in sys.argv[2:]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gateway.routing import Assigner
+from gateway.control.routing import Assigner
 
 
 def test_1000_users_split_close_to_the_weights() -> None:

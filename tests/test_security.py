@@ -11,7 +11,7 @@ import openai
 import pytest
 import redis
 
-from localstack import free_port
+from flywheel_stack import free_port
 from retrain import feedback_log
 from tests.conftest import API_KEY, gateway_config
 from tests.faulty_upstream import FaultyUpstream

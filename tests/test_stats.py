@@ -8,7 +8,7 @@ import random
 import pytest
 from scipy import stats as sp
 
-from gateway import stats
+from gateway.core import stats
 
 
 def sample(scores: list[float]) -> stats.Sample:

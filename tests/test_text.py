@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.text import fold, language, nfc, same_language, words
+from gateway.core.text import fold, language, nfc, same_language, words
 from retrain.text_metrics import chrf, exact, rouge_l
 
 # One sentence in three languages, with four aligned slots, what fills them, and another

@@ -6,7 +6,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from localstack.tiny_model import CORPUS, build_tiny_model
+from flywheel_stack.tiny_model import CORPUS, build_tiny_model
 
 UNSEEN = {
     "en": "My parcel was delivered to the wrong address, what should I do now?",

@@ -14,8 +14,8 @@ import yaml
 from bpe_openai import get_encoding
 from tokenizers import Tokenizer
 
-from gateway.config import load_settings
-from localstack import VLLMServer, free_port
+from flywheel_stack import VLLMServer, free_port
+from gateway.core.config import load_settings
 from retrain import evaluate, tokens
 from retrain.config import RetrainSettings, TrainingPrice
 from retrain.curate import DPO, SFT, Example, TokenCounter

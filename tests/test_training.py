@@ -12,7 +12,7 @@ import pytest
 import redis
 import yaml
 
-from localstack import VLLMServer
+from flywheel_stack import VLLMServer
 from retrain.config import LocalTraining, OpenAITraining
 from retrain.jobs import JobStore
 from retrain.local_train import plan, train

@@ -16,7 +16,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from localstack import VLLMServer, make_test_adapter
+from flywheel_stack import VLLMServer, make_test_adapter
 from retrain.config import LocalTraining, RetrainSettings
 from retrain.jobs import JobStore
 from retrain.local_train import problems, train
@@ -146,7 +146,7 @@ def test_two_machines_train_like_one_machine_with_both_processes(
     import subprocess
     import sys
 
-    from localstack import free_port
+    from flywheel_stack import free_port
 
     data = order_dataset(tmp_path / "data")
     launch_dir = tmp_path / "shared" / "launch"
@@ -424,7 +424,7 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
     directory of a dead local job, unless told to keep it."""
     import socket
 
-    from gateway.config import load_settings
+    from gateway.core.config import load_settings
     from retrain.cycle import recover
     from retrain.gateway_client import Gateway
     from retrain.openai_ft import OpenAIProvider
@@ -516,7 +516,7 @@ def test_retrain_jobs_lists_openais_jobs_with_the_job_that_tracks_each(
     import subprocess
     import sys
 
-    from gateway.config import load_settings
+    from gateway.core.config import load_settings
     from retrain.openai_ft import OpenAIProvider
 
     from .openai_ft_server import FineTuningServer

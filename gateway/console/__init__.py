@@ -12,9 +12,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from ..config import Settings
-from .access import Access
-from .pages import HERE, LoginNeeded, make_router
+from gateway.console.access import Access
+from gateway.console.pages import HERE, LoginNeeded, make_router
+from gateway.core.config import Settings
 
 __all__ = ["Access", "add_console"]
 

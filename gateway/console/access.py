@@ -25,9 +25,9 @@ from typing import Literal
 
 import orjson
 
-from ..auth import KeyRing
-from ..config import ApiKey
-from ..errors import AuthenticationFailed, PermissionDenied
+from gateway.core.auth import KeyRing
+from gateway.core.config import ApiKey
+from gateway.core.errors import AuthenticationFailed, PermissionDenied
 
 COOKIE = "fw_console"
 Role = Literal["admin", "reviewer"]

@@ -1,8 +1,8 @@
 """What the console's pages show, read from Redis, the archive, the live state and
 dataset files.
 
-Reads only: every change goes through the admin API's code (:mod:`gateway.experiments`)
-or the review store (:mod:`gateway.review`).
+Reads only: every change goes through the admin API's code (:mod:`gateway.control.experiments`)
+or the review store (:mod:`gateway.core.review`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from .. import keys, report, store
-from ..archive import find_interactions
-from ..archive_query import ArchiveReader, day_of, days_around, stream_id
-from ..config import Experiment
-from ..control import Control
-from ..interaction_log import load
-from ..records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
-from ..text import nfc
-from .access import User
+from gateway.console.access import User
+from gateway.control import report
+from gateway.control.control import Control
+from gateway.core import keys, store
+from gateway.core.config import Experiment
+from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
+from gateway.core.text import nfc
+from gateway.ops.archive import find_interactions
+from gateway.ops.archive_query import ArchiveReader, day_of, days_around, stream_id
+from gateway.serving.interaction_log import load
 
 SCAN_LIMIT = 20_000  # stream entries a filtered page reads at most before it stops
 SCAN_BUDGET_S = 0.15  # ... and the time it spends reading them

@@ -1,7 +1,7 @@
 """The console's routes under ``/ui/``: pages (GET) and forms (POST, CSRF-checked).
 
 Routes read through :mod:`.data` and change state only through the admin API's code
-(:class:`gateway.experiments.Experiments`) or the review store (:mod:`gateway.review`).
+(:class:`gateway.control.experiments.Experiments`) or the review store (:mod:`gateway.core.review`).
 A page asked for without a session redirects to the login form; a bad key, a missing
 permission or bad input is raised as the gateway's usual error.
 """
@@ -22,10 +22,12 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from .. import archive_query, keys, review, store
-from ..archive import default_url
-from ..bodies import read_bounded
-from ..errors import (
+from gateway.console import data, svg
+from gateway.console.access import COOKIE, Access, User
+from gateway.control.experiments import promoted, weighted
+from gateway.control.report import LANGUAGE_SAMPLE
+from gateway.core import keys, review, store
+from gateway.core.errors import (
     AuthenticationFailed,
     Conflict,
     GatewayError,
@@ -34,11 +36,10 @@ from ..errors import (
     PermissionDenied,
     UnsupportedMediaType,
 )
-from ..experiments import promoted, weighted
-from ..records import unpack
-from ..report import LANGUAGE_SAMPLE
-from . import data, svg
-from .access import COOKIE, Access, User
+from gateway.core.records import unpack
+from gateway.ops import archive_query
+from gateway.ops.archive import default_url
+from gateway.serving.bodies import read_bounded
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -551,7 +552,7 @@ def _safe_next(request: Request, value: str | None = None) -> str:
 
 
 def _spec(doc: dict[str, Any]) -> Any:
-    from ..config import Experiment
+    from gateway.core.config import Experiment
 
     return Experiment.model_validate(doc)
 

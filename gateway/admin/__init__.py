@@ -1,0 +1,1 @@
+"""The admin API's routes, runtime API keys and tenants, and their command line."""

@@ -1,0 +1,304 @@
+"""Runtime API keys and tenant policies: create, list, change, revoke, rotate, audit.
+
+A key's secret (``fwk-`` and 43 random characters) is returned once, when it is made
+or rotated; Redis keeps only its SHA-256 digest (``fw:auth:keys``). Every change is one
+transaction that writes the record, appends an audit entry (who, when, before, after —
+never a secret nor a digest) and bumps the live-state version, so every replica
+follows it within ``control.refresh_s`` (:mod:`gateway.control.live`).
+
+An admin of every tenant (a config admin key, or a runtime admin key without tenant)
+manages every key; a tenant's admin manages that tenant's keys only, and cannot make
+an admin of every tenant. Keys of other tenants are a 404 to it, as if absent.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError, WatchError
+
+from gateway.control.experiments import invalid
+from gateway.control.live import LiveState
+from gateway.core import keys, store
+from gateway.core.auth import Principal, Role, digest
+from gateway.core.config import NAME_PATTERN, Budget, valid_name
+from gateway.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+
+AUDIT_CAP = 10_000
+SECRET_PREFIX = "fwk-"
+
+
+class KeySpec(BaseModel):
+    """What an admin sets on a runtime key (``POST /admin/keys``, ``PATCH``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="who the key belongs to")
+    tenant: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="whose data it sees; default: the name (admins: none is every tenant)",
+    )
+    role: Role = Field("client", description="client, reviewer or admin")
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute")
+    budget: Budget | None = Field(None, description="spend limit per period")
+    experiments: list[str] | None = Field(None, description="callable experiments; null: all")
+    models: list[str] | None = Field(None, description="callable models; null: all")
+    expires_at: float | None = Field(None, gt=0, description="Unix time it stops working")
+
+
+class TenantSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget: Budget | None = Field(None, description="the tenant's spend limit per period")
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A key's record as shown: without its digest."""
+    return {k: v for k, v in record.items() if k != "digest"}
+
+
+class ApiKeys:
+    def __init__(self, redis: aioredis.Redis, live: LiveState) -> None:
+        self.redis = redis
+        self.live = live
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def _records(self) -> dict[str, dict[str, Any]]:
+        with store.translated():
+            raw = await self.redis.hgetall(keys.API_KEYS)
+        return {keys.text(k): orjson.loads(v) for k, v in raw.items()}
+
+    async def all(self, by: Principal) -> list[dict[str, Any]]:
+        records = await self._records()
+        return [
+            public(r)
+            for _, r in sorted(records.items(), key=lambda kv: kv[1]["created_at"])
+            if _manages(by, r)
+        ]
+
+    async def get(self, key_id: str, by: Principal) -> dict[str, Any]:
+        return public(await self._one(key_id, by))
+
+    async def _one(self, key_id: str, by: Principal) -> dict[str, Any]:
+        with store.translated():
+            raw = await self.redis.hget(keys.API_KEYS, key_id)
+        record = orjson.loads(raw) if raw is not None else None
+        if record is None or not _manages(by, record):
+            raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
+        doc: dict[str, Any] = record
+        return doc
+
+    async def audit(self, by: Principal, limit: int = 1000) -> list[dict[str, Any]]:
+        with store.translated():
+            raw = await self.redis.lrange(keys.AUTH_AUDIT, -limit, -1)
+        entries = [orjson.loads(v) for v in raw]
+        return [e for e in entries if _manages(by, e)]
+
+    # -- changing ---------------------------------------------------------------------
+
+    async def create(self, body: Any, by: Principal) -> dict[str, Any]:
+        spec = _spec(body)
+        spec = _scoped(spec, by)
+        secret = new_secret()
+        now = time.time()
+        record = {
+            "id": "key_" + secrets.token_hex(8),
+            "object": "api_key",
+            **spec.model_dump(),
+            "tenant": spec.tenant,
+            "hint": f"{SECRET_PREFIX}…{secret[-4:]}",
+            "digest": digest(secret).hex(),
+            "created_at": now,
+            "created_by": by.name,
+            "revoked_at": None,
+        }
+        await self._write(record["id"], None, record, "key.created", by)
+        return {**public(record), "key": secret}
+
+    async def update(self, key_id: str, body: Any, by: Principal) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidRequest("The body must be a JSON object.")
+
+        def edit(cur: dict[str, Any]) -> dict[str, Any]:
+            fields = {k: cur.get(k) for k in KeySpec.model_fields}
+            spec = _scoped(_spec({**fields, **body}), by)
+            return {**cur, **spec.model_dump()}
+
+        return public(await self._change(key_id, by, "key.updated", edit))
+
+    async def revoke(self, key_id: str, by: Principal) -> dict[str, Any]:
+        def edit(cur: dict[str, Any]) -> dict[str, Any]:
+            if cur.get("revoked_at"):
+                raise Conflict(f"Key '{key_id}' is already revoked.", param="id")
+            return {**cur, "revoked_at": time.time(), "revoked_by": by.name}
+
+        return public(await self._change(key_id, by, "key.revoked", edit))
+
+    async def rotate(self, key_id: str, by: Principal) -> dict[str, Any]:
+        """A new secret for the key (same id, settings and spend); the old one stops now."""
+        secret = new_secret()
+
+        def edit(cur: dict[str, Any]) -> dict[str, Any]:
+            if cur.get("revoked_at"):
+                raise Conflict(f"Key '{key_id}' is revoked: create a new one.", param="id")
+            hint = f"{SECRET_PREFIX}…{secret[-4:]}"
+            return {**cur, "digest": digest(secret).hex(), "hint": hint, "rotated_at": time.time()}
+
+        record = await self._change(key_id, by, "key.rotated", edit)
+        return {**public(record), "key": secret}
+
+    async def tenant(self, tenant: str, by: Principal) -> dict[str, Any]:
+        if not valid_name(tenant):
+            raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
+        if not by.all_tenants and tenant != by.tenant:
+            raise NotFound(f"No tenant named '{tenant:.64}'.", param="tenant")
+        with store.translated():
+            raw = await self.redis.hget(keys.TENANTS, tenant)
+        doc: dict[str, Any] = orjson.loads(raw) if raw else {"tenant": tenant, "budget": None}
+        return {"object": "tenant", **doc}
+
+    async def set_tenant(self, tenant: str, body: Any, by: Principal) -> dict[str, Any]:
+        if not by.all_tenants:
+            raise PermissionDenied("Only an admin of every tenant sets a tenant's budget.")
+        try:
+            spec = TenantSpec.model_validate(body, strict=True)
+        except ValidationError as exc:
+            raise invalid(exc) from None
+        before = await self.tenant(tenant, by)
+        after = {
+            "object": "tenant",
+            "tenant": tenant,
+            **spec.model_dump(),
+            "updated_at": time.time(),
+            "updated_by": by.name,
+        }
+        entry = _entry("tenant.updated", by, tenant, tenant, before, after)
+        with store.translated():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(keys.TENANTS, tenant, orjson.dumps(after))
+            _append(pipe, entry)
+            await pipe.execute()
+        await self.live.reload_quietly()
+        return after
+
+    async def _change(
+        self,
+        key_id: str,
+        by: Principal,
+        action: str,
+        edit: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        for _ in range(10):
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(keys.API_KEYS)
+                    raw = await pipe.hget(keys.API_KEYS, key_id)
+                    cur = orjson.loads(raw) if raw is not None else None
+                    if cur is None or not _manages(by, cur):
+                        raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
+                    after = edit(cur)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    _record(pipe, key_id, cur, after, action, by)
+                    await pipe.execute()
+            except WatchError:
+                continue
+            except (RedisError, OSError) as exc:
+                raise store.unavailable(exc) from None
+            await self.live.reload_quietly()
+            return after
+        raise Conflict(f"Key '{key_id}' is being changed by others; try again.")
+
+    async def _write(
+        self,
+        key_id: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any],
+        action: str,
+        by: Principal,
+    ) -> None:
+        with store.translated():
+            pipe = self.redis.pipeline(transaction=True)
+            _record(pipe, key_id, before, after, action, by)
+            await pipe.execute()
+        await self.live.reload_quietly()
+
+
+def _record(
+    pipe: Any,
+    key_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    action: str,
+    by: Principal,
+) -> None:
+    pipe.hset(keys.API_KEYS, key_id, orjson.dumps(after))
+    entry = _entry(
+        action, by, key_id, after.get("tenant"), public(before) if before else None, public(after)
+    )
+    _append(pipe, entry)
+    pipe.incr(keys.CONTROL_VERSION)
+
+
+def _append(pipe: Any, entry: dict[str, Any]) -> None:
+    pipe.rpush(keys.AUTH_AUDIT, orjson.dumps(entry))
+    pipe.ltrim(keys.AUTH_AUDIT, -AUDIT_CAP, -1)
+
+
+def _entry(
+    action: str,
+    by: Principal,
+    target: str,
+    tenant: str | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "at": time.time(),
+        "by": by.name,
+        "by_tenant": by.tenant,
+        "action": action,
+        "target": target,
+        "tenant": tenant,
+        "before": before,
+        "after": after,
+    }
+
+
+def _spec(body: Any) -> KeySpec:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object describing the key.")
+    try:
+        return KeySpec.model_validate(body, strict=True)  # JSON types as they are
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def _scoped(spec: KeySpec, by: Principal) -> KeySpec:
+    """The spec a tenant's admin may set: its own tenant only, no admin of every tenant."""
+    if spec.tenant is None and not by.all_tenants:
+        spec = spec.model_copy(update={"tenant": by.tenant})
+    if spec.role != "admin" and spec.tenant is None:
+        spec = spec.model_copy(update={"tenant": spec.name})
+    if not by.all_tenants and spec.tenant != by.tenant:
+        raise PermissionDenied(
+            f"A key of tenant '{by.tenant}' manages keys of that tenant only.", param="tenant"
+        )
+    return spec
+
+
+def _manages(by: Principal, record: dict[str, Any]) -> bool:
+    """Keys and audit entries without a tenant (admins of every tenant) are theirs only."""
+    return by.all_tenants or record.get("tenant") == by.tenant

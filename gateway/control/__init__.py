@@ -1,0 +1,2 @@
+"""The control plane: the live routing state, experiment changes, model registrations,
+LoRA adapters, the A/B report and the decider's automatic decisions."""

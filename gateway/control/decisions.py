@@ -1,0 +1,124 @@
+"""Automatic decisions: every ``control.decide_s`` each ``auto_promote`` experiment's
+report is computed and its decision applied (rules: :mod:`gateway.control.decider`).
+
+One replica at a time decides an experiment (a lock in Redis). A look moves each
+candidate's running minimum of the always-valid p-value (kept per experiment version);
+an action is a compare-and-set on the version the look was about, so a change an
+operator made in the meantime is never overwritten. Each step is an audited change
+by ``decider``, its reason in the history entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.control import report
+from gateway.control.decider import PROMOTE, RAMP, ROLLBACK
+from gateway.control.experiments import DECIDER, Experiments, promoted, weighted
+from gateway.control.live import LiveState
+from gateway.core import keys, store
+from gateway.core.config import Experiment, Settings
+from gateway.core.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from gateway.core.locks import AsyncLock
+from gateway.serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SEQUENTIAL_TTL_S = 90 * 86400
+
+
+class Decisions:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        live: LiveState,
+        experiments: Experiments,
+        metrics: Metrics,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.live = live
+        self.experiments = experiments
+        self.metrics = metrics
+
+    async def report(self, name: str) -> dict[str, Any]:
+        state = await self.experiments.state(name)
+        with store.translated():
+            return await report.report(self.redis, name, state, self.live.router.models)
+
+    async def run(self) -> None:
+        """Background task: decide every ``auto_promote`` experiment each period."""
+        while True:
+            await asyncio.sleep(self.settings.control.decide_s)
+            for name, exp in list(self.live.router.experiments.items()):
+                if not exp.auto_promote:
+                    continue
+                try:
+                    await self.decide(name)
+                except (RedisError, OSError, StoreUnavailable) as exc:
+                    log.warning("auto decision for %s skipped: %s", name, exc)
+                except (Conflict, InvalidRequest, NotFound) as exc:
+                    log.warning("auto decision for %s not applied: %s", name, exc.message)
+
+    async def decide(self, name: str) -> dict[str, Any] | None:
+        """One look: record it, apply the decision. The new state, or None: nothing done."""
+        lock = AsyncLock(self.redis, keys.decision_lock(name))
+        if not await lock.acquire():
+            return None
+        try:
+            rep = await self.report(name)
+            await self._record_look(name, rep)
+            decision = rep["decision"]
+            model, action = decision["model"], decision["action"]
+            self.metrics.decisions.labels(name, action).inc()
+            if action == PROMOTE:
+                edit = promoted(model)
+                text = f"auto promote {model}"
+            elif action in (RAMP, ROLLBACK):
+                edit = weighted(decision["weights"])
+                text = (
+                    f"auto ramp {model} to {decision['share']:g}%"
+                    if action == RAMP
+                    else f"auto rollback {model}"
+                )
+            else:
+                return None
+            state = await self.experiments.state(name)
+            if state["version"] != rep["version"]:
+                return None  # changed since the look: the next look decides
+            current = Experiment.model_validate(state["spec"])
+            if edit(current) == current:
+                return None  # already applied
+            pin = rep.get("pin")
+            why = "; ".join(decision["reasons"])
+            if pin:
+                why += (
+                    f" (evidence collected since the pin by {pin['by']} at version "
+                    f"{pin['version']})"
+                )
+            return await self.experiments.change(
+                name, DECIDER, f"{text}: {why}", edit, expect_version=rep["version"]
+            )
+        finally:
+            await lock.release()
+
+    async def _record_look(self, name: str, rep: dict[str, Any]) -> None:
+        """Keep each ready candidate's running minimum p for the version looked at."""
+        ready = {
+            c["candidate"]: c["p_value"]
+            for c in rep["comparisons"]
+            if c["ready"] and c["p_value"] is not None
+        }
+        if not ready:
+            return
+        key = keys.sequential(name, rep["version"])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={k: repr(v) for k, v in ready.items()})
+        pipe.expire(key, SEQUENTIAL_TTL_S)
+        await pipe.execute()

@@ -1,0 +1,258 @@
+"""Experiments as live state: every change a compare-and-set with its audit entry.
+
+Experiments start from the config file: at start-up each one not yet in Redis is
+written there (version 1, "created from config"). From then on Redis is the truth and
+the admin API changes it; the config's copy is not read again, so a restart never
+undoes an operator's change.
+
+Every change is a compare-and-set (one Lua script) on the experiment's ``version``:
+it writes the new state, appends the audit entry (who, when, before, after) and bumps
+``fw:ctl:version``, which every replica follows (``live.py``).
+
+**Operators win.** A change by anyone but the decider (``who`` = ``decider``) *pins*
+the experiment: the state's ``pin`` records who set it, when, at which version and by
+what action. The decider then takes no automatic action except on evidence collected
+under the pinned version that clears its bar (``decider.py``); its own changes clear
+the pin. **Control follows the promote:** a promote (by a person or the decider) makes
+the winner the experiment's ``control``, so the next candidate is compared with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from gateway.control.live import LiveState
+from gateway.core import keys, store
+from gateway.core.config import Experiment, Settings, experiment_problems, format_path, valid_name
+from gateway.core.errors import Conflict, InvalidRequest, NotFound
+
+HISTORY_CAP = 1000
+DECIDER = "decider"  # who the decider's changes are by: they set no pin
+CONFIG = "config"
+
+# KEYS: state hash, history list, version counter
+# ARGV: name, expected version, new state JSON, history entry JSON, history cap
+# Returns -1 when written, else the version found (the caller retries or reports).
+_CHANGE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local v = 0
+if cur then v = tonumber(cjson.decode(cur)['version']) end
+if v ~= tonumber(ARGV[2]) then return v end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
+redis.call('INCR', KEYS[3])
+return -1
+"""
+
+Edit = Callable[[Experiment | None], Experiment]
+
+
+def invalid(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    first = exc.errors()[0]
+    path = format_path(tuple(first["loc"]))[:256]  # a key of the body: bounded in the reply
+    msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+    return InvalidRequest(f"{prefix}{path}: {msg}", param=f"{prefix}{path}".rstrip("."))
+
+
+def parse_experiment(body: Any) -> Experiment:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object describing the experiment.")
+    try:
+        # strict: the API takes JSON types as they are ("90" or false is no weight); the
+        # config file stays lax, where ${ENV} substitution yields strings
+        return Experiment.model_validate(body, strict=True)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+class Experiments:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, live: LiveState) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.live = live
+        self._change = redis.register_script(_CHANGE)
+
+    async def seed(self) -> None:
+        """Write each config experiment that Redis does not have yet (version 1)."""
+        for name, exp in self.settings.experiments.items():
+            state = _state(name, 1, exp, None, CONFIG, None)
+            entry = _entry(1, "created from config", CONFIG, None, exp)
+            await self._change(
+                keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
+                args=[name, 0, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
+            )
+        self.live.seeded = True
+
+    async def states(self) -> list[dict[str, Any]]:
+        with store.translated():
+            raw = await self.redis.hgetall(keys.EXPERIMENTS)
+        return [orjson.loads(v) for _, v in sorted(raw.items())]
+
+    async def state(self, name: str) -> dict[str, Any]:
+        with store.translated():
+            raw = await self.redis.hget(keys.EXPERIMENTS, name)
+        if raw is None:
+            raise NotFound(f"No experiment named '{name:.128}'.", param="name")
+        doc: dict[str, Any] = orjson.loads(raw)
+        return doc
+
+    async def history(self, name: str) -> list[dict[str, Any]]:
+        await self.state(name)
+        with store.translated():
+            raw = await self.redis.lrange(keys.history(name), 0, -1)
+        return [orjson.loads(v) for v in raw]
+
+    async def put(self, name: str, body: Any, who: str) -> dict[str, Any]:
+        spec = parse_experiment(body)
+        return await self.change(name, who, "replaced", lambda _cur: spec, create=True)
+
+    async def add_arm(self, name: str, body: Any, who: str) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise InvalidRequest("'model' is required: the model to add as an arm.", param="model")
+
+        def add(cur: Experiment | None) -> Experiment:
+            assert cur is not None
+            if any(a.model == body["model"] for a in cur.arms):
+                raise Conflict(
+                    f"'{body['model']:.128}' is already an arm of '{name}': change its weight "
+                    f"with PUT /admin/experiments/{name}.",
+                    param="model",
+                )
+            arms = [a.model_dump() for a in cur.arms] + [body]
+            return parse_experiment({**cur.model_dump(), "arms": arms})
+
+        return await self.change(name, who, f"added arm {body['model']:.128}", add)
+
+    async def promote(self, name: str, body: Any, who: str) -> dict[str, Any]:
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str):
+            raise InvalidRequest("'model' is required: the arm to promote.", param="model")
+        return await self.change(name, who, f"promoted {model:.128}", promoted(model))
+
+    async def rollback(self, name: str, who: str) -> dict[str, Any]:
+        return await self.change(name, who, "rolled back", None)
+
+    async def change(
+        self,
+        name: str,
+        who: str,
+        action: str,
+        edit: Edit | None,
+        *,
+        create: bool = False,
+        expect_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Apply ``edit`` to the current spec (``None``: roll back) as a compare-and-set.
+
+        With ``expect_version`` the change applies only to that version (the decider's:
+        a decision about version 7 must not land on version 8 that a person just made).
+        """
+        if not valid_name(name):
+            raise InvalidRequest(f"'{name:.128}' is not a valid experiment name.", param="name")
+        for _ in range(10):
+            with store.translated():
+                raw = await self.redis.hget(keys.EXPERIMENTS, name)
+                models = set(self.settings.models) | {
+                    keys.text(k) for k in await self.redis.hkeys(keys.MODELS)
+                }
+            cur = orjson.loads(raw) if raw is not None else None
+            if cur is None and not create:
+                raise NotFound(f"No experiment named '{name:.128}'.", param="name")
+            if cur is None and name in models:
+                raise Conflict(f"'{name}' is already the name of a model.", param="name")
+            if expect_version is not None and (cur or {}).get("version") != expect_version:
+                raise Conflict(f"Experiment '{name}' changed since version {expect_version}.")
+            before = Experiment.model_validate(cur["spec"]) if cur else None
+            if edit is None:
+                if cur is None or cur.get("previous") is None:
+                    raise Conflict(f"Experiment '{name}' has no earlier state to roll back to.")
+                after, previous = Experiment.model_validate(cur["previous"]), before
+            else:
+                after, previous = edit(before), before
+            problems = experiment_problems(after, models)
+            if problems:
+                raise InvalidRequest(problems[0], param=problems[0].split(":")[0])
+            version = (cur["version"] if cur else 0) + 1
+            action = action if cur else "created"
+            pin = (
+                None
+                if who == DECIDER
+                else {"by": who, "at": time.time(), "version": version, "action": action}
+            )
+            state = _state(name, version, after, previous, who, pin)
+            entry = _entry(version, action, who, before, after)
+            with store.translated():
+                found = await self._change(
+                    keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
+                    args=[name, version - 1, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
+                )
+            if found == -1:
+                await self.live.reload_quietly()
+                return state
+            if expect_version is not None:
+                raise Conflict(f"Experiment '{name}' changed since version {expect_version}.")
+        raise Conflict(f"Experiment '{name}' is being changed by others; try again.")
+
+
+def _state(
+    name: str,
+    version: int,
+    spec: Experiment,
+    previous: Experiment | None,
+    who: str,
+    pin: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "object": "experiment",
+        "name": name,
+        "version": version,
+        "spec": spec.model_dump(),
+        "previous": previous.model_dump() if previous else None,
+        "updated_at": time.time(),
+        "updated_by": who,
+        "pin": pin,
+    }
+
+
+def _entry(
+    version: int, action: str, who: str, before: Experiment | None, after: Experiment
+) -> dict[str, Any]:
+    return {
+        "version": version,
+        "action": action,
+        "by": who,
+        "at": time.time(),
+        "before": before.model_dump() if before else None,
+        "after": after.model_dump(),
+    }
+
+
+def weighted(weights: dict[str, float]) -> Edit:
+    """Set the named arms' weights, keep the others'."""
+
+    def edit(cur: Experiment | None) -> Experiment:
+        assert cur is not None
+        arms = [{"model": a.model, "weight": weights.get(a.model, a.weight)} for a in cur.arms]
+        return Experiment.model_validate({**cur.model_dump(), "arms": arms})
+
+    return edit
+
+
+def promoted(model: str) -> Edit:
+    """The winner gets all traffic and becomes the control; the other arms stay at 0."""
+
+    def edit(cur: Experiment | None) -> Experiment:
+        assert cur is not None
+        if model not in {a.model for a in cur.arms}:
+            raise InvalidRequest(f"'{model:.128}' is not an arm of this experiment.", param="model")
+        arms = [{"model": a.model, "weight": 100.0 if a.model == model else 0.0} for a in cur.arms]
+        return Experiment.model_validate({**cur.model_dump(), "arms": arms, "control": model})
+
+    return edit

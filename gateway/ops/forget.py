@@ -1,0 +1,522 @@
+"""Forgetting a user: their interactions, ratings and archive rows removed, audited.
+
+``DELETE /admin/users/{user}`` and ``retrain forget --user U`` both run
+:meth:`Forgetter.run`, which, holding the archiver's lock (``fw:archive:lock``: no
+archive pass runs meanwhile, and two forgets never overlap):
+
+0. asks the archivers to hand the lock over (``fw:archive:pause``: a pass that finds it
+   set releases the lock and does nothing; it lapses by itself if the forget dies);
+1. **finds** what is the user's: their interaction records (``user``, within the
+   tenant when one is given) in Redis (the interaction stream names every hot record)
+   and in the archive; the ratings they gave (``rater``) and the ratings of their
+   interactions, in the feedback stream and the archive;
+2. **writes the plan** (``fw:forget:pending``: the response ids and rating stream ids
+   found) before deleting anything, so a run that dies midway is finished by a rerun
+   even though what it deleted can no longer be found, and so ``retrain`` can remove
+   the same examples from the dataset versions (the gateway does not see them);
+3. **deletes in Redis**: the records (``fw:ix:*``) and their stream entries, the
+   message blocks (``fw:blk:*``) no other live record refers to, the ratings
+   (``fw:fb:*`` fields, or the whole hash of one of the user's interactions) and their
+   stream entries, review-queue items of their interactions or group, and the user's
+   unit in the per-version SRM sets (``fw:users:*``) and per-user score hashes
+   (``fw:uagg:*``, its sums adjusted). Per-arm aggregates (``fw:agg:*``, ``fw:req:*``)
+   stay: sums and counts over every user, nothing in them names anyone;
+4. **rewrites the archive**: each committed Parquet file with rows of the user is
+   written anew without them (a new name), then one manifest replace commits the new
+   files, then the old ones are deleted: a crash before the manifest leaves the old
+   files committed (the rerun redoes it), after it leaves old files no manifest names
+   (the next pass, or the rerun, deletes them, as the archiver does);
+5. **audits** the run (``GET /admin/audit``, action ``user.forgotten``: who, when,
+   which user and tenant, the counts removed per place).
+
+Running it twice is harmless: the second run finds nothing and removes nothing. The
+crash tests kill it at each step (``FLYWHEEL_ARCHIVE_CRASH_AT``: ``forget-after-plan``,
+``forget-after-redis``, ``forget-after-files``, ``forget-after-manifest``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from redis.exceptions import RedisError
+
+from gateway.core import keys, store
+from gateway.core.auth import Principal
+from gateway.core.config import valid_name
+from gateway.core.errors import Conflict, InvalidRequest, PermissionDenied, StoreUnavailable
+from gateway.core.records import refs, unpack
+from gateway.ops.archive import FEEDBACK, INTERACTIONS, Archive, Archiver, crash_point, default_url
+
+if TYPE_CHECKING:
+    from gateway.state import GatewayState
+
+MAX_USER_CHARS = 256
+AUDIT_CAP = 10_000  # as the key audit (apikeys.py): the list is shared
+CHUNK = 1000
+
+# Remove one unit from a per-user score hash (fw:uagg:*), its sums adjusted.
+# KEYS[1]: the hash; ARGV[1]: the unit's field (u:{unit}). Returns 1 when removed.
+_UNSCORE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local sp = string.find(cur, ' ')
+local c = tonumber(string.sub(cur, 1, sp - 1))
+local s = tonumber(string.sub(cur, sp + 1))
+local m = s / c
+redis.call('HINCRBYFLOAT', KEYS[1], 'mean_sum', -m)
+redis.call('HINCRBYFLOAT', KEYS[1], 'mean_sq', -(m * m))
+redis.call('HINCRBY', KEYS[1], 'ratings', -c)
+redis.call('HINCRBY', KEYS[1], 'users', -1)
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def valid_user(user: Any) -> str:
+    """The user id to forget, or an InvalidRequest naming what is wrong with it."""
+    if not isinstance(user, str) or not user.strip():
+        raise InvalidRequest("The user id to forget must not be empty.", param="user")
+    if len(user) > MAX_USER_CHARS:
+        raise InvalidRequest(
+            f"The user id is {len(user)} characters long; the limit is {MAX_USER_CHARS}.",
+            param="user",
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in user):
+        raise InvalidRequest("The user id must not hold control characters.", param="user")
+    return user
+
+
+def pending_field(user: str, tenant: str | None) -> str:
+    return f"{tenant or ''}\x00{user}"
+
+
+@dataclass
+class Plan:
+    """What belongs to the user: found by this run, or by an earlier one that died."""
+
+    user: str
+    tenant: str | None  # None: every tenant
+    response_ids: set[str] = field(default_factory=set)
+    events: set[str] = field(default_factory=set)  # rating stream ids (feedback)
+    units: set[tuple[str, int, str, str]] = field(default_factory=set)  # exp, ver, arm, unit
+    blocks: set[str] = field(default_factory=set)  # blocks the user's hot records refer to
+
+    def owns(self, row: dict[str, Any]) -> bool:
+        """An interaction record (or row) of the user."""
+        return row.get("user") == self.user and (
+            self.tenant is None or row.get("tenant") == self.tenant
+        )
+
+    def rated(self, rating: dict[str, Any]) -> bool:
+        """A rating the user gave, or one of the user's interactions."""
+        if rating.get("response_id") in self.response_ids:
+            return True
+        return rating.get("rater") == self.user and (
+            self.tenant is None or rating.get("tenant") == self.tenant
+        )
+
+    def note_unit(self, rec: dict[str, Any]) -> None:
+        unit, exp = rec.get("unit"), rec.get("experiment")
+        if unit and exp and not rec.get("forced") and not rec.get("shadow_of"):
+            arm = rec.get("assigned_arm") or rec.get("arm") or ""
+            self.units.add((exp, int(rec.get("experiment_version") or 0), arm, unit))
+
+    def doc(self, by: str) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "tenant": self.tenant,
+            "by": by,
+            "at": time.time(),
+            "response_ids": sorted(self.response_ids),
+            "events": sorted(self.events, key=keys.stream_id_order),
+            "units": sorted(self.units),
+            "blocks": sorted(self.blocks),
+        }
+
+
+def pending(client: redis.Redis) -> list[dict[str, Any]]:
+    """Users forgotten whose dataset versions are not rewritten yet (``retrain`` does it)."""
+    raw: Any = client.hgetall(keys.FORGET_PENDING)
+    return [orjson.loads(v) for _, v in sorted(raw.items())]
+
+
+def done_pending(client: redis.Redis, user: str, tenant: str | None) -> None:
+    client.hdel(keys.FORGET_PENDING, pending_field(user, tenant))
+
+
+def audit(client: redis.Redis, by: str, by_tenant: str | None, plan: Plan, counts: Any) -> None:
+    """An entry in the key and tenant audit log (``GET /admin/audit``)."""
+    entry = {
+        "at": time.time(),
+        "by": by,
+        "by_tenant": by_tenant,
+        "action": "user.forgotten",
+        "target": plan.user,
+        "tenant": plan.tenant,
+        "before": None,
+        "after": {"removed": counts},
+    }
+    pipe = client.pipeline(transaction=False)  # one key; on a cluster too
+    pipe.rpush(keys.AUTH_AUDIT, orjson.dumps(entry))
+    pipe.ltrim(keys.AUTH_AUDIT, -AUDIT_CAP, -1)
+    pipe.execute()
+
+
+class Forgetter:
+    """Forgets users in one Redis and one archive (see the module's docstring)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        archive: Archive,
+        *,
+        experiments: Iterable[str] = (),
+        lock_wait_s: float = 120.0,
+        lock_ttl_s: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.archive = archive
+        self.experiments = set(experiments)
+        self.lock_wait_s = lock_wait_s
+        self.lock_ttl_s = lock_ttl_s
+        self._unscore = client.register_script(_UNSCORE)
+
+    def run(self, user: str, tenant: str | None, by: str) -> tuple[Plan, dict[str, Any]]:
+        """Forget ``user`` (of ``tenant``; None: of every tenant) in Redis and the archive.
+
+        Returns the plan (for the datasets) and the counts removed per place. Raises
+        Conflict when the archive lock stays held by a running pass for ``lock_wait_s``.
+        """
+        user = valid_user(user)
+        holder = self._holder = Archiver(self.client, self.archive, lock_ttl_s=self.lock_ttl_s)
+        deadline = time.monotonic() + self.lock_wait_s
+        self._pause()  # the archivers hand the lock over at their next pass
+        while (held_by := holder.hold()) is not None:
+            if time.monotonic() >= deadline:
+                self.client.delete(keys.ARCHIVE_PAUSE)
+                raise Conflict(
+                    f"The archiver ({held_by}) holds the archive lock; try again later.",
+                    param="user",
+                )
+            self._pause()
+            time.sleep(0.2)
+        try:
+            plan = self._plan(user, tenant)
+            found = self._find(plan)
+            field_ = pending_field(user, tenant)
+            self.client.hset(keys.FORGET_PENDING, field_, orjson.dumps(plan.doc(by)))
+            crash_point("forget-after-plan")
+            counts: dict[str, Any] = {"redis": self._forget_redis(plan, found)}
+            crash_point("forget-after-redis")
+            self._renew()
+            counts["archive"] = self._forget_archive(plan)
+        finally:
+            holder.release()
+            self.client.delete(keys.ARCHIVE_PAUSE)
+        return plan, counts
+
+    def _pause(self) -> None:
+        """Ask the archivers to pause (for ``lock_ttl_s``, renewed as the run goes on, so
+        a forget that dies lets them go on by themselves)."""
+        ttl_ms = int(self.lock_ttl_s * 1000)
+        self.client.set(keys.ARCHIVE_PAUSE, self._holder.owner, px=ttl_ms)
+
+    def _renew(self) -> None:
+        """Keep the archive lock through a long run; one lost (a stall past its ttl, and
+        an archiver took it) stops the run before it commits anything to the archive."""
+        self._pause()
+        if (holder := self._holder.hold()) is not None:
+            raise Conflict(
+                f"The archive lock passed to {holder} during the run; run it again to finish.",
+                param="user",
+            )
+
+    # -- finding -----------------------------------------------------------------------
+
+    def _plan(self, user: str, tenant: str | None) -> Plan:
+        plan = Plan(user, tenant)
+        raw: Any = self.client.hget(keys.FORGET_PENDING, pending_field(user, tenant))
+        if raw is not None:  # an earlier run died: what it found may be deleted already
+            earlier = orjson.loads(raw)
+            plan.response_ids.update(earlier.get("response_ids") or [])
+            plan.events.update(earlier.get("events") or [])
+            plan.units.update(tuple(u) for u in earlier.get("units") or [])
+            plan.blocks.update(earlier.get("blocks") or [])
+        return plan
+
+    def _find(self, plan: Plan) -> _Found:
+        found = _Found()
+        self.archive.clean(self.archive.manifest())  # uncommitted files of a dead pass
+        for rows in self._archived(INTERACTIONS, _IX_COLUMNS):
+            for row in rows:
+                if plan.owns(row):
+                    plan.response_ids.add(row["id"])
+                    plan.note_unit(row)
+        self._find_redis_interactions(plan, found)
+        for rows in self._archived(FEEDBACK, _FB_COLUMNS):
+            for row in rows:
+                if plan.rated(row):
+                    plan.events.add(row["stream_id"])
+                    found.rated[row["response_id"]].add(row["rater"])
+        cursor = "-"
+        while True:
+            entries: Any = self.client.xrange(keys.FEEDBACK_STREAM, min=cursor, count=CHUNK)
+            for sid, fields in entries:
+                if not fields or b"data" not in fields:
+                    continue
+                rating = orjson.loads(fields[b"data"])
+                if plan.rated(rating):
+                    plan.events.add(keys.text(sid))
+                    found.rating_entries.append(keys.text(sid))
+                    found.rated[rating["response_id"]].add(rating["rater"])
+            if len(entries) < CHUNK:
+                break
+            cursor = keys.stream_id_after(keys.text(entries[-1][0]))
+            self._renew()
+        return found
+
+    def _find_redis_interactions(self, plan: Plan, found: _Found) -> None:
+        """The hot records of the user, through the stream that names every one; the
+        blocks the others refer to (those stay)."""
+        cursor = "-"
+        while True:
+            entries: Any = self.client.xrange(keys.INTERACTION_STREAM, min=cursor, count=CHUNK)
+            ids = [(keys.text(sid), keys.text(f[b"id"])) for sid, f in entries if f]
+            raws = store.mget_sync(self.client, [keys.interaction(rid) for _, rid in ids])
+            for (sid, rid), raw in zip(ids, raws, strict=True):
+                rec = unpack(raw, rid)
+                if rec is None:
+                    if rid in plan.response_ids:  # deleted by an earlier run that died
+                        found.ix_entries.append(sid)
+                    continue
+                row: dict[str, Any] = dict(rec)
+                if plan.owns(row) or rid in plan.response_ids:
+                    plan.response_ids.add(rid)
+                    plan.note_unit(row)
+                    found.records.append(rid)
+                    found.ix_entries.append(sid)
+                    plan.blocks.update(refs(rec))
+                else:
+                    found.shared_blocks.update(refs(rec))
+            if len(entries) < CHUNK:
+                break
+            cursor = keys.stream_id_after(keys.text(entries[-1][0]))
+            self._renew()
+
+    def _archived(self, kind: str, columns: list[str]) -> Iterable[list[dict[str, Any]]]:
+        for f in self.archive.manifest()["files"]:
+            if f["kind"] == kind:
+                yield self._read(f["path"], columns).to_pylist()
+                self._renew()
+
+    def _read(self, path: str, columns: list[str] | None = None) -> Any:
+        import pyarrow.parquet as pq
+
+        with self.archive.fs.open(self.archive.path(path), "rb") as fh:
+            return pq.read_table(fh, columns=columns)
+
+    # -- Redis -------------------------------------------------------------------------
+
+    def _forget_redis(self, plan: Plan, found: _Found) -> dict[str, int]:
+        c = self.client
+        counts = dict.fromkeys(
+            ("interactions", "blocks", "ratings", "rating_events", "review_items", "user_stats"),
+            0,
+        )
+        # records first, their stream entries after: a crash between leaves entries
+        # that name nothing (the archiver skips them), never a record nobody finds
+        counts["interactions"] = self._delete([keys.interaction(r) for r in found.records])
+        for start in range(0, len(found.ix_entries), CHUNK):
+            c.xdel(keys.INTERACTION_STREAM, *found.ix_entries[start : start + CHUNK])
+        own = sorted(plan.blocks - found.shared_blocks)
+        counts["blocks"] = self._delete([keys.block(h) for h in own])
+        # ratings: the whole hash of one of the user's interactions, else the user's field
+        hashes = [keys.feedback(rid) for rid in sorted(plan.response_ids)]
+        for start in range(0, len(hashes), CHUNK):
+            pipe = c.pipeline(transaction=False)
+            for name in hashes[start : start + CHUNK]:
+                pipe.hlen(name)
+            counts["ratings"] += sum(int(n) for n in pipe.execute())
+        self._delete(hashes)
+        for rid, raters in sorted(found.rated.items()):
+            if rid not in plan.response_ids:
+                counts["ratings"] += int(c.hdel(keys.feedback(rid), *sorted(raters)))
+        for start in range(0, len(found.rating_entries), CHUNK):
+            chunk = found.rating_entries[start : start + CHUNK]
+            counts["rating_events"] += int(c.xdel(keys.FEEDBACK_STREAM, *chunk))
+        counts["review_items"] = self._forget_review(plan)
+        for exp, version, arm, unit in sorted(plan.units):
+            counts["user_stats"] += int(c.srem(keys.version_users(exp, version, arm), unit))
+            counts["user_stats"] += int(
+                self._unscore(keys=[keys.user_scores(exp, version, arm)], args=[f"u:{unit}"])
+            )
+        return counts
+
+    def _delete(self, names: list[str]) -> int:
+        """Delete keys (one pipeline per chunk: on a cluster they may lie anywhere)."""
+        removed = 0
+        for start in range(0, len(names), CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names[start : start + CHUNK]:
+                pipe.delete(name)
+            removed += sum(int(n) for n in pipe.execute())
+        return removed
+
+    def _forget_review(self, plan: Plan) -> int:
+        tenants = self._experiment_tenants()
+        names = set(tenants) | self.experiments | {u[0] for u in plan.units}
+        removed = 0
+        for exp in sorted(names):
+            raw: Any = self.client.hgetall(keys.review(exp))
+            by_group = plan.tenant is None or tenants.get(exp) == plan.tenant
+            gone = [
+                keys.text(rid)
+                for rid, item in raw.items()
+                if keys.text(rid) in plan.response_ids
+                or (by_group and orjson.loads(item).get("group") == f"user:{plan.user}")
+            ]
+            if gone:
+                removed += int(self.client.hdel(keys.review(exp), *gone))
+        return removed
+
+    def _experiment_tenants(self) -> dict[str, str | None]:
+        raw: Any = self.client.hgetall(keys.EXPERIMENTS)
+        out: dict[str, str | None] = {}
+        for name, state in raw.items():
+            out[keys.text(name)] = (orjson.loads(state).get("spec") or {}).get("tenant")
+        return out
+
+    # -- archive -----------------------------------------------------------------------
+
+    def _forget_archive(self, plan: Plan) -> dict[str, int]:
+        """Each committed file with rows of the user written again without them; one
+        manifest replace commits them all, then the old files go."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        counts = {"interactions": 0, "ratings": 0, "files_rewritten": 0}
+        archive = self.archive
+        manifest = archive.manifest()
+        ids = pa.array(sorted(plan.response_ids), pa.string())
+        events = pa.array(sorted(plan.events), pa.string())
+
+        def theirs(kind: str, table: Any) -> Any:
+            if kind == INTERACTIONS:
+                owned = pc.equal(table["user"], plan.user)
+                if plan.tenant is not None:
+                    owned = pc.and_(owned, pc.equal(table["tenant"], plan.tenant))
+                mine = pc.or_(pc.is_in(table["id"], value_set=ids), pc.fill_null(owned, False))
+            else:
+                mine = pc.or_(
+                    pc.is_in(table["stream_id"], value_set=events),
+                    pc.is_in(table["response_id"], value_set=ids),
+                )
+            return pc.fill_null(mine, False)
+
+        narrow = {INTERACTIONS: ["id", "user", "tenant"], FEEDBACK: ["stream_id", "response_id"]}
+        kept, retired = [], []
+        for f in manifest["files"]:
+            kind = f["kind"]
+            n = pc.sum(theirs(kind, self._read(f["path"], narrow[kind]))).as_py() or 0
+            if not n:  # most files: only the few columns that decide were read
+                kept.append(f)
+                continue
+            table = self._read(f["path"])
+            rest = table.filter(pc.invert(theirs(kind, table)))
+            counts["interactions" if kind == INTERACTIONS else "ratings"] += n
+            counts["files_rewritten"] += 1
+            retired.append(f["path"])
+            if rest.num_rows:
+                folder, name = f["path"].rsplit("/", 1)
+                base = name.split(".", 1)[0]  # part-<first stream id>
+                path = f"{folder}/{base}.{uuid.uuid4().hex[:8]}.parquet"
+                size = archive.write_parquet(path, rest)
+                kept.append({**f, "path": path, "rows": rest.num_rows, "bytes": size})
+            self._renew()
+        if retired:
+            crash_point("forget-after-files")
+            self._renew()
+            archive.write_manifest({**manifest, "files": kept})
+            crash_point("forget-after-manifest")
+            for path in retired:
+                archive.fs.rm(archive.path(path))
+        return counts
+
+
+_IX_COLUMNS = [
+    "id",
+    "user",
+    "tenant",
+    "experiment",
+    "experiment_version",
+    "assigned_arm",
+    "arm",
+    "unit",
+    "forced",
+    "shadow_of",
+]
+_FB_COLUMNS = ["stream_id", "response_id", "rater", "tenant"]
+
+
+@dataclass
+class _Found:
+    records: list[str] = field(default_factory=list)  # response ids of hot records
+    ix_entries: list[str] = field(default_factory=list)  # their interaction stream ids
+    shared_blocks: set[str] = field(default_factory=set)  # blocks others refer to
+    rating_entries: list[str] = field(default_factory=list)  # feedback stream ids
+    rated: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+def scope(by: Principal, tenant: str | None) -> str | None:
+    """Whose user to forget: a tenant's admin forgets users of its tenant only; an admin
+    of every tenant those of ``tenant``, or of every tenant when none is given."""
+    if tenant is not None and not valid_name(tenant):
+        raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
+    if by.all_tenants:
+        return tenant
+    if tenant is not None and tenant != by.tenant:
+        raise PermissionDenied(
+            f"A key of tenant '{by.tenant}' forgets users of that tenant only.", param="tenant"
+        )
+    return by.tenant
+
+
+async def forget_user(st: GatewayState, user: str, tenant: str | None, by: Principal) -> Any:
+    """``DELETE /admin/users/{user}``: Redis and the archive now, the datasets by
+    ``retrain`` (``fw:forget:pending``); the counts removed per place."""
+    user = valid_user(user)
+    tenant = scope(by, tenant)
+    settings = st.settings
+
+    def work() -> dict[str, Any]:
+        client = store.connect_sync(
+            st.redis_url, cluster=settings.redis_cluster and bool(settings.redis_url)
+        )
+        try:
+            archive = Archive(default_url(settings.data_dir, settings.archive.url))
+            forgetter = Forgetter(
+                client,
+                archive,
+                experiments=st.control.router.experiments,
+                lock_ttl_s=settings.archive.lock_ttl_s,
+            )
+            plan, counts = forgetter.run(user, tenant, by.name)
+            counts["datasets"] = {"pending": True}
+            audit(client, by.name, None if by.all_tenants else by.tenant, plan, counts)
+        except RedisError as exc:
+            raise store.unavailable(exc) from None
+        except OSError as exc:  # the archive's files (a rerun finishes the work)
+            raise StoreUnavailable(f"The archive is unavailable: {exc}") from None
+        finally:
+            client.close()
+        return {"object": "user.forgotten", "user": user, "tenant": tenant, "removed": counts}
+
+    return await asyncio.to_thread(work)

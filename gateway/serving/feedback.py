@@ -1,0 +1,388 @@
+"""``POST /v1/feedback`` and ``GET /v1/feedback/{response_id}``: ratings, stored durably.
+
+A rating is checked, joined to the interaction it rates (the experiment and arm come
+from there), and stored by one Lua script, so that each of these happens completely or
+not at all:
+
+* the rater's record in ``fw:fb:{response_id}`` is set (a second rating by the same
+  rater replaces the first: the response says ``replaced``);
+* the arm's aggregate (count, score sum, failures, corrections) is corrected for the
+  replaced rating, if any, and updated with the new one;
+* for experiment traffic assigned by weight, the rated user's scores under the version
+  and arm that served the response (``fw:uagg``), with the sums of per-user means that
+  the decider's test reads (its unit is the user);
+* a rating event (fields ``data``: the record, ``replaced``: 0 or 1) is appended to the
+  feedback stream that the retrain job consumes; a replaced rating appears again, and
+  the latest event per (response, rater) is the one that counts.
+
+A rating may come after the interaction left Redis (``interaction_log.hot_s``): it is
+then joined to the archived record (``archive.py``), read from that day's Parquet files.
+A rating may also arrive before its interaction record reaches Redis (the instant a stream
+ends). Response ids are signed and time-stamped (``ids.py``), so the gateway knows an id
+it issued: it looks in the log writer's unwritten records, then in Redis, and for a
+recent id waits up to ``feedback.join_wait_s`` for the record to land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.core import keys, store
+from gateway.core.auth import Principal
+from gateway.core.config import FeedbackConfig
+from gateway.core.errors import InvalidRequest, NotFound, StoreUnavailable
+from gateway.core.ids import IdIssuer
+from gateway.core.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, decode_feedback
+from gateway.serving.bodies import json_object
+from gateway.serving.interaction_log import InteractionLog, load
+from gateway.serving.metrics import Metrics
+
+THUMBS = {"down": 0.0, "up": 1.0}
+FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
+
+# KEYS: feedback hash, aggregate hash, feedback stream, aggregate index, user scores hash
+# ARGV: rater, record JSON, score, failure (0/1), has correction (0/1),
+#       aggregate index member, ttl seconds, thumbs (0/1), user field ('' = not counted)
+# The aggregate keeps count, score_sum, score_sq (for variances), thumbs (ratings that
+# were up/down), failures and corrections. The user scores hash (the experiment version
+# and arm the rated response was served under) keeps each user's rating count and score
+# sum, and the sums of the per-user means and of their squares: the decider's sample is
+# one mean score per user.
+_STORE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local replaced = 0
+local o = nil
+if old then
+  replaced = 1
+  o = cjson.decode(old)
+  redis.call('HINCRBY', KEYS[2], 'count', -1)
+  redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', -o['score'])
+  redis.call('HINCRBYFLOAT', KEYS[2], 'score_sq', -(o['score'] * o['score']))
+  if type(o['rating']) == 'string' then redis.call('HINCRBY', KEYS[2], 'thumbs', -1) end
+  if o['failure'] == true then redis.call('HINCRBY', KEYS[2], 'failures', -1) end
+  if o['has_correction'] == true then redis.call('HINCRBY', KEYS[2], 'corrections', -1) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'count', 1)
+redis.call('HINCRBYFLOAT', KEYS[2], 'score_sum', ARGV[3])
+redis.call('HINCRBYFLOAT', KEYS[2], 'score_sq', ARGV[3] * ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'thumbs', ARGV[8])
+redis.call('HINCRBY', KEYS[2], 'failures', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'corrections', ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+local uf = ARGV[9]
+if uf ~= '' then
+  local cur = redis.call('HGET', KEYS[5], uf)
+  local c, s = 0, 0
+  if cur then
+    local sp = string.find(cur, ' ')
+    c = tonumber(string.sub(cur, 1, sp - 1))
+    s = tonumber(string.sub(cur, sp + 1))
+    local m = s / c
+    redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sum', -m)
+    redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sq', -(m * m))
+    if o then
+      c = c - 1
+      s = s - o['score']
+      redis.call('HINCRBY', KEYS[5], 'ratings', -1)
+    end
+  else
+    redis.call('HINCRBY', KEYS[5], 'users', 1)
+  end
+  c = c + 1
+  s = s + tonumber(ARGV[3])
+  local m = s / c
+  redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sum', m)
+  redis.call('HINCRBYFLOAT', KEYS[5], 'mean_sq', m * m)
+  redis.call('HINCRBY', KEYS[5], 'ratings', 1)
+  redis.call('HSET', KEYS[5], uf, string.format('%d %.17g', c, s))
+  redis.call('EXPIRE', KEYS[5], ARGV[7])
+end
+local id = redis.call('XADD', KEYS[3], '*', 'data', ARGV[2], 'replaced', replaced)
+return {replaced, id}
+"""
+
+
+def normalise(rating: Any) -> float:
+    """``up``/``down`` → 1/0; stars 1–5 → (n-1)/4. Raises InvalidRequest naming ``rating``."""
+    if isinstance(rating, str) and rating in THUMBS:
+        return THUMBS[rating]
+    if isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
+        return (rating - 1) / 4
+    raise InvalidRequest(
+        f'\'rating\' must be "up", "down" or an integer from 1 to 5, not {rating!r:.40}.',
+        param="rating",
+    )
+
+
+def feedback_id(response_id: str, rater: str) -> str:
+    digest = hashlib.sha256(f"{response_id}\x00{rater}".encode()).hexdigest()
+    return "fb-" + digest[:24]
+
+
+def _text(doc: dict[str, Any], name: str, limit: int) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string.", param=name)
+    if len(value) > limit:
+        raise InvalidRequest(
+            f"'{name}' is {len(value)} characters long; the limit is {limit}.", param=name
+        )
+    return value
+
+
+def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
+    doc = json_object(body)
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown field '{unknown[0]:.64}'.", param=unknown[0][:64])
+    rid = doc.get("response_id")
+    if not isinstance(rid, str) or not rid:
+        raise InvalidRequest(
+            "'response_id' is required: the id of the rated response.", param="response_id"
+        )
+    if "rating" not in doc:
+        raise InvalidRequest("'rating' is required.", param="rating")
+    score = normalise(doc["rating"])
+    correction = _text(doc, "correction", cfg.max_correction_chars)
+    if correction is not None and not correction.strip():
+        raise InvalidRequest("'correction' must not be empty.", param="correction")
+    tags = doc.get("tags")
+    if tags is None:
+        tags = []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise InvalidRequest("'tags' must be an array of non-empty strings.", param="tags")
+    if len(tags) > cfg.max_tags or any(len(t) > cfg.max_tag_chars for t in tags):
+        raise InvalidRequest(
+            f"'tags' allows at most {cfg.max_tags} tags of {cfg.max_tag_chars} characters.",
+            param="tags",
+        )
+    return {
+        "response_id": rid,
+        "rating": doc["rating"],
+        "score": score,
+        "comment": _text(doc, "comment", cfg.max_comment_chars),
+        "correction": correction,
+        "user": _text(doc, "user", 256),
+        "tags": tags,
+    }
+
+
+class FeedbackService:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        ids: IdIssuer,
+        log: InteractionLog,
+        metrics: Metrics,
+        config: FeedbackConfig,
+        max_age_s: float,
+        fresh_s: float,
+        hot_s: float | None = None,
+        archive_url: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.ids = ids
+        self.log = log
+        self.metrics = metrics
+        self.config = config
+        self.max_age_s = max_age_s  # interaction retention: older ids have expired
+        self.fresh_s = fresh_s  # an id this young may still be on its way to Redis
+        self.hot_s = hot_s if hot_s is not None else max_age_s
+        self.archive_url = archive_url
+        self._archive: Any = None
+        self._store = redis.register_script(_STORE)
+
+    def _archived(self, response_id: str, issued: float) -> InteractionRecord | None:
+        """An interaction past the hot window, from the archive (run in a thread)."""
+        from gateway.ops.archive import Archive, find_interactions
+
+        if self._archive is None:
+            assert self.archive_url is not None
+            self._archive = Archive(self.archive_url)
+        days = {time.strftime("%Y-%m-%d", time.gmtime(issued + d)) for d in (0, 86400)}
+        return find_interactions(self._archive, [response_id], days).get(response_id)
+
+    async def interaction(self, response_id: str, principal: Principal) -> InteractionRecord:
+        """The rated interaction, or NotFound for an id that is unknown, expired or not yours."""
+        missing = NotFound(
+            f"No response with id '{response_id:.80}': unknown or expired.", param="response_id"
+        )
+        issued = self.ids.issued_at(response_id)
+        if issued is None or time.time() - issued > self.max_age_s:
+            raise missing
+        deadline = time.monotonic() + (
+            self.config.join_wait_s if time.time() - issued < self.fresh_s else 0
+        )
+        while True:
+            record = self.log.unwritten(response_id)
+            if record is None:
+                with store.translated("The feedback store"):
+                    record = (await load(self.redis, [response_id]))[0]
+            if (
+                record is None
+                and self.archive_url
+                and time.monotonic() >= deadline
+                and time.time() - issued > self.hot_s - 120  # it may have left Redis
+            ):
+                try:
+                    record = await asyncio.to_thread(self._archived, response_id, issued)
+                except (OSError, ValueError) as exc:
+                    raise StoreUnavailable(f"The archive is unavailable: {exc}") from None
+            if record is not None:
+                if record.get("tenant") != principal.tenant:
+                    raise missing
+                return record
+            if time.monotonic() >= deadline:
+                raise missing
+            await asyncio.sleep(0.05)
+
+    async def rate(self, body: bytes, principal: Principal) -> dict[str, Any]:
+        fb = parse_feedback(body, self.config)
+        rid = fb["response_id"]
+        record = await self.interaction(rid, principal)
+        rater = fb["user"] or record.get("user") or f"key:{principal.name}"
+        experiment, arm = record.get("experiment"), record["arm"]
+        # the decider's sample: randomised traffic of an experiment, by the assigned arm
+        # and the version it was served under (intention to treat: a fallback answer
+        # counts for the arm the user was assigned to)
+        unit = record.get("unit") if experiment and not record.get("forced") else None
+        scores_key = (
+            keys.user_scores(
+                experiment, record.get("experiment_version") or 0, record.get("assigned_arm") or arm
+            )
+            if experiment and unit
+            else keys.aggregate(experiment, arm)
+        )
+        stored: FeedbackEvent = {
+            "v": SCHEMA_VERSION,
+            "id": feedback_id(rid, rater),
+            "object": "feedback",
+            "response_id": rid,
+            "rater": rater,
+            "rating": fb["rating"],
+            "score": fb["score"],
+            "failure": fb["score"] < self.config.failure_threshold,
+            "has_correction": fb["correction"] is not None,
+            "comment": fb["comment"],
+            "correction": fb["correction"],
+            "tags": fb["tags"],
+            "tenant": principal.tenant,
+            "experiment": experiment,
+            "arm": arm,
+            "created": int(time.time()),
+        }
+        with store.translated("The feedback store"):
+            replaced, _ = await self._store(
+                keys=[
+                    keys.feedback(rid),
+                    keys.aggregate(experiment, arm),
+                    keys.FEEDBACK_STREAM,
+                    keys.AGGREGATE_INDEX,
+                    scores_key,  # not written unless a user field is given
+                ],
+                args=[
+                    rater,
+                    orjson.dumps(stored),
+                    repr(fb["score"]),
+                    int(stored["failure"]),
+                    int(stored["has_correction"]),
+                    keys.aggregate_member(experiment, arm),
+                    int(self.config.retention_days * 86400),
+                    int(isinstance(fb["rating"], str)),
+                    f"u:{unit}" if unit else "",
+                ],
+            )
+        exp_label = experiment or ""
+        self.metrics.feedback.labels(exp_label, arm, str(fb["rating"])).inc()
+        self.metrics.feedback_score.labels(exp_label, arm).observe(fb["score"])
+        return {
+            "id": stored["id"],
+            "object": "feedback",
+            "response_id": rid,
+            "rater": rater,
+            "score": fb["score"],
+            "replaced": bool(replaced),
+        }
+
+    async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
+        if self.ids.issued_at(response_id) is None:
+            raise NotFound(f"No response with id '{response_id:.80}'.", param="response_id")
+        with store.translated("The feedback store"):
+            raw = await self.redis.hgetall(keys.feedback(response_id))
+        out = [decode_feedback(v) for v in raw.values()]
+        out = [r for r in out if r.get("tenant") == principal.tenant]
+        if not out:
+            await self.interaction(response_id, principal)  # 404 unless it exists and is yours
+        return sorted(out, key=lambda r: (r["created"], r["rater"]))
+
+
+async def ensure_groups(redis: aioredis.Redis, groups: list[str]) -> None:
+    """Create the consumer groups (from the stream's start) so no event is trimmed unread."""
+    for group in groups:
+        try:
+            await redis.xgroup_create(keys.FEEDBACK_STREAM, group, id="0", mkstream=True)
+        except RedisError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def maintain(
+    redis: aioredis.Redis,
+    cfg: FeedbackConfig,
+    experiments: Callable[[], Iterable[str]],
+    every_s: float = 60.0,
+    extra_groups: list[str] | None = None,
+) -> None:
+    """Background task: keep the consumer groups and trim the stream, while Redis answers.
+
+    Each experiment has its retrain group (``retrain.<experiment>``), created as soon as
+    the experiment is known, so no rating is trimmed before its dataset build has run.
+    """
+    log = logging.getLogger(__name__)
+    while True:
+        try:
+            groups = [keys.retrain_group(e) for e in experiments()] + cfg.consumer_groups
+            groups += extra_groups or []
+            await ensure_groups(redis, groups)
+            await trim_feedback_stream(redis, cfg.retention_days * 86400)
+        except (RedisError, OSError) as exc:
+            log.warning("feedback stream maintenance skipped: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+async def trim_feedback_stream(redis: aioredis.Redis, retention_s: float) -> str:
+    """Trim the feedback stream to its retention, but never past an unacknowledged event.
+
+    Returns the MINID used. Events newer than the retention are always kept; older ones
+    go only once every consumer group has acknowledged them.
+    """
+    bound_ms = int((time.time() - retention_s) * 1000)
+    minid = f"{bound_ms}-0"
+    try:
+        groups = await redis.xinfo_groups(keys.FEEDBACK_STREAM)
+    except RedisError:
+        return minid  # no stream yet
+    for g in groups:
+        summary = await redis.xpending(keys.FEEDBACK_STREAM, g["name"])
+        if summary["pending"]:
+            keep = keys.text(summary["min"])
+        else:
+            keep = keys.stream_id_after(keys.text(g["last-delivered-id"]))
+        if keys.stream_id_order(keep) < keys.stream_id_order(minid):
+            minid = keep
+    await redis.xtrim(keys.FEEDBACK_STREAM, minid=minid, approximate=False)
+    return minid

@@ -1,0 +1,375 @@
+"""Every Prometheus metric the gateway exports, defined in one place.
+
+Names follow Prometheus conventions: base units (``_seconds``), counters exposed with
+``_total`` (prometheus-client appends it), and labels from bounded sets (experiment,
+arm, upstream, status class, reason, rating) — never a user or a response id.
+
+Three kinds of value:
+
+* **Per-process** counters, histograms, summaries and gauges, updated as requests are
+  served. Each app gets its own registry, so tests and several apps in one process never
+  share them. Under ``gateway serve --workers N`` they live in prometheus-client's
+  multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, wiped by :func:`prepare_multiprocess_dir`
+  before the workers start) and ``/metrics`` sums them over every worker, whichever one
+  answers the scrape; gauges say how in ``multiprocess_mode``.
+* **Live state**, read by the worker that answers the scrape (:class:`ScrapeState`):
+  experiment weights and control arms (the same on every worker), and circuit-breaker
+  states per upstream (that worker's).
+* **Retrain** (a batch job, not a server): what ``retrain run`` records in Redis
+  (``fw:retrain:runs``, the job registry and the run locks), read at scrape time by
+  :func:`read_retrain`, so no Pushgateway is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from redis.exceptions import RedisError
+
+from gateway.core import keys
+from gateway.core.records import JobStatus, RunOutcome
+
+log = logging.getLogger(__name__)
+
+# LLM latencies span from a cached 10 ms answer to a two-minute generation.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The bounded label values of the retrain gauges.
+RETRAIN_OUTCOMES = tuple(RunOutcome)
+JOB_STATUSES = tuple(JobStatus)
+
+
+def prepare_multiprocess_dir(path: str | Path) -> Path:
+    """Create ``path`` empty (files of an earlier run would be counted again)."""
+    p = Path(path)
+    if p.exists():
+        shutil.rmtree(p)
+    p.mkdir(parents=True)
+    return p
+
+
+@dataclass
+class ScrapeState:
+    """What ``/metrics`` reads at scrape time, beside the per-process metrics."""
+
+    weights: dict[tuple[str, str], float] = field(default_factory=dict)  # (exp, arm) → share
+    controls: dict[str, str] = field(default_factory=dict)  # experiment → its control arm
+    replicas: dict[tuple[str, str], int] = field(default_factory=dict)  # (upstream, state) → n
+    retrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # exp → run summary
+
+
+class _ScrapeCollector:
+    """Renders a :class:`ScrapeState` (a custom collector: never in multiprocess files)."""
+
+    def __init__(self) -> None:
+        self.state = ScrapeState()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names are not registered: the state changes at every scrape
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        weight = GaugeMetricFamily(
+            "flywheel_experiment_weight",
+            "Intended share of each arm in [0, 1], from the live experiment state",
+            labels=["experiment", "arm"],
+        )
+        for (exp, arm), share in sorted(s.weights.items()):
+            weight.add_metric([exp, arm], share)
+        yield weight
+        control = GaugeMetricFamily(
+            "flywheel_experiment_control",
+            "1 for the experiment's control arm (candidates are compared with it), 0 for others",
+            labels=["experiment", "arm"],
+        )
+        for exp, arm in sorted(s.weights):
+            control.add_metric([exp, arm], 1.0 if s.controls.get(exp) == arm else 0.0)
+        yield control
+        replicas = GaugeMetricFamily(
+            "flywheel_upstream_replicas",
+            "Replicas of each upstream by circuit-breaker state (closed, open, half_open), "
+            "as seen by the worker that answered the scrape",
+            labels=["upstream", "state"],
+        )
+        for (upstream, state), n in sorted(s.replicas.items()):
+            replicas.add_metric([upstream, state], n)
+        yield replicas
+        yield from _retrain_families(s.retrain)
+
+
+def _retrain_families(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    last = GaugeMetricFamily(
+        "flywheel_retrain_last_run_timestamp_seconds",
+        "When the last retrain run of the experiment finished (Unix time)",
+        labels=["experiment"],
+    )
+    success = GaugeMetricFamily(
+        "flywheel_retrain_last_success_timestamp_seconds",
+        "When a retrain run of the experiment last finished without error (Unix time)",
+        labels=["experiment"],
+    )
+    outcome = GaugeMetricFamily(
+        "flywheel_retrain_last_run_outcome",
+        "1 for the outcome of the experiment's last retrain run, 0 for the others",
+        labels=["experiment", "outcome"],
+    )
+    running = GaugeMetricFamily(
+        "flywheel_retrain_running",
+        "1 while a retrain run of the experiment holds its lock",
+        labels=["experiment"],
+    )
+    examples = GaugeMetricFamily(
+        "flywheel_retrain_dataset_examples",
+        "Examples per split of the dataset version the last retrain run trained on",
+        labels=["experiment", "split"],
+    )
+    job = GaugeMetricFamily(
+        "flywheel_retrain_job_status",
+        "1 for the current status of the experiment's latest fine-tuning job, 0 for the others",
+        labels=["experiment", "status"],
+    )
+    for exp, run in sorted(runs.items()):
+        if run.get("finished") is not None:
+            last.add_metric([exp], float(run["finished"]))
+            for name in RETRAIN_OUTCOMES:
+                outcome.add_metric([exp, name], 1.0 if run.get("outcome") == name else 0.0)
+        if run.get("last_success") is not None:
+            success.add_metric([exp], float(run["last_success"]))
+        running.add_metric([exp], 1.0 if run.get("running") else 0.0)
+        for split, n in sorted((run.get("examples") or {}).items()):
+            examples.add_metric([exp, str(split)], float(n))
+        if run.get("job_status") is not None:
+            for status in JOB_STATUSES:
+                job.add_metric([exp, status], 1.0 if run["job_status"] == status else 0.0)
+    yield from (last, success, outcome, running, examples, job)
+
+
+async def read_retrain(redis: aioredis.Redis, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Each experiment's last ``retrain run`` (``fw:retrain:runs``), whether one is running
+    now (its lock) and its latest job's status; empty when Redis does not answer."""
+    try:
+        return await asyncio.wait_for(_read_retrain(redis), timeout_s)
+    except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        log.debug("retrain metrics unavailable: %s", exc)
+        return {}
+
+
+async def _read_retrain(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
+    raw = await redis.hgetall(keys.RETRAIN_RUNS)
+    runs = {keys.text(k): orjson.loads(v) for k, v in raw.items()}
+    if not runs:
+        return {}
+    names = sorted(runs)
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(keys.run_lock(name))
+        pipe.get(keys.job(str(runs[name].get("job") or "-")))
+    replies = await pipe.execute()
+    for i, name in enumerate(names):
+        runs[name]["running"] = bool(replies[2 * i])
+        job = keys.decode(replies[2 * i + 1])
+        runs[name]["job_status"] = job.get("status") if job else None
+    return runs
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # prometheus-client picked its value storage when it was imported, from the same
+        # variable: set it before a worker starts (``gateway serve --workers N`` does).
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.scrape = _ScrapeCollector()
+        r.register(self.scrape)
+        self.requests = Counter(
+            "flywheel_requests",
+            "Chat completion requests by experiment, arm (the model that answered) and status",
+            ["experiment", "arm", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "flywheel_request_duration_seconds",
+            "Time from request received to last byte sent",
+            ["experiment", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "flywheel_time_to_first_token_seconds",
+            "Time from request received to the first streamed content chunk",
+            ["experiment", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "flywheel_upstream_request_duration_seconds",
+            "Time from sending a request upstream to its last byte (or its failure)",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "flywheel_upstream_errors",
+            "Failed upstream calls by upstream and reason",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "flywheel_fallbacks",
+            "Requests answered by the experiment's fallback after the assigned arm failed",
+            ["experiment", "arm", "fallback"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "flywheel_tokens",
+            "Tokens by experiment, arm and kind (prompt or completion)",
+            ["experiment", "arm", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "flywheel_cost",
+            "Spend in the price's currency (tokens at the model's price) by experiment and arm; "
+            "1000 * rate(cost) / rate(requests) is the cost per 1k requests",
+            ["experiment", "arm"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "flywheel_spend",
+            "Spend in the price's currency by tenant, key and model (what budgets count)",
+            ["tenant", "key", "model"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "flywheel_budget_used_ratio",
+            "Share of a budget spent in its current period, by scope (key or tenant) and owner; "
+            "the alert fires at the budget's soft share",
+            ["scope", "owner"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.budget_soft = Gauge(
+            "flywheel_budget_soft_ratio",
+            "The budget's soft share (its alert threshold), by scope and owner",
+            ["scope", "owner"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.quota_refused = Counter(
+            "flywheel_quota_refused",
+            "Requests refused with 429 insufficient_quota, by scope and owner (key id or tenant)",
+            ["scope", "owner"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "flywheel_decisions",
+            "The decider's looks at auto_promote experiments, by the action they led to "
+            "(promote, ramp, rollback, keep collecting)",
+            ["experiment", "action"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "flywheel_requests_in_flight",
+            "Chat completion requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rate_limited = Counter(
+            "flywheel_rate_limited",
+            "Requests refused with 429 by key name and limit (requests or tokens per minute)",
+            ["key", "limit"],
+            registry=r,
+        )
+        self.event_loop_tasks = Gauge(
+            "flywheel_event_loop_tasks",
+            "asyncio tasks alive (sampled every second); growth with flat traffic is a leak",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.log_written = Counter(
+            "flywheel_log_written", "Interaction records written to Redis", registry=r
+        )
+        self.log_dropped = Counter(
+            "flywheel_log_dropped",
+            "Interaction records lost (queue full while Redis was unavailable, or at exit)",
+            registry=r,
+        )
+        self.log_queue_depth = Gauge(
+            "flywheel_log_queue_depth",
+            "Interaction records waiting to be written",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.log_write_errors = Counter(
+            "flywheel_log_write_errors", "Failed batch writes to Redis (retried)", registry=r
+        )
+
+        self.feedback = Counter(
+            "flywheel_feedback",
+            "Ratings received by experiment, arm and rating (up, down, 1-5)",
+            ["experiment", "arm", "rating"],
+            registry=r,
+        )
+        self.feedback_score = Summary(
+            "flywheel_feedback_score",
+            "Rating scores in [0, 1]; rate(_sum) / rate(_count) is the rolling mean per arm",
+            ["experiment", "arm"],
+            registry=r,
+        )
+
+        self.shadow_requests = Counter(
+            "flywheel_shadow_requests",
+            "Requests copied to an experiment's shadow model, by status (ok, error)",
+            ["experiment", "arm", "status"],
+            registry=r,
+        )
+        self.shadow_score = Summary(
+            "flywheel_shadow_score",
+            "Judge scores in [0, 1] of shadow answers against the served answer",
+            ["experiment", "arm"],
+            registry=r,
+        )
+
+    def initialise_arm(self, experiment: str, arm: str) -> None:
+        """Create an arm's series at 0 before its first request, so that ``rate()`` and
+        ratios see them start (Prometheus's advice for known label values)."""
+        for status in ("2xx", "4xx", "5xx"):
+            self.requests.labels(experiment, arm, status)
+        self.request_duration.labels(experiment, arm)
+        self.feedback_score.labels(experiment, arm)
+
+    def close(self) -> None:
+        """The app stops: the "live" gauges forget this worker (its counters stay)."""
+        if self.multiprocess_dir:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def render(self, state: ScrapeState | None = None) -> bytes:
+        """The text exposition: every worker's metrics (multiprocess mode) or this
+        process's, and ``state`` read at scrape time."""
+        if state is not None:
+            self.scrape.state = state
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self.scrape)
+        return generate_latest(merged)

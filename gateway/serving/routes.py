@@ -1,0 +1,149 @@
+"""The public API's routes (client keys): chat, feedback, models, health and metrics.
+
+``POST /v1/chat/completions`` is also served without FastAPI by :func:`gateway.app.serving_app`
+(what ``gateway serve`` runs); the route here serves it in an app made by ``create_app``
+alone (in-process tests) and describes it in the OpenAPI document.
+
+::
+
+    POST /v1/chat/completions      a chat completion (an experiment's arm or a model)
+    POST /v1/feedback              rate a response
+    GET  /v1/feedback/{id}         the ratings of a response (its key's own)
+    GET  /v1/models                what the key may call
+    GET  /healthz                  the process serves
+    GET  /readyz                   Redis and an upstream answer (503 while draining)
+    GET  /metrics                  Prometheus
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from gateway.core import store
+from gateway.serving.bodies import read_body
+from gateway.serving.metrics import ScrapeState, read_retrain
+from gateway.state import state
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(request: Request) -> str:
+    """The client's ``x-request-id`` when it is a sane one, else a new one."""
+    rid = request.headers.get("x-request-id")
+    if not rid or not _REQUEST_ID.match(rid):
+        rid = os.urandom(16).hex()
+    request.state.request_id = rid
+    return rid
+
+
+def add_public_routes(app: FastAPI) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await state(request).chat.handle(request, request_id(request))
+
+    @app.post("/v1/feedback", status_code=201)
+    async def post_feedback(request: Request) -> Response:
+        request_id(request)
+        st = state(request)
+        principal = st.keyring.authenticate(request.headers.get("authorization"))
+        body = await read_body(request, st.settings.limits.max_body_bytes)
+        result = await st.feedback.rate(body, principal)
+        return Response(orjson.dumps(result), status_code=201, media_type="application/json")
+
+    @app.get("/v1/feedback/{response_id}")
+    async def get_feedback(request: Request, response_id: str) -> Response:
+        request_id(request)
+        st = state(request)
+        principal = st.keyring.authenticate(request.headers.get("authorization"))
+        data = await st.feedback.ratings(response_id, principal)
+        return Response(
+            orjson.dumps({"object": "list", "response_id": response_id, "data": data}),
+            media_type="application/json",
+        )
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        """What the key may call: its tenant's experiments and models and the shared ones."""
+        st = state(request)
+        who = st.keyring.authenticate(request.headers.get("authorization"))
+        router = st.control.router
+        data: list[dict[str, Any]] = [
+            {
+                "id": name,
+                "object": "model",
+                "created": st.started,
+                "owned_by": "flywheel",
+                "flywheel": {
+                    "kind": "experiment",
+                    "arms": [a.model_dump() for a in exp.arms],
+                    "fallback": exp.fallback,
+                },
+            }
+            for name, exp in router.experiments.items()
+            if who.may_call(name, exp.tenant, True)
+        ]
+        data += [
+            {
+                "id": m["id"],
+                "object": "model",
+                "created": st.started,
+                "owned_by": "flywheel",
+                "flywheel": {
+                    "kind": "model",
+                    "upstream": m["upstream"],
+                    "model": m["model"],
+                    "adapter": m["adapter_path"] is not None,
+                    "parent": m["parent"],
+                },
+            }
+            for m in st.control.models()
+            if who.may_call(m["id"], m.get("tenant"), False)
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        st = state(request)
+        if st.draining:
+            body = {"status": "draining", "checks": {"shutdown": "SIGTERM received"}}
+            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+        ups = st.upstream.pools
+        results = await asyncio.gather(
+            store.ping(st.redis), *(st.upstream.probe(pool) for pool in ups.values())
+        )
+        checks = {"redis": results[0] or "ok"}
+        checks.update({f"upstream:{n}": r or "ok" for n, r in zip(ups, results[1:], strict=True)})
+        ready = results[0] is None and any(r is None for r in results[1:])
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return Response(
+            orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        st = state(request)
+        scrape = ScrapeState(retrain=await read_retrain(st.redis))
+        for name, exp in st.control.router.experiments.items():
+            total = sum(a.weight for a in exp.arms) or 1.0
+            scrape.controls[name] = exp.control_arm
+            for a in exp.arms:
+                scrape.weights[(name, a.model)] = a.weight / total
+                st.metrics.initialise_arm(name, a.model)
+        for name, pool in st.upstream.pools.items():
+            scrape.replicas.update({(name, s): n for s, n in pool.states().items()})
+        return Response(
+            st.metrics.render(scrape), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )

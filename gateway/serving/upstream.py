@@ -1,0 +1,360 @@
+"""Calling upstreams (vLLM or OpenAI) over one pooled, keep-alive aiohttp session.
+
+aiohttp exceptions are translated here and nowhere else:
+
+* connection refused / reset / malformed response → :class:`UpstreamUnavailable` (502)
+* a timeout → :class:`UpstreamTimeout` (504), naming which one: ``connect_timeout_s``
+  (opening the connection), ``first_byte_timeout_s`` (a stream's headers and first data
+  line), ``idle_timeout_s`` (silence between a stream's chunks) or ``timeout_s`` (the
+  whole call)
+* an error status from the upstream → :class:`UpstreamError` with its message; a 4xx
+  keeps its status, a 5xx becomes 502.
+
+``retryable`` tells the caller whether the experiment's fallback may try instead:
+every failure except an upstream 4xx, which is the request's own fault.
+
+Each call goes to one replica of its upstream (``replicas.py``) and is a :class:`Call`
+from :meth:`UpstreamClient.post` until :meth:`UpstreamClient.end`: that is what
+counts the replica's outstanding requests and feeds its circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.control.routing import Target
+from gateway.core.config import Upstream
+from gateway.core.errors import (
+    GatewayError,
+    NoReplicaAvailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.serving.metrics import Metrics
+from gateway.serving.replicas import NoReplica, Pool, Replica
+
+
+def retryable(exc: GatewayError) -> bool:
+    return isinstance(exc, UpstreamUnavailable | UpstreamTimeout) or (
+        isinstance(exc, UpstreamError) and exc.status >= 500
+    )
+
+
+def _translate(exc: BaseException, target: Target) -> GatewayError:
+    where, up = f"upstream '{target.upstream_name}'", target.upstream
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(
+            f"The {where} did not accept a connection within {up.connect_timeout_s:g} s "
+            "(connect_timeout_s)."
+        )
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout(f"The {where} did not answer within {up.timeout_s:g} s (timeout_s).")
+    return UpstreamUnavailable(f"The {where} is unavailable: {type(exc).__name__}: {exc}".strip())
+
+
+def _error_from_body(status: int, raw: bytes, upstream_name: str) -> UpstreamError:
+    message, etype, param, code = "", None, None, None
+    try:
+        doc: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        inner = doc.get("error")
+        err: dict[str, Any] = inner if isinstance(inner, dict) else doc  # vLLM: both shapes
+        message = str(err.get("message") or err.get("detail") or "")
+        etype, param, code = err.get("type"), err.get("param"), err.get("code")
+    if not message:
+        message = raw[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    if status >= 500:
+        return UpstreamError(
+            f"The upstream '{upstream_name}' failed with HTTP {status}: {message}",
+            status=502,
+            type="upstream_error",
+            code="upstream_error",
+        )
+    return UpstreamError(
+        message,
+        status=status,
+        type=str(etype) if etype else "invalid_request_error",
+        param=str(param) if param is not None else None,
+        code=str(code) if code is not None else None,
+    )
+
+
+@dataclass(eq=False)
+class Call:
+    """One upstream request in flight on one replica."""
+
+    target: Target
+    replica: Replica
+    resp: aiohttp.ClientResponse | None = None
+    ended: bool = False
+    first_byte_by: float | None = None  # a stream's deadline (loop time) for its first data
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _auth(up: Upstream) -> dict[str, str]:
+    key = up.api_key.get_secret_value()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class UpstreamClient:
+    def __init__(self, metrics: Metrics, upstreams: dict[str, Upstream]) -> None:
+        self._metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+        self.pools = {name: Pool(name, up) for name, up in upstreams.items()}
+        # What every chat call to an upstream sends the same: built once, not per request.
+        self._call_opts = {
+            name: (
+                aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s),
+                {"Content-Type": "application/json", **_auth(up)},
+            )
+            for name, up in upstreams.items()
+        }
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        return self._session
+
+    def failed(self, target: Target, exc: GatewayError) -> None:
+        """Count a failed call in ``flywheel_upstream_errors_total`` by reason."""
+        if isinstance(exc, NoReplicaAvailable):
+            reason = "no_replica"
+        elif isinstance(exc, UpstreamTimeout):
+            reason = "timeout"
+        elif isinstance(exc, UpstreamError):
+            reason = f"http_{exc.status // 100}xx"
+        else:
+            reason = "unavailable"
+        self._metrics.upstream_errors.labels(target.upstream_name, reason).inc()
+
+    def end(self, call: Call, exc: GatewayError | None) -> None:
+        """The call is over (once; later calls do nothing): free the slot, tell the breaker."""
+        if call.ended:
+            return
+        call.ended = True
+        call.replica.outstanding -= 1
+        self._metrics.upstream_duration.labels(call.target.upstream_name).observe(
+            time.perf_counter() - call.started
+        )
+        if exc is not None and retryable(exc):
+            call.replica.breaker.failure(time.monotonic())
+        else:
+            call.replica.breaker.success()  # an answer, even a 4xx, means it is alive
+
+    async def post(self, target: Target, payload: bytes, stream: bool = False) -> Call:
+        """POST a chat completion to a replica; return the call (status 2xx) or raise.
+
+        A stream must send its headers and first data line within ``first_byte_timeout_s``
+        (the rest of that budget is :meth:`lines`' to enforce).
+        """
+        up = target.upstream
+        try:
+            replica = self.pools[target.upstream_name].pick(target.upstream_model, target.adapter)
+        except NoReplica as exc:
+            raise NoReplicaAvailable(f"The upstream is not available: {exc}.") from None
+        replica.outstanding += 1
+        call = Call(target, replica)
+        timeout, headers = self._call_opts[target.upstream_name]
+        if stream:
+            call.first_byte_by = asyncio.get_running_loop().time() + up.first_byte_timeout_s
+        first_byte = asyncio.timeout_at(call.first_byte_by)
+        try:
+            try:
+                async with first_byte:
+                    resp = await self.session.post(
+                        replica.url + "/chat/completions",
+                        data=payload,
+                        headers=headers,
+                        timeout=timeout,
+                    )
+                if resp.status >= 400:
+                    try:
+                        raw = await resp.read()
+                    finally:
+                        resp.release()
+                    raise _error_from_body(resp.status, raw, target.upstream_name)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if first_byte.expired():
+                    raise self._silent(call, "first_byte") from exc
+                raise _translate(exc, target) from exc
+        except GatewayError as exc:
+            self.end(call, exc)
+            raise
+        except BaseException:
+            self.end(call, None)
+            raise
+        call.resp = resp
+        return call
+
+    async def read(self, call: Call) -> bytes:
+        assert call.resp is not None
+        failure: GatewayError | None = None
+        try:
+            return await call.resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = _translate(exc, call.target)
+            raise failure from exc
+        finally:
+            call.resp.release()
+            self.end(call, failure)
+
+    async def batches(self, call: Call) -> AsyncGenerator[list[bytes], None]:
+        """The response body's complete lines (without ``\\n``/``\\r\\n``; blank ones left
+        out), a list per read: what arrived together is relayed together, with one write to
+        the client instead of one per line, and nothing waits for more bytes than it has.
+
+        The generator owns the connection: read to the end, it goes back to the pool; left
+        early (an error, the client gone, ``aclose``), it is closed, which stops the upstream
+        generating.
+        """
+        resp = call.resp
+        assert resp is not None
+        buf = b""
+        failure: GatewayError | None = None
+        up, loop, content = call.target.upstream, asyncio.get_running_loop(), resp.content
+        first_by = call.first_byte_by  # None: not a stream, only timeout_s applies
+        idle = False  # a stream's first data line came: the idle timeout applies from now on
+        try:
+            while True:
+                if first_by is None:
+                    chunk = await content.readany()
+                else:
+                    deadline = loop.time() + up.idle_timeout_s if idle else first_by
+                    silence = asyncio.timeout_at(deadline)
+                    try:
+                        async with silence:
+                            chunk = await content.readany()
+                    except TimeoutError:
+                        if not silence.expired():
+                            raise  # aiohttp's own: connect or total
+                        failure = self._silent(call, "idle" if idle else "first_byte")
+                        raise failure from None
+                if not chunk:
+                    break
+                if b"\n" not in chunk:
+                    buf += chunk
+                    continue
+                parts = (buf + chunk if buf else chunk).split(b"\n")
+                buf = parts.pop()
+                lines = [p.rstrip(b"\r") for p in parts if p and p != b"\r"]
+                if not lines:
+                    continue
+                if not idle and any(p.startswith(b"data:") for p in lines):
+                    idle = True
+                yield lines
+            if buf.strip():
+                yield [buf.rstrip(b"\r")]
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = _translate(exc, call.target)
+            resp.close()
+            raise failure from exc
+        except BaseException:
+            resp.close()  # drop the connection: that stops the upstream generating
+            raise
+        finally:
+            self.end(call, failure)
+        resp.release()  # read to the end: the connection goes back to the pool
+
+    @staticmethod
+    def _silent(call: Call, which: str) -> UpstreamTimeout:
+        up, where = call.target.upstream, f"upstream '{call.target.upstream_name}'"
+        if which == "idle":
+            return UpstreamTimeout(
+                f"The {where} sent nothing for {up.idle_timeout_s:g} s mid-stream (idle_timeout_s)."
+            )
+        return UpstreamTimeout(
+            f"The {where} sent no data within {up.first_byte_timeout_s:g} s (first_byte_timeout_s)."
+        )
+
+    async def probe(self, pool: Pool, timeout_s: float = 2.0) -> str | None:
+        """None when some replica answers ``GET /models`` with 200, else why not (``/readyz``)."""
+        results = await asyncio.gather(
+            *(self._probe(r.url, pool.upstream, timeout_s) for r in pool.replicas)
+        )
+        if any(r is None for r in results):
+            return None
+        return "; ".join(f"{rep.url}: {r}" for rep, r in zip(pool.replicas, results, strict=True))
+
+    async def _probe(self, url: str, up: Upstream, timeout_s: float) -> str | None:
+        try:
+            async with self.session.get(
+                url + "/models", headers=_auth(up), timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                return None if resp.status == 200 else f"HTTP {resp.status}"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return f"{type(exc).__name__}: {exc}".strip(": ")
+
+    # -- what vLLM replicas serve, and LoRA adapters -------------------------------------
+
+    async def list_models(self, pool: Pool, replica: Replica, timeout_s: float = 5.0) -> None:
+        """Refresh ``replica.models`` (and adapters' parents); None when it cannot be listed."""
+        try:
+            async with self.session.get(
+                replica.url + "/models",
+                headers=_auth(pool.upstream),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                doc = await resp.json(loads=orjson.loads) if resp.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            doc = None
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, list):
+            replica.models = None
+            return
+        entries = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        replica.models = frozenset(m["id"] for m in entries)
+        replica.parents = {m["id"]: str(m["parent"]) for m in entries if m.get("parent")}
+
+    async def load_adapter(
+        self, pool: Pool, replica: Replica, name: str, path: str
+    ) -> tuple[bool, str]:
+        """``POST /load_lora_adapter`` on one replica: (ok, message). Already loaded is ok."""
+        return await self._admin_post(
+            pool, replica, "/load_lora_adapter", {"lora_name": name, "lora_path": path}
+        )
+
+    async def unload_adapter(self, pool: Pool, replica: Replica, name: str) -> tuple[bool, str]:
+        return await self._admin_post(pool, replica, "/unload_lora_adapter", {"lora_name": name})
+
+    async def _admin_post(
+        self, pool: Pool, replica: Replica, path: str, body: dict[str, str]
+    ) -> tuple[bool, str]:
+        try:
+            async with self.session.post(
+                replica.url + path,
+                data=orjson.dumps(body),
+                headers={"Content-Type": "application/json", **_auth(pool.upstream)},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return False, f"{replica.url} is unavailable: {type(exc).__name__}: {exc}"
+        if status == 200:
+            return True, raw.decode("utf-8", "replace").strip()
+        message = _error_from_body(status, raw, pool.name).message
+        if "already" in message.lower() and path == "/load_lora_adapter":
+            return True, message  # another gateway replica loaded it first
+        if status == 404 and "not found" == message.lower().strip("."):
+            message += " (start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+        return False, f"{replica.url} answered HTTP {status}: {message}"
