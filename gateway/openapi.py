@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from gateway.admin.apikeys import KeySpec, TenantSpec
+from gateway.control.apikeys import KeySpec, TenantSpec
 from gateway.core.config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
 from gateway.serving.validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 

@@ -1,11 +1,14 @@
-"""The two paths stay apart: the online package imports nothing of the offline one, and
-serving loads no training library."""
+"""The two paths stay apart and the gateway's parts keep their layers: the online package
+imports nothing of the offline one, serving loads no training library, the shared kernel
+imports neither path, and the operators' surfaces are reached only from the composition
+root."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +23,94 @@ def imported(package: str) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module.split(".")[0])
     return names
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(package: str) -> dict[str, set[str]]:
+    """Module → the Flywheel modules it imports at run time (``TYPE_CHECKING`` blocks are
+    left out: a type is not a dependency). ``from gateway.core import keys`` counts as an
+    import of ``gateway.core.keys``."""
+    ours = ("gateway", "retrain", "flywheel_stack")
+    found: dict[str, set[str]] = {}
+    for path in (REPO / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+            for inner in ast.walk(node)
+        }
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names if a.name.split(".")[0] in ours}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] not in ours:
+                    continue
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    is_module = (REPO / (sub.replace(".", "/") + ".py")).exists() or (
+                        REPO / sub.replace(".", "/")
+                    ).is_dir()
+                    names.add(sub if is_module else node.module)
+        found[module_name(path)] = names
+    return found
+
+
+def part(module: str) -> str:
+    """``gateway.core.keys`` → ``gateway.core``; ``gateway.app`` → ``gateway.app``."""
+    pieces = module.split(".")
+    return ".".join(pieces[:2]) if pieces[0] == "gateway" else pieces[0]
+
+
+def violations(package: str, allowed: Callable[[str, str], bool]) -> list[str]:
+    return sorted(
+        f"{module} imports {target}"
+        for module, targets in imports_of(package).items()
+        for target in targets
+        if part(module) != part(target) and not allowed(module, target)
+    )
+
+
+def test_the_core_imports_neither_path_nor_any_other_part_of_the_gateway() -> None:
+    assert violations("gateway/core", lambda m, t: False) == []
+
+
+def test_retrain_imports_only_the_core_and_the_stored_data_operations_of_the_gateway() -> None:
+    allowed = ("gateway.core", "gateway.ops", "flywheel_stack")
+    assert violations("retrain", lambda m, t: part(t) in allowed) == []
+
+
+def test_the_operations_on_stored_data_import_only_the_core() -> None:
+    assert violations("gateway/ops", lambda m, t: part(t) == "gateway.core") == []
+
+
+def test_serving_reads_the_live_state_and_never_imports_a_control_writer() -> None:
+    writers = {"experiments", "registry", "decisions", "decider", "adapters", "apikeys"}
+    assert [
+        v
+        for v in violations("gateway/serving", lambda m, t: part(t) != "gateway.admin")
+        if v.rpartition(".")[2] in writers
+    ] == []
+    assert (
+        violations(
+            "gateway/serving", lambda m, t: part(t) not in {"gateway.admin", "gateway.console"}
+        )
+        == []
+    )
+
+
+def test_only_the_composition_root_reaches_the_admin_api_and_the_console() -> None:
+    roots = {"gateway.app", "gateway.cli", "gateway.openapi", "gateway.__main__"}
+    surfaces = {"gateway.admin", "gateway.console"}
+    found = violations("gateway", lambda m, t: part(t) not in surfaces or m in roots)
+    assert [v for v in found if not v.startswith(("gateway.admin", "gateway.console"))] == []
 
 
 def test_the_gateway_package_does_not_import_retrain_or_training_libraries() -> None:
@@ -48,5 +139,5 @@ def test_each_package_owns_the_schema_of_its_config_sections() -> None:
     assert set(RetrainSection.model_fields) == {"dataset_dir"}
     assert set(RetrainConfig.model_fields) > {"dataset_dir", "local", "openai", "eval"}
     assert set(RetrainSettings.model_fields) == set(Settings.model_fields)
-    gateway_config = (REPO / "gateway" / "config.py").read_text()
+    gateway_config = (REPO / "gateway" / "core" / "config.py").read_text()
     assert "class LocalTraining" not in gateway_config and "class Eval" not in gateway_config

@@ -1,1 +1,2 @@
-"""The admin API's routes, runtime API keys and tenants, and their command line."""
+"""The admin API's routes and the ``gateway keys`` command line; the runtime keys and
+tenants themselves are part of the live state (:mod:`gateway.control.apikeys`)."""

@@ -11,7 +11,7 @@
     gateway keys audit
 
 Each takes ``--config FILE`` (the gateway's: it names the Redis) and ``--json``. The
-changes are the admin API's (:mod:`gateway.admin.apikeys`), audited as by ``cli:$USER``,
+changes are the admin API's (:mod:`gateway.control.apikeys`), audited as by ``cli:$USER``,
 and every running replica follows them within a second. ``create`` and ``rotate``
 print the secret once; it cannot be read again.
 """
@@ -76,7 +76,7 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run_action(settings: Settings, args: argparse.Namespace) -> Any:
-    from gateway.admin.apikeys import ApiKeys
+    from gateway.control.apikeys import ApiKeys
     from gateway.control.live import LiveState
     from gateway.core import store
 

@@ -1,2 +1,3 @@
 """The control plane: the live routing state, experiment changes, model registrations,
-LoRA adapters, the A/B report and the decider's automatic decisions."""
+runtime API keys and tenants, LoRA adapters, the A/B report and the decider's automatic
+decisions."""

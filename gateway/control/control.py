@@ -5,7 +5,7 @@
 * :mod:`gateway.control.registry` — model versions registered at runtime;
 * :mod:`gateway.control.adapters` — LoRA adapters loaded on every vLLM replica;
 * :mod:`gateway.control.decisions` — the report and the decider's automatic decisions;
-* :mod:`gateway.admin.apikeys` — runtime API keys, tenant budgets and their audit log.
+* :mod:`gateway.control.apikeys` — runtime API keys, tenant budgets and their audit log.
 
 :class:`Control` wires them together, starts and stops their background tasks, and
 is what the app, the admin API and the CLI hold.
@@ -20,9 +20,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.admin.apikeys import ApiKeys
 from gateway.control import report
 from gateway.control.adapters import Adapters
+from gateway.control.apikeys import ApiKeys
 from gateway.control.decisions import Decisions
 from gateway.control.experiments import Experiments
 from gateway.control.live import LiveState

@@ -7,7 +7,7 @@ Two sources of keys, looked up together:
 
 * the config file: client keys (``auth.api_keys``) and bootstrap admin keys
   (``auth.admin_keys``, admins of every tenant);
-* runtime keys (:mod:`gateway.admin.apikeys`: ``/admin/keys``, ``gateway keys``), kept in Redis
+* runtime keys (:mod:`gateway.control.apikeys`: ``/admin/keys``, ``gateway keys``), kept in Redis
   as digests and followed by every replica with the rest of the live state
   (:mod:`gateway.control.live`), so a revocation reaches every replica within a second.
 
@@ -148,7 +148,7 @@ class KeyRing:
 
 
 def runtime_principal(record: Mapping[str, object]) -> Principal:
-    """The principal of a runtime key's record (:mod:`gateway.admin.apikeys`)."""
+    """The principal of a runtime key's record (:mod:`gateway.control.apikeys`)."""
     tenant = record.get("tenant")
     role = record.get("role")
     budget = record.get("budget")
