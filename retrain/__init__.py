@@ -1,1 +1,1 @@
-"""Offline path: datasets, fine-tuning jobs, evaluation (see ARCHITECTURE)."""
+"""Offline path: datasets, fine-tuning jobs, evaluation (see docs/architecture.md)."""

@@ -156,9 +156,19 @@ def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that needs the real vLLM server — directly or through a fixture that
-    does (``gateway``, ``client``, …) — carries the ``vllm`` marker, so
-    ``-m "not vllm"`` runs exactly the tests that start no model server."""
+    """Markers from what a test needs, so nobody has to remember them: every test that
+    needs the real vLLM server — directly or through a fixture that does (``gateway``,
+    ``client``, …) — carries ``vllm``; one that drives Chromium ``browser``; one on the
+    Redis Cluster ``cluster``. All of those, and the tests marked ``slow`` by hand, are
+    ``slow``: ``-m "not slow"`` is the quick answer, ``-m "not vllm"`` every test that
+    starts no model server."""
+    needs = {"vllm": pytest.mark.vllm, "browser": pytest.mark.browser}
+    needs |= {"redis_cluster": pytest.mark.cluster}
+    heavy = {"vllm", "browser", "cluster", "slow"}
     for item in items:
-        if "vllm" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.vllm)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in needs.items():
+            if fixture in fixtures:
+                item.add_marker(marker)
+        if heavy & {m.name for m in item.iter_markers()}:
+            item.add_marker(pytest.mark.slow)

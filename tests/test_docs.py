@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devtools import architecture
 from retrain.config import RetrainSettings
 from retrain.config_reference import render, rows
 
@@ -20,6 +21,17 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
         "`python -m retrain.config_reference > docs/configuration-reference.md`"
     )
     assert "| `interaction_log.batch_size` | int | `2048` |" in page  # a default, from code
+
+
+def test_the_architecture_page_is_generated_from_the_modules() -> None:
+    page = (REPO / "docs" / "architecture.md").read_text()
+    assert page == architecture.render(), (
+        "docs/architecture.md is stale: run "
+        "`python -m devtools.architecture > docs/architecture.md`"
+    )
+    for part in ("core", "serving", "control", "admin", "console", "ops"):
+        assert f"### `gateway/{part}/`" in page
+    assert "- `keys.py` — Every Redis key name Flywheel uses" in page  # a docstring, from code
 
 
 def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from devtools.architecture import imports_of, part
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,50 +25,6 @@ def imported(package: str) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module.split(".")[0])
     return names
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports_of(package: str) -> dict[str, set[str]]:
-    """Module → the Flywheel modules it imports at run time (``TYPE_CHECKING`` blocks are
-    left out: a type is not a dependency). ``from gateway.core import keys`` counts as an
-    import of ``gateway.core.keys``."""
-    ours = ("gateway", "retrain", "flywheel_stack")
-    found: dict[str, set[str]] = {}
-    for path in (REPO / package).rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        typing_only = {
-            id(inner)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-            for inner in ast.walk(node)
-        }
-        names: set[str] = set()
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.Import):
-                names |= {a.name for a in node.names if a.name.split(".")[0] in ours}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if node.module.split(".")[0] not in ours:
-                    continue
-                for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
-                    is_module = (REPO / (sub.replace(".", "/") + ".py")).exists() or (
-                        REPO / sub.replace(".", "/")
-                    ).is_dir()
-                    names.add(sub if is_module else node.module)
-        found[module_name(path)] = names
-    return found
-
-
-def part(module: str) -> str:
-    """``gateway.core.keys`` → ``gateway.core``; ``gateway.app`` → ``gateway.app``."""
-    pieces = module.split(".")
-    return ".".join(pieces[:2]) if pieces[0] == "gateway" else pieces[0]
 
 
 def violations(package: str, allowed: Callable[[str, str], bool]) -> list[str]:
