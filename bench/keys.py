@@ -10,9 +10,11 @@ CPU time (``time.process_time``) over many repetitions:
 * ``lookup`` — :meth:`KeyRing.authenticate` of a runtime key among 10,000 (SHA-256 of
   the bearer key and two dict lookups), against the config-only key ring of before;
 * ``route`` — :meth:`Router.resolve` with the caller's tenancy check, against without;
-* ``admit`` — :meth:`Spend.admit` for a key with its own and its tenant's budget (one
-  ``MGET`` round trip, awaited), and for a key without any budget (no Redis);
-* ``charge`` — :meth:`Spend.charge` of an answer's cost (added up in memory);
+* ``admit`` — :meth:`Spend.admit` for a key with its own and its tenant's budget (the
+  reservation: one script, awaited), and for a key without any budget (no Redis);
+* ``settle`` — :meth:`Spend.settle_now`: the reservation dropped and the answer's cost
+  added to both budgets (one script, awaited; the gateway does not wait for it);
+* ``charge`` — :meth:`Spend.charge` of an answer's cost to the day's spend (in memory);
 * ``sync`` — the periodic transaction that adds the charges to Redis and reads the
   budgets' totals, per request when 1, 10 or 100 requests share one sync.
 
@@ -97,7 +99,8 @@ async def budgets(redis_url: str, n: int) -> dict[str, float]:
     budgeted = Principal("app", "alpha", key_id="key_1", budget=Budget(limit=1e9, period="daily"))
     free = Principal("free", "beta", key_id="key_2")
     price = Price(prompt_per_1m=0.5, completion_per_1m=1.5)
-    await spend.admit(budgeted, 0.0)  # connect
+    hold = await spend.admit(budgeted, 0.0)  # connect
+    assert hold is not None
 
     async def ping() -> None:
         await client.ping()
@@ -106,9 +109,22 @@ async def budgets(redis_url: str, n: int) -> dict[str, float]:
     out = {
         "redis_round_trip_ping": await acpu_us(ping, n),
         "admit_no_budget": await acpu_us(lambda: plain.admit(free, 0.0), n),
-        "admit_key_and_tenant_budget": await acpu_us(lambda: spend.admit(budgeted, 0.0), n),
-        "charge_key_and_tenant_budget": cpu_us(lambda: spend.charge(budgeted, "a", amount), n),
     }
+
+    async def admit_and_settle() -> None:
+        held = await spend.admit(budgeted, 0.0, True)
+        assert held is not None
+        await spend.settle_now(held, amount)
+
+    async def settle_only() -> None:
+        await spend.settle_now(hold, amount)
+
+    both = await acpu_us(admit_and_settle, n)
+    out["settle_key_and_tenant_budget"] = await acpu_us(settle_only, n)
+    out["admit_key_and_tenant_budget"] = both - out["settle_key_and_tenant_budget"]
+    out["charge_key_and_tenant_budget"] = cpu_us(
+        lambda: spend.charge(budgeted, "a", amount, held=True), n
+    )
     # One sync (every auth.spend_sync_s) carries whatever was charged since the last: at
     # 100 req/s and the default 0.1 s, ten requests share one.
     for per_sync in (1, 10, 100):

@@ -470,6 +470,7 @@ def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_u
             keys.sequential("exp", 2),
             keys.spend("k", "key_1", "2026-11"),
             keys.spend_day("2026-11-30"),
+            keys.spend_held("k", "key_1"),
             keys.history("exp"),
             keys.decision_lock("exp"),
             keys.review("exp"),

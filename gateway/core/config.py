@@ -86,8 +86,9 @@ class Auth(_Strict):
         0.1,
         gt=0,
         le=10,
-        description="how often a replica adds its spend to Redis and reads the others' "
-        "(budgets see every replica's spend within about twice this)",
+        description="how often a replica adds the day's spend (per key, tenant and model) "
+        "to Redis and reads the budgets' totals for the metrics (budgets themselves are "
+        "checked and reserved in Redis by each budgeted request)",
     )
     reviewer_keys: list[ApiKey] = Field(
         [],

@@ -65,6 +65,11 @@ key                         type    content
                                     who, when, action, before, after)
 ``fw:spend:{scope}:{id}:{period}``  string  spend (float) of a key (``k``) or tenant
                                     (``t``) in one budget period; expires after it
+``fw:spend:held:{scope}:{id}``  hash  what requests in flight hold of a key's (``k``) or
+                                    tenant's (``t``) budget: reservation id →
+                                    ``amount deadline_ms`` (settled to the actual cost
+                                    when the answer ends; lapses at its deadline), and
+                                    ``dear``: the dearest recent answer (decaying)
 ``fw:spend:day:{date}``     hash    ``k:{key}``, ``t:{tenant}``, ``m:{model}`` → that
                                     UTC day's spend (float), kept 400 days
 ``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
@@ -221,6 +226,11 @@ def sequential(experiment: str, version: int) -> str:
 def spend(scope: str, account: str, period: str) -> str:
     """Spend of a key (``scope`` ``k``) or tenant (``t``) in one budget period."""
     return f"{PREFIX}spend:{scope}:{account}:{period}"
+
+
+def spend_held(scope: str, account: str) -> str:
+    """What requests in flight hold of a key's (``k``) or tenant's (``t``) budget."""
+    return f"{PREFIX}spend:held:{scope}:{account}"
 
 
 def spend_day(date: str) -> str:

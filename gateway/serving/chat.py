@@ -47,7 +47,7 @@ from gateway.serving.bodies import read_body
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.limits import RateLimiter
 from gateway.serving.metrics import Metrics
-from gateway.serving.spend import Spend, cost, estimate
+from gateway.serving.spend import Hold, Spend, bounded, cost, estimate
 from gateway.serving.upstream import UpstreamClient, retryable
 from gateway.serving.validation import parse_chat_request
 
@@ -173,6 +173,7 @@ class Turn:
     user: str | None = None  # the x-flywheel-user header (the body's ``user`` comes first)
     want_usage: bool = True
     limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
+    hold: Hold | None = None  # what the request holds of its budgets, settled at its end
     answer: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
@@ -304,7 +305,8 @@ class ChatService:
                 doc["model"], user_key, force, None if principal.all_tenants else principal
             )
             limit_headers = await self.limiter.admit(principal)
-            await self.spend.admit(principal, estimate(doc, len(body), route.primary.price))
+            expected = estimate(doc, len(body), route.primary.price)
+            hold = await self.spend.admit(principal, expected, bounded(doc))
         except GatewayError as exc:
             self.metrics.requests.labels("", "", status_class(exc.status)).inc()
             raise
@@ -327,6 +329,7 @@ class ChatService:
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
             limit_headers=limit_headers,
+            hold=hold,
         )
         self.metrics.in_flight.inc()
         finished_here = True
@@ -362,6 +365,8 @@ class ChatService:
         finally:
             if finished_here:
                 self.metrics.in_flight.dec()
+                if turn.hold is not None:  # ended without an answer: release what it held
+                    self.spend.settle(turn.hold, 0.0)
 
     def _payload(self, turn: Turn) -> bytes:
         out = dict(turn.doc)
@@ -548,6 +553,7 @@ class ChatService:
         am.duration.observe(time.perf_counter() - turn.t0)
         if turn.ttft is not None:
             am.ttft.observe(turn.ttft - turn.t0)
+        amount = 0.0
         if turn.usage:
             spent = 0
             price = turn.target.price
@@ -562,8 +568,10 @@ class ChatService:
             if price is not None:
                 amount = cost(turn.usage, price)
                 am.cost.inc(amount)
-                self.spend.charge(turn.principal, arm, amount)
+                self.spend.charge(turn.principal, arm, amount, held=turn.hold is not None)
             self.limiter.charge(turn.principal, spent)
+        if turn.hold is not None:
+            self.spend.settle(turn.hold, amount)
         self.log.submit(turn.record())
 
     # -- shadow ---------------------------------------------------------------------------

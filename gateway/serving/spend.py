@@ -6,22 +6,29 @@ toward the day's spend per key, tenant and model (``fw:spend:day:{date}``) and t
 current period of each budget that applies (``fw:spend:{k|t}:{id}:{period}``): the
 key's own and its tenant's.
 
-No request waits for Redis here: a round trip costs the gateway ~100 µs of CPU, five
-times the whole budget of this feature (``bench/keys.py``). Each replica adds up its
-charges in memory and every ``auth.spend_sync_s`` (0.1 s) adds them to Redis in one
-script (``INCRBYFLOAT``: atomic, whatever the number of replicas), reading in the same
-script the totals of every budget it has checked lately. A budget is checked
-against that total plus the replica's charges not yet synced: a budget spent for the
-period, or one the request would take over by its estimate (prompt bytes / 4 at the
-prompt price, plus ``max_tokens`` at the completion price), is a 429
-``insufficient_quota``, as OpenAI answers. The first check of a budget on a replica
-reads it from Redis at once. Other replicas' spend is seen within about two sync
-periods, so a burst spread over replicas in that window may overrun the limit by what
-it costs. The next period starts from zero.
+A budgeted request is admitted against what is spent *plus what the requests in flight
+may still cost*, on every replica and worker: one script (``_RESERVE``) reads the
+period's spend and the holder's ledger of reservations (``fw:spend:held:{k|t}:{id}``),
+refuses when the budget is spent or the request's estimate (prompt bytes / 4 at the
+prompt price, plus ``max_tokens`` at the completion price) would take it over (a 429
+``insufficient_quota``, as OpenAI answers), and otherwise reserves what the request may
+cost: its estimate, or the dearest recent answer of that holder when that is more. When
+the answer ends — done, failed upstream or client gone — a second script (``_SETTLE``)
+drops the reservation and adds the actual cost in one step. So a burst can pass the
+limit by at most about one answer. While nothing is known of a holder's answers yet (no
+answer settled) and a request has no ``max_tokens``, it waits for the one in flight to
+settle (it is the probe that tells what an answer costs). A reservation lapses at its
+deadline (``hold_s``, 300 s): a worker killed mid-request leaves a reservation that
+stops holding then.
+
+The day's spend (per key, tenant and model) is not on the admission path: each replica
+adds it up in memory and every ``auth.spend_sync_s`` (0.1 s) adds it to Redis in one
+script, reading in the same script the totals of the budgets it checked lately (for the
+``flywheel_budget_used_ratio`` metric).
 
 While Redis is unreachable, ``auth.fail_open`` decides: admit (the default: serving
-matters more than metering; charges wait in memory and are added when it answers) or
-refuse with a 503.
+matters more than metering; a request is then checked against the totals this replica
+last read, and its charges wait in memory until Redis answers) or refuse with a 503.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -46,6 +55,9 @@ from gateway.serving.metrics import Metrics
 log = logging.getLogger(__name__)
 
 DAY_TTL_S = 400 * 86400
+HOLD_S = 300.0  # how long a reservation holds at most (a worker killed mid-request)
+LEDGER_TTL_S = 40 * 86400  # a ledger (and its ``dear``) outlives a monthly period
+PROBE_WAIT_S = 0.01  # how often a request waiting for the first answer asks again
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,6 +83,11 @@ def cost(usage: dict[str, Any], price: Price) -> float:
     if isinstance(completion, int):
         total += completion * price.completion_per_1m
     return total / 1e6
+
+
+def bounded(doc: dict[str, Any]) -> bool:
+    """Whether a request bounds its answer's length (and so its estimate its cost)."""
+    return isinstance(doc.get("max_completion_tokens") or doc.get("max_tokens"), int)
 
 
 def estimate(doc: dict[str, Any], body_bytes: int, price: Price | None) -> float:
@@ -113,6 +130,85 @@ return out
 """
 
 
+# Admission: KEYS are (period counter, ledger) per budget; ARGV: the reservation id, the
+# request's estimate, 1 when the estimate bounds its cost (max_tokens), the hold in ms,
+# the ledgers' lifetime in s, then each budget's limit. Lapsed reservations are dropped.
+# Returns {0}: admitted (held); {1, budget, used}: refused; {2, budget, used}: wait for
+# the answer in flight (nothing known yet of what an answer costs).
+_RESERVE = """
+local id, expected, bounded = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local hold_ms, ledger_ttl = tonumber(ARGV[4]), ARGV[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 2
+local amounts = {}
+for b = 1, n do
+  local ledger = KEYS[2 * b]
+  local limit = tonumber(ARGV[5 + b])
+  local used = tonumber(redis.call('GET', KEYS[2 * b - 1]) or '0')
+  local live, dear = 0, nil
+  local flat = redis.call('HGETALL', ledger)
+  for i = 1, #flat, 2 do
+    local f, v = flat[i], flat[i + 1]
+    if f == 'dear' then
+      dear = tonumber(v)
+    else
+      local sp = string.find(v, ' ', 1, true)
+      if tonumber(string.sub(v, sp + 1)) <= now then
+        redis.call('HDEL', ledger, f)
+      else
+        used = used + tonumber(string.sub(v, 1, sp - 1))
+        live = live + 1
+      end
+    end
+  end
+  if used >= limit or used + expected > limit then
+    return {1, b, tostring(used)}
+  end
+  if dear == nil and not bounded and live > 0 then
+    return {2, b, tostring(used)}
+  end
+  amounts[b] = math.max(expected, dear or 0)
+end
+for b = 1, n do
+  redis.call('HSET', KEYS[2 * b], id, string.format('%.17g', amounts[b]) .. ' ' .. (now + hold_ms))
+  redis.call('EXPIRE', KEYS[2 * b], ledger_ttl)
+end
+return {0}
+"""
+
+# Settling: KEYS as for _RESERVE; ARGV: the reservation id, the actual cost, the
+# ledgers' lifetime, then each period counter's lifetime. Drops the reservation and adds
+# the cost in one step; ``dear`` follows the dearest recent answer (it decays by a tenth
+# an answer, so one odd answer does not hold more forever).
+_SETTLE = """
+local id, amount, ledger_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+for b = 1, #KEYS / 2 do
+  local counter, ledger = KEYS[2 * b - 1], KEYS[2 * b]
+  redis.call('HDEL', ledger, id)
+  if amount > 0 then
+    redis.call('INCRBYFLOAT', counter, ARGV[2])
+    redis.call('EXPIRE', counter, ARGV[3 + b])
+    local dear = tonumber(redis.call('HGET', ledger, 'dear') or '0')
+    redis.call('HSET', ledger, 'dear', string.format('%.17g', math.max(amount, dear * 0.9)))
+    redis.call('EXPIRE', ledger, ledger_ttl)
+  end
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class Hold:
+    """A request's reservation on its budgets, settled when its answer ends."""
+
+    id: str
+    keys: list[str]  # (period counter, ledger) per budget
+    ttls: list[int]  # each period counter's lifetime
+    counters: list[str]
+    settled: bool = False
+
+
 class Spend:
     def __init__(
         self,
@@ -122,12 +218,14 @@ class Spend:
         tenant_budgets: Callable[[], dict[str, Budget]],
         fail_open: bool = True,
         sync_s: float = 0.1,
+        hold_s: float = HOLD_S,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
         self.tenant_budgets = tenant_budgets
         self.fail_open = fail_open
         self.sync_s = sync_s
+        self.hold_s = hold_s
         self._pending: dict[str, float] = defaultdict(float)  # budget counter → not synced
         self._ttl: dict[str, int] = {}
         self._day: dict[tuple[str, str], float] = defaultdict(float)  # (day hash, field)
@@ -137,6 +235,9 @@ class Spend:
         self._task: asyncio.Task[None] | None = None
         self._redis_ok = True
         self._sync = redis.register_script(_SYNC)
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._settling: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="spend-sync")
@@ -158,41 +259,95 @@ class Spend:
             out.append(("tenant", p.tenant, tb, keys.spend("t", p.tenant, period(tb, now)[0])))
         return out
 
-    async def admit(self, p: Principal, expected: float) -> None:
-        """Raise :class:`QuotaExceeded` when a budget of ``p`` is spent or would be."""
+    async def admit(self, p: Principal, expected: float, bounded: bool = False) -> Hold | None:
+        """Reserve what a request of ``p`` may cost on each of its budgets, or raise
+        :class:`QuotaExceeded` when a budget is spent or the request would take it over.
+
+        ``expected`` is the request's estimate, ``bounded`` whether it bounds the cost
+        (``max_tokens`` set). Returns the reservation to settle (None: no budget, or
+        Redis unreachable with ``fail_open``: checked against the last totals read)."""
         if p.budget is None and not self.tenant_budgets():
-            return
-        budgets = self._budgets(p, time.time())
+            return None
+        now = time.time()
+        budgets = self._budgets(p, now)
         if not budgets:
-            return
-        if not self._redis_ok and not self.fail_open:
-            raise _unavailable()
-        unknown = [b[3] for b in budgets if b[3] not in self._known]
-        if unknown:
-            try:
-                totals = await self.redis.mget(unknown)
-                self._redis_ok = True
-            except (RedisError, OSError) as exc:
-                self._store_down(exc)
-                totals = [None] * len(unknown)
-            for counter, raw in zip(unknown, totals, strict=True):
-                self._known.setdefault(counter, float(raw or 0))
+            return None
         checked = time.monotonic()
         for scope, owner, budget, counter in budgets:
             self._watched[counter] = (checked, scope, owner, budget)
+        hold = Hold(
+            id="r:" + secrets.token_hex(8),
+            keys=[k for b in budgets for k in (b[3], keys.spend_held(b[0][0], b[1]))],
+            ttls=[period(b[2], now)[1] for b in budgets],
+            counters=[b[3] for b in budgets],
+        )
+        args = [hold.id, repr(expected), 1 if bounded else 0, int(self.hold_s * 1000)]
+        args += [LEDGER_TTL_S, *(repr(b[2].limit) for b in budgets)]
+        while True:
+            try:
+                answer = await self._reserve(keys=hold.keys, args=args)
+                self._redis_ok = True
+            except (RedisError, OSError) as exc:
+                self._store_down(exc)  # raises unless fail_open
+                await self._admit_locally(p, budgets, expected)
+                return None
+            if answer[0] == 0:
+                return hold
+            scope, owner, budget, counter = budgets[int(answer[1]) - 1]
+            if answer[0] == 1:
+                self._refuse(p, scope, owner, budget, float(answer[2]))
+            await asyncio.sleep(PROBE_WAIT_S)  # the first answer in flight tells the cost
+
+    def _refuse(self, p: Principal, scope: str, owner: str, budget: Budget, used: float) -> None:
+        self.metrics.quota_refused.labels(scope, owner).inc()
+        whose = f"key '{p.name}'" if scope == "key" else f"tenant '{owner}'"
+        raise QuotaExceeded(
+            f"You exceeded the current quota of {whose}: {used:.6g} of {budget.limit:g} "
+            f"spent or held by requests in flight this period ({budget.period}). Requests "
+            "are admitted again in the next period."
+        )
+
+    async def _admit_locally(
+        self, p: Principal, budgets: list[tuple[str, str, Budget, str]], expected: float
+    ) -> None:
+        """Redis is unreachable (``fail_open``): check against the totals last read."""
+        unknown = [b[3] for b in budgets if b[3] not in self._known]
+        for counter in unknown:
+            self._known.setdefault(counter, 0.0)
+        for scope, owner, budget, counter in budgets:
             used = (
                 self._known[counter]
                 + self._pending.get(counter, 0.0)
                 + self._syncing.get(counter, 0.0)
             )
             if used >= budget.limit or used + expected > budget.limit:
-                self.metrics.quota_refused.labels(scope, owner).inc()
-                whose = f"key '{p.name}'" if scope == "key" else f"tenant '{owner}'"
-                raise QuotaExceeded(
-                    f"You exceeded the current quota of {whose}: {used:.6g} of {budget.limit:g} "
-                    f"spent this period ({budget.period}). Requests are admitted again in "
-                    "the next period."
-                )
+                self._refuse(p, scope, owner, budget, used)
+
+    def settle(self, hold: Hold, amount: float) -> None:
+        """The answer of a held request ended (done, failed or cancelled): drop its
+        reservation and add its actual cost (``amount``; 0 when it cost nothing)."""
+        if hold.settled:
+            return
+        hold.settled = True
+        task = asyncio.get_running_loop().create_task(self.settle_now(hold, amount))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def settle_now(self, hold: Hold, amount: float) -> None:
+        """:meth:`settle`, awaited (one round trip)."""
+        hold.settled = True
+        args: list[Any] = [hold.id, repr(max(amount, 0.0)), LEDGER_TTL_S, *hold.ttls]
+        try:
+            await self._settle(keys=hold.keys, args=args)
+            self._redis_ok = True
+        except (RedisError, OSError) as exc:
+            if self._redis_ok:
+                log.warning("spend: cannot reach Redis (%s); charges wait in memory", exc)
+            self._redis_ok = False
+            for counter, ttl in zip(hold.counters, hold.ttls, strict=True):
+                if amount > 0:  # added with the next sync; the reservation lapses
+                    self._pending[counter] += amount
+                    self._ttl[counter] = ttl
 
     def _store_down(self, exc: Exception) -> None:
         if self._redis_ok:
@@ -205,15 +360,19 @@ class Spend:
         if not self.fail_open:
             raise _unavailable()
 
-    def charge(self, p: Principal, model: str, amount: float) -> None:
-        """Add an answer's cost to the key's, tenant's and model's spend (synced soon)."""
+    def charge(self, p: Principal, model: str, amount: float, held: bool = False) -> None:
+        """Add an answer's cost to the key's, tenant's and model's spend (synced soon).
+
+        ``held``: the request holds a reservation, whose :meth:`settle` adds the cost to
+        its budgets (a request without one, a shadow, is added with the next sync)."""
         if amount <= 0:
             return
         self.metrics.spend.labels(p.tenant, p.account, model).inc(amount)
         now = time.time()
-        for _, _, budget, counter in self._budgets(p, now):
-            self._pending[counter] += amount
-            self._ttl[counter] = period(budget, now)[1]
+        if not held:
+            for _, _, budget, counter in self._budgets(p, now):
+                self._pending[counter] += amount
+                self._ttl[counter] = period(budget, now)[1]
         day = keys.spend_day(_utc("%Y-%m-%d", int(now)))
         self._day[(day, "k:" + p.account)] += amount
         self._day[(day, "t:" + p.tenant)] += amount
@@ -267,6 +426,7 @@ class Spend:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._settling, return_exceptions=True)
         await self.sync()
 
 
