@@ -489,7 +489,7 @@ def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_u
         clustered = every_name()
     finally:
         keys.configure(before)
-    assert len(plain) == 31 and all(n.startswith("fw:") for n in plain)
+    assert len(plain) == 32 and all(n.startswith("fw:") for n in plain)
     assert [keys.cluster_name(n) for n in plain] == clustered
     slot = {n: key_slot(n.encode()) for n in clustered}
     assert len({slot[n] for n in clustered if n.startswith("{fw}:")}) == 1
