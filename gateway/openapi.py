@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from gateway.control.apikeys import KeySpec, TenantSpec
-from gateway.core.config import NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
+from gateway.core.config import NAME_MAX, NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
 from gateway.serving.validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 
 REF = "#/components/schemas/{model}"
@@ -389,7 +389,7 @@ def register_schema() -> dict[str, Any]:
         "description": "A model version to route to (`model` defaults to `name`).",
         "required": ["name", "upstream"],
         "properties": {
-            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX},
             **props,
             "lineage": {"type": ["object", "null"], "description": "where it came from"},
         },
@@ -458,7 +458,7 @@ def _tenant_param() -> dict[str, Any]:
         "name": "tenant",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": NAME_PATTERN},
+        "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX},
     }
 
 
@@ -468,7 +468,7 @@ def _name_param(description: str) -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "pattern": NAME_PATTERN},
+        "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX},
     }
 
 
@@ -768,7 +768,7 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                     "required": False,
                     "description": "only that tenant's user (default: the key's tenant; "
                     "an admin of every tenant: every tenant)",
-                    "schema": {"type": "string", "pattern": NAME_PATTERN},
+                    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX},
                 },
             ],
             "responses": {"200": _json(FORGOTTEN), **_errors(400, *ADMIN, 409)},

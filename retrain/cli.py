@@ -43,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.core.config import NAME_MAX, valid_name
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -83,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--since", required=True, help="ISO date or date-time (UTC if naive)")
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSONL output")
-    export.add_argument("--tenant", default=None, help="only this tenant's responses")
+    export.add_argument(
+        "--tenant", type=name_arg, default=None, help="only this tenant's responses"
+    )
     export.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     joiner = commands.add_parser(
@@ -136,11 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite the datasets of users forgotten through DELETE /admin/users/{user}",
     )
-    forget.add_argument("--tenant", default=None, help="only that tenant's user (default: all)")
+    forget.add_argument(
+        "--tenant", type=name_arg, default=None, help="only that tenant's user (default: all)"
+    )
     forget.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     build = commands.add_parser("build", help="turn new ratings into the next dataset version")
-    build.add_argument("--experiment", required=True, help="whose ratings")
+    build.add_argument("--experiment", type=name_arg, required=True, help="whose ratings")
     build.add_argument("--since", default=None, help="skip (for good) ratings before this date")
     build.add_argument(
         "--out",
@@ -153,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     run = commands.add_parser("run", help="build, train, evaluate and register a canary")
-    run.add_argument("--experiment", required=True)
+    run.add_argument("--experiment", type=name_arg, required=True)
     run.add_argument(
         "--provider", choices=("local", "openai"), default=None, help="default: retrain.provider"
     )
@@ -206,14 +212,25 @@ def _parser() -> argparse.ArgumentParser:
     review = commands.add_parser("review", help="failures without a correction, for people")
     rsub = review.add_subparsers(dest="action", required=True)
     rexp = rsub.add_parser("export", help="write the review queue as JSON lines")
-    rexp.add_argument("--experiment", required=True)
+    rexp.add_argument("--experiment", type=name_arg, required=True)
     rexp.add_argument("--out", type=Path, required=True, metavar="FILE")
     rexp.add_argument("--config", default=None)
     rimp = rsub.add_parser("import", help="store the corrections written into an export")
-    rimp.add_argument("--experiment", required=True)
+    rimp.add_argument("--experiment", type=name_arg, required=True)
     rimp.add_argument("file", type=Path)
     rimp.add_argument("--config", default=None)
     return parser
+
+
+def name_arg(value: str) -> str:
+    """An experiment's or tenant's name, as the gateway accepts it (it becomes a Redis key
+    and a directory under ``retrain.dataset_dir``)."""
+    if not valid_name(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a valid name: letters, digits, '_', '-' and single dots, "
+            f"starting with a letter or digit, at most {NAME_MAX} characters (no '/' or '..')"
+        )
+    return value
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 import redis
 
-from gateway.core import keys
+from gateway.core import keys, paths
 from gateway.core.locks import Lock
 from gateway.core.records import InteractionRecord, text_of
 from gateway.ops.archive import Archive, default_url, find_interactions
@@ -490,7 +490,7 @@ class Builder:
         self.cfg = settings.retrain
         self.experiment = experiment
         self.base = out or self.cfg.dataset_dir
-        self.root = self.base / experiment
+        self.root = paths.under(self.base, experiment, param="experiment")
         self.since = since
         self.progress = progress or (lambda _stage, _total: lambda _n: None)
 

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 import redis
 
-from gateway.core import keys
+from gateway.core import keys, paths
 from gateway.core.auth import Principal
 from gateway.core.locks import Lock
 from gateway.ops import forget
@@ -203,7 +203,8 @@ def forget_datasets(
         if lock is not None and (holder := lock.acquire()) is not None:
             raise Busy(f"a build of '{exp}' is running ({holder})")
         try:
-            for k, n in forget_in_experiment(base / exp, removal, by_group).items():
+            root_of = paths.under(base, exp, param="experiment")
+            for k, n in forget_in_experiment(root_of, removal, by_group).items():
                 total[k] += n
         finally:
             if lock is not None:
@@ -212,14 +213,17 @@ def forget_datasets(
 
 
 def _experiments(base: Path) -> list[str]:
-    """Experiment roots under the datasets directory (names may hold ``/``)."""
+    """Experiment roots under the datasets directory (one directory each: names hold no
+    ``/``; an older nested root is skipped)."""
     if not base.is_dir():
         return []
     found = set()
     for manifest in base.rglob("manifest.json"):
         version = manifest.parent
         if not version.name.startswith("."):
-            found.add(str(version.parent.relative_to(base)))
+            name = str(version.parent.relative_to(base))
+            if paths.safe_part(name):
+                found.add(name)
     return sorted(found)
 
 

@@ -9,11 +9,18 @@ tests/test_errors.py and tests/test_feedback.py already cover are not repeated h
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+
+from gateway.console import data
+from gateway.core import paths
 
 from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
@@ -501,28 +508,67 @@ def test_invalid_experiment_names_are_400(gw: GatewayProcess, name: str) -> None
     assert_openai_error(resp, 400, param="name")
 
 
-def test_experiment_names_with_a_slash_are_managed_like_any_other(
-    fixed: tuple[GatewayProcess, FaultyUpstream],
+PATHLIKE = ["team/support", "acme-exp/../../../pwn", "a..b", "..", "tab\tname", "nul\x00"]
+
+
+@pytest.mark.parametrize("name", PATHLIKE)
+def test_a_name_that_could_become_a_path_is_refused_by_every_admin_route(
+    fixed: tuple[GatewayProcess, FaultyUpstream], name: str
 ) -> None:
-    """Names may hold ``/`` (the config allows ``team/support``): every admin route takes it."""
+    """One strict pattern for experiments, models, keys and tenants: no ``/``, no ``..``,
+    no control characters (the path is percent-encoded, as a client sends such a name)."""
     gateway, _ = fixed
-    url = f"{gateway.url}/admin/experiments/team/support"
+    quoted = quote(name, safe="")
     spec = {"arms": [{"model": "fixed-a", "weight": 1}]}
-    assert httpx.put(url, headers=ADMIN, json=spec).status_code == 200
-    assert httpx.get(url, headers=ADMIN).json()["name"] == "team/support"
-    added = httpx.post(url + "/arms", headers=ADMIN, json={"model": "fixed-b", "weight": 1})
-    assert added.status_code == 200 and added.json()["name"] == "team/support"
-    assert httpx.post(url + "/promote", headers=ADMIN, json={"model": "fixed-b"}).status_code == 200
-    assert httpx.post(url + "/rollback", headers=ADMIN).status_code == 200
-    history = httpx.get(url + "/history", headers=ADMIN).json()
-    assert [e["version"] for e in history["data"]] == [1, 2, 3, 4]
-    assert httpx.get(url + "/report", headers=ADMIN).status_code == 200
-    resp = httpx.post(
-        gateway.base_url + "/chat/completions",
-        headers=CLIENT,
-        json={"model": "team/support", "messages": HELLO},
+    put = httpx.put(f"{gateway.url}/admin/experiments/{quoted}", headers=ADMIN, json=spec)
+    assert_openai_error(put, 404 if name == ".." else 400)  # "..": the path has no name
+    model = {"name": name, "upstream": "fixed", "model": "fixed-a"}
+    assert_openai_error(httpx.post(f"{gateway.url}/admin/models", headers=ADMIN, json=model), 400)
+    for body in ({"name": name}, {"name": "fine", "tenant": name}):
+        made = httpx.post(f"{gateway.url}/admin/keys", headers=ADMIN, json=body)
+        assert made.status_code == 400 and made.json()["error"]["type"] == "invalid_request_error"
+    tenant = httpx.put(
+        f"{gateway.url}/admin/tenants/{quoted}", headers=ADMIN, json={"budget": None}
     )
-    assert resp.status_code == 200 and resp.headers["x-flywheel-experiment"] == "team/support"
+    assert tenant.status_code in (400, 404) and set(tenant.json()["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
+    names = {
+        e["name"]
+        for e in httpx.get(f"{gateway.url}/admin/experiments", headers=ADMIN).json()["data"]
+    }
+    assert name not in names
+    assert all("/" not in n and ".." not in n for n in names)
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/admin/experiments/default/report?since=abc", "since"),
+        ("/admin/experiments/default/report?since=0001-01-01", "since"),
+        ("/admin/experiments/default/report?since=2026-01-01&until=2026-13-01", "until"),
+        ("/ui/interactions?before=abc", "before"),
+        ("/ui/interactions?before=1-2-3", "before"),
+        ("/ui/interactions?since=0001-01-01", "since"),
+        ("/ui/interactions?until=yesterday", "until"),
+        ("/ui/experiments/default?since=0001-01-01", "since"),
+    ],
+)
+def test_malformed_cursors_and_dates_are_400_naming_the_parameter(
+    gw: GatewayProcess, path: str, param: str
+) -> None:
+    assert_openai_error(httpx.get(gw.url + path, headers=ADMIN, timeout=30), 400, param=param)
+
+
+def test_promote_refuses_unknown_fields(gw: GatewayProcess) -> None:
+    url = f"{gw.url}/admin/experiments/default"
+    before = httpx.get(url, headers=ADMIN).json()
+    r = httpx.post(url + "/promote", headers=ADMIN, json={"model": "fixed-b", "force": True})
+    assert_openai_error(r, 400, param="force")
+    assert httpx.get(url, headers=ADMIN).json()["version"] == before["version"]
 
 
 @pytest.mark.parametrize(
@@ -571,3 +617,36 @@ def test_an_unsupported_method_is_405_naming_the_allowed_ones(
     err = assert_openai_error(resp, 405)
     assert resp.headers["allow"] == allow and err["code"] == "method_not_allowed"
     assert resp.headers.get_list("allow") == [allow]
+
+
+@pytest.mark.parametrize("command", ["build", "run"])
+@pytest.mark.parametrize("name", ["acme-exp/../../../pwn", "team/support", ".."])
+def test_retrain_refuses_an_experiment_name_that_could_leave_the_dataset_dir(
+    command: str, name: str, tmp_path: Path
+) -> None:
+    """Refused before anything is read or written (exit 2, as argparse does)."""
+    out = tmp_path / "datasets"
+    args = [sys.executable, "-m", "retrain", command, "--experiment", name]
+    if command == "build":
+        args += ["--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "--experiment" in done.stderr and "not a valid name" in done.stderr
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_every_path_from_a_name_stays_under_its_root(tmp_path: Path) -> None:
+    """The one join (``gateway.core.paths.under``) refuses to leave the root, and the
+    console's dataset list skips a name stored before names were strict (no 500)."""
+    root = tmp_path / "datasets"
+    (root / "good" / "v1").mkdir(parents=True)
+    (root / "good" / "v1" / "manifest.json").write_text('{"id": "v1", "counts": {}}')
+    (tmp_path / "pwn").mkdir()
+    (root / "link").symlink_to(tmp_path / "pwn")
+    assert paths.under(root, "good", "v1") == root / "good" / "v1"
+    for bad in ("..", "../pwn", "a/b", "", "tab\tname", "link"):
+        with pytest.raises(paths.UnsafePath) as refused:
+            paths.under(root, bad, param="experiment")
+        assert refused.value.status == 400 and refused.value.param == "experiment"
+    listed = data.datasets(root, ["good", "acme-exp/../../../pwn", "..", "team/support"])
+    assert [d["id"] for d in listed] == ["v1"]

@@ -33,8 +33,9 @@ ones are a 403), and what it creates belongs to its tenant; an admin of every te
 may create shared ones (no ``tenant``).
 
 The logic lives in :mod:`gateway.control.control` and its modules; this module only
-authenticates, reads bodies and renders JSON. Names may hold ``/`` (``team/support``): see
-:class:`ExperimentName`.
+authenticates, reads bodies and renders JSON. Names hold no ``/``
+(:data:`gateway.core.config.NAME_PATTERN`); :class:`ExperimentName` still takes a path
+with one, so that such a name is a 400 naming it rather than an unknown route.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from gateway.control.control import Control
 from gateway.core import store
 from gateway.core.auth import Principal
 from gateway.core.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.core.params import checked_day
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url
 from gateway.ops.forget import forget_user
@@ -162,7 +164,8 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.get("/admin/experiments/{name:experiment}/report")
     async def report(request: Request, name: str) -> Response:
         control, _ = admin(request, name)
-        since, until = request.query_params.get("since"), request.query_params.get("until")
+        since = checked_day(request.query_params.get("since"), "since")
+        until = checked_day(request.query_params.get("until"), "until")
         if since is None and until is None:
             return _json(await control.report(name))
         state = await control.experiments.state(name)

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from gateway.console.access import User
 from gateway.control import report
 from gateway.control.control import Control
-from gateway.core import keys, store
+from gateway.core import keys, paths, store
 from gateway.core.config import Experiment
 from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
 from gateway.core.text import nfc
@@ -369,13 +369,15 @@ async def versions(
 
 
 def dataset_root(dataset_dir: Path, experiment: str) -> Path:
-    return dataset_dir / experiment
+    return paths.under(dataset_dir, experiment, param="experiment")
 
 
 def datasets(dataset_dir: Path, experiments: list[str]) -> list[dict[str, Any]]:
     """Each dataset version's manifest, newest first."""
     out = []
     for exp in experiments:
+        if not paths.safe_part(exp):  # stored before names were strict: no dataset of it
+            continue
         root = dataset_root(dataset_dir, exp)
         if not root.is_dir():
             continue
@@ -407,11 +409,11 @@ async def job(redis: aioredis.Redis, job_id: str) -> dict[str, Any] | None:
 
 
 def _version_dir(dataset_dir: Path, experiment: str, vid: str) -> Path | None:
-    root = dataset_root(dataset_dir, experiment).resolve()
-    path = (root / vid).resolve()
-    if path.parent != root or not (path / "manifest.json").is_file():
+    try:
+        path = paths.under(dataset_root(dataset_dir, experiment), vid).resolve()
+    except paths.UnsafePath:
         return None
-    return path
+    return path if (path / "manifest.json").is_file() else None
 
 
 def dataset_file(dataset_dir: Path, experiment: str, vid: str, split: str) -> Path | None:
@@ -427,7 +429,7 @@ def examples_of(
     dataset_dir: Path, experiment: str | None, response_id: str
 ) -> list[dict[str, Any]]:
     """The training examples an interaction became, in the experiment's latest version."""
-    if not experiment:
+    if not experiment or not paths.safe_part(experiment):
         return []
     root = dataset_root(dataset_dir, experiment)
     pointer = root / "latest"

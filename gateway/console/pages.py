@@ -26,7 +26,7 @@ from gateway.console import data, svg
 from gateway.console.access import COOKIE, Access, User
 from gateway.control.experiments import promoted, weighted
 from gateway.control.report import LANGUAGE_SAMPLE
-from gateway.core import keys, review, store
+from gateway.core import keys, params, review, store
 from gateway.core.errors import (
     AuthenticationFailed,
     Conflict,
@@ -233,12 +233,13 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def experiment(request: Request, name: str) -> Response:
         user = current(request)
         admin_only(user)
+        since = params.checked_day(request.query_params.get("since"), "since")
+        until = params.checked_day(request.query_params.get("until"), "until")
         st = request.app.state.gateway
         state = await st.control.experiments.state(name)
         rep = await st.control.report(name)
         history = await st.control.experiments.history(name)
         points = await data.versions(st.redis, name, history, state, st.control)
-        since, until = request.query_params.get("since"), request.query_params.get("until")
         window = None
         if since or until:  # the report over those days, from the archive
             settings = st.settings
@@ -422,10 +423,10 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             corrected=qp.get("corrected") == "1",
             tenant=qp.get("tenant", ""),
             q=qp.get("q", "")[:200],
-            since=qp.get("since", ""),
-            until=qp.get("until", ""),
+            since=params.checked_day(qp.get("since"), "since") or "",
+            until=params.checked_day(qp.get("until"), "until") or "",
         )
-        before = qp.get("before") or None
+        before = params.checked_cursor(qp.get("before"))
         archive = await asyncio.to_thread(archive_of, request)
         with store.translated("The archive"):
             page = await data.interactions(

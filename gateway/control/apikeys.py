@@ -27,7 +27,7 @@ from gateway.control.experiments import invalid
 from gateway.control.live import LiveState
 from gateway.core import keys, store
 from gateway.core.auth import Principal, Role, digest
-from gateway.core.config import NAME_PATTERN, Budget, valid_name
+from gateway.core.config import NAME_MAX, NAME_PATTERN, Budget, valid_name
 from gateway.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 
 AUDIT_CAP = 10_000
@@ -39,10 +39,13 @@ class KeySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=NAME_PATTERN, description="who the key belongs to")
+    name: str = Field(
+        pattern=NAME_PATTERN, max_length=NAME_MAX, description="who the key belongs to"
+    )
     tenant: str | None = Field(
         None,
         pattern=NAME_PATTERN,
+        max_length=NAME_MAX,
         description="whose data it sees; default: the name (admins: none is every tenant)",
     )
     role: Role = Field("client", description="client, reviewer or admin")

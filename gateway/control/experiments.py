@@ -134,6 +134,12 @@ class Experiments:
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str):
             raise InvalidRequest("'model' is required: the arm to promote.", param="model")
+        unknown = sorted(set(body) - {"model"})
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown field '{unknown[0]:.64}': promote takes only 'model'.",
+                param=unknown[0][:64],
+            )
         return await self.change(name, who, f"promoted {model:.128}", promoted(model))
 
     async def rollback(self, name: str, who: str) -> dict[str, Any]:

@@ -27,15 +27,23 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-# Names appear in Redis keys (``:``-separated) and metric labels: no ``:``.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
+# One pattern for every name that can become a Redis key (``:``-separated), a metric
+# label or a path (experiments, models, adapters, tenants, users, datasets): letters,
+# digits, ``_``, ``-`` and single dots, starting with a letter or digit; no ``:``, no
+# ``/``, no ``..``, no control characters; at most NAME_MAX characters.
+NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+NAME_MAX = 128
 
 
 def valid_name(name: str) -> bool:
-    return re.fullmatch(NAME_PATTERN, name) is not None
+    return (
+        isinstance(name, str)
+        and len(name) <= NAME_MAX
+        and re.fullmatch(NAME_PATTERN, name) is not None
+    )
 
 
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX)]
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,39 @@
+"""Query parameters the console and the admin API read: a malformed one is a 400 in
+OpenAI's error shape naming it, never a Redis error reported as an outage."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from gateway.core.errors import InvalidRequest
+
+CURSOR = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+
+
+def checked_cursor(before: str | None) -> str | None:
+    """A page cursor (an interaction-stream id, ``ms-seq``), or a 400 naming ``before``."""
+    if before is None or before == "":
+        return None
+    if CURSOR.fullmatch(before) is None:
+        raise InvalidRequest(
+            f"'before' must be a cursor this console gave (ms-seq), not {before[:40]!r}.",
+            param="before",
+        )
+    return before
+
+
+def checked_day(value: str | None, param: str) -> str | None:
+    """A day filter (``YYYY-MM-DD``, from 1970 on), or a 400 naming ``param``."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = time.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        parsed = None
+    if parsed is None or not 1970 <= parsed.tm_year <= 9999:
+        raise InvalidRequest(
+            f"'{param}' must be a day as YYYY-MM-DD from 1970-01-01 on, not {value[:40]!r}.",
+            param=param,
+        )
+    return value
