@@ -30,6 +30,9 @@ key                         type    content
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
                                     read by consumer groups, trimmed by retention but
                                     never past what a group has not acknowledged
+``fw:fb:stream:rewrite``    stream  transient: the feedback stream rebuilt without a
+                                    forgotten user's entries (same ids, groups, pending
+                                    entries), renamed over it in the same script
 ``fw:agg:{exp}:{arm}``      hash    ``count``, ``score_sum``, ``score_sq``, ``thumbs``,
                                     ``failures``, ``corrections`` of the current
                                     ratings of one arm (direct model requests use the
@@ -226,6 +229,11 @@ def sequential(experiment: str, version: int) -> str:
 def spend(scope: str, account: str, period: str) -> str:
     """Spend of a key (``scope`` ``k``) or tenant (``t``) in one budget period."""
     return f"{PREFIX}spend:{scope}:{account}:{period}"
+
+
+def stream_rewrite(stream: str) -> str:
+    """Where a stream is rebuilt before it is renamed over the original (same slot)."""
+    return f"{stream}:rewrite"
 
 
 def spend_held(scope: str, account: str) -> str:

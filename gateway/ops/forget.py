@@ -37,6 +37,7 @@ crash tests kill it at each step (``FLYWHEEL_ARCHIVE_CRASH_AT``: ``forget-after-
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
 MAX_USER_CHARS = 256
 AUDIT_CAP = 10_000  # as the key audit (apikeys.py): the list is shared
 CHUNK = 1000
+log = logging.getLogger(__name__)
+AOF_WAIT_S = 60.0  # how long a forget waits for Redis to rewrite its AOF
 
 # Remove one unit from a per-user score hash (fw:uagg:*), its sums adjusted.
 # KEYS[1]: the hash; ARGV[1]: the unit's field (u:{unit}). Returns 1 when removed.
@@ -77,6 +80,70 @@ redis.call('HINCRBY', KEYS[1], 'ratings', -c)
 redis.call('HINCRBY', KEYS[1], 'users', -1)
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
+"""
+
+# Rebuild a stream without the entries XDEL marked deleted: XDEL only flags an entry in
+# its listpack, whose bytes (the forgotten text) DUMP, RDB and AOF rewrites keep as they
+# are. KEYS[1]: the stream, KEYS[2]: where it is rebuilt (same slot). The live entries are
+# copied with their ids; the stream's last id, entries-added and max-deleted id are set
+# as they were (no id is ever reused); each consumer group is made again where it stood
+# (last-delivered id, entries-read), with its consumers and its pending entries (owner,
+# idle time, delivery count; a pending entry that was deleted is dropped: nothing is
+# left to deliver). Then the rebuilt stream replaces the original, in this one script.
+# Returns the number of entries copied, or -1 when there is no stream.
+_REWRITE = """
+local src, dst = KEYS[1], KEYS[2]
+if redis.call('EXISTS', src) == 0 then return -1 end
+redis.call('DEL', dst)
+local function fields(flat)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+local info = fields(redis.call('XINFO', 'STREAM', src))
+local copied, cursor = 0, '-'
+while true do
+  local batch = redis.call('XRANGE', src, cursor, '+', 'COUNT', 1000)
+  if #batch == 0 then break end
+  for _, e in ipairs(batch) do
+    redis.call('XADD', dst, e[1], unpack(e[2]))
+    copied = copied + 1
+  end
+  cursor = '(' .. batch[#batch][1]
+end
+if copied == 0 then  -- an empty stream still exists, with its groups
+  redis.call('XADD', dst, '0-1', 'x', '')
+  redis.call('XDEL', dst, '0-1')
+end
+redis.call('XSETID', dst, info['last-generated-id'],
+           'ENTRIESADDED', info['entries-added'], 'MAXDELETEDID', info['max-deleted-entry-id'])
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', src)) do
+  local group = fields(g)
+  local name = group['name']
+  local read = group['entries-read']
+  if read then
+    redis.call('XGROUP', 'CREATE', dst, name, group['last-delivered-id'], 'ENTRIESREAD', read)
+  else
+    redis.call('XGROUP', 'CREATE', dst, name, group['last-delivered-id'])
+  end
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', src, name)) do
+    redis.call('XGROUP', 'CREATECONSUMER', dst, name, fields(c)['name'])
+  end
+  local from = '-'
+  while true do
+    local pel = redis.call('XPENDING', src, name, from, '+', 1000)
+    if #pel == 0 then break end
+    for _, p in ipairs(pel) do
+      if #redis.call('XRANGE', dst, p[1], p[1]) == 1 then
+        redis.call('XCLAIM', dst, name, p[2], 0, p[1], 'IDLE', p[3], 'RETRYCOUNT', p[4],
+                   'FORCE', 'JUSTID')
+      end
+    end
+    from = '(' .. pel[#pel][1]
+  end
+end
+redis.call('RENAME', dst, src)
+return copied
 """
 
 
@@ -188,6 +255,7 @@ class Forgetter:
         self.lock_wait_s = lock_wait_s
         self.lock_ttl_s = lock_ttl_s
         self._unscore = client.register_script(_UNSCORE)
+        self._rewrite = client.register_script(_REWRITE)
 
     def run(self, user: str, tenant: str | None, by: str) -> tuple[Plan, dict[str, Any]]:
         """Forget ``user`` (of ``tenant``; None: of every tenant) in Redis and the archive.
@@ -218,10 +286,48 @@ class Forgetter:
             crash_point("forget-after-redis")
             self._renew()
             counts["archive"] = self._forget_archive(plan)
+            counts["aof"] = self._rewrite_aof()
         finally:
             holder.release()
             self.client.delete(keys.ARCHIVE_PAUSE)
         return plan, counts
+
+    def _rewrite_aof(self) -> str:
+        """Have Redis rewrite its append-only file (``BGREWRITEAOF``), so that the files no
+        longer hold the commands that wrote what was forgotten; wait for it (up to
+        ``AOF_WAIT_S``). A rewrite already running started from memory as it was before
+        the forget: it is let finish, then ours starts. Returns ``rewritten``, ``off``
+        (no AOF), or what kept it from finishing (the audit shows it)."""
+        c = self.client
+        deadline = time.monotonic() + AOF_WAIT_S
+
+        def persistence() -> dict[str, Any]:
+            info: Any = c.info("persistence")
+            return info if isinstance(info, dict) else {}
+
+        try:
+            info = persistence()
+            if "aof_enabled" not in info:
+                return "unknown"  # e.g. a cluster client: each node rewrites on its own
+            if not int(info["aof_enabled"]):
+                return "off"
+            while int(persistence().get("aof_rewrite_in_progress", 0)):
+                if time.monotonic() >= deadline:
+                    return "busy"
+                time.sleep(0.05)
+            c.bgrewriteaof()
+            while time.monotonic() < deadline:
+                info = persistence()
+                if not int(info.get("aof_rewrite_in_progress", 0)) and not int(
+                    info.get("aof_rewrite_scheduled", 0)
+                ):
+                    ok = info.get("aof_last_bgrewrite_status") == "ok"
+                    return "rewritten" if ok else "failed"
+                time.sleep(0.05)
+            return "in progress"
+        except RedisError as exc:
+            log.warning("forget: the AOF rewrite could not be started (%s)", exc)
+            return "failed"
 
     def _pause(self) -> None:
         """Ask the archivers to pause (for ``lock_ttl_s``, renewed as the run goes on, so
@@ -352,6 +458,9 @@ class Forgetter:
         for start in range(0, len(found.rating_entries), CHUNK):
             chunk = found.rating_entries[start : start + CHUNK]
             counts["rating_events"] += int(c.xdel(keys.FEEDBACK_STREAM, *chunk))
+        if found.rating_entries or plan.events:  # the ratings' text out of the stream's bytes
+            stream = keys.FEEDBACK_STREAM
+            self._rewrite(keys=[stream, keys.stream_rewrite(stream)])
         counts["review_items"] = self._forget_review(plan)
         for exp, version, arm, unit in sorted(plan.units):
             counts["user_stats"] += int(c.srem(keys.version_users(exp, version, arm), unit))
