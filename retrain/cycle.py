@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 import redis
 
-from gateway.core import keys
+from gateway.core import keys, paths
 from gateway.core.locks import Lock, alive
 from gateway.core.records import JobStatus, RunOutcome
 
@@ -66,7 +66,7 @@ class RunResult:
 def adapter_dir_of(settings: RetrainSettings, job: dict[str, Any]) -> Path:
     """Where a local job writes its adapter: named after the job, never reused."""
     name = f"{job['experiment']}-{job['id'].removeprefix('ftjob-')}"
-    return (settings.retrain.local.adapter_dir / name).resolve()
+    return paths.under(settings.retrain.local.adapter_dir, name, param="experiment").resolve()
 
 
 def drop_adapter(settings: RetrainSettings, job: dict[str, Any]) -> None:

@@ -286,7 +286,9 @@ class Forgetter:
             crash_point("forget-after-redis")
             self._renew()
             counts["archive"] = self._forget_archive(plan)
-            counts["aof"] = self._rewrite_aof()
+            redis_counts = counts["redis"]
+            touched = any(redis_counts.values()) or bool(plan.events)
+            redis_counts["aof_rewritten"] = int(touched and self._rewrite_aof() == "rewritten")
         finally:
             holder.release()
             self.client.delete(keys.ARCHIVE_PAUSE)
@@ -297,7 +299,7 @@ class Forgetter:
         longer hold the commands that wrote what was forgotten; wait for it (up to
         ``AOF_WAIT_S``). A rewrite already running started from memory as it was before
         the forget: it is let finish, then ours starts. Returns ``rewritten``, ``off``
-        (no AOF), or what kept it from finishing (the audit shows it)."""
+        (no AOF), or what kept it from finishing (logged)."""
         c = self.client
         deadline = time.monotonic() + AOF_WAIT_S
 
@@ -307,12 +309,14 @@ class Forgetter:
 
         try:
             info = persistence()
-            if "aof_enabled" not in info:
-                return "unknown"  # e.g. a cluster client: each node rewrites on its own
+            if "aof_enabled" not in info:  # e.g. a cluster client: each node on its own
+                log.warning("forget: run BGREWRITEAOF on the node of the shared slot")
+                return "unknown"
             if not int(info["aof_enabled"]):
                 return "off"
             while int(persistence().get("aof_rewrite_in_progress", 0)):
                 if time.monotonic() >= deadline:
+                    log.warning("forget: an AOF rewrite is still running; run BGREWRITEAOF")
                     return "busy"
                 time.sleep(0.05)
             c.bgrewriteaof()
@@ -321,9 +325,12 @@ class Forgetter:
                 if not int(info.get("aof_rewrite_in_progress", 0)) and not int(
                     info.get("aof_rewrite_scheduled", 0)
                 ):
-                    ok = info.get("aof_last_bgrewrite_status") == "ok"
-                    return "rewritten" if ok else "failed"
+                    if info.get("aof_last_bgrewrite_status") == "ok":
+                        return "rewritten"
+                    log.warning("forget: the AOF rewrite failed; run BGREWRITEAOF")
+                    return "failed"
                 time.sleep(0.05)
+            log.warning("forget: the AOF rewrite is still running after %.0f s", AOF_WAIT_S)
             return "in progress"
         except RedisError as exc:
             log.warning("forget: the AOF rewrite could not be started (%s)", exc)
