@@ -78,6 +78,9 @@ class ArmData:
     model: str
     weight: float
     users: stats.Sample  # one mean score per rated user
+    # the same, under each earlier version of the current ramp (oldest first; one per
+    # version for every arm, empty where the arm had no rated user): the strata
+    earlier: tuple[stats.Sample, ...] = ()
     ratings: int = 0
     assigned: int = 0  # users assigned to it by weight (not forced)
     requests: int = 0
@@ -95,31 +98,53 @@ def _r(x: float | None, digits: int = 4) -> float | None:
     return None if x is None or math.isnan(x) or math.isinf(x) else round(x, digits)
 
 
+def strata(control: ArmData, candidate: ArmData) -> list[tuple[stats.Sample, stats.Sample]]:
+    """(control, candidate) per version of the current ramp, the current one last."""
+    pairs = list(zip(control.earlier, candidate.earlier, strict=False))
+    return [*pairs, (control.users, candidate.users)]
+
+
 def sequential(
     control: ArmData, candidate: ArmData, rules: Decision, previous_p: float | None
 ) -> dict[str, Any]:
-    """The mixture SPRT at this look: the difference, its always-valid interval and p-value.
+    """The mixture SPRT at this look, over the strata of the current ramp: the difference,
+    its always-valid interval and p-value.
 
-    ``ready``: both arms have ``min_ratings`` users, so this look counts (and the
-    running minimum ``p_value`` includes it).
+    Each stratum (one version: one period, one allocation) gives the difference of its
+    arms' per-user means and its variance; :func:`gateway.core.stats.stratified` combines
+    them. ``ready``: both arms have ``min_ratings`` users over the ramp, so this look
+    counts (and the running minimum ``p_value``, of this version's looks, includes it).
     """
-    a, b = control.users, candidate.users
-    if a.n < 2 or b.n < 2:
+    used = [(a, b) for a, b in strata(control, candidate) if a.n >= 2 and b.n >= 2]
+    if not used:
         return {
             "ready": False,
             "difference": None,
             "interval": [None, None],
             "p_now": None,
             "p_value": previous_p,
+            "strata": 0,
         }
-    diff = b.mean - a.mean
-    variance = stats.floored_variance(a) / a.n + stats.floored_variance(b) / b.n
+    diff, variance = stats.stratified(
+        [
+            (b.mean - a.mean, stats.floored_variance(a) / a.n + stats.floored_variance(b) / b.n)
+            for a, b in used
+        ]
+    )
     tau2 = rules.mixture_sd**2
     p_now = stats.msprt_p(diff, variance, tau2)
-    ready = a.n >= rules.min_ratings and b.n >= rules.min_ratings
+    users_a, users_b = sum(a.n for a, _ in used), sum(b.n for _, b in used)
+    ready = users_a >= rules.min_ratings and users_b >= rules.min_ratings
     p = min(p_now, 1.0 if previous_p is None else previous_p) if ready else previous_p
     lo, hi = stats.msprt_interval(diff, variance, tau2, rules.alpha)
-    return {"ready": ready, "difference": diff, "interval": [lo, hi], "p_now": p_now, "p_value": p}
+    return {
+        "ready": ready,
+        "difference": diff,
+        "interval": [lo, hi],
+        "p_now": p_now,
+        "p_value": p,
+        "strata": len(used),
+    }
 
 
 def guardrails(control: ArmData, candidate: ArmData, rules: Decision) -> list[str]:
@@ -157,13 +182,35 @@ def guardrails(control: ArmData, candidate: ArmData, rules: Decision) -> list[st
     return broken
 
 
+def _pooled(samples: list[stats.Sample]) -> stats.Sample:
+    return stats.Sample(
+        sum(s.n for s in samples), sum(s.total for s in samples), sum(s.squares for s in samples)
+    )
+
+
 def compare(
-    control: ArmData, candidate: ArmData, rules: Decision, previous_p: float | None
+    control: ArmData,
+    candidate: ArmData,
+    rules: Decision,
+    previous_p: float | None,
+    ramp_p: float | None = None,
 ) -> dict[str, Any]:
-    """One candidate against the control: test, guardrails, verdict and reasons."""
+    """One candidate against the control: test, guardrails, verdict and reasons.
+
+    ``previous_p``: the running minimum of this version's looks; ``ramp_p``: that of the
+    ramp's earlier versions (shown as ``ramp_p_value``, the ramp's always-valid p-value).
+    Verdicts: ``promote`` (p < ``alpha``, better), ``ramp`` (p < ``ramp_alpha`` only:
+    enough to move to a stage below 100%, not to promote), ``rollback``, ``keep
+    collecting``; p is this version's running minimum, so each stage is decided by a look
+    of its own, on the evidence of the whole ramp.
+    """
     seq = sequential(control, candidate, rules, previous_p)
     broken = guardrails(control, candidate, rules)
-    a, b = control.users, candidate.users
+    pairs = strata(control, candidate)
+    a, b = _pooled([c for c, _ in pairs]), _pooled([k for _, k in pairs])  # over the ramp
+    over = f"{b.n} and {a.n} users" + (f" in {seq['strata']} stages" if seq["strata"] > 1 else "")
+    ramp_alpha = max(rules.ramp_alpha, rules.alpha)
+    ramp_pv = seq["p_value"] if ramp_p is None else min(ramp_p, seq["p_value"] or 1.0)
     out: dict[str, Any] = {
         "candidate": candidate.model,
         "control": control.model,
@@ -172,6 +219,8 @@ def compare(
         "ci95": [_r(x) for x in seq["interval"]],
         "p_value": None if seq["p_value"] is None else float(f"{seq['p_value']:.4g}"),
         "p_now": None if seq["p_now"] is None else float(f"{seq['p_now']:.4g}"),
+        "ramp_p_value": None if ramp_pv is None else float(f"{ramp_pv:.4g}"),
+        "strata": seq["strata"],
         "ready": seq["ready"],
         "guardrails_ok": not broken,
     }
@@ -182,22 +231,23 @@ def compare(
         verdict = ROLLBACK
     elif a.n < rules.min_ratings or b.n < rules.min_ratings:
         reasons.append(f"needs {rules.min_ratings} rated users per arm (has {a.n} and {b.n})")
+    elif not seq["ready"]:  # enough users over the ramp, but fewer than 2 in every stage
+        reasons.append(f"needs 2 rated users per arm in one stage (has {a.n} and {b.n})")
     elif min(control.attempts, candidate.attempts) < rules.min_requests:
         reasons.append(
             f"the guardrails need {rules.min_requests} requests per arm (has "
             f"{control.attempts} and {candidate.attempts})"
         )
-    elif p is not None and p < rules.alpha and seq["difference"] > 0:
-        verdict = PROMOTE
+    elif p is not None and p < ramp_alpha and seq["difference"] > 0:
+        verdict = PROMOTE if p < rules.alpha else RAMP
         reasons.append(
-            f"score {b.mean:.3f} vs {a.mean:.3f} over {b.n} and {a.n} users, "
-            f"always-valid p = {p:.3g} < {rules.alpha:g}"
+            f"score {b.mean:.3f} vs {a.mean:.3f} over {over}, "
+            f"always-valid p = {p:.3g} < {rules.alpha if verdict == PROMOTE else ramp_alpha:g}"
         )
     elif p is not None and p < rules.alpha:
         verdict = ROLLBACK
         reasons.append(
-            f"score {b.mean:.3f} vs {a.mean:.3f} over {b.n} and {a.n} users is "
-            f"worse, always-valid p = {p:.3g}"
+            f"score {b.mean:.3f} vs {a.mean:.3f} over {over} is worse, always-valid p = {p:.3g}"
         )
     else:
         reasons.append(
@@ -276,12 +326,20 @@ def decide(
                 "weights": {c["candidate"]: 0.0},
                 "share": 0.0,
             }
-    better = [c for c in comparisons if c["verdict"] == PROMOTE]
+    targets = {c["candidate"]: next_stage(exp, c["candidate"]) for c in comparisons}
+    better = [
+        c
+        for c in comparisons
+        if targets[c["candidate"]] is not None
+        and (
+            c["verdict"] == PROMOTE
+            or (c["verdict"] == RAMP and (targets[c["candidate"]] or 100) < 100)
+        )
+    ]
     if better:
-        means = {a.model: a.users.mean for a in arms}
-        best = max(better, key=lambda c: means[c["candidate"]])
+        best = max(better, key=lambda c: c["difference"])
         model = best["candidate"]
-        target = next_stage(exp, model)
+        target = targets[model]
         if target is not None and target < 100:
             return {
                 "action": RAMP,
@@ -308,13 +366,22 @@ def decide(
 
 
 def evaluate(
-    exp: Experiment, version: int, arms: list[ArmData], previous_p: Mapping[str, float]
+    exp: Experiment,
+    version: int,
+    arms: list[ArmData],
+    previous_p: Mapping[str, float],
+    ramp_p: Mapping[str, float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Comparisons, sample-ratio check and decision for one look at ``version``."""
+    """Comparisons, sample-ratio check and decision for one look at ``version``.
+
+    ``previous_p``: each candidate's running minimum p over this version's looks;
+    ``ramp_p``: over the looks at the ramp's earlier versions (display only).
+    """
     by_model = {a.model: a for a in arms}
     control = by_model[exp.control_arm]
+    ramp_p = ramp_p or {}
     comparisons = [
-        compare(control, a, exp.decision, previous_p.get(a.model))
+        compare(control, a, exp.decision, previous_p.get(a.model), ramp_p.get(a.model))
         for a in arms
         if a is not control and (a.weight > 0 or a.users.n > 0)
     ]

@@ -172,15 +172,28 @@ class Arm(_Strict):
 class Decision(_Strict):
     """The rules the decider applies to an experiment's report (``gateway/control/decider.py``).
 
-    The unit is the user, and only data collected under the experiment's current version
-    counts. The score test is the mixture SPRT, valid however often it is looked at.
+    The unit is the user, and only data collected under the experiment's current ramp
+    counts (the versions the decider's own ramp steps made since the last other change),
+    each version a stratum of its own. The score test is the mixture SPRT, valid however
+    often it is looked at.
     """
 
     min_ratings: int = Field(
-        100, ge=2, description="rated users each compared arm needs under the current version"
+        100, ge=2, description="rated users each compared arm needs over the current ramp"
     )
     alpha: float = Field(
-        0.05, gt=0, lt=1, description="level of the always-valid (mixture SPRT) score test"
+        0.05,
+        gt=0,
+        lt=1,
+        description="level of the always-valid (mixture SPRT) score test for a promote or a "
+        "rollback",
+    )
+    ramp_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="level of the same test for a move to a stage below 100% (never below "
+        "alpha): an equal candidate leaves its first stage with at most this probability",
     )
     mixture_sd: float = Field(
         0.05,
