@@ -70,10 +70,20 @@ def _sample(n: int, ups: int) -> stats.Sample:
     return stats.Sample(n, float(ups), float(ups))  # thumbs: each user's mean is 0 or 1
 
 
-def _arm(model: str, weight: float, n: int, ups: int, earlier: list[stats.Sample]) -> Any:
+def _arm(
+    model: str,
+    weight: float,
+    n: int,
+    ups: int,
+    earlier: list[stats.Sample],
+    assigned: int | None = None,
+) -> Any:
+    """The arm as the report gives it to the decider; ``assigned`` (and the requests the
+    guardrails count): under the current version, ``n`` unless given."""
     more: dict[str, Any] = {"earlier": tuple(earlier)} if earlier else {}
+    now = n if assigned is None else assigned
     return decider.ArmData(
-        model, weight, _sample(n, ups), assigned=n, requests=n, ratings=n, **more
+        model, weight, _sample(n, ups), assigned=now, requests=now, ratings=n, **more
     )
 
 
@@ -152,8 +162,8 @@ def _pooled(
     model: str, weight: float, strata: list[tuple[int, int, int, int]], n: int, ups: int, at: int
 ) -> Any:
     """The arm's users over the whole ramp as one sample (no strata)."""
-    n += sum(s[at] for s in strata)
-    return _arm(model, weight, n, ups + sum(s[at + 1] for s in strata), [])
+    total = n + sum(s[at] for s in strata)
+    return _arm(model, weight, total, ups + sum(s[at + 1] for s in strata), [], assigned=n)
 
 
 @dataclass
@@ -163,6 +173,7 @@ class Summary:
     promoted: int
     rolled_back: int
     users_to_100: list[int | None]
+    users_to_20: list[int | None]  # rated users when the candidate left its first stage
 
     @property
     def wrong(self) -> float:
@@ -170,9 +181,10 @@ class Summary:
         equal)."""
         return (self.promoted + self.rolled_back) / self.runs
 
-    def quantile(self, q: float) -> float:
-        """Rated users to 100% at quantile ``q`` of all runs (inf: not reached by then)."""
-        xs = sorted(math.inf if x is None else x for x in self.users_to_100)
+    def quantile(self, q: float, stage: float = 100.0) -> float:
+        """Rated users to 100% (or 20%) at quantile ``q`` of all runs (inf: not reached)."""
+        users = self.users_to_100 if stage == 100.0 else self.users_to_20
+        xs = sorted(math.inf if x is None else x for x in users)
         return xs[min(len(xs) - 1, math.ceil(q * len(xs)) - 1)]
 
     def within(self, users: int) -> float:
@@ -192,10 +204,13 @@ def summarise(outcomes: list[Outcome], stages: list[float]) -> Summary:
         promoted=sum(o.ended == decider.PROMOTE for o in outcomes),
         rolled_back=sum(o.ended == decider.ROLLBACK for o in outcomes),
         users_to_100=[o.users_to_100 for o in outcomes],
+        users_to_20=[o.stages[1] if len(o.stages) > 1 else o.users_to_100 for o in outcomes],
     )
 
 
 STAGES = [5.0, 20.0, 50.0, 100.0]
+# the decider's defaults before ramps kept their evidence (with mode "current")
+BEFORE = {"ramp_alpha": 0.05, "min_ratings": 100}
 
 
 def simulate(base: float, lift: float, *, runs: int, seed: int, **kw: Any) -> Summary:
@@ -234,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--before",
         action="store_true",
-        help="also the decider as it was: only the current version, ramp_alpha = alpha",
+        help="also the decider as it was: only the current version, ramp_alpha = alpha, "
+        "min_ratings 100",
     )
     args = ap.parse_args(argv)
     rules = {k: float(v) for k, v in (r.split("=", 1) for r in args.rule)}
@@ -245,14 +261,15 @@ def main(argv: list[str] | None = None) -> None:
         (m, m, rules) for m in args.modes.split(",") if m
     ]
     if args.before:
-        variants.insert(0, ("before", "current", {**rules, "ramp_alpha": rules.get("alpha", 0.05)}))
+        variants.insert(0, ("before", "current", {**rules, **BEFORE}))
     print(
         f"{args.runs} runs per row, seed {args.seed}, a look every {args.step} rated users, "
         f"at most {args.max_users:,} rated users; rules {rules or 'default'}"
     )
     header = (
         f"{'scenario':32} {'evidence':11} {'≥20%':>6} {'≥50%':>6} {'promote':>8} "
-        f"{'rollback':>8} {'median to 100%':>15} {'p90 to 100%':>12} {'≤20k':>6} {'s':>5}"
+        f"{'rollback':>8} {'median to 20%':>14} {'median to 100%':>15} {'p90 to 100%':>12} "
+        f"{'≤20k':>6} {'s':>5}"
     )
     print(header)
     for name, (base, lift, drift) in SCENARIOS.items():
@@ -273,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{name:32} {label:11} {s.reached[20.0] / r:6.1%} {s.reached[50.0] / r:6.1%} "
                 f"{s.promoted / r:8.1%} {s.rolled_back / r:8.1%} "
+                f"{_fmt_users(s.quantile(0.5, 20.0)):>14} "
                 f"{_fmt_users(s.quantile(0.5)):>15} {_fmt_users(s.quantile(0.9)):>12} "
                 f"{s.within(args.max_users):6.1%} {time.perf_counter() - t0:5.1f}"
             )

@@ -86,7 +86,7 @@ def test_too_few_rated_users_keeps_collecting_even_with_a_big_effect() -> None:
         {},
     )
     assert rep["decision"]["action"] == KEEP
-    assert "needs 100 rated users per arm (has 40 and 40)" in rep["decision"]["reasons"][0]
+    assert "needs 50 rated users per arm (has 40 and 40)" in rep["decision"]["reasons"][0]
     assert rep["arms"][1]["ratings"] | {"ci95": None} == {
         "users": 40,
         "count": 400,

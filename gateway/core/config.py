@@ -179,7 +179,7 @@ class Decision(_Strict):
     """
 
     min_ratings: int = Field(
-        100, ge=2, description="rated users each compared arm needs over the current ramp"
+        50, ge=2, description="rated users each compared arm needs over the current ramp"
     )
     alpha: float = Field(
         0.05,
@@ -189,7 +189,7 @@ class Decision(_Strict):
         "rollback",
     )
     ramp_alpha: float = Field(
-        0.05,
+        0.5,
         gt=0,
         lt=1,
         description="level of the same test for a move to a stage below 100% (never below "
@@ -205,8 +205,9 @@ class Decision(_Strict):
     stages: list[float] = Field(
         default_factory=lambda: [5.0, 20.0, 50.0, 100.0],
         min_length=1,
-        description="traffic shares (%) a winner is moved through, each on its own evidence; "
-        "the last must be 100 (the promote)",
+        description="traffic shares (%) a winner is moved through, one ramp: each stage "
+        "passes the guardrails on its own requests, the score test adds the stages up; the "
+        "last must be 100 (the promote)",
     )
     srm_alpha: float = Field(0.001, gt=0, lt=1, description="p below this: sample ratio mismatch")
     guardrail_alpha: float = Field(

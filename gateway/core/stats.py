@@ -20,6 +20,7 @@ Every function here is checked against SciPy on the same data in ``tests/test_st
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ def norm_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+@functools.lru_cache(maxsize=64)
 def norm_isf(p: float) -> float:
-    """The z with ``P(Z > z) = p`` (bisection on :func:`norm_sf`)."""
+    """The z with ``P(Z > z) = p`` (bisection on :func:`norm_sf`; kept for the few levels
+    the rules use, since the decider asks at every look)."""
     lo, hi = -40.0, 40.0
     for _ in range(200):
         mid = (lo + hi) / 2
