@@ -246,7 +246,8 @@ def compare(
     a, b = _pooled([c for c, _ in pairs]), _pooled([k for _, k in pairs])  # over the ramp
     over = f"{b.n} and {a.n} users" + (f" in {seq['strata']} stages" if seq["strata"] > 1 else "")
     ramp_alpha = max(rules.ramp_alpha, rules.alpha)
-    ramp_pv = seq["p_value"] if ramp_p is None else min(ramp_p, seq["p_value"] or 1.0)
+    now_p = seq["p_value"]
+    ramp_pv = now_p if ramp_p is None else min(ramp_p, 1.0 if now_p is None else now_p)
     out: dict[str, Any] = {
         "candidate": candidate.model,
         "control": control.model,
