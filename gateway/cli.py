@@ -311,7 +311,12 @@ def print_report(doc: dict[str, Any]) -> None:
                 c["test"] or "–",
                 f"{num(c['difference'], '{:+.3f}')} "
                 f"({num(ci[0], '{:+.3f}')}…{num(ci[1], '{:+.3f}')})",
-                num(c["p_value"], "{:.3g}"),
+                num(c["p_value"], "{:.3g}")
+                + (
+                    f" (ramp {num(c.get('ramp_p_value'), '{:.3g}')}, {c['strata']} stages)"
+                    if c.get("strata", 0) > 1
+                    else ""
+                ),
                 num(c["prob_better"], "{:.1%}"),
                 "ok" if c["guardrails_ok"] else "[red]broken[/]",
                 c["verdict"],

@@ -346,6 +346,12 @@ def _state() -> dict[str, Any]:
             "previous": {"anyOf": [_ref("Experiment"), {"type": "null"}]},
             "updated_at": {"type": "number"},
             "updated_by": {"type": "string"},
+            "ramp_from": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "first version of the current ramp: the decider's ramp steps "
+                "keep it, so their evidence counts together; any other change starts a new one",
+            },
             "pin": {
                 "description": "set by a change of anyone but the decider: it then acts only "
                 "on evidence collected since",

@@ -71,7 +71,9 @@ def simulate(
     5% canary); the candidate has ``FIRST + STEP * look`` users at each look.
     """
     k = control_per_tuned
-    exp = experiment((100 * k / (k + 1), 100 / (k + 1)))
+    # ramp_alpha = alpha: a move to the next stage too at the test's level (each run
+    # checks the test itself)
+    exp = experiment((100 * k / (k + 1), 100 / (k + 1)), ramp_alpha=ALPHA)
     rng = np.random.default_rng(seed)
     total = FIRST + STEP * (LOOKS - 1)
     outcomes: Counter[str] = Counter()
@@ -297,3 +299,48 @@ def test_the_always_valid_interval_stays_within_the_scores_range(
 ) -> None:
     lo, hi = decide_once(control, tuned)["ci95"]
     assert -1.0 <= lo <= hi <= 1.0
+
+
+def test_the_evidence_of_a_ramps_earlier_stages_still_counts() -> None:
+    """At 20%, a few users so far: alone they show nothing, with the 5% stage's users
+    (the ramp's first stratum) the candidate moves on."""
+    exp = experiment((80, 20))
+    rng = np.random.default_rng(9)
+    first_c, first_t = thumbs_users(rng, 0.5, 3800), thumbs_users(rng, 0.7, 200)
+    now_c, now_t = thumbs_users(rng, 0.5, 80), thumbs_users(rng, 0.7, 20)
+
+    def sample(xs: np.ndarray) -> stats.Sample:
+        return stats.Sample(len(xs), float(xs.sum()), float((xs**2).sum()))
+
+    alone = [arm("control", 80, now_c, requests=400), arm("tuned", 20, now_t, requests=100)]
+    comparisons, _, decision = decider.evaluate(exp, 2, alone, {})
+    assert decision["action"] == KEEP and comparisons[0]["strata"] == 1
+    ramp = [
+        arm("control", 80, now_c, requests=400, earlier=(sample(first_c),)),
+        arm("tuned", 20, now_t, requests=100, earlier=(sample(first_t),)),
+    ]
+    comparisons, _, decision = decider.evaluate(exp, 2, ramp, {}, {"tuned": 0.001})
+    (c,) = comparisons
+    assert c["strata"] == 2 and c["ramp_p_value"] == min(0.001, c["p_value"])
+    assert (decision["action"], decision["share"]) == (RAMP, 50), decision
+    assert "in 2 stages" in decision["reasons"][1]
+
+
+@pytest.mark.parametrize(
+    ("weights", "action"), [((95, 5), RAMP), ((80, 20), RAMP), ((50, 50), KEEP)]
+)
+def test_evidence_short_of_alpha_moves_a_candidate_up_a_stage_but_never_promotes_it(
+    weights: tuple[float, float], action: str
+) -> None:
+    """Always-valid p = 0.2: under ramp_alpha (0.5), over alpha (0.05)."""
+    exp = experiment(weights)
+    a, b = np.tile([0.0, 1.0], 200), np.tile([0.0, 1.0, 1.0, 0.0, 1.0], 80)
+    arms = [
+        arm("control", weights[0], a, assigned=10 * weights[0]),
+        arm("tuned", weights[1], b, assigned=10 * weights[1]),
+    ]
+    comparisons, _, decision = decider.evaluate(exp, 1, arms, {"tuned": 0.2})
+    assert comparisons[0]["verdict"] == RAMP and decision["action"] == action, decision
+    strict = experiment(weights, ramp_alpha=ALPHA)
+    _, _, decision = decider.evaluate(strict, 1, arms, {"tuned": 0.2})
+    assert decision["action"] == KEEP

@@ -145,7 +145,8 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
     assert history[0]["action"].startswith("auto ramp fixed-b to 20%: to 20% of traffic (stage 2")
     assert history[1]["action"].startswith("auto ramp fixed-b to 50%")
     assert history[2]["action"].startswith("auto promote fixed-b: score 0.")
-    # each stage decided on its own users: versions count only what they served
+    # each stage judged by the guardrails on its own requests: versions count what they
+    # served (the score test adds the ramp's stages up)
     r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
     for version in (2, 3):
         users = int(r.hget(keys.user_scores(name, version, "fixed-b"), "users") or 0)
@@ -153,6 +154,49 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
     # a promote is final: later looks change nothing
     time.sleep(5 * DECIDE_S)
     assert admin(gw, "GET", f"experiments/{name}")["version"] == state["version"]
+
+
+def test_the_deciders_ramp_steps_keep_the_evidence_and_a_persons_change_starts_anew(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+    name = unique("strata")
+    state = admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            "arms": [{"model": "fixed-a", "weight": 95}, {"model": "fixed-b", "weight": 5}],
+            "auto_promote": True,
+            "decision": RULES,
+        },
+    )
+    assert state["ramp_from"] == state["version"] == 1
+    for _ in range(40):  # small rounds: one ramp step at most (20 requests per arm first)
+        if state["version"] > 1:
+            break
+        traffic(gw, name, 50, liked="fixed-b")
+        time.sleep(3 * DECIDE_S)
+        state = admin(gw, "GET", f"experiments/{name}")
+    assert weights(state) == {"fixed-a": 80, "fixed-b": 20}
+    assert state["version"] == 2 and state["ramp_from"] == 1  # the decider's step kept it
+    report = admin(gw, "GET", f"experiments/{name}/report")
+    assert report["ramp_from"] == 1
+    (cmp,) = report["comparisons"]
+    # the 5% stage's users and its looks still count at 20%
+    assert cmp["ready"] and cmp["ramp_p_value"] is not None and cmp["ramp_p_value"] < 0.5
+    changed = admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            **state["spec"],
+            "arms": [{"model": "fixed-a", "weight": 70}, {"model": "fixed-b", "weight": 30}],
+        },
+    )
+    assert changed["ramp_from"] == changed["version"] == 3  # a person's change: a new ramp
+    (cmp,) = admin(gw, "GET", f"experiments/{name}/report")["comparisons"]
+    assert not cmp["ready"] and cmp["strata"] == 0 and cmp["ramp_p_value"] is None
 
 
 def test_auto_promote_applies_the_decision_and_records_it(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from gateway.cli import print_report
 from gateway.control.report import KEEP, PROMOTE, ROLLBACK, build
 from gateway.core import stats
 from gateway.core.config import ModelVersion, Price
@@ -86,7 +89,7 @@ def test_too_few_rated_users_keeps_collecting_even_with_a_big_effect() -> None:
         {},
     )
     assert rep["decision"]["action"] == KEEP
-    assert "needs 100 rated users per arm (has 40 and 40)" in rep["decision"]["reasons"][0]
+    assert "needs 50 rated users per arm (has 40 and 40)" in rep["decision"]["reasons"][0]
     assert rep["arms"][1]["ratings"] | {"ci95": None} == {
         "users": 40,
         "count": 400,
@@ -174,3 +177,35 @@ def test_stars_and_the_report_shows_cost_and_latency() -> None:
     assert rep["arms"][1]["cost_per_1k_requests"] is None  # no price configured
     assert 200 <= base["latency_ms"]["p50"] <= 220
     assert base["intended_share"] == 0.5 and base["ratings"]["users"] == 200
+
+
+def test_a_ramps_earlier_versions_are_strata_of_the_comparison_and_shown(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """At 20% (version 4 of a ramp from version 3): the 5% stage's users still count."""
+    state = {
+        "spec": {"arms": [{"model": "base", "weight": 80}, {"model": "tuned", "weight": 20}]},
+        "version": 4,
+        "pin": None,
+        "ramp_from": 3,
+    }
+    counters = {
+        "base": {
+            **arm(users=80, up=40, assigned=80),
+            "earlier": [{"users": 1900.0, "mean_sum": 950.0, "mean_sq": 950.0}],
+        },
+        "tuned": {
+            **arm(users=20, up=12, assigned=20),
+            "earlier": [{"users": 100.0, "mean_sum": 70.0, "mean_sq": 70.0}],
+        },
+    }
+    rep = build("exp", state, counters, {}, previous_p={}, ramp_p={"tuned": 0.3})
+    (cmp,) = rep["comparisons"]
+    assert rep["ramp_from"] == 3 and cmp["strata"] == 2 and cmp["ready"]
+    assert cmp["ramp_p_value"] == min(0.3, cmp["p_value"])
+    alone = build(
+        "exp", {**state, "ramp_from": 4}, {k: {**v, "earlier": []} for k, v in counters.items()}, {}
+    )
+    assert alone["comparisons"][0]["strata"] == 1 and not alone["comparisons"][0]["ready"]
+    print_report(rep)
+    assert f"(ramp {cmp['ramp_p_value']:.3g}, 2 stages)" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+from scipy import integrate
 from scipy import stats as sp
 
 from gateway.core import stats
@@ -77,8 +78,6 @@ def test_traffic_to_a_zero_weight_arm_is_a_mismatch() -> None:
 def test_probability_better_matches_numeric_integration(
     a: tuple[int, int], b: tuple[int, int]
 ) -> None:
-    from scipy import integrate
-
     pa, pb = sp.beta(1 + a[1], 1 + a[0] - a[1]), sp.beta(1 + b[1], 1 + b[0] - b[1])
     ref, _ = integrate.quad(lambda x: pb.pdf(x) * pa.cdf(x), 0, 1, limit=200, points=[pb.mean()])
     ours = stats.prob_better(sample(thumbs(*a)), sample(thumbs(*b)))
@@ -167,3 +166,37 @@ def test_the_interval_of_a_mean_score_stays_within_the_scores_range() -> None:
     sample = stats.Sample(3, 2.5, 2.25)
     lo, hi = sample.interval()
     assert 0.0 <= lo < sample.mean < hi == 1.0
+
+
+def test_strata_combine_by_inverse_variance_and_one_stratum_is_itself() -> None:
+    assert stats.stratified([(0.03, 0.0004)]) == pytest.approx((0.03, 0.0004))
+    d, v = stats.stratified([(0.10, 0.001), (0.00, 0.003), (0.5, 0.0)])  # no spread: left out
+    assert d == pytest.approx((0.10 / 0.001) / (1 / 0.001 + 1 / 0.003))
+    assert v == pytest.approx(1 / (1 / 0.001 + 1 / 0.003))
+    assert all(math.isnan(x) for x in stats.stratified([(0.2, 0.0)]))
+
+
+@pytest.mark.parametrize(
+    "strata",
+    [
+        [(0.06, 0.0012), (0.01, 0.0004)],
+        [(-0.02, 0.002), (0.05, 0.0009), (0.04, 0.0003)],
+    ],
+)
+def test_the_mixture_over_strata_is_the_product_of_their_likelihood_ratios(
+    strata: list[tuple[float, float]],
+) -> None:
+    """Λ of the combined (D, V) equals ∫ Π_s N(d_s; θ, v_s)/N(d_s; 0, v_s) dN(0, τ²)(θ),
+    integrated numerically: the combination is the strata's joint likelihood, exactly."""
+    tau2 = 0.0025
+    prior = sp.norm(0, math.sqrt(tau2))
+
+    def joint(theta: float) -> float:
+        ratio = math.prod(
+            sp.norm(theta, math.sqrt(v)).pdf(d) / sp.norm(0, math.sqrt(v)).pdf(d) for d, v in strata
+        )
+        return float(ratio * prior.pdf(theta))
+
+    expected, _ = integrate.quad(joint, -0.5, 0.5, points=[0.0], limit=200)
+    d, v = stats.stratified(strata)
+    assert math.exp(stats.msprt_log_lr(d, v, tau2)) == pytest.approx(expected, rel=1e-6)

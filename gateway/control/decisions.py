@@ -103,7 +103,12 @@ class Decisions:
                     f"{pin['version']})"
                 )
             return await self.experiments.change(
-                name, DECIDER, f"{text}: {why}", edit, expect_version=rep["version"]
+                name,
+                DECIDER,
+                f"{text}: {why}",
+                edit,
+                expect_version=rep["version"],
+                ramp_step=action == RAMP,
             )
         finally:
             await lock.release()

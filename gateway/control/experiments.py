@@ -13,8 +13,11 @@ it writes the new state, appends the audit entry (who, when, before, after) and 
 the experiment: the state's ``pin`` records who set it, when, at which version and by
 what action. The decider then takes no automatic action except on evidence collected
 under the pinned version that clears its bar (``decider.py``); its own changes clear
-the pin. **Control follows the promote:** a promote (by a person or the decider) makes
-the winner the experiment's ``control``, so the next candidate is compared with it.
+the pin. **Ramps:** ``ramp_from`` is the first version of the current ramp: a decider's
+ramp step keeps it (the evidence of the ramp's earlier stages still counts), any other
+change starts a new ramp at its own version. **Control follows the promote:** a promote
+(by a person or the decider) makes the winner the experiment's ``control``, so the next
+candidate is compared with it.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class Experiments:
     async def seed(self) -> None:
         """Write each config experiment that Redis does not have yet (version 1)."""
         for name, exp in self.settings.experiments.items():
-            state = _state(name, 1, exp, None, CONFIG, None)
+            state = _state(name, 1, exp, None, CONFIG, None, 1)
             entry = _entry(1, "created from config", CONFIG, None, exp)
             await self._change(
                 keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
@@ -154,11 +157,14 @@ class Experiments:
         *,
         create: bool = False,
         expect_version: int | None = None,
+        ramp_step: bool = False,
     ) -> dict[str, Any]:
         """Apply ``edit`` to the current spec (``None``: roll back) as a compare-and-set.
 
         With ``expect_version`` the change applies only to that version (the decider's:
         a decision about version 7 must not land on version 8 that a person just made).
+        ``ramp_step``: the decider's move of a candidate to its next stage, which keeps
+        the current ramp (``ramp_from``); every other change starts a new one.
         """
         if not valid_name(name):
             raise InvalidRequest(f"'{name:.128}' is not a valid experiment name.", param="name")
@@ -192,7 +198,9 @@ class Experiments:
                 if who == DECIDER
                 else {"by": who, "at": time.time(), "version": version, "action": action}
             )
-            state = _state(name, version, after, previous, who, pin)
+            keep = ramp_step and who == DECIDER and cur is not None
+            ramp_from = int(cur.get("ramp_from") or cur["version"]) if keep and cur else version
+            state = _state(name, version, after, previous, who, pin, ramp_from)
             entry = _entry(version, action, who, before, after)
             with store.translated():
                 found = await self._change(
@@ -214,6 +222,7 @@ def _state(
     previous: Experiment | None,
     who: str,
     pin: dict[str, Any] | None,
+    ramp_from: int,
 ) -> dict[str, Any]:
     return {
         "object": "experiment",
@@ -224,6 +233,7 @@ def _state(
         "updated_at": time.time(),
         "updated_by": who,
         "pin": pin,
+        "ramp_from": ramp_from,
     }
 
 

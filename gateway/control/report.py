@@ -29,6 +29,7 @@ import asyncio
 import math
 import multiprocessing
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -61,31 +62,49 @@ def _round(x: float | None, digits: int = 4) -> float | None:
     return None if x is None or math.isnan(x) or math.isinf(x) else round(x, digits)
 
 
+_USER_FIELDS = ("users", "mean_sum", "mean_sq", "ratings")
+MAX_RAMP_VERSIONS = 32  # earlier versions of a ramp read, at most (a ramp has one per stage)
+
+
+def ramp_versions(state: dict[str, Any]) -> list[int]:
+    """The earlier versions of the experiment's current ramp, oldest first: those since
+    ``ramp_from`` (the version the last change by anyone but the decider's ramp steps
+    made; a state without it is a ramp of its own)."""
+    version = int(state["version"])
+    start = int(state.get("ramp_from") or version)
+    return list(range(max(start, version - MAX_RAMP_VERSIONS), version))
+
+
+def _user_numbers(raw: list[Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in zip(_USER_FIELDS, raw, strict=True) if v is not None}
+
+
 async def collect(
-    redis: aioredis.Redis, name: str, exp: Experiment, version: int
+    redis: aioredis.Redis, name: str, exp: Experiment, version: int, earlier: Sequence[int] = ()
 ) -> dict[str, dict[str, Any]]:
     """The raw counters of every arm under ``version``: ``{arm: {"req", "users", "agg",
-    "assigned"}}`` (``agg``: the ratings of all versions)."""
+    "assigned", "earlier"}}`` (``agg``: the ratings of all versions; ``earlier``: the
+    per-user scores under each of the ``earlier`` versions, the strata of the ramp)."""
     arms = [a.model for a in exp.arms]
     pipe = redis.pipeline(transaction=False)
     for arm in arms:
         pipe.hgetall(keys.version_requests(name, version, arm))
-        pipe.hmget(keys.user_scores(name, version, arm), "users", "mean_sum", "mean_sq", "ratings")
+        pipe.hmget(keys.user_scores(name, version, arm), *_USER_FIELDS)
         pipe.hgetall(keys.aggregate(name, arm))
         pipe.scard(keys.version_users(name, version, arm))
+        for v in earlier:
+            pipe.hmget(keys.user_scores(name, v, arm), *_USER_FIELDS)
     replies = await pipe.execute()
     out = {}
+    width = 4 + len(earlier)
     for i, arm in enumerate(arms):
-        req, users, agg, assigned = replies[4 * i : 4 * i + 4]
+        req, users, agg, assigned, *before = replies[width * i : width * (i + 1)]
         out[arm] = {
             "req": _numbers(req),
-            "users": {
-                k: float(v)
-                for k, v in zip(("users", "mean_sum", "mean_sq", "ratings"), users, strict=True)
-                if v is not None
-            },
+            "users": _user_numbers(users),
             "agg": _numbers(agg),
             "assigned": float(assigned),
+            "earlier": [_user_numbers(u) for u in before],
         }
     return out
 
@@ -101,6 +120,12 @@ def cost_per_request(req: dict[str, float], price: Price | None) -> float | None
     return spent / requests
 
 
+def _sample(users: dict[str, float]) -> stats.Sample:
+    return stats.Sample(
+        int(users.get("users", 0)), users.get("mean_sum", 0.0), users.get("mean_sq", 0.0)
+    )
+
+
 def arm_data(
     model: str, weight: float, raw: dict[str, Any], price: Price | None
 ) -> decider.ArmData:
@@ -108,9 +133,8 @@ def arm_data(
     return decider.ArmData(
         model=model,
         weight=weight,
-        users=stats.Sample(
-            int(users.get("users", 0)), users.get("mean_sum", 0.0), users.get("mean_sq", 0.0)
-        ),
+        users=_sample(users),
+        earlier=tuple(_sample(u) for u in raw.get("earlier", ())),
         ratings=int(users.get("ratings", 0)),
         assigned=int(raw["assigned"]),
         requests=int(req.get("requests", 0)),
@@ -169,11 +193,13 @@ def build(
     raw: dict[str, dict[str, Any]],
     models: dict[str, ModelVersion],
     previous_p: dict[str, float] | None = None,
+    ramp_p: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The report from the counters :func:`collect` read (pure: tested on synthetic data).
 
-    ``state`` is the experiment's live state (``spec``, ``version``, ``pin``);
-    ``previous_p`` the running minimum of each candidate's always-valid p-value.
+    ``state`` is the experiment's live state (``spec``, ``version``, ``pin``,
+    ``ramp_from``); ``previous_p`` the running minimum of each candidate's always-valid
+    p-value over the looks at this version, ``ramp_p`` over the ramp's earlier versions.
     """
     exp = Experiment.model_validate(state["spec"])
     version = int(state["version"])
@@ -184,7 +210,7 @@ def build(
         )
         for a in exp.arms
     ]
-    comparisons, srm, decision = decider.evaluate(exp, version, arms, previous_p or {})
+    comparisons, srm, decision = decider.evaluate(exp, version, arms, previous_p or {}, ramp_p)
     samples = {a.model: a.users for a in arms}
     for c in comparisons:  # shown, not used: the decision rests on the sequential test
         a, b = samples[c["control"]], samples[c["candidate"]]
@@ -203,6 +229,7 @@ def build(
         "generated_at": int(time.time()),
         "control": exp.control_arm,
         "pin": pin,
+        "ramp_from": int(state.get("ramp_from") or version),
         "stages": exp.decision.stages,
         "arms": [arm_summary(a, total_weight, raw[a.model]) for a in arms],
         "srm": srm,
@@ -219,10 +246,19 @@ async def report(
 ) -> dict[str, Any]:
     exp = Experiment.model_validate(state["spec"])
     version = int(state["version"])
-    raw = await collect(redis, name, exp, version)
-    stored = await redis.hgetall(keys.sequential(name, version))
+    earlier = ramp_versions(state)
+    raw = await collect(redis, name, exp, version, earlier)
+    pipe = redis.pipeline(transaction=False)
+    for v in [*earlier, version]:
+        pipe.hgetall(keys.sequential(name, v))
+    *before, stored = await pipe.execute()
     previous = {keys.text(k): float(v) for k, v in stored.items()}
-    return build(name, state, raw, models, previous)
+    ramp_p: dict[str, float] = {}
+    for looks in before:
+        for k, v in looks.items():
+            arm = keys.text(k)
+            ramp_p[arm] = min(float(v), ramp_p.get(arm, 1.0))
+    return build(name, state, raw, models, previous, ramp_p)
 
 
 def language_share(pairs: list[tuple[str, str]]) -> dict[str, Any]:

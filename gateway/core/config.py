@@ -181,15 +181,28 @@ class Arm(_Strict):
 class Decision(_Strict):
     """The rules the decider applies to an experiment's report (``gateway/control/decider.py``).
 
-    The unit is the user, and only data collected under the experiment's current version
-    counts. The score test is the mixture SPRT, valid however often it is looked at.
+    The unit is the user, and only data collected under the experiment's current ramp
+    counts (the versions the decider's own ramp steps made since the last other change),
+    each version a stratum of its own. The score test is the mixture SPRT, valid however
+    often it is looked at.
     """
 
     min_ratings: int = Field(
-        100, ge=2, description="rated users each compared arm needs under the current version"
+        50, ge=2, description="rated users each compared arm needs over the current ramp"
     )
     alpha: float = Field(
-        0.05, gt=0, lt=1, description="level of the always-valid (mixture SPRT) score test"
+        0.05,
+        gt=0,
+        lt=1,
+        description="level of the always-valid (mixture SPRT) score test for a promote or a "
+        "rollback",
+    )
+    ramp_alpha: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="level of the same test for a move to a stage below 100% (never below "
+        "alpha): an equal candidate leaves its first stage with at most this probability",
     )
     mixture_sd: float = Field(
         0.05,
@@ -201,8 +214,9 @@ class Decision(_Strict):
     stages: list[float] = Field(
         default_factory=lambda: [5.0, 20.0, 50.0, 100.0],
         min_length=1,
-        description="traffic shares (%) a winner is moved through, each on its own evidence; "
-        "the last must be 100 (the promote)",
+        description="traffic shares (%) a winner is moved through, one ramp: each stage "
+        "passes the guardrails on its own requests, the score test adds the stages up; the "
+        "last must be 100 (the promote)",
     )
     srm_alpha: float = Field(0.001, gt=0, lt=1, description="p below this: sample ratio mismatch")
     guardrail_alpha: float = Field(

@@ -56,7 +56,9 @@ key                         type    content
                                     ``thumbs`` — the decider's unit is the user
 ``fw:ctl:version``          string  counter, bumped by every change of the live state
 ``fw:ctl:experiments``      hash    name → live experiment state (JSON: ``version``,
-                                    ``spec``, ``previous``, ``updated_at/_by``)
+                                    ``spec``, ``previous``, ``updated_at/_by``,
+                                    ``pin``, ``ramp_from``: the first version of the
+                                    current ramp, whose versions the decider combines)
 ``fw:ctl:history:{exp}``    list    audit log of one experiment (JSON entries)
 ``fw:ctl:models``           hash    name → model version registered at runtime
 ``fw:ctl:models:history``   list    audit log of model registrations
@@ -77,7 +79,8 @@ key                         type    content
                                     UTC day's spend (float), kept 400 days
 ``fw:ctl:lock:{exp}``       string  held while one replica applies an auto decision
 ``fw:ctl:seq:{exp}:{ver}``  hash    arm → running minimum of the always-valid p-value
-                                    over the decider's looks at version ``ver``
+                                    over the decider's looks at version ``ver`` (of the
+                                    test over the strata of the ramp it belongs to)
 ``fw:review:{exp}``         hash    response id → failure awaiting a correction (JSON)
 ``fw:build:lock:{exp}``     string  held while ``retrain build`` runs for an experiment
 ``fw:run:lock:{exp}``       string  held while ``retrain run`` runs for an experiment

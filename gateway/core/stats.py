@@ -20,6 +20,7 @@ Every function here is checked against SciPy on the same data in ``tests/test_st
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ def norm_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+@functools.lru_cache(maxsize=64)
 def norm_isf(p: float) -> float:
-    """The z with ``P(Z > z) = p`` (bisection on :func:`norm_sf`)."""
+    """The z with ``P(Z > z) = p`` (bisection on :func:`norm_sf`; kept for the few levels
+    the rules use, since the decider asks at every look)."""
     lo, hi = -40.0, 40.0
     for _ in range(200):
         mid = (lo + hi) / 2
@@ -265,6 +268,26 @@ def msprt_log_lr(difference: float, variance: float, tau2: float) -> float:
     return 0.5 * math.log(variance / (variance + tau2)) + tau2 * difference**2 / (
         2 * variance * (variance + tau2)
     )
+
+
+def stratified(strata: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """One difference and its variance from independent strata ``(d_s, v_s)``, weighted by
+    inverse variance: ``D = Σ(d_s/v_s) / Σ(1/v_s)``, ``V = 1 / Σ(1/v_s)``.
+
+    For the mixture SPRT this is exact, not an approximation: the likelihood ratio of a
+    common difference θ against 0 over the strata is the product of theirs,
+    ``Π exp(θ·d_s/v_s − θ²/(2v_s)) = exp(θ·D/V − θ²/(2V))``, so mixing it over θ gives
+    :func:`msprt_log_lr` of ``(D, V)``. Under "no difference in any stratum" that product
+    is a nonnegative martingale as the strata fill one after another (the earlier ones
+    fixed, the current one growing), and Ville's inequality bounds the chance it ever
+    reaches 1/α by α. Strata with no variance carry no information and are left out;
+    none left: ``(nan, nan)``.
+    """
+    informative = [(d, v) for d, v in strata if v > 0 and math.isfinite(d)]
+    if not informative:
+        return (math.nan, math.nan)
+    information = sum(1 / v for _, v in informative)
+    return (sum(d / v for d, v in informative) / information, 1 / information)
 
 
 def msprt_p(difference: float, variance: float, tau2: float) -> float:
