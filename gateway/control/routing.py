@@ -114,9 +114,7 @@ class Router:
         assigner = self._assigners.get(model)
         if assigner is not None:
             exp = self.experiments[model]
-            if caller is not None and not access.allows(
-                caller, "call", access.Resource("experiment", model, exp.tenant)
-            ):
+            if caller is not None and not access.calls(caller, "experiment", model, exp.tenant):
                 raise _unknown(model)
             if force_arm is not None:
                 if force_arm not in {a.model for a in exp.arms} or force_arm not in self.targets:
@@ -143,9 +141,7 @@ class Router:
         target = self.targets.get(model)
         if target is None or (
             caller is not None
-            and not access.allows(
-                caller, "call", access.Resource("model", model, self.models[model].tenant)
-            )
+            and not access.calls(caller, "model", model, self.models[model].tenant)
         ):
             raise _unknown(model)
         if force_arm is not None:

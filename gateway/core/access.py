@@ -119,6 +119,13 @@ def _sees_tenant(p: Principal, tenant: str | None) -> bool:
 
 def allows(p: Principal, action: Action, res: Resource) -> bool:
     """Whether ``p`` may ``action`` ``res`` (the one rule every surface asks)."""
+    if action == "call":  # first: every chat asks
+        experiment = res.kind == "experiment"
+        return (
+            (experiment or res.kind == "model")
+            and res.tenant != NOBODY
+            and (p.may_call(res.name, res.tenant, experiment))
+        )
     if action == "see":
         if p.role == "admin":
             if res.kind in ("key", "audit", "tenant"):
@@ -133,10 +140,6 @@ def allows(p: Principal, action: Action, res: Resource) -> bool:
         if res.kind in ("interaction", "rating", "review") and not p.all_tenants:
             return res.tenant is not None and res.tenant != NOBODY and res.tenant == p.tenant
         return _sees_tenant(p, res.tenant)
-    if action == "call":
-        if res.kind not in ("experiment", "model") or not allows(p, "see", res):
-            return False
-        return p.may_call(res.name, res.tenant, res.kind == "experiment")
     if action == "rate":
         return res.kind in ("interaction", "rating") and res.tenant == p.tenant
     if action == "change":
@@ -149,6 +152,17 @@ def allows(p: Principal, action: Action, res: Resource) -> bool:
         return p.role == "admin" and _owns(p, res.tenant)
     # create: what it will own
     return p.role == "admin" and (p.all_tenants or res.tenant == p.tenant)
+
+
+def calls(p: Principal, kind: Kind, name: str, tenant: str | None) -> bool:
+    """``allows(p, "call", Resource(kind, name, tenant))`` without making the resource:
+    what every chat request asks, on the request path."""
+    experiment = kind == "experiment"
+    return (
+        (experiment or kind == "model")
+        and tenant != NOBODY
+        and (p.may_call(name, tenant, experiment))
+    )
 
 
 def unknown(res: Resource, param: str | None = "name") -> NotFound:
