@@ -316,9 +316,15 @@ def make_beta(http: TestClient, store: redis.Redis, datasets: Path) -> Beta:
         "review_queue": {"added": 0, "corrections_used": 0},
         "cost_estimates": [],
     }
-    (version / "manifest.json").write_bytes(orjson.dumps(manifest))
     line = {"messages": [{"role": "user", "content": TEXTS["th"]}]}
-    (version / "train.jsonl").write_bytes(orjson.dumps(line) + b"\n")
+    # a shared experiment's dataset: every tenant's examples, beta's among them
+    shared = datasets / "default" / "shared-v1"
+    shared.mkdir(parents=True)
+    for where, doc in ((version, manifest), (shared, {**manifest, "id": "shared-v1"})):
+        (where / "manifest.json").write_bytes(
+            orjson.dumps({**doc, "experiment": where.parent.name})
+        )
+        (where / "train.jsonl").write_bytes(orjson.dumps(line) + b"\n")
     job = {"id": "ftjob-beta", "status": "succeeded", "experiment": "beta-exp", "loss": []}
     job |= {"created": time.time(), "updated": time.time(), "events": [], "result_model": None}
     store.set(keys.job("ftjob-beta"), orjson.dumps(job))
@@ -628,3 +634,18 @@ def test_the_command_line_is_an_operator_of_every_tenant_and_its_revoke_ends_ses
     refused = ramp(http, cookie, token)
     assert refused.status_code == 303 and refused.headers["location"].startswith("/ui/login")
     assert http.get("/admin/experiments/alpha-exp", headers=root).json()["version"] == before
+
+
+def test_a_shared_experiments_dataset_is_only_for_an_admin_of_every_tenant(
+    app: tuple[TestClient, Beta],
+) -> None:
+    """Its examples are every tenant's: a tenant's admin neither lists nor downloads it."""
+    http, beta = app
+    path = "/ui/datasets/default/shared-v1/train.jsonl"
+    for role, status in (("reviewer", 403), ("admin_a", 404), ("admin_all", 200)):
+        headers = {"Authorization": f"Bearer {beta.secrets[role]}"}
+        r = http.get(path, headers=headers)
+        assert r.status_code == status, (role, r.text)
+        assert (TEXTS["th"] in r.text) == (status == 200)
+        listed = http.get("/ui/datasets", headers=headers)
+        assert ("shared-v1" in listed.text) == (role == "admin_all")

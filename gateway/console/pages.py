@@ -138,8 +138,12 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     def allowed(
         request: Request, user: User, action: rule.Action, kind: rule.Kind, name: str, exp: str
     ) -> bool:
-        """The access rule for a resource of experiment ``exp`` (its tenant's)."""
-        return rule.allows(user.principal, action, rule.Resource(kind, name, owner(request, exp)))
+        """The access rule for a resource of experiment ``exp`` (its tenant's). A shared
+        experiment's dataset holds every tenant's examples: it is no tenant's."""
+        tenant = owner(request, exp)
+        if kind == "dataset" and tenant is None:
+            tenant = rule.NOBODY
+        return rule.allows(user.principal, action, rule.Resource(kind, name, tenant))
 
     def check_experiment(request: Request, user: User, name: str, action: rule.Action) -> None:
         res = rule.Resource("experiment", name, owner(request, name))
