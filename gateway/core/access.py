@@ -40,9 +40,8 @@ tenants (an app sends the name as OpenAI's ``model``; metrics, the interaction l
 archive and dataset folders are keyed by it). Creating a name that is taken is answered
 with one conflict (:func:`name_taken`) whoever holds it — the caller's tenant, another
 tenant or nobody visible — so the answer tells no more than that the name is taken. A
-reference to another tenant's model (an arm, a shadow, a fallback, a control, a promote,
-a registration's lineage) is answered like a reference to an unknown model
-(:func:`referable`).
+reference to another tenant's model (an arm, a shadow, a fallback, a control, a promote)
+is answered like a reference to an unknown model (:func:`referable`).
 """
 
 from __future__ import annotations
@@ -119,13 +118,8 @@ def _sees_tenant(p: Principal, tenant: str | None) -> bool:
 
 def allows(p: Principal, action: Action, res: Resource) -> bool:
     """Whether ``p`` may ``action`` ``res`` (the one rule every surface asks)."""
-    if action == "call":  # first: every chat asks
-        experiment = res.kind == "experiment"
-        return (
-            (experiment or res.kind == "model")
-            and res.tenant != NOBODY
-            and (p.may_call(res.name, res.tenant, experiment))
-        )
+    if action == "call":
+        return calls(p, res.kind, res.name, res.tenant)
     if action == "see":
         if p.role == "admin":
             if res.kind in ("key", "audit", "tenant"):
@@ -133,10 +127,8 @@ def allows(p: Principal, action: Action, res: Resource) -> bool:
             return _sees_tenant(p, res.tenant)
         if res.kind not in _SEEN_BY[p.role]:
             return False
-        if res.kind in ("experiment", "model") and p.role == "client":
-            return res.tenant != NOBODY and p.may_call(
-                res.name, res.tenant, res.kind == "experiment"
-            )
+        if p.role == "client" and res.kind in ("experiment", "model"):
+            return calls(p, res.kind, res.name, res.tenant)  # what it may call, it sees
         if res.kind in ("interaction", "rating", "review") and not p.all_tenants:
             return res.tenant is not None and res.tenant != NOBODY and res.tenant == p.tenant
         return _sees_tenant(p, res.tenant)
@@ -194,7 +186,7 @@ def visible(p: Principal, kind: Kind, items: dict[str, str | None]) -> list[str]
 
 
 def referable(owner: str | None, model_tenant: str | None) -> bool:
-    """Whether something of ``owner`` (an experiment, a registration) may name a model of
+    """Whether an experiment of ``owner`` may name a model of
     ``model_tenant``: a shared model, or one of the same tenant. A shared experiment names
     shared models only (every tenant calls it)."""
     return model_tenant is None or model_tenant == owner
