@@ -649,3 +649,30 @@ def test_a_shared_experiments_dataset_is_only_for_an_admin_of_every_tenant(
         assert (TEXTS["th"] in r.text) == (status == 200)
         listed = http.get("/ui/datasets", headers=headers)
         assert ("shared-v1" in listed.text) == (role == "admin_all")
+
+
+def test_an_experiment_stored_with_another_tenants_model_is_not_served(
+    app: tuple[TestClient, Beta],
+) -> None:
+    """A state written before the rule refused it (here: straight into Redis) names
+    beta's model from alpha's experiment: no replica serves it."""
+    http, beta = app
+    spec = {"arms": [{"model": "beta-m", "weight": 1.0}], "tenant": "alpha"}
+    state = {"object": "experiment", "name": "alpha-old", "version": 1, "spec": spec}
+    beta.store.hset(keys.EXPERIMENTS, "alpha-old", orjson.dumps(state))
+    beta.store.incr(keys.CONTROL_VERSION)
+    root = {"Authorization": f"Bearer {ROOT_KEY}"}
+    body = {"arms": [{"model": "shared-m"}], "tenant": "alpha"}
+    assert http.put("/admin/experiments/alpha-new", headers=root, json=body).status_code == 200
+    client = {"Authorization": f"Bearer {beta.secrets['client']}"}
+    hi = [{"role": "user", "content": "hi"}]
+    ok = http.post(
+        "/v1/chat/completions", headers=client, json={"model": "alpha-new", "messages": hi}
+    )
+    assert ok.status_code == 200  # the live state was reloaded with both
+    r = http.post(
+        "/v1/chat/completions", headers=client, json={"model": "alpha-old", "messages": hi}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_found"
+    listed = http.get("/v1/models", headers=client).json()["data"]
+    assert "alpha-old" not in {m["id"] for m in listed}
