@@ -581,7 +581,7 @@ def main() -> int:
                 Path(tmp) / "gw",
                 workers=args.workers,
             )
-            gw.start()
+            gw.start(timeout=120)  # a busy machine starts two workers slowly
             ex = Exercise(gw, redis.Redis(port=server.port), datasets)
             ex.setup()
             ex.isolation()
