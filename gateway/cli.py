@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import getpass
 import logging
 import os
 import shutil
@@ -141,7 +142,7 @@ async def experiment_report(
     """The report of one experiment, read from the same Redis the gateway uses; with a
     window (``since``), over those days from the archive."""
     from gateway.control.control import Control
-    from gateway.core import store
+    from gateway.core import access, store
     from gateway.serving.metrics import Metrics
     from gateway.serving.upstream import UpstreamClient
 
@@ -155,6 +156,10 @@ async def experiment_report(
             metrics=metrics,
         )
         await control.load()
+        exp = control.router.experiments.get(name)
+        operator = access.operator(f"cli:{getpass.getuser()}")
+        owner = exp.tenant if exp is not None else access.NOBODY
+        access.check(operator, "see", access.Resource("experiment", name, owner))
         if since is None and until is None:
             return await control.report(name)
         from gateway.ops import archive_query

@@ -27,10 +27,12 @@
     GET    /admin/audit                            who changed which key or tenant, when
     DELETE /admin/users/{user}[?tenant=T]          forget a user (:mod:`gateway.ops.forget`)
 
-Tenancy: an admin key of one tenant sees only that tenant's experiments, models and keys
-and the shared ones (others are a 404, as if absent), changes only its tenant's (shared
-ones are a 403), and what it creates belongs to its tenant; an admin of every tenant
-may create shared ones (no ``tenant``).
+Tenancy is :mod:`gateway.core.access`'s one rule: an admin key of one tenant sees only
+that tenant's experiments, models and keys and the shared ones (others are a 404, as if
+absent), changes only its tenant's (shared ones are a 403), and what it creates belongs
+to its tenant; an admin of every tenant may create shared ones (no ``tenant``). A name
+held by another tenant is answered like any taken name (409), and an experiment names
+only its tenant's and shared models (another tenant's is an unknown model).
 
 The logic lives in :mod:`gateway.control.control` and its modules; this module only
 authenticates, reads bodies and renders JSON. Names hold no ``/``
@@ -48,9 +50,9 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from gateway.control.control import Control
-from gateway.core import store
+from gateway.core import access, store
 from gateway.core.auth import Principal
-from gateway.core.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.core.errors import InvalidRequest
 from gateway.core.params import checked_day
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url
@@ -97,16 +99,16 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
 
 
-def _owned(doc: Any, by: Principal) -> Any:
-    """A body that creates something: a tenant's admin creates for its tenant only."""
-    if by.all_tenants or not isinstance(doc, dict):
+def _owned(doc: Any, by: Principal, kind: access.Kind) -> Any:
+    """A body that creates something: it belongs to the tenant it names (a tenant's
+    admin: its own tenant, the default), if the key may create for that tenant."""
+    if not isinstance(doc, dict):
         return doc
-    tenant = doc.get("tenant", by.tenant)
-    if tenant != by.tenant:
-        raise PermissionDenied(
-            f"A key of tenant '{by.tenant}' creates for that tenant only.", param="tenant"
-        )
-    return {**doc, "tenant": tenant}
+    tenant = doc.get("tenant", None if by.all_tenants else by.tenant)
+    if tenant is not None and not isinstance(tenant, str):
+        return doc  # the schema names what is wrong with it
+    access.check(by, "create", access.Resource(kind, str(doc.get("name") or ""), tenant))
+    return doc if by.all_tenants and "tenant" not in doc else {**doc, "tenant": tenant}
 
 
 def add_admin_routes(app: FastAPI) -> None:
@@ -115,18 +117,16 @@ def add_admin_routes(app: FastAPI) -> None:
         by = st.keyring.authenticate_admin(request.headers.get("authorization"))
         return st.control, by
 
+    def experiment_of(control: Control, name: str) -> access.Resource:
+        exp = control.router.experiments.get(name)
+        return access.Resource("experiment", name, exp.tenant if exp else access.NOBODY)
+
     def admin(
         request: Request, experiment: str | None = None, change: bool = False
     ) -> tuple[Control, str]:
         control, by = principal(request)
-        if experiment is not None and not by.all_tenants:
-            exp = control.router.experiments.get(experiment)
-            if exp is None or not by.sees(exp.tenant):
-                raise NotFound(f"No experiment named '{experiment:.128}'.", param="name")
-            if change and exp.tenant != by.tenant:
-                raise PermissionDenied(
-                    f"'{experiment}' is shared: only an admin of every tenant changes it."
-                )
+        if experiment is not None:
+            access.check(by, "change" if change else "see", experiment_of(control, experiment))
         return control, by.name
 
     async def body(request: Request) -> dict[str, Any]:
@@ -137,7 +137,13 @@ def add_admin_routes(app: FastAPI) -> None:
     async def list_experiments(request: Request) -> Response:
         control, by = principal(request)
         states = await control.experiments.states()
-        data = [s for s in states if by.sees(s["spec"].get("tenant"))]
+        data = [
+            s
+            for s in states
+            if access.allows(
+                by, "see", access.Resource("experiment", s["name"], s["spec"].get("tenant"))
+            )
+        ]
         return _json({"object": "list", "data": data})
 
     @app.post("/admin/experiments/{name:experiment}/arms")
@@ -183,41 +189,47 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.put("/admin/experiments/{name:experiment}")
     async def put_experiment(request: Request, name: str) -> Response:
         control, by = principal(request)
+        current = experiment_of(control, name)
         if name in control.router.experiments:
-            admin(request, name, change=True)
-        doc = _owned(await body(request), by)
+            if not access.allows(by, "see", current):
+                raise access.name_taken(name)  # another tenant's: as taken as a model's name
+            access.check(by, "change", current)
+        doc = _owned(await body(request), by, "experiment")
         return _json(await control.experiments.put(name, doc, by.name))
 
     @app.get("/admin/models")
     async def list_models(request: Request) -> Response:
         control, by = principal(request)
-        data = [m for m in control.models() if by.sees(m.get("tenant"))]
+        data = [
+            m
+            for m in control.models()
+            if access.allows(by, "see", access.Resource("model", m["id"], m.get("tenant")))
+        ]
         return _json({"object": "list", "data": data})
 
-    def model_of(request: Request, name: str, change: bool = False) -> tuple[Control, str]:
+    def model_of(request: Request, name: str, change: bool = False) -> tuple[Control, Principal]:
         control, by = principal(request)
         model = control.router.models.get(name)
-        if model is not None and not by.sees(model.tenant):
-            raise NotFound(f"No model named '{name:.128}'.", param="name")
-        if change and model is not None and not by.all_tenants and model.tenant != by.tenant:
-            raise PermissionDenied(f"'{name}' is shared: only an admin of every tenant removes it.")
-        return control, by.name
+        res = access.Resource("model", name, model.tenant if model else access.NOBODY)
+        if model is not None or not by.all_tenants:  # unknown: the registry's own 404
+            access.check(by, "change" if change else "see", res)
+        return control, by
 
     @app.post("/admin/models")
     async def register_model(request: Request) -> Response:
         control, by = principal(request)
-        doc = _owned(await body(request), by)
+        doc = _owned(await body(request), by, "model")
         return _json(await control.registry.register(doc, by.name), status=201)
 
     @app.get("/admin/models/{name:path}")
     async def get_model(request: Request, name: str) -> Response:
-        control, _ = model_of(request, name)
-        return _json(control.registry.model(name))
+        control, by = model_of(request, name)
+        return _json(control.registry.model(name, by))
 
     @app.delete("/admin/models/{name:path}")
     async def remove_model(request: Request, name: str) -> Response:
-        control, who = model_of(request, name, change=True)
-        return _json(await control.registry.remove(name, who))
+        control, by = model_of(request, name, change=True)
+        return _json(await control.registry.remove(name, by.name))
 
     @app.get("/admin/keys")
     async def list_keys(request: Request) -> Response:

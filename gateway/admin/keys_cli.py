@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.auth import Principal
+from gateway.core import access
 from gateway.core.config import Settings
 
 
@@ -80,7 +80,7 @@ async def run_action(settings: Settings, args: argparse.Namespace) -> Any:
     from gateway.control.live import LiveState
     from gateway.core import store
 
-    by = Principal(f"cli:{getpass.getuser()}", "default", "admin", all_tenants=True)
+    by = access.operator(f"cli:{getpass.getuser()}")  # the rule decides what it manages
     redis, embedded = await store.open_store(settings)
     try:
         apikeys = ApiKeys(redis, LiveState(redis, settings))

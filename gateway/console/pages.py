@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
 from fastapi import APIRouter, Request
@@ -23,9 +23,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from gateway.console import data, svg
-from gateway.console.access import COOKIE, Access, User
+from gateway.console.access import COOKIE, Access, User, same_origin
 from gateway.control.experiments import promoted, weighted
 from gateway.control.report import LANGUAGE_SAMPLE
+from gateway.core import access as rule
 from gateway.core import keys, params, review, store
 from gateway.core.errors import (
     AuthenticationFailed,
@@ -129,6 +130,31 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         if not user.admin:
             raise PermissionDenied("This page needs an admin key; a reviewer key was given.")
 
+    def owner(request: Request, experiment: str) -> str | None:
+        """An experiment's tenant (None: shared; nobody's when it is gone)."""
+        exp = request.app.state.gateway.control.router.experiments.get(experiment)
+        return exp.tenant if exp is not None else rule.NOBODY
+
+    def allowed(
+        request: Request, user: User, action: rule.Action, kind: rule.Kind, name: str, exp: str
+    ) -> bool:
+        """The access rule for a resource of experiment ``exp`` (its tenant's). A shared
+        experiment's dataset holds every tenant's examples: it is no tenant's."""
+        tenant = owner(request, exp)
+        if kind == "dataset" and tenant is None:
+            tenant = rule.NOBODY
+        return rule.allows(user.principal, action, rule.Resource(kind, name, tenant))
+
+    def check_experiment(request: Request, user: User, name: str, action: rule.Action) -> None:
+        res = rule.Resource("experiment", name, owner(request, name))
+        rule.check(user.principal, action, res, param="experiment")
+
+    def seen_experiments(request: Request, user: User) -> list[str]:
+        exps = request.app.state.gateway.control.router.experiments
+        return rule.visible(
+            user.principal, "experiment", {n: e.tenant for n, e in sorted(exps.items())}
+        )
+
     def render(request: Request, user: User | None, name: str, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(
             user=user, csrf=access.csrf_token(user) if user else "", path=request.url.path, **ctx
@@ -138,7 +164,8 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def form(request: Request, user: User | None = None) -> dict[str, str]:
         """A posted form's fields (the CSRF token checked when a user is given)."""
         origin = request.headers.get("origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        cross = request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
+        if cross or not same_origin(origin, request.url.scheme, request.headers.get("host")):
             raise PermissionDenied("A console form must be posted from the console's own pages.")
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media != "application/x-www-form-urlencoded":
@@ -219,7 +246,11 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         if not user.admin:
             return see_other("/ui/review")
         st = request.app.state.gateway
-        rows = await data.overview(st.control, st.redis)
+        rows = [
+            r
+            for r in await data.overview(st.control, st.redis)
+            if allowed(request, user, "see", "experiment", r["state"]["name"], r["state"]["name"])
+        ]
         changes = []
         for r in rows:
             history = await st.control.experiments.history(r["state"]["name"])
@@ -233,6 +264,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def experiment(request: Request, name: str) -> Response:
         user = current(request)
         admin_only(user)
+        check_experiment(request, user, name, "see")
         since = params.checked_day(request.query_params.get("since"), "since")
         until = params.checked_day(request.query_params.get("until"), "until")
         st = request.app.state.gateway
@@ -269,6 +301,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         fields = await form(request, user)
         st = request.app.state.gateway
         name = fields.get("experiment", "")
+        check_experiment(request, user, name, "change")
         state = await st.control.experiments.state(name)
         action, model = fields.get("action", ""), fields.get("model", "")
         before = state["spec"]
@@ -308,6 +341,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             fields.get("action"),
             fields.get("model", ""),
         )
+        check_experiment(request, user, name, "change")
         version = _int(fields.get("version"), "version")
         who = user.name
         if action == "ramp":
@@ -338,17 +372,21 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         for state in await st.control.experiments.states():
             if only and state["name"] != only:
                 continue
+            if not allowed(request, user, "see", "experiment", state["name"], state["name"]):
+                continue
             items = await review.items(st.redis, state["name"])
             for rid, item in items.items():
                 if not review.pending(item):
                     continue
                 out.append({**item, "response_id": rid, "experiment": state["name"]})
-        if user.tenant:  # only failures of the reviewer's tenant
+        if user.tenant:  # only failures of the user's tenant
+            p = user.principal
             recs = await store.mget(st.redis, [keys.interaction(i["response_id"]) for i in out])
             out = [
                 i
                 for i, r in zip(out, recs, strict=True)
-                if (rec := unpack(r)) is not None and rec["tenant"] == user.tenant
+                if (rec := unpack(r)) is not None
+                and rule.allows(p, "see", rule.Resource("review", i["response_id"], rec["tenant"]))
             ]
         return out
 
@@ -356,7 +394,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def review_list(request: Request) -> Response:
         user = current(request)
         only = request.query_params.get("experiment", "")
-        experiments = sorted(request.app.state.gateway.control.router.experiments)
+        experiments = seen_experiments(request, user)
         return render(
             request,
             user,
@@ -446,7 +484,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             page=page,
             f=f,
             more=more,
-            experiments=sorted(st.control.router.experiments),
+            experiments=seen_experiments(request, user),
         )
 
     @router.get("/interactions/{response_id}")
@@ -456,11 +494,17 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         archive = await asyncio.to_thread(archive_of, request)
         issued = st.chat.ids.issued_at(response_id)
         rec = await data.interaction(st.redis, response_id, archive, issued)
-        if rec is None or (user.tenant and rec.get("tenant") != user.tenant):
+        p = user.principal
+        if rec is None or not rule.allows(
+            p, "see", rule.Resource("interaction", response_id, rec.get("tenant"))
+        ):
             raise NotFound(f"No interaction '{response_id:.80}'.", param="response_id")
         ratings = (await data.ratings_merged(st.redis, archive, [rec]))[0]
-        if user.tenant:
-            ratings = [r for r in ratings if r.get("tenant") == user.tenant]
+        ratings = [
+            r
+            for r in ratings
+            if rule.allows(p, "see", rule.Resource("rating", response_id, r.get("tenant")))
+        ]
         queued = (
             await review.item(st.redis, rec.get("experiment") or "", response_id)
             if rec.get("experiment")
@@ -484,14 +528,21 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         admin_only(user)
         st = request.app.state.gateway
-        versions = data.datasets(dataset_dir, sorted(st.control.router.experiments))
+        mine = [
+            e
+            for e in sorted(st.control.router.experiments)
+            if allowed(request, user, "see", "dataset", e, e)
+        ]
+        versions = data.datasets(dataset_dir, mine)
         return render(request, user, "datasets.html", versions=versions)
 
     @router.get("/datasets/{experiment}/{vid}/{split}.jsonl")
     async def download(request: Request, experiment: str, vid: str, split: str) -> Response:
         user = current(request)
         admin_only(user)
-        path = data.dataset_file(dataset_dir, experiment, vid, split)
+        path = None
+        if allowed(request, user, "see", "dataset", experiment, experiment):
+            path = data.dataset_file(dataset_dir, experiment, vid, split)
         if path is None:
             raise NotFound(f"No file {split}.jsonl in dataset version '{vid:.80}'.")
         return FileResponse(
@@ -506,7 +557,24 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         admin_only(user)
         st = request.app.state.gateway
-        all_jobs = await data.jobs(st.redis)
+        p = user.principal
+        all_jobs = [
+            j
+            for j in await data.jobs(st.redis)
+            if allowed(
+                request, user, "see", "job", str(j.get("id")), str(j.get("experiment") or "")
+            )
+        ]
+        models = [
+            m
+            for m in st.control.models()
+            if rule.allows(p, "see", rule.Resource("model", m["id"], m.get("tenant")))
+        ]
+        states = [
+            s
+            for s in await st.control.experiments.states()
+            if allowed(request, user, "see", "experiment", s["name"], s["name"])
+        ]
         plots = {
             j["id"]: svg.line_plot(
                 "loss",
@@ -538,10 +606,8 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             "jobs.html",
             jobs=all_jobs,
             plots=plots,
-            models=st.control.models(),
-            lineage=data.lineage(
-                st.control.models(), all_jobs, await st.control.experiments.states()
-            ),
+            models=models,
+            lineage=data.lineage(models, all_jobs, states),
         )
 
     return router

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, WatchError
 
 from gateway.control.experiments import invalid
 from gateway.control.live import LiveState
-from gateway.core import keys, store
+from gateway.core import access, keys, store
 from gateway.core.auth import Principal, Role, digest
 from gateway.core.config import NAME_MAX, NAME_PATTERN, Budget, valid_name
 from gateway.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -108,7 +108,11 @@ class ApiKeys:
         with store.translated():
             raw = await self.redis.lrange(keys.AUTH_AUDIT, -limit, -1)
         entries = [orjson.loads(v) for v in raw]
-        return [e for e in entries if _manages(by, e)]
+        return [
+            e
+            for e in entries
+            if access.allows(by, "see", access.Resource("audit", "", e.get("tenant")))
+        ]
 
     # -- changing ---------------------------------------------------------------------
 
@@ -166,15 +170,14 @@ class ApiKeys:
     async def tenant(self, tenant: str, by: Principal) -> dict[str, Any]:
         if not valid_name(tenant):
             raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
-        if not by.all_tenants and tenant != by.tenant:
-            raise NotFound(f"No tenant named '{tenant:.64}'.", param="tenant")
+        access.check(by, "see", access.Resource("tenant", tenant, tenant), param="tenant")
         with store.translated():
             raw = await self.redis.hget(keys.TENANTS, tenant)
         doc: dict[str, Any] = orjson.loads(raw) if raw else {"tenant": tenant, "budget": None}
         return {"object": "tenant", **doc}
 
     async def set_tenant(self, tenant: str, body: Any, by: Principal) -> dict[str, Any]:
-        if not by.all_tenants:
+        if not access.allows(by, "change", access.Resource("tenant", tenant, tenant)):
             raise PermissionDenied("Only an admin of every tenant sets a tenant's budget.")
         try:
             spec = TenantSpec.model_validate(body, strict=True)
@@ -295,7 +298,7 @@ def _scoped(spec: KeySpec, by: Principal) -> KeySpec:
         spec = spec.model_copy(update={"tenant": by.tenant})
     if spec.role != "admin" and spec.tenant is None:
         spec = spec.model_copy(update={"tenant": spec.name})
-    if not by.all_tenants and spec.tenant != by.tenant:
+    if not access.allows(by, "create", access.Resource("key", spec.name, spec.tenant)):
         raise PermissionDenied(
             f"A key of tenant '{by.tenant}' manages keys of that tenant only.", param="tenant"
         )
@@ -303,5 +306,6 @@ def _scoped(spec: KeySpec, by: Principal) -> KeySpec:
 
 
 def _manages(by: Principal, record: dict[str, Any]) -> bool:
-    """Keys and audit entries without a tenant (admins of every tenant) are theirs only."""
-    return by.all_tenants or record.get("tenant") == by.tenant
+    """Keys without a tenant (admins of every tenant) are theirs only."""
+    resource = access.Resource("key", str(record.get("id", "")), record.get("tenant"))
+    return access.allows(by, "change", resource)

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from gateway.control.live import LiveState
-from gateway.core import keys, store
+from gateway.core import access, keys, store
 from gateway.core.config import Experiment, Settings, experiment_problems, format_path, valid_name
 from gateway.core.errors import Conflict, InvalidRequest, NotFound
 
@@ -148,6 +148,17 @@ class Experiments:
     async def rollback(self, name: str, who: str) -> dict[str, Any]:
         return await self.change(name, who, "rolled back", None)
 
+    async def _model_owners(self) -> dict[str, str | None]:
+        """Every model's tenant (None: shared), the config's and the registered ones."""
+        owners = {n: m.tenant for n, m in self.settings.models.items()}
+        for k, v in (await self.redis.hgetall(keys.MODELS)).items():
+            try:
+                tenant = orjson.loads(v)["spec"].get("tenant")
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                tenant = access.NOBODY  # unreadable: nobody's to name
+            owners.setdefault(keys.text(k), tenant)
+        return owners
+
     async def change(
         self,
         name: str,
@@ -171,14 +182,12 @@ class Experiments:
         for _ in range(10):
             with store.translated():
                 raw = await self.redis.hget(keys.EXPERIMENTS, name)
-                models = set(self.settings.models) | {
-                    keys.text(k) for k in await self.redis.hkeys(keys.MODELS)
-                }
+                owners = await self._model_owners()
             cur = orjson.loads(raw) if raw is not None else None
             if cur is None and not create:
                 raise NotFound(f"No experiment named '{name:.128}'.", param="name")
-            if cur is None and name in models:
-                raise Conflict(f"'{name}' is already the name of a model.", param="name")
+            if cur is None and name in owners:
+                raise access.name_taken(name)
             if expect_version is not None and (cur or {}).get("version") != expect_version:
                 raise Conflict(f"Experiment '{name}' changed since version {expect_version}.")
             before = Experiment.model_validate(cur["spec"]) if cur else None
@@ -188,6 +197,8 @@ class Experiments:
                 after, previous = Experiment.model_validate(cur["previous"]), before
             else:
                 after, previous = edit(before), before
+            # another tenant's model is named like an unknown one: it cannot be referred to
+            models = {m for m, t in owners.items() if access.referable(after.tenant, t)}
             problems = experiment_problems(after, models)
             if problems:
                 raise InvalidRequest(problems[0], param=problems[0].split(":")[0])

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from gateway.control.routing import Router
-from gateway.core import keys
+from gateway.core import access, keys
 from gateway.core.auth import Principal, runtime_principal
 from gateway.core.config import Budget, Experiment, ModelVersion, Settings
 
@@ -69,6 +69,19 @@ class LiveState:
                 experiments[name] = Experiment.model_validate(state["spec"])
             except ValidationError as exc:
                 log.error("experiment %s: stored state is invalid, ignored: %s", name, exc)
+                continue
+            foreign = sorted(
+                m
+                for m in experiments[name].models()
+                if m in models and not access.referable(experiments[name].tenant, models[m].tenant)
+            )
+            if foreign:  # stored before the access rule refused it: never served
+                log.error(
+                    "experiment %s names another tenant's model(s) %s: ignored",
+                    name,
+                    ", ".join(foreign),
+                )
+                del experiments[name]
                 continue
             versions[name] = int(state["version"])
         principals: dict[bytes, Principal] = {}

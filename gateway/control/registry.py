@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from gateway.control.adapters import Adapters
 from gateway.control.experiments import HISTORY_CAP, invalid
 from gateway.control.live import LiveState
-from gateway.core import keys, store
+from gateway.core import access, keys, store
+from gateway.core.auth import Principal
 from gateway.core.config import ModelVersion, Settings, valid_name
 from gateway.core.errors import Conflict, InvalidRequest, NotFound
 from gateway.serving.upstream import UpstreamClient
@@ -82,13 +83,19 @@ class Registry:
             )
         return out
 
-    def model(self, name: str) -> dict[str, Any]:
-        """One model version, with who registered it and its lineage (where it came from)."""
+    def model(self, name: str, by: Principal | None = None) -> dict[str, Any]:
+        """One model version, with who registered it and its lineage (where it came from);
+        the experiments that use it are those ``by`` sees."""
         entry = next((m for m in self.models() if m["id"] == name), None)
         if entry is None:
             raise NotFound(f"No model named '{name:.128}'.", param="name")
         record = self.live.records.get(name, {})
-        used_by = sorted(n for n, e in self.live.router.experiments.items() if name in e.models())
+        used_by = sorted(
+            n
+            for n, e in self.live.router.experiments.items()
+            if name in e.models()
+            and (by is None or access.allows(by, "see", access.Resource("experiment", n, e.tenant)))
+        )
         return {
             **entry,
             "registered_by": record.get("registered_by"),
@@ -129,7 +136,7 @@ class Registry:
             )
         router = self.live.router
         if name in router.models or name in router.experiments:
-            raise Conflict(f"'{name}' is already the name of a model or experiment.", param="name")
+            raise access.name_taken(name)
         if spec.adapter_path and pool.upstream.kind != "vllm":
             raise InvalidRequest(
                 "adapter_path: adapters need a vllm upstream.", param="adapter_path"
@@ -164,7 +171,7 @@ class Registry:
                 args=[name, orjson.dumps(record), orjson.dumps(entry), HISTORY_CAP],
             )
         if not done:
-            raise Conflict(f"'{name}' is already registered.", param="name")
+            raise access.name_taken(name)
         await self.live.reload_quietly()
         return {"id": name, "object": "model", "source": "registered", **spec.model_dump()}
 

@@ -13,6 +13,7 @@ import bisect
 import hashlib
 from dataclasses import dataclass
 
+from gateway.core import access
 from gateway.core.auth import Principal
 from gateway.core.config import Experiment, ModelVersion, Price, Settings, Upstream
 from gateway.core.errors import InvalidRequest, UnknownModel
@@ -113,7 +114,7 @@ class Router:
         assigner = self._assigners.get(model)
         if assigner is not None:
             exp = self.experiments[model]
-            if caller is not None and not caller.may_call(model, exp.tenant, True):
+            if caller is not None and not access.calls(caller, "experiment", model, exp.tenant):
                 raise _unknown(model)
             if force_arm is not None:
                 if force_arm not in {a.model for a in exp.arms} or force_arm not in self.targets:
@@ -139,7 +140,8 @@ class Router:
             )
         target = self.targets.get(model)
         if target is None or (
-            caller is not None and not caller.may_call(model, self.models[model].tenant, False)
+            caller is not None
+            and not access.calls(caller, "model", model, self.models[model].tenant)
         ):
             raise _unknown(model)
         if force_arm is not None:

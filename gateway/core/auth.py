@@ -125,6 +125,15 @@ class KeyRing:
             raise AuthenticationFailed(f"The API key '{principal.name}' has expired.")
         return principal
 
+    def by_digest(self, d: bytes) -> Principal | None:
+        """The live key of that digest (config or runtime; None: revoked, rotated or
+        never made), expired or not."""
+        return self._config.get(d) or self._runtime().get(d)
+
+    def digests(self) -> tuple[Mapping[bytes, Principal], Mapping[bytes, Principal]]:
+        """The config's keys and the runtime ones now, by digest."""
+        return self._config, self._runtime()
+
     def authenticate(self, authorization: str | None) -> Principal:
         """The public API: any key (none needed without client keys)."""
         if self.open:  # no key at all: local development, where the admin API is open too

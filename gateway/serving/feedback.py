@@ -36,7 +36,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.core import keys, store
+from gateway.core import access, keys, store
 from gateway.core.auth import Principal
 from gateway.core.config import FeedbackConfig
 from gateway.core.errors import InvalidRequest, NotFound, StoreUnavailable
@@ -243,7 +243,10 @@ class FeedbackService:
                 except (OSError, ValueError) as exc:
                     raise StoreUnavailable(f"The archive is unavailable: {exc}") from None
             if record is not None:
-                if record.get("tenant") != principal.tenant:
+                owner = record.get("tenant")
+                if not access.allows(
+                    principal, "rate", access.Resource("interaction", response_id, owner)
+                ):
                     raise missing
                 return record
             if time.monotonic() >= deadline:
@@ -324,7 +327,13 @@ class FeedbackService:
         with store.translated("The feedback store"):
             raw = await self.redis.hgetall(keys.feedback(response_id))
         out = [decode_feedback(v) for v in raw.values()]
-        out = [r for r in out if r.get("tenant") == principal.tenant]
+        out = [
+            r
+            for r in out
+            if access.allows(
+                principal, "rate", access.Resource("rating", response_id, r.get("tenant"))
+            )
+        ]
         if not out:
             await self.interaction(response_id, principal)  # 404 unless it exists and is yours
         return sorted(out, key=lambda r: (r["created"], r["rater"]))
