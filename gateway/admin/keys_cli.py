@@ -83,7 +83,8 @@ async def run_action(settings: Settings, args: argparse.Namespace) -> Any:
     by = Principal(f"cli:{getpass.getuser()}", "default", "admin", all_tenants=True)
     redis, embedded = await store.open_store(settings)
     try:
-        apikeys = ApiKeys(redis, LiveState(redis, settings))
+        ks = store.keyspace(settings)
+        apikeys = ApiKeys(redis, ks, LiveState(redis, ks, settings))
         if args.action == "create":
             return await apikeys.create(create_body(args), by)
         if args.action == "list":

@@ -40,6 +40,7 @@ from gateway.core.records import unpack
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url
 from gateway.serving.bodies import read_bounded
+from gateway.state import state as gateway_state
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     def bound(request: Request) -> Access:
         if not access.bound:  # the key ring and the id secret are opened by the lifespan
-            st = request.app.state.gateway
+            st = gateway_state(request)
             access.bind(st.keyring, st.chat.ids.derive("console-session"))
         return access
 
@@ -146,7 +147,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
                 "Console forms are sent as 'application/x-www-form-urlencoded'.",
                 param="content-type",
             )
-        limit = request.app.state.gateway.settings.limits.max_body_bytes
+        limit = gateway_state(request).settings.limits.max_body_bytes
         raw = await read_bounded(request, limit)
         fields = {
             k: v[-1]
@@ -159,7 +160,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     def archive_of(request: Request) -> archive_query.ArchiveReader | None:
         """The archive's reader; None where it cannot be opened (the pages then show what
         Redis holds)."""
-        settings = request.app.state.gateway.settings
+        settings = gateway_state(request).settings
         url = default_url(settings.data_dir, settings.archive.url)
         try:
             return archive_query.reader(url)
@@ -218,7 +219,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         if not user.admin:
             return see_other("/ui/review")
-        st = request.app.state.gateway
+        st = gateway_state(request)
         rows = await data.overview(st.control, st.redis)
         changes = []
         for r in rows:
@@ -233,11 +234,11 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def experiment(request: Request, name: str) -> Response:
         user = current(request)
         admin_only(user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         state = await st.control.experiments.state(name)
         rep = await st.control.report(name)
         history = await st.control.experiments.history(name)
-        points = await data.versions(st.redis, name, history, state, st.control)
+        points = await data.versions(st.redis, st.ks, name, history, state, st.control)
         since, until = request.query_params.get("since"), request.query_params.get("until")
         window = None
         if since or until:  # the report over those days, from the archive
@@ -266,7 +267,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         admin_only(user)
         fields = await form(request, user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         name = fields.get("experiment", "")
         state = await st.control.experiments.state(name)
         action, model = fields.get("action", ""), fields.get("model", "")
@@ -301,7 +302,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         admin_only(user)
         fields = await form(request, user)
-        experiments = request.app.state.gateway.control.experiments
+        experiments = gateway_state(request).control.experiments
         name, action, model = (
             fields.get("experiment", ""),
             fields.get("action"),
@@ -332,12 +333,12 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     async def queue(request: Request, user: User, only: str = "") -> list[dict[str, Any]]:
         """Failures awaiting a person (of one experiment, with ``only``), in the user's view."""
-        st = request.app.state.gateway
+        st = gateway_state(request)
         out = []
         for state in await st.control.experiments.states():
             if only and state["name"] != only:
                 continue
-            items = await review.items(st.redis, state["name"])
+            items = await review.items(st.redis, st.ks, state["name"])
             for rid, item in items.items():
                 if not review.pending(item):
                     continue
@@ -355,7 +356,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def review_list(request: Request) -> Response:
         user = current(request)
         only = request.query_params.get("experiment", "")
-        experiments = sorted(request.app.state.gateway.control.router.experiments)
+        experiments = sorted(gateway_state(request).control.router.experiments)
         return render(
             request,
             user,
@@ -386,7 +387,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def review_save(request: Request) -> Response:
         user = current(request)
         fields = await form(request, user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         exp, rid, action = fields.get("experiment", ""), fields.get("id", ""), fields.get("action")
         allowed = {i["response_id"] for i in await queue(request, user) if i["experiment"] == exp}
         if rid not in allowed:
@@ -395,11 +396,13 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         only = fields.get("only", "")
         if action == "save":
             try:
-                await review.correct(st.redis, exp, rid, fields.get("correction", ""), user.name)
+                await review.correct(
+                    st.redis, st.ks, exp, rid, fields.get("correction", ""), user.name
+                )
             except review.BadCorrection as exc:
                 raise InvalidRequest(str(exc), param="correction") from None
         elif action == "dismiss":
-            await review.dismiss(st.redis, exp, rid, user.name)
+            await review.dismiss(st.redis, st.ks, exp, rid, user.name)
         elif action == "skip":
             skip.append(rid)
         else:
@@ -413,7 +416,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     @router.get("/interactions")
     async def interactions(request: Request) -> Response:
         user = current(request)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         qp = request.query_params
         f = data.Filters(
             experiment=qp.get("experiment", ""),
@@ -430,6 +433,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         with store.translated("The archive"):
             page = await data.interactions(
                 st.redis,
+                st.ks,
                 user,
                 f,
                 before,
@@ -451,17 +455,17 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     @router.get("/interactions/{response_id}")
     async def interaction(request: Request, response_id: str) -> Response:
         user = current(request)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         archive = await asyncio.to_thread(archive_of, request)
         issued = st.chat.ids.issued_at(response_id)
         rec = await data.interaction(st.redis, response_id, archive, issued)
         if rec is None or (user.tenant and rec.get("tenant") != user.tenant):
             raise NotFound(f"No interaction '{response_id:.80}'.", param="response_id")
-        ratings = (await data.ratings_merged(st.redis, archive, [rec]))[0]
+        ratings = (await data.ratings_merged(st.redis, st.ks, archive, [rec]))[0]
         if user.tenant:
             ratings = [r for r in ratings if r.get("tenant") == user.tenant]
         queued = (
-            await review.item(st.redis, rec.get("experiment") or "", response_id)
+            await review.item(st.redis, st.ks, rec.get("experiment") or "", response_id)
             if rec.get("experiment")
             else None
         )
@@ -482,7 +486,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def datasets(request: Request) -> Response:
         user = current(request)
         admin_only(user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         versions = data.datasets(dataset_dir, sorted(st.control.router.experiments))
         return render(request, user, "datasets.html", versions=versions)
 
@@ -504,8 +508,8 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def jobs(request: Request) -> Response:
         user = current(request)
         admin_only(user)
-        st = request.app.state.gateway
-        all_jobs = await data.jobs(st.redis)
+        st = gateway_state(request)
+        all_jobs = await data.jobs(st.redis, st.ks)
         plots = {
             j["id"]: svg.line_plot(
                 "loss",

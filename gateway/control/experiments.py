@@ -73,8 +73,11 @@ def parse_experiment(body: Any) -> Experiment:
 
 
 class Experiments:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, live: LiveState) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, ks: keys.Keyspace, settings: Settings, live: LiveState
+    ) -> None:
         self.redis = redis
+        self.ks = ks
         self.settings = settings
         self.live = live
         self._change = redis.register_script(_CHANGE)
@@ -85,19 +88,19 @@ class Experiments:
             state = _state(name, 1, exp, None, CONFIG, None)
             entry = _entry(1, "created from config", CONFIG, None, exp)
             await self._change(
-                keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
+                keys=[self.ks.experiments, self.ks.history(name), self.ks.control_version],
                 args=[name, 0, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
             )
         self.live.seeded = True
 
     async def states(self) -> list[dict[str, Any]]:
         with store.translated():
-            raw = await self.redis.hgetall(keys.EXPERIMENTS)
+            raw = await self.redis.hgetall(self.ks.experiments)
         return [orjson.loads(v) for _, v in sorted(raw.items())]
 
     async def state(self, name: str) -> dict[str, Any]:
         with store.translated():
-            raw = await self.redis.hget(keys.EXPERIMENTS, name)
+            raw = await self.redis.hget(self.ks.experiments, name)
         if raw is None:
             raise NotFound(f"No experiment named '{name:.128}'.", param="name")
         doc: dict[str, Any] = orjson.loads(raw)
@@ -106,7 +109,7 @@ class Experiments:
     async def history(self, name: str) -> list[dict[str, Any]]:
         await self.state(name)
         with store.translated():
-            raw = await self.redis.lrange(keys.history(name), 0, -1)
+            raw = await self.redis.lrange(self.ks.history(name), 0, -1)
         return [orjson.loads(v) for v in raw]
 
     async def put(self, name: str, body: Any, who: str) -> dict[str, Any]:
@@ -158,9 +161,9 @@ class Experiments:
             raise InvalidRequest(f"'{name:.128}' is not a valid experiment name.", param="name")
         for _ in range(10):
             with store.translated():
-                raw = await self.redis.hget(keys.EXPERIMENTS, name)
+                raw = await self.redis.hget(self.ks.experiments, name)
                 models = set(self.settings.models) | {
-                    keys.text(k) for k in await self.redis.hkeys(keys.MODELS)
+                    keys.text(k) for k in await self.redis.hkeys(self.ks.models)
                 }
             cur = orjson.loads(raw) if raw is not None else None
             if cur is None and not create:
@@ -190,7 +193,7 @@ class Experiments:
             entry = _entry(version, action, who, before, after)
             with store.translated():
                 found = await self._change(
-                    keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
+                    keys=[self.ks.experiments, self.ks.history(name), self.ks.control_version],
                     args=[name, version - 1, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
                 )
             if found == -1:

@@ -62,17 +62,17 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 
 
 async def collect(
-    redis: aioredis.Redis, name: str, exp: Experiment, version: int
+    redis: aioredis.Redis, ks: keys.Keyspace, name: str, exp: Experiment, version: int
 ) -> dict[str, dict[str, Any]]:
     """The raw counters of every arm under ``version``: ``{arm: {"req", "users", "agg",
     "assigned"}}`` (``agg``: the ratings of all versions)."""
     arms = [a.model for a in exp.arms]
     pipe = redis.pipeline(transaction=False)
     for arm in arms:
-        pipe.hgetall(keys.version_requests(name, version, arm))
-        pipe.hmget(keys.user_scores(name, version, arm), "users", "mean_sum", "mean_sq", "ratings")
-        pipe.hgetall(keys.aggregate(name, arm))
-        pipe.scard(keys.version_users(name, version, arm))
+        pipe.hgetall(ks.version_requests(name, version, arm))
+        pipe.hmget(ks.user_scores(name, version, arm), "users", "mean_sum", "mean_sq", "ratings")
+        pipe.hgetall(ks.aggregate(name, arm))
+        pipe.scard(ks.version_users(name, version, arm))
     replies = await pipe.execute()
     out = {}
     for i, arm in enumerate(arms):
@@ -213,14 +213,15 @@ def build(
 
 async def report(
     redis: aioredis.Redis,
+    ks: keys.Keyspace,
     name: str,
     state: dict[str, Any],
     models: dict[str, ModelVersion],
 ) -> dict[str, Any]:
     exp = Experiment.model_validate(state["spec"])
     version = int(state["version"])
-    raw = await collect(redis, name, exp, version)
-    stored = await redis.hgetall(keys.sequential(name, version))
+    raw = await collect(redis, ks, name, exp, version)
+    stored = await redis.hgetall(ks.sequential(name, version))
     previous = {keys.text(k): float(v) for k, v in stored.items()}
     return build(name, state, raw, models, previous)
 
@@ -242,7 +243,12 @@ def language_share(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 async def languages(
-    redis: aioredis.Redis, guesser: LanguageGuesser, name: str, arms: list[str], version: int
+    redis: aioredis.Redis,
+    ks: keys.Keyspace,
+    guesser: LanguageGuesser,
+    name: str,
+    arms: list[str],
+    version: int,
 ) -> dict[str, dict[str, Any]]:
     """Per arm, :func:`language_share` of its most recent answered interactions under
     ``version`` (see the module docstring for the sample), with ``since``: the time of
@@ -252,7 +258,7 @@ async def languages(
     found: dict[str, list[tuple[str, str, int]]] = {arm: [] for arm in arms}
     hi, scanned = "+", 0
     while scanned < LANGUAGE_SCAN and any(len(v) < LANGUAGE_SAMPLE for v in found.values()):
-        entries: Any = await redis.xrevrange(keys.INTERACTION_STREAM, hi, "-", count=_SCAN_BATCH)
+        entries: Any = await redis.xrevrange(ks.interaction_stream, hi, "-", count=_SCAN_BATCH)
         if not entries:
             break
         scanned += len(entries)

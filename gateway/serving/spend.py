@@ -119,11 +119,13 @@ class Spend:
         redis: aioredis.Redis,
         metrics: Metrics,
         *,
+        ks: keys.Keyspace,
         tenant_budgets: Callable[[], dict[str, Budget]],
         fail_open: bool = True,
         sync_s: float = 0.1,
     ) -> None:
         self.redis = redis
+        self.ks = ks
         self.metrics = metrics
         self.tenant_budgets = tenant_budgets
         self.fail_open = fail_open
@@ -151,11 +153,16 @@ class Spend:
         out = []
         if p.budget is not None:
             out.append(
-                ("key", p.account, p.budget, keys.spend("k", p.account, period(p.budget, now)[0]))
+                (
+                    "key",
+                    p.account,
+                    p.budget,
+                    self.ks.spend("k", p.account, period(p.budget, now)[0]),
+                )
             )
         tb = self.tenant_budgets().get(p.tenant)
         if tb is not None:
-            out.append(("tenant", p.tenant, tb, keys.spend("t", p.tenant, period(tb, now)[0])))
+            out.append(("tenant", p.tenant, tb, self.ks.spend("t", p.tenant, period(tb, now)[0])))
         return out
 
     async def admit(self, p: Principal, expected: float) -> None:
@@ -214,7 +221,7 @@ class Spend:
         for _, _, budget, counter in self._budgets(p, now):
             self._pending[counter] += amount
             self._ttl[counter] = period(budget, now)[1]
-        day = keys.spend_day(_utc("%Y-%m-%d", int(now)))
+        day = self.ks.spend_day(_utc("%Y-%m-%d", int(now)))
         self._day[(day, "k:" + p.account)] += amount
         self._day[(day, "t:" + p.tenant)] += amount
         self._day[(day, "m:" + model)] += amount
