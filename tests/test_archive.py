@@ -34,6 +34,8 @@ from retrain.feedback_log import connect
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 ARCHIVE_DB = 14  # this module's streams stay out of the other tests' database
 API_KEY = "sk-archive-0123456789"
 ADMIN_KEY = "sk-archive-admin-0123456789"
@@ -201,17 +203,17 @@ def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
             f"WHERE {column} IN ({wanted}) GROUP BY 1"
         )
         assert sorted(on_disk) == sorted((i, 1) for i in ids), (kind, step)
-    for stream in (keys.INTERACTION_STREAM, keys.FEEDBACK_STREAM):
+    for stream in (KS.interaction_stream, KS.feedback_stream):
         assert served.redis.xpending(stream, keys.ARCHIVE_GROUP)["pending"] == 0
 
 
 def test_one_archiver_at_a_time(served: Served) -> None:
-    served.redis.set(keys.ARCHIVE_LOCK, "elsewhere:1:abc", px=60_000)
+    served.redis.set(KS.archive_lock, "elsewhere:1:abc", px=60_000)
     try:
         busy = archive(served)
         assert busy.returncode == 5 and "elsewhere:1:abc" in busy.stderr
     finally:
-        served.redis.delete(keys.ARCHIVE_LOCK)
+        served.redis.delete(KS.archive_lock)
 
 
 def test_the_gateway_archives_by_itself(
@@ -288,7 +290,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
         path = tmp_path / "retrain.yaml"
         path.write_text(yaml.safe_dump(doc))
         settings = load_settings(path, schema=RetrainSettings)
-        result = Builder(connect(settings), settings, "late").run()
+        result = Builder(connect(settings), KS, settings, "late").run()
         assert result.status == "written", result.message
         train = [
             orjson.loads(line) for line in (result.path / "train.jsonl").read_text().splitlines()
@@ -328,7 +330,7 @@ def test_the_gateway_archiver_waits_for_a_full_file_or_max_wait(
     archive(served)  # start from a drained stream
     ids = serve(served, 3, rate=False)
     root = tmp_path / "waiting"
-    archiver = Archiver(served.redis, Archive(str(root)), batch=10)
+    archiver = Archiver(served.redis, KS, Archive(str(root)), batch=10)
     try:
         waiting = archiver.run_once(max_wait_s=3600)  # 3 of 10, and just arrived: wait
         assert waiting.written == {"interactions": 0, "feedback": 0}

@@ -34,6 +34,8 @@ from .console_stack import REVIEWER_KEY, TENANT_REVIEWER_KEY, console_auth
 from .fixed_gateway import fixed_gateway
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 DB = 10  # this module's streams and records stay out of the other tests' database
 REVIEWER = {"Authorization": f"Bearer {REVIEWER_KEY}"}
 TENANT_REVIEWER = {"Authorization": f"Bearer {TENANT_REVIEWER_KEY}"}
@@ -47,7 +49,7 @@ class Stack:
     archive: Path
 
     def archive_now(self) -> None:
-        archiver = Archiver(self.redis, Archive(str(self.archive)))
+        archiver = Archiver(self.redis, KS, Archive(str(self.archive)))
         try:
             result = archiver.run_once()
         finally:
@@ -112,11 +114,11 @@ def leave_redis(stack: Stack, ids: list[str], keep_stream_entries: bool = False)
     wanted = set(ids)
     newest = max(
         keys.stream_id_order(keys.text(sid))
-        for sid, f in stack.redis.xrange(keys.INTERACTION_STREAM)
+        for sid, f in stack.redis.xrange(KS.interaction_stream)
         if keys.text(f[b"id"]) in wanted
     )
     trimmed = stack.redis.xtrim(
-        keys.INTERACTION_STREAM, minid=f"{newest[0]}-{newest[1] + 1}", approximate=False
+        KS.interaction_stream, minid=f"{newest[0]}-{newest[1] + 1}", approximate=False
     )
     assert trimmed >= len(ids)
 
@@ -173,7 +175,7 @@ def test_the_console_lists_and_searches_interactions_past_the_hot_window(stack: 
     stack.archive_now()  # the new ones are archived and still hot
     rate(stack, old[3], "up")  # after the last pass: this rating is only in Redis
     leave_redis(stack, old + theirs)
-    stack.redis.delete(keys.feedback(old[2]))  # its rating now only in the archive
+    stack.redis.delete(KS.feedback(old[2]))  # its rating now only in the archive
     leave_redis(stack, hot[:1], keep_stream_entries=True)  # the record went, the entry not yet
 
     newest_first = list(reversed(old + theirs + hot))

@@ -41,6 +41,8 @@ from .polling import eventually
 from .services import GatewayProcess, RedisClusterProcess, RedisProcess
 from .test_dataset import lines, serve_and_rate, sft
 
+KS = keys.CLUSTER_KEYSPACE  # the key names of a gateway with redis_cluster: true
+
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
@@ -77,15 +79,6 @@ def cluster_gateway(
     finally:
         gw.stop()
         upstream.stop()
-
-
-@pytest.fixture
-def cluster_keys() -> Iterator[None]:
-    """This test names keys as the gateway does on a cluster (then as before)."""
-    before = keys.CLUSTER
-    keys.configure(True)
-    yield
-    keys.configure(before)
 
 
 def client_of(cluster: RedisClusterProcess) -> RedisCluster:
@@ -151,7 +144,7 @@ def build_dataset(config: Path, experiment: str) -> subprocess.CompletedProcess[
 
 
 def test_chat_is_served_logged_and_records_spread_over_every_master(
-    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess, cluster_keys: None
+    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess
 ) -> None:
     with openai.OpenAI(base_url=cluster_gateway.base_url, api_key=API_KEY, max_retries=0) as c:
         messages: Any = [{"role": "user", "content": "Where is my parcel?"}]
@@ -171,7 +164,7 @@ def test_chat_is_served_logged_and_records_spread_over_every_master(
     eventually(  # the log writer batches
         lambda: r.exists(*names) == len(names), "every interaction is logged"
     )
-    day = keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
+    day = KS.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
     day_spend = eventually(lambda: r.hgetall(day), "the spend sync (every 0.1 s) ran")
     assert float(day_spend["m:fixed-a"]) > 0
     r.close()
@@ -187,7 +180,7 @@ def test_chat_is_served_logged_and_records_spread_over_every_master(
 
 
 def test_concurrent_ratings_by_one_rater_keep_the_aggregates_exact(
-    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess, cluster_keys: None
+    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess
 ) -> None:
     exp = new_experiment(cluster_gateway)
     rid = chat(cluster_gateway, exp, user="rater-1")
@@ -213,15 +206,15 @@ def test_concurrent_ratings_by_one_rater_keep_the_aggregates_exact(
     assert [r["rater"] for r in stored["data"]] == ["rater-1"]
     score = (stored["data"][0]["rating"] - 1) / 4
     r = client_of(redis_cluster)
-    agg = {k: float(v) for k, v in r.hgetall(keys.aggregate(exp, "fixed-a")).items()}
+    agg = {k: float(v) for k, v in r.hgetall(KS.aggregate(exp, "fixed-a")).items()}
     assert agg["count"] == 1
     assert agg["score_sum"] == pytest.approx(score, abs=1e-9)
     assert agg["score_sq"] == pytest.approx(score * score, abs=1e-9)
     assert agg["failures"] == (1 if score <= 0.25 else 0)
-    users = {k: v for k, v in r.hgetall(keys.user_scores(exp, 1, "fixed-a")).items()}
+    users = {k: v for k, v in r.hgetall(KS.user_scores(exp, 1, "fixed-a")).items()}
     assert (int(users["users"]), int(users["ratings"])) == (1, 1)
     assert float(users["mean_sum"]) == pytest.approx(score, abs=1e-9)
-    events = [e for _, e in r.xrange(keys.FEEDBACK_STREAM) if rid in e["data"]]
+    events = [e for _, e in r.xrange(KS.feedback_stream) if rid in e["data"]]
     assert len(events) == len(ratings)  # every rating event reaches the stream
     r.close()
 
@@ -320,7 +313,6 @@ def test_every_interaction_and_rating_served_on_the_cluster_is_archived(
 def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_examples(
     cluster_gateway: GatewayProcess,
     redis_cluster: RedisClusterProcess,
-    cluster_keys: None,
     tmp_path: Path,
 ) -> None:
     exp = new_experiment(cluster_gateway)
@@ -342,9 +334,9 @@ def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_exam
     removed = r.json()["removed"]["redis"]
     assert removed["interactions"] == 1 and removed["ratings"] == 1
     c = client_of(redis_cluster)
-    assert not c.exists(keys.interaction(gone), keys.feedback(gone))
-    assert c.exists(keys.interaction(kept), keys.feedback(kept)) == 2
-    assert c.hlen(keys.FORGET_PENDING) == 1
+    assert not c.exists(keys.interaction(gone), KS.feedback(gone))
+    assert c.exists(keys.interaction(kept), KS.feedback(kept)) == 2
+    assert c.hlen(KS.forget_pending) == 1
     pending = subprocess.run(
         [sys.executable, "-m", "retrain", "forget", "--pending", "--config", str(config)],
         capture_output=True,
@@ -352,7 +344,7 @@ def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_exam
         timeout=120,
     )
     assert pending.returncode == 0, pending.stderr
-    assert c.hlen(keys.FORGET_PENDING) == 0
+    assert c.hlen(KS.forget_pending) == 0
     c.close()
     version = latest_version(tmp_path / "datasets" / exp)
     assert version is not None
@@ -361,9 +353,7 @@ def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_exam
     ]
 
 
-def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
-    tmp_path: Path, cluster_keys: None
-) -> None:
+def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(tmp_path: Path) -> None:
     """A deployment on one Redis (today's names), stopped, copied with ``gateway
     migrate-keys`` onto a fresh cluster: its experiment, ratings and the retrain job's
     place in the feedback stream carry on there."""
@@ -424,7 +414,7 @@ def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
                 rated = httpx.post(f"{new.base_url}/feedback", json=body, headers=CLIENT)
                 assert rated.status_code == 201 and rated.json()["replaced"] is replaced
             r = client_of(fresh)
-            assert r.hget(keys.aggregate(exp, "fixed-a"), "count") == "3"
+            assert r.hget(KS.aggregate(exp, "fixed-a"), "count") == "3"
             r.close()
             # retrain build goes on from where its consumer group was: the two new
             # ratings are the only events it reads (and they add no new example)
@@ -440,54 +430,48 @@ def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
 
 
 CONSTANTS = (
-    "INTERACTION_STREAM",
-    "FEEDBACK_STREAM",
-    "AGGREGATE_INDEX",
-    "CONTROL_VERSION",
-    "EXPERIMENTS",
-    "MODELS",
-    "MODELS_HISTORY",
-    "API_KEYS",
-    "TENANTS",
-    "AUTH_AUDIT",
-    "JOBS",
-    "RETRAIN_RUNS",
+    "interaction_stream",
+    "feedback_stream",
+    "aggregate_index",
+    "control_version",
+    "experiments",
+    "models",
+    "models_history",
+    "api_keys",
+    "tenants",
+    "auth_audit",
+    "jobs",
+    "retrain_runs",
 )
 
 
 def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_uses() -> None:
-    def every_name() -> list[str]:
+    def every_name(ks: keys.Keyspace) -> list[str]:
         return [
             keys.interaction("chatcmpl-abc"),
-            keys.rate_limit("key_1", "req"),
-            keys.rate_limit("key_1", "tok"),
-            keys.feedback("chatcmpl-abc"),
-            keys.aggregate("exp", "arm"),
-            keys.requests(None, "arm"),
-            keys.version_requests("exp", 2, "arm"),
-            keys.version_users("exp", 2, "arm"),
-            keys.user_scores("exp", 2, "arm"),
-            keys.sequential("exp", 2),
-            keys.spend("k", "key_1", "2026-11"),
-            keys.spend_day("2026-11-30"),
-            keys.history("exp"),
-            keys.decision_lock("exp"),
-            keys.review("exp"),
-            keys.build_lock("exp"),
-            keys.run_lock("exp"),
-            keys.job("job_1"),
-            keys.trained("exp"),
-            *(getattr(keys, name) for name in CONSTANTS),
+            ks.rate_limit("key_1", "req"),
+            ks.rate_limit("key_1", "tok"),
+            ks.feedback("chatcmpl-abc"),
+            ks.aggregate("exp", "arm"),
+            ks.requests(None, "arm"),
+            ks.version_requests("exp", 2, "arm"),
+            ks.version_users("exp", 2, "arm"),
+            ks.user_scores("exp", 2, "arm"),
+            ks.sequential("exp", 2),
+            ks.spend("k", "key_1", "2026-11"),
+            ks.spend_day("2026-11-30"),
+            ks.history("exp"),
+            ks.decision_lock("exp"),
+            ks.review("exp"),
+            ks.build_lock("exp"),
+            ks.run_lock("exp"),
+            ks.job("job_1"),
+            ks.trained("exp"),
+            *(getattr(ks, name) for name in CONSTANTS),
         ]
 
-    before = keys.CLUSTER
-    try:
-        keys.configure(False)
-        plain = every_name()
-        keys.configure(True)
-        clustered = every_name()
-    finally:
-        keys.configure(before)
+    plain = every_name(keys.PLAIN_KEYSPACE)
+    clustered = every_name(keys.CLUSTER_KEYSPACE)
     assert len(plain) == 31 and all(n.startswith("fw:") for n in plain)
     assert [keys.cluster_name(n) for n in plain] == clustered
     slot = {n: key_slot(n.encode()) for n in clustered}
@@ -496,7 +480,7 @@ def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_u
 
 
 def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_served_is_lost(
-    tmp_path: Path, cluster_keys: None
+    tmp_path: Path,
 ) -> None:
     """kill -9 the master of the ``{fw}`` slot (3 masters, each with a replica): chat is
     served throughout, ratings are refused with 503 ``store_unavailable`` (never a
@@ -514,7 +498,7 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
         body = {"response_id": first, "rating": 5, "user": "before"}
         assert httpx.post(f"{gw.base_url}/feedback", json=body, headers=CLIENT).status_code == 201
         r = client_of(cluster)
-        shared_master = r.get_node_from_key(keys.CONTROL_VERSION).port
+        shared_master = r.get_node_from_key(KS.control_version).port
         r.close()
 
         cluster.kill(shared_master)
@@ -548,7 +532,7 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
             timeout_s=30,
             every_s=0.2,
         )
-        assert on_any_node(live, "HKEYS", keys.feedback(accepted)) == ["during"]
+        assert on_any_node(live, "HKEYS", KS.feedback(accepted)) == ["during"]
     finally:
         if gw is not None:
             gw.stop()

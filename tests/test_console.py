@@ -21,6 +21,8 @@ import httpx
 import pytest
 import redis
 
+from gateway.core import keys
+
 from .conftest import ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
 from .console_stack import (
     ADMIN,
@@ -365,7 +367,7 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
 
     gw, _ = stack
     exp = new_experiment(gw, "lineage")
-    jobs = JobStore(redis.Redis(port=redis_server.port, db=11))
+    jobs = JobStore(redis.Redis(port=redis_server.port, db=11), keys.PLAIN_KEYSPACE)
     job = jobs.create(
         experiment=exp,
         provider="local",

@@ -28,6 +28,8 @@ from retrain.feedback_log import connect
 from .conftest import ADMIN, API_KEY, CLIENT
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 VOCAB = (
     "refund order parcel invoice courier warranty return label account password delivery "
     "address payment card discount voucher store opening hours size colour exchange damaged "
@@ -85,7 +87,7 @@ def settings_for(
 
 
 def build(settings: RetrainSettings, experiment: str, **kwargs: Any) -> Any:
-    return Builder(connect(settings), settings, experiment).run(**kwargs)
+    return Builder(connect(settings), KS, settings, experiment).run(**kwargs)
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -183,7 +185,7 @@ def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     assert second.exit_code == OK and second.manifest["parent"] == m["id"]
     assert sft(items[2]["prompt"], item["correction"]) in lines(second.path / "train.jsonl")
     assert len(lines(second.path / "train.jsonl")) == 4
-    still = redis.Redis.from_url(redis_server.url).hkeys(keys.review(exp))
+    still = redis.Redis.from_url(redis_server.url).hkeys(KS.review(exp))
     assert [keys.text(k) for k in still] == [ids[4]]  # the uncorrected one stays queued
 
 
@@ -337,12 +339,12 @@ def test_a_killed_build_loses_no_event_and_repeats_none(
     stream = redis.Redis.from_url(settings.redis_url or "")
     mine = {
         keys.text(sid)
-        for sid, f in stream.xrange(keys.FEEDBACK_STREAM)
+        for sid, f in stream.xrange(KS.feedback_stream)
         if orjson.loads(f[b"data"])["experiment"] == exp
     }
     e1, e2 = set(v1.manifest["feedback_events"]), set(v2.manifest["feedback_events"])
     assert e1 | e2 == mine and not (e1 & e2)
-    pending = stream.xpending(keys.FEEDBACK_STREAM, keys.retrain_group(exp))
+    pending = stream.xpending(KS.feedback_stream, keys.retrain_group(exp))
     assert pending["pending"] == 0
 
 

@@ -27,6 +27,8 @@ from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import FIXED, fixed_gateway
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 DECISIONS_DB = 9
 DECIDE_S = 0.2
 PRICE = {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}
@@ -148,7 +150,7 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
     # each stage decided on its own users: versions count only what they served
     r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
     for version in (2, 3):
-        users = int(r.hget(keys.user_scores(name, version, "fixed-b"), "users") or 0)
+        users = int(r.hget(KS.user_scores(name, version, "fixed-b"), "users") or 0)
         assert users >= RULES["min_ratings"]
     # a promote is final: later looks change nothing
     time.sleep(5 * DECIDE_S)
@@ -319,7 +321,7 @@ def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -
     deadline = time.monotonic() + 5
     while True:
         assert time.monotonic() < deadline, "no judged shadow record"
-        for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=20):
+        for _, fields in r.xrevrange(KS.interaction_stream, count=20):
             rec = feedback_log.interaction(r, fields[b"id"].decode())
             if rec and rec.get("shadow_of") == served:
                 score: float | None = rec.get("judge_score")
@@ -386,7 +388,7 @@ def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating
             rate(rid, rating)
         rate(ask("light"), 1)  # one star: score 0
         r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
-        key = keys.user_scores(name, 1, "fixed-a")
+        key = KS.user_scores(name, 1, "fixed-a")
 
         def scores() -> dict[str, float]:
             raw = r.hmget(key, "users", "ratings", "mean_sum", "mean_sq")
