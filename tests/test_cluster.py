@@ -11,8 +11,6 @@ records spread over every master while the shared state stays in one slot.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,19 +39,8 @@ from .polling import eventually
 from .services import GatewayProcess, RedisClusterProcess, RedisProcess
 from .test_dataset import lines, serve_and_rate, sft
 
+pytestmark = pytest.mark.cluster
 KS = keys.CLUSTER_KEYSPACE  # the key names of a gateway with redis_cluster: true
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        reason = "a Redis Cluster needs redis-server and redis-cli (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the cluster tests", pytrace=False)
-        pytest.skip(reason)
-    cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
