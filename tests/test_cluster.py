@@ -525,3 +525,112 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
             gw.stop()
         upstream.stop()
         cluster.stop()
+
+
+def archived_counts(archive: Path, kind: str, column: str) -> dict[str, int]:
+    """How often each ``column`` value is in the committed archive files of ``kind``."""
+    import duckdb
+
+    from gateway.ops.archive import Archive
+
+    files = Archive(str(archive)).files(kind)
+    if not files:
+        return {}
+    with duckdb.connect() as db:
+        rows = db.execute(
+            f"SELECT {column}, count(*) FROM read_parquet(?) GROUP BY 1", [files]
+        ).fetchall()
+    return {str(value): int(n) for value, n in rows}
+
+
+def replicated(cluster: RedisClusterProcess) -> bool:
+    """Every replica has every write of its master (so a failover loses nothing served)."""
+    for port in cluster.ports:
+        node = redis.Redis(port=port, decode_responses=True)
+        try:
+            info = node.info("replication")
+        finally:
+            node.close()
+        if info.get("role") != "master":
+            continue
+        offsets = [
+            v["offset"] for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()
+        ]
+        if not offsets or min(offsets) < info["master_repl_offset"]:
+            return False
+    return True
+
+
+def test_a_master_failover_during_an_archive_pass_loses_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """kill -9 the master of the shared slot (the streams, the archive lock, the consumer
+    group) while ``retrain archive`` is copying in small batches: its replica takes over,
+    and the passes after it leave every interaction and rating in the archive exactly
+    once — what the dead master had acknowledged but not replicated is read again and
+    skipped by the manifest, never written twice."""
+    cluster = RedisClusterProcess(tmp_path / "ha", masters=3, replicas=1)
+    upstream = FaultyUpstream().start()
+    archive = tmp_path / "archive"
+    gw = None
+    try:
+        cluster.start()
+        config = fixed_config(
+            upstream.base_url,
+            cluster.url,
+            redis_cluster=True,
+            archive={"enabled": False, "url": str(archive), "batch": 4},
+        )
+        gw = GatewayProcess(config, tmp_path / "gw", ready_path="/readyz").start()
+        config_path = gw.config_path
+        exp = new_experiment(gw)
+        items = [
+            {"prompt": f"question {i}", "user": f"f{i}", "rating": i % 5 + 1} for i in range(48)
+        ]
+        ids = set(serve_and_rate(gw, exp, items))
+        r = client_of(cluster)
+        eventually(lambda: r.exists(*[keys.interaction(i) for i in ids]) == len(ids), "logged")
+        shared_master = r.get_node_from_key(KS.interaction_stream).port
+        r.close()
+        gw.stop()  # what is served is in Redis: the archiver alone is at work now
+        gw = None
+        eventually(lambda: replicated(cluster), "every write reached the replicas")
+
+        def archive_pass() -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "retrain", "archive", "--config", str(config_path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        running = archive_pass()
+        manifest = archive / "manifest.json"
+        eventually(
+            lambda: manifest.exists() and '"interactions"' in manifest.read_text(),
+            "the pass committed its first batch",
+            timeout_s=60,
+            every_s=0.005,
+        )
+        assert running.poll() is None, "the pass ended before the kill"
+        cluster.kill(shared_master)  # mid-pass: 12 batches of interactions, 12 of ratings
+        out, err = running.communicate(timeout=120)
+        assert running.returncode != 0 or "archived" in out, out + err
+
+        def drained() -> bool:
+            again = archive_pass()
+            out, err = again.communicate(timeout=120)
+            if again.returncode != 0:  # the replica is not promoted yet
+                return False
+            return "archived 0 interactions and 0 ratings" in out
+
+        eventually(drained, "passes after the failover drain both streams", timeout_s=90)
+        interactions = archived_counts(archive, "interactions", "id")
+        ratings = archived_counts(archive, "feedback", "response_id")
+        assert {i: interactions.get(i) for i in ids} == dict.fromkeys(ids, 1)
+        assert {i: ratings.get(i) for i in ids} == dict.fromkeys(ids, 1)
+    finally:
+        if gw is not None:
+            gw.stop()
+        upstream.stop()
+        cluster.stop()
