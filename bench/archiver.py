@@ -39,6 +39,8 @@ from .procs import Processes
 from .storage import conversations, interaction_log
 from .systems import start_redis
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
 
 def rating(rec: InteractionRecord, i: int, rng: random.Random) -> FeedbackEvent:
     """A rating of ``rec`` as ``POST /v1/feedback`` stores it."""
@@ -76,7 +78,7 @@ async def fill(url: str, recs: list[InteractionRecord], rated: float) -> int:
         for rec in batch:
             if rng.random() < rated:
                 data = encode_feedback(rating(rec, n, rng))
-                pipe.xadd(keys.FEEDBACK_STREAM, {"data": data, "replaced": "0"})
+                pipe.xadd(KS.feedback_stream, {"data": data, "replaced": "0"})
                 n += 1
         await pipe.execute()
     await client.aclose()
@@ -89,9 +91,9 @@ def one_pass(
     """One timed pass into a new archive at ``root``, after the group is rewound to the
     streams' start (what the previous pass acknowledged is read again)."""
     archive = Archive(str(root))
-    archiver = Archiver(client, archive, batch=args.batch)
+    archiver = Archiver(client, KS, archive, batch=args.batch)
     archiver.ensure_groups()  # as a running archiver has: not timed
-    for stream in (keys.INTERACTION_STREAM, keys.FEEDBACK_STREAM):
+    for stream in (KS.interaction_stream, KS.feedback_stream):
         client.xgroup_setid(stream, keys.ARCHIVE_GROUP, id="0")
     profiler = cProfile.Profile() if args.profile and first else None
     load = os.getloadavg()[0]

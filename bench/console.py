@@ -34,6 +34,9 @@ from .logwriter import make_records
 from .report import table
 from .systems import ID_SECRET
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
+
 ADMIN_KEY = "sk-bench-admin-0123456789"
 
 
@@ -41,7 +44,9 @@ async def fill(redis_url: str, n: int) -> None:
     """``n`` records through the gateway's own log writer (records, stream, counters)."""
     client = aioredis.Redis.from_url(redis_url)
     metrics = Metrics()
-    log = InteractionLog(client, metrics, queue_size=n, batch_size=256, retention_s=7 * 86400)
+    log = InteractionLog(
+        client, metrics, ks=KS, queue_size=n, batch_size=256, retention_s=7 * 86400
+    )
     log.start()
     for i, rec in enumerate(make_records(n)):
         log.submit(rec)
@@ -58,7 +63,7 @@ def rate(client: redis.Redis, every: int = 10) -> str:
     ids: list[str] = []
     cursor = "-"
     while True:
-        chunk = client.xrange(keys.INTERACTION_STREAM, cursor, "+", count=10_000)
+        chunk = client.xrange(KS.interaction_stream, cursor, "+", count=10_000)
         ids += [f[b"id"].decode() for _, f in chunk]
         if len(chunk) < 10_000:
             break
@@ -84,7 +89,7 @@ def rate(client: redis.Redis, every: int = 10) -> str:
             "arm": "m0",
             "created": now,
         }
-        pipe.hset(keys.feedback(rid), "bench", orjson.dumps(record))
+        pipe.hset(KS.feedback(rid), "bench", orjson.dumps(record))
         if i < 50 and score == 0:
             item = {
                 "response_id": rid,
@@ -97,7 +102,7 @@ def rate(client: redis.Redis, every: int = 10) -> str:
                 "group": "u0",
                 "correction": None,
             }
-            pipe.hsetnx(keys.review("ab"), rid, orjson.dumps(item))
+            pipe.hsetnx(KS.review("ab"), rid, orjson.dumps(item))
     pipe.execute()
     return ids[0]
 

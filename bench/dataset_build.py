@@ -44,6 +44,9 @@ from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from tests.services import RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
+
 WORDS = [f"w{i}" for i in range(20_000)]
 WORKLOADS = {"mixed": (("th", 0.3), ("vi", 0.1)), "english": ()}  # shares not English
 
@@ -142,7 +145,7 @@ def fill(
             "created": int(time.time()),
         }
         pipe.set(keys.interaction(rid), orjson.dumps(interaction))
-        pipe.xadd(keys.FEEDBACK_STREAM, {"data": orjson.dumps(record), "replaced": 0})
+        pipe.xadd(KS.feedback_stream, {"data": orjson.dumps(record), "replaced": 0})
         if i % 2000 == 1999:
             pipe.execute()
     pipe.execute()
@@ -200,7 +203,7 @@ def archived(rows: int, events: int, profile: str | None = None, workload: str =
             pipe = client.pipeline(transaction=False)
             for i, row in enumerate(rated):
                 record = rating(i, ids[row], "ab", rng, language(row, workload))
-                pipe.xadd(keys.FEEDBACK_STREAM, {"data": orjson.dumps(record), "replaced": 0})
+                pipe.xadd(KS.feedback_stream, {"data": orjson.dumps(record), "replaced": 0})
                 if i % 2000 == 1999:
                     pipe.execute()
             pipe.execute()
@@ -262,7 +265,7 @@ def build_only(config: str) -> None:
         last = now
         return lambda _n: None
 
-    result = Builder(connect(settings), settings, "ab", progress=progress).run()
+    result = Builder(connect(settings), KS, settings, "ab", progress=progress).run()
     stages.append(f"{time.perf_counter() - last:.1f} s")
     assert result.exit_code == 0, result.message
     m = result.manifest
@@ -313,7 +316,7 @@ def main() -> None:
                 return lambda _n: None
 
             t0 = time.perf_counter()
-            result = Builder(client, settings, "bench", progress=progress).run()
+            result = Builder(client, KS, settings, "bench", progress=progress).run()
             took = time.perf_counter() - t0
         finally:
             server.stop()

@@ -35,6 +35,9 @@ from .procs import Processes
 from .storage import conversations
 from .systems import start_redis
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
+
 PER_FILE = 50_000
 
 
@@ -51,6 +54,7 @@ def write_hot(url: str, n: int, users: int) -> None:
         log = InteractionLog(
             client,
             Metrics(),
+            ks=KS,
             queue_size=n,
             batch_size=500,
             retention_s=cfg.retention_days * 86400,
@@ -65,8 +69,8 @@ def write_hot(url: str, n: int, users: int) -> None:
     pipe = sync.pipeline(transaction=False)
     for rec in recs[::10]:
         rating = {"response_id": rec["id"], "rater": rec["user"], "tenant": rec["tenant"]}
-        pipe.hset(keys.feedback(rec["id"]), rec["user"], orjson.dumps(rating))
-        pipe.xadd(keys.FEEDBACK_STREAM, {"data": orjson.dumps(rating), "replaced": 0})
+        pipe.hset(KS.feedback(rec["id"]), rec["user"], orjson.dumps(rating))
+        pipe.xadd(KS.feedback_stream, {"data": orjson.dumps(rating), "replaced": 0})
     pipe.execute()
     sync.close()
 
@@ -110,7 +114,7 @@ def main() -> None:
             write_archive(str(work / "archive"), args.rows, args.users)
             prepared = time.perf_counter() - t0
             client = redis.Redis.from_url(url)
-            forgetter = Forgetter(client, Archive(str(work / "archive")))
+            forgetter = Forgetter(client, KS, Archive(str(work / "archive")))
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t0 = time.perf_counter()
             _, counts = forgetter.run("u7", None, "bench")

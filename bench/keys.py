@@ -36,6 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.control.routing import Router
+from gateway.core import keys
 from gateway.core.auth import KeyRing, Principal, digest
 from gateway.core.config import ApiKey, Budget, Experiment, ModelVersion, Price, Upstream
 from gateway.serving.metrics import Metrics
@@ -94,8 +95,8 @@ async def budgets(redis_url: str, n: int) -> dict[str, float]:
     await client.flushdb()
     metrics = Metrics()
     tenant_budgets = {"alpha": Budget(limit=1e9, period="monthly")}
-    spend = Spend(client, metrics, tenant_budgets=lambda: tenant_budgets)
-    plain = Spend(client, metrics, tenant_budgets=lambda: {})
+    spend = Spend(client, metrics, ks=keys.PLAIN_KEYSPACE, tenant_budgets=lambda: tenant_budgets)
+    plain = Spend(client, metrics, ks=keys.PLAIN_KEYSPACE, tenant_budgets=lambda: {})
     budgeted = Principal("app", "alpha", key_id="key_1", budget=Budget(limit=1e9, period="daily"))
     free = Principal("free", "beta", key_id="key_2")
     price = Price(prompt_per_1m=0.5, completion_per_1m=1.5)

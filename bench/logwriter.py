@@ -30,6 +30,8 @@ from gateway.serving.metrics import Metrics
 from .procs import group_cpu_seconds
 from .systems import ID_SECRET
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
 
 @dataclass
 class LogResult:
@@ -100,13 +102,14 @@ async def measure(
     log = InteractionLog(
         client,
         metrics,
+        ks=KS,
         queue_size=max(n, defaults.queue_size),  # measure the writer, not the queue's bound
         batch_size=defaults.batch_size,
         retention_s=defaults.retention_days * 86400,
     )
     # What one submit costs on the request path, on a log that is not running.
     probe = InteractionLog(
-        client, Metrics(), queue_size=n, batch_size=defaults.batch_size, retention_s=60
+        client, Metrics(), ks=KS, queue_size=n, batch_size=defaults.batch_size, retention_s=60
     )
     t = time.perf_counter()
     for rec in records:
@@ -126,7 +129,7 @@ async def measure(
     cpu = time.process_time() - cpu0
     redis_cpu = _redis_cpu(redis_pid) - redis0 if redis_pid else None
     await log.stop()
-    in_redis = int(await client.xlen(keys.INTERACTION_STREAM))
+    in_redis = int(await client.xlen(KS.interaction_stream))
     await client.flushdb()
     await client.aclose()
     return LogResult(

@@ -223,6 +223,7 @@ SCENARIOS: dict[str, tuple[float, float, float]] = {
     # name: (base rate, lift, drift of the base rate over max_users)
     "A/A": (0.60, 0.0, 0.0),
     "lift 0.60 → 0.66": (0.60, 0.06, 0.0),
+    "harm 0.60 → 0.54": (0.60, -0.06, 0.0),
     "A/A, base drifts 0.70 → 0.40": (0.70, 0.0, -0.30),
     "lift, base drifts 0.70 → 0.40": (0.70, 0.06, -0.30),
 }

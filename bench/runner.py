@@ -28,6 +28,9 @@ from .procs import BenchError, Processes, ensure_binary
 from .streaming import run_streaming
 from .wrk import WrkResult, lua_script, run_wrk
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
+
 MODES = ("throughput", "streaming", "arms", "log")
 PEERS = ("litellm", "portkey")
 
@@ -244,7 +247,7 @@ class Bench:
         """How many arms Redis counted assignments for (every arm should get traffic)."""
         client = redis.Redis.from_url(self.redis.url(db))
         try:
-            return len(client.keys(keys.version_users("ab", 1, "*")))
+            return len(client.keys(KS.version_users("ab", 1, "*")))
         finally:
             client.close()
 

@@ -44,6 +44,8 @@ from gateway.serving.metrics import Metrics
 from .procs import Processes
 from .systems import ID_SECRET, start_redis
 
+KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
+
 
 def _corpus() -> list[str]:
     """The words of English prose (Python's own documentation, shipped with it), with their
@@ -137,7 +139,7 @@ async def legacy_write(client: aioredis.Redis, batch: list[InteractionRecord]) -
         old.pop("shadow_of")
         pipe.set(keys.interaction(rec["id"]), orjson.dumps(old), ex=ttl)
         pipe.xadd(
-            keys.INTERACTION_STREAM,
+            KS.interaction_stream,
             {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
         )
     await pipe.execute()
@@ -150,6 +152,7 @@ def interaction_log(client: aioredis.Redis, records: int) -> InteractionLog:
     return InteractionLog(
         client,
         Metrics(),
+        ks=KS,
         queue_size=records,
         batch_size=500,
         retention_s=cfg.retention_days * 86400,
@@ -184,7 +187,7 @@ def archive_bytes(url: str, n: int) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="flywheel-bench-archive-"))
     client = redis.Redis.from_url(url)
     try:
-        archiver = Archiver(client, Archive(str(root)), batch=50_000)
+        archiver = Archiver(client, KS, Archive(str(root)), batch=50_000)
         t0 = time.perf_counter()
         result = archiver.run_once()
         seconds = time.perf_counter() - t0

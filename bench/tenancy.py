@@ -167,7 +167,7 @@ class Exercise:
         """What ``retrain build`` and a training job leave behind for tenant ``t``."""
         rid = self.rids[t][0]
         item = {"response_id": rid, "correction": None, "question": TEXTS[t][0], "answer": "x"}
-        self.store.hset(keys.review(f"{t}-exp"), rid, orjson.dumps(item))
+        self.store.hset(keys.PLAIN_KEYSPACE.review(f"{t}-exp"), rid, orjson.dumps(item))
         version = self.datasets / f"{t}-exp" / f"{t}-v1"
         version.mkdir(parents=True)
         manifest = {
@@ -203,8 +203,8 @@ class Exercise:
             "error": None,
         }
         pipe = self.store.pipeline()
-        pipe.set(keys.job(job["id"]), orjson.dumps(job))
-        pipe.zadd(keys.JOBS, {job["id"]: time.time()})
+        pipe.set(keys.PLAIN_KEYSPACE.job(job["id"]), orjson.dumps(job))
+        pipe.zadd(keys.PLAIN_KEYSPACE.jobs, {job["id"]: time.time()})
         pipe.execute()
 
     # -- helpers ---------------------------------------------------------------------
@@ -286,7 +286,9 @@ class Exercise:
             "/ui/review/save",
             {"csrf": token, "experiment": "globex-exp", "id": g_rid, "action": "dismiss"},
         )
-        item = orjson.loads(self.store.hget(keys.review("globex-exp"), g_rid) or b"{}")
+        item = orjson.loads(
+            self.store.hget(keys.PLAIN_KEYSPACE.review("globex-exp"), g_rid) or b"{}"
+        )
         check(a, "console: dismiss globex's review item", not item.get("dismissed"))
         version = before["version"]
         for action in ("ramp", "promote", "rollback"):
@@ -556,7 +558,6 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    keys.configure(False)
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisProcess(Path(tmp) / "redis")
         upstream = FaultyUpstream()

@@ -132,10 +132,10 @@ def patch_writer_lua() -> None:
         for rec in batch:
             args += [keys.interaction(rec["id"]), keys.encode(rec), rec["id"]]
             args += [rec["experiment"] or "", rec["arm"]]
-        for key, fields in arm_statistics(batch).items():
+        for key, fields in arm_statistics(self.ks, batch).items():
             for name, n in fields.items():
                 args += [key, name, n]
-        await script(keys=[keys.INTERACTION_STREAM], args=args)
+        await script(keys=[self.ks.interaction_stream], args=args)
 
     InteractionLog._write = _write  # type: ignore[method-assign]
 
@@ -157,13 +157,13 @@ def patch_stats_interval(interval_s: float = 1.0) -> None:
         for rec in batch:
             pipe.set(keys.interaction(rec["id"]), keys.encode(rec), ex=ttl)
             pipe.xadd(
-                keys.INTERACTION_STREAM,
+                self.ks.interaction_stream,
                 {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
                 minid=oldest_ms,
                 approximate=True,
             )
         acc = self.__dict__.setdefault("_bench_acc", defaultdict(Counter))
-        for key, fields in arm_statistics(batch).items():
+        for key, fields in arm_statistics(self.ks, batch).items():
             acc[key].update(fields)
         now = time.monotonic()
         if now - self.__dict__.get("_bench_flushed", 0.0) >= interval_s:

@@ -62,7 +62,7 @@ from gateway.serving.metrics import Metrics
 from gateway.serving.routes import add_public_routes, request_id
 from gateway.serving.spend import Spend
 from gateway.serving.upstream import UpstreamClient
-from gateway.state import GatewayState, state
+from gateway.state import GatewayState, app_state, state
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,13 @@ async def _bounded(what: str, step: Callable[[], Awaitable[None]], seconds: floa
         log.info("shutdown: %s took %.2f s", what, time.monotonic() - t0)
 
 
-async def _archive_loop(settings: Settings, url: str) -> None:
+async def _archive_loop(settings: Settings, ks: keys.Keyspace, url: str) -> None:
     """Background task: archive what Redis holds, when this process holds the archive lock
     (one archiver among all replicas and workers). Each pass runs in a thread."""
     from gateway.ops.archive import Archive, Archiver
 
     cfg = settings.archive
-    cluster = settings.redis_cluster and bool(settings.redis_url)
-    client = store.connect_sync(url, cluster=cluster, socket_timeout=60)
+    client = store.connect_sync(url, cluster=ks.cluster, socket_timeout=60)
     archiver: Archiver | None = None
     try:
         while True:
@@ -171,7 +170,9 @@ async def _archive_loop(settings: Settings, url: str) -> None:
                     archive = await asyncio.to_thread(
                         Archive, default_url(settings.data_dir, cfg.url)
                     )
-                    archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
+                    archiver = Archiver(
+                        client, ks, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s
+                    )
                 await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
                 # free between passes: any replica may take the next one, and a forget
                 # (gateway/ops/forget.py) need not wait for this one to hand the lock over
@@ -226,6 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
                 if settings.id_secret
                 else load_or_create_secret(settings.data_dir)
             )
+            ks = store.keyspace(settings)  # the key names: every component gets this value
             redis, embedded = await store.open_store(settings)
             if embedded is not None:
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
@@ -236,6 +238,7 @@ def create_app(settings: Settings) -> FastAPI:
             ilog = InteractionLog(
                 redis,
                 metrics,
+                ks=ks,
                 queue_size=settings.interaction_log.queue_size,
                 batch_size=settings.interaction_log.batch_size,
                 retention_s=settings.interaction_log.retention_days * 86400,
@@ -244,18 +247,21 @@ def create_app(settings: Settings) -> FastAPI:
             )
             ilog.start()
             bounded("interaction log flush", ilog.stop, 6)  # flushes for up to 5 s
-            control = Control(redis=redis, settings=settings, upstream=upstream, metrics=metrics)
+            control = Control(
+                redis=redis, ks=ks, settings=settings, upstream=upstream, metrics=metrics
+            )
             live = control.live
             spend = Spend(
                 redis,
                 metrics,
+                ks=ks,
                 tenant_budgets=lambda: live.tenant_budgets,
                 fail_open=settings.auth.fail_open,
                 sync_s=settings.auth.spend_sync_s,
             )
             spend.start()
             bounded("spend charges", spend.close, 2)
-            limiter = RateLimiter(redis, metrics, fail_open=settings.auth.fail_open)
+            limiter = RateLimiter(redis, metrics, ks, fail_open=settings.auth.fail_open)
             bounded("rate-limit charges", limiter.close, 2)
             keyring = KeyRing(
                 settings.auth.api_keys, settings.auth.admin_keys, runtime=lambda: live.principals
@@ -280,6 +286,7 @@ def create_app(settings: Settings) -> FastAPI:
             bounded("control tasks", control.stop, 3)
             feedback = FeedbackService(
                 redis=redis,
+                ks=ks,
                 ids=ids,
                 log=ilog,
                 metrics=metrics,
@@ -295,6 +302,7 @@ def create_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(
                     maintain(
                         redis,
+                        ks,
                         settings.feedback,
                         lambda: list(control.router.experiments),
                         extra_groups=[keys.ARCHIVE_GROUP] if archiving else [],
@@ -304,13 +312,14 @@ def create_app(settings: Settings) -> FastAPI:
             ]
             url = embedded.url if embedded is not None else settings.redis_url or ""
             if archiving:
-                maintenance.append(asyncio.create_task(_archive_loop(settings, url)))
+                maintenance.append(asyncio.create_task(_archive_loop(settings, ks, url)))
             for task in maintenance:
                 stack.callback(task.cancel)
             app.state.gateway = GatewayState(
                 settings,
                 metrics,
                 redis,
+                ks,
                 upstream,
                 control,
                 keyring,
@@ -378,7 +387,7 @@ def _after_startup(app: FastAPI) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-    _drain_on_sigterm(app.state.gateway)
+    _drain_on_sigterm(app_state(app))
 
 
 def serving_app(app: FastAPI) -> ASGIApp:

@@ -151,6 +151,7 @@ async def experiment_report(
         metrics = Metrics()
         control = Control(
             redis=redis,
+            ks=store.keyspace(settings),
             settings=settings,
             upstream=UpstreamClient(metrics, settings.upstreams),
             metrics=metrics,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
 from starlette.requests import Request
 
 from gateway.control.control import Control
+from gateway.core import keys
 from gateway.core.auth import KeyRing
 from gateway.core.config import Settings
 from gateway.serving.chat import ChatService
@@ -21,6 +23,7 @@ class GatewayState:
     settings: Settings
     metrics: Metrics
     redis: aioredis.Redis
+    ks: keys.Keyspace  # the key names, built once from the config (one Redis or a cluster)
     upstream: UpstreamClient
     control: Control
     keyring: KeyRing
@@ -31,6 +34,12 @@ class GatewayState:
     redis_url: str = ""  # where the sync clients (archiver, forget) connect
 
 
-def state(request: Request) -> GatewayState:
-    st: GatewayState = request.app.state.gateway
+def app_state(app: Starlette) -> GatewayState:
+    """The typed state the lifespan built (what handlers and the drain read)."""
+    st: GatewayState = app.state.gateway
     return st
+
+
+def state(request: Request) -> GatewayState:
+    """The typed state of the app serving ``request``: every handler's one way in."""
+    return app_state(request.app)

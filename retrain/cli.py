@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(make_test_adapter(args.model, args.out, seed=args.seed))
         return 0
     if args.command == "export-feedback":
+        from gateway.core.store import keyspace
         from retrain.config import load as load_config
         from retrain.feedback_log import connect, export_feedback, parse_since
 
@@ -266,7 +267,14 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = load_config(args.config)
         archive = Archive(default_url(settings.data_dir, settings.archive.url))
-        n = export_feedback(connect(settings), since, args.out, tenant=args.tenant, archive=archive)
+        n = export_feedback(
+            connect(settings),
+            keyspace(settings),
+            since,
+            args.out,
+            tenant=args.tenant,
+            archive=archive,
+        )
         print(f"wrote {n} rated responses to {args.out}")
         return 0
     if args.command == "join-training":
@@ -297,17 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "jobs", "status", "cancel", "lineage"):
         return _jobs(args)
     if args.command == "review":
+        from gateway.core.store import keyspace
         from retrain.config import load as load_config
         from retrain.feedback_log import connect
         from retrain.review import ReviewError, export_review, import_review
 
-        client = connect(load_config(args.config))
+        settings = load_config(args.config)
+        client, ks = connect(settings), keyspace(settings)
         if args.action == "export":
-            n = export_review(client, args.experiment, args.out)
+            n = export_review(client, ks, args.experiment, args.out)
             print(f"wrote {n} failures awaiting a correction to {args.out}")
             return 0
         try:
-            n = import_review(client, args.experiment, args.file)
+            n = import_review(client, ks, args.experiment, args.file)
         except (ReviewError, OSError) as exc:
             print(f"retrain: review import: {exc}", file=sys.stderr)
             return 1
@@ -321,6 +331,7 @@ def _export(args: argparse.Namespace) -> int:
 
     adapter, base = Path(args.model), args.base
     if not adapter.is_dir():  # a model name: the gateway knows its adapter
+        from gateway.core.store import keyspace
         from retrain.config import load as load_config
         from retrain.feedback_log import connect
         from retrain.gateway_client import Gateway, GatewayUnavailable
@@ -341,7 +352,7 @@ def _export(args: argparse.Namespace) -> int:
             return 2
         adapter = Path(info["adapter_path"])
         job_id = (info.get("lineage") or {}).get("job")
-        job = JobStore(connect(settings)).get(job_id) if job_id else None
+        job = JobStore(connect(settings), keyspace(settings)).get(job_id) if job_id else None
         base = base or (job or {}).get("base_model") or settings.retrain.local.base_model
     try:
         out = export(adapter, args.out, merged=args.merged, base=base)
@@ -354,6 +365,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _archive(args: argparse.Namespace) -> int:
+    from gateway.core.store import keyspace
     from gateway.ops.archive import Archive, Archiver, default_url
     from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
@@ -363,6 +375,7 @@ def _archive(args: argparse.Namespace) -> int:
     cfg = settings.archive
     archiver = Archiver(
         connect(settings),
+        keyspace(settings),
         Archive(default_url(settings.data_dir, cfg.url)),
         batch=cfg.batch,
         lock_ttl_s=cfg.lock_ttl_s,
@@ -386,18 +399,19 @@ def _forget(args: argparse.Namespace) -> int:
     import orjson
 
     from gateway.core.errors import Conflict, InvalidRequest
+    from gateway.core.store import keyspace
     from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
     from retrain.forget import Busy, forget_pending, forget_user
 
     settings = load_config(args.config)
-    client = connect(settings)
+    client, ks = connect(settings), keyspace(settings)
     try:
         if args.pending:
-            done: object = forget_pending(client, settings)
+            done: object = forget_pending(client, ks, settings)
         else:
-            done = forget_user(client, settings, args.user, args.tenant)
+            done = forget_user(client, ks, settings, args.user, args.tenant)
     except InvalidRequest as exc:
         print(f"retrain forget: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
@@ -412,6 +426,7 @@ def _build(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
+    from gateway.core.store import keyspace
     from retrain.config import load as load_config
     from retrain.dataset import USAGE, Builder
     from retrain.feedback_log import connect, parse_since
@@ -431,6 +446,7 @@ def _build(args: argparse.Namespace) -> int:
 
         builder = Builder(
             connect(settings),
+            keyspace(settings),
             settings,
             args.experiment,
             out=args.out,
@@ -507,13 +523,14 @@ def _config(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     import time
 
+    from gateway.core.store import keyspace
     from retrain.config import load as load_config
     from retrain.feedback_log import connect
     from retrain.jobs import FINAL, JobStore
 
     settings = load_config(args.config)
-    client = connect(settings)
-    store = JobStore(client)
+    client, ks = connect(settings), keyspace(settings)  # built once for the whole command
+    store = JobStore(client, ks)
     if args.command == "run":
         from pydantic import ValidationError
 
@@ -534,6 +551,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
         result = run(
             client,
+            ks,
             settings,
             args.experiment,
             provider=args.provider,

@@ -124,6 +124,7 @@ def recover(
 
 def run(
     client: redis.Redis,
+    ks: keys.Keyspace,
     settings: RetrainSettings,
     experiment: str,
     *,
@@ -131,7 +132,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> RunResult:
     provider = provider or settings.retrain.provider
-    lock = Lock(client, keys.run_lock(experiment))
+    lock = Lock(client, ks.run_lock(experiment))
     holder = lock.acquire()
     if holder is not None:
         return RunResult(BUSY, f"another run of '{experiment}' holds the lock ({holder})")
@@ -143,18 +144,25 @@ def run(
                 "preflight: nothing was consumed; fix this first:\n"
                 + "\n".join(f"  - {p}" for p in problems),
             )
-        record_run(client, experiment, started=time.time())
+        record_run(client, ks, experiment, started=time.time())
         try:
-            result = _run(client, settings, experiment, provider, base_model, log)
+            result = _run(client, ks, settings, experiment, provider, base_model, log)
         except Exception:
-            record_run(client, experiment, finished=time.time(), outcome="failed", exit_code=FAILED)
+            record_run(
+                client, ks, experiment, finished=time.time(), outcome="failed", exit_code=FAILED
+            )
             raise
         now = time.time()
         record_run(
-            client, experiment, finished=now, outcome=outcome(result), exit_code=result.exit_code
+            client,
+            ks,
+            experiment,
+            finished=now,
+            outcome=outcome(result),
+            exit_code=result.exit_code,
         )
         if result.exit_code in (OK, BELOW_MINIMUM, REJECTED):  # ran as it should
-            record_run(client, experiment, last_success=now)
+            record_run(client, ks, experiment, last_success=now)
         return result
     finally:
         lock.release()
@@ -189,10 +197,14 @@ class Trainable:
 
 
 def _to_train(
-    client: redis.Redis, settings: RetrainSettings, experiment: str, log: Callable[[str], None]
+    client: redis.Redis,
+    ks: keys.Keyspace,
+    settings: RetrainSettings,
+    experiment: str,
+    log: Callable[[str], None],
 ) -> RunResult | Trainable:
     """The dataset version this run trains, or why there is none."""
-    built = Builder(client, settings, experiment).run()
+    built = Builder(client, ks, settings, experiment).run()
     if built.status in ("below-minimum", "busy", "over-cost-cap") or built.exit_code != OK:
         log(f"skip: {built.message}")
         return RunResult(built.exit_code, f"skipped: {built.message}")
@@ -200,7 +212,7 @@ def _to_train(
     # The manifest as written (not rebuilt: with nothing new, the build's own would name
     # the version as its own parent); the examples are not read again.
     version = Trainable(built.path, orjson.loads((built.path / "manifest.json").read_bytes()))
-    done = dataset_outcome(client, experiment, version.id)
+    done = dataset_outcome(client, ks, experiment, version.id)
     if done is not None:
         return RunResult(
             OK,
@@ -223,6 +235,7 @@ def _to_train(
 
 def _run(
     client: redis.Redis,
+    ks: keys.Keyspace,
     settings: RetrainSettings,
     experiment: str,
     provider: str,
@@ -230,11 +243,11 @@ def _run(
     log: Callable[[str], None],
 ) -> RunResult:
     cfg = settings.retrain
-    store, gateway = JobStore(client), Gateway(settings)
+    store, gateway = JobStore(client, ks), Gateway(settings)
     for job_id in recover(store, gateway, experiment, settings):
         log(f"cleaned up {job_id}: its run had died")
 
-    version = _to_train(client, settings, experiment, log)
+    version = _to_train(client, ks, settings, experiment, log)
     if isinstance(version, RunResult):
         return version
     dataset_id, parent = version.id, version.manifest["parent"]
@@ -247,7 +260,12 @@ def _run(
         runner=f"{socket.gethostname()}:{os.getpid()}",
     )
     record_run(
-        client, experiment, job=job["id"], dataset=dataset_id, examples=version.manifest["counts"]
+        client,
+        ks,
+        experiment,
+        job=job["id"],
+        dataset=dataset_id,
+        examples=version.manifest["counts"],
     )
     name = f"{experiment}-{job['id'].removeprefix('ftjob-')}"
     log(f"{job['id']}: training a {provider} candidate on {dataset_id}")
@@ -293,7 +311,7 @@ def _run(
             )
             code = evaluate.OUTCOME_CODES[result["outcome"]]
             if code == REJECTED:  # judged: this version is done (collect-more is not)
-                record_outcome(client, experiment, dataset_id, "rejected", job=job["id"])
+                record_outcome(client, ks, experiment, dataset_id, "rejected", job=job["id"])
                 _forget_checkpoints(store.get(job["id"]))
             return RunResult(
                 code, f"{name} not registered: {result['reason']}", store.get(job["id"])
@@ -302,7 +320,7 @@ def _run(
         weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)
         gateway.add_arm(experiment, name, weight)
         job = store.update(job["id"], status="registered", evaluation=result)
-        record_outcome(client, experiment, dataset_id, "registered", job=job["id"], model=name)
+        record_outcome(client, ks, experiment, dataset_id, "registered", job=job["id"], model=name)
         _forget_checkpoints(job)
         return RunResult(
             OK,

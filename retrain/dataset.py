@@ -463,10 +463,10 @@ def _teacher(settings: RetrainSettings) -> Callable[[list[dict[str, Any]]], str 
 
 
 def experiment_tenant(
-    client: redis.Redis, settings: RetrainSettings, experiment: str
+    client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings, experiment: str
 ) -> str | None:
     """The tenant an experiment belongs to (None: shared), from the live state or the config."""
-    raw = client.hget(keys.EXPERIMENTS, experiment)
+    raw = client.hget(ks.experiments, experiment)
     if raw is not None:
         tenant = (orjson.loads(raw).get("spec") or {}).get("tenant")
         return str(tenant) if tenant else None
@@ -478,6 +478,7 @@ class Builder:
     def __init__(
         self,
         client: redis.Redis,
+        ks: keys.Keyspace,
         settings: RetrainSettings,
         experiment: str,
         *,
@@ -486,6 +487,7 @@ class Builder:
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
     ) -> None:
         self.client = client
+        self.ks = ks
         self.settings = settings
         self.cfg = settings.retrain
         self.experiment = experiment
@@ -495,7 +497,7 @@ class Builder:
         self.progress = progress or (lambda _stage, _total: lambda _n: None)
 
     def run(self, *, dry_run: bool = False) -> BuildResult:
-        lock = Lock(self.client, keys.build_lock(self.experiment))
+        lock = Lock(self.client, self.ks.build_lock(self.experiment))
         holder = lock.acquire()
         if holder is not None:
             return BuildResult(
@@ -505,7 +507,7 @@ class Builder:
             if not dry_run:
                 from .forget import apply_pending
 
-                apply_pending(self.client, self.settings, self.base, self.experiment)
+                apply_pending(self.client, self.ks, self.settings, self.base, self.experiment)
             return self._run(dry_run)
         finally:
             lock.release()
@@ -528,6 +530,7 @@ class Builder:
         # 1. collect
         consumer = FeedbackConsumer(
             self.client,
+            self.ks,
             group=keys.retrain_group(self.experiment),
             consumer=f"build-{os.getpid()}",
             claim_idle_ms=0,
@@ -536,7 +539,7 @@ class Builder:
         parent = latest_version(self.root)
         done_before = set(parent.manifest["feedback_events"]) if parent else set()
         since_ms = int(self.since.timestamp() * 1000) if self.since else 0
-        tenant = experiment_tenant(self.client, self.settings, self.experiment)
+        tenant = experiment_tenant(self.client, self.ks, self.settings, self.experiment)
         mine = [
             e
             for e in events
@@ -557,7 +560,7 @@ class Builder:
             _teacher(self.settings),
         )
         del interactions  # the examples hold what they need: the rest may go before curation
-        raw_queue = self.client.hgetall(keys.review(self.experiment))
+        raw_queue = self.client.hgetall(self.ks.review(self.experiment))
         queued = {keys.text(k): orjson.loads(v) for k, v in raw_queue.items()}
         reviewed, review_used = reviewed_examples(queued)
         new = gathered.examples + reviewed
@@ -596,7 +599,7 @@ class Builder:
             self._queue_for_review(gathered.review)
         if sft_count < self.cfg.min_examples:
             by_source = Counter(ex.source for ex in examples if ex.kind == SFT)
-            waiting = self.client.hlen(keys.review(self.experiment))
+            waiting = self.client.hlen(self.ks.review(self.experiment))
             return BuildResult(
                 "below-minimum",
                 BELOW_MINIMUM,
@@ -640,12 +643,12 @@ class Builder:
         if items:
             pipe = self.client.pipeline(transaction=False)
             for rid, item in items.items():  # never overwrite an item someone corrected
-                pipe.hsetnx(keys.review(self.experiment), rid, orjson.dumps(item))
+                pipe.hsetnx(self.ks.review(self.experiment), rid, orjson.dumps(item))
             pipe.execute()
 
     def _forget_reviewed(self, used: list[str]) -> None:
         if used:
-            self.client.hdel(keys.review(self.experiment), *used)
+            self.client.hdel(self.ks.review(self.experiment), *used)
 
     def _manifest(
         self,

@@ -63,19 +63,21 @@ class FeedbackConsumer:
     def __init__(
         self,
         client: redis.Redis,
+        ks: keys.Keyspace,
         *,
         group: str = "retrain",
         consumer: str | None = None,
         claim_idle_ms: int = 60_000,
     ) -> None:
         self.client = client
+        self.ks = ks
         self.group = group
         self.consumer = consumer or f"retrain-{int(time.time() * 1000)}"
         self.claim_idle_ms = claim_idle_ms
         # Where the takeover of crashed runs' leftovers stands (None: done, only new events).
         self._claim_cursor: str | bytes | None = "0-0"
         try:
-            client.xgroup_create(keys.FEEDBACK_STREAM, group, id="0", mkstream=True)
+            client.xgroup_create(ks.feedback_stream, group, id="0", mkstream=True)
         except RedisError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -85,7 +87,7 @@ class FeedbackConsumer:
         out: list[RatingEvent] = []
         while self._claim_cursor is not None and len(out) < count:
             reply: Any = self.client.xautoclaim(
-                keys.FEEDBACK_STREAM,
+                self.ks.feedback_stream,
                 self.group,
                 self.consumer,
                 min_idle_time=self.claim_idle_ms,
@@ -98,7 +100,7 @@ class FeedbackConsumer:
                 self._claim_cursor = None
         if len(out) < count:
             fresh: Any = self.client.xreadgroup(
-                self.group, self.consumer, {keys.FEEDBACK_STREAM: ">"}, count=count - len(out)
+                self.group, self.consumer, {self.ks.feedback_stream: ">"}, count=count - len(out)
             )
             for _, entries in fresh or []:
                 out += [_event(sid, f) for sid, f in entries]
@@ -114,7 +116,7 @@ class FeedbackConsumer:
         if not events:
             return 0
         return int(
-            self.client.xack(keys.FEEDBACK_STREAM, self.group, *(e.stream_id for e in events))
+            self.client.xack(self.ks.feedback_stream, self.group, *(e.stream_id for e in events))
         )
 
 
@@ -128,8 +130,8 @@ def load(client: redis.Redis, ids: list[str]) -> list[InteractionRecord | None]:
     return load_sync(client, ids)
 
 
-def ratings(client: redis.Redis, response_id: str) -> list[FeedbackEvent]:
-    return _ratings(client.hgetall(keys.feedback(response_id)))
+def ratings(client: redis.Redis, ks: keys.Keyspace, response_id: str) -> list[FeedbackEvent]:
+    return _ratings(client.hgetall(ks.feedback(response_id)))
 
 
 def _ratings(stored: dict[Any, Any]) -> list[FeedbackEvent]:
@@ -137,12 +139,14 @@ def _ratings(stored: dict[Any, Any]) -> list[FeedbackEvent]:
     return sorted(rows, key=lambda r: (r["created"], r["rater"]))
 
 
-def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iterator[str]:
+def rated_since(
+    client: redis.Redis, ks: keys.Keyspace, since: datetime, batch: int = 1000
+) -> Iterator[str]:
     """Response ids rated at or after ``since``, each once, in order of first rating."""
     seen: set[str] = set()
     start = f"{int(since.timestamp() * 1000)}-0"
     while True:
-        entries: Any = client.xrange(keys.FEEDBACK_STREAM, min=start, count=batch)
+        entries: Any = client.xrange(ks.feedback_stream, min=start, count=batch)
         for _, fields in entries:
             rid = orjson.loads(fields[b"data"])["response_id"]
             if rid not in seen:
@@ -155,6 +159,7 @@ def rated_since(client: redis.Redis, since: datetime, batch: int = 1000) -> Iter
 
 def export_feedback(
     client: redis.Redis,
+    ks: keys.Keyspace,
     since: datetime,
     out: Path,
     tenant: str | None = None,
@@ -167,7 +172,7 @@ def export_feedback(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
-    rated = rated_since(client, since)
+    rated = rated_since(client, ks, since)
     with open(tmp, "wb") as f:
         while chunk := list(itertools.islice(rated, chunk_size)):
             found = dict(zip(chunk, load(client, chunk), strict=True))
@@ -176,7 +181,7 @@ def export_feedback(
                 found.update(find_interactions(archive, gone))
             pipe = client.pipeline(transaction=False)
             for rid in chunk:
-                pipe.hgetall(keys.feedback(rid))
+                pipe.hgetall(ks.feedback(rid))
             for rid, stored in zip(chunk, pipe.execute(), strict=True):
                 ix = found[rid]
                 if tenant is not None and (ix["tenant"] if ix else None) != tenant:

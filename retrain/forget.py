@@ -182,6 +182,7 @@ def _successor(
 
 def forget_datasets(
     client: redis.Redis,
+    ks: keys.Keyspace,
     settings: RetrainSettings,
     removal: Removal,
     *,
@@ -197,9 +198,9 @@ def forget_datasets(
     total = {"examples": 0, "versions_removed": 0, "successors": 0}
     for exp in names:
         by_group = removal.tenant is None or (
-            experiment_tenant(client, settings, exp) == removal.tenant
+            experiment_tenant(client, ks, settings, exp) == removal.tenant
         )
-        lock = None if exp in locked else Lock(client, keys.build_lock(exp))
+        lock = None if exp in locked else Lock(client, ks.build_lock(exp))
         if lock is not None and (holder := lock.acquire()) is not None:
             raise Busy(f"a build of '{exp}' is running ({holder})")
         try:
@@ -228,49 +229,56 @@ def _experiments(base: Path) -> list[str]:
 
 
 def forget_user(
-    client: redis.Redis, settings: RetrainSettings, user: str, tenant: str | None
+    client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings, user: str, tenant: str | None
 ) -> dict[str, Any]:
     """``retrain forget --user``: Redis, the archive, then the datasets; audited."""
     by = f"cli:{getpass.getuser()}"
     tenant = forget.scope(Principal(by, "default", "admin", all_tenants=True), tenant)
     archive = Archive(default_url(settings.data_dir, settings.archive.url))
     forgetter = forget.Forgetter(
-        client, archive, experiments=settings.experiments, lock_ttl_s=settings.archive.lock_ttl_s
+        client,
+        ks,
+        archive,
+        experiments=settings.experiments,
+        lock_ttl_s=settings.archive.lock_ttl_s,
     )
     plan, counts = forgetter.run(user, tenant, by)
     removal = Removal(plan.user, plan.tenant, plan.response_ids, plan.events)
-    counts["datasets"] = forget_datasets(client, settings, removal)
-    forget.done_pending(client, plan.user, plan.tenant)
-    forget.audit(client, by, None, plan, counts)
+    counts["datasets"] = forget_datasets(client, ks, settings, removal)
+    forget.done_pending(client, ks, plan.user, plan.tenant)
+    forget.audit(client, ks, by, None, plan, counts)
     return {"object": "user.forgotten", "user": user, "tenant": tenant, "removed": counts}
 
 
-def forget_pending(client: redis.Redis, settings: RetrainSettings) -> list[dict[str, Any]]:
+def forget_pending(
+    client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings
+) -> list[dict[str, Any]]:
     """``retrain forget --pending``: the datasets of users the admin API forgot."""
     by = f"cli:{getpass.getuser()}"
     out = []
-    for doc in forget.pending(client):
+    for doc in forget.pending(client, ks):
         removal = Removal.from_doc(doc)
-        counts = {"datasets": forget_datasets(client, settings, removal)}
-        forget.done_pending(client, removal.user, removal.tenant)
+        counts = {"datasets": forget_datasets(client, ks, settings, removal)}
+        forget.done_pending(client, ks, removal.user, removal.tenant)
         plan = forget.Plan(removal.user, removal.tenant)
-        forget.audit(client, by, None, plan, counts)
+        forget.audit(client, ks, by, None, plan, counts)
         out.append({"user": removal.user, "tenant": removal.tenant, "removed": counts})
     return out
 
 
 def apply_pending(
-    client: redis.Redis, settings: RetrainSettings, base: Path, experiment: str
+    client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings, base: Path, experiment: str
 ) -> int:
     """Before a build (its lock held): users forgotten through the admin API leave this
     experiment's versions (audited, as by ``retrain:build``), so the build carries none
     of their examples forward. The entries stay for ``retrain forget --pending``, which
     covers every experiment."""
     removed = 0
-    for doc in forget.pending(client):
+    for doc in forget.pending(client, ks):
         removal = Removal.from_doc(doc)
         counts = forget_datasets(
             client,
+            ks,
             settings,
             removal,
             root=base,
@@ -279,6 +287,6 @@ def apply_pending(
         )
         if counts["versions_removed"]:
             plan = forget.Plan(removal.user, removal.tenant)
-            forget.audit(client, "retrain:build", None, plan, {"datasets": counts})
+            forget.audit(client, ks, "retrain:build", None, plan, {"datasets": counts})
         removed += counts["versions_removed"]
     return removed

@@ -33,8 +33,9 @@ MAX_EVENTS = 200
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, ks: keys.Keyspace) -> None:
         self.client = client
+        self.ks = ks
 
     def create(self, **fields: Any) -> dict[str, Any]:
         now = time.time()
@@ -54,13 +55,13 @@ class JobStore:
             **fields,
         }
         pipe = self.client.pipeline()
-        pipe.set(keys.job(job["id"]), orjson.dumps(job))
-        pipe.zadd(keys.JOBS, {job["id"]: now})
+        pipe.set(self.ks.job(job["id"]), orjson.dumps(job))
+        pipe.zadd(self.ks.jobs, {job["id"]: now})
         pipe.execute()
         return job
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        return keys.decode(self.client.get(keys.job(job_id)))
+        return keys.decode(self.client.get(self.ks.job(job_id)))
 
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
         """Set fields (``loss`` and ``events`` given as lists are appended)."""
@@ -71,34 +72,41 @@ class JobStore:
             if name in fields:
                 job[name] = (job[name] + fields.pop(name))[-MAX_EVENTS if name == "events" else 0 :]
         job.update(fields, updated=time.time())
-        self.client.set(keys.job(job_id), orjson.dumps(job))
+        self.client.set(self.ks.job(job_id), orjson.dumps(job))
         return job
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids: list[bytes] = self.client.zrevrange(keys.JOBS, 0, limit - 1)  # type: ignore[assignment]
+        ids: list[bytes] = self.client.zrevrange(self.ks.jobs, 0, limit - 1)  # type: ignore[assignment]
         return [j for j in (self.get(keys.text(i)) for i in ids) if j is not None]
 
 
-def record_run(client: redis.Redis, experiment: str, **fields: Any) -> None:
+def record_run(client: redis.Redis, ks: keys.Keyspace, experiment: str, **fields: Any) -> None:
     """Merge ``fields`` into the summary of the experiment's last run (``fw:retrain:runs``).
 
     Written only by the run that holds the experiment's run lock, so never concurrently.
     """
-    raw: bytes | None = client.hget(keys.RETRAIN_RUNS, experiment)  # type: ignore[assignment]
+    raw: bytes | None = client.hget(ks.retrain_runs, experiment)  # type: ignore[assignment]
     doc = keys.decode(raw) or {}
     doc.update(fields, v=SCHEMA_VERSION)
-    client.hset(keys.RETRAIN_RUNS, experiment, orjson.dumps(doc))
+    client.hset(ks.retrain_runs, experiment, orjson.dumps(doc))
 
 
 def record_outcome(
-    client: redis.Redis, experiment: str, dataset_id: str, outcome: str, **fields: Any
+    client: redis.Redis,
+    ks: keys.Keyspace,
+    experiment: str,
+    dataset_id: str,
+    outcome: str,
+    **fields: Any,
 ) -> None:
     """Mark a dataset version as trained to an outcome (``registered`` or ``rejected``)."""
     doc = {"outcome": outcome, "at": time.time(), **fields}
-    client.hset(keys.trained(experiment), dataset_id, orjson.dumps(doc))
+    client.hset(ks.trained(experiment), dataset_id, orjson.dumps(doc))
 
 
-def dataset_outcome(client: redis.Redis, experiment: str, dataset_id: str) -> dict[str, Any] | None:
+def dataset_outcome(
+    client: redis.Redis, ks: keys.Keyspace, experiment: str, dataset_id: str
+) -> dict[str, Any] | None:
     """What training a dataset version ended in; None: it has not been trained to an end."""
-    raw: bytes | None = client.hget(keys.trained(experiment), dataset_id)  # type: ignore[assignment]
+    raw: bytes | None = client.hget(ks.trained(experiment), dataset_id)  # type: ignore[assignment]
     return keys.decode(raw)

@@ -19,8 +19,8 @@ from gateway.core import keys
 from gateway.core.review import BadCorrection, corrected
 
 
-def export_review(client: redis.Redis, experiment: str, out: Path) -> int:
-    raw_items = client.hgetall(keys.review(experiment))
+def export_review(client: redis.Redis, ks: keys.Keyspace, experiment: str, out: Path) -> int:
+    raw_items = client.hgetall(ks.review(experiment))
     items = [orjson.loads(raw) for _, raw in sorted(raw_items.items())]
     items = [i for i in items if not i.get("dismissed")]  # "not a failure" (the console)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ class ReviewError(Exception):
     """A line of an import file that cannot be used; ``str()`` names the line."""
 
 
-def import_review(client: redis.Redis, experiment: str, path: Path) -> int:
+def import_review(client: redis.Redis, ks: keys.Keyspace, experiment: str, path: Path) -> int:
     """Store the corrections of a reviewed file; lines without one are left as they are.
 
     The whole file is checked before anything is stored, so a bad line changes nothing.
@@ -55,7 +55,7 @@ def import_review(client: redis.Redis, experiment: str, path: Path) -> int:
             fix = row.get("correction")
             if fix is None:
                 continue
-            raw = client.hget(keys.review(experiment), row["response_id"])
+            raw = client.hget(ks.review(experiment), row["response_id"])
             if raw is None:
                 raise ReviewError(
                     f"{path}:{n}: {row['response_id']} is not in the review queue of '{experiment}'"
@@ -66,5 +66,5 @@ def import_review(client: redis.Redis, experiment: str, path: Path) -> int:
                 raise ReviewError(f"{path}:{n}: {exc}") from None
             updates[row["response_id"]] = orjson.dumps(item)
     if updates:
-        client.hset(keys.review(experiment), mapping=updates)  # type: ignore[arg-type]
+        client.hset(ks.review(experiment), mapping=updates)  # type: ignore[arg-type]
     return len(updates)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from flywheel_stack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
 from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
-from tests.services import GatewayProcess, RedisProcess
+from tests.services import GatewayProcess, RedisClusterProcess, RedisProcess
 
 API_KEY = "sk-test-0123456789abcdef"
 OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
@@ -66,6 +67,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        reason = "a Redis Cluster needs redis-server and redis-cli (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the cluster tests", pytrace=False)
+        pytest.skip(reason)
+    cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

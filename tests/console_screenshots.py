@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from gateway.core import keys
+
 from .conftest import ADMIN_KEY
 from .console_stack import (
     ADMIN,
@@ -75,7 +77,7 @@ def main() -> None:
                 ids = chat_and_rate(gw, exp, 6, rating=None, prefix="unrated")
                 rid = chat_and_rate(gw, exp, 1, rating="down", prefix="refund")[0]
                 retrain_build(config, exp)
-                jobs = JobStore(redis.Redis(port=server.port, db=0))
+                jobs = JobStore(redis.Redis(port=server.port, db=0), keys.PLAIN_KEYSPACE)
                 job = jobs.create(
                     experiment=exp,
                     provider="local",

@@ -18,6 +18,7 @@ import httpx
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
 from .fixed_gateway import fixed_gateway
 from .services import GatewayProcess, RedisProcess
+from .stores import Store
 
 REVIEWER_KEY = "sk-review-0123456789abcdef"
 TENANT_REVIEWER_KEY = "sk-review-other-0123456789"
@@ -40,7 +41,7 @@ def console_auth() -> dict[str, Any]:
 
 @contextmanager
 def console_gateway(
-    redis_server: RedisProcess, workdir: Path, db: int
+    redis_server: RedisProcess | Store, workdir: Path, db: int = 0
 ) -> Iterator[tuple[GatewayProcess, Path]]:
     """The gateway and the config file ``retrain`` reads (datasets under ``workdir``)."""
     datasets = workdir / "datasets"

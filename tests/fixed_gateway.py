@@ -18,6 +18,7 @@ import redis
 from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess, RedisProcess
+from .stores import Store
 
 FIXED = ("fixed-a", "fixed-b", "fixed-c")
 
@@ -44,11 +45,17 @@ def fixed_config(upstream_url: str, redis_url: str, **extra: Any) -> dict[str, A
 
 @contextmanager
 def fixed_gateway(
-    redis_server: RedisProcess, workdir: Path, db: int, **extra: Any
+    redis_server: RedisProcess | Store, workdir: Path, db: int = 0, **extra: Any
 ) -> Iterator[tuple[GatewayProcess, FaultyUpstream]]:
-    redis.Redis(port=redis_server.port, db=db).flushdb()
+    """A gateway on database ``db`` of the one Redis (flushed), or on a :class:`Store`
+    (one Redis or the cluster, flushed by its fixture)."""
+    if isinstance(redis_server, Store):
+        url = redis_server.url
+        extra = {"redis_cluster": redis_server.cluster, **extra}
+    else:
+        redis.Redis(port=redis_server.port, db=db).flushdb()
+        url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
     upstream = FaultyUpstream().start()
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
     gw = GatewayProcess(fixed_config(upstream.base_url, url, **extra), workdir)
     try:
         gw.start()

@@ -21,6 +21,8 @@ from gateway.core.config import build_settings
 from tests.conftest import API_KEY, ID_SECRET
 from tests.services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 DB = 7  # a database of the session's Redis of its own: these tests write broken state
 
@@ -52,7 +54,7 @@ def test_a_failed_start_up_closes_what_it_had_opened(
     url, client = own_db
     # A stored experiment state that is not JSON: loading the live state fails after the
     # Redis pool and the upstream HTTP session are open.
-    client.hset(keys.EXPERIMENTS, "ab", "not json")
+    client.hset(KS.experiments, "ab", "not json")
     gw = GatewayProcess(config(url), tmp_path / "gw")  # writes the config; not started
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)]

@@ -32,7 +32,8 @@ from retrain.dataset import Builder
 from retrain.feedback_log import connect
 
 from .scripted_upstream import ScriptedUpstream
-from .services import GatewayProcess, RedisProcess
+from .services import GatewayProcess
+from .stores import STORES, Store, store_for
 
 ARCHIVE_DB = 14  # this module's streams stay out of the other tests' database
 API_KEY = "sk-archive-0123456789"
@@ -47,20 +48,22 @@ class Served:
     redis: redis.Redis
     config: Path
     archive: Path
+    store: Store
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, ARCHIVE_DB)
 
 
 @pytest.fixture(scope="module")
-def served(
-    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{ARCHIVE_DB}"
-    r = redis.Redis.from_url(url)
-    r.flushdb()
+def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    r = store.client()
     upstream = ScriptedUpstream({"helper": lambda ms: "We accept returns for thirty days"})
     upstream.start()
     work = tmp_path_factory.mktemp("archive")
     config = {
-        "redis_url": url,
+        **store.config,
         "id_secret": "archive-secret-0123456789",
         "auth": {
             "api_keys": [{"key": API_KEY, "name": "tests"}],
@@ -74,10 +77,11 @@ def served(
     gw = GatewayProcess(config, work)
     try:
         gw.start()
-        yield Served(gw, r, gw.config_path, work / "archive")
+        yield Served(gw, r, gw.config_path, work / "archive", store)
     finally:
         gw.stop()
         upstream.stop()
+        r.close()
 
 
 def serve(served: Served, n: int, model: str = "shop", rate: bool = True) -> list[str]:
@@ -201,28 +205,28 @@ def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
             f"WHERE {column} IN ({wanted}) GROUP BY 1"
         )
         assert sorted(on_disk) == sorted((i, 1) for i in ids), (kind, step)
-    for stream in (keys.INTERACTION_STREAM, keys.FEEDBACK_STREAM):
+    for stream in (served.store.ks.interaction_stream, served.store.ks.feedback_stream):
         assert served.redis.xpending(stream, keys.ARCHIVE_GROUP)["pending"] == 0
 
 
 def test_one_archiver_at_a_time(served: Served) -> None:
-    served.redis.set(keys.ARCHIVE_LOCK, "elsewhere:1:abc", px=60_000)
+    served.redis.set(served.store.ks.archive_lock, "elsewhere:1:abc", px=60_000)
     try:
         busy = archive(served)
         assert busy.returncode == 5 and "elsewhere:1:abc" in busy.stderr
     finally:
-        served.redis.delete(keys.ARCHIVE_LOCK)
+        served.redis.delete(served.store.ks.archive_lock)
 
 
-def test_the_gateway_archives_by_itself(
-    redis_server: RedisProcess, tmp_path: Path, served: Served
-) -> None:
+def test_the_gateway_archives_by_itself(tmp_path: Path, served: Served) -> None:
     config = yaml.safe_load(served.config.read_text())
     config["archive"] = {"url": str(tmp_path / "gw-archive"), "every_s": 0.2, "max_wait_s": 0}
     gw = GatewayProcess(config, tmp_path / "gw", workers=2)
     try:
         gw.start()
-        ids = serve(Served(gw, served.redis, gw.config_path, tmp_path / "gw-archive"), 2)
+        ids = serve(
+            Served(gw, served.redis, gw.config_path, tmp_path / "gw-archive", served.store), 2
+        )
         deadline = time.monotonic() + 30
         found: list[tuple[Any, ...]] = []
         pattern = f"'{tmp_path}/gw-archive/interactions/*/*/*.parquet'"
@@ -240,15 +244,19 @@ def test_the_gateway_archives_by_itself(
         gw.stop()
 
 
-LATE_DB = 15  # a gateway whose hot window is two seconds
+LATE_DB = 15  # on one Redis, a gateway whose hot window is two seconds has its own database
 
 
 def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
-    redis_server: RedisProcess, tmp_path: Path, served: Served
+    tmp_path: Path, served: Served
 ) -> None:
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{LATE_DB}"
-    r = redis.Redis.from_url(url)
-    r.flushdb()
+    if served.store.cluster:  # the cluster has one database: the experiment is its own
+        url = served.store.url
+    else:
+        url = served.store.url.rsplit("/", 1)[0] + f"/{LATE_DB}"
+        with redis.Redis.from_url(url) as fresh:
+            fresh.flushdb()
+    r = served.store.client() if served.store.cluster else redis.Redis.from_url(url)
     config = yaml.safe_load(served.config.read_text())
     config.update(
         redis_url=url,
@@ -288,7 +296,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
         path = tmp_path / "retrain.yaml"
         path.write_text(yaml.safe_dump(doc))
         settings = load_settings(path, schema=RetrainSettings)
-        result = Builder(connect(settings), settings, "late").run()
+        result = Builder(connect(settings), served.store.ks, settings, "late").run()
         assert result.status == "written", result.message
         train = [
             orjson.loads(line) for line in (result.path / "train.jsonl").read_text().splitlines()
@@ -303,11 +311,14 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
             timeout=120,
         )
         assert exported.returncode == 0, exported.stderr
-        (line,) = [orjson.loads(x) for x in out.read_text().splitlines()]
-        assert line["response_id"] == rid and line["interaction"]["messages"] == messages
+        exported_lines = [orjson.loads(x) for x in out.read_text().splitlines()]
+        # (on the cluster the module's other ratings share the store: this one is ours)
+        (line,) = [x for x in exported_lines if x["response_id"] == rid]
+        assert line["interaction"]["messages"] == messages
         assert [r["correction"] for r in line["ratings"]] == [fix]
     finally:
         gw.stop()
+        r.close()
 
 
 def test_the_documented_duckdb_query_reads_the_archive(served: Served) -> None:
@@ -328,7 +339,7 @@ def test_the_gateway_archiver_waits_for_a_full_file_or_max_wait(
     archive(served)  # start from a drained stream
     ids = serve(served, 3, rate=False)
     root = tmp_path / "waiting"
-    archiver = Archiver(served.redis, Archive(str(root)), batch=10)
+    archiver = Archiver(served.redis, served.store.ks, Archive(str(root)), batch=10)
     try:
         waiting = archiver.run_once(max_wait_s=3600)  # 3 of 10, and just arrived: wait
         assert waiting.written == {"interactions": 0, "feedback": 0}

@@ -32,7 +32,8 @@ from gateway.ops.archive import Archive, Archiver
 from .conftest import ADMIN, API_KEY, OTHER_TENANT_KEY
 from .console_stack import REVIEWER_KEY, TENANT_REVIEWER_KEY, console_auth
 from .fixed_gateway import fixed_gateway
-from .services import GatewayProcess, RedisProcess
+from .services import GatewayProcess
+from .stores import STORES, Store, store_for
 
 DB = 10  # this module's streams and records stay out of the other tests' database
 REVIEWER = {"Authorization": f"Bearer {REVIEWER_KEY}"}
@@ -45,9 +46,10 @@ class Stack:
     gw: GatewayProcess
     redis: redis.Redis
     archive: Path
+    ks: keys.Keyspace
 
     def archive_now(self) -> None:
-        archiver = Archiver(self.redis, Archive(str(self.archive)))
+        archiver = Archiver(self.redis, self.ks, Archive(str(self.archive)))
         try:
             result = archiver.run_once()
         finally:
@@ -55,16 +57,23 @@ class Stack:
         assert result.held_by is None and not result.expired
 
 
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, DB)
+
+
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("archive-query")
     extra = {
         "auth": console_auth(),
         "console": {"page_size": 5},
         "archive": {"enabled": False, "url": str(work / "archive")},
     }
-    with fixed_gateway(redis_server, work, DB, **extra) as (gw, _):
-        yield Stack(gw, redis.Redis(port=redis_server.port, db=DB), work / "archive")
+    with fixed_gateway(store, work, **extra) as (gw, _):
+        client = store.client()
+        yield Stack(gw, client, work / "archive", store.ks)
+        client.close()
 
 
 def experiment(stack: Stack, name: str, arms: list[dict[str, Any]]) -> str:
@@ -112,11 +121,11 @@ def leave_redis(stack: Stack, ids: list[str], keep_stream_entries: bool = False)
     wanted = set(ids)
     newest = max(
         keys.stream_id_order(keys.text(sid))
-        for sid, f in stack.redis.xrange(keys.INTERACTION_STREAM)
+        for sid, f in stack.redis.xrange(stack.ks.interaction_stream)
         if keys.text(f[b"id"]) in wanted
     )
     trimmed = stack.redis.xtrim(
-        keys.INTERACTION_STREAM, minid=f"{newest[0]}-{newest[1] + 1}", approximate=False
+        stack.ks.interaction_stream, minid=f"{newest[0]}-{newest[1] + 1}", approximate=False
     )
     assert trimmed >= len(ids)
 
@@ -173,7 +182,7 @@ def test_the_console_lists_and_searches_interactions_past_the_hot_window(stack: 
     stack.archive_now()  # the new ones are archived and still hot
     rate(stack, old[3], "up")  # after the last pass: this rating is only in Redis
     leave_redis(stack, old + theirs)
-    stack.redis.delete(keys.feedback(old[2]))  # its rating now only in the archive
+    stack.redis.delete(stack.ks.feedback(old[2]))  # its rating now only in the archive
     leave_redis(stack, hot[:1], keep_stream_entries=True)  # the record went, the entry not yet
 
     newest_first = list(reversed(old + theirs + hot))

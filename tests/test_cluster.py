@@ -11,8 +11,6 @@ records spread over every master while the shared state stays in one slot.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,17 +39,8 @@ from .polling import eventually
 from .services import GatewayProcess, RedisClusterProcess, RedisProcess
 from .test_dataset import lines, serve_and_rate, sft
 
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        reason = "a Redis Cluster needs redis-server and redis-cli (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the cluster tests", pytrace=False)
-        pytest.skip(reason)
-    cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield cluster
-    cluster.stop()
+pytestmark = pytest.mark.cluster
+KS = keys.CLUSTER_KEYSPACE  # the key names of a gateway with redis_cluster: true
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +66,6 @@ def cluster_gateway(
     finally:
         gw.stop()
         upstream.stop()
-
-
-@pytest.fixture
-def cluster_keys() -> Iterator[None]:
-    """This test names keys as the gateway does on a cluster (then as before)."""
-    before = keys.CLUSTER
-    keys.configure(True)
-    yield
-    keys.configure(before)
 
 
 def client_of(cluster: RedisClusterProcess) -> RedisCluster:
@@ -151,7 +131,7 @@ def build_dataset(config: Path, experiment: str) -> subprocess.CompletedProcess[
 
 
 def test_chat_is_served_logged_and_records_spread_over_every_master(
-    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess, cluster_keys: None
+    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess
 ) -> None:
     with openai.OpenAI(base_url=cluster_gateway.base_url, api_key=API_KEY, max_retries=0) as c:
         messages: Any = [{"role": "user", "content": "Where is my parcel?"}]
@@ -171,7 +151,7 @@ def test_chat_is_served_logged_and_records_spread_over_every_master(
     eventually(  # the log writer batches
         lambda: r.exists(*names) == len(names), "every interaction is logged"
     )
-    day = keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
+    day = KS.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
     day_spend = eventually(lambda: r.hgetall(day), "the spend sync (every 0.1 s) ran")
     assert float(day_spend["m:fixed-a"]) > 0
     r.close()
@@ -187,7 +167,7 @@ def test_chat_is_served_logged_and_records_spread_over_every_master(
 
 
 def test_concurrent_ratings_by_one_rater_keep_the_aggregates_exact(
-    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess, cluster_keys: None
+    cluster_gateway: GatewayProcess, redis_cluster: RedisClusterProcess
 ) -> None:
     exp = new_experiment(cluster_gateway)
     rid = chat(cluster_gateway, exp, user="rater-1")
@@ -213,15 +193,15 @@ def test_concurrent_ratings_by_one_rater_keep_the_aggregates_exact(
     assert [r["rater"] for r in stored["data"]] == ["rater-1"]
     score = (stored["data"][0]["rating"] - 1) / 4
     r = client_of(redis_cluster)
-    agg = {k: float(v) for k, v in r.hgetall(keys.aggregate(exp, "fixed-a")).items()}
+    agg = {k: float(v) for k, v in r.hgetall(KS.aggregate(exp, "fixed-a")).items()}
     assert agg["count"] == 1
     assert agg["score_sum"] == pytest.approx(score, abs=1e-9)
     assert agg["score_sq"] == pytest.approx(score * score, abs=1e-9)
     assert agg["failures"] == (1 if score <= 0.25 else 0)
-    users = {k: v for k, v in r.hgetall(keys.user_scores(exp, 1, "fixed-a")).items()}
+    users = {k: v for k, v in r.hgetall(KS.user_scores(exp, 1, "fixed-a")).items()}
     assert (int(users["users"]), int(users["ratings"])) == (1, 1)
     assert float(users["mean_sum"]) == pytest.approx(score, abs=1e-9)
-    events = [e for _, e in r.xrange(keys.FEEDBACK_STREAM) if rid in e["data"]]
+    events = [e for _, e in r.xrange(KS.feedback_stream) if rid in e["data"]]
     assert len(events) == len(ratings)  # every rating event reaches the stream
     r.close()
 
@@ -320,7 +300,6 @@ def test_every_interaction_and_rating_served_on_the_cluster_is_archived(
 def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_examples(
     cluster_gateway: GatewayProcess,
     redis_cluster: RedisClusterProcess,
-    cluster_keys: None,
     tmp_path: Path,
 ) -> None:
     exp = new_experiment(cluster_gateway)
@@ -342,9 +321,9 @@ def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_exam
     removed = r.json()["removed"]["redis"]
     assert removed["interactions"] == 1 and removed["ratings"] == 1
     c = client_of(redis_cluster)
-    assert not c.exists(keys.interaction(gone), keys.feedback(gone))
-    assert c.exists(keys.interaction(kept), keys.feedback(kept)) == 2
-    assert c.hlen(keys.FORGET_PENDING) == 1
+    assert not c.exists(keys.interaction(gone), KS.feedback(gone))
+    assert c.exists(keys.interaction(kept), KS.feedback(kept)) == 2
+    assert c.hlen(KS.forget_pending) == 1
     pending = subprocess.run(
         [sys.executable, "-m", "retrain", "forget", "--pending", "--config", str(config)],
         capture_output=True,
@@ -352,7 +331,7 @@ def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_exam
         timeout=120,
     )
     assert pending.returncode == 0, pending.stderr
-    assert c.hlen(keys.FORGET_PENDING) == 0
+    assert c.hlen(KS.forget_pending) == 0
     c.close()
     version = latest_version(tmp_path / "datasets" / exp)
     assert version is not None
@@ -361,9 +340,7 @@ def test_forgetting_a_user_on_the_cluster_removes_their_records_ratings_and_exam
     ]
 
 
-def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
-    tmp_path: Path, cluster_keys: None
-) -> None:
+def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(tmp_path: Path) -> None:
     """A deployment on one Redis (today's names), stopped, copied with ``gateway
     migrate-keys`` onto a fresh cluster: its experiment, ratings and the retrain job's
     place in the feedback stream carry on there."""
@@ -424,7 +401,7 @@ def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
                 rated = httpx.post(f"{new.base_url}/feedback", json=body, headers=CLIENT)
                 assert rated.status_code == 201 and rated.json()["replaced"] is replaced
             r = client_of(fresh)
-            assert r.hget(keys.aggregate(exp, "fixed-a"), "count") == "3"
+            assert r.hget(KS.aggregate(exp, "fixed-a"), "count") == "3"
             r.close()
             # retrain build goes on from where its consumer group was: the two new
             # ratings are the only events it reads (and they add no new example)
@@ -440,55 +417,49 @@ def test_migrate_keys_moves_a_single_redis_deployment_onto_a_cluster(
 
 
 CONSTANTS = (
-    "INTERACTION_STREAM",
-    "FEEDBACK_STREAM",
-    "AGGREGATE_INDEX",
-    "CONTROL_VERSION",
-    "EXPERIMENTS",
-    "MODELS",
-    "MODELS_HISTORY",
-    "API_KEYS",
-    "TENANTS",
-    "AUTH_AUDIT",
-    "JOBS",
-    "RETRAIN_RUNS",
+    "interaction_stream",
+    "feedback_stream",
+    "aggregate_index",
+    "control_version",
+    "experiments",
+    "models",
+    "models_history",
+    "api_keys",
+    "tenants",
+    "auth_audit",
+    "jobs",
+    "retrain_runs",
 )
 
 
 def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_uses() -> None:
-    def every_name() -> list[str]:
+    def every_name(ks: keys.Keyspace) -> list[str]:
         return [
             keys.interaction("chatcmpl-abc"),
-            keys.rate_limit("key_1", "req"),
-            keys.rate_limit("key_1", "tok"),
-            keys.feedback("chatcmpl-abc"),
-            keys.aggregate("exp", "arm"),
-            keys.requests(None, "arm"),
-            keys.version_requests("exp", 2, "arm"),
-            keys.version_users("exp", 2, "arm"),
-            keys.user_scores("exp", 2, "arm"),
-            keys.sequential("exp", 2),
-            keys.spend("k", "key_1", "2026-11"),
-            keys.spend_day("2026-11-30"),
-            keys.spend_held("k", "key_1"),
-            keys.history("exp"),
-            keys.decision_lock("exp"),
-            keys.review("exp"),
-            keys.build_lock("exp"),
-            keys.run_lock("exp"),
-            keys.job("job_1"),
-            keys.trained("exp"),
-            *(getattr(keys, name) for name in CONSTANTS),
+            ks.rate_limit("key_1", "req"),
+            ks.rate_limit("key_1", "tok"),
+            ks.feedback("chatcmpl-abc"),
+            ks.aggregate("exp", "arm"),
+            ks.requests(None, "arm"),
+            ks.version_requests("exp", 2, "arm"),
+            ks.version_users("exp", 2, "arm"),
+            ks.user_scores("exp", 2, "arm"),
+            ks.sequential("exp", 2),
+            ks.spend("k", "key_1", "2026-11"),
+            ks.spend_day("2026-11-30"),
+            ks.spend_held("k", "key_1"),
+            ks.history("exp"),
+            ks.decision_lock("exp"),
+            ks.review("exp"),
+            ks.build_lock("exp"),
+            ks.run_lock("exp"),
+            ks.job("job_1"),
+            ks.trained("exp"),
+            *(getattr(ks, name) for name in CONSTANTS),
         ]
 
-    before = keys.CLUSTER
-    try:
-        keys.configure(False)
-        plain = every_name()
-        keys.configure(True)
-        clustered = every_name()
-    finally:
-        keys.configure(before)
+    plain = every_name(keys.PLAIN_KEYSPACE)
+    clustered = every_name(keys.CLUSTER_KEYSPACE)
     assert len(plain) == 32 and all(n.startswith("fw:") for n in plain)
     assert [keys.cluster_name(n) for n in plain] == clustered
     slot = {n: key_slot(n.encode()) for n in clustered}
@@ -497,7 +468,7 @@ def test_every_key_has_the_same_name_after_migrate_keys_as_the_cluster_gateway_u
 
 
 def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_served_is_lost(
-    tmp_path: Path, cluster_keys: None
+    tmp_path: Path,
 ) -> None:
     """kill -9 the master of the ``{fw}`` slot (3 masters, each with a replica): chat is
     served throughout, ratings are refused with 503 ``store_unavailable`` (never a
@@ -515,7 +486,7 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
         body = {"response_id": first, "rating": 5, "user": "before"}
         assert httpx.post(f"{gw.base_url}/feedback", json=body, headers=CLIENT).status_code == 201
         r = client_of(cluster)
-        shared_master = r.get_node_from_key(keys.CONTROL_VERSION).port
+        shared_master = r.get_node_from_key(KS.control_version).port
         r.close()
 
         cluster.kill(shared_master)
@@ -549,7 +520,116 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
             timeout_s=30,
             every_s=0.2,
         )
-        assert on_any_node(live, "HKEYS", keys.feedback(accepted)) == ["during"]
+        assert on_any_node(live, "HKEYS", KS.feedback(accepted)) == ["during"]
+    finally:
+        if gw is not None:
+            gw.stop()
+        upstream.stop()
+        cluster.stop()
+
+
+def archived_counts(archive: Path, kind: str, column: str) -> dict[str, int]:
+    """How often each ``column`` value is in the committed archive files of ``kind``."""
+    import duckdb
+
+    from gateway.ops.archive import Archive
+
+    files = Archive(str(archive)).files(kind)
+    if not files:
+        return {}
+    with duckdb.connect() as db:
+        rows = db.execute(
+            f"SELECT {column}, count(*) FROM read_parquet(?) GROUP BY 1", [files]
+        ).fetchall()
+    return {str(value): int(n) for value, n in rows}
+
+
+def replicated(cluster: RedisClusterProcess) -> bool:
+    """Every replica has every write of its master (so a failover loses nothing served)."""
+    for port in cluster.ports:
+        node = redis.Redis(port=port, decode_responses=True)
+        try:
+            info = node.info("replication")
+        finally:
+            node.close()
+        if info.get("role") != "master":
+            continue
+        offsets = [
+            v["offset"] for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()
+        ]
+        if not offsets or min(offsets) < info["master_repl_offset"]:
+            return False
+    return True
+
+
+def test_a_master_failover_during_an_archive_pass_loses_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """kill -9 the master of the shared slot (the streams, the archive lock, the consumer
+    group) while ``retrain archive`` is copying in small batches: its replica takes over,
+    and the passes after it leave every interaction and rating in the archive exactly
+    once — what the dead master had acknowledged but not replicated is read again and
+    skipped by the manifest, never written twice."""
+    cluster = RedisClusterProcess(tmp_path / "ha", masters=3, replicas=1)
+    upstream = FaultyUpstream().start()
+    archive = tmp_path / "archive"
+    gw = None
+    try:
+        cluster.start()
+        config = fixed_config(
+            upstream.base_url,
+            cluster.url,
+            redis_cluster=True,
+            archive={"enabled": False, "url": str(archive), "batch": 4},
+        )
+        gw = GatewayProcess(config, tmp_path / "gw", ready_path="/readyz").start()
+        config_path = gw.config_path
+        exp = new_experiment(gw)
+        items = [
+            {"prompt": f"question {i}", "user": f"f{i}", "rating": i % 5 + 1} for i in range(48)
+        ]
+        ids = set(serve_and_rate(gw, exp, items))
+        r = client_of(cluster)
+        eventually(lambda: r.exists(*[keys.interaction(i) for i in ids]) == len(ids), "logged")
+        shared_master = r.get_node_from_key(KS.interaction_stream).port
+        r.close()
+        gw.stop()  # what is served is in Redis: the archiver alone is at work now
+        gw = None
+        eventually(lambda: replicated(cluster), "every write reached the replicas")
+
+        def archive_pass() -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "retrain", "archive", "--config", str(config_path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        running = archive_pass()
+        manifest = archive / "manifest.json"
+        eventually(
+            lambda: manifest.exists() and '"interactions"' in manifest.read_text(),
+            "the pass committed its first batch",
+            timeout_s=60,
+            every_s=0.005,
+        )
+        assert running.poll() is None, "the pass ended before the kill"
+        cluster.kill(shared_master)  # mid-pass: 12 batches of interactions, 12 of ratings
+        out, err = running.communicate(timeout=120)
+        assert running.returncode != 0 or "archived" in out, out + err
+
+        def drained() -> bool:
+            again = archive_pass()
+            out, err = again.communicate(timeout=120)
+            if again.returncode != 0:  # the replica is not promoted yet
+                return False
+            return "archived 0 interactions and 0 ratings" in out
+
+        eventually(drained, "passes after the failover drain both streams", timeout_s=90)
+        interactions = archived_counts(archive, "interactions", "id")
+        ratings = archived_counts(archive, "feedback", "response_id")
+        assert {i: interactions.get(i) for i in ids} == dict.fromkeys(ids, 1)
+        assert {i: ratings.get(i) for i in ids} == dict.fromkeys(ids, 1)
     finally:
         if gw is not None:
             gw.stop()

@@ -19,7 +19,6 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
-import redis
 
 from .conftest import ADMIN_KEY, API_KEY, OTHER_TENANT_KEY
 from .console_stack import (
@@ -33,16 +32,24 @@ from .console_stack import (
     new_experiment,
     retrain_build,
 )
-from .services import GatewayProcess, RedisProcess
+from .services import GatewayProcess
+from .stores import STORES, Store, store_for
 
+CONSOLE_DB = 11  # the console's experiments, ratings and jobs stay out of the others' way
 playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, CONSOLE_DB)
 
 
 @pytest.fixture(scope="module")
 def stack(
-    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+    store: Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, Path]]:
-    with console_gateway(redis_server, tmp_path_factory.mktemp("console"), db=11) as s:
+    """The console on one Redis or on the cluster: its data pages read either."""
+    with console_gateway(store, tmp_path_factory.mktemp("console")) as s:
         yield s
 
 
@@ -359,13 +366,13 @@ def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_n
 
 
 def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
-    stack: tuple[GatewayProcess, Path], redis_server: RedisProcess, page: Any
+    stack: tuple[GatewayProcess, Path], store: Store, page: Any
 ) -> None:
     from retrain.jobs import JobStore
 
     gw, _ = stack
     exp = new_experiment(gw, "lineage")
-    jobs = JobStore(redis.Redis(port=redis_server.port, db=11))
+    jobs = JobStore(store.client(), store.ks)
     job = jobs.create(
         experiment=exp,
         provider="local",
@@ -388,6 +395,7 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
         loss=[{"step": s, "loss": 2.0 / s, "eval_loss": None} for s in range(1, 6)],
         evaluation={"outcome": "passed", "reason": "test split: gain 0.8", "rows": [gate_row]},
     )
+    jobs.client.close()
     log_in(page, gw, ADMIN_KEY)
     page.get_by_role("link", name="Jobs & models").click()
     chain = page.get_by_role("list", name=f"lineage of {job['id']}")

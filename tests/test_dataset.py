@@ -1,4 +1,8 @@
-"""retrain build: ratings made through the real gateway become a versioned dataset."""
+"""retrain build: ratings made through the real gateway become a versioned dataset.
+
+The gateway answers from the instant ``fixed-*`` upstream, on one Redis and on the
+3-master cluster (the ``store`` parameter).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,18 +20,35 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis
 import yaml
 
 from gateway.core import keys
 from gateway.core.config import load_settings
+from gateway.core.store import keyspace
 from retrain.config import RetrainSettings
 from retrain.curate import format_errors
 from retrain.dataset import BELOW_MINIMUM, OK, OVER_COST_CAP, Builder, latest_version
 from retrain.feedback_log import connect
 
 from .conftest import ADMIN, API_KEY, CLIENT
-from .services import GatewayProcess, RedisProcess
+from .fixed_gateway import fixed_gateway
+from .services import GatewayProcess
+from .stores import STORES, Store, store_for
+
+DATASET_DB = 2  # this module's experiments and ratings stay out of the other tests' database
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, DATASET_DB)
+
+
+@pytest.fixture(scope="module")
+def gateway(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """This module's gateway, on its store (the session's gateway serves one Redis)."""
+    with fixed_gateway(store, tmp_path_factory.mktemp("dataset-gw")) as (gw, _):
+        yield gw
+
 
 VOCAB = (
     "refund order parcel invoice courier warranty return label account password delivery "
@@ -85,7 +107,7 @@ def settings_for(
 
 
 def build(settings: RetrainSettings, experiment: str, **kwargs: Any) -> Any:
-    return Builder(connect(settings), settings, experiment).run(**kwargs)
+    return Builder(connect(settings), keyspace(settings), settings, experiment).run(**kwargs)
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -109,7 +131,7 @@ def pair(prompt: str, good: str, bad: str) -> dict[str, Any]:
 
 
 def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
-    gateway: GatewayProcess, redis_server: RedisProcess, tmp_path: Path
+    gateway: GatewayProcess, store: Store, tmp_path: Path
 ) -> None:
     exp = new_experiment(gateway)
     a, b = "answer from fixed-a", "answer from fixed-b"
@@ -183,7 +205,8 @@ def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     assert second.exit_code == OK and second.manifest["parent"] == m["id"]
     assert sft(items[2]["prompt"], item["correction"]) in lines(second.path / "train.jsonl")
     assert len(lines(second.path / "train.jsonl")) == 4
-    still = redis.Redis.from_url(redis_server.url).hkeys(keys.review(exp))
+    with store.client() as r:
+        still = r.hkeys(store.ks.review(exp))
     assert [keys.text(k) for k in still] == [ids[4]]  # the uncorrected one stays queued
 
 
@@ -310,7 +333,7 @@ def run_cli(config: Path, experiment: str, *extra: str, crash: str | None = None
 
 
 def test_a_killed_build_loses_no_event_and_repeats_none(
-    gateway: GatewayProcess, tmp_path: Path
+    gateway: GatewayProcess, store: Store, tmp_path: Path
 ) -> None:
     exp = new_experiment(gateway)
     rng = random.Random(5)
@@ -334,16 +357,18 @@ def test_a_killed_build_loses_no_event_and_repeats_none(
     assert again.returncode == 0 and "nothing new" in again.stdout
     assert latest_version(root).id == v2.id  # type: ignore[union-attr]
 
-    stream = redis.Redis.from_url(settings.redis_url or "")
+    ks = keyspace(settings)
+    stream = store.client()
     mine = {
         keys.text(sid)
-        for sid, f in stream.xrange(keys.FEEDBACK_STREAM)
+        for sid, f in stream.xrange(ks.feedback_stream)
         if orjson.loads(f[b"data"])["experiment"] == exp
     }
     e1, e2 = set(v1.manifest["feedback_events"]), set(v2.manifest["feedback_events"])
     assert e1 | e2 == mine and not (e1 & e2)
-    pending = stream.xpending(keys.FEEDBACK_STREAM, keys.retrain_group(exp))
+    pending = stream.xpending(ks.feedback_stream, keys.retrain_group(exp))
     assert pending["pending"] == 0
+    stream.close()
 
 
 def test_below_the_minimum_the_build_refuses_with_the_counts(

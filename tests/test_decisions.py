@@ -17,15 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from gateway.core import keys
 from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import FIXED, fixed_gateway
-from .services import GatewayProcess, RedisProcess
+from .services import GatewayProcess
+from .stores import STORES, Store, store_for
 
 DECISIONS_DB = 9
 DECIDE_S = 0.2
@@ -34,18 +33,22 @@ PRICE = {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}
 RULES = {"min_ratings": 20, "mixture_sd": 0.3, "min_requests": 20}
 
 
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, DECISIONS_DB)
+
+
 @pytest.fixture(scope="module")
 def decided(
-    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+    store: Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, FaultyUpstream]]:
     models: dict[str, Any] = {m: {"upstream": "fixed", "model": m} for m in FIXED}
     models["fixed-a"]["price"] = PRICE
     models["fixed-slow"] = {"upstream": "fixed", "model": "fixed-slow"}
     models["judge"] = {"upstream": "fixed", "model": "judge-scripted"}
     with fixed_gateway(
-        redis_server,
+        store,
         tmp_path_factory.mktemp("decisions"),
-        DECISIONS_DB,
         models=models,
         control={"decide_s": DECIDE_S, "refresh_s": 0.1, "judge": "judge"},
     ) as pair:
@@ -109,7 +112,7 @@ def wait_for_version(
 
 
 def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control(
-    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+    decided: tuple[GatewayProcess, FaultyUpstream], store: Store
 ) -> None:
     gw, _ = decided
     name = unique("ramp")
@@ -147,10 +150,11 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
     assert history[2]["action"].startswith("auto promote fixed-b: score 0.")
     # each stage judged by the guardrails on its own requests: versions count what they
     # served (the score test adds the ramp's stages up)
-    r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
+    r = store.client()
     for version in (2, 3):
-        users = int(r.hget(keys.user_scores(name, version, "fixed-b"), "users") or 0)
+        users = int(r.hget(store.ks.user_scores(name, version, "fixed-b"), "users") or 0)
         assert users >= RULES["min_ratings"]
+    r.close()
     # a promote is final: later looks change nothing
     time.sleep(5 * DECIDE_S)
     assert admin(gw, "GET", f"experiments/{name}")["version"] == state["version"]
@@ -350,7 +354,7 @@ def test_cost_per_1k_requests_in_the_report_and_prometheus_with_an_inherited_pri
     admin(gw, "PUT", f"experiments/{name}", json={"arms": [{"model": "fixed-a"}]})
 
 
-def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -> float | None:
+def judged(gw: GatewayProcess, upstream: FaultyUpstream, store: Store, name: str) -> float | None:
     """Serve one request of a shadowed experiment; the judge score of its shadow answer."""
     upstream.judged.clear()
     with httpx.Client(timeout=10) as c:
@@ -359,20 +363,20 @@ def judged(gw: GatewayProcess, upstream: FaultyUpstream, port: int, name: str) -
             headers=CLIENT,
             json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
         ).json()["id"]
-    r = redis.Redis(port=port, db=DECISIONS_DB)
     deadline = time.monotonic() + 5
-    while True:
-        assert time.monotonic() < deadline, "no judged shadow record"
-        for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=20):
-            rec = feedback_log.interaction(r, fields[b"id"].decode())
-            if rec and rec.get("shadow_of") == served:
-                score: float | None = rec.get("judge_score")
-                return score
-        time.sleep(0.05)
+    with store.client() as r:
+        while True:
+            assert time.monotonic() < deadline, "no judged shadow record"
+            for _, fields in r.xrevrange(store.ks.interaction_stream, count=20):
+                rec = feedback_log.interaction(r, fields[b"id"].decode())
+                if rec and rec.get("shadow_of") == served:
+                    score: float | None = rec.get("judge_score")
+                    return score
+            time.sleep(0.05)
 
 
 def test_the_shadow_judge_sees_both_orders_so_position_bias_cancels(
-    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+    decided: tuple[GatewayProcess, FaultyUpstream], store: Store
 ) -> None:
     gw, upstream = decided
     name = unique("judged")
@@ -384,7 +388,7 @@ def test_the_shadow_judge_sees_both_orders_so_position_bias_cancels(
     )
     # a judge that always prefers the second answer: a tie, not a win for the shadow
     upstream.verdicts = {"Answer B:": "5"}
-    assert judged(gw, upstream, redis_server.port, name) == 0.5
+    assert judged(gw, upstream, store, name) == 0.5
     prompts = upstream.judged
     assert len(prompts) == 2
     assert {p.split("Answer A:\n")[1].split("\n")[0] for p in prompts} == {
@@ -394,14 +398,14 @@ def test_the_shadow_judge_sees_both_orders_so_position_bias_cancels(
     # a judge that prefers the shadow's answer in either place
     shadow_b, served_b = "Answer B:\nanswer from fixed-b", "Answer B:\nanswer from fixed-a"
     upstream.verdicts = {shadow_b: "5", served_b: "1"}
-    assert judged(gw, upstream, redis_server.port, name) == 1.0
+    assert judged(gw, upstream, store, name) == 1.0
     # and one that finds it a little worse in both places
     upstream.verdicts = {shadow_b: "2", served_b: "4"}
-    assert judged(gw, upstream, redis_server.port, name) == 0.25
+    assert judged(gw, upstream, store, name) == 0.25
 
 
 def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating_moves_it(
-    decided: tuple[GatewayProcess, FaultyUpstream], redis_server: RedisProcess
+    decided: tuple[GatewayProcess, FaultyUpstream], store: Store
 ) -> None:
     gw, _ = decided
     name = unique("units")
@@ -429,8 +433,8 @@ def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating
         for rid, rating in zip(heavy, ["up", "down", "up"], strict=True):
             rate(rid, rating)
         rate(ask("light"), 1)  # one star: score 0
-        r = redis.Redis(port=redis_server.port, db=DECISIONS_DB)
-        key = keys.user_scores(name, 1, "fixed-a")
+        r = store.client()
+        key = store.ks.user_scores(name, 1, "fixed-a")
 
         def scores() -> dict[str, float]:
             raw = r.hmget(key, "users", "ratings", "mean_sum", "mean_sq")
@@ -452,3 +456,4 @@ def test_a_user_counts_once_with_the_mean_of_their_ratings_and_a_replaced_rating
         assert report["arms"][0]["ratings"]["users"] == 2
         assert report["arms"][0]["ratings"]["mean_score"] == 0.5
         assert report["srm"]["assigned"] == 2  # users, not the four requests
+        r.close()

@@ -27,6 +27,8 @@ from .conftest import ADMIN, CLIENT, gateway_config
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -325,7 +327,7 @@ def test_shadow_answers_are_logged_and_never_returned(
     shadow = None
     while shadow is None:
         assert time.monotonic() < deadline, "no shadow record was logged"
-        for _, fields in r.xrevrange(keys.INTERACTION_STREAM, count=50):
+        for _, fields in r.xrevrange(KS.interaction_stream, count=50):
             rec = feedback_log.interaction(r, fields[b"id"].decode())
             if rec and rec.get("shadow_of") == served:
                 shadow = rec
@@ -333,7 +335,7 @@ def test_shadow_answers_are_logged_and_never_returned(
     assert shadow["arm"] == "fixed-b" and shadow["answer"] == "answer from fixed-b"
     assert shadow["experiment"] == name and shadow["status"] == "ok"
     # shadow traffic is nobody's: the arm's request counters do not see it
-    assert r.hget(keys.requests(name, "fixed-b"), "requests") is None
+    assert r.hget(KS.requests(name, "fixed-b"), "requests") is None
 
 
 def test_the_report_on_real_traffic_and_ratings_says_promote(

@@ -26,6 +26,8 @@ from .conftest import API_KEY, CLIENT, OTHER_TENANT_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 HELLO = [{"role": "user", "content": "Can I return shoes after 20 days?"}]
 
 
@@ -36,7 +38,7 @@ def rate(gw: GatewayProcess, key: str = API_KEY, **body: Any) -> httpx.Response:
 
 
 def aggregate(url: str, experiment: str, arm: str) -> dict[str, float]:
-    raw = redis.Redis.from_url(url).hgetall(keys.aggregate(experiment, arm))
+    raw = redis.Redis.from_url(url).hgetall(KS.aggregate(experiment, arm))
     got = {k.decode(): float(v) for k, v in raw.items()}
     return {f: got.get(f, 0.0) for f in ("count", "score_sum", "failures", "corrections")}
 
@@ -181,7 +183,7 @@ def test_200_concurrent_ratings_on_one_arm_are_all_counted(
 
 
 def stream_length(url: str) -> int:
-    return int(redis.Redis.from_url(url).xlen(keys.FEEDBACK_STREAM))
+    return int(redis.Redis.from_url(url).xlen(KS.feedback_stream))
 
 
 @pytest.mark.parametrize(
@@ -221,7 +223,7 @@ def test_bad_feedback_is_refused_and_nothing_is_stored(
     assert err["param"] == param and err["message"]
     after = aggregate(redis_server.url, "default", "base"), stream_length(redis_server.url)
     assert after == before
-    assert not redis.Redis.from_url(redis_server.url).exists(keys.feedback(rid))
+    assert not redis.Redis.from_url(redis_server.url).exists(KS.feedback(rid))
 
 
 def test_another_tenant_cannot_rate_or_read_a_response(
@@ -255,17 +257,17 @@ def test_consumer_that_crashes_before_ack_loses_nothing_and_repeats_nothing(
         assert rate(gateway, response_id=answer(client), rating="down").status_code == 201
     r = redis.Redis.from_url(redis_server.url)
     group = f"test-{uuid.uuid4().hex[:8]}"
-    everything = {sid.decode() for sid, _ in r.xrange(keys.FEEDBACK_STREAM)}
+    everything = {sid.decode() for sid, _ in r.xrange(KS.feedback_stream)}
 
-    crashed = FeedbackConsumer(r, group=group, consumer="run-1", claim_idle_ms=0).read_all()
+    crashed = FeedbackConsumer(r, KS, group=group, consumer="run-1", claim_idle_ms=0).read_all()
     assert {e.stream_id for e in crashed} == everything  # ...and then it dies without ack
 
-    second = FeedbackConsumer(r, group=group, consumer="run-2", claim_idle_ms=0)
+    second = FeedbackConsumer(r, KS, group=group, consumer="run-2", claim_idle_ms=0)
     redelivered = second.read_all()
     assert sorted(e.stream_id for e in redelivered) == sorted(everything)  # each exactly once
     assert second.ack(redelivered) == len(everything)
 
-    third = FeedbackConsumer(r, group=group, consumer="run-3", claim_idle_ms=0)
+    third = FeedbackConsumer(r, KS, group=group, consumer="run-3", claim_idle_ms=0)
     assert third.read_all() == []
     rid = answer(client)
     rate(gateway, response_id=rid, rating="up")
@@ -316,7 +318,7 @@ def test_every_rating_acknowledged_before_a_kill_9_survives_with_aof_always(
         assert len(acknowledged) == 50
         own.start()  # replays the AOF
         r = redis.Redis.from_url(own.url)
-        assert all(r.hlen(keys.feedback(rid)) == 1 for rid in acknowledged)
+        assert all(r.hlen(KS.feedback(rid)) == 1 for rid in acknowledged)
         assert aggregate(own.url, "default", "base")["count"] == 50
     finally:
         gw.stop()
@@ -370,33 +372,33 @@ def test_stream_is_trimmed_by_retention_but_never_past_an_unacknowledged_event(
     own.start()
     try:
         r = redis.Redis.from_url(own.url)
-        ids = [r.xadd(keys.FEEDBACK_STREAM, {"data": b"{}"}).decode() for _ in range(6)]
-        r.xgroup_create(keys.FEEDBACK_STREAM, "a", id="0")
-        r.xgroup_create(keys.FEEDBACK_STREAM, "b", id="0")
+        ids = [r.xadd(KS.feedback_stream, {"data": b"{}"}).decode() for _ in range(6)]
+        r.xgroup_create(KS.feedback_stream, "a", id="0")
+        r.xgroup_create(KS.feedback_stream, "b", id="0")
 
         async def trim_now() -> None:
             aio = aioredis.Redis.from_url(own.url)
             try:
-                await trim_feedback_stream(aio, retention_s=0)
+                await trim_feedback_stream(aio, KS, retention_s=0)
             finally:
                 await aio.aclose()
 
         def trim() -> list[str]:
             asyncio.run(trim_now())
-            return [sid.decode() for sid, _ in r.xrange(keys.FEEDBACK_STREAM)]
+            return [sid.decode() for sid, _ in r.xrange(KS.feedback_stream)]
 
         assert trim() == ids  # nothing read by anyone yet: all kept despite retention 0
         for group in ("a", "b"):
-            got = r.xreadgroup(group, "c", {keys.FEEDBACK_STREAM: ">"}, count=4)
-            r.xack(keys.FEEDBACK_STREAM, group, *[sid for sid, _ in got[0][1]][:2])
+            got = r.xreadgroup(group, "c", {KS.feedback_stream: ">"}, count=4)
+            r.xack(KS.feedback_stream, group, *[sid for sid, _ in got[0][1]][:2])
         assert trim() == ids[2:]  # the 3rd and 4th are delivered but not acknowledged
         for group in ("a", "b"):
-            r.xack(keys.FEEDBACK_STREAM, group, *ids[2:4])
+            r.xack(KS.feedback_stream, group, *ids[2:4])
         assert trim() == ids[4:]  # the last two were never delivered
-        r.xgroup_create(keys.FEEDBACK_STREAM, "late", id="$")
+        r.xgroup_create(KS.feedback_stream, "late", id="$")
         for group in ("a", "b"):
-            r.xreadgroup(group, "c", {keys.FEEDBACK_STREAM: ">"})
-            r.xack(keys.FEEDBACK_STREAM, group, *ids[4:])
+            r.xreadgroup(group, "c", {KS.feedback_stream: ">"})
+            r.xack(KS.feedback_stream, group, *ids[4:])
         assert trim() == []
     finally:
         own.stop()

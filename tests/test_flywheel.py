@@ -22,6 +22,8 @@ from retrain.jobs import JobStore
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, CLIENT
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 ITEMS = ["shoes", "shirts", "jackets", "bags", "hats"]
 
 
@@ -147,7 +149,7 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
     )
     r = redis.Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 60
-    while not r.exists(keys.run_lock(exp)):
+    while not r.exists(KS.run_lock(exp)):
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.05)
     second = retrain(config, "run", "--experiment", exp)  # while the first holds the lock
@@ -172,7 +174,7 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
     assert ask(gateway, exp, question, arm="base") != correction(trained[0])
 
     # The job holds the loss curve, the evaluation and the lineage.
-    job = JobStore(r).list(50)
+    job = JobStore(r, keys.PLAIN_KEYSPACE).list(50)
     (mine,) = [j for j in job if j["experiment"] == exp]
     assert mine["status"] == "registered" and mine["model_name"] == canary["model"]
     assert len(mine["loss"]) >= 10 and all("loss" in row for row in mine["loss"][:5])
@@ -201,7 +203,7 @@ def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     assert "not registered: chrF" in run.stderr and "< the margin 0.05" in run.stderr
     (job,) = [
         j
-        for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
+        for j in JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE).list(50)
         if j["experiment"] == exp
     ]
     assert job["status"] == "rejected" and "not registered" in job["error"]
@@ -243,7 +245,7 @@ def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next
     exp, config = rated_experiment(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="checkpoint")  # kill -9 there
     assert killed.returncode == 137
-    store = JobStore(redis.Redis.from_url(redis_server.url))
+    store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
     (dead,) = [j for j in store.list(50) if j["experiment"] == exp]
     assert dead["status"] == "running" and dead["checkpoint_step"] == 15  # 150 steps / 10
 
@@ -278,7 +280,7 @@ def test_a_run_that_finds_the_gateway_down_at_registration_registers_on_the_next
             stderr=subprocess.PIPE,
             text=True,
         )
-        store = JobStore(redis.Redis.from_url(redis_server.url))
+        store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
         deadline = time.monotonic() + 120
         while not [j for j in store.list(50) if j["experiment"] == exp and j["loss"]]:
             assert running.poll() is None and time.monotonic() < deadline, running.communicate()
@@ -339,7 +341,7 @@ def test_a_run_killed_after_staging_leaves_no_half_registered_model(
     exp, config = rated_experiment(gateway, tmp_path, tiny_model)
     killed = retrain(config, "run", "--experiment", exp, crash="after-stage")
     assert killed.returncode == 137
-    store = JobStore(redis.Redis.from_url(redis_server.url))
+    store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
     (job,) = [j for j in store.list(50) if j["experiment"] == exp]
     assert job["status"] == "evaluating"
     models = {
@@ -380,7 +382,7 @@ def test_retrain_cancel_stops_a_running_job_and_nothing_is_registered(
         stderr=subprocess.PIPE,
         text=True,
     )
-    store = JobStore(redis.Redis.from_url(redis_server.url))
+    store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
     deadline = time.monotonic() + 120
     while True:
         mine = [j for j in store.list(50) if j["experiment"] == exp]

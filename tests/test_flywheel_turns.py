@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from flywheel_stack import VLLMServer
+from gateway.core import keys
 from retrain.jobs import JobStore
 
 from .services import GatewayProcess, RedisProcess
@@ -98,7 +99,7 @@ def test_turn_one_is_promoted_in_stages_and_turn_two_is_evaluated_against_it(
     assert second.returncode in (0, 6), second.stdout + second.stderr  # canary or rejected
     jobs = [
         j
-        for j in JobStore(redis.Redis.from_url(redis_server.url)).list(50)
+        for j in JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE).list(50)
         if j["experiment"] == exp
     ]
     latest = max(jobs, key=lambda j: j["created"])

@@ -37,7 +37,8 @@ from retrain.feedback_log import connect
 from .conftest import ADMIN, CLIENT
 from .fixed_gateway import fixed_gateway
 from .polling import eventually
-from .services import GatewayProcess, RedisProcess
+from .services import GatewayProcess
+from .stores import STORES, Store, store_for
 
 FORGET_DB = 6  # this module's users stay out of the other tests' database
 SYSTEM = {"role": "system", "content": "You answer for a shop that sells bicycles. " * 8}
@@ -62,6 +63,7 @@ class World:
     config: Path  # the gateway's config plus a retrain section
     archive: Path
     datasets: Path
+    ks: keys.Keyspace
     ids: dict[str, list[str]] = field(default_factory=dict)  # user → response ids
     first_turn: list[dict[str, Any]] = field(default_factory=list)  # alice's, as a block
 
@@ -97,7 +99,7 @@ def retrain(
 
 
 def build(w: World) -> str:
-    result = Builder(connect(w.settings), w.settings, "default").run()
+    result = Builder(connect(w.settings), w.ks, w.settings, "default").run()
     assert result.status == "written", result.message
     return str(result.manifest["id"])
 
@@ -107,13 +109,19 @@ def wait_written(w: World, *rids: str) -> None:
     eventually(lambda: w.redis.exists(*names) == len(names), "the interaction log wrote")
 
 
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, FORGET_DB)
+
+
 @pytest.fixture(scope="module")
-def world(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("forget")
     archive = work / "archive"
-    with fixed_gateway(
-        redis_server, work / "gw", FORGET_DB, archive={"enabled": False, "url": str(archive)}
-    ) as (gw, _):
+    with fixed_gateway(store, work / "gw", archive={"enabled": False, "url": str(archive)}) as (
+        gw,
+        _,
+    ):
         doc = yaml.safe_load(gw.config_path.read_text())
         doc["retrain"] = {
             "dataset_dir": str(work / "datasets"),
@@ -122,9 +130,8 @@ def world(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) 
         }
         config = work / "retrain.yaml"
         config.write_text(yaml.safe_dump(doc))
-        url = redis_server.url.rsplit("/", 1)[0] + f"/{FORGET_DB}"
         settings = load_settings(config, schema=RetrainSettings)
-        w = World(gw, redis.Redis.from_url(url), settings, config, archive, work / "datasets")
+        w = World(gw, store.client(), settings, config, archive, work / "datasets", store.ks)
         # alice: a two-turn conversation (its first turn becomes a block), and a rating
         # of one of bob's answers; bob and carol: one answer each, rated by themselves
         q1 = {"role": "user", "content": f"alice-secret one {words()}"}
@@ -158,8 +165,9 @@ def world(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) 
         )
         assert r.status_code == 201, r.text
         build(w)
-        assert w.redis.hexists(keys.review("default"), a4)
+        assert w.redis.hexists(w.ks.review("default"), a4)
         yield w
+        w.redis.close()
 
 
 def hot_users(w: World) -> dict[str, set[str]]:
@@ -176,7 +184,7 @@ def hot_users(w: World) -> dict[str, set[str]]:
 
 
 def rating_stream(w: World) -> list[dict[str, Any]]:
-    return [orjson.loads(f[b"data"]) for _, f in w.redis.xrange(keys.FEEDBACK_STREAM)]
+    return [orjson.loads(f[b"data"]) for _, f in w.redis.xrange(w.ks.feedback_stream)]
 
 
 def archived(w: World, sql: str) -> list[tuple[Any, ...]]:
@@ -262,22 +270,24 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     # Redis: her records, stream entries, ratings and her conversation's block are gone
     hot = hot_users(world)
     assert "alice" not in hot and hot["bob"] == set(bob) and hot["carol"]
-    stream = {keys.text(f[b"id"]) for _, f in world.redis.xrange(keys.INTERACTION_STREAM)}
+    stream = {keys.text(f[b"id"]) for _, f in world.redis.xrange(world.ks.interaction_stream)}
     assert not stream & set(alice) and set(bob) <= stream
-    assert not world.redis.exists(*[keys.feedback(i) for i in alice])
-    assert world.redis.hkeys(keys.feedback(bob[1])) == []  # only alice had rated it
-    assert world.redis.hkeys(keys.feedback(bob[0])) == [b"bob"]
+    assert not world.redis.exists(*[world.ks.feedback(i) for i in alice])
+    assert world.redis.hkeys(world.ks.feedback(bob[1])) == []  # only alice had rated it
+    assert world.redis.hkeys(world.ks.feedback(bob[0])) == [b"bob"]
     ratings = rating_stream(world)
     assert not [e for e in ratings if e["rater"] == "alice" or e["response_id"] in alice]
     assert {e["rater"] for e in ratings} == {"bob", "carol"}
     assert not world.redis.exists(keys.block(turn))
     assert world.redis.exists(keys.block(system))  # bob's and carol's records use it
-    assert world.redis.hkeys(keys.review("default")) == []
+    assert world.redis.hkeys(world.ks.review("default")) == []
     # her unit leaves the SRM sets and the per-user scores (whose sums follow); bob's stays
     units = {u: hashlib.sha256(u.encode()).hexdigest()[:16] for u in ("alice", "bob")}
-    members = set().union(*(world.redis.smembers(k) for k in world.redis.scan_iter("fw:users:*")))
+    members = set().union(
+        *(world.redis.smembers(k) for k in world.redis.scan_iter(world.ks.prefix + "users:*"))
+    )
     assert units["alice"].encode() not in members and units["bob"].encode() in members
-    scores = [world.redis.hgetall(k) for k in world.redis.scan_iter("fw:uagg:*")]
+    scores = [world.redis.hgetall(k) for k in world.redis.scan_iter(world.ks.prefix + "uagg:*")]
     fields = set().union(*scores)
     assert f"u:{units['alice']}".encode() not in fields and f"u:{units['bob']}".encode() in fields
     assert sum(int(h.get(b"users", 0)) for h in scores) == 2  # bob and carol
@@ -310,7 +320,7 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     # the datasets: every version that held her examples is gone, a successor took over
     done = retrain(world, "forget", "--pending")
     assert done.returncode == 0, done.stderr
-    assert not world.redis.hlen(keys.FORGET_PENDING)
+    assert not world.redis.hlen(world.ks.forget_pending)
     assert "alice-secret" not in dataset_text(world)
     assert not (world.datasets / "default" / before).exists()
     train = (world.datasets / "default" / latest(world) / "train.jsonl").read_text()
@@ -335,7 +345,7 @@ def test_retrain_forget_removes_a_user_everywhere_and_a_second_run_finds_nothing
     assert removed["redis"]["interactions"] == 1 and removed["archive"]["interactions"] == 1
     assert removed["datasets"]["successors"] == 1
     assert "carol" not in hot_users(world)
-    assert not world.redis.exists(keys.feedback(carol[0]))
+    assert not world.redis.exists(world.ks.feedback(carol[0]))
     assert archived(world, "SELECT count(*) FROM {interactions} WHERE user = 'carol'") == [(0,)]
     assert archived(world, "SELECT count(*) FROM {feedback} WHERE rater = 'carol'") == [(0,)]
     assert "carol-only" not in dataset_text(world)
@@ -377,11 +387,11 @@ def test_a_forget_killed_at_any_step_is_finished_by_running_it_again(
     done = retrain(world, "forget", "--user", user)
     assert done.returncode == 0, done.stderr
     assert user not in hot_users(world)
-    assert not world.redis.exists(keys.feedback(rid))
+    assert not world.redis.exists(world.ks.feedback(rid))
     assert archived(world, count) == [(0,)]  # every file on disk, committed or not
     assert not archived(world, f"SELECT * FROM {{feedback}} WHERE response_id = '{rid}'")
     assert user not in dataset_text(world)
-    assert not world.redis.hlen(keys.FORGET_PENDING)
+    assert not world.redis.hlen(world.ks.forget_pending)
     train = (world.datasets / "default" / latest(world) / "train.jsonl").read_text()
     assert train.count("bob fix") == 3  # b4 too is archived by now
     assert archived(world, "SELECT count(*) FROM {interactions} WHERE user = 'bob'") == [(4,)]

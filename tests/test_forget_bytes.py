@@ -86,7 +86,7 @@ def test_a_forgotten_user_leaves_no_bytes_in_dumps_or_the_aof(
     gw, server = stack
     r = redis.Redis(port=server.port)
     aof_dir = server.workdir / str(r.config_get("appenddirname")["appenddirname"])
-    stream = keys.FEEDBACK_STREAM
+    stream = keys.PLAIN_KEYSPACE.feedback_stream
     gone, kept = texts(uuid.uuid4().hex[:8]), texts(uuid.uuid4().hex[:8])
     r.xgroup_create(stream, GROUP, id="0", mkstream=True)
     for i, text in enumerate(gone):

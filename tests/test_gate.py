@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from gateway.core import keys
 from retrain import evaluate
 from retrain.config import Eval
 from retrain.evaluate import Case
@@ -461,7 +462,7 @@ def test_retrain_status_shows_every_example_with_answers_scores_and_verdicts(
     redis_server: RedisProcess,
 ) -> None:
     ev = run_gate(served, "noisy", judge="judge-fair")
-    store = JobStore(redis.Redis(port=redis_server.port, db=EVAL_DB))
+    store = JobStore(redis.Redis(port=redis_server.port, db=EVAL_DB), keys.PLAIN_KEYSPACE)
     job = store.create(
         experiment="gate",
         provider="local",

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
@@ -16,20 +15,30 @@ from gateway.core.config import build_settings
 from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import fixed_config
-from .services import RedisProcess
+from .stores import STORES, Store, store_for
 
 DB = 13  # this module's Redis database: what it stores stays out of the other tests' way
 HELLO = [{"role": "user", "content": "hello"}]
 
 
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, DB)
+
+
 @pytest.fixture(scope="module")
 def http(
-    redis_server: RedisProcess, faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
+    store: Store, faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
-    redis.Redis(port=redis_server.port, db=DB).flushdb()
-    url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
     data_dir: Path = tmp_path_factory.mktemp("in-process")
-    settings = build_settings(fixed_config(faulty.base_url, url, data_dir=str(data_dir)))
+    settings = build_settings(
+        fixed_config(
+            faulty.base_url,
+            store.url,
+            redis_cluster=store.cluster,
+            data_dir=str(data_dir),
+        )
+    )
     with TestClient(create_app(settings), base_url="http://gateway") as client:
         yield client
 

@@ -20,6 +20,8 @@ from .conftest import API_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream
 from .services import GatewayProcess, RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 HELLO = [{"role": "user", "content": "Can I return shoes?"}]
 
 
@@ -70,7 +72,7 @@ def test_failed_request_is_logged_with_its_error(
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="http500", messages=HELLO)
     r = redis.Redis.from_url(redis_server.url)
-    entries = r.xrevrange(keys.INTERACTION_STREAM, count=20)
+    entries = r.xrevrange(KS.interaction_stream, count=20)
     ids = [fields[b"id"].decode() for _, fields in entries if fields[b"arm"] == b"http500"]
     assert ids, "the failed request was not logged"
     rec = wait_for_record(redis_server.url, ids[0])

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis
 
 from .conftest import ADMIN, ADMIN_KEY
 from .fixed_gateway import FIXED, fixed_gateway
 from .services import GatewayProcess, RedisProcess
+from .stores import STORES, Store, store_for
 
 KEYS_DB = 12  # the keys and experiments made here stay out of the other tests' database
 HELLO = [{"role": "user", "content": "hello"}]
@@ -47,13 +47,18 @@ def chat(gw: GatewayProcess, key: str, model: str = "fixed-a", **extra: Any) -> 
     )
 
 
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return store_for(request, KEYS_DB)
+
+
 @pytest.fixture(scope="module")
 def pair(
-    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+    store: Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    """Two replicas on one Redis database, every model priced."""
+    """Two replicas on one store (a Redis database, or the cluster), every model priced."""
     workdir = tmp_path_factory.mktemp("keys")
-    with fixed_gateway(redis_server, workdir, KEYS_DB, models=PRICED) as (a, _):
+    with fixed_gateway(store, workdir, models=PRICED) as (a, _):
         cfg = a.config_path.read_text()
         b_dir = workdir / "b"
         b_dir.mkdir()
@@ -113,7 +118,7 @@ def test_rotation_stops_the_old_secret_and_keeps_the_key(
 
 
 def test_no_plaintext_key_in_redis_logs_or_errors(
-    pair: tuple[GatewayProcess, GatewayProcess], redis_server: RedisProcess
+    pair: tuple[GatewayProcess, GatewayProcess], store: Store
 ) -> None:
     a, b = pair
     made = create_key(a, name="secretive", tenant="alpha")
@@ -128,7 +133,7 @@ def test_no_plaintext_key_in_redis_logs_or_errors(
     errors.append(httpx.get(f"{a.url}/admin/keys/{made['id']}", headers=ADMIN).text)
     errors.append(httpx.get(f"{a.url}/admin/audit", headers=ADMIN).text)
     errors.append(httpx.get(f"{a.url}/admin/keys", headers=ADMIN).text)
-    r = redis.Redis(port=redis_server.port, db=KEYS_DB)
+    r = store.client()
     stored = []
     for key in r.scan_iter():
         kind = r.type(key)
@@ -140,6 +145,7 @@ def test_no_plaintext_key_in_redis_logs_or_errors(
             stored += r.lrange(key, 0, -1)
         elif kind == b"stream":
             stored += [str(e).encode() for e in r.xrange(key)]
+    r.close()
     logs = a.log_path.read_text() + b.log_path.read_text()
     for s in secrets:
         assert not any(s.encode() in v for v in stored), "a secret is stored in Redis"

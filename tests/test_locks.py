@@ -17,6 +17,8 @@ from gateway.core.locks import AsyncLock, Lock
 
 from .services import RedisProcess
 
+KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+
 
 @pytest.fixture
 def client(redis_server: RedisProcess) -> Iterator[redis.Redis]:
@@ -26,7 +28,7 @@ def client(redis_server: RedisProcess) -> Iterator[redis.Redis]:
 
 
 def test_a_second_holder_is_refused_and_told_who_holds_it(client: redis.Redis) -> None:
-    key = keys.build_lock("locks-busy")
+    key = KS.build_lock("locks-busy")
     first, second = Lock(client, key), Lock(client, key)
     second.owner = "elsewhere:1"  # another host: never taken over
     assert first.acquire() is None
@@ -38,7 +40,7 @@ def test_a_second_holder_is_refused_and_told_who_holds_it(client: redis.Redis) -
 
 
 def test_a_lock_whose_owner_died_on_this_host_is_taken_over(client: redis.Redis) -> None:
-    key = keys.run_lock("locks-dead")
+    key = KS.run_lock("locks-dead")
     code = "import os; print(os.getpid())"
     dead = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True)
     assert dead.returncode == 0  # the process has exited: its pid names no one now
@@ -50,7 +52,7 @@ def test_a_lock_whose_owner_died_on_this_host_is_taken_over(client: redis.Redis)
 
 
 def test_an_expired_holder_does_not_release_its_successors_lock(client: redis.Redis) -> None:
-    key = keys.build_lock("locks-expired")
+    key = KS.build_lock("locks-expired")
     slow, next_one = Lock(client, key, ttl_s=1), Lock(client, key)
     next_one.owner = "other-host:42"
     assert slow.acquire() is None
@@ -63,7 +65,7 @@ def test_an_expired_holder_does_not_release_its_successors_lock(client: redis.Re
 
 async def test_replicas_deciding_at_once_take_turns(redis_server: RedisProcess) -> None:
     client = aioredis.Redis.from_url(redis_server.url)
-    key = keys.decision_lock("locks-decide")
+    key = KS.decision_lock("locks-decide")
     try:
         a, b = AsyncLock(client, key), AsyncLock(client, key)
         assert await a.acquire() is True

@@ -15,6 +15,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.core import keys
 from retrain.jobs import JobStore, record_run
 
 from .conftest import ADMIN_KEY
@@ -139,9 +140,15 @@ def test_retrain_runs_are_exposed_from_redis(
         assert retrain_run("ops-quiet") == 4  # no ratings: too few examples, as it should
         # What a run that trains records once its dataset is built (retrain/cycle.py).
         client = redis.Redis.from_url(ops_redis.url)
-        job = JobStore(client).create(experiment="ops-later", provider="local")
-        record_run(client, "ops-later", job=job["id"], examples={"train": 40, "test": 5})
-        JobStore(client).update(job["id"], status="evaluating")
+        job = JobStore(client, keys.PLAIN_KEYSPACE).create(experiment="ops-later", provider="local")
+        record_run(
+            client,
+            keys.PLAIN_KEYSPACE,
+            "ops-later",
+            job=job["id"],
+            examples={"train": 40, "test": 5},
+        )
+        JobStore(client, keys.PLAIN_KEYSPACE).update(job["id"], status="evaluating")
         client.close()
         s = samples(gw)
     finally:

@@ -300,7 +300,7 @@ def make_beta(http: TestClient, store: redis.Redis, datasets: Path) -> Beta:
         )
     rid = rids[0]
     item = {"response_id": rid, "correction": None, "question": texts[0], "answer": "x"}
-    store.hset(keys.review("beta-exp"), rid, orjson.dumps(item))
+    store.hset(keys.PLAIN_KEYSPACE.review("beta-exp"), rid, orjson.dumps(item))
     version = datasets / "beta-exp" / "beta-v1"
     version.mkdir(parents=True)
     manifest = {
@@ -327,8 +327,8 @@ def make_beta(http: TestClient, store: redis.Redis, datasets: Path) -> Beta:
         (where / "train.jsonl").write_bytes(orjson.dumps(line) + b"\n")
     job = {"id": "ftjob-beta", "status": "succeeded", "experiment": "beta-exp", "loss": []}
     job |= {"created": time.time(), "updated": time.time(), "events": [], "result_model": None}
-    store.set(keys.job("ftjob-beta"), orjson.dumps(job))
-    store.zadd(keys.JOBS, {"ftjob-beta": time.time()})
+    store.set(keys.PLAIN_KEYSPACE.job("ftjob-beta"), orjson.dumps(job))
+    store.zadd(keys.PLAIN_KEYSPACE.jobs, {"ftjob-beta": time.time()})
     deadline = time.monotonic() + 10  # the interaction log's writer flushes
     while time.monotonic() < deadline and not all(store.exists(keys.interaction(r)) for r in rids):
         time.sleep(0.05)
@@ -357,7 +357,7 @@ def fill(value: Any, values: dict[str, str]) -> Any:
 
 def call(http: TestClient, beta: Beta, method: str, row: Row, role: str) -> Any:
     secret = beta.secrets[role]
-    version = orjson.loads(beta.store.hget(keys.EXPERIMENTS, "beta-exp") or b"{}")
+    version = orjson.loads(beta.store.hget(keys.PLAIN_KEYSPACE.experiments, "beta-exp") or b"{}")
     values = {**beta.values, "secret": secret, "version": str(version.get("version", 0))}
     headers = {"Authorization": f"Bearer {secret}", "accept": "application/json"}
     path = fill(row.path, values)
@@ -659,8 +659,8 @@ def test_an_experiment_stored_with_another_tenants_model_is_not_served(
     http, beta = app
     spec = {"arms": [{"model": "beta-m", "weight": 1.0}], "tenant": "alpha"}
     state = {"object": "experiment", "name": "alpha-old", "version": 1, "spec": spec}
-    beta.store.hset(keys.EXPERIMENTS, "alpha-old", orjson.dumps(state))
-    beta.store.incr(keys.CONTROL_VERSION)
+    beta.store.hset(keys.PLAIN_KEYSPACE.experiments, "alpha-old", orjson.dumps(state))
+    beta.store.incr(keys.PLAIN_KEYSPACE.control_version)
     root = {"Authorization": f"Bearer {ROOT_KEY}"}
     body = {"arms": [{"model": "shared-m"}], "tenant": "alpha"}
     assert http.put("/admin/experiments/alpha-new", headers=root, json=body).status_code == 200

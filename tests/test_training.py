@@ -13,6 +13,7 @@ import redis
 import yaml
 
 from flywheel_stack import VLLMServer
+from gateway.core import keys
 from retrain.config import LocalTraining, OpenAITraining
 from retrain.jobs import JobStore
 from retrain.local_train import plan, train
@@ -254,7 +255,7 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
         assert run.returncode == 0, run.stdout + run.stderr
         (job,) = [
             j
-            for j in JobStore(redis.Redis.from_url(redis_server.url)).list(100)
+            for j in JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE).list(100)
             if j["experiment"] == exp
         ]
         assert job["status"] == "registered" and job["result_model"].startswith("ft:")

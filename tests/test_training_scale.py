@@ -17,6 +17,7 @@ import redis
 from pydantic import ValidationError
 
 from flywheel_stack import VLLMServer, make_test_adapter
+from gateway.core import keys
 from retrain.config import LocalTraining, RetrainSettings
 from retrain.jobs import JobStore
 from retrain.local_train import problems, train
@@ -266,7 +267,7 @@ def test_retrain_run_in_two_processes_registers_one_canary_that_learned(
     assert "is a canary of" in run.stdout
     (job,) = [
         j
-        for j in JobStore(redis.Redis.from_url(redis_server.url)).list(200)
+        for j in JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE).list(200)
         if j["experiment"] == exp
     ]
     assert job["status"] == "registered" and job["training"]["processes"] == 2
@@ -301,7 +302,7 @@ def test_qlora_and_an_uneven_split_are_refused_before_anything_is_consumed(
     assert uneven.returncode == 2
     assert "batch_size 4 does not split evenly between 3 processes" in uneven.stderr
     assert not (tmp_path / "datasets" / exp).exists()
-    jobs = JobStore(redis.Redis.from_url(redis_server.url)).list(200)
+    jobs = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE).list(200)
     assert not [j for j in jobs if j["experiment"] == exp]
 
 
@@ -444,7 +445,7 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
         cfg = settings(keep=False)
         remote = OpenAIProvider(cfg.retrain.openai)
         remote_id = remote.launch(write_dataset(tmp_path / "data"), suffix="x", seed=0)
-        store = JobStore(redis.Redis.from_url(db))
+        store = JobStore(redis.Redis.from_url(db), keys.PLAIN_KEYSPACE)
         dead = f"{socket.gethostname()}:{2**22 + 12345}"  # above pid_max: no such process
         exp = f"recover-{uuid.uuid4().hex[:6]}"
         remote_job = store.create(
@@ -529,7 +530,7 @@ def test_retrain_jobs_lists_openais_jobs_with_the_job_that_tracks_each(
         remote = OpenAIProvider(load_settings(config, schema=RetrainSettings).retrain.openai)
         data = write_dataset(tmp_path / "data")
         ours, theirs = (remote.launch(data, suffix=s, seed=0) for s in ("ours", "theirs"))
-        store = JobStore(redis.Redis.from_url(db))
+        store = JobStore(redis.Redis.from_url(db), keys.PLAIN_KEYSPACE)
         job = store.create(experiment="e", provider="openai", provider_job=ours)
         listed = subprocess.run(
             [sys.executable, "-m", "retrain", "jobs", "--config", str(config)],

@@ -58,6 +58,7 @@ from gateway.ops import archive_query
 from gateway.ops.archive import default_url
 from gateway.ops.forget import forget_user
 from gateway.serving.bodies import json_object, read_body
+from gateway.state import state as gateway_state
 
 
 class ExperimentName(Convertor[str]):
@@ -113,7 +114,7 @@ def _owned(doc: Any, by: Principal, kind: access.Kind) -> Any:
 
 def add_admin_routes(app: FastAPI) -> None:
     def principal(request: Request) -> tuple[Control, Principal]:
-        st = request.app.state.gateway
+        st = gateway_state(request)
         by = st.keyring.authenticate_admin(request.headers.get("authorization"))
         return st.control, by
 
@@ -130,7 +131,7 @@ def add_admin_routes(app: FastAPI) -> None:
         return control, by.name
 
     async def body(request: Request) -> dict[str, Any]:
-        limit = request.app.state.gateway.settings.limits.max_body_bytes
+        limit = gateway_state(request).settings.limits.max_body_bytes
         return json_object(await read_body(request, limit))
 
     @app.get("/admin/experiments")
@@ -175,7 +176,7 @@ def add_admin_routes(app: FastAPI) -> None:
         if since is None and until is None:
             return _json(await control.report(name))
         state = await control.experiments.state(name)
-        settings = request.app.state.gateway.settings
+        settings = gateway_state(request).settings
         url = default_url(settings.data_dir, settings.archive.url)
         arms = [a["model"] for a in state["spec"]["arms"]]
         with store.translated("The archive"):
@@ -287,4 +288,4 @@ def add_admin_routes(app: FastAPI) -> None:
                 param=unknown[0][:64],
             )
         tenant = request.query_params.get("tenant")
-        return _json(await forget_user(request.app.state.gateway, user, tenant, by))
+        return _json(await forget_user(gateway_state(request), user, tenant, by))

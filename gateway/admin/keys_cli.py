@@ -83,7 +83,8 @@ async def run_action(settings: Settings, args: argparse.Namespace) -> Any:
     by = access.operator(f"cli:{getpass.getuser()}")  # the rule decides what it manages
     redis, embedded = await store.open_store(settings)
     try:
-        apikeys = ApiKeys(redis, LiveState(redis, settings))
+        ks = store.keyspace(settings)
+        apikeys = ApiKeys(redis, ks, LiveState(redis, ks, settings))
         if args.action == "create":
             return await apikeys.create(create_body(args), by)
         if args.action == "list":

@@ -85,10 +85,12 @@ def _rating(ratings: list[FeedbackEvent], threshold: float) -> str:
     return "down" if mean < threshold else "up"
 
 
-async def ratings_of(redis: aioredis.Redis, ids: list[str]) -> list[list[FeedbackEvent]]:
+async def ratings_of(
+    redis: aioredis.Redis, ks: keys.Keyspace, ids: list[str]
+) -> list[list[FeedbackEvent]]:
     pipe = redis.pipeline(transaction=False)
     for rid in ids:
-        pipe.hgetall(keys.feedback(rid))
+        pipe.hgetall(ks.feedback(rid))
     return [
         sorted((decode_feedback(v) for v in raw.values()), key=lambda r: (r["created"], r["rater"]))
         for raw in await pipe.execute()
@@ -105,7 +107,10 @@ def _merge(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
 
 
 async def ratings_merged(
-    redis: aioredis.Redis, archive: ArchiveReader | None, recs: list[InteractionRecord]
+    redis: aioredis.Redis,
+    ks: keys.Keyspace,
+    archive: ArchiveReader | None,
+    recs: list[InteractionRecord],
 ) -> list[list[FeedbackEvent]]:
     """The current ratings of archived interactions: the archive's (latest per rater)
     and those only Redis has so far."""
@@ -113,10 +118,10 @@ async def ratings_merged(
         return []
     ids = [r["id"] for r in recs]
     if archive is None:
-        return await ratings_of(redis, ids)
+        return await ratings_of(redis, ks, ids)
     first = min(day_of(int(r["created"]) * 1000) for r in recs)
     archived = await asyncio.to_thread(archive.ratings, ids, first)
-    hot = await ratings_of(redis, ids)
+    hot = await ratings_of(redis, ks, ids)
     return [_merge(archived.get(i, []), h) for i, h in zip(ids, hot, strict=True)]
 
 
@@ -134,6 +139,7 @@ async def _gone(
 
 async def interactions(
     redis: aioredis.Redis,
+    ks: keys.Keyspace,
     user: User,
     f: Filters,
     before: str | None,
@@ -166,9 +172,7 @@ async def interactions(
     last: str | None = None
     batch = size + 1  # unfiltered, one read fills the page; filtered, reads grow
     while len(page.rows) < size:
-        entries: list[Any] = (
-            await redis.xrevrange(keys.INTERACTION_STREAM, hi, lo, count=batch) or []
-        )
+        entries: list[Any] = await redis.xrevrange(ks.interaction_stream, hi, lo, count=batch) or []
         page.scanned += len(entries)
         cand = []
         for sid, fields in entries:
@@ -181,7 +185,7 @@ async def interactions(
         by_rating = bool(f.rating or f.corrected)
         rated_first: dict[str, list[FeedbackEvent]] = {}
         if by_rating and cand:  # the ratings narrow most: read them before the records
-            ratings = await ratings_of(redis, [rid for _, rid in cand])
+            ratings = await ratings_of(redis, ks, [rid for _, rid in cand])
             for (_, rid), rs in zip(cand, ratings, strict=True):
                 mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
                 if _rating_matches(f, mine, threshold):
@@ -206,7 +210,7 @@ async def interactions(
         if by_rating:
             rated = [rated_first[rec["id"]] for _, rec in found]
         else:
-            rated = await ratings_of(redis, [r["id"] for _, r in found]) if found else []
+            rated = await ratings_of(redis, ks, [r["id"] for _, r in found]) if found else []
         full = False
         for (sid, rec), rs in zip(found, rated, strict=True):
             mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
@@ -223,7 +227,7 @@ async def interactions(
         if len(entries) < batch:  # the start of the stream (or of the time range)
             last = None
             if archive is not None:  # older ones: from the archive
-                oldest: Any = await redis.xrange(keys.INTERACTION_STREAM, count=1)
+                oldest: Any = await redis.xrange(ks.interaction_stream, count=1)
                 bound = keys.text(oldest[0][0]) if oldest else None
                 if hi not in ("+", "-") and hi.startswith("("):
                     cursor = hi[1:]
@@ -233,7 +237,7 @@ async def interactions(
                 until_ms = _day_ms(f.until, end=True) if f.until else None
                 since_ms = _day_ms(f.since) if f.since else None
                 last = await _from_archive(
-                    redis, archive, user, f, bound, since_ms, until_ms, size, threshold, page
+                    redis, ks, archive, user, f, bound, since_ms, until_ms, size, threshold, page
                 )
             break
         batch = min(batch * 2, MAX_BATCH)
@@ -248,6 +252,7 @@ async def interactions(
 
 async def _from_archive(
     redis: aioredis.Redis,
+    ks: keys.Keyspace,
     archive: ArchiveReader,
     user: User,
     f: Filters,
@@ -279,7 +284,7 @@ async def _from_archive(
         )
         page.scanned += len(got)
         found = [g for g in got if not f.q or nfc(f.q).lower() in _text(g.record)]
-        rated = await ratings_merged(redis, archive, [g.record for g in found])
+        rated = await ratings_merged(redis, ks, archive, [g.record for g in found])
         for g, rs in zip(found, rated, strict=True):
             mine = [r for r in rs if not user.tenant or r.get("tenant") == user.tenant]
             if not _rating_matches(f, mine, threshold):
@@ -343,6 +348,7 @@ async def health(st: Any) -> dict[str, Any]:
 
 async def versions(
     redis: aioredis.Redis,
+    ks: keys.Keyspace,
     name: str,
     history: list[dict[str, Any]],
     state: dict[str, Any],
@@ -354,7 +360,7 @@ async def versions(
     for entry in history[-30:]:
         v = int(entry["version"])
         exp = Experiment.model_validate(entry["after"])
-        raw = await report.collect(redis, name, exp, v)
+        raw = await report.collect(redis, ks, name, exp, v)
         total = sum(a.weight for a in exp.arms)
         arms: dict[str, dict[str, Any]] = {}
         for arm in exp.arms:
@@ -396,16 +402,16 @@ def datasets(dataset_dir: Path, experiments: list[str]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d.get("created", ""), reverse=True)
 
 
-async def jobs(redis: aioredis.Redis, limit: int = 50) -> list[dict[str, Any]]:
-    ids: list[Any] = await redis.zrevrange(keys.JOBS, 0, limit - 1)
+async def jobs(redis: aioredis.Redis, ks: keys.Keyspace, limit: int = 50) -> list[dict[str, Any]]:
+    ids: list[Any] = await redis.zrevrange(ks.jobs, 0, limit - 1)
     if not ids:
         return []
-    raws = await redis.mget([keys.job(keys.text(i)) for i in ids])
+    raws = await redis.mget([ks.job(keys.text(i)) for i in ids])
     return [orjson.loads(r) for r in raws if r is not None]
 
 
-async def job(redis: aioredis.Redis, job_id: str) -> dict[str, Any] | None:
-    return keys.decode(await redis.get(keys.job(job_id)))
+async def job(redis: aioredis.Redis, ks: keys.Keyspace, job_id: str) -> dict[str, Any] | None:
+    return keys.decode(await redis.get(ks.job(job_id)))
 
 
 def _version_dir(dataset_dir: Path, experiment: str, vid: str) -> Path | None:

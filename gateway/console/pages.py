@@ -41,6 +41,7 @@ from gateway.core.records import unpack
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url
 from gateway.serving.bodies import read_bounded
+from gateway.state import state as gateway_state
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     def bound(request: Request) -> Access:
         if not access.bound:  # the key ring and the id secret are opened by the lifespan
-            st = request.app.state.gateway
+            st = gateway_state(request)
             access.bind(st.keyring, st.chat.ids.derive("console-session"))
         return access
 
@@ -132,7 +133,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     def owner(request: Request, experiment: str) -> str | None:
         """An experiment's tenant (None: shared; nobody's when it is gone)."""
-        exp = request.app.state.gateway.control.router.experiments.get(experiment)
+        exp = gateway_state(request).control.router.experiments.get(experiment)
         return exp.tenant if exp is not None else rule.NOBODY
 
     def allowed(
@@ -150,7 +151,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         rule.check(user.principal, action, res, param="experiment")
 
     def seen_experiments(request: Request, user: User) -> list[str]:
-        exps = request.app.state.gateway.control.router.experiments
+        exps = gateway_state(request).control.router.experiments
         return rule.visible(
             user.principal, "experiment", {n: e.tenant for n, e in sorted(exps.items())}
         )
@@ -173,7 +174,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
                 "Console forms are sent as 'application/x-www-form-urlencoded'.",
                 param="content-type",
             )
-        limit = request.app.state.gateway.settings.limits.max_body_bytes
+        limit = gateway_state(request).settings.limits.max_body_bytes
         raw = await read_bounded(request, limit)
         fields = {
             k: v[-1]
@@ -186,7 +187,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     def archive_of(request: Request) -> archive_query.ArchiveReader | None:
         """The archive's reader; None where it cannot be opened (the pages then show what
         Redis holds)."""
-        settings = request.app.state.gateway.settings
+        settings = gateway_state(request).settings
         url = default_url(settings.data_dir, settings.archive.url)
         try:
             return archive_query.reader(url)
@@ -245,7 +246,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         if not user.admin:
             return see_other("/ui/review")
-        st = request.app.state.gateway
+        st = gateway_state(request)
         rows = [
             r
             for r in await data.overview(st.control, st.redis)
@@ -267,11 +268,11 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         check_experiment(request, user, name, "see")
         since = params.checked_day(request.query_params.get("since"), "since")
         until = params.checked_day(request.query_params.get("until"), "until")
-        st = request.app.state.gateway
+        st = gateway_state(request)
         state = await st.control.experiments.state(name)
         rep = await st.control.report(name)
         history = await st.control.experiments.history(name)
-        points = await data.versions(st.redis, name, history, state, st.control)
+        points = await data.versions(st.redis, st.ks, name, history, state, st.control)
         window = None
         if since or until:  # the report over those days, from the archive
             settings = st.settings
@@ -299,7 +300,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         admin_only(user)
         fields = await form(request, user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         name = fields.get("experiment", "")
         check_experiment(request, user, name, "change")
         state = await st.control.experiments.state(name)
@@ -335,7 +336,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         user = current(request)
         admin_only(user)
         fields = await form(request, user)
-        experiments = request.app.state.gateway.control.experiments
+        experiments = gateway_state(request).control.experiments
         name, action, model = (
             fields.get("experiment", ""),
             fields.get("action"),
@@ -367,14 +368,14 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     async def queue(request: Request, user: User, only: str = "") -> list[dict[str, Any]]:
         """Failures awaiting a person (of one experiment, with ``only``), in the user's view."""
-        st = request.app.state.gateway
+        st = gateway_state(request)
         out = []
         for state in await st.control.experiments.states():
             if only and state["name"] != only:
                 continue
             if not allowed(request, user, "see", "experiment", state["name"], state["name"]):
                 continue
-            items = await review.items(st.redis, state["name"])
+            items = await review.items(st.redis, st.ks, state["name"])
             for rid, item in items.items():
                 if not review.pending(item):
                     continue
@@ -425,7 +426,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def review_save(request: Request) -> Response:
         user = current(request)
         fields = await form(request, user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         exp, rid, action = fields.get("experiment", ""), fields.get("id", ""), fields.get("action")
         allowed = {i["response_id"] for i in await queue(request, user) if i["experiment"] == exp}
         if rid not in allowed:
@@ -434,11 +435,13 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         only = fields.get("only", "")
         if action == "save":
             try:
-                await review.correct(st.redis, exp, rid, fields.get("correction", ""), user.name)
+                await review.correct(
+                    st.redis, st.ks, exp, rid, fields.get("correction", ""), user.name
+                )
             except review.BadCorrection as exc:
                 raise InvalidRequest(str(exc), param="correction") from None
         elif action == "dismiss":
-            await review.dismiss(st.redis, exp, rid, user.name)
+            await review.dismiss(st.redis, st.ks, exp, rid, user.name)
         elif action == "skip":
             skip.append(rid)
         else:
@@ -452,7 +455,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     @router.get("/interactions")
     async def interactions(request: Request) -> Response:
         user = current(request)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         qp = request.query_params
         f = data.Filters(
             experiment=qp.get("experiment", ""),
@@ -469,6 +472,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         with store.translated("The archive"):
             page = await data.interactions(
                 st.redis,
+                st.ks,
                 user,
                 f,
                 before,
@@ -490,7 +494,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     @router.get("/interactions/{response_id}")
     async def interaction(request: Request, response_id: str) -> Response:
         user = current(request)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         archive = await asyncio.to_thread(archive_of, request)
         issued = st.chat.ids.issued_at(response_id)
         rec = await data.interaction(st.redis, response_id, archive, issued)
@@ -499,14 +503,14 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             p, "see", rule.Resource("interaction", response_id, rec.get("tenant"))
         ):
             raise NotFound(f"No interaction '{response_id:.80}'.", param="response_id")
-        ratings = (await data.ratings_merged(st.redis, archive, [rec]))[0]
+        ratings = (await data.ratings_merged(st.redis, st.ks, archive, [rec]))[0]
         ratings = [
             r
             for r in ratings
             if rule.allows(p, "see", rule.Resource("rating", response_id, r.get("tenant")))
         ]
         queued = (
-            await review.item(st.redis, rec.get("experiment") or "", response_id)
+            await review.item(st.redis, st.ks, rec.get("experiment") or "", response_id)
             if rec.get("experiment")
             else None
         )
@@ -527,7 +531,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def datasets(request: Request) -> Response:
         user = current(request)
         admin_only(user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         mine = [
             e
             for e in sorted(st.control.router.experiments)
@@ -556,11 +560,11 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
     async def jobs(request: Request) -> Response:
         user = current(request)
         admin_only(user)
-        st = request.app.state.gateway
+        st = gateway_state(request)
         p = user.principal
         all_jobs = [
             j
-            for j in await data.jobs(st.redis)
+            for j in await data.jobs(st.redis, st.ks)
             if allowed(
                 request, user, "see", "job", str(j.get("id")), str(j.get("experiment") or "")
             )

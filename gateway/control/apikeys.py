@@ -73,15 +73,16 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class ApiKeys:
-    def __init__(self, redis: aioredis.Redis, live: LiveState) -> None:
+    def __init__(self, redis: aioredis.Redis, ks: keys.Keyspace, live: LiveState) -> None:
         self.redis = redis
+        self.ks = ks
         self.live = live
 
     # -- reading ----------------------------------------------------------------------
 
     async def _records(self) -> dict[str, dict[str, Any]]:
         with store.translated():
-            raw = await self.redis.hgetall(keys.API_KEYS)
+            raw = await self.redis.hgetall(self.ks.api_keys)
         return {keys.text(k): orjson.loads(v) for k, v in raw.items()}
 
     async def all(self, by: Principal) -> list[dict[str, Any]]:
@@ -97,7 +98,7 @@ class ApiKeys:
 
     async def _one(self, key_id: str, by: Principal) -> dict[str, Any]:
         with store.translated():
-            raw = await self.redis.hget(keys.API_KEYS, key_id)
+            raw = await self.redis.hget(self.ks.api_keys, key_id)
         record = orjson.loads(raw) if raw is not None else None
         if record is None or not _manages(by, record):
             raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
@@ -106,7 +107,7 @@ class ApiKeys:
 
     async def audit(self, by: Principal, limit: int = 1000) -> list[dict[str, Any]]:
         with store.translated():
-            raw = await self.redis.lrange(keys.AUTH_AUDIT, -limit, -1)
+            raw = await self.redis.lrange(self.ks.auth_audit, -limit, -1)
         entries = [orjson.loads(v) for v in raw]
         return [
             e
@@ -172,7 +173,7 @@ class ApiKeys:
             raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
         access.check(by, "see", access.Resource("tenant", tenant, tenant), param="tenant")
         with store.translated():
-            raw = await self.redis.hget(keys.TENANTS, tenant)
+            raw = await self.redis.hget(self.ks.tenants, tenant)
         doc: dict[str, Any] = orjson.loads(raw) if raw else {"tenant": tenant, "budget": None}
         return {"object": "tenant", **doc}
 
@@ -194,8 +195,8 @@ class ApiKeys:
         entry = _entry("tenant.updated", by, tenant, tenant, before, after)
         with store.translated():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(keys.TENANTS, tenant, orjson.dumps(after))
-            _append(pipe, entry)
+            pipe.hset(self.ks.tenants, tenant, orjson.dumps(after))
+            _append(pipe, self.ks, entry)
             await pipe.execute()
         await self.live.reload_quietly()
         return after
@@ -210,14 +211,14 @@ class ApiKeys:
         for _ in range(10):
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(keys.API_KEYS)
-                    raw = await pipe.hget(keys.API_KEYS, key_id)
+                    await pipe.watch(self.ks.api_keys)
+                    raw = await pipe.hget(self.ks.api_keys, key_id)
                     cur = orjson.loads(raw) if raw is not None else None
                     if cur is None or not _manages(by, cur):
                         raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
                     after = edit(cur)
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    _record(pipe, key_id, cur, after, action, by)
+                    _record(pipe, self.ks, key_id, cur, after, action, by)
                     await pipe.execute()
             except WatchError:
                 continue
@@ -237,30 +238,31 @@ class ApiKeys:
     ) -> None:
         with store.translated():
             pipe = self.redis.pipeline(transaction=True)
-            _record(pipe, key_id, before, after, action, by)
+            _record(pipe, self.ks, key_id, before, after, action, by)
             await pipe.execute()
         await self.live.reload_quietly()
 
 
 def _record(
     pipe: Any,
+    ks: keys.Keyspace,
     key_id: str,
     before: dict[str, Any] | None,
     after: dict[str, Any],
     action: str,
     by: Principal,
 ) -> None:
-    pipe.hset(keys.API_KEYS, key_id, orjson.dumps(after))
+    pipe.hset(ks.api_keys, key_id, orjson.dumps(after))
     entry = _entry(
         action, by, key_id, after.get("tenant"), public(before) if before else None, public(after)
     )
-    _append(pipe, entry)
-    pipe.incr(keys.CONTROL_VERSION)
+    _append(pipe, ks, entry)
+    pipe.incr(ks.control_version)
 
 
-def _append(pipe: Any, entry: dict[str, Any]) -> None:
-    pipe.rpush(keys.AUTH_AUDIT, orjson.dumps(entry))
-    pipe.ltrim(keys.AUTH_AUDIT, -AUDIT_CAP, -1)
+def _append(pipe: Any, ks: keys.Keyspace, entry: dict[str, Any]) -> None:
+    pipe.rpush(ks.auth_audit, orjson.dumps(entry))
+    pipe.ltrim(ks.auth_audit, -AUDIT_CAP, -1)
 
 
 def _entry(

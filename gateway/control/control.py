@@ -28,7 +28,7 @@ from gateway.control.experiments import Experiments
 from gateway.control.live import LiveState
 from gateway.control.registry import Registry
 from gateway.control.routing import Router
-from gateway.core import store
+from gateway.core import keys, store
 from gateway.core.config import Settings
 from gateway.serving.metrics import Metrics
 from gateway.serving.upstream import UpstreamClient
@@ -41,16 +41,18 @@ class Control:
         self,
         *,
         redis: aioredis.Redis,
+        ks: keys.Keyspace,
         settings: Settings,
         upstream: UpstreamClient,
         metrics: Metrics,
     ) -> None:
-        self.live = LiveState(redis, settings)
-        self.experiments = Experiments(redis, settings, self.live)
+        self.ks = ks
+        self.live = LiveState(redis, ks, settings)
+        self.experiments = Experiments(redis, ks, settings, self.live)
         self.adapters = Adapters(self.live, upstream)
-        self.registry = Registry(redis, settings, upstream, self.live, self.adapters)
-        self.decisions = Decisions(redis, settings, self.live, self.experiments, metrics)
-        self.keys = ApiKeys(redis, self.live)
+        self.registry = Registry(redis, ks, settings, upstream, self.live, self.adapters)
+        self.decisions = Decisions(redis, ks, settings, self.live, self.experiments, metrics)
+        self.keys = ApiKeys(redis, ks, self.live)
         self.languages = report.LanguageGuesser()  # started by the first report
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -92,7 +94,7 @@ class Control:
             arms = [a["model"] for a in rep["arms"]]
             with store.translated():
                 shares = await report.languages(
-                    self.decisions.redis, self.languages, name, arms, rep["version"]
+                    self.decisions.redis, self.ks, self.languages, name, arms, rep["version"]
                 )
             for arm in rep["arms"]:
                 arm["language"] = shares[arm["model"]]

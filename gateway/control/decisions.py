@@ -36,12 +36,14 @@ class Decisions:
     def __init__(
         self,
         redis: aioredis.Redis,
+        ks: keys.Keyspace,
         settings: Settings,
         live: LiveState,
         experiments: Experiments,
         metrics: Metrics,
     ) -> None:
         self.redis = redis
+        self.ks = ks
         self.settings = settings
         self.live = live
         self.experiments = experiments
@@ -50,7 +52,7 @@ class Decisions:
     async def report(self, name: str) -> dict[str, Any]:
         state = await self.experiments.state(name)
         with store.translated():
-            return await report.report(self.redis, name, state, self.live.router.models)
+            return await report.report(self.redis, self.ks, name, state, self.live.router.models)
 
     async def run(self) -> None:
         """Background task: decide every ``auto_promote`` experiment each period."""
@@ -68,7 +70,7 @@ class Decisions:
 
     async def decide(self, name: str) -> dict[str, Any] | None:
         """One look: record it, apply the decision. The new state, or None: nothing done."""
-        lock = AsyncLock(self.redis, keys.decision_lock(name))
+        lock = AsyncLock(self.redis, self.ks.decision_lock(name))
         if not await lock.acquire():
             return None
         try:
@@ -122,7 +124,7 @@ class Decisions:
         }
         if not ready:
             return
-        key = keys.sequential(name, rep["version"])
+        key = self.ks.sequential(name, rep["version"])
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping={k: repr(v) for k, v in ready.items()})
         pipe.expire(key, SEQUENTIAL_TTL_S)

@@ -76,8 +76,11 @@ def parse_experiment(body: Any) -> Experiment:
 
 
 class Experiments:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, live: LiveState) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, ks: keys.Keyspace, settings: Settings, live: LiveState
+    ) -> None:
         self.redis = redis
+        self.ks = ks
         self.settings = settings
         self.live = live
         self._change = redis.register_script(_CHANGE)
@@ -88,19 +91,19 @@ class Experiments:
             state = _state(name, 1, exp, None, CONFIG, None, 1)
             entry = _entry(1, "created from config", CONFIG, None, exp)
             await self._change(
-                keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
+                keys=[self.ks.experiments, self.ks.history(name), self.ks.control_version],
                 args=[name, 0, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
             )
         self.live.seeded = True
 
     async def states(self) -> list[dict[str, Any]]:
         with store.translated():
-            raw = await self.redis.hgetall(keys.EXPERIMENTS)
+            raw = await self.redis.hgetall(self.ks.experiments)
         return [orjson.loads(v) for _, v in sorted(raw.items())]
 
     async def state(self, name: str) -> dict[str, Any]:
         with store.translated():
-            raw = await self.redis.hget(keys.EXPERIMENTS, name)
+            raw = await self.redis.hget(self.ks.experiments, name)
         if raw is None:
             raise NotFound(f"No experiment named '{name:.128}'.", param="name")
         doc: dict[str, Any] = orjson.loads(raw)
@@ -109,7 +112,7 @@ class Experiments:
     async def history(self, name: str) -> list[dict[str, Any]]:
         await self.state(name)
         with store.translated():
-            raw = await self.redis.lrange(keys.history(name), 0, -1)
+            raw = await self.redis.lrange(self.ks.history(name), 0, -1)
         return [orjson.loads(v) for v in raw]
 
     async def put(self, name: str, body: Any, who: str) -> dict[str, Any]:
@@ -151,7 +154,7 @@ class Experiments:
     async def _model_owners(self) -> dict[str, str | None]:
         """Every model's tenant (None: shared), the config's and the registered ones."""
         owners = {n: m.tenant for n, m in self.settings.models.items()}
-        for k, v in (await self.redis.hgetall(keys.MODELS)).items():
+        for k, v in (await self.redis.hgetall(self.ks.models)).items():
             try:
                 tenant = orjson.loads(v)["spec"].get("tenant")
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
@@ -181,7 +184,7 @@ class Experiments:
             raise InvalidRequest(f"'{name:.128}' is not a valid experiment name.", param="name")
         for _ in range(10):
             with store.translated():
-                raw = await self.redis.hget(keys.EXPERIMENTS, name)
+                raw = await self.redis.hget(self.ks.experiments, name)
                 owners = await self._model_owners()
             cur = orjson.loads(raw) if raw is not None else None
             if cur is None and not create:
@@ -215,7 +218,7 @@ class Experiments:
             entry = _entry(version, action, who, before, after)
             with store.translated():
                 found = await self._change(
-                    keys=[keys.EXPERIMENTS, keys.history(name), keys.CONTROL_VERSION],
+                    keys=[self.ks.experiments, self.ks.history(name), self.ks.control_version],
                     args=[name, version - 1, orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
                 )
             if found == -1:

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class LiveState:
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, ks: keys.Keyspace, settings: Settings) -> None:
         self.redis = redis
+        self.ks = ks
         self.settings = settings
         self.router = Router.from_settings(settings)  # until the live state is loaded
         self.registered: dict[str, ModelVersion] = {}
@@ -47,11 +48,11 @@ class LiveState:
     async def load(self) -> None:
         """Read the live state and swap in a new router."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(keys.CONTROL_VERSION)
-        pipe.hgetall(keys.EXPERIMENTS)
-        pipe.hgetall(keys.MODELS)
-        pipe.hgetall(keys.API_KEYS)
-        pipe.hgetall(keys.TENANTS)
+        pipe.get(self.ks.control_version)
+        pipe.hgetall(self.ks.experiments)
+        pipe.hgetall(self.ks.models)
+        pipe.hgetall(self.ks.api_keys)
+        pipe.hgetall(self.ks.tenants)
         version, raw_exps, raw_models, raw_keys, raw_tenants = await pipe.execute()
         registered: dict[str, ModelVersion] = {}
         records: dict[str, dict[str, Any]] = {}
@@ -117,7 +118,7 @@ class LiveState:
             try:
                 if not self.seeded:
                     await seed()
-                if await self.redis.get(keys.CONTROL_VERSION) != self.loaded_version:
+                if await self.redis.get(self.ks.control_version) != self.loaded_version:
                     await self.load()
                     self.replicas_due.set()  # a new adapter: list replicas now
                 failing = False

@@ -48,12 +48,14 @@ class Registry:
     def __init__(
         self,
         redis: aioredis.Redis,
+        ks: keys.Keyspace,
         settings: Settings,
         upstream: UpstreamClient,
         live: LiveState,
         adapters: Adapters,
     ) -> None:
         self.redis = redis
+        self.ks = ks
         self.settings = settings
         self.upstream = upstream
         self.live = live
@@ -167,7 +169,7 @@ class Registry:
         }
         with store.translated():
             done = await self._model(
-                keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
+                keys=[self.ks.models, self.ks.models_history, self.ks.control_version],
                 args=[name, orjson.dumps(record), orjson.dumps(entry), HISTORY_CAP],
             )
         if not done:
@@ -203,7 +205,7 @@ class Registry:
         async with self.adapters.lock:  # no refresh pass between the unload and the new router
             with store.translated():
                 await self._model(
-                    keys=[keys.MODELS, keys.MODELS_HISTORY, keys.CONTROL_VERSION],
+                    keys=[self.ks.models, self.ks.models_history, self.ks.control_version],
                     args=[name, "", orjson.dumps(entry), HISTORY_CAP],
                 )
             unloaded = await self.adapters.unload_everywhere(spec) if spec.adapter_path else []

@@ -80,7 +80,12 @@ def _user_numbers(raw: list[Any]) -> dict[str, float]:
 
 
 async def collect(
-    redis: aioredis.Redis, name: str, exp: Experiment, version: int, earlier: Sequence[int] = ()
+    redis: aioredis.Redis,
+    ks: keys.Keyspace,
+    name: str,
+    exp: Experiment,
+    version: int,
+    earlier: Sequence[int] = (),
 ) -> dict[str, dict[str, Any]]:
     """The raw counters of every arm under ``version``: ``{arm: {"req", "users", "agg",
     "assigned", "earlier"}}`` (``agg``: the ratings of all versions; ``earlier``: the
@@ -88,12 +93,12 @@ async def collect(
     arms = [a.model for a in exp.arms]
     pipe = redis.pipeline(transaction=False)
     for arm in arms:
-        pipe.hgetall(keys.version_requests(name, version, arm))
-        pipe.hmget(keys.user_scores(name, version, arm), *_USER_FIELDS)
-        pipe.hgetall(keys.aggregate(name, arm))
-        pipe.scard(keys.version_users(name, version, arm))
+        pipe.hgetall(ks.version_requests(name, version, arm))
+        pipe.hmget(ks.user_scores(name, version, arm), *_USER_FIELDS)
+        pipe.hgetall(ks.aggregate(name, arm))
+        pipe.scard(ks.version_users(name, version, arm))
         for v in earlier:
-            pipe.hmget(keys.user_scores(name, v, arm), *_USER_FIELDS)
+            pipe.hmget(ks.user_scores(name, v, arm), *_USER_FIELDS)
     replies = await pipe.execute()
     out = {}
     width = 4 + len(earlier)
@@ -240,6 +245,7 @@ def build(
 
 async def report(
     redis: aioredis.Redis,
+    ks: keys.Keyspace,
     name: str,
     state: dict[str, Any],
     models: dict[str, ModelVersion],
@@ -247,10 +253,10 @@ async def report(
     exp = Experiment.model_validate(state["spec"])
     version = int(state["version"])
     earlier = ramp_versions(state)
-    raw = await collect(redis, name, exp, version, earlier)
+    raw = await collect(redis, ks, name, exp, version, earlier)
     pipe = redis.pipeline(transaction=False)
     for v in [*earlier, version]:
-        pipe.hgetall(keys.sequential(name, v))
+        pipe.hgetall(ks.sequential(name, v))
     *before, stored = await pipe.execute()
     previous = {keys.text(k): float(v) for k, v in stored.items()}
     ramp_p: dict[str, float] = {}
@@ -278,7 +284,12 @@ def language_share(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 async def languages(
-    redis: aioredis.Redis, guesser: LanguageGuesser, name: str, arms: list[str], version: int
+    redis: aioredis.Redis,
+    ks: keys.Keyspace,
+    guesser: LanguageGuesser,
+    name: str,
+    arms: list[str],
+    version: int,
 ) -> dict[str, dict[str, Any]]:
     """Per arm, :func:`language_share` of its most recent answered interactions under
     ``version`` (see the module docstring for the sample), with ``since``: the time of
@@ -288,7 +299,7 @@ async def languages(
     found: dict[str, list[tuple[str, str, int]]] = {arm: [] for arm in arms}
     hi, scanned = "+", 0
     while scanned < LANGUAGE_SCAN and any(len(v) < LANGUAGE_SAMPLE for v in found.values()):
-        entries: Any = await redis.xrevrange(keys.INTERACTION_STREAM, hi, "-", count=_SCAN_BATCH)
+        entries: Any = await redis.xrevrange(ks.interaction_stream, hi, "-", count=_SCAN_BATCH)
         if not entries:
             break
         scanned += len(entries)

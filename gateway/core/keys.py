@@ -108,13 +108,20 @@ in a script together with a shared key). A key's rate-limit buckets share a tag 
 their own, its id: ``fw:rl:{<id>}:req`` and ``fw:rl:{<id>}:tok``. Without a cluster the
 names are the ones in the table (an existing Redis keeps working unchanged).
 
-:func:`configure` chooses the names for the process (the store's ``connect`` calls it);
-read the names through this module at call time (``keys.FEEDBACK_STREAM``, never
-``from gateway.core.keys import FEEDBACK_STREAM``), since it rebinds them.
+The names are a value, :class:`Keyspace`, built once from the config (cluster or not)
+where a process starts — the gateway's lifespan, a ``retrain`` or ``gateway`` command —
+and handed to everything that touches Redis (``ks.feedback_stream``,
+``ks.feedback(response_id)``). Nothing rewrites names at start-up and importing a module
+never captures one: a component names keys only through the keyspace it was given.
+:data:`PLAIN_KEYSPACE` and :data:`CLUSTER_KEYSPACE` are the two keyspaces;
+:func:`for_redis` picks one.
+Names that do not depend on the deployment (what grows with traffic, consumer groups)
+are module functions: :func:`interaction`, :func:`block`, :func:`retrain_group`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -122,52 +129,123 @@ import orjson
 PLAIN_PREFIX = "fw:"
 CLUSTER_PREFIX = "{fw}:"  # one hash tag: the shared state lives in one slot
 SPREAD = "fw:"  # keys that grow with traffic: never tagged, spread over a cluster
-PREFIX = PLAIN_PREFIX  # the shared state's prefix (configure() rebinds it)
-CLUSTER = False
 ARCHIVE_GROUP = "archive"  # the archiver's consumer group on both streams
 NO_EXPERIMENT = "-"
 
 
-def configure(cluster: bool) -> None:
-    """Name keys for a Redis Cluster (hash-tagged shared state) or for one Redis."""
-    global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
-    global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
-    global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK, ARCHIVE_PAUSE, FORGET_PENDING
-    CLUSTER = cluster
-    PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
-    INTERACTION_STREAM = PREFIX + "ix:stream"
-    FEEDBACK_STREAM = PREFIX + "fb:stream"
-    AGGREGATE_INDEX = PREFIX + "agg:index"
-    CONTROL_VERSION = PREFIX + "ctl:version"
-    EXPERIMENTS = PREFIX + "ctl:experiments"
-    MODELS = PREFIX + "ctl:models"
-    MODELS_HISTORY = PREFIX + "ctl:models:history"
-    API_KEYS = PREFIX + "auth:keys"
-    TENANTS = PREFIX + "auth:tenants"
-    AUTH_AUDIT = PREFIX + "auth:audit"
-    JOBS = PREFIX + "jobs"
-    RETRAIN_RUNS = PREFIX + "retrain:runs"
-    ARCHIVE_LOCK = PREFIX + "archive:lock"
-    ARCHIVE_PAUSE = PREFIX + "archive:pause"
-    FORGET_PENDING = PREFIX + "forget:pending"
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Every deployment-dependent key name: one Redis (``fw:…``) or a Redis Cluster
+    (the shared state hash-tagged ``{fw}:…``, rate-limit buckets tagged by key id)."""
+
+    cluster: bool
+    prefix: str
+    interaction_stream: str
+    feedback_stream: str
+    aggregate_index: str
+    control_version: str
+    experiments: str
+    models: str
+    models_history: str
+    api_keys: str
+    tenants: str
+    auth_audit: str
+    jobs: str
+    retrain_runs: str
+    archive_lock: str
+    archive_pause: str
+    forget_pending: str
+
+    @classmethod
+    def build(cls, cluster: bool) -> Keyspace:
+        p = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
+        return cls(
+            cluster=cluster,
+            prefix=p,
+            interaction_stream=p + "ix:stream",
+            feedback_stream=p + "fb:stream",
+            aggregate_index=p + "agg:index",
+            control_version=p + "ctl:version",
+            experiments=p + "ctl:experiments",
+            models=p + "ctl:models",
+            models_history=p + "ctl:models:history",
+            api_keys=p + "auth:keys",
+            tenants=p + "auth:tenants",
+            auth_audit=p + "auth:audit",
+            jobs=p + "jobs",
+            retrain_runs=p + "retrain:runs",
+            archive_lock=p + "archive:lock",
+            archive_pause=p + "archive:pause",
+            forget_pending=p + "forget:pending",
+        )
+
+    def rate_limit(self, account: str, bucket: str) -> str:
+        """A key's ``req`` or ``tok`` bucket; on a cluster both share the key's own tag."""
+        if self.cluster:
+            return f"{SPREAD}rl:{{{account}}}:{bucket}"
+        return f"{SPREAD}rl:{account}:{bucket}"
+
+    def feedback(self, response_id: str) -> str:
+        return f"{self.prefix}fb:{response_id}"
+
+    def aggregate(self, experiment: str | None, arm: str) -> str:
+        return f"{self.prefix}agg:{experiment or NO_EXPERIMENT}:{arm}"
+
+    def requests(self, experiment: str | None, arm: str) -> str:
+        return f"{self.prefix}req:{experiment or NO_EXPERIMENT}:{arm}"
+
+    def version_requests(self, experiment: str, version: int, arm: str) -> str:
+        return f"{self.prefix}vreq:{experiment}:{version}:{arm}"
+
+    def version_users(self, experiment: str, version: int, arm: str) -> str:
+        return f"{self.prefix}users:{experiment}:{version}:{arm}"
+
+    def user_scores(self, experiment: str, version: int, arm: str) -> str:
+        return f"{self.prefix}uagg:{experiment}:{version}:{arm}"
+
+    def sequential(self, experiment: str, version: int) -> str:
+        return f"{self.prefix}ctl:seq:{experiment}:{version}"
+
+    def spend(self, scope: str, account: str, period: str) -> str:
+        """Spend of a key (``scope`` ``k``) or tenant (``t``) in one budget period."""
+        return f"{self.prefix}spend:{scope}:{account}:{period}"
+
+    def spend_held(self, scope: str, account: str) -> str:
+        """What requests in flight hold of a key's (``k``) or tenant's (``t``) budget."""
+        return f"{self.prefix}spend:held:{scope}:{account}"
+
+    def spend_day(self, date: str) -> str:
+        return f"{self.prefix}spend:day:{date}"
+
+    def history(self, experiment: str) -> str:
+        return f"{self.prefix}ctl:history:{experiment}"
+
+    def decision_lock(self, experiment: str) -> str:
+        return f"{self.prefix}ctl:lock:{experiment}"
+
+    def review(self, experiment: str) -> str:
+        return f"{self.prefix}review:{experiment}"
+
+    def build_lock(self, experiment: str) -> str:
+        return f"{self.prefix}build:lock:{experiment}"
+
+    def run_lock(self, experiment: str) -> str:
+        return f"{self.prefix}run:lock:{experiment}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def trained(self, experiment: str) -> str:
+        return f"{self.prefix}retrain:trained:{experiment}"
 
 
-INTERACTION_STREAM: str
-FEEDBACK_STREAM: str
-AGGREGATE_INDEX: str
-CONTROL_VERSION: str
-EXPERIMENTS: str
-MODELS: str
-MODELS_HISTORY: str
-API_KEYS: str
-TENANTS: str
-AUTH_AUDIT: str
-JOBS: str
-RETRAIN_RUNS: str
-ARCHIVE_LOCK: str
-ARCHIVE_PAUSE: str
-FORGET_PENDING: str
-configure(cluster=False)
+PLAIN_KEYSPACE = Keyspace.build(cluster=False)  # one Redis: the names in the table
+CLUSTER_KEYSPACE = Keyspace.build(cluster=True)  # a Redis Cluster: the shared state in one slot
+
+
+def for_redis(cluster: bool) -> Keyspace:
+    """The keyspace of a deployment: ``redis_cluster`` (with a ``redis_url``) or not."""
+    return CLUSTER_KEYSPACE if cluster else PLAIN_KEYSPACE
 
 
 def cluster_name(plain: str) -> str:
@@ -186,30 +264,9 @@ def interaction(response_id: str) -> str:
     return f"{SPREAD}ix:{response_id}"
 
 
-def rate_limit(account: str, bucket: str) -> str:
-    """A key's ``req`` or ``tok`` bucket; on a cluster both share the key's own tag."""
-    return f"{SPREAD}rl:{{{account}}}:{bucket}" if CLUSTER else f"{SPREAD}rl:{account}:{bucket}"
-
-
 def block(content_hash: str) -> str:
     """A message block shared by the interactions that carry it (grows with traffic)."""
     return f"{SPREAD}blk:{content_hash}"
-
-
-def feedback(response_id: str) -> str:
-    return f"{PREFIX}fb:{response_id}"
-
-
-def aggregate(experiment: str | None, arm: str) -> str:
-    return f"{PREFIX}agg:{experiment or NO_EXPERIMENT}:{arm}"
-
-
-def requests(experiment: str | None, arm: str) -> str:
-    return f"{PREFIX}req:{experiment or NO_EXPERIMENT}:{arm}"
-
-
-def version_requests(experiment: str, version: int, arm: str) -> str:
-    return f"{PREFIX}vreq:{experiment}:{version}:{arm}"
 
 
 def is_per_version(key: str) -> bool:
@@ -217,68 +274,14 @@ def is_per_version(key: str) -> bool:
     return key.startswith((f"{PLAIN_PREFIX}vreq:", f"{CLUSTER_PREFIX}vreq:"))
 
 
-def version_users(experiment: str, version: int, arm: str) -> str:
-    return f"{PREFIX}users:{experiment}:{version}:{arm}"
-
-
-def user_scores(experiment: str, version: int, arm: str) -> str:
-    return f"{PREFIX}uagg:{experiment}:{version}:{arm}"
-
-
-def sequential(experiment: str, version: int) -> str:
-    return f"{PREFIX}ctl:seq:{experiment}:{version}"
-
-
-def spend(scope: str, account: str, period: str) -> str:
-    """Spend of a key (``scope`` ``k``) or tenant (``t``) in one budget period."""
-    return f"{PREFIX}spend:{scope}:{account}:{period}"
-
-
 def stream_rewrite(stream: str) -> str:
     """Where a stream is rebuilt before it is renamed over the original (same slot)."""
     return f"{stream}:rewrite"
 
 
-def spend_held(scope: str, account: str) -> str:
-    """What requests in flight hold of a key's (``k``) or tenant's (``t``) budget."""
-    return f"{PREFIX}spend:held:{scope}:{account}"
-
-
-def spend_day(date: str) -> str:
-    return f"{PREFIX}spend:day:{date}"
-
-
-def history(experiment: str) -> str:
-    return f"{PREFIX}ctl:history:{experiment}"
-
-
-def decision_lock(experiment: str) -> str:
-    return f"{PREFIX}ctl:lock:{experiment}"
-
-
 def retrain_group(experiment: str) -> str:
     """The feedback stream's consumer group that ``retrain build`` uses for an experiment."""
     return f"retrain.{experiment}"
-
-
-def review(experiment: str) -> str:
-    return f"{PREFIX}review:{experiment}"
-
-
-def build_lock(experiment: str) -> str:
-    return f"{PREFIX}build:lock:{experiment}"
-
-
-def run_lock(experiment: str) -> str:
-    return f"{PREFIX}run:lock:{experiment}"
-
-
-def job(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
-
-
-def trained(experiment: str) -> str:
-    return f"{PREFIX}retrain:trained:{experiment}"
 
 
 def aggregate_member(experiment: str | None, arm: str) -> str:

@@ -34,26 +34,35 @@ def corrected(item: dict[str, Any], correction: Any) -> dict[str, Any]:
     return {**item, "correction": correction}
 
 
-async def items(redis: aioredis.Redis, experiment: str) -> dict[str, dict[str, Any]]:
+async def items(
+    redis: aioredis.Redis, ks: keys.Keyspace, experiment: str
+) -> dict[str, dict[str, Any]]:
     """Every item of an experiment's queue, by response id, in response id order."""
-    raw = await redis.hgetall(keys.review(experiment))
+    raw = await redis.hgetall(ks.review(experiment))
     return {keys.text(k): orjson.loads(v) for k, v in sorted(raw.items())}
 
 
-async def item(redis: aioredis.Redis, experiment: str, response_id: str) -> dict[str, Any] | None:
-    return keys.decode(await redis.hget(keys.review(experiment), response_id))
+async def item(
+    redis: aioredis.Redis, ks: keys.Keyspace, experiment: str, response_id: str
+) -> dict[str, Any] | None:
+    return keys.decode(await redis.hget(ks.review(experiment), response_id))
 
 
 async def correct(
-    redis: aioredis.Redis, experiment: str, response_id: str, correction: str, who: str
+    redis: aioredis.Redis,
+    ks: keys.Keyspace,
+    experiment: str,
+    response_id: str,
+    correction: str,
+    who: str,
 ) -> dict[str, Any] | None:
     """Store a correction; None when the item is no longer queued (a build used it)."""
-    found = await item(redis, experiment, response_id)
+    found = await item(redis, ks, experiment, response_id)
     if found is None:
         return None
     doc = corrected(found, correction)
     doc["reviewed_by"] = who
-    await redis.hset(keys.review(experiment), response_id, orjson.dumps(doc))
+    await redis.hset(ks.review(experiment), response_id, orjson.dumps(doc))
     return doc
 
 
@@ -63,12 +72,12 @@ def pending(item: dict[str, Any]) -> bool:
 
 
 async def dismiss(
-    redis: aioredis.Redis, experiment: str, response_id: str, who: str
+    redis: aioredis.Redis, ks: keys.Keyspace, experiment: str, response_id: str, who: str
 ) -> dict[str, Any] | None:
     """ "Not a failure": nothing is trained on it. None: it was not queued."""
-    found = await item(redis, experiment, response_id)
+    found = await item(redis, ks, experiment, response_id)
     if found is None:
         return None
     doc = {**found, "correction": None, "dismissed": True, "reviewed_by": who}
-    await redis.hset(keys.review(experiment), response_id, orjson.dumps(doc))
+    await redis.hset(ks.review(experiment), response_id, orjson.dumps(doc))
     return doc

@@ -8,8 +8,9 @@ every acknowledged log record and rating across restarts, even a kill -9.
 
 With ``redis_cluster`` the URL names one node of a Redis Cluster: the client is
 ``redis.asyncio.cluster.RedisCluster`` (it finds the other nodes and follows the
-slots), and the key names are hash-tagged so that every script and transaction stays
-within one slot (``keys.configure``).
+slots); the key names are then hash-tagged so that every script and transaction stays
+within one slot (``keys.CLUSTER_KEYSPACE``, which the caller builds from the same config
+and hands to what names keys: connecting renames nothing).
 
 Redis exceptions are translated here into :class:`~gateway.core.errors.StoreUnavailable`
 for callers on a request path; the background writer handles them itself.
@@ -200,7 +201,6 @@ def connect(url: str, pool: RedisPool | None = None, cluster: bool = False) -> a
     answers the same commands), with the same bound and the same waiting.
     """
     pool = pool or RedisPool()
-    keys.configure(cluster)
     if cluster:
         return cast(aioredis.Redis, _Cluster(url, pool))
     # from_pool: the client owns the pool, so aclose() also closes its connections.
@@ -295,14 +295,13 @@ async def mget(client: aioredis.Redis, names: Sequence[str]) -> list[Any]:
 
 def connect_sync(url: str, cluster: bool = False, socket_timeout: float = 10) -> redis.Redis:
     """A sync client (``retrain``, the archiver's thread); a cluster client when
-    ``cluster``, with the keys named for it."""
+    ``cluster`` (name its keys with ``keys.for_redis(cluster)``)."""
     opts: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 5,
         "retry": SyncRetry(ExponentialBackoff(cap=1.0, base=0.1), retries=3),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
-    keys.configure(cluster)
     if cluster:
         # The cluster client answers the same commands (typed as the single-server one).
         return cast(redis.Redis, redis.cluster.RedisCluster.from_url(url, **opts))
@@ -316,6 +315,14 @@ def mget_sync(client: redis.Redis, names: Sequence[str]) -> list[Any]:
     if isinstance(client, redis.cluster.RedisCluster):
         return list(client.mget_nonatomic(list(names)))
     return list(cast(Any, client.mget(list(names))))
+
+
+def keyspace(settings: Settings) -> keys.Keyspace:
+    """The key names of the deployment the config describes (built once per process, in
+    the gateway's lifespan or where a command starts, and handed to whatever names keys):
+    a cluster's only with ``redis_cluster`` and a ``redis_url`` (the embedded Redis is
+    one server)."""
+    return keys.for_redis(settings.redis_cluster and bool(settings.redis_url))
 
 
 async def open_store(settings: Settings) -> tuple[aioredis.Redis, Embedded | None]:

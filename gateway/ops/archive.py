@@ -88,10 +88,9 @@ MANIFEST = "manifest.json"
 CRASH_ENV = "FLYWHEEL_ARCHIVE_CRASH_AT"  # fault injection for tests: a step name
 
 
-def streams() -> dict[str, str]:
-    """The stream each kind is archived from, named at call time: on a Redis Cluster the
-    names carry a hash tag that is set at start-up, after this module is imported."""
-    return {INTERACTIONS: keys.INTERACTION_STREAM, FEEDBACK: keys.FEEDBACK_STREAM}
+def streams(ks: keys.Keyspace) -> dict[str, str]:
+    """The stream each kind is archived from, in the keyspace the archiver was given."""
+    return {INTERACTIONS: ks.interaction_stream, FEEDBACK: ks.feedback_stream}
 
 
 # Renew the lock while it is ours; take it when free (or from ARGV[3], a dead holder).
@@ -299,6 +298,7 @@ class Archiver:
     def __init__(
         self,
         client: redis.Redis,
+        ks: keys.Keyspace,
         archive: Archive,
         *,
         batch: int = 50_000,
@@ -306,6 +306,7 @@ class Archiver:
         owner: str | None = None,
     ) -> None:
         self.client = client
+        self.ks = ks
         self.archive = archive
         self.batch = batch
         self.lock_ttl_ms = int(lock_ttl_s * 1000)
@@ -319,20 +320,20 @@ class Archiver:
     def hold(self) -> str | None:
         """Take or renew the lock: None when ours, else who holds it. A lock whose holder
         died on this host is taken over at once; one held elsewhere lapses by itself."""
-        if self._hold(keys=[keys.ARCHIVE_LOCK], args=[self.owner, self.lock_ttl_ms, ""]):
+        if self._hold(keys=[self.ks.archive_lock], args=[self.owner, self.lock_ttl_ms, ""]):
             return None
-        holder = keys.text(self.client.get(keys.ARCHIVE_LOCK) or b"?")
+        holder = keys.text(self.client.get(self.ks.archive_lock) or b"?")
         host, pid = (holder.split(":") + ["", ""])[:2]
         if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
-            if self._hold(keys=[keys.ARCHIVE_LOCK], args=[self.owner, self.lock_ttl_ms, holder]):
+            if self._hold(keys=[self.ks.archive_lock], args=[self.owner, self.lock_ttl_ms, holder]):
                 return None
         return holder
 
     def release(self) -> None:
-        self._release(keys=[keys.ARCHIVE_LOCK], args=[self.owner])
+        self._release(keys=[self.ks.archive_lock], args=[self.owner])
 
     def ensure_groups(self) -> None:
-        for stream in streams().values():
+        for stream in streams(self.ks).values():
             try:
                 self.client.xgroup_create(stream, keys.ARCHIVE_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
@@ -347,7 +348,7 @@ class Archiver:
         entries wait and the oldest has waited less than that: files stay few and large.
         """
         result = PassResult()
-        paused = self.client.get(keys.ARCHIVE_PAUSE)
+        paused = self.client.get(self.ks.archive_pause)
         if paused is not None:  # a forget waits for the lock: hand it over
             self.release()
             result.held_by = keys.text(paused)
@@ -363,7 +364,7 @@ class Archiver:
             self.archive.clean(manifest)  # files of a pass that died before committing
             self._cleaned = True
         for kind in (INTERACTIONS, FEEDBACK):
-            if max_wait_s and not self._due(streams()[kind], max_wait_s):
+            if max_wait_s and not self._due(streams(self.ks)[kind], max_wait_s):
                 continue
             while True:
                 n = self._batch(kind, manifest, result)
@@ -377,7 +378,7 @@ class Archiver:
         """An earlier pass read entries and did not acknowledge them (it died)."""
         return any(
             self.client.xpending(stream, keys.ARCHIVE_GROUP)["pending"]
-            for stream in streams().values()
+            for stream in streams(self.ks).values()
         )
 
     def _due(self, stream: str, max_wait_s: float) -> bool:
@@ -437,7 +438,7 @@ class Archiver:
                 gc.enable()
 
     def _write_batch(self, kind: str, manifest: dict[str, Any], result: PassResult) -> int:
-        stream = streams()[kind]
+        stream = streams(self.ks)[kind]
         entries = self._read(stream)
         if not entries:
             return 0

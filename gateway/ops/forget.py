@@ -209,17 +209,19 @@ class Plan:
         }
 
 
-def pending(client: redis.Redis) -> list[dict[str, Any]]:
+def pending(client: redis.Redis, ks: keys.Keyspace) -> list[dict[str, Any]]:
     """Users forgotten whose dataset versions are not rewritten yet (``retrain`` does it)."""
-    raw: Any = client.hgetall(keys.FORGET_PENDING)
+    raw: Any = client.hgetall(ks.forget_pending)
     return [orjson.loads(v) for _, v in sorted(raw.items())]
 
 
-def done_pending(client: redis.Redis, user: str, tenant: str | None) -> None:
-    client.hdel(keys.FORGET_PENDING, pending_field(user, tenant))
+def done_pending(client: redis.Redis, ks: keys.Keyspace, user: str, tenant: str | None) -> None:
+    client.hdel(ks.forget_pending, pending_field(user, tenant))
 
 
-def audit(client: redis.Redis, by: str, by_tenant: str | None, plan: Plan, counts: Any) -> None:
+def audit(
+    client: redis.Redis, ks: keys.Keyspace, by: str, by_tenant: str | None, plan: Plan, counts: Any
+) -> None:
     """An entry in the key and tenant audit log (``GET /admin/audit``)."""
     entry = {
         "at": time.time(),
@@ -232,8 +234,8 @@ def audit(client: redis.Redis, by: str, by_tenant: str | None, plan: Plan, count
         "after": {"removed": counts},
     }
     pipe = client.pipeline(transaction=False)  # one key; on a cluster too
-    pipe.rpush(keys.AUTH_AUDIT, orjson.dumps(entry))
-    pipe.ltrim(keys.AUTH_AUDIT, -AUDIT_CAP, -1)
+    pipe.rpush(ks.auth_audit, orjson.dumps(entry))
+    pipe.ltrim(ks.auth_audit, -AUDIT_CAP, -1)
     pipe.execute()
 
 
@@ -243,6 +245,7 @@ class Forgetter:
     def __init__(
         self,
         client: redis.Redis,
+        ks: keys.Keyspace,
         archive: Archive,
         *,
         experiments: Iterable[str] = (),
@@ -250,6 +253,7 @@ class Forgetter:
         lock_ttl_s: float = 60.0,
     ) -> None:
         self.client = client
+        self.ks = ks
         self.archive = archive
         self.experiments = set(experiments)
         self.lock_wait_s = lock_wait_s
@@ -264,12 +268,14 @@ class Forgetter:
         Conflict when the archive lock stays held by a running pass for ``lock_wait_s``.
         """
         user = valid_user(user)
-        holder = self._holder = Archiver(self.client, self.archive, lock_ttl_s=self.lock_ttl_s)
+        holder = self._holder = Archiver(
+            self.client, self.ks, self.archive, lock_ttl_s=self.lock_ttl_s
+        )
         deadline = time.monotonic() + self.lock_wait_s
         self._pause()  # the archivers hand the lock over at their next pass
         while (held_by := holder.hold()) is not None:
             if time.monotonic() >= deadline:
-                self.client.delete(keys.ARCHIVE_PAUSE)
+                self.client.delete(self.ks.archive_pause)
                 raise Conflict(
                     f"The archiver ({held_by}) holds the archive lock; try again later.",
                     param="user",
@@ -280,7 +286,7 @@ class Forgetter:
             plan = self._plan(user, tenant)
             found = self._find(plan)
             field_ = pending_field(user, tenant)
-            self.client.hset(keys.FORGET_PENDING, field_, orjson.dumps(plan.doc(by)))
+            self.client.hset(self.ks.forget_pending, field_, orjson.dumps(plan.doc(by)))
             crash_point("forget-after-plan")
             counts: dict[str, Any] = {"redis": self._forget_redis(plan, found)}
             crash_point("forget-after-redis")
@@ -291,7 +297,7 @@ class Forgetter:
             redis_counts["aof_rewritten"] = int(touched and self._rewrite_aof() == "rewritten")
         finally:
             holder.release()
-            self.client.delete(keys.ARCHIVE_PAUSE)
+            self.client.delete(self.ks.archive_pause)
         return plan, counts
 
     def _rewrite_aof(self) -> str:
@@ -340,7 +346,7 @@ class Forgetter:
         """Ask the archivers to pause (for ``lock_ttl_s``, renewed as the run goes on, so
         a forget that dies lets them go on by themselves)."""
         ttl_ms = int(self.lock_ttl_s * 1000)
-        self.client.set(keys.ARCHIVE_PAUSE, self._holder.owner, px=ttl_ms)
+        self.client.set(self.ks.archive_pause, self._holder.owner, px=ttl_ms)
 
     def _renew(self) -> None:
         """Keep the archive lock through a long run; one lost (a stall past its ttl, and
@@ -356,7 +362,7 @@ class Forgetter:
 
     def _plan(self, user: str, tenant: str | None) -> Plan:
         plan = Plan(user, tenant)
-        raw: Any = self.client.hget(keys.FORGET_PENDING, pending_field(user, tenant))
+        raw: Any = self.client.hget(self.ks.forget_pending, pending_field(user, tenant))
         if raw is not None:  # an earlier run died: what it found may be deleted already
             earlier = orjson.loads(raw)
             plan.response_ids.update(earlier.get("response_ids") or [])
@@ -381,7 +387,7 @@ class Forgetter:
                     found.rated[row["response_id"]].add(row["rater"])
         cursor = "-"
         while True:
-            entries: Any = self.client.xrange(keys.FEEDBACK_STREAM, min=cursor, count=CHUNK)
+            entries: Any = self.client.xrange(self.ks.feedback_stream, min=cursor, count=CHUNK)
             for sid, fields in entries:
                 if not fields or b"data" not in fields:
                     continue
@@ -401,7 +407,7 @@ class Forgetter:
         blocks the others refer to (those stay)."""
         cursor = "-"
         while True:
-            entries: Any = self.client.xrange(keys.INTERACTION_STREAM, min=cursor, count=CHUNK)
+            entries: Any = self.client.xrange(self.ks.interaction_stream, min=cursor, count=CHUNK)
             ids = [(keys.text(sid), keys.text(f[b"id"])) for sid, f in entries if f]
             raws = store.mget_sync(self.client, [keys.interaction(rid) for _, rid in ids])
             for (sid, rid), raw in zip(ids, raws, strict=True):
@@ -448,11 +454,11 @@ class Forgetter:
         # that name nothing (the archiver skips them), never a record nobody finds
         counts["interactions"] = self._delete([keys.interaction(r) for r in found.records])
         for start in range(0, len(found.ix_entries), CHUNK):
-            c.xdel(keys.INTERACTION_STREAM, *found.ix_entries[start : start + CHUNK])
+            c.xdel(self.ks.interaction_stream, *found.ix_entries[start : start + CHUNK])
         own = sorted(plan.blocks - found.shared_blocks)
         counts["blocks"] = self._delete([keys.block(h) for h in own])
         # ratings: the whole hash of one of the user's interactions, else the user's field
-        hashes = [keys.feedback(rid) for rid in sorted(plan.response_ids)]
+        hashes = [self.ks.feedback(rid) for rid in sorted(plan.response_ids)]
         for start in range(0, len(hashes), CHUNK):
             pipe = c.pipeline(transaction=False)
             for name in hashes[start : start + CHUNK]:
@@ -461,18 +467,18 @@ class Forgetter:
         self._delete(hashes)
         for rid, raters in sorted(found.rated.items()):
             if rid not in plan.response_ids:
-                counts["ratings"] += int(c.hdel(keys.feedback(rid), *sorted(raters)))
+                counts["ratings"] += int(c.hdel(self.ks.feedback(rid), *sorted(raters)))
         for start in range(0, len(found.rating_entries), CHUNK):
             chunk = found.rating_entries[start : start + CHUNK]
-            counts["rating_events"] += int(c.xdel(keys.FEEDBACK_STREAM, *chunk))
+            counts["rating_events"] += int(c.xdel(self.ks.feedback_stream, *chunk))
         if found.rating_entries or plan.events:  # the ratings' text out of the stream's bytes
-            stream = keys.FEEDBACK_STREAM
+            stream = self.ks.feedback_stream
             self._rewrite(keys=[stream, keys.stream_rewrite(stream)])
         counts["review_items"] = self._forget_review(plan)
         for exp, version, arm, unit in sorted(plan.units):
-            counts["user_stats"] += int(c.srem(keys.version_users(exp, version, arm), unit))
+            counts["user_stats"] += int(c.srem(self.ks.version_users(exp, version, arm), unit))
             counts["user_stats"] += int(
-                self._unscore(keys=[keys.user_scores(exp, version, arm)], args=[f"u:{unit}"])
+                self._unscore(keys=[self.ks.user_scores(exp, version, arm)], args=[f"u:{unit}"])
             )
         return counts
 
@@ -491,7 +497,7 @@ class Forgetter:
         names = set(tenants) | self.experiments | {u[0] for u in plan.units}
         removed = 0
         for exp in sorted(names):
-            raw: Any = self.client.hgetall(keys.review(exp))
+            raw: Any = self.client.hgetall(self.ks.review(exp))
             by_group = plan.tenant is None or tenants.get(exp) == plan.tenant
             gone = [
                 keys.text(rid)
@@ -500,11 +506,11 @@ class Forgetter:
                 or (by_group and orjson.loads(item).get("group") == f"user:{plan.user}")
             ]
             if gone:
-                removed += int(self.client.hdel(keys.review(exp), *gone))
+                removed += int(self.client.hdel(self.ks.review(exp), *gone))
         return removed
 
     def _experiment_tenants(self) -> dict[str, str | None]:
-        raw: Any = self.client.hgetall(keys.EXPERIMENTS)
+        raw: Any = self.client.hgetall(self.ks.experiments)
         out: dict[str, str | None] = {}
         for name, state in raw.items():
             out[keys.text(name)] = (orjson.loads(state).get("spec") or {}).get("tenant")
@@ -613,20 +619,19 @@ async def forget_user(st: GatewayState, user: str, tenant: str | None, by: Princ
     settings = st.settings
 
     def work() -> dict[str, Any]:
-        client = store.connect_sync(
-            st.redis_url, cluster=settings.redis_cluster and bool(settings.redis_url)
-        )
+        client = store.connect_sync(st.redis_url, cluster=st.ks.cluster)
         try:
             archive = Archive(default_url(settings.data_dir, settings.archive.url))
             forgetter = Forgetter(
                 client,
+                st.ks,
                 archive,
                 experiments=st.control.router.experiments,
                 lock_ttl_s=settings.archive.lock_ttl_s,
             )
             plan, counts = forgetter.run(user, tenant, by.name)
             counts["datasets"] = {"pending": True}
-            audit(client, by.name, None if by.all_tenants else by.tenant, plan, counts)
+            audit(client, st.ks, by.name, None if by.all_tenants else by.tenant, plan, counts)
         except RedisError as exc:
             raise store.unavailable(exc) from None
         except OSError as exc:  # the archive's files (a rerun finishes the work)

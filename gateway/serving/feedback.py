@@ -185,6 +185,7 @@ class FeedbackService:
         self,
         *,
         redis: aioredis.Redis,
+        ks: keys.Keyspace,
         ids: IdIssuer,
         log: InteractionLog,
         metrics: Metrics,
@@ -195,6 +196,7 @@ class FeedbackService:
         archive_url: str | None = None,
     ) -> None:
         self.redis = redis
+        self.ks = ks
         self.ids = ids
         self.log = log
         self.metrics = metrics
@@ -264,11 +266,11 @@ class FeedbackService:
         # counts for the arm the user was assigned to)
         unit = record.get("unit") if experiment and not record.get("forced") else None
         scores_key = (
-            keys.user_scores(
+            self.ks.user_scores(
                 experiment, record.get("experiment_version") or 0, record.get("assigned_arm") or arm
             )
             if experiment and unit
-            else keys.aggregate(experiment, arm)
+            else self.ks.aggregate(experiment, arm)
         )
         stored: FeedbackEvent = {
             "v": SCHEMA_VERSION,
@@ -291,10 +293,10 @@ class FeedbackService:
         with store.translated("The feedback store"):
             replaced, _ = await self._store(
                 keys=[
-                    keys.feedback(rid),
-                    keys.aggregate(experiment, arm),
-                    keys.FEEDBACK_STREAM,
-                    keys.AGGREGATE_INDEX,
+                    self.ks.feedback(rid),
+                    self.ks.aggregate(experiment, arm),
+                    self.ks.feedback_stream,
+                    self.ks.aggregate_index,
                     scores_key,  # not written unless a user field is given
                 ],
                 args=[
@@ -325,7 +327,7 @@ class FeedbackService:
         if self.ids.issued_at(response_id) is None:
             raise NotFound(f"No response with id '{response_id:.80}'.", param="response_id")
         with store.translated("The feedback store"):
-            raw = await self.redis.hgetall(keys.feedback(response_id))
+            raw = await self.redis.hgetall(self.ks.feedback(response_id))
         out = [decode_feedback(v) for v in raw.values()]
         out = [
             r
@@ -339,11 +341,11 @@ class FeedbackService:
         return sorted(out, key=lambda r: (r["created"], r["rater"]))
 
 
-async def ensure_groups(redis: aioredis.Redis, groups: list[str]) -> None:
+async def ensure_groups(redis: aioredis.Redis, ks: keys.Keyspace, groups: list[str]) -> None:
     """Create the consumer groups (from the stream's start) so no event is trimmed unread."""
     for group in groups:
         try:
-            await redis.xgroup_create(keys.FEEDBACK_STREAM, group, id="0", mkstream=True)
+            await redis.xgroup_create(ks.feedback_stream, group, id="0", mkstream=True)
         except RedisError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -351,6 +353,7 @@ async def ensure_groups(redis: aioredis.Redis, groups: list[str]) -> None:
 
 async def maintain(
     redis: aioredis.Redis,
+    ks: keys.Keyspace,
     cfg: FeedbackConfig,
     experiments: Callable[[], Iterable[str]],
     every_s: float = 60.0,
@@ -366,14 +369,14 @@ async def maintain(
         try:
             groups = [keys.retrain_group(e) for e in experiments()] + cfg.consumer_groups
             groups += extra_groups or []
-            await ensure_groups(redis, groups)
-            await trim_feedback_stream(redis, cfg.retention_days * 86400)
+            await ensure_groups(redis, ks, groups)
+            await trim_feedback_stream(redis, ks, cfg.retention_days * 86400)
         except (RedisError, OSError) as exc:
             log.warning("feedback stream maintenance skipped: %s", exc)
         await asyncio.sleep(every_s)
 
 
-async def trim_feedback_stream(redis: aioredis.Redis, retention_s: float) -> str:
+async def trim_feedback_stream(redis: aioredis.Redis, ks: keys.Keyspace, retention_s: float) -> str:
     """Trim the feedback stream to its retention, but never past an unacknowledged event.
 
     Returns the MINID used. Events newer than the retention are always kept; older ones
@@ -382,16 +385,16 @@ async def trim_feedback_stream(redis: aioredis.Redis, retention_s: float) -> str
     bound_ms = int((time.time() - retention_s) * 1000)
     minid = f"{bound_ms}-0"
     try:
-        groups = await redis.xinfo_groups(keys.FEEDBACK_STREAM)
+        groups = await redis.xinfo_groups(ks.feedback_stream)
     except RedisError:
         return minid  # no stream yet
     for g in groups:
-        summary = await redis.xpending(keys.FEEDBACK_STREAM, g["name"])
+        summary = await redis.xpending(ks.feedback_stream, g["name"])
         if summary["pending"]:
             keep = keys.text(summary["min"])
         else:
             keep = keys.stream_id_after(keys.text(g["last-delivered-id"]))
         if keys.stream_id_order(keep) < keys.stream_id_order(minid):
             minid = keep
-    await redis.xtrim(keys.FEEDBACK_STREAM, minid=minid, approximate=False)
+    await redis.xtrim(ks.feedback_stream, minid=minid, approximate=False)
     return minid

@@ -47,6 +47,7 @@ class InteractionLog:
         client: aioredis.Redis,
         metrics: Metrics,
         *,
+        ks: keys.Keyspace,
         queue_size: int,
         batch_size: int,
         retention_s: float,
@@ -54,6 +55,7 @@ class InteractionLog:
         redact: bool = False,
     ) -> None:
         self._client = client
+        self.ks = ks
         self._metrics = metrics
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
@@ -150,9 +152,9 @@ class InteractionLog:
             blocks.update(packed.blocks)
             refreshed.update(packed.refreshed)
         refreshed.difference_update(blocks)
-        statistics = arm_statistics(batch)
-        users = arm_users(batch)
-        if keys.CLUSTER:  # records and blocks spread over the masters: no one script
+        statistics = arm_statistics(self.ks, batch)
+        users = arm_users(self.ks, batch)
+        if self.ks.cluster:  # records and blocks spread over the masters: no one script
             await self._pipelined(batch, packs, blocks, refreshed, statistics, users, ttl, hot)
             return
         # One Redis: the whole batch is one EVALSHA, every command runs inside Redis
@@ -175,7 +177,7 @@ class InteractionLog:
             args += (key, len(units), *units)
         if self._script is None:
             self._script = self._client.register_script(WRITE_BATCH)
-        await self._script(keys=[keys.INTERACTION_STREAM], args=args)
+        await self._script(keys=[self.ks.interaction_stream], args=args)
 
     async def _pipelined(
         self,
@@ -194,7 +196,7 @@ class InteractionLog:
         for rec, packed in zip(batch, packs, strict=True):
             pipe.set(keys.interaction(rec["id"]), packed.record, ex=hot)
             pipe.xadd(
-                keys.INTERACTION_STREAM,
+                self.ks.interaction_stream,
                 {"id": rec["id"], "experiment": rec["experiment"] or "", "arm": rec["arm"]},
                 minid=oldest_ms,
                 approximate=True,
@@ -270,7 +272,7 @@ async def _pack_all(batch: list[Record], known: set[str]) -> list[Packed]:
     return out
 
 
-def arm_statistics(batch: list[Record]) -> dict[str, dict[str, int]]:
+def arm_statistics(ks: keys.Keyspace, batch: list[Record]) -> dict[str, dict[str, int]]:
     """The per-arm counters a batch adds (``fw:req:*`` and ``fw:vreq:*``, see keys.py).
 
     Summed per batch, so a batch of 256 records costs a handful of HINCRBYs, not 256.
@@ -308,9 +310,9 @@ def arm_statistics(batch: list[Record]) -> dict[str, dict[str, int]]:
             c["failed_over"] = c.get("failed_over", 0) + 1
     out: dict[str, dict[str, int]] = {}
     for (exp, version, arm), fields in groups.items():
-        names = [keys.requests(exp, arm)]
+        names = [ks.requests(exp, arm)]
         if exp:
-            names.append(keys.version_requests(exp, version, arm))
+            names.append(ks.version_requests(exp, version, arm))
         for key in names:
             total = out.get(key)
             if total is None:
@@ -321,7 +323,7 @@ def arm_statistics(batch: list[Record]) -> dict[str, dict[str, int]]:
     return out
 
 
-def arm_users(batch: list[Record]) -> dict[str, set[str]]:
+def arm_users(ks: keys.Keyspace, batch: list[Record]) -> dict[str, set[str]]:
     """The units (users) a batch assigned to each arm by weight (``fw:users:*``): the SRM
     test counts users, not requests, so one heavy user cannot fake a mismatch."""
     out: dict[str, set[str]] = defaultdict(set)
@@ -330,7 +332,7 @@ def arm_users(batch: list[Record]) -> dict[str, set[str]]:
         unit = rec.get("unit")
         if exp and not rec.get("forced") and not rec.get("shadow_of") and unit:
             version = rec.get("experiment_version") or 0
-            out[keys.version_users(exp, version, rec["assigned_arm"])].add(unit)
+            out[ks.version_users(exp, version, rec["assigned_arm"])].add(unit)
     return out
 
 

@@ -59,12 +59,15 @@ return {1, 0, math.floor(req - 1), math.floor(tok), 0}
 """
 
 
-def _keys(p: Principal) -> list[str]:
-    return [keys.rate_limit(p.account, "req"), keys.rate_limit(p.account, "tok")]
+def _keys(ks: keys.Keyspace, p: Principal) -> list[str]:
+    return [ks.rate_limit(p.account, "req"), ks.rate_limit(p.account, "tok")]
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics, fail_open: bool = True) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, metrics: Metrics, ks: keys.Keyspace, fail_open: bool = True
+    ) -> None:
+        self.ks = ks
         self._script = redis.register_script(_BUCKETS)
         self._fail_open = fail_open
         self._metrics = metrics
@@ -80,7 +83,7 @@ class RateLimiter:
             return {}
         try:
             ok, retry_ms, req_left, tok_left, which = await self._script(
-                keys=_keys(p), args=[p.rpm or 0, p.tpm or 0, 0]
+                keys=_keys(self.ks, p), args=[p.rpm or 0, p.tpm or 0, 0]
             )
             self._redis_ok = True
         except (RedisError, OSError) as exc:
@@ -126,7 +129,7 @@ class RateLimiter:
 
     async def _charge(self, p: Principal, tokens: int) -> None:
         try:
-            await self._script(keys=_keys(p), args=[p.rpm or 0, p.tpm or 0, tokens])
+            await self._script(keys=_keys(self.ks, p), args=[p.rpm or 0, p.tpm or 0, tokens])
         except (RedisError, OSError) as exc:
             log.warning("could not charge %d tokens to key '%s': %s", tokens, p.name, exc)
 

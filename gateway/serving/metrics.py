@@ -165,26 +165,28 @@ def _retrain_families(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     yield from (last, success, outcome, running, examples, job)
 
 
-async def read_retrain(redis: aioredis.Redis, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+async def read_retrain(
+    redis: aioredis.Redis, ks: keys.Keyspace, timeout_s: float = 2.0
+) -> dict[str, dict[str, Any]]:
     """Each experiment's last ``retrain run`` (``fw:retrain:runs``), whether one is running
     now (its lock) and its latest job's status; empty when Redis does not answer."""
     try:
-        return await asyncio.wait_for(_read_retrain(redis), timeout_s)
+        return await asyncio.wait_for(_read_retrain(redis, ks), timeout_s)
     except (RedisError, OSError, TimeoutError, ValueError) as exc:
         log.debug("retrain metrics unavailable: %s", exc)
         return {}
 
 
-async def _read_retrain(redis: aioredis.Redis) -> dict[str, dict[str, Any]]:
-    raw = await redis.hgetall(keys.RETRAIN_RUNS)
+async def _read_retrain(redis: aioredis.Redis, ks: keys.Keyspace) -> dict[str, dict[str, Any]]:
+    raw = await redis.hgetall(ks.retrain_runs)
     runs = {keys.text(k): orjson.loads(v) for k, v in raw.items()}
     if not runs:
         return {}
     names = sorted(runs)
     pipe = redis.pipeline(transaction=False)
     for name in names:
-        pipe.exists(keys.run_lock(name))
-        pipe.get(keys.job(str(runs[name].get("job") or "-")))
+        pipe.exists(ks.run_lock(name))
+        pipe.get(ks.job(str(runs[name].get("job") or "-")))
     replies = await pipe.execute()
     for i, name in enumerate(names):
         runs[name]["running"] = bool(replies[2 * i])

@@ -135,7 +135,7 @@ def add_public_routes(app: FastAPI) -> None:
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:
         st = state(request)
-        scrape = ScrapeState(retrain=await read_retrain(st.redis))
+        scrape = ScrapeState(retrain=await read_retrain(st.redis, st.ks))
         for name, exp in st.control.router.experiments.items():
             total = sum(a.weight for a in exp.arms) or 1.0
             scrape.controls[name] = exp.control_arm

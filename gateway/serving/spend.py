@@ -215,12 +215,14 @@ class Spend:
         redis: aioredis.Redis,
         metrics: Metrics,
         *,
+        ks: keys.Keyspace,
         tenant_budgets: Callable[[], dict[str, Budget]],
         fail_open: bool = True,
         sync_s: float = 0.1,
         hold_s: float = HOLD_S,
     ) -> None:
         self.redis = redis
+        self.ks = ks
         self.metrics = metrics
         self.tenant_budgets = tenant_budgets
         self.fail_open = fail_open
@@ -252,11 +254,16 @@ class Spend:
         out = []
         if p.budget is not None:
             out.append(
-                ("key", p.account, p.budget, keys.spend("k", p.account, period(p.budget, now)[0]))
+                (
+                    "key",
+                    p.account,
+                    p.budget,
+                    self.ks.spend("k", p.account, period(p.budget, now)[0]),
+                )
             )
         tb = self.tenant_budgets().get(p.tenant)
         if tb is not None:
-            out.append(("tenant", p.tenant, tb, keys.spend("t", p.tenant, period(tb, now)[0])))
+            out.append(("tenant", p.tenant, tb, self.ks.spend("t", p.tenant, period(tb, now)[0])))
         return out
 
     async def admit(self, p: Principal, expected: float, bounded: bool = False) -> Hold | None:
@@ -277,7 +284,7 @@ class Spend:
             self._watched[counter] = (checked, scope, owner, budget)
         hold = Hold(
             id="r:" + secrets.token_hex(8),
-            keys=[k for b in budgets for k in (b[3], keys.spend_held(b[0][0], b[1]))],
+            keys=[k for b in budgets for k in (b[3], self.ks.spend_held(b[0][0], b[1]))],
             ttls=[period(b[2], now)[1] for b in budgets],
             counters=[b[3] for b in budgets],
         )
@@ -373,7 +380,7 @@ class Spend:
             for _, _, budget, counter in self._budgets(p, now):
                 self._pending[counter] += amount
                 self._ttl[counter] = period(budget, now)[1]
-        day = keys.spend_day(_utc("%Y-%m-%d", int(now)))
+        day = self.ks.spend_day(_utc("%Y-%m-%d", int(now)))
         self._day[(day, "k:" + p.account)] += amount
         self._day[(day, "t:" + p.tenant)] += amount
         self._day[(day, "m:" + model)] += amount
