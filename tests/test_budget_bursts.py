@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from gateway.core import keys
 from gateway.core.auth import Principal
 from gateway.core.config import Budget
 from gateway.core.errors import QuotaExceeded
@@ -173,9 +174,11 @@ def test_a_reservation_whose_request_died_lapses_at_its_deadline(
         budget = Budget(limit=1.0, period="daily")
         who = Principal("lapsing", "lapsing-tenant", key_id="key_lapsing", budget=budget)
         try:
-            dying = Spend(client, Metrics(), tenant_budgets=lambda: {}, hold_s=0.5)
+            dying = Spend(
+                client, Metrics(), ks=keys.PLAIN_KEYSPACE, tenant_budgets=lambda: {}, hold_s=0.5
+            )
             assert await dying.admit(who, 0.9, bounded=True) is not None  # then "killed"
-            other = Spend(client, Metrics(), tenant_budgets=lambda: {})
+            other = Spend(client, Metrics(), ks=keys.PLAIN_KEYSPACE, tenant_budgets=lambda: {})
             with pytest.raises(QuotaExceeded, match="held by requests in flight"):
                 await other.admit(who, 0.5, bounded=True)  # 0.9 held + 0.5 > 1.0
             await asyncio.sleep(0.6)
