@@ -158,7 +158,7 @@ async def _bounded(what: str, step: Callable[[], Awaitable[None]], seconds: floa
 async def _archive_loop(settings: Settings, url: str) -> None:
     """Background task: archive what Redis holds, when this process holds the archive lock
     (one archiver among all replicas and workers). Each pass runs in a thread."""
-    from gateway.ops.archive import Archive, Archiver
+    from gateway.ops.archive import Archiver, open_archive
 
     cfg = settings.archive
     cluster = settings.redis_cluster and bool(settings.redis_url)
@@ -168,9 +168,7 @@ async def _archive_loop(settings: Settings, url: str) -> None:
         while True:
             try:
                 if archiver is None:
-                    archive = await asyncio.to_thread(
-                        Archive, default_url(settings.data_dir, cfg.url)
-                    )
+                    archive = await asyncio.to_thread(open_archive, settings.data_dir, cfg)
                     archiver = Archiver(client, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s)
                 await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
                 # free between passes: any replica may take the next one, and a forget
@@ -287,6 +285,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_age_s=settings.interaction_log.retention_days * 86400,
                 hot_s=settings.interaction_log.hot_s,
                 archive_url=default_url(settings.data_dir, settings.archive.url),
+                archive_options=settings.archive.storage_options,
                 fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
                 + settings.feedback.join_wait_s,
             )

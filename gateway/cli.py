@@ -164,7 +164,9 @@ async def experiment_report(
         arms = [a["model"] for a in state["spec"]["arms"]]
         url = default_url(settings.data_dir, settings.archive.url)
         with store.translated("The archive"):
-            return await archive_query.windowed(url, name, arms, since, until)
+            return await archive_query.windowed(
+                url, name, arms, since, until, settings.archive.storage_options
+            )
     finally:
         await redis.aclose()
         if embedded is not None:

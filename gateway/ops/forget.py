@@ -53,7 +53,14 @@ from gateway.core.auth import Principal
 from gateway.core.config import valid_name
 from gateway.core.errors import Conflict, InvalidRequest, PermissionDenied, StoreUnavailable
 from gateway.core.records import refs, unpack
-from gateway.ops.archive import FEEDBACK, INTERACTIONS, Archive, Archiver, crash_point, default_url
+from gateway.ops.archive import (
+    FEEDBACK,
+    INTERACTIONS,
+    Archive,
+    Archiver,
+    crash_point,
+    open_archive,
+)
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -501,7 +508,7 @@ async def forget_user(st: GatewayState, user: str, tenant: str | None, by: Princ
             st.redis_url, cluster=settings.redis_cluster and bool(settings.redis_url)
         )
         try:
-            archive = Archive(default_url(settings.data_dir, settings.archive.url))
+            archive = open_archive(settings.data_dir, settings.archive)
             forgetter = Forgetter(
                 client,
                 archive,
