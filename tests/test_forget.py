@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import orjson
 import pytest
@@ -34,12 +33,15 @@ from retrain.dataset import Builder
 from retrain.faults import CRASH_ENV as RETRAIN_CRASH_ENV
 from retrain.feedback_log import connect
 
+from .archive_places import PLACES, Place, new_place
 from .conftest import ADMIN, CLIENT
 from .fixed_gateway import fixed_gateway
 from .polling import eventually
 from .services import GatewayProcess, RedisProcess
 
 FORGET_DB = 6  # this module's users stay out of the other tests' database
+# A gateway's first forget on S3 loads s3fs and botocore (seconds on a busy machine).
+FORGET_TIMEOUT_S = 60
 SYSTEM = {"role": "system", "content": "You answer for a shop that sells bicycles. " * 8}
 VOCAB = (
     "refund order parcel invoice courier warranty return label account password delivery "
@@ -60,7 +62,7 @@ class World:
     redis: redis.Redis
     settings: RetrainSettings
     config: Path  # the gateway's config plus a retrain section
-    archive: Path
+    archive: Place
     datasets: Path
     ids: dict[str, list[str]] = field(default_factory=dict)  # user → response ids
     first_turn: list[dict[str, Any]] = field(default_factory=list)  # alice's, as a block
@@ -107,12 +109,17 @@ def wait_written(w: World, *rids: str) -> None:
     eventually(lambda: w.redis.exists(*names) == len(names), "the interaction log wrote")
 
 
-@pytest.fixture(scope="module")
-def world(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=PLACES)
+def world(
+    request: pytest.FixtureRequest,
+    redis_server: RedisProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[World]:
+    """The archive in a directory, then on the S3 server (``archive.url: s3://…``)."""
     work = tmp_path_factory.mktemp("forget")
-    archive = work / "archive"
+    archive = new_place(request.param, request, work)
     with fixed_gateway(
-        redis_server, work / "gw", FORGET_DB, archive={"enabled": False, "url": str(archive)}
+        redis_server, work / "gw", FORGET_DB, archive=archive.config(enabled=False)
     ) as (gw, _):
         doc = yaml.safe_load(gw.config_path.read_text())
         doc["retrain"] = {
@@ -181,11 +188,11 @@ def rating_stream(w: World) -> list[dict[str, Any]]:
 
 def archived(w: World, sql: str) -> list[tuple[Any, ...]]:
     files = {
-        kind: f"read_parquet('{w.archive}/{kind}/*/*/*.parquet', hive_partitioning=true)"
+        kind: f"read_parquet('{w.archive.uri(kind, '*', '*', '*.parquet')}', "
+        "hive_partitioning=true)"
         for kind in ("interactions", "feedback")
     }
-    with duckdb.connect() as db:
-        return db.execute(sql.format(**files)).fetchall()
+    return w.archive.query(sql.format(**files))
 
 
 def dataset_text(w: World) -> str:
@@ -200,19 +207,25 @@ def test_bad_user_ids_are_openai_shaped_400s_and_an_unknown_user_is_zero_counts(
     world: World,
 ) -> None:
     for path in ("/admin/users/", "/admin/users/%20%20", "/admin/users/" + "u" * 300):
-        r = httpx.delete(world.gateway.url + path, headers=ADMIN)
+        r = httpx.delete(world.gateway.url + path, headers=ADMIN, timeout=FORGET_TIMEOUT_S)
         assert r.status_code == 400, (path, r.text)
         error = r.json()["error"]
         assert error["type"] == "invalid_request_error" and error["param"] == "user"
         assert "user id" in error["message"]
-    r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=CLIENT)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/bob", headers=CLIENT, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
     # a misspelt tenant would widen the forget to every tenant: refused, nothing removed
     before = hot_users(world)["bob"]
-    r = httpx.delete(world.gateway.url + "/admin/users/bob?tenat=tests", headers=ADMIN)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/bob?tenat=tests", headers=ADMIN, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "tenat", r.text
     assert hot_users(world)["bob"] == before
-    r = httpx.delete(world.gateway.url + "/admin/users/nobody-at-all", headers=ADMIN)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/nobody-at-all", headers=ADMIN, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
     assert all(n == 0 for place in ("redis", "archive") for n in removed[place].values())
@@ -229,10 +242,12 @@ def test_a_tenant_admin_cannot_forget_another_tenants_user(world: World) -> None
     assert made.status_code == 201, made.text
     beta = {"Authorization": f"Bearer {made.json()['key']}"}
     before = hot_users(world)["bob"]
-    r = httpx.delete(world.gateway.url + "/admin/users/bob?tenant=tests", headers=beta)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/bob?tenant=tests", headers=beta, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 403 and r.json()["error"]["param"] == "tenant"
     # within its own tenant, bob (a user of tenant "tests") is unknown: nothing is removed
-    r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=beta)
+    r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=beta, timeout=FORGET_TIMEOUT_S)
     assert r.status_code == 200 and r.json()["tenant"] == "beta"
     assert r.json()["removed"]["redis"]["interactions"] == 0
     assert hot_users(world)["bob"] == before
@@ -249,7 +264,9 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     before = latest(world)
     assert "alice-secret" in dataset_text(world)
 
-    r = httpx.delete(world.gateway.url + "/admin/users/alice", headers=ADMIN)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/alice", headers=ADMIN, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
     # 4 records; her 4 ratings and hers of bob's answer; 2 archived rows and 3 ratings
