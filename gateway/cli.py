@@ -100,8 +100,12 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def up(args: argparse.Namespace) -> None:
-    """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both."""
+    """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both.
+
+    While it runs, ``data_dir/stack.json`` says where both serve, so that ``retrain`` in
+    the same directory finds them on any ports (``flywheel_stack.discovery``)."""
     from flywheel_stack import VLLMServer
+    from flywheel_stack.discovery import announced, local_url
 
     if args.config or os.environ.get("FLYWHEEL_CONFIG"):
         settings = load_config_or_exit(args.config)
@@ -132,7 +136,12 @@ def up(args: argparse.Namespace) -> None:
         print(
             f"gateway up: vLLM ready at {vllm.base_url}; gateway on http://{args.host}:{args.port}"
         )
-        serve(settings, host=args.host, port=args.port, workers=1, config=args.config)
+        with announced(
+            settings.data_dir,
+            gateway_url=local_url(args.host, args.port),
+            vllm_base_url=vllm.base_url,
+        ):
+            serve(settings, host=args.host, port=args.port, workers=1, config=args.config)
 
 
 async def experiment_report(
