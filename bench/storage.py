@@ -145,14 +145,14 @@ async def legacy_write(client: aioredis.Redis, batch: list[InteractionRecord]) -
     await pipe.execute()
 
 
-def interaction_log(client: aioredis.Redis, records: int) -> InteractionLog:
+def interaction_log(client: aioredis.Redis, records: int, ks: keys.Keyspace = KS) -> InteractionLog:
     """The interaction log as the gateway runs it (default retention and hot window),
     with room for ``records`` and batches of 500."""
     cfg = InteractionLogConfig()
     return InteractionLog(
         client,
         Metrics(),
-        ks=KS,
+        ks=ks,
         queue_size=records,
         batch_size=500,
         retention_s=cfg.retention_days * 86400,

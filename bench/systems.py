@@ -16,8 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -97,6 +99,86 @@ def start_redis(procs: Processes, name: str = "redis") -> Redis:
     )
     wait_tcp(proc, port)
     return Redis(proc, port)
+
+
+@dataclass
+class RedisCluster:
+    procs: list[Proc]
+    ports: list[int]
+
+    def url(self) -> str:
+        """One node: a cluster client finds the others from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+
+def start_redis_cluster(procs: Processes, masters: int = 3) -> RedisCluster:
+    """A Redis Cluster of ``masters`` nodes (no replicas, no persistence) on fresh ports,
+    its 16384 slots assigned by ``redis-cli --cluster create``."""
+    import redis
+
+    binary = ensure_binary("redis-server", "redis-server")
+    cli = ensure_binary("redis-cli", "redis-tools")
+    nodes, ports = [], []
+    for k in range(masters):
+        port, bus = free_port(), free_port()
+        node_dir = procs.log_dir / f"cluster-{k}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--cluster-enabled", "yes", "--cluster-port", str(bus)]
+        argv += ["--cluster-config-file", "nodes.conf", "--dir", str(node_dir)]
+        proc = procs.start(f"redis-cluster-{k}", argv)
+        wait_tcp(proc, port)
+        nodes.append(proc)
+        ports.append(port)
+    created = subprocess.run(
+        [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "All 16384 slots covered" not in created.stdout:
+        raise BenchError(f"redis-cli --cluster create failed:\n{created.stdout}")
+    deadline = time.monotonic() + 30
+    for port in ports:
+        node = redis.Redis(port=port)
+        while node.cluster("info").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise BenchError(f"cluster node {port} never reported cluster_state:ok")
+            time.sleep(0.1)
+        node.close()
+    return RedisCluster(nodes, ports)
+
+
+@dataclass
+class ObjectStore:
+    """An S3-compatible server (moto, in memory) and the s3fs options that reach it."""
+
+    proc: Proc
+    port: int
+
+    def storage_options(self) -> dict[str, Any]:
+        return {
+            "endpoint_url": f"http://127.0.0.1:{self.port}",
+            "key": "flywheel-bench",
+            "secret": "flywheel-bench-secret",
+        }
+
+
+def start_s3(procs: Processes, bucket: str) -> ObjectStore:
+    """``moto_server`` with ``bucket`` made (the dev extra installs moto[server], s3fs)."""
+    try:
+        import moto.server  # noqa: F401
+        import s3fs
+    except ImportError as exc:
+        raise BenchError(f"{exc.name} is missing: pip install 'moto[server]' s3fs") from None
+    port = free_port()
+    proc = procs.start(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    )
+    wait_http(proc, f"http://127.0.0.1:{port}/moto-api/")
+    store = ObjectStore(proc, port)
+    s3fs.S3FileSystem(skip_instance_cache=True, **store.storage_options()).mkdir(bucket)
+    return store
 
 
 def start_floor(procs: Processes, upstream: System, python: list[str] | None = None) -> System:

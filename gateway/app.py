@@ -158,7 +158,7 @@ async def _bounded(what: str, step: Callable[[], Awaitable[None]], seconds: floa
 async def _archive_loop(settings: Settings, ks: keys.Keyspace, url: str) -> None:
     """Background task: archive what Redis holds, when this process holds the archive lock
     (one archiver among all replicas and workers). Each pass runs in a thread."""
-    from gateway.ops.archive import Archive, Archiver
+    from gateway.ops.archive import Archiver, open_archive
 
     cfg = settings.archive
     client = store.connect_sync(url, cluster=ks.cluster, socket_timeout=60)
@@ -167,9 +167,7 @@ async def _archive_loop(settings: Settings, ks: keys.Keyspace, url: str) -> None
         while True:
             try:
                 if archiver is None:
-                    archive = await asyncio.to_thread(
-                        Archive, default_url(settings.data_dir, cfg.url)
-                    )
+                    archive = await asyncio.to_thread(open_archive, settings.data_dir, cfg)
                     archiver = Archiver(
                         client, ks, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s
                     )
@@ -294,6 +292,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_age_s=settings.interaction_log.retention_days * 86400,
                 hot_s=settings.interaction_log.hot_s,
                 archive_url=default_url(settings.data_dir, settings.archive.url),
+                archive_options=settings.archive.storage_options,
                 fresh_s=max((u.timeout_s for u in settings.upstreams.values()), default=0)
                 + settings.feedback.join_wait_s,
             )

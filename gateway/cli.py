@@ -101,8 +101,12 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def up(args: argparse.Namespace) -> None:
-    """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both."""
+    """vLLM (tiny model unless --model) + the gateway with embedded Redis; Ctrl-C stops both.
+
+    While it runs, ``data_dir/stack.json`` says where both serve, so that ``retrain`` in
+    the same directory finds them on any ports (``flywheel_stack.discovery``)."""
     from flywheel_stack import VLLMServer
+    from flywheel_stack.discovery import announced, local_url
 
     if args.config or os.environ.get("FLYWHEEL_CONFIG"):
         settings = load_config_or_exit(args.config)
@@ -133,7 +137,12 @@ def up(args: argparse.Namespace) -> None:
         print(
             f"gateway up: vLLM ready at {vllm.base_url}; gateway on http://{args.host}:{args.port}"
         )
-        serve(settings, host=args.host, port=args.port, workers=1, config=args.config)
+        with announced(
+            settings.data_dir,
+            gateway_url=local_url(args.host, args.port),
+            vllm_base_url=vllm.base_url,
+        ):
+            serve(settings, host=args.host, port=args.port, workers=1, config=args.config)
 
 
 async def experiment_report(
@@ -170,7 +179,9 @@ async def experiment_report(
         arms = [a["model"] for a in state["spec"]["arms"]]
         url = default_url(settings.data_dir, settings.archive.url)
         with store.translated("The archive"):
-            return await archive_query.windowed(url, name, arms, since, until)
+            return await archive_query.windowed(
+                url, name, arms, since, until, settings.archive.storage_options
+            )
     finally:
         await redis.aclose()
         if embedded is not None:

@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
             return 2
-        from gateway.ops.archive import Archive, default_url
+        from gateway.ops.archive import open_archive
 
         settings = load_config(args.config)
-        archive = Archive(default_url(settings.data_dir, settings.archive.url))
+        archive = open_archive(settings.data_dir, settings.archive)
         n = export_feedback(
             connect(settings),
             keyspace(settings),
@@ -366,7 +366,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _archive(args: argparse.Namespace) -> int:
     from gateway.core.store import keyspace
-    from gateway.ops.archive import Archive, Archiver, default_url
+    from gateway.ops.archive import Archiver, open_archive
     from retrain.config import load as load_config
     from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
@@ -376,7 +376,7 @@ def _archive(args: argparse.Namespace) -> int:
     archiver = Archiver(
         connect(settings),
         keyspace(settings),
-        Archive(default_url(settings.data_dir, cfg.url)),
+        open_archive(settings.data_dir, cfg),
         batch=cfg.batch,
         lock_ttl_s=cfg.lock_ttl_s,
     )

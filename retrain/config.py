@@ -8,6 +8,7 @@ it is reported by key path like any other (``retrain check-config``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -281,5 +282,31 @@ class RetrainSettings(Settings):
 
 
 def load(path: str | None) -> RetrainSettings:
-    """The config file for a ``retrain`` command; exit 2 with one line per mistake."""
-    return load_or_exit(path, RetrainSettings, "retrain")
+    """The config file for a ``retrain`` command; exit 2 with one line per mistake.
+
+    Where ``gateway up`` runs in the same data directory (``data_dir/stack.json``), a
+    config that names no gateway (``retrain.gateway_url`` unset) gets that gateway's URL,
+    and the built-in config (no file at all) its vLLM server too, as ``gateway up``
+    itself points the built-in upstream at it: the stack is found on any ports."""
+    explicit = path or os.environ.get("FLYWHEEL_CONFIG")
+    return on_local_stack(load_or_exit(path, RetrainSettings, "retrain"), built_in=not explicit)
+
+
+def on_local_stack(settings: RetrainSettings, *, built_in: bool) -> RetrainSettings:
+    """``settings`` pointed at the stack ``gateway up`` announced in its data directory
+    (unchanged where none runs, or where the config names its own gateway)."""
+    from flywheel_stack.discovery import running
+
+    stack = running(settings.data_dir)
+    if stack is None or "gateway_url" in settings.retrain.model_fields_set:
+        return settings
+    retrain = settings.retrain.model_copy(update={"gateway_url": stack["gateway_url"]})
+    update: dict[str, Any] = {"retrain": retrain}
+    local = settings.upstreams.get(settings.retrain.local.upstream)
+    if built_in and local is not None and local.kind == "vllm":
+        upstreams = dict(settings.upstreams)
+        upstreams[settings.retrain.local.upstream] = local.model_copy(
+            update={"base_url": stack["vllm_base_url"]}
+        )
+        update["upstreams"] = upstreams
+    return settings.model_copy(update=update)

@@ -48,7 +48,7 @@ import redis
 from gateway.core import keys, paths
 from gateway.core.locks import Lock
 from gateway.core.records import InteractionRecord, text_of
-from gateway.ops.archive import Archive, default_url, find_interactions
+from gateway.ops.archive import find_interactions, open_archive
 
 from . import tokens
 from .config import RetrainConfig, RetrainSettings, TrainingPrice
@@ -522,7 +522,7 @@ class Builder:
             step(len(chunk))
         gone = [rid for rid, rec in out.items() if rec is None]
         if gone:  # past the hot window: from the archive
-            archive = Archive(default_url(self.settings.data_dir, self.settings.archive.url))
+            archive = open_archive(self.settings.data_dir, self.settings.archive)
             out.update(find_interactions(archive, gone))
         return out
 

@@ -44,7 +44,7 @@ from gateway.core import keys, paths
 from gateway.core.auth import Principal
 from gateway.core.locks import Lock
 from gateway.ops import forget
-from gateway.ops.archive import Archive, default_url
+from gateway.ops.archive import open_archive
 
 from .config import RetrainSettings
 from .curate import Example
@@ -234,7 +234,7 @@ def forget_user(
     """``retrain forget --user``: Redis, the archive, then the datasets; audited."""
     by = f"cli:{getpass.getuser()}"
     tenant = forget.scope(Principal(by, "default", "admin", all_tenants=True), tenant)
-    archive = Archive(default_url(settings.data_dir, settings.archive.url))
+    archive = open_archive(settings.data_dir, settings.archive)
     forgetter = forget.Forgetter(
         client,
         ks,

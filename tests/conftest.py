@@ -20,7 +20,7 @@ import pytest
 from flywheel_stack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
 from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
-from tests.services import GatewayProcess, RedisClusterProcess, RedisProcess
+from tests.services import GatewayProcess, RedisClusterProcess, RedisProcess, S3Server
 
 API_KEY = "sk-test-0123456789abcdef"
 OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
@@ -79,6 +79,23 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server (moto) for the archive on an object store; skipped where
+    moto or s3fs is missing (the dev extra installs them), except under CI."""
+    import importlib.util
+
+    missing = [m for m in ("moto", "s3fs") if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (pip install -e '.[dev]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the object-store tests", pytrace=False)
+        pytest.skip(reason)
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,8 @@ def catalogue() -> dict[str, str]:
                 "job_status": JOB_STATUSES[0],
             }
         },
+        archive_lag={"interactions": 1.0},
+        hot_s=86_400.0,
     )
     out = {}
     for family in m.registry.collect():

@@ -333,3 +333,55 @@ class RedisClusterProcess:
                 proc.kill()
                 proc.wait()
         self.procs = []
+
+
+class S3Server:
+    """An S3-compatible object store: moto's server (``moto_server``), in memory, on a
+    free port. Any non-empty credentials are accepted; no region is named (us-east-1)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def storage_options(self) -> dict[str, Any]:
+        """``archive.storage_options`` (s3fs's arguments) for this server."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "key": "flywheel-tests",
+            "secret": "flywheel-tests-secret",
+        }
+
+    def filesystem(self) -> Any:
+        """A fresh s3fs filesystem on this server (no listing cache shared with others)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options())
+
+    def start(self, timeout: float = 30) -> S3Server:
+        log_path = self.workdir / "moto.log"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if not wait_ready(self.proc, f"{self.endpoint_url}/moto-api/", log_path, timeout):
+            self.stop()
+            raise RuntimeError("moto_server did not start: " + tail(log_path))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None

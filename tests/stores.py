@@ -59,10 +59,10 @@ class Store:
                     node.flushall()
 
 
-def store_for(request: pytest.FixtureRequest, db: int) -> Store:
-    """The store of a module's ``params=STORES`` fixture, flushed: database ``db`` of the
-    session's one Redis, or the session's cluster."""
-    if request.param == "cluster":
+def store_for(request: pytest.FixtureRequest, db: int, kind: str | None = None) -> Store:
+    """The store of a module's ``params=STORES`` fixture (or of ``kind``), flushed:
+    database ``db`` of the session's one Redis, or the session's cluster."""
+    if (kind or request.param) == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         store = Store(cluster.url, True, tuple(cluster.ports))
     else:

@@ -2,7 +2,9 @@
 
 A real gateway (scripted upstream, real Redis) serves and takes ratings; ``retrain
 archive`` (a real process) copies them; DuckDB reads the files. Killed at each step of a
-pass, the archiver loses nothing and duplicates nothing on the next run.
+pass, the archiver loses nothing and duplicates nothing on the next run. Every test runs
+twice: the archive in a local directory and on an S3-compatible object store (a real
+moto server, ``archive.url: s3://…``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import orjson
 import pytest
@@ -31,9 +32,10 @@ from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.feedback_log import connect
 
+from .archive_places import SETUPS, Place, new_place
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess
-from .stores import STORES, Store, store_for
+from .stores import Store, store_for
 
 ARCHIVE_DB = 14  # this module's streams stay out of the other tests' database
 API_KEY = "sk-archive-0123456789"
@@ -47,21 +49,34 @@ class Served:
     gateway: GatewayProcess
     redis: redis.Redis
     config: Path
-    archive: Path
+    archive: Place
     store: Store
 
 
-@pytest.fixture(scope="module", params=STORES)
-def store(request: pytest.FixtureRequest) -> Store:
-    return store_for(request, ARCHIVE_DB)
+@pytest.fixture(scope="module", params=SETUPS)
+def setup(request: pytest.FixtureRequest) -> tuple[Store, str]:
+    """The store (one Redis or the cluster) and where the archive lives (``dir``, ``s3``)."""
+    store_kind, place_kind = request.param
+    return store_for(request, ARCHIVE_DB, store_kind), place_kind
 
 
 @pytest.fixture(scope="module")
-def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def store(setup: tuple[Store, str]) -> Store:
+    return setup[0]
+
+
+@pytest.fixture(scope="module")
+def served(
+    setup: tuple[Store, str],
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    store, place_kind = setup
     r = store.client()
     upstream = ScriptedUpstream({"helper": lambda ms: "We accept returns for thirty days"})
     upstream.start()
     work = tmp_path_factory.mktemp("archive")
+    place = new_place(place_kind, request, work)
     config = {
         **store.config,
         "id_secret": "archive-secret-0123456789",
@@ -72,12 +87,12 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
         "models": {"helper": {"upstream": "scripted", "model": "helper"}},
         "experiments": {"shop": {"arms": [{"model": "helper"}]}},
-        "archive": {"enabled": False, "url": str(work / "archive")},
+        "archive": place.config(enabled=False),
     }
     gw = GatewayProcess(config, work)
     try:
         gw.start()
-        yield Served(gw, r, gw.config_path, work / "archive", store)
+        yield Served(gw, r, gw.config_path, place, store)
     finally:
         gw.stop()
         upstream.stop()
@@ -127,22 +142,18 @@ def archive(served: Served, crash_at: str | None = None) -> subprocess.Completed
     )
 
 
-def manifest(served: Served) -> dict[str, Any]:
-    doc: dict[str, Any] = orjson.loads((served.archive / MANIFEST).read_bytes())
-    return doc
-
-
 def committed(served: Served, kind: str) -> list[str]:
-    return [str(served.archive / f["path"]) for f in manifest(served)["files"] if f["kind"] == kind]
+    files = served.archive.manifest()["files"]
+    return [served.archive.uri(f["path"]) for f in files if f["kind"] == kind]
 
 
-def query(sql: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect() as db:
-        return db.execute(sql).fetchall()
+def query(served: Served, sql: str) -> list[tuple[Any, ...]]:
+    return served.archive.query(sql)
 
 
 def glob(served: Served, kind: str) -> str:
-    return f"read_parquet('{served.archive}/{kind}/*/*/*.parquet', hive_partitioning=true)"
+    pattern = served.archive.uri(kind, "*", "*", "*.parquet")
+    return f"read_parquet('{pattern}', hive_partitioning=true)"
 
 
 def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experiment(
@@ -154,14 +165,12 @@ def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experi
     assert done.returncode == 0, done.stderr
     assert "archived" in done.stdout
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    shop = served.archive / "interactions" / f"date={today}" / "exp=shop"
-    assert (
-        list(shop.glob("*.parquet"))
-        and (served.archive / "interactions" / f"date={today}" / "exp=-").exists()
-    )
+    assert served.archive.glob("interactions", f"date={today}", "exp=shop", "*.parquet")
+    assert served.archive.glob("interactions", f"date={today}", "exp=-", "*.parquet")
     rows = query(
+        served,
         f"SELECT id, experiment, messages, user, date, exp FROM {glob(served, 'interactions')} "
-        f"WHERE id IN ({', '.join(repr(i) for i in ids + direct)})"
+        f"WHERE id IN ({', '.join(repr(i) for i in ids + direct)})",
     )
     assert sorted(r[0] for r in rows) == sorted(ids + direct)
     by_id = {r[0]: r for r in rows}
@@ -171,8 +180,9 @@ def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experi
     assert by_id[ids[0]][5] == "shop" and by_id[direct[0]][5] == "-"
     assert by_id[ids[0]][3] == "user-0" and str(by_id[ids[0]][4]) == today
     ratings = query(
+        served,
         f"SELECT response_id, score, rater FROM {glob(served, 'feedback')} "
-        f"WHERE response_id IN ({', '.join(repr(i) for i in ids)})"
+        f"WHERE response_id IN ({', '.join(repr(i) for i in ids)})",
     )
     assert sorted(r[0] for r in ratings) == sorted(ids)
     assert {r[1] for r in ratings} == {1.0}
@@ -196,13 +206,15 @@ def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
         files = committed(served, kind)
         listed = ", ".join(repr(f) for f in files)
         in_manifest = query(
+            served,
             f"SELECT {column}, count(*) FROM read_parquet([{listed}]) "
-            f"WHERE {column} IN ({wanted}) GROUP BY 1"
+            f"WHERE {column} IN ({wanted}) GROUP BY 1",
         )
         assert sorted(in_manifest) == sorted((i, 1) for i in ids), (kind, step)
         on_disk = query(
+            served,
             f"SELECT {column}, count(*) FROM {glob(served, kind)} "
-            f"WHERE {column} IN ({wanted}) GROUP BY 1"
+            f"WHERE {column} IN ({wanted}) GROUP BY 1",
         )
         assert sorted(on_disk) == sorted((i, 1) for i in ids), (kind, step)
     for stream in (served.store.ks.interaction_stream, served.store.ks.feedback_stream):
@@ -220,21 +232,22 @@ def test_one_archiver_at_a_time(served: Served) -> None:
 
 def test_the_gateway_archives_by_itself(tmp_path: Path, served: Served) -> None:
     config = yaml.safe_load(served.config.read_text())
-    config["archive"] = {"url": str(tmp_path / "gw-archive"), "every_s": 0.2, "max_wait_s": 0}
+    place = served.archive.sub(f"gw-{uuid.uuid4().hex[:6]}")
+    config["archive"] = place.config(every_s=0.2, max_wait_s=0)
     gw = GatewayProcess(config, tmp_path / "gw", workers=2)
     try:
         gw.start()
-        ids = serve(
-            Served(gw, served.redis, gw.config_path, tmp_path / "gw-archive", served.store), 2
-        )
+        here = Served(gw, served.redis, gw.config_path, place, served.store)
+        ids = serve(here, 2)
         deadline = time.monotonic() + 30
         found: list[tuple[Any, ...]] = []
-        pattern = f"'{tmp_path}/gw-archive/interactions/*/*/*.parquet'"
+        pattern = f"'{place.uri('interactions', '*', '*', '*.parquet')}'"
         while time.monotonic() < deadline:
-            if list((tmp_path / "gw-archive").glob("interactions/*/*/*.parquet")):
+            if place.glob("interactions", "*", "*", "*.parquet"):
                 found = query(
+                    here,
                     f"SELECT id FROM read_parquet({pattern}) "
-                    f"WHERE id IN ({', '.join(repr(i) for i in ids)})"
+                    f"WHERE id IN ({', '.join(repr(i) for i in ids)})",
                 )
                 if len(found) == len(ids):
                     break
@@ -258,11 +271,12 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
             fresh.flushdb()
     r = served.store.client() if served.store.cluster else redis.Redis.from_url(url)
     config = yaml.safe_load(served.config.read_text())
+    place = served.archive.sub(f"late-{uuid.uuid4().hex[:6]}")
     config.update(
         redis_url=url,
         experiments={"late": {"arms": [{"model": "helper"}]}},
         interaction_log={"hot_s": 2},
-        archive={"url": str(tmp_path / "archive"), "every_s": 0.2, "max_wait_s": 0},
+        archive=place.config(every_s=0.2, max_wait_s=0),
     )
     gw = GatewayProcess(config, tmp_path / "gw")
     try:
@@ -277,7 +291,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
             assert reply.status_code == 200, reply.text
             rid = reply.json()["id"]
             deadline = time.monotonic() + 30
-            while r.exists(keys.interaction(rid)) or not (tmp_path / "archive" / MANIFEST).exists():
+            while r.exists(keys.interaction(rid)) or not place.exists(MANIFEST):
                 assert time.monotonic() < deadline, "the record did not leave Redis"
                 time.sleep(0.2)
             fix = "Refunds reach your card within five working days."
@@ -326,10 +340,12 @@ def test_the_documented_duckdb_query_reads_the_archive(served: Served) -> None:
     assert archive(served).returncode == 0
     page = (Path(__file__).resolve().parents[1] / "docs" / "archive.md").read_text()
     sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
-    rows = query(sql.replace("ARCHIVE", str(served.archive)))
+    rows = query(served, sql.replace("ARCHIVE", served.archive.uri()))
     assert ("shop", "helper") in {(r[0], r[1]) for r in rows}
     shop = next(r for r in rows if r[0] == "shop")
-    rated = query(f"SELECT count(*) FROM {glob(served, 'feedback')} WHERE exp = 'shop'")[0][0]
+    rated = query(served, f"SELECT count(*) FROM {glob(served, 'feedback')} WHERE exp = 'shop'")[0][
+        0
+    ]
     assert shop[2] == rated >= len(ids) and shop[3] == 1.0
 
 
@@ -338,12 +354,12 @@ def test_the_gateway_archiver_waits_for_a_full_file_or_max_wait(
 ) -> None:
     archive(served)  # start from a drained stream
     ids = serve(served, 3, rate=False)
-    root = tmp_path / "waiting"
-    archiver = Archiver(served.redis, served.store.ks, Archive(str(root)), batch=10)
+    place = served.archive.sub(f"waiting-{uuid.uuid4().hex[:6]}")
+    archiver = Archiver(served.redis, served.store.ks, Archive(place.url, place.options), batch=10)
     try:
         waiting = archiver.run_once(max_wait_s=3600)  # 3 of 10, and just arrived: wait
         assert waiting.written == {"interactions": 0, "feedback": 0}
-        assert not list(root.glob("interactions/*/*/*.parquet"))
+        assert not place.glob("interactions", "*", "*", "*.parquet")
         archiver.batch = 3  # now a full file waits
         full = archiver.run_once(max_wait_s=3600)
         assert full.written["interactions"] == len(ids)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import orjson
 import pytest
@@ -34,13 +33,16 @@ from retrain.dataset import Builder
 from retrain.faults import CRASH_ENV as RETRAIN_CRASH_ENV
 from retrain.feedback_log import connect
 
+from .archive_places import SETUPS, Place, new_place
 from .conftest import ADMIN, CLIENT
 from .fixed_gateway import fixed_gateway
 from .polling import eventually
 from .services import GatewayProcess
-from .stores import STORES, Store, store_for
+from .stores import Store, store_for
 
 FORGET_DB = 6  # this module's users stay out of the other tests' database
+# A gateway's first forget on S3 loads s3fs and botocore (seconds on a busy machine).
+FORGET_TIMEOUT_S = 60
 SYSTEM = {"role": "system", "content": "You answer for a shop that sells bicycles. " * 8}
 VOCAB = (
     "refund order parcel invoice courier warranty return label account password delivery "
@@ -61,7 +63,7 @@ class World:
     redis: redis.Redis
     settings: RetrainSettings
     config: Path  # the gateway's config plus a retrain section
-    archive: Path
+    archive: Place
     datasets: Path
     ks: keys.Keyspace
     ids: dict[str, list[str]] = field(default_factory=dict)  # user → response ids
@@ -109,19 +111,28 @@ def wait_written(w: World, *rids: str) -> None:
     eventually(lambda: w.redis.exists(*names) == len(names), "the interaction log wrote")
 
 
-@pytest.fixture(scope="module", params=STORES)
-def store(request: pytest.FixtureRequest) -> Store:
-    return store_for(request, FORGET_DB)
+@pytest.fixture(scope="module", params=SETUPS)
+def setup(request: pytest.FixtureRequest) -> tuple[Store, str]:
+    """The store (one Redis or the cluster) and where the archive lives (``dir``, ``s3``)."""
+    store_kind, place_kind = request.param
+    return store_for(request, FORGET_DB, store_kind), place_kind
 
 
 @pytest.fixture(scope="module")
-def world(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def store(setup: tuple[Store, str]) -> Store:
+    return setup[0]
+
+
+@pytest.fixture(scope="module")
+def world(
+    setup: tuple[Store, str],
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[World]:
     work = tmp_path_factory.mktemp("forget")
-    archive = work / "archive"
-    with fixed_gateway(store, work / "gw", archive={"enabled": False, "url": str(archive)}) as (
-        gw,
-        _,
-    ):
+    store, place_kind = setup
+    archive = new_place(place_kind, request, work)
+    with fixed_gateway(store, work / "gw", archive=archive.config(enabled=False)) as (gw, _):
         doc = yaml.safe_load(gw.config_path.read_text())
         doc["retrain"] = {
             "dataset_dir": str(work / "datasets"),
@@ -189,11 +200,11 @@ def rating_stream(w: World) -> list[dict[str, Any]]:
 
 def archived(w: World, sql: str) -> list[tuple[Any, ...]]:
     files = {
-        kind: f"read_parquet('{w.archive}/{kind}/*/*/*.parquet', hive_partitioning=true)"
+        kind: f"read_parquet('{w.archive.uri(kind, '*', '*', '*.parquet')}', "
+        "hive_partitioning=true)"
         for kind in ("interactions", "feedback")
     }
-    with duckdb.connect() as db:
-        return db.execute(sql.format(**files)).fetchall()
+    return w.archive.query(sql.format(**files))
 
 
 def dataset_text(w: World) -> str:
@@ -208,19 +219,25 @@ def test_bad_user_ids_are_openai_shaped_400s_and_an_unknown_user_is_zero_counts(
     world: World,
 ) -> None:
     for path in ("/admin/users/", "/admin/users/%20%20", "/admin/users/" + "u" * 300):
-        r = httpx.delete(world.gateway.url + path, headers=ADMIN)
+        r = httpx.delete(world.gateway.url + path, headers=ADMIN, timeout=FORGET_TIMEOUT_S)
         assert r.status_code == 400, (path, r.text)
         error = r.json()["error"]
         assert error["type"] == "invalid_request_error" and error["param"] == "user"
         assert "user id" in error["message"]
-    r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=CLIENT)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/bob", headers=CLIENT, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
     # a misspelt tenant would widen the forget to every tenant: refused, nothing removed
     before = hot_users(world)["bob"]
-    r = httpx.delete(world.gateway.url + "/admin/users/bob?tenat=tests", headers=ADMIN)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/bob?tenat=tests", headers=ADMIN, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "tenat", r.text
     assert hot_users(world)["bob"] == before
-    r = httpx.delete(world.gateway.url + "/admin/users/nobody-at-all", headers=ADMIN)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/nobody-at-all", headers=ADMIN, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
     assert all(n == 0 for place in ("redis", "archive") for n in removed[place].values())
@@ -237,10 +254,12 @@ def test_a_tenant_admin_cannot_forget_another_tenants_user(world: World) -> None
     assert made.status_code == 201, made.text
     beta = {"Authorization": f"Bearer {made.json()['key']}"}
     before = hot_users(world)["bob"]
-    r = httpx.delete(world.gateway.url + "/admin/users/bob?tenant=tests", headers=beta)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/bob?tenant=tests", headers=beta, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 403 and r.json()["error"]["param"] == "tenant"
     # within its own tenant, bob (a user of tenant "tests") is unknown: nothing is removed
-    r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=beta)
+    r = httpx.delete(world.gateway.url + "/admin/users/bob", headers=beta, timeout=FORGET_TIMEOUT_S)
     assert r.status_code == 200 and r.json()["tenant"] == "beta"
     assert r.json()["removed"]["redis"]["interactions"] == 0
     assert hot_users(world)["bob"] == before
@@ -257,7 +276,9 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     before = latest(world)
     assert "alice-secret" in dataset_text(world)
 
-    r = httpx.delete(world.gateway.url + "/admin/users/alice", headers=ADMIN)
+    r = httpx.delete(
+        world.gateway.url + "/admin/users/alice", headers=ADMIN, timeout=FORGET_TIMEOUT_S
+    )
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
     # 4 records; her 4 ratings and hers of bob's answer; 2 archived rows and 3 ratings

@@ -4,11 +4,13 @@ SIGTERM, Ctrl-C (SIGINT), errors and even ``kill -9`` of the owner."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -191,3 +193,138 @@ def test_retrain_stops_the_embedded_redis_it_started_and_leaves_the_gateways(
     assert build.returncode == 4, out + err  # nothing rated yet: below the minimum
     assert not (tmp_path / "data" / "redis" / "server.json").exists()
     assert not redis_servers_in(tmp_path / "data" / "redis")
+
+
+def config_show(cwd: Path, *args: str) -> dict[str, Any]:
+    """``retrain config show`` run in ``cwd`` (no config file unless ``args`` name one):
+    the effective config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "retrain", "config", "show", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    doc: dict[str, Any] = yaml.safe_load(done.stdout)
+    return doc
+
+
+def test_retrain_finds_an_announced_stack_and_ignores_one_whose_process_died(
+    tmp_path: Path,
+) -> None:
+    """What ``gateway up`` leaves in ``data_dir/stack.json`` (written by its own code, in a
+    process that then dies by ``kill -9``): retrain's built-in config follows it while
+    that process lives, a config naming its own gateway keeps it, and once the process
+    is gone the built-in ports are back."""
+    from flywheel_stack.discovery import STACK_FILE
+
+    assert config_show(tmp_path)["retrain"]["gateway_url"] == "http://127.0.0.1:8000"
+    named = {
+        "upstreams": {"gpu": {"kind": "vllm", "base_url": "http://vllm.internal:8001/v1"}},
+        "models": {"base": {"upstream": "gpu", "model": "base"}},
+        "retrain": {"gateway_url": "http://gateway.internal:8000"},
+    }
+    (tmp_path / "named.yaml").write_text(yaml.safe_dump(named))
+    unnamed = {**named, "retrain": {"min_examples": 3}}
+    (tmp_path / "unnamed.yaml").write_text(yaml.safe_dump(unnamed))
+    code = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from flywheel_stack.discovery import announced\n"
+        "with announced(Path('data'), gateway_url='http://127.0.0.1:18123',"
+        " vllm_base_url='http://127.0.0.1:18124/v1'):\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"up\n"
+        found = config_show(tmp_path)
+        assert found["retrain"]["gateway_url"] == "http://127.0.0.1:18123"
+        assert found["upstreams"]["local"]["base_url"] == "http://127.0.0.1:18124/v1"
+        kept = config_show(tmp_path, "--config", "named.yaml")
+        assert kept["retrain"]["gateway_url"] == "http://gateway.internal:8000"
+        # a config naming no gateway gets the stack's; its own upstreams stay its own
+        filled = config_show(tmp_path, "--config", "unnamed.yaml")
+        assert filled["retrain"]["gateway_url"] == "http://127.0.0.1:18123"
+        assert filled["upstreams"]["gpu"]["base_url"] == "http://vllm.internal:8001/v1"
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert (tmp_path / "data" / STACK_FILE).exists()  # kill -9 left it behind
+    gone = config_show(tmp_path)
+    assert gone["retrain"]["gateway_url"] == "http://127.0.0.1:8000"
+    assert gone["upstreams"]["local"]["base_url"] == "http://127.0.0.1:8001/v1"
+
+
+RETURNS = ["shoes", "shirts", "jackets", "bags", "hats", "socks"]
+RETURNS += ["belts", "scarves", "gloves", "watches", "boots", "coats"]
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(1200)
+def test_retrain_run_finds_gateway_up_on_other_ports_with_no_config(tmp_path: Path) -> None:
+    """``gateway up --port P --vllm-port Q`` and ``retrain run`` in the same directory, no
+    config file: retrain finds the gateway and vLLM (not 8000/8001), trains and registers
+    a canary; Ctrl-C removes the announcement and every process."""
+    from flywheel_stack.discovery import STACK_FILE
+
+    port, vllm_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    log = tmp_path / "gateway-up.log"
+    with open(log, "ab") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "up", "--port", str(port)]
+            + ["--vllm-port", str(vllm_port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    gateway = f"http://127.0.0.1:{port}"
+    tree: set[int] = set()
+    try:
+        assert wait_ready(up, gateway + "/readyz", log, 600), "gateway up never got ready"
+        tree = descendants(up.pid)
+        announced = orjson.loads((tmp_path / "data" / STACK_FILE).read_bytes())
+        assert announced["gateway_url"] == gateway
+        assert announced["vllm_base_url"] == f"http://127.0.0.1:{vllm_port}/v1"
+        with httpx.Client(base_url=gateway, timeout=120) as c:
+            for i, item in enumerate(RETURNS):
+                body = {
+                    "model": "default",
+                    "user": f"customer-{i}",
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"Can I return {item}?"}],
+                }
+                reply = c.post("/v1/chat/completions", json=body)
+                assert reply.status_code == 200, reply.text
+                fix = f"Yes: {item} can be returned within 30 days with the receipt."
+                rating = {"response_id": reply.json()["id"], "rating": "down", "correction": fix}
+                rated = c.post("/v1/feedback", json=rating)
+                assert rated.status_code == 201, rated.text
+        run = subprocess.run(
+            [sys.executable, "-m", "retrain", "run", "--experiment", "default"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+        (canary,) = re.findall(r"(default-[0-9a-f]+) is a canary of 'default' at 5%", run.stdout)
+        spec = httpx.get(gateway + "/admin/experiments/default").json()["spec"]
+        assert canary in {a["model"] for a in spec["arms"]}
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            up.wait(60)
+        finally:
+            up.kill()
+    assert_all_gone(tree)
+    assert not (tmp_path / "data" / STACK_FILE).exists()

@@ -176,3 +176,49 @@ def test_retrain_runs_are_exposed_from_redis(
     assert value("flywheel_retrain_dataset_examples", experiment="ops-later", split="train") == 40
     assert value("flywheel_retrain_job_status", experiment="ops-later", status="evaluating") == 1
     assert value("flywheel_retrain_job_status", experiment="ops-later") == 1
+
+
+def test_the_archive_lag_is_the_age_of_the_oldest_entry_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """``flywheel_archive_lag_seconds`` as read from Redis: 0 with nothing to archive; an
+    entry no archiver ever saw; one a pass read and died before acknowledging (pending);
+    the next one not yet delivered once the first is acknowledged; 0 when all are."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from gateway.core import keys
+    from gateway.serving.metrics import read_archive_lag
+
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    ix, group = keys.PLAIN_KEYSPACE.interaction_stream, keys.ARCHIVE_GROUP
+    now_ms = int(time.time() * 1000)
+
+    async def steps() -> list[dict[str, float]]:
+        r = aioredis.Redis.from_url(server.url)
+        seen = [await read_archive_lag(r, keys.PLAIN_KEYSPACE)]
+        old = await r.xadd(ix, {"id": "a"}, id=f"{now_ms - 100_000}-0")  # 100 s old
+        seen.append(await read_archive_lag(r, keys.PLAIN_KEYSPACE))  # no group yet: no archiver ran
+        await r.xgroup_create(ix, group, id="0")
+        await r.xreadgroup(group, "dead-pass", {ix: ">"}, count=10)
+        seen.append(await read_archive_lag(r, keys.PLAIN_KEYSPACE))  # read, never acknowledged
+        await r.xadd(ix, {"id": "b"}, id=f"{now_ms - 40_000}-0")  # 40 s old
+        await r.xack(ix, group, old)
+        seen.append(await read_archive_lag(r, keys.PLAIN_KEYSPACE))  # the next is not delivered yet
+        entries = await r.xreadgroup(group, "pass", {ix: ">"}, count=10)
+        await r.xack(ix, group, *[sid for _, batch in entries for sid, _ in batch])
+        seen.append(await read_archive_lag(r, keys.PLAIN_KEYSPACE))
+        await r.aclose()
+        return seen
+
+    try:
+        empty, unseen, pending, next_one, done = asyncio.run(steps())
+    finally:
+        server.stop()
+    assert empty == {"interactions": 0.0, "feedback": 0.0}
+    assert 100 <= unseen["interactions"] < 130 and unseen["feedback"] == 0
+    assert 100 <= pending["interactions"] < 130
+    assert 40 <= next_one["interactions"] < 70
+    assert done == {"interactions": 0.0, "feedback": 0.0}

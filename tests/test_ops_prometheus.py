@@ -1,12 +1,14 @@
 """A real Prometheus (Debian's package) scrapes a running gateway: the PromQL an operator
 writes — per-arm request rate, p95 latency, mean score per arm — gives the right answers,
-the chart's rules load and record, and every dashboard query runs."""
+the chart's rules load and record, every dashboard query runs, and a stopped archiver
+fires its alert."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from gateway.serving.metrics import LATENCY_BUCKETS
 from .faulty_upstream import FaultyUpstream
 from .ops_catalogue import ALERTS, dashboard_expressions
 from .ops_gateway import EXPERIMENT, chat, fixed_config, rate
+from .polling import eventually
 from .services import GatewayProcess, RedisProcess, wait_ready
 
 PROMETHEUS = shutil.which("prometheus")
@@ -100,15 +103,19 @@ class Prometheus:
             time.sleep(0.25)
 
 
-@pytest.fixture(scope="module")
-def stack(
-    faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[GatewayProcess, Prometheus]]:
+def need_prometheus() -> None:
     if PROMETHEUS is None:
         reason = "prometheus is not installed (apt-get install prometheus)"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}: CI must run the Prometheus tests", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, Prometheus]]:
+    need_prometheus()
     tmp = tmp_path_factory.mktemp("ops-prom")
     redis = RedisProcess(tmp / "redis")
     redis.start()
@@ -197,3 +204,70 @@ def test_every_dashboard_query_runs(stack: tuple[GatewayProcess, Prometheus]) ->
             .replace("$arm", ".*")
         )
         assert isinstance(prom.query(expr), list), title
+
+
+def test_a_stopped_archiver_shows_its_lag_rising_and_fires_the_alert(
+    faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    """No archiver runs (``archive.enabled: false`` and no ``retrain archive``): the oldest
+    unarchived entry ages on /metrics, whichever of two workers answers; past half of
+    ``hot_s`` /readyz says so (still ready: serving is fine) and Prometheus fires
+    FlywheelArchiveLagging. One ``retrain archive`` brings the lag to 0 and clears both."""
+    need_prometheus()
+    hot_s = 16.0
+    redis = RedisProcess(tmp_path / "redis")
+    redis.start()
+    config = fixed_config(
+        faulty.base_url,
+        redis.url,
+        tmp_path,
+        interaction_log={"hot_s": hot_s},
+        archive={"enabled": False, "url": str(tmp_path / "archive")},
+    )
+    gw = GatewayProcess(config, tmp_path / "gw", workers=2, ready_path="/readyz")
+    prom = Prometheus(tmp_path, f"127.0.0.1:{gw.port}").start()
+    firing = 'ALERTS{alertname="FlywheelArchiveLagging", alertstate="firing"}'
+    try:
+        gw.start(timeout=60)
+        text = httpx.get(gw.url + "/metrics").text
+        assert 'flywheel_archive_lag_seconds{stream="interactions"} 0.0' in text
+        assert f"flywheel_archive_hot_window_seconds {hot_s}" in text
+        assert httpx.get(gw.url + "/readyz").json()["checks"]["archive"] == "ok"
+        rid, _ = chat(gw, "lag-user")
+        rate(gw, rid, "up")
+        first = eventually(
+            lambda: gw.metric("flywheel_archive_lag_seconds", stream="interactions"),
+            "the interaction stream's lag",
+        )
+        later = eventually(
+            lambda: (
+                (v := gw.metric("flywheel_archive_lag_seconds", stream="interactions")) > hot_s / 2
+                and v
+            ),
+            "the lag passing half the hot window",
+            timeout_s=30,
+        )
+        assert later > first > 0
+        assert gw.metric("flywheel_archive_lag_seconds", stream="feedback") > hot_s / 2
+        ready = httpx.get(gw.url + "/readyz")
+        assert ready.status_code == 200, ready.text
+        check = ready.json()["checks"]["archive"]
+        assert check.startswith("behind:") and "hot_s" in check, check
+        fired = prom.wait_for(firing, "stream", {"interactions", "feedback"}, timeout=30)
+        assert {"interactions", "feedback"} <= set(fired), fired
+        alert = prom.query(firing)[0]["metric"]
+        assert alert["severity"] == "critical"
+        done = subprocess.run(
+            [sys.executable, "-m", "retrain", "archive", "--config", str(gw.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert gw.metric("flywheel_archive_lag_seconds", stream="interactions") == 0
+        assert httpx.get(gw.url + "/readyz").json()["checks"]["archive"] == "ok"
+        eventually(lambda: not prom.query(firing), "the alert resolving", timeout_s=30)
+    finally:
+        prom.stop()
+        gw.stop()
+        redis.stop()

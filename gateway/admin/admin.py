@@ -180,7 +180,8 @@ def add_admin_routes(app: FastAPI) -> None:
         url = default_url(settings.data_dir, settings.archive.url)
         arms = [a["model"] for a in state["spec"]["arms"]]
         with store.translated("The archive"):
-            return _json(await archive_query.windowed(url, name, arms, since, until))
+            options = settings.archive.storage_options
+            return _json(await archive_query.windowed(url, name, arms, since, until, options))
 
     @app.get("/admin/experiments/{name:experiment}")
     async def get_experiment(request: Request, name: str) -> Response:

@@ -190,7 +190,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         settings = gateway_state(request).settings
         url = default_url(settings.data_dir, settings.archive.url)
         try:
-            return archive_query.reader(url)
+            return archive_query.reader(url, settings.archive.storage_options)
         except (OSError, ValueError) as exc:
             log.warning("console: the archive at %s cannot be opened: %s", url, exc)
             return None
@@ -279,7 +279,9 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             url = default_url(settings.data_dir, settings.archive.url)
             arms = [a["model"] for a in state["spec"]["arms"]]
             with store.translated("The archive"):
-                window = await archive_query.windowed(url, name, arms, since, until or None)
+                window = await archive_query.windowed(
+                    url, name, arms, since, until or None, settings.archive.storage_options
+                )
         return render(
             request,
             user,

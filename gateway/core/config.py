@@ -313,6 +313,13 @@ class ArchiveConfig(_Strict):
         description="where the Parquet files go: a directory or any fsspec URL (s3://, "
         "gs://…); unset: data_dir/archive",
     )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options for the URL's fsspec filesystem, e.g. for s3:// (s3fs) "
+        "endpoint_url (MinIO, Ceph, R2…), key and secret, or client_kwargs: "
+        "{region_name: …}; empty: the provider's own defaults (AWS_* variables, an "
+        "instance or pod role)",
+    )
     every_s: float = Field(
         10.0, gt=0, description="how often the gateway's archiver looks at the streams"
     )

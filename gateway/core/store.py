@@ -42,7 +42,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, SlotNotCoveredError
+from redis.exceptions import RedisError, ResponseError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
@@ -313,7 +313,7 @@ def mget_sync(client: redis.Redis, names: Sequence[str]) -> list[Any]:
     if not names:
         return []
     if isinstance(client, redis.cluster.RedisCluster):
-        return list(client.mget_nonatomic(list(names)))
+        return _mget_by_node(client, names)
     return list(cast(Any, client.mget(list(names))))
 
 
@@ -323,6 +323,53 @@ def keyspace(settings: Settings) -> keys.Keyspace:
     a cluster's only with ``redis_cluster`` and a ``redis_url`` (the embedded Redis is
     one server)."""
     return keys.for_redis(settings.redis_cluster and bool(settings.redis_url))
+
+
+def _mget_by_node(client: redis.cluster.RedisCluster, names: Sequence[str]) -> list[Any]:
+    """Many keys of a cluster: one batch of GETs per master, packed and read on one of
+    its connections. An MGET must stay within one slot, so the cluster client's
+    ``mget_nonatomic`` sends one per slot — nearly one per key — each through its cluster
+    pipeline's bookkeeping (``python -m bench.archiver --redis cluster``: most of the
+    archiver's extra CPU on a cluster). A key that moved meanwhile (MOVED, ASK:
+    resharding) or a node that failed mid-batch is read again through the cluster client,
+    which follows it."""
+    nodes = client.nodes_manager
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    for i, name in enumerate(names):
+        node = nodes.get_node_from_slot(client.keyslot(name))  # type: ignore[no-untyped-call]
+        by_node.setdefault(node.name, (node, []))[1].append(i)
+    out: list[Any] = [None] * len(names)
+    again: list[int] = []
+    for node, indices in by_node.values():
+        if node.redis_connection is None:
+            again += indices
+            continue
+        pool = node.redis_connection.connection_pool
+        conn = pool.get_connection()
+        done = 0
+        try:
+            conn.send_packed_command([b"".join(_packed_get(names[i]) for i in indices)])
+            for i in indices:
+                try:
+                    out[i] = conn.read_response()
+                except ResponseError:  # MOVED or ASK: the key's slot is elsewhere now
+                    again.append(i)
+                done += 1
+        except (RedisConnectionError, RedisTimeoutError):
+            conn.disconnect()  # replies may be left unread: never reuse it as it is
+            again += indices[done:]
+        finally:
+            pool.release(conn)
+    if again:
+        values = client.mget_nonatomic([names[i] for i in again])
+        for i, value in zip(again, values, strict=True):
+            out[i] = value
+    return out
+
+
+def _packed_get(name: str) -> bytes:
+    key = name.encode()
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
 
 
 async def open_store(settings: Settings) -> tuple[aioredis.Redis, Embedded | None]:

@@ -52,7 +52,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
@@ -76,6 +76,9 @@ from gateway.core.records import (
     unpack,
     unpack_values,
 )
+
+if TYPE_CHECKING:
+    from gateway.core.config import ArchiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,12 @@ def default_url(data_dir: Path, url: str | None) -> str:
     return url or str(Path(data_dir) / "archive")
 
 
+def open_archive(data_dir: Path, cfg: ArchiveConfig) -> Archive:
+    """The configured archive: ``archive.url`` (default ``data_dir/archive``) opened with
+    ``archive.storage_options``."""
+    return Archive(default_url(data_dir, cfg.url), cfg.storage_options)
+
+
 @dataclass
 class PassResult:
     written: dict[str, int] = field(default_factory=lambda: {INTERACTIONS: 0, FEEDBACK: 0})
@@ -145,11 +154,12 @@ def arrow_schema(kind: str) -> Any:
 class Archive:
     """The archive's files and manifest at one fsspec URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         import fsspec
 
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.fs.makedirs(self.root, exist_ok=True)
 

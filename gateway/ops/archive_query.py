@@ -539,7 +539,12 @@ def window_report(
 
 
 async def windowed(
-    url: str, experiment: str, arms: list[str], since: str | None, until: str | None
+    url: str,
+    experiment: str,
+    arms: list[str],
+    since: str | None,
+    until: str | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`window_report` for the gateway (admin API, console, ``gateway report``):
     in a thread, a bad window as the gateway's 400."""
@@ -550,7 +555,9 @@ async def windowed(
     if not since:
         raise InvalidRequest("A report window needs 'since' (YYYY-MM-DD).", param="since")
     try:
-        return await asyncio.to_thread(window_report, reader(url), experiment, arms, since, until)
+        return await asyncio.to_thread(
+            window_report, reader(url, storage_options), experiment, arms, since, until
+        )
     except BadWindow as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None
 
@@ -559,12 +566,12 @@ _READERS: dict[str, ArchiveReader] = {}
 _READERS_LOCK = threading.Lock()
 
 
-def reader(url: str) -> ArchiveReader:
+def reader(url: str, storage_options: dict[str, Any] | None = None) -> ArchiveReader:
     """One reader per archive URL in this process (its manifest cached)."""
     with _READERS_LOCK:
         r = _READERS.get(url)
         if r is None:
-            r = _READERS[url] = ArchiveReader(Archive(url))
+            r = _READERS[url] = ArchiveReader(Archive(url, storage_options))
         return r
 
 

@@ -54,7 +54,14 @@ from gateway.core.auth import Principal
 from gateway.core.config import valid_name
 from gateway.core.errors import Conflict, InvalidRequest, PermissionDenied, StoreUnavailable
 from gateway.core.records import refs, unpack
-from gateway.ops.archive import FEEDBACK, INTERACTIONS, Archive, Archiver, crash_point, default_url
+from gateway.ops.archive import (
+    FEEDBACK,
+    INTERACTIONS,
+    Archive,
+    Archiver,
+    crash_point,
+    open_archive,
+)
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -621,7 +628,7 @@ async def forget_user(st: GatewayState, user: str, tenant: str | None, by: Princ
     def work() -> dict[str, Any]:
         client = store.connect_sync(st.redis_url, cluster=st.ks.cluster)
         try:
-            archive = Archive(default_url(settings.data_dir, settings.archive.url))
+            archive = open_archive(settings.data_dir, settings.archive)
             forgetter = Forgetter(
                 client,
                 st.ks,

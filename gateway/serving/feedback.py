@@ -194,6 +194,7 @@ class FeedbackService:
         fresh_s: float,
         hot_s: float | None = None,
         archive_url: str | None = None,
+        archive_options: dict[str, Any] | None = None,
     ) -> None:
         self.redis = redis
         self.ks = ks
@@ -205,6 +206,7 @@ class FeedbackService:
         self.fresh_s = fresh_s  # an id this young may still be on its way to Redis
         self.hot_s = hot_s if hot_s is not None else max_age_s
         self.archive_url = archive_url
+        self.archive_options = archive_options
         self._archive: Any = None
         self._store = redis.register_script(_STORE)
 
@@ -214,7 +216,7 @@ class FeedbackService:
 
         if self._archive is None:
             assert self.archive_url is not None
-            self._archive = Archive(self.archive_url)
+            self._archive = Archive(self.archive_url, self.archive_options)
         days = {time.strftime("%Y-%m-%d", time.gmtime(issued + d)) for d in (0, 86400)}
         return find_interactions(self._archive, [response_id], days).get(response_id)
 

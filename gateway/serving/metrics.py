@@ -18,6 +18,10 @@ Three kinds of value:
 * **Retrain** (a batch job, not a server): what ``retrain run`` records in Redis
   (``fw:retrain:runs``, the job registry and the run locks), read at scrape time by
   :func:`read_retrain`, so no Pushgateway is needed.
+* **The archive's lag**: the age of the oldest entry of each stream that the archiver's
+  consumer group has not acknowledged, read from Redis at scrape time
+  (:func:`read_archive_lag`): it rises when no archiver runs at all, whichever process
+  was meant to run it, and every worker answers the same.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +48,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.core import keys
 from gateway.core.records import JobStatus, RunOutcome
@@ -77,6 +82,8 @@ class ScrapeState:
     controls: dict[str, str] = field(default_factory=dict)  # experiment → its control arm
     replicas: dict[tuple[str, str], int] = field(default_factory=dict)  # (upstream, state) → n
     retrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # exp → run summary
+    archive_lag: dict[str, float] = field(default_factory=dict)  # stream → seconds behind
+    hot_s: float | None = None  # interaction_log.hot_s: records leave Redis this old
 
 
 class _ScrapeCollector:
@@ -116,6 +123,22 @@ class _ScrapeCollector:
             replicas.add_metric([upstream, state], n)
         yield replicas
         yield from _retrain_families(s.retrain)
+        lag = GaugeMetricFamily(
+            "flywheel_archive_lag_seconds",
+            "Age of the oldest entry of each stream (interactions, feedback) not yet "
+            "archived (acknowledged by the archiver's consumer group); 0 when none waits",
+            labels=["stream"],
+        )
+        for stream, seconds in sorted(s.archive_lag.items()):
+            lag.add_metric([stream], seconds)
+        yield lag
+        hot = GaugeMetricFamily(
+            "flywheel_archive_hot_window_seconds",
+            "interaction_log.hot_s: an interaction leaves Redis this old, archived or not",
+        )
+        if s.hot_s is not None:
+            hot.add_metric([], s.hot_s)
+        yield hot
 
 
 def _retrain_families(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -193,6 +216,54 @@ async def _read_retrain(redis: aioredis.Redis, ks: keys.Keyspace) -> dict[str, d
         job = keys.decode(replies[2 * i + 1])
         runs[name]["job_status"] = job.get("status") if job else None
     return runs
+
+
+ARCHIVED_STREAMS = ("interactions", "feedback")  # the archive's kinds, as its files name them
+
+
+async def read_archive_lag(
+    redis: aioredis.Redis, ks: keys.Keyspace, timeout_s: float = 2.0
+) -> dict[str, float]:
+    """Seconds behind of the archive, per stream (``interactions``, ``feedback``): the age
+    of the oldest entry the ``archive`` consumer group has not acknowledged (pending or
+    not yet delivered), 0 when none waits; empty when Redis does not answer. Three
+    commands per stream at most (XINFO GROUPS, XPENDING or XRANGE … COUNT 1)."""
+    try:
+        return await asyncio.wait_for(_read_archive_lag(redis, ks, time.time()), timeout_s)
+    except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        log.debug("archive lag unavailable: %s", exc)
+        return {}
+
+
+async def _read_archive_lag(
+    redis: aioredis.Redis, ks: keys.Keyspace, now: float
+) -> dict[str, float]:
+    streams = (ks.interaction_stream, ks.feedback_stream)
+    out = {}
+    for kind, stream in zip(ARCHIVED_STREAMS, streams, strict=True):
+        oldest_ms = await _oldest_unarchived_ms(redis, stream)
+        out[kind] = 0.0 if oldest_ms is None else max(0.0, now - oldest_ms / 1000)
+    return out
+
+
+async def _oldest_unarchived_ms(redis: aioredis.Redis, stream: str) -> int | None:
+    try:
+        groups: Any = await redis.xinfo_groups(stream)
+    except ResponseError:  # no stream yet: nothing waits
+        return None
+    group = next((g for g in groups if keys.text(g["name"]) == keys.ARCHIVE_GROUP), None)
+    first: Any
+    if group is None:  # no archiver has run yet: every entry waits
+        first = await redis.xrange(stream, count=1)
+    elif group.get("pending"):  # read, not yet acknowledged: the oldest of them
+        summary: Any = await redis.xpending(stream, keys.ARCHIVE_GROUP)
+        if summary.get("min") is not None:
+            return keys.stream_id_order(keys.text(summary["min"]))[0]
+        first = []
+    else:  # the first entry after what the group was last given
+        after = keys.stream_id_after(keys.text(group["last-delivered-id"]))
+        first = await redis.xrange(stream, min=after, count=1)
+    return keys.stream_id_order(keys.text(first[0][0]))[0] if first else None
 
 
 class Metrics:

@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from gateway.core import store
 from gateway.serving.bodies import read_body
-from gateway.serving.metrics import ScrapeState, read_retrain
+from gateway.serving.metrics import ScrapeState, read_archive_lag, read_retrain
 from gateway.state import state
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -121,11 +121,16 @@ def add_public_routes(app: FastAPI) -> None:
             body = {"status": "draining", "checks": {"shutdown": "SIGTERM received"}}
             return Response(orjson.dumps(body), status_code=503, media_type="application/json")
         ups = st.upstream.pools
-        results = await asyncio.gather(
-            store.ping(st.redis), *(st.upstream.probe(pool) for pool in ups.values())
+        lag, results = await asyncio.gather(
+            read_archive_lag(st.redis, st.ks, timeout_s=1.0),
+            asyncio.gather(
+                store.ping(st.redis), *(st.upstream.probe(pool) for pool in ups.values())
+            ),
         )
         checks = {"redis": results[0] or "ok"}
         checks.update({f"upstream:{n}": r or "ok" for n, r in zip(ups, results[1:], strict=True)})
+        if lag:  # said, never a reason to take the replica out of rotation
+            checks["archive"] = archive_check(lag, st.settings.interaction_log.hot_s)
         ready = results[0] is None and any(r is None for r in results[1:])
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         return Response(
@@ -135,7 +140,12 @@ def add_public_routes(app: FastAPI) -> None:
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:
         st = state(request)
-        scrape = ScrapeState(retrain=await read_retrain(st.redis, st.ks))
+        retrain, lag = await asyncio.gather(
+            read_retrain(st.redis, st.ks), read_archive_lag(st.redis, st.ks)
+        )
+        scrape = ScrapeState(
+            retrain=retrain, archive_lag=lag, hot_s=st.settings.interaction_log.hot_s
+        )
         for name, exp in st.control.router.experiments.items():
             total = sum(a.weight for a in exp.arms) or 1.0
             scrape.controls[name] = exp.control_arm
@@ -147,3 +157,17 @@ def add_public_routes(app: FastAPI) -> None:
         return Response(
             st.metrics.render(scrape), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
+
+
+def archive_check(lag: dict[str, float], hot_s: float) -> str:
+    """``/readyz``'s word on the archive: ok, or how far behind it is once the oldest
+    unarchived entry passed half the hot window (an interaction leaves Redis at
+    ``hot_s``, archived or not; the alert FlywheelArchiveLagging fires at the same point)."""
+    behind = {kind: s for kind, s in lag.items() if s > hot_s / 2}
+    if not behind:
+        return "ok"
+    worst = max(behind, key=lambda k: behind[k])
+    return (
+        f"behind: the oldest unarchived {worst} entry is {behind[worst]:.0f} s old, over "
+        f"half of interaction_log.hot_s ({hot_s:g} s); is an archiver running?"
+    )
