@@ -30,6 +30,13 @@ key                         type    content
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
                                     read by consumer groups, trimmed by retention but
                                     never past what a group has not acknowledged
+``fw:fb:retrieval``         stream  one entry per retrieval feedback event (which
+                                    passages helped a query and which did not), field
+                                    ``data`` (JSON: ``response_id``, ``rater``,
+                                    ``tenant``, ``model``, ``query``, ``relevant``,
+                                    ``irrelevant``); read by ``retrain embed``, trimmed
+                                    to the feedback retention; the latest event per
+                                    (response, rater) is the one that counts
 ``fw:agg:{exp}:{arm}``      hash    ``count``, ``score_sum``, ``score_sq``, ``thumbs``,
                                     ``failures``, ``corrections`` of the current
                                     ratings of one arm (direct model requests use the
@@ -122,10 +129,12 @@ def configure(cluster: bool) -> None:
     global PREFIX, CLUSTER, INTERACTION_STREAM, FEEDBACK_STREAM, AGGREGATE_INDEX
     global CONTROL_VERSION, EXPERIMENTS, MODELS, MODELS_HISTORY, API_KEYS, TENANTS
     global AUTH_AUDIT, JOBS, RETRAIN_RUNS, ARCHIVE_LOCK, ARCHIVE_PAUSE, FORGET_PENDING
+    global RETRIEVAL_STREAM
     CLUSTER = cluster
     PREFIX = CLUSTER_PREFIX if cluster else PLAIN_PREFIX
     INTERACTION_STREAM = PREFIX + "ix:stream"
     FEEDBACK_STREAM = PREFIX + "fb:stream"
+    RETRIEVAL_STREAM = PREFIX + "fb:retrieval"
     AGGREGATE_INDEX = PREFIX + "agg:index"
     CONTROL_VERSION = PREFIX + "ctl:version"
     EXPERIMENTS = PREFIX + "ctl:experiments"
@@ -143,6 +152,7 @@ def configure(cluster: bool) -> None:
 
 INTERACTION_STREAM: str
 FEEDBACK_STREAM: str
+RETRIEVAL_STREAM: str
 AGGREGATE_INDEX: str
 CONTROL_VERSION: str
 EXPERIMENTS: str
