@@ -21,6 +21,7 @@
     retrain config show [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
     retrain tiny-adapter --model DIR --out DIR [--seed N]
+    retrain tiny-embedder --out DIR [--seed N] [--force]
 
 Exit codes of ``build`` and ``run`` (``retrain/exit_codes.py``): 0 done (a dataset
 written, a canary registered, or nothing new), 1 failed (a rerun retries: nothing was
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     tiny.add_argument("--force", action="store_true", help="rebuild even if already built")
 
+    tiny_embed = commands.add_parser(
+        "tiny-embedder",
+        help="build the tiny random-weight embedding model used by tests and demos (offline)",
+    )
+    tiny_embed.add_argument("--out", type=Path, required=True, metavar="DIR")
+    tiny_embed.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    tiny_embed.add_argument("--force", action="store_true", help="rebuild even if already built")
     adapter = commands.add_parser(
         "tiny-adapter",
         help="save an untrained LoRA adapter for a model (answers differently; for trying the "
@@ -285,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         from flywheel_stack.tiny_model import build_tiny_model
 
         print(build_tiny_model(args.out, seed=args.seed, force=args.force))
+        return 0
+    if args.command == "tiny-embedder":
+        from flywheel_stack.tiny_embedder import build_tiny_embedder
+
+        print(build_tiny_embedder(args.out, seed=args.seed, force=args.force))
         return 0
     if args.command == "tiny-adapter":
         from flywheel_stack import make_test_adapter

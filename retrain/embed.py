@@ -201,6 +201,7 @@ def train(
     seed: int,
 ) -> Any:
     """Fine-tune ``base`` on ``rows`` and save the candidate to ``out``; returns the model."""
+    import torch
     from datasets import Dataset as HFDataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -242,6 +243,7 @@ def train(
         logging_steps=10,
         disable_tqdm=True,
         batch_sampler="no_duplicates",
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
     trainer.train()

@@ -80,6 +80,7 @@ def api_schema(fuzz_gateway: GatewayProcess) -> Any:
 
 OPERATIONS = [
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
     ("POST", "/v1/feedback"),
     ("GET", "/v1/feedback/{response_id}"),
     ("GET", "/v1/models"),

@@ -78,7 +78,7 @@ def parse_embeddings_request(body: bytes) -> dict[str, Any]:
     elif isinstance(value, list):
         if not value:
             raise empty
-        if len(value) > MAX_INPUTS:
+        if len(value) > MAX_INPUTS and not _is_tokens(value):
             raise InvalidRequest(
                 f"'input' has {len(value)} items; the limit is {MAX_INPUTS}.", param="input"
             )
