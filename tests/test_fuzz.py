@@ -236,6 +236,7 @@ def test_every_operation_is_described(fuzz_gateway: GatewayProcess) -> None:
                 }, (method, path)
     assert bodies == {
         ("post", "/v1/chat/completions"),
+        ("post", "/v1/embeddings"),
         ("post", "/v1/feedback"),
         ("put", "/admin/experiments/{name}"),
         ("post", "/admin/experiments/{name}/arms"),
