@@ -590,7 +590,7 @@ def _embed(args: argparse.Namespace) -> int:
             "lineage": {"base": args.base, "path": str(args.out), "kind": "embedding"},
         }
         try:
-            report["registered"] = Gateway(settings).register(body)["name"]
+            report["registered"] = Gateway(settings).register(body)["id"]
         except GatewayUnavailable as exc:
             print(f"retrain embed: {exc}", file=sys.stderr)
             return ExitCode.ERROR

@@ -235,7 +235,7 @@ def train(
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # a share of the steps (sentence-transformers 6, transformers 5)
         seed=seed,
         data_seed=seed,
         save_strategy="no",

@@ -347,7 +347,6 @@ def test_bad_retrieval_feedback_gets_a_clear_error_and_stores_nothing(
 def test_feedback_triples_train_a_candidate_that_beats_the_base_and_vllm_serves_it(
     shop: openai.OpenAI,
     embed_gateway: GatewayProcess,
-    redis_server: RedisProcess,
     store: redis.Redis,
     tiny_embedder: Path,
     candidate_port: int,
