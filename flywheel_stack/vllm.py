@@ -64,11 +64,14 @@ def vllm_command(
     max_cpu_loras: int = 8,
     cpu: bool | None = None,
     extra_args: list[str] | None = None,
+    embed: bool = False,
 ) -> list[str]:
     """The argv that serves ``model`` as ``served_model_name`` with LoRA enabled.
 
     ``max_lora_rank`` must be one vLLM accepts (1, 8, 16, 32, 64, ...). ``max_loras``
     adapters can share a batch; ``max_cpu_loras`` are kept loaded (others reload on use).
+    With ``embed``, an embedding model instead (``/v1/embeddings``: the pooling runner,
+    pooling and normalisation read from the model's sentence-transformers files; no LoRA).
     """
     cpu = is_cpu_build() if cpu is None else cpu
     cmd = [
@@ -85,14 +88,19 @@ def vllm_command(
         str(port),
         "--max-model-len",
         str(max_model_len),
-        "--enable-lora",
-        "--max-lora-rank",
-        str(max_lora_rank),
-        "--max-loras",
-        str(max_loras),
-        "--max-cpu-loras",
-        str(max(max_cpu_loras, max_loras)),
     ]
+    if embed:
+        cmd += ["--runner", "pooling", "--convert", "embed"]
+    else:
+        cmd += [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(max_lora_rank),
+            "--max-loras",
+            str(max_loras),
+            "--max-cpu-loras",
+            str(max(max_cpu_loras, max_loras)),
+        ]
     if cpu:
         # On CPU the "GPU" memory share is the share of RAM to reserve: the default
         # 0.9 fails start-up's memory check. float32 is what CPU kernels handle best.
@@ -148,6 +156,7 @@ class VLLMServer:
         startup_timeout: float = 240.0,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        embed: bool = False,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
@@ -162,6 +171,7 @@ class VLLMServer:
             host=host,
             max_model_len=max_model_len,
             extra_args=extra_args,
+            embed=embed,
         )
         self.env = env if env is not None else vllm_env()
         self.process: subprocess.Popen[bytes] | None = None

@@ -22,6 +22,8 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.control.apikeys import KeySpec, TenantSpec
 from gateway.core.config import NAME_MAX, NAME_PATTERN, Arm, Experiment, ModelVersion, Settings
+from gateway.serving.embeddings import MAX_INPUTS
+from gateway.serving.feedback import MAX_PASSAGE_CHARS, MAX_PASSAGES
 from gateway.serving.validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 
 REF = "#/components/schemas/{model}"
@@ -257,14 +259,35 @@ CHAT_COMPLETION_EVENT = {
 def feedback_request_schema(settings: Settings) -> dict[str, Any]:
     fb = settings.feedback
     text = {"type": ["string", "null"]}
+    passages = {
+        "type": ["array", "null"],
+        "maxItems": MAX_PASSAGES,
+        "items": {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_PASSAGE_CHARS,
+                    "pattern": r"\S",
+                },
+                {"type": "integer", "minimum": 0},
+            ]
+        },
+    }
+    some = {"type": "array", "minItems": 1}
     return {
         "type": "object",
-        "required": ["response_id", "rating"],
+        "required": ["response_id"],
+        "anyOf": [
+            {"required": ["rating"]},
+            {"required": ["relevant"], "properties": {"relevant": some}},
+            {"required": ["irrelevant"], "properties": {"irrelevant": some}},
+        ],
         "properties": {
             "response_id": {
                 "type": "string",
                 "minLength": 1,
-                "description": "the `id` of a chat completion",
+                "description": "the `id` of a chat completion or of an embeddings response",
             },
             "rating": {
                 "anyOf": [
@@ -286,9 +309,88 @@ def feedback_request_schema(settings: Settings) -> dict[str, Any]:
                 "maxItems": fb.max_tags,
                 "items": {"type": "string", "minLength": 1, "maxLength": fb.max_tag_chars},
             },
+            "relevant": {
+                **passages,
+                "description": "retrieval: the passages that helped (texts, or indices into "
+                "the rated embeddings request's `input`)",
+            },
+            "irrelevant": {**passages, "description": "retrieval: the passages that did not"},
+            "query": {
+                **text,
+                "maxLength": MAX_PASSAGE_CHARS,
+                "pattern": r"\S",
+                "description": "retrieval: the query (default: the embeddings request's first "
+                "input, or the chat request's last user message)",
+            },
         },
         "additionalProperties": False,
     }
+
+
+def embeddings_request_schema() -> dict[str, Any]:
+    tokens = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    return {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "an embedding model (never an experiment)",
+            },
+            "input": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_INPUTS,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                    tokens,
+                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": tokens},
+                ],
+                "description": "text(s) to embed (sent in NFC), or token ids",
+            },
+            "encoding_format": {"enum": ["float", "base64", None]},
+            "dimensions": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "description": "where the model supports it",
+            },
+            "user": {"type": ["string", "null"]},
+        },
+        "additionalProperties": False,
+    }
+
+
+EMBEDDINGS = {
+    "type": "object",
+    "required": ["id", "object", "model", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "the gateway's id: rate it with /v1/feedback"},
+        "object": {"const": "list"},
+        "model": {"type": "string"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "object", "embedding"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "object": {"const": "embedding"},
+                    "embedding": {
+                        "anyOf": [
+                            {"type": "array", "items": {"type": "number"}},
+                            {"type": "string", "description": "base64 of little-endian float32"},
+                        ]
+                    },
+                },
+            },
+        },
+        "usage": {"type": "object"},
+    },
+}
 
 
 RATING = {
@@ -312,8 +414,15 @@ FEEDBACK_CREATED = {
         "object": {"const": "feedback"},
         "response_id": {"type": "string"},
         "rater": {"type": "string"},
-        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "score": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 1,
+            "description": "null: no rating given (retrieval feedback alone)",
+        },
         "replaced": {"type": "boolean", "description": "an earlier rating by this rater"},
+        "relevant": {"type": "integer", "description": "retrieval: passages that helped"},
+        "irrelevant": {"type": "integer", "description": "retrieval: passages that did not"},
     },
 }
 
@@ -524,8 +633,21 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 },
             },
         },
+        ("post", "/v1/embeddings"): {
+            "summary": "Embeddings (OpenAI-compatible) from an embedding model",
+            "requestBody": _body(_ref("EmbeddingsRequest")),
+            "responses": {
+                "200": _json(_ref("Embeddings")),
+                **_errors(400, *PUBLIC, 413, 415, 502, 503, 504),
+                "4XX": {
+                    "description": "The upstream's own 4xx, passed through with its message "
+                    "(`dimensions` the model does not support)",
+                    "content": {"application/json": {"schema": _ref("Error")}},
+                },
+            },
+        },
         ("post", "/v1/feedback"): {
-            "summary": "Rate a response",
+            "summary": "Rate a response, or say which retrieved passages helped",
             "requestBody": _body(_ref("FeedbackRequest")),
             "responses": {
                 "201": _json(_ref("FeedbackCreated"), "Stored (or replaced)"),
@@ -800,6 +922,8 @@ def schemas(settings: Settings) -> dict[str, Any]:
         "ChatCompletion": CHAT_COMPLETION,
         "ChatCompletionChunk": CHAT_COMPLETION_CHUNK,
         "ChatCompletionEvent": CHAT_COMPLETION_EVENT,
+        "EmbeddingsRequest": embeddings_request_schema(),
+        "Embeddings": EMBEDDINGS,
         "FeedbackRequest": feedback_request_schema(settings),
         "FeedbackCreated": FEEDBACK_CREATED,
         "Rating": RATING,

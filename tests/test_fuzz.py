@@ -80,6 +80,7 @@ def api_schema(fuzz_gateway: GatewayProcess) -> Any:
 
 OPERATIONS = [
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
     ("POST", "/v1/feedback"),
     ("GET", "/v1/feedback/{response_id}"),
     ("GET", "/v1/models"),
@@ -235,6 +236,7 @@ def test_every_operation_is_described(fuzz_gateway: GatewayProcess) -> None:
                 }, (method, path)
     assert bodies == {
         ("post", "/v1/chat/completions"),
+        ("post", "/v1/embeddings"),
         ("post", "/v1/feedback"),
         ("put", "/admin/experiments/{name}"),
         ("post", "/admin/experiments/{name}/arms"),

@@ -33,6 +33,13 @@ key                         type    content
 ``fw:fb:stream:rewrite``    stream  transient: the feedback stream rebuilt without a
                                     forgotten user's entries (same ids, groups, pending
                                     entries), renamed over it in the same script
+``fw:fb:retrieval``         stream  one entry per retrieval feedback event (which
+                                    passages helped a query and which did not), field
+                                    ``data`` (JSON: ``response_id``, ``rater``,
+                                    ``tenant``, ``model``, ``query``, ``relevant``,
+                                    ``irrelevant``); read by ``retrain embed``, trimmed
+                                    to the feedback retention; the latest event per
+                                    (response, rater) is the one that counts
 ``fw:agg:{exp}:{arm}``      hash    ``count``, ``score_sum``, ``score_sq``, ``thumbs``,
                                     ``failures``, ``corrections`` of the current
                                     ratings of one arm (direct model requests use the
@@ -142,6 +149,7 @@ class Keyspace:
     prefix: str
     interaction_stream: str
     feedback_stream: str
+    retrieval_stream: str
     aggregate_index: str
     control_version: str
     experiments: str
@@ -164,6 +172,7 @@ class Keyspace:
             prefix=p,
             interaction_stream=p + "ix:stream",
             feedback_stream=p + "fb:stream",
+            retrieval_stream=p + "fb:retrieval",
             aggregate_index=p + "agg:index",
             control_version=p + "ctl:version",
             experiments=p + "ctl:experiments",

@@ -41,13 +41,34 @@ from gateway.core.auth import Principal
 from gateway.core.config import FeedbackConfig
 from gateway.core.errors import InvalidRequest, NotFound, StoreUnavailable
 from gateway.core.ids import IdIssuer
-from gateway.core.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, decode_feedback
+from gateway.core.records import (
+    SCHEMA_VERSION,
+    FeedbackEvent,
+    InteractionRecord,
+    decode_feedback,
+    last_user_text,
+)
+from gateway.core.text import nfc
 from gateway.serving.bodies import json_object
 from gateway.serving.interaction_log import InteractionLog, load
 from gateway.serving.metrics import Metrics
 
 THUMBS = {"down": 0.0, "up": 1.0}
-FIELDS = frozenset({"response_id", "rating", "comment", "correction", "user", "tags"})
+FIELDS = frozenset(
+    {
+        "response_id",
+        "rating",
+        "comment",
+        "correction",
+        "user",
+        "tags",
+        "relevant",
+        "irrelevant",
+        "query",
+    }
+)
+MAX_PASSAGES = 100  # of each kind in one retrieval feedback
+MAX_PASSAGE_CHARS = 8000
 
 # KEYS: feedback hash, aggregate hash, feedback stream, aggregate index, user scores hash
 # ARGV: rater, record JSON, score, failure (0/1), has correction (0/1),
@@ -153,9 +174,17 @@ def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
         raise InvalidRequest(
             "'response_id' is required: the id of the rated response.", param="response_id"
         )
-    if "rating" not in doc:
-        raise InvalidRequest("'rating' is required.", param="rating")
-    score = normalise(doc["rating"])
+    retrieval = {name: _passages(doc, name) for name in ("relevant", "irrelevant")}
+    if "rating" not in doc and not any(retrieval.values()):
+        raise InvalidRequest(
+            "'rating' is required (or 'relevant'/'irrelevant': the passages that helped "
+            "and those that did not).",
+            param="rating",
+        )
+    score = normalise(doc["rating"]) if "rating" in doc else None
+    query = _text(doc, "query", MAX_PASSAGE_CHARS)
+    if query is not None and not query.strip():
+        raise InvalidRequest("'query' must not be empty.", param="query")
     correction = _text(doc, "correction", cfg.max_correction_chars)
     if correction is not None and not correction.strip():
         raise InvalidRequest("'correction' must not be empty.", param="correction")
@@ -171,12 +200,104 @@ def parse_feedback(body: bytes, cfg: FeedbackConfig) -> dict[str, Any]:
         )
     return {
         "response_id": rid,
-        "rating": doc["rating"],
+        "rating": doc.get("rating"),
         "score": score,
+        "relevant": retrieval["relevant"],
+        "irrelevant": retrieval["irrelevant"],
+        "query": query,
         "comment": _text(doc, "comment", cfg.max_comment_chars),
         "correction": correction,
         "user": _text(doc, "user", 256),
         "tags": tags,
+    }
+
+
+def _passages(doc: dict[str, Any], name: str) -> list[str | int]:
+    """``relevant``/``irrelevant``: passage texts, or indices into the rated embeddings
+    request's ``input``."""
+    value = doc.get(name)
+    if value is None:
+        return []
+    bad = InvalidRequest(
+        f"'{name}' must be an array of passages: texts, or indices into the embeddings "
+        "request's 'input'.",
+        param=name,
+    )
+    if not isinstance(value, list):
+        raise bad
+    if len(value) > MAX_PASSAGES:
+        raise InvalidRequest(
+            f"'{name}' has {len(value)} passages; the limit is {MAX_PASSAGES}.", param=name
+        )
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise bad
+        if isinstance(item, int) and item < 0:
+            raise InvalidRequest(f"'{name}' holds a negative index ({item}).", param=name)
+        if isinstance(item, str) and not item.strip():
+            raise InvalidRequest(f"'{name}' holds an empty passage.", param=name)
+        if isinstance(item, str) and len(item) > MAX_PASSAGE_CHARS:
+            raise InvalidRequest(
+                f"'{name}' holds a passage of {len(item)} characters; the limit is "
+                f"{MAX_PASSAGE_CHARS}.",
+                param=name,
+            )
+    return list(value)
+
+
+def retrieval_event(
+    fb: dict[str, Any], record: InteractionRecord, rater: str, tenant: str | None
+) -> dict[str, Any]:
+    """A retrieval feedback as stored: the query and the passages as NFC texts.
+
+    The query is the feedback's ``query``, else the rated request's: an embeddings
+    request's first input, a chat request's last user message. Indices name inputs of
+    the rated embeddings request.
+    """
+    embeddings = (record.get("params") or {}).get("endpoint") == "embeddings"
+    inputs = [m.get("content") for m in record.get("messages") or []]
+
+    def text_of(item: str | int, name: str) -> str:
+        if isinstance(item, str):
+            return nfc(item)
+        if not embeddings:
+            raise InvalidRequest(
+                f"'{name}' holds an index ({item}), but the rated response is a chat "
+                "answer: give the passages' texts.",
+                param=name,
+            )
+        text = inputs[item] if item < len(inputs) else None
+        if not isinstance(text, str):
+            raise InvalidRequest(
+                f"'{name}' holds the index {item}, but the embeddings request had "
+                f"{len(inputs)} text input(s).",
+                param=name,
+            )
+        return nfc(text)
+
+    relevant = [text_of(p, "relevant") for p in fb["relevant"]]
+    irrelevant = [text_of(p, "irrelevant") for p in fb["irrelevant"]]
+    query = fb["query"]
+    if query is None:
+        if embeddings:
+            query = inputs[0] if inputs and isinstance(inputs[0], str) else None
+        else:
+            query = last_user_text(record.get("messages") or [])
+    if not query:
+        raise InvalidRequest(
+            "The rated request has no text query: give it as 'query'.", param="query"
+        )
+    return {
+        "v": SCHEMA_VERSION,
+        "response_id": record["id"],
+        "rater": rater,
+        "tenant": tenant,
+        "model": record["arm"],
+        "experiment": record.get("experiment"),
+        "query": nfc(query),
+        "relevant": relevant,
+        "irrelevant": irrelevant,
+        "created": int(time.time()),
     }
 
 
@@ -262,6 +383,25 @@ class FeedbackService:
         rid = fb["response_id"]
         record = await self.interaction(rid, principal)
         rater = fb["user"] or record.get("user") or f"key:{principal.name}"
+        result: dict[str, Any] = {
+            "id": feedback_id(rid, rater),
+            "object": "feedback",
+            "response_id": rid,
+            "rater": rater,
+            "score": fb["score"],
+            "replaced": False,
+        }
+        if fb["relevant"] or fb["irrelevant"]:
+            event = retrieval_event(fb, record, rater, principal.tenant)
+            result["relevant"], result["irrelevant"] = (
+                len(event["relevant"]),
+                len(event["irrelevant"]),
+            )
+            with store.translated("The feedback store"):
+                await self.redis.xadd(self.ks.retrieval_stream, {"data": orjson.dumps(event)})
+            self.metrics.feedback.labels("", record["arm"], "retrieval").inc()
+        if fb["score"] is None:
+            return result
         experiment, arm = record.get("experiment"), record["arm"]
         # the decider's sample: randomised traffic of an experiment, by the assigned arm
         # and the version it was served under (intention to treat: a fallback answer
@@ -316,14 +456,8 @@ class FeedbackService:
         exp_label = experiment or ""
         self.metrics.feedback.labels(exp_label, arm, str(fb["rating"])).inc()
         self.metrics.feedback_score.labels(exp_label, arm).observe(fb["score"])
-        return {
-            "id": stored["id"],
-            "object": "feedback",
-            "response_id": rid,
-            "rater": rater,
-            "score": fb["score"],
-            "replaced": bool(replaced),
-        }
+        result["replaced"] = bool(replaced)
+        return result
 
     async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
         if self.ids.issued_at(response_id) is None:
@@ -373,6 +507,8 @@ async def maintain(
             groups += extra_groups or []
             await ensure_groups(redis, ks, groups)
             await trim_feedback_stream(redis, ks, cfg.retention_days * 86400)
+            bound_ms = int((time.time() - cfg.retention_days * 86400) * 1000)
+            await redis.xtrim(ks.retrieval_stream, minid=f"{bound_ms}-0", approximate=False)
         except (RedisError, OSError) as exc:
             log.warning("feedback stream maintenance skipped: %s", exc)
         await asyncio.sleep(every_s)

@@ -7,7 +7,8 @@ alone (in-process tests) and describes it in the OpenAPI document.
 ::
 
     POST /v1/chat/completions      a chat completion (an experiment's arm or a model)
-    POST /v1/feedback              rate a response
+    POST /v1/embeddings            embeddings from an embedding model (never an experiment)
+    POST /v1/feedback              rate a response, or say which passages helped
     GET  /v1/feedback/{id}         the ratings of a response (its key's own)
     GET  /v1/models                what the key may call
     GET  /healthz                  the process serves
@@ -28,6 +29,7 @@ from starlette.responses import Response
 
 from gateway.core import store
 from gateway.serving.bodies import read_body
+from gateway.serving.embeddings import handle_embeddings
 from gateway.serving.metrics import ScrapeState, read_archive_lag, read_retrain
 from gateway.state import state
 
@@ -47,6 +49,10 @@ def add_public_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await state(request).chat.handle(request, request_id(request))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await handle_embeddings(state(request).chat, request, request_id(request))
 
     @app.post("/v1/feedback", status_code=201)
     async def post_feedback(request: Request) -> Response:

@@ -161,8 +161,11 @@ class UpstreamClient:
         else:
             call.replica.breaker.success()  # an answer, even a 4xx, means it is alive
 
-    async def post(self, target: Target, payload: bytes, stream: bool = False) -> Call:
-        """POST a chat completion to a replica; return the call (status 2xx) or raise.
+    async def post(
+        self, target: Target, payload: bytes, stream: bool = False, path: str = "/chat/completions"
+    ) -> Call:
+        """POST a chat completion (or, with ``path``, another request such as
+        ``/embeddings``) to a replica; return the call (status 2xx) or raise.
 
         A stream must send its headers and first data line within ``first_byte_timeout_s``
         (the rest of that budget is :meth:`lines`' to enforce).
@@ -182,7 +185,7 @@ class UpstreamClient:
             try:
                 async with first_byte:
                     resp = await self.session.post(
-                        replica.url + "/chat/completions",
+                        replica.url + path,
                         data=payload,
                         headers=headers,
                         timeout=timeout,
