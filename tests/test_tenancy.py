@@ -86,6 +86,11 @@ MATRIX: dict[tuple[str, str], Row] = {
         "/v1/feedback", (404, 404, 404, 404), json={"response_id": "{rid}", "rating": "up"}
     ),
     ("GET", "/v1/feedback/{response_id}"): Row("/v1/feedback/{rid}", (404, 404, 404, 404)),
+    ("POST", "/v1/embeddings"): Row(
+        "/v1/embeddings",
+        (400, 400, 400, 404),  # another tenant's model is unknown; fixed-* embed nothing
+        json={"model": "{model}", "input": "hi"},
+    ),
     ("GET", "/v1/models"): Row("/v1/models", (200, 200, 200, 200)),
     ("GET", "/healthz"): Row("/healthz", (200, 200, 200, 200)),
     ("GET", "/readyz"): Row("/readyz", (200, 200, 200, 200)),
