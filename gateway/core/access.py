@@ -30,6 +30,7 @@ The rule:
   budget) is changed by an admin of every tenant only.
 * **create** — an admin creates for its tenant (an admin of every tenant, for any tenant
   or shared).
+* **forget** a user — an admin, of its tenant's users (:func:`users_scope`).
 
 What a principal may not see is answered exactly like what does not exist (404, the same
 message): :func:`check` raises :class:`NotFound` for it, and :class:`PermissionDenied`
@@ -190,6 +191,22 @@ def referable(owner: str | None, model_tenant: str | None) -> bool:
     ``model_tenant``: a shared model, or one of the same tenant. A shared experiment names
     shared models only (every tenant calls it)."""
     return model_tenant is None or model_tenant == owner
+
+
+def users_scope(p: Principal, tenant: str | None) -> str | None:
+    """Whose users ``p`` may forget (``DELETE /admin/users/{user}``, ``retrain forget``):
+    an admin of one tenant that tenant's only (naming another is refused, 403 on
+    ``tenant``: the parameter, not a resource, is wrong); an admin of every tenant those
+    of ``tenant``, or of every tenant when none is given (None)."""
+    if p.role != "admin":
+        raise PermissionDenied("Only an admin key forgets users.")
+    if p.all_tenants:
+        return tenant
+    if tenant is not None and tenant != p.tenant:
+        raise PermissionDenied(
+            f"A key of tenant '{p.tenant}' forgets users of that tenant only.", param="tenant"
+        )
+    return p.tenant
 
 
 def name_taken(name: str) -> Conflict:

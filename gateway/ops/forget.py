@@ -49,10 +49,10 @@ import orjson
 import redis
 from redis.exceptions import RedisError
 
-from gateway.core import keys, store
+from gateway.core import access, keys, store
 from gateway.core.auth import Principal
 from gateway.core.config import valid_name
-from gateway.core.errors import Conflict, InvalidRequest, PermissionDenied, StoreUnavailable
+from gateway.core.errors import Conflict, InvalidRequest, StoreUnavailable
 from gateway.core.records import refs, unpack
 from gateway.ops.archive import (
     FEEDBACK,
@@ -605,17 +605,11 @@ class _Found:
 
 
 def scope(by: Principal, tenant: str | None) -> str | None:
-    """Whose user to forget: a tenant's admin forgets users of its tenant only; an admin
-    of every tenant those of ``tenant``, or of every tenant when none is given."""
+    """Whose user to forget (the access rule's :func:`gateway.core.access.users_scope`),
+    after the tenant's name is checked."""
     if tenant is not None and not valid_name(tenant):
         raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
-    if by.all_tenants:
-        return tenant
-    if tenant is not None and tenant != by.tenant:
-        raise PermissionDenied(
-            f"A key of tenant '{by.tenant}' forgets users of that tenant only.", param="tenant"
-        )
-    return by.tenant
+    return access.users_scope(by, tenant)
 
 
 async def forget_user(st: GatewayState, user: str, tenant: str | None, by: Principal) -> Any:
