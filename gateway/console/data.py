@@ -353,6 +353,8 @@ async def versions(
     points = []
     for entry in history[-30:]:
         v = int(entry["version"])
+        if points and points[-1]["version"] == v:
+            continue  # a resume: audited, but the same version (and data) as before
         exp = Experiment.model_validate(entry["after"])
         raw = await report.collect(redis, name, exp, v)
         total = sum(a.weight for a in exp.arms)
