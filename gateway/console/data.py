@@ -350,7 +350,7 @@ async def versions(
 ) -> list[dict[str, Any]]:
     """The report's per-arm summary under each version still counted: the plots' points."""
     models = control.router.models
-    points = []
+    points: list[dict[str, Any]] = []
     for entry in history[-30:]:
         v = int(entry["version"])
         if points and points[-1]["version"] == v:
