@@ -7,6 +7,7 @@
     gateway config show [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
     gateway report NAME [--config FILE] [--json] [--since YYYY-MM-DD [--until YYYY-MM-DD]]
+    gateway experiments resume NAME [--config FILE] [--key KEY] [--json]
     gateway keys create|list|revoke|rotate|audit ...   (see gateway.admin.keys_cli)
     gateway migrate-keys --from URL [--config FILE] [--replace]   (see gateway.ops.migrate)
 """
@@ -182,6 +183,45 @@ async def experiment_report(
             return await archive_query.windowed(
                 url, name, arms, since, until, settings.archive.storage_options
             )
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def resume_experiment(settings: Settings, name: str, key: str | None) -> dict[str, Any]:
+    """Let the decider act again on ``name`` (``POST /admin/experiments/{name}/resume``),
+    in the Redis the config names. With ``key``, as that key's holder, who must be an
+    admin of the experiment's tenant (the admin API's rule); without, as ``cli:$USER``,
+    an operator with the config (and so the Redis) in hand."""
+    import getpass
+
+    from gateway.control.experiments import Experiments
+    from gateway.control.live import LiveState
+    from gateway.core import access, store
+    from gateway.core.auth import KeyRing, digest
+    from gateway.core.errors import PermissionDenied
+
+    redis, embedded = await store.open_store(settings)
+    try:
+        ks = store.keyspace(settings)
+        live = LiveState(redis, ks, settings)
+        with store.translated():
+            await live.load()
+        who = f"cli:{getpass.getuser()}"
+        if key is not None:
+            reviewers = {digest(k.key.get_secret_value()) for k in settings.auth.reviewer_keys}
+            if digest(key.strip()) in reviewers:
+                raise PermissionDenied("Resuming needs an admin key; a reviewer key was given.")
+            ring = KeyRing(
+                settings.auth.api_keys, settings.auth.admin_keys, runtime=lambda: live.principals
+            )
+            by = ring.authenticate_admin(f"Bearer {key.strip()}")
+            exp = live.router.experiments.get(name)
+            owner = exp.tenant if exp is not None else access.NOBODY
+            access.check(by, "change", access.Resource("experiment", name, owner))
+            who = by.name
+        return await Experiments(redis, ks, settings, live).resume(name, who)
     finally:
         await redis.aclose()
         if embedded is not None:
@@ -386,6 +426,20 @@ def main(argv: list[str] | None = None) -> int:
         "--until", default=None, metavar="YYYY-MM-DD", help="... to this one (default: today)"
     )
 
+    p = sub.add_parser("experiments", help="act on an experiment's live state")
+    actions = p.add_subparsers(dest="action", required=True)
+    one = actions.add_parser(
+        "resume", help="let the decider act again after a person's change paused it"
+    )
+    one.add_argument("name", help="the experiment")
+    one.add_argument("--config", default=None, help=config_help)
+    one.add_argument(
+        "--key",
+        default=os.environ.get("FLYWHEEL_ADMIN_KEY"),
+        help="act as this admin key's holder (default: $FLYWHEEL_ADMIN_KEY, else cli:$USER)",
+    )
+    one.add_argument("--json", action="store_true", help="print the new state as JSON")
+
     keys_cli.add_parser(sub, config_help)
 
     p = sub.add_parser(
@@ -402,6 +456,20 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.ops.migrate import main as migrate_keys
 
         return migrate_keys(load_config_or_exit(args.config), args.source, args.replace)
+    if args.command == "experiments":
+        from gateway.core.errors import GatewayError
+
+        s = load_config_or_exit(args.config)
+        try:
+            doc = asyncio.run(resume_experiment(s, args.name, args.key))
+        except GatewayError as exc:
+            print(f"gateway experiments resume: {exc.message}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(f"{doc['name']}: automatic decisions resumed at version {doc['version']}")
+        return 0
     if args.command == "check-config":
         s = load_config_or_exit(args.config)
         print(

@@ -462,8 +462,9 @@ def _state() -> dict[str, Any]:
                 "keep it, so their evidence counts together; any other change starts a new one",
             },
             "pin": {
-                "description": "set by a change of anyone but the decider: it then acts only "
-                "on evidence collected since",
+                "description": "set when a person changes the traffic (ramp, promote, "
+                "rollback, weights): automatic decisions are paused until POST "
+                "/admin/experiments/{name}/resume clears it; adding an arm keeps it as it is",
                 "anyOf": [
                     {"type": "null"},
                     {
@@ -746,6 +747,14 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "summary": "Back to the state before the last change",
             "parameters": [exp_name],
             "responses": {"200": _json(_ref("ExperimentState")), **_errors(400, *ADMIN, 404, 409)},
+        },
+        ("post", "/admin/experiments/{name}/resume"): {
+            "summary": "Let the decider act again on an experiment a person's change paused",
+            "description": "Clears the pause (``pin``) with no new version, so the evidence "
+            "collected since the pause counts; audited in the history. 409 when it is not "
+            "paused or changed meanwhile.",
+            "parameters": [exp_name],
+            "responses": {"200": _json(_ref("ExperimentState")), **_errors(*ADMIN, 404, 409)},
         },
         ("get", "/admin/experiments/{name}/history"): {
             "summary": "The audit log of an experiment",

@@ -150,8 +150,13 @@ class Eval(_Strict):
     # level), and with per-example ROUGE-L gains spread ~0.3 thirty examples already
     # need a gain of ~0.1 to clear the interval: 30 is the least that gives a decision
     # worth trusting. A 10% test split means ~300 supervised examples.
+    # And never below 2: one example's bootstrap interval has zero width (every resample
+    # is that example), so it would "pass" on a single answer.
     min_examples: int = Field(
-        30, ge=1, description="fewer test examples: no decision, 'collect more' (exit 7)"
+        30,
+        ge=2,
+        description="fewer test examples: no decision, 'collect more' (exit 7); at least 2, "
+        "the fewest a confidence interval has a width with",
     )
     golden: Path | None = Field(
         None, description="JSONL golden set (OpenAI chat format, the last message the answer)"

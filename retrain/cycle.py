@@ -17,8 +17,13 @@ again unchanged; its examples stay in the next version, which new ratings make.
 
 Safe from cron: a Redis lock per experiment (a second run exits with code 5); a job
 left unfinished by a run that died is marked failed and its staged model unregistered
-by the next run, so a crash never leaves a half-registered model. Every step is
-recorded in the job (``retrain/jobs.py``).
+by the next run, so a crash never leaves a half-registered model. **A hosted job is
+recovered, not bought twice:** when the dead run's OpenAI fine-tuning job has
+succeeded meanwhile, the next run adopts it — registers its ``ft:`` model, evaluates it
+on its own dataset version's held-out split and adds it as a canary, as the dead run
+would have — and trains nothing new; one still running is cancelled (no run waits for
+it), one that failed or was cancelled is recorded as such. Every step is recorded in
+the job (``retrain/jobs.py``).
 """
 
 from __future__ import annotations
@@ -97,11 +102,38 @@ def stop_remote(settings: RetrainSettings, remote_id: str) -> str:
     return f"its OpenAI job {remote_id} was cancelled"
 
 
+def succeeded_remote(settings: RetrainSettings, remote_id: str) -> str | None:
+    """The ``ft:`` model of an OpenAI job that succeeded; None: it did not (yet), or
+    OpenAI could not be asked (then :func:`stop_remote` says so)."""
+    from .openai_ft import OpenAIProvider
+
+    try:
+        job = OpenAIProvider(settings.retrain.openai).status(remote_id)
+    except Exception:  # noqa: BLE001 - stop_remote asks again and reports it
+        return None
+    model = getattr(job, "fine_tuned_model", None)
+    return str(model) if job.status == "succeeded" and model else None
+
+
+ADOPTABLE = ("queued", "running", "staging", "evaluating")  # not one a person cancelled
+
+
 def recover(
-    store: JobStore, gateway: Gateway, experiment: str, settings: RetrainSettings | None = None
+    store: JobStore,
+    gateway: Gateway,
+    experiment: str,
+    settings: RetrainSettings | None = None,
+    *,
+    adopt: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """Fail the unfinished jobs of runs that died; unregister their staged models (and,
-    with ``settings``, remove their adapters)."""
+    with ``settings``, remove their adapters). Returns the ids of the jobs failed.
+
+    With ``adopt`` (a list, filled here), the first dead job whose OpenAI job succeeded
+    meanwhile is not failed but handed over: it now belongs to this process (``runner``)
+    with its ``result_model`` set, for the caller to register, evaluate and canary. Any
+    other such job is left as it is, for a later run to adopt.
+    """
     cleaned = []
     host = socket.gethostname()
     for job in store.list(200):
@@ -110,11 +142,34 @@ def recover(
         runner_host, _, pid = str(job.get("runner", "")).rpartition(":")
         if runner_host == host and pid.isdigit() and alive(int(pid)):
             continue  # still running (the lock would have stopped us anyway)
+        remote_id = job.get("provider_job") if job.get("provider") == "openai" else None
+        model = (
+            succeeded_remote(settings, str(remote_id))
+            if adopt is not None
+            and settings is not None
+            and remote_id
+            and job["status"] in ADOPTABLE
+            else None
+        )
+        if model is not None and adopt:
+            continue  # one adoption per run: the next run takes this one
         if job.get("model_name") and job["status"] in ("staging", "evaluating"):
             gateway.unregister(job["model_name"])  # staged, never a canary: take it back
+        if model is not None and adopt is not None:
+            adopt.append(
+                store.update(
+                    job["id"],
+                    status="running",
+                    runner=f"{host}:{os.getpid()}",
+                    result_model=model,
+                    model_name=None,
+                    adopted_from=job.get("runner"),
+                )
+            )
+            continue
         why = f"interrupted while {job['status']}: the run that owned it died"
-        if settings is not None and job.get("provider") == "openai" and job.get("provider_job"):
-            why += "; " + stop_remote(settings, str(job["provider_job"]))
+        if settings is not None and remote_id:
+            why += "; " + stop_remote(settings, str(remote_id))
         store.update(job["id"], status="failed", error=why)
         if settings is not None:
             drop_adapter(settings, job)
@@ -244,33 +299,47 @@ def _run(
 ) -> RunResult:
     cfg = settings.retrain
     store, gateway = JobStore(client, ks), Gateway(settings)
-    for job_id in recover(store, gateway, experiment, settings):
+    adopted: list[dict[str, Any]] = []
+    for job_id in recover(store, gateway, experiment, settings, adopt=adopted):
         log(f"cleaned up {job_id}: its run had died")
 
-    version = _to_train(client, ks, settings, experiment, log)
-    if isinstance(version, RunResult):
-        return version
-    dataset_id, parent = version.id, version.manifest["parent"]
-    job = store.create(
-        experiment=experiment,
-        provider=provider,
-        dataset_id=dataset_id,
-        dataset_path=str(version.path),
-        dataset_parent=parent,
-        runner=f"{socket.gethostname()}:{os.getpid()}",
-    )
-    record_run(
-        client,
-        ks,
-        experiment,
-        job=job["id"],
-        dataset=dataset_id,
-        examples=version.manifest["counts"],
-    )
+    if adopted:  # a dead run's hosted job succeeded: finish that turn, buy nothing new
+        job = adopted[0]
+        provider, dataset_path = "openai", Path(job["dataset_path"])
+        dataset_id, parent = job["dataset_id"], job.get("dataset_parent")
+        manifest = dataset_path / "manifest.json"
+        counts = orjson.loads(manifest.read_bytes())["counts"] if manifest.exists() else None
+        log(
+            f"{job['id']}: adopted: its run had died, and its OpenAI job "
+            f"{job['provider_job']} had succeeded ({job['result_model']}); not trained again"
+        )
+    else:
+        version = _to_train(client, ks, settings, experiment, log)
+        if isinstance(version, RunResult):
+            return version
+        dataset_id, parent = version.id, version.manifest["parent"]
+        dataset_path, counts = version.path, version.manifest["counts"]
+        job = store.create(
+            experiment=experiment,
+            provider=provider,
+            dataset_id=dataset_id,
+            dataset_path=str(version.path),
+            dataset_parent=parent,
+            runner=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        log(f"{job['id']}: training a {provider} candidate on {dataset_id}")
+    record_run(client, ks, experiment, job=job["id"], dataset=dataset_id, examples=counts)
     name = f"{experiment}-{job['id'].removeprefix('ftjob-')}"
-    log(f"{job['id']}: training a {provider} candidate on {dataset_id}")
     try:
-        body = _train(store, job, name, settings, provider, version.path, base_model, log)
+        if adopted:
+            _relay_remote_events(store, job, settings)
+            body: dict[str, Any] | None = {
+                "name": name,
+                "upstream": cfg.openai.upstream,
+                "model": job["result_model"],
+            }
+        else:
+            body = _train(store, job, name, settings, provider, dataset_path, base_model, log)
         if body is None:
             return RunResult(OK, f"{job['id']} was cancelled", store.get(job["id"]))
         body["lineage"] = {
@@ -296,7 +365,7 @@ def _run(
         counter = tokens.for_models(settings, gateway.model, [control, name], {name: trained})
         log(f"{job['id']}: answer budgets counted by {counter.name}")
         result = evaluate.gate_dataset(
-            version.path, gateway.ask, control, name, cfg.eval, tokens=counter
+            dataset_path, gateway.ask, control, name, cfg.eval, tokens=counter
         )
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
@@ -341,6 +410,19 @@ def _run(
             f"{job['id']} failed: {exc}; {dataset_id} stays untrained and the next run retries it",
             store.get(job["id"]),
         )
+
+
+def _relay_remote_events(store: JobStore, job: dict[str, Any], settings: RetrainSettings) -> None:
+    """An adopted job's OpenAI events that its dead run had not relayed yet."""
+    from .openai_ft import OpenAIProvider
+
+    seen = {str(e.get("id")) for e in job.get("events") or []}
+    try:
+        fresh = OpenAIProvider(settings.retrain.openai).events(str(job["provider_job"]), seen)
+    except Exception:  # noqa: BLE001 - the events are a record, not a step of the turn
+        return
+    if fresh:
+        store.update(job["id"], events=fresh)
 
 
 def _forget_checkpoints(job: dict[str, Any] | None) -> None:
@@ -441,6 +523,7 @@ def _train(
     remote_id = remote.launch(dataset, suffix=name, seed=cfg.local.seed)
     store.update(job["id"], provider_job=remote_id, params=cfg.openai.model_dump(mode="json"))
     log(f"{job['id']}: OpenAI job {remote_id}")
+    crash_point("remote-training")
 
     def on_event(event: dict[str, Any]) -> None:
         store.update(job["id"], events=[event])

@@ -2,7 +2,8 @@
 process die at that stage as if killed (no cleanup, no acknowledgement).
 
 Stages: ``after-collect`` and ``after-write`` (``retrain build``), ``after-stage``,
-``training`` and ``checkpoint`` (``retrain run``), ``forget-after-successor``
+``training``, ``checkpoint`` and ``remote-training`` (``retrain run``; the last once its
+OpenAI job is launched), ``forget-after-successor``
 (``retrain forget``: a successor version written, the old ones not yet removed).
 """
 

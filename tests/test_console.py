@@ -259,6 +259,75 @@ def test_a_form_without_its_csrf_token_changes_nothing(stack: tuple[GatewayProce
     c.close()
 
 
+def paused_experiment(gw: GatewayProcess) -> tuple[str, dict[str, Any]]:
+    """An experiment a person's ramp paused: (its name, its state)."""
+    exp = new_experiment(gw)
+    spec = {
+        "arms": [{"model": "fixed-a", "weight": 60}, {"model": "fixed-b", "weight": 40}],
+        "fallback": "fixed-c",
+        "auto_promote": True,
+    }
+    r = httpx.put(f"{gw.url}/admin/experiments/{exp}", json=spec, headers=ADMIN)
+    assert r.is_success and r.json()["pin"]["by"] == "ops", r.text
+    return exp, r.json()
+
+
+def test_a_paused_experiment_says_so_and_its_resume_button_lets_the_decider_act(
+    stack: tuple[GatewayProcess, Path], page: Any
+) -> None:
+    gw, _ = stack
+    exp, state = paused_experiment(gw)
+    log_in(page, gw, ADMIN_KEY)
+    paused = f"paused by ops at version {state['version']} (replaced)"
+    page.goto(f"{gw.url}/ui/")
+    assert paused in page.locator("tr", has_text=exp).first.inner_text()
+    page.goto(f"{gw.url}/ui/experiments/{exp}")
+    assert (
+        f"paused by ops at version {state['version']}"
+        in page.get_by_role("status").first.inner_text()
+    )
+    page.get_by_role("button", name="Resume automatic decisions").click()
+    page.wait_for_load_state()
+    after = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert after["pin"] is None and after["version"] == state["version"]
+    assert page.get_by_role("button", name="Resume automatic decisions").count() == 0
+    assert "resumed automatic decisions" in page.locator("section", has_text="History").inner_text()
+
+
+def test_resume_in_the_console_is_for_admins_only(stack: tuple[GatewayProcess, Path]) -> None:
+    gw, _ = stack
+    exp, state = paused_experiment(gw)
+    form = {"experiment": exp, "action": "resume", "version": str(state["version"])}
+    # a client key cannot log in; a reviewer's session and bearer key are refused
+    r = httpx.post(f"{gw.url}/ui/login", data={"key": API_KEY})
+    assert r.status_code == 403 and "client key" in r.text
+    for key in (API_KEY, REVIEWER_KEY, TENANT_REVIEWER_KEY):
+        r = httpx.post(
+            f"{gw.url}/ui/actions/apply", data=form, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 403, (key, r.text)
+    c, token = session_of(gw, REVIEWER_KEY)
+    assert c.post("/ui/actions/apply", data={**form, "csrf": token}).status_code == 403
+    c.close()
+    still = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert still["pin"] == state["pin"]
+
+    c, token = session_of(gw, ADMIN_KEY)
+    page = c.get(f"/ui/experiments/{exp}").text
+    assert f"paused by ops at version {state['version']}</strong> (replaced)" in page
+    assert c.post("/ui/actions/apply", data=form).status_code == 403  # no CSRF token
+    r = c.post("/ui/actions/apply", data={**form, "csrf": token})
+    assert r.status_code == 303 and r.headers["location"] == f"/ui/experiments/{exp}"
+    after = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
+    assert after["pin"] is None
+    history = httpx.get(f"{gw.url}/admin/experiments/{exp}/history", headers=ADMIN).json()
+    assert history["data"][-1]["by"] == "ops"
+    assert history["data"][-1]["action"].startswith("resumed automatic decisions")
+    r = c.post("/ui/actions/apply", data={**form, "csrf": token})  # once more: not paused
+    assert r.status_code == 409 and "is not paused" in r.text
+    c.close()
+
+
 def test_a_reviewer_reads_and_reviews_but_cannot_change_experiments(
     stack: tuple[GatewayProcess, Path],
 ) -> None:

@@ -9,6 +9,10 @@ it 80% of the time, the control's 20%.
 
 from __future__ import annotations
 
+import getpass
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +24,7 @@ import pytest
 
 from retrain import feedback_log
 
-from .conftest import ADMIN, CLIENT
+from .conftest import ADMIN, ADMIN_KEY, API_KEY, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import FIXED, fixed_gateway
 from .services import GatewayProcess
@@ -31,6 +35,7 @@ DECIDE_S = 0.2
 PRICE = {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}
 # Effects in the tests are large (0.6 in mean score): a wide mixing prior, few users.
 RULES = {"min_ratings": 20, "mixture_sd": 0.3, "min_requests": 20}
+REVIEWER = "sk-review-decisions-0123456789"
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -51,6 +56,11 @@ def decided(
         tmp_path_factory.mktemp("decisions"),
         models=models,
         control={"decide_s": DECIDE_S, "refresh_s": 0.1, "judge": "judge"},
+        auth={
+            "api_keys": [{"key": API_KEY, "name": "tests"}],
+            "admin_keys": [{"key": ADMIN_KEY, "name": "ops", "tenant": "tests"}],
+            "reviewer_keys": [{"key": REVIEWER, "name": "rita"}],
+        },
     ) as pair:
         yield pair
 
@@ -227,11 +237,19 @@ def test_auto_promote_applies_the_decision_and_records_it(
     assert admin(gw, "GET", f"experiments/{name}")["version"] == 2
 
 
-def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_periods(
+def looks(gw: GatewayProcess, name: str, action: str) -> float:
+    """How many of the decider's looks at ``name`` led to ``action`` (its metric)."""
+    text = httpx.get(f"{gw.url}/metrics").text
+    prefix = f'flywheel_decisions_total{{action="{action}",experiment="{name}"}} '
+    line = next((x for x in text.splitlines() if x.startswith(prefix)), prefix + "0")
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_manual_rollback_stays_through_ten_periods_of_overwhelming_evidence_until_resumed(
     decided: tuple[GatewayProcess, FaultyUpstream],
 ) -> None:
     gw, _ = decided
-    name = unique("pinned")
+    name = unique("paused")
     admin(
         gw,
         "PUT",
@@ -243,7 +261,7 @@ def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_per
         },
     )
     traffic(gw, name, 100, liked="fixed-b")
-    promoted = wait_for_version(gw, name, 1)
+    promoted = wait_for_version(gw, name, 1, timeout=30)
     assert weights(promoted) == {"fixed-a": 0, "fixed-b": 100}
     assert promoted["updated_by"] == "decider" and promoted["spec"]["control"] == "fixed-b"
 
@@ -251,27 +269,161 @@ def test_a_manual_rollback_after_an_auto_promote_stays_through_many_decision_per
     assert weights(rolled) == {"fixed-a": 50, "fixed-b": 50}
     assert rolled["pin"]["by"] == "ops" and rolled["pin"]["action"] == "rolled back"
 
-    def looks() -> float:
-        text = httpx.get(f"{gw.url}/metrics").text
-        prefix = f'flywheel_decisions_total{{action="keep collecting",experiment="{name}"}} '
-        line = next((x for x in text.splitlines() if x.startswith(prefix)), prefix + "0")
-        return float(line.rsplit(" ", 1)[1])
-
-    before = looks()
-    deadline = time.monotonic() + 30 * DECIDE_S
-    for _ in range(3):  # still liked, but too few users since the rollback to decide
-        traffic(gw, name, 10, liked="fixed-b")
-    while looks() - before < 6 and time.monotonic() < deadline:
+    # Fresh users under the rolled-back weights like fixed-b as much as before: by the
+    # evidence alone the decider would promote it again at its next look.
+    traffic(gw, name, 100, liked="fixed-b")
+    before = looks(gw, name, "paused")
+    deadline = time.monotonic() + 300 * DECIDE_S  # a loaded machine looks less often
+    while looks(gw, name, "paused") - before < 10 and time.monotonic() < deadline:
         time.sleep(DECIDE_S)
-    assert looks() - before >= 6  # the decider looked, at least 6 periods
+    assert looks(gw, name, "paused") - before >= 10  # ten periods looked at, none acted on
     state = admin(gw, "GET", f"experiments/{name}")
     assert state["version"] == rolled["version"] and weights(state) == weights(rolled)
     report = admin(gw, "GET", f"experiments/{name}/report")
-    assert report["pin"]["by"] == "ops"
-    assert report["decision"]["action"] == "keep collecting"
-    assert report["decision"]["reasons"][0].startswith(
-        f"pinned by ops at version {rolled['version']} (rolled back)"
+    assert report["paused"] is True and report["pin"]["by"] == "ops"
+    assert report["decision"]["action"] == "promote"  # what the evidence says
+    assert report["decision"]["reasons"][0] == (
+        f"paused by ops at version {rolled['version']} (rolled back): no automatic action "
+        "until an operator resumes"
     )
+
+    resumed = admin(gw, "POST", f"experiments/{name}/resume")
+    assert resumed["pin"] is None and resumed["version"] == rolled["version"]
+    entry = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert entry["by"] == "ops" and entry["action"] == (
+        f"resumed automatic decisions (paused by ops at version {rolled['version']})"
+    )
+    # The evidence collected while it was paused counts: the decider acts on it now.
+    again = wait_for_version(gw, name, rolled["version"], timeout=30)
+    assert weights(again) == {"fixed-a": 0, "fixed-b": 100}
+    last = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert last["by"] == "decider" and last["action"].startswith("auto promote fixed-b")
+    refused = httpx.post(f"{gw.url}/admin/experiments/{name}/resume", headers=ADMIN, timeout=10)
+    assert refused.status_code == 409 and "is not paused" in refused.json()["error"]["message"]
+
+
+def test_a_canary_added_by_retrain_run_pauses_nothing_and_a_ramp_pauses_the_decider(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+    name = unique("canary")
+    spec = {
+        "arms": [{"model": "fixed-a", "weight": 100}],
+        "auto_promote": True,
+        "decision": {**RULES, "stages": [50, 100]},
+    }
+    created = admin(gw, "PUT", f"experiments/{name}", json=spec)
+    assert created["pin"] is None  # creating an experiment pauses nothing
+    # what `retrain run` does with a candidate that passed its gate
+    canary = admin(gw, "POST", f"experiments/{name}/arms", json={"model": "fixed-b", "weight": 5})
+    assert canary["pin"] is None
+    same = admin(gw, "PUT", f"experiments/{name}", json={**spec, "arms": canary["spec"]["arms"]})
+    assert same["pin"] is None  # a PUT that leaves the traffic as it was pauses nothing
+    ramped = admin(
+        gw,
+        "PUT",
+        f"experiments/{name}",
+        json={
+            **spec,
+            "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+        },
+    )
+    assert ramped["pin"]["by"] == "ops" and ramped["pin"]["action"] == "replaced"
+    # another canary while paused keeps the pause, and the decider stays out
+    third = admin(gw, "POST", f"experiments/{name}/arms", json={"model": "fixed-c", "weight": 1})
+    assert third["pin"] == ramped["pin"]
+    traffic(gw, name, 100, liked="fixed-b")
+    before = looks(gw, name, "paused")
+    deadline = time.monotonic() + 150 * DECIDE_S
+    while looks(gw, name, "paused") - before < 3 and time.monotonic() < deadline:
+        time.sleep(DECIDE_S)
+    assert looks(gw, name, "paused") - before >= 3
+    assert admin(gw, "GET", f"experiments/{name}")["version"] == third["version"]
+    admin(gw, "POST", f"experiments/{name}/resume")
+    acted = wait_for_version(gw, name, third["version"], timeout=30)
+    assert acted["updated_by"] == "decider"
+
+
+def resume_cli(gw: GatewayProcess, name: str, key: str | None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "gateway", "experiments", "resume", name]
+    argv += ["--config", str(gw.config_path), *(["--key", key] if key else [])]
+    env = {k: v for k, v in os.environ.items() if k != "FLYWHEEL_ADMIN_KEY"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_resume_is_an_admin_action_of_the_experiments_tenant_on_the_api_and_command_line(
+    decided: tuple[GatewayProcess, FaultyUpstream],
+) -> None:
+    gw, _ = decided
+
+    def key(role: str, tenant: str) -> str:
+        body = {"name": unique(f"{tenant}-{role}"), "role": role, "tenant": tenant}
+        return str(admin(gw, "POST", "keys", json=body)["key"])
+
+    alpha_admin, beta_admin = key("admin", "alpha"), key("admin", "beta")
+    refused = {
+        "a client key of the tenant": (key("client", "alpha"), 403, "needs an admin key"),
+        "a client key of the config": (CLIENT["Authorization"][7:], 403, "needs an admin key"),
+        "a reviewer key of the tenant": (key("reviewer", "alpha"), 403, "needs an admin key"),
+        "an admin of another tenant": (beta_admin, 404, "No experiment named"),
+    }
+    name = unique("tenanted")
+    spec = {
+        "arms": [{"model": "fixed-a", "weight": 50}, {"model": "fixed-b", "weight": 50}],
+        "tenant": "alpha",
+        "auto_promote": True,
+        "decision": RULES,
+    }
+    admin(gw, "PUT", f"experiments/{name}", json=spec)
+
+    def pause(weight: float) -> dict[str, Any]:
+        arms = [
+            {"model": "fixed-a", "weight": 100 - weight},
+            {"model": "fixed-b", "weight": weight},
+        ]
+        state = admin(gw, "PUT", f"experiments/{name}", json={**spec, "arms": arms})
+        assert state["pin"]["by"] == "ops"
+        return state
+
+    paused = pause(40)
+    url = f"{gw.url}/admin/experiments/{name}/resume"
+    for who, (secret, status, message) in refused.items():
+        resp = httpx.post(url, headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+        assert resp.status_code == status, (who, resp.text)
+        error = resp.json()["error"]
+        assert message in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert httpx.post(url, timeout=10).status_code == 401  # no key at all
+    assert admin(gw, "GET", f"experiments/{name}")["pin"] == paused["pin"]  # all refused
+    tenant_admin = httpx.post(url, headers={"Authorization": f"Bearer {alpha_admin}"}, timeout=10)
+    assert tenant_admin.status_code == 200, tenant_admin.text
+    assert tenant_admin.json()["pin"] is None
+    entry = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert entry["by"].startswith("alpha-admin-") and entry["action"].startswith("resumed")
+
+    # The command line: the same rule for a key given with --key.
+    paused = pause(30)
+    for who, (secret, _, _) in refused.items():
+        done = resume_cli(gw, name, secret)
+        assert done.returncode == 1, (who, done.stdout, done.stderr)
+        assert done.stderr.startswith("gateway experiments resume: "), done.stderr
+    assert "needs an admin key" in resume_cli(gw, name, REVIEWER).stderr  # a config reviewer
+    assert admin(gw, "GET", f"experiments/{name}")["pin"] == paused["pin"]
+    done = resume_cli(gw, name, alpha_admin)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip() == f"{name}: automatic decisions resumed at version {paused['version']}"
+    )
+    assert admin(gw, "GET", f"experiments/{name}")["pin"] is None
+    entry = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert entry["by"].startswith("alpha-admin-")
+    # without a key: the operator who holds the config (and so the Redis)
+    pause(20)
+    done = resume_cli(gw, name, None)
+    assert done.returncode == 0, done.stderr
+    entry = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
+    assert entry["by"] == f"cli:{getpass.getuser()}" and entry["action"].startswith("resumed")
+    again = resume_cli(gw, name, None)
+    assert again.returncode == 1 and "is not paused" in again.stderr
 
 
 def test_a_slow_candidate_is_rolled_back_by_the_latency_guardrail_though_liked(

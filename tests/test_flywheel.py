@@ -24,7 +24,7 @@ from .services import GatewayProcess, RedisProcess
 
 KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
 
-ITEMS = ["shoes", "shirts", "jackets", "bags", "hats"]
+ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "socks", "belts", "scarves"]
 
 
 def correction(item: str) -> str:
@@ -40,7 +40,7 @@ def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: An
         "gateway_url": gw.url,
         "gateway_key": API_KEY,
         "admin_key": ADMIN_KEY,
-        "eval": {"margin": 0.05, "min_examples": 1, "max_tokens": 64},
+        "eval": {"margin": 0.05, "min_examples": 2, "max_tokens": 64},
         "canary_share": 0.05,
         "local": {
             "base_model": str(tiny_model),
@@ -168,7 +168,7 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
     dataset = (root / "latest").read_text().strip()
     train = (root / dataset / "train.jsonl").read_text()
     trained = [i for i in ITEMS if correction(i) in train]
-    assert trained and len(trained) < len(ITEMS)  # one question was held out for the test
+    assert trained and len(ITEMS) - len(trained) == 2  # two questions held out for the test
     question = f"Can I return {trained[0]}?"
     assert ask(gateway, exp, question, arm=canary["model"]) == correction(trained[0])
     assert ask(gateway, exp, question, arm="base") != correction(trained[0])

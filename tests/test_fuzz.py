@@ -93,6 +93,7 @@ OPERATIONS = [
     ("POST", "/admin/experiments/{name}/arms"),
     ("POST", "/admin/experiments/{name}/promote"),
     ("POST", "/admin/experiments/{name}/rollback"),
+    ("POST", "/admin/experiments/{name}/resume"),
     ("GET", "/admin/experiments/{name}/history"),
     ("GET", "/admin/experiments/{name}/report"),
     ("GET", "/admin/models"),

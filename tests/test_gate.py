@@ -566,7 +566,7 @@ def test_the_judge_sees_thai_and_vietnamese_whole_in_nfc_and_is_told_the_languag
         served.client.ask,
         "control",
         "better-nfd",
-        cfg(served, min_examples=1, judge="judge-fair", judge_max_tokens=cap),
+        cfg(served, min_examples=2, judge="judge-fair", judge_max_tokens=cap),
     )
     asked = served.upstream.asked("judge-fair")[before:]
     assert len(asked) == 2 * len(picked)

@@ -165,6 +165,43 @@ def test_missing_examples_counts_the_test_split_against_the_minimum(tmp_path: Pa
     assert evaluate.missing_examples(tmp_path, cfg) == 0
 
 
+def test_one_held_out_example_is_never_enough_to_judge_whatever_the_config_says() -> None:
+    """One example's bootstrap interval has zero width (it is the example, every time):
+    the gate needs two, so n = 1 is 'collect more' (exit 7), never a pass; the built-in
+    config asks for two, and a config that asks for fewer is refused naming the key."""
+    answers = {"control": "No.", "candidate": "Yes: shoes can be returned within 30 days."}
+    one = [
+        evaluate.Case([{"role": "user", "content": "Can I return shoes?"}], answers["candidate"])
+    ]
+    boot = paired_bootstrap([0.909], samples=500, seed=0, confidence=0.95)
+    assert boot.low == boot.high  # why: [0.909, 0.909] would clear any margin
+    ask_count = []
+
+    def ask(model: str, messages: list[dict[str, object]], max_tokens: int) -> str:
+        ask_count.append(model)
+        return answers[model]
+
+    builtin = build_settings(DEFAULT_CONFIG, schema=RetrainSettings).retrain.eval
+    assert builtin.min_examples == 2
+    result = evaluate.gate(one, None, ask, "control", "candidate", builtin)
+    assert result["outcome"] == "collect-more" and not result["passed"]
+    assert evaluate.OUTCOME_CODES[result["outcome"]] == 7 and result["missing"] == 1
+    assert result["reason"].startswith("collect more: 1 held-out test examples, the gate needs")
+    assert ask_count == []  # nothing was asked: no decision is taken on one example
+    two = one + [
+        evaluate.Case([{"role": "user", "content": "Can I return hats?"}], answers["candidate"])
+    ]
+    assert (
+        evaluate.gate(two, None, ask, "control", "candidate", builtin)["outcome"] != "collect-more"
+    )
+    for low in (1, 0):
+        with pytest.raises(ConfigError, match=r"retrain\.eval\.min_examples"):
+            build_settings(
+                {**DEFAULT_CONFIG, "retrain": {"eval": {"min_examples": low}}},
+                schema=RetrainSettings,
+            )
+
+
 def test_a_golden_line_that_is_not_a_chat_example_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "golden.jsonl"
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}

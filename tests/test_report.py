@@ -143,16 +143,20 @@ def test_guardrails_roll_back_a_better_rated_but_failing_or_slow_candidate() -> 
     assert "p95 latency" in slow["decision"]["reasons"][0]
 
 
-def test_a_pin_is_shown_with_who_set_it() -> None:
+def test_a_pause_is_shown_with_who_set_it_at_which_version_whatever_the_evidence_says() -> None:
     pin = {"by": "ops", "at": 1.0, "version": 3, "action": "rolled back"}
-    rep = build(
-        "exp",
-        {**STATE, "pin": pin},
-        {"base": arm(users=10, up=5), "tuned": arm(users=10, up=9)},
-        {},
-    )
-    assert rep["pin"] == pin
-    assert rep["decision"]["reasons"][0].startswith("pinned by ops at version 3 (rolled back)")
+    for data, action in (
+        ({"base": arm(users=10, up=5), "tuned": arm(users=10, up=9)}, KEEP),
+        ({"base": arm(users=400, up=217), "tuned": arm(users=400, up=326)}, PROMOTE),
+    ):
+        rep = build("exp", {**STATE, "pin": pin}, data, {})
+        assert rep["paused"] is True and rep["pin"] == pin
+        assert rep["decision"]["action"] == action
+        assert rep["decision"]["reasons"][0] == (
+            "paused by ops at version 3 (rolled back): no automatic action until an "
+            "operator resumes"
+        )
+    assert build("exp", STATE, data, {})["paused"] is False
 
 
 def test_stars_and_the_report_shows_cost_and_latency() -> None:

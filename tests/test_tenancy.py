@@ -116,6 +116,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/admin/experiments/{name:experiment}/rollback"): Row(
         "/admin/experiments/{exp}/rollback", (403, 403, 404, 200), json={}
     ),
+    # after the rows above, beta's experiment is paused by a person's change: resumable
+    ("POST", "/admin/experiments/{name:experiment}/resume"): Row(
+        "/admin/experiments/{exp}/resume", (403, 403, 404, 200), json={}
+    ),
     ("GET", "/admin/experiments/{name:experiment}/history"): Row(
         "/admin/experiments/{exp}/history", (403, 403, 404, 200)
     ),

@@ -269,3 +269,75 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
         gw.stop()
         faulty.stop()
         server.stop()
+
+
+@pytest.mark.vllm
+def test_a_run_that_died_while_openai_trained_is_finished_by_the_next_without_a_second_job(
+    vllm: VLLMServer, redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
+) -> None:
+    """``retrain run`` dies once its OpenAI job is launched; the job succeeds meanwhile.
+    The next run adopts it: its ``ft:`` model is registered, evaluated and made a canary,
+    and OpenAI saw one job created and none cancelled — nothing was bought twice."""
+    server = FineTuningServer(answer="Yes: items can be returned within 30 days with the receipt.")
+    server.start()
+    from .conftest import gateway_config
+    from .faulty_upstream import FaultyUpstream
+
+    faulty = FaultyUpstream().start()
+    cfg = gateway_config(vllm.base_url, faulty.base_url, redis_server.url)
+    cfg["upstreams"]["openai"] = {
+        "kind": "openai",
+        "base_url": server.base_url,
+        "api_key": "sk-test",
+    }
+    gw = GatewayProcess(cfg, tmp_path / "gw").start()
+    try:
+        exp = new_experiment(gw)
+        rate_corrections(gw, exp)
+        config = config_for(gw, tmp_path, tiny_model)
+        doc = yaml.safe_load(config.read_text())
+        doc["retrain"]["openai"] = {
+            "base_url": server.base_url,
+            "api_key": "sk-test",
+            "poll_s": 0.01,
+        }
+        config.write_text(yaml.safe_dump(doc))
+        store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
+
+        def jobs() -> list[dict[str, Any]]:
+            return [j for j in store.list(100) if j["experiment"] == exp]
+
+        killed = retrain(
+            config, "run", "--experiment", exp, "--provider", "openai", crash="remote-training"
+        )
+        assert killed.returncode == 137, killed.stdout + killed.stderr
+        (dead,) = jobs()
+        assert dead["status"] == "running" and dead["provider_job"] in server.jobs
+        remote = OpenAIProvider(OpenAITraining(base_url=server.base_url, api_key="sk-test"))
+        while remote.status(dead["provider_job"]).status != "succeeded":
+            pass  # the hosted training goes on without the run, and ends
+
+        again = retrain(config, "run", "--experiment", exp, "--provider", "openai")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"{dead['id']}: adopted" in again.stdout and "not trained again" in again.stdout
+        assert f"{exp}-{dead['id'].removeprefix('ftjob-')} is a canary of" in again.stdout
+        (job,) = jobs()  # the same job, finished: no second one
+        assert job["id"] == dead["id"] and job["status"] == "registered"
+        assert job["result_model"] == server.jobs[dead["provider_job"]]["fine_tuned_model"]
+        assert job["evaluation"]["passed"] and job["dataset_id"] == dead["dataset_id"]
+        assert [e["message"] for e in job["events"]][-1] == "Fine-tuning job succeeded"
+        model = httpx.get(f"{gw.url}/admin/models/{job['model_name']}", headers=ADMIN).json()
+        assert model["upstream"] == "openai" and model["model"] == job["result_model"]
+        assert model["experiments"] == [exp]
+        creates = [
+            r for r in server.requests if r["path"] == "/fine_tuning/jobs" and r["method"] == "POST"
+        ]
+        assert len(creates) == 1
+        assert not [r for r in server.requests if r["path"].endswith("/cancel")]
+        nothing = retrain(config, "run", "--experiment", exp, "--provider", "openai")
+        assert nothing.returncode == 0 and "nothing new" in nothing.stdout, nothing.stdout
+        assert len(jobs()) == 1
+    finally:
+        gw.stop()
+        faulty.stop()
+        server.stop()

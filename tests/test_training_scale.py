@@ -484,6 +484,79 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
         check_schema(schema, body)
 
 
+def test_a_dead_runs_openai_job_that_succeeded_is_adopted_and_one_still_running_cancelled(
+    redis_server: RedisProcess, tmp_path: Path, check_schema: Any
+) -> None:
+    """The next run after a crash keeps what was paid for: of two dead runs' OpenAI jobs,
+    the one that succeeded meanwhile is handed to this run with its ``ft:`` model (not
+    cancelled, not failed), the one still running is cancelled; a third that succeeded
+    waits for the run after (one turn per run)."""
+    import os
+    import socket
+
+    from gateway.core.config import load_settings
+    from retrain.cycle import recover
+    from retrain.gateway_client import Gateway
+    from retrain.openai_ft import OpenAIProvider
+
+    from .openai_ft_server import FineTuningServer
+    from .test_training import write_dataset
+
+    server = FineTuningServer().start()
+    db = own_db(redis_server, RECOVERY_DB)
+    try:
+        cfg = load_settings(openai_config(tmp_path, db, server.base_url), schema=RetrainSettings)
+        remote = OpenAIProvider(cfg.retrain.openai)
+        data = write_dataset(tmp_path / "data")
+        done_first, running, done_later = (
+            remote.launch(data, suffix=s, seed=0) for s in ("a", "b", "c")
+        )
+        for remote_id in (done_first, done_later):  # the hosted training ends meanwhile
+            while remote.status(remote_id).status != "succeeded":
+                pass
+        store = JobStore(redis.Redis.from_url(db))
+        dead = f"{socket.gethostname()}:{2**22 + 12345}"  # above pid_max: no such process
+        exp = f"adopt-{uuid.uuid4().hex[:6]}"
+
+        def job(remote_id: str) -> dict[str, Any]:
+            return store.create(
+                experiment=exp,
+                provider="openai",
+                status="running",
+                runner=dead,
+                provider_job=remote_id,
+                dataset_id="v1",
+                dataset_path=str(data),
+            )
+
+        later, cancelled, first = job(done_later), job(running), job(done_first)
+        adopted: list[dict[str, Any]] = []
+        failed = recover(store, Gateway(cfg), exp, cfg, adopt=adopted)
+        cancels = [r["path"] for r in server.requests if r["path"].endswith("/cancel")]
+        # the newest dead job first: it is the one adopted
+        assert [j["id"] for j in adopted] == [first["id"]] and failed == [cancelled["id"]]
+        mine = store.get(first["id"])
+        assert mine is not None and mine["status"] == "running" and mine["error"] is None
+        assert mine["result_model"] == server.jobs[done_first]["fine_tuned_model"]
+        assert mine["result_model"].startswith("ft:")
+        assert mine["runner"] == f"{socket.gethostname()}:{os.getpid()}"
+        left = store.get(later["id"])
+        assert left is not None and left["status"] == "running" and left["runner"] == dead
+        stopped = store.get(cancelled["id"])
+        assert stopped is not None and stopped["status"] == "failed"
+        assert f"its OpenAI job {running} was cancelled" in stopped["error"]
+        assert cancels == [f"/fine_tuning/jobs/{running}/cancel"]
+        # without a run to hand it to (recover alone), a succeeded job is recorded as such
+        assert recover(store, Gateway(cfg), exp, cfg) == [later["id"]]
+        ended = store.get(later["id"])
+        assert ended is not None and f"{done_later} had already ended (succeeded)" in ended["error"]
+    finally:
+        server.stop()
+    assert [r["path"] for r in server.requests if r["path"].endswith("/cancel")] == cancels
+    for schema, body in server.responses:
+        check_schema(schema, body)
+
+
 def own_db(redis_server: RedisProcess, db: int) -> str:
     """A Redis database of this test's own (the stand-in's job ids repeat between tests)."""
     url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"

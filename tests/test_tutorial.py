@@ -21,7 +21,7 @@ from .tutorial_stack import README, quick_start
 def test_the_readme_tutorial_turns_the_flywheel_on_the_quick_start_stack(tmp_path: Path) -> None:
     with quick_start(README, tmp_path) as tutorial:
         rated = tutorial.step("rate", 0)
-        assert rated.count("rated down, corrected") == 12
+        assert rated.count("rated down, corrected") == 16
         canary, trained = tutorial.trained_canary()
 
         answers = tutorial.step("answers", 2, CANARY=canary)

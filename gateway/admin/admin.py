@@ -8,6 +8,8 @@
     POST   /admin/experiments/{name}/arms          add an arm {"model", "weight"}
     POST   /admin/experiments/{name}/promote       {"model"}: it gets 100%, others 0
     POST   /admin/experiments/{name}/rollback      back to the state before the last change
+    POST   /admin/experiments/{name}/resume        automatic decisions again, after a
+                                                   person's change paused them
     GET    /admin/experiments/{name}/history       audit log: who, when, before, after
     GET    /admin/experiments/{name}/report        per-arm statistics and the decision;
            ?since=YYYY-MM-DD[&until=YYYY-MM-DD]    per-arm statistics over those days, from
@@ -67,7 +69,7 @@ class ExperimentName(Convertor[str]):
     experiment named ``a/history``."""
 
     regex = r".+?" + "".join(
-        f"(?<!/{s})" for s in ("arms", "promote", "rollback", "history", "report")
+        f"(?<!/{s})" for s in ("arms", "promote", "rollback", "resume", "history", "report")
     )
 
     def convert(self, value: str) -> str:
@@ -161,6 +163,11 @@ def add_admin_routes(app: FastAPI) -> None:
     async def rollback(request: Request, name: str) -> Response:
         control, who = admin(request, name, change=True)
         return _json(await control.experiments.rollback(name, who))
+
+    @app.post("/admin/experiments/{name:experiment}/resume")
+    async def resume(request: Request, name: str) -> Response:
+        control, who = admin(request, name, change=True)
+        return _json(await control.experiments.resume(name, who))
 
     @app.get("/admin/experiments/{name:experiment}/history")
     async def history(request: Request, name: str) -> Response:

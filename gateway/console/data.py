@@ -356,9 +356,11 @@ async def versions(
 ) -> list[dict[str, Any]]:
     """The report's per-arm summary under each version still counted: the plots' points."""
     models = control.router.models
-    points = []
+    points: list[dict[str, Any]] = []
     for entry in history[-30:]:
         v = int(entry["version"])
+        if points and points[-1]["version"] == v:
+            continue  # a resume: audited, but the same version (and data) as before
         exp = Experiment.model_validate(entry["after"])
         raw = await report.collect(redis, ks, name, exp, v)
         total = sum(a.weight for a in exp.arms)

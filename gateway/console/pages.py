@@ -362,8 +362,12 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             )
         elif action == "rollback":
             await experiments.change(name, who, "rolled back", None, expect_version=version)
+        elif action == "resume":
+            await experiments.resume(name, who)
         else:
-            raise InvalidRequest("'action' must be ramp, promote or rollback.", param="action")
+            raise InvalidRequest(
+                "'action' must be ramp, promote, rollback or resume.", param="action"
+            )
         return see_other(f"/ui/experiments/{quote(name)}")
 
     # review queue -----------------------------------------------------------------------

@@ -6,6 +6,12 @@ candidate's running minimum of the always-valid p-value (kept per experiment ver
 an action is a compare-and-set on the version the look was about, so a change an
 operator made in the meantime is never overwritten. Each step is an audited change
 by ``decider``, its reason in the history entry.
+
+**A person's change pauses it.** While the experiment is paused (its state's ``pin``:
+a ramp, promote, rollback or weights change by anyone but the decider,
+:mod:`gateway.control.experiments`) a look is still recorded but nothing is applied,
+however strong the evidence — a person's rollback stays — until an operator resumes
+(``POST /admin/experiments/{name}/resume``, the console, ``gateway experiments resume``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from gateway.serving.metrics import Metrics
 log = logging.getLogger(__name__)
 
 SEQUENTIAL_TTL_S = 90 * 86400
+PAUSED = "paused"  # the metric's action for a look at a paused experiment
 
 
 class Decisions:
@@ -76,6 +83,9 @@ class Decisions:
         try:
             rep = await self.report(name)
             await self._record_look(name, rep)
+            if rep.get("pin"):  # paused by a person: look, never act
+                self.metrics.decisions.labels(name, PAUSED).inc()
+                return None
             decision = rep["decision"]
             model, action = decision["model"], decision["action"]
             self.metrics.decisions.labels(name, action).inc()
@@ -97,13 +107,7 @@ class Decisions:
             current = Experiment.model_validate(state["spec"])
             if edit(current) == current:
                 return None  # already applied
-            pin = rep.get("pin")
             why = "; ".join(decision["reasons"])
-            if pin:
-                why += (
-                    f" (evidence collected since the pin by {pin['by']} at version "
-                    f"{pin['version']})"
-                )
             return await self.experiments.change(
                 name,
                 DECIDER,

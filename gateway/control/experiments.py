@@ -9,15 +9,18 @@ Every change is a compare-and-set (one Lua script) on the experiment's ``version
 it writes the new state, appends the audit entry (who, when, before, after) and bumps
 ``fw:ctl:version``, which every replica follows (``live.py``).
 
-**Operators win.** A change by anyone but the decider (``who`` = ``decider``) *pins*
-the experiment: the state's ``pin`` records who set it, when, at which version and by
-what action. The decider then takes no automatic action except on evidence collected
-under the pinned version that clears its bar (``decider.py``); its own changes clear
-the pin. **Ramps:** ``ramp_from`` is the first version of the current ramp: a decider's
-ramp step keeps it (the evidence of the ramp's earlier stages still counts), any other
-change starts a new ramp at its own version. **Control follows the promote:** a promote
-(by a person or the decider) makes the winner the experiment's ``control``, so the next
-candidate is compared with it.
+**Operators win.** A person's change of the traffic — a ramp, a promote, a rollback, a
+PUT that changes the arms' weights or the control — *pauses* automatic decisions on the
+experiment: the state's ``pin`` records who paused it, when, at which version and by
+what action, and the decider takes no action on it however strong the evidence
+(``decisions.py``) until an operator resumes it (:meth:`Experiments.resume`, which
+clears the pin without a new version, so the evidence collected since counts). Creating
+an experiment, adding an arm (``retrain run``'s canary) or a PUT that leaves the
+traffic as it was neither pauses nor resumes. **Ramps:** ``ramp_from`` is the first
+version of the current ramp: a decider's ramp step keeps it (the evidence of the ramp's
+earlier stages still counts), any other change starts a new ramp at its own version.
+**Control follows the promote:** a promote (by a person or the decider) makes the winner
+the experiment's ``control``, so the next candidate is compared with it.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class Experiments:
 
     async def put(self, name: str, body: Any, who: str) -> dict[str, Any]:
         spec = parse_experiment(body)
-        return await self.change(name, who, "replaced", lambda _cur: spec, create=True)
+        return await self.change(name, who, "replaced", lambda _cur: spec, create=True, pause=None)
 
     async def add_arm(self, name: str, body: Any, who: str) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -134,7 +137,7 @@ class Experiments:
             arms = [a.model_dump() for a in cur.arms] + [body]
             return parse_experiment({**cur.model_dump(), "arms": arms})
 
-        return await self.change(name, who, f"added arm {body['model']:.128}", add)
+        return await self.change(name, who, f"added arm {body['model']:.128}", add, pause=False)
 
     async def promote(self, name: str, body: Any, who: str) -> dict[str, Any]:
         model = body.get("model") if isinstance(body, dict) else None
@@ -172,6 +175,7 @@ class Experiments:
         create: bool = False,
         expect_version: int | None = None,
         ramp_step: bool = False,
+        pause: bool | None = True,
     ) -> dict[str, Any]:
         """Apply ``edit`` to the current spec (``None``: roll back) as a compare-and-set.
 
@@ -179,6 +183,9 @@ class Experiments:
         a decision about version 7 must not land on version 8 that a person just made).
         ``ramp_step``: the decider's move of a candidate to its next stage, which keeps
         the current ramp (``ramp_from``); every other change starts a new one.
+        ``pause``: whether a person's change pauses automatic decisions (True), keeps the
+        pause as it was (False), or pauses only when it changes the traffic (None: the
+        arms' weights or the control). The decider's changes and a creation never pause.
         """
         if not valid_name(name):
             raise InvalidRequest(f"'{name:.128}' is not a valid experiment name.", param="name")
@@ -207,11 +214,12 @@ class Experiments:
                 raise InvalidRequest(problems[0], param=problems[0].split(":")[0])
             version = (cur["version"] if cur else 0) + 1
             action = action if cur else "created"
-            pin = (
-                None
-                if who == DECIDER
-                else {"by": who, "at": time.time(), "version": version, "action": action}
-            )
+            if who == DECIDER or cur is None:
+                pin = None
+            elif pause or (pause is None and _traffic(before) != _traffic(after)):
+                pin = {"by": who, "at": time.time(), "version": version, "action": action}
+            else:
+                pin = cur.get("pin")
             keep = ramp_step and who == DECIDER and cur is not None
             ramp_from = int(cur.get("ramp_from") or cur["version"]) if keep and cur else version
             state = _state(name, version, after, previous, who, pin, ramp_from)
@@ -227,6 +235,41 @@ class Experiments:
             if expect_version is not None:
                 raise Conflict(f"Experiment '{name}' changed since version {expect_version}.")
         raise Conflict(f"Experiment '{name}' is being changed by others; try again.")
+
+    async def resume(self, name: str, who: str) -> dict[str, Any]:
+        """Let the decider act on a paused experiment again: the pin is cleared and the
+        resume audited, with no new version (the evidence collected since the pause, all
+        under the current weights, counts)."""
+        with store.translated():
+            raw = await self.redis.hget(self.ks.experiments, name)
+        if raw is None:
+            raise NotFound(f"No experiment named '{name:.128}'.", param="name")
+        cur = orjson.loads(raw)
+        pin = cur.get("pin")
+        if not pin:
+            raise Conflict(
+                f"Experiment '{name}' is not paused: automatic decisions already apply to it."
+            )
+        spec = Experiment.model_validate(cur["spec"])
+        action = f"resumed automatic decisions (paused by {pin['by']} at version {pin['version']})"
+        state = {**cur, "pin": None}
+        entry = _entry(int(cur["version"]), action, who, spec, spec)
+        with store.translated():
+            found = await self._change(
+                keys=[self.ks.experiments, self.ks.history(name), self.ks.control_version],
+                args=[name, cur["version"], orjson.dumps(state), orjson.dumps(entry), HISTORY_CAP],
+            )
+        if found != -1:
+            raise Conflict(f"Experiment '{name}' changed since version {cur['version']}.")
+        await self.live.reload_quietly()
+        return state
+
+
+def _traffic(spec: Experiment | None) -> tuple[Any, ...] | None:
+    """What routes the traffic: each arm's weight, and the control."""
+    if spec is None:
+        return None
+    return (tuple((a.model, a.weight) for a in spec.arms), spec.control_arm)
 
 
 def _state(

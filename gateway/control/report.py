@@ -6,8 +6,9 @@ per 1k requests, and ratings (rated users, ratings, the mean of the per-user mea
 scores with its 95% interval). Failure rate and corrections are over all versions
 (``all_versions``). Each candidate arm is compared with the control and the decision
 follows, by the rules of :mod:`gateway.control.decider` (mixture SPRT on per-user means,
-guardrails, staged ramp); the report also shows the experiment's pin, if a person set
-one.
+guardrails, staged ramp); the report also says whether a person's change paused
+automatic decisions (``paused``: by whom, at which version), in which case the decision
+is what the evidence says, and nothing applies it until an operator resumes.
 
 The data comes from counters kept in Redis as requests and ratings are stored
 (``keys.py``), so a report costs a few HGETALLs however much traffic there was.
@@ -221,12 +222,8 @@ def build(
         a, b = samples[c["control"]], samples[c["candidate"]]
         c["prob_better"] = _round(stats.prob_better(a, b)) if a.n >= 2 and b.n >= 2 else None
     pin = state.get("pin")
-    if pin and decision["action"] == KEEP:
-        decision["reasons"].insert(
-            0,
-            f"pinned by {pin['by']} at version {pin['version']} "
-            f"({pin['action']}): only evidence collected since counts",
-        )
+    if pin:
+        decision["reasons"].insert(0, paused_text(pin))
     return {
         "object": "experiment.report",
         "experiment": name,
@@ -235,12 +232,21 @@ def build(
         "control": exp.control_arm,
         "pin": pin,
         "ramp_from": int(state.get("ramp_from") or version),
+        "paused": pin is not None,
         "stages": exp.decision.stages,
         "arms": [arm_summary(a, total_weight, raw[a.model]) for a in arms],
         "srm": srm,
         "comparisons": comparisons,
         "decision": decision,
     }
+
+
+def paused_text(pin: dict[str, Any]) -> str:
+    """What the report, the console and ``gateway report`` say of a paused experiment."""
+    return (
+        f"paused by {pin['by']} at version {pin['version']} ({pin['action']}): no "
+        "automatic action until an operator resumes"
+    )
 
 
 async def report(

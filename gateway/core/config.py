@@ -498,8 +498,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "experiments": {"default": {"arms": [{"model": "base", "weight": 1}], "fallback": "base"}},
     "retrain": {
         "min_examples": 10,
-        # A tutorial's dozen ratings hold out one test example; real configs keep 30.
-        "eval": {"min_examples": 1},
+        # A tutorial's sixteen ratings hold out two test examples, the fewest an interval
+        # can be drawn from; real configs keep 30.
+        "eval": {"min_examples": 2},
         "local": {"max_steps": 300, "learning_rate": 0.005, "warmup_ratio": 0.1, "patience": 10},
     },
 }
