@@ -514,7 +514,7 @@ def test_a_dead_runs_openai_job_that_succeeded_is_adopted_and_one_still_running_
         for remote_id in (done_first, done_later):  # the hosted training ends meanwhile
             while remote.status(remote_id).status != "succeeded":
                 pass
-        store = JobStore(redis.Redis.from_url(db))
+        store = JobStore(redis.Redis.from_url(db), keys.PLAIN_KEYSPACE)
         dead = f"{socket.gethostname()}:{2**22 + 12345}"  # above pid_max: no such process
         exp = f"adopt-{uuid.uuid4().hex[:6]}"
 
