@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,20 +17,30 @@ import httpx
 import openai
 import orjson
 import pytest
-import redis
-import redis.asyncio as aioredis
 
 from flywheel_stack import VLLMServer
-from gateway.core import keys
 from retrain.feedback_log import FeedbackConsumer
 
 from .conftest import API_KEY, CLIENT, OTHER_TENANT_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream
+from .served import Served, served_on, session_store
 from .services import GatewayProcess, RedisProcess
-
-KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+from .stores import STORES, Store
 
 HELLO = [{"role": "user", "content": "Can I return shoes after 20 days?"}]
+
+
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return session_store(request)
+
+
+@pytest.fixture(scope="module")
+def served(
+    request: pytest.FixtureRequest, store: Store, vllm: VLLMServer, faulty: FaultyUpstream
+) -> Iterator[Served]:
+    with served_on(request, store, vllm, faulty) as s:
+        yield s
 
 
 def rate(gw: GatewayProcess, key: str = API_KEY, **body: Any) -> httpx.Response:
@@ -37,8 +49,9 @@ def rate(gw: GatewayProcess, key: str = API_KEY, **body: Any) -> httpx.Response:
     )
 
 
-def aggregate(url: str, experiment: str, arm: str) -> dict[str, float]:
-    raw = redis.Redis.from_url(url).hgetall(KS.aggregate(experiment, arm))
+def aggregate(store: Store, experiment: str, arm: str) -> dict[str, float]:
+    with store.client() as r:
+        raw = r.hgetall(store.ks.aggregate(experiment, arm))
     got = {k.decode(): float(v) for k, v in raw.items()}
     return {f: got.get(f, 0.0) for f in ("count", "score_sum", "failures", "corrections")}
 
@@ -57,14 +70,13 @@ def answer(client: openai.OpenAI, model: str = "default", user: str | None = Non
     [("up", 1.0, 0), ("down", 0.0, 1), (1, 0.0, 1), (3, 0.5, 0), (5, 1.0, 0)],
 )
 def test_rating_is_stored_readable_and_aggregated(
-    client: openai.OpenAI,
-    gateway: GatewayProcess,
-    redis_server: RedisProcess,
+    served: Served,
     rating: str | int,
     score: float,
     failure: int,
 ) -> None:
-    before = aggregate(redis_server.url, "default", "base")
+    gateway, client, store = served.gateway, served.client, served.store
+    before = aggregate(store, "default", "base")
     rid = answer(client, user="u-rater")
     resp = rate(gateway, response_id=rid, rating=rating, comment="meh", tags=["policy"])
     assert resp.status_code == 201, resp.text
@@ -78,7 +90,7 @@ def test_rating_is_stored_readable_and_aggregated(
     assert stored[0]["rating"] == rating and stored[0]["score"] == score
     assert stored[0]["comment"] == "meh" and stored[0]["tags"] == ["policy"]
     assert stored[0]["experiment"] == "default" and stored[0]["arm"] == "base"
-    after = aggregate(redis_server.url, "default", "base")
+    after = aggregate(store, "default", "base")
     assert delta(after, before) == {
         "count": 1,
         "score_sum": score,
@@ -87,28 +99,26 @@ def test_rating_is_stored_readable_and_aggregated(
     }
 
 
-def test_correction_is_kept_and_counted(
-    client: openai.OpenAI, gateway: GatewayProcess, redis_server: RedisProcess
-) -> None:
-    before = aggregate(redis_server.url, "default", "base")
+def test_correction_is_kept_and_counted(served: Served) -> None:
+    gateway, client, store = served.gateway, served.client, served.store
+    before = aggregate(store, "default", "base")
     rid = answer(client)
     fix = "We offer 30-day returns on unworn shoes."
     assert rate(gateway, response_id=rid, rating="down", correction=fix).status_code == 201
     stored = httpx.get(gateway.base_url + f"/feedback/{rid}", headers=CLIENT).json()["data"]
     assert stored[0]["correction"] == fix
-    assert delta(aggregate(redis_server.url, "default", "base"), before)["corrections"] == 1
+    assert delta(aggregate(store, "default", "base"), before)["corrections"] == 1
 
 
-def test_rerating_replaces_instead_of_double_counting(
-    client: openai.OpenAI, gateway: GatewayProcess, redis_server: RedisProcess
-) -> None:
-    before = aggregate(redis_server.url, "default", "base")
+def test_rerating_replaces_instead_of_double_counting(served: Served) -> None:
+    gateway, client, store = served.gateway, served.client, served.store
+    before = aggregate(store, "default", "base")
     rid = answer(client)
     first = rate(gateway, response_id=rid, rating="up", user="u-1").json()
     second = rate(gateway, response_id=rid, rating="down", user="u-1").json()
     assert first["replaced"] is False and second["replaced"] is True
     assert first["id"] == second["id"]
-    assert delta(aggregate(redis_server.url, "default", "base"), before) == {
+    assert delta(aggregate(store, "default", "base"), before) == {
         "count": 1,
         "score_sum": 0.0,
         "failures": 1,
@@ -120,9 +130,8 @@ def test_rerating_replaces_instead_of_double_counting(
     assert sorted((r["rater"], r["rating"]) for r in stored) == [("u-1", "down"), ("u-2", "up")]
 
 
-def test_ratings_sent_the_instant_a_stream_ends_are_all_joined(
-    client: openai.OpenAI, gateway: GatewayProcess
-) -> None:
+def test_ratings_sent_the_instant_a_stream_ends_are_all_joined(served: Served) -> None:
+    gateway, client = served.gateway, served.client
     with httpx.Client(headers=CLIENT) as http:
         for i in range(100):
             stream = client.chat.completions.create(
@@ -139,18 +148,17 @@ def test_ratings_sent_the_instant_a_stream_ends_are_all_joined(
 
 
 def test_rating_at_another_replica_waits_for_the_record(
-    client: openai.OpenAI,
-    gateway: GatewayProcess,
+    served: Served,
     vllm: VLLMServer,
     faulty: FaultyUpstream,
-    redis_server: RedisProcess,
     tmp_path: Path,
 ) -> None:
-    cfg = gateway_config(vllm.base_url, faulty.base_url, redis_server.url)
+    # The replica shares the first gateway's store: one Redis, or the cluster.
+    cfg = gateway_config(vllm.base_url, faulty.base_url, **served.store.config)
     replica = GatewayProcess(cfg, tmp_path / "replica").start()
     try:
         for _ in range(20):
-            rid = answer(client)  # served by the first gateway
+            rid = answer(served.client)  # served by the first gateway
             assert rate(replica, response_id=rid, rating=4).status_code == 201
     finally:
         replica.stop()
@@ -171,19 +179,19 @@ def rate_all_at_once(gw: GatewayProcess, ids: list[str], rating: int) -> list[ht
     return asyncio.run(burst())
 
 
-def test_200_concurrent_ratings_on_one_arm_are_all_counted(
-    client: openai.OpenAI, gateway: GatewayProcess, redis_server: RedisProcess
-) -> None:
+def test_200_concurrent_ratings_on_one_arm_are_all_counted(served: Served) -> None:
+    gateway, client, store = served.gateway, served.client, served.store
     ids = [answer(client) for _ in range(200)]
-    before = aggregate(redis_server.url, "default", "base")
+    before = aggregate(store, "default", "base")
     replies = rate_all_at_once(gateway, ids, rating=2)
     assert [(r.status_code, r.text) for r in replies if r.status_code != 201] == []
-    d = delta(aggregate(redis_server.url, "default", "base"), before)
+    d = delta(aggregate(store, "default", "base"), before)
     assert d == {"count": 200, "score_sum": 50.0, "failures": 200, "corrections": 0}
 
 
-def stream_length(url: str) -> int:
-    return int(redis.Redis.from_url(url).xlen(KS.feedback_stream))
+def stream_length(store: Store) -> int:
+    with store.client() as r:
+        return int(r.xlen(store.ks.feedback_stream))
 
 
 @pytest.mark.parametrize(
@@ -206,29 +214,28 @@ def stream_length(url: str) -> int:
     ],
 )
 def test_bad_feedback_is_refused_and_nothing_is_stored(
-    client: openai.OpenAI,
-    gateway: GatewayProcess,
-    redis_server: RedisProcess,
+    served: Served,
     body: dict[str, Any],
     status: int,
     param: str,
 ) -> None:
+    gateway, client, store = served.gateway, served.client, served.store
     rid = answer(client)
     if "response_id" not in body and param != "response_id":
         body = {"response_id": rid, **body}
-    before = aggregate(redis_server.url, "default", "base"), stream_length(redis_server.url)
+    before = aggregate(store, "default", "base"), stream_length(store)
     resp = rate(gateway, **body)
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
     assert err["param"] == param and err["message"]
-    after = aggregate(redis_server.url, "default", "base"), stream_length(redis_server.url)
+    after = aggregate(store, "default", "base"), stream_length(store)
     assert after == before
-    assert not redis.Redis.from_url(redis_server.url).exists(KS.feedback(rid))
+    with store.client() as r:
+        assert not r.exists(store.ks.feedback(rid))
 
 
-def test_another_tenant_cannot_rate_or_read_a_response(
-    client: openai.OpenAI, gateway: GatewayProcess
-) -> None:
+def test_another_tenant_cannot_rate_or_read_a_response(served: Served) -> None:
+    gateway, client = served.gateway, served.client
     rid = answer(client)
     assert rate(gateway, key=OTHER_TENANT_KEY, response_id=rid, rating="down").status_code == 404
     assert rate(gateway, response_id=rid, rating="up").status_code == 201
@@ -239,9 +246,8 @@ def test_another_tenant_cannot_rate_or_read_a_response(
     assert theirs.status_code == 404
 
 
-def test_feedback_metrics_count_ratings_and_scores(
-    client: openai.OpenAI, gateway: GatewayProcess
-) -> None:
+def test_feedback_metrics_count_ratings_and_scores(served: Served) -> None:
+    gateway, client = served.gateway, served.client
     labels = {"experiment": "default", "arm": "base"}
     before = gateway.metric("flywheel_feedback_total", rating="4", **labels)
     sum_before = gateway.metric("flywheel_feedback_score_sum", **labels)
@@ -251,35 +257,41 @@ def test_feedback_metrics_count_ratings_and_scores(
 
 
 def test_consumer_that_crashes_before_ack_loses_nothing_and_repeats_nothing(
-    client: openai.OpenAI, gateway: GatewayProcess, redis_server: RedisProcess
+    served: Served,
 ) -> None:
+    gateway, client, store = served.gateway, served.client, served.store
     for _ in range(5):
         assert rate(gateway, response_id=answer(client), rating="down").status_code == 201
-    r = redis.Redis.from_url(redis_server.url)
     group = f"test-{uuid.uuid4().hex[:8]}"
-    everything = {sid.decode() for sid, _ in r.xrange(KS.feedback_stream)}
+    ks = store.ks
+    with store.client() as r:
+        everything = {sid.decode() for sid, _ in r.xrange(ks.feedback_stream)}
 
-    crashed = FeedbackConsumer(r, KS, group=group, consumer="run-1", claim_idle_ms=0).read_all()
-    assert {e.stream_id for e in crashed} == everything  # ...and then it dies without ack
+        crashed = FeedbackConsumer(r, ks, group=group, consumer="run-1", claim_idle_ms=0)
+        died = crashed.read_all()
+        assert {e.stream_id for e in died} == everything  # ...and then it dies without ack
 
-    second = FeedbackConsumer(r, KS, group=group, consumer="run-2", claim_idle_ms=0)
-    redelivered = second.read_all()
-    assert sorted(e.stream_id for e in redelivered) == sorted(everything)  # each exactly once
-    assert second.ack(redelivered) == len(everything)
+        second = FeedbackConsumer(r, ks, group=group, consumer="run-2", claim_idle_ms=0)
+        redelivered = second.read_all()
+        assert sorted(e.stream_id for e in redelivered) == sorted(everything)  # exactly once
+        assert second.ack(redelivered) == len(everything)
 
-    third = FeedbackConsumer(r, KS, group=group, consumer="run-3", claim_idle_ms=0)
-    assert third.read_all() == []
-    rid = answer(client)
-    rate(gateway, response_id=rid, rating="up")
-    fresh = third.read_all()
-    assert [e.record["response_id"] for e in fresh] == [rid]  # only what is new
+        third = FeedbackConsumer(r, ks, group=group, consumer="run-3", claim_idle_ms=0)
+        assert third.read_all() == []
+        rid = answer(client)
+        rate(gateway, response_id=rid, rating="up")
+        fresh = third.read_all()
+        assert [e.record["response_id"] for e in fresh] == [rid]  # only what is new
 
 
+# On one Redis only: it stops and restarts the one Redis the gateway uses (a cluster
+# master going away is a failover, test_cluster's business).
 def test_ratings_survive_a_redis_restart(
     vllm: VLLMServer, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
     own = RedisProcess(tmp_path / "redis")
     own.start()
+    store = Store(own.url, False, (own.port,))
     gw = GatewayProcess(gateway_config(vllm.base_url, faulty.base_url, own.url), tmp_path / "gw")
     gw.start()
     try:
@@ -287,7 +299,7 @@ def test_ratings_survive_a_redis_restart(
         ids = [answer(c) for _ in range(10)]
         for i, rid in enumerate(ids):
             assert rate(gw, response_id=rid, rating=1 + i % 5).status_code == 201
-        before = aggregate(own.url, "default", "base")
+        before = aggregate(store, "default", "base")
         own.stop()
         own.start()  # AOF replays everything it acknowledged
         for i, rid in enumerate(ids):
@@ -295,18 +307,20 @@ def test_ratings_survive_a_redis_restart(
             assert resp.status_code == 200, resp.text
             got = resp.json()["data"]
             assert [r["rating"] for r in got] == [1 + i % 5]
-        assert aggregate(own.url, "default", "base") == before
+        assert aggregate(store, "default", "base") == before
         assert before["count"] == 10
     finally:
         gw.stop()
         own.stop()
 
 
+# On one Redis only: it kills -9 and restarts the one Redis the gateway uses.
 def test_every_rating_acknowledged_before_a_kill_9_survives_with_aof_always(
     vllm: VLLMServer, faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
     own = RedisProcess(tmp_path / "redis", appendfsync="always")  # as the chart and embedded
     own.start()
+    store = Store(own.url, False, (own.port,))
     gw = GatewayProcess(gateway_config(vllm.base_url, faulty.base_url, own.url), tmp_path / "gw")
     gw.start()
     try:
@@ -317,17 +331,19 @@ def test_every_rating_acknowledged_before_a_kill_9_survives_with_aof_always(
         acknowledged = [r.json()["response_id"] for r in replies if r.status_code == 201]
         assert len(acknowledged) == 50
         own.start()  # replays the AOF
-        r = redis.Redis.from_url(own.url)
-        assert all(r.hlen(KS.feedback(rid)) == 1 for rid in acknowledged)
-        assert aggregate(own.url, "default", "base")["count"] == 50
+        with store.client() as r:
+            assert all(r.hlen(store.ks.feedback(rid)) == 1 for rid in acknowledged)
+        assert aggregate(store, "default", "base")["count"] == 50
     finally:
         gw.stop()
         own.stop()
 
 
 def test_export_feedback_writes_interactions_with_their_ratings(
-    client: openai.OpenAI, gateway: GatewayProcess, tmp_path: Path
+    served: Served,
+    tmp_path: Path,
 ) -> None:
+    gateway, client = served.gateway, served.client
     since = datetime.now(UTC)
     time.sleep(0.01)
     rid = answer(client, user="u-export")
@@ -358,47 +374,51 @@ def test_export_feedback_writes_interactions_with_their_ratings(
     assert rows[0]["ratings"][0]["correction"] == "The right answer."
 
 
-def test_feedback_needs_an_api_key(gateway: GatewayProcess) -> None:
+def test_feedback_needs_an_api_key(served: Served) -> None:
+    gateway = served.gateway
     resp = httpx.post(gateway.base_url + "/feedback", json={"response_id": "x", "rating": "up"})
     assert resp.status_code == 401
 
 
 def test_stream_is_trimmed_by_retention_but_never_past_an_unacknowledged_event(
-    tmp_path: Path,
+    store: Store,
 ) -> None:
+    from gateway.core.store import connect
     from gateway.serving.feedback import trim_feedback_stream
 
-    own = RedisProcess(tmp_path / "redis")
-    own.start()
-    try:
-        r = redis.Redis.from_url(own.url)
-        ids = [r.xadd(KS.feedback_stream, {"data": b"{}"}).decode() for _ in range(6)]
-        r.xgroup_create(KS.feedback_stream, "a", id="0")
-        r.xgroup_create(KS.feedback_stream, "b", id="0")
+    # A feedback stream of the test's own, beside the gateway's (in its slot on a
+    # cluster): no gateway writes to it, trims it, or reads it in a group.
+    stream = f"{store.ks.feedback_stream}:test-{uuid.uuid4().hex[:8]}"
+    ks = dataclasses.replace(store.ks, feedback_stream=stream)
+    with store.client() as r:
+        try:
+            ids = [r.xadd(stream, {"data": b"{}"}).decode() for _ in range(6)]
+            r.xgroup_create(stream, "a", id="0")
+            r.xgroup_create(stream, "b", id="0")
 
-        async def trim_now() -> None:
-            aio = aioredis.Redis.from_url(own.url)
-            try:
-                await trim_feedback_stream(aio, KS, retention_s=0)
-            finally:
-                await aio.aclose()
+            async def trim_now() -> None:
+                aio = connect(store.url, cluster=store.cluster)
+                try:
+                    await trim_feedback_stream(aio, ks, retention_s=0)
+                finally:
+                    await aio.aclose()
 
-        def trim() -> list[str]:
-            asyncio.run(trim_now())
-            return [sid.decode() for sid, _ in r.xrange(KS.feedback_stream)]
+            def trim() -> list[str]:
+                asyncio.run(trim_now())
+                return [sid.decode() for sid, _ in r.xrange(stream)]
 
-        assert trim() == ids  # nothing read by anyone yet: all kept despite retention 0
-        for group in ("a", "b"):
-            got = r.xreadgroup(group, "c", {KS.feedback_stream: ">"}, count=4)
-            r.xack(KS.feedback_stream, group, *[sid for sid, _ in got[0][1]][:2])
-        assert trim() == ids[2:]  # the 3rd and 4th are delivered but not acknowledged
-        for group in ("a", "b"):
-            r.xack(KS.feedback_stream, group, *ids[2:4])
-        assert trim() == ids[4:]  # the last two were never delivered
-        r.xgroup_create(KS.feedback_stream, "late", id="$")
-        for group in ("a", "b"):
-            r.xreadgroup(group, "c", {KS.feedback_stream: ">"})
-            r.xack(KS.feedback_stream, group, *ids[4:])
-        assert trim() == []
-    finally:
-        own.stop()
+            assert trim() == ids  # nothing read by anyone yet: all kept despite retention 0
+            for group in ("a", "b"):
+                got = r.xreadgroup(group, "c", {stream: ">"}, count=4)
+                r.xack(stream, group, *[sid for sid, _ in got[0][1]][:2])
+            assert trim() == ids[2:]  # the 3rd and 4th are delivered but not acknowledged
+            for group in ("a", "b"):
+                r.xack(stream, group, *ids[2:4])
+            assert trim() == ids[4:]  # the last two were never delivered
+            r.xgroup_create(stream, "late", id="$")
+            for group in ("a", "b"):
+                r.xreadgroup(group, "c", {stream: ">"})
+                r.xack(stream, group, *ids[4:])
+            assert trim() == []
+        finally:
+            r.delete(stream)

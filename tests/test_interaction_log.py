@@ -18,64 +18,74 @@ from retrain import feedback_log
 
 from .conftest import API_KEY, gateway_config
 from .faulty_upstream import FaultyUpstream
+from .served import Served, served_on, session_store
 from .services import GatewayProcess, RedisProcess
-
-KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
+from .stores import STORES, Store
 
 HELLO = [{"role": "user", "content": "Can I return shoes?"}]
 
 
-def wait_for_record(url: str, response_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    r = redis.Redis.from_url(url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        doc = feedback_log.interaction(r, response_id)
-        if doc is not None:
-            return doc
-        time.sleep(0.02)
+@pytest.fixture(scope="module", params=STORES)
+def store(request: pytest.FixtureRequest) -> Store:
+    return session_store(request)
+
+
+@pytest.fixture(scope="module")
+def served(
+    request: pytest.FixtureRequest, store: Store, vllm: VLLMServer, faulty: FaultyUpstream
+) -> Iterator[Served]:
+    with served_on(request, store, vllm, faulty) as s:
+        yield s
+
+
+def wait_for_record(store: Store, response_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    with store.client() as r:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = feedback_log.interaction(r, response_id)
+            if doc is not None:
+                return doc
+            time.sleep(0.02)
     raise AssertionError(f"no interaction record for {response_id} after {timeout}s")
 
 
-def test_completion_is_logged_with_messages_answer_arm_and_latency(
-    client: openai.OpenAI, redis_server: RedisProcess
-) -> None:
-    done = client.chat.completions.create(
+def test_completion_is_logged_with_messages_answer_arm_and_latency(served: Served) -> None:
+    done = served.client.chat.completions.create(
         model="ab", messages=HELLO, max_tokens=8, user="u-log", temperature=0.5
     )
-    rec = wait_for_record(redis_server.url, done.id)
+    rec = wait_for_record(served.store, done.id)
     assert rec["messages"] == HELLO
     assert rec["answer"] == done.choices[0].message.content
     assert rec["experiment"] == "ab" and rec["arm"] == done.model
     assert rec["user"] == "u-log" and rec["params"]["temperature"] == 0.5
     assert rec["latency_ms"] > 0 and rec["status"] == "ok"
     assert rec["usage"]["completion_tokens"] == done.usage.completion_tokens  # type: ignore[union-attr]
-    ttl = redis.Redis.from_url(redis_server.url).ttl(keys.interaction(done.id))
+    with served.store.client() as r:
+        ttl = r.ttl(keys.interaction(done.id))
     assert 23 * 3600 < ttl <= 86400  # the default hot window (interaction_log.hot_s)
 
 
-def test_streamed_completion_is_logged_with_answer_ttft_and_usage(
-    client: openai.OpenAI, redis_server: RedisProcess
-) -> None:
+def test_streamed_completion_is_logged_with_answer_ttft_and_usage(served: Served) -> None:
     chunks = list(
-        client.chat.completions.create(model="base", messages=HELLO, max_tokens=8, stream=True)
+        served.client.chat.completions.create(
+            model="base", messages=HELLO, max_tokens=8, stream=True
+        )
     )
-    rec = wait_for_record(redis_server.url, chunks[0].id)
+    rec = wait_for_record(served.store, chunks[0].id)
     assert rec["answer"] == "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert rec["stream"] is True and rec["ttft_ms"] is not None
     assert 0 < rec["ttft_ms"] <= rec["latency_ms"]
     assert rec["usage"]["completion_tokens"] > 0  # asked of vLLM even though the app did not
 
 
-def test_failed_request_is_logged_with_its_error(
-    client: openai.OpenAI, redis_server: RedisProcess
-) -> None:
+def test_failed_request_is_logged_with_its_error(served: Served) -> None:
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(model="http500", messages=HELLO)
-    r = redis.Redis.from_url(redis_server.url)
-    entries = r.xrevrange(KS.interaction_stream, count=20)
+        served.client.chat.completions.create(model="http500", messages=HELLO)
+    with served.store.client() as r:
+        entries = r.xrevrange(served.store.ks.interaction_stream, count=20)
     ids = [fields[b"id"].decode() for _, fields in entries if fields[b"arm"] == b"http500"]
     assert ids, "the failed request was not logged"
-    rec = wait_for_record(redis_server.url, ids[0])
+    rec = wait_for_record(served.store, ids[0])
     assert rec["status"] == "error" and "engine exploded" in rec["error"]
     assert info.value.response.headers["x-flywheel-arm"] == "http500"
 
@@ -88,6 +98,8 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     proc.stop()
 
 
+# On one Redis only: the test stops and restarts the one Redis the gateway writes to (a
+# master of a cluster going away is a failover, test_cluster's business).
 def test_redis_down_mid_run_costs_no_request_and_logging_resumes(
     vllm: VLLMServer, faulty: FaultyUpstream, own_redis: RedisProcess, tmp_path: Path
 ) -> None:
@@ -95,13 +107,14 @@ def test_redis_down_mid_run_costs_no_request_and_logging_resumes(
         vllm.base_url, faulty.base_url, own_redis.url, interaction_log={"queue_size": 3}
     )
     gw = GatewayProcess(cfg, tmp_path / "gw").start()
+    own = Store(own_redis.url, False, (own_redis.port,))
     try:
         client = openai.OpenAI(base_url=gw.base_url, api_key=API_KEY, max_retries=0)
 
         def ask() -> str:
             return client.chat.completions.create(model="base", messages=HELLO, max_tokens=1).id
 
-        wait_for_record(own_redis.url, ask())
+        wait_for_record(own, ask())
         own_redis.stop()
         answered = [ask() for _ in range(8)]  # the queue holds 3: the rest are dropped
         assert len(answered) == 8
@@ -122,6 +135,6 @@ def test_redis_down_mid_run_costs_no_request_and_logging_resumes(
         assert all(r.exists(keys.interaction(i)) for i in buffered)
         assert not any(r.exists(keys.interaction(i)) for i in answered[4:])  # the dropped
         # ... and new requests are logged again.
-        wait_for_record(own_redis.url, ask())
+        wait_for_record(own, ask())
     finally:
         gw.stop()
