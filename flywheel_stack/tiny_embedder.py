@@ -17,8 +17,6 @@ files; a finished build is marked by ``flywheel-tiny-embed.json``.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +24,10 @@ from flywheel_stack.tiny_model import (
     PAD,
     _portable_tokenizer_config,
     _quiet_progress,
-    _replace_dir,
     _train_tokenizer,
     _write_json,
+    build_once,
+    read_marker,
 )
 
 MARKER = "flywheel-tiny-embed.json"
@@ -39,26 +38,14 @@ MAX_SEQ_LENGTH = 256
 
 def build_tiny_embedder(out_dir: Path, *, seed: int = 0, force: bool = False) -> Path:
     """Build the tiny embedding model into ``out_dir`` (skipped if built with ``seed``)."""
-    out_dir = Path(out_dir).resolve()
-    if not force and is_built(out_dir, seed=seed):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _build_into(tmp, seed=seed)
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return build_once(
+        out_dir, MARKER, _marker(seed), lambda tmp: _build_into(tmp, seed=seed), force
+    )
 
 
 def is_built(model_dir: Path, *, seed: int) -> bool:
     """True when ``model_dir`` holds a complete build of this recipe with ``seed``."""
-    try:
-        marker = json.loads((Path(model_dir) / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker == _marker(seed)
+    return bool(read_marker(model_dir, MARKER) == _marker(seed))
 
 
 def _marker(seed: int) -> dict[str, Any]:

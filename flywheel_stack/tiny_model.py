@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,26 +122,44 @@ CORPUS = [unicodedata.normalize("NFC", line) for line in ENGLISH + THAI + VIETNA
 
 def build_tiny_model(out_dir: Path, *, seed: int = 0, force: bool = False) -> Path:
     """Build the tiny model into ``out_dir`` (skipped if already built with ``seed``)."""
-    out_dir = Path(out_dir).resolve()
-    if not force and is_built(out_dir, seed=seed):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _build_into(tmp, seed=seed)
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return build_once(
+        out_dir, MARKER, _marker(seed), lambda tmp: _build_into(tmp, seed=seed), force
+    )
 
 
 def is_built(model_dir: Path, *, seed: int) -> bool:
     """True when ``model_dir`` holds a complete build of this recipe with ``seed``."""
+    return bool(read_marker(model_dir, MARKER) == _marker(seed))
+
+
+def read_marker(model_dir: Path, name: str) -> Any:
+    """The build marker a finished build leaves in ``model_dir`` (None: none readable)."""
     try:
-        marker = json.loads((Path(model_dir) / MARKER).read_text())
+        return json.loads((Path(model_dir) / name).read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker == _marker(seed)
+        return None
+
+
+def build_once(
+    out_dir: Path,
+    marker_name: str,
+    marker: dict[str, Any],
+    build_into: Callable[[Path], None],
+    force: bool = False,
+) -> Path:
+    """Build a model into ``out_dir`` unless it already holds ``marker``: built in a
+    temporary sibling and swapped in whole, so a crash never leaves half a model."""
+    out_dir = Path(out_dir).resolve()
+    if not force and read_marker(out_dir, marker_name) == marker:
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        build_into(tmp)
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 def _marker(seed: int) -> dict[str, Any]:
