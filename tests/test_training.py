@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -223,15 +225,18 @@ def test_openai_provider_reports_failure_and_cancels(tmp_path: Path, check_schem
         check_schema(schema, body)
 
 
-@pytest.mark.vllm
-def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
+@contextmanager
+def openai_stack(
     vllm: VLLMServer, redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
-) -> None:
-    server = FineTuningServer(answer="Yes: items can be returned within 30 days with the receipt.")
-    server.start()
+) -> Iterator[tuple[GatewayProcess, FineTuningServer, str, Path]]:
+    """A gateway with an ``openai`` upstream on the fine-tuning stand-in, an experiment
+    with rated corrections, and a retrain config whose provider ``openai`` is the
+    stand-in: (gateway, stand-in, experiment, config)."""
     from .conftest import gateway_config
     from .faulty_upstream import FaultyUpstream
 
+    server = FineTuningServer(answer="Yes: items can be returned within 30 days with the receipt.")
+    server.start()
     faulty = FaultyUpstream().start()
     cfg = gateway_config(vllm.base_url, faulty.base_url, redis_server.url)
     cfg["upstreams"]["openai"] = {
@@ -251,6 +256,18 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
             "poll_s": 0.01,
         }
         config.write_text(yaml.safe_dump(doc))
+        yield gw, server, exp, config
+    finally:
+        gw.stop()
+        faulty.stop()
+        server.stop()
+
+
+@pytest.mark.vllm
+def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
+    vllm: VLLMServer, redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
+) -> None:
+    with openai_stack(vllm, redis_server, tiny_model, tmp_path) as (gw, server, exp, config):
         run = retrain(config, "run", "--experiment", exp, "--provider", "openai")
         assert run.returncode == 0, run.stdout + run.stderr
         (job,) = [
@@ -265,10 +282,6 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
         assert model["experiments"] == [exp]
         status = retrain(config, "status", job["id"])
         assert status.returncode == 0 and "registered" in status.stdout
-    finally:
-        gw.stop()
-        faulty.stop()
-        server.stop()
 
 
 @pytest.mark.vllm
@@ -278,30 +291,7 @@ def test_a_run_that_died_while_openai_trained_is_finished_by_the_next_without_a_
     """``retrain run`` dies once its OpenAI job is launched; the job succeeds meanwhile.
     The next run adopts it: its ``ft:`` model is registered, evaluated and made a canary,
     and OpenAI saw one job created and none cancelled — nothing was bought twice."""
-    server = FineTuningServer(answer="Yes: items can be returned within 30 days with the receipt.")
-    server.start()
-    from .conftest import gateway_config
-    from .faulty_upstream import FaultyUpstream
-
-    faulty = FaultyUpstream().start()
-    cfg = gateway_config(vllm.base_url, faulty.base_url, redis_server.url)
-    cfg["upstreams"]["openai"] = {
-        "kind": "openai",
-        "base_url": server.base_url,
-        "api_key": "sk-test",
-    }
-    gw = GatewayProcess(cfg, tmp_path / "gw").start()
-    try:
-        exp = new_experiment(gw)
-        rate_corrections(gw, exp)
-        config = config_for(gw, tmp_path, tiny_model)
-        doc = yaml.safe_load(config.read_text())
-        doc["retrain"]["openai"] = {
-            "base_url": server.base_url,
-            "api_key": "sk-test",
-            "poll_s": 0.01,
-        }
-        config.write_text(yaml.safe_dump(doc))
+    with openai_stack(vllm, redis_server, tiny_model, tmp_path) as (gw, server, exp, config):
         store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
 
         def jobs() -> list[dict[str, Any]]:
@@ -337,7 +327,3 @@ def test_a_run_that_died_while_openai_trained_is_finished_by_the_next_without_a_
         nothing = retrain(config, "run", "--experiment", exp, "--provider", "openai")
         assert nothing.returncode == 0 and "nothing new" in nothing.stdout, nothing.stdout
         assert len(jobs()) == 1
-    finally:
-        gw.stop()
-        faulty.stop()
-        server.stop()
