@@ -177,7 +177,7 @@ def test_embeddings_string_array_and_base64_are_the_models_vectors_logged_and_ch
     )
     cost = embed_gateway.metric("flywheel_cost_total", arm="embed") - cost_before
     assert cost == pytest.approx(prompt_tokens * PRICE["prompt_per_1m"] / 1e6)
-    day = keys.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
+    day = keys.PLAIN_KEYSPACE.spend_day(time.strftime("%Y-%m-%d", time.gmtime()))
     for _ in range(100):
         spent = store.hget(day, "m:embed")
         if spent is not None and float(spent) >= cost - 1e-9:

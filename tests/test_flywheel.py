@@ -24,7 +24,7 @@ from .services import GatewayProcess, RedisProcess
 
 KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
 
-ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "socks", "belts", "scarves"]
+ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "socks"]
 
 
 def correction(item: str) -> str:
@@ -36,7 +36,7 @@ def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: An
     doc["retrain"] = {
         "dataset_dir": str(tmp_path / "datasets"),
         "min_examples": 1,
-        "split": {"validation": 0, "test": 0.25, "seed": 0},
+        "split": {"validation": 0, "test": 0.34, "seed": 0},  # two of the six held out
         "gateway_url": gw.url,
         "gateway_key": API_KEY,
         "admin_key": ADMIN_KEY,
@@ -46,8 +46,8 @@ def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: An
             "base_model": str(tiny_model),
             "upstream": "local",
             "adapter_dir": str(tmp_path / "adapters"),
-            "max_steps": 150,
-            "learning_rate": 0.01,
+            "max_steps": 300,
+            "learning_rate": 0.005,  # the tutorial's recipe (examples/local.yaml)
             "batch_size": 4,
             **local,
         },
@@ -247,14 +247,14 @@ def test_a_run_killed_during_training_is_resumed_from_its_checkpoint_by_the_next
     assert killed.returncode == 137
     store = JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE)
     (dead,) = [j for j in store.list(50) if j["experiment"] == exp]
-    assert dead["status"] == "running" and dead["checkpoint_step"] == 15  # 150 steps / 10
+    assert dead["status"] == "running" and dead["checkpoint_step"] == 30  # 300 steps / 10
 
     again = retrain(config, "run", "--experiment", exp)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "resumed from the checkpoint at step 15" in again.stdout
+    assert "resumed from the checkpoint at step 30" in again.stdout
     (job,) = [j for j in store.list(50) if j["experiment"] == exp and j["id"] != dead["id"]]
     assert job["status"] == "registered" and job["dataset_id"] == dead["dataset_id"]
-    assert job["training"]["resumed_from_step"] == 15 and job["training"]["steps"] == 150
+    assert job["training"]["resumed_from_step"] == 30 and job["training"]["steps"] == 300
     assert answers_a_trained_correction(gateway, exp, tmp_path)
     assert not Path(job["checkpoints"]).exists()  # trained to an outcome: nothing to resume
 

@@ -264,6 +264,7 @@ def test_retrain_finds_an_announced_stack_and_ignores_one_whose_process_died(
 
 RETURNS = ["shoes", "shirts", "jackets", "bags", "hats", "socks"]
 RETURNS += ["belts", "scarves", "gloves", "watches", "boots", "coats"]
+RETURNS += ["sandals", "jeans", "dresses", "sweaters"]  # as the tutorial: two held out
 
 
 @pytest.mark.vllm

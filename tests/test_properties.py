@@ -32,7 +32,7 @@ PROPS = settings(
 
 # -- generators ----------------------------------------------------------------------------
 
-names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,15}", fullmatch=True)
+names = st.from_regex(r"[A-Za-z0-9](?:\.?[A-Za-z0-9_-]){0,15}", fullmatch=True)  # NAME_PATTERN
 plain_text = st.text(
     st.characters(codec="utf-8", exclude_characters="$", exclude_categories=["Cs"]),
     min_size=1,

@@ -178,8 +178,8 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.get("/admin/experiments/{name:experiment}/report")
     async def report(request: Request, name: str) -> Response:
         control, _ = admin(request, name)
-        since = checked_day(request.query_params.get("since"), "since")
-        until = checked_day(request.query_params.get("until"), "until")
+        since = checked_day(request.query_params.get("since"), "since", blank=False)
+        until = checked_day(request.query_params.get("until"), "until", blank=False)
         if since is None and until is None:
             return _json(await control.report(name))
         state = await control.experiments.state(name)

@@ -23,9 +23,10 @@ def checked_cursor(before: str | None) -> str | None:
     return before
 
 
-def checked_day(value: str | None, param: str) -> str | None:
-    """A day filter (``YYYY-MM-DD``, from 1970 on), or a 400 naming ``param``."""
-    if value is None or value == "":
+def checked_day(value: str | None, param: str, blank: bool = True) -> str | None:
+    """A day filter (``YYYY-MM-DD``, from 1970 on), or a 400 naming ``param``. An empty
+    value is no filter where ``blank`` (a form's empty field), else a 400 (the API)."""
+    if value is None or (value == "" and blank):
         return None
     try:
         parsed = time.strptime(value, "%Y-%m-%d")
