@@ -48,7 +48,7 @@ is answered like a reference to an unknown model (:func:`referable`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from gateway.core.auth import Principal
 from gateway.core.errors import Conflict, NotFound, PermissionDenied
@@ -66,18 +66,7 @@ Kind = Literal[
     "audit",
 ]
 Action = Literal["see", "call", "rate", "change", "create"]
-KINDS: tuple[Kind, ...] = (
-    "experiment",
-    "model",
-    "interaction",
-    "rating",
-    "review",
-    "dataset",
-    "job",
-    "key",
-    "tenant",
-    "audit",
-)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 NOBODY = ""  # the owner of what belongs to no tenant: only an admin of every tenant sees it
 
 # What each role may see, by kind (an admin: every kind).
