@@ -2,7 +2,7 @@
 
 ::
 
-    python -m bench run [--mode all|throughput|streaming|arms|log] [--quick]
+    python -m bench run [--mode all|throughput|streaming|arms|log|icount[,...]] [--quick]
                         [--duration S] [--peers auto|none|litellm,portkey] [--out FILE]
     python -m bench profile [--tool auto|py-spy|cprofile] [--system gateway|floor] [--native]
                             [--stream] [--arms N] [--duration S] [--out DIR]
@@ -38,13 +38,26 @@ def parse_peers(value: str) -> list[str]:
     return peers
 
 
+def parse_modes(value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    if modes == ["all"]:
+        return modes
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode(s): {', '.join(unknown) or value!r} (all, {', '.join(MODES)})"
+        )
+    return modes
+
+
 def options(args: argparse.Namespace, stamp: str) -> Options:
-    modes = list(MODES) if args.mode == "all" else [args.mode]
+    modes = list(MODES) if args.mode == ["all"] else args.mode
     opts = Options(modes=modes, peers=args.peers, work_dir=Path(f"/tmp/flywheel-bench-{stamp}"))
     if args.quick:
         opts.duration_s, opts.warmup_s = 3.0, 1.0
         opts.ttft_requests, opts.slow_requests = 50, 2
         opts.arms_rounds, opts.log_records = 1, 20_000
+        opts.icount_requests = 300
     if args.duration is not None:
         opts.duration_s = args.duration
     opts.connections = args.connections
@@ -129,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="measure and print the results table")
-    p.add_argument("--mode", choices=["all", *MODES], default="all")
+    p.add_argument(
+        "--mode",
+        type=parse_modes,
+        default=["all"],
+        help=f"all (the default), or one or more of {', '.join(MODES)}, comma-separated",
+    )
     p.add_argument("--quick", action="store_true", help="~3 s runs, fewer samples (~1.5 min)")
     p.add_argument("--duration", type=float, default=None, help="seconds per wrk run (10)")
     p.add_argument("--connections", type=int, default=32, help="the loaded runs' connections")

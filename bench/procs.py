@@ -75,9 +75,18 @@ class Proc:
         """User + system CPU time of every live process in this child's process group."""
         return group_cpu_seconds(self.pid)
 
+    def cpu_times(self) -> tuple[float, float]:
+        """User and system CPU time, apart, of every live process in this child's group."""
+        return group_cpu_times(self.pid)
+
 
 def group_cpu_seconds(pgid: int) -> float:
-    total = 0
+    return sum(group_cpu_times(pgid))
+
+
+def group_cpu_times(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in process group ``pgid``."""
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -89,8 +98,9 @@ def group_cpu_seconds(pgid: int) -> float:
         fields = stat[stat.rfind(b")") + 2 :].split()
         # fields[0] is the state (field 3); pgrp is field 5, utime 14, stime 15.
         if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 class Processes:

@@ -22,6 +22,7 @@ import redis
 
 from gateway.core import keys
 
+from . import icount
 from . import systems as S
 from .logwriter import run_log
 from .procs import BenchError, Processes, ensure_binary
@@ -31,7 +32,7 @@ from .wrk import WrkResult, lua_script, run_wrk
 KS = keys.PLAIN_KEYSPACE  # the benches run on one Redis
 
 
-MODES = ("throughput", "streaming", "arms", "log")
+MODES = ("throughput", "streaming", "arms", "log", "icount")
 PEERS = ("litellm", "portkey")
 
 
@@ -49,6 +50,8 @@ class Options:
     arms: tuple[int, int] = (2, 100)
     arms_rounds: int = 2
     log_records: int = 50_000
+    icount_requests: int = 1000  # requests counted under callgrind, per system and kind
+    icount_concurrency: int = 8
     workers: int = 1  # gateway serve --workers N (the throughput and streaming modes)
     work_dir: Path = Path("/tmp/flywheel-bench")
 
@@ -144,13 +147,18 @@ class Bench:
     ) -> WrkResult:
         """One wrk run, with the CPU the system (and, for Flywheel, Redis) used meanwhile."""
         watched = [p for p in (sysm.proc,) if p is not None]
-        before = [p.cpu_seconds() for p in watched]
+        before = [p.cpu_times() for p in watched]
         redis_before = self.redis.proc.cpu_seconds()
         result = run_wrk(self.wrk, sysm.url, script, connections=connections, duration_s=duration_s)
         if watched and result.requests:
-            cpu = sum(p.cpu_seconds() for p in watched) - sum(before)
-            result.cpu_s = round(cpu, 3)
-            result.cpu_us_per_req = round(cpu / result.requests * 1e6, 1)
+            after = [p.cpu_times() for p in watched]
+            user = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+            system = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+            n = result.requests
+            result.cpu_s = round(user + system, 3)
+            result.cpu_us_per_req = round((user + system) / n * 1e6, 1)
+            result.user_us_per_req = round(user / n * 1e6, 1)
+            result.system_us_per_req = round(system / n * 1e6, 1)
         if sysm.name.startswith("gateway") and result.requests:
             redis_cpu = self.redis.proc.cpu_seconds() - redis_before
             result.redis_cpu_us_per_req = round(redis_cpu / result.requests * 1e6, 1)
@@ -263,6 +271,35 @@ class Bench:
         )
         self.results["log"] = r.to_json()
 
+    # -- instructions -----------------------------------------------------------------------
+
+    def run_icount(self) -> None:
+        """Instructions per request, plain and streamed, of the floor and Flywheel: the
+        cost that does not move with the CPU model or other load (``bench/icount.py``)."""
+        o = self.opts
+        out: dict[str, Any] = {}
+        try:
+            for system in ("floor", "gateway"):
+                for stream in (False, True):
+                    r = icount.measure(
+                        system,
+                        stream=stream,
+                        n=o.icount_requests,
+                        concurrency=o.icount_concurrency,
+                        warmup=min(200, o.icount_requests),
+                        work_dir=o.work_dir / "icount",
+                    )
+                    kind = "stream" if stream else "plain"
+                    out.setdefault(system, {})[kind] = r
+                    self.log(
+                        f"   {system:8} {kind:6}: {r['instructions_per_request'] / 1000:8.1f} k "
+                        f"instructions/request ({r['failed']} failed, {r['seconds']} s)"
+                    )
+        except BenchError as exc:
+            self.log(f"   icount: skipped: {str(exc).splitlines()[0]}")
+            out["skipped"] = str(exc)
+        self.results["icount"] = out
+
     # -- all --------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -274,6 +311,9 @@ class Bench:
         if "log" in self.opts.modes:
             self.log("== interaction log writer")
             self.run_log()
+        if "icount" in self.opts.modes:
+            self.log("== instructions per request (callgrind)")
+            self.run_icount()
         self.results["meta"]["loadavg_end"] = os.getloadavg()
         self.results["meta"]["versions"] = self.versions()
         return self.results

@@ -27,7 +27,9 @@ class WrkResult:
     max_ms: float
     errors: dict[str, int] = field(default_factory=dict)  # socket errors and non-2xx/3xx
     cpu_s: float | None = None  # CPU the system under test used during the run
-    cpu_us_per_req: float | None = None
+    cpu_us_per_req: float | None = None  # user + system
+    user_us_per_req: float | None = None
+    system_us_per_req: float | None = None  # the kernel's share: system calls, wake-ups
     redis_cpu_us_per_req: float | None = None  # Flywheel only: its interaction-log writes
 
     def to_json(self) -> dict[str, object]:

@@ -42,6 +42,57 @@ from gateway.serving.metrics import Metrics
 from gateway.serving.replicas import NoReplica, Pool, Replica
 
 
+class _Silence:
+    """A stream's read deadline (first byte, then idle) kept by one timer for the whole
+    stream instead of one per read: a wait only moves ``deadline``; the timer, when it
+    fires early, re-arms itself at the deadline of the wait then running (none running: it
+    waits for the next), and past it cancels the waiting task (``expired`` tells that
+    cancellation from others)."""
+
+    __slots__ = ("_armed_at", "_handle", "_loop", "_task", "deadline", "expired", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._loop, self.deadline, self._armed_at = loop, deadline, 0.0
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.expired = self.waiting = False
+
+    def wait_until(self, deadline: float) -> None:
+        """A wait begins, in the current task, that must end by ``deadline``."""
+        self.deadline, self.waiting, self._task = deadline, True, asyncio.current_task()
+        if self._handle is None or deadline < self._armed_at:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = self.deadline
+        self._handle = self._loop.call_at(self.deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self.waiting or self._task is None:
+            return  # the next wait arms it again
+        if self._loop.time() >= self.deadline:
+            self.expired = True
+            self._task.cancel()
+        else:
+            self._arm()
+
+    def done_waiting(self, cancelled: bool = False) -> bool:
+        """The wait is over; True when it ended because its deadline passed."""
+        self.waiting = False
+        if cancelled and self.expired and self._task is not None:
+            self.expired = False
+            return self._task.uncancel() == 0
+        return False
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 def retryable(exc: GatewayError) -> bool:
     return isinstance(exc, UpstreamUnavailable | UpstreamTimeout) or (
         isinstance(exc, UpstreamError) and exc.status >= 500
@@ -178,18 +229,20 @@ class UpstreamClient:
         replica.outstanding += 1
         call = Call(target, replica)
         timeout, headers = self._call_opts[target.upstream_name]
+        first_byte = None  # a stream's deadline for its headers (no timer for the others)
         if stream:
             call.first_byte_by = asyncio.get_running_loop().time() + up.first_byte_timeout_s
-        first_byte = asyncio.timeout_at(call.first_byte_by)
+            first_byte = asyncio.timeout_at(call.first_byte_by)
         try:
             try:
-                async with first_byte:
-                    resp = await self.session.post(
-                        replica.url + path,
-                        data=payload,
-                        headers=headers,
-                        timeout=timeout,
-                    )
+                request = self.session.post(
+                    replica.url + path, data=payload, headers=headers, timeout=timeout
+                )
+                if first_byte is None:
+                    resp = await request
+                else:
+                    async with first_byte:
+                        resp = await request
                 if resp.status >= 400:
                     try:
                         raw = await resp.read()
@@ -197,7 +250,7 @@ class UpstreamClient:
                         resp.release()
                     raise _error_from_body(resp.status, raw, target.upstream_name)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                if first_byte.expired():
+                if first_byte is not None and first_byte.expired():
                     raise self._silent(call, "first_byte") from exc
                 raise _translate(exc, target) from exc
         except GatewayError as exc:
@@ -237,21 +290,26 @@ class UpstreamClient:
         up, loop, content = call.target.upstream, asyncio.get_running_loop(), resp.content
         first_by = call.first_byte_by  # None: not a stream, only timeout_s applies
         idle = False  # a stream's first data line came: the idle timeout applies from now on
+        silence = None if first_by is None else _Silence(loop, first_by)
+        first_by = first_by or 0.0
         try:
             while True:
-                if first_by is None:
+                if silence is None:
                     chunk = await content.readany()
+                elif chunk := content.read_nowait():
+                    pass  # already here: nothing to wait for
+                elif content.is_eof():
+                    break
                 else:
-                    deadline = loop.time() + up.idle_timeout_s if idle else first_by
-                    silence = asyncio.timeout_at(deadline)
+                    silence.wait_until(loop.time() + up.idle_timeout_s if idle else first_by)
                     try:
-                        async with silence:
-                            chunk = await content.readany()
-                    except TimeoutError:
-                        if not silence.expired():
-                            raise  # aiohttp's own: connect or total
+                        chunk = await content.readany()
+                    except asyncio.CancelledError:
+                        if not silence.done_waiting(cancelled=True):
+                            raise
                         failure = self._silent(call, "idle" if idle else "first_byte")
                         raise failure from None
+                    silence.done_waiting()
                 if not chunk:
                     break
                 if b"\n" not in chunk:
@@ -275,6 +333,8 @@ class UpstreamClient:
             resp.close()  # drop the connection: that stops the upstream generating
             raise
         finally:
+            if silence is not None:
+                silence.close()
             self.end(call, failure)
         resp.release()  # read to the end: the connection goes back to the pool
 
