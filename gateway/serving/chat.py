@@ -54,6 +54,10 @@ from gateway.serving.validation import parse_chat_request
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A stream's own headers, encoded once (what Starlette's init_headers would make of them).
+_SSE_RAW = [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()] + [
+    (b"content-type", b"text/event-stream; charset=utf-8")
+]
 
 
 # Fields vLLM sends as null where OpenAI's schema allows only a value or no key at all.
@@ -345,7 +349,7 @@ class ChatService:
                             self._relay(turn, batches, first, route),
                             abandon=partial(self._abandon, turn, batches),
                             done=lambda: turn.done,
-                            headers={**turn.headers(), **SSE_HEADERS},
+                            headers=turn.headers(),
                         )
                     response = await self._complete(turn)
                     self._shadow(route, turn)
@@ -711,7 +715,10 @@ class RelayResponse(Response):
     ) -> None:
         self.status_code = 200
         self.background = None
-        self.init_headers(headers)
+        # headers, then the SSE ones and the content type (init_headers' work, done directly)
+        self.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ] + _SSE_RAW
         self._relay = relay
         self._abandon = abandon
         self._done = done
