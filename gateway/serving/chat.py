@@ -483,18 +483,37 @@ class ChatService:
             return _release(turn) or None
         finishing = False
         for choice in choices or ():
-            conform_choice(choice, "delta")
+            # conform_choice(choice, "delta") and, for choice 0, turn.take_delta(delta),
+            # inlined: this runs for every chunk of every stream
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                if None in delta.values():
+                    for name in _NON_NULLABLE_MESSAGE:
+                        if name in delta and delta[name] is None:
+                            del delta[name]
+            else:
+                delta = {}
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict):
+                logprobs.setdefault("refusal", None)
             finish_reason = choice.get("finish_reason")
             if finish_reason:
                 finishing = True
             index = choice.get("index", 0)
             if index == 0:
-                turn.take_delta(choice.get("delta") or {})
+                content = delta.get("content")
+                if content:
+                    turn.answer.append(content)
+                calls = delta.get("tool_calls")
+                if calls:
+                    _merge_tool_calls(turn.tool_calls, calls)
+                if turn.ttft is None and (content or calls):
+                    turn.ttft = time.perf_counter()
                 if finish_reason:
                     turn.finish_reason = finish_reason
             elif isinstance(index, int):
                 more = turn.more.setdefault(index, MoreChoice())
-                more.take(choice.get("delta") or {}, finish_reason, True)
+                more.take(delta, finish_reason, True)
         earlier = _release(turn) if turn.held is not None else b""
         if finishing and not turn.want_usage and not chunk.get("system_fingerprint"):
             turn.held = chunk
