@@ -57,6 +57,9 @@ class _Silence:
         self._handle: asyncio.TimerHandle | None = None
         self.expired = self.waiting = False
 
+    def now(self) -> float:
+        return self._loop.time()
+
     def wait_until(self, deadline: float) -> None:
         """A wait begins, in the current task, that must end by ``deadline``."""
         self.deadline, self.waiting, self._task = deadline, True, asyncio.current_task()
@@ -150,6 +153,7 @@ class Call:
     ended: bool = False
     first_byte_by: float | None = None  # a stream's deadline (loop time) for its first data
     started: float = field(default_factory=time.perf_counter)
+    silence: _Silence | None = None  # a stream's one timer: first byte, then idle
 
 
 def _auth(up: Upstream) -> dict[str, str]:
@@ -229,20 +233,27 @@ class UpstreamClient:
         replica.outstanding += 1
         call = Call(target, replica)
         timeout, headers = self._call_opts[target.upstream_name]
-        first_byte = None  # a stream's deadline for its headers (no timer for the others)
+        silence = None  # a stream's deadline for its headers (no timer for the others)
         if stream:
-            call.first_byte_by = asyncio.get_running_loop().time() + up.first_byte_timeout_s
-            first_byte = asyncio.timeout_at(call.first_byte_by)
+            loop = asyncio.get_running_loop()
+            call.first_byte_by = loop.time() + up.first_byte_timeout_s
+            call.silence = silence = _Silence(loop, call.first_byte_by)
         try:
             try:
                 request = self.session.post(
                     replica.url + path, data=payload, headers=headers, timeout=timeout
                 )
-                if first_byte is None:
+                if silence is None:
                     resp = await request
                 else:
-                    async with first_byte:
+                    silence.wait_until(silence.deadline)
+                    try:
                         resp = await request
+                    except asyncio.CancelledError:
+                        if not silence.done_waiting(cancelled=True):
+                            raise
+                        raise self._silent(call, "first_byte") from None
+                    silence.done_waiting()
                 if resp.status >= 400:
                     try:
                         raw = await resp.read()
@@ -250,13 +261,15 @@ class UpstreamClient:
                         resp.release()
                     raise _error_from_body(resp.status, raw, target.upstream_name)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                if first_byte is not None and first_byte.expired():
-                    raise self._silent(call, "first_byte") from exc
                 raise _translate(exc, target) from exc
         except GatewayError as exc:
+            if silence is not None:
+                silence.close()
             self.end(call, exc)
             raise
         except BaseException:
+            if silence is not None:
+                silence.close()
             self.end(call, None)
             raise
         call.resp = resp
@@ -287,11 +300,10 @@ class UpstreamClient:
         assert resp is not None
         buf = b""
         failure: GatewayError | None = None
-        up, loop, content = call.target.upstream, asyncio.get_running_loop(), resp.content
-        first_by = call.first_byte_by  # None: not a stream, only timeout_s applies
+        up, content = call.target.upstream, resp.content
+        silence = call.silence  # None: not a stream, only timeout_s applies
+        first_by = call.first_byte_by or 0.0
         idle = False  # a stream's first data line came: the idle timeout applies from now on
-        silence = None if first_by is None else _Silence(loop, first_by)
-        first_by = first_by or 0.0
         try:
             while True:
                 if silence is None:
@@ -301,7 +313,7 @@ class UpstreamClient:
                 elif content.is_eof():
                     break
                 else:
-                    silence.wait_until(loop.time() + up.idle_timeout_s if idle else first_by)
+                    silence.wait_until(silence.now() + up.idle_timeout_s if idle else first_by)
                     try:
                         chunk = await content.readany()
                     except asyncio.CancelledError:
