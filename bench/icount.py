@@ -35,6 +35,8 @@ import aiohttp
 from . import systems as S
 from .procs import BenchError, Processes, ensure_binary
 
+START_S = 600  # start-up under valgrind is ~50× slower, more on a busy machine
+
 
 async def _load(url: str, headers: dict[str, str], model: str, stream: bool, n: int, c: int) -> int:
     """Send ``n`` requests over ``c`` connections; the number that failed."""
@@ -90,10 +92,12 @@ def measure(
     with Processes(work_dir / "logs") as procs:
         upstream = S.start_upstream(procs, 100.0, 10)
         if system == "floor":
-            sut = S.start_floor(procs, upstream, python=python)
+            sut = S.start_floor(procs, upstream, python=python, wait_s=START_S)
         else:
             redis = S.start_redis(procs)
-            sut = S.start_gateway(procs, upstream, redis.url(), work_dir, python=python)
+            sut = S.start_gateway(
+                procs, upstream, redis.url(), work_dir, python=python, wait_s=START_S
+            )
         assert sut.proc is not None
         pid = str(sut.proc.pid)
         args = (sut.url, sut.headers, sut.model, stream)

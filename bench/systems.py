@@ -181,14 +181,16 @@ def start_s3(procs: Processes, bucket: str) -> ObjectStore:
     return store
 
 
-def start_floor(procs: Processes, upstream: System, python: list[str] | None = None) -> System:
+def start_floor(
+    procs: Processes, upstream: System, python: list[str] | None = None, wait_s: float = 30
+) -> System:
     """``python -m bench.floor``; ``python`` replaces the interpreter (``python -m cProfile``)."""
     port = free_port()
     python = python or [sys.executable]
     argv = [*python, "-m", "bench.floor", f"--port={port}", f"--upstream={upstream.base_url}"]
     proc = procs.start("floor", argv, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    wait_http(proc, base + "/v1/models", timeout_s=30)
+    wait_http(proc, base + "/v1/models", timeout_s=wait_s)
     return System(
         "floor",
         base,
@@ -243,6 +245,7 @@ def start_gateway(
     python: list[str] | None = None,
     serve: list[str] | None = None,
     extra: list[str] | None = None,
+    wait_s: float = 60,
 ) -> System:
     """``python -m gateway serve --config FILE --port P``.
 
@@ -257,7 +260,7 @@ def start_gateway(
     argv = [*serve, "--config", str(config_path), "--port", str(port)]
     proc = procs.start(name, [*argv, *(extra or [])], cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    wait_http(proc, base + "/healthz", timeout_s=60)
+    wait_http(proc, base + "/healthz", timeout_s=wait_s)
     return System(
         name,
         base,
