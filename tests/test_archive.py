@@ -1,7 +1,8 @@
-"""The archive: interactions and ratings copied from Redis to Parquet, exactly once.
+"""The archive: interactions and ratings copied from Redis to two Delta tables, exactly once.
 
 A real gateway (scripted upstream, real Redis) serves and takes ratings; ``retrain
-archive`` (a real process) copies them; DuckDB reads the files. Killed at each step of a
+archive`` (a real process) copies them; DuckDB reads the files (the tables' snapshots,
+and every Parquet file on disk). Killed at each step of a
 pass, the archiver loses nothing and duplicates nothing on the next run. Every test runs
 twice: the archive in a local directory and on an S3-compatible object store (a real
 moto server, ``archive.url: s3://…``).
@@ -27,7 +28,7 @@ import yaml
 
 from gateway.core import keys
 from gateway.core.config import load_settings
-from gateway.ops.archive import CRASH_ENV, MANIFEST, Archive, Archiver
+from gateway.ops.archive import CRASH_ENV, Archive, Archiver
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.feedback_log import connect
@@ -87,7 +88,9 @@ def served(
         "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
         "models": {"helper": {"upstream": "scripted", "model": "helper"}},
         "experiments": {"shop": {"arms": [{"model": "helper"}]}},
-        "archive": place.config(enabled=False),
+        # every pass compacts a partition of more than one small file and vacuums what it
+        # replaced at once: the files on disk are the snapshot's after each pass
+        "archive": place.config(enabled=False, compact_files=1, vacuum_retention_hours=0),
     }
     gw = GatewayProcess(config, work)
     try:
@@ -143,8 +146,8 @@ def archive(served: Served, crash_at: str | None = None) -> subprocess.Completed
 
 
 def committed(served: Served, kind: str) -> list[str]:
-    files = served.archive.manifest()["files"]
-    return [served.archive.uri(f["path"]) for f in files if f["kind"] == kind]
+    """The files of the table's current snapshot."""
+    return Archive(served.archive.url, served.archive.options).files(kind)
 
 
 def query(served: Served, sql: str) -> list[tuple[Any, ...]]:
@@ -191,7 +194,7 @@ def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experi
     assert again.returncode == 0 and "archived 0 interactions and 0 ratings" in again.stdout
 
 
-@pytest.mark.parametrize("step", ["after-read", "after-file", "after-manifest", "after-ack"])
+@pytest.mark.parametrize("step", ["after-read", "after-commit", "after-ack", "after-compact"])
 def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
     served: Served, step: str
 ) -> None:
@@ -205,12 +208,12 @@ def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
     for kind, column in (("interactions", "id"), ("feedback", "response_id")):
         files = committed(served, kind)
         listed = ", ".join(repr(f) for f in files)
-        in_manifest = query(
+        in_snapshot = query(
             served,
             f"SELECT {column}, count(*) FROM read_parquet([{listed}]) "
             f"WHERE {column} IN ({wanted}) GROUP BY 1",
         )
-        assert sorted(in_manifest) == sorted((i, 1) for i in ids), (kind, step)
+        assert sorted(in_snapshot) == sorted((i, 1) for i in ids), (kind, step)
         on_disk = query(
             served,
             f"SELECT {column}, count(*) FROM {glob(served, kind)} "
@@ -291,7 +294,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
             assert reply.status_code == 200, reply.text
             rid = reply.json()["id"]
             deadline = time.monotonic() + 30
-            while r.exists(keys.interaction(rid)) or not place.exists(MANIFEST):
+            while r.exists(keys.interaction(rid)) or not place.exists("interactions", "_delta_log"):
                 assert time.monotonic() < deadline, "the record did not leave Redis"
                 time.sleep(0.2)
             fix = "Refunds reach your card within five working days."
