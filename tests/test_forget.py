@@ -1,7 +1,7 @@
 """Forgetting a user: out of Redis, the archive and every dataset version, audited.
 
 A real gateway (fixed upstream, real Redis) serves and takes ratings of three users;
-``retrain archive`` (a real process) copies them to Parquet; ``retrain build`` makes
+``retrain archive`` (a real process) copies them to the Delta tables; ``retrain build`` makes
 dataset versions. Then ``DELETE /admin/users/{user}`` and ``retrain forget`` remove
 one user each, and the others' data stays whole.
 """
@@ -385,8 +385,8 @@ def test_retrain_forget_removes_a_user_everywhere_and_a_second_run_finds_nothing
     [
         (ARCHIVE_CRASH_ENV, "forget-after-plan"),
         (ARCHIVE_CRASH_ENV, "forget-after-redis"),
-        (ARCHIVE_CRASH_ENV, "forget-after-files"),
-        (ARCHIVE_CRASH_ENV, "forget-after-manifest"),
+        (ARCHIVE_CRASH_ENV, "forget-after-delete"),
+        (ARCHIVE_CRASH_ENV, "forget-after-vacuum"),
         (RETRAIN_CRASH_ENV, "forget-after-successor"),
     ],
 )

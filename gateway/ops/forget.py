@@ -532,32 +532,26 @@ class Forgetter:
         """One Delta DELETE per table (in chunks of ids), then a vacuum with no retention:
         no file keeps the user's rows."""
         counts = {"interactions": 0, "ratings": 0, "files_rewritten": 0}
-        ids = sorted(plan.response_ids)
-        events = sorted(plan.events)
-        predicates: dict[str, list[str]] = {INTERACTIONS: [], FEEDBACK: []}
+        ids = ", ".join(_sql(i) for i in sorted(plan.response_ids))
+        events = ", ".join(_sql(e) for e in sorted(plan.events))
         owned = f'"user" = {_sql(plan.user)}'
         if plan.tenant is not None:
-            owned += f" AND tenant = {_sql(plan.tenant)}"
-        predicates[INTERACTIONS].append(owned)
-        for start in range(0, max(len(ids), 1), CHUNK):
-            if ids:
-                listed = ", ".join(_sql(i) for i in ids[start : start + CHUNK])
-                predicates[INTERACTIONS].append(f"id IN ({listed})")
-                predicates[FEEDBACK].append(f"response_id IN ({listed})")
-        for start in range(0, len(events), CHUNK):
-            listed = ", ".join(_sql(e) for e in events[start : start + CHUNK])
-            predicates[FEEDBACK].append(f"stream_id IN ({listed})")
+            owned = f"({owned} AND tenant = {_sql(plan.tenant)})"
+        predicates = {
+            INTERACTIONS: [owned] + ([f"id IN ({ids})"] if ids else []),
+            FEEDBACK: ([f"response_id IN ({ids})"] if ids else [])
+            + ([f"stream_id IN ({events})"] if events else []),
+        }
         for kind, wheres in predicates.items():
-            for where in wheres:
-                dt = self.archive.table(kind)
-                if dt is None:
-                    break
-                done = dt.delete(where)
-                counts["interactions" if kind == INTERACTIONS else "ratings"] += int(
-                    done.get("num_deleted_rows", 0)
-                )
-                counts["files_rewritten"] += int(done.get("num_removed_files", 0))
-                self._renew()
+            dt = self.archive.table(kind)
+            if dt is None or not wheres:
+                continue
+            done = dt.delete(" OR ".join(wheres))  # one commit: each file rewritten once
+            counts["interactions" if kind == INTERACTIONS else "ratings"] += int(
+                done.get("num_deleted_rows", 0)
+            )
+            counts["files_rewritten"] += int(done.get("num_removed_files", 0))
+            self._renew()
         crash_point("forget-after-delete")
         for kind in (INTERACTIONS, FEEDBACK):
             self.archive.vacuum(kind, 0)  # what the deletes replaced, at once
