@@ -631,6 +631,28 @@ class Archiver:
             result.compacted += self.archive.upkeep(kind)["compacted_partitions"]
         return result
 
+    def maintain(self, compact: bool = True) -> PassResult:
+        """Under the lock, without reading the streams: copy an archive of the earlier
+        layout in (``retrain archive --migrate``) and, with ``compact``, compact every
+        partition holding more than one small file and vacuum (``--compact``)."""
+        result = PassResult()
+        if self.client.get(self.ks.archive_pause) is not None:
+            self.release()
+            result.held_by = keys.text(self.client.get(self.ks.archive_pause) or b"forget")
+            return result
+        holder = self.hold()
+        if holder is not None:
+            result.held_by = holder
+            return result
+        result.migrated = sum(migrate_legacy(self.archive).values())
+        self._migrated = True
+        if compact:
+            for kind in (INTERACTIONS, FEEDBACK):
+                if self.hold() is not None:
+                    return result
+                result.compacted += self.archive.upkeep(kind, force=True)["compacted_partitions"]
+        return result
+
     def _due(self, stream: str, max_wait_s: float) -> bool:
         """Enough entries wait for a full file, or the oldest has waited ``max_wait_s``."""
         if self.client.xpending(stream, keys.ARCHIVE_GROUP)["pending"]:
