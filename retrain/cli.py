@@ -133,8 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
     archive = commands.add_parser(
         "archive",
-        help="copy interactions and ratings from Redis to the archive's Delta tables "
-        "(archive.url)",
+        help="copy interactions and ratings from Redis to the archive's Delta tables (archive.url)",
     )
     upkeep = archive.add_mutually_exclusive_group()
     upkeep.add_argument(

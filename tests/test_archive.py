@@ -393,10 +393,10 @@ def test_steady_small_passes_do_not_leave_tiny_files_forever(served: Served) -> 
     on_disk = place.glob("interactions", "*", "*", "*.parquet")
     assert len(on_disk) == len(snapshot) < 8
     wanted = ", ".join(repr(i) for i in ids)
+    every_file = place.uri("interactions", "*", "*", "*.parquet")
     rows = query(
         served,
-        f"SELECT id, count(*) FROM read_parquet('{place.uri('interactions', '*', '*', '*.parquet')}') "
-        f"WHERE id IN ({wanted}) GROUP BY 1",
+        f"SELECT id, count(*) FROM read_parquet('{every_file}') WHERE id IN ({wanted}) GROUP BY 1",
     )
     assert sorted(rows) == sorted((i, 1) for i in ids)
 
@@ -416,9 +416,7 @@ def _old_layout(place: Place) -> tuple[dict[str, list[str]], str]:
 
     from .multilingual import ANSWERS
 
-    texts = [
-        unicodedata.normalize(form, t) for t in ANSWERS.values() for form in ("NFC", "NFD")
-    ]
+    texts = [unicodedata.normalize(form, t) for t in ANSWERS.values() for form in ("NFC", "NFD")]
     created = 1_764_500_000
     day = time.strftime("%Y-%m-%d", time.gmtime(created))
     files: list[dict[str, Any]] = []

@@ -329,6 +329,13 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
         world,
         "SELECT * FROM {feedback} WHERE response_id IN (" + ",".join(f"'{i}'" for i in alice) + ")",
     )
+    # nor the tables' logs: their statistics hold ids and times only, and the deletes
+    # name response ids, never her
+    logs = world.archive.glob("*", "_delta_log", "*.json")
+    assert logs
+    for path in logs:
+        with world.archive.fs.open(path, "rb") as f:
+            assert b"alice" not in f.read(), path
 
     # a build meanwhile carries none of her examples forward
     b4, _ = chat(world, "bob", [SYSTEM, {"role": "user", "content": f"bob asks {words()}"}])

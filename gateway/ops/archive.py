@@ -240,9 +240,12 @@ class Archive:
 
         rows = with_partitions(rows)
         props = CommitProperties(
-            app_transactions=[Transaction(app_id=a, version=v) for a, v in (transactions or {}).items()]
+            app_transactions=[
+                Transaction(app_id=a, version=v) for a, v in (transactions or {}).items()
+            ]
         )
         target = self.table(kind)
+        creating = {} if target is not None else {"configuration": dict(TABLE_CONFIG[kind])}
         write_deltalake(
             target if target is not None else self.uri(kind),
             rows,
@@ -251,6 +254,7 @@ class Archive:
             storage_options=None if target is not None else (self.delta_options or None),
             writer_properties=_writer_properties(rows.column_names),
             commit_properties=props,
+            **creating,
         )
         if target is None:
             self.table(kind)
@@ -328,7 +332,8 @@ class Archive:
         if dt is None:
             return []
         gone: list[str] = dt.vacuum(
-            retention_hours=int(retention_hours) if retention_hours == int(retention_hours)
+            retention_hours=int(retention_hours)
+            if retention_hours == int(retention_hours)
             else retention_hours,
             enforce_retention_duration=False,
             dry_run=False,
@@ -378,6 +383,13 @@ def delta_options(options: dict[str, Any]) -> dict[str, str]:
 
 
 PARTITIONS = ("date", "exp")
+# The table properties set when a table is made. The log keeps column statistics (min and
+# max) for the listed columns only: ids and times, never text a person wrote, so a forget
+# leaves none of it in the log.
+TABLE_CONFIG: dict[str, dict[str, str | None]] = {
+    INTERACTIONS: {"delta.dataSkippingStatsColumns": "stream_id,id,created"},
+    FEEDBACK: {"delta.dataSkippingStatsColumns": "stream_id,response_id,created"},
+}
 
 
 def archiver_app(kind: str) -> str:
@@ -479,7 +491,8 @@ def _conform(kind: str, table: Any) -> Any:
 
     schema = arrow_schema(kind)
     arrays = [
-        table[f.name].cast(f.type) if f.name in table.column_names
+        table[f.name].cast(f.type)
+        if f.name in table.column_names
         else pa.nulls(table.num_rows, f.type)
         for f in schema
     ]

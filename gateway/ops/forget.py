@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -61,8 +60,8 @@ from gateway.ops.archive import (
     INTERACTIONS,
     Archive,
     Archiver,
-    migrate_legacy,
     crash_point,
+    migrate_legacy,
     open_archive,
 )
 
@@ -534,11 +533,10 @@ class Forgetter:
         counts = {"interactions": 0, "ratings": 0, "files_rewritten": 0}
         ids = ", ".join(_sql(i) for i in sorted(plan.response_ids))
         events = ", ".join(_sql(e) for e in sorted(plan.events))
-        owned = f'"user" = {_sql(plan.user)}'
-        if plan.tenant is not None:
-            owned = f"({owned} AND tenant = {_sql(plan.tenant)})"
+        # by ids only (found in step 1): the log keeps each commit's predicate, and it
+        # must not name the user
         predicates = {
-            INTERACTIONS: [owned] + ([f"id IN ({ids})"] if ids else []),
+            INTERACTIONS: [f"id IN ({ids})"] if ids else [],
             FEEDBACK: ([f"response_id IN ({ids})"] if ids else [])
             + ([f"stream_id IN ({events})"] if events else []),
         }
