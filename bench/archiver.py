@@ -15,8 +15,8 @@ rating for ``--rated`` of them on the feedback stream. Then it times
 archive with the consumer group rewound: read both streams through the group, put the
 blocks back, append to the Delta tables (zstd Parquet, one commit each), acknowledge.
 It prints records/s (and interactions/s) and the CPU per record of this process and of
-Redis (every node), and checks that every record reached the archive. ``--profile FILE`` writes a cProfile of
-the first pass. ``--target s3`` writes the archive to an S3-compatible server it starts
+Redis (every node), and checks that every record reached the archive. ``--profile FILE``
+writes a cProfile of the first pass. ``--target s3`` writes the archive to an S3-compatible server it starts
 (moto, in memory: ``archive.url: s3://…`` with ``storage_options``) instead of a local
 directory; the moto server's CPU is reported beside Redis's.
 
