@@ -6,19 +6,20 @@ what steady traffic leaves behind (files per partition, the log's size).
     .venv/bin/python -m bench.archiver --steady 300 [--per-pass 5] [--target dir|s3]
 
 Starts its own ``redis-server`` (no persistence) — or, with ``--redis cluster``, a Redis
-Cluster of 3 masters, the keys named for it as the gateway names them — and writes ``-n``
-interactions the way the gateway does — records made by ``Turn.record()`` for 4-turn
-conversations of one app (``bench/storage.py``'s workload: a system prompt, earlier
-turns stored once as blocks), written by ``InteractionLog`` in batches of 500 — and a
-rating for ``--rated`` of them on the feedback stream. Then it times
+Cluster of 3 masters, the keys named for it as the gateway names them — and writes
+``-n`` interactions the way the gateway does — records made by ``Turn.record()`` for
+4-turn conversations of one app (``bench/storage.py``'s workload: a system prompt,
+earlier turns stored once as blocks), written by ``InteractionLog`` in batches of 500 —
+and a rating for ``--rated`` of them on the feedback stream. Then it times
 ``Archiver.run_once`` (the default batch of 50,000) ``--passes`` times, each into a new
 archive with the consumer group rewound: read both streams through the group, put the
-blocks back, append to the Delta tables (zstd Parquet, one commit each), acknowledge.
-It prints records/s (and interactions/s) and the CPU per record of this process and of
+blocks back, append to the Delta tables (zstd Parquet, one commit each), acknowledge. It
+prints records/s (and interactions/s) and the CPU per record of this process and of
 Redis (every node), and checks that every record reached the archive. ``--profile FILE``
-writes a cProfile of the first pass. ``--target s3`` writes the archive to an S3-compatible server it starts
-(moto, in memory: ``archive.url: s3://…`` with ``storage_options``) instead of a local
-directory; the moto server's CPU is reported beside Redis's.
+writes a cProfile of the first pass. ``--target s3`` writes the archive to an
+S3-compatible server it starts (moto, in memory: ``archive.url: s3://…`` with
+``storage_options``) instead of a local directory; the moto server's CPU is reported
+beside Redis's.
 
 ``--steady PASSES`` measures the tiny-file problem instead: each pass comes after
 ``--per-pass`` new interactions (a steady trickle, as the gateway's archiver sees with
