@@ -245,7 +245,8 @@ class Archive:
             ]
         )
         target = self.table(kind)
-        creating = {} if target is not None else {"configuration": dict(TABLE_CONFIG[kind])}
+        # the table's properties are set by the commit that makes it
+        configuration = dict(TABLE_CONFIG[kind]) if target is None else None
         write_deltalake(
             target if target is not None else self.uri(kind),
             rows,
@@ -254,7 +255,7 @@ class Archive:
             storage_options=None if target is not None else (self.delta_options or None),
             writer_properties=_writer_properties(rows.column_names),
             commit_properties=props,
-            **creating,
+            configuration=configuration,
         )
         if target is None:
             self.table(kind)
