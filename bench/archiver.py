@@ -343,8 +343,8 @@ def main() -> None:
     parser.add_argument("--per-pass", type=int, default=5, help="interactions per steady pass")
     parser.add_argument(
         "--vacuum-hours",
-        type=float,
-        default=1.0,
+        type=int,
+        default=1,
         help="archive.vacuum_retention_hours of the steady run's tables",
     )
     args = parser.parse_args()

@@ -343,8 +343,8 @@ class ArchiveConfig(_Strict):
         description="a partition holding more files smaller than half of target_file_mb "
         "is compacted by the archiver's pass",
     )
-    vacuum_retention_hours: float = Field(
-        1.0,
+    vacuum_retention_hours: int = Field(
+        1,
         ge=0,
         description="files a compaction replaced stay this long for readers of an older "
         "snapshot, then vacuum deletes them (a forget deletes what it replaced at once)",

@@ -179,7 +179,7 @@ class Archive:
         *,
         target_file_mb: float = 64.0,
         compact_files: int = 16,
-        vacuum_retention_hours: float = 1.0,
+        vacuum_retention_hours: int = 1,
     ) -> None:
         import fsspec
 
@@ -326,16 +326,14 @@ class Archive:
             out["vacuumed"] = len(self.vacuum(kind, hours))
         return out
 
-    def vacuum(self, kind: str, retention_hours: float) -> list[str]:
+    def vacuum(self, kind: str, retention_hours: int) -> list[str]:
         """Delete the files no longer in the table (replaced ``retention_hours`` ago or
         earlier, or written by a commit that never happened)."""
         dt = self.table(kind)
         if dt is None:
             return []
         gone: list[str] = dt.vacuum(
-            retention_hours=int(retention_hours)
-            if retention_hours == int(retention_hours)
-            else retention_hours,
+            retention_hours=int(retention_hours),
             enforce_retention_duration=False,
             dry_run=False,
         )
