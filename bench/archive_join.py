@@ -65,7 +65,7 @@ def build_archive(
     messages = [orjson.dumps(m) for m in columns["messages"]]
     names = table.column_names
     rng = random.Random(11)
-    files, ids = [], []
+    ids = []
     for n in range(0, rows, per_file):
         count = min(per_file, rows - n)
         day = f"2026-11-{1 + (n * days // rows):02d}"
@@ -84,10 +84,10 @@ def build_archive(
                 changed["answer"][i] = write(n + i, rng, 200)
         for name, values in changed.items():
             part = part.set_column(names.index(name), name, pa.array(values, pa.string()))
-        rel = f"interactions/date={day}/exp=ab/part-{n + 1}-0.parquet"
-        size = archive.write_parquet(rel, part)
-        files.append({"path": rel, "kind": INTERACTIONS, "rows": count, "bytes": size})
-    archive.write_manifest({"format": 1, "streams": {}, "files": files})
+        part = part.append_column("date", pa.array([day] * count, pa.string())).append_column(
+            "exp", pa.array(["ab"] * count, pa.string())
+        )
+        archive.append(INTERACTIONS, part)  # one commit (and file) per batch
     return ids
 
 

@@ -30,7 +30,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.core.records import to_row
-from gateway.ops.archive import COLUMNS, FEEDBACK, INTERACTIONS, Archive, arrow_schema
+from gateway.ops.archive import (
+    COLUMNS,
+    FEEDBACK,
+    INTERACTIONS,
+    Archive,
+    archiver_app,
+    arrow_schema,
+    stream_version,
+)
 from gateway.ops.archive_query import ArchiveReader, window_report
 
 from .storage import conversations
@@ -47,7 +55,6 @@ def build(root: str, rows: int, days: int, per_file: int = 50_000) -> None:
     template = conversations(min(per_file, rows), 4, only_last=True)
     ix_schema, fb_schema = arrow_schema(INTERACTIONS), arrow_schema(FEEDBACK)
     step_ms = days * 86_400_000 // rows
-    files = []
     last_ix = last_fb = ""
     for n in range(0, rows, per_file):
         ix, fb = [], []
@@ -103,16 +110,12 @@ def build(root: str, rows: int, days: int, per_file: int = 50_000) -> None:
                 table = pa.Table.from_pydict(
                     {c: [r[c] for r in part_rows] for c in schema.names}, schema=schema
                 )
-                rel = f"{kind}/date={day}/exp=ab/part-{n}-0.parquet"
-                size = archive.write_parquet(rel, table)
-                files.append({"path": rel, "kind": kind, "rows": len(part_rows), "bytes": size})
-    archive.write_manifest(
-        {
-            "format": 1,
-            "streams": {INTERACTIONS: {"last_id": last_ix}, FEEDBACK: {"last_id": last_fb}},
-            "files": files,
-        }
-    )
+                count = table.num_rows
+                table = table.append_column(
+                    "date", pa.array([day] * count, pa.string())
+                ).append_column("exp", pa.array(["ab"] * count, pa.string()))
+                last = last_ix if kind == INTERACTIONS else last_fb
+                archive.append(kind, table, {archiver_app(kind): stream_version(last)})
 
 
 def timed(fn: Callable[[], Any], runs: int = 5) -> tuple[float, Any]:

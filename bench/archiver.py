@@ -1,22 +1,34 @@
-"""The archiver's throughput: records/s from Redis to Parquet in one pass.
+"""The archiver's throughput (records/s from Redis to the Delta tables in one pass), and
+what steady traffic leaves behind (files per partition, the log's size).
 
     .venv/bin/python -m bench.archiver [-n 50000] [--rated 0.1] [--passes 3] [--profile FILE]
         [--redis one|cluster] [--target dir|s3]
+    .venv/bin/python -m bench.archiver --steady 300 [--per-pass 5] [--target dir|s3]
 
 Starts its own ``redis-server`` (no persistence) — or, with ``--redis cluster``, a Redis
-Cluster of 3 masters, the keys named for it as the gateway names them — and writes ``-n``
-interactions the way the gateway does — records made by ``Turn.record()`` for 4-turn
-conversations of one app (``bench/storage.py``'s workload: a system prompt, earlier
-turns stored once as blocks), written by ``InteractionLog`` in batches of 500 — and a
-rating for ``--rated`` of them on the feedback stream. Then it times
+Cluster of 3 masters, the keys named for it as the gateway names them — and writes
+``-n`` interactions the way the gateway does — records made by ``Turn.record()`` for
+4-turn conversations of one app (``bench/storage.py``'s workload: a system prompt,
+earlier turns stored once as blocks), written by ``InteractionLog`` in batches of 500 —
+and a rating for ``--rated`` of them on the feedback stream. Then it times
 ``Archiver.run_once`` (the default batch of 50,000) ``--passes`` times, each into a new
 archive with the consumer group rewound: read both streams through the group, put the
-blocks back, write Parquet (zstd), the manifest, acknowledge. It prints records/s (and
-interactions/s) and the CPU per record of this process and of Redis (every node), and
-checks that every record reached the archive. ``--profile FILE`` writes a cProfile of
-the first pass. ``--target s3`` writes the archive to an S3-compatible server it starts
-(moto, in memory: ``archive.url: s3://…`` with ``storage_options``) instead of a local
-directory; the moto server's CPU is reported beside Redis's.
+blocks back, append to the Delta tables (zstd Parquet, one commit each), acknowledge. It
+prints records/s (and interactions/s) and the CPU per record of this process and of
+Redis (every node), and checks that every record reached the archive. ``--profile FILE``
+writes a cProfile of the first pass. ``--target s3`` writes the archive to an
+S3-compatible server it starts (moto, in memory: ``archive.url: s3://…`` with
+``storage_options``) instead of a local directory; the moto server's CPU is reported
+beside Redis's.
+
+``--steady PASSES`` measures the tiny-file problem instead: each pass comes after
+``--per-pass`` new interactions (a steady trickle, as the gateway's archiver sees with
+``max_wait_s: 0``), and the same entries are archived twice — by the archiver into the
+Delta tables (with its upkeep: compaction past ``compact_files`` small files and vacuum)
+and by the same archiver into the earlier layout (one Parquet file per partition and
+pass, and ``manifest.json`` listing every file, rewritten each commit: ``LegacyArchive``
+below reproduces that writer). It prints, for both, the files per partition, the files
+and bytes on disk, and the size of the manifest or of ``_delta_log``.
 """
 
 from __future__ import annotations
@@ -38,7 +50,14 @@ import redis.asyncio as aioredis
 
 from gateway.core import keys, store
 from gateway.core.records import SCHEMA_VERSION, FeedbackEvent, InteractionRecord, encode_feedback
-from gateway.ops.archive import Archive, Archiver, PassResult
+from gateway.ops.archive import (
+    Archive,
+    Archiver,
+    PassResult,
+    stream_version,
+    version_stream_id,
+    with_partitions,
+)
 
 from .procs import Processes, group_cpu_seconds
 from .storage import conversations, interaction_log
@@ -139,6 +158,158 @@ def one_pass(
     return result, stored, size, seconds, cpu, served, stored_cpu, load
 
 
+class LegacyArchive(Archive):
+    """The earlier layout's writer, for comparison: each commit writes one Parquet file
+    per partition (``part-<first stream id>.parquet``) and rewrites ``manifest.json``
+    with every file listed; no compaction."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, storage_options)
+        self.doc: dict[str, Any] = {"format": 1, "streams": {}, "files": []}
+
+    def committed(self, kind: str, app_id: str | None = None) -> int | None:
+        last = self.doc["streams"].get(kind, {}).get("last_id")
+        return None if last is None else stream_version(last)
+
+    def append(self, kind: str, rows: Any, transactions: dict[str, int] | None = None) -> None:
+        import orjson
+        import pyarrow.compute as pc
+
+        rows = with_partitions(rows)
+        version = max((transactions or {}).values())
+        first = rows["stream_id"][0].as_py()
+        parts = zip(rows["date"].to_pylist(), rows["exp"].to_pylist(), strict=True)
+        for d, e in sorted(set(parts)):
+            mask = pc.and_(pc.equal(rows["date"], d), pc.equal(rows["exp"], e))
+            part = rows.filter(mask).drop_columns(["date", "exp"])
+            rel = f"{kind}/date={d}/exp={e}/part-{first}.parquet"
+            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(self.path(rel), "wb") as f:
+                pq.write_table(part, f, compression="zstd", compression_level=3)
+            self.doc["files"].append(
+                {"path": rel, "kind": kind, "rows": part.num_rows, "first_id": first}
+            )
+        self.doc["streams"][kind] = {"last_id": version_stream_id(version), "updated": 0.0}
+        with self.fs.open(self.path("manifest.json"), "wb") as f:
+            f.write(orjson.dumps(self.doc, option=orjson.OPT_INDENT_2))
+
+    def upkeep(self, kind: str, force: bool = False) -> dict[str, int]:
+        return {"compacted_partitions": 0}
+
+
+def layout(archive: Archive, kind: str) -> dict[str, float]:
+    """Files per partition (most, mean), Parquet files and bytes on disk, and the size of
+    the table's log (the manifest, or ``_delta_log``)."""
+    from collections import Counter
+
+    fs = archive.fs
+    fs.invalidate_cache()
+    on_disk = [p for p in fs.find(archive.path(kind)) if p.endswith(".parquet")]
+    on_disk = [p for p in on_disk if "/_delta_log/" not in p]
+    if isinstance(archive, LegacyArchive):
+        parts = Counter(
+            f["path"].rsplit("/", 1)[0] for f in archive.doc["files"] if f["kind"] == kind
+        )
+        log = float(fs.size(archive.path("manifest.json")))
+        log_files = 1.0
+    else:
+        parts = Counter((d, e) for _, d, e in archive.snapshot(kind))
+        import orjson
+
+        logs = list(fs.find(archive.path(kind, "_delta_log")))
+        log = float(sum(fs.size(p) for p in logs))
+        log_files = float(len(logs))
+        try:  # what opening the table reads: the last checkpoint and the commits after it
+            with fs.open(archive.path(kind, "_delta_log", "_last_checkpoint"), "rb") as f:
+                since = int(orjson.loads(f.read())["version"])
+        except FileNotFoundError:
+            since = -1
+        read = 0.0
+        for p in logs:
+            name = p.rsplit("/", 1)[1]
+            version = int(name.split(".", 1)[0]) if name[:1].isdigit() else -2
+            if (version == since and ".checkpoint" in name) or (
+                version > since and name.endswith(".json")
+            ):
+                read += fs.size(p)
+    return {
+        "partitions": float(len(parts)),
+        "most": float(max(parts.values(), default=0)),
+        "mean": sum(parts.values()) / max(len(parts), 1),
+        "files": float(len(on_disk)),
+        "bytes": float(sum(fs.size(p) for p in on_disk)),
+        "log_bytes": log,
+        "log_files": log_files,
+        "log_read": log if isinstance(archive, LegacyArchive) else read,
+    }
+
+
+def steady(args: argparse.Namespace) -> None:
+    """``--steady``: see the module's docstring."""
+    recs = conversations(args.steady * args.per_pass, 4)
+    work = Path(tempfile.mkdtemp(prefix="flywheel-bench-steady-"))
+    try:
+        with Processes(work / "logs") as procs:
+            server = start_redis(procs)
+            s3 = start_s3(procs, BUCKET) if args.target == "s3" else None
+            options = s3.storage_options() if s3 else None
+            base = f"s3://{BUCKET}" if s3 else str(work)
+            delta = Archive(f"{base}/delta", options, vacuum_retention_hours=args.vacuum_hours)
+            legacy = LegacyArchive(f"{base}/legacy", options)
+            client = store.connect_sync(server.url(), socket_timeout=120)
+            ks = keys.for_redis(False)
+            new, old = Archiver(client, ks, delta), Archiver(client, ks, legacy)
+            seconds = {"delta": 0.0, "legacy": 0.0}
+            rows = 0
+            for k in range(args.steady):
+                chunk = recs[k * args.per_pass : (k + 1) * args.per_pass]
+                asyncio.run(fill(server.url(), chunk, args.rated, False))
+                new.ensure_groups()
+                starts = {
+                    s: keys.text(
+                        next(
+                            g
+                            for g in client.xinfo_groups(s)
+                            if keys.text(g["name"]) == keys.ARCHIVE_GROUP
+                        )["last-delivered-id"]
+                    )
+                    for s in (ks.interaction_stream, ks.feedback_stream)
+                }
+                t0 = time.perf_counter()
+                done = new.run_once()
+                new.release()  # as the gateway's archiver does between passes
+                seconds["delta"] += time.perf_counter() - t0
+                for stream, start in starts.items():  # the same entries, again
+                    client.xgroup_setid(stream, keys.ARCHIVE_GROUP, id=start)
+                t0 = time.perf_counter()
+                again = old.run_once()
+                old.release()
+                seconds["legacy"] += time.perf_counter() - t0
+                assert done.written == again.written, (done, again)
+                rows += done.written["interactions"]
+            client.close()
+            where = "S3 (moto)" if s3 else "a local directory"
+            print(
+                f"{args.steady} passes of {args.per_pass} interactions each "
+                f"(+{args.rated:.0%} rated), {rows:,} interactions, to {where}:"
+            )
+            for name, archive in (("manifest layout", legacy), ("Delta tables", delta)):
+                for kind in ("interactions", "feedback"):
+                    m = layout(archive, kind)
+                    print(
+                        f"  {name:15} {kind:12}: {m['partitions']:.0f} partitions, files per "
+                        f"partition most {m['most']:.0f} mean {m['mean']:.1f}; "
+                        f"{m['files']:.0f} Parquet files on disk, "
+                        f"{m['bytes'] / max(rows, 1):,.0f} B/interaction; log "
+                        f"{m['log_bytes'] / 1024:,.1f} KiB in {m['log_files']:.0f} files, "
+                        f"{m['log_read'] / 1024:,.1f} KiB read to open it"
+                    )
+                key = "delta" if archive is delta else "legacy"
+                print(f"  {name:15} passes took {seconds[key]:.1f} s in all")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def redis_cpu(client: redis.Redis) -> float:
     """The Redis server's CPU seconds so far (``INFO cpu``)."""
     info: Any = client.info("cpu")
@@ -166,7 +337,20 @@ def main() -> None:
     parser.add_argument(
         "--target", choices=["dir", "s3"], default="dir", help="a local directory or S3 (moto)"
     )
+    parser.add_argument(
+        "--steady", type=int, default=0, metavar="PASSES", help="steady small passes instead"
+    )
+    parser.add_argument("--per-pass", type=int, default=5, help="interactions per steady pass")
+    parser.add_argument(
+        "--vacuum-hours",
+        type=int,
+        default=1,
+        help="archive.vacuum_retention_hours of the steady run's tables",
+    )
     args = parser.parse_args()
+    if args.steady:
+        steady(args)
+        return
     cluster = args.redis == "cluster"
     recs = conversations(args.n, 4)
     warm_up()
@@ -208,7 +392,8 @@ def main() -> None:
             f"process {cpu / total * 1e6:.0f} µs, Redis {served / total * 1e6:.0f} µs"
             + (f", S3 server {stored_cpu / total * 1e6:.0f} µs" if args.target == "s3" else "")
             + "; "
-            f"{result.files} files, {size / args.n:,.0f} B/interaction; load average {load:.1f}"
+            f"{result.files} commits, {size / args.n:,.0f} B/interaction; "
+            f"load average {load:.1f}"
         )
 
 

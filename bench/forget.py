@@ -81,7 +81,6 @@ def write_archive(root: str, rows: int, users: int) -> None:
     archive = Archive(root)
     template = conversations(PER_FILE, 4, only_last=True)
     schema = arrow_schema(INTERACTIONS)
-    files = []
     for n in range(0, rows, PER_FILE):
         day = f"2026-11-{1 + (n * 10 // rows):02d}"
         batch = [
@@ -93,10 +92,11 @@ def write_archive(root: str, rows: int, users: int) -> None:
             for i, rec in enumerate(template[: min(PER_FILE, rows - n)])
         ]
         table = pa.Table.from_pydict({c: [r[c] for r in batch] for c in schema.names}, schema)
-        rel = f"interactions/date={day}/exp=ab/part-{n}-0.parquet"
-        size = archive.write_parquet(rel, table)
-        files.append({"path": rel, "kind": INTERACTIONS, "rows": len(batch), "bytes": size})
-    archive.write_manifest({"format": 1, "streams": {}, "files": files})
+        at = pa.array([day] * table.num_rows, pa.string())
+        table = table.append_column("date", at).append_column(
+            "exp", pa.array(["ab"] * table.num_rows, pa.string())
+        )
+        archive.append(INTERACTIONS, table)  # one commit (and file) per batch
 
 
 def main() -> None:

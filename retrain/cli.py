@@ -9,7 +9,7 @@
                   [--register NAME --upstream UP [--served-model ID]] [--report FILE.json]
     retrain jobs | status JOB [--follow] | cancel JOB | lineage MODEL   [--config FILE]
     retrain build --experiment NAME [--since DATE] [--out DIR] [--dry-run] [--config FILE]
-    retrain archive [--config FILE]
+    retrain archive [--compact | --migrate] [--config FILE]
     retrain forget --user U [--tenant T] [--config FILE]
     retrain forget --pending [--config FILE]
     retrain review export --experiment NAME --out FILE.jsonl [--config FILE]
@@ -133,7 +133,20 @@ def _parser() -> argparse.ArgumentParser:
 
     archive = commands.add_parser(
         "archive",
-        help="copy interactions and ratings from Redis to the Parquet archive (archive.url)",
+        help="copy interactions and ratings from Redis to the archive's Delta tables (archive.url)",
+    )
+    upkeep = archive.add_mutually_exclusive_group()
+    upkeep.add_argument(
+        "--compact",
+        action="store_true",
+        help="after the pass, compact every partition with more than one small file and "
+        "vacuum what was replaced (archive.vacuum_retention_hours ago or earlier)",
+    )
+    upkeep.add_argument(
+        "--migrate",
+        action="store_true",
+        help="only copy an archive of the earlier layout (Parquet files and manifest.json) "
+        "into the tables, exactly once; the streams are not read",
     )
     archive.add_argument(
         "--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)"
@@ -451,15 +464,28 @@ def _archive(args: argparse.Namespace) -> int:
         lock_ttl_s=cfg.lock_ttl_s,
     )
     try:
-        result = archiver.run_once()
+        if args.migrate:
+            result = archiver.maintain(compact=False)
+        else:
+            result = archiver.run_once()
+            if args.compact and not result.held_by:
+                upkeep = archiver.maintain(compact=True)
+                result.compacted += upkeep.compacted
+                result.held_by = upkeep.held_by
     finally:
         archiver.release()
     if result.held_by:
         print(f"retrain: another archiver is running ({result.held_by})", file=sys.stderr)
         return int(ExitCode.BUSY)
+    if result.migrated or args.migrate:
+        print(f"migrated {result.migrated} rows from manifest.json into the Delta tables")
+        if args.migrate:
+            return 0
+    if result.compacted:
+        print(f"compacted {result.compacted} partitions")
     print(
         f"archived {result.written['interactions']} interactions and "
-        f"{result.written['feedback']} ratings in {result.files} files"
+        f"{result.written['feedback']} ratings in {result.files} commits"
         + (f"; {result.expired} had left Redis unarchived" if result.expired else "")
     )
     return 0

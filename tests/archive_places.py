@@ -10,11 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import orjson
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-
-from gateway.ops.archive import MANIFEST
 
 from .services import S3Server
 
@@ -59,11 +56,6 @@ class Place:
     def exists(self, *parts: str) -> bool:
         self.fs.invalidate_cache()
         return bool(self.fs.exists(self.path(*parts)))
-
-    def manifest(self) -> dict[str, Any]:
-        with self.fs.open(self.path(MANIFEST), "rb") as f:
-            doc: dict[str, Any] = orjson.loads(f.read())
-        return doc
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         self.fs.invalidate_cache()

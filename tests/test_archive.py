@@ -1,7 +1,8 @@
-"""The archive: interactions and ratings copied from Redis to Parquet, exactly once.
+"""The archive: interactions and ratings copied from Redis to two Delta tables, exactly once.
 
 A real gateway (scripted upstream, real Redis) serves and takes ratings; ``retrain
-archive`` (a real process) copies them; DuckDB reads the files. Killed at each step of a
+archive`` (a real process) copies them; DuckDB reads the files (the tables' snapshots,
+and every Parquet file on disk). Killed at each step of a
 pass, the archiver loses nothing and duplicates nothing on the next run. Every test runs
 twice: the archive in a local directory and on an S3-compatible object store (a real
 moto server, ``archive.url: s3://…``).
@@ -27,7 +28,7 @@ import yaml
 
 from gateway.core import keys
 from gateway.core.config import load_settings
-from gateway.ops.archive import CRASH_ENV, MANIFEST, Archive, Archiver
+from gateway.ops.archive import CRASH_ENV, Archive, Archiver
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.feedback_log import connect
@@ -87,7 +88,9 @@ def served(
         "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
         "models": {"helper": {"upstream": "scripted", "model": "helper"}},
         "experiments": {"shop": {"arms": [{"model": "helper"}]}},
-        "archive": place.config(enabled=False),
+        # every pass compacts a partition of more than one small file and vacuums what it
+        # replaced at once: the files on disk are the snapshot's after each pass
+        "archive": place.config(enabled=False, compact_files=1, vacuum_retention_hours=0),
     }
     gw = GatewayProcess(config, work)
     try:
@@ -143,8 +146,8 @@ def archive(served: Served, crash_at: str | None = None) -> subprocess.Completed
 
 
 def committed(served: Served, kind: str) -> list[str]:
-    files = served.archive.manifest()["files"]
-    return [served.archive.uri(f["path"]) for f in files if f["kind"] == kind]
+    """The files of the table's current snapshot."""
+    return Archive(served.archive.url, served.archive.options).files(kind)
 
 
 def query(served: Served, sql: str) -> list[tuple[Any, ...]]:
@@ -191,7 +194,7 @@ def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experi
     assert again.returncode == 0 and "archived 0 interactions and 0 ratings" in again.stdout
 
 
-@pytest.mark.parametrize("step", ["after-read", "after-file", "after-manifest", "after-ack"])
+@pytest.mark.parametrize("step", ["after-read", "after-commit", "after-ack", "after-compact"])
 def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
     served: Served, step: str
 ) -> None:
@@ -205,12 +208,12 @@ def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
     for kind, column in (("interactions", "id"), ("feedback", "response_id")):
         files = committed(served, kind)
         listed = ", ".join(repr(f) for f in files)
-        in_manifest = query(
+        in_snapshot = query(
             served,
             f"SELECT {column}, count(*) FROM read_parquet([{listed}]) "
             f"WHERE {column} IN ({wanted}) GROUP BY 1",
         )
-        assert sorted(in_manifest) == sorted((i, 1) for i in ids), (kind, step)
+        assert sorted(in_snapshot) == sorted((i, 1) for i in ids), (kind, step)
         on_disk = query(
             served,
             f"SELECT {column}, count(*) FROM {glob(served, kind)} "
@@ -291,7 +294,7 @@ def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
             assert reply.status_code == 200, reply.text
             rid = reply.json()["id"]
             deadline = time.monotonic() + 30
-            while r.exists(keys.interaction(rid)) or not place.exists(MANIFEST):
+            while r.exists(keys.interaction(rid)) or not place.exists("interactions", "_delta_log"):
                 assert time.monotonic() < deadline, "the record did not leave Redis"
                 time.sleep(0.2)
             fix = "Refunds reach your card within five working days."
@@ -365,3 +368,154 @@ def test_the_gateway_archiver_waits_for_a_full_file_or_max_wait(
         assert full.written["interactions"] == len(ids)
     finally:
         archiver.release()
+
+
+def test_steady_small_passes_do_not_leave_tiny_files_forever(served: Served) -> None:
+    """A pass after each few requests writes a small file each time; the pass's upkeep
+    compacts a partition past ``compact_files`` small files and vacuums what it
+    replaced: the partition stays at a few files, every row once, and nothing else on
+    disk."""
+    archive(served)  # start from a drained stream
+    place = served.archive.sub(f"steady-{uuid.uuid4().hex[:6]}")
+    table = Archive(place.url, place.options, compact_files=3, vacuum_retention_hours=0)
+    archiver = Archiver(served.redis, served.store.ks, table)
+    ids: list[str] = []
+    most = 0
+    try:
+        for _ in range(8):
+            ids += serve(served, 1, rate=False)
+            assert archiver.run_once().written["interactions"] == 1
+            most = max(most, len(table.files("interactions")))
+    finally:
+        archiver.release()
+    assert most <= 4  # never more than compact_files + the pass's own
+    snapshot = table.files("interactions")
+    on_disk = place.glob("interactions", "*", "*", "*.parquet")
+    assert len(on_disk) == len(snapshot) < 8
+    wanted = ", ".join(repr(i) for i in ids)
+    every_file = place.uri("interactions", "*", "*", "*.parquet")
+    rows = query(
+        served,
+        f"SELECT id, count(*) FROM read_parquet('{every_file}') WHERE id IN ({wanted}) GROUP BY 1",
+    )
+    assert sorted(rows) == sorted((i, 1) for i in ids)
+
+
+def _old_layout(place: Place) -> tuple[dict[str, list[str]], str]:
+    """An archive written the earlier way (pyarrow Parquet files under
+    ``date=…/exp=…`` and the ``manifest.json`` that lists them), with text in English,
+    Thai and Vietnamese (NFC and NFD); and a file of a pass that died before its
+    manifest (no manifest names it). Returns the ids per kind and the last stream id."""
+    import unicodedata
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gateway.core.records import SCHEMA_VERSION, to_row
+    from gateway.ops.archive import COLUMNS, arrow_schema
+
+    from .multilingual import ANSWERS
+
+    texts = [unicodedata.normalize(form, t) for t in ANSWERS.values() for form in ("NFC", "NFD")]
+    created = 1_764_500_000
+    day = time.strftime("%Y-%m-%d", time.gmtime(created))
+    files: list[dict[str, Any]] = []
+    ids: dict[str, list[str]] = {"interactions": [], "feedback": []}
+    sid = ""
+    for n, text in enumerate(texts):
+        sid = f"{created * 1000 + n}-0"
+        exp = "shop" if n % 2 else "-"
+        rid = f"old-{n}"
+        ix = {
+            "v": SCHEMA_VERSION,
+            "id": rid,
+            "stream_id": sid,
+            "created": created,
+            "experiment": "shop" if n % 2 else None,
+            "user": f"old-user-{n}",
+            "answer": text,
+            "messages": [{"role": "user", "content": text}],
+        }
+        fb = {
+            "v": SCHEMA_VERSION,
+            "stream_id": sid,
+            "response_id": rid,
+            "rater": f"old-user-{n}",
+            "score": 1.0,
+            "comment": text,
+            "created": created,
+            "experiment": ix["experiment"],
+            "replaced": False,
+        }
+        for kind, doc in (("interactions", ix), ("feedback", fb)):
+            rel = f"{kind}/date={day}/exp={exp}/part-{sid}.parquet"
+            row = to_row(doc, COLUMNS[kind])
+            place.fs.makedirs(place.path(rel).rsplit("/", 1)[0], exist_ok=True)
+            with place.fs.open(place.path(rel), "wb") as f:
+                pq.write_table(pa.Table.from_pylist([row], schema=arrow_schema(kind)), f)
+            files.append({"path": rel, "kind": kind, "rows": 1})
+            ids[kind].append(rid)
+    stray = f"interactions/date={day}/exp=-/part-9-0.parquet"  # no manifest names it
+    with place.fs.open(place.path(stray), "wb") as f:
+        row = to_row({"id": "never-committed", "created": created}, COLUMNS["interactions"])
+        pq.write_table(pa.Table.from_pylist([row], schema=arrow_schema("interactions")), f)
+    manifest = {
+        "format": 1,
+        "streams": {k: {"last_id": sid} for k in ids},
+        "files": files,
+    }
+    with place.fs.open(place.path("manifest.json"), "wb") as f:
+        f.write(orjson.dumps(manifest))
+    return ids, sid
+
+
+def test_an_archive_of_the_manifest_layout_migrates_once_with_every_row(
+    served: Served, tmp_path: Path
+) -> None:
+    import unicodedata
+
+    from gateway.ops.archive import archiver_app, stream_version
+    from gateway.ops.archive_query import ArchiveReader
+
+    from .multilingual import ANSWERS
+
+    place = served.archive.sub(f"old-{uuid.uuid4().hex[:6]}")
+    ids, last = _old_layout(place)
+    config = yaml.safe_load(served.config.read_text())
+    config["archive"] = place.config(enabled=False)
+    path = tmp_path / "migrate.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FLYWHEEL_CONFIG": str(path)}
+        env.pop(CRASH_ENV, None)
+        return subprocess.run(
+            [sys.executable, "-m", "retrain", "archive", "--migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = migrate()
+    assert done.returncode == 0, done.stderr
+    assert "migrated 12 rows" in done.stdout
+    table = Archive(place.url, place.options)
+    versions = {k: table.table(k).version() for k in ids}
+    for kind, column in (("interactions", "id"), ("feedback", "response_id")):
+        listed = ", ".join(repr(f) for f in table.files(kind))
+        rows = query(served, f"SELECT {column}, count(*) FROM read_parquet([{listed}]) GROUP BY 1")
+        assert sorted(rows) == sorted((i, 1) for i in ids[kind]), kind
+        assert table.committed(kind) == stream_version(last)  # the archiver goes on after it
+        assert table.committed(kind, archiver_app(kind)) == stream_version(last)
+    # the text comes back as it was written, in either Unicode form
+    reader = ArchiveReader(table)
+    found, _ = reader.interactions(before=None, since_ms=None, until_ms=None, limit=20)
+    answers = {f.record["id"]: f.record["answer"] for f in found}
+    expected = [unicodedata.normalize(f, t) for t in ANSWERS.values() for f in ("NFC", "NFD")]
+    assert [answers[f"old-{n}"] for n in range(len(expected))] == expected
+    assert not place.exists("manifest.json") and place.exists("manifest.json.migrated")
+
+    again = migrate()  # nothing left to migrate: nothing changes
+    assert again.returncode == 0 and "migrated 0 rows" in again.stdout, again.stdout
+    assert {k: Archive(place.url, place.options).table(k).version() for k in ids} == versions

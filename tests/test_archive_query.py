@@ -1,7 +1,7 @@
 """The console and the report past the hot window: what Redis let go, read from the archive.
 
 A real gateway (fixed upstream, real Redis) serves and takes ratings; the real archiver
-copies them to Parquet; then the records leave Redis as expiry and trimming would make
+copies them to the Delta tables; then the records leave Redis as expiry and trimming would make
 them. The console still lists, searches and filters them (paged across the Redis→archive
 boundary, each row once, tenants kept apart), and ``gateway report --since``, the admin
 API and the console's report page count them from the archive.
@@ -294,14 +294,19 @@ def test_paging_a_day_at_a_time_shows_every_row_once_across_days_and_budgets(
 
     from bench.storage import conversations
     from gateway.core.records import to_row
-    from gateway.ops.archive import COLUMNS, INTERACTIONS, arrow_schema
+    from gateway.ops.archive import (
+        COLUMNS,
+        INTERACTIONS,
+        archiver_app,
+        arrow_schema,
+        stream_version,
+    )
     from gateway.ops.archive_query import ArchiveReader
 
     day0 = 1_764_460_800  # 2026-11-30 00:00 UTC
     times = [day0 + 3600, day0 + 7200, day0 + 86_399.9, day0 + 86_400 + 60, day0 + 2 * 86_400 + 5]
     logged = [t + 0.3 for t in times]  # the stream id: when the record was logged
     archive = Archive(str(tmp_path / "archive"))
-    files = []
     sids = []
     for i, (rec, t, at) in enumerate(zip(conversations(5, 1), times, logged, strict=True)):
         sid = f"{int(at * 1000)}-0"
@@ -310,14 +315,9 @@ def test_paging_a_day_at_a_time_shows_every_row_once_across_days_and_budgets(
             {**rec, "id": f"r{i}", "experiment": "ab", "created": int(t), "stream_id": sid},
             COLUMNS[INTERACTIONS],
         )
-        day = time.strftime("%Y-%m-%d", time.gmtime(int(t)))
-        rel = f"interactions/date={day}/exp=ab/part-{sid}.parquet"
-        schema = arrow_schema(INTERACTIONS)
-        archive.write_parquet(rel, pa.Table.from_pylist([row], schema=schema))
-        files.append({"path": rel, "kind": INTERACTIONS, "rows": 1})
-    archive.write_manifest(
-        {"format": 1, "streams": {INTERACTIONS: {"last_id": sids[-1]}}, "files": files}
-    )
+        table = pa.Table.from_pylist([row], schema=arrow_schema(INTERACTIONS))
+        # one commit per row, each marking its stream id archived, as the archiver does
+        archive.append(INTERACTIONS, table, {archiver_app(INTERACTIONS): stream_version(sid)})
     reader = ArchiveReader(archive)
     seen: list[str] = []
     cursor: str | None = None

@@ -258,7 +258,7 @@ def test_retrain_build_reads_the_ratings_from_the_cluster(
 
 
 def archived_ids(config: Path, kind: str, column: str) -> set[str]:
-    """The ``column`` values of every committed archive file of ``kind``."""
+    """The ``column`` values of every file of the ``kind`` table's snapshot."""
     import duckdb
 
     from gateway.core.config import load_settings
@@ -529,7 +529,7 @@ def test_when_the_shared_states_master_dies_its_replica_takes_over_and_nothing_s
 
 
 def archived_counts(archive: Path, kind: str, column: str) -> dict[str, int]:
-    """How often each ``column`` value is in the committed archive files of ``kind``."""
+    """How often each ``column`` value is in the files of the ``kind`` table's snapshot."""
     import duckdb
 
     from gateway.ops.archive import Archive
@@ -569,7 +569,7 @@ def test_a_master_failover_during_an_archive_pass_loses_and_duplicates_nothing(
     group) while ``retrain archive`` is copying in small batches: its replica takes over,
     and the passes after it leave every interaction and rating in the archive exactly
     once — what the dead master had acknowledged but not replicated is read again and
-    skipped by the manifest, never written twice."""
+    skipped by the table's transaction id, never written twice."""
     cluster = RedisClusterProcess(tmp_path / "ha", masters=3, replicas=1)
     upstream = FaultyUpstream().start()
     archive = tmp_path / "archive"
@@ -606,9 +606,9 @@ def test_a_master_failover_during_an_archive_pass_loses_and_duplicates_nothing(
             )
 
         running = archive_pass()
-        manifest = archive / "manifest.json"
+        log = archive / "interactions" / "_delta_log"
         eventually(
-            lambda: manifest.exists() and '"interactions"' in manifest.read_text(),
+            lambda: log.is_dir() and any(log.glob("*.json")),
             "the pass committed its first batch",
             timeout_s=60,
             every_s=0.005,

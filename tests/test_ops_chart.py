@@ -180,7 +180,10 @@ def test_workloads_follow_the_operations_contract(which: str) -> None:
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] >= 1
     shared = {m["mountPath"] for m in vllm["volumeMounts"] if m["name"] == "shared"}
     archive_jobs = VALUES[which].get("archive", {}).get("cronJob", {}).get("enabled", False)
-    upkeep = {"-archive": ["retrain", "archive"], "-forget": ["retrain", "forget", "--pending"]}
+    upkeep = {
+        "-archive": ["retrain", "archive", "--compact"],
+        "-forget": ["retrain", "forget", "--pending"],
+    }
     for job in find(which, "CronJob"):
         assert job["spec"]["concurrencyPolicy"] == "Forbid"
         mounts = container(job)["volumeMounts"]

@@ -310,15 +310,16 @@ class ArchiveConfig(_Strict):
     )
     url: str | None = Field(
         None,
-        description="where the Parquet files go: a directory or any fsspec URL (s3://, "
-        "gs://…); unset: data_dir/archive",
+        description="where the two Delta tables (interactions, feedback) go: a directory "
+        "or s3://bucket/prefix; unset: data_dir/archive",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="options for the URL's fsspec filesystem, e.g. for s3:// (s3fs) "
-        "endpoint_url (MinIO, Ceph, R2…), key and secret, or client_kwargs: "
-        "{region_name: …}; empty: the provider's own defaults (AWS_* variables, an "
-        "instance or pod role)",
+        description="options for the object store, e.g. for s3:// endpoint_url (MinIO, "
+        "Ceph, R2…), key and secret, or client_kwargs: {region_name: …} (s3fs's names, "
+        "translated for delta-rs), or delta-rs's own upper-case keys (AWS_ENDPOINT_URL, "
+        "AWS_S3_LOCKING_PROVIDER…) as they are; empty: the provider's own defaults "
+        "(AWS_* variables, an instance or pod role)",
     )
     every_s: float = Field(
         10.0, gt=0, description="how often the gateway's archiver looks at the streams"
@@ -331,7 +332,22 @@ class ArchiveConfig(_Strict):
         "well below interaction_log.hot_s",
     )
     batch: int = Field(
-        50_000, ge=1, description="most records in one Parquet file (one read from the stream)"
+        50_000, ge=1, description="most records in one commit (one read from the stream)"
+    )
+    target_file_mb: float = Field(
+        64.0, gt=0, description="compaction writes files of about this size (MiB)"
+    )
+    compact_files: int = Field(
+        16,
+        ge=1,
+        description="a partition holding more files smaller than half of target_file_mb "
+        "is compacted by the archiver's pass",
+    )
+    vacuum_retention_hours: int = Field(
+        1,
+        ge=0,
+        description="files a compaction replaced stay this long for readers of an older "
+        "snapshot, then vacuum deletes them (a forget deletes what it replaced at once)",
     )
     lock_ttl_s: float = Field(
         60.0,

@@ -1,42 +1,51 @@
-"""The archive: interactions and ratings as Parquet files, long after Redis let them go.
+"""The archive: interactions and ratings as two Delta Lake tables, long after Redis let them go.
 
 Redis keeps interactions for ``interaction_log.hot_s`` only. The archiver reads the
 interaction stream and the feedback stream through a consumer group (``archive``) and
-writes what it read as Parquet (zstd) to ``archive.url`` — a directory (by default
-``data_dir/archive``) or any fsspec URL (``s3://…``, ``gs://…``)::
+appends what it read to two Delta Lake tables (delta-rs: Parquet files, zstd, and a
+transaction log) under ``archive.url`` — a directory (by default ``data_dir/archive``) or
+an object store (``s3://…``)::
 
-    interactions/date=2026-11-30/exp=ab/part-<stream id>.parquet
-    feedback/date=2026-11-30/exp=ab/part-<stream id>.parquet
-    manifest.json
+    interactions/_delta_log/00000000000000000000.json …
+    interactions/date=2026-11-30/exp=ab/part-00000-<uuid>-c000.zstd.parquet
+    feedback/_delta_log/…
+    feedback/date=2026-11-30/exp=ab/part-….zstd.parquet
 
 The columns are the record definitions' (``records.py``): scalars typed, nested values
-(messages, tools, usage…) JSON text, plus ``stream_id``. The partition keys are named
-apart from the columns (``exp``: the experiment, ``-`` for direct model requests, whose
-``experiment`` column is null), so an engine's hive partitioning adds ``date`` and
-``exp`` without shadowing a column. The files are the interface: any engine that reads Parquet reads
-them (docs/archive.md).
+(messages, tools, usage…) JSON text, plus ``stream_id`` and the partition columns
+``date`` (the day the request came, UTC) and ``exp`` (the experiment, ``-`` for direct
+model requests, whose ``experiment`` column is null). The tables are the interface: any
+engine that reads Delta reads them (DuckDB, Polars, Spark: docs/archive.md).
 
 One pass, for each stream (crash-safe at every step; the tests kill it at each):
 
 1. read what an earlier pass left unacknowledged, then new entries (``batch`` at most);
-   entries the manifest already covers (at or below its ``last_id`` for the stream) were
-   archived by a pass that died before acknowledging: they are acknowledged and skipped;
-2. write each partition's rows to a temporary file, fsynced, then rename it to its final
-   name, which is derived from the batch's first stream id: a retry of the same batch
-   (the same unacknowledged entries, in the same order) writes the same names again;
-3. replace ``manifest.json`` (temp file + rename): the files, and the stream's ``last_id``;
-4. acknowledge the entries.
+   entries the table already holds (at or below the version of the stream's
+   transaction id, ``archiver-interactions`` / ``archiver-feedback``: the last stream
+   id committed, as a number) were archived by a pass that died before acknowledging:
+   they are acknowledged and skipped;
+2. append the rows in one Delta commit that also sets the stream's transaction id to the
+   batch's last stream id: the rows and the mark that they are in are one atomic commit
+   (files written before a commit that never happened are named by no commit: vacuum
+   removes them);
+3. acknowledge the entries.
 
-A file whose name is not in the manifest belongs to a pass that died before step 3: the
-next pass deletes it (its rows are still unacknowledged in Redis and are written again).
-Readers that want exactly the committed rows read the manifest's file list; a glob over
-the directory is right except for the moment of such a crash.
+Then upkeep: a partition holding more than ``archive.compact_files`` files smaller than
+half of ``archive.target_file_mb`` is compacted (``OPTIMIZE``: one commit replaces them
+by files of about the target size), and the files a commit replaced are vacuumed once
+they are ``archive.vacuum_retention_hours`` old (readers of an older snapshot keep theirs
+until then).
+
+An archive still in the earlier layout (Parquet files and ``manifest.json``) is copied
+into the tables first (:func:`migrate_legacy`, exactly once, by the first pass, a forget
+or ``retrain archive --migrate``).
 
 Only one archiver runs at a time: it holds ``fw:archive:lock`` (renewed as a pass goes
 on, free between the gateway's passes, it lapses ``lock_ttl_s`` after its holder dies),
 so every gateway replica and worker may run one, and ``retrain archive`` may run beside
 them. While ``fw:archive:pause`` is set (a forget wants the lock, ``forget.py``), a pass
-releases the lock and does nothing.
+releases the lock and does nothing. Only the lock holder writes the tables, so commits
+never conflict.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import gc
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 import zlib
@@ -124,13 +134,21 @@ def default_url(data_dir: Path, url: str | None) -> str:
 def open_archive(data_dir: Path, cfg: ArchiveConfig) -> Archive:
     """The configured archive: ``archive.url`` (default ``data_dir/archive``) opened with
     ``archive.storage_options``."""
-    return Archive(default_url(data_dir, cfg.url), cfg.storage_options)
+    return Archive(
+        default_url(data_dir, cfg.url),
+        cfg.storage_options,
+        target_file_mb=cfg.target_file_mb,
+        compact_files=cfg.compact_files,
+        vacuum_retention_hours=cfg.vacuum_retention_hours,
+    )
 
 
 @dataclass
 class PassResult:
     written: dict[str, int] = field(default_factory=lambda: {INTERACTIONS: 0, FEEDBACK: 0})
-    files: int = 0
+    files: int = 0  # commits (one per batch and table)
+    compacted: int = 0  # partitions compacted by the pass's upkeep
+    migrated: int = 0  # rows copied from the earlier layout
     expired: int = 0  # interaction entries whose record had left Redis unarchived
     skipped: int = 0  # entries an earlier pass had archived but not acknowledged
     held_by: str | None = None  # another archiver holds the lock: nothing done
@@ -152,81 +170,334 @@ def arrow_schema(kind: str) -> Any:
 
 
 class Archive:
-    """The archive's files and manifest at one fsspec URL."""
+    """The archive's two Delta tables at one URL (a directory or ``s3://…``)."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        target_file_mb: float = 64.0,
+        compact_files: int = 16,
+        vacuum_retention_hours: int = 1,
+    ) -> None:
         import fsspec
 
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.delta_options = delta_options(self.storage_options)
+        self.target_bytes = int(target_file_mb * 1024 * 1024)
+        self.compact_files = compact_files
+        self.vacuum_retention_hours = vacuum_retention_hours
+        fs_options = {k: v for k, v in self.storage_options.items() if not k.isupper()}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **fs_options)
         self.local = isinstance(self.fs, LocalFileSystem)
-        self.fs.makedirs(self.root, exist_ok=True)
+        if self.local:
+            self.fs.makedirs(self.root, exist_ok=True)
+        self._tables: dict[str, Any] = {}
+        self._lock = threading.RLock()  # one DeltaTable per kind, shared by threads
+        self._vacuumed: dict[str, float] = {}
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def manifest(self) -> dict[str, Any]:
+    def uri(self, kind: str) -> str:
+        """The table's URI (what delta-rs, Polars or Spark open)."""
+        return self.path(kind) if self.local else self.fs.unstrip_protocol(self.path(kind))
+
+    def table(self, kind: str) -> Any:
+        """The table of ``kind`` at its latest version, or None before its first commit."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        with self._lock:
+            dt = self._tables.get(kind)
+            if dt is not None:
+                dt.update_incremental()
+                return dt
+            try:
+                dt = DeltaTable(self.uri(kind), storage_options=self.delta_options or None)
+            except TableNotFoundError:
+                return None
+            self._tables[kind] = dt
+            return dt
+
+    def committed(self, kind: str, app_id: str | None = None) -> int | None:
+        """The version of a transaction id in the table (default: the archiver's for
+        ``kind``): the last stream id committed, as :func:`stream_version` numbers it."""
+        with self._lock:
+            dt = self.table(kind)
+            if dt is None:
+                return None
+            version = dt.transaction_version(app_id or archiver_app(kind))
+        return None if version is None else int(version)
+
+    def append(self, kind: str, rows: Any, transactions: dict[str, int] | None = None) -> None:
+        """Append ``rows`` (the archive's columns; ``date`` and ``exp`` added from
+        ``created`` and ``experiment`` when missing) in one commit that also sets the
+        given transaction ids (app id → version)."""
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        rows = with_partitions(rows)
+        props = CommitProperties(
+            app_transactions=[
+                Transaction(app_id=a, version=v) for a, v in (transactions or {}).items()
+            ]
+        )
+        target = self.table(kind)
+        # the table's properties are set by the commit that makes it
+        configuration = dict(TABLE_CONFIG[kind]) if target is None else None
+        write_deltalake(
+            target if target is not None else self.uri(kind),
+            rows,
+            mode="append",
+            partition_by=list(PARTITIONS),
+            storage_options=None if target is not None else (self.delta_options or None),
+            writer_properties=_writer_properties(rows.column_names),
+            commit_properties=props,
+            configuration=configuration,
+        )
+        if target is None:
+            self.table(kind)
+
+    def files(self, kind: str) -> list[str]:
+        """The files of the table's current snapshot, as paths or URLs (what readers
+        read: never a file of an uncommitted write, nor one a commit replaced)."""
+        return [f for f, _, _ in self.snapshot(kind)]
+
+    def snapshot(self, kind: str) -> list[tuple[str, str, str]]:
+        """The current snapshot's files with their partition (path or URL, date, exp)."""
+        import pyarrow as pa
+
+        with self._lock:
+            dt = self.table(kind)
+            if dt is None:
+                return []
+            adds = pa.table(dt.get_add_actions(flatten=True))
+        if not adds.num_rows:
+            return []
+        base = self.uri(kind)
+        return [
+            (p if "://" in p or p.startswith("/") else f"{base}/{p}", d, e)
+            for p, d, e in zip(
+                adds["path"].to_pylist(),
+                adds["partition.date"].to_pylist(),
+                adds["partition.exp"].to_pylist(),
+                strict=True,
+            )
+        ]
+
+    def upkeep(self, kind: str, force: bool = False) -> dict[str, int]:
+        """Compact each partition holding more than ``compact_files`` small files (all
+        partitions with more than one small file when ``force``), then vacuum what a
+        commit replaced ``vacuum_retention_hours`` ago or earlier."""
+        dt = self.table(kind)
+        out = {"compacted_partitions": 0, "files_removed": 0, "files_added": 0, "vacuumed": 0}
+        if dt is None:
+            return out
+        import pyarrow as pa
+
+        adds = pa.table(dt.get_add_actions(flatten=True))
+        small: dict[tuple[str, str], int] = defaultdict(int)
+        for size, d, e in zip(
+            adds["size_bytes"].to_pylist(),
+            adds["partition.date"].to_pylist(),
+            adds["partition.exp"].to_pylist(),
+            strict=True,
+        ):
+            if size < self.target_bytes // 2:
+                small[(d, e)] += 1
+        limit = 1 if force else self.compact_files
+        for (d, e), n in sorted(small.items()):
+            if n <= limit:
+                continue
+            done = dt.optimize.compact(
+                partition_filters=[("date", "=", d), ("exp", "=", e)],
+                target_size=self.target_bytes,
+            )
+            out["compacted_partitions"] += 1
+            out["files_removed"] += int(done.get("numFilesRemoved", 0))
+            out["files_added"] += int(done.get("numFilesAdded", 0))
+        if out["compacted_partitions"]:
+            crash_point("after-compact")
+        hours = self.vacuum_retention_hours
+        last = self._vacuumed.get(kind, 0.0)
+        if out["compacted_partitions"] or force or time.time() - last > max(hours * 3600, 60):
+            out["vacuumed"] = len(self.vacuum(kind, hours))
+        return out
+
+    def vacuum(self, kind: str, retention_hours: int) -> list[str]:
+        """Delete the files no longer in the table (replaced ``retention_hours`` ago or
+        earlier, or written by a commit that never happened)."""
+        dt = self.table(kind)
+        if dt is None:
+            return []
+        gone: list[str] = dt.vacuum(
+            retention_hours=int(retention_hours),
+            enforce_retention_duration=False,
+            dry_run=False,
+        )
+        self._vacuumed[kind] = time.time()
+        return gone
+
+    def log_bytes(self, kind: str) -> int:
+        """The size of the table's transaction log (``_delta_log``)."""
+        try:
+            return sum(int(self.fs.size(p)) for p in self.fs.find(self.path(kind, "_delta_log")))
+        except FileNotFoundError:
+            return 0
+
+    def legacy(self) -> dict[str, Any] | None:
+        """The earlier layout's ``manifest.json``, while one is left to migrate."""
         try:
             with self.fs.open(self.path(MANIFEST), "rb") as f:
                 doc: dict[str, Any] = orjson.loads(f.read())
                 return doc
         except FileNotFoundError:
-            return {"format": 1, "streams": {}, "files": []}
+            return None
 
-    def _put(self, final: str, data: bytes) -> None:
-        """Write ``data`` so that ``final`` appears whole or not at all."""
-        if not self.local:  # an object store: one PUT is atomic
-            with self.fs.open(final, "wb") as f:
-                f.write(data)
-            return
-        self.fs.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = self.path(f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(os.path.dirname(final))
 
-    def write_manifest(self, doc: dict[str, Any]) -> None:
-        self._put(self.path(MANIFEST), orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+def delta_options(options: dict[str, Any]) -> dict[str, str]:
+    """``archive.storage_options`` as delta-rs takes them: upper-case keys
+    (``AWS_ENDPOINT_URL``…) as they are; s3fs's ``endpoint_url``, ``key``, ``secret``,
+    ``token`` and ``client_kwargs.region_name`` translated (a plain-HTTP endpoint allowed)."""
+    out = {k: str(v) for k, v in options.items() if k.isupper()}
+    client = options.get("client_kwargs") or {}
+    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
+    pairs = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": options.get("key"),
+        "AWS_SECRET_ACCESS_KEY": options.get("secret"),
+        "AWS_SESSION_TOKEN": options.get("token"),
+        "AWS_REGION": client.get("region_name"),
+    }
+    for name, value in pairs.items():
+        if value is not None:
+            out.setdefault(name, str(value))
+    if endpoint and str(endpoint).startswith("http://"):
+        out.setdefault("AWS_ALLOW_HTTP", "true")
+    if "AWS_ENDPOINT_URL" in out:
+        out.setdefault("AWS_REGION", "us-east-1")
+    return out
 
-    def write_parquet(self, relative: str, table: Any) -> int:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        sink = pa.BufferOutputStream()
-        pq.write_table(
-            table,
-            sink,
-            compression="zstd",
-            compression_level=3,
-            use_dictionary=[n for n in table.column_names if n not in _DISTINCT],
-        )
-        data = sink.getvalue().to_pybytes()
-        self._put(self.path(relative), data)
-        return len(data)
+PARTITIONS = ("date", "exp")
+# The table properties set when a table is made. The log keeps column statistics (min and
+# max) for the listed columns only: ids and times, never text a person wrote, so a forget
+# leaves none of it in the log.
+TABLE_CONFIG: dict[str, dict[str, str | None]] = {
+    INTERACTIONS: {"delta.dataSkippingStatsColumns": "stream_id,id,created"},
+    FEEDBACK: {"delta.dataSkippingStatsColumns": "stream_id,response_id,created"},
+}
 
-    def clean(self, manifest: dict[str, Any]) -> int:
-        """Delete files no manifest names (a pass died before committing them) and temps."""
-        committed = {f["path"] for f in manifest["files"]}
-        removed = 0
-        for kind in (INTERACTIONS, FEEDBACK):
-            for path in self.fs.glob(self.path(kind, "**", "*.parquet")):
-                rel = path[len(self.root) + 1 :] if path.startswith(self.root) else path
-                if rel not in committed:
-                    self.fs.rm(path)
-                    removed += 1
-        if self.local:
-            for path in self.fs.glob(self.path(".tmp-*")):
-                self.fs.rm(path)
-        return removed
 
-    def files(self, kind: str) -> list[str]:
-        """The committed files of one kind, as paths or URLs (what readers should read)."""
-        paths = [self.path(f["path"]) for f in self.manifest()["files"] if f["kind"] == kind]
-        return paths if self.local else [self.fs.unstrip_protocol(p) for p in paths]
+def archiver_app(kind: str) -> str:
+    """The transaction id (app id) of the archiver's commits to ``kind``."""
+    return f"archiver-{kind}"
+
+
+_SEQ_BITS = 20
+
+
+def stream_version(sid: str) -> int:
+    """A stream id as a transaction version: ms · 2^20 + seq (order kept while a
+    millisecond holds fewer than a million entries)."""
+    ms, _, seq = sid.partition("-")
+    return (int(ms) << _SEQ_BITS) | min(int(seq or 0), (1 << _SEQ_BITS) - 1)
+
+
+def version_stream_id(version: int) -> str:
+    return f"{version >> _SEQ_BITS}-{version & ((1 << _SEQ_BITS) - 1)}"
+
+
+def with_partitions(rows: Any) -> Any:
+    """The rows with their ``date`` and ``exp`` columns (from ``created`` and
+    ``experiment``) when they have none."""
+    import pyarrow as pa
+
+    if "date" in rows.column_names and "exp" in rows.column_names:
+        return rows
+    experiments = rows["experiment"].to_pylist()
+    created = rows["created"].to_pylist()
+    days, exps = [], []
+    for part in _partitions(experiments, created):
+        d, e = part.split("/")
+        days.append(d.removeprefix("date="))
+        exps.append(e.removeprefix("exp="))
+    return rows.append_column("date", pa.array(days, pa.string())).append_column(
+        "exp", pa.array(exps, pa.string())
+    )
+
+
+def _writer_properties(columns: list[str]) -> Any:
+    from deltalake import ColumnProperties, WriterProperties
+
+    return WriterProperties(
+        compression="ZSTD",
+        compression_level=3,
+        column_properties={
+            c: ColumnProperties(dictionary_enabled=False) for c in columns if c in _DISTINCT
+        },
+    )
+
+
+def migrate_legacy(archive: Archive) -> dict[str, int]:
+    """Copy an archive of the earlier layout (Parquet files listed by ``manifest.json``)
+    into the tables, exactly once: each listed file is one commit with the transaction id
+    ``migrate-<kind>`` at its position in the manifest (a rerun skips what is in), the
+    last one also carrying the archiver's (the manifest's ``last_id``), then the manifest
+    is renamed ``manifest.json.migrated`` (the old files are left to the next vacuum).
+    Returns the rows copied per kind (nothing, without a manifest)."""
+    import pyarrow.parquet as pq
+
+    copied = {INTERACTIONS: 0, FEEDBACK: 0}
+    doc = archive.legacy()
+    if doc is None:
+        return copied
+    for kind in (INTERACTIONS, FEEDBACK):
+        listed = [f for f in doc.get("files", []) if f.get("kind") == kind]
+        app = f"migrate-{kind}"
+        done = archive.committed(kind, app) or 0
+        last_id = (doc.get("streams", {}).get(kind) or {}).get("last_id")
+        for i, f in enumerate(listed, start=1):
+            if i <= done:
+                continue
+            with archive.fs.open(archive.path(f["path"]), "rb") as fh:
+                table = pq.read_table(fh)
+            parts = dict(p.split("=", 1) for p in f["path"].split("/")[1:-1])
+            import pyarrow as pa
+
+            table = table.append_column(
+                "date", pa.array([parts["date"]] * table.num_rows, pa.string())
+            ).append_column("exp", pa.array([parts["exp"]] * table.num_rows, pa.string()))
+            table = _conform(kind, table)
+            txns = {app: i}
+            if i == len(listed) and last_id is not None:
+                txns[archiver_app(kind)] = max(
+                    stream_version(last_id), archive.committed(kind) or 0
+                )
+            archive.append(kind, table, txns)
+            copied[kind] += table.num_rows
+            crash_point("migrate-after-file")
+    archive.fs.pipe_file(archive.path(MANIFEST + ".migrated"), orjson.dumps(doc))
+    archive.fs.rm(archive.path(MANIFEST))
+    return copied
+
+
+def _conform(kind: str, table: Any) -> Any:
+    """An older file's rows in the archive's schema (a column it lacks: nulls)."""
+    import pyarrow as pa
+
+    schema = arrow_schema(kind)
+    arrays = [
+        table[f.name].cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    arrays += [table["date"], table["exp"]]
+    names = [*schema.names, "date", "exp"]
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def find_interactions(
@@ -239,12 +510,7 @@ def find_interactions(
     reads the archive once, in parallel, streaming (bench/FINDINGS.md)."""
     if not ids:
         return {}
-    files = [
-        archive.path(f["path"])
-        for f in archive.manifest()["files"]
-        if f["kind"] == INTERACTIONS
-        and (days is None or f["path"].split("/")[1].removeprefix("date=") in days)
-    ]
+    files = [f for f, day, _ in archive.snapshot(INTERACTIONS) if days is None or day in days]
     if not files:
         return {}
     import duckdb
@@ -254,7 +520,6 @@ def find_interactions(
     with duckdb.connect() as db:
         if not archive.local:
             db.register_filesystem(archive.fs)
-            files = [archive.fs.unstrip_protocol(f) for f in files]
         db.register("wanted", pa.table({"id": sorted(set(ids))}))
         select = ", ".join(f'"{n}"' for n in names if n != "stream_id")
         found = db.sql(
@@ -282,14 +547,6 @@ def records_of(table: Any) -> list[InteractionRecord]:
             values = [None if v is None else orjson.loads(v) for v in values]
         columns.append(values)
     return [interaction(dict(zip(names, row, strict=True))) for row in zip(*columns, strict=True)]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _partition(experiment: str | None, created: float) -> str:
@@ -325,7 +582,7 @@ class Archiver:
         self._hold = client.register_script(_HOLD)
         self._release = client.register_script(_RELEASE)
         self._groups_ready = False
-        self._cleaned = False
+        self._migrated = False
 
     def hold(self) -> str | None:
         """Take or renew the lock: None when ours, else who holds it. A lock whose holder
@@ -369,27 +626,44 @@ class Archiver:
             return result
         if not self._groups_ready:
             self.ensure_groups()
-        manifest = self.archive.manifest()
-        if not self._cleaned or self._interrupted():
-            self.archive.clean(manifest)  # files of a pass that died before committing
-            self._cleaned = True
+        if not self._migrated:  # an archive of the earlier layout: copied in first
+            result.migrated = sum(migrate_legacy(self.archive).values())
+            self._migrated = True
         for kind in (INTERACTIONS, FEEDBACK):
             if max_wait_s and not self._due(streams(self.ks)[kind], max_wait_s):
                 continue
             while True:
-                n = self._batch(kind, manifest, result)
+                n = self._batch(kind, result)
                 if n == 0 or not until_empty:
                     break
                 if self.hold() is not None:  # lost the lock (a long stall): stop here
                     return result
+            if self.hold() is not None:
+                return result
+            result.compacted += self.archive.upkeep(kind)["compacted_partitions"]
         return result
 
-    def _interrupted(self) -> bool:
-        """An earlier pass read entries and did not acknowledge them (it died)."""
-        return any(
-            self.client.xpending(stream, keys.ARCHIVE_GROUP)["pending"]
-            for stream in streams(self.ks).values()
-        )
+    def maintain(self, compact: bool = True) -> PassResult:
+        """Under the lock, without reading the streams: copy an archive of the earlier
+        layout in (``retrain archive --migrate``) and, with ``compact``, compact every
+        partition holding more than one small file and vacuum (``--compact``)."""
+        result = PassResult()
+        if self.client.get(self.ks.archive_pause) is not None:
+            self.release()
+            result.held_by = keys.text(self.client.get(self.ks.archive_pause) or b"forget")
+            return result
+        holder = self.hold()
+        if holder is not None:
+            result.held_by = holder
+            return result
+        result.migrated = sum(migrate_legacy(self.archive).values())
+        self._migrated = True
+        if compact:
+            for kind in (INTERACTIONS, FEEDBACK):
+                if self.hold() is not None:
+                    return result
+                result.compacted += self.archive.upkeep(kind, force=True)["compacted_partitions"]
+        return result
 
     def _due(self, stream: str, max_wait_s: float) -> bool:
         """Enough entries wait for a full file, or the oldest has waited ``max_wait_s``."""
@@ -435,62 +709,51 @@ class Archiver:
                 out += [(keys.text(sid), f) for sid, f in entries]
         return out
 
-    def _batch(self, kind: str, manifest: dict[str, Any], result: PassResult) -> int:
+    def _batch(self, kind: str, result: PassResult) -> int:
         # The cyclic garbage collector waits while a batch is read and made a table: that
         # allocates hundreds of thousands of containers that all live until the table is
         # built, and would be traversed again and again (a fifth of a pass's CPU).
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._write_batch(kind, manifest, result)
+            return self._write_batch(kind, result)
         finally:
             if enabled:
                 gc.enable()
 
-    def _write_batch(self, kind: str, manifest: dict[str, Any], result: PassResult) -> int:
+    def _write_batch(self, kind: str, result: PassResult) -> int:
         stream = streams(self.ks)[kind]
         entries = self._read(stream)
         if not entries:
             return 0
-        done = manifest["streams"].get(kind, {}).get("last_id")
+        done = self.archive.committed(kind)
         if done is not None:
-            bound = keys.stream_id_order(done)
-            old = [s for s, _ in entries if keys.stream_id_order(s) <= bound]
+            old = [s for s, _ in entries if stream_version(s) <= done]
             if old:  # archived by a pass that died before acknowledging
                 self.client.xack(stream, keys.ARCHIVE_GROUP, *old)
                 result.skipped += len(old)
-                entries = [(s, f) for s, f in entries if keys.stream_id_order(s) > bound]
+                entries = [(s, f) for s, f in entries if stream_version(s) > done]
                 if not entries:
                     return len(old)
         table, parts = self._table(kind, entries, result)
         crash_point("after-read")
-        first, last = entries[0][0], entries[-1][0]
-        by_part: dict[str, list[int]] = defaultdict(list)
-        for i, part in enumerate(parts):
-            by_part[part].append(i)
-        written = []
-        for part, rows in sorted(by_part.items()):
-            rel = f"{kind}/{part}/part-{first}.parquet"
-            size = self.archive.write_parquet(rel, table if len(by_part) == 1 else table.take(rows))
-            written.append(
-                {
-                    "path": rel,
-                    "kind": kind,
-                    "rows": len(rows),
-                    "bytes": size,
-                    "first_id": first,
-                    "last_id": last,
-                }
-            )
-            crash_point("after-file")
-        manifest["files"] = [*manifest["files"], *written]
-        manifest["streams"][kind] = {"last_id": last, "updated": time.time()}
-        self.archive.write_manifest(manifest)
-        crash_point("after-manifest")
+        days, exps = [], []
+        for part in parts:
+            d, e = part.split("/")
+            days.append(d.removeprefix("date="))
+            exps.append(e.removeprefix("exp="))
+        import pyarrow as pa
+
+        table = table.append_column("date", pa.array(days, pa.string())).append_column(
+            "exp", pa.array(exps, pa.string())
+        )
+        if table.num_rows:
+            self.archive.append(kind, table, {archiver_app(kind): stream_version(entries[-1][0])})
+            result.files += 1
+        crash_point("after-commit")
         self.client.xack(stream, keys.ARCHIVE_GROUP, *[s for s, _ in entries])
         crash_point("after-ack")
         result.written[kind] += len(parts)
-        result.files += len(written)
         return len(entries)
 
     def _table(

@@ -1,9 +1,10 @@
 """Queries over the archive with DuckDB (embedded, in-process): what Redis no longer holds.
 
-Readers of the archive go through :class:`ArchiveReader`: it reads only the files
-``manifest.json`` lists (never a file of an interrupted pass), and of those only the
-partitions a query can touch (``date=`` from its time range, ``exp=`` from its
-experiment), so a query over one day of one experiment does not open the rest.
+Readers of the archive go through :class:`ArchiveReader`: it reads the files of each Delta
+table's current snapshot (never a file of an uncommitted write, nor one a compaction or a
+forget replaced), and of those only the partitions a query can touch (``date`` from its
+time range, ``exp`` from its experiment: the log's partition values), so a query over
+one day of one experiment does not open the rest.
 
 * :meth:`ArchiveReader.interactions`: interactions newest first (by interaction-stream
   id, the order of the console's list), before a cursor, filtered by experiment, arm,
@@ -18,7 +19,6 @@ Every method blocks (DuckDB and file reads): call them from a thread
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +36,14 @@ from gateway.core.records import (
     interaction,
 )
 from gateway.core.text import nfc
-from gateway.ops.archive import COLUMNS, FEEDBACK, INTERACTIONS, Archive, _safe
+from gateway.ops.archive import (
+    COLUMNS,
+    FEEDBACK,
+    INTERACTIONS,
+    Archive,
+    _safe,
+    version_stream_id,
+)
 
 StreamId = tuple[int, int]  # (ms, seq) of an interaction-stream id
 
@@ -89,33 +96,21 @@ class ArchiveReader:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self._manifest: tuple[Any, dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._db: Any = None
 
     # -- files -------------------------------------------------------------------------
 
-    def manifest(self) -> dict[str, Any]:
-        """The manifest (re-read when it changed; on an object store, every time)."""
-        if not self.archive.local:
-            return self.archive.manifest()
-        try:
-            st = os.stat(self.archive.path("manifest.json"))
-        except FileNotFoundError:
-            return self.archive.manifest()
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        with self._lock:
-            if self._manifest is not None and self._manifest[0] == stamp:
-                return self._manifest[1]
-        doc = self.archive.manifest()
-        with self._lock:
-            self._manifest = (stamp, doc)
-        return doc
+    def newest(self) -> str | None:
+        """The stream id of the newest archived interaction (the interactions table's
+        archiver transaction id), None before the first commit."""
+        version = self.archive.committed(INTERACTIONS)
+        return None if version is None else version_stream_id(version)
 
     def archived_until(self) -> float | None:
         """When the newest archived interaction was logged (epoch seconds): the archive
         holds the interactions up to this time; later ones are only in Redis so far."""
-        last = self.manifest()["streams"].get(INTERACTIONS, {}).get("last_id")
+        last = self.newest()
         return None if last is None else stream_id(last)[0] / 1000
 
     def files(
@@ -201,7 +196,7 @@ class ArchiveReader:
             by_day.setdefault(day, []).append(path)
         first = None if since_ms is None else day_of(since_ms)
         last = None if hi_ms is None else day_of(hi_ms - 1)
-        newest = self.manifest()["streams"].get(INTERACTIONS, {}).get("last_id")
+        newest = self.newest()
         if newest is not None:  # nothing was logged on a later day
             newest_day = day_of(stream_id(newest)[0])
             last = newest_day if last is None else min(last, newest_day)
@@ -261,20 +256,13 @@ class ArchiveReader:
         return out, None
 
     def _dated(self, kind: str, experiment: str | None) -> list[tuple[str, str]]:
-        """The committed files of ``kind`` (of one experiment) with their day."""
+        """The files of ``kind``'s current snapshot (of one experiment) with their day."""
         exp = None if experiment is None else _safe(experiment)
-        out = []
-        for f in self.manifest()["files"]:
-            if f["kind"] != kind:
-                continue
-            parts = f["path"].split("/")
-            if exp is not None and parts[2].removeprefix("exp=") != exp:
-                continue
-            path = self.archive.path(f["path"])
-            if not self.archive.local:
-                path = self.archive.fs.unstrip_protocol(path)
-            out.append((path, parts[1].removeprefix("date=")))
-        return out
+        try:
+            snapshot = self.archive.snapshot(kind)
+        except Exception as exc:  # the log unreadable: a lost object store, a damaged file
+            raise ArchiveError(f"reading the archive failed: {exc}") from None
+        return [(path, day) for path, day, e in snapshot if exp is None or e == exp]
 
     def ratings(
         self, ids: list[str], since_day: str | None = None
@@ -567,7 +555,8 @@ _READERS_LOCK = threading.Lock()
 
 
 def reader(url: str, storage_options: dict[str, Any] | None = None) -> ArchiveReader:
-    """One reader per archive URL in this process (its manifest cached)."""
+    """One reader per archive URL in this process (its tables kept open, brought up to
+    date at each query)."""
     with _READERS_LOCK:
         r = _READERS.get(url)
         if r is None:

@@ -21,17 +21,19 @@ archive pass runs meanwhile, and two forgets never overlap):
    unit in the per-version SRM sets (``fw:users:*``) and per-user score hashes
    (``fw:uagg:*``, its sums adjusted). Per-arm aggregates (``fw:agg:*``, ``fw:req:*``)
    stay: sums and counts over every user, nothing in them names anyone;
-4. **rewrites the archive**: each committed Parquet file with rows of the user is
-   written anew without them (a new name), then one manifest replace commits the new
-   files, then the old ones are deleted: a crash before the manifest leaves the old
-   files committed (the rerun redoes it), after it leaves old files no manifest names
-   (the next pass, or the rerun, deletes them, as the archiver does);
+4. **deletes in the archive**: one Delta ``DELETE`` per table (the user's interactions,
+   by response id or by user within the tenant; the ratings, by stream id or by
+   response id) rewrites each file holding such rows without them, in one commit; then
+   a vacuum with no retention deletes the files that commit replaced (and any a crash
+   left), so no file holds the user's rows any more. A crash before the commit leaves
+   the table as it was (the rerun deletes again); after it, the rerun finds nothing
+   and vacuums again;
 5. **audits** the run (``GET /admin/audit``, action ``user.forgotten``: who, when,
    which user and tenant, the counts removed per place).
 
 Running it twice is harmless: the second run finds nothing and removes nothing. The
 crash tests kill it at each step (``FLYWHEEL_ARCHIVE_CRASH_AT``: ``forget-after-plan``,
-``forget-after-redis``, ``forget-after-files``, ``forget-after-manifest``).
+``forget-after-redis``, ``forget-after-delete``, ``forget-after-vacuum``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from gateway.ops.archive import (
     Archive,
     Archiver,
     crash_point,
+    migrate_legacy,
     open_archive,
 )
 
@@ -383,7 +385,7 @@ class Forgetter:
 
     def _find(self, plan: Plan) -> _Found:
         found = _Found()
-        self.archive.clean(self.archive.manifest())  # uncommitted files of a dead pass
+        migrate_legacy(self.archive)  # an archive of the earlier layout: copied in first
         for rows in self._archived(INTERACTIONS, _IX_COLUMNS):
             for row in rows:
                 if plan.owns(row):
@@ -441,16 +443,13 @@ class Forgetter:
             self._renew()
 
     def _archived(self, kind: str, columns: list[str]) -> Iterable[list[dict[str, Any]]]:
-        for f in self.archive.manifest()["files"]:
-            if f["kind"] == kind:
-                yield self._read(f["path"], columns).to_pylist()
-                self._renew()
-
-    def _read(self, path: str, columns: list[str] | None = None) -> Any:
-        import pyarrow.parquet as pq
-
-        with self.archive.fs.open(self.archive.path(path), "rb") as fh:
-            return pq.read_table(fh, columns=columns)
+        """The table's rows (only ``columns``), a batch at a time."""
+        dt = self.archive.table(kind)
+        if dt is None:
+            return
+        for batch in dt.to_pyarrow_dataset().to_batches(columns=columns, batch_size=CHUNK * 10):
+            yield batch.to_pylist()
+            self._renew()
 
     # -- Redis -------------------------------------------------------------------------
 
@@ -529,58 +528,38 @@ class Forgetter:
     # -- archive -----------------------------------------------------------------------
 
     def _forget_archive(self, plan: Plan) -> dict[str, int]:
-        """Each committed file with rows of the user written again without them; one
-        manifest replace commits them all, then the old files go."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
+        """One Delta DELETE per table (in chunks of ids), then a vacuum with no retention:
+        no file keeps the user's rows."""
         counts = {"interactions": 0, "ratings": 0, "files_rewritten": 0}
-        archive = self.archive
-        manifest = archive.manifest()
-        ids = pa.array(sorted(plan.response_ids), pa.string())
-        events = pa.array(sorted(plan.events), pa.string())
-
-        def theirs(kind: str, table: Any) -> Any:
-            if kind == INTERACTIONS:
-                owned = pc.equal(table["user"], plan.user)
-                if plan.tenant is not None:
-                    owned = pc.and_(owned, pc.equal(table["tenant"], plan.tenant))
-                mine = pc.or_(pc.is_in(table["id"], value_set=ids), pc.fill_null(owned, False))
-            else:
-                mine = pc.or_(
-                    pc.is_in(table["stream_id"], value_set=events),
-                    pc.is_in(table["response_id"], value_set=ids),
-                )
-            return pc.fill_null(mine, False)
-
-        narrow = {INTERACTIONS: ["id", "user", "tenant"], FEEDBACK: ["stream_id", "response_id"]}
-        kept, retired = [], []
-        for f in manifest["files"]:
-            kind = f["kind"]
-            n = pc.sum(theirs(kind, self._read(f["path"], narrow[kind]))).as_py() or 0
-            if not n:  # most files: only the few columns that decide were read
-                kept.append(f)
+        ids = ", ".join(_sql(i) for i in sorted(plan.response_ids))
+        events = ", ".join(_sql(e) for e in sorted(plan.events))
+        # by ids only (found in step 1): the log keeps each commit's predicate, and it
+        # must not name the user
+        predicates = {
+            INTERACTIONS: [f"id IN ({ids})"] if ids else [],
+            FEEDBACK: ([f"response_id IN ({ids})"] if ids else [])
+            + ([f"stream_id IN ({events})"] if events else []),
+        }
+        for kind, wheres in predicates.items():
+            dt = self.archive.table(kind)
+            if dt is None or not wheres:
                 continue
-            table = self._read(f["path"])
-            rest = table.filter(pc.invert(theirs(kind, table)))
-            counts["interactions" if kind == INTERACTIONS else "ratings"] += n
-            counts["files_rewritten"] += 1
-            retired.append(f["path"])
-            if rest.num_rows:
-                folder, name = f["path"].rsplit("/", 1)
-                base = name.split(".", 1)[0]  # part-<first stream id>
-                path = f"{folder}/{base}.{uuid.uuid4().hex[:8]}.parquet"
-                size = archive.write_parquet(path, rest)
-                kept.append({**f, "path": path, "rows": rest.num_rows, "bytes": size})
+            done = dt.delete(" OR ".join(wheres))  # one commit: each file rewritten once
+            counts["interactions" if kind == INTERACTIONS else "ratings"] += int(
+                done.get("num_deleted_rows", 0)
+            )
+            counts["files_rewritten"] += int(done.get("num_removed_files", 0))
             self._renew()
-        if retired:
-            crash_point("forget-after-files")
-            self._renew()
-            archive.write_manifest({**manifest, "files": kept})
-            crash_point("forget-after-manifest")
-            for path in retired:
-                archive.fs.rm(archive.path(path))
+        crash_point("forget-after-delete")
+        for kind in (INTERACTIONS, FEEDBACK):
+            self.archive.vacuum(kind, 0)  # what the deletes replaced, at once
+        crash_point("forget-after-vacuum")
         return counts
+
+
+def _sql(text: str) -> str:
+    """A string literal of Delta's SQL predicates."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 _IX_COLUMNS = [
