@@ -23,6 +23,11 @@ from flywheel_stack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
 from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
 from tests.services import GatewayProcess, RedisClusterProcess, RedisProcess, S3Server
+from tests.workers import (  # noqa: F401 - the hooks that keep a group on one worker
+    publish,
+    pytest_configure_node,
+    pytest_xdist_make_scheduler,
+)
 
 API_KEY = "sk-test-0123456789abcdef"
 OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
@@ -239,7 +244,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Under ``pytest -n N --dist loadgroup`` (what ``./dev test`` runs) the tests on one
     session vLLM server form one group, so one worker starts it and runs them while the
-    others run the rest; likewise the embedding server's tests."""
+    others run the rest; likewise the embedding server's tests (``tests/workers.py``)."""
     needs = {"vllm": pytest.mark.vllm, "vllm_embed": pytest.mark.vllm}
     needs |= {"browser": pytest.mark.browser}
     needs |= {"redis_cluster": pytest.mark.cluster}
@@ -254,3 +259,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture in ("vllm", "vllm_embed"):  # the first the test needs names its group
             if fixture in fixtures and not item.get_closest_marker("xdist_group"):
                 item.add_marker(pytest.mark.xdist_group(fixture))
+    publish(config, items)
