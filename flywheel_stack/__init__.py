@@ -8,6 +8,22 @@ other through this package; nothing here imports vLLM, torch or peft at import t
 
 from __future__ import annotations
 
-from .vllm import VLLMServer, free_port, is_cpu_build, make_test_adapter, tail, vllm_command
+from .vllm import (
+    VLLMServer,
+    free_port,
+    is_cpu_build,
+    make_test_adapter,
+    stop_with_parent,
+    tail,
+    vllm_command,
+)
 
-__all__ = ["VLLMServer", "free_port", "is_cpu_build", "make_test_adapter", "tail", "vllm_command"]
+__all__ = [
+    "VLLMServer",
+    "free_port",
+    "is_cpu_build",
+    "make_test_adapter",
+    "stop_with_parent",
+    "tail",
+    "vllm_command",
+]

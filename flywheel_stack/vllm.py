@@ -11,6 +11,7 @@ imports torch and peft when called.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import importlib.util
 import os
@@ -22,11 +23,31 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def stop_with_parent() -> Callable[[], None] | None:
+    """``preexec_fn`` for a child that must not outlive its parent: on Linux the kernel
+    sends it SIGTERM when the process that started it dies, even by SIGKILL (a pytest
+    worker killed mid-run, a ``gateway up`` killed with -9). Resolved here, in the
+    parent: the child only calls it between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def die_with_parent() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return die_with_parent
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -195,6 +216,7 @@ class VLLMServer:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,  # its own process group, so stop() gets the workers
+                preexec_fn=stop_with_parent(),
             )
         try:
             self._wait_ready(started + self.startup_timeout)

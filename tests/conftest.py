@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ from flywheel_stack import VLLMServer, free_port, make_test_adapter
 from tests.faulty_upstream import FaultyUpstream
 from tests.openapi_schema import check_schema, openapi  # noqa: F401 - fixtures for all tests
 from tests.services import GatewayProcess, RedisClusterProcess, RedisProcess, S3Server
+from tests.workers import (  # noqa: F401 - the hooks that keep a group on one worker
+    publish,
+    pytest_configure_node,
+    pytest_xdist_make_scheduler,
+)
 
 API_KEY = "sk-test-0123456789abcdef"
 OTHER_TENANT_KEY = "sk-other-0123456789abcdef"
@@ -214,13 +221,30 @@ def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
         yield c  # closed after the test: no pooled socket is left for the collector
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped by SIGTERM (a CI time limit, ``kill``) ends as Ctrl-C does: the
+    session fixtures' teardown stops the servers they started. (Were the run killed
+    outright, its servers still stop: each is started to die with its parent.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Markers from what a test needs, so nobody has to remember them: every test that
     needs the real vLLM server — directly or through a fixture that does (``gateway``,
     ``client``, …) — carries ``vllm``; one that drives Chromium ``browser``; one on the
     Redis Cluster ``cluster``. All of those, and the tests marked ``slow`` by hand, are
     ``slow``: ``-m "not slow"`` is the quick answer, ``-m "not vllm"`` every test that
-    starts no model server."""
+    starts no model server.
+
+    Under ``pytest -n N --dist loadgroup`` (what ``./dev test`` runs) the tests on one
+    session vLLM server form one group, so one worker starts it and runs them while the
+    others run the rest; likewise the embedding server's tests (``tests/workers.py``)."""
     needs = {"vllm": pytest.mark.vllm, "vllm_embed": pytest.mark.vllm}
     needs |= {"browser": pytest.mark.browser}
     needs |= {"redis_cluster": pytest.mark.cluster}
@@ -232,3 +256,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(marker)
         if heavy & {m.name for m in item.iter_markers()}:
             item.add_marker(pytest.mark.slow)
+        for fixture in ("vllm", "vllm_embed"):  # the first the test needs names its group
+            if fixture in fixtures and not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(fixture))
+    publish(config, items)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from flywheel_stack import free_port, tail
+from flywheel_stack import free_port, stop_with_parent, tail
 
 
 def redis_binary() -> str:
@@ -63,6 +63,7 @@ class RedisProcess:
                 "--logfile",
                 str(self.workdir / "redis.log"),
             ],
+            preexec_fn=stop_with_parent(),  # a killed test run leaves none behind
         )
         deadline = time.monotonic() + 10
         import redis
@@ -158,6 +159,7 @@ class GatewayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                preexec_fn=stop_with_parent(),  # a killed test run leaves none behind
             )
         if wait_ready(self.proc, self.url + self.ready_path, self.log_path, timeout):
             return self
@@ -279,6 +281,7 @@ class RedisClusterProcess:
                             "--logfile",
                             str(node_dir / "redis.log"),
                         ],
+                        preexec_fn=stop_with_parent(),  # a killed test run leaves none behind
                     )
                 )
             deadline = time.monotonic() + timeout
@@ -370,6 +373,7 @@ class S3Server:
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=stop_with_parent(),  # a killed test run leaves none behind
             )
         if not wait_ready(self.proc, f"{self.endpoint_url}/moto-api/", log_path, timeout):
             self.stop()

@@ -17,6 +17,7 @@ from .tutorial_stack import README, quick_start
 
 
 @pytest.mark.vllm
+@pytest.mark.xdist_group("quick-start-ports")  # both tutorials serve on 8000 and 8001
 @pytest.mark.timeout(1200)
 def test_the_readme_tutorial_turns_the_flywheel_on_the_quick_start_stack(tmp_path: Path) -> None:
     with quick_start(README, tmp_path) as tutorial:

@@ -24,6 +24,7 @@ def correction(item: str) -> str:
 
 
 @pytest.mark.vllm
+@pytest.mark.xdist_group("quick-start-ports")  # both tutorials serve on 8000 and 8001
 @pytest.mark.timeout(1200)
 def test_the_thai_tutorial_turns_the_flywheel_on_the_quick_start_stack(tmp_path: Path) -> None:
     with quick_start(PAGE, tmp_path, PYTHONIOENCODING="utf-8") as tutorial:

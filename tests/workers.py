@@ -1,0 +1,80 @@
+"""Groups of tests that run on one pytest-xdist worker (``./dev test`` runs two).
+
+A test marked ``xdist_group(name)`` — by hand, or by ``conftest.py`` for the tests on the
+session's vLLM server — runs on the same worker as the rest of its group, so one worker
+alone starts that server. pytest-xdist's own ``--dist loadgroup`` reads the marker by
+renaming each test's node id, which pytest 9.2 no longer allows; here the workers write
+the groups they collected to a folder the controller gave them, and the controller's
+scheduler reads them from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+GROUPS_DIR = "flywheel_groups_dir"
+_dir = pytest.StashKey[Path]()
+
+
+def groups_of(items: list[pytest.Item]) -> dict[str, str]:
+    """Each grouped test's node id and its group (several marks: their names joined)."""
+    groups: dict[str, str] = {}
+    for item in items:
+        names = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
+        if names:
+            groups[item.nodeid] = "_".join(names)
+    return groups
+
+
+def publish(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker: write the groups of what it collected where the controller reads them."""
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if not workerinput or GROUPS_DIR not in workerinput:
+        return
+    path = Path(workerinput[GROUPS_DIR]) / f"{workerinput['workerid']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups_of(items)))
+    os.replace(tmp, path)  # whole or absent: the controller never reads half a file
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """On the controller, for each worker it starts: where to write the groups."""
+    config: pytest.Config = node.config
+    if _dir not in config.stash:
+        config.stash[_dir] = Path(tempfile.mkdtemp(prefix="flywheel-groups-"))
+        config.add_cleanup(lambda: shutil.rmtree(config.stash[_dir], ignore_errors=True))
+    node.workerinput[GROUPS_DIR] = str(config.stash[_dir])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadgroup``: xdist's group scheduling, with the groups the workers
+    wrote (every worker collects the same tests, so any one file is the whole map)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Scheduler(LoadGroupScheduling):  # type: ignore[misc]
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = {}
+                for path in sorted(config.stash[_dir].glob("*.json")):
+                    self.groups.update(json.loads(path.read_text()))
+            return self.groups.get(nodeid, nodeid)
+
+    return Scheduler(config, log)
