@@ -48,8 +48,8 @@ from gateway.ops.archive import open_archive
 
 from .config import RetrainSettings
 from .curate import Example
-from .dataset import dataset_id, experiment_tenant, latest_version, tally, write_version
 from .faults import crash_point
+from .versions import dataset_id, experiment_tenant, latest_version, tally, write_version
 
 FORGOTTEN_PREFIX = ".forgotten-"
 

@@ -99,3 +99,35 @@ def test_each_package_owns_the_schema_of_its_config_sections() -> None:
     assert set(RetrainSettings.model_fields) == set(Settings.model_fields)
     gateway_config = (REPO / "gateway" / "core" / "config.py").read_text()
     assert "class LocalTraining" not in gateway_config and "class Eval" not in gateway_config
+
+
+def cycles(package: str) -> list[list[str]]:
+    """The import cycles among a package's modules (a local import counts: it is a
+    dependency all the same), each as the modules around it, the first one again last."""
+    graph = {
+        module: {t for t in targets if part(t) == part(module) and t != module}
+        for module, targets in imports_of(package).items()
+    }
+    found: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        if module in path:
+            found.append(path[path.index(module) :] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            walk(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, [])
+    return found
+
+
+def test_retrain_has_no_import_cycles() -> None:
+    """Each module of the offline path can be read (and changed) before the ones that
+    import it: shared pieces live in their own module, as dataset versions do in
+    ``retrain.versions`` (read by both ``build`` and ``forget``)."""
+    assert [" → ".join(c) for c in cycles("retrain")] == []
