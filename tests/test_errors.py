@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import httpx
 import openai
@@ -11,21 +10,10 @@ import pytest
 
 from .conftest import CLIENT
 from .faulty_upstream import FaultyUpstream
+from .helpers.errors import assert_openai_error
 from .services import GatewayProcess
 
 HELLO = [{"role": "user", "content": "hi"}]
-
-
-def assert_openai_error(
-    resp: httpx.Response, status: int, param: str | None = None
-) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    err = resp.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"]
-    if param is not None:
-        assert err["param"] == param
-    return dict(err)
 
 
 def test_bad_key_is_401(gateway: GatewayProcess) -> None:

@@ -131,3 +131,20 @@ def test_retrain_has_no_import_cycles() -> None:
     import it: shared pieces live in their own module, as dataset versions do in
     ``retrain.versions`` (read by both ``build`` and ``forget``)."""
     assert [" → ".join(c) for c in cycles("retrain")] == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """What test modules share lives in helper modules (``tests/helpers/`` and the other
+    modules not named ``test_*``): a test module is collected, never imported."""
+    found = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] + [a.name for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            if any(m.rpartition(".")[2].startswith("test_") for m in modules):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == []
