@@ -39,7 +39,8 @@ def module_name(path: Path) -> str:
 def imports_of(folder: str) -> dict[str, set[str]]:
     """Module → the Flywheel modules it imports at run time, for every module under
     ``folder`` (``TYPE_CHECKING`` blocks are left out: a type is not a dependency).
-    ``from gateway.core import keys`` counts as an import of ``gateway.core.keys``."""
+    ``from gateway.core import keys`` counts as an import of ``gateway.core.keys``; a
+    relative import (``from .dataset import Builder``) counts as its absolute name."""
     found: dict[str, set[str]] = {}
     for path in sorted((REPO / folder).rglob("*.py")):
         tree = ast.parse(path.read_text())
@@ -55,16 +56,28 @@ def imports_of(folder: str) -> dict[str, set[str]]:
                 continue
             if isinstance(node, ast.Import):
                 names |= {a.name for a in node.names if a.name.split(".")[0] in OURS}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if node.module.split(".")[0] not in OURS:
+            elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+                source = _absolute(module_name(path), path.name == "__init__.py", node)
+                if source.split(".")[0] not in OURS:
                     continue
                 for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
+                    sub = f"{source}.{alias.name}"
                     as_path = REPO / sub.replace(".", "/")
                     is_module = as_path.with_suffix(".py").exists() or as_path.is_dir()
-                    names.add(sub if is_module else node.module)
+                    names.add(sub if is_module else source)
         found[module_name(path)] = names
     return found
+
+
+def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """The absolute name of what ``node`` imports from, in ``module``: ``from .x import y``
+    in ``retrain.cycle`` → ``retrain.x``; ``from . import y`` → ``retrain``."""
+    if not node.level:
+        return node.module or ""
+    pieces = module.split(".")
+    drop = node.level - 1 if is_package else node.level
+    base = pieces[: len(pieces) - drop]
+    return ".".join(base + ([node.module] if node.module else []))
 
 
 def part(module: str) -> str:

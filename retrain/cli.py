@@ -34,6 +34,10 @@ yet (nothing was trained). ``archive``: 0 done, 5 another archiver holds the loc
 lock (a rerun finishes the work).
 ``eval`` (the gate alone, on any two models the gateway
 serves): 0 passed, 6 rejected, 7 collect more, 1 error, 2 nothing to evaluate on.
+
+A command that cannot do its work raises a :class:`retrain.errors.RetrainError` where
+the problem is found; :func:`main` prints it (``retrain <command>: <message>``) and
+exits with the class's code, in one place.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.config import NAME_MAX, valid_name
+from retrain.errors import Busy, NotFound, RetrainError, UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -314,9 +319,23 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`RetrainError` is printed on stderr, a line each,
+    and its class's exit code returned (the one place errors become exit codes)."""
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _command(args)
+    except RetrainError as exc:
+        where = f"retrain {args.command}"
+        if args.command == "review":
+            where += f" {args.action}"
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"{where}: {line}", file=sys.stderr)
+        return int(exc.exit_code)
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command in ("check-config", "config"):
         return _config(args)
     if args.command == "tiny-model":
@@ -339,11 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         from retrain.config import load as load_config
         from retrain.feedback_log import connect, export_feedback, parse_since
 
-        try:
-            since = parse_since(args.since)
-        except ValueError:
-            print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
-            return 2
+        since = parse_since(args.since)
         from gateway.ops.archive import open_archive
 
         settings = load_config(args.config)
@@ -365,13 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
         launch_dir = args.launch_dir or os.environ.get(LAUNCH_DIR_ENV)
         if not launch_dir:
-            print(f"retrain join-training: --launch-dir or ${LAUNCH_DIR_ENV}", file=sys.stderr)
-            return 2
-        try:
-            return join(Path(launch_dir))
-        except ValueError as exc:
-            print(f"retrain join-training: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--launch-dir or ${LAUNCH_DIR_ENV}")
+        return join(Path(launch_dir))
     if args.command == "export":
         return _export(args)
 
@@ -391,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.core.store import keyspace
         from retrain.config import load as load_config
         from retrain.feedback_log import connect
-        from retrain.review import ReviewError, export_review, import_review
+        from retrain.review import export_review, import_review
 
         settings = load_config(args.config)
         client, ks = connect(settings), keyspace(settings)
@@ -399,49 +409,35 @@ def main(argv: list[str] | None = None) -> int:
             n = export_review(client, ks, args.experiment, args.out)
             print(f"wrote {n} failures awaiting a correction to {args.out}")
             return 0
-        try:
-            n = import_review(client, ks, args.experiment, args.file)
-        except (ReviewError, OSError) as exc:
-            print(f"retrain: review import: {exc}", file=sys.stderr)
-            return 1
+        n = import_review(client, ks, args.experiment, args.file)
         print(f"stored {n} corrections; the next build uses them")
         return 0
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse guarantees one
 
 
 def _export(args: argparse.Namespace) -> int:
-    from retrain.export import ExportError, export
+    from retrain.export import export
 
     adapter, base = Path(args.model), args.base
     if not adapter.is_dir():  # a model name: the gateway knows its adapter
         from gateway.core.store import keyspace
         from retrain.config import load as load_config
         from retrain.feedback_log import connect
-        from retrain.gateway_client import Gateway, GatewayUnavailable
+        from retrain.gateway_client import Gateway
         from retrain.jobs import JobStore
 
         settings = load_config(args.config)
-        try:
-            info = Gateway(settings).model(args.model)
-        except GatewayUnavailable as exc:
-            print(f"retrain export: {args.model}: {exc}", file=sys.stderr)
-            return 1
+        info = Gateway(settings).model(args.model)
         if not info.get("adapter_path"):
-            print(
-                f"retrain export: {args.model} is not served from an adapter "
-                f"(it is {info.get('model')} on {info.get('upstream')}): nothing to export",
-                file=sys.stderr,
+            raise UsageError(
+                f"{args.model} is not served from an adapter "
+                f"(it is {info.get('model')} on {info.get('upstream')}): nothing to export"
             )
-            return 2
         adapter = Path(info["adapter_path"])
         job_id = (info.get("lineage") or {}).get("job")
         job = JobStore(connect(settings), keyspace(settings)).get(job_id) if job_id else None
         base = base or (job or {}).get("base_model") or settings.retrain.local.base_model
-    try:
-        out = export(adapter, args.out, merged=args.merged, base=base)
-    except ExportError as exc:
-        print(f"retrain export: {exc}", file=sys.stderr)
-        return 2
+    out = export(adapter, args.out, merged=args.merged, base=base)
     what = "merged model (serve it as a plain model)" if args.merged else "adapter"
     print(f"wrote the {what} of {args.model} to {out}")
     return 0
@@ -451,7 +447,6 @@ def _archive(args: argparse.Namespace) -> int:
     from gateway.core.store import keyspace
     from gateway.ops.archive import Archiver, open_archive
     from retrain.config import load as load_config
-    from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
 
     settings = load_config(args.config)
@@ -475,8 +470,7 @@ def _archive(args: argparse.Namespace) -> int:
     finally:
         archiver.release()
     if result.held_by:
-        print(f"retrain: another archiver is running ({result.held_by})", file=sys.stderr)
-        return int(ExitCode.BUSY)
+        raise Busy(f"another archiver is running ({result.held_by})")
     if result.migrated or args.migrate:
         print(f"migrated {result.migrated} rows from manifest.json into the Delta tables")
         if args.migrate:
@@ -494,26 +488,17 @@ def _archive(args: argparse.Namespace) -> int:
 def _forget(args: argparse.Namespace) -> int:
     import orjson
 
-    from gateway.core.errors import Conflict, InvalidRequest
     from gateway.core.store import keyspace
     from retrain.config import load as load_config
-    from retrain.exit_codes import ExitCode
     from retrain.feedback_log import connect
-    from retrain.forget import Busy, forget_pending, forget_user
+    from retrain.forget import forget_pending, forget_user
 
     settings = load_config(args.config)
     client, ks = connect(settings), keyspace(settings)
-    try:
-        if args.pending:
-            done: object = forget_pending(client, ks, settings)
-        else:
-            done = forget_user(client, ks, settings, args.user, args.tenant)
-    except InvalidRequest as exc:
-        print(f"retrain forget: {exc}", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    except (Conflict, Busy) as exc:
-        print(f"retrain forget: {exc}; run it again to finish", file=sys.stderr)
-        return int(ExitCode.BUSY)
+    if args.pending:
+        done: object = forget_pending(client, ks, settings)
+    else:
+        done = forget_user(client, ks, settings, args.user, args.tenant)
     print(orjson.dumps(done, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -524,14 +509,10 @@ def _build(args: argparse.Namespace) -> int:
 
     from gateway.core.store import keyspace
     from retrain.config import load as load_config
-    from retrain.dataset import USAGE, Builder
+    from retrain.dataset import Builder
     from retrain.feedback_log import connect, parse_since
 
-    try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError:
-        print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
-        return USAGE
+    since = parse_since(args.since) if args.since else None
     settings = load_config(args.config)
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bars:
@@ -573,25 +554,16 @@ def _eval(args: argparse.Namespace) -> int:
     if args.dataset is not None and (args.dataset / "latest").is_file():  # an experiment's root
         args.dataset = args.dataset / (args.dataset / "latest").read_text().strip()
     if args.dataset is None and golden is None:
-        print(
-            "retrain eval: nothing to evaluate on: give --dataset DIR or --golden FILE "
-            "(or set retrain.eval.golden)",
-            file=sys.stderr,
+        raise UsageError(
+            "nothing to evaluate on: give --dataset DIR or --golden FILE "
+            "(or set retrain.eval.golden)"
         )
-        return 2
-    try:
-        gateway = Gateway(settings)
-        models = [args.control, args.candidate]
-        counter = tokens.for_models(settings, gateway.model, models)
-        result = evaluate.gate_dataset(
-            args.dataset, gateway.ask, args.control, args.candidate, cfg, golden, counter
-        )
-    except (ValueError, OSError) as exc:
-        print(f"retrain eval: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # the gateway refused a request
-        print(f"retrain eval: {exc}", file=sys.stderr)
-        return 1
+    gateway = Gateway(settings)
+    models = [args.control, args.candidate]
+    counter = tokens.for_models(settings, gateway.model, models)
+    result = evaluate.gate_dataset(
+        args.dataset, gateway.ask, args.control, args.candidate, cfg, golden, counter
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print_evaluation(result)
@@ -606,15 +578,10 @@ def _embed(args: argparse.Namespace) -> int:
     from retrain.exit_codes import ExitCode
 
     if args.register and not args.upstream:
-        print("retrain embed: --register needs --upstream", file=sys.stderr)
-        return ExitCode.USAGE
+        raise UsageError("--register needs --upstream")
     settings = load_config(args.config)
-    try:
-        triples = embed.read_triples(args.triples) if args.triples else []
-        corpus = embed.read_corpus(args.corpus) if args.corpus else []
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"retrain embed: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+    triples = embed.read_triples(args.triples) if args.triples else []
+    corpus = embed.read_corpus(args.corpus) if args.corpus else []
     if not args.no_feedback:
         from gateway.core.store import keyspace
         from retrain.feedback_log import connect
@@ -641,7 +608,7 @@ def _embed(args: argparse.Namespace) -> int:
     )
     report = outcome.report
     if outcome.code == ExitCode.OK and args.register:
-        from retrain.gateway_client import Gateway, GatewayUnavailable
+        from retrain.gateway_client import Gateway
 
         body = {
             "name": args.register,
@@ -649,11 +616,7 @@ def _embed(args: argparse.Namespace) -> int:
             "model": args.served_model or args.register,
             "lineage": {"base": args.base, "path": str(args.out), "kind": "embedding"},
         }
-        try:
-            report["registered"] = Gateway(settings).register(body)["id"]
-        except GatewayUnavailable as exc:
-            print(f"retrain embed: {exc}", file=sys.stderr)
-            return ExitCode.ERROR
+        report["registered"] = Gateway(settings).register(body)["id"]
     if args.report:
         args.report.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(json.dumps(report, indent=1, ensure_ascii=False))
@@ -712,8 +675,7 @@ def _jobs(args: argparse.Namespace) -> int:
                 )
             except ValidationError as exc:
                 why = "; ".join(str(e["msg"]) for e in exc.errors())
-                print(f"retrain run: --processes {args.processes}: {why}", file=sys.stderr)
-                return 2
+                raise UsageError(f"--processes {args.processes}: {why}") from None
             retrain = settings.retrain.model_copy(update={"local": local})
             settings = settings.model_copy(update={"retrain": retrain})
 
@@ -740,12 +702,10 @@ def _jobs(args: argparse.Namespace) -> int:
         return print_lineage(settings, store, args.model)
     job = store.get(args.job)
     if job is None:
-        print(f"retrain: no job {args.job!r}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no job {args.job!r}")
     if args.command == "cancel":
         if job["status"] in FINAL:
-            print(f"retrain: {job['id']} already ended: {job['status']}", file=sys.stderr)
-            return 1
+            raise RetrainError(f"{job['id']} already ended: {job['status']}")
         store.update(job["id"], status="cancelling")
         print(f"asked {job['id']} to stop")
         return 0

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ from .curate import DPO, MESSAGE_KEYS, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
 from .faults import crash_point
 from .feedback_log import FeedbackConsumer, RatingEvent, load
+from .versions import Version, dataset_id, experiment_tenant, latest_version, tally, write_version
 
 OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
 OVER_COST_CAP, BELOW_MINIMUM, BUSY = ExitCode.OVER_COST_CAP, ExitCode.BELOW_MINIMUM, ExitCode.BUSY
@@ -68,28 +68,6 @@ class BuildResult:
     message: str
     manifest: dict[str, Any]
     path: Path | None = None
-
-
-@dataclass
-class Version:
-    """A written dataset version: its manifest and example rows."""
-
-    id: str
-    path: Path
-    manifest: dict[str, Any]
-    examples: list[Example]
-
-
-def latest_version(root: Path) -> Version | None:
-    pointer = root / "latest"
-    if not pointer.exists():
-        return None
-    vid = pointer.read_text().strip()
-    path = root / vid
-    manifest = orjson.loads((path / "manifest.json").read_bytes())
-    with open(path / "examples.jsonl", "rb") as f:
-        examples = [Example.from_row(orjson.loads(line)) for line in f if line.strip()]
-    return Version(vid, path, manifest, examples)
 
 
 def _hash_unit(*parts: str) -> float:
@@ -365,23 +343,6 @@ class _Groups:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def tally(
-    examples: list[Example],
-) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
-    """A version's example counts, tokens and sources per file (the manifest's)."""
-    counts: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
-    by_source: dict[str, Counter[str]] = defaultdict(Counter)
-    for ex in examples:
-        name = "preference" if ex.kind == DPO else (ex.split or "train")
-        if ex.kind == DPO and ex.split != "train":
-            name = f"preference_{ex.split}"  # kept out of training: held-out groups
-        counts[name] += 1
-        tokens[name] += ex.tokens
-        by_source[name][ex.source] += 1
-    return dict(counts), dict(tokens), {k: dict(v) for k, v in by_source.items()}
-
-
 def trained_on(ex: Example) -> bool:
     """Whether training reads the example (the train split and the train pairs)."""
     return (ex.split or "train") == "train" if ex.kind != DPO else ex.split == "train"
@@ -399,44 +360,6 @@ def price_counter(
     else:
         priced = tokens.first(lambda: tokens.local(price.model))
     return counter if priced.name == counter.name else TokenCounter(priced)
-
-
-def dataset_id(examples: list[Example]) -> str:
-    digest = hashlib.sha256()
-    for key, split in sorted((ex.key, ex.split or "") for ex in examples):
-        digest.update(f"{key}:{split}\n".encode())
-    return "ds-" + digest.hexdigest()[:12]
-
-
-def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
-    with open(path, "wb") as f:
-        for row in rows:
-            f.write(orjson.dumps(row) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[str, Any]) -> Path:
-    """All files into a temp dir, fsynced, renamed into place; then ``latest`` moves."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / vid
-    tmp = Path(tempfile.mkdtemp(prefix=f".{vid}-", dir=root))
-    sft = [ex for ex in examples if ex.kind == SFT]
-    for split in ("train", "validation", "test"):
-        _write_jsonl(tmp / f"{split}.jsonl", (ex.line for ex in sft if ex.split == split))
-    pairs = [ex for ex in examples if ex.kind == DPO and ex.split == "train"]
-    if pairs:
-        _write_jsonl(tmp / "preference.jsonl", (ex.line for ex in pairs))
-    held = [ex for ex in examples if ex.kind == DPO and ex.split == "validation"]
-    if held:  # DPO's validation loss (local) and validation_file (OpenAI)
-        _write_jsonl(tmp / "preference_validation.jsonl", (ex.line for ex in held))
-    _write_jsonl(tmp / "examples.jsonl", (ex.to_row() for ex in examples))
-    (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    os.rename(tmp, final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(vid + "\n")
-    os.replace(pointer, root / "latest")
-    return final
 
 
 def _teacher(settings: RetrainSettings) -> Callable[[list[dict[str, Any]]], str | None] | None:
@@ -460,18 +383,6 @@ def _teacher(settings: RetrainSettings) -> Callable[[list[dict[str, Any]]], str 
         return reply.choices[0].message.content or None
 
     return ask
-
-
-def experiment_tenant(
-    client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings, experiment: str
-) -> str | None:
-    """The tenant an experiment belongs to (None: shared), from the live state or the config."""
-    raw = client.hget(ks.experiments, experiment)
-    if raw is not None:
-        tenant = (orjson.loads(raw).get("spec") or {}).get("tenant")
-        return str(tenant) if tenant else None
-    spec = settings.experiments.get(experiment)
-    return spec.tenant if spec is not None else None
 
 
 class Builder:

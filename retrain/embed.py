@@ -38,6 +38,7 @@ from typing import Any
 
 from gateway.core import keys
 from gateway.core.text import nfc
+from retrain.errors import InvalidInput
 from retrain.uncertainty import Interval, paired_bootstrap
 
 
@@ -86,21 +87,37 @@ def triples_of(events: Iterable[dict[str, Any]]) -> list[Triple]:
     return out
 
 
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """A file's non-blank lines, numbered; unreadable: :class:`InvalidInput`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 ({exc.reason})"
+        raise InvalidInput(f"{path}: cannot read it: {reason or exc}") from None
+    return [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
 def read_triples(path: Path) -> list[Triple]:
-    """A JSON-lines file of {query, positive, negative?} or {query, passage, score}."""
+    """A JSON-lines file of {query, positive, negative?} or {query, passage, score}; a
+    line that is neither is :class:`InvalidInput` naming it."""
     out: list[Triple] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for n, line in _lines(path):
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"{path}:{n}: not JSON: {exc}") from None
         if not isinstance(row, dict) or not isinstance(row.get("query"), str):
-            raise ValueError(f"{path}:{n}: each line needs a 'query' string")
+            raise InvalidInput(f"{path}:{n}: each line needs a 'query' string")
         if "score" in row:
             score = row["score"]
             if not isinstance(score, int | float) or not 0 <= score <= 1:
-                raise ValueError(f"{path}:{n}: 'score' must be a number in [0, 1]")
+                raise InvalidInput(f"{path}:{n}: 'score' must be a number in [0, 1]")
+            if not isinstance(row.get("passage"), str):
+                raise InvalidInput(f"{path}:{n}: a scored line needs a 'passage' string")
             out.append(Triple(nfc(row["query"]), nfc(row["passage"]), None, float(score)))
         else:
+            if not isinstance(row.get("positive"), str):
+                raise InvalidInput(f"{path}:{n}: each line needs a 'positive' string")
             negative = row.get("negative")
             out.append(
                 Triple(
@@ -115,11 +132,14 @@ def read_triples(path: Path) -> list[Triple]:
 def read_corpus(path: Path) -> list[str]:
     """A corpus file: one passage a line, or JSON lines with a ``text`` field."""
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
+    for n, line in _lines(path):
         if line.lstrip().startswith("{"):
-            line = json.loads(line)["text"]
+            try:
+                line = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInput(f"{path}:{n}: not JSON with a 'text' string ({exc})") from None
+            if not isinstance(line, str):
+                raise InvalidInput(f"{path}:{n}: 'text' must be a string")
         out.append(nfc(line.strip()))
     return out
 

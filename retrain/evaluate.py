@@ -56,6 +56,7 @@ from gateway.core.text import language
 from . import judge as judging
 from . import tokens as tokenizers
 from .config import Eval
+from .errors import InvalidInput, UsageError
 from .text_metrics import METRICS, answer_budget, score
 from .uncertainty import Interval, paired_bootstrap
 
@@ -78,7 +79,11 @@ class Case:
 def read_cases(path: Path) -> list[Case]:
     """OpenAI chat-format JSONL: each line's last message is the expected answer."""
     cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput.unreadable(path, exc) from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -88,7 +93,7 @@ def read_cases(path: Path) -> list[Case]:
                 raise ValueError("the last message must be the assistant's, after another")
             cases.append(Case(conversation, str(answer["content"])))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: not a chat example ({exc})") from None
+            raise InvalidInput(f"{path}:{number}: not a chat example ({exc})") from None
     return cases
 
 
@@ -177,7 +182,7 @@ def gate(
     """
     counter = tokens or tokenizers.estimate("no tokenizer given for the compared models")
     if cases is None and not golden:
-        raise ValueError("nothing to evaluate on: neither a test split nor a golden set")
+        raise UsageError("nothing to evaluate on: neither a test split nor a golden set")
     result: dict[str, Any] = {
         "control": control,
         "candidate": candidate,
@@ -247,7 +252,7 @@ def gate_dataset(
     path = golden_path or cfg.golden
     golden = read_cases(path) if path is not None else None
     if path is not None and not golden:
-        raise ValueError(f"{path}: the golden set has no examples")
+        raise InvalidInput(f"{path}: the golden set has no examples")
     return gate(cases, golden, ask, control, candidate, cfg, tokens)
 
 

@@ -17,9 +17,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
 
-class ExportError(Exception):
-    """What is missing or wrong; nothing was written."""
+
+class ExportError(UsageError):
+    """What is missing or wrong; nothing was written (exit 2)."""
 
 
 def readable_by_all(root: Path) -> None:

@@ -28,6 +28,7 @@ from gateway.core.store import connect_sync, start_embedded
 from gateway.ops.archive import Archive, find_interactions, load_sync
 
 from .config import RetrainSettings
+from .errors import UsageError
 
 
 def connect(settings: RetrainSettings) -> redis.Redis:
@@ -194,6 +195,9 @@ def export_feedback(
 
 
 def parse_since(text: str) -> datetime:
-    """An ISO date or date-time; naive values are taken as UTC."""
-    when = datetime.fromisoformat(text)
+    """An ISO date or date-time; naive values are taken as UTC (``--since``)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since: not an ISO date: {text!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

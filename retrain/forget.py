@@ -42,19 +42,21 @@ import redis
 
 from gateway.core import keys, paths
 from gateway.core.auth import Principal
+from gateway.core.errors import Conflict, InvalidRequest
 from gateway.core.locks import Lock
 from gateway.ops import forget
 from gateway.ops.archive import open_archive
 
+from . import errors
 from .config import RetrainSettings
 from .curate import Example
-from .dataset import dataset_id, experiment_tenant, latest_version, tally, write_version
 from .faults import crash_point
+from .versions import dataset_id, experiment_tenant, latest_version, tally, write_version
 
 FORGOTTEN_PREFIX = ".forgotten-"
 
 
-class Busy(Exception):
+class Busy(errors.Busy):
     """A build of the experiment holds its lock; ``str()`` names it."""
 
 
@@ -202,7 +204,7 @@ def forget_datasets(
         )
         lock = None if exp in locked else Lock(client, ks.build_lock(exp))
         if lock is not None and (holder := lock.acquire()) is not None:
-            raise Busy(f"a build of '{exp}' is running ({holder})")
+            raise Busy(f"a build of '{exp}' is running ({holder}); run it again to finish")
         try:
             root_of = paths.under(base, exp, param="experiment")
             for k, n in forget_in_experiment(root_of, removal, by_group).items():
@@ -231,7 +233,22 @@ def _experiments(base: Path) -> list[str]:
 def forget_user(
     client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings, user: str, tenant: str | None
 ) -> dict[str, Any]:
-    """``retrain forget --user``: Redis, the archive, then the datasets; audited."""
+    """``retrain forget --user``: Redis, the archive, then the datasets; audited.
+
+    An empty or invalid user or tenant is a :class:`~retrain.errors.UsageError`; the
+    archive lock held elsewhere (or a build's) is :class:`~retrain.errors.Busy`."""
+    try:
+        return _forget_user(client, ks, settings, user, tenant)
+    except InvalidRequest as exc:
+        raise errors.UsageError(str(exc)) from exc
+    except Conflict as exc:
+        again = "" if "run it again" in str(exc) else "; run it again to finish"
+        raise errors.Busy(f"{exc}{again}") from exc
+
+
+def _forget_user(
+    client: redis.Redis, ks: keys.Keyspace, settings: RetrainSettings, user: str, tenant: str | None
+) -> dict[str, Any]:
     by = f"cli:{getpass.getuser()}"
     tenant = forget.scope(Principal(by, "default", "admin", all_tenants=True), tenant)
     archive = open_archive(settings.data_dir, settings.archive)

@@ -11,10 +11,7 @@ from typing import Any
 import httpx
 
 from .config import RetrainSettings
-
-
-class GatewayUnavailable(RuntimeError):
-    """A call to the gateway failed (an error status, or no answer)."""
+from .errors import GatewayUnavailable
 
 
 class _Transport(httpx.HTTPTransport):

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LocalTraining
+from .errors import InvalidInput, UsageError
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -544,11 +545,14 @@ def join(launch_dir: Path, *, poll_s: float = 1.0) -> int:
 
     nodes = Nodes.from_env()
     if nodes is None:
-        raise ValueError("joining a training needs PET_NNODES above 1 (a multi-node operator)")
+        raise UsageError("joining a training needs PET_NNODES above 1 (a multi-node operator)")
     spec = launch_dir / "spec.json"
     while not spec.exists():
         time.sleep(poll_s)
-    cfg = LocalTraining.model_validate(json.loads(spec.read_text())["cfg"])
+    try:
+        cfg = LocalTraining.model_validate(json.loads(spec.read_text())["cfg"])
+    except ValueError as exc:  # pydantic's ValidationError and JSON's errors are ValueErrors
+        raise InvalidInput(f"{spec}: {exc}") from exc
     proc = subprocess.Popen(
         launch_command(cfg, spec, gpu=torch.cuda.is_available(), nodes=nodes),
         stdin=subprocess.DEVNULL,

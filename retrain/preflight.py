@@ -83,7 +83,8 @@ def _model_problem(model: str) -> str | None:
 
 
 def _gateway_problems(settings: RetrainSettings, experiment: str) -> list[str]:
-    from .gateway_client import Gateway, GatewayUnavailable
+    from .errors import GatewayUnavailable
+    from .gateway_client import Gateway
 
     cfg = settings.retrain
     gateway = Gateway(settings)

@@ -18,6 +18,8 @@ import redis
 from gateway.core import keys
 from gateway.core.review import BadCorrection, corrected
 
+from .errors import RetrainError
+
 
 def export_review(client: redis.Redis, ks: keys.Keyspace, experiment: str, out: Path) -> int:
     raw_items = client.hgetall(ks.review(experiment))
@@ -32,8 +34,9 @@ def export_review(client: redis.Redis, ks: keys.Keyspace, experiment: str, out: 
     return len(items)
 
 
-class ReviewError(Exception):
-    """A line of an import file that cannot be used; ``str()`` names the line."""
+class ReviewError(RetrainError):
+    """An import file, or a line of it, that cannot be used; ``str()`` names the line.
+    Nothing was stored (exit 1)."""
 
 
 def import_review(client: redis.Redis, ks: keys.Keyspace, experiment: str, path: Path) -> int:
@@ -42,7 +45,11 @@ def import_review(client: redis.Redis, ks: keys.Keyspace, experiment: str, path:
     The whole file is checked before anything is stored, so a bad line changes nothing.
     """
     updates: dict[str, bytes] = {}
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise ReviewError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    with f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -37,6 +37,7 @@ import httpx
 
 from gateway.core.records import text_of
 
+from .errors import UpstreamUnavailable
 from .text_metrics import estimate_tokens
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class VLLMTokenize(Counter):
     def _count(self, body: dict[str, Any]) -> int:
         resp = self._http.post("/tokenize", json={"model": self.model, **body})
         if resp.is_error:
-            raise RuntimeError(f"POST {resp.request.url}: HTTP {resp.status_code}")
+            raise UpstreamUnavailable(f"POST {resp.request.url}: HTTP {resp.status_code}")
         return int(resp.json()["count"])
 
     def text(self, text: str) -> int:
@@ -315,10 +316,8 @@ class TokenCounter:
         self.exact = self.counter.exact
 
     def __call__(self, example: Example) -> int:
-        from .curate import DPO
-
         line = example.line
-        if example.kind == DPO:
+        if example.kind == "dpo":  # curate.DPO, a preference pair (curate imports this module)
             base = line["input"]["messages"]
             return max(
                 self.counter.messages(base + line["preferred_output"]),

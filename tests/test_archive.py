@@ -34,6 +34,7 @@ from retrain.dataset import Builder
 from retrain.feedback_log import connect
 
 from .archive_places import SETUPS, Place, new_place
+from .polling import eventually
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess
 from .stores import Store, store_for
@@ -124,10 +125,12 @@ def serve(served: Served, n: int, model: str = "shop", rate: bool = True) -> lis
                 fb = {"response_id": rid, "rating": "up", "comment": tag}
                 rated = c.post("/v1/feedback", json=fb, headers=CLIENT)
                 assert rated.status_code == 201, rated.text
-    deadline = time.monotonic() + 5
-    while served.redis.exists(*[keys.interaction(i) for i in ids]) < len(ids):
-        assert time.monotonic() < deadline, "the interaction log did not write in time"
-        time.sleep(0.02)
+    eventually(
+        lambda: served.redis.exists(*[keys.interaction(i) for i in ids]) == len(ids),
+        "the interaction log writes every answer",
+        timeout_s=5,
+        every_s=0.02,
+    )
     return ids
 
 

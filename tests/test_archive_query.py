@@ -32,6 +32,7 @@ from gateway.ops.archive import Archive, Archiver
 from .conftest import ADMIN, API_KEY, OTHER_TENANT_KEY
 from .console_stack import REVIEWER_KEY, TENANT_REVIEWER_KEY, console_auth
 from .fixed_gateway import fixed_gateway
+from .polling import eventually
 from .services import GatewayProcess
 from .stores import STORES, Store, store_for
 
@@ -96,10 +97,10 @@ def chat(
             r = c.post(stack.gw.base_url + "/chat/completions", json=body)
             assert r.status_code == 200, r.text
             ids.append(r.json()["id"])
-    deadline = time.monotonic() + 10
-    while stack.redis.exists(*[keys.interaction(i) for i in ids]) < len(ids):
-        assert time.monotonic() < deadline, "the interaction log did not write in time"
-        time.sleep(0.05)
+    eventually(
+        lambda: stack.redis.exists(*[keys.interaction(i) for i in ids]) == len(ids),
+        "the interaction log writes every answer",
+    )
     return ids
 
 

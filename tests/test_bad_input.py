@@ -25,8 +25,8 @@ from gateway.core import paths
 from .conftest import ADMIN, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import fixed_gateway
+from .helpers.errors import assert_openai_error
 from .services import GatewayProcess, RedisProcess
-from .test_errors import assert_openai_error
 
 JSON = {"Content-Type": "application/json"}
 HELLO = [{"role": "user", "content": "hi"}]

@@ -35,9 +35,9 @@ from retrain.dataset import latest_version
 from .conftest import ADMIN, API_KEY, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import fixed_config
+from .helpers.datasets import lines, serve_and_rate, sft
 from .polling import eventually
 from .services import GatewayProcess, RedisClusterProcess, RedisProcess
-from .test_dataset import lines, serve_and_rate, sft
 
 pytestmark = pytest.mark.cluster
 KS = keys.CLUSTER_KEYSPACE  # the key names of a gateway with redis_cluster: true

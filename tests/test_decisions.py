@@ -27,6 +27,7 @@ from retrain import feedback_log
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, CLIENT
 from .faulty_upstream import FaultyUpstream
 from .fixed_gateway import FIXED, fixed_gateway
+from .polling import eventually
 from .services import GatewayProcess
 from .stores import STORES, Store, store_for
 
@@ -114,11 +115,11 @@ def weights(state: dict[str, Any]) -> dict[str, float]:
 def wait_for_version(
     gw: GatewayProcess, name: str, above: int, timeout: float = 5
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (state := admin(gw, "GET", f"experiments/{name}"))["version"] <= above:
-        assert time.monotonic() < deadline, f"the decider did not act on {name}"
-        time.sleep(0.05)
-    return state
+    def acted() -> dict[str, Any] | None:
+        state: dict[str, Any] = admin(gw, "GET", f"experiments/{name}")
+        return state if state["version"] > above else None
+
+    return eventually(acted, f"the decider acts on {name}", timeout_s=timeout)
 
 
 def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control(
@@ -166,7 +167,7 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
         assert users >= RULES["min_ratings"]
     r.close()
     # a promote is final: later looks change nothing
-    time.sleep(5 * DECIDE_S)
+    time.sleep(5 * DECIDE_S)  # the behaviour: five decision periods pass and change nothing
     assert admin(gw, "GET", f"experiments/{name}")["version"] == state["version"]
 
 
@@ -233,7 +234,7 @@ def test_auto_promote_applies_the_decision_and_records_it(
     assert weights(state) == {"fixed-a": 0, "fixed-b": 100}
     last = admin(gw, "GET", f"experiments/{name}/history")["data"][-1]
     assert last["by"] == "decider" and last["action"].startswith("auto promote fixed-b")
-    time.sleep(5 * DECIDE_S)  # later rounds see it applied and change nothing
+    time.sleep(5 * DECIDE_S)  # the behaviour: later rounds see it applied and change nothing
     assert admin(gw, "GET", f"experiments/{name}")["version"] == 2
 
 
@@ -491,10 +492,14 @@ def test_cost_per_1k_requests_in_the_report_and_prometheus_with_an_inherited_pri
         json={"arms": [{"model": "fixed-a", "weight": 50}, {"model": model, "weight": 50}]},
     )
     traffic(gw, name, 40)
-    time.sleep(0.3)  # the log writer's batch
-    report = admin(gw, "GET", f"experiments/{name}/report")
+
+    def costed() -> dict[str, Any] | None:  # once the log writer's batch is in
+        report: dict[str, Any] = admin(gw, "GET", f"experiments/{name}/report")
+        costs = [a["cost_per_1k_requests"] for a in report["arms"]]
+        return report if costs == [0.013, 0.013] else None
+
     # 7 prompt and 3 completion tokens per answer at 1 and 2 per 1M: 13e-6 per request
-    assert [a["cost_per_1k_requests"] for a in report["arms"]] == [0.013, 0.013]
+    report = eventually(costed, "each arm costs 0.013 per 1k requests")
     text = httpx.get(f"{gw.url}/metrics").text
     spent = [
         float(x.rsplit(" ", 1)[1])

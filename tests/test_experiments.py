@@ -25,6 +25,7 @@ from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT, gateway_config
 from .faulty_upstream import FaultyUpstream
+from .polling import eventually
 from .services import GatewayProcess, RedisProcess
 
 KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
@@ -245,10 +246,7 @@ def test_registering_an_adapter_loads_it_into_vllm_and_routes_to_it(
     # A vLLM replica that forgets the adapter (a restart) gets it loaded again.
     unload = httpx.post(vllm.base_url + "/unload_lora_adapter", json={"lora_name": name})
     assert unload.status_code == 200  # (the gateway may reload it at once: that is the point)
-    deadline = time.monotonic() + 10
-    while name not in vllm_models(vllm):
-        assert time.monotonic() < deadline, "the gateway did not reload the adapter"
-        time.sleep(0.2)
+    eventually(lambda: name in vllm_models(vllm), "the gateway reloads the adapter", every_s=0.2)
 
     in_use = httpx.delete(f"{models_url}/{name}", headers=ADMIN)
     assert in_use.status_code == 409 and exp in in_use.json()["error"]["message"]

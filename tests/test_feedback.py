@@ -345,7 +345,7 @@ def test_export_feedback_writes_interactions_with_their_ratings(
 ) -> None:
     gateway, client = served.gateway, served.client
     since = datetime.now(UTC)
-    time.sleep(0.01)
+    time.sleep(0.01)  # the clock: the answer is stamped strictly after `since`
     rid = answer(client, user="u-export")
     rate(gateway, response_id=rid, rating="down", correction="The right answer.")
     out = tmp_path / "export.jsonl"

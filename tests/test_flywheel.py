@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,113 +15,21 @@ from flywheel_stack import VLLMServer, free_port
 from gateway.core import keys
 from retrain.jobs import JobStore
 
-from .conftest import ADMIN, ADMIN_KEY, API_KEY, CLIENT
+from .conftest import ADMIN
+from .helpers.flywheel import (
+    ITEMS,
+    answers_a_trained_correction,
+    ask,
+    config_for,
+    correction,
+    new_experiment,
+    rate_corrections,
+    rated_experiment,
+    retrain,
+)
 from .services import GatewayProcess, RedisProcess
 
 KS = keys.PLAIN_KEYSPACE  # these tests run on one Redis
-
-ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "socks"]
-
-
-def correction(item: str) -> str:
-    return f"Yes: {item} can be returned within 30 days with the receipt."
-
-
-def config_for(gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: Any) -> Path:
-    doc = yaml.safe_load(gw.config_path.read_text())
-    doc["retrain"] = {
-        "dataset_dir": str(tmp_path / "datasets"),
-        "min_examples": 1,
-        "split": {"validation": 0, "test": 0.34, "seed": 0},  # two of the six held out
-        "gateway_url": gw.url,
-        "gateway_key": API_KEY,
-        "admin_key": ADMIN_KEY,
-        "eval": {"margin": 0.05, "min_examples": 2, "max_tokens": 64},
-        "canary_share": 0.05,
-        "local": {
-            "base_model": str(tiny_model),
-            "upstream": "local",
-            "adapter_dir": str(tmp_path / "adapters"),
-            "max_steps": 300,
-            "learning_rate": 0.005,  # the tutorial's recipe (examples/local.yaml)
-            "batch_size": 4,
-            **local,
-        },
-    }
-    path = tmp_path / f"flywheel-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def retrain(config: Path, *args: str, crash: str | None = None, **popen: Any) -> Any:
-    env = {**os.environ, "COLUMNS": "200"}
-    if crash:
-        env["FLYWHEEL_RETRAIN_CRASH_AT"] = crash
-    argv = [sys.executable, "-m", "retrain", *args, "--config", str(config)]
-    if popen:
-        return subprocess.Popen(argv, env=env, **popen)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-
-
-def ask(gw: GatewayProcess, model: str, question: str, arm: str | None = None) -> str:
-    headers = {**ADMIN, "x-flywheel-arm": arm} if arm else CLIENT
-    resp = httpx.post(
-        gw.base_url + "/chat/completions",
-        headers=headers,
-        timeout=60,
-        json={
-            "model": model,
-            "messages": [{"role": "user", "content": question}],
-            "temperature": 0,
-            "max_tokens": 64,
-        },
-    )
-    assert resp.status_code == 200, resp.text
-    return str(resp.json()["choices"][0]["message"]["content"])
-
-
-def rate_corrections(gw: GatewayProcess, experiment: str) -> None:
-    with httpx.Client(timeout=60) as c:
-        for i, item in enumerate(ITEMS):
-            resp = c.post(
-                gw.base_url + "/chat/completions",
-                headers=CLIENT,
-                json={
-                    "model": experiment,
-                    "user": f"customer-{i}",
-                    "max_tokens": 8,
-                    "messages": [{"role": "user", "content": f"Can I return {item}?"}],
-                },
-            )
-            assert resp.status_code == 200, resp.text
-            rated = c.post(
-                gw.base_url + "/feedback",
-                headers=CLIENT,
-                json={
-                    "response_id": resp.json()["id"],
-                    "rating": "down",
-                    "correction": correction(item),
-                },
-            )
-            assert rated.status_code == 201, rated.text
-
-
-def new_experiment(gw: GatewayProcess) -> str:
-    name = f"loop-{uuid.uuid4().hex[:6]}"
-    spec = {"arms": [{"model": "base", "weight": 1}], "fallback": "base"}
-    resp = httpx.put(f"{gw.url}/admin/experiments/{name}", headers=ADMIN, json=spec)
-    assert resp.is_success, resp.text
-    return name
-
-
-def rated_experiment(
-    gw: GatewayProcess, tmp_path: Path, tiny_model: Path, **local: Any
-) -> tuple[str, Path]:
-    """A new experiment whose answers were rated down with corrections, and the retrain
-    config that trains on them."""
-    exp = new_experiment(gw)
-    rate_corrections(gw, exp)
-    return exp, config_for(gw, tmp_path, tiny_model, **local)
 
 
 @pytest.mark.vllm
@@ -218,19 +122,6 @@ def test_a_candidate_that_does_not_beat_the_control_is_not_registered(
     again = retrain(config, "run", "--experiment", exp)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"was already trained (rejected, {job['id']})" in again.stdout
-
-
-def canary_of(gw: GatewayProcess, exp: str) -> str:
-    spec = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
-    (canary,) = [a["model"] for a in spec["arms"] if a["model"] != "base"]
-    return canary
-
-
-def answers_a_trained_correction(gw: GatewayProcess, exp: str, tmp_path: Path) -> bool:
-    root = tmp_path / "datasets" / exp
-    train = (root / (root / "latest").read_text().strip() / "train.jsonl").read_text()
-    item = next(i for i in ITEMS if correction(i) in train)
-    return ask(gw, exp, f"Can I return {item}?", arm=canary_of(gw, exp)) == correction(item)
 
 
 @pytest.mark.vllm

@@ -17,8 +17,9 @@ from flywheel_stack import VLLMServer
 from gateway.core import keys
 from retrain.jobs import JobStore
 
+from .conftest import ADMIN, CLIENT
+from .helpers.flywheel import config_for, rate_corrections, retrain
 from .services import GatewayProcess, RedisProcess
-from .test_flywheel import ADMIN, CLIENT, config_for, rate_corrections, retrain
 
 # Large simulated effect (0.6 in mean score): a wide mixing prior and few users suffice.
 # Latency is not what this test is about: LoRA on CPU is slower than the base.

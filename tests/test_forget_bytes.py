@@ -26,6 +26,7 @@ from gateway.core import keys
 
 from .conftest import ADMIN, CLIENT
 from .fixed_gateway import fixed_gateway
+from .polling import eventually
 from .services import GatewayProcess, RedisProcess
 
 GROUP = "retrain.bytes"
@@ -99,8 +100,16 @@ def test_a_forgotten_user_leaves_no_bytes_in_dumps_or_the_aof(
     r.xack(stream, GROUP, delivered[0])
     last_before = r.xinfo_stream(stream)["last-generated-id"]
     needles = set().union(*(forms(t) for t in gone))
-    time.sleep(1.2)  # appendfsync everysec: the writes are in the AOF
-    before = holders(r, aof_dir, needles)
+    before = eventually(  # appendfsync everysec: the writes reach the AOF within a second
+        lambda: (
+            (found := holders(r, aof_dir, needles))
+            and any(h.startswith("file ") for h in found)
+            and found
+        ),
+        "the ratings' text is written to the AOF",
+        timeout_s=5,
+        every_s=0.2,
+    )
     assert f"DUMP {stream}" in before and any(h.startswith("file ") for h in before), before
 
     done = httpx.delete(f"{gw.url}/admin/users/forget-me", headers=ADMIN, timeout=120)

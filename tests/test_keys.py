@@ -15,6 +15,7 @@ import pytest
 
 from .conftest import ADMIN, ADMIN_KEY
 from .fixed_gateway import FIXED, fixed_gateway
+from .polling import eventually
 from .services import GatewayProcess, RedisProcess
 from .stores import STORES, Store, store_for
 
@@ -45,6 +46,19 @@ def chat(gw: GatewayProcess, key: str, model: str = "fixed-a", **extra: Any) -> 
         headers=bearer(key),
         json={"model": model, "messages": HELLO, **extra},
     )
+
+
+def known(key: str, *gws: GatewayProcess) -> None:
+    """Wait until every replica in ``gws`` accepts ``key`` (``GET /v1/models``: nothing
+    spent, no request counted). A replica reads keys and tenants in one load, so a key
+    known there brings every tenant policy written before it."""
+
+    def everywhere() -> bool:
+        return all(
+            httpx.get(gw.base_url + "/models", headers=bearer(key)).status_code == 200 for gw in gws
+        )
+
+    eventually(everywhere, f"the key {key[:8]}… reaches {len(gws)} replica(s)", timeout_s=5)
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -80,16 +94,14 @@ def test_a_key_made_on_one_replica_works_on_another_and_its_revocation_reaches_i
     made = create_key(a, name="app-one", tenant="alpha")
     secret = made["key"]
     assert secret.startswith("fwk-") and "digest" not in made
-    deadline = time.monotonic() + 1
-    while chat(b, secret).status_code == 401 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert chat(b, secret).status_code == 200
+    eventually(lambda: chat(b, secret).status_code == 200, "the key works on b", timeout_s=1)
     r = httpx.delete(f"{a.url}/admin/keys/{made['id']}", headers=ADMIN)
     assert r.status_code == 200 and r.json()["revoked_at"]
-    t0 = time.monotonic()
-    while chat(b, secret).status_code == 200:
-        assert time.monotonic() - t0 < 10, "the revoked key still works on the other replica"
-        time.sleep(0.02)
+    eventually(
+        lambda: chat(b, secret).status_code != 200,
+        "the revoked key stops working on the other replica",
+        every_s=0.02,
+    )
     refused = chat(b, secret)
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_api_key"
@@ -112,9 +124,11 @@ def test_rotation_stops_the_old_secret_and_keeps_the_key(
     assert new["id"] == made["id"] and new["key"] != made["key"]
     assert chat(a, made["key"]).status_code == 401
     assert chat(a, new["key"]).status_code == 200
-    time.sleep(0.6)  # two refresh periods: the other replica follows
-    assert chat(b, made["key"]).status_code == 401
-    assert chat(b, new["key"]).status_code == 200
+    eventually(
+        lambda: (chat(b, made["key"]).status_code, chat(b, new["key"]).status_code) == (401, 200),
+        "the other replica follows the rotation",
+        timeout_s=5,
+    )
 
 
 def test_no_plaintext_key_in_redis_logs_or_errors(
@@ -128,7 +142,7 @@ def test_no_plaintext_key_in_redis_logs_or_errors(
         chat(a, s)
         chat(b, s, model="no-such-model")
     httpx.delete(f"{a.url}/admin/keys/{made['id']}", headers=ADMIN)
-    time.sleep(0.5)
+    eventually(lambda: chat(b, secrets[1]).status_code == 401, "b sees the revocation")
     errors = [chat(b, s).text for s in secrets]
     errors.append(httpx.get(f"{a.url}/admin/keys/{made['id']}", headers=ADMIN).text)
     errors.append(httpx.get(f"{a.url}/admin/audit", headers=ADMIN).text)
@@ -211,7 +225,19 @@ def tenants(pair: tuple[GatewayProcess, GatewayProcess]) -> dict[str, str]:
         assert r.status_code == 200, r.text
         out[t] = create_key(a, name=f"{t}-app", tenant=t)["key"]
         out[f"{t}-admin"] = create_key(a, name=f"{t}-ops", tenant=t, role="admin")["key"]
-    time.sleep(0.6)
+
+    def listed(gw: GatewayProcess, key: str) -> set[str]:
+        r = httpx.get(gw.base_url + "/models", headers=bearer(key))
+        return {d["id"] for d in r.json()["data"]} if r.status_code == 200 else set()
+
+    def everywhere() -> bool:  # the admin keys came last: each replica knows them all
+        return all(
+            {f"{t}-exp", f"{t}-model"} <= listed(gw, out[t]) and listed(gw, out[f"{t}-admin"])
+            for gw in pair
+            for t in ("alpha", "beta")
+        )
+
+    eventually(everywhere, "both replicas know the tenants' keys, models and experiments")
     return out
 
 
@@ -310,6 +336,7 @@ SYNCED = 0.35
 
 
 def wait_for_period_start(seconds: int) -> None:
+    """The clock is the behaviour under test: a budget period starts on the wall clock."""
     time.sleep(seconds - time.time() % seconds + 0.05)
 
 
@@ -319,7 +346,7 @@ def test_a_budget_spent_by_real_usage_refuses_with_insufficient_quota_until_the_
     a, b = pair
     period = 5
     made = create_key(a, name="budgeted", tenant="gamma", budget={"limit": 7, "period": period})
-    time.sleep(0.6)
+    known(made["key"], a, b)
     wait_for_period_start(period)
     answered = 0
     with (
@@ -330,7 +357,9 @@ def test_a_budget_spent_by_real_usage_refuses_with_insufficient_quota_until_the_
             for i in range(10):
                 (ca if i % 2 else cb).chat.completions.create(model="fixed-a", messages=HELLO)
                 answered += 1
-                time.sleep(SYNCED)  # the other replica has seen this answer's cost
+                # the sync period is the behaviour under test: once it has passed, the
+                # other replica has seen this answer's cost
+                time.sleep(SYNCED)
         assert answered == 3  # 0, 3 and 6 spent are under 7; 9 is over, on either replica
         err = refused.value.body
         assert isinstance(err, dict) and err["code"] == "insufficient_quota"
@@ -345,7 +374,7 @@ def test_a_request_that_would_exceed_by_its_max_tokens_is_refused_up_front(
 ) -> None:
     a, _ = pair
     made = create_key(a, name="careful", tenant="delta", budget={"limit": 50, "period": "daily"})
-    time.sleep(0.6)
+    known(made["key"], a)
     r = chat(a, made["key"], max_tokens=100)  # 100 completion tokens at 1.0 would be 100 > 50
     assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
     assert chat(a, made["key"], max_tokens=10).status_code == 200
@@ -363,18 +392,18 @@ def test_a_tenant_budget_counts_every_key_of_the_tenant_and_streams_are_charged_
     assert r.status_code == 200, r.text
     one = create_key(a, name="eps-one", tenant="epsilon")["key"]
     two = create_key(a, name="eps-two", tenant="epsilon")["key"]
-    time.sleep(0.6)
+    known(one, a, b)
+    known(two, a, b)
     body = {"model": "fixed-a", "messages": HELLO, "stream": True}
     url = a.base_url + "/chat/completions"
     with httpx.stream("POST", url, headers=bearer(one), json=body) as s:
         assert s.status_code == 200
         assert "[DONE]" in "".join(s.iter_text())
-    deadline = time.monotonic() + 2
-    while (
-        a.metric("flywheel_budget_used_ratio", scope="tenant", owner="epsilon") == 0
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
+    eventually(
+        lambda: a.metric("flywheel_budget_used_ratio", scope="tenant", owner="epsilon") != 0,
+        "the stream's cost is charged at its end",
+        timeout_s=2,
+    )
     assert a.metric("flywheel_budget_used_ratio", scope="tenant", owner="epsilon") == 0.6
     assert a.metric("flywheel_spend_total", tenant="epsilon", model="fixed-a") == 3.0
     assert a.metric("flywheel_budget_soft_ratio", scope="tenant", owner="epsilon") == 0.5
@@ -409,14 +438,14 @@ def test_keys_made_and_revoked_from_the_command_line_work_and_stop_on_the_runnin
     made = orjson.loads(
         gateway_cli(a, "create", "cli-app", "--tenant", "alpha", "--rpm", "50", "--json")
     )
-    time.sleep(0.6)
+    known(made["key"], a)  # written to Redis by another process: the replica reloads it
     assert chat(a, made["key"]).status_code == 200
     listed = gateway_cli(a, "list")
     assert made["id"] in listed and made["key"] not in listed
     rotated = gateway_cli(a, "rotate", made["id"])
     new = next(line.split()[1] for line in rotated.splitlines() if line.startswith("key:"))
     gateway_cli(a, "revoke", made["id"])
-    time.sleep(0.6)
+    eventually(lambda: chat(a, made["key"]).status_code == 401, "the revocation reaches a")
     assert chat(a, made["key"]).status_code == 401
     assert chat(a, new).status_code == 401
     audit = gateway_cli(a, "audit")
@@ -512,7 +541,7 @@ def test_an_expired_key_is_refused(pair: tuple[GatewayProcess, GatewayProcess]) 
     a, _ = pair
     made = create_key(a, name="short-lived", tenant="alpha", expires_at=time.time() + 1.5)
     assert chat(a, made["key"]).status_code == 200
-    time.sleep(max(0.0, made["expires_at"] - time.time()) + 0.1)
+    time.sleep(max(0.0, made["expires_at"] - time.time()) + 0.1)  # expiry: the behaviour
     r = chat(a, made["key"])
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
@@ -535,13 +564,16 @@ def test_with_fail_open_off_budgets_and_rate_limits_refuse_while_redis_is_down(
             gw.start()
         budgeted = create_key(gws[0], name="b", budget={"limit": 1000, "period": "daily"})["key"]
         limited = create_key(gws[0], name="r", rpm=1000)["key"]
-        time.sleep(0.6)
+        known(budgeted, *gws)
+        known(limited, *gws)
         for gw in gws:
             assert chat(gw, budgeted).status_code == 200
             assert chat(gw, limited).status_code == 200
         own.stop()
-        time.sleep(0.5)  # a sync fails: the replicas know Redis is gone
         open_gw, closed_gw = gws
+        eventually(  # a sync fails: the replicas know Redis is gone
+            lambda: chat(closed_gw, budgeted).status_code == 503, "Redis is known to be gone"
+        )
         assert chat(open_gw, budgeted).status_code == 200
         assert chat(open_gw, limited).status_code == 200
         for key in (budgeted, limited):
@@ -591,6 +623,9 @@ def test_a_tenant_admin_changes_no_shared_experiment_and_its_candidates_stay_its
         },
     )
     assert r.status_code == 201 and r.json()["tenant"] == "alpha", r.text
-    time.sleep(0.6)
+    eventually(
+        lambda: "alpha-exp-cand" in ids(a.base_url + "/models", bearer(tenants["alpha"])),
+        "the candidate is listed for its tenant",
+    )
     assert "alpha-exp-cand" in ids(a.base_url + "/models", bearer(tenants["alpha"]))
     assert "alpha-exp-cand" not in ids(a.base_url + "/models", bearer(tenants["beta"]))

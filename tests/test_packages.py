@@ -99,3 +99,52 @@ def test_each_package_owns_the_schema_of_its_config_sections() -> None:
     assert set(RetrainSettings.model_fields) == set(Settings.model_fields)
     gateway_config = (REPO / "gateway" / "core" / "config.py").read_text()
     assert "class LocalTraining" not in gateway_config and "class Eval" not in gateway_config
+
+
+def cycles(package: str) -> list[list[str]]:
+    """The import cycles among a package's modules (a local import counts: it is a
+    dependency all the same), each as the modules around it, the first one again last."""
+    graph = {
+        module: {t for t in targets if part(t) == part(module) and t != module}
+        for module, targets in imports_of(package).items()
+    }
+    found: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        if module in path:
+            found.append(path[path.index(module) :] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            walk(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, [])
+    return found
+
+
+def test_retrain_has_no_import_cycles() -> None:
+    """Each module of the offline path can be read (and changed) before the ones that
+    import it: shared pieces live in their own module, as dataset versions do in
+    ``retrain.versions`` (read by both ``build`` and ``forget``)."""
+    assert [" → ".join(c) for c in cycles("retrain")] == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """What test modules share lives in helper modules (``tests/helpers/`` and the other
+    modules not named ``test_*``): a test module is collected, never imported."""
+    found = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] + [a.name for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            if any(m.rpartition(".")[2].startswith("test_") for m in modules):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == []

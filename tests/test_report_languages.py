@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, ID_SECRET
+from .helpers.processes import assert_all_gone, descendants
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess, RedisProcess
-from .test_local_stack import assert_all_gone, descendants
 
 LANGUAGES_DB = 5  # this module's interactions stay out of the other tests' database
 

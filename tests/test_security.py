@@ -75,7 +75,7 @@ def test_requests_per_minute_hold_across_replicas_and_refill(
         client.chat.completions.create(model="fixed-a", messages=HELLO)
     # Other keys are not affected, and the key is admitted again once its bucket refills.
     assert ask(b, API_KEY).status_code == 200
-    time.sleep(retry_after)
+    time.sleep(retry_after)  # the behaviour: the bucket refills in the time it announced
     assert ask(b, RPM_KEY).status_code == 200
 
 

@@ -25,9 +25,9 @@ from retrain.gateway_client import Gateway
 from retrain.text_metrics import answer_budget
 
 from .conftest import ADMIN_KEY, API_KEY
+from .helpers.datasets import build, new_experiment, serve_and_rate, settings_for
 from .multilingual import ANSWERS, THAI, pairs
 from .services import GatewayProcess
-from .test_dataset import build, new_experiment, serve_and_rate, settings_for
 
 # The refund answer (177 characters in each language), counted by the encodings.
 O200K = {"th": 66, "vi": 48, "en": 39}

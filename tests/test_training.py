@@ -22,40 +22,11 @@ from retrain.local_train import plan, train
 from retrain.openai_ft import OpenAIProvider
 
 from .conftest import ADMIN
+from .helpers.flywheel import config_for, new_experiment, rate_corrections, retrain
+from .helpers.training import write_dataset
 from .openai_ft_server import FineTuningServer
 from .openapi_schema import Check
 from .services import GatewayProcess, RedisProcess
-from .test_flywheel import config_for, correction, new_experiment, rate_corrections, retrain
-
-ITEMS = ["shoes", "shirts", "jackets", "bags", "hats", "belts", "socks", "scarves"]
-
-
-def write_dataset(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-
-    def sft(item: str) -> str:
-        return json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": f"Can I return {item}?"},
-                    {"role": "assistant", "content": correction(item)},
-                ]
-            }
-        )
-
-    def pair(item: str) -> str:
-        return json.dumps(
-            {
-                "input": {"messages": [{"role": "user", "content": f"Return {item}?"}]},
-                "preferred_output": [{"role": "assistant", "content": correction(item)}],
-                "non_preferred_output": [{"role": "assistant", "content": "No."}],
-            }
-        )
-
-    (root / "train.jsonl").write_text("\n".join(sft(i) for i in ITEMS[:6]) + "\n")
-    (root / "validation.jsonl").write_text("\n".join(sft(i) for i in ITEMS[6:]) + "\n")
-    (root / "preference.jsonl").write_text("\n".join(pair(i) for i in ITEMS[:4]) + "\n")
-    return root
 
 
 def test_local_training_on_cpu_lowers_the_validation_loss(tiny_model: Path, tmp_path: Path) -> None:

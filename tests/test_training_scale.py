@@ -22,14 +22,14 @@ from retrain.config import LocalTraining, RetrainSettings
 from retrain.jobs import JobStore
 from retrain.local_train import problems, train
 
-from .services import GatewayProcess, RedisProcess
-from .test_flywheel import (
+from .helpers.flywheel import (
     ADMIN,
     answers_a_trained_correction,
     config_for,
     rated_experiment,
     retrain,
 )
+from .services import GatewayProcess, RedisProcess
 
 RECOVERY_DB = 3  # the stand-in OpenAI's job ids repeat: these tests' jobs stay apart
 REMOTE_JOBS_DB = 4
@@ -395,7 +395,7 @@ def test_bench_train_measures_tokens_per_second_on_cpu(tmp_path: Path) -> None:
 def test_local_dpo_measures_its_validation_loss_on_held_out_pairs(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    from .test_training import write_dataset
+    from .helpers.training import write_dataset
 
     data = write_dataset(tmp_path / "data")
     pairs = (data / "preference.jsonl").read_text().splitlines()
@@ -430,8 +430,8 @@ def test_a_dead_runs_openai_job_is_cancelled_and_its_local_adapters_removed(
     from retrain.gateway_client import Gateway
     from retrain.openai_ft import OpenAIProvider
 
+    from .helpers.training import write_dataset
     from .openai_ft_server import FineTuningServer
-    from .test_training import write_dataset
 
     server = FineTuningServer().start()
     db = own_db(redis_server, RECOVERY_DB)
@@ -499,8 +499,8 @@ def test_a_dead_runs_openai_job_that_succeeded_is_adopted_and_one_still_running_
     from retrain.gateway_client import Gateway
     from retrain.openai_ft import OpenAIProvider
 
+    from .helpers.training import write_dataset
     from .openai_ft_server import FineTuningServer
-    from .test_training import write_dataset
 
     server = FineTuningServer().start()
     db = own_db(redis_server, RECOVERY_DB)
@@ -593,8 +593,8 @@ def test_retrain_jobs_lists_openais_jobs_with_the_job_that_tracks_each(
     from gateway.core.config import load_settings
     from retrain.openai_ft import OpenAIProvider
 
+    from .helpers.training import write_dataset
     from .openai_ft_server import FineTuningServer
-    from .test_training import write_dataset
 
     server = FineTuningServer().start()
     try:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from .helpers.processes import assert_all_gone, descendants
 from .services import wait_ready
-from .test_local_stack import assert_all_gone, descendants
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"<!-- tutorial:(python|shell) -->\n```(?:python|sh)\n(.*?)```", re.S)
