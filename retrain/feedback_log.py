@@ -4,7 +4,10 @@
 the way the retrain job must: events are acknowledged only after the caller has durably
 used them, so a run that crashes loses nothing (its unacknowledged events are claimed
 by the next run once idle for ``claim_idle_ms``) and a finished run never sees the
-same event again. :func:`export_feedback` reads without a group, for people.
+same event again. The stream is trimmed once archived and older than ``feedback.hot_s``,
+whether a group read it or not: :meth:`FeedbackConsumer.trimmed_from` says from where a
+group missed entries, which its reader then takes from the archive.
+:func:`export_feedback` reads without a group, for people.
 """
 
 from __future__ import annotations
@@ -81,6 +84,33 @@ class FeedbackConsumer:
         except RedisError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def position(self) -> str | None:
+        """Where the group stands: its oldest unacknowledged entry, else the first id after
+        the last one it was given (None: no such group)."""
+        groups: Any = self.client.xinfo_groups(self.ks.feedback_stream)
+        group = next((g for g in groups if keys.text(g["name"]) == self.group), None)
+        if group is None:
+            return None
+        if group.get("pending"):
+            summary: Any = self.client.xpending(self.ks.feedback_stream, self.group)
+            if summary.get("min") is not None:
+                return keys.text(summary["min"])
+        return keys.stream_id_after(keys.text(group["last-delivered-id"]))
+
+    def trimmed_from(self) -> str | None:
+        """The id from which the stream was trimmed past this group (entries it never
+        acknowledged are gone from Redis: the archive has them), or None."""
+        at = self.position()
+        if at is None:
+            return None
+        head: Any = self.client.xrange(self.ks.feedback_stream, count=1)
+        if head:
+            first = keys.text(head[0][0])
+        else:  # an empty stream: everything up to its last id was trimmed
+            info: Any = self.client.xinfo_stream(self.ks.feedback_stream)
+            first = keys.stream_id_after(keys.text(info["last-generated-id"]))
+        return at if keys.stream_id_order(at) < keys.stream_id_order(first) else None
 
     def read(self, count: int = 500) -> list[RatingEvent]:
         """Up to ``count`` events: first those a crashed run left unacknowledged, then new ones."""
