@@ -39,6 +39,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin.admin import add_admin_routes
+from gateway.archiver import in_own_process
 from gateway.console import add_console
 from gateway.control.control import Control
 from gateway.core import keys, store
@@ -310,7 +311,7 @@ def create_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(_count_tasks(metrics)),
             ]
             url = embedded.url if embedded is not None else settings.redis_url or ""
-            if archiving:
+            if archiving and not in_own_process():  # (else gateway/archiver.py archives)
                 maintenance.append(asyncio.create_task(_archive_loop(settings, ks, url)))
             for task in maintenance:
                 stack.callback(task.cancel)

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from gateway.core import keys
 from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback
 from gateway.core.store import connect_sync, start_embedded
+from gateway.ops import archive_query
 from gateway.ops.archive import Archive, find_interactions, load_sync
 
 from .config import RetrainSettings
@@ -170,11 +171,22 @@ def _ratings(stored: dict[Any, Any]) -> list[FeedbackEvent]:
 
 
 def rated_since(
-    client: redis.Redis, ks: keys.Keyspace, since: datetime, batch: int = 1000
+    client: redis.Redis,
+    ks: keys.Keyspace,
+    since: datetime,
+    batch: int = 1000,
+    archive: Archive | None = None,
 ) -> Iterator[str]:
-    """Response ids rated at or after ``since``, each once, in order of first rating."""
+    """Response ids rated at or after ``since``, each once, in order of first rating
+    (with the ``archive``: those whose ratings left the stream too)."""
     seen: set[str] = set()
     start = f"{int(since.timestamp() * 1000)}-0"
+    if archive is not None:
+        reader = archive_query.ArchiveReader(archive)
+        for _, event, _ in archive_query.feedback_events(reader, None, start):
+            if event["response_id"] not in seen:
+                seen.add(event["response_id"])
+                yield event["response_id"]
     while True:
         entries: Any = client.xrange(ks.feedback_stream, min=start, count=batch)
         for _, fields in entries:
@@ -198,11 +210,13 @@ def export_feedback(
 ) -> int:
     """Write one JSON line per rated response: the interaction and its current ratings
     (with ``tenant``: only that tenant's responses). An interaction past the hot window
-    comes from the ``archive``: one query for each ``chunk`` of rated responses."""
+    comes from the ``archive``: one query for each ``chunk`` of rated responses; so do
+    ratings past ``feedback.hot_s``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
-    rated = rated_since(client, ks, since)
+    rated = rated_since(client, ks, since, archive=archive)
+    reader = archive_query.ArchiveReader(archive) if archive is not None else None
     with open(tmp, "wb") as f:
         while chunk := list(itertools.islice(rated, chunk_size)):
             found = dict(zip(chunk, load(client, chunk), strict=True))
@@ -212,11 +226,17 @@ def export_feedback(
             pipe = client.pipeline(transaction=False)
             for rid in chunk:
                 pipe.hgetall(ks.feedback(rid))
+            # ratings older than feedback.hot_s left Redis: the archive has them
+            archived = reader.ratings(chunk) if reader is not None else {}
             for rid, stored in zip(chunk, pipe.execute(), strict=True):
                 ix = found[rid]
                 if tenant is not None and (ix["tenant"] if ix else None) != tenant:
                     continue
-                row = {"response_id": rid, "interaction": ix, "ratings": _ratings(stored)}
+                current = _ratings(stored)
+                recent = {r["rater"] for r in current}
+                current += [r for r in archived.get(rid, []) if r["rater"] not in recent]
+                current.sort(key=lambda r: (r["created"], r["rater"]))
+                row = {"response_id": rid, "interaction": ix, "ratings": current}
                 f.write(orjson.dumps(row) + b"\n")
                 n += 1
     tmp.replace(out)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import unicodedata
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -62,11 +61,7 @@ def ratings(gw: GatewayProcess, rid: str) -> list[dict[str, object]]:
     return list(resp.json()["data"])
 
 
-CASES = [
-    (language, form)
-    for language in ("en", "th", "vi")
-    for form in ("NFC", "NFD")
-]
+CASES = [(language, form) for language in ("en", "th", "vi") for form in ("NFC", "NFD")]
 
 
 @pytest.mark.parametrize(("language", "form"), CASES)
@@ -130,6 +125,7 @@ def test_a_group_nobody_reads_shows_its_lag_in_the_metrics(
             return 0.0
 
         assert lag() >= 1.0
-        assert f"flywheel_feedback_hot_window_seconds {HOT_S}" in httpx.get(
-            gateway.url + "/metrics", timeout=30
-        ).text
+        assert (
+            f"flywheel_feedback_hot_window_seconds {HOT_S}"
+            in httpx.get(gateway.url + "/metrics", timeout=30).text
+        )

@@ -426,11 +426,12 @@ class ArchiveReader:
 
 
 def feedback_events(
-    reader: ArchiveReader, experiment: str, from_id: str
+    reader: ArchiveReader, experiment: str | None, from_id: str
 ) -> list[tuple[str, FeedbackEvent, bool]]:
-    """The archived rating events of ``experiment`` at or after the feedback-stream id
-    ``from_id``, in stream order: (stream id, the rating as stored, whether it replaced
-    one) — what a consumer group missed once the stream was trimmed past it."""
+    """The archived rating events of ``experiment`` (None: of all) at or after the
+    feedback-stream id ``from_id``, in stream order: (stream id, the rating as stored,
+    whether it replaced one) — what a consumer group missed once the stream was trimmed
+    past it."""
     ms, seq = stream_id(from_id)
     first_day = day_of(max(0, ms - 86_400_000))  # a rating's partition is its day
     files = reader.files(FEEDBACK, first_day, None, experiment)
@@ -438,12 +439,14 @@ def feedback_events(
         return []
     sql = (
         f"SELECT * FROM {reader._source(files)} "
-        f"WHERE experiment = ? AND ({_MS} > ? OR ({_MS} = ? AND {_SEQ} >= ?)) "
+        f"WHERE ({_MS} > ? OR ({_MS} = ? AND {_SEQ} >= ?)) "
+        f"{'' if experiment is None else 'AND experiment = ? '}"
         f"ORDER BY {_MS}, {_SEQ}"
     )
     kinds = COLUMNS[FEEDBACK]
     out = []
-    for row in reader._rows(sql, [experiment, ms, ms, seq]):
+    params: list[Any] = [ms, ms, seq] + ([] if experiment is None else [experiment])
+    for row in reader._rows(sql, params):
         doc = from_row(row, kinds)
         sid = doc.pop("stream_id")
         replaced = bool(doc.pop("replaced", False))

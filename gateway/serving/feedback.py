@@ -521,7 +521,9 @@ class FeedbackService:
         issued = self._past_window(response_id)
         if issued is not None:  # ratings older than the hot window: from the archive
             recent = {r["rater"] for r in out}
-            out += [r for r in await self._from_archive(response_id, issued) if r["rater"] not in recent]
+            out += [
+                r for r in await self._from_archive(response_id, issued) if r["rater"] not in recent
+            ]
         out = [
             r
             for r in out
