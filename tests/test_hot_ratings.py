@@ -21,7 +21,7 @@ from .services import GatewayProcess
 from .stores import STORES, Store, store_for
 
 HOT_DB = 1  # this module's ratings stay out of the other tests' database
-HOT_S = 2.0
+HOT_S = 2.0  # (the archive is asked once a response is 1.8 s old)
 
 
 @pytest.fixture(scope="module", params=STORES)

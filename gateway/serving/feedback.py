@@ -367,7 +367,8 @@ class FeedbackService:
         issued = self.ids.issued_at(response_id)
         if issued is None or not self.archive_url:
             return None
-        return issued if time.time() - issued > self.config.hot_s - 120 else None
+        margin = min(120.0, self.config.hot_s / 10)  # clocks of replicas and Redis differ
+        return issued if time.time() - issued > self.config.hot_s - margin else None
 
     async def _from_archive(self, response_id: str, issued: float) -> list[FeedbackEvent]:
         from gateway.ops.archive_query import ArchiveError
@@ -452,6 +453,16 @@ class FeedbackService:
             self.metrics.feedback.labels("", record["arm"], "retrieval").inc()
         if fb["score"] is None:
             return result
+        result["replaced"] = await self.store_rating(record, fb, rater, principal.tenant)
+        return result
+
+    async def store_rating(
+        self, record: InteractionRecord, fb: dict[str, Any], rater: str, tenant: str | None
+    ) -> bool:
+        """Store a checked rating (``parse_feedback``) of a joined interaction: the rater's
+        record, the aggregates and the stream entry, in one script. True: it replaced the
+        rater's earlier rating."""
+        rid = record["id"]
         experiment, arm = record.get("experiment"), record["arm"]
         # the decider's sample: randomised traffic of an experiment, by the assigned arm
         # and the version it was served under (intention to treat: a fallback answer
@@ -477,7 +488,7 @@ class FeedbackService:
             "comment": fb["comment"],
             "correction": fb["correction"],
             "tags": fb["tags"],
-            "tenant": principal.tenant,
+            "tenant": tenant,
             "experiment": experiment,
             "arm": arm,
             "created": int(time.time()),
@@ -509,8 +520,7 @@ class FeedbackService:
         exp_label = experiment or ""
         self.metrics.feedback.labels(exp_label, arm, str(fb["rating"])).inc()
         self.metrics.feedback_score.labels(exp_label, arm).observe(fb["score"])
-        result["replaced"] = bool(replaced)
-        return result
+        return bool(replaced)
 
     async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
         if self.ids.issued_at(response_id) is None:
