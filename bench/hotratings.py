@@ -83,7 +83,9 @@ async def run(
 ) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(url)
     client.flushall()
-    aio = aioredis.Redis.from_url(url)
+    aio = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=32)
+    )
     cfg = FeedbackConfig(hot_s=hot_s)
     ids = IdIssuer(b"bench-hot-ratings")
     metrics = Metrics()
@@ -120,7 +122,7 @@ async def run(
         while (elapsed := time.monotonic() - t0) < seconds:
             due = int(elapsed * rate) - rated
             batch = []
-            for _ in range(max(0, due)):
+            for _ in range(min(500, max(0, due))):  # behind: caught up a batch at a time
                 rid = ids.new()
                 body = {
                     "response_id": rid,
