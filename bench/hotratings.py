@@ -143,6 +143,7 @@ async def run(
             await asyncio.sleep(0.02)
         await trim_feedback_stream(aio, KS, RETENTION_S, hot_s)
         samples.append(sample(client, time.monotonic() - t0, rated, base))
+        samples[-1].update(composition(client))
     finally:
         stop.set()
         thread.join()
@@ -160,6 +161,24 @@ def sample(client: redis.Redis, elapsed: float, rated: int, base: int) -> dict[s
         "used": int(client.info("memory")["used_memory"]) - base,
         "records": records,  # fw:fb:{response_id} hashes
         "stream": int(client.xlen(KS.feedback_stream)),
+    }
+
+
+def composition(client: redis.Redis) -> dict[str, float]:
+    """What one rating in the window costs: its stream entry, and its record's hash (the
+    mean ``MEMORY USAGE`` of up to 500 of them)."""
+    length = int(client.xlen(KS.feedback_stream))
+    stream = int(client.memory_usage(KS.feedback_stream, samples=0) or 0)
+    streams = {KS.feedback_stream.encode(), KS.retrieval_stream.encode()}
+    sizes = []
+    for k in client.scan_iter(match="fw:fb:*", count=1000):
+        if k not in streams:
+            sizes.append(int(client.memory_usage(k) or 0))
+            if len(sizes) >= 500:
+                break
+    return {
+        "entry_bytes": stream / length if length else 0.0,
+        "record_bytes": sum(sizes) / len(sizes) if sizes else 0.0,
     }
 
 
@@ -199,12 +218,16 @@ def main() -> None:
         last = rows[-1]
         print(
             f"\n{name}: {last['used'] / max(1, last['rated']):,.0f} B of Redis per rating "
-            f"({last['used'] / 2**20:.1f} MiB for {last['rated']:,} ratings)"
+            f"({last['used'] / 2**20:.1f} MiB for {last['rated']:,} ratings); in Redis now, "
+            f"per rating: its stream entry {last['entry_bytes']:,.0f} B, its record's hash "
+            f"{last['record_bytes']:,.0f} B"
         )
     half = [r for r in results["now"] if r["t"] >= args.seconds / 2]
     if len(half) >= 2:
         grew = (half[-1]["used"] - half[0]["used"]) / max(1, half[-1]["rated"] - half[0]["rated"])
-        print(f"now, second half of the run: {grew:,.0f} B per rating (flat: the window is full)")
+        print(
+            f"now, second half of the run: {grew:,.0f} B per rating (about 0 once the window is full)"
+        )
 
 
 if __name__ == "__main__":

@@ -62,13 +62,14 @@ def tree(pid: int) -> dict[int, str]:
             except (OSError, IndexError, ValueError):
                 continue
             if ppid in out and child not in out:
-                out[child] = (
-                    "archiver"
-                    if "gateway archiver" in cmd
-                    else "worker"
-                    if "multiprocessing" in cmd
-                    else "child"
-                )
+                if "gateway archiver" in cmd:
+                    out[child] = "archiver"
+                elif "resource_tracker" in cmd:
+                    out[child] = "tracker"  # multiprocessing's, beside the workers
+                elif "multiprocessing" in cmd:
+                    out[child] = "worker"
+                else:
+                    out[child] = "child"
                 changed = True
     return out
 

@@ -359,7 +359,9 @@ class FeedbackConfig(_Strict):
         description="how long a rating stays in Redis (its record under fw:fb:{response_id}, "
         "its feedback-stream entry once archived); then only the archive has it. A rating "
         "that replaces one older than this is corrected through the archive. Redis keeps "
-        "the per-arm and per-user aggregates for the retention",
+        "the per-arm and per-user aggregates for the retention. Keep it at least "
+        "interaction_log.hot_s: the console reads the ratings of interactions still in "
+        "Redis from Redis",
     )
     consumer_groups: list[str] = Field(
         default_factory=list,
