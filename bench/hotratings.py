@@ -226,7 +226,8 @@ def main() -> None:
     if len(half) >= 2:
         grew = (half[-1]["used"] - half[0]["used"]) / max(1, half[-1]["rated"] - half[0]["rated"])
         print(
-            f"now, second half of the run: {grew:,.0f} B per rating (about 0 once the window is full)"
+            f"now, second half of the run: {grew:,.0f} B per rating "
+            "(about 0 once the window is full)"
         )
 
 
