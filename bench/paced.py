@@ -202,6 +202,10 @@ def main() -> None:
 
             asyncio.run(drive(base, args.rate, args.rated, args.minutes * 60, report))
             client.close()
+            print()
+            for line in gw.log_path.read_text(errors="replace").splitlines():
+                if "first files written" in line:  # what archiving cost the process doing it
+                    print(line)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
