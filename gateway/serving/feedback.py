@@ -17,17 +17,18 @@ not at all:
 
 A rating may come after the interaction left Redis (``interaction_log.hot_s``): it is
 then joined to the archived record (``archive.py``), read from that day's Parquet files.
-
-Ratings leave Redis too, after ``feedback.hot_s``: the rater's record expires that long
-after the response's last rating, and the stream's entries are trimmed once archived
-and that old (:func:`trim_feedback_stream`), whatever a consumer group does. What stays
-is small and bounded: the per-arm and per-user aggregates. A rating that replaces one
-older than the window finds the earlier one in the archive (which keeps both; readers
-take the latest per response and rater), and the aggregates are corrected the same.
 A rating may also arrive before its interaction record reaches Redis (the instant a stream
 ends). Response ids are signed and time-stamped (``ids.py``), so the gateway knows an id
 it issued: it looks in the log writer's unwritten records, then in Redis, and for a
 recent id waits up to ``feedback.join_wait_s`` for the record to land.
+
+Ratings leave Redis too, after ``feedback.hot_s``: the rater's record expires that long
+after the response's last rating, and the stream's entries are trimmed once archived
+and that old (:func:`trim_feedback_stream`), whatever a consumer group does. What stays
+for the retention is the per-arm and per-user aggregates; Redis holds one window of
+ratings. A rating that replaces one older than the window finds the earlier one in the
+archive (which keeps both; readers take the latest per response and rater), and the
+aggregates are corrected the same.
 """
 
 from __future__ import annotations
