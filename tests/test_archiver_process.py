@@ -78,20 +78,19 @@ def test_one_archiver_process_serves_every_worker_and_every_line_names_its_proce
                     by.setdefault(int(m.group(2)), []).append(line)
             return by
 
-        by = eventually(
-            lambda: (
-                (b := lines_by_process())
-                and archivers[0] in b
-                and all(w in b for w in workers)
-                and b
-            ),
-            "a line from every process",
-            10,
-        )
-        assert gw.proc.pid in by  # the parent's own lines
-        assert any("archiver: first files written" in line for line in by[archivers[0]])
-        for w in workers:  # a worker's lines carry the time, the level and its pid
-            assert any("Application startup complete" in line for line in by[w]), by[w]
+        def complete() -> dict[int, list[str]] | None:
+            by = lines_by_process()
+            started = all(
+                any("Application startup complete" in line for line in by.get(w, []))
+                for w in workers
+            )
+            archived = any("first files written" in line for line in by.get(archivers[0], []))
+            return by if started and archived else None
+
+        # the parent's, each worker's and the archiver's lines carry the time, the level
+        # and the process id
+        by = eventually(complete, "a line from every process", 30)
+        assert gw.proc.pid in by
     finally:
         gw.stop()
         upstream.stop()
