@@ -140,7 +140,14 @@ def layers_section() -> str:
 
 def _shown(p: str) -> str:
     """The composition root's modules are one part in the table."""
-    root = {"gateway.app", "gateway.cli", "gateway.state", "gateway.openapi", "gateway.__main__"}
+    root = {
+        "gateway.app",
+        "gateway.archiver",
+        "gateway.cli",
+        "gateway.state",
+        "gateway.openapi",
+        "gateway.__main__",
+    }
     return "gateway (root)" if p in root else p
 
 

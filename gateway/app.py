@@ -39,6 +39,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin.admin import add_admin_routes
+from gateway.archiver import in_own_process, rss_mib
 from gateway.console import add_console
 from gateway.control.control import Control
 from gateway.core import keys, store
@@ -163,6 +164,7 @@ async def _archive_loop(settings: Settings, ks: keys.Keyspace, url: str) -> None
     cfg = settings.archive
     client = store.connect_sync(url, cluster=ks.cluster, socket_timeout=60)
     archiver: Archiver | None = None
+    wrote = False
     try:
         while True:
             try:
@@ -171,7 +173,16 @@ async def _archive_loop(settings: Settings, ks: keys.Keyspace, url: str) -> None
                     archiver = Archiver(
                         client, ks, archive, batch=cfg.batch, lock_ttl_s=cfg.lock_ttl_s
                     )
-                await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
+                before = rss_mib()
+                result = await asyncio.to_thread(archiver.run_once, True, cfg.max_wait_s)
+                if result.files and not wrote:  # what archiving costs this process
+                    wrote = True
+                    log.info(
+                        "archive: first files written (%d); RSS %.0f → %.0f MiB",
+                        result.files,
+                        before or 0,
+                        rss_mib() or 0,
+                    )
                 # free between passes: any replica may take the next one, and a forget
                 # (gateway/ops/forget.py) need not wait for this one to hand the lock over
                 await asyncio.to_thread(archiver.release)
@@ -310,7 +321,7 @@ def create_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(_count_tasks(metrics)),
             ]
             url = embedded.url if embedded is not None else settings.redis_url or ""
-            if archiving:
+            if archiving and not in_own_process():  # (else gateway/archiver.py archives)
                 maintenance.append(asyncio.create_task(_archive_loop(settings, ks, url)))
             for task in maintenance:
                 stack.callback(task.cancel)

@@ -3,6 +3,7 @@
 ::
 
     gateway serve [--config FILE] [--host H] [--port P] [--workers N]
+    gateway archiver [--config FILE]   (what serve --workers N starts: see gateway.archiver)
     gateway check-config [--config FILE]
     gateway config show [--config FILE]
     gateway up [--model DIR_OR_HF_NAME] [--port 8000] [--vllm-port 8001]
@@ -18,7 +19,6 @@ import argparse
 import asyncio
 import copy
 import getpass
-import logging
 import os
 import shutil
 import signal
@@ -38,12 +38,42 @@ def load_config_or_exit(path: str | None) -> Settings:
     return load_or_exit(path, Settings, "gateway")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+
+def log_config() -> dict[str, Any]:
+    """One logging config for every process of the gateway (the parent, each worker, the
+    archiver): time, level, process id and logger on each line, to stderr. uvicorn
+    applies it in each worker it starts; its own loggers go to the root's handler."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": {"format": LOG_FORMAT}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "line",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": "INFO"},
+        "loggers": {
+            name: {"handlers": [], "level": "INFO", "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+
+
+def configure_logging() -> None:
+    import logging.config
+
+    logging.config.dictConfig(log_config())
+
+
 def serve(settings: Settings, *, host: str, port: int, workers: int, config: str | None) -> None:
     from gateway.serving.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     # Several workers write their metrics to files that /metrics sums (prometheus-client's
     # multiprocess mode): a directory emptied now, given to the workers in the environment.
     metrics_dir, own_dir = os.environ.get(MULTIPROC_ENV), False
@@ -70,6 +100,7 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int, config: st
             host=host,
             port=port,
             log_level="info",
+            log_config=log_config(),
             access_log=False,
             timeout_graceful_shutdown=settings.shutdown.grace_s,
         )
@@ -81,6 +112,14 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int, config: st
         os.environ["FLYWHEEL_REDIS_URL"] = embedded.url
     if config:
         os.environ["FLYWHEEL_CONFIG"] = str(Path(config).resolve())
+    # One archiver for all the workers, in a process of its own (gateway/archiver.py): its
+    # memory (Parquet, DuckDB) is paid once, never by a worker that serves requests.
+    archiver = None
+    if settings.archive.enabled:
+        from gateway import archiver as archiver_process
+
+        os.environ[archiver_process.ARCHIVER_ENV] = "process"
+        archiver = archiver_process.start()
     try:
         uvicorn.run(
             "gateway.app:app_from_env",
@@ -89,10 +128,15 @@ def _serve(settings: Settings, *, host: str, port: int, workers: int, config: st
             port=port,
             workers=workers,
             log_level="info",
+            log_config=log_config(),
             access_log=False,
             timeout_graceful_shutdown=settings.shutdown.grace_s,
         )
     finally:
+        if archiver is not None:
+            from gateway.archiver import stop_process
+
+            stop_process(archiver)
         if embedded is not None:
             embedded.stop()
 
@@ -398,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="default: listen.port from the config")
     p.add_argument("--workers", type=int, default=1)
 
+    p = sub.add_parser(
+        "archiver", help="run the archiver alone (serve --workers N starts one for its workers)"
+    )
+    p.add_argument("--config", default=None, help=config_help)
+
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("--config", default=None, help=config_help)
 
@@ -489,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             config=args.config,
         )
+    elif args.command == "archiver":
+        from gateway.archiver import run
+
+        configure_logging()
+        return run(load_config_or_exit(args.config))
     elif args.command == "up":
         up(args)
     elif args.command == "report":

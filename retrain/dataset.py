@@ -4,7 +4,10 @@ One build, in order:
 
 1. **Collect** the experiment's new rating events through its consumer group
    (``retrain.<experiment>``) and join each with its interaction record: from Redis, or
-   for one past ``interaction_log.hot_s``, from the archive (``gateway/ops/archive.py``). Events are
+   for one past ``interaction_log.hot_s``, from the archive (``gateway/ops/archive.py``).
+   Events the group missed because the stream was trimmed past it (once archived and
+   older than ``feedback.hot_s``) are read from the archive; the id it reads from is kept
+   in Redis (``fw:build:missed:<experiment>``) until they are acknowledged. Events are
    acknowledged only after the dataset that includes them is written, so a crash
    loses nothing; a version's manifest lists its events, so a crash between writing and
    acknowledging cannot put an event into two versions. An experiment that belongs to a
@@ -47,7 +50,8 @@ import redis
 from gateway.core import keys, paths
 from gateway.core.locks import Lock
 from gateway.core.records import InteractionRecord, text_of
-from gateway.ops.archive import find_interactions, open_archive
+from gateway.ops import archive_query
+from gateway.ops.archive import default_url, find_interactions, open_archive
 
 from . import tokens
 from .config import RetrainConfig, RetrainSettings, TrainingPrice
@@ -437,6 +441,31 @@ class Builder:
             out.update(find_interactions(archive, gone))
         return out
 
+    def _missed(self, consumer: FeedbackConsumer) -> list[RatingEvent]:
+        """The experiment's events that the stream no longer holds for its group (trimmed
+        past it once archived), from the archive, in stream order. Where it read from is
+        kept until a build acknowledges them, so a crash in between loses none."""
+        key = self.ks.build_missed(self.experiment)
+        stored = self.client.get(key)
+        start = consumer.trimmed_from()
+        if stored is not None:
+            kept = keys.text(stored)
+            if start is None or keys.stream_id_order(kept) < keys.stream_id_order(start):
+                start = kept
+        if start is None:
+            return []
+        self.client.set(key, start)
+        reader = archive_query.reader(
+            default_url(self.settings.data_dir, self.settings.archive.url),
+            self.settings.archive.storage_options,
+        )
+        return [
+            RatingEvent(sid, record, replaced)
+            for sid, record, replaced in archive_query.feedback_events(
+                reader, self.experiment, start
+            )
+        ]
+
     def _run(self, dry_run: bool) -> BuildResult:
         # 1. collect
         consumer = FeedbackConsumer(
@@ -446,7 +475,11 @@ class Builder:
             consumer=f"build-{os.getpid()}",
             claim_idle_ms=0,
         )
+        missed = self._missed(consumer)  # before reading: reading moves the group on
         events = consumer.read_all()
+        fresh = {e.stream_id for e in events}
+        missed = [e for e in missed if e.stream_id not in fresh]
+        events = sorted(missed + events, key=lambda e: keys.stream_id_order(e.stream_id))
         parent = latest_version(self.root)
         done_before = set(parent.manifest["feedback_events"]) if parent else set()
         since_ms = int(self.since.timestamp() * 1000) if self.since else 0
@@ -540,6 +573,7 @@ class Builder:
             return BuildResult("dry-run", OK, "dry run: nothing written", manifest)
         if not new and parent is not None and vid == parent.id:
             consumer.ack(events)
+            self.client.delete(self.ks.build_missed(self.experiment))
             self._forget_reviewed(review_used)
             return BuildResult(
                 "nothing-new", OK, f"nothing new: {vid} stays the latest", manifest, parent.path
@@ -548,6 +582,7 @@ class Builder:
         crash_point("after-write")
         self._forget_reviewed(review_used)
         consumer.ack(events)
+        self.client.delete(self.ks.build_missed(self.experiment))
         return BuildResult("written", OK, f"wrote {vid}", manifest, path)
 
     def _queue_for_review(self, items: dict[str, dict[str, Any]]) -> None:

@@ -4,7 +4,10 @@
 the way the retrain job must: events are acknowledged only after the caller has durably
 used them, so a run that crashes loses nothing (its unacknowledged events are claimed
 by the next run once idle for ``claim_idle_ms``) and a finished run never sees the
-same event again. :func:`export_feedback` reads without a group, for people.
+same event again. The stream is trimmed once archived and older than ``feedback.hot_s``,
+whether a group read it or not: :meth:`FeedbackConsumer.trimmed_from` says from where a
+group missed entries, which its reader then takes from the archive.
+:func:`export_feedback` reads without a group, for people.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from redis.exceptions import RedisError
 from gateway.core import keys
 from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback
 from gateway.core.store import connect_sync, start_embedded
+from gateway.ops import archive_query
 from gateway.ops.archive import Archive, find_interactions, load_sync
 
 from .config import RetrainSettings
@@ -82,6 +86,33 @@ class FeedbackConsumer:
         except RedisError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def position(self) -> str | None:
+        """Where the group stands: its oldest unacknowledged entry, else the first id after
+        the last one it was given (None: no such group)."""
+        groups: Any = self.client.xinfo_groups(self.ks.feedback_stream)
+        group = next((g for g in groups if keys.text(g["name"]) == self.group), None)
+        if group is None:
+            return None
+        if group.get("pending"):
+            summary: Any = self.client.xpending(self.ks.feedback_stream, self.group)
+            if summary.get("min") is not None:
+                return keys.text(summary["min"])
+        return keys.stream_id_after(keys.text(group["last-delivered-id"]))
+
+    def trimmed_from(self) -> str | None:
+        """The id from which the stream was trimmed past this group (entries it never
+        acknowledged are gone from Redis: the archive has them), or None."""
+        at = self.position()
+        if at is None:
+            return None
+        head: Any = self.client.xrange(self.ks.feedback_stream, count=1)
+        if head:
+            first = keys.text(head[0][0])
+        else:  # an empty stream: everything up to its last id was trimmed
+            info: Any = self.client.xinfo_stream(self.ks.feedback_stream)
+            first = keys.stream_id_after(keys.text(info["last-generated-id"]))
+        return at if keys.stream_id_order(at) < keys.stream_id_order(first) else None
 
     def read(self, count: int = 500) -> list[RatingEvent]:
         """Up to ``count`` events: first those a crashed run left unacknowledged, then new ones."""
@@ -141,11 +172,22 @@ def _ratings(stored: dict[Any, Any]) -> list[FeedbackEvent]:
 
 
 def rated_since(
-    client: redis.Redis, ks: keys.Keyspace, since: datetime, batch: int = 1000
+    client: redis.Redis,
+    ks: keys.Keyspace,
+    since: datetime,
+    batch: int = 1000,
+    archive: Archive | None = None,
 ) -> Iterator[str]:
-    """Response ids rated at or after ``since``, each once, in order of first rating."""
+    """Response ids rated at or after ``since``, each once, in order of first rating
+    (with the ``archive``: those whose ratings left the stream too)."""
     seen: set[str] = set()
     start = f"{int(since.timestamp() * 1000)}-0"
+    if archive is not None:
+        reader = archive_query.ArchiveReader(archive)
+        for _, event, _ in archive_query.feedback_events(reader, None, start):
+            if event["response_id"] not in seen:
+                seen.add(event["response_id"])
+                yield event["response_id"]
     while True:
         entries: Any = client.xrange(ks.feedback_stream, min=start, count=batch)
         for _, fields in entries:
@@ -169,11 +211,13 @@ def export_feedback(
 ) -> int:
     """Write one JSON line per rated response: the interaction and its current ratings
     (with ``tenant``: only that tenant's responses). An interaction past the hot window
-    comes from the ``archive``: one query for each ``chunk`` of rated responses."""
+    comes from the ``archive``: one query for each ``chunk`` of rated responses; so do
+    ratings past ``feedback.hot_s``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n = 0
-    rated = rated_since(client, ks, since)
+    rated = rated_since(client, ks, since, archive=archive)
+    reader = archive_query.ArchiveReader(archive) if archive is not None else None
     with open(tmp, "wb") as f:
         while chunk := list(itertools.islice(rated, chunk_size)):
             found = dict(zip(chunk, load(client, chunk), strict=True))
@@ -183,11 +227,17 @@ def export_feedback(
             pipe = client.pipeline(transaction=False)
             for rid in chunk:
                 pipe.hgetall(ks.feedback(rid))
+            # ratings older than feedback.hot_s left Redis: the archive has them
+            archived = reader.ratings(chunk) if reader is not None else {}
             for rid, stored in zip(chunk, pipe.execute(), strict=True):
                 ix = found[rid]
                 if tenant is not None and (ix["tenant"] if ix else None) != tenant:
                     continue
-                row = {"response_id": rid, "interaction": ix, "ratings": _ratings(stored)}
+                current = _ratings(stored)
+                recent = {r["rater"] for r in current}
+                current += [r for r in archived.get(rid, []) if r["rater"] not in recent]
+                current.sort(key=lambda r: (r["created"], r["rater"]))
+                row = {"response_id": rid, "interaction": ix, "ratings": current}
                 f.write(orjson.dumps(row) + b"\n")
                 n += 1
     tmp.replace(out)

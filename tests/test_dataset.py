@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -23,7 +24,7 @@ from gateway.core.store import keyspace
 from retrain.curate import format_errors
 from retrain.dataset import BELOW_MINIMUM, OK, OVER_COST_CAP, latest_version
 
-from .conftest import API_KEY
+from .conftest import API_KEY, CLIENT
 from .fixed_gateway import fixed_gateway
 from .helpers.datasets import build, lines, new_experiment, serve_and_rate, settings_for, sft
 from .services import GatewayProcess
@@ -402,3 +403,80 @@ def test_a_teacher_answers_failures_that_have_no_correction(
     assert lines(result.path / "train.jsonl") == [sft(items[0]["prompt"], "answer from fixed-b")]
     assert result.manifest["by_source"]["train"] == {"teacher": 1}
     assert result.manifest["review_queue"]["added"] == 0
+
+
+def test_a_group_the_stream_was_trimmed_past_builds_the_same_dataset_from_the_archive(
+    gateway: GatewayProcess, store: Store, tmp_path: Path
+) -> None:
+    """An experiment nobody built for a while: the feedback stream was trimmed past its
+    retrain group once archived (``feedback.hot_s``); the build reads what it missed from
+    the archive and writes the dataset it would have written from the stream."""
+    import asyncio
+    import unicodedata
+
+    from gateway.core.store import connect
+    from gateway.ops.archive import Archiver, open_archive
+    from gateway.serving.feedback import trim_feedback_stream
+
+    from .multilingual import pairs
+    from .polling import eventually
+
+    exp = new_experiment(gateway)
+    items = []
+    for language in ("en", "th", "vi"):
+        for form in ("NFC", "NFD"):
+            for i, (question, fix) in enumerate(pairs(language, 3)):
+                items.append(
+                    {
+                        "prompt": unicodedata.normalize(form, f"{question} ({form} {i})"),
+                        "user": f"{language}-{form}-{i}",
+                        "rating": "down",
+                        "correction": unicodedata.normalize(form, fix),
+                    }
+                )
+    rids = serve_and_rate(gateway, exp, items)
+    # a rating replaced later: the latest one counts, from the archive as from the stream
+    with httpx.Client() as c:
+        again = {"response_id": rids[0], "rating": "up"}
+        assert c.post(gateway.base_url + "/feedback", json=again, headers=CLIENT).status_code == 201
+    settings, _ = settings_for(gateway, tmp_path)
+    expected = build(settings, exp, dry_run=True)  # read from the stream, nothing written
+    assert expected.exit_code == OK, expected.message
+    assert len(expected.manifest["feedback_events"]) == len(items) + 1
+
+    ks = keyspace(settings)
+    client = store.client()
+    try:
+        archiver = Archiver(client, ks, open_archive(settings.data_dir, settings.archive))
+        eventually(lambda: archiver.run_once().held_by is None, "the archive lock", 60)
+        archiver.release()
+
+        async def trim() -> str:
+            aio = connect(store.url, cluster=store.cluster)
+            try:  # a hot window of 0: whatever is archived goes
+                return await trim_feedback_stream(aio, ks, retention_s=86400, hot_s=0)
+            finally:
+                await aio.aclose()
+
+        asyncio.run(trim())
+        left = [
+            sid
+            for sid, f in client.xrange(ks.feedback_stream)
+            if orjson.loads(f[b"data"])["experiment"] == exp
+        ]
+        assert left == []  # the group never acknowledged them: trimmed all the same
+
+        built = build(settings, exp)
+        assert built.exit_code == OK and built.status == "written", built.message
+        assert built.manifest["id"] == expected.manifest["id"]
+        assert built.manifest["feedback_events"] == expected.manifest["feedback_events"]
+        assert built.manifest["counts"] == expected.manifest["counts"]
+        version = latest_version(settings.retrain.dataset_dir / exp)
+        assert version is not None
+        fixes = {ex["messages"][-1]["content"] for ex in lines(version.path / "train.jsonl")}
+        assert unicodedata.normalize("NFC", items[1]["correction"]) in fixes
+        assert not client.exists(ks.build_missed(exp))  # acknowledged: nothing left to re-read
+        assert client.xpending(ks.feedback_stream, keys.retrain_group(exp))["pending"] == 0
+        assert build(settings, exp).status == "nothing-new"  # read once, never again
+    finally:
+        client.close()

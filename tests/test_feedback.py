@@ -422,3 +422,40 @@ def test_stream_is_trimmed_by_retention_but_never_past_an_unacknowledged_event(
             assert trim() == []
         finally:
             r.delete(stream)
+
+
+def test_once_archived_the_stream_is_trimmed_past_a_group_that_never_reads(
+    store: Store,
+) -> None:
+    from gateway.core import keys
+    from gateway.core.store import connect
+    from gateway.serving.feedback import trim_feedback_stream
+
+    stream = f"{store.ks.feedback_stream}:test-{uuid.uuid4().hex[:8]}"
+    ks = dataclasses.replace(store.ks, feedback_stream=stream)
+    with store.client() as r:
+        try:
+            ids = [r.xadd(stream, {"data": b"{}"}).decode() for _ in range(6)]
+            r.xgroup_create(stream, "retrain.gone", id="0")  # an experiment nobody builds
+            r.xgroup_create(stream, keys.ARCHIVE_GROUP, id="0")
+
+            def trim(hot_s: float) -> list[str]:
+                async def now() -> None:
+                    aio = connect(store.url, cluster=store.cluster)
+                    try:
+                        await trim_feedback_stream(aio, ks, retention_s=86400, hot_s=hot_s)
+                    finally:
+                        await aio.aclose()
+
+                asyncio.run(now())
+                return [sid.decode() for sid, _ in r.xrange(stream)]
+
+            assert trim(hot_s=0) == ids  # nothing archived yet: nothing goes
+            got = r.xreadgroup(keys.ARCHIVE_GROUP, "a", {stream: ">"}, count=4)
+            r.xack(stream, keys.ARCHIVE_GROUP, *[sid for sid, _ in got[0][1]][:3])
+            assert trim(hot_s=3600) == ids  # archived, but younger than the hot window
+            assert trim(hot_s=0) == ids[3:]  # archived and old: gone, though never read
+            r.xack(stream, keys.ARCHIVE_GROUP, ids[3])
+            assert trim(hot_s=0) == ids[4:]
+        finally:
+            r.delete(stream)

@@ -369,9 +369,20 @@ class FeedbackConfig(_Strict):
         10.0, ge=0, description="how long a rating may wait for its interaction record"
     )
     retention_days: float = Field(365.0, gt=0, description="ratings and feedback events")
+    hot_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="how long a rating stays in Redis (its record under fw:fb:{response_id}, "
+        "its feedback-stream entry once archived); then only the archive has it. A rating "
+        "that replaces one older than this is corrected through the archive. Redis keeps "
+        "the per-arm and per-user aggregates for the retention. Keep it at least "
+        "interaction_log.hot_s: the console reads the ratings of interactions still in "
+        "Redis from Redis",
+    )
     consumer_groups: list[str] = Field(
         default_factory=list,
-        description="extra consumer groups (besides retrain.<experiment>) never trimmed past",
+        description="extra consumer groups (besides retrain.<experiment>) on the feedback "
+        "stream; trimmed past once archived and older than hot_s, their lag is a metric",
     )
 
 

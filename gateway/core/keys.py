@@ -26,10 +26,13 @@ key                         type    content
 ``fw:archive:pause``        string  set while a forget (``forget.py``) wants or holds
                                     the archive lock: archivers release it and pause
 ``fw:fb:{response_id}``     hash    rater → that rater's feedback record (JSON); one
-                                    record per (response, rater)
+                                    record per (response, rater); expires
+                                    ``feedback.hot_s`` after the response's last rating
 ``fw:fb:stream``            stream  one entry per rating event, field ``data`` (JSON);
-                                    read by consumer groups, trimmed by retention but
-                                    never past what a group has not acknowledged
+                                    read by consumer groups; trimmed once archived and
+                                    older than ``feedback.hot_s`` whatever the groups
+                                    do (without an archiver: by retention, never past
+                                    what a group has not acknowledged)
 ``fw:fb:stream:rewrite``    stream  transient: the feedback stream rebuilt without a
                                     forgotten user's entries (same ids, groups, pending
                                     entries), renamed over it in the same script
@@ -90,6 +93,9 @@ key                         type    content
                                     test over the strata of the ramp it belongs to)
 ``fw:review:{exp}``         hash    response id → failure awaiting a correction (JSON)
 ``fw:build:lock:{exp}``     string  held while ``retrain build`` runs for an experiment
+``fw:build:missed:{exp}``   string  the feedback-stream id from which a build reads the
+                                    archive: its group fell behind the stream's trim;
+                                    kept until the build acknowledged what it read
 ``fw:run:lock:{exp}``       string  held while ``retrain run`` runs for an experiment
 ``fw:job:{job_id}``         string  one fine-tuning job (JSON, ``retrain/jobs.py``)
 ``fw:jobs``                 zset    job ids by creation time
@@ -237,6 +243,9 @@ class Keyspace:
 
     def build_lock(self, experiment: str) -> str:
         return f"{self.prefix}build:lock:{experiment}"
+
+    def build_missed(self, experiment: str) -> str:
+        return f"{self.prefix}build:missed:{experiment}"
 
     def run_lock(self, experiment: str) -> str:
         return f"{self.prefix}run:lock:{experiment}"

@@ -413,6 +413,35 @@ class ArchiveReader:
         return out
 
 
+def feedback_events(
+    reader: ArchiveReader, experiment: str | None, from_id: str
+) -> list[tuple[str, FeedbackEvent, bool]]:
+    """The archived rating events of ``experiment`` (None: of all) at or after the
+    feedback-stream id ``from_id``, in stream order: (stream id, the rating as stored,
+    whether it replaced one) — what a consumer group missed once the stream was trimmed
+    past it."""
+    ms, seq = stream_id(from_id)
+    first_day = day_of(max(0, ms - 86_400_000))  # a rating's partition is its day
+    files = reader.files(FEEDBACK, first_day, None, experiment)
+    if not files:
+        return []
+    sql = (
+        f"SELECT * FROM {reader._source(files)} "
+        f"WHERE ({_MS} > ? OR ({_MS} = ? AND {_SEQ} >= ?)) "
+        f"{'' if experiment is None else 'AND experiment = ? '}"
+        f"ORDER BY {_MS}, {_SEQ}"
+    )
+    kinds = COLUMNS[FEEDBACK]
+    out = []
+    params: list[Any] = [ms, ms, seq] + ([] if experiment is None else [experiment])
+    for row in reader._rows(sql, params):
+        doc = from_row(row, kinds)
+        sid = doc.pop("stream_id")
+        replaced = bool(doc.pop("replaced", False))
+        out.append((sid, feedback_event(doc), replaced))
+    return out
+
+
 def _no_requests() -> dict[str, Any]:
     return {
         "requests": 0,
@@ -579,6 +608,7 @@ __all__ = [
     "BadWindow",
     "Found",
     "days_around",
+    "feedback_events",
     "parse_day",
     "reader",
     "stream_id",

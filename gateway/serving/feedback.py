@@ -21,6 +21,14 @@ A rating may also arrive before its interaction record reaches Redis (the instan
 ends). Response ids are signed and time-stamped (``ids.py``), so the gateway knows an id
 it issued: it looks in the log writer's unwritten records, then in Redis, and for a
 recent id waits up to ``feedback.join_wait_s`` for the record to land.
+
+Ratings leave Redis too, after ``feedback.hot_s``: the rater's record expires that long
+after the response's last rating, and the stream's entries are trimmed once archived
+and that old (:func:`trim_feedback_stream`), whatever a consumer group does. What stays
+for the retention is the per-arm and per-user aggregates; Redis holds one window of
+ratings. A rating that replaces one older than the window finds the earlier one in the
+archive (which keeps both; readers take the latest per response and rater), and the
+aggregates are corrected the same.
 """
 
 from __future__ import annotations
@@ -72,7 +80,9 @@ MAX_PASSAGE_CHARS = 8000
 
 # KEYS: feedback hash, aggregate hash, feedback stream, aggregate index, user scores hash
 # ARGV: rater, record JSON, score, failure (0/1), has correction (0/1),
-#       aggregate index member, ttl seconds, thumbs (0/1), user field ('' = not counted)
+#       aggregate index member, ttl seconds, thumbs (0/1), user field ('' = not counted),
+#       hot seconds (the rater's record's expiry), the earlier rating found in the
+#       archive ('' = none: a rating older than the hot window that this one replaces)
 # The aggregate keeps count, score_sum, score_sq (for variances), thumbs (ratings that
 # were up/down), failures and corrections. The user scores hash (the experiment version
 # and arm the rated response was served under) keeps each user's rating count and score
@@ -80,6 +90,7 @@ MAX_PASSAGE_CHARS = 8000
 # one mean score per user.
 _STORE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old and ARGV[11] ~= '' then old = ARGV[11] end
 local replaced = 0
 local o = nil
 if old then
@@ -100,7 +111,7 @@ redis.call('HINCRBY', KEYS[2], 'thumbs', ARGV[8])
 redis.call('HINCRBY', KEYS[2], 'failures', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'corrections', ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
 local uf = ARGV[9]
 if uf ~= '' then
   local cur = redis.call('HGET', KEYS[5], uf)
@@ -341,6 +352,47 @@ class FeedbackService:
         days = {time.strftime("%Y-%m-%d", time.gmtime(issued + d)) for d in (0, 86400)}
         return find_interactions(self._archive, [response_id], days).get(response_id)
 
+    def _archived_ratings(self, response_id: str, issued: float) -> list[FeedbackEvent]:
+        """A response's current ratings in the archive (run in a thread): those older than
+        ``feedback.hot_s`` are only there."""
+        from gateway.ops import archive_query
+
+        assert self.archive_url is not None
+        reader = archive_query.reader(self.archive_url, self.archive_options)
+        first_day = min(archive_query.days_around(issued))
+        return reader.ratings([response_id], first_day).get(response_id, [])
+
+    def _past_window(self, response_id: str) -> float | None:
+        """When the response was issued, if its ratings may have left Redis (an earlier
+        rating may be older than ``feedback.hot_s``) and an archive may hold them."""
+        issued = self.ids.issued_at(response_id)
+        if issued is None or not self.archive_url:
+            return None
+        margin = min(120.0, self.config.hot_s / 10)  # clocks of replicas and Redis differ
+        return issued if time.time() - issued > self.config.hot_s - margin else None
+
+    async def _from_archive(self, response_id: str, issued: float) -> list[FeedbackEvent]:
+        from gateway.ops.archive_query import ArchiveError
+
+        try:
+            return await asyncio.to_thread(self._archived_ratings, response_id, issued)
+        except (ArchiveError, OSError, ValueError) as exc:
+            raise StoreUnavailable(f"The archive is unavailable: {exc}") from None
+
+    async def _earlier_rating(self, response_id: str, rater: str) -> bytes:
+        """The rater's earlier rating of the response that left Redis (JSON, from the
+        archive), so that this one replaces it in the aggregates; ``b""``: none."""
+        issued = self._past_window(response_id)
+        if issued is None:
+            return b""
+        with store.translated("The feedback store"):
+            if await self.redis.hexists(self.ks.feedback(response_id), rater):
+                return b""  # still in Redis: the script replaces it
+        for event in await self._from_archive(response_id, issued):
+            if event["rater"] == rater:
+                return orjson.dumps(event)
+        return b""
+
     async def interaction(self, response_id: str, principal: Principal) -> InteractionRecord:
         """The rated interaction, or NotFound for an id that is unknown, expired or not yours."""
         missing = NotFound(
@@ -402,6 +454,16 @@ class FeedbackService:
             self.metrics.feedback.labels("", record["arm"], "retrieval").inc()
         if fb["score"] is None:
             return result
+        result["replaced"] = await self.store_rating(record, fb, rater, principal.tenant)
+        return result
+
+    async def store_rating(
+        self, record: InteractionRecord, fb: dict[str, Any], rater: str, tenant: str | None
+    ) -> bool:
+        """Store a checked rating (``parse_feedback``) of a joined interaction: the rater's
+        record, the aggregates and the stream entry, in one script. True: it replaced the
+        rater's earlier rating."""
+        rid = record["id"]
         experiment, arm = record.get("experiment"), record["arm"]
         # the decider's sample: randomised traffic of an experiment, by the assigned arm
         # and the version it was served under (intention to treat: a fallback answer
@@ -427,11 +489,12 @@ class FeedbackService:
             "comment": fb["comment"],
             "correction": fb["correction"],
             "tags": fb["tags"],
-            "tenant": principal.tenant,
+            "tenant": tenant,
             "experiment": experiment,
             "arm": arm,
             "created": int(time.time()),
         }
+        earlier = await self._earlier_rating(rid, rater)
         with store.translated("The feedback store"):
             replaced, _ = await self._store(
                 keys=[
@@ -451,13 +514,14 @@ class FeedbackService:
                     int(self.config.retention_days * 86400),
                     int(isinstance(fb["rating"], str)),
                     f"u:{unit}" if unit else "",
+                    max(1, int(self.config.hot_s)),
+                    earlier,
                 ],
             )
         exp_label = experiment or ""
         self.metrics.feedback.labels(exp_label, arm, str(fb["rating"])).inc()
         self.metrics.feedback_score.labels(exp_label, arm).observe(fb["score"])
-        result["replaced"] = bool(replaced)
-        return result
+        return bool(replaced)
 
     async def ratings(self, response_id: str, principal: Principal) -> list[FeedbackEvent]:
         if self.ids.issued_at(response_id) is None:
@@ -465,6 +529,12 @@ class FeedbackService:
         with store.translated("The feedback store"):
             raw = await self.redis.hgetall(self.ks.feedback(response_id))
         out = [decode_feedback(v) for v in raw.values()]
+        issued = self._past_window(response_id)
+        if issued is not None:  # ratings older than the hot window: from the archive
+            recent = {r["rater"] for r in out}
+            out += [
+                r for r in await self._from_archive(response_id, issued) if r["rater"] not in recent
+            ]
         out = [
             r
             for r in out
@@ -498,7 +568,8 @@ async def maintain(
     """Background task: keep the consumer groups and trim the stream, while Redis answers.
 
     Each experiment has its retrain group (``retrain.<experiment>``), created as soon as
-    the experiment is known, so no rating is trimmed before its dataset build has run.
+    the experiment is known; a build whose group fell behind the trim reads what it
+    missed from the archive (``retrain/dataset.py``).
     """
     log = logging.getLogger(__name__)
     while True:
@@ -506,7 +577,7 @@ async def maintain(
             groups = [keys.retrain_group(e) for e in experiments()] + cfg.consumer_groups
             groups += extra_groups or []
             await ensure_groups(redis, ks, groups)
-            await trim_feedback_stream(redis, ks, cfg.retention_days * 86400)
+            await trim_feedback_stream(redis, ks, cfg.retention_days * 86400, cfg.hot_s)
             bound_ms = int((time.time() - cfg.retention_days * 86400) * 1000)
             await redis.xtrim(ks.retrieval_stream, minid=f"{bound_ms}-0", approximate=False)
         except (RedisError, OSError) as exc:
@@ -514,25 +585,46 @@ async def maintain(
         await asyncio.sleep(every_s)
 
 
-async def trim_feedback_stream(redis: aioredis.Redis, ks: keys.Keyspace, retention_s: float) -> str:
-    """Trim the feedback stream to its retention, but never past an unacknowledged event.
+def group_position(group: dict[Any, Any], pending_min: Any) -> str:
+    """Where a consumer group stands: its oldest unacknowledged entry, else the first id
+    after the last one it was given (``XINFO GROUPS`` entry, ``XPENDING``'s ``min``)."""
+    if group.get("pending") and pending_min is not None:
+        return keys.text(pending_min)
+    return keys.stream_id_after(keys.text(group["last-delivered-id"]))
 
-    Returns the MINID used. Events newer than the retention are always kept; older ones
-    go only once every consumer group has acknowledged them.
+
+async def trim_feedback_stream(
+    redis: aioredis.Redis, ks: keys.Keyspace, retention_s: float, hot_s: float | None = None
+) -> str:
+    """Trim the feedback stream; returns the MINID used.
+
+    Once an archiver reads the stream (its group ``archive`` exists) and ``hot_s`` is
+    given, entries go once archived and older than ``hot_s`` — MINID the older of where
+    the archive stands and now - ``hot_s`` — whatever the other groups do: a group that
+    lags or was abandoned (a retrain group of an experiment nobody builds) cannot hold
+    the stream, it reads what it missed from the archive. Without an archiver the stream
+    is the only copy: entries older than the retention go once every group has
+    acknowledged them.
     """
-    bound_ms = int((time.time() - retention_s) * 1000)
-    minid = f"{bound_ms}-0"
+    now_ms = int(time.time() * 1000)
     try:
         groups = await redis.xinfo_groups(ks.feedback_stream)
     except RedisError:
-        return minid  # no stream yet
-    for g in groups:
-        summary = await redis.xpending(ks.feedback_stream, g["name"])
-        if summary["pending"]:
-            keep = keys.text(summary["min"])
-        else:
-            keep = keys.stream_id_after(keys.text(g["last-delivered-id"]))
-        if keys.stream_id_order(keep) < keys.stream_id_order(minid):
-            minid = keep
+        return f"{int(now_ms - retention_s * 1000)}-0"  # no stream yet
+    archived = next((g for g in groups if keys.text(g["name"]) == keys.ARCHIVE_GROUP), None)
+    if archived is not None and hot_s is not None:
+        summary = await redis.xpending(ks.feedback_stream, keys.ARCHIVE_GROUP)
+        minid = min(
+            group_position(archived, summary["min"]),
+            f"{int(now_ms - min(hot_s, retention_s) * 1000)}-0",
+            key=keys.stream_id_order,
+        )
+    else:
+        minid = f"{int(now_ms - retention_s * 1000)}-0"
+        for g in groups:
+            summary = await redis.xpending(ks.feedback_stream, g["name"])
+            keep = group_position(g, summary["min"])
+            if keys.stream_id_order(keep) < keys.stream_id_order(minid):
+                minid = keep
     await redis.xtrim(ks.feedback_stream, minid=minid, approximate=False)
     return minid

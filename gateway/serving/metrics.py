@@ -22,6 +22,10 @@ Three kinds of value:
   consumer group has not acknowledged, read from Redis at scrape time
   (:func:`read_archive_lag`): it rises when no archiver runs at all, whichever process
   was meant to run it, and every worker answers the same.
+* **Consumer groups' lag**: the age of the oldest feedback-stream entry each other group
+  (``retrain.<experiment>``, ``feedback.consumer_groups``) has not acknowledged, also read
+  at scrape time (:func:`read_group_lag`). The stream is trimmed past a lagging group
+  once archived; the metric and its alert say which group nobody reads.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class ScrapeState:
     retrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # exp → run summary
     archive_lag: dict[str, float] = field(default_factory=dict)  # stream → seconds behind
     hot_s: float | None = None  # interaction_log.hot_s: records leave Redis this old
+    group_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (stream, group) → s
+    feedback_hot_s: float | None = None  # feedback.hot_s: ratings leave Redis this old
 
 
 class _ScrapeCollector:
@@ -139,6 +145,22 @@ class _ScrapeCollector:
         if s.hot_s is not None:
             hot.add_metric([], s.hot_s)
         yield hot
+        group_lag = GaugeMetricFamily(
+            "flywheel_stream_group_lag_seconds",
+            "Age of the oldest entry of a stream that a consumer group (other than the "
+            "archiver's) has not acknowledged, trimmed entries included; 0 when none waits",
+            labels=["stream", "group"],
+        )
+        for (stream, group), seconds in sorted(s.group_lag.items()):
+            group_lag.add_metric([stream, group], seconds)
+        yield group_lag
+        fb_hot = GaugeMetricFamily(
+            "flywheel_feedback_hot_window_seconds",
+            "feedback.hot_s: a rating leaves Redis this old (once archived)",
+        )
+        if s.feedback_hot_s is not None:
+            fb_hot.add_metric([], s.feedback_hot_s)
+        yield fb_hot
 
 
 def _retrain_families(runs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
@@ -243,6 +265,50 @@ async def _read_archive_lag(
     for kind, stream in zip(ARCHIVED_STREAMS, streams, strict=True):
         oldest_ms = await _oldest_unarchived_ms(redis, stream)
         out[kind] = 0.0 if oldest_ms is None else max(0.0, now - oldest_ms / 1000)
+    return out
+
+
+async def read_group_lag(
+    redis: aioredis.Redis, ks: keys.Keyspace, timeout_s: float = 2.0
+) -> dict[tuple[str, str], float]:
+    """Seconds behind of each consumer group of the feedback stream but the archiver's,
+    by (``feedback``, group); empty when Redis does not answer."""
+    try:
+        return await asyncio.wait_for(_read_group_lag(redis, ks, time.time()), timeout_s)
+    except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        log.debug("consumer group lag unavailable: %s", exc)
+        return {}
+
+
+async def _read_group_lag(
+    redis: aioredis.Redis, ks: keys.Keyspace, now: float
+) -> dict[tuple[str, str], float]:
+    stream = ks.feedback_stream
+    try:
+        groups: Any = await redis.xinfo_groups(stream)
+    except ResponseError:  # no stream yet
+        return {}
+    groups = [g for g in groups if keys.text(g["name"]) != keys.ARCHIVE_GROUP]
+    if not groups:
+        return {}
+    head: Any = await redis.xrange(stream, count=1)
+    first = keys.stream_id_order(keys.text(head[0][0])) if head else None
+    out: dict[tuple[str, str], float] = {}
+    for g in groups:
+        name = keys.text(g["name"])
+        if g.get("pending"):
+            summary: Any = await redis.xpending(stream, name)
+            at = keys.text(summary["min"])
+        else:
+            at = keys.stream_id_after(keys.text(g["last-delivered-id"]))
+        oldest: int | None = None
+        if first is not None and keys.stream_id_order(at) < first:  # trimmed past it
+            # (a group made at the stream's start and never read: its first entry's age)
+            oldest = keys.stream_id_order(at)[0] or first[0]
+        else:
+            nxt: Any = await redis.xrange(stream, min=at, count=1)
+            oldest = keys.stream_id_order(keys.text(nxt[0][0]))[0] if nxt else None
+        out[("feedback", name)] = 0.0 if oldest is None else max(0.0, now - oldest / 1000)
     return out
 
 

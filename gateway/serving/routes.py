@@ -30,7 +30,7 @@ from starlette.responses import Response
 from gateway.core import store
 from gateway.serving.bodies import read_body
 from gateway.serving.embeddings import handle_embeddings
-from gateway.serving.metrics import ScrapeState, read_archive_lag, read_retrain
+from gateway.serving.metrics import ScrapeState, read_archive_lag, read_group_lag, read_retrain
 from gateway.state import state
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -146,11 +146,17 @@ def add_public_routes(app: FastAPI) -> None:
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:
         st = state(request)
-        retrain, lag = await asyncio.gather(
-            read_retrain(st.redis, st.ks), read_archive_lag(st.redis, st.ks)
+        retrain, lag, group_lag = await asyncio.gather(
+            read_retrain(st.redis, st.ks),
+            read_archive_lag(st.redis, st.ks),
+            read_group_lag(st.redis, st.ks),
         )
         scrape = ScrapeState(
-            retrain=retrain, archive_lag=lag, hot_s=st.settings.interaction_log.hot_s
+            retrain=retrain,
+            archive_lag=lag,
+            hot_s=st.settings.interaction_log.hot_s,
+            group_lag=group_lag,
+            feedback_hot_s=st.settings.feedback.hot_s,
         )
         for name, exp in st.control.router.experiments.items():
             total = sum(a.weight for a in exp.arms) or 1.0
