@@ -15,6 +15,9 @@ minute it prints:
 
 Flat lines after the first ``H`` seconds (Redis, RSS) and a table log that grows by its
 files only are what a long soak should show; ``--minutes 30`` or more is the real one.
+5% of the ratings carry a 300-character Thai comment. At the end it waits for the
+archiver to catch up and checks the Delta tables: every acknowledged interaction and
+rating there once, none twice, none missing, the Thai comments byte for byte.
 """
 
 from __future__ import annotations
@@ -74,6 +77,20 @@ def tree(pid: int) -> dict[int, str]:
     return out
 
 
+def snapshot_files(root: Path) -> int:
+    """Data files in the tables' current snapshots (what a reader opens; files a
+    compaction replaced stay on disk until the vacuum's retention has passed)."""
+    from deltalake import DeltaTable
+
+    count = 0
+    for log in root.glob("*/_delta_log"):
+        try:
+            count += len(DeltaTable(str(log.parent)).file_uris())
+        except Exception:  # noqa: BLE001 - a table being created: count it next minute
+            pass
+    return count
+
+
 def archive_sizes(root: Path) -> tuple[int, int, int]:
     """Committed files, their bytes, and the table log's bytes."""
     files = data = 0
@@ -88,16 +105,67 @@ def archive_sizes(root: Path) -> tuple[int, int, int]:
         log_bytes += sum(p.stat().st_size for p in delta.rglob("*") if p.is_file())
     for table in root.glob("*/_delta_log"):
         log_bytes += sum(p.stat().st_size for p in table.rglob("*") if p.is_file())
-        files += sum(1 for _ in table.parent.rglob("*.parquet"))
+        for part in table.parent.rglob("*.parquet"):
+            files += 1
+            data += part.stat().st_size
     return files, data, log_bytes
+
+
+THAI_COMMENT = ("พัสดุยังไม่ออกจากคลังสินค้าเลยค่ะ ช่วยตรวจสอบให้หน่อยนะคะ " * 6)[:300]
+
+
+def check_tables(archive: Path, acked: dict[str, str | None], timeout_s: float) -> str:
+    """Wait until the tables hold every acknowledged interaction and rating, then say
+    what is missing, what is there twice, and whether the Thai comments came back whole."""
+    from deltalake import DeltaTable
+
+    rated = {rid for rid, comment in acked.items() if comment is not None}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids: list[str] = []
+        ratings: list[tuple[str, str | None]] = []
+        snapshot_files = 0
+        try:
+            table = DeltaTable(str(archive / "interactions"))
+            ids = table.to_pyarrow_table(columns=["id"]).column("id").to_pylist()
+            snapshot_files += len(table.file_uris())
+            fb = DeltaTable(str(archive / "feedback"))
+            t = fb.to_pyarrow_table(columns=["response_id", "comment"])
+            ratings = list(
+                zip(
+                    t.column("response_id").to_pylist(),
+                    t.column("comment").to_pylist(),
+                    strict=True,
+                )
+            )
+            snapshot_files += len(fb.file_uris())
+        except Exception:  # noqa: BLE001 - not created yet: wait
+            pass
+        missing = set(acked) - set(ids)
+        missing_ratings = rated - {rid for rid, _ in ratings}
+        if (not missing and not missing_ratings) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    twice = len(ids) - len(set(ids))
+    rating_twice = len(ratings) - len({rid for rid, _ in ratings})
+    thai_sent = sum(1 for c in acked.values() if c == THAI_COMMENT)
+    thai_back = sum(1 for _, c in ratings if c == THAI_COMMENT)
+    return (
+        f"tables: {len(set(ids)):,} of {len(acked):,} acknowledged interactions "
+        f"({len(missing):,} missing, {twice:,} twice); {len({r for r, _ in ratings}):,} of "
+        f"{len(rated):,} acknowledged ratings ({len(missing_ratings):,} missing, "
+        f"{rating_twice:,} twice); Thai comments {thai_back:,} of {thai_sent:,} byte-identical; "
+        f"{snapshot_files} files in the tables' snapshots"
+    )
 
 
 async def drive(
     base: str, rate: float, rated: float, seconds: float, report: Any
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, str | None]]:
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     rng = random.Random(3)
     counts = {"requests": 0, "ratings": 0, "errors": 0}
+    acked: dict[str, str | None] = {}  # response id → the comment of its acknowledged rating
     sem = asyncio.Semaphore(256)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
 
@@ -117,17 +185,24 @@ async def drive(
                             counts["errors"] += 1
                             return
                     counts["requests"] += 1
+                    acked.setdefault(doc["id"], None)
                     if rng.random() < rated:
+                        thai = rng.random() < 0.05
                         fb = {
                             "response_id": doc["id"],
                             "rating": rng.choice(["up", "down", 4]),
-                            "comment": "the parcel had not left the depot",
+                            "comment": THAI_COMMENT
+                            if thai
+                            else "the parcel had not left the depot",
                         }
                         async with http.post(
                             base + "/v1/feedback", data=orjson.dumps(fb), headers=headers
                         ) as r2:
                             await r2.read()
                             counts["ratings" if r2.status == 201 else "errors"] += 1
+                            if r2.status == 201:
+                                acked[doc["id"]] = fb["comment"]
+
                 except aiohttp.ClientError:
                     counts["errors"] += 1
 
@@ -147,7 +222,7 @@ async def drive(
             await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
         report(time.monotonic() - t0, counts)
-    return counts
+    return counts, acked
 
 
 def main() -> None:
@@ -167,7 +242,12 @@ def main() -> None:
             doc = gateway_config(server.url(), upstream, work / "data")
             doc["interaction_log"] = {"hot_s": args.hot_s}
             doc["feedback"] = {"hot_s": args.hot_s}
-            doc["archive"] = {"url": str(archive), "every_s": 5, "max_wait_s": 30}
+            # written well within the hot window: an interaction leaves Redis after hot_s
+            doc["archive"] = {
+                "url": str(archive),
+                "every_s": 5,
+                "max_wait_s": min(30, args.hot_s / 4),
+            }
             config = work / "gateway.yaml"
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
             port = free_port()
@@ -182,10 +262,10 @@ def main() -> None:
                 f"{args.workers} worker(s), {args.minutes:g} min\n"
             )
             print(
-                "| min | requests | ratings | errors | Redis used_memory MiB | keys "
-                "| archive files | archive MiB | table log KiB | gateway RSS MiB |"
+                "| min | requests | ratings | errors | Redis used_memory MiB | keys | files in "
+                "snapshot | files on disk | archive MiB | table log KiB | gateway RSS MiB |"
             )
-            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 
             def report(elapsed: float, counts: dict[str, int]) -> None:
                 used = int(client.info("memory")["used_memory"]) / 2**20
@@ -195,13 +275,18 @@ def main() -> None:
                 )
                 print(
                     f"| {elapsed / 60:.1f} | {counts['requests']:,} | {counts['ratings']:,} "
-                    f"| {counts['errors']:,} | {used:.1f} | {client.dbsize():,} | {files:,} "
+                    f"| {counts['errors']:,} | {used:.1f} | {client.dbsize():,} "
+                    f"| {snapshot_files(archive):,} | {files:,} "
                     f"| {data / 2**20:.1f} | {log_bytes / 1024:.1f} | {rss} |",
                     flush=True,
                 )
 
-            asyncio.run(drive(base, args.rate, args.rated, args.minutes * 60, report))
+            counts, acked = asyncio.run(
+                drive(base, args.rate, args.rated, args.minutes * 60, report)
+            )
             client.close()
+            print()
+            print(check_tables(archive, acked, timeout_s=args.hot_s + 180))
             print()
             for line in gw.log_path.read_text(errors="replace").splitlines():
                 if "first files written" in line:  # what archiving cost the process doing it
