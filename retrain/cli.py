@@ -166,6 +166,20 @@ def _parser() -> argparse.ArgumentParser:
         help="datasets root (default: retrain.dataset_dir)",
     )
     build.add_argument("--dry-run", action="store_true", help="report only: write nothing")
+    build.add_argument(
+        "--workload",
+        type=name_arg,
+        default=None,
+        help="only the requests that named this workload (metadata.workload)",
+    )
+    build.add_argument(
+        "--distill",
+        action="store_true",
+        help="examples from the teacher's answers (rated well, or unrated), not from failures",
+    )
+    build.add_argument(
+        "--teacher", type=name_arg, default=None, metavar="MODEL", help="--distill: whose answers"
+    )
     build.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     run = commands.add_parser("run", help="build, train, evaluate and register a canary")
@@ -506,6 +520,9 @@ def _build(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"retrain: --since: not an ISO date: {args.since!r}", file=sys.stderr)
         return USAGE
+    if args.distill != bool(args.teacher):
+        print("retrain: --distill and --teacher MODEL go together", file=sys.stderr)
+        return USAGE
     settings = load_config(args.config)
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bars:
@@ -522,6 +539,8 @@ def _build(args: argparse.Namespace) -> int:
             out=args.out,
             since=since,
             progress=progress,
+            workload=args.workload,
+            teacher=args.teacher,
         )
         result = builder.run(dry_run=args.dry_run)
     if result.manifest:
@@ -979,6 +998,11 @@ def print_summary(manifest: dict[str, Any]) -> None:
             )
     console = Console()
     console.print(table)
+    if manifest.get("distill"):
+        d = manifest["distill"]
+        console.print(f"distilled from {d['teacher']}: {d['answers']} answers read")
+    if manifest.get("workload"):
+        console.print(f"workload: {manifest['workload']}")
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(manifest["dropped"].items())) or "none"
     console.print(
         f"new examples: {manifest['new_examples']}; dropped: {dropped}; "

@@ -201,6 +201,17 @@ class Eval(_Strict):
     concurrency: int = Field(4, ge=1, le=64, description="requests to the gateway at a time")
 
 
+class Distill(_Strict):
+    """``retrain.distill``: which of a teacher's answers a distillation dataset keeps
+    (``retrain build --distill --teacher MODEL``)."""
+
+    unrated: bool = Field(
+        True,
+        description="keep the teacher's unrated answers (well-rated ones are always kept, "
+        "rated-down ones never, corrected ones as the correction)",
+    )
+
+
 class RetrainConfig(RetrainSection):
     """The ``retrain`` section: the dataset builder (``retrain build``, which ratings become
     which examples), training, the evaluation gate and the canary. ``dataset_dir`` comes
@@ -260,6 +271,7 @@ class RetrainConfig(RetrainSection):
     openai: OpenAITraining = OpenAITraining()
     eval: Eval = Field(Eval(), description="the evaluation gate")
     canary_share: float = Field(0.05, gt=0, lt=1, description="a new candidate's first share")
+    distill: Distill = Field(Distill(), description="distillation datasets")
 
     @model_validator(mode="before")
     @classmethod
