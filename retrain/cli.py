@@ -194,6 +194,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="local: train in N processes, one per GPU (default: retrain.local.processes)",
     )
+    run.add_argument(
+        "--distill",
+        action="store_true",
+        help="train a student on the teacher's answers; canary it against the teacher",
+    )
+    run.add_argument(
+        "--teacher", type=name_arg, default=None, metavar="MODEL", help="--distill: whose answers"
+    )
+    run.add_argument(
+        "--student",
+        default=None,
+        metavar="BASE",
+        help="--distill: the local base model trained (default: retrain.local.base_model)",
+    )
+    run.add_argument(
+        "--workload", type=name_arg, default=None, help="only the requests of this workload"
+    )
     run.add_argument("--config", default=None)
     ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
     ev.add_argument("--candidate", required=True, metavar="MODEL", help="the model to judge")
@@ -696,8 +713,18 @@ def _jobs(args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
         from retrain.config import LocalTraining
-        from retrain.cycle import run
+        from retrain.cycle import Distillation, run
 
+        if args.distill != bool(args.teacher) or (args.student and not args.distill):
+            print(
+                "retrain run: --distill and --teacher MODEL go together (and --student with them)",
+                file=sys.stderr,
+            )
+            return 2
+        if args.student:
+            local = settings.retrain.local.model_copy(update={"base_model": args.student})
+            retrain = settings.retrain.model_copy(update={"local": local})
+            settings = settings.model_copy(update={"retrain": retrain})
         if args.processes is not None:
             try:
                 local = LocalTraining.model_validate(
@@ -717,6 +744,8 @@ def _jobs(args: argparse.Namespace) -> int:
             args.experiment,
             provider=args.provider,
             log=lambda line: print(f"retrain run: {line}", flush=True),
+            distill=Distillation(args.teacher) if args.teacher else None,
+            workload=args.workload,
         )
         stream = sys.stdout if result.exit_code == 0 else sys.stderr
         print(f"retrain run: {result.message}", file=stream)

@@ -210,6 +210,13 @@ class Distill(_Strict):
         description="keep the teacher's unrated answers (well-rated ones are always kept, "
         "rated-down ones never, corrected ones as the correction)",
     )
+    margin: float = Field(
+        -0.05,
+        description="retrain run --distill: the lower bound of the confidence interval of "
+        "the student's score gain over the teacher (both against the teacher's held-out "
+        "answers) must reach this; negative: how much worse than the teacher may be "
+        "accepted (a not-worse test)",
+    )
 
 
 class RetrainConfig(RetrainSection):
