@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from gateway.core.config import RetrainSection, Settings, load_or_exit
+from gateway.core.config import Price, RetrainSection, Settings, load_or_exit
 
 
 class _Strict(BaseModel):
@@ -42,6 +42,11 @@ class LocalTraining(_Strict):
         "upstream (vLLM lists the path it serves as the model's root in /v1/models)",
     )
     upstream: str = Field("local", description="the gateway upstream (vLLM) that serves it")
+    price: Price | None = Field(
+        None,
+        description="what a trained candidate costs to serve (for example gpu_hour and "
+        "tokens_per_s), registered with it; unset: it inherits its base model's",
+    )
     adapter_dir: Path = Field(
         Path("./data/adapters"), description="trained adapters (and their checkpoints)"
     )

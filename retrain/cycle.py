@@ -543,12 +543,15 @@ def _train(
             store.update(job["id"], status="cancelled")
             drop_adapter(settings, job)
             return None
-        return {
+        body: dict[str, Any] = {
             "name": name,
             "upstream": cfg.local.upstream,
             "model": name,
             "adapter_path": str(out),
         }
+        if cfg.local.price is not None:
+            body["price"] = cfg.local.price.model_dump(exclude_none=True)
+        return body
 
     from .openai_ft import OpenAIProvider
 

@@ -9,6 +9,7 @@ tiny model, served by the same vLLM.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,22 @@ def test_a_student_trained_on_the_teachers_traffic_answers_as_the_teacher_does(
     first = retrain(config, "run", "--experiment", taught)
     assert first.returncode == 0, first.stdout + first.stderr
     spec = httpx.get(f"{gateway.url}/admin/experiments/{taught}", headers=ADMIN).json()["spec"]
-    (teacher,) = [a["model"] for a in spec["arms"] if a["model"] != "base"]
+    (tuned,) = [a["model"] for a in spec["arms"] if a["model"] != "base"]
+    adapter = httpx.get(f"{gateway.url}/admin/models/{tuned}", headers=ADMIN).json()
+    # The same adapter, priced as a hosted model is (per token): the expensive teacher.
+    teacher = f"{tuned}-hosted"
+    resp = httpx.post(
+        f"{gateway.url}/admin/models",
+        headers=ADMIN,
+        json={
+            "name": teacher,
+            "upstream": "local",
+            "model": teacher,
+            "adapter_path": adapter["spec"]["adapter_path"],
+            "price": {"prompt_per_1m": 2.5, "completion_per_1m": 10.0},
+        },
+    )
+    assert resp.is_success, resp.text
 
     # 40 unrated requests of one workload go to the teacher, and a few of another.
     with httpx.Client(timeout=60) as c:
@@ -81,7 +97,9 @@ def test_a_student_trained_on_the_teachers_traffic_answers_as_the_teacher_does(
     doc["retrain"]["split"] = {"validation": 0, "test": 0.2, "seed": 0}
     doc["retrain"]["eval"]["min_examples"] = 4
     doc["retrain"]["distill"] = {"margin": -0.5}  # half as close as the teacher to itself
+    doc["retrain"]["local"]["price"] = {"gpu_hour": 2.0, "tokens_per_s": 2000.0}
     config.write_text(yaml.safe_dump(doc))
+    started = time.monotonic()
     run = retrain(
         config,
         "run",
@@ -96,6 +114,8 @@ def test_a_student_trained_on_the_teachers_traffic_answers_as_the_teacher_does(
         "returns",
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    print(f"retrain run --distill: {time.monotonic() - started:.0f} s")
+    print(run.stdout)
     assert f"is a canary of '{exp}'" in run.stdout
     spec = httpx.get(f"{gateway.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
     (student,) = [a["model"] for a in spec["arms"] if a["model"] != teacher]
@@ -121,9 +141,31 @@ def test_a_student_trained_on_the_teachers_traffic_answers_as_the_teacher_does(
         return sum(scores) / len(scores)
 
     student_similarity, base_similarity = similarity(student), similarity("base")
-    print(f"student {student_similarity:.3f}, base {base_similarity:.3f}")
+    print(f"chrF to the teacher: student {student_similarity:.3f}, base {base_similarity:.3f}")
     assert student_similarity >= 0.5
     assert base_similarity < 0.2
+
+    # The report prices both arms: the student by its GPU time, the teacher per token.
+    with httpx.Client(timeout=60) as c:
+        for i, product in enumerate(PRODUCTS[:20]):
+            resp = c.post(
+                gateway.base_url + "/chat/completions",
+                headers={**ADMIN, "x-flywheel-arm": student if i % 2 else teacher},
+                json={
+                    "model": exp,
+                    "user": f"buyer-{i}",
+                    "messages": [{"role": "user", "content": question(product)}],
+                    "max_tokens": 32,
+                },
+            )
+            assert resp.status_code == 200, resp.text
+    report = httpx.get(f"{gateway.url}/admin/experiments/{exp}/report", headers=ADMIN).json()
+    costs = {a["model"]: a["cost_per_1k_requests"] for a in report["arms"]}
+    print(f"cost per 1k requests: {costs}")
+    assert 0 < costs[student] < costs[teacher]
+    (saving,) = report["savings"]
+    print(saving["text"])
+    assert saving["candidate"] == student and saving["per_1k_requests"] > 0
 
 
 def test_run_distill_needs_a_teacher(tmp_path: Path) -> None:
