@@ -25,6 +25,7 @@ from gateway.core.config import load_settings
 from retrain import feedback_log
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
+from retrain.forget import forget_pending
 
 from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
 from .multilingual import pairs
@@ -291,3 +292,30 @@ def test_a_ratings_build_of_one_workload_leaves_the_others_out(
     assert set(faq) == {nfc(q) for q in list(QUESTIONS)[:3]}
     everything = trained(build(served, settings, "shop"))
     assert set(faq) | {"How do I pay an invoice?"} <= set(everything)
+
+
+def test_a_forgotten_user_leaves_the_workload_and_distillation_datasets(
+    served: Served, tmp_path: Path
+) -> None:
+    questions = list(QUESTIONS)[:4]
+    for i, q in enumerate(questions):  # dana asks the first two, erin the others
+        user = "dana" if i < 2 else "erin"
+        rid = ask(served, "shop", q, metadata={"workload": "privacy"}, user=user)
+        rate(served, rid, "up")
+    settings = settings_for(served, tmp_path)
+    distilled = build(served, settings, "shop", teacher="teacher", workload="privacy")
+    rated = build(served, settings, "shop", workload="privacy")
+    assert set(trained(distilled)) == set(trained(rated)) == {nfc(q) for q in questions}
+
+    resp = httpx.delete(
+        f"{served.gateway.url}/admin/users/dana",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert resp.status_code == 200, resp.text
+    with served.store.client() as r:
+        forget_pending(r, served.store.ks, settings)
+    left = {nfc(q) for q in questions[2:]}
+    for root in (distilled.path.parent, rated.path.parent):
+        version = root / (root / "latest").read_text().strip()
+        rows = lines(version / "train.jsonl")
+        assert {row["messages"][-2]["content"] for row in rows} == left
