@@ -706,6 +706,14 @@ def _jobs(args: argparse.Namespace) -> int:
     from retrain.feedback_log import connect
     from retrain.jobs import FINAL, JobStore
 
+    if args.command == "run" and (
+        args.distill != bool(args.teacher) or (args.student and not args.distill)
+    ):
+        print(
+            "retrain run: --distill and --teacher MODEL go together (and --student with them)",
+            file=sys.stderr,
+        )
+        return 2
     settings = load_config(args.config)
     client, ks = connect(settings), keyspace(settings)  # built once for the whole command
     store = JobStore(client, ks)
@@ -715,12 +723,6 @@ def _jobs(args: argparse.Namespace) -> int:
         from retrain.config import LocalTraining
         from retrain.cycle import Distillation, run
 
-        if args.distill != bool(args.teacher) or (args.student and not args.distill):
-            print(
-                "retrain run: --distill and --teacher MODEL go together (and --student with them)",
-                file=sys.stderr,
-            )
-            return 2
         if args.student:
             local = settings.retrain.local.model_copy(update={"base_model": args.student})
             retrain = settings.retrain.model_copy(update={"local": local})
