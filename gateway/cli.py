@@ -381,6 +381,8 @@ def print_report(doc: dict[str, Any]) -> None:
             same_language(a.get("language")),
         )
     console.print(arms)
+    for saving in doc.get("savings") or []:
+        console.print(f"Cost: {saving['text']}")
     from gateway.control.report import LANGUAGE_SAMPLE
 
     console.print(

@@ -184,6 +184,20 @@ def _parser() -> argparse.ArgumentParser:
         help="datasets root (default: retrain.dataset_dir)",
     )
     build.add_argument("--dry-run", action="store_true", help="report only: write nothing")
+    build.add_argument(
+        "--workload",
+        type=name_arg,
+        default=None,
+        help="only the requests that named this workload (metadata.workload)",
+    )
+    build.add_argument(
+        "--distill",
+        action="store_true",
+        help="examples from the teacher's answers (rated well, or unrated), not from failures",
+    )
+    build.add_argument(
+        "--teacher", type=name_arg, default=None, metavar="MODEL", help="--distill: whose answers"
+    )
     build.add_argument("--config", default=None, help="gateway config (default: $FLYWHEEL_CONFIG)")
 
     run = commands.add_parser("run", help="build, train, evaluate and register a canary")
@@ -197,6 +211,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="local: train in N processes, one per GPU (default: retrain.local.processes)",
+    )
+    run.add_argument(
+        "--distill",
+        action="store_true",
+        help="train a student on the teacher's answers; canary it against the teacher",
+    )
+    run.add_argument(
+        "--teacher", type=name_arg, default=None, metavar="MODEL", help="--distill: whose answers"
+    )
+    run.add_argument(
+        "--student",
+        default=None,
+        metavar="BASE",
+        help="--distill: the local base model trained (default: retrain.local.base_model)",
+    )
+    run.add_argument(
+        "--workload", type=name_arg, default=None, help="only the requests of this workload"
     )
     run.add_argument("--config", default=None)
     ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
@@ -513,6 +544,8 @@ def _build(args: argparse.Namespace) -> int:
     from retrain.feedback_log import connect, parse_since
 
     since = parse_since(args.since) if args.since else None
+    if args.distill != bool(args.teacher):
+        raise UsageError("--distill and --teacher MODEL go together")
     settings = load_config(args.config)
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bars:
@@ -529,6 +562,8 @@ def _build(args: argparse.Namespace) -> int:
             out=args.out,
             since=since,
             progress=progress,
+            workload=args.workload,
+            teacher=args.teacher,
         )
         result = builder.run(dry_run=args.dry_run)
     if result.manifest:
@@ -659,6 +694,10 @@ def _jobs(args: argparse.Namespace) -> int:
     from retrain.feedback_log import connect
     from retrain.jobs import FINAL, JobStore
 
+    if args.command == "run" and (
+        args.distill != bool(args.teacher) or (args.student and not args.distill)
+    ):
+        raise UsageError("--distill and --teacher MODEL go together (and --student with them)")
     settings = load_config(args.config)
     client, ks = connect(settings), keyspace(settings)  # built once for the whole command
     store = JobStore(client, ks)
@@ -666,8 +705,12 @@ def _jobs(args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
         from retrain.config import LocalTraining
-        from retrain.cycle import run
+        from retrain.cycle import Distillation, run
 
+        if args.student:
+            local = settings.retrain.local.model_copy(update={"base_model": args.student})
+            retrain = settings.retrain.model_copy(update={"local": local})
+            settings = settings.model_copy(update={"retrain": retrain})
         if args.processes is not None:
             try:
                 local = LocalTraining.model_validate(
@@ -686,6 +729,8 @@ def _jobs(args: argparse.Namespace) -> int:
             args.experiment,
             provider=args.provider,
             log=lambda line: print(f"retrain run: {line}", flush=True),
+            distill=Distillation(args.teacher) if args.teacher else None,
+            workload=args.workload,
         )
         stream = sys.stdout if result.exit_code == 0 else sys.stderr
         print(f"retrain run: {result.message}", file=stream)
@@ -965,6 +1010,11 @@ def print_summary(manifest: dict[str, Any]) -> None:
             )
     console = Console()
     console.print(table)
+    if manifest.get("distill"):
+        d = manifest["distill"]
+        console.print(f"distilled from {d['teacher']}: {d['answers']} answers read")
+    if manifest.get("workload"):
+        console.print(f"workload: {manifest['workload']}")
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(manifest["dropped"].items())) or "none"
     console.print(
         f"new examples: {manifest['new_examples']}; dropped: {dropped}; "

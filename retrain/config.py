@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from gateway.core.config import RetrainSection, Settings, load_or_exit
+from gateway.core.config import Price, RetrainSection, Settings, load_or_exit
 
 
 class _Strict(BaseModel):
@@ -42,6 +42,11 @@ class LocalTraining(_Strict):
         "upstream (vLLM lists the path it serves as the model's root in /v1/models)",
     )
     upstream: str = Field("local", description="the gateway upstream (vLLM) that serves it")
+    price: Price | None = Field(
+        None,
+        description="what a trained candidate costs to serve (for example gpu_hour and "
+        "tokens_per_s), registered with it; unset: it inherits its base model's",
+    )
     adapter_dir: Path = Field(
         Path("./data/adapters"), description="trained adapters (and their checkpoints)"
     )
@@ -201,6 +206,24 @@ class Eval(_Strict):
     concurrency: int = Field(4, ge=1, le=64, description="requests to the gateway at a time")
 
 
+class Distill(_Strict):
+    """``retrain.distill``: which of a teacher's answers a distillation dataset keeps
+    (``retrain build --distill --teacher MODEL``)."""
+
+    unrated: bool = Field(
+        True,
+        description="keep the teacher's unrated answers (well-rated ones are always kept, "
+        "rated-down ones never, corrected ones as the correction)",
+    )
+    margin: float = Field(
+        -0.05,
+        description="retrain run --distill: the lower bound of the confidence interval of "
+        "the student's score gain over the teacher (both against the teacher's held-out "
+        "answers) must reach this; negative: how much worse than the teacher may be "
+        "accepted (a not-worse test)",
+    )
+
+
 class RetrainConfig(RetrainSection):
     """The ``retrain`` section: the dataset builder (``retrain build``, which ratings become
     which examples), training, the evaluation gate and the canary. ``dataset_dir`` comes
@@ -260,6 +283,7 @@ class RetrainConfig(RetrainSection):
     openai: OpenAITraining = OpenAITraining()
     eval: Eval = Field(Eval(), description="the evaluation gate")
     canary_share: float = Field(0.05, gt=0, lt=1, description="a new candidate's first share")
+    distill: Distill = Field(Distill(), description="distillation datasets")
 
     @model_validator(mode="before")
     @classmethod

@@ -61,6 +61,15 @@ BELOW_MINIMUM, BUSY, OVER_COST_CAP = (
 )
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """A distillation run: the examples are ``teacher``'s answers (``retrain build
+    --distill``), the trained model is gated against the teacher with
+    ``retrain.distill.margin`` (a not-worse test) and canaried beside it."""
+
+    teacher: str
+
+
 @dataclass
 class RunResult:
     exit_code: int
@@ -185,6 +194,8 @@ def run(
     *,
     provider: str | None = None,
     log: Callable[[str], None] = print,
+    distill: Distillation | None = None,
+    workload: str | None = None,
 ) -> RunResult:
     provider = provider or settings.retrain.provider
     lock = Lock(client, ks.run_lock(experiment))
@@ -201,7 +212,9 @@ def run(
             )
         record_run(client, ks, experiment, started=time.time())
         try:
-            result = _run(client, ks, settings, experiment, provider, base_model, log)
+            result = _run(
+                client, ks, settings, experiment, provider, base_model, log, distill, workload
+            )
         except Exception:
             record_run(
                 client, ks, experiment, finished=time.time(), outcome="failed", exit_code=FAILED
@@ -257,9 +270,12 @@ def _to_train(
     settings: RetrainSettings,
     experiment: str,
     log: Callable[[str], None],
+    distill: Distillation | None = None,
+    workload: str | None = None,
 ) -> RunResult | Trainable:
     """The dataset version this run trains, or why there is none."""
-    built = Builder(client, ks, settings, experiment).run()
+    teacher = distill.teacher if distill else None
+    built = Builder(client, ks, settings, experiment, teacher=teacher, workload=workload).run()
     if built.status in ("below-minimum", "busy", "over-cost-cap") or built.exit_code != OK:
         log(f"skip: {built.message}")
         return RunResult(built.exit_code, f"skipped: {built.message}")
@@ -296,8 +312,18 @@ def _run(
     provider: str,
     base_model: str | None,
     log: Callable[[str], None],
+    distill: Distillation | None = None,
+    workload: str | None = None,
 ) -> RunResult:
     cfg = settings.retrain
+    if distill is not None:
+        arms = [a["model"] for a in Gateway(settings).experiment(experiment)["spec"]["arms"]]
+        if distill.teacher not in arms:
+            return RunResult(
+                USAGE,
+                f"the teacher '{distill.teacher}' is no arm of '{experiment}' "
+                f"(its arms: {', '.join(arms)}): the student is canaried beside its teacher",
+            )
     store, gateway = JobStore(client, ks), Gateway(settings)
     adopted: list[dict[str, Any]] = []
     for job_id in recover(store, gateway, experiment, settings, adopt=adopted):
@@ -314,7 +340,7 @@ def _run(
             f"{job['provider_job']} had succeeded ({job['result_model']}); not trained again"
         )
     else:
-        version = _to_train(client, ks, settings, experiment, log)
+        version = _to_train(client, ks, settings, experiment, log, distill, workload)
         if isinstance(version, RunResult):
             return version
         dataset_id, parent = version.id, version.manifest["parent"]
@@ -349,6 +375,10 @@ def _run(
             "dataset_parent": parent,
             "experiment": experiment,
         }
+        if distill is not None:
+            body["lineage"]["teacher"] = distill.teacher
+        if workload:
+            body["lineage"]["workload"] = workload
         store.update(job["id"], status="staging", model_name=name)  # before: so it is undone
         gateway.register(body)
         store.update(job["id"], status="evaluating")
@@ -356,7 +386,10 @@ def _run(
 
         state = gateway.experiment(experiment)
         spec = state["spec"]
-        control = spec.get("control") or spec["arms"][0]["model"]
+        control = distill.teacher if distill else spec.get("control") or spec["arms"][0]["model"]
+        gate = cfg.eval
+        if distill is not None:  # as good as the teacher: a not-worse test
+            gate = gate.model_copy(update={"margin": cfg.distill.margin})
         trained = (
             tokens.for_base_model(settings, base_model)
             if provider == "local"
@@ -365,7 +398,7 @@ def _run(
         counter = tokens.for_models(settings, gateway.model, [control, name], {name: trained})
         log(f"{job['id']}: answer budgets counted by {counter.name}")
         result = evaluate.gate_dataset(
-            dataset_path, gateway.ask, control, name, cfg.eval, tokens=counter
+            dataset_path, gateway.ask, control, name, gate, tokens=counter
         )
         log(f"{job['id']}: evaluation: {result['reason']}")
         if not result["passed"]:
@@ -510,12 +543,15 @@ def _train(
             store.update(job["id"], status="cancelled")
             drop_adapter(settings, job)
             return None
-        return {
+        body: dict[str, Any] = {
             "name": name,
             "upstream": cfg.local.upstream,
             "model": name,
             "adapter_path": str(out),
         }
+        if cfg.local.price is not None:
+            body["price"] = cfg.local.price.model_dump(exclude_none=True)
+        return body
 
     from .openai_ft import OpenAIProvider
 

@@ -49,7 +49,7 @@ import redis
 
 from gateway.core import keys, paths
 from gateway.core.locks import Lock
-from gateway.core.records import InteractionRecord, text_of
+from gateway.core.records import FeedbackEvent, InteractionRecord, text_of
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url, find_interactions, open_archive
 
@@ -58,7 +58,7 @@ from .config import RetrainConfig, RetrainSettings, TrainingPrice
 from .curate import DPO, MESSAGE_KEYS, SFT, Curator, Example, TokenCounter
 from .exit_codes import ExitCode
 from .faults import crash_point
-from .feedback_log import FeedbackConsumer, RatingEvent, load
+from .feedback_log import FeedbackConsumer, RatingEvent, load, ratings_of
 from .versions import Version, dataset_id, experiment_tenant, latest_version, tally, write_version
 
 OK, ERROR, USAGE = ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE
@@ -389,6 +389,58 @@ def _teacher(settings: RetrainSettings) -> Callable[[list[dict[str, Any]]], str 
     return ask
 
 
+def dataset_root(
+    base: Path, experiment: str, *, workload: str | None = None, teacher: str | None = None
+) -> Path:
+    """Where an experiment's dataset versions live: ``DIR/<experiment>/``; a distillation
+    dataset under ``distill/<teacher>/``, one workload's under ``workload/<name>/``."""
+    parts = [experiment]
+    if teacher:
+        parts += ["distill", teacher]
+    if workload:
+        parts += ["workload", workload]
+    return paths.under(base, *parts, param="experiment")
+
+
+def distill_examples(
+    answers: list[tuple[InteractionRecord, list[FeedbackEvent]]],
+    cfg: RetrainConfig,
+    failure_threshold: float,
+) -> Gathered:
+    """The teacher's answers (each with its current ratings) → examples.
+
+    A correction wins over the teacher's answer (a correction example, and the pair
+    correction over answer); an answer rated below ``failure_threshold`` is left out;
+    a well-rated one is kept as answered (its tool calls too), and so is an unrated one
+    unless ``distill.unrated`` is off; one rated in between counts as neutral."""
+    out = Gathered()
+    for ix, rated in answers:
+        rid, messages, tools = ix["id"], ix["messages"], ix.get("tools")
+        meta: dict[str, Any] = {
+            "group": _group(ix),
+            "tags": sorted({t for r in rated for t in r.get("tags") or []}),
+            "events": [],
+            "response_id": rid,
+        }
+        fixes = [fix for r in rated if (fix := r.get("correction"))]
+        if fixes:
+            fix = fixes[-1]
+            out.examples.append(Example(SFT, _sft(messages, fix, tools), "correction", **meta))
+            if ix.get("answer"):
+                pair = _pair(messages, fix, ix["answer"], tools)
+                out.examples.append(Example(DPO, pair, "pair", **meta))
+            continue
+        if any(r["score"] < failure_threshold for r in rated):
+            out.dropped["rated_down"] += 1
+        elif rated and max(r["score"] for r in rated) < cfg.good_threshold:
+            out.neutral += 1
+        elif rated or cfg.distill.unrated:
+            out.examples.append(Example(SFT, _sft(messages, _served(ix), tools), "teacher", **meta))
+        else:
+            out.dropped["unrated"] += 1
+    return out
+
+
 class Builder:
     def __init__(
         self,
@@ -400,6 +452,8 @@ class Builder:
         out: Path | None = None,
         since: datetime | None = None,
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
+        workload: str | None = None,
+        teacher: str | None = None,
     ) -> None:
         self.client = client
         self.ks = ks
@@ -407,8 +461,12 @@ class Builder:
         self.cfg = settings.retrain
         self.experiment = experiment
         self.base = out or self.cfg.dataset_dir
-        self.root = paths.under(self.base, experiment, param="experiment")
+        self.workload = workload
+        self.teacher = teacher  # distillation: the teacher's answers are the examples
+        self._missed_key = self.ks.build_missed(experiment)  # set again per build group
+        self.root = dataset_root(self.base, experiment, workload=workload, teacher=teacher)
         self.since = since
+        self.distilled: dict[str, Any] | None = None  # a distillation build's manifest entry
         self.progress = progress or (lambda _stage, _total: lambda _n: None)
 
     def run(self, *, dry_run: bool = False) -> BuildResult:
@@ -445,7 +503,7 @@ class Builder:
         """The experiment's events that the stream no longer holds for its group (trimmed
         past it once archived), from the archive, in stream order. Where it read from is
         kept until a build acknowledges them, so a crash in between loses none."""
-        key = self.ks.build_missed(self.experiment)
+        key = self._missed_key
         stored = self.client.get(key)
         start = consumer.trimmed_from()
         if stored is not None:
@@ -468,22 +526,49 @@ class Builder:
 
     def _run(self, dry_run: bool) -> BuildResult:
         # 1. collect
-        consumer = FeedbackConsumer(
-            self.client,
-            self.ks,
-            group=keys.retrain_group(self.experiment),
-            consumer=f"build-{os.getpid()}",
-            claim_idle_ms=0,
-        )
-        missed = self._missed(consumer)  # before reading: reading moves the group on
-        events = consumer.read_all()
-        fresh = {e.stream_id for e in events}
-        missed = [e for e in missed if e.stream_id not in fresh]
-        events = sorted(missed + events, key=lambda e: keys.stream_id_order(e.stream_id))
         parent = latest_version(self.root)
+        tenant = experiment_tenant(self.client, self.ks, self.settings, self.experiment)
+        consumer = None
+        events: list[RatingEvent] = []
+        mine: list[RatingEvent] = []
+        if self.teacher:  # no consumer group: a distillation build reads the interactions
+            gathered = self._distill(parent, tenant)
+        else:
+            group = keys.retrain_group(self.experiment)
+            if self.workload:  # a workload's dataset reads every rating on its own
+                group += f"@{self.workload}"
+            consumer = FeedbackConsumer(
+                self.client,
+                self.ks,
+                group=group,
+                consumer=f"build-{os.getpid()}",
+                claim_idle_ms=0,
+            )
+            self._missed_key = self.ks.build_missed(group.removeprefix("retrain."))
+            missed = self._missed(consumer)  # before reading: reading moves the group on
+            events = consumer.read_all()
+            fresh = {e.stream_id for e in events}
+            missed = [e for e in missed if e.stream_id not in fresh]
+            events = sorted(missed + events, key=lambda e: keys.stream_id_order(e.stream_id))
+            mine, gathered = self._rated(events, parent, tenant)
+        crash_point("after-collect")
+        raw_queue = self.client.hgetall(self.ks.review(self.experiment))
+        queued = {keys.text(k): orjson.loads(v) for k, v in raw_queue.items()}
+        reviewed, review_used = reviewed_examples(queued)
+        if self.workload or self.teacher:
+            reviewed, review_used = [], []  # the experiment's own dataset takes them
+        new = gathered.examples + reviewed
+        return self._curate_and_write(
+            dry_run, consumer, events, mine, parent, gathered, new, review_used
+        )
+
+    def _rated(
+        self, events: list[RatingEvent], parent: Version | None, tenant: str | None
+    ) -> tuple[list[RatingEvent], Gathered]:
+        """Steps 1 and 2 of a ratings build: this experiment's new rating events (of the
+        workload, when the build has one) and the examples made of them."""
         done_before = set(parent.manifest["feedback_events"]) if parent else set()
         since_ms = int(self.since.timestamp() * 1000) if self.since else 0
-        tenant = experiment_tenant(self.client, self.ks, self.settings, self.experiment)
         mine = [
             e
             for e in events
@@ -493,22 +578,79 @@ class Builder:
             and (tenant is None or e.record.get("tenant") == tenant)
         ]
         interactions = self._interactions(sorted({e.record["response_id"] for e in mine}))
-        crash_point("after-collect")
+        if self.workload:
+            mine = [e for e in mine if self._of_workload(interactions.get(e.record["response_id"]))]
 
         # 2. examples
-        gathered = examples_from(
+        return mine, examples_from(
             mine,
             interactions,
             self.cfg,
             self.settings.feedback.failure_threshold,
             _teacher(self.settings),
         )
-        del interactions  # the examples hold what they need: the rest may go before curation
-        raw_queue = self.client.hgetall(self.ks.review(self.experiment))
-        queued = {keys.text(k): orjson.loads(v) for k, v in raw_queue.items()}
-        reviewed, review_used = reviewed_examples(queued)
-        new = gathered.examples + reviewed
 
+    def _of_workload(self, rec: InteractionRecord | None) -> bool:
+        return rec is not None and rec.get("workload") == self.workload
+
+    def _distill(self, parent: Version | None, tenant: str | None) -> Gathered:
+        """Steps 1 and 2 of a distillation build: the teacher's answers logged since the
+        parent version's (the interaction stream, ``interaction_log.hot_s`` of it), of
+        the workload when the build has one, with their ratings → examples; and the
+        stream id read up to (in the manifest)."""
+        start = (parent.manifest.get("distill") or {}).get("until") if parent else None
+        start = keys.stream_id_after(start) if start else "-"
+        if self.since is not None:
+            since = f"{int(self.since.timestamp() * 1000)}-0"
+            start = since if start == "-" else max(start, since, key=keys.stream_id_order)
+        ids: list[str] = []
+        until = None
+        while True:
+            entries: Any = self.client.xrange(self.ks.interaction_stream, min=start, count=1000)
+            for sid, fields in entries:
+                until = keys.text(sid)
+                if keys.text(fields.get(b"arm", b"")) == self.teacher:
+                    ids.append(keys.text(fields[b"id"]))
+            if len(entries) < 1000:
+                break
+            start = keys.stream_id_after(keys.text(entries[-1][0]))
+        wrong: Counter[str] = Counter()
+        found = self._interactions(ids)
+        kept = [
+            rec
+            for rec in found.values()
+            if rec is not None
+            and rec.get("status") == "ok"
+            and not rec.get("shadow_of")
+            and (rec.get("answer") or rec.get("tool_calls"))
+            and (self.workload is None or rec.get("workload") == self.workload)
+            and (tenant is None or rec.get("tenant") == tenant)
+        ]
+        wrong["interaction_missing"] = sum(1 for rec in found.values() if rec is None)
+        rated = ratings_of(self.client, self.ks, [rec["id"] for rec in kept])
+        answers = [(rec, r) for rec, r in zip(kept, rated, strict=True)]
+        gathered = distill_examples(answers, self.cfg, self.settings.feedback.failure_threshold)
+        gathered.dropped.update(+wrong)
+        before = (parent.manifest.get("distill") or {}).get("until") if parent else None
+        self.distilled = {
+            "teacher": self.teacher,
+            "workload": self.workload,
+            "until": until or before,
+            "answers": len(kept),
+        }
+        return gathered
+
+    def _curate_and_write(
+        self,
+        dry_run: bool,
+        consumer: FeedbackConsumer | None,
+        events: list[RatingEvent],
+        mine: list[RatingEvent],
+        parent: Version | None,
+        gathered: Gathered,
+        new: list[Example],
+        review_used: list[str],
+    ) -> BuildResult:
         # 3. curate
         counter = TokenCounter(tokens.for_training(self.settings))
         curator = Curator(
@@ -572,8 +714,9 @@ class Builder:
         if dry_run:
             return BuildResult("dry-run", OK, "dry run: nothing written", manifest)
         if not new and parent is not None and vid == parent.id:
-            consumer.ack(events)
-            self.client.delete(self.ks.build_missed(self.experiment))
+            if consumer is not None:
+                consumer.ack(events)
+                self.client.delete(self._missed_key)
             self._forget_reviewed(review_used)
             return BuildResult(
                 "nothing-new", OK, f"nothing new: {vid} stays the latest", manifest, parent.path
@@ -581,8 +724,9 @@ class Builder:
         path = write_version(self.root, vid, examples, manifest)
         crash_point("after-write")
         self._forget_reviewed(review_used)
-        consumer.ack(events)
-        self.client.delete(self.ks.build_missed(self.experiment))
+        if consumer is not None:
+            consumer.ack(events)
+            self.client.delete(self._missed_key)
         return BuildResult("written", OK, f"wrote {vid}", manifest, path)
 
     def _queue_for_review(self, items: dict[str, dict[str, Any]]) -> None:
@@ -643,6 +787,8 @@ class Builder:
             "cost_estimates": costs,
             "feedback_events": sorted({e.stream_id for e in events}, key=keys.stream_id_order),
             "events_read": events_read,
+            "workload": self.workload,
+            "distill": self.distilled,
             "rules": {
                 "failure_threshold": self.settings.feedback.failure_threshold,
                 "good_threshold": self.cfg.good_threshold,

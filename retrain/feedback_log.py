@@ -166,6 +166,19 @@ def ratings(client: redis.Redis, ks: keys.Keyspace, response_id: str) -> list[Fe
     return _ratings(client.hgetall(ks.feedback(response_id)))
 
 
+def ratings_of(
+    client: redis.Redis, ks: keys.Keyspace, response_ids: list[str]
+) -> list[list[FeedbackEvent]]:
+    """The current ratings of many responses (one list per response, oldest first)."""
+    out: list[list[FeedbackEvent]] = []
+    for start in range(0, len(response_ids), 1000):
+        pipe = client.pipeline(transaction=False)
+        for rid in response_ids[start : start + 1000]:
+            pipe.hgetall(ks.feedback(rid))
+        out += [_ratings(stored) for stored in pipe.execute()]
+    return out
+
+
 def _ratings(stored: dict[Any, Any]) -> list[FeedbackEvent]:
     rows = [decode_feedback(v) for v in stored.values()]
     return sorted(rows, key=lambda r: (r["created"], r["rater"]))

@@ -196,9 +196,12 @@ def forget_datasets(
     (default: ``retrain.dataset_dir``), each under its build lock (``locked``: those the
     caller holds). Raises :class:`Busy` when a build holds one."""
     base = root or settings.retrain.dataset_dir
-    names = experiments if experiments is not None else _experiments(base)
+    roots = _experiments(base)
+    if experiments is not None:  # each one's own root, and its workload and distillation roots
+        roots = sorted(set(experiments) | {r for r in roots if r.split("/", 1)[0] in experiments})
     total = {"examples": 0, "versions_removed": 0, "successors": 0}
-    for exp in names:
+    for name in roots:
+        exp, *below = name.split("/")
         by_group = removal.tenant is None or (
             experiment_tenant(client, ks, settings, exp) == removal.tenant
         )
@@ -206,7 +209,7 @@ def forget_datasets(
         if lock is not None and (holder := lock.acquire()) is not None:
             raise Busy(f"a build of '{exp}' is running ({holder}); run it again to finish")
         try:
-            root_of = paths.under(base, exp, param="experiment")
+            root_of = paths.under(base, exp, *below, param="experiment")
             for k, n in forget_in_experiment(root_of, removal, by_group).items():
                 total[k] += n
         finally:
@@ -216,18 +219,28 @@ def forget_datasets(
 
 
 def _experiments(base: Path) -> list[str]:
-    """Experiment roots under the datasets directory (one directory each: names hold no
-    ``/``; an older nested root is skipped)."""
+    """Dataset roots under the datasets directory, relative to it: an experiment's
+    (``<experiment>``: names hold no ``/``), and its workload and distillation roots
+    (``<experiment>/workload/<W>``, ``<experiment>/distill/<teacher>[/workload/<W>]``,
+    :func:`retrain.dataset.dataset_root`); any other nested root (an older one) is
+    skipped."""
     if not base.is_dir():
         return []
     found = set()
     for manifest in base.rglob("manifest.json"):
         version = manifest.parent
         if not version.name.startswith("."):
-            name = str(version.parent.relative_to(base))
-            if paths.safe_part(name):
-                found.add(name)
+            parts = version.parent.relative_to(base).parts
+            if all(paths.safe_part(p) for p in parts) and _a_root(parts):
+                found.add("/".join(parts))
     return sorted(found)
+
+
+def _a_root(parts: tuple[str, ...]) -> bool:
+    rest = parts[1:]
+    if rest[:1] == ("distill",) and len(rest) >= 2:
+        rest = rest[2:]
+    return len(parts) >= 1 and (rest == () or (rest[:1] == ("workload",) and len(rest) == 2))
 
 
 def forget_user(

@@ -162,6 +162,20 @@ def test_records_stored_as_plain_json_by_earlier_versions_still_read() -> None:
     rec = records.unpack(orjson.dumps(legacy))
     assert rec is not None and rec["v"] == records.SCHEMA_VERSION
     assert rec["tools"] == TOOLS and rec["choices"] is None and rec["shadow_of"] is None
+    assert rec["workload"] is None
+
+    # Version 2 (before workloads), as plain JSON and packed: read with no workload.
+    v2 = records.unpack(orjson.dumps({**legacy, "v": 2, "tools": TOOLS, "choices": None}))
+    assert v2 is not None and v2["v"] == records.SCHEMA_VERSION and v2["workload"] is None
+    current = records.interaction({**legacy, "workload": "refunds"})
+    values = [current.get(name) for name in records.INTERACTION_FIELDS]
+    values[0] = 2
+    packed_v2 = b"\x00" + zlib.compress(orjson.dumps(values[:-1]))  # as version 2 packed it
+    rec = records.unpack(packed_v2, "r1")
+    assert rec is not None and rec["v"] == records.SCHEMA_VERSION
+    assert rec["workload"] is None and rec["answer"] == "hello" and rec["id"] == "r1"
+    again = records.unpack(records.pack(current).record, "r1")
+    assert again is not None and again["workload"] == "refunds"
 
 
 def _event(i: int, rid: str, score: float, correction: str | None = None) -> RatingEvent:

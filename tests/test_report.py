@@ -213,3 +213,31 @@ def test_a_ramps_earlier_versions_are_strata_of_the_comparison_and_shown(
     assert alone["comparisons"][0]["strata"] == 1 and not alone["comparisons"][0]["ready"]
     print_report(rep)
     assert f"(ramp {cmp['ramp_p_value']:.3g}, 2 stages)" in capsys.readouterr().out
+
+
+def test_the_report_says_what_promoting_a_cheaper_local_student_would_save(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    models = {
+        "base": ModelVersion(  # a hosted teacher, priced per token
+            upstream="u", model="b", price=Price(prompt_per_1m=2.5, completion_per_1m=10.0)
+        ),
+        "tuned": ModelVersion(  # a local student: its GPU's hour over the tokens it serves
+            upstream="u", model="t", price=Price(gpu_hour=3.6, tokens_per_s=1000)
+        ),
+    }
+    rep = build("exp", STATE, {"base": arm(users=40, up=30), "tuned": arm(users=40, up=29)}, models)
+    base, tuned = rep["arms"]
+    # 20 prompt + 50 completion tokens a request: 20 × 2.5 + 50 × 10 per 1M = 0.55 per 1k
+    assert base["cost_per_1k_requests"] == 0.55
+    # 50 completion tokens at 1000/s take 0.05 s of a GPU at 0.001 a second: 0.05 per 1k
+    assert tuned["cost_per_1k_requests"] == 0.05
+    assert tuned["ratings"]["ci95"][0] is not None  # quality with its interval, beside it
+    (saving,) = rep["savings"]
+    assert saving["per_1k_requests"] == 0.5 and saving["requests"] == 1000
+    assert saving["over_requests"] == 0.5
+    print_report(rep)
+    out = capsys.readouterr().out
+    assert "promoting tuned instead of base would save 0.5 per 1k requests" in out
+    with pytest.raises(ValueError, match="gpu_hour and tokens_per_s go together"):
+        Price(gpu_hour=2.0)

@@ -121,9 +121,38 @@ def cost_per_request(req: dict[str, float], price: Price | None) -> float | None
         return None
     spent = (
         req.get("prompt_tokens", 0) * price.prompt_per_1m
-        + req.get("completion_tokens", 0) * price.completion_per_1m
+        + req.get("completion_tokens", 0) * price.completion_cost_per_1m
     ) / 1e6
     return spent / requests
+
+
+def savings(arms: list[dict[str, Any]], control: str) -> list[dict[str, Any]]:
+    """What promoting each candidate would save against the control, per 1k requests and
+    over this version's traffic (every arm's requests), where both have a cost."""
+    ctl = next((a for a in arms if a["model"] == control), None)
+    if ctl is None or ctl["cost_per_1k_requests"] is None:
+        return []
+    traffic = sum(a["requests"] for a in arms)
+    out = []
+    for a in arms:
+        if a["model"] == control or a["cost_per_1k_requests"] is None:
+            continue
+        per_1k = ctl["cost_per_1k_requests"] - a["cost_per_1k_requests"]
+        total = per_1k * traffic / 1000
+        verb = "save" if per_1k >= 0 else "cost"
+        out.append(
+            {
+                "candidate": a["model"],
+                "control": control,
+                "per_1k_requests": _round(per_1k, 6),
+                "requests": traffic,
+                "over_requests": _round(total, 6),
+                "text": f"promoting {a['model']} instead of {control} would {verb} "
+                f"{abs(per_1k):.4g} per 1k requests: {abs(total):.4g} over the {traffic} "
+                "requests of this version",
+            }
+        )
+    return out
 
 
 def _sample(users: dict[str, float]) -> stats.Sample:
@@ -234,7 +263,8 @@ def build(
         "ramp_from": int(state.get("ramp_from") or version),
         "paused": pin is not None,
         "stages": exp.decision.stages,
-        "arms": [arm_summary(a, total_weight, raw[a.model]) for a in arms],
+        "arms": (summaries := [arm_summary(a, total_weight, raw[a.model]) for a in arms]),
+        "savings": savings(summaries, exp.control_arm),
         "srm": srm,
         "comparisons": comparisons,
         "decision": decision,

@@ -158,6 +158,33 @@ class Upstream(_Strict):
 class Price(_Strict):
     prompt_per_1m: float = Field(0.0, ge=0, description="currency units per 1M prompt tokens")
     completion_per_1m: float = Field(0.0, ge=0, description="per 1M completion tokens")
+    gpu_hour: float | None = Field(
+        None,
+        ge=0,
+        description="a local model: what an hour of its GPU costs; with tokens_per_s, the "
+        "report adds the GPU time of each completion token to its cost (budgets count the "
+        "per-1M prices only)",
+    )
+    tokens_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="a local model: completion tokens per second its GPU serves, as "
+        "measured (bench/), for gpu_hour",
+    )
+
+    @model_validator(mode="after")
+    def _gpu_pair(self) -> Price:
+        if (self.gpu_hour is None) != (self.tokens_per_s is None):
+            raise ValueError("gpu_hour and tokens_per_s go together")
+        return self
+
+    @property
+    def completion_cost_per_1m(self) -> float:
+        """Per 1M completion tokens, with the GPU time they take (``gpu_hour``)."""
+        gpu = 0.0
+        if self.gpu_hour is not None and self.tokens_per_s:
+            gpu = self.gpu_hour / 3600 / self.tokens_per_s * 1e6
+        return self.completion_per_1m + gpu
 
 
 class ModelVersion(_Strict):

@@ -36,9 +36,10 @@ from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_typ
 
 import orjson
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version 2: ``v``, ``tools``, ``choices`` (every choice past the first when ``n > 1``),
-``shadow_of`` and ``judge_score`` always present; ``user`` also from ``x-flywheel-user``."""
+``shadow_of`` and ``judge_score`` always present; ``user`` also from ``x-flywheel-user``.
+Version 3: ``workload`` (the request's ``metadata.workload`` or ``x-flywheel-workload``)."""
 
 Status = Literal["ok", "error", "cancelled"]
 
@@ -84,6 +85,7 @@ class InteractionRecord(TypedDict):
     error: str | None
     shadow_of: str | None  # a shadow answer: the id of the served response it copies
     judge_score: float | None  # a shadow answer: the judge's verdict in [0, 1]
+    workload: str | None  # what the request is for (metadata.workload, x-flywheel-workload)
 
 
 class FeedbackEvent(TypedDict):
@@ -189,16 +191,20 @@ _INTERACTION_DEFAULTS: dict[str, Any] = {
     "usage": None,
     "tool_calls": None,
     "finish_reason": None,
+    "workload": None,
 }
 
 
 def interaction(doc: dict[str, Any]) -> InteractionRecord:
     """Any stored interaction document, brought up to the current schema version."""
-    if doc.get("v", 1) < 2:
+    version = doc.get("v", 1)
+    if version < 2:
         params = doc.get("params") or {}
         doc = {**_INTERACTION_DEFAULTS, **doc, "v": SCHEMA_VERSION}
         if doc["tools"] is None and isinstance(params.get("tools"), list):
             doc["tools"] = params["tools"]
+    elif version < SCHEMA_VERSION:
+        doc = {"workload": None, **doc, "v": SCHEMA_VERSION}
     return typing.cast(InteractionRecord, doc)
 
 
@@ -383,11 +389,20 @@ def unpack_values(raw: bytes | str | None, response_id: str | None = None) -> li
     return _packed_values(raw, response_id)
 
 
+_PACKED_FIELDS = {2: INTERACTION_FIELDS.index("workload"), SCHEMA_VERSION: len(INTERACTION_FIELDS)}
+"""How many values a record packed by each version holds: a later version's fields are
+appended, so an earlier record reads with them at their defaults (``None``)."""
+
+
 def _packed_values(raw: bytes, response_id: str | None) -> list[Any]:
     values: list[Any] = orjson.loads(zlib.decompress(raw[1:]))
     version = values[0]
-    if version != SCHEMA_VERSION:  # pragma: no cover - no older packed version exists yet
+    held = _PACKED_FIELDS.get(version)
+    if held is None or len(values) != held:
         raise ValueError(f"unknown packed interaction version {version}")
+    if held < len(INTERACTION_FIELDS):
+        values += [None] * (len(INTERACTION_FIELDS) - held)
+        values[0] = SCHEMA_VERSION
     if values[_ID] is None:
         values[_ID] = response_id
     return values

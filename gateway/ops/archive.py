@@ -521,10 +521,12 @@ def find_interactions(
         if not archive.local:
             db.register_filesystem(archive.fs)
         db.register("wanted", pa.table({"id": sorted(set(ids))}))
-        select = ", ".join(f'"{n}"' for n in names if n != "stream_id")
+        source = "read_parquet($files, union_by_name = true, hive_partitioning = false)"
+        # Files written before a field existed lack its column: it reads as its default.
+        present = set(db.sql(f"SELECT * FROM {source} LIMIT 0", params={"files": files}).columns)
+        select = ", ".join(f'"{n}"' for n in names if n != "stream_id" and n in present)
         found = db.sql(
-            f"SELECT {select} FROM read_parquet($files, hive_partitioning = false) "
-            "WHERE id IN (SELECT id FROM wanted)",
+            f"SELECT {select} FROM {source} WHERE id IN (SELECT id FROM wanted)",
             params={"files": files},
         )
         out: dict[str, InteractionRecord] = {}

@@ -49,7 +49,7 @@ from gateway.serving.limits import RateLimiter
 from gateway.serving.metrics import Metrics
 from gateway.serving.spend import Hold, Spend, bounded, cost, estimate
 from gateway.serving.upstream import UpstreamClient, retryable
-from gateway.serving.validation import parse_chat_request
+from gateway.serving.validation import WORKLOAD_HEADER, parse_chat_request, workload_of
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class Turn:
     forced: bool = False
     unit: str | None = None  # the hashed user key the arm was assigned to (the decider's unit)
     user: str | None = None  # the x-flywheel-user header (the body's ``user`` comes first)
+    workload: str | None = None  # metadata.workload, else the x-flywheel-workload header
     want_usage: bool = True
     limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*
     hold: Hold | None = None  # what the request holds of its budgets, settled at its end
@@ -227,6 +228,7 @@ class Turn:
             "error": self.error,
             "shadow_of": None,
             "judge_score": None,
+            "workload": self.workload,
         }
 
     def headers(self) -> dict[str, str]:
@@ -297,6 +299,7 @@ class ChatService:
             principal = self.keyring.authenticate(request.headers.get("authorization"))
             body = await read_body(request, self.max_body_bytes)
             doc = parse_chat_request(body)
+            workload = workload_of(doc, request.headers.get(WORKLOAD_HEADER))
             user_key = (
                 doc.get("user") or request.headers.get("x-flywheel-user") or secrets.token_hex(8)
             )
@@ -330,6 +333,7 @@ class ChatService:
             forced=route.forced,
             unit=hashlib.sha256(user_key.encode()).hexdigest()[:16] if route.experiment else None,
             user=request.headers.get("x-flywheel-user"),
+            workload=workload,
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
             limit_headers=limit_headers,
@@ -628,6 +632,7 @@ class ChatService:
             stream=False,
             version=served.version,
             user=served.user,
+            workload=served.workload,
         )
         exp = served.experiment or ""
         try:

@@ -241,5 +241,6 @@ def _finish(
         "error": error,
         "shadow_of": None,
         "judge_score": None,
+        "workload": None,
     }
     chat.log.submit(record)

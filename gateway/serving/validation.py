@@ -14,11 +14,13 @@ enforced. No per-request pydantic model: a request costs a few dict lookups here
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.config import NAME_PATTERN
 from gateway.core.errors import InvalidRequest
 from gateway.serving.bodies import json_object
 
@@ -83,6 +85,10 @@ def _stop(v: Any) -> bool:
     )
 
 
+WORKLOAD_MAX = 64
+WORKLOAD_HEADER = "x-flywheel-workload"
+_WORKLOAD = re.compile(NAME_PATTERN)
+
 PARAMS: dict[str, Param] = {
     "stream": Param(
         {"type": ["boolean", "null"]},
@@ -95,6 +101,17 @@ PARAMS: dict[str, Param] = {
         "an object or null",
     ),
     "user": Param({"type": "string"}, lambda v: isinstance(v, str), "a string"),
+    "metadata": Param(
+        {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "string"},
+            "properties": {
+                "workload": {"type": "string", "maxLength": WORKLOAD_MAX, "pattern": NAME_PATTERN}
+            },
+        },
+        lambda v: v is None or isinstance(v, dict),  # its values: workload_of
+        "an object of strings or null",
+    ),
     "max_tokens": _int_param(1),
     "max_completion_tokens": _int_param(1),
     "n": _int_param(1, 128),
@@ -189,6 +206,38 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
                 f"'{name}' must be {param.expect}, not {_show(value)}.", param=name
             )
     return doc
+
+
+def workload_of(doc: dict[str, Any], header: str | None) -> str | None:
+    """The workload a request names: ``metadata.workload`` (it comes first), else the
+    ``x-flywheel-workload`` header; a name like a model's (letters, digits, ``. _ -``,
+    at most 64 characters). It is taken out of the ``metadata`` sent upstream (OpenAI
+    refuses ``metadata`` without ``store``; it is Flywheel's label, not the model's)."""
+    meta = doc.get("metadata")
+    if isinstance(meta, dict):
+        for key, v in meta.items():
+            if key != "workload" and type(v) is not str:
+                raise InvalidRequest(
+                    f"'metadata.{key}' must be a string, not {_show(v)}.", param=f"metadata.{key}"
+                )
+    if isinstance(meta, dict) and "workload" in meta:
+        value, param = meta["workload"], "metadata.workload"
+        rest = {k: v for k, v in meta.items() if k != "workload"}
+        if rest:
+            doc["metadata"] = rest
+        else:
+            del doc["metadata"]
+    elif header is not None:
+        value, param = header, WORKLOAD_HEADER
+    else:
+        return None
+    if not isinstance(value, str) or len(value) > WORKLOAD_MAX or not _WORKLOAD.fullmatch(value):
+        raise InvalidRequest(
+            f"'{param}' must be a name of at most {WORKLOAD_MAX} letters, digits, '.', '_' or '-' "
+            f"(starting with a letter or digit), not {_show(value)}.",
+            param=param,
+        )
+    return value
 
 
 def _show(value: Any) -> str:
