@@ -324,25 +324,24 @@ def test_a_forgotten_user_leaves_the_workload_and_distillation_datasets(
 
 
 def test_archived_interactions_written_before_workloads_still_read(tmp_path: Path) -> None:
+    """A table written before records had a workload (no such column) takes rows that
+    have one, and both read back."""
     archive = open_archive(tmp_path, ArchiveConfig())
-    files = []
-    for n, workload in enumerate(("tickets", None)):  # a file of each version
+    for n, workload in enumerate((None, "tickets")):  # the older version first
         rec = interaction(
             {"id": f"r{n}", "messages": [{"role": "user", "content": "hi"}], "answer": "hello"}
         )
         rec["workload"] = workload
+        rec["created"] = 1767225600 + n * 86400  # 2026-01-01, then 2026-01-02
         columns: dict[str, list[Any]] = {"stream_id": [f"{n + 1}-0"]}
         columns.update({name: [rec.get(name)] for name in INTERACTION_FIELDS})
         table = arrow_table(INTERACTIONS, columns)
         if workload is None:  # as version 2 wrote it: no workload column at all
             table = table.drop_columns(["workload"])
             table = table.set_column(table.column_names.index("v"), "v", [[2]])
-        path = f"{INTERACTIONS}/date=2026-01-0{n + 1}/exp=-/part-{n + 1}-0.parquet"
-        archive.write_parquet(path, table)
-        files.append({"path": path, "kind": INTERACTIONS, "rows": 1, "bytes": 1})
-    archive.write_manifest({"format": 1, "streams": {}, "files": files})
+        archive.append(INTERACTIONS, table)
     found = find_interactions(archive, ["r0", "r1"])
-    assert found["r0"]["workload"] == "tickets"
-    assert found["r1"]["workload"] is None and found["r1"]["answer"] == "hello"
-    only_old = find_interactions(archive, ["r1"], days={"2026-01-02"})
-    assert only_old["r1"]["workload"] is None
+    assert found["r1"]["workload"] == "tickets"
+    assert found["r0"]["workload"] is None and found["r0"]["answer"] == "hello"
+    only_old = find_interactions(archive, ["r0"], days={"2026-01-01"})
+    assert only_old["r0"]["workload"] is None

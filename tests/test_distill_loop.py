@@ -24,8 +24,8 @@ from flywheel_stack import VLLMServer
 from retrain.text_metrics import chrf
 
 from .conftest import ADMIN, CLIENT
-from .services import GatewayProcess, RedisProcess
 from .helpers.flywheel import ask, new_experiment, rated_experiment
+from .services import GatewayProcess, RedisProcess
 
 PRODUCTS = (
     "boots sandals scarves gloves belts wallets umbrellas backpacks sweaters hoodies "

@@ -256,6 +256,7 @@ class Archive:
             writer_properties=_writer_properties(rows.column_names),
             commit_properties=props,
             configuration=configuration,
+            schema_mode="merge",  # a column a later record version adds joins the table
         )
         if target is None:
             self.table(kind)
