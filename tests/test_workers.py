@@ -1,4 +1,4 @@
-"""``./dev test`` runs on two workers; a group of tests stays on one of them."""
+"""``./dev test`` runs on two workers: a module, and a group of modules, on one of them."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_group_runs_on_one_worker_and_the_rest_spreads(tmp_path: Path) -> None:
+def test_modules_and_groups_run_whole_on_one_worker_and_the_rest_spreads(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(
         "from tests.workers import publish, pytest_configure_node, pytest_xdist_make_scheduler\n"
         "def pytest_collection_modifyitems(config, items):\n"
         "    publish(config, items)\n"
     )
-    tests = ["import pytest, time"]
-    for i in range(4):
-        tests += ['@pytest.mark.xdist_group("server")', f"def test_grouped_{i}(): time.sleep(0.2)"]
-    tests += [f"def test_free_{i}(): time.sleep(0.2)" for i in range(8)]
-    (tmp_path / "test_sample.py").write_text("\n".join(tests) + "\n")
+    for name in ("a", "b"):  # two modules of one group (a server both need)
+        grouped = ["import pytest, time"]
+        for i in range(3):
+            grouped += [
+                '@pytest.mark.xdist_group("server")',
+                f"def test_grouped_{i}(): time.sleep(0.2)",
+            ]
+        (tmp_path / f"test_{name}.py").write_text("\n".join(grouped) + "\n")
+    for name in ("c", "d", "e", "f"):  # four free modules
+        free = ["import time"] + [f"def test_free_{i}(): time.sleep(0.2)" for i in range(2)]
+        (tmp_path / f"test_{name}.py").write_text("\n".join(free) + "\n")
     run = subprocess.run(
         [
             sys.executable,
@@ -35,7 +41,6 @@ def test_a_group_runs_on_one_worker_and_the_rest_spreads(tmp_path: Path) -> None
             "no:cacheprovider",
             "-o",
             "addopts=",
-            "test_sample.py",
         ],
         cwd=tmp_path,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
@@ -44,8 +49,11 @@ def test_a_group_runs_on_one_worker_and_the_rest_spreads(tmp_path: Path) -> None
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    ran = re.findall(r"\[(gw\d)\] \[\s*\d+%\] PASSED test_sample.py::(test_\w+)", run.stdout)
-    assert len(ran) == 12, run.stdout
-    grouped = {worker for worker, test in ran if test.startswith("test_grouped")}
-    assert len(grouped) == 1, ran  # the whole group on one worker
-    assert {worker for worker, _ in ran} == {"gw0", "gw1"}, ran  # and both workers busy
+    ran = re.findall(r"\[(gw\d)\] \[\s*\d+%\] PASSED (test_\w)\.py::(test_\w+)", run.stdout)
+    assert len(ran) == 14, run.stdout
+    where: dict[str, set[str]] = {}
+    for worker, module, _ in ran:
+        where.setdefault(module, set()).add(worker)
+    assert all(len(workers) == 1 for workers in where.values()), where  # a module: one worker
+    assert where["test_a"] == where["test_b"], where  # the group's modules: the same one
+    assert set().union(*where.values()) == {"gw0", "gw1"}, where  # and both workers busy

@@ -1,11 +1,12 @@
 """Groups of tests that run on one pytest-xdist worker (``./dev test`` runs two).
 
-A test marked ``xdist_group(name)`` — by hand, or by ``conftest.py`` for the tests on the
-session's vLLM server — runs on the same worker as the rest of its group, so one worker
-alone starts that server. pytest-xdist's own ``--dist loadgroup`` reads the marker by
-renaming each test's node id, which pytest 9.2 no longer allows; here the workers write
-the groups they collected to a folder the controller gave them, and the controller's
-scheduler reads them from there.
+The unit of scheduling is a test module: a module's tests run on one worker, in order.
+A module with a test marked ``xdist_group(name)`` — by hand, or by ``conftest.py`` for
+the tests on the session's vLLM server — runs on the same worker as every other module
+of that group, so one worker alone starts that server. pytest-xdist's own
+``--dist loadgroup`` reads the marker by renaming each test's node id, which pytest 9.2
+no longer allows; here the workers write the scopes of what they collected to a folder
+the controller gave them, and the controller's scheduler reads them from there.
 """
 
 from __future__ import annotations
@@ -24,18 +25,32 @@ _dir = pytest.StashKey[Path]()
 
 
 def groups_of(items: list[pytest.Item]) -> dict[str, str]:
-    """Each grouped test's node id and its group (several marks: their names joined)."""
-    groups: dict[str, str] = {}
+    """Each test's unit of scheduling: its module, or — where any test of the module is
+    in a group — that group, joined with every group it shares a module with. Whole
+    modules stay on one worker, in order (module-scoped fixtures are built once, and a
+    module's tests may build on each other), and a group is never split."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    module_groups: dict[str, str] = {}
     for item in items:
-        names = sorted(
-            {
-                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                for m in item.iter_markers("xdist_group")
-            }
-        )
-        if names:
-            groups[item.nodeid] = "_".join(names)
-    return groups
+        module = item.nodeid.split("::", 1)[0]
+        for mark in item.iter_markers("xdist_group"):
+            group = root(str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")))
+            if module in module_groups:
+                parent[group] = root(module_groups[module])
+            else:
+                module_groups[module] = group
+    scopes: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        grouped = module_groups.get(module)
+        scopes[item.nodeid] = f"group:{root(grouped)}" if grouped else module
+    return scopes
 
 
 def publish(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -75,6 +90,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
                 self.groups = {}
                 for path in sorted(config.stash[_dir].glob("*.json")):
                     self.groups.update(json.loads(path.read_text()))
-            return self.groups.get(nodeid, nodeid)
+            return self.groups.get(nodeid) or nodeid.split("::", 1)[0]
 
     return Scheduler(config, log)
