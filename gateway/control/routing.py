@@ -17,6 +17,7 @@ from gateway.core import access
 from gateway.core.auth import Principal
 from gateway.core.config import Experiment, ModelVersion, Price, Settings, Upstream
 from gateway.core.errors import InvalidRequest, UnknownModel
+from gateway.core.in_context import Shots
 
 BUCKETS = 10_000
 
@@ -36,6 +37,7 @@ class Target:
     upstream_model: str
     adapter: bool = False  # a LoRA adapter: only replicas that list it may serve it
     price: Price | None = None
+    shots: Shots | None = None  # in-context examples put in front of the conversation
 
 
 class Assigner:
@@ -169,4 +171,7 @@ def _target(name: str, m: ModelVersion, upstream: Upstream) -> Target:
         upstream_model=m.model,
         adapter=m.adapter_path is not None,
         price=m.price,
+        shots=None
+        if m.in_context is None
+        else Shots.of(m.in_context.pairs, m.in_context.k, m.in_context.select == "similar"),
     )

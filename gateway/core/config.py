@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.core.in_context import MAX_EXAMPLES, read_examples
+
 # One pattern for every name that can become a Redis key (``:``-separated), a metric
 # label or a path (experiments, models, adapters, tenants, users, datasets): letters,
 # digits, ``_``, ``-`` and single dots, starting with a letter or digit; no ``:``, no
@@ -187,6 +189,40 @@ class Price(_Strict):
         return self.completion_per_1m + gpu
 
 
+class InContextExample(_Strict):
+    user: str = Field(min_length=1, max_length=100_000, description="the example's question")
+    assistant: str = Field(
+        min_length=1, max_length=100_000, description="the answer it shows the model"
+    )
+
+
+class InContext(_Strict):
+    """Examples the gateway puts in front of the conversation (``gateway/core/in_context.py``)."""
+
+    examples: list[InContextExample] = Field(
+        min_length=1,
+        max_length=MAX_EXAMPLES,
+        description="a list of {user, assistant} pairs, or the path of a JSONL file in OpenAI "
+        "chat format (a distillation dataset's train.jsonl), read when the model is "
+        "registered or the config loaded (its first 1000 examples)",
+    )
+    k: int = Field(4, ge=1, le=32, description="how many examples go in front of a request")
+    select: Literal["similar", "first"] = Field(
+        "similar",
+        description="similar: the k most like the request's last user message (character "
+        "3-grams); first: the first k",
+    )
+
+    @field_validator("examples", mode="before")
+    @classmethod
+    def _read(cls, v: Any) -> Any:
+        return read_examples(v) if isinstance(v, str) else v
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(e.user, e.assistant) for e in self.examples]
+
+
 class ModelVersion(_Strict):
     upstream: str = Field(description="the upstream that serves it (a key of upstreams)")
     model: str = Field(min_length=1, description="the model id the upstream serves")
@@ -195,6 +231,9 @@ class ModelVersion(_Strict):
     )
     price: Price | None = Field(None, description="spend, budgets and the report's cost")
     tenant: str | None = Field(None, description="who may call it; unset: every tenant (shared)")
+    in_context: InContext | None = Field(
+        None, description="examples put in front of every conversation (an in-context candidate)"
+    )
 
 
 class Arm(_Strict):

@@ -36,10 +36,11 @@ from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_typ
 
 import orjson
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version 2: ``v``, ``tools``, ``choices`` (every choice past the first when ``n > 1``),
 ``shadow_of`` and ``judge_score`` always present; ``user`` also from ``x-flywheel-user``.
-Version 3: ``workload`` (the request's ``metadata.workload`` or ``x-flywheel-workload``)."""
+Version 3: ``workload`` (the request's ``metadata.workload`` or ``x-flywheel-workload``).
+Version 4: ``in_context`` (how many examples an in-context model put in front)."""
 
 Status = Literal["ok", "error", "cancelled"]
 
@@ -86,6 +87,9 @@ class InteractionRecord(TypedDict):
     shadow_of: str | None  # a shadow answer: the id of the served response it copies
     judge_score: float | None  # a shadow answer: the judge's verdict in [0, 1]
     workload: str | None  # what the request is for (metadata.workload, x-flywheel-workload)
+    # an in-context model: how many examples went in front of ``messages`` (which are the
+    # client's own, without them); None for any other model
+    in_context: int | None
 
 
 class FeedbackEvent(TypedDict):
@@ -192,6 +196,7 @@ _INTERACTION_DEFAULTS: dict[str, Any] = {
     "tool_calls": None,
     "finish_reason": None,
     "workload": None,
+    "in_context": None,
 }
 
 
@@ -204,7 +209,7 @@ def interaction(doc: dict[str, Any]) -> InteractionRecord:
         if doc["tools"] is None and isinstance(params.get("tools"), list):
             doc["tools"] = params["tools"]
     elif version < SCHEMA_VERSION:
-        doc = {"workload": None, **doc, "v": SCHEMA_VERSION}
+        doc = {"workload": None, "in_context": None, **doc, "v": SCHEMA_VERSION}
     return typing.cast(InteractionRecord, doc)
 
 
@@ -389,7 +394,11 @@ def unpack_values(raw: bytes | str | None, response_id: str | None = None) -> li
     return _packed_values(raw, response_id)
 
 
-_PACKED_FIELDS = {2: INTERACTION_FIELDS.index("workload"), SCHEMA_VERSION: len(INTERACTION_FIELDS)}
+_PACKED_FIELDS = {
+    2: INTERACTION_FIELDS.index("workload"),
+    3: INTERACTION_FIELDS.index("in_context"),
+    SCHEMA_VERSION: len(INTERACTION_FIELDS),
+}
 """How many values a record packed by each version holds: a later version's fields are
 appended, so an earlier record reads with them at their defaults (``None``)."""
 

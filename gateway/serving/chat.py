@@ -192,6 +192,7 @@ class Turn:
     # A finishing chunk held back until the usage chunk we asked for (and remove) brings
     # the system_fingerprint vLLM puts there instead: sent with the next line.
     held: dict[str, Any] | None = None
+    in_context: int | None = None  # how many in-context examples went in front (the target's)
 
     def record(self) -> InteractionRecord:
         params = {k: v for k, v in self.doc.items() if k not in ("messages", "model", "tools")}
@@ -229,6 +230,7 @@ class Turn:
             "shadow_of": None,
             "judge_score": None,
             "workload": self.workload,
+            "in_context": self.in_context,
         }
 
     def headers(self) -> dict[str, str]:
@@ -379,6 +381,9 @@ class ChatService:
     def _payload(self, turn: Turn) -> bytes:
         out = dict(turn.doc)
         out["model"] = turn.target.upstream_model
+        turn.in_context = None
+        if turn.target.shots is not None:  # an in-context model: its examples go in front
+            out["messages"], turn.in_context = turn.target.shots.messages(out["messages"])
         if turn.stream and not turn.want_usage:
             options = out.get("stream_options")
             out["stream_options"] = {

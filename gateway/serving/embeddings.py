@@ -242,5 +242,6 @@ def _finish(
         "shadow_of": None,
         "judge_score": None,
         "workload": None,
+        "in_context": None,
     }
     chat.log.submit(record)
