@@ -9,12 +9,14 @@ counting a word as a token, so a test sees the limit the caller sent; or, given
 an OpenAI encoding), in that tokenizer's tokens, as a hosted model would cut it. Each
 answer's ``(model, finish_reason)`` is kept in ``finishes``. A function may
 also return a whole assistant message (a dict: ``content`` and ``tool_calls``), sent as
-it is. With ``n`` > 1, choice ``i`` (from 1) is the answer followed by `` #i``. Every
-request body is kept in ``requests``.
+it is. With ``n`` > 1, choice ``i`` (from 1) is the answer followed by `` #i``. A
+``stream`` request gets the same answer as server-sent events (each choice's message in
+one chunk). Every request body is kept in ``requests``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -68,20 +70,49 @@ class ScriptedUpstream(BackgroundServer):
                 for i in range(body.get("n") or 1)
             ]
         self.finishes.append((body["model"], str(choices[0]["finish_reason"])))
-        return web.json_response(
-            {
-                "id": "scripted-1",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": choices,
-                "usage": {
-                    "prompt_tokens": 1,
-                    "completion_tokens": min(limit, len(pieces)),
-                    "total_tokens": 1 + min(limit, len(pieces)),
-                },
-            }
-        )
+        doc = {
+            "id": "scripted-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": 1,
+                "completion_tokens": min(limit, len(pieces)),
+                "total_tokens": 1 + min(limit, len(pieces)),
+            },
+        }
+        if body.get("stream") is True:
+            return await self._stream(request, body, doc)
+        return web.json_response(doc)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], doc: dict[str, Any]
+    ) -> web.StreamResponse:
+        """``doc`` as a stream: each choice's message as one delta, then its finish, then
+        the usage chunk when ``stream_options.include_usage`` asks for it."""
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        head = {k: doc[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+        async def send(chunk: dict[str, Any]) -> None:
+            await resp.write(b"data: " + json.dumps({**head, **chunk}).encode() + b"\n\n")
+
+        for c in doc["choices"]:
+            delta = {k: v for k, v in c["message"].items() if v is not None}
+            await send({"choices": [{"index": c["index"], "delta": delta, "finish_reason": None}]})
+            await send(
+                {
+                    "choices": [
+                        {"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}
+                    ]
+                }
+            )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({"choices": [], "usage": doc["usage"]})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
