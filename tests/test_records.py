@@ -167,15 +167,28 @@ def test_records_stored_as_plain_json_by_earlier_versions_still_read() -> None:
     # Version 2 (before workloads), as plain JSON and packed: read with no workload.
     v2 = records.unpack(orjson.dumps({**legacy, "v": 2, "tools": TOOLS, "choices": None}))
     assert v2 is not None and v2["v"] == records.SCHEMA_VERSION and v2["workload"] is None
-    current = records.interaction({**legacy, "workload": "refunds"})
+    current = records.interaction({**legacy, "workload": "refunds", "in_context": 4})
     values = [current.get(name) for name in records.INTERACTION_FIELDS]
     values[0] = 2
-    packed_v2 = b"\x00" + zlib.compress(orjson.dumps(values[:-1]))  # as version 2 packed it
+    held = records.INTERACTION_FIELDS.index("workload")
+    packed_v2 = b"\x00" + zlib.compress(orjson.dumps(values[:held]))  # as version 2 packed it
     rec = records.unpack(packed_v2, "r1")
     assert rec is not None and rec["v"] == records.SCHEMA_VERSION
     assert rec["workload"] is None and rec["answer"] == "hello" and rec["id"] == "r1"
+    assert rec["in_context"] is None
+
+    # Version 3 (before in-context models), as plain JSON and packed: no example count.
+    v3 = records.unpack(orjson.dumps({**legacy, "v": 3, "tools": TOOLS, "workload": "refunds"}))
+    assert v3 is not None and v3["v"] == records.SCHEMA_VERSION and v3["in_context"] is None
+    assert v3["workload"] == "refunds"
+    values[0] = 3
+    held = records.INTERACTION_FIELDS.index("in_context")
+    packed_v3 = b"\x00" + zlib.compress(orjson.dumps(values[:held]))  # as version 3 packed it
+    rec = records.unpack(packed_v3, "r1")
+    assert rec is not None and rec["v"] == records.SCHEMA_VERSION
+    assert rec["workload"] == "refunds" and rec["in_context"] is None and rec["id"] == "r1"
     again = records.unpack(records.pack(current).record, "r1")
-    assert again is not None and again["workload"] == "refunds"
+    assert again is not None and again["workload"] == "refunds" and again["in_context"] == 4
 
 
 def _event(i: int, rid: str, score: float, correction: str | None = None) -> RatingEvent:

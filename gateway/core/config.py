@@ -204,7 +204,8 @@ class InContext(_Strict):
         max_length=MAX_EXAMPLES,
         description="a list of {user, assistant} pairs, or the path of a JSONL file in OpenAI "
         "chat format (a distillation dataset's train.jsonl), read when the model is "
-        "registered or the config loaded (its first 1000 examples)",
+        "registered or the config loaded (its first 1000 examples; a relative path is from the "
+        "gateway's working directory)",
     )
     k: int = Field(4, ge=1, le=32, description="how many examples go in front of a request")
     select: Literal["similar", "first"] = Field(
