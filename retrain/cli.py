@@ -3,6 +3,8 @@
 ::
 
     retrain run --experiment NAME [--provider local|openai] [--processes N] [--config FILE]
+    retrain icl --experiment NAME --teacher MODEL --base MODEL --name NAME [--k N]
+                [--workload W] [--config FILE]
     retrain eval --candidate MODEL --control MODEL [--dataset DIR] [--golden FILE]
                  [--judge MODEL] [--out FILE.json] [--config FILE]
     retrain embed --base DIR --out DIR [--model NAME] [--triples FILE.jsonl] [--corpus FILE]
@@ -230,6 +232,24 @@ def _parser() -> argparse.ArgumentParser:
         "--workload", type=name_arg, default=None, help="only the requests of this workload"
     )
     run.add_argument("--config", default=None)
+    icl = commands.add_parser(
+        "icl", help="canary an in-context candidate: a base model plus the teacher's examples"
+    )
+    icl.add_argument("--experiment", type=name_arg, required=True)
+    icl.add_argument(
+        "--teacher", type=name_arg, required=True, metavar="MODEL", help="whose answers"
+    )
+    icl.add_argument(
+        "--base", type=name_arg, required=True, metavar="MODEL", help="the served base model"
+    )
+    icl.add_argument("--name", type=name_arg, required=True, help="the candidate's model name")
+    icl.add_argument(
+        "--k", type=int, default=4, metavar="N", help="examples in front of a request (1-32)"
+    )
+    icl.add_argument(
+        "--workload", type=name_arg, default=None, help="the workload's distillation dataset"
+    )
+    icl.add_argument("--config", default=None)
     ev = commands.add_parser("eval", help="the evaluation gate alone, on two served models")
     ev.add_argument("--candidate", required=True, metavar="MODEL", help="the model to judge")
     ev.add_argument("--control", required=True, metavar="MODEL", help="the model to beat")
@@ -424,6 +444,8 @@ def _command(args: argparse.Namespace) -> int:
         return _forget(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "icl":
+        return _icl(args)
     if args.command == "embed":
         return _embed(args)
     if args.command in ("run", "jobs", "status", "cancel", "lineage"):
@@ -666,6 +688,31 @@ def _embed(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return int(outcome.code)
+
+
+def _icl(args: argparse.Namespace) -> int:
+    from retrain.config import load as load_config
+    from retrain.exit_codes import ExitCode
+    from retrain.icl import register_icl
+
+    if not 1 <= args.k <= 32:
+        raise UsageError(f"--k must be from 1 to 32, not {args.k}")
+    settings = load_config(args.config)
+    done = register_icl(
+        settings,
+        experiment=args.experiment,
+        teacher=args.teacher,
+        base=args.base,
+        name=args.name,
+        k=args.k,
+        workload=args.workload,
+    )
+    share = settings.retrain.canary_share
+    print(
+        f"{done.name} is a canary of '{args.experiment}' at {share:.0%}: {args.base} with "
+        f"{args.k} of the {done.examples} examples of {done.dataset} in front of each request"
+    )
+    return int(ExitCode.OK)
 
 
 def _config(args: argparse.Namespace) -> int:

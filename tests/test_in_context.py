@@ -9,6 +9,8 @@ questions and answers in English, Thai and Vietnamese (NFC and NFD).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ import httpx
 import openai
 import orjson
 import pytest
+import yaml
 
 from retrain import feedback_log
 
@@ -62,8 +65,15 @@ QUERIES = {
 }
 
 
+TAUGHT = {q: a for lang in ("en", "th", "vi") for q, a in pairs(lang, 3)}
+
+
 def _base(messages: list[dict[str, Any]]) -> str:
     return f"Seen {len(messages)} messages."
+
+
+def _teacher(messages: list[dict[str, Any]]) -> str:
+    return TAUGHT.get(messages[-1]["content"], "I do not know.")
 
 
 @dataclass
@@ -82,7 +92,7 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 @pytest.fixture(scope="module")
 def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    upstream = ScriptedUpstream({"base": _base}).start()
+    upstream = ScriptedUpstream({"base": _base, "teacher": _teacher}).start()
     work = tmp_path_factory.mktemp("in-context")
     dataset = work / "train.jsonl"  # as a distillation dataset version writes it
     lines = [
@@ -109,6 +119,7 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "upstreams": {"scripted": {"kind": "vllm", "base_url": upstream.base_url}},
         "models": {
             "base": {"upstream": "scripted", "model": "base"},
+            "teacher": {"upstream": "scripted", "model": "teacher"},
             "base-first": {
                 "upstream": "scripted",
                 "model": "base",
@@ -119,6 +130,7 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 },
             },
         },
+        "experiments": {"shop": {"arms": [{"model": "teacher", "weight": 1}]}},
     }
     gw = GatewayProcess(config, work)
     try:
@@ -282,3 +294,69 @@ def test_a_dataset_file_that_cannot_be_used_is_400_naming_the_line(
         register(served, "bad-icl", {"examples": str(broken)}), 400, "in_context.examples"
     )
     assert "no example" in err["message"]
+
+
+def retrain(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "retrain", *args, "--config", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+def test_retrain_icl_canaries_the_base_model_with_the_teachers_examples(
+    served: Served, tmp_path: Path
+) -> None:
+    # The teacher answers the workload's refund questions in the three languages.
+    for question in TAUGHT:
+        served.client.chat.completions.create(
+            model="shop",
+            messages=[{"role": "user", "content": question}],
+            metadata={"workload": "refunds"},
+        )
+    doc = yaml.safe_load(served.gateway.config_path.read_text())
+    doc["retrain"] = {
+        "dataset_dir": str(tmp_path / "datasets"),
+        "gateway_url": served.gateway.url,
+        "gateway_key": API_KEY,
+        "admin_key": ADMIN_KEY,
+        "min_examples": 1,
+        "keep_good_share": 1.0,
+        "split": {"validation": 0, "test": 0},
+        "near_duplicate": 1.0,  # the refund answers differ in a number: each one is kept
+        "canary_share": 0.05,
+    }
+    config = tmp_path / "retrain.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    distill = ("--experiment", "shop", "--teacher", "teacher", "--workload", "refunds")
+    built = retrain(config, "build", "--distill", *distill)
+    assert built.returncode == 0, built.stderr
+
+    # No dataset of another workload: nothing is registered.
+    missing = retrain(
+        config, "icl", "--experiment", "shop", "--teacher", "teacher", "--base", "base",
+        "--name", "shop-icl", "--workload", "orders",
+    )  # fmt: skip
+    assert missing.returncode == 1 and "retrain build" in missing.stderr, missing.stderr
+
+    done = retrain(config, "icl", *distill, "--base", "base", "--name", "shop-icl", "--k", "2")
+    assert done.returncode == 0, done.stderr
+    assert "shop-icl is a canary of 'shop' at 5%" in done.stdout
+    arms = httpx.get(f"{served.gateway.url}/admin/experiments/shop", headers=ADMIN).json()
+    weights = {a["model"]: a["weight"] for a in arms["spec"]["arms"]}
+    assert weights == {"teacher": 1, "shop-icl": pytest.approx(1 * 0.05 / 0.95, abs=1e-6)}
+    model = httpx.get(f"{served.gateway.url}/admin/models/shop-icl", headers=ADMIN).json()
+    assert model["model"] == "base" and model["in_context"]["k"] == 2
+    assert {e["user"] for e in model["in_context"]["examples"]} == set(TAUGHT)
+    assert model["lineage"]["teacher"] == "teacher" and model["lineage"]["workload"] == "refunds"
+
+    # A user on the candidate's arm: the teacher's two Thai answers go in front.
+    before = len(served.upstream.requests)
+    question = unicodedata.normalize("NFD", QUERIES["th"])
+    resp = httpx.post(
+        f"{served.gateway.base_url}/chat/completions",
+        headers={**ADMIN, "x-flywheel-arm": "shop-icl"},
+        json={"model": "shop", "messages": [{"role": "user", "content": question}]},
+    )
+    assert resp.status_code == 200, resp.text
+    sent = sent_upstream(served, before)
+    assert len(sent) == 5 and sent[-1]["content"] == question
+    assert {m["content"] for m in sent[:-1:2]} <= {q for q, _ in pairs("th", 3)}
+    assert [m["content"] for m in sent[1:-1:2]] == [TAUGHT[m["content"]] for m in sent[:-1:2]]
