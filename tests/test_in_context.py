@@ -260,6 +260,8 @@ def test_a_streamed_request_gets_the_same_examples(served: Served) -> None:
         ({"examples": 5}, "in_context.examples", "list"),
         ({"examples": [{"user": "q"}]}, "in_context.examples[0].assistant", "required"),
         ({"examples": [{"user": "", "assistant": "a"}]}, "in_context.examples[0].user", "1"),
+        ({"examples": [{"user": "q", "assistant": "a"}] * 501}, "in_context.examples", "500"),
+        ({"examples": [{"user": "q" * 4001, "assistant": "a"}]}, "in_context.examples[0].user", ""),
         ({"examples": "/no/such/train.jsonl"}, "in_context.examples", "/no/such/train.jsonl"),
         (
             {"examples": [{"user": "q", "assistant": "a"}], "select": "best"},

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.core.in_context import MAX_EXAMPLES, read_examples
+from gateway.core.in_context import MAX_EXAMPLES, MAX_TEXT, read_examples
 
 # One pattern for every name that can become a Redis key (``:``-separated), a metric
 # label or a path (experiments, models, adapters, tenants, users, datasets): letters,
@@ -190,9 +190,9 @@ class Price(_Strict):
 
 
 class InContextExample(_Strict):
-    user: str = Field(min_length=1, max_length=100_000, description="the example's question")
+    user: str = Field(min_length=1, max_length=MAX_TEXT, description="the example's question")
     assistant: str = Field(
-        min_length=1, max_length=100_000, description="the answer it shows the model"
+        min_length=1, max_length=MAX_TEXT, description="the answer it shows the model"
     )
 
 
@@ -204,7 +204,8 @@ class InContext(_Strict):
         max_length=MAX_EXAMPLES,
         description="a list of {user, assistant} pairs, or the path of a JSONL file in OpenAI "
         "chat format (a distillation dataset's train.jsonl), read when the model is "
-        "registered or the config loaded (its first 1000 examples; a relative path is from the "
+        "registered or the config loaded (its first 500 examples of at most 4000 characters; "
+        "a relative path is from the "
         "gateway's working directory)",
     )
     k: int = Field(4, ge=1, le=32, description="how many examples go in front of a request")

@@ -23,8 +23,11 @@ import orjson
 
 from gateway.core import text
 
-MAX_EXAMPLES = 1000
+MAX_EXAMPLES = 500
 """The most examples a model holds: a file's first ones are read."""
+MAX_TEXT = 4000
+"""The longest question or answer of an example, in characters: ``k`` long examples would
+crowd a context window; a file's longer ones are left out."""
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _SPACE = re.compile(r"\s+")
 
@@ -80,7 +83,8 @@ def pair_of(messages: Any) -> tuple[str, str] | None:
 
 def read_examples(path: str) -> list[dict[str, str]]:
     """The ``{user, assistant}`` pairs of a JSONL file in OpenAI chat format (its first
-    :data:`MAX_EXAMPLES`); lines whose answer is no text (a tool call) are left out.
+    :data:`MAX_EXAMPLES`); lines whose answer is no text (a tool call), and examples longer
+    than :data:`MAX_TEXT`, are left out.
     Raises ValueError naming the file (and line) when it cannot be used."""
     p = Path(path)
     try:
@@ -100,12 +104,14 @@ def read_examples(path: str) -> list[dict[str, str]]:
         if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
             raise ValueError(f"'{path:.256}' line {n}: no 'messages' list (OpenAI chat format)")
         pair = pair_of(doc["messages"])
-        if pair is not None:
+        if pair is not None and max(len(pair[0]), len(pair[1])) <= MAX_TEXT:
             out.append({"user": pair[0], "assistant": pair[1]})
             if len(out) == MAX_EXAMPLES:
                 break
     if not out:
-        raise ValueError(f"'{path:.256}' holds no example with a text answer")
+        raise ValueError(
+            f"'{path:.256}' holds no example with a text answer of at most {MAX_TEXT} characters"
+        )
     return out
 
 
