@@ -362,3 +362,30 @@ def test_retrain_icl_canaries_the_base_model_with_the_teachers_examples(
     assert len(sent) == 5 and sent[-1]["content"] == question
     assert {m["content"] for m in sent[:-1:2]} <= {q for q, _ in pairs("th", 3)}
     assert [m["content"] for m in sent[1:-1:2]] == [TAUGHT[m["content"]] for m in sent[:-1:2]]
+
+
+def test_only_an_admin_of_every_tenant_names_a_file_on_the_gateways_machine(
+    served: Served,
+) -> None:
+    """A file path is read from the gateway's own disk, where another tenant's dataset
+    may lie: a tenant's admin is refused and sends the examples themselves."""
+    made = httpx.post(
+        f"{served.gateway.url}/admin/keys",
+        json={"name": "gamma-ops", "tenant": "gamma", "role": "admin"},
+        headers=ADMIN,
+    )
+    assert made.status_code == 201, made.text
+    gamma = {"Authorization": f"Bearer {made.json()['key']}"}
+    body = {"name": "gamma-icl", "upstream": "scripted", "model": "base"}
+    by_file = {**body, "in_context": {"examples": str(served.dataset)}}
+    refused = httpx.post(f"{served.gateway.url}/admin/models", headers=gamma, json=by_file)
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "in_context.examples" and error["code"] == "file_not_allowed"
+    models = httpx.get(f"{served.gateway.url}/admin/models", headers=ADMIN).json()["data"]
+    assert "gamma-icl" not in {m["id"] for m in models}  # nothing registered
+    listed = [{"user": u, "assistant": a} for u, a in EXAMPLES[:2]]
+    by_list = {**body, "in_context": {"examples": listed, "k": 1}}
+    made = httpx.post(f"{served.gateway.url}/admin/models", headers=gamma, json=by_list)
+    assert made.status_code == 201, made.text
+    assert made.json()["tenant"] == "gamma"

@@ -54,7 +54,7 @@ from starlette.responses import Response
 from gateway.control.control import Control
 from gateway.core import access, store
 from gateway.core.auth import Principal
-from gateway.core.errors import InvalidRequest
+from gateway.core.errors import InvalidRequest, PermissionDenied
 from gateway.core.params import checked_day
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url
@@ -112,6 +112,20 @@ def _owned(doc: Any, by: Principal, kind: access.Kind) -> Any:
         return doc  # the schema names what is wrong with it
     access.check(by, "create", access.Resource(kind, str(doc.get("name") or ""), tenant))
     return doc if by.all_tenants and "tenant" not in doc else {**doc, "tenant": tenant}
+
+
+def _no_file_for_a_tenant(doc: Any, by: Principal) -> None:
+    """In-context examples named by a path are read from the gateway's own disk, where
+    other tenants' datasets may lie: only an admin of every tenant may name one (the
+    operator's config may too); a tenant's admin sends the examples themselves."""
+    ctx = doc.get("in_context") if isinstance(doc, dict) else None
+    if not by.all_tenants and isinstance(ctx, dict) and isinstance(ctx.get("examples"), str):
+        raise PermissionDenied(
+            "in_context.examples: a file on the gateway's machine may be named only by an "
+            "admin of every tenant; send the examples as a list of {user, assistant} pairs",
+            param="in_context.examples",
+            code="file_not_allowed",
+        )
 
 
 def add_admin_routes(app: FastAPI) -> None:
@@ -228,6 +242,7 @@ def add_admin_routes(app: FastAPI) -> None:
     async def register_model(request: Request) -> Response:
         control, by = principal(request)
         doc = _owned(await body(request), by, "model")
+        _no_file_for_a_tenant(doc, by)
         return _json(await control.registry.register(doc, by.name), status=201)
 
     @app.get("/admin/models/{name:path}")
