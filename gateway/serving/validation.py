@@ -101,15 +101,9 @@ PARAMS: dict[str, Param] = {
         "an object or null",
     ),
     "user": Param({"type": "string"}, lambda v: isinstance(v, str), "a string"),
-    "metadata": Param(
-        {
-            "type": ["object", "null"],
-            "additionalProperties": {"type": "string"},
-            "properties": {
-                "workload": {"type": "string", "maxLength": WORKLOAD_MAX, "pattern": NAME_PATTERN}
-            },
-        },
-        lambda v: v is None or isinstance(v, dict),  # its values: workload_of
+    "metadata": Param(  # OpenAI's Metadata; ``workload``'s own rule is workload_of's
+        {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+        lambda v: v is None or isinstance(v, dict),  # its values: below, naming the key
         "an object of strings or null",
     ),
     "max_tokens": _int_param(1),
@@ -205,6 +199,12 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             raise InvalidRequest(
                 f"'{name}' must be {param.expect}, not {_show(value)}.", param=name
             )
+    if type(meta := doc.get("metadata")) is dict:
+        for key, v in meta.items():
+            if type(v) is not str:
+                raise InvalidRequest(
+                    f"'metadata.{key}' must be a string, not {_show(v)}.", param=f"metadata.{key}"
+                )
     return doc
 
 
@@ -213,13 +213,7 @@ def workload_of(doc: dict[str, Any], header: str | None) -> str | None:
     ``x-flywheel-workload`` header; a name like a model's (letters, digits, ``. _ -``,
     at most 64 characters). It is taken out of the ``metadata`` sent upstream (OpenAI
     refuses ``metadata`` without ``store``; it is Flywheel's label, not the model's)."""
-    meta = doc.get("metadata")
-    if isinstance(meta, dict):
-        for key, v in meta.items():
-            if key != "workload" and type(v) is not str:
-                raise InvalidRequest(
-                    f"'metadata.{key}' must be a string, not {_show(v)}.", param=f"metadata.{key}"
-                )
+    meta = doc.get("metadata")  # a map of strings: parse_chat_request checked it
     if isinstance(meta, dict) and "workload" in meta:
         value, param = meta["workload"], "metadata.workload"
         rest = {k: v for k, v in meta.items() if k != "workload"}
