@@ -38,6 +38,7 @@ from .fixed_gateway import fixed_config
 from .helpers.datasets import lines, serve_and_rate, sft
 from .polling import eventually
 from .services import GatewayProcess, RedisClusterProcess, RedisProcess
+from .stores import Store
 
 pytestmark = pytest.mark.cluster
 KS = keys.CLUSTER_KEYSPACE  # the key names of a gateway with redis_cluster: true
@@ -47,6 +48,8 @@ KS = keys.CLUSTER_KEYSPACE  # the key names of a gateway with redis_cluster: tru
 def cluster_gateway(
     redis_cluster: RedisClusterProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
+    # the cluster as new: another module on this worker may have left live state on it
+    Store(redis_cluster.url, True, tuple(redis_cluster.ports)).flush()
     upstream = FaultyUpstream().start()
     config = fixed_config(
         upstream.base_url,
