@@ -248,16 +248,6 @@ class Turn:
         for i, call in enumerate(message.get("tool_calls") or []):
             self.tool_calls[i] = call
 
-    def take_delta(self, delta: dict[str, Any]) -> None:
-        content = delta.get("content")
-        if content:
-            self.answer.append(content)
-        calls = delta.get("tool_calls")
-        if calls:
-            _merge_tool_calls(self.tool_calls, calls)
-        if self.ttft is None and (content or calls):
-            self.ttft = time.perf_counter()
-
 
 class ChatService:
     def __init__(
@@ -492,8 +482,8 @@ class ChatService:
             return _release(turn) or None
         finishing = False
         for choice in choices or ():
-            # conform_choice(choice, "delta") and, for choice 0, turn.take_delta(delta),
-            # inlined: this runs for every chunk of every stream
+            # conform_choice(choice, "delta") and, for choice 0, taking the delta's text
+            # and tool calls into the turn, inlined: this runs for every chunk of every stream
             delta = choice.get("delta")
             if isinstance(delta, dict):
                 if None in delta.values():
