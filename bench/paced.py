@@ -1,6 +1,7 @@
 """A paced soak: what the gateway keeps, minute by minute, at a steady rate of requests.
 
-``python -m bench.paced [--minutes M] [--rate R] [--rated SHARE] [--hot-s H] [--workers N]``
+``python -m bench.paced [--minutes M] [--rate R] [--rated SHARE] [--hot-s H] [--workers N]
+[--vacuum-hours V] [--log-hours L]``
 (or ``bench/soak --paced …``) starts its own ``redis-server``, the fixed upstream and the
 gateway as ``gateway serve`` runs it (an A/B experiment, the archiver on, interactions
 and ratings kept in Redis for ``H`` seconds: a day compressed), then sends ``R`` chat
@@ -13,11 +14,13 @@ minute it prints:
 * the resident memory (MiB) of each gateway process: the parent, each worker and the
   archiver's own process (``--workers`` > 1).
 
-Flat lines after the first ``H`` seconds (Redis, RSS) and a table log that grows by its
-files only are what a long soak should show; ``--minutes 30`` or more is the real one.
-5% of the ratings carry a 300-character Thai comment. At the end it waits for the
-archiver to catch up and checks the Delta tables: every acknowledged interaction and
-rating there once, none twice, none missing, the Thai comments byte for byte.
+Flat lines after the first ``H`` seconds (Redis, RSS) are what a long soak should show,
+and files on disk and a table log that level off once ``--vacuum-hours`` and
+``--log-hours`` (the archive's retentions; 0 shows the level in minutes) have passed;
+``--minutes 30`` or more is the real one. 5% of the ratings carry a 300-character Thai
+comment. At the end it waits for the archiver to catch up and checks the Delta tables:
+every acknowledged interaction and rating there once, none twice, none missing, the Thai
+comments byte for byte.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def archive_sizes(root: Path) -> tuple[int, int, int]:
     for table in root.glob("*/_delta_log"):
         log_bytes += sum(p.stat().st_size for p in table.rglob("*") if p.is_file())
         for part in table.parent.rglob("*.parquet"):
+            if part.parent.name == "_delta_log":  # a checkpoint: the log's
+                continue
             files += 1
             data += part.stat().st_size
     return files, data, log_bytes
@@ -232,6 +237,10 @@ def main() -> None:
     parser.add_argument("--rated", type=float, default=0.5, help="share of answers rated")
     parser.add_argument("--hot-s", type=float, default=60.0, help="interactions' and ratings'")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--vacuum-hours", type=int, default=1, help="archive.vacuum_retention_hours"
+    )
+    parser.add_argument("--log-hours", type=int, default=24, help="archive.log_retention_hours")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-paced-"))
     archive = work / "archive"
@@ -247,6 +256,8 @@ def main() -> None:
                 "url": str(archive),
                 "every_s": 5,
                 "max_wait_s": min(30, args.hot_s / 4),
+                "vacuum_retention_hours": args.vacuum_hours,
+                "log_retention_hours": args.log_hours,
             }
             config = work / "gateway.yaml"
             config.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -259,7 +270,8 @@ def main() -> None:
             client = redis.Redis.from_url(server.url())
             print(
                 f"{args.rate:g} requests/s, {args.rated:.0%} rated, hot_s {args.hot_s:g} s, "
-                f"{args.workers} worker(s), {args.minutes:g} min\n"
+                f"{args.workers} worker(s), {args.minutes:g} min, vacuum after "
+                f"{args.vacuum_hours} h, log kept {args.log_hours} h\n"
             )
             print(
                 "| min | requests | ratings | errors | Redis used_memory MiB | keys | files in "

@@ -404,6 +404,37 @@ def test_steady_small_passes_do_not_leave_tiny_files_forever(served: Served) -> 
     assert sorted(rows) == sorted((i, 1) for i in ids)
 
 
+def test_the_table_log_is_bounded_by_its_retention_and_keeps_the_archivers_place(
+    tmp_path: Path,
+) -> None:
+    """Every commit adds a file to the table's log; with ``log_retention_hours`` the
+    checkpoint that delta-rs writes every 100 commits deletes the older ones, on a table
+    made before the setting too (upkeep sets it), and the archiver's transaction id —
+    where exactly-once resumes — lives on in the checkpoint."""
+    import pyarrow as pa
+
+    from gateway.ops.archive import COLUMNS, arrow_table
+
+    def rows(n: int) -> pa.Table:
+        columns: dict[str, list[Any]] = {name: [None] for name in COLUMNS["interactions"]}
+        columns.update(id=[f"r-{n}"], stream_id=[f"{n}-0"], created=[1_764_500_000.0 + n])
+        return arrow_table("interactions", columns)
+
+    url = str(tmp_path / "archive")
+    Archive(url).append("interactions", rows(0), {"archiver-interactions": 0})  # 24 h
+    table = Archive(url, log_retention_hours=0)
+    table.upkeep("interactions")
+    for n in range(1, 121):
+        table.append("interactions", rows(n), {"archiver-interactions": n})
+    log = tmp_path / "archive" / "interactions" / "_delta_log"
+    commits = sorted(log.glob("*.json"))
+    assert len(commits) <= 100 < table.table("interactions").version(), commits[:3]
+    assert list(log.glob("*.checkpoint.parquet"))
+    assert Archive(url).committed("interactions") == 120
+    ids = Archive(url).table("interactions").to_pyarrow_table(columns=["id"])["id"].to_pylist()
+    assert sorted(ids) == sorted(f"r-{n}" for n in range(121))
+
+
 def _old_layout(place: Place) -> tuple[dict[str, list[str]], str]:
     """An archive written the earlier way (pyarrow Parquet files under
     ``date=…/exp=…`` and the ``manifest.json`` that lists them), with text in English,

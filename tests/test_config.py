@@ -135,6 +135,14 @@ def test_unknown_arm_model_names_the_key_path(tmp_path: Path) -> None:
             ),
             "redis_cluster: needs redis_url",
         ),
+        (
+            ("listen: {host", "interaction_log: {hot_s: 900}\nlisten: {host"),
+            "archive.max_wait_s: 600 s must be below half of interaction_log.hot_s (900 s)",
+        ),
+        (
+            ("listen: {host", "feedback: {hot_s: 60}\narchive: {max_wait_s: 30}\nlisten: {host"),
+            "archive.max_wait_s: 30 s must be below half of feedback.hot_s (60 s)",
+        ),
     ],
 )
 def test_each_mistake_is_one_line_with_its_path(

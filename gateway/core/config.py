@@ -396,8 +396,8 @@ class ArchiveConfig(_Strict):
         600.0,
         ge=0,
         description="the gateway's archiver writes when 'batch' entries wait or the oldest "
-        "has waited this long (few, large files); 'retrain archive' always drains. Keep it "
-        "well below interaction_log.hot_s",
+        "has waited this long (few, large files); 'retrain archive' always drains. Below "
+        "half of interaction_log.hot_s and feedback.hot_s (checked)",
     )
     batch: int = Field(
         50_000, ge=1, description="most records in one commit (one read from the stream)"
@@ -416,6 +416,13 @@ class ArchiveConfig(_Strict):
         ge=0,
         description="files a compaction replaced stay this long for readers of an older "
         "snapshot, then vacuum deletes them (a forget deletes what it replaced at once)",
+    )
+    log_retention_hours: int = Field(
+        24,
+        ge=0,
+        description="the table log's commits stay this long (older versions can be read "
+        "until then), then the next checkpoint (every 100 commits) deletes them: the log "
+        "on disk is bounded by this window, not by the table's age",
     )
     lock_ttl_s: float = Field(
         60.0,
@@ -662,6 +669,20 @@ def _check_references(s: Settings) -> list[str]:
             "redis_cluster: needs redis_url, a redis:// or rediss:// URL of one cluster node "
             "(the embedded Redis is a single server)"
         )
+    if s.archive.enabled:
+        # An entry leaves Redis at hot_s whether archived or not, and the lag alert fires
+        # at half of it: the archiver's wait must end well before either.
+        for section, hot_s in (
+            ("interaction_log", s.interaction_log.hot_s),
+            ("feedback", s.feedback.hot_s),
+        ):
+            if s.archive.max_wait_s >= hot_s / 2:
+                problems.append(
+                    f"archive.max_wait_s: {s.archive.max_wait_s:g} s must be below half of "
+                    f"{section}.hot_s ({hot_s:g} s): entries would leave Redis, or raise the "
+                    "lag alert, before the archiver writes them"
+                )
+                break
     return problems
 
 

@@ -34,7 +34,9 @@ Then upkeep: a partition holding more than ``archive.compact_files`` files small
 half of ``archive.target_file_mb`` is compacted (``OPTIMIZE``: one commit replaces them
 by files of about the target size), and the files a commit replaced are vacuumed once
 they are ``archive.vacuum_retention_hours`` old (readers of an older snapshot keep theirs
-until then).
+until then). The log's commits older than ``archive.log_retention_hours`` are deleted by
+the next checkpoint (delta-rs writes one every 100 commits; the transaction ids live on
+in it), so the log on disk is bounded by that window.
 
 An archive still in the earlier layout (Parquet files and ``manifest.json``) is copied
 into the tables first (:func:`migrate_legacy`, exactly once, by the first pass, a forget
@@ -140,6 +142,7 @@ def open_archive(data_dir: Path, cfg: ArchiveConfig) -> Archive:
         target_file_mb=cfg.target_file_mb,
         compact_files=cfg.compact_files,
         vacuum_retention_hours=cfg.vacuum_retention_hours,
+        log_retention_hours=cfg.log_retention_hours,
     )
 
 
@@ -180,6 +183,7 @@ class Archive:
         target_file_mb: float = 64.0,
         compact_files: int = 16,
         vacuum_retention_hours: int = 1,
+        log_retention_hours: int = 24,
     ) -> None:
         import fsspec
 
@@ -189,6 +193,7 @@ class Archive:
         self.target_bytes = int(target_file_mb * 1024 * 1024)
         self.compact_files = compact_files
         self.vacuum_retention_hours = vacuum_retention_hours
+        self.log_retention = f"interval {int(log_retention_hours)} hours"
         fs_options = {k: v for k, v in self.storage_options.items() if not k.isupper()}
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **fs_options)
         self.local = isinstance(self.fs, LocalFileSystem)
@@ -246,7 +251,7 @@ class Archive:
         )
         target = self.table(kind)
         # the table's properties are set by the commit that makes it
-        configuration = dict(TABLE_CONFIG[kind]) if target is None else None
+        configuration = self.properties(kind) if target is None else None
         write_deltalake(
             target if target is not None else self.uri(kind),
             rows,
@@ -260,6 +265,10 @@ class Archive:
         )
         if target is None:
             self.table(kind)
+
+    def properties(self, kind: str) -> dict[str, str | None]:
+        """The table properties the archive keeps on ``kind``."""
+        return {**TABLE_CONFIG[kind], "delta.logRetentionDuration": self.log_retention}
 
     def files(self, kind: str) -> list[str]:
         """The files of the table's current snapshot, as paths or URLs (what readers
@@ -296,6 +305,10 @@ class Archive:
         out = {"compacted_partitions": 0, "files_removed": 0, "files_added": 0, "vacuumed": 0}
         if dt is None:
             return out
+        wanted = self.properties(kind)
+        held = dt.metadata().configuration
+        if any(held.get(k) != v for k, v in wanted.items()):  # made before, or reconfigured
+            dt.alter.set_table_properties(wanted)
         import pyarrow as pa
 
         adds = pa.table(dt.get_add_actions(flatten=True))
