@@ -27,6 +27,9 @@ def test_modules_and_groups_run_whole_on_one_worker_and_the_rest_spreads(tmp_pat
     for name in ("c", "d", "e", "f"):  # four free modules
         free = ["import time"] + [f"def test_free_{i}(): time.sleep(0.2)" for i in range(2)]
         (tmp_path / f"test_{name}.py").write_text("\n".join(free) + "\n")
+    (tmp_path / "test_z.py").write_text(  # a group of one test, collected last
+        'import pytest, time\n@pytest.mark.xdist_group("stack")\ndef test_long(): time.sleep(0.2)\n'
+    )
     run = subprocess.run(
         [
             sys.executable,
@@ -50,10 +53,14 @@ def test_modules_and_groups_run_whole_on_one_worker_and_the_rest_spreads(tmp_pat
     )
     assert run.returncode == 0, run.stdout + run.stderr
     ran = re.findall(r"\[(gw\d)\] \[\s*\d+%\] PASSED (test_\w)\.py::(test_\w+)", run.stdout)
-    assert len(ran) == 14, run.stdout
+    assert len(ran) == 15, run.stdout
     where: dict[str, set[str]] = {}
     for worker, module, _ in ran:
         where.setdefault(module, set()).add(worker)
     assert all(len(workers) == 1 for workers in where.values()), where  # a module: one worker
     assert where["test_a"] == where["test_b"], where  # the group's modules: the same one
     assert set().union(*where.values()) == {"gw0", "gw1"}, where  # and both workers busy
+    # The groups go first, the small one too: the modules fill in around them.
+    first = {worker: module for worker, module, _ in reversed(ran)}
+    assert sorted(first.values())[1] == "test_z", first
+    assert sorted(first.values())[0] in {"test_a", "test_b"}, first

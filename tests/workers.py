@@ -7,6 +7,12 @@ of that group, so one worker alone starts that server. pytest-xdist's own
 ``--dist loadgroup`` reads the marker by renaming each test's node id, which pytest 9.2
 no longer allows; here the workers write the scopes of what they collected to a folder
 the controller gave them, and the controller's scheduler reads them from there.
+
+Order: the groups first, largest first, then the modules, largest first. A group holds
+a server's start-up and its longest tests (the session's vLLM server, the embedding
+server, the tutorials' stacks); handed out last, one of them would run alone on one
+worker while the other sat idle (xdist orders units by test count only, and the
+tutorials' group has two tests that take three minutes).
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ def groups_of(items: list[pytest.Item]) -> dict[str, str]:
     return scopes
 
 
+def handout_order(units: dict[str, dict[str, bool]]) -> list[str]:
+    """The order units (scope -> its tests) are handed out: groups before modules, each
+    by test count (largest first), then by name."""
+    return sorted(units, key=lambda u: (not u.startswith("group:"), -len(units[u]), u))
+
+
 def publish(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On a worker: write the groups of what it collected where the controller reads them."""
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
@@ -84,6 +96,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class Scheduler(LoadGroupScheduling):  # type: ignore[misc]
         groups: dict[str, str] | None = None
+        reordered = False
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # The queue is whole before the first unit leaves it (the collection stays
+            # as collected: the workers run tests by their index in it).
+            if not self.reordered:
+                self.reordered = True
+                for scope in handout_order(self.workqueue):
+                    self.workqueue.move_to_end(scope)
+            super()._assign_work_unit(node)
 
         def _split_scope(self, nodeid: str) -> str:
             if self.groups is None:
