@@ -72,7 +72,7 @@ def test_a_rated_correction_comes_back_as_the_canarys_answer(
     dataset = (root / "latest").read_text().strip()
     train = (root / dataset / "train.jsonl").read_text()
     trained = [i for i in ITEMS if correction(i) in train]
-    assert trained and len(ITEMS) - len(trained) == 2  # two questions held out for the test
+    assert trained and len(ITEMS) - len(trained) == 6  # six questions held out for the test
     question = f"Can I return {trained[0]}?"
     assert ask(gateway, exp, question, arm=canary["model"]) == correction(trained[0])
     assert ask(gateway, exp, question, arm="base") != correction(trained[0])
