@@ -233,7 +233,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", default=None)
     icl = commands.add_parser(
-        "icl", help="canary an in-context candidate: a base model plus the teacher's examples"
+        "icl",
+        help="gate and canary an in-context candidate: a base model plus the teacher's examples",
     )
     icl.add_argument("--experiment", type=name_arg, required=True)
     icl.add_argument(
@@ -700,6 +701,7 @@ def _icl(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
     done = register_icl(
         settings,
+        log=lambda m: print(f"retrain icl: {m}", file=sys.stderr),
         experiment=args.experiment,
         teacher=args.teacher,
         base=args.base,
@@ -707,10 +709,14 @@ def _icl(args: argparse.Namespace) -> int:
         k=args.k,
         workload=args.workload,
     )
+    if not done.canaried:
+        print(f"{done.name} not registered: {done.evaluation['reason']}")
+        return done.code
     share = settings.retrain.canary_share
     print(
         f"{done.name} is a canary of '{args.experiment}' at {share:.0%}: {args.base} with "
-        f"{args.k} of the {done.examples} examples of {done.dataset} in front of each request"
+        f"{args.k} of the {done.examples} examples of {done.dataset} in front of each request "
+        f"({done.evaluation['reason']})"
     )
     return int(ExitCode.OK)
 

@@ -7,6 +7,14 @@ the ``k`` most similar to each request in front of its conversation — and adde
 canary arm of the experiment beside the teacher, at ``retrain.canary_share``, as
 ``retrain run --distill`` canaries a trained student. The examples travel in the
 registration, so the gateway need not see the dataset directory.
+
+Before it joins the experiment the candidate passes the gate ``retrain run --distill``
+applies to a trained student: on the dataset version's test split, the teacher and the
+candidate answer the held-out questions and are scored against the teacher's logged
+answers; the lower bound of the interval of the candidate's gain must reach
+``retrain.distill.margin`` (not worse than the teacher by more than that). A rejected
+candidate (exit 6) or a test split too small to decide (exit 7) is unregistered again:
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 
 from gateway.core.in_context import read_examples
 
+from . import evaluate, tokens
 from .config import RetrainSettings
 from .dataset import dataset_root
 from .errors import InvalidInput, NotFound, UsageError
@@ -24,11 +33,17 @@ from .gateway_client import Gateway
 
 
 @dataclass
-class Registered:
+class Outcome:
     name: str
     dataset: str
     examples: int
-    weight: float
+    weight: float  # its arm's weight; 0 when the gate did not pass it
+    evaluation: dict[str, Any]
+    code: int  # the gate's: 0 canaried, 6 rejected, 7 collect more
+
+    @property
+    def canaried(self) -> bool:
+        return self.code == evaluate.PASSED
 
 
 def register_icl(
@@ -41,7 +56,7 @@ def register_icl(
     k: int,
     workload: str | None = None,
     log: Callable[[str], None] = lambda _m: None,
-) -> Registered:
+) -> Outcome:
     cfg = settings.retrain
     root = dataset_root(cfg.dataset_dir, experiment, workload=workload, teacher=teacher)
     pointer = root / "latest"
@@ -85,11 +100,21 @@ def register_icl(
         body["adapter_path"] = served["adapter_path"]
     gateway.register(body)
     log(f"registered {name}: {base} with {k} of {len(examples)} examples of {version}")
-    others = sum(a["weight"] for a in spec["arms"])
-    weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)
     try:
+        gate = cfg.eval.model_copy(update={"margin": cfg.distill.margin})  # not worse
+        counter = tokens.for_models(settings, gateway.model, [teacher, name])
+        result = evaluate.gate_dataset(
+            root / version, gateway.ask, teacher, name, gate, tokens=counter
+        )
+        log(f"evaluation: {result['reason']}")
+        if not result["passed"]:
+            gateway.unregister(name)
+            code = evaluate.OUTCOME_CODES[result["outcome"]]
+            return Outcome(name, version, len(examples), 0.0, result, code)
+        others = sum(a["weight"] for a in spec["arms"])
+        weight = round(others * cfg.canary_share / (1 - cfg.canary_share), 6)
         gateway.add_arm(experiment, name, weight)
     except Exception:
         gateway.unregister(name)  # no registered model left behind without its arm
         raise
-    return Registered(name, version, len(examples), weight)
+    return Outcome(name, version, len(examples), weight, result, evaluate.PASSED)

@@ -65,7 +65,7 @@ QUERIES = {
 }
 
 
-TAUGHT = {q: a for lang in ("en", "th", "vi") for q, a in pairs(lang, 3)}
+TAUGHT = {q: a for lang in ("en", "th", "vi") for q, a in pairs(lang, 6)}
 
 
 def _base(messages: list[dict[str, Any]]) -> str:
@@ -74,6 +74,13 @@ def _base(messages: list[dict[str, Any]]) -> str:
 
 def _teacher(messages: list[dict[str, Any]]) -> str:
     return TAUGHT.get(messages[-1]["content"], "I do not know.")
+
+
+def _copier(messages: list[dict[str, Any]]) -> str:
+    """A base model that learns in context as far as it can: it answers as the example
+    just before the question (the most similar one) was answered."""
+    answers = [m["content"] for m in messages[:-1] if m["role"] == "assistant"]
+    return answers[-1] if answers else "I do not know."
 
 
 @dataclass
@@ -92,7 +99,7 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 @pytest.fixture(scope="module")
 def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    upstream = ScriptedUpstream({"base": _base, "teacher": _teacher}).start()
+    upstream = ScriptedUpstream({"base": _base, "teacher": _teacher, "copier": _copier}).start()
     work = tmp_path_factory.mktemp("in-context")
     dataset = work / "train.jsonl"  # as a distillation dataset version writes it
     lines = [
@@ -120,6 +127,7 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "models": {
             "base": {"upstream": "scripted", "model": "base"},
             "teacher": {"upstream": "scripted", "model": "teacher"},
+            "copier": {"upstream": "scripted", "model": "copier"},
             "base-first": {
                 "upstream": "scripted",
                 "model": "base",
@@ -303,16 +311,19 @@ def retrain(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
-def test_retrain_icl_canaries_the_base_model_with_the_teachers_examples(
+def test_retrain_icl_gates_and_canaries_a_base_model_with_the_teachers_examples(
     served: Served, tmp_path: Path
 ) -> None:
-    # The teacher answers the workload's refund questions in the three languages.
-    for question in TAUGHT:
-        served.client.chat.completions.create(
-            model="shop",
-            messages=[{"role": "user", "content": question}],
-            metadata={"workload": "refunds"},
-        )
+    # Six customers each ask the teacher the workload's refund question in the three
+    # languages; the split holds out two customers (a third): two questions a language.
+    for i in range(6):
+        for lang in ("en", "th", "vi"):
+            served.client.chat.completions.create(
+                model="shop",
+                messages=[{"role": "user", "content": pairs(lang, 6)[i][0]}],
+                metadata={"workload": "refunds"},
+                user=f"customer-{i}",
+            )
     doc = yaml.safe_load(served.gateway.config_path.read_text())
     doc["retrain"] = {
         "dataset_dir": str(tmp_path / "datasets"),
@@ -321,15 +332,27 @@ def test_retrain_icl_canaries_the_base_model_with_the_teachers_examples(
         "admin_key": ADMIN_KEY,
         "min_examples": 1,
         "keep_good_share": 1.0,
-        "split": {"validation": 0, "test": 0},
+        "split": {"validation": 0, "test": 0.34, "seed": 0},
         "near_duplicate": 1.0,  # the refund answers differ in a number: each one is kept
+        "split_together": 1.0,  # and the questions too: each customer's split is its own
         "canary_share": 0.05,
+        "eval": {"min_examples": 2},
+        "distill": {"margin": -0.2},  # an example's answer is another order's: close
     }
     config = tmp_path / "retrain.yaml"
     config.write_text(yaml.safe_dump(doc))
     distill = ("--experiment", "shop", "--teacher", "teacher", "--workload", "refunds")
     built = retrain(config, "build", "--distill", *distill)
     assert built.returncode == 0, built.stderr
+    root = tmp_path / "datasets" / "shop" / "distill" / "teacher" / "workload" / "refunds"
+    version = root / (root / "latest").read_text().strip()
+
+    def questions(split: str) -> list[str]:
+        lines = (version / f"{split}.jsonl").read_text().splitlines()
+        return [orjson.loads(line)["messages"][0]["content"] for line in lines]
+
+    trained, held_out = questions("train"), questions("test")
+    assert len(held_out) == 6 and set(trained) | set(held_out) == set(TAUGHT)
 
     # No dataset of another workload: nothing is registered.
     missing = retrain(
@@ -338,18 +361,31 @@ def test_retrain_icl_canaries_the_base_model_with_the_teachers_examples(
     )  # fmt: skip
     assert missing.returncode == 1 and "retrain build" in missing.stderr, missing.stderr
 
-    done = retrain(config, "icl", *distill, "--base", "base", "--name", "shop-icl", "--k", "2")
-    assert done.returncode == 0, done.stderr
+    # A base that ignores its examples answers the held-out questions far from the
+    # teacher: rejected by the gate, and nothing is left registered.
+    rejected = retrain(config, "icl", *distill, "--base", "base", "--name", "shop-icl")
+    assert rejected.returncode == 6, rejected.stdout + rejected.stderr
+    assert "shop-icl not registered" in rejected.stdout and "6 test examples" in rejected.stdout
+    gone = httpx.get(f"{served.gateway.url}/admin/models/shop-icl", headers=ADMIN)
+    assert gone.status_code == 404, gone.text
+    arms = httpx.get(f"{served.gateway.url}/admin/experiments/shop", headers=ADMIN).json()
+    assert [a["model"] for a in arms["spec"]["arms"]] == ["teacher"]
+
+    # One that answers as its nearest example does is within the margin: canaried.
+    done = retrain(config, "icl", *distill, "--base", "copier", "--name", "shop-icl", "--k", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
     assert "shop-icl is a canary of 'shop' at 5%" in done.stdout
     arms = httpx.get(f"{served.gateway.url}/admin/experiments/shop", headers=ADMIN).json()
     weights = {a["model"]: a["weight"] for a in arms["spec"]["arms"]}
     assert weights == {"teacher": 1, "shop-icl": pytest.approx(1 * 0.05 / 0.95, abs=1e-6)}
     model = httpx.get(f"{served.gateway.url}/admin/models/shop-icl", headers=ADMIN).json()
-    assert model["model"] == "base" and model["in_context"]["k"] == 2
-    assert {e["user"] for e in model["in_context"]["examples"]} == set(TAUGHT)
+    assert model["model"] == "copier" and model["in_context"]["k"] == 2
+    assert {e["user"] for e in model["in_context"]["examples"]} == set(trained)  # no test
     assert model["lineage"]["teacher"] == "teacher" and model["lineage"]["workload"] == "refunds"
 
-    # A user on the candidate's arm: the teacher's two Thai answers go in front.
+    # A user on the candidate's arm: two of the teacher's Thai answers go in front.
+    thai = {q for q, _ in pairs("th", 6)} & set(trained)
+    assert len(thai) == 4
     before = len(served.upstream.requests)
     question = unicodedata.normalize("NFD", QUERIES["th"])
     resp = httpx.post(
@@ -360,8 +396,9 @@ def test_retrain_icl_canaries_the_base_model_with_the_teachers_examples(
     assert resp.status_code == 200, resp.text
     sent = sent_upstream(served, before)
     assert len(sent) == 5 and sent[-1]["content"] == question
-    assert {m["content"] for m in sent[:-1:2]} <= {q for q, _ in pairs("th", 3)}
+    assert {m["content"] for m in sent[:-1:2]} <= thai
     assert [m["content"] for m in sent[1:-1:2]] == [TAUGHT[m["content"]] for m in sent[:-1:2]]
+    assert resp.json()["choices"][0]["message"]["content"] == sent[-2]["content"]
 
 
 def test_only_an_admin_of_every_tenant_names_a_file_on_the_gateways_machine(
