@@ -191,12 +191,18 @@ def up(args: argparse.Namespace) -> None:
 
 
 async def experiment_report(
-    settings: Settings, name: str, since: str | None = None, until: str | None = None
+    settings: Settings,
+    name: str,
+    since: str | None = None,
+    until: str | None = None,
+    workload: str | None = None,
 ) -> dict[str, Any]:
     """The report of one experiment, read from the same Redis the gateway uses; with a
-    window (``since``), over those days from the archive."""
+    window (``since``), over those days from the archive (of one ``workload``'s requests
+    when given: only the archive's records name it)."""
     from gateway.control.control import Control
     from gateway.core import access, store
+    from gateway.core.errors import InvalidRequest
     from gateway.serving.metrics import Metrics
     from gateway.serving.upstream import UpstreamClient
 
@@ -216,6 +222,12 @@ async def experiment_report(
         owner = exp.tenant if exp is not None else access.NOBODY
         access.check(operator, "see", access.Resource("experiment", name, owner))
         if since is None and until is None:
+            if workload is not None:
+                raise InvalidRequest(
+                    "A report of one workload is read from the archive: give --since "
+                    "(YYYY-MM-DD) too.",
+                    param="since",
+                )
             return await control.report(name)
         from gateway.ops import archive_query
         from gateway.ops.archive import default_url
@@ -225,7 +237,7 @@ async def experiment_report(
         url = default_url(settings.data_dir, settings.archive.url)
         with store.translated("The archive"):
             return await archive_query.windowed(
-                url, name, arms, since, until, settings.archive.storage_options
+                url, name, arms, since, until, settings.archive.storage_options, workload
             )
     finally:
         await redis.aclose()
@@ -284,7 +296,9 @@ def print_window_report(doc: dict[str, Any]) -> None:
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     arms = Table(
-        title=f"Experiment {doc['experiment']}, {doc['since']} to {doc['until']} (from the archive)"
+        title=f"Experiment {doc['experiment']}, {doc['since']} to {doc['until']}"
+        + (f", workload {doc['workload']}" if doc.get("workload") else "")
+        + " (from the archive)"
     )
     for col in (
         "arm",
@@ -476,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--until", default=None, metavar="YYYY-MM-DD", help="... to this one (default: today)"
     )
+    p.add_argument(
+        "--workload",
+        default=None,
+        metavar="NAME",
+        help="with --since: only the requests of this workload (their metadata.workload)",
+    )
 
     p = sub.add_parser("experiments", help="act on an experiment's live state")
     actions = p.add_subparsers(dest="action", required=True)
@@ -509,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return migrate_keys(load_config_or_exit(args.config), args.source, args.replace)
     if args.command == "experiments":
         from gateway.core.errors import GatewayError
+        from gateway.core.params import checked_workload
 
         s = load_config_or_exit(args.config)
         try:
@@ -549,10 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         up(args)
     elif args.command == "report":
         from gateway.core.errors import GatewayError
+        from gateway.core.params import checked_workload
 
         s = load_config_or_exit(args.config)
         try:
-            doc = asyncio.run(experiment_report(s, args.name, args.since, args.until))
+            workload = checked_workload(args.workload, "--workload", blank=False)
+            doc = asyncio.run(experiment_report(s, args.name, args.since, args.until, workload))
         except GatewayError as exc:
             print(f"gateway report: {exc.message}", file=sys.stderr)
             return 1

@@ -784,6 +784,14 @@ def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                     }
                     for q, what in (("since", "the first"), ("until", "the last"))
                 ),
+                {
+                    "name": "workload",
+                    "in": "query",
+                    "required": False,
+                    "description": "with 'since': only the requests that named this workload "
+                    "(metadata.workload or x-flywheel-workload) and their ratings",
+                    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 64},
+                },
             ],
             "responses": {
                 "200": _json(

@@ -284,6 +284,94 @@ def test_the_report_over_a_window_counts_what_was_sent_from_the_archive(stack: S
     assert cells[:2] == ["fixed-a", "6"] and "0.5" in window
 
 
+def test_one_workloads_requests_are_listed_and_reported_apart_hot_and_archived(
+    stack: Stack,
+) -> None:
+    """Requests name their workload (``metadata.workload``); the console's list and the
+    report over a window (CLI, admin API, console) take one workload's requests only."""
+    exp = experiment(stack, "by-workload", [{"model": "fixed-a"}])
+    asked = [
+        ("refunds", "How do I get a refund for order 1001?"),
+        ("orders", "Where is my parcel?"),
+        ("refunds", "ฉันจะขอคืนเงินสำหรับคำสั่งซื้อหมายเลข 1002 ได้อย่างไร"),
+        (None, "Hello?"),
+        ("refunds", unicodedata.normalize("NFD", "Làm sao để tôi được hoàn tiền?")),
+        ("orders", "Can I change the address?"),
+    ]
+    ids: dict[str | None, list[str]] = {}
+    with httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10) as c:
+        for i, (workload, text) in enumerate(asked):
+            body: dict[str, Any] = {
+                "model": exp,
+                "user": f"shopper-{i}",
+                "messages": [{"role": "user", "content": text}],
+            }
+            if workload:
+                body["metadata"] = {"workload": workload}
+            r = c.post(stack.gw.base_url + "/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            ids.setdefault(workload, []).append(r.json()["id"])
+    every = [rid for rids in ids.values() for rid in rids]
+    eventually(
+        lambda: stack.redis.exists(*[keys.interaction(i) for i in every]) == len(every),
+        "the interaction log writes every answer",
+    )
+    rate(stack, ids["refunds"][0], "down")
+    rate(stack, ids["orders"][0], "up")
+    refunds, orders = ids["refunds"][::-1], ids["orders"][::-1]  # newest first
+
+    def listed(workload: str) -> list[str]:
+        return flat(listing(stack, REVIEWER, experiment=exp, workload=workload))
+
+    assert (listed("refunds"), listed("orders"), listed("returns")) == (refunds, orders, [])
+    page = httpx.get(
+        f"{stack.gw.url}/ui/interactions", params={"workload": "not a name"}, headers=REVIEWER
+    )
+    assert page.status_code == 400 and "workload" in page.text
+    stack.archive_now()
+    leave_redis(stack, every)
+    assert (listed("refunds"), listed("orders"), listed("returns")) == (refunds, orders, [])
+    assert flat(listing(stack, REVIEWER, experiment=exp, workload="refunds", rating="down")) == [
+        ids["refunds"][0]
+    ]
+
+    done = report_cli(stack, exp, "--since", TODAY, "--workload", "refunds", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = orjson.loads(done.stdout)
+    assert doc["workload"] == "refunds"
+    (arm,) = doc["arms"]
+    assert (arm["requests"], arm["ratings"]["all"], arm["ratings"]["mean_score"]) == (3, 1, 0.0)
+    table = report_cli(stack, exp, "--since", TODAY, "--workload", "refunds")
+    assert table.returncode == 0 and "workload refunds" in table.stdout, table.stderr
+    live = report_cli(stack, exp, "--workload", "refunds")
+    assert live.returncode == 1 and "--since" in live.stderr, live.stderr
+
+    url = f"{stack.gw.url}/admin/experiments/{exp}/report"
+    api = httpx.get(url, params={"since": TODAY, "workload": "orders"}, headers=ADMIN).json()
+    (arm,) = api["arms"]
+    assert (arm["requests"], arm["ratings"]["all"], arm["ratings"]["mean_score"]) == (2, 1, 1.0)
+    everything = httpx.get(url, params={"since": TODAY}, headers=ADMIN).json()
+    assert everything["workload"] is None and everything["arms"][0]["requests"] == 6
+    for params, param in (
+        ({"workload": "orders"}, "since"),  # the live report does not know workloads
+        ({"since": TODAY, "workload": "ค่าส่ง"}, "workload"),
+        ({"since": TODAY, "workload": ""}, "workload"),
+    ):
+        bad = httpx.get(url, params=params, headers=ADMIN)
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"] == param, bad.text
+
+    page = httpx.get(
+        f"{stack.gw.url}/ui/experiments/{exp}",
+        params={"since": TODAY, "workload": "refunds"},
+        headers=ADMIN,
+    )
+    assert page.status_code == 200, page.text
+    window = page.text.split('id="h-window"', 1)[1].split("</section>", 1)[0]
+    assert "workload refunds" in window
+    assert re.findall(r"<td>([^<]*)</td>", window)[:2] == ["fixed-a", "3"]
+
+
 def test_paging_a_day_at_a_time_shows_every_row_once_across_days_and_budgets(
     tmp_path: Path,
 ) -> None:

@@ -555,6 +555,10 @@ def test_a_name_that_could_become_a_path_is_refused_by_every_admin_route(
         ("/ui/interactions?since=0001-01-01", "since"),
         ("/ui/interactions?until=yesterday", "until"),
         ("/ui/experiments/default?since=0001-01-01", "since"),
+        ("/admin/experiments/default/report?since=2026-01-01&workload=a%20b", "workload"),
+        ("/admin/experiments/default/report?workload=refunds", "since"),
+        ("/ui/interactions?workload=-x", "workload"),
+        ("/ui/experiments/default?since=2026-01-01&workload=ค่าส่ง", "workload"),
     ],
 )
 def test_malformed_cursors_and_dates_are_400_naming_the_parameter(

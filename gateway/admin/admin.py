@@ -55,7 +55,7 @@ from gateway.control.control import Control
 from gateway.core import access, store
 from gateway.core.auth import Principal
 from gateway.core.errors import InvalidRequest, PermissionDenied
-from gateway.core.params import checked_day
+from gateway.core.params import checked_day, checked_workload
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url
 from gateway.ops.forget import forget_user
@@ -194,7 +194,14 @@ def add_admin_routes(app: FastAPI) -> None:
         control, _ = admin(request, name)
         since = checked_day(request.query_params.get("since"), "since", blank=False)
         until = checked_day(request.query_params.get("until"), "until", blank=False)
+        workload = checked_workload(request.query_params.get("workload"), blank=False)
         if since is None and until is None:
+            if workload is not None:  # the live report counts arms, not workloads
+                raise InvalidRequest(
+                    "A report of one workload is read from the archive: give 'since' "
+                    "(YYYY-MM-DD) too.",
+                    param="since",
+                )
             return _json(await control.report(name))
         state = await control.experiments.state(name)
         settings = gateway_state(request).settings
@@ -202,7 +209,9 @@ def add_admin_routes(app: FastAPI) -> None:
         arms = [a["model"] for a in state["spec"]["arms"]]
         with store.translated("The archive"):
             options = settings.archive.storage_options
-            return _json(await archive_query.windowed(url, name, arms, since, until, options))
+            return _json(
+                await archive_query.windowed(url, name, arms, since, until, options, workload)
+            )
 
     @app.get("/admin/experiments/{name:experiment}")
     async def get_experiment(request: Request, name: str) -> Response:

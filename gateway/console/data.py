@@ -37,6 +37,7 @@ ARCHIVE_BUDGET_S = 2.0  # the time a page spends reading the archive (DuckDB, in
 class Filters:
     experiment: str = ""
     arm: str = ""
+    workload: str = ""  # the requests' metadata.workload
     rating: str = ""  # up, down, none, "" (any)
     corrected: bool = False
     tenant: str = ""
@@ -150,8 +151,8 @@ async def interactions(
     """One page of the interactions, newest first, filtered: from the interaction
     stream while Redis holds them, then (with an ``archive``) from the archive.
 
-    Experiment, arm and time are read from the stream entries; tenant and text from the
-    records, fetched a batch at a time; ratings only for the records that pass those. A
+    Experiment, arm and time are read from the stream entries; tenant, workload and text
+    from the records, fetched a batch at a time; ratings only for the records that pass those. A
     page reads at most ``SCAN_LIMIT`` entries and works at most ``SCAN_BUDGET_S``, so a
     filter that matches little never scans the whole store at once: the page says so and
     offers to go on.
@@ -203,6 +204,8 @@ async def interactions(
             if user.tenant and rec.get("tenant") != user.tenant:
                 continue
             if f.tenant and rec.get("tenant") != f.tenant:
+                continue
+            if f.workload and rec.get("workload") != f.workload:
                 continue
             if f.q and nfc(f.q).lower() not in _text(rec):
                 continue
@@ -278,6 +281,7 @@ async def _from_archive(
             limit=batch,
             experiment=f.experiment,
             arm=f.arm,
+            workload=f.workload,
             tenants=tenants,
             q=f.q,
             budget_s=max(0.0, deadline - time.monotonic()),

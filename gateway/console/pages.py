@@ -268,6 +268,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         check_experiment(request, user, name, "see")
         since = params.checked_day(request.query_params.get("since"), "since")
         until = params.checked_day(request.query_params.get("until"), "until")
+        workload = params.checked_workload(request.query_params.get("workload"))
         st = gateway_state(request)
         state = await st.control.experiments.state(name)
         rep = await st.control.report(name)
@@ -280,7 +281,13 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             arms = [a["model"] for a in state["spec"]["arms"]]
             with store.translated("The archive"):
                 window = await archive_query.windowed(
-                    url, name, arms, since, until or None, settings.archive.storage_options
+                    url,
+                    name,
+                    arms,
+                    since,
+                    until or None,
+                    settings.archive.storage_options,
+                    workload,
                 )
         return render(
             request,
@@ -293,6 +300,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             window=window,
             since=since or "",
             until=until or "",
+            workload=workload or "",
             language_sample=LANGUAGE_SAMPLE,
             hot_hours=st.settings.interaction_log.hot_s / 3600,
         )
@@ -466,6 +474,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         f = data.Filters(
             experiment=qp.get("experiment", ""),
             arm=qp.get("arm", ""),
+            workload=params.checked_workload(qp.get("workload")) or "",
             rating=qp.get("rating", "") if qp.get("rating") in ("up", "down", "none") else "",
             corrected=qp.get("corrected") == "1",
             tenant=qp.get("tenant", ""),

@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 import time
 
+from gateway.core.config import NAME_PATTERN
 from gateway.core.errors import InvalidRequest
 
 CURSOR = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+WORKLOAD = re.compile(NAME_PATTERN)  # a workload is named like a model
+WORKLOAD_MAX = 64
 
 
 def checked_cursor(before: str | None) -> str | None:
@@ -35,6 +38,20 @@ def checked_day(value: str | None, param: str, blank: bool = True) -> str | None
     if parsed is None or not 1970 <= parsed.tm_year <= 9999:
         raise InvalidRequest(
             f"'{param}' must be a day as YYYY-MM-DD from 1970-01-01 on, not {value[:40]!r}.",
+            param=param,
+        )
+    return value
+
+
+def checked_workload(value: str | None, param: str = "workload", blank: bool = True) -> str | None:
+    """A workload filter (a name as requests give it in ``metadata.workload``), or a 400
+    naming ``param``. An empty value is no filter where ``blank``, else a 400."""
+    if value is None or (value == "" and blank):
+        return None
+    if len(value) > WORKLOAD_MAX or not WORKLOAD.fullmatch(value):
+        raise InvalidRequest(
+            f"'{param}' must be a workload name of at most {WORKLOAD_MAX} letters, digits, "
+            f"'.', '_' or '-', not {value[:40]!r}.",
             param=param,
         )
     return value

@@ -154,6 +154,20 @@ class ArchiveReader:
         except duckdb.Error as exc:
             raise ArchiveError(f"reading the archive failed: {exc}") from None
 
+    def _columns(self, files: list[str]) -> set[str]:
+        """The columns of ``files`` together (a file written before a column existed
+        lacks it; a query naming a column no file has fails)."""
+        import duckdb
+
+        if not files:
+            return set()
+        try:
+            with self._connect() as db:
+                cursor = db.execute(f"SELECT * FROM {self._source(files)} LIMIT 0")
+                return {d[0] for d in cursor.description}
+        except duckdb.Error as exc:
+            raise ArchiveError(f"reading the archive failed: {exc}") from None
+
     @staticmethod
     def _source(files: list[str]) -> str:
         listed = ", ".join(_quote(f) for f in files)
@@ -170,6 +184,7 @@ class ArchiveReader:
         limit: int,
         experiment: str = "",
         arm: str = "",
+        workload: str = "",
         tenants: tuple[str, ...] = (),
         q: str = "",
         budget_s: float | None = None,
@@ -223,6 +238,9 @@ class ArchiveReader:
         if arm:
             where.append("arm = ?")
             params.append(arm)
+        if workload:
+            where.append("workload = ?")
+            params.append(workload)
         for tenant in tenants:
             where.append("tenant = ?")
             params.append(tenant)
@@ -239,6 +257,8 @@ class ArchiveReader:
         out: list[Found] = []
         for i, w in enumerate(windows):
             files = by_day.get(w, []) + by_day.get(_previous_day(w), [])
+            if workload and "workload" not in self._columns(files):
+                continue  # written before requests named a workload: none of its rows match
             start = _day_start_ms(w)
             sql = (
                 f"SELECT * FROM {self._source(files)} WHERE {_MS} >= ? AND {_MS} < ? "
@@ -292,9 +312,12 @@ class ArchiveReader:
 
     # -- the report over a window ------------------------------------------------------
 
-    def report(self, experiment: str, since_s: float, until_s: float) -> dict[str, Any]:
+    def report(
+        self, experiment: str, since_s: float, until_s: float, workload: str | None = None
+    ) -> dict[str, Any]:
         """Per-arm statistics of ``experiment``'s interactions logged in
-        [``since_s``, ``until_s``), from the archive only (see :func:`window_report`).
+        [``since_s``, ``until_s``) (of one ``workload`` when given), from the archive only
+        (see :func:`window_report`).
 
         One pass over the window's interaction files (the columns it needs) into a temp
         table, one over the feedback files from its first day on; the rest is small."""
@@ -305,8 +328,9 @@ class ArchiveReader:
         ix_files = self.files(INTERACTIONS, first_day, last_day, experiment)
         fb_files = self.files(FEEDBACK, first_day, None, experiment)
         out: dict[str, dict[str, dict[str, Any]]] = {"requests": {}, "rated": {}, "users": {}}
-        if not ix_files:
+        if not ix_files or (workload and "workload" not in self._columns(ix_files)):
             return out
+        by_workload = " AND workload = ?" if workload else ""
         steps = [
             (
                 "ix",
@@ -318,8 +342,9 @@ class ArchiveReader:
                        TRY_CAST(json_extract(usage, '$.completion_tokens') AS BIGINT) AS compl
                 FROM {self._source(ix_files)}
                 WHERE experiment = ? AND created >= ? AND created < ? AND shadow_of IS NULL
+                {by_workload}
                 """,
-                [experiment, since_s, until_s],
+                [experiment, since_s, until_s, *([workload] if workload else [])],
             ),
             (
                 "requests",
@@ -480,9 +505,11 @@ def window_report(
     arms: list[str],
     since: str,
     until: str | None = None,
+    workload: str | None = None,
 ) -> dict[str, Any]:
     """The report of ``experiment`` over the days ``since``..``until`` (inclusive, UTC;
-    ``until`` None: up to now), per arm, from the archive.
+    ``until`` None: up to now), per arm, from the archive; of one ``workload``'s requests
+    when given (``metadata.workload``; None: all).
 
     Only archived data counts: interactions the archiver has not copied yet (logged
     after ``archive.archived_until``) and ratings still only in Redis are not included,
@@ -496,7 +523,7 @@ def window_report(
     end = parse_day(until, "until") + 86400 if until else time.time()
     if end <= start:
         raise BadWindow("'until' must not be before 'since'.", "until")
-    raw = reader.report(experiment, start, end)
+    raw = reader.report(experiment, start, end, workload)
     archived = reader.archived_until()
     seen = list(arms) + sorted(
         (set(raw["requests"]) | set(raw["rated"]) | set(raw["users"])) - set(arms)
@@ -540,6 +567,7 @@ def window_report(
     return {
         "object": "experiment.window_report",
         "experiment": experiment,
+        "workload": workload,
         "since": since,
         "until": until or datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d"),
         "generated_at": int(time.time()),
@@ -562,6 +590,7 @@ async def windowed(
     since: str | None,
     until: str | None,
     storage_options: dict[str, Any] | None = None,
+    workload: str | None = None,
 ) -> dict[str, Any]:
     """:func:`window_report` for the gateway (admin API, console, ``gateway report``):
     in a thread, a bad window as the gateway's 400."""
@@ -573,7 +602,7 @@ async def windowed(
         raise InvalidRequest("A report window needs 'since' (YYYY-MM-DD).", param="since")
     try:
         return await asyncio.to_thread(
-            window_report, reader(url, storage_options), experiment, arms, since, until
+            window_report, reader(url, storage_options), experiment, arms, since, until, workload
         )
     except BadWindow as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None

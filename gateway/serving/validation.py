@@ -14,14 +14,13 @@ enforced. No per-request pydantic model: a request costs a few dict lookups here
 
 from __future__ import annotations
 
-import re
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.config import NAME_PATTERN
 from gateway.core.errors import InvalidRequest
+from gateway.core.params import WORKLOAD, WORKLOAD_MAX
 from gateway.serving.bodies import json_object
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -85,9 +84,7 @@ def _stop(v: Any) -> bool:
     )
 
 
-WORKLOAD_MAX = 64
 WORKLOAD_HEADER = "x-flywheel-workload"
-_WORKLOAD = re.compile(NAME_PATTERN)
 
 PARAMS: dict[str, Param] = {
     "stream": Param(
@@ -225,7 +222,7 @@ def workload_of(doc: dict[str, Any], header: str | None) -> str | None:
         value, param = header, WORKLOAD_HEADER
     else:
         return None
-    if not isinstance(value, str) or len(value) > WORKLOAD_MAX or not _WORKLOAD.fullmatch(value):
+    if not isinstance(value, str) or len(value) > WORKLOAD_MAX or not WORKLOAD.fullmatch(value):
         raise InvalidRequest(
             f"'{param}' must be a name of at most {WORKLOAD_MAX} letters, digits, '.', '_' or '-' "
             f"(starting with a letter or digit), not {_show(value)}.",
