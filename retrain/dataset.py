@@ -595,16 +595,29 @@ class Builder:
 
     def _distill(self, parent: Version | None, tenant: str | None) -> Gathered:
         """Steps 1 and 2 of a distillation build: the teacher's answers logged since the
-        parent version's (the interaction stream, ``interaction_log.hot_s`` of it), of
-        the workload when the build has one, with their ratings → examples; and the
-        stream id read up to (in the manifest)."""
-        start = (parent.manifest.get("distill") or {}).get("until") if parent else None
-        start = keys.stream_id_after(start) if start else "-"
+        parent version's, of the workload when the build has one, with their ratings →
+        examples; and the stream id read up to (in the manifest).
+
+        The interaction stream holds ``interaction_log.hot_s`` of them; what left it
+        before a build read it (builds further apart than the hot window, or the first
+        build of a teacher that has served for longer) comes from the archive, with its
+        ratings there."""
+        after = (parent.manifest.get("distill") or {}).get("until") if parent else None
+        start = keys.stream_id_after(after) if after else "-"
         if self.since is not None:
             since = f"{int(self.since.timestamp() * 1000)}-0"
             start = since if start == "-" else max(start, since, key=keys.stream_id_order)
+        oldest: Any = self.client.xrange(self.ks.interaction_stream, count=1)
+        first_hot = keys.text(oldest[0][0]) if oldest else None
+        archived: list[tuple[str, InteractionRecord]] = []
+        if (
+            first_hot is None
+            or start == "-"
+            or (keys.stream_id_order(start) < keys.stream_id_order(first_hot))
+        ):  # some of what the build should read may have left the stream
+            archived = self._teacher_archived(start, first_hot, tenant)
         ids: list[str] = []
-        until = None
+        until = max((sid for sid, _ in archived), key=keys.stream_id_order, default=None)
         while True:
             entries: Any = self.client.xrange(self.ks.interaction_stream, min=start, count=1000)
             for sid, fields in entries:
@@ -616,6 +629,8 @@ class Builder:
             start = keys.stream_id_after(keys.text(entries[-1][0]))
         wrong: Counter[str] = Counter()
         found = self._interactions(ids)
+        from_archive = {rec["id"] for _, rec in archived}
+        found.update((rec["id"], rec) for _, rec in archived)
         kept = [
             rec
             for rec in found.values()
@@ -628,6 +643,14 @@ class Builder:
         ]
         wrong["interaction_missing"] = sum(1 for rec in found.values() if rec is None)
         rated = ratings_of(self.client, self.ks, [rec["id"] for rec in kept])
+        old = [rec for rec in kept if rec["id"] in from_archive]
+        if old:  # their ratings may have left Redis too: the archive's, then Redis's
+            first_day = min(archive_query.day_of(int(rec["created"] * 1000)) for rec in old)
+            past = self._archive_reader().ratings([rec["id"] for rec in old], first_day)
+            rated = [
+                _latest_per_rater(past.get(rec["id"], []), hot)
+                for rec, hot in zip(kept, rated, strict=True)
+            ]
         answers = [(rec, r) for rec, r in zip(kept, rated, strict=True)]
         gathered = distill_examples(answers, self.cfg, self.settings.feedback.failure_threshold)
         gathered.dropped.update(+wrong)
@@ -639,6 +662,45 @@ class Builder:
             "answers": len(kept),
         }
         return gathered
+
+    def _archive_reader(self) -> archive_query.ArchiveReader:
+        return archive_query.reader(
+            default_url(self.settings.data_dir, self.settings.archive.url),
+            self.settings.archive.storage_options,
+        )
+
+    def _teacher_archived(
+        self, start: str, before: str | None, tenant: str | None
+    ) -> list[tuple[str, InteractionRecord]]:
+        """The teacher's archived answers logged from the stream id ``start`` (``-``: any)
+        and before ``before`` (the stream's oldest entry; None: an empty stream), of the
+        build's workload and tenant: (stream id, record), newest first."""
+        reader = self._archive_reader()
+        since_ms = None if start == "-" else keys.stream_id_order(start)[0]
+        low = None if start == "-" else keys.stream_id_order(start)
+        out: list[tuple[str, InteractionRecord]] = []
+        cursor = before
+        while True:
+            got, resume = reader.interactions(
+                before=cursor,
+                since_ms=since_ms,
+                until_ms=None,
+                limit=1000,
+                arm=self.teacher or "",
+                workload=self.workload or "",
+                tenants=(tenant,) if tenant else (),
+            )
+            out += [
+                (g.stream_id, g.record)
+                for g in got
+                if low is None or keys.stream_id_order(g.stream_id) >= low
+            ]
+            if resume is not None:
+                cursor = resume
+            elif len(got) < 1000:
+                return out
+            else:
+                cursor = got[-1].stream_id
 
     def _curate_and_write(
         self,
@@ -799,3 +861,12 @@ class Builder:
                 "split": self.cfg.split.model_dump(),
             },
         }
+
+
+def _latest_per_rater(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
+    """Ratings by rater, a later source winning (the archive's, then Redis's: current)."""
+    by_rater: dict[str, FeedbackEvent] = {}
+    for ratings in sources:
+        for r in ratings:
+            by_rater[r["rater"]] = r
+    return sorted(by_rater.values(), key=lambda r: (r["created"], r["rater"]))

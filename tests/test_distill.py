@@ -21,9 +21,16 @@ import orjson
 import pytest
 import yaml
 
+from gateway.core import keys
 from gateway.core.config import ArchiveConfig, load_settings
 from gateway.core.records import INTERACTION_FIELDS, interaction
-from gateway.ops.archive import INTERACTIONS, arrow_table, find_interactions, open_archive
+from gateway.ops.archive import (
+    INTERACTIONS,
+    Archiver,
+    arrow_table,
+    find_interactions,
+    open_archive,
+)
 from retrain import feedback_log
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
@@ -31,6 +38,7 @@ from retrain.forget import forget_pending
 
 from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
 from .multilingual import pairs
+from .polling import eventually
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess
 from .stores import STORES, Store, store_for
@@ -321,6 +329,49 @@ def test_a_forgotten_user_leaves_the_workload_and_distillation_datasets(
         version = root / (root / "latest").read_text().strip()
         rows = lines(version / "train.jsonl")
         assert {row["messages"][-2]["content"] for row in rows} == left
+
+
+def test_the_teachers_answers_that_left_redis_before_a_build_come_from_the_archive(
+    served: Served, tmp_path: Path
+) -> None:
+    """Builds further apart than the hot window: what left the interaction stream (and
+    its ratings, Redis) since the last build is read from the archive, once."""
+    qs = list(QUESTIONS)
+    first, hot = qs[1], qs[9]
+    gone = [qs[2], qs[6], qs[13]]  # English, Thai, Vietnamese sent in NFD
+    settings = settings_for(served, tmp_path)
+    ask(served, "teacher", first, metadata={"workload": "late"})
+    v1 = build(served, settings, "shop", teacher="teacher", workload="late")
+    assert set(trained(v1)) == {nfc(first)}
+
+    ids = [ask(served, "teacher", q, metadata={"workload": "late"}) for q in gone]
+    rate(served, ids[1], "down")  # the Thai answer: not the teacher's best
+    rate(served, ids[2], "up")
+    with served.store.client() as r:
+        archiver = Archiver(r, served.store.ks, open_archive(settings.data_dir, settings.archive))
+        try:  # the gateway's own archiver may hold the lock for a moment
+            eventually(lambda: archiver.run_once().held_by is None, "an archive pass")
+        finally:
+            archiver.release()
+        # What expiry and trimming do past the hot windows: records, ratings and the
+        # stream entries up to the newest of them leave Redis.
+        stream = served.store.ks.interaction_stream
+        newest = max(
+            keys.stream_id_order(keys.text(sid))
+            for sid, fields in r.xrange(stream)
+            if keys.text(fields[b"id"]) in ids
+        )
+        r.xtrim(stream, minid=f"{newest[0]}-{newest[1] + 1}", approximate=False)
+        for rid in ids:
+            r.delete(keys.interaction(rid), served.store.ks.feedback(rid))
+    ask(served, "teacher", hot, metadata={"workload": "late"})
+
+    v2 = build(served, settings, "shop", teacher="teacher", workload="late")
+    assert set(trained(v2)) == {nfc(first), nfc(gone[0]), nfc(gone[2]), nfc(hot)}
+    assert v2.manifest["dropped"].get("rated_down") == 1  # its rating read from the archive
+    assert v2.manifest["distill"]["answers"] == 4  # the three archived and the hot one
+    again = build(served, settings, "shop", teacher="teacher", workload="late")
+    assert again.status == "nothing-new"
 
 
 def test_archived_interactions_written_before_workloads_still_read(tmp_path: Path) -> None:
