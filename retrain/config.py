@@ -222,6 +222,13 @@ class Distill(_Strict):
         "answers) must reach this; negative: how much worse than the teacher may be "
         "accepted (a not-worse test)",
     )
+    judge: str | None = Field(
+        None,
+        description="a model the gateway serves that screens the teacher's unrated answers "
+        "before they become examples: it reads the conversation and the answer and replies "
+        "ACCEPT or REJECT; a rejected answer is left out (counted 'judge_rejected'), any "
+        "other reply keeps it (counted in the manifest). Needs gateway_url and a key",
+    )
 
 
 class RetrainConfig(RetrainSection):

@@ -147,6 +147,15 @@ def training_messages(messages: list[dict[str, Any]], weights: bool = True) -> l
     return out
 
 
+def _answer_text(ix: InteractionRecord) -> str:
+    """The served answer as a judge reads it: its text, and its tool calls as JSON."""
+    calls = ix.get("tool_calls")
+    text = ix.get("answer") or ""
+    if calls:
+        text = (text + "\n" if text else "") + orjson.dumps(calls).decode()
+    return text
+
+
 def _served(ix: InteractionRecord) -> str | dict[str, Any]:
     """The served answer as the assistant message to train on (with its tool calls)."""
     answer = ix.get("answer") or ""
@@ -406,13 +415,15 @@ def distill_examples(
     answers: list[tuple[InteractionRecord, list[FeedbackEvent]]],
     cfg: RetrainConfig,
     failure_threshold: float,
+    rejected: frozenset[str] = frozenset(),
 ) -> Gathered:
     """The teacher's answers (each with its current ratings) → examples.
 
     A correction wins over the teacher's answer (a correction example, and the pair
     correction over answer); an answer rated below ``failure_threshold`` is left out;
     a well-rated one is kept as answered (its tool calls too), and so is an unrated one
-    unless ``distill.unrated`` is off; one rated in between counts as neutral."""
+    unless ``distill.unrated`` is off or the judge refused it (its id in ``rejected``);
+    one rated in between counts as neutral."""
     out = Gathered()
     for ix, rated in answers:
         rid, messages, tools = ix["id"], ix["messages"], ix.get("tools")
@@ -434,6 +445,8 @@ def distill_examples(
             out.dropped["rated_down"] += 1
         elif rated and max(r["score"] for r in rated) < cfg.good_threshold:
             out.neutral += 1
+        elif not rated and rid in rejected:
+            out.dropped["judge_rejected"] += 1
         elif rated or cfg.distill.unrated:
             out.examples.append(Example(SFT, _sft(messages, _served(ix), tools), "teacher", **meta))
         else:
@@ -652,7 +665,10 @@ class Builder:
                 for rec, hot in zip(kept, rated, strict=True)
             ]
         answers = [(rec, r) for rec, r in zip(kept, rated, strict=True)]
-        gathered = distill_examples(answers, self.cfg, self.settings.feedback.failure_threshold)
+        screened, rejected = self._screen([rec for rec, r in answers if not r])
+        gathered = distill_examples(
+            answers, self.cfg, self.settings.feedback.failure_threshold, rejected
+        )
         gathered.dropped.update(+wrong)
         before = (parent.manifest.get("distill") or {}).get("until") if parent else None
         self.distilled = {
@@ -660,8 +676,40 @@ class Builder:
             "workload": self.workload,
             "until": until or before,
             "answers": len(kept),
+            **({"judge": screened} if screened else {}),
         }
         return gathered
+
+    def _screen(
+        self, unrated: list[InteractionRecord]
+    ) -> tuple[dict[str, Any] | None, frozenset[str]]:
+        """The judge's screening of the teacher's unrated answers (``distill.judge``):
+        what it said (for the manifest) and the ids it refused."""
+        judge = self.cfg.distill.judge
+        if judge is None or not self.cfg.distill.unrated or not unrated:
+            return None, frozenset()
+        from . import judge as judging
+        from .gateway_client import Gateway
+
+        items = [(rec["messages"], _answer_text(rec)) for rec in unrated]
+        step = self.progress("judge unrated answers", len(items))
+        with Gateway(self.settings) as gateway:
+            verdicts = judging.screen(
+                gateway.ask, judge, items, self.cfg.eval.judge_max_tokens, self.cfg.eval.concurrency
+            )
+        step(len(items))
+        said = Counter(verdicts)
+        summary = {
+            "model": judge,
+            "screened": len(items),
+            "accepted": said["ACCEPT"],
+            "rejected": said["REJECT"],
+            "invalid": said["invalid"],  # kept: only a refusal leaves an answer out
+        }
+        refused = frozenset(
+            rec["id"] for rec, v in zip(unrated, verdicts, strict=True) if v == "REJECT"
+        )
+        return summary, refused
 
     def _archive_reader(self) -> archive_query.ArchiveReader:
         return archive_query.reader(

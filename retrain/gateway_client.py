@@ -40,6 +40,15 @@ class Gateway:
         self.client = {"Authorization": f"Bearer {client}"} if client else {}
         self.max_tokens = cfg.eval.max_tokens
 
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def _check(self, resp: httpx.Response) -> dict[str, Any]:
         if resp.is_error:
             try:

@@ -13,6 +13,10 @@ candidate first and control first. Per example:
 The win rate counts a tie as half a win: ``(wins + ties / 2) / n``, with a Wilson
 interval over the n examples.
 
+It also screens a teacher's unrated answers before a distillation build makes them
+examples (``retrain.distill.judge``, :func:`screen`): it sees the conversation and the
+answer and replies ``ACCEPT`` or ``REJECT``; only a refusal leaves an answer out.
+
 The judge judges in the conversation's language: the instructions are English, but
 they tell it that the answers should be in the language of the user's question and
 that an answer in another language is worse, and name that language when it can be
@@ -90,11 +94,63 @@ def prompt(
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
+SCREEN_SYSTEM = (
+    "You are a strict reviewer. You read a conversation and the assistant's last answer, "
+    "and say whether a smaller model should learn to answer like that: correct, helpful, "
+    "complete, and written in the language of the user's question."
+)
+SCREEN_TEMPLATE = """{language}Conversation:
+{conversation}
+
+The assistant's answer:
+{answer}
+
+Should a model learn to answer like this? Reply with one word: ACCEPT or REJECT."""
+
+
+def screen_prompt(
+    messages: list[dict[str, Any]], answer: str, lang: str | None = None
+) -> list[dict[str, Any]]:
+    """The judge's chat messages to screen ``answer`` to ``messages``."""
+    name = LANGUAGES.get(lang or "")
+    said = (
+        f"The user writes in {name}: an answer in another language should be rejected.\n\n"
+        if name
+        else ""
+    )
+    text = SCREEN_TEMPLATE.format(language=said, conversation=_render(messages), answer=nfc(answer))
+    return [{"role": "system", "content": SCREEN_SYSTEM}, {"role": "user", "content": text}]
+
+
+def screen(
+    ask: Ask,
+    judge: str,
+    items: list[tuple[list[dict[str, Any]], str]],
+    max_tokens: int,
+    concurrency: int = 4,
+) -> list[str]:
+    """The judge's verdict on each (conversation, answer): ``ACCEPT``, ``REJECT`` or
+    ``invalid`` (a reply that is neither word)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[list[dict[str, Any]], str]) -> str:
+        messages, answer = item
+        reply = ask(judge, screen_prompt(messages, answer, question_language(messages)), max_tokens)
+        return _first_word(reply, ("ACCEPT", "REJECT"))
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(one, items))
+
+
+def _first_word(reply: str, words: tuple[str, ...]) -> str:
+    found = reply.strip().split()
+    first = found[0].strip("*.:,;!\"'()[]`").upper() if found else ""
+    return first if first in words else "invalid"
+
+
 def parse(reply: str) -> str:
     """``A``, ``B``, ``TIE``, or ``invalid``: the reply's first word, punctuation aside."""
-    words = reply.strip().split()
-    first = words[0].strip("*.:,;!\"'()[]`").upper() if words else ""
-    return first if first in ("A", "B", "TIE") else "invalid"
+    return _first_word(reply, ("A", "B", "TIE"))
 
 
 def judge_pair(

@@ -71,6 +71,15 @@ def _teacher(messages: list[dict[str, Any]]) -> Any:
     return QUESTIONS.get(question) or "I do not know."
 
 
+def _judge(messages: list[dict[str, Any]]) -> str:
+    """Refuses an answer that does not know; cannot make up its mind about order 1003."""
+    text = messages[-1]["content"]
+    answer = text.split("The assistant's answer:\n", 1)[1].split("\n\nShould a model", 1)[0]
+    if "I do not know" in answer:
+        return "REJECT"
+    return "Hard to say." if "1003" in text else "ACCEPT."
+
+
 @dataclass
 class Served:
     gateway: GatewayProcess
@@ -87,7 +96,7 @@ def store(request: pytest.FixtureRequest) -> Store:
 @pytest.fixture(scope="module")
 def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     upstream = ScriptedUpstream(
-        {"teacher": _teacher, "other": lambda _m: "An answer from another model."}
+        {"teacher": _teacher, "other": lambda _m: "An answer from another model.", "judge": _judge}
     ).start()
     config = {
         **store.config,
@@ -100,6 +109,7 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "models": {
             "teacher": {"upstream": "scripted", "model": "teacher"},
             "other": {"upstream": "scripted", "model": "other"},
+            "judge": {"upstream": "scripted", "model": "judge"},
         },
         "experiments": {"shop": {"arms": [{"model": "teacher", "weight": 1}]}},
     }
@@ -372,6 +382,46 @@ def test_the_teachers_answers_that_left_redis_before_a_build_come_from_the_archi
     assert v2.manifest["distill"]["answers"] == 4  # the three archived and the hot one
     again = build(served, settings, "shop", teacher="teacher", workload="late")
     assert again.status == "nothing-new"
+
+
+def test_a_judge_screens_the_teachers_unrated_answers_in_their_language(
+    served: Served, tmp_path: Path
+) -> None:
+    qs = list(QUESTIONS)
+    known = [qs[0], qs[4], qs[12]]  # English, Thai, Vietnamese sent in NFD
+    unclear = qs[3]  # order 1003: the judge's reply is neither word
+    unknown = "What is the meaning of life?"  # the teacher does not know
+    liked = "Do you sell gift cards?"  # nor here, but a user rated it up: not screened
+    ids = {
+        q: ask(served, "teacher", q, metadata={"workload": "screened"})
+        for q in [*known, unclear, unknown, liked]
+    }
+    rate(served, ids[liked], "up")
+    before = len(served.upstream.asked("judge"))
+    settings = settings_for(
+        served,
+        tmp_path,
+        gateway_url=served.gateway.url,
+        gateway_key=API_KEY,
+        distill={"judge": "judge"},
+    )
+    result = build(served, settings, "shop", teacher="teacher", workload="screened")
+    assert set(trained(result)) == {nfc(q) for q in [*known, unclear, liked]}
+    assert result.manifest["dropped"]["judge_rejected"] == 1
+    assert result.manifest["distill"]["judge"] == {
+        "model": "judge",
+        "screened": 5,
+        "accepted": 3,
+        "rejected": 1,
+        "invalid": 1,  # kept: only a refusal leaves an answer out
+    }
+    prompts = [r["messages"][-1]["content"] for r in served.upstream.asked("judge")[before:]]
+    assert len(prompts) == 5
+    (thai,) = [p for p in prompts if nfc(qs[4]) in p]
+    assert "The user writes in Thai" in thai and nfc(QUESTIONS[qs[4]]) in thai
+    (vietnamese,) = [p for p in prompts if nfc(qs[12]) in p]  # the question reaches it in NFC
+    assert "The user writes in Vietnamese" in vietnamese
+    assert not any(liked in p for p in prompts)
 
 
 def test_archived_interactions_written_before_workloads_still_read(tmp_path: Path) -> None:
