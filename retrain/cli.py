@@ -226,7 +226,9 @@ def _parser() -> argparse.ArgumentParser:
         "--student",
         default=None,
         metavar="BASE",
-        help="--distill: the local base model trained (default: retrain.local.base_model)",
+        help="--distill: the base model trained: a local one (default: retrain.local."
+        "base_model), or with --provider openai a hosted one (default: retrain.openai."
+        "base_model)",
     )
     run.add_argument(
         "--workload", type=name_arg, default=None, help="only the requests of this workload"
@@ -760,9 +762,14 @@ def _jobs(args: argparse.Namespace) -> int:
         from retrain.config import LocalTraining
         from retrain.cycle import Distillation, run
 
-        if args.student:
-            local = settings.retrain.local.model_copy(update={"base_model": args.student})
-            retrain = settings.retrain.model_copy(update={"local": local})
+        if args.student:  # the base model the provider that trains fine-tunes
+            section = (
+                "openai" if (args.provider or settings.retrain.provider) == "openai" else "local"
+            )
+            trained = getattr(settings.retrain, section).model_copy(
+                update={"base_model": args.student}
+            )
+            retrain = settings.retrain.model_copy(update={section: trained})
             settings = settings.model_copy(update={"retrain": retrain})
         if args.processes is not None:
             try:

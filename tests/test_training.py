@@ -22,7 +22,14 @@ from retrain.local_train import plan, train
 from retrain.openai_ft import OpenAIProvider
 
 from .conftest import ADMIN
-from .helpers.flywheel import config_for, new_experiment, rate_corrections, retrain
+from .helpers.flywheel import (
+    ITEMS,
+    config_for,
+    correction,
+    new_experiment,
+    rate_corrections,
+    retrain,
+)
 from .helpers.training import write_dataset
 from .openai_ft_server import FineTuningServer
 from .openapi_schema import Check
@@ -253,6 +260,40 @@ def test_retrain_run_with_openai_registers_the_ft_model_as_a_canary(
         assert model["experiments"] == [exp]
         status = retrain(config, "status", job["id"])
         assert status.returncode == 0 and "registered" in status.stdout
+
+
+@pytest.mark.vllm
+def test_a_hosted_student_is_fine_tuned_on_the_teachers_answers_and_canaried_beside_it(
+    vllm: VLLMServer, redis_server: RedisProcess, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Distillation to a smaller hosted model: ``--provider openai --student MODEL``
+    fine-tunes that model on the teacher's answers (here the corrections users gave them,
+    which win) and canaries the ``ft:`` model beside the teacher."""
+    student = "gpt-4.1-nano-2025-04-14"
+    with openai_stack(vllm, redis_server, tiny_model, tmp_path) as (gw, server, exp, config):
+        run = retrain(
+            config, "run", "--experiment", exp, "--provider", "openai",
+            "--distill", "--teacher", "base", "--student", student,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        (create,) = [
+            r for r in server.requests if r["path"] == "/fine_tuning/jobs" and r["method"] == "POST"
+        ]
+        assert create["json"]["model"] == student
+        uploaded = [r for r in server.requests if r["path"] == "/files"]
+        training = uploaded[0]["bytes"].decode()
+        taught = [item for item in ITEMS if correction(item) in training]
+        assert len(taught) == len(ITEMS) - 6  # six held out for the gate
+        (job,) = [
+            j
+            for j in JobStore(redis.Redis.from_url(redis_server.url), keys.PLAIN_KEYSPACE).list(100)
+            if j["experiment"] == exp
+        ]
+        assert job["status"] == "registered" and job["result_model"].startswith(f"ft:{student}:")
+        model = httpx.get(f"{gw.url}/admin/models/{job['model_name']}", headers=ADMIN).json()
+        assert model["upstream"] == "openai" and model["lineage"]["teacher"] == "base"
+        spec = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()["spec"]
+        assert {a["model"] for a in spec["arms"]} == {"base", job["model_name"]}
 
 
 @pytest.mark.vllm
