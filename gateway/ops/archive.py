@@ -267,8 +267,17 @@ class Archive:
             self.table(kind)
 
     def properties(self, kind: str) -> dict[str, str | None]:
-        """The table properties the archive keeps on ``kind``."""
-        return {**TABLE_CONFIG[kind], "delta.logRetentionDuration": self.log_retention}
+        """The table properties the archive keeps on ``kind``: the log's retention, and
+        the retention of the log's record of replaced files (tombstones: a checkpoint
+        carries them that long) tied to the vacuum's, so a checkpoint holds the live
+        files and at most a vacuum window of replaced ones, not a week of them."""
+        return {
+            **TABLE_CONFIG[kind],
+            "delta.logRetentionDuration": self.log_retention,
+            "delta.deletedFileRetentionDuration": (
+                f"interval {int(self.vacuum_retention_hours)} hours"
+            ),
+        }
 
     def files(self, kind: str) -> list[str]:
         """The files of the table's current snapshot, as paths or URLs (what readers
