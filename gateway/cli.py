@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import orjson
 
 from gateway.admin import keys_cli
 from gateway.core.config import DEFAULT_CONFIG, Settings, build_settings, load_or_exit, show_config
+from gateway.core.documents import ExperimentState, Report
 
 
 def load_config_or_exit(path: str | None) -> Settings:
@@ -196,7 +198,7 @@ async def experiment_report(
     since: str | None = None,
     until: str | None = None,
     workload: str | None = None,
-) -> dict[str, Any]:
+) -> Report | dict[str, Any]:
     """The report of one experiment, read from the same Redis the gateway uses; with a
     window (``since``), over those days from the archive (of one ``workload``'s requests
     when given: only the archive's records name it)."""
@@ -245,7 +247,7 @@ async def experiment_report(
             await asyncio.to_thread(embedded.stop)
 
 
-async def resume_experiment(settings: Settings, name: str, key: str | None) -> dict[str, Any]:
+async def resume_experiment(settings: Settings, name: str, key: str | None) -> ExperimentState:
     """Let the decider act again on ``name`` (``POST /admin/experiments/{name}/resume``),
     in the Redis the config names. With ``key``, as that key's holder, who must be an
     admin of the experiment's tenant (the admin API's rule); without, as ``cli:$USER``,
@@ -284,7 +286,7 @@ async def resume_experiment(settings: Settings, name: str, key: str | None) -> d
             await asyncio.to_thread(embedded.stop)
 
 
-def print_window_report(doc: dict[str, Any]) -> None:
+def print_window_report(doc: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -346,7 +348,7 @@ def same_language(lang: dict[str, Any] | None) -> str:
     return f"{lang['share']:.1%} of {lang['known']}"
 
 
-def print_report(doc: dict[str, Any]) -> None:
+def print_report(doc: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -575,14 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         s = load_config_or_exit(args.config)
         try:
             workload = checked_workload(args.workload, "--workload", blank=False)
-            doc = asyncio.run(experiment_report(s, args.name, args.since, args.until, workload))
+            rep = asyncio.run(experiment_report(s, args.name, args.since, args.until, workload))
         except GatewayError as exc:
             print(f"gateway report: {exc.message}", file=sys.stderr)
             return 1
         if args.json:
-            print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-        elif doc["object"] == "experiment.window_report":
-            print_window_report(doc)
+            print(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode())
+        elif rep["object"] == "experiment.window_report":
+            print_window_report(rep)
         else:
-            print_report(doc)
+            print_report(rep)
     return 0

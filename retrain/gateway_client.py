@@ -6,9 +6,11 @@ Every failure — an error answer, or no answer at all (refused, reset, timed ou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
+
+from gateway.core.documents import ExperimentState
 
 from .config import RetrainSettings
 from .errors import GatewayUnavailable
@@ -62,8 +64,8 @@ class Gateway:
         doc: dict[str, Any] = resp.json()
         return doc
 
-    def experiment(self, name: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"/admin/experiments/{name}", headers=self.admin))
+    def experiment(self, name: str) -> ExperimentState:
+        return _state(self._check(self.http.get(f"/admin/experiments/{name}", headers=self.admin)))
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post("/admin/models", json=body, headers=self.admin))
@@ -76,14 +78,15 @@ class Gateway:
         if resp.status_code != 404:
             self._check(resp)
 
-    def add_arm(self, experiment: str, model: str, weight: float) -> dict[str, Any]:
-        return self._check(
+    def add_arm(self, experiment: str, model: str, weight: float) -> ExperimentState:
+        doc = self._check(
             self.http.post(
                 f"/admin/experiments/{experiment}/arms",
                 json={"model": model, "weight": weight},
                 headers=self.admin,
             )
         )
+        return _state(doc)
 
     def ask(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None = None) -> str:
         """One greedy (temperature 0) answer of ``model``; ``max_tokens`` defaults to
@@ -101,3 +104,10 @@ class Gateway:
             )
         )
         return str(doc["choices"][0]["message"].get("content") or "")
+
+
+def _state(doc: dict[str, Any]) -> ExperimentState:
+    """The admin API's answer as an experiment's state, once it looks like one."""
+    if doc.get("object") != "experiment" or not isinstance(doc.get("spec"), dict):
+        raise GatewayUnavailable(f"gateway: not an experiment's state: {str(doc)[:200]}")
+    return cast(ExperimentState, doc)

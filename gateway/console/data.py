@@ -21,6 +21,7 @@ from gateway.control import report
 from gateway.control.control import Control
 from gateway.core import keys, paths, store
 from gateway.core.config import Experiment
+from gateway.core.documents import ArmReport, ExperimentState, HistoryEntry
 from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
 from gateway.core.text import nfc
 from gateway.ops.archive import find_interactions
@@ -354,8 +355,8 @@ async def versions(
     redis: aioredis.Redis,
     ks: keys.Keyspace,
     name: str,
-    history: list[dict[str, Any]],
-    state: dict[str, Any],
+    history: list[HistoryEntry],
+    state: ExperimentState,
     control: Control,
 ) -> list[dict[str, Any]]:
     """The report's per-arm summary under each version still counted: the plots' points."""
@@ -368,7 +369,7 @@ async def versions(
         exp = Experiment.model_validate(entry["after"])
         raw = await report.collect(redis, ks, name, exp, v)
         total = sum(a.weight for a in exp.arms)
-        arms: dict[str, dict[str, Any]] = {}
+        arms: dict[str, ArmReport] = {}
         for arm in exp.arms:
             price = models[arm.model].price if arm.model in models else None
             counted = report.arm_data(arm.model, arm.weight, raw[arm.model], price)
@@ -464,7 +465,7 @@ def examples_of(
 
 
 def lineage(
-    models: list[dict[str, Any]], jobs: list[dict[str, Any]], states: list[dict[str, Any]]
+    models: list[dict[str, Any]], jobs: list[dict[str, Any]], states: list[ExperimentState]
 ) -> list[dict[str, Any]]:
     """Dataset → job → model → experiment arm → outcome, for each job that made a model."""
     arms = {
@@ -476,7 +477,7 @@ def lineage(
     out = []
     for j in jobs:
         model = j.get("model_name")
-        exp = arms.get((j.get("experiment"), model)) if model else None
+        exp = arms.get((str(j.get("experiment")), model)) if model else None
         out.append(
             {
                 "dataset": j.get("dataset_id"),

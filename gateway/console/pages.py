@@ -324,9 +324,10 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         elif action == "promote":
             after = promoted(model)(_spec(before)).model_dump()
         elif action == "rollback":
-            if state.get("previous") is None:
+            previous = state["previous"]
+            if previous is None:
                 raise Conflict(f"Experiment '{name}' has no earlier state to roll back to.")
-            after = state["previous"]
+            after = previous
         else:
             raise InvalidRequest("'action' must be ramp, promote or rollback.", param="action")
         return render(

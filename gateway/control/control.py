@@ -30,6 +30,7 @@ from gateway.control.registry import Registry
 from gateway.control.routing import Router
 from gateway.core import keys, store
 from gateway.core.config import Settings
+from gateway.core.documents import Report
 from gateway.serving.metrics import Metrics
 from gateway.serving.upstream import UpstreamClient
 
@@ -86,7 +87,7 @@ class Control:
     async def load(self) -> None:
         await self.live.load()
 
-    async def report(self, name: str, languages: bool = True) -> dict[str, Any]:
+    async def report(self, name: str, languages: bool = True) -> Report:
         """The experiment's A/B report; with ``languages``, each arm's share of answers
         in the language of the question too (a sample, guessed now: see ``report.py``)."""
         rep = await self.decisions.report(name)

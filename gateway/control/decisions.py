@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -29,6 +28,7 @@ from gateway.control.experiments import DECIDER, Experiments, promoted, weighted
 from gateway.control.live import LiveState
 from gateway.core import keys, store
 from gateway.core.config import Experiment, Settings
+from gateway.core.documents import ExperimentState, Report
 from gateway.core.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from gateway.core.locks import AsyncLock
 from gateway.serving.metrics import Metrics
@@ -56,7 +56,7 @@ class Decisions:
         self.experiments = experiments
         self.metrics = metrics
 
-    async def report(self, name: str) -> dict[str, Any]:
+    async def report(self, name: str) -> Report:
         state = await self.experiments.state(name)
         with store.translated():
             return await report.report(self.redis, self.ks, name, state, self.live.router.models)
@@ -75,7 +75,7 @@ class Decisions:
                 except (Conflict, InvalidRequest, NotFound) as exc:
                     log.warning("auto decision for %s not applied: %s", name, exc.message)
 
-    async def decide(self, name: str) -> dict[str, Any] | None:
+    async def decide(self, name: str) -> ExperimentState | None:
         """One look: record it, apply the decision. The new state, or None: nothing done."""
         lock = AsyncLock(self.redis, self.ks.decision_lock(name))
         if not await lock.acquire():
@@ -119,7 +119,7 @@ class Decisions:
         finally:
             await lock.release()
 
-    async def _record_look(self, name: str, rep: dict[str, Any]) -> None:
+    async def _record_look(self, name: str, rep: Report) -> None:
         """Keep each ready candidate's running minimum p for the version looked at."""
         ready = {
             c["candidate"]: c["p_value"]

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from gateway.control.live import LiveState
 from gateway.core import access, keys, store
 from gateway.core.config import Experiment, Settings, experiment_problems, format_path, valid_name
+from gateway.core.documents import ExperimentState, HistoryEntry, Pin
 from gateway.core.errors import Conflict, InvalidRequest, NotFound
 
 HISTORY_CAP = 1000
@@ -99,30 +100,30 @@ class Experiments:
             )
         self.live.seeded = True
 
-    async def states(self) -> list[dict[str, Any]]:
+    async def states(self) -> list[ExperimentState]:
         with store.translated():
             raw = await self.redis.hgetall(self.ks.experiments)
         return [orjson.loads(v) for _, v in sorted(raw.items())]
 
-    async def state(self, name: str) -> dict[str, Any]:
+    async def state(self, name: str) -> ExperimentState:
         with store.translated():
             raw = await self.redis.hget(self.ks.experiments, name)
         if raw is None:
             raise NotFound(f"No experiment named '{name:.128}'.", param="name")
-        doc: dict[str, Any] = orjson.loads(raw)
+        doc: ExperimentState = orjson.loads(raw)
         return doc
 
-    async def history(self, name: str) -> list[dict[str, Any]]:
+    async def history(self, name: str) -> list[HistoryEntry]:
         await self.state(name)
         with store.translated():
             raw = await self.redis.lrange(self.ks.history(name), 0, -1)
         return [orjson.loads(v) for v in raw]
 
-    async def put(self, name: str, body: Any, who: str) -> dict[str, Any]:
+    async def put(self, name: str, body: Any, who: str) -> ExperimentState:
         spec = parse_experiment(body)
         return await self.change(name, who, "replaced", lambda _cur: spec, create=True, pause=None)
 
-    async def add_arm(self, name: str, body: Any, who: str) -> dict[str, Any]:
+    async def add_arm(self, name: str, body: Any, who: str) -> ExperimentState:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise InvalidRequest("'model' is required: the model to add as an arm.", param="model")
 
@@ -139,7 +140,7 @@ class Experiments:
 
         return await self.change(name, who, f"added arm {body['model']:.128}", add, pause=False)
 
-    async def promote(self, name: str, body: Any, who: str) -> dict[str, Any]:
+    async def promote(self, name: str, body: Any, who: str) -> ExperimentState:
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str):
             raise InvalidRequest("'model' is required: the arm to promote.", param="model")
@@ -151,7 +152,7 @@ class Experiments:
             )
         return await self.change(name, who, f"promoted {model:.128}", promoted(model))
 
-    async def rollback(self, name: str, who: str) -> dict[str, Any]:
+    async def rollback(self, name: str, who: str) -> ExperimentState:
         return await self.change(name, who, "rolled back", None)
 
     async def _model_owners(self) -> dict[str, str | None]:
@@ -176,7 +177,7 @@ class Experiments:
         expect_version: int | None = None,
         ramp_step: bool = False,
         pause: bool | None = True,
-    ) -> dict[str, Any]:
+    ) -> ExperimentState:
         """Apply ``edit`` to the current spec (``None``: roll back) as a compare-and-set.
 
         With ``expect_version`` the change applies only to that version (the decider's:
@@ -193,12 +194,12 @@ class Experiments:
             with store.translated():
                 raw = await self.redis.hget(self.ks.experiments, name)
                 owners = await self._model_owners()
-            cur = orjson.loads(raw) if raw is not None else None
+            cur: ExperimentState | None = orjson.loads(raw) if raw is not None else None
             if cur is None and not create:
                 raise NotFound(f"No experiment named '{name:.128}'.", param="name")
             if cur is None and name in owners:
                 raise access.name_taken(name)
-            if expect_version is not None and (cur or {}).get("version") != expect_version:
+            if expect_version is not None and (cur is None or cur["version"] != expect_version):
                 raise Conflict(f"Experiment '{name}' changed since version {expect_version}.")
             before = Experiment.model_validate(cur["spec"]) if cur else None
             if edit is None:
@@ -214,6 +215,7 @@ class Experiments:
                 raise InvalidRequest(problems[0], param=problems[0].split(":")[0])
             version = (cur["version"] if cur else 0) + 1
             action = action if cur else "created"
+            pin: Pin | None
             if who == DECIDER or cur is None:
                 pin = None
             elif pause or (pause is None and _traffic(before) != _traffic(after)):
@@ -236,7 +238,7 @@ class Experiments:
                 raise Conflict(f"Experiment '{name}' changed since version {expect_version}.")
         raise Conflict(f"Experiment '{name}' is being changed by others; try again.")
 
-    async def resume(self, name: str, who: str) -> dict[str, Any]:
+    async def resume(self, name: str, who: str) -> ExperimentState:
         """Let the decider act on a paused experiment again: the pin is cleared and the
         resume audited, with no new version (the evidence collected since the pause, all
         under the current weights, counts)."""
@@ -244,7 +246,7 @@ class Experiments:
             raw = await self.redis.hget(self.ks.experiments, name)
         if raw is None:
             raise NotFound(f"No experiment named '{name:.128}'.", param="name")
-        cur = orjson.loads(raw)
+        cur: ExperimentState = orjson.loads(raw)
         pin = cur.get("pin")
         if not pin:
             raise Conflict(
@@ -252,7 +254,7 @@ class Experiments:
             )
         spec = Experiment.model_validate(cur["spec"])
         action = f"resumed automatic decisions (paused by {pin['by']} at version {pin['version']})"
-        state = {**cur, "pin": None}
+        state: ExperimentState = {**cur, "pin": None}
         entry = _entry(int(cur["version"]), action, who, spec, spec)
         with store.translated():
             found = await self._change(
@@ -278,9 +280,9 @@ def _state(
     spec: Experiment,
     previous: Experiment | None,
     who: str,
-    pin: dict[str, Any] | None,
+    pin: Pin | None,
     ramp_from: int,
-) -> dict[str, Any]:
+) -> ExperimentState:
     return {
         "object": "experiment",
         "name": name,
@@ -296,7 +298,7 @@ def _state(
 
 def _entry(
     version: int, action: str, who: str, before: Experiment | None, after: Experiment
-) -> dict[str, Any]:
+) -> HistoryEntry:
     return {
         "version": version,
         "action": action,

@@ -41,6 +41,7 @@ from gateway.control import decider
 from gateway.control.decider import KEEP, PROMOTE, RAMP, ROLLBACK
 from gateway.core import keys, stats, text
 from gateway.core.config import Experiment, ModelVersion, Price
+from gateway.core.documents import ArmReport, ExperimentState, Pin, Report, Savings
 from gateway.core.records import last_user_text
 from gateway.core.store import set_parent_death_signal
 
@@ -67,7 +68,7 @@ _USER_FIELDS = ("users", "mean_sum", "mean_sq", "ratings")
 MAX_RAMP_VERSIONS = 32  # earlier versions of a ramp read, at most (a ramp has one per stage)
 
 
-def ramp_versions(state: dict[str, Any]) -> list[int]:
+def ramp_versions(state: ExperimentState) -> list[int]:
     """The earlier versions of the experiment's current ramp, oldest first: those since
     ``ramp_from`` (the version the last change by anyone but the decider's ramp steps
     made; a state without it is a ramp of its own)."""
@@ -126,18 +127,20 @@ def cost_per_request(req: dict[str, float], price: Price | None) -> float | None
     return spent / requests
 
 
-def savings(arms: list[dict[str, Any]], control: str) -> list[dict[str, Any]]:
+def savings(arms: list[ArmReport], control: str) -> list[Savings]:
     """What promoting each candidate would save against the control, per 1k requests and
     over this version's traffic (every arm's requests), where both have a cost."""
     ctl = next((a for a in arms if a["model"] == control), None)
     if ctl is None or ctl["cost_per_1k_requests"] is None:
         return []
     traffic = sum(a["requests"] for a in arms)
-    out = []
+    out: list[Savings] = []
+    control_cost = ctl["cost_per_1k_requests"]
     for a in arms:
-        if a["model"] == control or a["cost_per_1k_requests"] is None:
+        cost = a["cost_per_1k_requests"]
+        if a["model"] == control or cost is None:
             continue
-        per_1k = ctl["cost_per_1k_requests"] - a["cost_per_1k_requests"]
+        per_1k = control_cost - cost
         total = per_1k * traffic / 1000
         verb = "save" if per_1k >= 0 else "cost"
         out.append(
@@ -180,7 +183,7 @@ def arm_data(
     )
 
 
-def arm_summary(arm: decider.ArmData, total_weight: float, raw: dict[str, Any]) -> dict[str, Any]:
+def arm_summary(arm: decider.ArmData, total_weight: float, raw: dict[str, Any]) -> ArmReport:
     req, agg = raw["req"], raw["agg"]
     lo, hi = arm.users.interval()
     ratings_all = int(agg.get("count", 0))
@@ -224,12 +227,12 @@ def arm_summary(arm: decider.ArmData, total_weight: float, raw: dict[str, Any]) 
 
 def build(
     name: str,
-    state: dict[str, Any],
+    state: ExperimentState,
     raw: dict[str, dict[str, Any]],
     models: dict[str, ModelVersion],
     previous_p: dict[str, float] | None = None,
     ramp_p: dict[str, float] | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """The report from the counters :func:`collect` read (pure: tested on synthetic data).
 
     ``state`` is the experiment's live state (``spec``, ``version``, ``pin``,
@@ -271,7 +274,7 @@ def build(
     }
 
 
-def paused_text(pin: dict[str, Any]) -> str:
+def paused_text(pin: Pin) -> str:
     """What the report, the console and ``gateway report`` say of a paused experiment."""
     return (
         f"paused by {pin['by']} at version {pin['version']} ({pin['action']}): no "
@@ -283,9 +286,9 @@ async def report(
     redis: aioredis.Redis,
     ks: keys.Keyspace,
     name: str,
-    state: dict[str, Any],
+    state: ExperimentState,
     models: dict[str, ModelVersion],
-) -> dict[str, Any]:
+) -> Report:
     exp = Experiment.model_validate(state["spec"])
     version = int(state["version"])
     earlier = ramp_versions(state)
