@@ -49,7 +49,7 @@ import redis
 
 from gateway.core import keys, paths
 from gateway.core.locks import Lock
-from gateway.core.records import FeedbackEvent, InteractionRecord, text_of
+from gateway.core.records import FeedbackEvent, InteractionRecord, latest_per_rater, text_of
 from gateway.ops import archive_query
 from gateway.ops.archive import default_url, find_interactions, open_archive
 
@@ -661,7 +661,7 @@ class Builder:
             first_day = min(archive_query.day_of(int(rec["created"] * 1000)) for rec in old)
             past = self._archive_reader().ratings([rec["id"] for rec in old], first_day)
             rated = [
-                _latest_per_rater(past.get(rec["id"], []), hot)
+                latest_per_rater(past.get(rec["id"], []), hot)
                 for rec, hot in zip(kept, rated, strict=True)
             ]
         answers = [(rec, r) for rec, r in zip(kept, rated, strict=True)]
@@ -909,12 +909,3 @@ class Builder:
                 "split": self.cfg.split.model_dump(),
             },
         }
-
-
-def _latest_per_rater(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
-    """Ratings by rater, a later source winning (the archive's, then Redis's: current)."""
-    by_rater: dict[str, FeedbackEvent] = {}
-    for ratings in sources:
-        for r in ratings:
-            by_rater[r["rater"]] = r
-    return sorted(by_rater.values(), key=lambda r: (r["created"], r["rater"]))

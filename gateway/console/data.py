@@ -22,7 +22,13 @@ from gateway.control.control import Control
 from gateway.core import keys, paths, store
 from gateway.core.config import Experiment
 from gateway.core.documents import ArmReport, ExperimentState, HistoryEntry
-from gateway.core.records import FeedbackEvent, InteractionRecord, decode_feedback, text_of
+from gateway.core.records import (
+    FeedbackEvent,
+    InteractionRecord,
+    decode_feedback,
+    latest_per_rater,
+    text_of,
+)
 from gateway.core.text import nfc
 from gateway.ops.archive import find_interactions
 from gateway.ops.archive_query import ArchiveReader, day_of, days_around, stream_id
@@ -99,15 +105,6 @@ async def ratings_of(
     ]
 
 
-def _merge(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
-    """Ratings by rater, later sources winning (the archive's, then Redis's: current)."""
-    by_rater: dict[str, FeedbackEvent] = {}
-    for ratings in sources:
-        for r in ratings:
-            by_rater[r["rater"]] = r
-    return sorted(by_rater.values(), key=lambda r: (r["created"], r["rater"]))
-
-
 async def ratings_merged(
     redis: aioredis.Redis,
     ks: keys.Keyspace,
@@ -124,7 +121,7 @@ async def ratings_merged(
     first = min(day_of(int(r["created"]) * 1000) for r in recs)
     archived = await asyncio.to_thread(archive.ratings, ids, first)
     hot = await ratings_of(redis, ks, ids)
-    return [_merge(archived.get(i, []), h) for i, h in zip(ids, hot, strict=True)]
+    return [latest_per_rater(archived.get(i, []), h) for i, h in zip(ids, hot, strict=True)]
 
 
 async def _gone(

@@ -530,3 +530,13 @@ def from_row(row: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
         )
         for name, kind in kinds.items()
     }
+
+
+def latest_per_rater(*sources: list[FeedbackEvent]) -> list[FeedbackEvent]:
+    """Ratings by rater, a later source winning (the archive's, then Redis's: the
+    current ones), oldest first."""
+    by_rater: dict[str, FeedbackEvent] = {}
+    for ratings in sources:
+        for r in ratings:
+            by_rater[r["rater"]] = r
+    return sorted(by_rater.values(), key=lambda r: (r["created"], r["rater"]))
