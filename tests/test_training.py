@@ -271,9 +271,13 @@ def test_a_hosted_student_is_fine_tuned_on_the_teachers_answers_and_canaried_bes
     which win) and canaries the ``ft:`` model beside the teacher."""
     student = "gpt-4.1-nano-2025-04-14"
     with openai_stack(vllm, redis_server, tiny_model, tmp_path) as (gw, server, exp, config):
+        # The session's vLLM model answers other tests too: this test's teacher traffic
+        # is its own workload.
+        workload = f"returns-{uuid.uuid4().hex[:6]}"
+        rate_corrections(gw, exp, workload=workload)
         run = retrain(
             config, "run", "--experiment", exp, "--provider", "openai",
-            "--distill", "--teacher", "base", "--student", student,
+            "--distill", "--teacher", "base", "--student", student, "--workload", workload,
         )  # fmt: skip
         assert run.returncode == 0, run.stdout + run.stderr
         (create,) = [

@@ -92,19 +92,18 @@ def ask(gw: GatewayProcess, model: str, question: str, arm: str | None = None) -
     return str(resp.json()["choices"][0]["message"]["content"])
 
 
-def rate_corrections(gw: GatewayProcess, experiment: str) -> None:
+def rate_corrections(gw: GatewayProcess, experiment: str, workload: str | None = None) -> None:
     with httpx.Client(timeout=60) as c:
         for i, item in enumerate(ITEMS):
-            resp = c.post(
-                gw.base_url + "/chat/completions",
-                headers=CLIENT,
-                json={
-                    "model": experiment,
-                    "user": f"customer-{i}",
-                    "max_tokens": 8,
-                    "messages": [{"role": "user", "content": f"Can I return {item}?"}],
-                },
-            )
+            body: dict[str, Any] = {
+                "model": experiment,
+                "user": f"customer-{i}",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": f"Can I return {item}?"}],
+            }
+            if workload:
+                body["metadata"] = {"workload": workload}
+            resp = c.post(gw.base_url + "/chat/completions", headers=CLIENT, json=body)
             assert resp.status_code == 200, resp.text
             rated = c.post(
                 gw.base_url + "/feedback",
