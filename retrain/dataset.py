@@ -526,10 +526,7 @@ class Builder:
         if start is None:
             return []
         self.client.set(key, start)
-        reader = archive_query.reader(
-            default_url(self.settings.data_dir, self.settings.archive.url),
-            self.settings.archive.storage_options,
-        )
+        reader = self._archive_reader()
         return [
             RatingEvent(sid, record, replaced)
             for sid, record, replaced in archive_query.feedback_events(

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from gateway.core import text
+from gateway.core.records import last_user_text, text_of
 
 MAX_EXAMPLES = 500
 """The most examples a model holds: a file's first ones are read."""
@@ -47,20 +48,6 @@ def similarity(a: frozenset[str], b: frozenset[str]) -> float:
     return 2 * len(a & b) / (len(a) + len(b))
 
 
-def _text(content: Any) -> str | None:
-    """A message's text: a string, or the text parts of a content list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [
-            p["text"]
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        ]
-        return "".join(parts) if parts else None
-    return None
-
-
 def pair_of(messages: Any) -> tuple[str, str] | None:
     """(user, assistant) of one chat-format conversation: its last assistant message with
     text and the last user message before it; None when it has none (a tool call)."""
@@ -70,12 +57,12 @@ def pair_of(messages: Any) -> tuple[str, str] | None:
         m = messages[i]
         if not isinstance(m, dict) or m.get("role") != "assistant":
             continue
-        answer = _text(m.get("content"))
+        answer = text_of(m.get("content"))
         if not answer:
             return None
         for q in reversed(messages[:i]):
             if isinstance(q, dict) and q.get("role") == "user":
-                question = _text(q.get("content"))
+                question = text_of(q.get("content"))
                 return (question, answer) if question else None
         return None
     return None
@@ -130,7 +117,7 @@ class Shots:
         found = tuple(grams(u) for u, _ in pairs) if similar else ()
         return cls(pairs, k, similar, found)
 
-    def choose(self, query: str | None) -> list[tuple[str, str]]:
+    def choose(self, query: str) -> list[tuple[str, str]]:
         """The examples for a request whose last user message is ``query``: the first
         ``k``, or the ``k`` most similar (ties: the earlier example), the most similar
         last — nearest the conversation."""
@@ -144,15 +131,7 @@ class Shots:
     def messages(self, messages: list[Any]) -> tuple[list[Any], int]:
         """``messages`` with the chosen examples as user/assistant turns after the
         leading system (or developer) messages; and how many were put in."""
-        query = next(
-            (
-                _text(m.get("content"))
-                for m in reversed(messages)
-                if isinstance(m, dict) and m.get("role") == "user"
-            ),
-            None,
-        )
-        chosen = self.choose(query)
+        chosen = self.choose(last_user_text(messages))
         at = 0
         while (
             at < len(messages)
