@@ -8,7 +8,6 @@ dataset builder reads what the gateway stored.
 
 from __future__ import annotations
 
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,12 +30,12 @@ from gateway.ops.archive import (
     find_interactions,
     open_archive,
 )
-from retrain import feedback_log
 from retrain.config import RetrainSettings
 from retrain.dataset import Builder
 from retrain.forget import forget_pending
 
 from .conftest import ADMIN_KEY, API_KEY, ID_SECRET
+from .helpers import records
 from .multilingual import pairs
 from .polling import eventually
 from .scripted_upstream import ScriptedUpstream
@@ -125,14 +124,8 @@ def served(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 def stored(served: Served, response_id: str) -> Any:
-    deadline = time.monotonic() + 5
     with served.store.client() as r:
-        while time.monotonic() < deadline:
-            rec = feedback_log.interaction(r, response_id)
-            if rec is not None:
-                return rec
-            time.sleep(0.02)
-    raise AssertionError(f"no interaction record for {response_id}")
+        return records.stored(r, response_id)
 
 
 def ask(served: Served, model: str, question: str, **more: Any) -> str:

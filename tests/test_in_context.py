@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +23,8 @@ import orjson
 import pytest
 import yaml
 
-from retrain import feedback_log
-
 from .conftest import ADMIN, ADMIN_KEY, API_KEY, ID_SECRET
+from .helpers import records
 from .helpers.errors import assert_openai_error
 from .multilingual import pairs
 from .scripted_upstream import ScriptedUpstream
@@ -157,14 +155,8 @@ def register(served: Served, name: str, in_context: Any) -> httpx.Response:
 
 
 def stored(served: Served, response_id: str) -> Any:
-    deadline = time.monotonic() + 5
     with served.store.client() as r:
-        while time.monotonic() < deadline:
-            rec = feedback_log.interaction(r, response_id)
-            if rec is not None:
-                return rec
-            time.sleep(0.02)
-    raise AssertionError(f"no interaction record for {response_id}")
+        return records.stored(r, response_id)
 
 
 def sent_upstream(served: Served, before: int) -> list[dict[str, Any]]:

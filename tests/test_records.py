@@ -6,7 +6,6 @@ and a real Redis; the dataset builder's steps run on the records the gateway sto
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from retrain.curate import DPO, SFT, Curator, TokenCounter, format_errors
 from retrain.dataset import examples_from
 from retrain.feedback_log import RatingEvent
 
+from .helpers.records import stored
 from .scripted_upstream import ScriptedUpstream
 from .services import GatewayProcess, RedisProcess
 
@@ -84,16 +84,6 @@ def served(
     finally:
         gw.stop()
         upstream.stop()
-
-
-def stored(r: redis.Redis, response_id: str) -> records.InteractionRecord:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        rec = feedback_log.interaction(r, response_id)
-        if rec is not None:
-            return rec
-        time.sleep(0.02)
-    raise AssertionError(f"no interaction record for {response_id}")
 
 
 CONVERSATION: list[dict[str, Any]] = [
