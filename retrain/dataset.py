@@ -667,11 +667,10 @@ class Builder:
             answers, self.cfg, self.settings.feedback.failure_threshold, rejected
         )
         gathered.dropped.update(+wrong)
-        before = (parent.manifest.get("distill") or {}).get("until") if parent else None
         self.distilled = {
             "teacher": self.teacher,
             "workload": self.workload,
-            "until": until or before,
+            "until": until or after,
             "answers": len(kept),
             **({"judge": screened} if screened else {}),
         }
