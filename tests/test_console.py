@@ -37,6 +37,7 @@ from .stores import STORES, Store, store_for
 
 CONSOLE_DB = 11  # the console's experiments, ratings and jobs stay out of the others' way
 playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect  # retries until the page shows it (a click returns at the commit)
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -125,12 +126,12 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     assert retrain_build(config, exp).returncode == 4  # below the minimum: queued for review
     log_in(page, gw, ADMIN_KEY)
 
-    assert page.get_by_role("heading", name="Experiments").is_visible()
+    expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
     page.get_by_role("link", name=exp).click()
     assert_labelled(page)
-    assert page.get_by_role("heading", name=f"Experiment {exp}").is_visible()
-    assert page.locator("svg.plot").count() == 5
-    assert page.get_by_role("img", name="mean rating (95% CI)").is_visible()
+    expect(page.get_by_role("heading", name=f"Experiment {exp}")).to_be_visible()
+    expect(page.locator("svg.plot")).to_have_count(5)
+    expect(page.get_by_role("img", name="mean rating (95% CI)")).to_be_visible()
     report = httpx.get(f"{gw.url}/admin/experiments/{exp}/report", headers=ADMIN).json()
     table = page.locator("section", has_text="Report (version 1)").locator("tbody tr")
     served = {
@@ -145,25 +146,25 @@ def test_every_page_renders_for_an_admin(stack: tuple[GatewayProcess, Path], pag
     page.get_by_role("link", name="Interactions").click()
     page.get_by_label("Experiment").select_option(exp)
     page.get_by_role("button", name="Filter").click()
-    assert page.locator("tbody tr").count() == 4
-    assert page.get_by_role("link", name="Older →").count() == 0
+    expect(page.locator("tbody tr")).to_have_count(4)
+    expect(page.get_by_role("link", name="Older →")).to_have_count(0)
     assert_labelled(page)
     page.locator("tbody tr a").first.click()
-    assert page.get_by_role("heading", name=re.compile("^Interaction")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("^Interaction"))).to_be_visible()
     assert "walk 3: where is my parcel?" in page.locator(".conversation").inner_text()
     assert ids[-1] in page.url
 
     page.get_by_role("link", name="Review").click()
-    assert page.get_by_role("heading", name=re.compile("^Review queue")).is_visible()
-    assert page.locator("tbody tr", has_text=exp).count() == 4
+    expect(page.get_by_role("heading", name=re.compile("^Review queue"))).to_be_visible()
+    expect(page.locator("tbody tr", has_text=exp)).to_have_count(4)
     assert_labelled(page)
     page.get_by_role("link", name="Review one at a time").click()
-    assert page.get_by_role("heading", name=re.compile("^Review")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"^Review \d+ left"))).to_be_visible()
     assert_labelled(page)
     page.get_by_role("link", name="Datasets").click()
-    assert page.get_by_role("heading", name="Datasets", exact=True).is_visible()
+    expect(page.get_by_role("heading", name="Datasets", exact=True)).to_be_visible()
     page.get_by_role("link", name="Jobs & models").click()
-    assert page.get_by_role("heading", name="Model versions").is_visible()
+    expect(page.get_by_role("heading", name="Model versions")).to_be_visible()
     assert page.locator("tr", has_text="fixed-a").count() >= 1
 
 
@@ -179,7 +180,8 @@ def test_a_ramp_and_a_rollback_through_the_console_are_what_the_admin_api_shows(
     page.get_by_role("button", name="Ramp…").click()
 
     changed = page.locator("tr.changed")  # the confirmation shows what will change
-    assert changed.count() == 1 and changed.inner_text().split() == ["fixed-b", "10", "50"]
+    expect(changed).to_have_count(1)
+    assert changed.inner_text().split() == ["fixed-b", "10", "50"]
     before = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
     assert before["version"] == 1  # nothing changed before the confirmation
     page.get_by_role("button", name="Apply ramp").click()
@@ -290,7 +292,7 @@ def test_a_paused_experiment_says_so_and_its_resume_button_lets_the_decider_act(
     page.wait_for_load_state()
     after = httpx.get(f"{gw.url}/admin/experiments/{exp}", headers=ADMIN).json()
     assert after["pin"] is None and after["version"] == state["version"]
-    assert page.get_by_role("button", name="Resume automatic decisions").count() == 0
+    expect(page.get_by_role("button", name="Resume automatic decisions")).to_have_count(0)
     assert "resumed automatic decisions" in page.locator("section", has_text="History").inner_text()
 
 
@@ -380,7 +382,7 @@ def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_n
     assert page.url.endswith("/ui/review")
     page.get_by_label("Experiment").select_option(exp)
     page.get_by_role("button", name="Show").click()
-    assert page.locator("tbody tr").count() == 50
+    expect(page.locator("tbody tr")).to_have_count(50)
     page.get_by_role("link", name="Review one at a time").click()
 
     fixes: dict[str, str] = {}
@@ -403,7 +405,7 @@ def test_a_reviewer_clears_a_queue_of_fifty_failures_with_the_keyboard_and_the_n
                 fixes[prompt] = f"Corrected answer {n}: it arrives on Monday."
                 page.keyboard.type(fixes[prompt])
                 page.keyboard.press("Control+Enter")
-    assert page.locator("#done").is_visible()
+    expect(page.locator("#done")).to_be_visible()
     assert "skipped: 1" in page.locator("#done").inner_text()
     assert len(fixes) == 48 and dismissed and skipped
 
@@ -476,7 +478,7 @@ def test_a_job_shows_its_loss_curve_and_its_lineage_to_the_experiment_arm(
         "serving",
     ]
     curve = page.locator("tr", has_text=job["id"]).locator("xpath=following-sibling::tr[1]")
-    assert curve.locator("svg.plot circle").count() == 5
+    expect(curve.locator("svg.plot circle")).to_have_count(5)
     curve.get_by_text("Gate: passed").click()
     cells = curve.locator("table.gate tbody td").all_inner_texts()
     assert cells == ["test", "Where is my parcel?", "On its way.", "No idea.", "On its way.", "0.8"]
