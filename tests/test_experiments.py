@@ -258,6 +258,55 @@ def test_registering_an_adapter_loads_it_into_vllm_and_routes_to_it(
 
 
 @pytest.mark.vllm
+def test_base_answers_stay_the_base_models_while_more_adapters_than_slots_share_its_batches(
+    gateway: GatewayProcess, vllm: VLLMServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    """vLLM's CPU build indexed a base token's LoRA slot (-1) as the last slot: once every
+    slot held an adapter, base requests batched beside adapter requests were answered
+    partly by that adapter (the control of an evaluation, the base arm of an A/B).
+    Flywheel's vLLM plugin masks those tokens; this is what a user of the base sees."""
+    names = [unique(f"slot-{k}") for k in range(5)]  # more adapters than --max-loras (4)
+    for k, name in enumerate(names):
+        path = make_test_adapter(tiny_model, tmp_path / name, seed=11 + k)
+        resp = httpx.post(
+            f"{gateway.url}/admin/models",
+            json={"name": name, "upstream": "local", "adapter_path": str(path)},
+            headers=ADMIN,
+        )
+        assert resp.status_code == 201, resp.text
+    questions = [f"Can I return my {item}?" for item in ("shoes", "bags", "hats", "coats")]
+
+    def ask(model: str, question: str) -> str:
+        resp = httpx.post(
+            gateway.base_url + "/chat/completions",
+            headers=CLIENT,
+            timeout=120,
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": question}],
+                "temperature": 0,
+                "max_tokens": 12,
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["choices"][0]["message"]["content"])
+
+    try:
+        alone = {q: ask("base", q) for q in questions}
+        adapters = {(n, q): ask(n, q) for n in names for q in questions}  # every slot filled
+        assert sum(a != alone[q] for (_, q), a in adapters.items()) >= len(adapters) // 2
+        for _ in range(2):
+            with ThreadPoolExecutor(8) as pool:
+                work = [(m, q) for i, q in enumerate(questions) for m in ("base", names[i])]
+                work += [(names[-1], q) for q in questions]
+                answers = list(pool.map(lambda mq: (mq, ask(*mq)), work))
+            assert {q: a for (m, q), a in answers if m == "base"} == alone
+    finally:
+        for name in names:
+            httpx.delete(f"{gateway.url}/admin/models/{name}", headers=ADMIN)
+
+
+@pytest.mark.vllm
 def test_an_adapter_that_does_not_exist_is_refused_and_gets_no_traffic(
     gateway: GatewayProcess, vllm: VLLMServer, tmp_path: Path
 ) -> None:
