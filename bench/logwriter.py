@@ -23,9 +23,9 @@ from gateway.core.auth import Principal
 from gateway.core.config import InteractionLogConfig as LogConfig
 from gateway.core.config import Upstream
 from gateway.core.ids import IdIssuer
-from gateway.serving.chat import Turn
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.metrics import Metrics
+from gateway.serving.turn import Turn
 
 from .procs import group_cpu_seconds
 from .systems import ID_SECRET

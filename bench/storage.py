@@ -37,9 +37,9 @@ from gateway.core.config import InteractionLogConfig, Upstream
 from gateway.core.ids import IdIssuer
 from gateway.core.records import InteractionRecord
 from gateway.ops.archive import Archive, Archiver
-from gateway.serving.chat import Turn
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.metrics import Metrics
+from gateway.serving.turn import Turn
 
 from .procs import Processes
 from .systems import ID_SECRET, start_redis

@@ -199,7 +199,7 @@ def patch_writer_linger(linger_s: float = 0.005) -> None:
 
 def patch_relay_direct() -> None:
     """``RelayResponse`` without Starlette's per-response anyio task group."""
-    from gateway.serving.chat import RelayResponse
+    from gateway.serving.relay import RelayResponse
 
     async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
         relay_task = asyncio.current_task()

@@ -512,3 +512,27 @@ class Metrics:
         MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         merged.register(self.scrape)
         return generate_latest(merged)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class ArmMetrics:
+    """The metric series of one (experiment, arm), looked up once instead of per request
+    (``labels()`` takes a lock and builds a key every call)."""
+
+    def __init__(self, metrics: Metrics, experiment: str, arm: str) -> None:
+        self._metrics, self._labels = metrics, (experiment, arm)
+        self._requests: dict[str, Any] = {}
+        self.duration = metrics.request_duration.labels(experiment, arm)
+        self.ttft = metrics.ttft.labels(experiment, arm)
+        self.prompt_tokens = metrics.tokens.labels(experiment, arm, "prompt")
+        self.completion_tokens = metrics.tokens.labels(experiment, arm, "completion")
+        self.cost = metrics.cost.labels(experiment, arm)
+
+    def request(self, status: str) -> Any:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = self._metrics.requests.labels(*self._labels, status)
+        return child
