@@ -292,6 +292,11 @@ class RetrainConfig(RetrainSection):
     canary_share: float = Field(0.05, gt=0, lt=1, description="a new candidate's first share")
     distill: Distill = Field(Distill(), description="distillation datasets")
 
+    def teacher_gate(self) -> Eval:
+        """The gate of a model meant to replace a teacher (a distilled student, an
+        in-context candidate): ``eval`` with ``distill.margin``, a not-worse test."""
+        return self.eval.model_copy(update={"margin": self.distill.margin})
+
     @model_validator(mode="before")
     @classmethod
     def _moved_eval_keys(cls, data: Any) -> Any:

@@ -48,6 +48,7 @@ from gateway.core.records import JobStatus, RunOutcome
 from . import evaluate, preflight, tokens
 from .config import RetrainSettings
 from .dataset import Builder
+from .errors import UsageError
 from .exit_codes import ExitCode
 from .faults import crash_point
 from .gateway_client import Gateway
@@ -317,13 +318,10 @@ def _run(
 ) -> RunResult:
     cfg = settings.retrain
     if distill is not None:
-        arms = [a["model"] for a in Gateway(settings).experiment(experiment)["spec"]["arms"]]
-        if distill.teacher not in arms:
-            return RunResult(
-                USAGE,
-                f"the teacher '{distill.teacher}' is no arm of '{experiment}' "
-                f"(its arms: {', '.join(arms)}): the student is canaried beside its teacher",
-            )
+        try:
+            Gateway(settings).teacher_experiment(experiment, distill.teacher, "student")
+        except UsageError as exc:
+            return RunResult(USAGE, str(exc))
     store, gateway = JobStore(client, ks), Gateway(settings)
     adopted: list[dict[str, Any]] = []
     for job_id in recover(store, gateway, experiment, settings, adopt=adopted):
@@ -387,9 +385,7 @@ def _run(
         state = gateway.experiment(experiment)
         spec = state["spec"]
         control = distill.teacher if distill else spec.get("control") or spec["arms"][0]["model"]
-        gate = cfg.eval
-        if distill is not None:  # as good as the teacher: a not-worse test
-            gate = gate.model_copy(update={"margin": cfg.distill.margin})
+        gate = cfg.teacher_gate() if distill is not None else cfg.eval
         trained = (
             tokens.for_base_model(settings, base_model)
             if provider == "local"

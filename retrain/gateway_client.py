@@ -13,7 +13,7 @@ import httpx
 from gateway.core.documents import ExperimentState
 
 from .config import RetrainSettings
-from .errors import GatewayUnavailable
+from .errors import GatewayUnavailable, UsageError
 
 
 class _Transport(httpx.HTTPTransport):
@@ -66,6 +66,19 @@ class Gateway:
 
     def experiment(self, name: str) -> ExperimentState:
         return _state(self._check(self.http.get(f"/admin/experiments/{name}", headers=self.admin)))
+
+    def teacher_experiment(self, name: str, teacher: str, who: str) -> ExperimentState:
+        """Experiment ``name``, checked to have ``teacher`` as an arm: ``who`` (a student,
+        a candidate) replaces its teacher, so it is canaried beside it (UsageError naming
+        the arms if not)."""
+        state = self.experiment(name)
+        arms = [a["model"] for a in state["spec"]["arms"]]
+        if teacher not in arms:
+            raise UsageError(
+                f"the teacher '{teacher}' is no arm of '{name}' (its arms: {', '.join(arms)}): "
+                f"the {who} is canaried beside its teacher"
+            )
+        return state
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post("/admin/models", json=body, headers=self.admin))

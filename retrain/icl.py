@@ -28,7 +28,7 @@ from gateway.core.in_context import read_examples
 from . import evaluate, tokens
 from .config import RetrainSettings
 from .dataset import dataset_root
-from .errors import InvalidInput, NotFound, UsageError
+from .errors import InvalidInput, NotFound
 from .gateway_client import Gateway
 
 
@@ -58,6 +58,8 @@ def register_icl(
     log: Callable[[str], None] = lambda _m: None,
 ) -> Outcome:
     cfg = settings.retrain
+    gateway = Gateway(settings)
+    spec = gateway.teacher_experiment(experiment, teacher, "candidate")["spec"]
     root = dataset_root(cfg.dataset_dir, experiment, workload=workload, teacher=teacher)
     pointer = root / "latest"
     if not pointer.exists():
@@ -73,14 +75,6 @@ def register_icl(
         examples = read_examples(str(train))
     except ValueError as exc:
         raise InvalidInput(f"{version}: {exc}") from None
-    gateway = Gateway(settings)
-    spec = gateway.experiment(experiment)["spec"]
-    arms = [a["model"] for a in spec["arms"]]
-    if teacher not in arms:
-        raise UsageError(
-            f"the teacher '{teacher}' is no arm of '{experiment}' (its arms: "
-            f"{', '.join(arms)}): the candidate is canaried beside its teacher"
-        )
     served = gateway.model(base)
     body: dict[str, Any] = {
         "name": name,
@@ -101,7 +95,7 @@ def register_icl(
     gateway.register(body)
     log(f"registered {name}: {base} with {k} of {len(examples)} examples of {version}")
     try:
-        gate = cfg.eval.model_copy(update={"margin": cfg.distill.margin})  # not worse
+        gate = cfg.teacher_gate()
         counter = tokens.for_models(settings, gateway.model, [teacher, name])
         result = evaluate.gate_dataset(
             root / version, gateway.ask, teacher, name, gate, tokens=counter

@@ -353,6 +353,20 @@ def test_retrain_icl_gates_and_canaries_a_base_model_with_the_teachers_examples(
     )  # fmt: skip
     assert missing.returncode == 1 and "retrain build" in missing.stderr, missing.stderr
 
+    # A teacher that is no arm of the experiment: the candidate (or a student) would be
+    # canaried beside nothing it replaces; a usage error naming the arms, nothing done.
+    for command in (
+        ("icl", "--base", "base", "--name", "shop-icl"),
+        ("run", "--distill", "--student", "base"),
+    ):
+        wrong = retrain(
+            config, command[0], "--experiment", "shop", "--teacher", "copier", *command[1:]
+        )
+        assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+        assert "'copier' is no arm of 'shop' (its arms: teacher)" in wrong.stderr, wrong.stderr
+    gone = httpx.get(f"{served.gateway.url}/admin/models/shop-icl", headers=ADMIN)
+    assert gone.status_code == 404, gone.text
+
     # A base that ignores its examples answers the held-out questions far from the
     # teacher: rejected by the gate, and nothing is left registered.
     rejected = retrain(config, "icl", *distill, "--base", "base", "--name", "shop-icl")
