@@ -203,8 +203,7 @@ async def experiment_report(
     window (``since``), over those days from the archive (of one ``workload``'s requests
     when given: only the archive's records name it)."""
     from gateway.control.control import Control
-    from gateway.core import access, store
-    from gateway.core.errors import InvalidRequest
+    from gateway.core import access, params, store
     from gateway.serving.metrics import Metrics
     from gateway.serving.upstream import UpstreamClient
 
@@ -223,24 +222,13 @@ async def experiment_report(
         operator = access.operator(f"cli:{getpass.getuser()}")
         owner = exp.tenant if exp is not None else access.NOBODY
         access.check(operator, "see", access.Resource("experiment", name, owner))
+        params.check_workload_window(workload, since, until, "--since")
         if since is None and until is None:
-            if workload is not None:
-                raise InvalidRequest(
-                    "A report of one workload is read from the archive: give --since "
-                    "(YYYY-MM-DD) too.",
-                    param="since",
-                )
             return await control.report(name)
         from gateway.ops import archive_query
-        from gateway.ops.archive import default_url
 
         state = await control.experiments.state(name)
-        arms = [a["model"] for a in state["spec"]["arms"]]
-        url = default_url(settings.data_dir, settings.archive.url)
-        with store.translated("The archive"):
-            return await archive_query.windowed(
-                url, name, arms, since, until, settings.archive.storage_options, workload
-            )
+        return await archive_query.windowed(settings, state, since, until, workload)
     finally:
         await redis.aclose()
         if embedded is not None:

@@ -52,12 +52,11 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from gateway.control.control import Control
-from gateway.core import access, store
+from gateway.core import access
 from gateway.core.auth import Principal
 from gateway.core.errors import InvalidRequest, PermissionDenied
-from gateway.core.params import checked_day, checked_workload
+from gateway.core.params import check_workload_window, checked_day, checked_workload
 from gateway.ops import archive_query
-from gateway.ops.archive import default_url
 from gateway.ops.forget import forget_user
 from gateway.serving.bodies import json_object, read_body
 from gateway.state import state as gateway_state
@@ -195,23 +194,12 @@ def add_admin_routes(app: FastAPI) -> None:
         since = checked_day(request.query_params.get("since"), "since", blank=False)
         until = checked_day(request.query_params.get("until"), "until", blank=False)
         workload = checked_workload(request.query_params.get("workload"), blank=False)
+        check_workload_window(workload, since, until, "'since'")
         if since is None and until is None:
-            if workload is not None:  # the live report counts arms, not workloads
-                raise InvalidRequest(
-                    "A report of one workload is read from the archive: give 'since' "
-                    "(YYYY-MM-DD) too.",
-                    param="since",
-                )
             return _json(await control.report(name))
         state = await control.experiments.state(name)
         settings = gateway_state(request).settings
-        url = default_url(settings.data_dir, settings.archive.url)
-        arms = [a["model"] for a in state["spec"]["arms"]]
-        with store.translated("The archive"):
-            options = settings.archive.storage_options
-            return _json(
-                await archive_query.windowed(url, name, arms, since, until, options, workload)
-            )
+        return _json(await archive_query.windowed(settings, state, since, until, workload))
 
     @app.get("/admin/experiments/{name:experiment}")
     async def get_experiment(request: Request, name: str) -> Response:

@@ -276,19 +276,9 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         points = await data.versions(st.redis, st.ks, name, history, state, st.control)
         window = None
         if since or until:  # the report over those days, from the archive
-            settings = st.settings
-            url = default_url(settings.data_dir, settings.archive.url)
-            arms = [a["model"] for a in state["spec"]["arms"]]
-            with store.translated("The archive"):
-                window = await archive_query.windowed(
-                    url,
-                    name,
-                    arms,
-                    since,
-                    until or None,
-                    settings.archive.storage_options,
-                    workload,
-                )
+            window = await archive_query.windowed(
+                st.settings, state, since, until or None, workload
+            )
         return render(
             request,
             user,

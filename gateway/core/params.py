@@ -4,7 +4,9 @@ OpenAI's error shape naming it, never a Redis error reported as an outage."""
 from __future__ import annotations
 
 import re
+import reprlib
 import time
+from typing import Any
 
 from gateway.core.config import NAME_PATTERN
 from gateway.core.errors import InvalidRequest
@@ -43,15 +45,28 @@ def checked_day(value: str | None, param: str, blank: bool = True) -> str | None
     return value
 
 
-def checked_workload(value: str | None, param: str = "workload", blank: bool = True) -> str | None:
-    """A workload filter (a name as requests give it in ``metadata.workload``), or a 400
-    naming ``param``. An empty value is no filter where ``blank``, else a 400."""
+def checked_workload(value: Any, param: str = "workload", blank: bool = True) -> str | None:
+    """A workload name (as a request gives it in ``metadata.workload``, or a filter), or a
+    400 naming ``param``. An empty value is no workload where ``blank``, else a 400."""
     if value is None or (value == "" and blank):
         return None
-    if len(value) > WORKLOAD_MAX or not WORKLOAD.fullmatch(value):
+    if not isinstance(value, str) or len(value) > WORKLOAD_MAX or not WORKLOAD.fullmatch(value):
         raise InvalidRequest(
             f"'{param}' must be a workload name of at most {WORKLOAD_MAX} letters, digits, "
-            f"'.', '_' or '-', not {value[:40]!r}.",
+            f"'.', '_' or '-' (starting with a letter or digit), not {reprlib.repr(value)}.",
             param=param,
         )
     return value
+
+
+def check_workload_window(
+    workload: str | None, since: str | None, until: str | None, since_param: str = "since"
+) -> None:
+    """A report of one workload is read from the archive (the live report counts arms,
+    not workloads): a workload without a window is a 400 naming ``since_param``."""
+    if workload is not None and since is None and until is None:
+        raise InvalidRequest(
+            f"A report of one workload is read from the archive: give {since_param} "
+            "(YYYY-MM-DD) too.",
+            param="since",
+        )

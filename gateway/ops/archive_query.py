@@ -28,6 +28,8 @@ from typing import Any
 import orjson
 
 from gateway.core import stats
+from gateway.core.config import Settings
+from gateway.core.documents import ExperimentState
 from gateway.core.records import (
     FeedbackEvent,
     InteractionRecord,
@@ -42,6 +44,7 @@ from gateway.ops.archive import (
     INTERACTIONS,
     Archive,
     _safe,
+    default_url,
     version_stream_id,
 )
 
@@ -584,26 +587,30 @@ def window_report(
 
 
 async def windowed(
-    url: str,
-    experiment: str,
-    arms: list[str],
+    settings: Settings,
+    state: ExperimentState,
     since: str | None,
     until: str | None,
-    storage_options: dict[str, Any] | None = None,
     workload: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`window_report` for the gateway (admin API, console, ``gateway report``):
-    in a thread, a bad window as the gateway's 400."""
+    """:func:`window_report` of an experiment's arms for the gateway (admin API, console,
+    ``gateway report``): read in a thread from the configured archive; a bad window is the
+    gateway's 400, an archive that cannot be read its 503."""
     import asyncio
 
+    from gateway.core import store
     from gateway.core.errors import InvalidRequest
 
     if not since:
         raise InvalidRequest("A report window needs 'since' (YYYY-MM-DD).", param="since")
+    url = default_url(settings.data_dir, settings.archive.url)
+    arms = [a["model"] for a in state["spec"]["arms"]]
     try:
-        return await asyncio.to_thread(
-            window_report, reader(url, storage_options), experiment, arms, since, until, workload
-        )
+        with store.translated("The archive"):
+            read = reader(url, settings.archive.storage_options)
+            return await asyncio.to_thread(
+                window_report, read, state["name"], arms, since, until, workload
+            )
     except BadWindow as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.errors import InvalidRequest
-from gateway.core.params import WORKLOAD, WORKLOAD_MAX
+from gateway.core.params import checked_workload
 from gateway.serving.bodies import json_object
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -222,13 +222,7 @@ def workload_of(doc: dict[str, Any], header: str | None) -> str | None:
         value, param = header, WORKLOAD_HEADER
     else:
         return None
-    if not isinstance(value, str) or len(value) > WORKLOAD_MAX or not WORKLOAD.fullmatch(value):
-        raise InvalidRequest(
-            f"'{param}' must be a name of at most {WORKLOAD_MAX} letters, digits, '.', '_' or '-' "
-            f"(starting with a letter or digit), not {_show(value)}.",
-            param=param,
-        )
-    return value
+    return checked_workload(value, param, blank=False)
 
 
 def _show(value: Any) -> str:
