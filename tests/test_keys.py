@@ -13,6 +13,8 @@ import httpx
 import openai
 import pytest
 
+from gateway.control.apikeys import KeySpec
+
 from .conftest import ADMIN, ADMIN_KEY
 from .fixed_gateway import FIXED, fixed_gateway
 from .polling import eventually
@@ -174,6 +176,7 @@ def test_audit_records_who_changed_which_key_with_before_and_after(
 ) -> None:
     a, _ = pair
     made = create_key(a, name="audited", tenant="alpha", rpm=100)
+    assert set(KeySpec.model_fields) <= set(made)  # every setting a key has is shown back
     r = httpx.patch(f"{a.url}/admin/keys/{made['id']}", json={"rpm": 5}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["rpm"] == 5
     entries = httpx.get(f"{a.url}/admin/audit", headers=ADMIN).json()["data"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,6 +28,14 @@ from gateway.control.live import LiveState
 from gateway.core import access, keys, store
 from gateway.core.auth import Principal, Role, digest
 from gateway.core.config import NAME_MAX, NAME_PATTERN, Budget, valid_name
+from gateway.core.documents import (
+    ApiKey,
+    AuditEntry,
+    IssuedKey,
+    KeyFields,
+    StoredKey,
+    TenantPolicy,
+)
 from gateway.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 
 AUDIT_CAP = 10_000
@@ -67,9 +75,25 @@ def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
+def public(record: StoredKey) -> ApiKey:
     """A key's record as shown: without its digest."""
-    return {k: v for k, v in record.items() if k != "digest"}
+    shown = {k: v for k, v in record.items() if k != "digest"}
+    return cast(ApiKey, shown)
+
+
+def fields(spec: KeySpec) -> KeyFields:
+    """A key's spec as its record holds it."""
+    return {
+        "name": spec.name,
+        "tenant": spec.tenant,
+        "role": spec.role,
+        "rpm": spec.rpm,
+        "tpm": spec.tpm,
+        "budget": spec.budget.model_dump() if spec.budget is not None else None,
+        "experiments": spec.experiments,
+        "models": spec.models,
+        "expires_at": spec.expires_at,
+    }
 
 
 class ApiKeys:
@@ -80,12 +104,12 @@ class ApiKeys:
 
     # -- reading ----------------------------------------------------------------------
 
-    async def _records(self) -> dict[str, dict[str, Any]]:
+    async def _records(self) -> dict[str, StoredKey]:
         with store.translated():
             raw = await self.redis.hgetall(self.ks.api_keys)
         return {keys.text(k): orjson.loads(v) for k, v in raw.items()}
 
-    async def all(self, by: Principal) -> list[dict[str, Any]]:
+    async def all(self, by: Principal) -> list[ApiKey]:
         records = await self._records()
         return [
             public(r)
@@ -93,22 +117,21 @@ class ApiKeys:
             if _manages(by, r)
         ]
 
-    async def get(self, key_id: str, by: Principal) -> dict[str, Any]:
+    async def get(self, key_id: str, by: Principal) -> ApiKey:
         return public(await self._one(key_id, by))
 
-    async def _one(self, key_id: str, by: Principal) -> dict[str, Any]:
+    async def _one(self, key_id: str, by: Principal) -> StoredKey:
         with store.translated():
             raw = await self.redis.hget(self.ks.api_keys, key_id)
-        record = orjson.loads(raw) if raw is not None else None
+        record: StoredKey | None = orjson.loads(raw) if raw is not None else None
         if record is None or not _manages(by, record):
             raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
-        doc: dict[str, Any] = record
-        return doc
+        return record
 
-    async def audit(self, by: Principal, limit: int = 1000) -> list[dict[str, Any]]:
+    async def audit(self, by: Principal, limit: int = 1000) -> list[AuditEntry]:
         with store.translated():
             raw = await self.redis.lrange(self.ks.auth_audit, -limit, -1)
-        entries = [orjson.loads(v) for v in raw]
+        entries: list[AuditEntry] = [orjson.loads(v) for v in raw]
         return [
             e
             for e in entries
@@ -117,49 +140,46 @@ class ApiKeys:
 
     # -- changing ---------------------------------------------------------------------
 
-    async def create(self, body: Any, by: Principal) -> dict[str, Any]:
-        spec = _spec(body)
-        spec = _scoped(spec, by)
+    async def create(self, body: Any, by: Principal) -> IssuedKey:
+        spec = _scoped(_spec(body), by)
         secret = new_secret()
-        now = time.time()
-        record = {
+        record: StoredKey = {
             "id": "key_" + secrets.token_hex(8),
             "object": "api_key",
-            **spec.model_dump(),
-            "tenant": spec.tenant,
+            **fields(spec),  # type: ignore[typeddict-item]  # (revoked_by, rotated_at: later)
             "hint": f"{SECRET_PREFIX}…{secret[-4:]}",
             "digest": digest(secret).hex(),
-            "created_at": now,
+            "created_at": time.time(),
             "created_by": by.name,
             "revoked_at": None,
         }
         await self._write(record["id"], None, record, "key.created", by)
         return {**public(record), "key": secret}
 
-    async def update(self, key_id: str, body: Any, by: Principal) -> dict[str, Any]:
+    async def update(self, key_id: str, body: Any, by: Principal) -> ApiKey:
         if not isinstance(body, dict):
             raise InvalidRequest("The body must be a JSON object.")
 
-        def edit(cur: dict[str, Any]) -> dict[str, Any]:
-            fields = {k: cur.get(k) for k in KeySpec.model_fields}
-            spec = _scoped(_spec({**fields, **body}), by)
-            return {**cur, **spec.model_dump()}
+        def edit(cur: StoredKey) -> StoredKey:
+            now = {k: cur.get(k) for k in KeySpec.model_fields}
+            spec = _scoped(_spec({**now, **body}), by)
+            return {**cur, **fields(spec)}
 
         return public(await self._change(key_id, by, "key.updated", edit))
 
-    async def revoke(self, key_id: str, by: Principal) -> dict[str, Any]:
-        def edit(cur: dict[str, Any]) -> dict[str, Any]:
+    async def revoke(self, key_id: str, by: Principal) -> ApiKey:
+        def edit(cur: StoredKey) -> StoredKey:
             if cur.get("revoked_at"):
                 raise Conflict(f"Key '{key_id}' is already revoked.", param="id")
             return {**cur, "revoked_at": time.time(), "revoked_by": by.name}
 
         return public(await self._change(key_id, by, "key.revoked", edit))
 
-    async def rotate(self, key_id: str, by: Principal) -> dict[str, Any]:
+    async def rotate(self, key_id: str, by: Principal) -> IssuedKey:
         """A new secret for the key (same id, settings and spend); the old one stops now."""
         secret = new_secret()
 
-        def edit(cur: dict[str, Any]) -> dict[str, Any]:
+        def edit(cur: StoredKey) -> StoredKey:
             if cur.get("revoked_at"):
                 raise Conflict(f"Key '{key_id}' is revoked: create a new one.", param="id")
             hint = f"{SECRET_PREFIX}…{secret[-4:]}"
@@ -168,16 +188,18 @@ class ApiKeys:
         record = await self._change(key_id, by, "key.rotated", edit)
         return {**public(record), "key": secret}
 
-    async def tenant(self, tenant: str, by: Principal) -> dict[str, Any]:
+    async def tenant(self, tenant: str, by: Principal) -> TenantPolicy:
         if not valid_name(tenant):
             raise InvalidRequest(f"'{tenant:.128}' is not a valid tenant name.", param="tenant")
         access.check(by, "see", access.Resource("tenant", tenant, tenant), param="tenant")
         with store.translated():
             raw = await self.redis.hget(self.ks.tenants, tenant)
-        doc: dict[str, Any] = orjson.loads(raw) if raw else {"tenant": tenant, "budget": None}
-        return {"object": "tenant", **doc}
+        doc: TenantPolicy = (
+            orjson.loads(raw) if raw else {"object": "tenant", "tenant": tenant, "budget": None}
+        )
+        return {**doc, "object": "tenant"}
 
-    async def set_tenant(self, tenant: str, body: Any, by: Principal) -> dict[str, Any]:
+    async def set_tenant(self, tenant: str, body: Any, by: Principal) -> TenantPolicy:
         if not access.allows(by, "change", access.Resource("tenant", tenant, tenant)):
             raise PermissionDenied("Only an admin of every tenant sets a tenant's budget.")
         try:
@@ -185,10 +207,10 @@ class ApiKeys:
         except ValidationError as exc:
             raise invalid(exc) from None
         before = await self.tenant(tenant, by)
-        after = {
+        after: TenantPolicy = {
             "object": "tenant",
             "tenant": tenant,
-            **spec.model_dump(),
+            "budget": spec.budget.model_dump() if spec.budget is not None else None,
             "updated_at": time.time(),
             "updated_by": by.name,
         }
@@ -206,14 +228,14 @@ class ApiKeys:
         key_id: str,
         by: Principal,
         action: str,
-        edit: Callable[[dict[str, Any]], dict[str, Any]],
-    ) -> dict[str, Any]:
+        edit: Callable[[StoredKey], StoredKey],
+    ) -> StoredKey:
         for _ in range(10):
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     await pipe.watch(self.ks.api_keys)
                     raw = await pipe.hget(self.ks.api_keys, key_id)
-                    cur = orjson.loads(raw) if raw is not None else None
+                    cur: StoredKey | None = orjson.loads(raw) if raw is not None else None
                     if cur is None or not _manages(by, cur):
                         raise NotFound(f"No key with id '{key_id:.64}'.", param="id")
                     after = edit(cur)
@@ -231,8 +253,8 @@ class ApiKeys:
     async def _write(
         self,
         key_id: str,
-        before: dict[str, Any] | None,
-        after: dict[str, Any],
+        before: StoredKey | None,
+        after: StoredKey,
         action: str,
         by: Principal,
     ) -> None:
@@ -247,8 +269,8 @@ def _record(
     pipe: Any,
     ks: keys.Keyspace,
     key_id: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any],
+    before: StoredKey | None,
+    after: StoredKey,
     action: str,
     by: Principal,
 ) -> None:
@@ -260,7 +282,7 @@ def _record(
     pipe.incr(ks.control_version)
 
 
-def _append(pipe: Any, ks: keys.Keyspace, entry: dict[str, Any]) -> None:
+def _append(pipe: Any, ks: keys.Keyspace, entry: AuditEntry) -> None:
     pipe.rpush(ks.auth_audit, orjson.dumps(entry))
     pipe.ltrim(ks.auth_audit, -AUDIT_CAP, -1)
 
@@ -270,9 +292,9 @@ def _entry(
     by: Principal,
     target: str,
     tenant: str | None,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-) -> dict[str, Any]:
+    before: ApiKey | TenantPolicy | None,
+    after: ApiKey | TenantPolicy | None,
+) -> AuditEntry:
     return {
         "at": time.time(),
         "by": by.name,
@@ -307,7 +329,7 @@ def _scoped(spec: KeySpec, by: Principal) -> KeySpec:
     return spec
 
 
-def _manages(by: Principal, record: dict[str, Any]) -> bool:
+def _manages(by: Principal, record: ApiKey) -> bool:
     """Keys without a tenant (admins of every tenant) are theirs only."""
     resource = access.Resource("key", str(record.get("id", "")), record.get("tenant"))
     return access.allows(by, "change", resource)

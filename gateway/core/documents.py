@@ -2,7 +2,9 @@
 and its history (stored in Redis by ``gateway.control.experiments``, read by the report,
 the decider, the console, the admin API and ``retrain``), and the A/B report with its
 per-arm parts (made by ``gateway.control.report``, read by the decider, the console,
-``gateway report`` and the API). The interaction and rating records are in
+``gateway report`` and the API), and the runtime API keys, tenant policies and their
+audit (``gateway.control.apikeys``, read by the live state, the admin API, the console
+and ``gateway keys``). The interaction and rating records are in
 :mod:`gateway.core.records`.
 
 They are ``TypedDict``s: the JSON the API returns and Redis holds is the same dict, so
@@ -11,7 +13,7 @@ nothing is converted on the way; a type checker sees every key a reader uses.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 
 class Pin(TypedDict):
@@ -122,3 +124,72 @@ class Report(TypedDict):
     srm: dict[str, Any]
     comparisons: list[dict[str, Any]]
     decision: dict[str, Any]
+
+
+class KeyFields(TypedDict):
+    """What an admin sets on a runtime key (a ``KeySpec``, as stored)."""
+
+    name: str
+    tenant: str | None
+    role: str
+    rpm: int | None
+    tpm: int | None
+    budget: dict[str, Any] | None  # a :class:`gateway.core.config.Budget`, dumped
+    experiments: list[str] | None
+    models: list[str] | None
+    expires_at: float | None
+
+
+class ApiKey(KeyFields):
+    """A runtime key as shown (``GET /admin/keys``): never its secret nor its digest."""
+
+    id: str
+    object: Literal["api_key"]
+    hint: str  # "fwk-…" and the secret's last four characters
+    created_at: float
+    created_by: str
+    revoked_at: float | None
+    revoked_by: NotRequired[str]
+    rotated_at: NotRequired[float]
+
+
+class StoredKey(ApiKey):
+    """A runtime key as Redis holds it (``fw:auth:keys``): with its secret's SHA-256."""
+
+    digest: str
+
+
+class IssuedKey(ApiKey):
+    """A key just made or rotated: its secret, returned this once."""
+
+    key: str
+
+
+class TenantPolicy(TypedDict):
+    """A tenant's policy (``fw:auth:tenants``; ``GET /admin/tenants/{tenant}``)."""
+
+    object: Literal["tenant"]
+    tenant: str
+    budget: dict[str, Any] | None
+    updated_at: NotRequired[float]
+    updated_by: NotRequired[str]
+
+
+class Removed(TypedDict):
+    """What forgetting a user removed, by kind (an audit entry's ``after``)."""
+
+    removed: dict[str, int]
+
+
+class AuditEntry(TypedDict):
+    """One change of a key or a tenant, or a forgotten user (``GET /admin/audit``): before
+    and after as shown, never a secret nor a digest."""
+
+    at: float
+    by: str
+    by_tenant: str | None
+    action: str
+    target: str
+    tenant: str | None
+    before: ApiKey | TenantPolicy | None
+    after: ApiKey | TenantPolicy | Removed | None
