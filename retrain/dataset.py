@@ -48,6 +48,7 @@ import orjson
 import redis
 
 from gateway.core import keys, paths
+from gateway.core.documents import ReviewItem
 from gateway.core.locks import Lock
 from gateway.core.records import FeedbackEvent, InteractionRecord, latest_per_rater, text_of
 from gateway.ops import archive_query
@@ -182,7 +183,7 @@ def _served(ix: InteractionRecord) -> str | dict[str, Any]:
 @dataclass
 class Gathered:
     examples: list[Example] = field(default_factory=list)
-    review: dict[str, dict[str, Any]] = field(default_factory=dict)  # response id → item
+    review: dict[str, ReviewItem] = field(default_factory=dict)  # response id → item
     review_used: list[str] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     neutral: int = 0
@@ -835,7 +836,7 @@ class Builder:
             self.client.delete(self._missed_key)
         return BuildResult("written", OK, f"wrote {vid}", manifest, path)
 
-    def _queue_for_review(self, items: dict[str, dict[str, Any]]) -> None:
+    def _queue_for_review(self, items: dict[str, ReviewItem]) -> None:
         if items:
             pipe = self.client.pipeline(transaction=False)
             for rid, item in items.items():  # never overwrite an item someone corrected

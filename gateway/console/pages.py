@@ -28,6 +28,7 @@ from gateway.control.experiments import promoted, weighted
 from gateway.control.report import LANGUAGE_SAMPLE
 from gateway.core import access as rule
 from gateway.core import keys, params, review, store
+from gateway.core.documents import ReviewItem
 from gateway.core.errors import (
     AuthenticationFailed,
     Conflict,
@@ -371,10 +372,10 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     # review queue -----------------------------------------------------------------------
 
-    async def queue(request: Request, user: User, only: str = "") -> list[dict[str, Any]]:
+    async def queue(request: Request, user: User, only: str = "") -> list[ReviewItem]:
         """Failures awaiting a person (of one experiment, with ``only``), in the user's view."""
         st = gateway_state(request)
-        out = []
+        out: list[ReviewItem] = []
         for state in await st.control.experiments.states():
             if only and state["name"] != only:
                 continue
@@ -384,7 +385,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             for rid, item in items.items():
                 if not review.pending(item):
                     continue
-                out.append({**item, "response_id": rid, "experiment": state["name"]})
+                out.append({**item, "response_id": rid, "experiment": state["name"]})  # as queued
         if user.tenant:  # only failures of the user's tenant
             p = user.principal
             recs = await store.mget(st.redis, [keys.interaction(i["response_id"]) for i in out])

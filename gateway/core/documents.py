@@ -4,7 +4,8 @@ the decider, the console, the admin API and ``retrain``), and the A/B report wit
 per-arm parts (made by ``gateway.control.report``, read by the decider, the console,
 ``gateway report`` and the API), and the runtime API keys, tenant policies and their
 audit (``gateway.control.apikeys``, read by the live state, the admin API, the console
-and ``gateway keys``). The interaction and rating records are in
+and ``gateway keys``), and the review queue's items (queued by ``retrain build``,
+corrected through the console or ``retrain review``). The interaction and rating records are in
 :mod:`gateway.core.records`.
 
 They are ``TypedDict``s: the JSON the API returns and Redis holds is the same dict, so
@@ -193,3 +194,21 @@ class AuditEntry(TypedDict):
     tenant: str | None
     before: ApiKey | TenantPolicy | None
     after: ApiKey | TenantPolicy | Removed | None
+
+
+class ReviewItem(TypedDict):
+    """A failure without a correction, waiting for a person (``fw:review:{experiment}``,
+    by response id; :mod:`gateway.core.review`)."""
+
+    response_id: str
+    experiment: str | None
+    arm: str | None
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    answer: str
+    comment: str | None
+    tags: list[str]
+    group: str  # who asked (a user, else the conversation): examples of one group split together
+    correction: str | None
+    dismissed: NotRequired[bool]  # "not a failure": kept so a build does not queue it again
+    reviewed_by: NotRequired[str]

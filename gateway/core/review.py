@@ -17,6 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.core import keys
+from gateway.core.documents import ReviewItem
 
 MAX_CORRECTION_CHARS = 32_000
 
@@ -25,7 +26,7 @@ class BadCorrection(ValueError):
     """A correction that cannot be stored; ``str()`` says why."""
 
 
-def corrected(item: dict[str, Any], correction: Any) -> dict[str, Any]:
+def corrected(item: ReviewItem, correction: Any) -> ReviewItem:
     """The item with ``correction`` set: a non-empty string of bounded length."""
     if not isinstance(correction, str) or not correction.strip():
         raise BadCorrection("'correction' must be a non-empty string or null")
@@ -34,9 +35,7 @@ def corrected(item: dict[str, Any], correction: Any) -> dict[str, Any]:
     return {**item, "correction": correction}
 
 
-async def items(
-    redis: aioredis.Redis, ks: keys.Keyspace, experiment: str
-) -> dict[str, dict[str, Any]]:
+async def items(redis: aioredis.Redis, ks: keys.Keyspace, experiment: str) -> dict[str, ReviewItem]:
     """Every item of an experiment's queue, by response id, in response id order."""
     raw = await redis.hgetall(ks.review(experiment))
     return {keys.text(k): orjson.loads(v) for k, v in sorted(raw.items())}
@@ -44,8 +43,10 @@ async def items(
 
 async def item(
     redis: aioredis.Redis, ks: keys.Keyspace, experiment: str, response_id: str
-) -> dict[str, Any] | None:
-    return keys.decode(await redis.hget(ks.review(experiment), response_id))
+) -> ReviewItem | None:
+    raw = await redis.hget(ks.review(experiment), response_id)
+    found: ReviewItem | None = orjson.loads(raw) if raw is not None else None
+    return found
 
 
 async def correct(
@@ -55,7 +56,7 @@ async def correct(
     response_id: str,
     correction: str,
     who: str,
-) -> dict[str, Any] | None:
+) -> ReviewItem | None:
     """Store a correction; None when the item is no longer queued (a build used it)."""
     found = await item(redis, ks, experiment, response_id)
     if found is None:
@@ -66,18 +67,18 @@ async def correct(
     return doc
 
 
-def pending(item: dict[str, Any]) -> bool:
+def pending(item: ReviewItem) -> bool:
     """Still waiting for a person: neither corrected nor dismissed."""
     return not item.get("correction") and not item.get("dismissed")
 
 
 async def dismiss(
     redis: aioredis.Redis, ks: keys.Keyspace, experiment: str, response_id: str, who: str
-) -> dict[str, Any] | None:
+) -> ReviewItem | None:
     """ "Not a failure": nothing is trained on it. None: it was not queued."""
     found = await item(redis, ks, experiment, response_id)
     if found is None:
         return None
-    doc = {**found, "correction": None, "dismissed": True, "reviewed_by": who}
+    doc: ReviewItem = {**found, "correction": None, "dismissed": True, "reviewed_by": who}
     await redis.hset(ks.review(experiment), response_id, orjson.dumps(doc))
     return doc
