@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.config import NAME_MAX, valid_name
+from gateway.core.records import JobRecord
 from retrain.errors import Busy, NotFound, RetrainError, UsageError
 
 
@@ -794,8 +795,8 @@ def _jobs(args: argparse.Namespace) -> int:
         )
         stream = sys.stdout if result.exit_code == 0 else sys.stderr
         print(f"retrain run: {result.message}", file=stream)
-        if result.job and result.job.get("evaluation"):
-            print_evaluation(result.job["evaluation"], rows=False)
+        if result.job and (evaluation := result.job.get("evaluation")):
+            print_evaluation(evaluation, rows=False)
         return result.exit_code
     if args.command == "jobs":
         jobs = store.list()
@@ -829,14 +830,14 @@ def _jobs(args: argparse.Namespace) -> int:
         time.sleep(1)
         job = store.get(job["id"]) or job
     print_jobs([job])
-    if job.get("evaluation"):
-        print_evaluation(job["evaluation"])
+    if evaluation := job.get("evaluation"):
+        print_evaluation(evaluation)
     if job.get("error"):
         print(f"error: {job['error']}")
     return 0
 
 
-def print_jobs(jobs: list[dict[str, Any]]) -> None:
+def print_jobs(jobs: list[JobRecord]) -> None:
     from datetime import UTC, datetime
 
     from rich.console import Console
@@ -859,7 +860,7 @@ def print_jobs(jobs: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
-def print_remote_jobs(settings: Any, tracked: list[dict[str, Any]]) -> None:
+def print_remote_jobs(settings: Any, tracked: list[JobRecord]) -> None:
     """OpenAI's own list of fine-tuning jobs, each with the job that tracks it (if any):
     a job launched elsewhere, or left by a run that died, shows up here too."""
     from datetime import UTC, datetime

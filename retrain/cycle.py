@@ -43,7 +43,7 @@ import redis
 
 from gateway.core import keys, paths
 from gateway.core.locks import Lock, alive
-from gateway.core.records import JobStatus, RunOutcome
+from gateway.core.records import JobRecord, JobStatus, RunOutcome
 
 from . import evaluate, preflight, tokens
 from .config import RetrainSettings
@@ -75,16 +75,16 @@ class Distillation:
 class RunResult:
     exit_code: int
     message: str
-    job: dict[str, Any] | None = None
+    job: JobRecord | None = None
 
 
-def adapter_dir_of(settings: RetrainSettings, job: dict[str, Any]) -> Path:
+def adapter_dir_of(settings: RetrainSettings, job: JobRecord) -> Path:
     """Where a local job writes its adapter: named after the job, never reused."""
     name = f"{job['experiment']}-{job['id'].removeprefix('ftjob-')}"
     return paths.under(settings.retrain.local.adapter_dir, name, param="experiment").resolve()
 
 
-def drop_adapter(settings: RetrainSettings, job: dict[str, Any]) -> None:
+def drop_adapter(settings: RetrainSettings, job: JobRecord) -> None:
     """Remove the adapter of a job that ended rejected, failed or cancelled, unless
     ``retrain.local.keep_failed_adapters``; only ever a directory of ``adapter_dir``."""
     local = settings.retrain.local
@@ -134,7 +134,7 @@ def recover(
     experiment: str,
     settings: RetrainSettings | None = None,
     *,
-    adopt: list[dict[str, Any]] | None = None,
+    adopt: list[JobRecord] | None = None,
 ) -> list[str]:
     """Fail the unfinished jobs of runs that died; unregister their staged models (and,
     with ``settings``, remove their adapters). Returns the ids of the jobs failed.
@@ -163,8 +163,9 @@ def recover(
         )
         if model is not None and adopt:
             continue  # one adoption per run: the next run takes this one
-        if job.get("model_name") and job["status"] in ("staging", "evaluating"):
-            gateway.unregister(job["model_name"])  # staged, never a canary: take it back
+        staged = job.get("model_name")
+        if staged and job["status"] in ("staging", "evaluating"):
+            gateway.unregister(staged)  # staged, never a canary: take it back
         if model is not None and adopt is not None:
             adopt.append(
                 store.update(
@@ -323,7 +324,7 @@ def _run(
         except UsageError as exc:
             return RunResult(USAGE, str(exc))
     store, gateway = JobStore(client, ks), Gateway(settings)
-    adopted: list[dict[str, Any]] = []
+    adopted: list[JobRecord] = []
     for job_id in recover(store, gateway, experiment, settings, adopt=adopted):
         log(f"cleaned up {job_id}: its run had died")
 
@@ -426,12 +427,13 @@ def _run(
             job,
         )
     except Exception as exc:  # noqa: BLE001 - recorded in the job, then reported
-        current = store.get(job["id"]) or {}
-        if current.get("model_name"):
+        current = store.get(job["id"])
+        staged = current.get("model_name") if current else None
+        if staged:
             try:
-                gateway.unregister(current["model_name"])
+                gateway.unregister(staged)
             except RuntimeError as cleanup:
-                log(f"could not unregister {current['model_name']}: {cleanup}")
+                log(f"could not unregister {staged}: {cleanup}")
         store.update(job["id"], status="failed", error=f"{type(exc).__name__}: {exc}")
         drop_adapter(settings, job)
         return RunResult(
@@ -441,7 +443,7 @@ def _run(
         )
 
 
-def _relay_remote_events(store: JobStore, job: dict[str, Any], settings: RetrainSettings) -> None:
+def _relay_remote_events(store: JobStore, job: JobRecord, settings: RetrainSettings) -> None:
     """An adopted job's OpenAI events that its dead run had not relayed yet."""
     from .openai_ft import OpenAIProvider
 
@@ -454,7 +456,7 @@ def _relay_remote_events(store: JobStore, job: dict[str, Any], settings: Retrain
         store.update(job["id"], events=fresh)
 
 
-def _forget_checkpoints(job: dict[str, Any] | None) -> None:
+def _forget_checkpoints(job: JobRecord | None) -> None:
     """The dataset reached an outcome: its training will not be resumed again."""
     if job and job.get("checkpoints"):
         shutil.rmtree(job["checkpoints"], ignore_errors=True)
@@ -473,7 +475,7 @@ def checkpoint_dir(settings: RetrainSettings, dataset_id: str, base_model: str) 
 
 def _train(
     store: JobStore,
-    job: dict[str, Any],
+    job: JobRecord,
     name: str,
     settings: RetrainSettings,
     provider: str,

@@ -3,10 +3,11 @@
 A job is one JSON document at ``fw:job:{id}`` (ids in ``fw:jobs`` by creation time;
 ``JobRecord`` in ``gateway/core/records.py``)::
 
-    v, id, experiment, provider, dataset_id, dataset_path, status, created, updated,
-    runner (host:pid of the ``retrain run`` that owns it), params, loss (per step:
-    step, loss, eval_loss), events (the provider's, last 200), result_model,
-    adapter_path, model_name (its name in the gateway), evaluation, error
+    v, id, experiment, provider, dataset_id, dataset_path, dataset_parent, status,
+    created, updated, runner (host:pid of the ``retrain run`` that owns it), params,
+    base_model, checkpoints, checkpoint_step, training (local), provider_job (hosted),
+    loss (per step: step, loss, eval_loss), events (the provider's, last 200),
+    result_model, adapter_path, model_name (its name in the gateway), evaluation, error
 
 Statuses: ``queued`` → ``running`` → ``staging`` → ``evaluating`` → ``registered`` or
 ``rejected``; or ``failed`` / ``cancelled`` at any point. ``cancelling`` asks a running
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
 
 from gateway.core import keys
-from gateway.core.records import FINAL_JOB_STATUSES, SCHEMA_VERSION
+from gateway.core.records import FINAL_JOB_STATUSES, SCHEMA_VERSION, JobRecord
 
 FINAL = FINAL_JOB_STATUSES
 MAX_EVENTS = 200
@@ -37,9 +38,9 @@ class JobStore:
         self.client = client
         self.ks = ks
 
-    def create(self, **fields: Any) -> dict[str, Any]:
+    def create(self, **fields: Any) -> JobRecord:
         now = time.time()
-        job = {
+        job: JobRecord = {
             "v": SCHEMA_VERSION,
             "id": "ftjob-" + secrets.token_hex(6),
             "status": "queued",
@@ -52,7 +53,7 @@ class JobStore:
             "model_name": None,
             "evaluation": None,
             "error": None,
-            **fields,
+            **cast(JobRecord, fields),
         }
         pipe = self.client.pipeline()
         pipe.set(self.ks.job(job["id"]), orjson.dumps(job))
@@ -60,22 +61,26 @@ class JobStore:
         pipe.execute()
         return job
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return keys.decode(self.client.get(self.ks.job(job_id)))
+    def get(self, job_id: str) -> JobRecord | None:
+        raw: bytes | None = self.client.get(self.ks.job(job_id))  # type: ignore[assignment]
+        job: JobRecord | None = orjson.loads(raw) if raw is not None else None
+        return job
 
-    def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
         """Set fields (``loss`` and ``events`` given as lists are appended)."""
         job = self.get(job_id)
         if job is None:
             raise KeyError(job_id)
-        for name in ("loss", "events"):
-            if name in fields:
-                job[name] = (job[name] + fields.pop(name))[-MAX_EVENTS if name == "events" else 0 :]
-        job.update(fields, updated=time.time())
+        if "loss" in fields:
+            job["loss"] = job.get("loss", []) + fields.pop("loss")
+        if "events" in fields:
+            job["events"] = (job.get("events", []) + fields.pop("events"))[-MAX_EVENTS:]
+        job.update(cast(JobRecord, fields))
+        job["updated"] = time.time()
         self.client.set(self.ks.job(job_id), orjson.dumps(job))
         return job
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, limit: int = 50) -> list[JobRecord]:
         ids: list[bytes] = self.client.zrevrange(self.ks.jobs, 0, limit - 1)  # type: ignore[assignment]
         return [j for j in (self.get(keys.text(i)) for i in ids) if j is not None]
 

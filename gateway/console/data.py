@@ -25,6 +25,7 @@ from gateway.core.documents import ArmReport, ExperimentState, HistoryEntry
 from gateway.core.records import (
     FeedbackEvent,
     InteractionRecord,
+    JobRecord,
     decode_feedback,
     latest_per_rater,
     text_of,
@@ -406,7 +407,7 @@ def datasets(dataset_dir: Path, experiments: list[str]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d.get("created", ""), reverse=True)
 
 
-async def jobs(redis: aioredis.Redis, ks: keys.Keyspace, limit: int = 50) -> list[dict[str, Any]]:
+async def jobs(redis: aioredis.Redis, ks: keys.Keyspace, limit: int = 50) -> list[JobRecord]:
     ids: list[Any] = await redis.zrevrange(ks.jobs, 0, limit - 1)
     if not ids:
         return []
@@ -414,8 +415,10 @@ async def jobs(redis: aioredis.Redis, ks: keys.Keyspace, limit: int = 50) -> lis
     return [orjson.loads(r) for r in raws if r is not None]
 
 
-async def job(redis: aioredis.Redis, ks: keys.Keyspace, job_id: str) -> dict[str, Any] | None:
-    return keys.decode(await redis.get(ks.job(job_id)))
+async def job(redis: aioredis.Redis, ks: keys.Keyspace, job_id: str) -> JobRecord | None:
+    raw = await redis.get(ks.job(job_id))
+    found: JobRecord | None = orjson.loads(raw) if raw is not None else None
+    return found
 
 
 def _version_dir(dataset_dir: Path, experiment: str, vid: str) -> Path | None:
@@ -462,7 +465,7 @@ def examples_of(
 
 
 def lineage(
-    models: list[dict[str, Any]], jobs: list[dict[str, Any]], states: list[ExperimentState]
+    models: list[dict[str, Any]], jobs: list[JobRecord], states: list[ExperimentState]
 ) -> list[dict[str, Any]]:
     """Dataset → job → model → experiment arm → outcome, for each job that made a model."""
     arms = {

@@ -152,11 +152,17 @@ class JobRecord(TypedDict, total=False):
     provider: str
     dataset_id: str
     dataset_path: str
+    dataset_parent: str | None  # the dataset version it was built on (its lineage)
     status: str
     created: float
     updated: float
     runner: str
     params: dict[str, Any]
+    base_model: str  # local training: the model the adapter was trained on
+    checkpoints: str  # local training: where its checkpoints are (a retry resumes there)
+    checkpoint_step: int  # the last checkpoint's step
+    training: dict[str, Any]  # local training's summary (steps, device, losses)
+    provider_job: str  # a hosted fine-tuning job's id at its provider
     loss: list[dict[str, Any]]
     events: list[dict[str, Any]]
     result_model: str | None
