@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.config import NAME_MAX, valid_name
+from gateway.core.documents import Evaluation
 from gateway.core.records import JobRecord
 from retrain.errors import Busy, NotFound, RetrainError, UsageError
 
@@ -895,7 +896,7 @@ def print_remote_jobs(settings: Any, tracked: list[JobRecord]) -> None:
     Console().print(table)
 
 
-def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
+def print_evaluation(ev: Evaluation, rows: bool = True) -> None:
     """The gate's result: one line per source, the verdict, and (``rows``) one table
     row per example."""
     from rich.console import Console
@@ -919,8 +920,7 @@ def print_evaluation(ev: dict[str, Any], rows: bool = True) -> None:
         "passed",
     ):
         table.add_column(col, justify="left" if col == "source" else "right")
-    for source in ("test", "golden"):
-        s = ev.get(source)
+    for source, s in (("test", ev.get("test")), ("golden", ev.get("golden"))):
         if not s:
             continue
         gain = s.get("gain") or {}

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.core.documents import Evaluation
 from gateway.core.text import language
 
 from . import judge as judging
@@ -171,7 +172,7 @@ def gate(
     candidate: str,
     cfg: Eval,
     tokens: tokenizers.Counter | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Decide whether ``candidate`` may replace ``control`` (see the module docstring).
 
     ``cases``: the test split (None: not a source, e.g. ``retrain eval`` without a
@@ -183,7 +184,7 @@ def gate(
     counter = tokens or tokenizers.estimate("no tokenizer given for the compared models")
     if cases is None and not golden:
         raise UsageError("nothing to evaluate on: neither a test split nor a golden set")
-    result: dict[str, Any] = {
+    result: Evaluation = {
         "control": control,
         "candidate": candidate,
         "cases": len(cases) if cases is not None else 0,
@@ -197,15 +198,15 @@ def gate(
         "golden": None,
         "judge": None,
         "rows": [],
+        "outcome": "rejected",
+        "passed": False,
+        "reason": "",
     }
     if cases is not None and len(cases) < cfg.min_examples:
         result["missing"] = cfg.min_examples - len(cases)
-        return {
-            **result,
-            "outcome": "collect-more",
-            "passed": False,
-            "reason": collect_more_reason(len(cases), cfg),
-        }
+        result["outcome"] = "collect-more"
+        result["reason"] = collect_more_reason(len(cases), cfg)
+        return result
 
     work = [("test", c) for c in cases or []] + [("golden", c) for c in golden or []]
 
@@ -218,23 +219,24 @@ def gate(
 
     reasons: list[tuple[bool, str]] = []
     if cases is not None:
-        result["test"] = _summary([r for r in rows if r["source"] == "test"], cfg, guard=False)
-        reasons.append((result["test"]["passed"], result["test"]["reason"]))
+        test = _summary([r for r in rows if r["source"] == "test"], cfg, guard=False)
+        result["test"] = test
+        reasons.append((test["passed"], test["reason"]))
     if golden:
-        result["golden"] = _summary([r for r in rows if r["source"] == "golden"], cfg, guard=True)
-        reasons.append((result["golden"]["passed"], result["golden"]["reason"]))
+        held = _summary([r for r in rows if r["source"] == "golden"], cfg, guard=True)
+        result["golden"] = held
+        reasons.append((held["passed"], held["reason"]))
     if cfg.judge:
         verdicts = [r["judge"] for r in rows]
-        result["judge"] = judging.summarise(verdicts, cfg.judge, cfg.judge_rule, cfg.confidence)
-        reasons.append((result["judge"]["passed"], result["judge"]["reason"]))
+        judged = judging.summarise(verdicts, cfg.judge, cfg.judge_rule, cfg.confidence)
+        result["judge"] = judged
+        reasons.append((judged["passed"], judged["reason"]))
     passed = all(ok for ok, _ in reasons)
     shown = [t for ok, t in reasons if not ok] + [t for ok, t in reasons if ok]  # failed first
-    return {
-        **result,
-        "outcome": "passed" if passed else "rejected",
-        "passed": passed,
-        "reason": "; ".join(shown),
-    }
+    result["outcome"] = "passed" if passed else "rejected"
+    result["passed"] = passed
+    result["reason"] = "; ".join(shown)
+    return result
 
 
 def gate_dataset(
@@ -245,7 +247,7 @@ def gate_dataset(
     cfg: Eval,
     golden_path: Path | None = None,
     tokens: tokenizers.Counter | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """:func:`gate` on a dataset version's test split and the golden set
     (``golden_path``, else ``cfg.golden``)."""
     cases = test_cases(dataset_path) if dataset_path is not None else None

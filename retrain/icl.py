@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.documents import Evaluation
 from gateway.core.in_context import read_examples
 
 from . import evaluate, tokens
@@ -38,7 +39,7 @@ class Outcome:
     dataset: str
     examples: int
     weight: float  # its arm's weight; 0 when the gate did not pass it
-    evaluation: dict[str, Any]
+    evaluation: Evaluation
     code: int  # the gate's: 0 canaried, 6 rejected, 7 collect more
 
     @property

@@ -4,9 +4,10 @@ the decider, the console, the admin API and ``retrain``), and the A/B report wit
 per-arm parts (made by ``gateway.control.report``, read by the decider, the console,
 ``gateway report`` and the API), and the runtime API keys, tenant policies and their
 audit (``gateway.control.apikeys``, read by the live state, the admin API, the console
-and ``gateway keys``), and the review queue's items (queued by ``retrain build``,
-corrected through the console or ``retrain review``). The interaction and rating records are in
-:mod:`gateway.core.records`.
+and ``gateway keys``), the review queue's items (queued by ``retrain build``,
+corrected through the console or ``retrain review``), and the evaluation gate's result
+(made by ``retrain``'s gate, kept in its job, shown by the console and ``retrain``).
+The interaction and rating records are in :mod:`gateway.core.records`.
 
 They are ``TypedDict``s: the JSON the API returns and Redis holds is the same dict, so
 nothing is converted on the way; a type checker sees every key a reader uses.
@@ -212,3 +213,25 @@ class ReviewItem(TypedDict):
     correction: str | None
     dismissed: NotRequired[bool]  # "not a failure": kept so a build does not queue it again
     reviewed_by: NotRequired[str]
+
+
+class Evaluation(TypedDict):
+    """The evaluation gate's verdict on a candidate against a control (``retrain run``,
+    ``retrain eval``, ``retrain icl``; a job's ``evaluation``)."""
+
+    control: str
+    candidate: str
+    cases: int  # test-split examples (0: none)
+    golden_cases: int
+    rule: str  # the rule in words, as the CLI and the console show it
+    config: dict[str, Any]  # retrain.eval as used
+    tokenizer: str  # what counted the answer budgets
+    tokens_exact: bool
+    missing: int  # examples short of eval.min_examples
+    test: dict[str, Any] | None  # the test split's summary (n, metric, gain, language...)
+    golden: dict[str, Any] | None
+    judge: dict[str, Any] | None
+    rows: list[dict[str, Any]]  # one per example: prompt, expected, both answers, gain
+    outcome: Literal["passed", "rejected", "collect-more"]
+    passed: bool
+    reason: str

@@ -36,6 +36,8 @@ from typing import Any, Literal, TypedDict, Union, get_args, get_origin, get_typ
 
 import orjson
 
+from gateway.core.documents import Evaluation
+
 SCHEMA_VERSION = 4
 """Version 2: ``v``, ``tools``, ``choices`` (every choice past the first when ``n > 1``),
 ``shadow_of`` and ``judge_score`` always present; ``user`` also from ``x-flywheel-user``.
@@ -168,7 +170,7 @@ class JobRecord(TypedDict, total=False):
     result_model: str | None
     adapter_path: str | None
     model_name: str | None
-    evaluation: dict[str, Any] | None
+    evaluation: Evaluation | None
     error: str | None
 
 
