@@ -21,6 +21,7 @@ import redis
 
 from flywheel_stack import VLLMServer, make_test_adapter
 from gateway.core import keys
+from gateway.core.config import ModelVersion
 from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT, gateway_config
@@ -228,6 +229,7 @@ def test_registering_an_adapter_loads_it_into_vllm_and_routes_to_it(
         headers=ADMIN,
     )
     assert resp.status_code == 201, resp.text
+    assert set(ModelVersion.model_fields) <= set(resp.json())  # every setting shown back
     assert vllm_models(vllm)[name]["parent"] == "base"
     listed = {m["id"]: m for m in httpx.get(gateway.base_url + "/models", headers=CLIENT).json()["data"]}  # fmt: skip  # noqa: E501
     assert listed[name]["flywheel"]["adapter"] is True

@@ -21,7 +21,7 @@ from gateway.control import report
 from gateway.control.control import Control
 from gateway.core import keys, paths, store
 from gateway.core.config import Experiment
-from gateway.core.documents import ArmReport, ExperimentState, HistoryEntry
+from gateway.core.documents import ArmReport, ExperimentState, HistoryEntry, ModelEntry
 from gateway.core.records import (
     FeedbackEvent,
     InteractionRecord,
@@ -465,7 +465,7 @@ def examples_of(
 
 
 def lineage(
-    models: list[dict[str, Any]], jobs: list[JobRecord], states: list[ExperimentState]
+    models: list[ModelEntry], jobs: list[JobRecord], states: list[ExperimentState]
 ) -> list[dict[str, Any]]:
     """Dataset → job → model → experiment arm → outcome, for each job that made a model."""
     arms = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -30,7 +29,7 @@ from gateway.control.registry import Registry
 from gateway.control.routing import Router
 from gateway.core import keys, store
 from gateway.core.config import Settings
-from gateway.core.documents import Report
+from gateway.core.documents import ModelEntry, Report
 from gateway.serving.metrics import Metrics
 from gateway.serving.upstream import UpstreamClient
 
@@ -101,5 +100,5 @@ class Control:
                 arm["language"] = shares[arm["model"]]
         return rep
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[ModelEntry]:
         return self.registry.models()

@@ -22,6 +22,7 @@ from gateway.control.live import LiveState
 from gateway.core import access, keys, store
 from gateway.core.auth import Principal
 from gateway.core.config import ModelVersion, Settings, valid_name
+from gateway.core.documents import ModelDetail, ModelEntry, Registration, VersionFields
 from gateway.core.errors import Conflict, InvalidRequest, NotFound
 from gateway.serving.upstream import UpstreamClient
 
@@ -44,6 +45,18 @@ return done
 """
 
 
+def version_fields(spec: ModelVersion) -> VersionFields:
+    """A model version's settings as the registry stores and shows them."""
+    return {
+        "upstream": spec.upstream,
+        "model": spec.model,
+        "adapter_path": spec.adapter_path,
+        "price": spec.price.model_dump() if spec.price is not None else None,
+        "tenant": spec.tenant,
+        "in_context": spec.in_context.model_dump() if spec.in_context is not None else None,
+    }
+
+
 class Registry:
     def __init__(
         self,
@@ -62,8 +75,8 @@ class Registry:
         self.adapters = adapters
         self._model = redis.register_script(_MODEL)
 
-    def models(self) -> list[dict[str, Any]]:
-        out = []
+    def models(self) -> list[ModelEntry]:
+        out: list[ModelEntry] = []
         for name, m in self.live.router.models.items():
             parents = (
                 {
@@ -79,13 +92,13 @@ class Registry:
                     "id": name,
                     "object": "model",
                     "source": "config" if name in self.settings.models else "registered",
-                    **m.model_dump(),
+                    **version_fields(m),
                     "parent": min(parents) if parents else None,
                 }
             )
         return out
 
-    def model(self, name: str, by: Principal | None = None) -> dict[str, Any]:
+    def model(self, name: str, by: Principal | None = None) -> ModelDetail:
         """One model version, with who registered it and its lineage (where it came from);
         the experiments that use it are those ``by`` sees."""
         entry = next((m for m in self.models() if m["id"] == name), None)
@@ -114,7 +127,7 @@ class Registry:
                 return name, m.price
         return None
 
-    async def register(self, body: Any, who: str) -> dict[str, Any]:
+    async def register(self, body: Any, who: str) -> ModelEntry:
         if not isinstance(body, dict):
             raise InvalidRequest("The body must be a JSON object describing the model.")
         name = body.get("name")
@@ -152,9 +165,9 @@ class Registry:
             spec = spec.model_copy(update={"price": price})
         if spec.adapter_path:
             await self.adapters.load_everywhere(spec, spec.adapter_path)
-        record = {
+        record: Registration = {
             "name": name,
-            "spec": spec.model_dump(),
+            "spec": version_fields(spec),
             "registered_by": who,
             "registered_at": time.time(),
             "lineage": lineage,
@@ -175,7 +188,12 @@ class Registry:
         if not done:
             raise access.name_taken(name)
         await self.live.reload_quietly()
-        return {"id": name, "object": "model", "source": "registered", **spec.model_dump()}
+        return {
+            "id": name,
+            "object": "model",
+            "source": "registered",
+            **version_fields(spec),  # type: ignore[typeddict-item]  # (no parent known yet)
+        }
 
     async def remove(self, name: str, who: str) -> dict[str, Any]:
         if name in self.settings.models:

@@ -7,7 +7,9 @@ audit (``gateway.control.apikeys``, read by the live state, the admin API, the c
 and ``gateway keys``), the review queue's items (queued by ``retrain build``,
 corrected through the console or ``retrain review``), and the evaluation gate's result
 (made by ``retrain``'s gate, kept in its job, shown by the console and ``retrain``).
-The interaction and rating records are in :mod:`gateway.core.records`.
+Model versions as the registry shows them (``gateway.control.registry``; ``/v1/models``,
+``/admin/models``, the console, ``retrain``). The interaction and rating records are in
+:mod:`gateway.core.records`.
 
 They are ``TypedDict``s: the JSON the API returns and Redis holds is the same dict, so
 nothing is converted on the way; a type checker sees every key a reader uses.
@@ -235,3 +237,45 @@ class Evaluation(TypedDict):
     outcome: Literal["passed", "rejected", "collect-more"]
     passed: bool
     reason: str
+
+
+class VersionFields(TypedDict):
+    """A model version's settings (a ``gateway.core.config.ModelVersion``, dumped)."""
+
+    upstream: str
+    model: str  # the id its upstream serves
+    adapter_path: str | None
+    price: dict[str, Any] | None
+    tenant: str | None
+    in_context: dict[str, Any] | None
+
+
+class ModelEntry(VersionFields):
+    """A model version as listed (``GET /admin/models``; ``POST`` answers one)."""
+
+    id: str
+    object: Literal["model"]
+    source: Literal["config", "registered"]
+    parent: NotRequired[str | None]  # an adapter's base model, as its vLLM replicas say
+
+
+class ModelDetail(ModelEntry):
+    """One model version with who registered it, where it came from and who uses it
+    (``GET /admin/models/{name}``)."""
+
+    registered_by: str | None
+    registered_at: float | None
+    price_from: str | None  # the model whose price it inherited
+    lineage: dict[str, Any] | None  # job, dataset, experiment, teacher... (retrain's)
+    experiments: list[str]  # the experiments that route to it (those the caller sees)
+
+
+class Registration(TypedDict):
+    """A registered model version as Redis holds it (``fw:models``, by name)."""
+
+    name: str
+    spec: VersionFields
+    registered_by: str
+    registered_at: float
+    lineage: dict[str, Any] | None
+    price_from: str | None
