@@ -486,12 +486,13 @@ def _export(args: argparse.Namespace) -> int:
 
         settings = load_config(args.config)
         info = Gateway(settings).model(args.model)
-        if not info.get("adapter_path"):
+        path = info.get("adapter_path")
+        if not path:
             raise UsageError(
                 f"{args.model} is not served from an adapter "
                 f"(it is {info.get('model')} on {info.get('upstream')}): nothing to export"
             )
-        adapter = Path(info["adapter_path"])
+        adapter = Path(path)
         job_id = (info.get("lineage") or {}).get("job")
         job = JobStore(connect(settings), keyspace(settings)).get(job_id) if job_id else None
         base = base or (job or {}).get("base_model") or settings.retrain.local.base_model
@@ -1025,8 +1026,9 @@ def print_lineage(settings: Any, store: Any, model: str) -> int:
     from retrain.gateway_client import Gateway
 
     job = next((j for j in store.list(1000) if j.get("model_name") == model), None)
+    info: dict[str, Any]
     try:
-        info = Gateway(settings).model(model)
+        info = dict(Gateway(settings).model(model))
     except (RuntimeError, OSError) as exc:
         info = {"error": str(exc)}
     lineage = info.get("lineage") or {}

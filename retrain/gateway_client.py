@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import httpx
 
-from gateway.core.documents import ExperimentState
+from gateway.core.documents import ExperimentState, ModelDetail, ModelEntry
 
 from .config import RetrainSettings
 from .errors import GatewayUnavailable, UsageError
@@ -80,11 +80,13 @@ class Gateway:
             )
         return state
 
-    def register(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._check(self.http.post("/admin/models", json=body, headers=self.admin))
+    def register(self, body: dict[str, Any]) -> ModelEntry:
+        doc = self._check(self.http.post("/admin/models", json=body, headers=self.admin))
+        return cast(ModelEntry, doc)
 
-    def model(self, name: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"/admin/models/{name}", headers=self.admin))
+    def model(self, name: str) -> ModelDetail:
+        doc = self._check(self.http.get(f"/admin/models/{name}", headers=self.admin))
+        return cast(ModelDetail, doc)
 
     def unregister(self, name: str) -> None:
         resp = self.http.delete(f"/admin/models/{name}", headers=self.admin)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from gateway.core.documents import ModelDetail
 from gateway.core.records import text_of
 
 from .errors import UpstreamUnavailable
@@ -254,7 +255,7 @@ def served_base(base_url: str, api_key: str = "") -> str:
     return bases[0]
 
 
-def for_served_model(settings: RetrainSettings, info: dict[str, Any]) -> Counter:
+def for_served_model(settings: RetrainSettings, info: ModelDetail) -> Counter:
     """The counter of a model the gateway serves, as ``GET /admin/models/{name}``
     describes it (``upstream``, ``model``): an OpenAI upstream's model by its encoding,
     a vLLM upstream's by the server's ``/tokenize``."""
@@ -269,7 +270,7 @@ def for_served_model(settings: RetrainSettings, info: dict[str, Any]) -> Counter
 
 def for_models(
     settings: RetrainSettings,
-    describe: Callable[[str], dict[str, Any]],
+    describe: Callable[[str], ModelDetail],
     models: list[str],
     known: dict[str, Counter] | None = None,
 ) -> Counter:
