@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.config import NAME_MAX, valid_name
-from gateway.core.documents import Evaluation
+from gateway.core.documents import Evaluation, Manifest
 from gateway.core.records import JobRecord
 from retrain.errors import Busy, NotFound, RetrainError, UsageError
 
@@ -1048,7 +1048,7 @@ def print_lineage(settings: Any, store: Any, model: str) -> int:
     return 0 if job or info.get("lineage") else 1
 
 
-def print_summary(manifest: dict[str, Any]) -> None:
+def print_summary(manifest: Manifest) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -1073,8 +1073,7 @@ def print_summary(manifest: dict[str, Any]) -> None:
             )
     console = Console()
     console.print(table)
-    if manifest.get("distill"):
-        d = manifest["distill"]
+    if d := manifest.get("distill"):
         console.print(f"distilled from {d['teacher']}: {d['answers']} answers read")
     if manifest.get("workload"):
         console.print(f"workload: {manifest['workload']}")

@@ -42,6 +42,7 @@ import orjson
 import redis
 
 from gateway.core import keys, paths
+from gateway.core.documents import Manifest
 from gateway.core.locks import Lock, alive
 from gateway.core.records import JobRecord, JobStatus, RunOutcome
 
@@ -259,11 +260,11 @@ class Trainable:
     """The dataset version a run trains: its directory and manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def id(self) -> str:
-        return str(self.manifest["id"])
+        return self.manifest["id"]
 
 
 def _to_train(

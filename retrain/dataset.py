@@ -48,7 +48,7 @@ import orjson
 import redis
 
 from gateway.core import keys, paths
-from gateway.core.documents import ReviewItem
+from gateway.core.documents import CostEstimate, Manifest, ReviewItem
 from gateway.core.locks import Lock
 from gateway.core.records import FeedbackEvent, InteractionRecord, latest_per_rater, text_of
 from gateway.ops import archive_query
@@ -71,7 +71,7 @@ class BuildResult:
     status: str  # written, dry-run, nothing-new, below-minimum, over-cost-cap
     exit_code: int
     message: str
-    manifest: dict[str, Any]
+    manifest: Manifest | None  # None: nothing was built (another build holds the lock)
     path: Path | None = None
 
 
@@ -488,7 +488,7 @@ class Builder:
         holder = lock.acquire()
         if holder is not None:
             return BuildResult(
-                "busy", BUSY, f"another build of '{self.experiment}' is running ({holder})", {}
+                "busy", BUSY, f"another build of '{self.experiment}' is running ({holder})", None
             )
         try:
             if not dry_run:
@@ -859,9 +859,9 @@ class Builder:
         gathered: Gathered,
         review_used: list[str],
         events_read: int,
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         counts, per_file, by_source = tally(examples)
-        costs = []
+        costs: list[CostEstimate] = []
         for p in self.cfg.prices:
             priced = price_counter(self.settings, p, counter)
             trained = sum(

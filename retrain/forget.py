@@ -42,6 +42,7 @@ import redis
 
 from gateway.core import keys, paths
 from gateway.core.auth import Principal
+from gateway.core.documents import CostEstimate, Manifest
 from gateway.core.errors import Conflict, InvalidRequest
 from gateway.core.locks import Lock
 from gateway.ops import forget
@@ -145,7 +146,7 @@ def forget_in_experiment(root: Path, removal: Removal, by_group: bool) -> dict[s
 
 def _successor(
     root: Path,
-    parent: dict[str, Any],
+    parent: Manifest,
     examples: list[Example],
     removal: Removal,
     removed: int,
@@ -158,14 +159,14 @@ def _successor(
         return vid
     counts, tokens, by_source = tally(examples)
     trained = tokens.get("train", 0) + tokens.get("preference", 0)
-    costs = []
+    costs: list[CostEstimate] = []
     for c in parent.get("cost_estimates") or []:
         epochs = c.get("epochs") or 1
         per_token = c["cost"] / c["tokens"] if c.get("tokens") else 0.0
         costs.append(
             {**c, "tokens": trained * epochs, "cost": round(trained * epochs * per_token, 4)}
         )
-    manifest = {
+    manifest: Manifest = {
         **parent,
         "id": vid,
         "parent": parent["id"],

@@ -21,6 +21,7 @@ import orjson
 import redis
 
 from gateway.core import keys
+from gateway.core.documents import Manifest
 
 from .config import RetrainSettings
 from .curate import DPO, SFT, Example
@@ -32,7 +33,7 @@ class Version:
 
     id: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     examples: list[Example]
 
 
@@ -80,7 +81,7 @@ def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def write_version(root: Path, vid: str, examples: list[Example], manifest: dict[str, Any]) -> Path:
+def write_version(root: Path, vid: str, examples: list[Example], manifest: Manifest) -> Path:
     """All files into a temp dir, fsynced, renamed into place; then ``latest`` moves."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / vid

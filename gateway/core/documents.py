@@ -1,15 +1,21 @@
-"""The documents that cross modules and processes, as types: an experiment's live state
-and its history (stored in Redis by ``gateway.control.experiments``, read by the report,
-the decider, the console, the admin API and ``retrain``), and the A/B report with its
-per-arm parts (made by ``gateway.control.report``, read by the decider, the console,
-``gateway report`` and the API), and the runtime API keys, tenant policies and their
-audit (``gateway.control.apikeys``, read by the live state, the admin API, the console
-and ``gateway keys``), the review queue's items (queued by ``retrain build``,
-corrected through the console or ``retrain review``), and the evaluation gate's result
-(made by ``retrain``'s gate, kept in its job, shown by the console and ``retrain``).
-Model versions as the registry shows them (``gateway.control.registry``; ``/v1/models``,
-``/admin/models``, the console, ``retrain``). The interaction and rating records are in
-:mod:`gateway.core.records`.
+"""The documents that cross modules and processes, as types (each made by one owner):
+
+* an experiment's live state and its history (``gateway.control.experiments``; read by
+  the report, the decider, the console, the admin API and ``retrain``);
+* the A/B report and its per-arm parts (``gateway.control.report``; read by the decider,
+  the console, ``gateway report`` and the API);
+* runtime API keys, tenant policies and their audit (``gateway.control.apikeys``; read by
+  the live state, the admin API, the console and ``gateway keys``);
+* model versions as the registry lists, shows and stores them
+  (``gateway.control.registry``; ``/v1/models``, ``/admin/models``, the console, ``retrain``);
+* the review queue's items (queued by ``retrain build``, corrected through the console
+  or ``retrain review``);
+* a dataset version's manifest (``retrain build``'s ``manifest.json``; read by the next
+  build, ``retrain run`` and the console);
+* the evaluation gate's result (``retrain``'s gate; kept in its job, shown by the console
+  and ``retrain``).
+
+The interaction and rating records, jobs and runs are in :mod:`gateway.core.records`.
 
 They are ``TypedDict``s: the JSON the API returns and Redis holds is the same dict, so
 nothing is converted on the way; a type checker sees every key a reader uses.
@@ -279,3 +285,40 @@ class Registration(TypedDict):
     registered_at: float
     lineage: dict[str, Any] | None
     price_from: str | None
+
+
+class CostEstimate(TypedDict):
+    """What training a dataset version would cost with one price (``retrain.prices``)."""
+
+    provider: str
+    model: str
+    epochs: int
+    tokens: int  # trained tokens times epochs
+    tokenizer: str  # what counted them
+    cost: float
+
+
+class Manifest(TypedDict):
+    """A dataset version's ``manifest.json``: what it holds, where each example came
+    from, what was left out and why, and the rules it was built by."""
+
+    id: str
+    experiment: str
+    parent: str | None  # the version it was built on
+    created: str  # ISO 8601, UTC
+    counts: dict[str, int]  # examples per file (train, validation, test, preference)
+    new_examples: int  # not in the parent
+    by_source: dict[str, Any]  # examples per source (correction, served, teacher...)
+    dropped: dict[str, int]  # left out, by reason
+    neutral_ratings: int
+    review_queue: dict[str, int]  # added, corrections_used
+    tokens: dict[str, Any]  # per file
+    tokenizer: str
+    tokens_exact: bool
+    cost_estimates: list[CostEstimate]
+    feedback_events: list[str]  # the rating events it read (a rebuild reads none twice)
+    events_read: NotRequired[int]
+    workload: NotRequired[str | None]
+    distill: NotRequired[dict[str, Any] | None]  # a distillation build's teacher, judge...
+    forgotten: NotRequired[dict[str, Any]]  # a version rewritten without forgotten users
+    rules: dict[str, Any]  # the retrain settings it was built by
