@@ -118,14 +118,18 @@ def test_a_burst_spends_at_most_one_answer_over_the_budget(
     print(f"{name}: {answered} answered, {spent:.3f} spent of {LIMIT}")
     assert answered >= 1
     assert spent <= LIMIT + COST + 1e-9, f"{answered} answers: {spent:.3f} spent of {LIMIT}"
-    # and the budget now refuses, with OpenAI's answer to an exhausted quota
-    time.sleep(0.3)
-    r = httpx.post(
-        gateway.base_url + "/chat/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"model": "fixed-slow", "messages": [{"role": "user", "content": "hi"}]},
-    )
-    assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+    # and the budget now refuses (once the burst's last answers are settled), with
+    # OpenAI's answer to an exhausted quota
+    def refused() -> httpx.Response | None:
+        r = httpx.post(
+            gateway.base_url + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "fixed-slow", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        return r if r.status_code == 429 else None
+
+    r = eventually(refused, "the spent budget refuses", timeout_s=5, every_s=0.1)
+    assert r.json()["error"]["code"] == "insufficient_quota"
 
 
 def holding(redis_server: RedisProcess) -> dict[str, list[bytes]]:
