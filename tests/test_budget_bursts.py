@@ -118,6 +118,7 @@ def test_a_burst_spends_at_most_one_answer_over_the_budget(
     print(f"{name}: {answered} answered, {spent:.3f} spent of {LIMIT}")
     assert answered >= 1
     assert spent <= LIMIT + COST + 1e-9, f"{answered} answers: {spent:.3f} spent of {LIMIT}"
+
     # and the budget now refuses (once the burst's last answers are settled), with
     # OpenAI's answer to an exhausted quota
     def refused() -> httpx.Response | None:

@@ -26,6 +26,7 @@ from retrain import feedback_log
 
 from .conftest import ADMIN, CLIENT, gateway_config
 from .faulty_upstream import FaultyUpstream
+from .helpers import flywheel
 from .polling import eventually
 from .services import GatewayProcess, RedisProcess
 
@@ -279,19 +280,7 @@ def test_base_answers_stay_the_base_models_while_more_adapters_than_slots_share_
     questions = [f"Can I return my {item}?" for item in ("shoes", "bags", "hats", "coats")]
 
     def ask(model: str, question: str) -> str:
-        resp = httpx.post(
-            gateway.base_url + "/chat/completions",
-            headers=CLIENT,
-            timeout=120,
-            json={
-                "model": model,
-                "messages": [{"role": "user", "content": question}],
-                "temperature": 0,
-                "max_tokens": 12,
-            },
-        )
-        assert resp.status_code == 200, resp.text
-        return str(resp.json()["choices"][0]["message"]["content"])
+        return flywheel.ask(gateway, model, question, max_tokens=12)
 
     try:
         alone = {q: ask("base", q) for q in questions}

@@ -75,17 +75,19 @@ def retrain(config: Path, *args: str, crash: str | None = None, **popen: Any) ->
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 
 
-def ask(gw: GatewayProcess, model: str, question: str, arm: str | None = None) -> str:
+def ask(
+    gw: GatewayProcess, model: str, question: str, arm: str | None = None, max_tokens: int = 64
+) -> str:
     headers = {**ADMIN, "x-flywheel-arm": arm} if arm else CLIENT
     resp = httpx.post(
         gw.base_url + "/chat/completions",
         headers=headers,
-        timeout=60,
+        timeout=120,
         json={
             "model": model,
             "messages": [{"role": "user", "content": question}],
             "temperature": 0,
-            "max_tokens": 64,
+            "max_tokens": max_tokens,
         },
     )
     assert resp.status_code == 200, resp.text
