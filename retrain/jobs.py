@@ -62,9 +62,7 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw: bytes | None = self.client.get(self.ks.job(job_id))  # type: ignore[assignment]
-        job: JobRecord | None = orjson.loads(raw) if raw is not None else None
-        return job
+        return cast("JobRecord | None", keys.decode(self.client.get(self.ks.job(job_id))))
 
     def update(self, job_id: str, **fields: Any) -> JobRecord:
         """Set fields (``loss`` and ``events`` given as lists are appended)."""

@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -416,9 +416,7 @@ async def jobs(redis: aioredis.Redis, ks: keys.Keyspace, limit: int = 50) -> lis
 
 
 async def job(redis: aioredis.Redis, ks: keys.Keyspace, job_id: str) -> JobRecord | None:
-    raw = await redis.get(ks.job(job_id))
-    found: JobRecord | None = orjson.loads(raw) if raw is not None else None
-    return found
+    return cast("JobRecord | None", keys.decode(await redis.get(ks.job(job_id))))
 
 
 def _version_dir(dataset_dir: Path, experiment: str, vid: str) -> Path | None:

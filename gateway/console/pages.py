@@ -385,7 +385,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             for rid, item in items.items():
                 if not review.pending(item):
                     continue
-                out.append({**item, "response_id": rid, "experiment": state["name"]})  # as queued
+                out.append({**item, "response_id": rid, "experiment": state["name"]})
         if user.tenant:  # only failures of the user's tenant
             p = user.principal
             recs = await store.mget(st.redis, [keys.interaction(i["response_id"]) for i in out])

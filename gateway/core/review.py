@@ -11,7 +11,7 @@ one: not by the console, not by ``retrain review export``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -44,9 +44,9 @@ async def items(redis: aioredis.Redis, ks: keys.Keyspace, experiment: str) -> di
 async def item(
     redis: aioredis.Redis, ks: keys.Keyspace, experiment: str, response_id: str
 ) -> ReviewItem | None:
-    raw = await redis.hget(ks.review(experiment), response_id)
-    found: ReviewItem | None = orjson.loads(raw) if raw is not None else None
-    return found
+    return cast(
+        "ReviewItem | None", keys.decode(await redis.hget(ks.review(experiment), response_id))
+    )
 
 
 async def correct(
