@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.admin.admin import add_admin_routes
+from gateway.admin import admin
 from gateway.archiver import in_own_process, rss_mib
 from gateway.console import add_console
 from gateway.control.control import Control
@@ -54,13 +54,15 @@ from gateway.core.errors import (
 )
 from gateway.core.ids import IdIssuer, load_or_create_secret
 from gateway.openapi import install as install_openapi
+from gateway.openapi import mount
 from gateway.ops.archive import default_url
+from gateway.serving import routes as public
 from gateway.serving.chat import ChatService
 from gateway.serving.feedback import FeedbackService, maintain
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.limits import RateLimiter
 from gateway.serving.metrics import Metrics
-from gateway.serving.routes import add_public_routes, request_id
+from gateway.serving.routes import request_id
 from gateway.serving.spend import Spend
 from gateway.serving.upstream import UpstreamClient
 from gateway.state import GatewayState, app_state, state
@@ -381,10 +383,10 @@ def create_app(settings: Settings) -> FastAPI:
             err.code = "method_not_allowed"
         return error_response(err, headers)
 
-    add_public_routes(app)
-    add_admin_routes(app)
+    mount(app, public.ROUTES)
+    mount(app, admin.ROUTES)
     add_console(app, settings)
-    install_openapi(app, settings)
+    install_openapi(app, settings, (*public.ROUTES, *admin.ROUTES))
 
     return app
 

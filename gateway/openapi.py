@@ -1,10 +1,13 @@
 """The gateway's OpenAPI description (``GET /openapi.json``), made truthful.
 
-The routes read their bodies raw (``bodies.py``) and the chat route is served outside
-FastAPI (``app.serving_app``), so FastAPI alone would describe no request body, no
-error and no key. :func:`install` replaces ``app.openapi`` with FastAPI's document
-completed from this module: each operation's request body, its responses (every error
-in OpenAI's shape, :data:`ERROR`), and bearer security.
+Routes are declared in tables (:data:`gateway.serving.routes.ROUTES`,
+:data:`gateway.admin.admin.ROUTES`): each :class:`Operation` holds a handler and what the
+document says of it, side by side, so a route cannot be added without its description.
+:func:`mount` adds a table to the app; :func:`install` replaces ``app.openapi`` with
+FastAPI's document completed from the tables: each operation's request body, its
+responses (every error in OpenAI's shape, :data:`ERROR`), and bearer security. (The
+routes read their bodies raw, ``bodies.py``, and the chat route is served outside FastAPI,
+``app.serving_app``, so FastAPI alone would describe no request body, no error and no key.)
 
 The schemas come from what the gateway enforces, never a copy kept by hand: the chat
 request from :data:`gateway.serving.validation.PARAMS`, the admin bodies from the config's
@@ -14,6 +17,9 @@ fuzzes the gateway with this document (schemathesis) and checks every answer aga
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,7 +35,7 @@ from gateway.serving.validation import CONTENT_REQUIRED, NULL_CONTENT, PARAMS
 REF = "#/components/schemas/{model}"
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
     return {"$ref": REF.format(model=name)}
 
 
@@ -70,11 +76,11 @@ def _header(description: str, required: bool = False) -> dict[str, Any]:
     return {"description": description, "required": required, "schema": {"type": "string"}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+def errors(*statuses: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         str(s): {
             "description": STATUS_TEXT[s],
-            "content": {"application/json": {"schema": _ref("Error")}},
+            "content": {"application/json": {"schema": ref("Error")}},
         }
         for s in statuses
     }
@@ -114,18 +120,22 @@ CHAT_HEADERS = {
 }
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+def answer(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+def error_answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
+
+
+def body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": schema}}}
     if description:
         out["description"] = description
     return out
 
 
-def _list(item: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def listing(item: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["object", "data"],
@@ -248,7 +258,7 @@ CHAT_COMPLETION_EVENT = {
                 {
                     "type": "string",
                     "contentMediaType": "application/json",
-                    "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("Error")]},
+                    "contentSchema": {"anyOf": [ref("ChatCompletionChunk"), ref("Error")]},
                 },
             ]
         }
@@ -451,8 +461,8 @@ def _state() -> dict[str, Any]:
             "object": {"const": "experiment"},
             "name": {"type": "string"},
             "version": {"type": "integer", "minimum": 1},
-            "spec": _ref("Experiment"),
-            "previous": {"anyOf": [_ref("Experiment"), {"type": "null"}]},
+            "spec": ref("Experiment"),
+            "previous": {"anyOf": [ref("Experiment"), {"type": "null"}]},
             "updated_at": {"type": "number"},
             "updated_by": {"type": "string"},
             "ramp_from": {
@@ -538,7 +548,7 @@ TENANT = {
     "properties": {
         "object": {"const": "tenant"},
         "tenant": {"type": "string"},
-        "budget": {"anyOf": [_ref("Budget"), {"type": "null"}]},
+        "budget": {"anyOf": [ref("Budget"), {"type": "null"}]},
     },
 }
 AUDIT_ENTRY = {
@@ -559,7 +569,7 @@ def key_change_schema() -> dict[str, Any]:
     return {"type": "object", "properties": spec["properties"], "additionalProperties": False}
 
 
-def _key_param() -> dict[str, Any]:
+def key_param() -> dict[str, Any]:
     return {
         "name": "key_id",
         "in": "path",
@@ -569,7 +579,7 @@ def _key_param() -> dict[str, Any]:
     }
 
 
-def _tenant_param() -> dict[str, Any]:
+def tenant_param() -> dict[str, Any]:
     return {
         "name": "tenant",
         "in": "path",
@@ -578,7 +588,7 @@ def _tenant_param() -> dict[str, Any]:
     }
 
 
-def _name_param(description: str) -> dict[str, Any]:
+def name_param(description: str) -> dict[str, Any]:
     return {
         "name": "name",
         "in": "path",
@@ -609,316 +619,43 @@ FORGOTTEN = {
 }
 
 
-def operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
-    """What each operation takes and answers, by (method, path)."""
-    exp_name = _name_param("an experiment")
-    experiment_body = _body(_ref("Experiment"), "the experiment's new spec")
-    return {
-        ("post", "/v1/chat/completions"): {
-            "summary": "Chat completion (OpenAI-compatible), routed by experiment",
-            "requestBody": _body(_ref("ChatCompletionRequest")),
-            "responses": {
-                "200": {
-                    "description": "The completion; with `stream: true`, server-sent events "
-                    "(`data: {chunk}` … `data: [DONE]`)",
-                    "headers": CHAT_HEADERS,
-                    "content": {
-                        "application/json": {"schema": _ref("ChatCompletion")},
-                        "text/event-stream": {"schema": _ref("ChatCompletionEvent")},
-                    },
-                },
-                **_errors(400, *PUBLIC, 413, 415, 502, 503, 504),
-                "4XX": {
-                    "description": "The upstream's own 4xx, passed through with its message",
-                    "content": {"application/json": {"schema": _ref("Error")}},
-                },
-            },
-        },
-        ("post", "/v1/embeddings"): {
-            "summary": "Embeddings (OpenAI-compatible) from an embedding model",
-            "requestBody": _body(_ref("EmbeddingsRequest")),
-            "responses": {
-                "200": _json(_ref("Embeddings")),
-                **_errors(400, *PUBLIC, 413, 415, 502, 503, 504),
-                "4XX": {
-                    "description": "The upstream's own 4xx, passed through with its message "
-                    "(`dimensions` the model does not support)",
-                    "content": {"application/json": {"schema": _ref("Error")}},
-                },
-            },
-        },
-        ("post", "/v1/feedback"): {
-            "summary": "Rate a response, or say which retrieved passages helped",
-            "requestBody": _body(_ref("FeedbackRequest")),
-            "responses": {
-                "201": _json(_ref("FeedbackCreated"), "Stored (or replaced)"),
-                **_errors(*BODY, *PUBLIC, 404, 503),
-            },
-        },
-        ("get", "/v1/feedback/{response_id}"): {
-            "summary": "The current ratings of a response",
-            "responses": {
-                "200": _json(_list(_ref("Rating"), response_id={"type": "string"})),
-                **_errors(*PUBLIC, 404, 503),
-            },
-        },
-        ("get", "/v1/models"): {
-            "summary": "Experiments and models, in OpenAI's list shape",
-            "responses": {"200": _json(_list(_ref("Model"))), **_errors(*PUBLIC)},
-        },
-        ("get", "/healthz"): {
-            "summary": "The process is up",
-            "security": [],
-            "responses": {
-                "200": _json({"type": "object", "properties": {"status": {"const": "ok"}}})
-            },
-        },
-        ("get", "/readyz"): {
-            "summary": "Redis and at least one upstream answer",
-            "security": [],
-            "responses": {
-                code: _json(
-                    {
-                        "type": "object",
-                        "required": ["status", "checks"],
-                        "properties": {
-                            "status": {"enum": ["ready", "not ready"]},
-                            "checks": {
-                                "type": "object",
-                                "additionalProperties": {"type": "string"},
-                            },
-                        },
-                    },
-                    text,
-                )
-                for code, text in (("200", "Ready"), ("503", "Not ready: each check's reason"))
-            },
-        },
-        ("get", "/metrics"): {
-            "summary": "Prometheus metrics",
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": "Prometheus text format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        },
-        ("get", "/admin/experiments"): {
-            "summary": "Every experiment's live state",
-            "responses": {"200": _json(_list(_ref("ExperimentState"))), **_errors(*ADMIN)},
-        },
-        ("get", "/admin/experiments/{name}"): {
-            "summary": "One experiment's live state",
-            "parameters": [exp_name],
-            "responses": {"200": _json(_ref("ExperimentState")), **_errors(*ADMIN, 404)},
-        },
-        ("put", "/admin/experiments/{name}"): {
-            "summary": "Create or replace an experiment",
-            "parameters": [exp_name],
-            "requestBody": experiment_body,
-            "responses": {"200": _json(_ref("ExperimentState")), **_errors(*BODY, *ADMIN, 409)},
-        },
-        ("post", "/admin/experiments/{name}/arms"): {
-            "summary": "Add an arm (e.g. a canary)",
-            "parameters": [exp_name],
-            "requestBody": _body(_ref("Arm")),
-            "responses": {
-                "200": _json(_ref("ExperimentState")),
-                **_errors(*BODY, *ADMIN, 404, 409),
-            },
-        },
-        ("post", "/admin/experiments/{name}/promote"): {
-            "summary": "Give one arm 100, the others 0",
-            "parameters": [exp_name],
-            "requestBody": _body(
-                {
-                    "type": "object",
-                    "required": ["model"],
-                    "properties": {"model": {"type": "string"}},
-                }
-            ),
-            "responses": {
-                "200": _json(_ref("ExperimentState")),
-                **_errors(*BODY, *ADMIN, 404, 409),
-            },
-        },
-        ("post", "/admin/experiments/{name}/rollback"): {
-            "summary": "Back to the state before the last change",
-            "parameters": [exp_name],
-            "responses": {"200": _json(_ref("ExperimentState")), **_errors(400, *ADMIN, 404, 409)},
-        },
-        ("post", "/admin/experiments/{name}/resume"): {
-            "summary": "Let the decider act again on an experiment a person's change paused",
-            "description": "Clears the pause (``pin``) with no new version, so the evidence "
-            "collected since the pause counts; audited in the history. 409 when it is not "
-            "paused or changed meanwhile.",
-            "parameters": [exp_name],
-            "responses": {"200": _json(_ref("ExperimentState")), **_errors(*ADMIN, 404, 409)},
-        },
-        ("get", "/admin/experiments/{name}/history"): {
-            "summary": "The audit log of an experiment",
-            "parameters": [exp_name],
-            "responses": {
-                "200": _json(
-                    _list(
-                        {"type": "object", "required": ["version", "action", "by"]},
-                        experiment={"type": "string"},
-                    )
-                ),
-                **_errors(*ADMIN, 404),
-            },
-        },
-        ("get", "/admin/experiments/{name}/report"): {
-            "summary": "Per-arm statistics, comparisons and the decision; with 'since', "
-            "per-arm statistics over those days from the archive",
-            "parameters": [
-                exp_name,
-                *(
-                    {
-                        "name": q,
-                        "in": "query",
-                        "required": False,
-                        "description": f"{what} day of a window (UTC), read from the archive",
-                        "schema": {"type": "string", "format": "date"},
-                    }
-                    for q, what in (("since", "the first"), ("until", "the last"))
-                ),
-                {
-                    "name": "workload",
-                    "in": "query",
-                    "required": False,
-                    "description": "with 'since': only the requests that named this workload "
-                    "(metadata.workload or x-flywheel-workload) and their ratings",
-                    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 64},
-                },
-            ],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "anyOf": [
-                            {
-                                "required": ["decision", "arms"],
-                                "properties": {
-                                    "arms": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "required": ["model", "language"],
-                                            "properties": {"language": _ref("ArmLanguage")},
-                                        },
-                                    }
-                                },
-                            },
-                            {"required": ["archive", "arms"]},
-                        ],
-                    }
-                ),
-                **_errors(400, *ADMIN, 404),
-            },
-        },
-        ("get", "/admin/models"): {
-            "summary": "Model versions (config and registered)",
-            "responses": {"200": _json(_list(_ref("AdminModel"))), **_errors(*ADMIN)},
-        },
-        ("post", "/admin/models"): {
-            "summary": "Register a model version (a LoRA adapter is loaded on every replica)",
-            "requestBody": _body(_ref("RegisterModel")),
-            "responses": {
-                "201": _json(_ref("AdminModel"), "Registered"),
-                **_errors(*BODY, *ADMIN, 409),
-            },
-        },
-        ("get", "/admin/models/{name}"): {
-            "summary": "One model version, with its lineage and experiments",
-            "parameters": [_name_param("a model")],
-            "responses": {"200": _json(_ref("AdminModel")), **_errors(*ADMIN, 404)},
-        },
-        ("delete", "/admin/models/{name}"): {
-            "summary": "Remove a registered model version (and unload its adapter)",
-            "parameters": [_name_param("a registered model")],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["id", "deleted"],
-                        "properties": {"deleted": {"const": True}},
-                    }
-                ),
-                **_errors(*ADMIN, 404, 409),
-            },
-        },
-        ("get", "/admin/keys"): {
-            "summary": "Runtime API keys (an admin of one tenant: that tenant's)",
-            "responses": {"200": _json(_list(_ref("ApiKey"))), **_errors(*ADMIN)},
-        },
-        ("post", "/admin/keys"): {
-            "summary": "Make a key: its secret is in this answer only",
-            "requestBody": _body(_ref("KeySpec")),
-            "responses": {
-                "201": _json(_ref("NewApiKey"), "Made"),
-                **_errors(*BODY, *ADMIN),
-            },
-        },
-        ("get", "/admin/keys/{key_id}"): {
-            "summary": "One key",
-            "parameters": [_key_param()],
-            "responses": {"200": _json(_ref("ApiKey")), **_errors(*ADMIN, 404)},
-        },
-        ("patch", "/admin/keys/{key_id}"): {
-            "summary": "Change a key's settings",
-            "parameters": [_key_param()],
-            "requestBody": _body(_ref("KeyChange")),
-            "responses": {"200": _json(_ref("ApiKey")), **_errors(*BODY, *ADMIN, 404, 409)},
-        },
-        ("delete", "/admin/keys/{key_id}"): {
-            "summary": "Revoke a key: refused on every replica within a second",
-            "parameters": [_key_param()],
-            "responses": {"200": _json(_ref("ApiKey")), **_errors(*ADMIN, 404, 409)},
-        },
-        ("post", "/admin/keys/{key_id}/rotate"): {
-            "summary": "A new secret for the key; the old one stops now",
-            "parameters": [_key_param()],
-            "responses": {"200": _json(_ref("NewApiKey")), **_errors(*ADMIN, 404, 409)},
-        },
-        ("get", "/admin/tenants/{tenant}"): {
-            "summary": "A tenant's policy (its budget)",
-            "parameters": [_tenant_param()],
-            "responses": {"200": _json(_ref("Tenant")), **_errors(400, *ADMIN, 404)},
-        },
-        ("put", "/admin/tenants/{tenant}"): {
-            "summary": "Set a tenant's budget (an admin of every tenant)",
-            "parameters": [_tenant_param()],
-            "requestBody": _body(_ref("TenantSpec")),
-            "responses": {"200": _json(_ref("Tenant")), **_errors(*BODY, *ADMIN, 404)},
-        },
-        ("get", "/admin/audit"): {
-            "summary": "Who changed which key or tenant, when, before and after",
-            "responses": {"200": _json(_list(AUDIT_ENTRY)), **_errors(*ADMIN)},
-        },
-        ("delete", "/admin/users/{user}"): {
-            "summary": "Forget a user: their interactions, ratings and archive rows, audited",
-            "parameters": [
-                {
-                    "name": "user",
-                    "in": "path",
-                    "required": True,
-                    "description": "the user id (the requests' user or x-flywheel-user)",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-                },
-                {
-                    "name": "tenant",
-                    "in": "query",
-                    "required": False,
-                    "description": "only that tenant's user (default: the key's tenant; "
-                    "an admin of every tenant: every tenant)",
-                    "schema": {"type": "string", "pattern": NAME_PATTERN, "maxLength": NAME_MAX},
-                },
-            ],
-            "responses": {"200": _json(FORGOTTEN), **_errors(400, *ADMIN, 409)},
-        },
-    }
+@dataclass(frozen=True)
+class Operation:
+    """One route of a table: method, path and handler, and its OpenAPI operation."""
+
+    method: str
+    path: str  # starlette's, convertors included: ``/admin/models/{name:path}``
+    endpoint: Callable[..., Any]
+    summary: str
+    responses: dict[str, Any]
+    parameters: tuple[dict[str, Any], ...] = ()
+    body: dict[str, Any] | None = None  # the request body's schema (required JSON)
+    description: str | None = None
+    public: bool = False  # no key needed (health, metrics)
+
+    @property
+    def described_path(self) -> str:
+        """The path as the document names it: ``/admin/models/{name}``."""
+        return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", self.path)
+
+    def describe(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"summary": self.summary}
+        if self.description:
+            doc["description"] = self.description
+        if self.parameters:
+            doc["parameters"] = list(self.parameters)
+        if self.body is not None:
+            doc["requestBody"] = self.body
+        doc["responses"] = self.responses
+        if self.public:
+            doc["security"] = []
+        return doc
+
+
+def mount(app: FastAPI, table: Iterable[Operation]) -> None:
+    """Add a table's routes to the app, in the table's order."""
+    for op in table:
+        app.add_api_route(op.path, op.endpoint, methods=[op.method])
 
 
 def schemas(settings: Settings) -> dict[str, Any]:
@@ -963,16 +700,16 @@ Every error is OpenAI's `{"error": {"message", "type", "param", "code"}}`. Keys 
 With no key configured the gateway is open (local development)."""
 
 
-def describe(app: FastAPI, settings: Settings) -> dict[str, Any]:
+def describe(app: FastAPI, settings: Settings, table: Iterable[Operation]) -> dict[str, Any]:
     doc = get_openapi(
         title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes
     )
-    ops = operations(settings)
+    ops = {(op.method.lower(), op.described_path): op.describe() for op in table}
     for path, item in doc["paths"].items():
         for method, op in item.items():
             extra = ops.get((method, path))
             if extra is None:
-                continue
+                raise ValueError(f"{method.upper()} {path} is not in a route table")
             params = {p["name"]: p for p in op.get("parameters", [])}
             params.update({p["name"]: p for p in extra.get("parameters", [])})
             op.update({k: v for k, v in extra.items() if k != "parameters"})
@@ -986,12 +723,13 @@ def describe(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return doc
 
 
-def install(app: FastAPI, settings: Settings) -> None:
+def install(app: FastAPI, settings: Settings, table: Iterable[Operation]) -> None:
     """Serve :func:`describe`'s document as ``/openapi.json`` (built once, on first use)."""
+    table = tuple(table)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = describe(app, settings)
+            app.openapi_schema = describe(app, settings, table)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

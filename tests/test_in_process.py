@@ -89,3 +89,35 @@ def test_an_admin_route_refuses_a_client_key(http: TestClient) -> None:
     missing = http.get("/admin/experiments")
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_every_route_is_declared_in_a_table_beside_its_description(http: TestClient) -> None:
+    """``/openapi.json`` describes each route from its table entry: a summary, what it
+    answers, and (unless it needs no key) its errors in OpenAI's shape."""
+    from gateway.admin import admin
+    from gateway.serving import routes
+
+    doc = http.get("/openapi.json").json()
+    described = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    tables = {(op.method, op.described_path) for op in (*routes.ROUTES, *admin.ROUTES)}
+    assert described == tables
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            assert op["summary"] and any(code.startswith("2") for code in op["responses"])
+            if op.get("security") != []:
+                assert op["responses"]["401"]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/Error"
+                }, (method, path)
+
+
+def test_a_route_outside_the_tables_is_refused_by_the_description() -> None:
+    """A route added without a table entry has no description: the document is not
+    served half-true."""
+    app = create_app(build_settings(fixed_config("http://127.0.0.1:9", "redis://127.0.0.1:9")))
+
+    @app.get("/v1/undescribed")
+    async def undescribed() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(ValueError, match="GET /v1/undescribed is not in a route table"):
+        app.openapi()
