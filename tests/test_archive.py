@@ -131,6 +131,15 @@ def serve(served: Served, n: int, model: str = "shop", rate: bool = True) -> lis
         timeout_s=5,
         every_s=0.02,
     )
+    # On a cluster the record and its stream entry are on different nodes, written by one
+    # pipeline but not at one instant: an archive pass reads the stream.
+    stream = served.store.ks.interaction_stream
+
+    def streamed() -> bool:
+        entries = served.redis.xrevrange(stream, count=len(ids) + 50)
+        return set(ids) <= {fields[b"id"].decode() for _, fields in entries}
+
+    eventually(streamed, "the interaction stream holds every answer", timeout_s=5, every_s=0.02)
     return ids
 
 
