@@ -1,5 +1,8 @@
 """The console's routes under ``/ui/``: pages (GET) and forms (POST, CSRF-checked).
 
+:data:`ROUTES` is the table: each route's method, path and :class:`Console` handler
+(the console is HTML, outside the OpenAPI document).
+
 Routes read through :mod:`.data` and change state only through the admin API's code
 (:class:`gateway.control.experiments.Experiments`) or the review store (:mod:`gateway.core.review`).
 A page asked for without a session redirects to the login form; a bad key, a missing
@@ -110,60 +113,76 @@ def environment() -> Environment:
 ENV = environment()
 
 
-def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
-    router = APIRouter(prefix="/ui", include_in_schema=False, route_class=ConsoleRoute)
-    env = ENV
+class Console:
+    """The console's handlers and what they share: the session keys, the datasets' folder
+    and the page size. Its routes are :data:`ROUTES`."""
 
-    def bound(request: Request) -> Access:
-        if not access.bound:  # the key ring and the id secret are opened by the lifespan
+    def __init__(self, access: Access, dataset_dir: Path, page_size: int) -> None:
+        self.access = access
+        self.dataset_dir = dataset_dir
+        self.page_size = page_size
+
+    def bound(self, request: Request) -> Access:
+        if not self.access.bound:  # the key ring and the id secret are opened by the lifespan
             st = gateway_state(request)
-            access.bind(st.keyring, st.chat.ids.derive("console-session"))
-        return access
+            self.access.bind(st.keyring, st.chat.ids.derive("console-session"))
+        return self.access
 
-    def current(request: Request) -> User:
-        user = bound(request).user(
+    def current(self, request: Request) -> User:
+        user = self.bound(request).user(
             request.headers.get("authorization"), request.cookies.get(COOKIE)
         )
         if user is None:
             raise LoginNeeded
         return user
 
-    def admin_only(user: User) -> None:
+    def admin_only(self, user: User) -> None:
         if not user.admin:
             raise PermissionDenied("This page needs an admin key; a reviewer key was given.")
 
-    def owner(request: Request, experiment: str) -> str | None:
+    def owner(self, request: Request, experiment: str) -> str | None:
         """An experiment's tenant (None: shared; nobody's when it is gone)."""
         exp = gateway_state(request).control.router.experiments.get(experiment)
         return exp.tenant if exp is not None else rule.NOBODY
 
     def allowed(
-        request: Request, user: User, action: rule.Action, kind: rule.Kind, name: str, exp: str
+        self,
+        request: Request,
+        user: User,
+        action: rule.Action,
+        kind: rule.Kind,
+        name: str,
+        exp: str,
     ) -> bool:
         """The access rule for a resource of experiment ``exp`` (its tenant's). A shared
         experiment's dataset holds every tenant's examples: it is no tenant's."""
-        tenant = owner(request, exp)
+        tenant = self.owner(request, exp)
         if kind == "dataset" and tenant is None:
             tenant = rule.NOBODY
         return rule.allows(user.principal, action, rule.Resource(kind, name, tenant))
 
-    def check_experiment(request: Request, user: User, name: str, action: rule.Action) -> None:
-        res = rule.Resource("experiment", name, owner(request, name))
+    def check_experiment(
+        self, request: Request, user: User, name: str, action: rule.Action
+    ) -> None:
+        res = rule.Resource("experiment", name, self.owner(request, name))
         rule.check(user.principal, action, res, param="experiment")
 
-    def seen_experiments(request: Request, user: User) -> list[str]:
+    def seen_experiments(self, request: Request, user: User) -> list[str]:
         exps = gateway_state(request).control.router.experiments
         return rule.visible(
             user.principal, "experiment", {n: e.tenant for n, e in sorted(exps.items())}
         )
 
-    def render(request: Request, user: User | None, name: str, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(
-            user=user, csrf=access.csrf_token(user) if user else "", path=request.url.path, **ctx
+    def render(self, request: Request, user: User | None, name: str, **ctx: Any) -> HTMLResponse:
+        html = ENV.get_template(name).render(
+            user=user,
+            csrf=self.access.csrf_token(user) if user else "",
+            path=request.url.path,
+            **ctx,
         )
         return HTMLResponse(html, headers=HEADERS)
 
-    async def form(request: Request, user: User | None = None) -> dict[str, str]:
+    async def form(self, request: Request, user: User | None = None) -> dict[str, str]:
         """A posted form's fields (the CSRF token checked when a user is given)."""
         origin = request.headers.get("origin")
         cross = request.headers.get("sec-fetch-site") in ("cross-site", "same-site")
@@ -182,10 +201,10 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             for k, v in parse_qs(raw.decode(errors="replace"), keep_blank_values=True).items()
         }
         if user is not None:
-            access.check_csrf(user, fields.get("csrf"))
+            self.access.check_csrf(user, fields.get("csrf"))
         return fields
 
-    def archive_of(request: Request) -> archive_query.ArchiveReader | None:
+    def archive_of(self, request: Request) -> archive_query.ArchiveReader | None:
         """The archive's reader; None where it cannot be opened (the pages then show what
         Redis holds)."""
         settings = gateway_state(request).settings
@@ -196,35 +215,33 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             log.warning("console: the archive at %s cannot be opened: %s", url, exc)
             return None
 
-    def see_other(url: str) -> RedirectResponse:
+    def see_other(self, url: str) -> RedirectResponse:
         return RedirectResponse(url, status_code=303, headers=HEADERS)
 
     # login ----------------------------------------------------------------------------
 
-    @router.get("/login")
-    async def login_form(request: Request) -> Response:
-        bound(request)
-        return render(request, None, "login.html", error=None, next=_safe_next(request))
+    async def login_form(self, request: Request) -> Response:
+        self.bound(request)
+        return self.render(request, None, "login.html", error=None, next=_safe_next(request))
 
-    @router.post("/login")
-    async def login(request: Request) -> Response:
-        fields = await form(request)
+    async def login(self, request: Request) -> Response:
+        fields = await self.form(request)
         key = fields.get("key", "")
         nxt = _safe_next(request, fields.get("next", ""))
-        bound(request)
+        self.bound(request)
         try:
             if not key.strip():
                 raise AuthenticationFailed("Enter a key.")
-            user = access.by_key(key)
+            user = self.access.by_key(key)
         except (AuthenticationFailed, PermissionDenied) as exc:  # shown on the form
-            page = render(request, None, "login.html", error=exc.message, next=nxt)
+            page = self.render(request, None, "login.html", error=exc.message, next=nxt)
             page.status_code = exc.status
             return page
-        response = see_other(nxt or ("/ui/" if user.admin else "/ui/review"))
+        response = self.see_other(nxt or ("/ui/" if user.admin else "/ui/review"))
         response.set_cookie(
             COOKIE,
-            access.new_session(user),
-            max_age=int(access.session_s),
+            self.access.new_session(user),
+            max_age=int(self.access.session_s),
             path="/ui",
             httponly=True,
             samesite="strict",
@@ -232,41 +249,40 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         )
         return response
 
-    @router.post("/logout")
-    async def logout(request: Request) -> Response:
-        user = current(request)
-        await form(request, user)
-        response = see_other("/ui/login")
+    async def logout(self, request: Request) -> Response:
+        user = self.current(request)
+        await self.form(request, user)
+        response = self.see_other("/ui/login")
         response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
         return response
 
     # overview and experiments ---------------------------------------------------------
 
-    @router.get("/")
-    async def overview(request: Request) -> Response:
-        user = current(request)
+    async def overview(self, request: Request) -> Response:
+        user = self.current(request)
         if not user.admin:
-            return see_other("/ui/review")
+            return self.see_other("/ui/review")
         st = gateway_state(request)
         rows = [
             r
             for r in await data.overview(st.control, st.redis)
-            if allowed(request, user, "see", "experiment", r["state"]["name"], r["state"]["name"])
+            if self.allowed(
+                request, user, "see", "experiment", r["state"]["name"], r["state"]["name"]
+            )
         ]
         changes = []
         for r in rows:
             history = await st.control.experiments.history(r["state"]["name"])
             changes += [{"experiment": r["state"]["name"], **h} for h in history[-5:]]
         changes = sorted(changes, key=lambda h: h["at"], reverse=True)[:10]
-        return render(
+        return self.render(
             request, user, "overview.html", rows=rows, changes=changes, health=await data.health(st)
         )
 
-    @router.get("/experiments/{name:path}")
-    async def experiment(request: Request, name: str) -> Response:
-        user = current(request)
-        admin_only(user)
-        check_experiment(request, user, name, "see")
+    async def experiment(self, request: Request, name: str) -> Response:
+        user = self.current(request)
+        self.admin_only(user)
+        self.check_experiment(request, user, name, "see")
         since = params.checked_day(request.query_params.get("since"), "since")
         until = params.checked_day(request.query_params.get("until"), "until")
         workload = params.checked_workload(request.query_params.get("workload"))
@@ -280,7 +296,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             window = await archive_query.windowed(
                 st.settings, state, since, until or None, workload
             )
-        return render(
+        return self.render(
             request,
             user,
             "experiment.html",
@@ -296,14 +312,13 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             hot_hours=st.settings.interaction_log.hot_s / 3600,
         )
 
-    @router.post("/actions/confirm")
-    async def confirm(request: Request) -> Response:
-        user = current(request)
-        admin_only(user)
-        fields = await form(request, user)
+    async def confirm(self, request: Request) -> Response:
+        user = self.current(request)
+        self.admin_only(user)
+        fields = await self.form(request, user)
         st = gateway_state(request)
         name = fields.get("experiment", "")
-        check_experiment(request, user, name, "change")
+        self.check_experiment(request, user, name, "change")
         state = await st.control.experiments.state(name)
         action, model = fields.get("action", ""), fields.get("model", "")
         before = state["spec"]
@@ -321,7 +336,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             after = previous
         else:
             raise InvalidRequest("'action' must be ramp, promote or rollback.", param="action")
-        return render(
+        return self.render(
             request,
             user,
             "confirm.html",
@@ -333,18 +348,17 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             after=after,
         )
 
-    @router.post("/actions/apply")
-    async def apply(request: Request) -> Response:
-        user = current(request)
-        admin_only(user)
-        fields = await form(request, user)
+    async def apply(self, request: Request) -> Response:
+        user = self.current(request)
+        self.admin_only(user)
+        fields = await self.form(request, user)
         experiments = gateway_state(request).control.experiments
         name, action, model = (
             fields.get("experiment", ""),
             fields.get("action"),
             fields.get("model", ""),
         )
-        check_experiment(request, user, name, "change")
+        self.check_experiment(request, user, name, "change")
         version = _int(fields.get("version"), "version")
         who = user.name
         if action == "ramp":
@@ -368,18 +382,18 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             raise InvalidRequest(
                 "'action' must be ramp, promote, rollback or resume.", param="action"
             )
-        return see_other(f"/ui/experiments/{quote(name)}")
+        return self.see_other(f"/ui/experiments/{quote(name)}")
 
     # review queue -----------------------------------------------------------------------
 
-    async def queue(request: Request, user: User, only: str = "") -> list[ReviewItem]:
+    async def queue(self, request: Request, user: User, only: str = "") -> list[ReviewItem]:
         """Failures awaiting a person (of one experiment, with ``only``), in the user's view."""
         st = gateway_state(request)
         out: list[ReviewItem] = []
         for state in await st.control.experiments.states():
             if only and state["name"] != only:
                 continue
-            if not allowed(request, user, "see", "experiment", state["name"], state["name"]):
+            if not self.allowed(request, user, "see", "experiment", state["name"], state["name"]):
                 continue
             items = await review.items(st.redis, st.ks, state["name"])
             for rid, item in items.items():
@@ -397,28 +411,26 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             ]
         return out
 
-    @router.get("/review")
-    async def review_list(request: Request) -> Response:
-        user = current(request)
+    async def review_list(self, request: Request) -> Response:
+        user = self.current(request)
         only = request.query_params.get("experiment", "")
-        experiments = seen_experiments(request, user)
-        return render(
+        experiments = self.seen_experiments(request, user)
+        return self.render(
             request,
             user,
             "review_list.html",
-            items=await queue(request, user, only),
+            items=await self.queue(request, user, only),
             only=only,
             experiments=experiments,
         )
 
-    @router.get("/review/next")
-    async def review_next(request: Request) -> Response:
-        user = current(request)
+    async def review_next(self, request: Request) -> Response:
+        user = self.current(request)
         only = request.query_params.get("experiment", "")
-        items = await queue(request, user, only)
+        items = await self.queue(request, user, only)
         skip = set(request.query_params.getlist("skip"))
         rest = [i for i in items if i["response_id"] not in skip]
-        return render(
+        return self.render(
             request,
             user,
             "review_item.html",
@@ -428,13 +440,14 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             only=only,
         )
 
-    @router.post("/review/save")
-    async def review_save(request: Request) -> Response:
-        user = current(request)
-        fields = await form(request, user)
+    async def review_save(self, request: Request) -> Response:
+        user = self.current(request)
+        fields = await self.form(request, user)
         st = gateway_state(request)
         exp, rid, action = fields.get("experiment", ""), fields.get("id", ""), fields.get("action")
-        allowed = {i["response_id"] for i in await queue(request, user) if i["experiment"] == exp}
+        allowed = {
+            i["response_id"] for i in await self.queue(request, user) if i["experiment"] == exp
+        }
         if rid not in allowed:
             raise NotFound(f"No failure '{rid:.80}' awaits review in '{exp:.128}'.", param="id")
         skip = [s for s in fields.get("skip", "").split(",") if s]
@@ -454,13 +467,12 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             raise InvalidRequest("'action' must be save, dismiss or skip.", param="action")
         query = [("experiment", only)] if only else []
         query += [("skip", s) for s in skip]
-        return see_other("/ui/review/next" + (f"?{urlencode(query)}" if query else ""))
+        return self.see_other("/ui/review/next" + (f"?{urlencode(query)}" if query else ""))
 
     # interactions -----------------------------------------------------------------------
 
-    @router.get("/interactions")
-    async def interactions(request: Request) -> Response:
-        user = current(request)
+    async def interactions(self, request: Request) -> Response:
+        user = self.current(request)
         st = gateway_state(request)
         qp = request.query_params
         f = data.Filters(
@@ -475,7 +487,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             until=params.checked_day(qp.get("until"), "until") or "",
         )
         before = params.checked_cursor(qp.get("before"))
-        archive = await asyncio.to_thread(archive_of, request)
+        archive = await asyncio.to_thread(self.archive_of, request)
         with store.translated("The archive"):
             page = await data.interactions(
                 st.redis,
@@ -483,26 +495,25 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
                 user,
                 f,
                 before,
-                page_size,
+                self.page_size,
                 st.settings.feedback.failure_threshold,
                 archive,
             )
         more = urlencode({**f.query(), "before": page.next_cursor}) if page.next_cursor else None
-        return render(
+        return self.render(
             request,
             user,
             "interactions.html",
             page=page,
             f=f,
             more=more,
-            experiments=seen_experiments(request, user),
+            experiments=self.seen_experiments(request, user),
         )
 
-    @router.get("/interactions/{response_id}")
-    async def interaction(request: Request, response_id: str) -> Response:
-        user = current(request)
+    async def interaction(self, request: Request, response_id: str) -> Response:
+        user = self.current(request)
         st = gateway_state(request)
-        archive = await asyncio.to_thread(archive_of, request)
+        archive = await asyncio.to_thread(self.archive_of, request)
         issued = st.chat.ids.issued_at(response_id)
         rec = await data.interaction(st.redis, response_id, archive, issued)
         p = user.principal
@@ -521,8 +532,8 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             if rec.get("experiment")
             else None
         )
-        examples = data.examples_of(dataset_dir, rec.get("experiment"), response_id)
-        return render(
+        examples = data.examples_of(self.dataset_dir, rec.get("experiment"), response_id)
+        return self.render(
             request,
             user,
             "interaction.html",
@@ -534,26 +545,24 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
 
     # datasets and jobs --------------------------------------------------------------------
 
-    @router.get("/datasets")
-    async def datasets(request: Request) -> Response:
-        user = current(request)
-        admin_only(user)
+    async def datasets(self, request: Request) -> Response:
+        user = self.current(request)
+        self.admin_only(user)
         st = gateway_state(request)
         mine = [
             e
             for e in sorted(st.control.router.experiments)
-            if allowed(request, user, "see", "dataset", e, e)
+            if self.allowed(request, user, "see", "dataset", e, e)
         ]
-        versions = data.datasets(dataset_dir, mine)
-        return render(request, user, "datasets.html", versions=versions)
+        versions = data.datasets(self.dataset_dir, mine)
+        return self.render(request, user, "datasets.html", versions=versions)
 
-    @router.get("/datasets/{experiment}/{vid}/{split}.jsonl")
-    async def download(request: Request, experiment: str, vid: str, split: str) -> Response:
-        user = current(request)
-        admin_only(user)
+    async def download(self, request: Request, experiment: str, vid: str, split: str) -> Response:
+        user = self.current(request)
+        self.admin_only(user)
         path = None
-        if allowed(request, user, "see", "dataset", experiment, experiment):
-            path = data.dataset_file(dataset_dir, experiment, vid, split)
+        if self.allowed(request, user, "see", "dataset", experiment, experiment):
+            path = data.dataset_file(self.dataset_dir, experiment, vid, split)
         if path is None:
             raise NotFound(f"No file {split}.jsonl in dataset version '{vid:.80}'.")
         return FileResponse(
@@ -563,16 +572,15 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             headers={"cache-control": "no-store"},
         )
 
-    @router.get("/jobs")
-    async def jobs(request: Request) -> Response:
-        user = current(request)
-        admin_only(user)
+    async def jobs(self, request: Request) -> Response:
+        user = self.current(request)
+        self.admin_only(user)
         st = gateway_state(request)
         p = user.principal
         all_jobs = [
             j
             for j in await data.jobs(st.redis, st.ks)
-            if allowed(
+            if self.allowed(
                 request, user, "see", "job", str(j.get("id")), str(j.get("experiment") or "")
             )
         ]
@@ -584,7 +592,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
         states = [
             s
             for s in await st.control.experiments.states()
-            if allowed(request, user, "see", "experiment", s["name"], s["name"])
+            if self.allowed(request, user, "see", "experiment", s["name"], s["name"])
         ]
         plots = {
             j["id"]: svg.line_plot(
@@ -611,7 +619,7 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             )
             for j in all_jobs[:10]
         }
-        return render(
+        return self.render(
             request,
             user,
             "jobs.html",
@@ -621,6 +629,32 @@ def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
             lineage=data.lineage(models, all_jobs, states),
         )
 
+
+ROUTES = (
+    ("GET", "/login", Console.login_form),
+    ("POST", "/login", Console.login),
+    ("POST", "/logout", Console.logout),
+    ("GET", "/", Console.overview),
+    ("GET", "/experiments/{name:path}", Console.experiment),
+    ("POST", "/actions/confirm", Console.confirm),
+    ("POST", "/actions/apply", Console.apply),
+    ("GET", "/review", Console.review_list),
+    ("GET", "/review/next", Console.review_next),
+    ("POST", "/review/save", Console.review_save),
+    ("GET", "/interactions", Console.interactions),
+    ("GET", "/interactions/{response_id}", Console.interaction),
+    ("GET", "/datasets", Console.datasets),
+    ("GET", "/datasets/{experiment}/{vid}/{split}.jsonl", Console.download),
+    ("GET", "/jobs", Console.jobs),
+)
+"""The console's routes under ``/ui``, in the order they are matched."""
+
+
+def make_router(access: Access, dataset_dir: Path, page_size: int) -> APIRouter:
+    console = Console(access, dataset_dir, page_size)
+    router = APIRouter(prefix="/ui", include_in_schema=False, route_class=ConsoleRoute)
+    for method, path, handler in ROUTES:
+        router.add_api_route(path, getattr(console, handler.__name__), methods=[method])
     return router
 
 
