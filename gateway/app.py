@@ -383,10 +383,10 @@ def create_app(settings: Settings) -> FastAPI:
             err.code = "method_not_allowed"
         return error_response(err, headers)
 
-    mount(app, public.ROUTES)
-    mount(app, admin.ROUTES)
+    table = (*public.ROUTES, *admin.ROUTES)
+    mount(app, table)
     add_console(app, settings)
-    install_openapi(app, settings, (*public.ROUTES, *admin.ROUTES))
+    install_openapi(app, settings, table)
 
     return app
 

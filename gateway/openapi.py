@@ -76,14 +76,12 @@ def _header(description: str, required: bool = False) -> dict[str, Any]:
     return {"description": description, "required": required, "schema": {"type": "string"}}
 
 
+def error_answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
+
+
 def errors(*statuses: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        str(s): {
-            "description": STATUS_TEXT[s],
-            "content": {"application/json": {"schema": ref("Error")}},
-        }
-        for s in statuses
-    }
+    out = {str(s): error_answer(STATUS_TEXT[s]) for s in statuses}
     if "401" in out:
         out["401"]["headers"] = {"www-authenticate": _header("`Bearer`", required=True)}
     return out
@@ -122,10 +120,6 @@ CHAT_HEADERS = {
 
 def answer(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def error_answer(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
 
 
 def body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
