@@ -21,7 +21,7 @@ PLACES = ["dir", "s3"]
 SETUPS = [
     pytest.param(("redis", "dir"), id="redis-dir"),
     pytest.param(("cluster", "dir"), id="cluster-dir", marks=pytest.mark.cluster),
-    pytest.param(("redis", "s3"), id="redis-s3"),
+    pytest.param(("redis", "s3"), id="redis-s3", marks=pytest.mark.s3),
 ]
 BUCKET = "flywheel-archive"
 

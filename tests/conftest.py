@@ -238,7 +238,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Markers from what a test needs, so nobody has to remember them: every test that
     needs the real vLLM server — directly or through a fixture that does (``gateway``,
     ``client``, …) — carries ``vllm``; one that drives Chromium ``browser``; one on the
-    Redis Cluster ``cluster``. All of those, and the tests marked ``slow`` by hand, are
+    Redis Cluster ``cluster``; one whose archive is on the S3 server ``s3``. All of those,
+    and the tests marked ``slow`` by hand (a few seconds or more each), are
     ``slow``: ``-m "not slow"`` is the quick answer, ``-m "not vllm"`` every test that
     starts no model server.
 
@@ -248,7 +249,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     needs = {"vllm": pytest.mark.vllm, "vllm_embed": pytest.mark.vllm}
     needs |= {"browser": pytest.mark.browser}
     needs |= {"redis_cluster": pytest.mark.cluster}
-    heavy = {"vllm", "browser", "cluster", "slow"}
+    needs |= {"s3_server": pytest.mark.s3}
+    heavy = {"vllm", "browser", "cluster", "s3", "slow"}
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         for fixture, marker in needs.items():

@@ -171,6 +171,7 @@ def glob(served: Served, kind: str) -> str:
     return f"read_parquet('{pattern}', hive_partitioning=true)"
 
 
+@pytest.mark.slow
 def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experiment(
     served: Served,
 ) -> None:
@@ -206,6 +207,7 @@ def test_interactions_and_ratings_land_in_parquet_partitioned_by_date_and_experi
     assert again.returncode == 0 and "archived 0 interactions and 0 ratings" in again.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["after-read", "after-commit", "after-ack", "after-compact"])
 def test_an_archiver_killed_at_any_step_loses_nothing_and_duplicates_nothing(
     served: Served, step: str
@@ -245,6 +247,7 @@ def test_one_archiver_at_a_time(served: Served) -> None:
         served.redis.delete(served.store.ks.archive_lock)
 
 
+@pytest.mark.slow
 def test_the_gateway_archives_by_itself(tmp_path: Path, served: Served) -> None:
     config = yaml.safe_load(served.config.read_text())
     place = served.archive.sub(f"gw-{uuid.uuid4().hex[:6]}")
@@ -275,6 +278,7 @@ def test_the_gateway_archives_by_itself(tmp_path: Path, served: Served) -> None:
 LATE_DB = 15  # on one Redis, a gateway whose hot window is two seconds has its own database
 
 
+@pytest.mark.slow
 def test_a_rating_after_the_hot_window_joins_through_the_archive_and_trains(
     tmp_path: Path, served: Served
 ) -> None:
@@ -413,6 +417,7 @@ def test_steady_small_passes_do_not_leave_tiny_files_forever(served: Served) -> 
     assert sorted(rows) == sorted((i, 1) for i in ids)
 
 
+@pytest.mark.slow
 def test_the_table_log_is_bounded_by_its_retention_and_keeps_the_archivers_place(
     tmp_path: Path,
 ) -> None:

@@ -156,6 +156,7 @@ def flat(pages: list[list[str]]) -> list[str]:
     return [rid for page in pages for rid in page]
 
 
+@pytest.mark.slow
 def test_the_console_search_finds_thai_and_vietnamese_typed_in_either_unicode_form(
     stack: Stack,
 ) -> None:
@@ -235,6 +236,7 @@ def report_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_report_over_a_window_counts_what_was_sent_from_the_archive(stack: Stack) -> None:
     exp = experiment(stack, "archived-report", [{"model": "fixed-a"}])
     users = ["u0", "u0", "u1", "u2", "u2", "u3"]
@@ -290,6 +292,7 @@ def test_the_report_over_a_window_counts_what_was_sent_from_the_archive(stack: S
     assert cells[:2] == ["fixed-a", "6"] and "0.5" in window
 
 
+@pytest.mark.slow
 def test_one_workloads_requests_are_listed_and_reported_apart_hot_and_archived(
     stack: Stack,
 ) -> None:

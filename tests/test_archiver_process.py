@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from .conftest import CLIENT
@@ -41,6 +42,7 @@ def maps_arrow(pid: int) -> bool:
     return "libarrow" in Path(f"/proc/{pid}/maps").read_text()
 
 
+@pytest.mark.slow
 def test_one_archiver_process_serves_every_worker_and_every_line_names_its_process(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:

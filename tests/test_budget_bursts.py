@@ -104,6 +104,7 @@ def key_for(gw: GatewayProcess, name: str, scope: str) -> str:
     return str(r.json()["key"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 @pytest.mark.parametrize("scope", ["key", "tenant"])
 def test_a_burst_spends_at_most_one_answer_over_the_budget(

@@ -517,6 +517,7 @@ def test_the_interaction_list_pages_newest_first_and_filters_by_rating_and_text(
     assert listed(gw, {"experiment": exp, "q": "nothing like this"})[0] == []
 
 
+@pytest.mark.slow
 def test_the_console_and_retrain_review_export_and_import_share_one_queue(
     stack: tuple[GatewayProcess, Path], tmp_path: Path
 ) -> None:

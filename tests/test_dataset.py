@@ -64,6 +64,7 @@ def pair(prompt: str, good: str, bad: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_ratings_become_exactly_the_expected_sft_and_dpo_examples(
     gateway: GatewayProcess, store: Store, tmp_path: Path
 ) -> None:
@@ -266,6 +267,7 @@ def run_cli(config: Path, experiment: str, *extra: str, crash: str | None = None
     )
 
 
+@pytest.mark.slow
 def test_a_killed_build_loses_no_event_and_repeats_none(
     gateway: GatewayProcess, store: Store, tmp_path: Path
 ) -> None:
@@ -305,6 +307,7 @@ def test_a_killed_build_loses_no_event_and_repeats_none(
     stream.close()
 
 
+@pytest.mark.slow
 def test_below_the_minimum_the_build_refuses_with_the_counts(
     gateway: GatewayProcess, tmp_path: Path
 ) -> None:
@@ -328,6 +331,7 @@ def test_below_the_minimum_the_build_refuses_with_the_counts(
     assert "train" in ok.stdout and "correction 3" in ok.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_writes_nothing_and_the_cost_cap_stops_the_build(
     gateway: GatewayProcess, tmp_path: Path
 ) -> None:

@@ -113,6 +113,7 @@ def peeking_z_test(p: float, runs: int = 1000, seed: int = 1) -> float:
     return wrong / runs
 
 
+@pytest.mark.slow
 def test_a_a_experiments_looked_at_50_times_act_wrongly_at_most_alpha() -> None:
     outcomes = simulate(0.6, 0.6)
     wrong = (outcomes[PROMOTE] + outcomes[ROLLBACK]) / sum(outcomes.values())
@@ -121,11 +122,13 @@ def test_a_a_experiments_looked_at_50_times_act_wrongly_at_most_alpha() -> None:
     assert peeking_z_test(0.6) > 3 * ALPHA
 
 
+@pytest.mark.slow
 def test_a_a_at_a_five_percent_canary_stays_valid_though_the_arms_differ_in_size() -> None:
     outcomes = simulate(0.6, 0.6, runs=400, seed=3, control_per_tuned=19)
     assert (outcomes[RAMP] + outcomes[ROLLBACK]) / 400 <= ALPHA, outcomes
 
 
+@pytest.mark.slow
 def test_a_known_lift_is_found_with_reasonable_power_and_never_rolled_back() -> None:
     outcomes = simulate(0.6, 0.65)
     assert outcomes[PROMOTE] / sum(outcomes.values()) >= 0.6, outcomes

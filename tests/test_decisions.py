@@ -122,6 +122,7 @@ def wait_for_version(
     return eventually(acted, f"the decider acts on {name}", timeout_s=timeout)
 
 
+@pytest.mark.slow
 def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control(
     decided: tuple[GatewayProcess, FaultyUpstream], store: Store
 ) -> None:
@@ -171,6 +172,7 @@ def test_a_winner_is_ramped_stage_by_stage_then_promoted_and_becomes_the_control
     assert admin(gw, "GET", f"experiments/{name}")["version"] == state["version"]
 
 
+@pytest.mark.slow
 def test_the_deciders_ramp_steps_keep_the_evidence_and_a_persons_change_starts_anew(
     decided: tuple[GatewayProcess, FaultyUpstream],
 ) -> None:
@@ -246,6 +248,7 @@ def looks(gw: GatewayProcess, name: str, action: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
+@pytest.mark.slow
 def test_a_manual_rollback_stays_through_ten_periods_of_overwhelming_evidence_until_resumed(
     decided: tuple[GatewayProcess, FaultyUpstream],
 ) -> None:
@@ -354,6 +357,7 @@ def resume_cli(gw: GatewayProcess, name: str, key: str | None) -> subprocess.Com
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
 
+@pytest.mark.slow
 def test_resume_is_an_admin_action_of_the_experiments_tenant_on_the_api_and_command_line(
     decided: tuple[GatewayProcess, FaultyUpstream],
 ) -> None:

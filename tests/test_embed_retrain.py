@@ -93,6 +93,7 @@ def test_the_split_is_by_query_stable_and_seeded() -> None:
     assert {t.query for t in other.held_out} != test_queries
 
 
+@pytest.mark.slow
 def test_too_few_triples_or_held_out_queries_exit_before_training(tmp_path: Path) -> None:
     few = [Triple(f"q{i}", f"p{i}") for i in range(5)]
     out = run_embed(base="unused", out=tmp_path / "c", triples=few)

@@ -235,6 +235,7 @@ async def _fail_many(base_url: str, n: int, concurrency: int = 48) -> dict[int, 
     return statuses
 
 
+@pytest.mark.slow
 def test_10000_failed_requests_leak_no_connections_tasks_or_memory(
     client: openai.OpenAI, gateway: GatewayProcess
 ) -> None:

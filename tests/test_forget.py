@@ -362,6 +362,7 @@ def test_the_admin_api_forgets_a_user_everywhere_and_leaves_the_others_whole(
     assert entries[1]["after"]["removed"]["datasets"]["versions_removed"] == 2
 
 
+@pytest.mark.slow
 def test_retrain_forget_removes_a_user_everywhere_and_a_second_run_finds_nothing(
     world: World,
 ) -> None:
@@ -397,6 +398,7 @@ def test_retrain_forget_removes_a_user_everywhere_and_a_second_run_finds_nothing
         (RETRAIN_CRASH_ENV, "forget-after-successor"),
     ],
 )
+@pytest.mark.slow
 def test_a_forget_killed_at_any_step_is_finished_by_running_it_again(
     world: World, env: str, step: str
 ) -> None:

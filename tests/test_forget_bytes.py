@@ -81,6 +81,7 @@ def holders(r: redis.Redis, aof_dir: Path, needles: set[bytes]) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_forgotten_user_leaves_no_bytes_in_dumps_or_the_aof(
     stack: tuple[GatewayProcess, RedisProcess],
 ) -> None:

@@ -141,6 +141,7 @@ def steer(case: Any, path: str, pick: int, response_id: str) -> None:
         body["upstream"] = "fixed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_no_operation_fails_or_breaks_its_schema(
     method: str, path: str, api_schema: Any, fuzz_gateway: GatewayProcess, response_id: str
@@ -171,6 +172,7 @@ def test_no_operation_fails_or_breaks_its_schema(
     fuzz()
 
 
+@pytest.mark.slow
 def test_schemathesis_run_finds_nothing(fuzz_gateway: GatewayProcess, tmp_path: Path) -> None:
     """The CLI, as a user runs it: its coverage phase (boundaries, every missing or wrongly
     typed field, unsupported methods) and its stateful phase add what the cases above miss;

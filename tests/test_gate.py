@@ -235,6 +235,7 @@ def run_gate(
     )
 
 
+@pytest.mark.slow
 def test_a_candidate_better_on_every_example_passes_with_its_interval_over_the_margin(
     served: Served,
 ) -> None:
@@ -395,6 +396,7 @@ def dataset(tmp_path: Path, pairs: list[tuple[str, str]]) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_retrain_eval_exits_0_when_passed_and_6_when_rejected(
     served: Served,
     tmp_path: Path,

@@ -64,6 +64,7 @@ def ratings(gw: GatewayProcess, rid: str) -> list[dict[str, object]]:
 CASES = [(language, form) for language in ("en", "th", "vi") for form in ("NFC", "NFD")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("language", "form"), CASES)
 def test_a_rating_past_the_hot_window_is_read_and_replaced_from_the_archive(
     gateway: GatewayProcess, store: Store, language: str, form: str

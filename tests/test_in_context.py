@@ -303,6 +303,7 @@ def retrain(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_retrain_icl_gates_and_canaries_a_base_model_with_the_teachers_examples(
     served: Served, tmp_path: Path
 ) -> None:

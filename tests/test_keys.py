@@ -89,6 +89,7 @@ def pair(
             b.stop()
 
 
+@pytest.mark.slow
 def test_a_key_made_on_one_replica_works_on_another_and_its_revocation_reaches_it_within_1s(
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
@@ -343,6 +344,7 @@ def wait_for_period_start(seconds: int) -> None:
     time.sleep(seconds - time.time() % seconds + 0.05)
 
 
+@pytest.mark.slow
 def test_a_budget_spent_by_real_usage_refuses_with_insufficient_quota_until_the_next_period(
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
@@ -432,6 +434,7 @@ def gateway_cli(gw: GatewayProcess, *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_keys_made_and_revoked_from_the_command_line_work_and_stop_on_the_running_gateway(
     pair: tuple[GatewayProcess, GatewayProcess],
 ) -> None:
@@ -456,6 +459,7 @@ def test_keys_made_and_revoked_from_the_command_line_work_and_stop_on_the_runnin
     assert "key.revoked" in audit and "cli:" in audit
 
 
+@pytest.mark.slow
 def test_retrain_build_of_a_tenants_experiment_trains_on_that_tenants_ratings_only(
     pair: tuple[GatewayProcess, GatewayProcess], tenants: dict[str, str], tmp_path: Path
 ) -> None:
@@ -550,6 +554,7 @@ def test_an_expired_key_is_refused(pair: tuple[GatewayProcess, GatewayProcess]) 
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_with_fail_open_off_budgets_and_rate_limits_refuse_while_redis_is_down(
     tmp_path: Path,
 ) -> None:

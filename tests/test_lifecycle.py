@@ -30,6 +30,7 @@ def trickle() -> Iterator[FaultyUpstream]:
     up.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_readiness_then_listener_then_streams_and_flushes_the_log(
     trickle: FaultyUpstream, redis_server: RedisProcess, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 import redis
 
 from flywheel_stack import free_port
@@ -66,6 +67,7 @@ async def stream_for(base_url: str, seconds: float) -> tuple[Counter[str], list[
     return outcomes, ids
 
 
+@pytest.mark.slow
 def test_500_concurrent_streaming_clients(
     faulty: FaultyUpstream, redis_server: RedisProcess, tmp_path: Path
 ) -> None:

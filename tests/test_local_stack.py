@@ -84,6 +84,7 @@ def serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, Pat
     ("workers", "sig"),
     [(1, signal.SIGTERM), (1, signal.SIGINT), (2, signal.SIGTERM), (2, signal.SIGINT)],
 )
+@pytest.mark.slow
 def test_gateway_serve_stops_its_embedded_redis_and_workers(
     tmp_path: Path, workers: int, sig: signal.Signals
 ) -> None:
@@ -102,6 +103,7 @@ def test_gateway_serve_stops_its_embedded_redis_and_workers(
     assert not (tmp_path / "data" / "redis" / "server.json").exists()
 
 
+@pytest.mark.slow
 def test_a_gateway_killed_with_sigkill_takes_its_embedded_redis_with_it(tmp_path: Path) -> None:
     proc, _, _ = serve(tmp_path)
     redis_pid = embedded_pid(tmp_path / "data")
@@ -118,6 +120,7 @@ def test_a_gateway_killed_with_sigkill_takes_its_embedded_redis_with_it(tmp_path
         again.wait(30)
 
 
+@pytest.mark.slow
 def test_retrain_stops_the_embedded_redis_it_started_and_leaves_the_gateways(
     tmp_path: Path,
 ) -> None:

@@ -316,6 +316,7 @@ def checkov_binary() -> str:
     pytest.skip(reason)
 
 
+@pytest.mark.slow
 def test_checkov_finds_no_unjustified_issue(tmp_path: Path) -> None:
     checkov = checkov_binary()
     for which in VALUES:

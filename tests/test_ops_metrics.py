@@ -49,6 +49,7 @@ def total(
     return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
 
 
+@pytest.mark.slow
 def test_metrics_count_the_requests_of_every_worker(
     faulty: FaultyUpstream, ops_redis: RedisProcess, tmp_path: Path
 ) -> None:
@@ -96,6 +97,7 @@ def test_metrics_count_the_requests_of_every_worker(
     assert not any(metrics_dir.glob("gauge_live*_*.db"))  # exited workers are forgotten
 
 
+@pytest.mark.slow
 def test_retrain_runs_are_exposed_from_redis(
     faulty: FaultyUpstream, ops_redis: RedisProcess, tmp_path: Path
 ) -> None:

@@ -133,6 +133,7 @@ def stack(
         redis.stop()
 
 
+@pytest.mark.slow
 def test_promql_answers_per_arm_rate_p95_and_mean_score(
     stack: tuple[GatewayProcess, Prometheus],
 ) -> None:
@@ -206,6 +207,7 @@ def test_every_dashboard_query_runs(stack: tuple[GatewayProcess, Prometheus]) ->
         assert isinstance(prom.query(expr), list), title
 
 
+@pytest.mark.slow
 def test_a_stopped_archiver_shows_its_lag_rising_and_fires_the_alert(
     faulty: FaultyUpstream, tmp_path: Path
 ) -> None:

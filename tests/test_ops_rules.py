@@ -30,6 +30,7 @@ def test_promtool_checks_the_rules() -> None:
     assert "SUCCESS" in done.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests_of_the_alerts_pass() -> None:
     done = promtool("test", "rules", str(CHART / "ci" / "alerts-test.yaml"))
     assert done.returncode == 0, done.stdout + done.stderr

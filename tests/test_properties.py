@@ -92,6 +92,7 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
 # -- config parsing ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @PROPS
 @given(doc=valid_configs())
 def test_valid_configs_load_and_keep_their_values(doc: dict[str, Any]) -> None:
@@ -188,6 +189,7 @@ def _mutations(doc: dict[str, Any], draw: st.DrawFn) -> tuple[dict[str, Any], st
     return doc, f"experiments.{model}"
 
 
+@pytest.mark.slow
 @PROPS
 @given(data=st.data())
 def test_a_mistake_is_refused_with_a_message_naming_its_key_path(data: st.DataObject) -> None:
@@ -345,6 +347,7 @@ def test_the_gateway_refuses_a_parameter_only_where_openais_schema_does(
         check_schema("CreateChatCompletionRequest", bad)
 
 
+@pytest.mark.slow
 @settings(PROPS, max_examples=500)
 @given(doc=bodies)
 def test_any_json_body_is_accepted_or_refused_with_a_400(doc: Any) -> None:

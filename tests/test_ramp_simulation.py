@@ -9,6 +9,8 @@ promote or rollback (or 20,000 rated users) ends the run.
 
 from __future__ import annotations
 
+import pytest
+
 from bench import ramp
 from gateway.core.config import Decision
 
@@ -16,6 +18,7 @@ ALPHA = Decision().alpha
 RAMP_ALPHA = Decision().ramp_alpha
 
 
+@pytest.mark.slow
 def test_equal_arms_are_neither_promoted_nor_rolled_back_through_the_full_ramp() -> None:
     s = ramp.simulate(0.60, 0.0, runs=300, seed=11)
     assert s.wrong <= ALPHA, s
@@ -24,6 +27,7 @@ def test_equal_arms_are_neither_promoted_nor_rolled_back_through_the_full_ramp()
     assert s.reached[20.0] / s.runs <= RAMP_ALPHA, s
 
 
+@pytest.mark.slow
 def test_a_lift_from_a_five_percent_canary_reaches_all_the_traffic_within_5000_users() -> None:
     s = ramp.simulate(0.60, 0.06, runs=300, seed=12)
     assert s.quantile(0.5) <= 5_000, s
@@ -35,6 +39,7 @@ def test_a_lift_from_a_five_percent_canary_reaches_all_the_traffic_within_5000_u
     assert before.quantile(0.5) > 2 * s.quantile(0.5), before
 
 
+@pytest.mark.slow
 def test_a_drifting_base_rate_biases_pooled_evidence_but_not_the_strata() -> None:
     """The control's users rate up 70% at the start, 40% after 20,000 users; equal arms.
     The candidate's share grows as it is ramped, so pooling the ramp's users into one

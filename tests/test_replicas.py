@@ -97,6 +97,7 @@ async def test_dns_replicas_become_one_replica_per_address() -> None:
     assert p.replicas[0] is kept and kept.outstanding == 3 and first not in p.replicas
 
 
+@pytest.mark.slow
 def test_requests_go_to_the_replica_with_fewer_outstanding(
     faulty: FaultyUpstream, redis_server: RedisProcess, tmp_path: Path
 ) -> None:

@@ -150,6 +150,7 @@ def resolved(schema: Any, components: dict[str, Any]) -> Any:
     return schema
 
 
+@pytest.mark.slow
 def test_thai_questions_answered_in_english_show_a_low_share_in_the_report(
     gateway_languages: GatewayProcess,
 ) -> None:
@@ -188,6 +189,7 @@ def test_the_share_covers_the_current_version_only(gateway_languages: GatewayPro
     assert by_arm(report_when(gw, name, sample=len(QUESTIONS)))["english-speaker"]["share"] == 0.2
 
 
+@pytest.mark.slow
 def test_gateway_report_and_the_console_show_each_arms_share(
     gateway_languages: GatewayProcess,
 ) -> None:
@@ -249,6 +251,7 @@ with TestClient(create_app(load_settings(sys.argv[1]))) as c:
 """
 
 
+@pytest.mark.slow
 def test_the_gateway_process_never_loads_the_language_guesser(
     gateway_languages: GatewayProcess,
 ) -> None:
@@ -271,6 +274,7 @@ def test_the_gateway_process_never_loads_the_language_guesser(
     assert run.stdout.split() == ["1.0", "False"]  # the default arm answers in the language
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_the_language_guesser_stops_with_the_gateway(

@@ -50,6 +50,7 @@ def ask(gw: GatewayProcess, key: str) -> httpx.Response:
     )
 
 
+@pytest.mark.slow
 def test_requests_per_minute_hold_across_replicas_and_refill(
     replicas: tuple[GatewayProcess, GatewayProcess],
 ) -> None:

@@ -94,6 +94,7 @@ def test_dataset_examples_are_counted_exactly_without_a_download() -> None:
     assert counter(example(question, answer)) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("language", ["th", "vi", "en"])
 def test_a_local_model_is_counted_with_its_tokenizer_and_chat_template(
     tiny_model: Path, language: str

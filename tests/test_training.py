@@ -36,6 +36,7 @@ from .openapi_schema import Check
 from .services import GatewayProcess, RedisProcess
 
 
+@pytest.mark.slow
 def test_local_training_on_cpu_lowers_the_validation_loss(tiny_model: Path, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data")
     rows: list[dict[str, Any]] = []

@@ -83,6 +83,7 @@ def training_processes(marker: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_train_the_same_adapter_as_one_with_the_same_rows_per_step(
     tiny_model: Path, tmp_path: Path
@@ -137,6 +138,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_rows_per_step
     assert training_processes(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_machines_train_like_one_machine_with_both_processes(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -198,6 +200,7 @@ def test_two_machines_train_like_one_machine_with_both_processes(
     assert not launch_dir.exists()  # the spec is gone: no later join trains it again
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_stop_together_when_asked_and_leave_no_process(
     tiny_model: Path, tmp_path: Path
@@ -373,6 +376,7 @@ def test_a_merged_export_is_served_by_vllm_as_a_plain_model_and_answers_like_the
         httpx.delete(f"{gateway.url}/admin/models/{name}", headers=ADMIN, timeout=60)
 
 
+@pytest.mark.slow
 def test_bench_train_measures_tokens_per_second_on_cpu(tmp_path: Path) -> None:
     import subprocess
     import sys

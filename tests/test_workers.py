@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_modules_and_groups_run_whole_on_one_worker_and_the_rest_spreads(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(
         "from tests.workers import publish, pytest_configure_node, pytest_xdist_make_scheduler\n"
