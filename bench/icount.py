@@ -16,6 +16,12 @@ process's own work: a change that saves system calls shows less here than in CPU
 Under callgrind the process runs ~50× slower, so batches (the log writer's, the reads
 that bring several stream chunks) can differ from a real run's; the same N and C give
 the same count to within ~1%.
+
+Periodic work (the gateway's background tasks) runs whether or not requests
+come, so it lands on the requests in proportion to how long they took: on a busy machine
+a slower run counts more of it. ``--idle-s S`` measures it: after the requests, the count
+of ``S`` seconds without any is taken too, and the count per request is also given less
+that rate times the run's seconds (``net``), which a run's wall time does not move.
 """
 
 from __future__ import annotations
@@ -74,7 +80,14 @@ def _total_ir(out_file: Path) -> int:
 
 
 def measure(
-    system: str, *, stream: bool, n: int, concurrency: int, warmup: int, work_dir: Path
+    system: str,
+    *,
+    stream: bool,
+    n: int,
+    concurrency: int,
+    warmup: int,
+    work_dir: Path,
+    idle_s: float = 0.0,
 ) -> dict[str, Any]:
     valgrind = ensure_binary("valgrind", "valgrind")
     control = shutil.which("callgrind_control")
@@ -107,9 +120,22 @@ def measure(
         t0 = time.monotonic()
         failed = asyncio.run(_load(*args, n, concurrency))
         seconds = time.monotonic() - t0
+        if idle_s > 0:  # the requests' count so far, then as long again without requests
+            subprocess.run([control, "-d", pid], check=True, capture_output=True)
+            time.sleep(idle_s)
         subprocess.run([control, "-i", "off", pid], check=True, capture_output=True)
         procs.stop(sut.proc, grace_s=60)  # callgrind writes its totals at exit
-    total = _total_ir(out_file)
+    idle_rate = 0.0
+    if idle_s > 0:
+        dumps = sorted(work_dir.glob(f"callgrind.{system}.out.*"))
+        if not dumps:
+            raise BenchError(f"callgrind_control -d wrote no file beside {out_file}")
+        total = _total_ir(dumps[-1])
+        idle_rate = _total_ir(out_file) / idle_s
+        for dump in dumps:
+            dump.unlink()
+    else:
+        total = _total_ir(out_file)
     return {
         "system": system,
         "stream": stream,
@@ -119,6 +145,8 @@ def measure(
         "instructions": total,
         "instructions_per_request": total / n,
         "seconds": round(seconds, 1),
+        "idle_per_s": idle_rate,
+        "net_per_request": (total - idle_rate * seconds) / n,
     }
 
 
@@ -130,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
     p.add_argument("--warmup", type=int, default=200, help="requests before counting (200)")
     p.add_argument("--out", default=None, help="folder for logs and callgrind files")
+    p.add_argument(
+        "--idle-s",
+        type=float,
+        default=0.0,
+        help="also count S seconds without requests, and give the count less that rate",
+    )
     args = p.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work_dir = Path(args.out or f"/tmp/flywheel-bench-icount-{stamp}")
@@ -143,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             warmup=args.warmup,
             work_dir=work_dir,
+            idle_s=args.idle_s,
         )
         results.append(r)
         kind = "streamed" if args.stream else "plain"
@@ -152,9 +187,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['failed']} failed, {r['seconds']} s)",
             flush=True,
         )
+        if args.idle_s > 0:
+            print(
+                f"{'':8} idle {r['idle_per_s'] / 1000:,.0f} k instructions/s; net of it "
+                f"{r['net_per_request'] / 1000:8.1f} k per request",
+                flush=True,
+            )
     if len(results) == 2:
         ratio = results[1]["instructions_per_request"] / results[0]["instructions_per_request"]
         print(f"gateway / floor: {ratio:.2f}x")
+        if args.idle_s > 0:
+            net = results[1]["net_per_request"] / results[0]["net_per_request"]
+            print(f"gateway / floor, net of idle work: {net:.2f}x")
     return 0
 
 

@@ -57,12 +57,13 @@ from gateway.openapi import install as install_openapi
 from gateway.openapi import mount
 from gateway.ops.archive import default_url
 from gateway.serving import routes as public
+from gateway.serving.bodies import header_map
 from gateway.serving.chat import ChatService
 from gateway.serving.feedback import FeedbackService, maintain
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.limits import RateLimiter
 from gateway.serving.metrics import Metrics
-from gateway.serving.routes import request_id
+from gateway.serving.routes import checked_request_id, request_id
 from gateway.serving.spend import Spend
 from gateway.serving.upstream import UpstreamClient
 from gateway.state import GatewayState, app_state, state
@@ -418,9 +419,10 @@ def serving_app(app: FastAPI) -> ASGIApp:
             return
         scope["app"] = app
         request = Request(scope, receive)
-        rid = request_id(request)
+        headers = header_map(scope)
+        rid = checked_request_id(headers.get("x-request-id"))
         try:
-            response = await state(request).chat.handle(request, rid)
+            response = await app_state(app).chat.handle(request, rid, headers)
         except GatewayError as exc:
             response = gateway_error_response(exc, rid)
         except Exception as exc:

@@ -283,7 +283,7 @@ def pack(rec: InteractionRecord, known: set[str] | frozenset[str] = frozenset())
     request will carry it again). A request whose history never came through the gateway
     keeps that history in its own record: blocks nobody else will use would cost more.
     """
-    values: list[Any] = [rec.get(name) for name in INTERACTION_FIELDS]
+    values: list[Any] = list(map(rec.get, INTERACTION_FIELDS))
     messages = rec["messages"]
     s, turns, _ = exchanges(messages)
     blocks: dict[str, bytes] = {}

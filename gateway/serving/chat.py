@@ -40,11 +40,11 @@ from gateway.control.routing import Route
 from gateway.core.auth import KeyRing
 from gateway.core.errors import GatewayError, PermissionDenied, UpstreamUnavailable
 from gateway.core.ids import IdIssuer
-from gateway.serving.bodies import read_body
+from gateway.serving.bodies import header_map, read_body
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.limits import RateLimiter
 from gateway.serving.metrics import ArmMetrics, Metrics, status_class
-from gateway.serving.relay import RelayResponse, rewrite, rewrite_all, sse_error
+from gateway.serving.relay import JSONBytes, RelayResponse, rewrite, rewrite_all, sse_error
 from gateway.serving.shadow import Shadows
 from gateway.serving.spend import Spend, bounded, cost, estimate
 from gateway.serving.turn import MoreChoice, Turn, conform, payload
@@ -89,17 +89,22 @@ class ChatService:
         """Cancel shadow requests still running (they are best effort)."""
         await self.shadows.close()
 
-    async def handle(self, request: Request, request_id: str) -> Response:
+    async def handle(
+        self, request: Request, request_id: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        """Serve one chat request; ``headers``: its headers by name (:func:`header_map`),
+        when the caller has them already."""
         t0 = time.perf_counter()
+        if headers is None:
+            headers = header_map(request.scope)
+        user = headers.get("x-flywheel-user")
         try:
-            principal = self.keyring.authenticate(request.headers.get("authorization"))
-            body = await read_body(request, self.max_body_bytes)
+            principal = self.keyring.authenticate(headers.get("authorization"))
+            body = await read_body(request, self.max_body_bytes, headers)
             doc = parse_chat_request(body)
-            workload = workload_of(doc, request.headers.get(WORKLOAD_HEADER))
-            user_key = (
-                doc.get("user") or request.headers.get("x-flywheel-user") or secrets.token_hex(8)
-            )
-            force = request.headers.get("x-flywheel-arm")
+            workload = workload_of(doc, headers.get(WORKLOAD_HEADER))
+            user_key = doc.get("user") or user or secrets.token_hex(8)
+            force = headers.get("x-flywheel-arm")
             if force is not None and not principal.admin:
                 raise PermissionDenied(
                     "x-flywheel-arm (forcing an arm) needs an admin key.", param="x-flywheel-arm"
@@ -128,7 +133,7 @@ class ChatService:
             version=route.version,
             forced=route.forced,
             unit=hashlib.sha256(user_key.encode()).hexdigest()[:16] if route.experiment else None,
-            user=request.headers.get("x-flywheel-user"),
+            user=user,
             workload=workload,
             want_usage=not stream
             or (isinstance(options, dict) and options.get("include_usage") is True),
@@ -193,7 +198,7 @@ class ChatService:
                     more.take(choice.get("message") or {}, choice.get("finish_reason"), False)
         turn.usage = doc.get("usage")
         self._finish(turn, 200)
-        return Response(orjson.dumps(doc), media_type="application/json", headers=turn.headers())
+        return JSONBytes(orjson.dumps(doc), turn.headers())
 
     async def _open_stream(self, turn: Turn) -> tuple[AsyncGenerator[list[bytes], None], bytes]:
         """Open the upstream stream and read until its first data line, while fallback is

@@ -14,14 +14,15 @@ silently. Writing resumes by itself when Redis is back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import defaultdict
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.core import keys, stats, store
 from gateway.core.records import (
@@ -66,7 +67,7 @@ class InteractionLog:
         self._unwritten: dict[str, Record] = {}  # queued or pending, by response id
         self._redis_ok = True
         self._redact = redact
-        self._script: AsyncScript | None = None
+        self._conn: AbstractConnection | None = None  # the writer's own (one Redis)
 
     def unwritten(self, response_id: str) -> Record | None:
         """A record accepted but not yet in Redis (a rating may arrive that soon)."""
@@ -96,6 +97,9 @@ class InteractionLog:
             await asyncio.sleep(0.01)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)  # stop() stays cancellable
+        if self._conn is not None:
+            await self._conn.disconnect()
+            self._conn = None
         lost = len(self._pending) + self._queue.qsize()
         if lost:
             self._metrics.log_dropped.inc(lost)
@@ -106,6 +110,9 @@ class InteractionLog:
         while True:
             if not self._pending:
                 self._pending.append(await self._queue.get())
+                # one turn of the loop: records of requests ending in it join this batch
+                # (a batch's write costs the writer more than its records: bench/FINDINGS.md)
+                await asyncio.sleep(0)
                 while len(self._pending) < self._batch_size and not self._queue.empty():
                     self._pending.append(self._queue.get_nowait())
                 self._metrics.log_queue_depth.set(self._queue.qsize())
@@ -175,9 +182,34 @@ class InteractionLog:
         args += per_version
         for key, units in users.items():
             args += (key, len(units), *units)
-        if self._script is None:
-            self._script = self._client.register_script(WRITE_BATCH)
-        await self._script(keys=[self.ks.interaction_stream], args=args)
+        await self._eval(self.ks.interaction_stream, args)
+
+    async def _eval(self, stream: str, args: list[Any]) -> None:
+        """``WRITE_BATCH`` on the writer's own connection, made like the pool's and retried
+        as the client retries a command: one command and its reply, without the client's
+        per-command work (taking a connection from the pool and checking it, observability
+        hooks: bench/FINDINGS.md). A failure other than Redis's own answer drops the
+        connection (a reply may be left unread); the next try connects again."""
+        conn = self._conn
+        if conn is None:
+            pool = self._client.connection_pool
+            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+
+        async def call() -> None:
+            await conn.send_command("EVALSHA", _WRITE_BATCH_SHA, 1, stream, *args)
+            try:
+                await conn.read_response()
+            except NoScriptError:  # a restarted or flushed Redis: send the script itself
+                await conn.send_command("EVAL", WRITE_BATCH, 1, stream, *args)
+                await conn.read_response()
+
+        try:
+            await conn.retry.call_with_retry(call, lambda _: conn.disconnect())
+        except ResponseError:
+            raise
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
 
     async def _pipelined(
         self,
@@ -255,6 +287,7 @@ for _ = 1, tonumber(ARGV[9]) do
 end
 return 0
 """
+_WRITE_BATCH_SHA = hashlib.sha1(WRITE_BATCH.encode()).hexdigest()
 
 PACK_SLICE = 16  # records packed between two turns of the event loop
 

@@ -39,11 +39,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def request_id(request: Request) -> str:
-    """The client's ``x-request-id`` when it is a sane one, else a new one."""
-    rid = request.headers.get("x-request-id")
+    """The client's ``x-request-id`` when it is a sane one, else a new one (kept in the
+    request's state for the app's error handlers)."""
+    rid = checked_request_id(request.headers.get("x-request-id"))
+    request.state.request_id = rid
+    return rid
+
+
+def checked_request_id(rid: str | None) -> str:
+    """``rid`` (an ``x-request-id``) when it is a sane one, else a new one."""
     if not rid or not _REQUEST_ID.match(rid):
         rid = os.urandom(16).hex()
-    request.state.request_id = rid
     return rid
 
 

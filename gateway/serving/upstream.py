@@ -166,6 +166,7 @@ class UpstreamClient:
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
         self.pools = {name: Pool(name, up) for name, up in upstreams.items()}
+        self._durations: dict[str, Any] = {}  # upstream → its upstream_duration series
         # What every chat call to an upstream sends the same: built once, not per request.
         self._call_opts = {
             name: (
@@ -208,9 +209,11 @@ class UpstreamClient:
             return
         call.ended = True
         call.replica.outstanding -= 1
-        self._metrics.upstream_duration.labels(call.target.upstream_name).observe(
-            time.perf_counter() - call.started
-        )
+        name = call.target.upstream_name
+        duration = self._durations.get(name)
+        if duration is None:  # labels() takes a lock and builds a key: once per upstream
+            duration = self._durations[name] = self._metrics.upstream_duration.labels(name)
+        duration.observe(time.perf_counter() - call.started)
         if exc is not None and retryable(exc):
             call.replica.breaker.failure(time.monotonic())
         else:
