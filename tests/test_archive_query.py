@@ -39,13 +39,15 @@ from .stores import STORES, Store, store_for
 DB = 10  # this module's streams and records stay out of the other tests' database
 REVIEWER = {"Authorization": f"Bearer {REVIEWER_KEY}"}
 TENANT_REVIEWER = {"Authorization": f"Bearer {TENANT_REVIEWER_KEY}"}
-# The UTC day this module started: no record of its tests is older. A window's last day
-# is read when it is asked for (``today()``), so a run across midnight still covers all.
-TODAY = time.strftime("%Y-%m-%d", time.gmtime())
 
 
 def today() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+# The UTC day this module started: no record of its tests is older. A window's last day
+# is read when it is asked for (``today()``), so a run across midnight still covers all.
+TODAY = today()
 
 
 @dataclass
