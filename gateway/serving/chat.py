@@ -44,7 +44,7 @@ from gateway.serving.bodies import header_map, read_body
 from gateway.serving.interaction_log import InteractionLog
 from gateway.serving.limits import RateLimiter
 from gateway.serving.metrics import ArmMetrics, Metrics, status_class
-from gateway.serving.relay import JSONBytes, RelayResponse, rewrite, rewrite_all, sse_error
+from gateway.serving.relay import RelayResponse, rewrite, rewrite_all, sse_error
 from gateway.serving.shadow import Shadows
 from gateway.serving.spend import Spend, bounded, cost, estimate
 from gateway.serving.turn import MoreChoice, Turn, conform, payload
@@ -52,6 +52,29 @@ from gateway.serving.upstream import UpstreamClient, retryable
 from gateway.serving.validation import WORKLOAD_HEADER, parse_chat_request, workload_of
 
 __all__ = ["ChatService", "status_class"]  # status_class: also the embeddings route's
+
+
+class JSONBytes(Response):
+    """A JSON body already serialized, with the answer's headers: what Starlette's
+    ``Response(body, media_type="application/json", headers=...)`` sends (the headers,
+    then ``content-length`` and ``content-type``), its headers encoded directly."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ]
+        self.raw_headers += (
+            (b"content-length", str(len(body)).encode("latin-1")),
+            _JSON_TYPE,
+        )
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 class ChatService:

@@ -120,29 +120,6 @@ def rewrite(turn: Turn, line: bytes) -> bytes | None:
     return earlier + b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-class JSONBytes(Response):
-    """A JSON body already serialized, with the answer's headers: what Starlette's
-    ``Response(body, media_type="application/json", headers=...)`` sends (the headers,
-    then ``content-length`` and ``content-type``), its headers encoded directly."""
-
-    media_type = "application/json"
-
-    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
-        self.status_code = 200
-        self.background = None
-        self.body = body
-        self.raw_headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
-        ]
-        self.raw_headers += (
-            (b"content-length", str(len(body)).encode("latin-1")),
-            _JSON_TYPE,
-        )
-
-
-_JSON_TYPE = (b"content-type", b"application/json")
-
-
 class RelayResponse(Response):
     """An SSE response written straight to the server, one write per upstream read, that
     always ends its relay, however the client's request ends.
