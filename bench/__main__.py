@@ -58,6 +58,7 @@ def options(args: argparse.Namespace, stamp: str) -> Options:
         opts.ttft_requests, opts.slow_requests = 50, 2
         opts.arms_rounds, opts.log_records = 1, 20_000
         opts.icount_requests = 300
+        opts.paired_rounds, opts.paired_s = 2, 2.0
     if args.duration is not None:
         opts.duration_s = args.duration
     opts.connections = args.connections

@@ -52,6 +52,8 @@ class Options:
     log_records: int = 50_000
     icount_requests: int = 1000  # requests counted under callgrind, per system and kind
     icount_concurrency: int = 8
+    paired_rounds: int = 4  # floor and Flywheel in alternation at 32 connections (0: none)
+    paired_s: float = 5.0
     workers: int = 1  # gateway serve --workers N (the throughput and streaming modes)
     work_dir: Path = Path("/tmp/flywheel-bench")
 
@@ -183,6 +185,55 @@ class Bench:
             out[key] = r.to_json()
         return out
 
+    def run_paired(self) -> None:
+        """The floor and Flywheel side by side: both up, measured in alternation at the
+        loaded connections (plain, then streamed; each round's order the reverse of the
+        last's), each round's ratios taken from runs seconds apart. On a shared machine
+        whose speed drifts by tens of percent within a minute, the ratio of two runs made a
+        minute apart (as in the per-system pass) says as much about the drift as about the
+        systems; the median of the rounds' ratios is what the targets are judged on."""
+        o = self.opts
+        kinds = (("plain", False), ("stream", True))
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in kinds}
+        with self.system("floor") as floor, self.system("gateway") as gateway:
+            pair = (floor, gateway)
+            scripts = {(s.name, st): self.script(s, st, "-paired") for s in pair for _, st in kinds}
+            for s in pair:
+                for _, st in kinds:
+                    self.wrk_run(s, scripts[s.name, st], o.connections, o.warmup_s)
+            for rnd in range(o.paired_rounds):
+                for kind, st in kinds:
+                    runs = {}
+                    for s in pair if rnd % 2 == 0 else pair[::-1]:
+                        runs[s.name] = self.wrk_run(
+                            s, scripts[s.name, st], o.connections, o.paired_s
+                        )
+                    f, g = runs["floor"], runs["gateway"]
+                    entry = {
+                        "floor": f.to_json(),
+                        "gateway": g.to_json(),
+                        "rps_ratio": round(g.rps / f.rps, 4) if f.rps else None,
+                        "cpu_ratio": (
+                            round(g.cpu_us_per_req / f.cpu_us_per_req, 4)
+                            if g.cpu_us_per_req and f.cpu_us_per_req
+                            else None
+                        ),
+                    }
+                    rounds[kind].append(entry)
+                    self.log(
+                        f"   round {rnd + 1} {kind:6}: floor {f.rps:7.0f} req/s "
+                        f"{f.cpu_us_per_req or 0:6.1f} µs, gateway {g.rps:7.0f} req/s "
+                        f"{g.cpu_us_per_req or 0:6.1f} µs: {entry['rps_ratio']}× req/s, "
+                        f"{entry['cpu_ratio']}× CPU"
+                    )
+        out: dict[str, Any] = {"rounds": o.paired_rounds, "duration_s": o.paired_s}
+        for kind, entries in rounds.items():
+            out[kind] = {"rounds": entries}
+            for name in ("rps_ratio", "cpu_ratio"):
+                vals = [e[name] for e in entries if e[name] is not None]
+                out[kind][f"{name}_median"] = statistics.median(vals) if vals else None
+        self.results["paired"] = out
+
     # -- streaming --------------------------------------------------------------------------
 
     def streaming(self, sysm: S.System) -> dict[str, Any]:
@@ -305,6 +356,9 @@ class Bench:
     def run(self) -> dict[str, Any]:
         if {"throughput", "streaming"} & set(self.opts.modes):
             self.run_systems()
+        if "throughput" in self.opts.modes and self.opts.paired_rounds:
+            self.log(f"== floor and gateway in alternation ({self.opts.paired_rounds} rounds)")
+            self.run_paired()
         if "arms" in self.opts.modes:
             self.log(f"== arms: {self.opts.arms[0]} vs {self.opts.arms[1]}")
             self.run_arms()
