@@ -1,6 +1,8 @@
-"""Calling upstreams (vLLM or OpenAI) over one pooled, keep-alive aiohttp session.
+"""Calling upstreams (vLLM or OpenAI): chat and embedding calls over the keep-alive
+HTTP/1.1 client of ``http1.py``, the occasional ones (model lists, health) over one aiohttp
+session.
 
-aiohttp exceptions are translated here and nowhere else:
+Their exceptions are translated here and nowhere else:
 
 * connection refused / reset / malformed response → :class:`UpstreamUnavailable` (502)
 * a timeout → :class:`UpstreamTimeout` (504), naming which one: ``connect_timeout_s``
@@ -38,6 +40,7 @@ from gateway.core.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.serving import http1
 from gateway.serving.metrics import Metrics
 from gateway.serving.replicas import NoReplica, Pool, Replica
 
@@ -104,7 +107,7 @@ def retryable(exc: GatewayError) -> bool:
 
 def _translate(exc: BaseException, target: Target) -> GatewayError:
     where, up = f"upstream '{target.upstream_name}'", target.upstream
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, http1.ConnectTimeout | aiohttp.ConnectionTimeoutError):
         return UpstreamTimeout(
             f"The {where} did not accept a connection within {up.connect_timeout_s:g} s "
             "(connect_timeout_s)."
@@ -149,7 +152,7 @@ class Call:
 
     target: Target
     replica: Replica
-    resp: aiohttp.ClientResponse | None = None
+    resp: http1.Response | None = None
     ended: bool = False
     first_byte_by: float | None = None  # a stream's deadline (loop time) for its first data
     started: float = field(default_factory=time.perf_counter)
@@ -161,18 +164,25 @@ def _auth(up: Upstream) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+# Sent with every chat and embedding call (besides the upstream's key): JSON in and out,
+# and no content encoding asked for.
+CALL_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+    "User-Agent": "flywheel-gateway",
+}
+
+
 class UpstreamClient:
     def __init__(self, metrics: Metrics, upstreams: dict[str, Upstream]) -> None:
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self._http = http1.Client()
         self.pools = {name: Pool(name, up) for name, up in upstreams.items()}
         self._durations: dict[str, Any] = {}  # upstream → its upstream_duration series
         # What every chat call to an upstream sends the same: built once, not per request.
-        self._call_opts = {
-            name: (
-                aiohttp.ClientTimeout(total=up.timeout_s, connect=up.connect_timeout_s),
-                {"Content-Type": "application/json", **_auth(up)},
-            )
+        self._headers = {
+            name: http1.header_lines({**CALL_HEADERS, **_auth(up)})
             for name, up in upstreams.items()
         }
 
@@ -183,6 +193,7 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        await self._http.close()
         if self._session is not None:
             await self._session.close()
 
@@ -235,7 +246,6 @@ class UpstreamClient:
             raise NoReplicaAvailable(f"The upstream is not available: {exc}.") from None
         replica.outstanding += 1
         call = Call(target, replica)
-        timeout, headers = self._call_opts[target.upstream_name]
         silence = None  # a stream's deadline for its headers (no timer for the others)
         if stream:
             loop = asyncio.get_running_loop()
@@ -243,8 +253,12 @@ class UpstreamClient:
             call.silence = silence = _Silence(loop, call.first_byte_by)
         try:
             try:
-                request = self.session.post(
-                    replica.url + path, data=payload, headers=headers, timeout=timeout
+                request = self._http.request(
+                    replica.url + path,
+                    payload,
+                    self._headers[target.upstream_name],
+                    timeout_s=up.timeout_s,
+                    connect_timeout_s=up.connect_timeout_s,
                 )
                 if silence is None:
                     resp = await request
@@ -263,7 +277,7 @@ class UpstreamClient:
                     finally:
                         resp.release()
                     raise _error_from_body(resp.status, raw, target.upstream_name)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, http1.HTTPError) as exc:
                 raise _translate(exc, target) from exc
         except GatewayError as exc:
             if silence is not None:
@@ -283,7 +297,7 @@ class UpstreamClient:
         failure: GatewayError | None = None
         try:
             return await call.resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, http1.HTTPError) as exc:
             failure = _translate(exc, call.target)
             raise failure from exc
         finally:
@@ -303,7 +317,7 @@ class UpstreamClient:
         assert resp is not None
         buf = b""
         failure: GatewayError | None = None
-        up, content = call.target.upstream, resp.content
+        up, content = call.target.upstream, resp
         silence = call.silence  # None: not a stream, only timeout_s applies
         first_by = call.first_byte_by or 0.0
         idle = False  # a stream's first data line came: the idle timeout applies from now on
@@ -340,7 +354,7 @@ class UpstreamClient:
                 yield lines
             if buf.strip():
                 yield [buf.rstrip(b"\r")]
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, http1.HTTPError) as exc:
             failure = _translate(exc, call.target)
             resp.close()
             raise failure from exc
