@@ -1,6 +1,6 @@
 """Calling upstreams (vLLM or OpenAI): chat and embedding calls over the keep-alive
-HTTP/1.1 client of ``http1.py``, the occasional ones (model lists, health) over one aiohttp
-session.
+HTTP/1.1 client of ``http1.py``, the occasional ones (model lists, health probes, adapters)
+over one aiohttp session.
 
 Their exceptions are translated here and nowhere else:
 
