@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.responses import Response
@@ -50,6 +51,10 @@ def rewrite_all(turn: Turn, lines: list[bytes]) -> bytes:
 def rewrite(turn: Turn, line: bytes) -> bytes | None:
     """One upstream ``data:`` line → the bytes to send the client (None: send nothing)."""
     payload = line[5:].strip()
+    if turn.text_shape is not None and turn.held is None:
+        spliced = _splice(turn, turn.text_shape, payload)
+        if spliced is not None:
+            return spliced
     if payload == b"[DONE]":
         turn.done = True
         return release(turn) + b"data: [DONE]\n\n"
@@ -67,6 +72,7 @@ def rewrite(turn: Turn, line: bytes) -> bytes | None:
     chunk["id"], chunk["model"] = turn.id, turn.target.name
     # conform(chunk, "delta"), with its loop over the choices merged into the one below
     choices = chunk.get("choices")
+    usage_given = chunk.get("usage") is not None
     if "usage" in chunk:
         conform_usage(chunk["usage"])
         if turn.want_usage:
@@ -117,7 +123,75 @@ def rewrite(turn: Turn, line: bytes) -> bytes | None:
     if finishing and not turn.want_usage and not chunk.get("system_fingerprint"):
         turn.held = chunk
         return earlier or None
+    if turn.text_shape is None and not (earlier or finishing or usage_given):
+        turn.text_shape = _text_shape(payload, chunk, choices)
     return earlier + b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+# Text deltas (one per token: most of a stream) differ from each other only in their
+# text. The first one that is nothing but text gives the stream's shape: the upstream's
+# bytes before and after its text's JSON string, and what rewriting it made of them. A
+# later delta with the same bytes around a JSON string is the same chunk with another
+# text: its rewrite is ours around its string, and its string is checked by decoding it
+# alone (bench/FINDINGS.md, round 8: a quarter of the decode-and-encode's cost).
+_MARK = "flywheel-text-mark"
+_MARK_JSON = orjson.dumps(_MARK)
+
+
+def _text_shape(
+    payload: bytes, chunk: dict[str, Any], choices: Any
+) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """The shape of ``chunk`` (just rewritten from ``payload``), when it is a text delta of
+    choice 0 alone and its text's JSON string is in ``payload`` once, where decoding says
+    the text is; else None."""
+    if not isinstance(choices, list) or len(choices) != 1:
+        return None
+    choice = choices[0]
+    delta = choice.get("delta")
+    if choice.get("index", 0) != 0 or not isinstance(delta, dict) or len(delta) != 1:
+        return None
+    text = delta.get("content")
+    if not isinstance(text, str) or choice.get("logprobs") is not None:
+        return None
+    encoded = orjson.dumps(text)
+    if payload.count(encoded) != 1:
+        return None
+    before, after = payload.split(encoded)
+    try:  # the string found is the text: in its place, the mark is the delta's text
+        if orjson.loads(before + _MARK_JSON + after)["choices"][0]["delta"] != {"content": _MARK}:
+            return None
+    except (ValueError, LookupError, TypeError):  # (orjson.JSONDecodeError is a ValueError)
+        return None
+    delta["content"] = _MARK
+    ours = orjson.dumps(chunk)
+    delta["content"] = text
+    if ours.count(_MARK_JSON) != 1:
+        return None
+    out_before, out_after = ours.split(_MARK_JSON)
+    return before, after, b"data: " + out_before, out_after + b"\n\n"
+
+
+def _splice(turn: Turn, shape: tuple[bytes, bytes, bytes, bytes], payload: bytes) -> bytes | None:
+    """:func:`rewrite` of a text delta of the stream's shape, else None."""
+    before, after, out_before, out_after = shape
+    if (
+        len(payload) < len(before) + len(after) + 2
+        or not payload.startswith(before)
+        or not payload.endswith(after)
+    ):
+        return None
+    encoded = payload[len(before) : len(payload) - len(after)]
+    try:
+        text = orjson.loads(encoded)
+    except orjson.JSONDecodeError:
+        return None
+    if type(text) is not str:
+        return None
+    if text:
+        turn.answer.append(text)
+        if turn.ttft is None:
+            turn.ttft = time.perf_counter()
+    return out_before + encoded + out_after
 
 
 class RelayResponse(Response):

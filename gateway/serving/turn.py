@@ -127,6 +127,9 @@ class Turn:
     # A finishing chunk held back until the usage chunk we asked for (and remove) brings
     # the system_fingerprint vLLM puts there instead: sent with the next line.
     held: dict[str, Any] | None = None
+    # The bytes around a text delta's content in this stream, the upstream's and ours
+    # (relay.py: later deltas like it are spliced rather than decoded and encoded).
+    text_shape: tuple[bytes, bytes, bytes, bytes] | None = None
     in_context: int | None = None  # how many in-context examples went in front (the target's)
 
     def record(self) -> InteractionRecord:
