@@ -196,6 +196,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._reading_paused = False
         self._until_close = False  # the body ends when the connection does
+        self._body: list[bytes] = []  # body pieces of the read being parsed
+        self._complete = False  # the read being parsed ended the response
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -204,14 +206,24 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self.response is None:  # nothing asked: a server that talks out of turn
+        resp = self.response
+        if resp is None:  # nothing asked: a server that talks out of turn
             self.close()
             return
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(data)  # (the callbacks below run meanwhile)
         except httptools.HttpParserError as exc:
-            self.response._fail(HTTPError(f"malformed response: {exc}"))
+            self._body.clear()
+            resp._fail(HTTPError(f"malformed response: {exc}"))
             self.close()
+            return
+        if self._body:  # what one read brought goes to the reader as one piece
+            body = self._body
+            resp._feed(body[0] if len(body) == 1 else b"".join(body))
+            body.clear()
+        if self._complete:
+            self._complete = False
+            resp._end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -241,16 +253,13 @@ class _Connection(asyncio.Protocol):
             resp._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._feed(body)
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
-        resp = self.response
-        assert resp is not None
         self._until_close = False
+        self._complete = True
         if not self.parser.should_keep_alive():
             self.closed = True  # not for another call; closed once the response is done
-        resp._end()
 
     # -- for Response and Client -----------------------------------------------------------
 
