@@ -33,7 +33,10 @@ from .wrk import lua_script, run_wrk
 # Layers of a request, by the file a frame is in (first match wins for self time).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("gateway: chat handler (chat.py)", ("gateway/serving/chat.py",)),
-    ("gateway: upstream client", ("gateway/serving/upstream.py", "gateway/serving/replicas.py")),
+    (
+        "gateway: upstream client",
+        ("gateway/serving/upstream.py", "gateway/serving/http1.py", "gateway/serving/replicas.py"),
+    ),
     ("gateway: interaction log writer", ("gateway/serving/interaction_log.py",)),
     ("gateway: ids (HMAC)", ("gateway/core/ids.py",)),
     ("gateway: routing (sha256 bucket)", ("gateway/control/routing.py",)),
