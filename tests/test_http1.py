@@ -11,12 +11,15 @@ answers each request with the raw bytes a test gives it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import unicodedata
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 
 import pytest
 
 from gateway.serving import http1
+from tests.certs import CertificateAuthority
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 HEADERS = http1.header_lines({"Content-Type": "application/json"})
@@ -31,15 +34,17 @@ TEXTS = {
 class Scripted:
     """A server whose ``reply`` writes the raw answer to each request; counts connections."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, tls: ssl.SSLContext | None = None) -> None:
         self.reply = reply
+        self.tls = tls
         self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1/chat/completions"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{port}/v1/chat/completions"
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
@@ -77,6 +82,10 @@ def ok(body: bytes, *, close: bool = False) -> bytes:
     )
 
 
+async def echo(body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(ok(body))
+
+
 def run(coro: Coroutine[None, None, None]) -> None:
     asyncio.run(coro)
 
@@ -94,9 +103,6 @@ async def call(client: http1.Client, url: str, body: bytes, timeout_s: float = 5
 def test_calls_share_one_connection_and_bodies_arrive_byte_for_byte(lang: str) -> None:
     """An echo of each language's text (Vietnamese in both forms: the bytes differ, and
     each must come back as sent): three calls, one connection."""
-
-    async def echo(body: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(ok(body))
 
     async def main() -> None:
         server, client = Scripted(echo), http1.Client()
@@ -276,5 +282,30 @@ def test_a_refused_connection_is_an_error_naming_the_address() -> None:
                 f"http://127.0.0.1:{port}/v1", b"{}", HEADERS, timeout_s=5.0, connect_timeout_s=2.0
             )
         await client.close()
+
+    run(main())
+
+
+def test_https_verifies_the_upstream_certificate_and_carries_every_language(
+    tmp_path: Path,
+) -> None:
+    """An upstream whose certificate a test authority signed: trusted through the client's
+    context, every language's bytes arrive; with the default context (the system's
+    authorities), the call is refused before any request is sent."""
+    ca = CertificateAuthority(tmp_path)
+    server_ctx = ca.server_context("127.0.0.1")
+
+    async def main() -> None:
+        trusting = http1.Client(ssl_context=ca.client_context())
+        server = Scripted(echo, tls=server_ctx)
+        async with server as url:
+            for text in TEXTS.values():
+                assert await call(trusting, url, text.encode()) == text.encode()
+            assert server.connections == 1
+            default = http1.Client()
+            with pytest.raises(http1.HTTPError, match="CERTIFICATE_VERIFY_FAILED"):
+                await call(default, url, b"{}")
+            await default.close()
+        await trusting.close()
 
     run(main())

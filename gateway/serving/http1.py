@@ -292,11 +292,13 @@ class _Connection(asyncio.Protocol):
 class Client:
     """Keep-alive connections to the upstreams' origins, made as calls need them."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: for ``https`` origins (default: the system's certificate
+        authorities, certificates and host names verified)."""
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._origins: dict[str, _Origin] = {}
         self._open: set[_Connection] = set()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
 
     async def request(
         self,
