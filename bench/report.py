@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 Row = list[str]
@@ -286,16 +285,16 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         pk = paired.get(kind) or {}
         if pk.get("rps_ratio_median") is not None and pk.get("cpu_ratio_median") is not None:
-            shown = _paired_shown(pk)
-            r = pk["rps_ratio_median"]
-            add(rps_name, "≥ 0.5× the floor's", r, r >= 0.5, shown("rps_ratio"))
-            r = pk["cpu_ratio_median"]
-            add(what, f"≤ {cpu_goal:g}× the floor's", r, r <= cpu_goal, shown("cpu_ratio"))
+            rps, cpu = pk["rps_ratio_median"], pk["cpu_ratio_median"]
+            rps_shown, cpu_shown = _paired_shown(pk, "rps_ratio"), _paired_shown(pk, "cpu_ratio")
         elif key in gw and key in floor:
-            r = gw[key]["rps"] / floor[key]["rps"]
-            add(rps_name, "≥ 0.5× the floor's", r, r >= 0.5, f"{r:.2f}×")
-            r = gw[key]["cpu_us_per_req"] / floor[key]["cpu_us_per_req"]
-            add(what, f"≤ {cpu_goal:g}× the floor's", r, r <= cpu_goal, f"{r:.2f}×")
+            rps = gw[key]["rps"] / floor[key]["rps"]
+            cpu = gw[key]["cpu_us_per_req"] / floor[key]["cpu_us_per_req"]
+            rps_shown, cpu_shown = f"{rps:.2f}×", f"{cpu:.2f}×"
+        else:
+            continue
+        add(rps_name, "≥ 0.5× the floor's", rps, rps >= 0.5, rps_shown)
+        add(what, f"≤ {cpu_goal:g}× the floor's", cpu, cpu <= cpu_goal, cpu_shown)
     counts = res.get("icount") or {}
     for kind, goal, name in (
         ("plain", 2.0, "instructions per request"),
@@ -341,17 +340,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _paired_shown(kind: dict[str, Any]) -> Callable[[str], str]:
-    """How a paired median is shown: the median, then the rounds' range."""
-
-    def shown(name: str) -> str:
-        vals = [e[name] for e in kind["rounds"] if e[name] is not None]
-        return (
-            f"{kind[f'{name}_median']:.2f}× (median of {len(vals)} paired rounds, "
-            f"{min(vals):.2f}–{max(vals):.2f}×)"
-        )
-
-    return shown
+def _paired_shown(kind: dict[str, Any], name: str) -> str:
+    """A paired median as shown: the median, then the rounds' range."""
+    vals = [e[name] for e in kind["rounds"] if e[name] is not None]
+    return (
+        f"{kind[f'{name}_median']:.2f}× (median of {len(vals)} paired rounds, "
+        f"{min(vals):.2f}–{max(vals):.2f}×)"
+    )
 
 
 def paired_table(res: dict[str, Any]) -> str | None:
