@@ -62,7 +62,7 @@ class _Origin:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
         self.host_header = parts.netloc.rpartition("@")[2].encode("idna")
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.path = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode()
         self.key = (self.host, self.port, self.tls)
 
 
@@ -317,7 +317,7 @@ class Client:
             origin = self._origins[url] = _Origin(url)
         deadline = loop.time() + timeout_s
         request = b"POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s" % (
-            origin.path.encode(),
+            origin.path,
             origin.host_header,
             headers,
             len(body),
